@@ -1,0 +1,56 @@
+import fs from 'node:fs'
+
+/** Is `pid` alive? */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+export function cmdline(pid: number): string[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean)
+  } catch {
+    return []
+  }
+}
+
+export function readPid(file: string): number | undefined {
+  try {
+    const n = Number(fs.readFileSync(file, 'utf8').trim())
+    return Number.isInteger(n) && n > 1 ? n : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * A pid from our pidfile is ours only if its command line still names our data dir (etcd's
+ * --data-dir lies inside it, the supervisor and CVM get --data-dir DIR): a recycled pid is never
+ * signalled.
+ */
+export function pidIsOurs(pid: number, dataDir: string): boolean {
+  if (!pidAlive(pid)) return false
+  const args = cmdline(pid)
+  return args.some((a) => a === dataDir || a.startsWith(dataDir + '/'))
+}
+
+export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    if (!pidAlive(pid) || isZombie(pid)) return true
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  return !pidAlive(pid)
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    return / Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''))
+  } catch {
+    return false
+  }
+}

@@ -1,0 +1,88 @@
+import { Command, Flags, Errors, type Interfaces } from '@oclif/core'
+import { TessError, errorMessage, isTessError } from '../common/errors.js'
+import { ApiClient } from './client.js'
+import { resolveContext, type ClusterContext } from './contexts.js'
+
+export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof TessCommand)['baseFlags'] & T['flags']>
+
+/**
+ * Every command: `--json` prints the typed result and nothing else on stdout; without it the
+ * result is rendered as a table or key: value lines. Errors become TESS_E_* codes with a hint and
+ * the documented exit code (stdout JSON with --json, stderr text without).
+ */
+export abstract class TessCommand<R> extends Command {
+  static override baseFlags = {
+    json: Flags.boolean({ description: 'Print the result as JSON on stdout (errors too, as {"error": {...}}).', helpGroup: 'GLOBAL' }),
+    cluster: Flags.string({ description: 'Cluster context to use (default: the last created).', env: 'TESS_CLUSTER', helpGroup: 'GLOBAL' }),
+  }
+
+  protected jsonMode = false
+
+  /** Do the work; return the result that --json prints. */
+  protected abstract exec(): Promise<R>
+
+  /** Render the result for people. */
+  protected abstract render(result: R): string
+
+  async run(): Promise<void> {
+    this.jsonMode = this.argv.includes('--json')
+    const result = await this.exec()
+    if (this.jsonMode) {
+      process.stdout.write(JSON.stringify(result, null, 2) + '\n')
+    } else {
+      const text = this.render(result)
+      if (text) process.stdout.write(text.endsWith('\n') ? text : text + '\n')
+    }
+  }
+
+  /** Parse flags and args, turning oclif's parse failures into usage errors. */
+  protected async parseInput<T extends typeof Command>(cmd: T): Promise<{ flags: BaseFlags<T>, args: Interfaces.InferredArgs<T['args']> }> {
+    try {
+      const { flags, args } = await this.parse(cmd as unknown as typeof TessCommand)
+      return { flags: flags as BaseFlags<T>, args: args as Interfaces.InferredArgs<T['args']> }
+    } catch (e) {
+      if (isTessError(e)) throw e
+      throw new TessError('TESS_E_USAGE', errorMessage(e).split('\n')[0] ?? 'bad usage', `see \`tess ${this.id?.replace(/:/g, ' ') ?? ''} --help\``)
+    }
+  }
+
+  protected context(name: string | undefined): ClusterContext {
+    return resolveContext(name)
+  }
+
+  protected client(ctx: ClusterContext): ApiClient {
+    return new ApiClient(ctx)
+  }
+
+  protected get interactive(): boolean {
+    return !this.jsonMode && process.stdin.isTTY === true && process.stdout.isTTY === true
+  }
+
+  /** Ask before a destructive step; `--yes` skips; without a terminal, refuse with a usage error. */
+  protected async confirm(question: string, yes: boolean, what: string): Promise<void> {
+    if (yes) return
+    if (!this.interactive) {
+      throw new TessError('TESS_E_USAGE', `refusing to ${what} without --yes: there is no terminal to ask on`, 'pass --yes to confirm')
+    }
+    const { confirm } = await import('@inquirer/prompts')
+    const ok = await confirm({ message: question, default: false }, { output: process.stderr })
+    if (!ok) throw new TessError('TESS_E_USAGE', `${what}: cancelled`, 'nothing was changed')
+  }
+
+  protected override async catch(err: Error & { exitCode?: number }): Promise<void> {
+    if (err instanceof Errors.ExitError) throw err
+    let te: TessError
+    if (isTessError(err)) te = err
+    else if (err.name === 'ExitPromptError') te = new TessError('TESS_E_USAGE', 'cancelled at the prompt', 'nothing was changed')
+    else if (err instanceof Errors.CLIError && /flag|argument|Missing|Unexpected|Nonexistent|Expected/i.test(err.message)) te = new TessError('TESS_E_USAGE', err.message.split('\n')[0] ?? 'bad usage', `see \`tess ${this.id?.replace(/:/g, ' ') ?? ''} --help\``)
+    else te = new TessError('TESS_E_INTERNAL', `unexpected error: ${errorMessage(err)}`, 'this is a bug; run with DEBUG=* for details')
+    if (this.jsonMode) {
+      process.stdout.write(JSON.stringify({ error: te.toBody() }, null, 2) + '\n')
+    } else {
+      process.stderr.write(`Error: ${te.message} [${te.code}]\n`)
+      if (te.hint) process.stderr.write(`Hint: ${te.hint}\n`)
+    }
+    if (process.env.DEBUG && !isTessError(err)) process.stderr.write(`${err.stack ?? ''}\n`)
+    process.exitCode = te.exitCode
+  }
+}

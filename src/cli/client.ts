@@ -1,0 +1,107 @@
+import https from 'node:https'
+import { TessError, errorMessage } from '../common/errors.js'
+import { apiClientTimeoutMs } from '../common/limits.js'
+import type { ClusterContext } from './contexts.js'
+
+/** How long to keep retrying a refused connection (a CVM being restarted by its supervisor). */
+const connectRetryMs = 15_000
+
+export interface RequestOptions {
+  /** keep retrying connection refusals for this long (default connectRetryMs) */
+  retryMs?: number
+}
+
+/**
+ * The management API client. Pins the cluster CA from the context (no system CAs), sends the
+ * bearer token, and turns every failure into a TessError with a code.
+ */
+export class ApiClient {
+  constructor(private readonly ctx: Pick<ClusterContext, 'endpoints' | 'caCert' | 'token' | 'name'>) {}
+
+  get<T>(path: string, opts?: RequestOptions): Promise<T> {
+    return this.request<T>('GET', path, undefined, opts)
+  }
+
+  post<T>(path: string, body: unknown, opts?: RequestOptions): Promise<T> {
+    return this.request<T>('POST', path, body, opts)
+  }
+
+  patch<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>('PATCH', path, body)
+  }
+
+  delete<T>(path: string): Promise<T> {
+    return this.request<T>('DELETE', path, undefined)
+  }
+
+  async request<T>(method: string, path: string, body: unknown, opts: RequestOptions = {}): Promise<T> {
+    const deadline = Date.now() + (opts.retryMs ?? connectRetryMs)
+    let lastErr: unknown
+    for (;;) {
+      for (const endpoint of this.ctx.endpoints) {
+        try {
+          return await this.once<T>(endpoint, method, path, body)
+        } catch (e) {
+          if (e instanceof TessError) throw e
+          lastErr = e
+          const code = (e as NodeJS.ErrnoException).code
+          // Only a refused connection is safe to retry for any method: nothing was sent.
+          if (code !== 'ECONNREFUSED' && code !== 'EHOSTUNREACH' && code !== 'ENETUNREACH') {
+            throw this.unreachable(endpoint, e)
+          }
+        }
+      }
+      if (Date.now() >= deadline) throw this.unreachable(this.ctx.endpoints.join(', '), lastErr)
+      await new Promise((r) => setTimeout(r, 200))
+    }
+  }
+
+  private unreachable(endpoint: string, e: unknown): TessError {
+    const code = (e as NodeJS.ErrnoException | undefined)?.code
+    if (code === 'ETIMEDOUT' || code === 'ESOCKETTIMEDOUT') {
+      return new TessError('TESS_E_TIMEOUT', `cluster "${this.ctx.name}": the API at ${endpoint} did not answer in time`, 'check `tess cluster status` and the CVM log')
+    }
+    if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) {
+      return new TessError('TESS_E_AUTH', `cluster "${this.ctx.name}": the API at ${endpoint} presented a certificate not signed by the cluster CA (${code})`, 'the saved context belongs to another cluster, or the endpoint was taken over')
+    }
+    return new TessError('TESS_E_UNREACHABLE', `cluster "${this.ctx.name}": cannot reach the API at ${endpoint}: ${errorMessage(e)}`,
+      'is the cluster running? `tess cluster status`; for a local cluster, see the logs in <data-dir>/logs')
+  }
+
+  private once<T>(endpoint: string, method: string, path: string, body: unknown): Promise<T> {
+    const url = new URL(path, endpoint)
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
+    return new Promise<T>((resolve, reject) => {
+      const req = https.request(url, {
+        method,
+        ca: this.ctx.caCert,
+        agent: false,
+        timeout: apiClientTimeoutMs,
+        headers: {
+          authorization: `Bearer ${this.ctx.token}`,
+          accept: 'application/json',
+          ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}),
+        },
+      }, (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('error', reject)
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8')
+          let parsed: unknown
+          try {
+            parsed = text ? JSON.parse(text) : {}
+          } catch {
+            reject(new TessError('TESS_E_INTERNAL', `the API answered ${res.statusCode} with a body that is not JSON`, 'is the endpoint a Tessera CVM?'))
+            return
+          }
+          if ((res.statusCode ?? 500) >= 400) reject(TessError.fromBody(parsed, `the API answered ${res.statusCode}`))
+          else resolve(parsed as T)
+        })
+      })
+      req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
+      req.on('error', reject)
+      req.end(data)
+    })
+  }
+}

@@ -1,0 +1,35 @@
+import Table from 'cli-table3'
+import ora, { type Ora } from 'ora'
+
+const useColor = (): boolean => !process.env.NO_COLOR && process.stdout.isTTY === true
+
+/** A table for `list` commands (cli-table3); plain borders without colour when NO_COLOR or piped. */
+export function table(head: string[], rows: Array<Array<string | number>>): string {
+  const t = new Table({ head, style: { head: useColor() ? ['cyan'] : [], border: useColor() ? ['grey'] : [] } })
+  for (const r of rows) t.push(r.map((c) => String(c)))
+  return t.toString()
+}
+
+/** `key: value` lines for `show` commands, keys aligned. */
+export function keyValue(pairs: Array<[string, string | number | boolean | null | undefined]>): string {
+  const w = Math.max(...pairs.map(([k]) => k.length))
+  return pairs.map(([k, v]) => `${(k + ':').padEnd(w + 1)} ${v === null || v === undefined ? '-' : String(v)}`).join('\n')
+}
+
+/**
+ * Run `fn` under a spinner on stderr. The spinner shows only on a terminal and never in --json
+ * mode, so scripts see nothing but the result on stdout.
+ */
+export async function withSpinner<T>(enabled: boolean, text: string, fn: (s: { text: (t: string) => void }) => Promise<T>): Promise<T> {
+  const show = enabled && process.stdout.isTTY === true && process.stderr.isTTY === true
+  let spinner: Ora | undefined
+  if (show) spinner = ora({ text, stream: process.stderr, color: useColor() ? 'cyan' : undefined }).start()
+  try {
+    const r = await fn({ text: (t) => { if (spinner) spinner.text = t } })
+    spinner?.succeed()
+    return r
+  } catch (e) {
+    spinner?.fail()
+    throw e
+  }
+}

@@ -1,0 +1,23 @@
+import { TessCommand } from '../../cli/base.js'
+import { keyValue, table } from '../../cli/output.js'
+import { formatBytes } from '../../common/units.js'
+import type { ClusterStatus } from '../../common/types.js'
+
+export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
+  static override summary = 'Show the cluster: nodes, the health and pid of each daemon, pool capacity'
+  static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json', '<%= config.bin %> <%= command.id %> --cluster dev']
+
+  protected async exec(): Promise<ClusterStatus> {
+    const { flags } = await this.parseInput(ClusterStatusCommand)
+    return this.client(this.context(flags.cluster)).get<ClusterStatus>('/v1/cluster/status')
+  }
+
+  protected render(r: ClusterStatus): string {
+    const rows = r.nodes.flatMap((n) => n.daemons.map((d, i) => [i === 0 ? n.name : '', i === 0 ? n.address : '', i === 0 ? n.state : '', d.name, d.pid ?? '-', d.healthy ? 'healthy' : 'DOWN', d.restarts]))
+    return [
+      keyValue([['cluster', r.name], ['id', r.id], ['nodes', r.nodes.length], ['vDisks', r.vdiskCount],
+        ['pool capacity', formatBytes(r.pool.capacityBytes)], ['pool used', formatBytes(r.pool.usedBytes)], ['pool free', formatBytes(r.pool.freeBytes)]]),
+      table(['node', 'address', 'state', 'daemon', 'pid', 'health', 'restarts'], rows),
+    ].join('\n')
+  }
+}

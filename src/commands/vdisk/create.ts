@@ -1,0 +1,39 @@
+import { Args, Flags } from '@oclif/core'
+import { TessCommand } from '../../cli/base.js'
+import { renderVdisk } from '../../cli/render.js'
+import { checkName } from '../../common/names.js'
+import { parseSize } from '../../common/units.js'
+import { rfMax } from '../../common/limits.js'
+import type { VdiskInfo } from '../../common/types.js'
+
+export default class VdiskCreate extends TessCommand<VdiskInfo> {
+  static override summary = 'Create a vDisk'
+  static override description = `A vDisk is a thin-provisioned block device: no space is used until data is written. It is served over NBD at the URI shown (export name = vDisk name).
+
+SIZE accepts bytes or binary units: 512M, 10G, 1T, 1GiB (1G = 1 GiB); it must be a multiple of 512 bytes. The pool must have SIZE x RF bytes free.`
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> db1 --size 10G',
+    '<%= config.bin %> <%= command.id %> scratch --size 512M --json',
+    { description: 'Two copies on two nodes', command: '<%= config.bin %> <%= command.id %> logs --size 1T --rf 2' },
+  ]
+
+  static override args = {
+    name: Args.string({ description: 'vDisk name: [a-z0-9][a-z0-9-]{0,62}.', required: true }),
+  }
+
+  static override flags = {
+    size: Flags.string({ char: 's', description: 'Size, e.g. 512M, 10G, 1T, 1GiB or bytes.', required: true }),
+    rf: Flags.integer({ description: `Replication factor: copies on distinct nodes (1..${rfMax}, at most the number of nodes).`, default: 1 }),
+  }
+
+  protected async exec(): Promise<VdiskInfo> {
+    const { flags, args } = await this.parseInput(VdiskCreate)
+    checkName('vDisk', args.name)
+    const sizeBytes = parseSize(flags.size, 'vDisk size')
+    return this.client(this.context(flags.cluster)).post<VdiskInfo>('/v1/vdisks', { name: args.name, sizeBytes, rf: flags.rf })
+  }
+
+  protected render(v: VdiskInfo): string {
+    return renderVdisk(v)
+  }
+}

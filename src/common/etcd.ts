@@ -1,0 +1,110 @@
+import fs from 'node:fs'
+import { Etcd3, type IOptions } from 'etcd3'
+import { TessError, errorMessage } from './errors.js'
+import { etcdCallTimeoutMs, idCasRetriesMax } from './limits.js'
+import { nodePaths, type NodeConfig } from './nodeconfig.js'
+
+/** The etcd key space. Everything of ours lives under /tess/. */
+export const keys = {
+  cluster: '/tess/cluster',
+  node: (name: string) => `/tess/nodes/${name}`,
+  nodesPrefix: '/tess/nodes/',
+  nodeStatus: (name: string) => `/tess/node-status/${name}`,
+  nodeStatusPrefix: '/tess/node-status/',
+  disk: (id: string) => `/tess/disks/${id}`,
+  disksPrefix: '/tess/disks/',
+  vdisk: (id: string) => `/tess/vdisks/${id}`,
+  vdisksPrefix: '/tess/vdisks/',
+  vdiskName: (name: string) => `/tess/vdisk-names/${name}`,
+  vdiskNamesPrefix: '/tess/vdisk-names/',
+  vdiskOwner: (id: string) => `/tess/vdisk-owners/${id}`,
+  /** block map of one vDisk: one key per allocated vBlock */
+  vdiskMapPrefix: (id: string) => `/tess/vdisk-map/${id}/`,
+  vdiskMap: (id: string, vblock: number) => `/tess/vdisk-map/${id}/${vblock.toString(16).padStart(12, '0')}`,
+  /** extent groups of one vDisk: `/tess/egroups/<vdiskId>/<egroupId>` */
+  egroup: (vdiskId: string, id: string) => `/tess/egroups/${vdiskId}/${id}`,
+  egroupsOf: (vdiskId: string) => `/tess/egroups/${vdiskId}/`,
+  egroupsPrefix: '/tess/egroups/',
+  idCounter: (kind: string) => `/tess/ids/${kind}`,
+}
+
+export function etcdOptionsFor(cfg: NodeConfig): IOptions {
+  const p = nodePaths(cfg.dataDir)
+  return {
+    hosts: cfg.etcd.endpoints,
+    credentials: {
+      rootCertificate: fs.readFileSync(p.caCert),
+      privateKey: fs.readFileSync(p.nodeKey),
+      certChain: fs.readFileSync(p.nodeCert),
+    },
+    dialTimeout: etcdCallTimeoutMs,
+    // Every unary call gets a deadline: a leader change must not stall a call for long.
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + etcdCallTimeoutMs }),
+  }
+}
+
+export function connectEtcd(cfg: NodeConfig): Etcd3 {
+  return new Etcd3(etcdOptionsFor(cfg))
+}
+
+export async function getJson<T>(etcd: Etcd3, key: string): Promise<T | undefined> {
+  const v = await etcd.get(key).string()
+  return v === null ? undefined : (JSON.parse(v) as T)
+}
+
+export async function listJson<T>(etcd: Etcd3, prefix: string): Promise<T[]> {
+  const all = await etcd.getAll().prefix(prefix).strings()
+  return Object.keys(all).sort().map((k) => JSON.parse(all[k] as string) as T)
+}
+
+/** Wrap etcd failures as TESS_E_UNREACHABLE with the action named. */
+export async function etcdCall<T>(action: string, fn: () => PromiseLike<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (e) {
+    if (e instanceof TessError) throw e
+    throw new TessError('TESS_E_UNREACHABLE', `cannot ${action}: etcd: ${errorMessage(e)}`, 'check `tess cluster status`; etcd may be down or electing a leader')
+  }
+}
+
+/**
+ * Unique 64-bit ids from a counter in etcd, advanced by compare-and-swap. Ids are decimal strings
+ * (a 64-bit integer does not fit a JS number). `batch` ids are reserved per round trip and handed
+ * out from memory; ids skipped when a process dies are never reused.
+ */
+export class IdAllocator {
+  private next = 0n
+  private end = 0n
+  private pending: Promise<void> | undefined
+
+  constructor(private readonly etcd: Etcd3, private readonly kind: string, private readonly batch = 1) {}
+
+  async allocate(): Promise<string> {
+    while (this.next >= this.end) {
+      if (!this.pending) this.pending = this.reserve().finally(() => { this.pending = undefined })
+      await this.pending
+    }
+    const id = this.next
+    this.next += 1n
+    return id.toString()
+  }
+
+  private async reserve(): Promise<void> {
+    const key = keys.idCounter(this.kind)
+    for (let attempt = 0; attempt < idCasRetriesMax; attempt++) {
+      const cur = await this.etcd.get(key).string()
+      const base = cur === null ? 1n : BigInt(cur)
+      const nextVal = base + BigInt(this.batch)
+      if (nextVal >= 2n ** 64n) throw new TessError('TESS_E_INTERNAL', `id space "${this.kind}" exhausted`, '')
+      const txn = this.etcd.if(key, 'Value', '==', cur ?? '')
+      const cmp = cur === null ? this.etcd.if(key, 'Create', '==', 0) : txn
+      const res = await cmp.then(this.etcd.put(key).value(nextVal.toString())).commit()
+      if (res.succeeded) {
+        this.next = base
+        this.end = nextVal
+        return
+      }
+    }
+    throw new TessError('TESS_E_CONFLICT', `cannot allocate a ${this.kind} id: too much contention`, 'retry the command')
+  }
+}

@@ -1,0 +1,39 @@
+/** Every limit in one place: named constants, units last. */
+
+// storage layout
+export const vBlockSizeBytes = 1024 * 1024
+export const checksumBlockSizeBytes = 4096
+export const checksumBlocksPerExtent = vBlockSizeBytes / checksumBlockSizeBytes
+export const extentsPerEgroup = 32
+export const vdiskSizeMaxBytes = 2 ** 50 // 1 PiB
+export const vdiskSizeMinBytes = 4096
+export const rfMax = 3
+
+// NBD
+export const nbdPortDefault = 10809
+export const nbdPayloadMaxBytes = 32 * 1024 * 1024
+export const nbdInFlightPerConnMax = 64
+export const nbdOptionLengthMaxBytes = 64 * 1024
+export const nbdConnectionsMax = 256
+export const nbdHandshakeTimeoutMs = 10_000
+
+// management API
+export const apiPortDefault = 9440
+export const apiBodyMaxBytes = 1024 * 1024
+export const apiRequestTimeoutMs = 30_000
+export const apiClientTimeoutMs = 30_000
+
+// etcd
+export const etcdClientPortDefault = 2379
+export const etcdPeerPortDefault = 2380
+export const etcdCallTimeoutMs = 2_000
+export const etcdTxnOpsMax = 100
+export const etcdStartTimeoutMs = 30_000
+export const idCasRetriesMax = 50
+
+// daemons
+export const supervisorRestartBackoffMinMs = 200
+export const supervisorRestartBackoffMaxMs = 10_000
+export const supervisorStopTimeoutMs = 10_000
+export const daemonStartTimeoutMs = 45_000
+export const nodeHeartbeatTtlSec = 10

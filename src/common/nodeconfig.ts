@@ -1,0 +1,81 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import { TessError } from './errors.js'
+
+/**
+ * What one node needs to run its daemons. Written by bootstrap into `<dataDir>/node.json`;
+ * read by the supervisor, etcd launcher and the CVM. Everything is on disk so a restart after
+ * kill -9 comes back the same.
+ */
+export interface NodeConfig {
+  version: 1
+  clusterName: string
+  clusterId: string
+  nodeName: string
+  /** address other nodes and clients reach this node at */
+  address: string
+  dataDir: string
+  etcd: {
+    clientPort: number
+    peerPort: number
+    /** client URLs of every etcd member the CVM may use */
+    endpoints: string[]
+    /** `name=peerURL,...` for the initial cluster */
+    initialCluster: string
+    initialClusterState: 'new' | 'existing'
+  }
+  api: { bind: string, port: number }
+  nbd: { bind: string, port: number }
+  createdAt: string
+}
+
+export const nodePaths = (dataDir: string) => ({
+  nodeConfig: path.join(dataDir, 'node.json'),
+  pki: path.join(dataDir, 'pki'),
+  caCert: path.join(dataDir, 'pki', 'ca.crt'),
+  caKey: path.join(dataDir, 'pki', 'ca.key'),
+  nodeCert: path.join(dataDir, 'pki', 'node.crt'),
+  nodeKey: path.join(dataDir, 'pki', 'node.key'),
+  apiToken: path.join(dataDir, 'pki', 'api-token'),
+  etcdData: path.join(dataDir, 'etcd'),
+  run: path.join(dataDir, 'run'),
+  logs: path.join(dataDir, 'logs'),
+  disks: path.join(dataDir, 'disks'),
+  supervisorPid: path.join(dataDir, 'run', 'supervisor.pid'),
+  supervisorState: path.join(dataDir, 'run', 'supervisor.json'),
+  pidFile: (daemon: string) => path.join(dataDir, 'run', `${daemon}.pid`),
+  logFile: (daemon: string) => path.join(dataDir, 'logs', `${daemon}.log`),
+})
+
+export function readNodeConfig(dataDir: string): NodeConfig {
+  const file = nodePaths(dataDir).nodeConfig
+  let raw: string
+  try {
+    raw = fs.readFileSync(file, 'utf8')
+  } catch {
+    throw new TessError('TESS_E_NOT_FOUND', `cannot read node config "${file}"`, 'is this the data dir of a node? create one with `tess cluster create --local`')
+  }
+  const cfg = JSON.parse(raw) as NodeConfig
+  if (cfg.version !== 1) throw new TessError('TESS_E_INVALID', `node config "${file}" has unknown version ${String(cfg.version)}`, 'upgrade tess')
+  return cfg
+}
+
+/** Write a file atomically (tmp + fsync + rename + fsync dir). */
+export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o600): void {
+  const tmp = `${file}.tmp-${process.pid}`
+  const fd = fs.openSync(tmp, 'w', mode)
+  try {
+    if (typeof data === 'string') fs.writeSync(fd, data)
+    else fs.writeSync(fd, data)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(tmp, file)
+  const dfd = fs.openSync(path.dirname(file), 'r')
+  try {
+    fs.fsyncSync(dfd)
+  } finally {
+    fs.closeSync(dfd)
+  }
+}

@@ -1,0 +1,176 @@
+import crypto from 'node:crypto'
+import https from 'node:https'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { TessError, errorMessage } from '../../common/errors.js'
+import { apiBodyMaxBytes, apiRequestTimeoutMs } from '../../common/limits.js'
+import type { Logger } from '../../common/log.js'
+
+export interface ApiRequest {
+  method: string
+  path: string
+  params: Record<string, string>
+  query: URLSearchParams
+  body: unknown
+}
+
+export type Handler = (req: ApiRequest) => Promise<unknown>
+
+interface Route {
+  method: string
+  pattern: RegExp
+  names: string[]
+  handler: Handler
+}
+
+/**
+ * The management API: HTTPS with a certificate from the cluster CA; every request carries
+ * `Authorization: Bearer <token>`. Bodies are JSON, bounded in size; every failure is a JSON error
+ * body `{"error": {code, message, hint}}` with the status of its code. A handler's bug answers 500
+ * and is logged; it never takes the daemon down.
+ */
+export class ApiServer {
+  private readonly routes: Route[] = []
+  private server: https.Server | undefined
+  private readonly tokenHash: Buffer
+
+  constructor(private readonly opts: { cert: Buffer, key: Buffer, ca: Buffer, token: string, log: Logger }) {
+    this.tokenHash = crypto.createHash('sha256').update(opts.token).digest()
+  }
+
+  route(method: string, path: string, handler: Handler): this {
+    const names: string[] = []
+    const pattern = new RegExp('^' + path.replace(/:([a-zA-Z]+)/g, (_m, n: string) => { names.push(n); return '([^/]+)' }) + '$')
+    this.routes.push({ method, pattern, names, handler })
+    return this
+  }
+
+  listen(port: number, host: string): Promise<void> {
+    this.server = https.createServer({ cert: this.opts.cert, key: this.opts.key, ca: this.opts.ca, requestTimeout: apiRequestTimeoutMs }, (req, res) => {
+      void this.handle(req, res)
+    })
+    this.server.on('clientError', (_e, socket) => socket.destroy())
+    this.server.on('tlsClientError', () => { /* a bad TLS client: drop it */ })
+    return new Promise((resolve, reject) => {
+      this.server!.once('error', reject)
+      this.server!.listen(port, host, () => resolve())
+    })
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      if (!this.server) return resolve()
+      this.server.close(() => resolve())
+      this.server.closeAllConnections()
+    })
+  }
+
+  private authorized(req: IncomingMessage): boolean {
+    const h = req.headers.authorization
+    if (!h || !h.startsWith('Bearer ')) return false
+    const given = crypto.createHash('sha256').update(h.slice(7).trim()).digest()
+    return crypto.timingSafeEqual(given, this.tokenHash)
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      if (!this.authorized(req)) {
+        req.resume()
+        throw new TessError('TESS_E_AUTH', 'request refused: missing or wrong API credentials', 'use the credentials saved in the cluster context (tess cluster create saves them)')
+      }
+      const url = new URL(req.url ?? '/', 'https://localhost')
+      const method = req.method ?? 'GET'
+      let matchedPath = false
+      for (const r of this.routes) {
+        const m = r.pattern.exec(url.pathname)
+        if (!m) continue
+        matchedPath = true
+        if (r.method !== method) continue
+        const params: Record<string, string> = {}
+        r.names.forEach((n, i) => {
+          try {
+            params[n] = decodeURIComponent(m[i + 1] ?? '')
+          } catch {
+            throw new TessError('TESS_E_BAD_REQUEST', `bad path "${url.pathname}"`, 'percent-encode path parameters')
+          }
+        })
+        const body = await readBody(req)
+        const result = await r.handler({ method, path: url.pathname, params, query: url.searchParams, body })
+        send(res, method === 'POST' ? 201 : 200, result ?? {})
+        return
+      }
+      req.resume()
+      if (matchedPath) throw new TessError('TESS_E_BAD_REQUEST', `method ${method} not allowed on ${url.pathname}`, 'see the API reference in the README')
+      throw new TessError('TESS_E_NOT_FOUND', `no API route ${method} ${url.pathname}`, 'see the API reference in the README')
+    } catch (e) {
+      if (e instanceof TessError) {
+        send(res, e.httpStatus, { error: e.toBody() })
+      } else {
+        this.opts.log.error(`api ${req.method} ${req.url}: ${e instanceof Error ? e.stack : errorMessage(e)}`)
+        send(res, 500, { error: { code: 'TESS_E_INTERNAL', message: `internal error: ${errorMessage(e)}`, hint: 'see the CVM log; this is a bug' } })
+      }
+    }
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) return
+  const data = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) })
+  res.end(data)
+}
+
+function readBody(req: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    req.on('data', (c: Buffer) => {
+      size += c.length
+      if (size > apiBodyMaxBytes) {
+        reject(new TessError('TESS_E_BAD_REQUEST', `request body larger than ${apiBodyMaxBytes} bytes`, 'send a smaller request'))
+        req.destroy()
+        return
+      }
+      chunks.push(c)
+    })
+    req.on('error', reject)
+    req.on('end', () => {
+      if (size === 0) return resolve(undefined)
+      const text = Buffer.concat(chunks).toString('utf8')
+      try {
+        resolve(JSON.parse(text))
+      } catch (e) {
+        reject(new TessError('TESS_E_BAD_REQUEST', `request body is not valid JSON: ${errorMessage(e)}`, 'send a JSON object'))
+      }
+    })
+  })
+}
+
+/** Validation helpers for request bodies. */
+export function bodyObject(body: unknown): Record<string, unknown> {
+  if (body === undefined) return {}
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', 'send {"field": value, ...}')
+  }
+  return body as Record<string, unknown>
+}
+
+export function str(o: Record<string, unknown>, k: string, required = true): string | undefined {
+  const v = o[k]
+  if (v === undefined || v === null) {
+    if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
+    return undefined
+  }
+  if (typeof v !== 'string') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be a string`, '')
+  return v
+}
+
+export function int(o: Record<string, unknown>, k: string, min: number, max: number, required = true): number | undefined {
+  const v = o[k]
+  if (v === undefined || v === null) {
+    if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
+    return undefined
+  }
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a whole number, got ${JSON.stringify(v)}`, '')
+  if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, '')
+  return v
+}

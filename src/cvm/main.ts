@@ -1,0 +1,106 @@
+/**
+ * The CVM: one per node. Serves the management API (HTTPS) and the NBD data path, owns vDisks,
+ * and keeps this node's status in etcd. Started and restarted by the node's supervisor.
+ */
+import fs from 'node:fs'
+import { errorMessage } from '../common/errors.js'
+import { connectEtcd, keys } from '../common/etcd.js'
+import { etcdStartTimeoutMs } from '../common/limits.js'
+import { makeLogger } from '../common/log.js'
+import { nodePaths, readNodeConfig } from '../common/nodeconfig.js'
+import { ApiServer } from './api/server.js'
+import { registerRoutes } from './api/routes.js'
+import { NbdServer } from './nbd/server.js'
+import { NodeService } from './node.js'
+import { DiskService } from './pool/disks.js'
+import { VdiskEngine } from './vdisk/engine.js'
+import { VdiskService } from './vdisk/service.js'
+
+const log = makeLogger('cvm')
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name)
+  return i >= 0 ? process.argv[i + 1] : undefined
+}
+
+async function main(): Promise<void> {
+  const dataDir = arg('--data-dir') ?? process.env.TESS_DATA_DIR
+  if (!dataDir) {
+    log.error('usage: cvm --data-dir DIR')
+    process.exit(2)
+  }
+  const cfg = readNodeConfig(dataDir)
+  const paths = nodePaths(dataDir)
+  const etcd = connectEtcd(cfg)
+
+  // etcd starts beside us: wait for it (bounded), else exit and let the supervisor retry.
+  const deadline = Date.now() + etcdStartTimeoutMs
+  for (;;) {
+    try {
+      await etcd.get(keys.cluster).string()
+      break
+    } catch (e) {
+      if (Date.now() > deadline) {
+        log.error(`etcd unreachable at ${cfg.etcd.endpoints.join(',')}: ${errorMessage(e)}`)
+        process.exit(1)
+      }
+      await new Promise((r) => setTimeout(r, 250))
+    }
+  }
+
+  let engine: VdiskEngine | undefined
+  const disks = new DiskService(etcd, cfg.nodeName, cfg.clusterId, (id) => engine!.diskHoldsData(id))
+  const node = new NodeService(etcd, cfg, log, () => disks.localStats())
+  await node.register()
+  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords() })
+  await engine.start()
+  const nbd = new NbdServer({ provider: engine, log })
+  engine.connectionsOf = (name) => nbd.connectionsFor(name)
+  const vdisks = new VdiskService(etcd, {
+    nbdAddress: cfg.address,
+    nbdPort: cfg.nbd.port,
+    pool: () => disks.pool(),
+    data: engine,
+  })
+  const finished = await vdisks.finishDeletes()
+  if (finished > 0) log.info(`completed ${finished} vDisk delete(s) cut short by a crash`)
+
+  const api = new ApiServer({
+    cert: fs.readFileSync(paths.nodeCert),
+    key: fs.readFileSync(paths.nodeKey),
+    ca: fs.readFileSync(paths.caCert),
+    token: fs.readFileSync(paths.apiToken, 'utf8').trim(),
+    log,
+  })
+  registerRoutes(api, { cfg, node, disks, vdisks })
+  await nbd.listen(cfg.nbd.port, cfg.nbd.bind)
+  await api.listen(cfg.api.port, cfg.api.bind)
+  node.startHeartbeat()
+  log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}`)
+
+  let stopping = false
+  const stop = async (sig: string) => {
+    if (stopping) return
+    stopping = true
+    log.info(`stopping on ${sig}`)
+    const force = setTimeout(() => process.exit(1), 8000)
+    try {
+      await api.close()
+      await nbd.close()
+      await engine!.stop()
+      await node.stop()
+      etcd.close()
+    } catch (e) {
+      log.warn(`stop: ${errorMessage(e)}`)
+    }
+    clearTimeout(force)
+    process.exit(0)
+  }
+  process.on('SIGTERM', () => void stop('SIGTERM'))
+  process.on('SIGINT', () => void stop('SIGINT'))
+}
+
+main().catch((e) => {
+  log.error(`fatal: ${e instanceof Error ? e.stack : errorMessage(e)}`)
+  process.exit(1)
+})

@@ -1,0 +1,52 @@
+/**
+ * What the NBD server serves: a block device per export. The CVM's vDisk engine implements it;
+ * unit tests use a memory-backed one. Offsets and lengths are bytes and always within
+ * [0, sizeBytes) (the server checks before calling).
+ */
+
+/** errno values the NBD protocol carries in replies */
+export const nbdErrno = {
+  EPERM: 1,
+  EIO: 5,
+  ENOMEM: 12,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EOVERFLOW: 75,
+  ENOTSUP: 95,
+  ESHUTDOWN: 108,
+} as const
+
+export class DeviceError extends Error {
+  constructor(readonly errno: number, message: string) {
+    super(message)
+    this.name = 'DeviceError'
+  }
+}
+
+export interface BlockDevice {
+  readonly name: string
+  /** current size; may grow between connections (resize), never during one */
+  readonly sizeBytes: number
+  read(offset: number, length: number): Promise<Buffer>
+  /** with fua, returns only when the bytes (and any map change they made) are durable */
+  write(offset: number, data: Buffer, fua: boolean): Promise<void>
+  /** returns when every write completed before the call is durable */
+  flush(): Promise<void>
+  /** the range may read back as zeros or as its old contents afterwards (we give zeros) */
+  trim(offset: number, length: number): Promise<void>
+  /** the range reads as zeros; with noHole the space stays allocated */
+  writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void>
+  /** release this connection's hold on the device */
+  close(): Promise<void>
+}
+
+export interface ExportInfo {
+  name: string
+  description: string
+}
+
+export interface ExportProvider {
+  list(): Promise<ExportInfo[]>
+  /** open an export by name; throws DeviceError or an Error whose message is shown to the client when unknown */
+  open(name: string): Promise<BlockDevice | undefined>
+}

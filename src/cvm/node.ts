@@ -1,0 +1,146 @@
+import fs from 'node:fs'
+import type { Etcd3, Lease } from 'etcd3'
+import { errorMessage } from '../common/errors.js'
+import { etcdCall, getJson, keys, listJson } from '../common/etcd.js'
+import { nodeHeartbeatTtlSec } from '../common/limits.js'
+import type { Logger } from '../common/log.js'
+import { nodePaths, type NodeConfig } from '../common/nodeconfig.js'
+import type { ClusterRecord, ClusterStatus, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../common/types.js'
+import type { SupervisorState } from '../daemon/supervisor-state.js'
+
+export const daemonNames = ['supervisor', 'etcd', 'cvm'] as const
+
+function alive(pid: number | null | undefined): boolean {
+  if (!pid) return false
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * This node's membership and liveness: its record in etcd, and a status record bound to a lease
+ * that expires when the CVM stops refreshing it (so a dead node shows as down).
+ */
+export class NodeService {
+  private lease: Lease | undefined
+  private timer: NodeJS.Timeout | undefined
+  private stopped = false
+
+  constructor(private readonly etcd: Etcd3, private readonly cfg: NodeConfig, private readonly log: Logger,
+    private readonly diskStats: () => Promise<NodeStatusRecord['disks']>) {}
+
+  async register(): Promise<void> {
+    const cluster: ClusterRecord = { name: this.cfg.clusterName, id: this.cfg.clusterId, createdAt: this.cfg.createdAt }
+    await etcdCall('create the cluster record', () => this.etcd.if(keys.cluster, 'Create', '==', 0)
+      .then(this.etcd.put(keys.cluster).value(JSON.stringify(cluster))).commit())
+    const existing = await getJson<NodeRecord>(this.etcd, keys.node(this.cfg.nodeName))
+    const rec: NodeRecord = {
+      name: this.cfg.nodeName,
+      address: this.cfg.address,
+      apiPort: this.cfg.api.port,
+      nbdPort: this.cfg.nbd.port,
+      joinedAt: existing?.joinedAt ?? new Date().toISOString(),
+    }
+    await etcdCall('register this node', () => this.etcd.put(keys.node(this.cfg.nodeName)).value(JSON.stringify(rec)))
+  }
+
+  /** Daemons of this node as the supervisor last wrote them, checked against the process table. */
+  localDaemons(etcdHealthy: boolean): DaemonInfo[] {
+    const p = nodePaths(this.cfg.dataDir)
+    let state: SupervisorState | undefined
+    try {
+      state = JSON.parse(fs.readFileSync(p.supervisorState, 'utf8')) as SupervisorState
+    } catch { /* not written yet */ }
+    const sup: DaemonInfo = { name: 'supervisor', pid: state?.pid ?? null, healthy: alive(state?.pid), restarts: 0 }
+    const out: DaemonInfo[] = [sup]
+    for (const name of ['etcd', 'cvm'] as const) {
+      const d = state?.daemons.find((x) => x.name === name)
+      const pid = name === 'cvm' ? process.pid : (d?.pid ?? null)
+      const healthy = name === 'cvm' ? true : alive(pid) && etcdHealthy
+      out.push({ name, pid, healthy, restarts: d?.restarts ?? 0 })
+    }
+    return out
+  }
+
+  async etcdHealthy(): Promise<boolean> {
+    try {
+      await this.etcd.get(keys.cluster).string()
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  async heartbeat(): Promise<void> {
+    if (this.stopped) return
+    const rec: NodeStatusRecord = {
+      name: this.cfg.nodeName,
+      at: new Date().toISOString(),
+      daemons: this.localDaemons(true),
+      disks: await this.diskStats(),
+    }
+    if (!this.lease) {
+      this.lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: true })
+      this.lease.on('lost', () => {
+        this.log.warn('node status lease lost; will grant a new one')
+        this.lease = undefined
+      })
+    }
+    await this.lease.put(keys.nodeStatus(this.cfg.nodeName)).value(JSON.stringify(rec))
+  }
+
+  startHeartbeat(intervalMs = 3000): void {
+    const tick = () => {
+      this.heartbeat().catch((e) => this.log.warn(`heartbeat: ${errorMessage(e)}`)).finally(() => {
+        if (!this.stopped) this.timer = setTimeout(tick, intervalMs)
+      })
+    }
+    tick()
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true
+    if (this.timer) clearTimeout(this.timer)
+    // Revoke explicitly: the status vanishes at once instead of after the TTL.
+    try {
+      await this.lease?.revoke()
+    } catch { /* etcd may be gone already */ }
+  }
+
+  async status(pool: PoolInfo, vdiskCount: number): Promise<ClusterStatus> {
+    const [cluster, nodes, statuses, etcdOk] = await Promise.all([
+      etcdCall('read the cluster record', () => getJson<ClusterRecord>(this.etcd, keys.cluster)),
+      etcdCall('list nodes', () => listJson<NodeRecord>(this.etcd, keys.nodesPrefix)),
+      etcdCall('read node status', () => listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix)),
+      this.etcdHealthy(),
+    ])
+    const byName = new Map(statuses.map((s) => [s.name, s]))
+    const infos: NodeInfo[] = nodes.map((n) => {
+      const local = n.name === this.cfg.nodeName
+      const st = byName.get(n.name)
+      const daemons = local
+        ? this.localDaemons(etcdOk)
+        : st?.daemons ?? daemonNames.map((name) => ({ name, pid: null, healthy: false, restarts: 0 }))
+      return {
+        name: n.name,
+        address: n.address,
+        state: local || st ? 'up' : 'down',
+        daemons,
+        apiPort: n.apiPort,
+        nbdPort: n.nbdPort,
+        lastSeenAt: local ? new Date().toISOString() : st?.at ?? null,
+      }
+    })
+    return {
+      name: cluster?.name ?? this.cfg.clusterName,
+      id: cluster?.id ?? this.cfg.clusterId,
+      createdAt: cluster?.createdAt ?? this.cfg.createdAt,
+      nodes: infos,
+      pool,
+      vdiskCount,
+    }
+  }
+}

@@ -1,0 +1,199 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import type { Etcd3 } from 'etcd3'
+import { TessError, errorMessage } from '../../common/errors.js'
+import { IdAllocator, etcdCall, keys, listJson } from '../../common/etcd.js'
+import type { DiskInfo, DiskRecord, NodeStatusRecord, PoolInfo } from '../../common/types.js'
+
+/** The marker a disk directory carries once it belongs to a cluster. */
+export const diskMarkerFile = 'tess-disk.json'
+export const egroupDirName = 'egroups'
+
+export interface DiskStat { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number }
+
+/** Capacity and free space of the filesystem under a disk; used = bytes held by our extent groups. */
+export function statDisk(diskPath: string): DiskStat {
+  const s = fs.statfsSync(diskPath)
+  const st = fs.statSync(diskPath)
+  let used = 0
+  const egDir = path.join(diskPath, egroupDirName)
+  let names: string[] = []
+  try {
+    names = fs.readdirSync(egDir)
+  } catch { /* no egroups yet */ }
+  for (const n of names) {
+    try {
+      used += fs.statSync(path.join(egDir, n)).blocks * 512
+    } catch { /* removed meanwhile */ }
+  }
+  return { capacityBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize, usedBytes: used, dev: st.dev }
+}
+
+/**
+ * Disks of the storage pool. Records live in etcd (`/tess/disks/<id>`); the CVM of a disk's node
+ * checks the path and reports its capacity in the node's status record.
+ */
+export class DiskService {
+  private readonly ids: IdAllocator
+
+  constructor(private readonly etcd: Etcd3, private readonly nodeName: string, private readonly clusterId: string,
+    private readonly holdsData: (diskId: string) => Promise<boolean>) {
+    this.ids = new IdAllocator(etcd, 'disk')
+  }
+
+  async records(): Promise<DiskRecord[]> {
+    return etcdCall('list disks', () => listJson<DiskRecord>(this.etcd, keys.disksPrefix))
+  }
+
+  async localRecords(): Promise<DiskRecord[]> {
+    return (await this.records()).filter((d) => d.node === this.nodeName)
+  }
+
+  /** Stats of this node's disks, for the node status record. */
+  async localStats(): Promise<Record<string, DiskStat>> {
+    const out: Record<string, DiskStat> = {}
+    for (const d of await this.localRecords()) {
+      try {
+        out[d.id] = statDisk(d.path)
+      } catch { /* disk gone: reported offline */ }
+    }
+    return out
+  }
+
+  async add(diskPath: string, node: string): Promise<DiskInfo> {
+    if (node !== this.nodeName) {
+      throw new TessError('TESS_E_NOT_FOUND', `cannot add disk "${diskPath}": node "${node}" is not this node (${this.nodeName})`, 'send the request to the CVM of that node, or leave --node out')
+    }
+    if (!path.isAbsolute(diskPath)) {
+      throw new TessError('TESS_E_INVALID', `cannot add disk "${diskPath}": the path is not absolute`, 'give the absolute path of the directory')
+    }
+    let real: string
+    let st: fs.Stats
+    try {
+      real = fs.realpathSync(diskPath)
+      st = fs.statSync(real)
+    } catch {
+      throw new TessError('TESS_E_NOT_FOUND', `cannot add disk "${diskPath}": the path does not exist on node ${node}`, 'create the directory (or mount the disk) first')
+    }
+    if (!st.isDirectory()) {
+      throw new TessError('TESS_E_INVALID', `cannot add disk "${diskPath}": not a directory`, 'a disk is the directory where a disk is mounted, or a folder')
+    }
+    const probe = path.join(real, `.tess-probe-${process.pid}`)
+    try {
+      fs.writeFileSync(probe, 'x')
+      fs.rmSync(probe)
+    } catch (e) {
+      throw new TessError('TESS_E_PRECONDITION', `cannot add disk "${diskPath}": not writable: ${errorMessage(e)}`, 'check permissions and that the filesystem is not read-only')
+    }
+    const existing = (await this.records()).find((d) => d.node === node && (d.path === real || real.startsWith(d.path + '/') || d.path.startsWith(real + '/')))
+    if (existing) {
+      const how = existing.path === real ? 'is already in the pool' : `overlaps disk ${existing.path} already in the pool`
+      throw new TessError('TESS_E_EXISTS', `cannot add disk "${diskPath}": it ${how} (disk ${existing.id})`, 'see `tess disk list`')
+    }
+    const marker = path.join(real, diskMarkerFile)
+    if (fs.existsSync(marker)) {
+      let other = 'another cluster'
+      try {
+        const m = JSON.parse(fs.readFileSync(marker, 'utf8')) as { clusterId?: string }
+        if (m.clusterId === this.clusterId) other = 'this cluster (a disk removed while its record stayed)'
+      } catch { /* unreadable marker */ }
+      throw new TessError('TESS_E_CONFLICT', `cannot add disk "${diskPath}": it holds a Tessera disk marker of ${other}`, `if its data is no longer needed, remove ${marker} and the egroups directory`)
+    }
+    const id = await etcdCall('allocate a disk id', () => this.ids.allocate())
+    const rec: DiskRecord = { id, node, path: real, addedAt: new Date().toISOString() }
+    fs.mkdirSync(path.join(real, egroupDirName), { recursive: true, mode: 0o700 })
+    fs.writeFileSync(marker, JSON.stringify({ clusterId: this.clusterId, diskId: id, node }) + '\n', { mode: 0o600 })
+    await etcdCall('register the disk', () => this.etcd.put(keys.disk(id)).value(JSON.stringify(rec)))
+    const info = await this.list()
+    const d = info.find((x) => x.id === id)
+    if (!d) throw new TessError('TESS_E_INTERNAL', `disk ${id} vanished after being added`, '')
+    return d
+  }
+
+  async find(diskPath: string, node: string | undefined): Promise<DiskRecord> {
+    const all = await this.records()
+    let real = diskPath
+    try {
+      real = fs.realpathSync(diskPath)
+    } catch { /* a removed directory can still be named */ }
+    const matches = all.filter((d) => (d.path === real || d.path === diskPath || d.id === diskPath) && (node === undefined || d.node === node))
+    if (matches.length === 0) throw new TessError('TESS_E_NOT_FOUND', `disk "${diskPath}" is not in the pool`, 'see `tess disk list`')
+    if (matches.length > 1) throw new TessError('TESS_E_INVALID', `disk "${diskPath}" exists on several nodes`, 'name the node with --node')
+    return matches[0] as DiskRecord
+  }
+
+  async remove(diskPath: string, node: string | undefined): Promise<DiskInfo> {
+    const d = await this.find(diskPath, node)
+    if (await this.holdsData(d.id)) {
+      throw new TessError('TESS_E_CONFLICT', `cannot remove disk "${d.path}" on ${d.node}: it holds extent groups`, 'delete the vDisks stored on it, or wait for evacuation to move them')
+    }
+    const info = (await this.list()).find((x) => x.id === d.id)
+    await etcdCall('remove the disk', () => this.etcd.delete().key(keys.disk(d.id)))
+    if (d.node === this.nodeName) {
+      fs.rmSync(path.join(d.path, diskMarkerFile), { force: true })
+      try {
+        fs.rmdirSync(path.join(d.path, egroupDirName))
+      } catch { /* not empty or gone: leave it */ }
+    }
+    return info ?? { ...d, state: 'offline', capacityBytes: 0, usedBytes: 0, freeBytes: 0 }
+  }
+
+  /** Disks with capacity: this node's measured now, other nodes' from their status records. */
+  async list(): Promise<DiskInfo[]> {
+    const recs = await this.records()
+    const statuses = await etcdCall('read node status', () => listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix))
+    const byNode = new Map(statuses.map((s) => [s.name, s]))
+    return recs.map((r) => {
+      let st: DiskStat | undefined
+      if (r.node === this.nodeName) {
+        try {
+          st = statDisk(r.path)
+        } catch { /* offline */ }
+      } else {
+        st = byNode.get(r.node)?.disks[r.id]
+      }
+      return {
+        id: r.id,
+        node: r.node,
+        path: r.path,
+        state: st ? 'online' : 'offline',
+        capacityBytes: st?.capacityBytes ?? 0,
+        usedBytes: st?.usedBytes ?? 0,
+        freeBytes: st?.freeBytes ?? 0,
+        addedAt: r.addedAt,
+      }
+    })
+  }
+
+  /**
+   * The pool: the sum over disks. Several disks on one filesystem (folders in tests) share its
+   * capacity and free space, so those are counted once per (node, filesystem).
+   */
+  async pool(): Promise<PoolInfo> {
+    const disks = await this.list()
+    const statuses = await etcdCall('read node status', () => listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix))
+    const devOf = new Map<string, number>()
+    for (const s of statuses) for (const [id, d] of Object.entries(s.disks)) devOf.set(id, d.dev)
+    for (const d of disks) {
+      if (d.node === this.nodeName) {
+        try {
+          devOf.set(d.id, fs.statSync(d.path).dev)
+        } catch { /* offline */ }
+      }
+    }
+    const seen = new Set<string>()
+    let capacityBytes = 0
+    let freeBytes = 0
+    let usedBytes = 0
+    for (const d of disks) {
+      usedBytes += d.usedBytes
+      if (d.state !== 'online') continue
+      const fsKey = `${d.node}:${devOf.get(d.id) ?? d.id}`
+      if (seen.has(fsKey)) continue
+      seen.add(fsKey)
+      capacityBytes += d.capacityBytes
+      freeBytes += d.freeBytes
+    }
+    return { capacityBytes, usedBytes, freeBytes, disks }
+  }
+}

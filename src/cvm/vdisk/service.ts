@@ -1,0 +1,166 @@
+import type { Etcd3 } from 'etcd3'
+import { TessError } from '../../common/errors.js'
+import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
+import { rfMax, vBlockSizeBytes, vdiskSizeMaxBytes, vdiskSizeMinBytes } from '../../common/limits.js'
+import { checkName } from '../../common/names.js'
+import { formatBytes } from '../../common/units.js'
+import type { NodeRecord, PoolInfo, VdiskInfo, VdiskRecord } from '../../common/types.js'
+
+export const sectorSizeBytes = 512
+
+/** What the control plane needs from the data path (the vDisk engine). */
+export interface VdiskDataHooks {
+  /** free every extent and extent group of a vDisk that is being deleted */
+  destroy(rec: VdiskRecord): Promise<void>
+  /** the size of a vDisk changed (grow) */
+  resized(rec: VdiskRecord): void
+  /** open NBD connections to a vDisk on this CVM */
+  connections(name: string): number
+}
+
+export function checkSize(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes < vdiskSizeMinBytes) {
+    throw new TessError('TESS_E_INVALID', `invalid vDisk size ${sizeBytes} bytes: the minimum is ${vdiskSizeMinBytes} bytes`, 'give a size such as 512M, 10G or 1T')
+  }
+  if (sizeBytes > vdiskSizeMaxBytes) {
+    throw new TessError('TESS_E_INVALID', `invalid vDisk size ${formatBytes(sizeBytes)}: the maximum is ${formatBytes(vdiskSizeMaxBytes)}`, 'create several vDisks')
+  }
+  if (sizeBytes % sectorSizeBytes !== 0) {
+    throw new TessError('TESS_E_INVALID', `invalid vDisk size ${sizeBytes} bytes: not a multiple of ${sectorSizeBytes}`, `round it to a multiple of ${sectorSizeBytes} bytes`)
+  }
+}
+
+/** vDisk control plane: records in etcd, names unique, ids from the etcd counter. */
+export class VdiskService {
+  private readonly ids: IdAllocator
+
+  constructor(private readonly etcd: Etcd3, private readonly opts: {
+    nbdAddress: string
+    nbdPort: number
+    pool: () => Promise<PoolInfo>
+    data: VdiskDataHooks
+  }) {
+    this.ids = new IdAllocator(etcd, 'vdisk')
+  }
+
+  async info(rec: VdiskRecord): Promise<VdiskInfo> {
+    const [count, owner] = await Promise.all([
+      etcdCall('count vDisk extents', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).count()),
+      etcdCall('read vDisk owner', () => this.etcd.get(keys.vdiskOwner(rec.id)).string()),
+    ])
+    return {
+      id: rec.id,
+      name: rec.name,
+      sizeBytes: rec.sizeBytes,
+      rf: rec.rf,
+      allocatedBytes: count * vBlockSizeBytes,
+      owner: owner ?? null,
+      nbdUri: `nbd://${this.opts.nbdAddress}:${this.opts.nbdPort}/${rec.name}`,
+      createdAt: rec.createdAt,
+    }
+  }
+
+  async records(): Promise<VdiskRecord[]> {
+    return etcdCall('list vDisks', () => listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix))
+  }
+
+  async list(): Promise<VdiskInfo[]> {
+    const recs = (await this.records()).filter((r) => r.state === 'ready')
+    const out = await Promise.all(recs.map((r) => this.info(r)))
+    return out.sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  async get(name: string): Promise<VdiskRecord> {
+    checkName('vDisk', name)
+    const id = await etcdCall('look up the vDisk', () => this.etcd.get(keys.vdiskName(name)).string())
+    const rec = id === null ? undefined : await etcdCall('read the vDisk', () => getJson<VdiskRecord>(this.etcd, keys.vdisk(id)))
+    if (!rec || rec.state !== 'ready') {
+      throw new TessError('TESS_E_NOT_FOUND', `vDisk "${name}" does not exist`, 'see `tess vdisk list`')
+    }
+    return rec
+  }
+
+  async show(name: string): Promise<VdiskInfo> {
+    return this.info(await this.get(name))
+  }
+
+  async create(name: string, sizeBytes: number, rf: number): Promise<VdiskInfo> {
+    checkName('vDisk', name)
+    checkSize(sizeBytes)
+    if (!Number.isInteger(rf) || rf < 1 || rf > rfMax) {
+      throw new TessError('TESS_E_INVALID', `cannot create vDisk "${name}": RF ${rf} is not between 1 and ${rfMax}`, 'use --rf 1, 2 or 3')
+    }
+    const nodes = await etcdCall('list nodes', () => listJson<NodeRecord>(this.etcd, keys.nodesPrefix))
+    if (rf > nodes.length) {
+      throw new TessError('TESS_E_TOO_FEW_NODES', `cannot create vDisk "${name}" with RF ${rf}: the cluster has ${nodes.length} node${nodes.length === 1 ? '' : 's'}`,
+        `use --rf ${Math.max(1, Math.min(nodes.length, rfMax))} or add nodes with \`tess host add\``)
+    }
+    const pool = await this.opts.pool()
+    if (sizeBytes * rf > pool.freeBytes) {
+      throw new TessError('TESS_E_CAPACITY', `cannot create vDisk "${name}": pool has ${formatBytes(pool.freeBytes)} free, ${formatBytes(sizeBytes * rf)} asked (${formatBytes(sizeBytes)} x RF ${rf})`,
+        'add disks with `tess disk add`, or ask for less')
+    }
+    if (await etcdCall('look up the vDisk', () => this.etcd.get(keys.vdiskName(name)).string()) !== null) {
+      throw new TessError('TESS_E_EXISTS', `cannot create vDisk "${name}": a vDisk of that name exists`, 'pick another name, or delete the old one')
+    }
+    const id = await etcdCall('allocate a vDisk id', () => this.ids.allocate())
+    const rec: VdiskRecord = { id, name, sizeBytes, rf, createdAt: new Date().toISOString(), state: 'ready' }
+    const res = await etcdCall('create the vDisk', () => this.etcd.if(keys.vdiskName(name), 'Create', '==', 0)
+      .then(this.etcd.put(keys.vdiskName(name)).value(id), this.etcd.put(keys.vdisk(id)).value(JSON.stringify(rec)))
+      .commit())
+    if (!res.succeeded) {
+      throw new TessError('TESS_E_EXISTS', `cannot create vDisk "${name}": a vDisk of that name exists`, 'pick another name, or delete the old one')
+    }
+    return this.info(rec)
+  }
+
+  async resize(name: string, sizeBytes: number): Promise<VdiskInfo> {
+    checkSize(sizeBytes)
+    const rec = await this.get(name)
+    if (sizeBytes < rec.sizeBytes) {
+      throw new TessError('TESS_E_INVALID', `cannot resize vDisk "${name}" to ${formatBytes(sizeBytes)}: it is ${formatBytes(rec.sizeBytes)} and vDisks only grow`,
+        'give a size at least the current one; to shrink, copy the data to a new smaller vDisk')
+    }
+    if (sizeBytes === rec.sizeBytes) return this.info(rec)
+    const grow = (sizeBytes - rec.sizeBytes) * rec.rf
+    const pool = await this.opts.pool()
+    if (grow > pool.freeBytes) {
+      throw new TessError('TESS_E_CAPACITY', `cannot resize vDisk "${name}": pool has ${formatBytes(pool.freeBytes)} free, ${formatBytes(grow)} more asked`, 'add disks with `tess disk add`')
+    }
+    const next: VdiskRecord = { ...rec, sizeBytes }
+    const res = await etcdCall('resize the vDisk', () => this.etcd.if(keys.vdisk(rec.id), 'Value', '==', JSON.stringify(rec))
+      .then(this.etcd.put(keys.vdisk(rec.id)).value(JSON.stringify(next))).commit())
+    if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `cannot resize vDisk "${name}": it changed meanwhile`, 'retry the command')
+    this.opts.data.resized(next)
+    return this.info(next)
+  }
+
+  async delete(name: string, force: boolean): Promise<VdiskInfo> {
+    const rec = await this.get(name)
+    const conns = this.opts.data.connections(name)
+    if (conns > 0 && !force) {
+      throw new TessError('TESS_E_CONFLICT', `cannot delete vDisk "${name}": ${conns} NBD connection${conns === 1 ? ' is' : 's are'} open`, 'disconnect the clients, or pass --force')
+    }
+    const info = await this.info(rec)
+    // Mark it deleting and free the name in one transaction; the data goes next. A crash in
+    // between leaves a 'deleting' record that finishDeletes() completes on the next start.
+    const dying: VdiskRecord = { ...rec, state: 'deleting' }
+    const res = await etcdCall('delete the vDisk', () => this.etcd.if(keys.vdisk(rec.id), 'Value', '==', JSON.stringify(rec))
+      .then(this.etcd.put(keys.vdisk(rec.id)).value(JSON.stringify(dying)), this.etcd.delete().key(keys.vdiskName(name))).commit())
+    if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `cannot delete vDisk "${name}": it changed meanwhile`, 'retry the command')
+    await this.finishDelete(dying)
+    return info
+  }
+
+  private async finishDelete(rec: VdiskRecord): Promise<void> {
+    await this.opts.data.destroy(rec)
+    await etcdCall('delete the vDisk record', () => this.etcd.delete().key(keys.vdisk(rec.id)))
+  }
+
+  /** Complete deletes that a crash interrupted. */
+  async finishDeletes(): Promise<number> {
+    const dying = (await this.records()).filter((r) => r.state === 'deleting')
+    for (const r of dying) await this.finishDelete(r)
+    return dying.length
+  }
+}

@@ -1,0 +1,61 @@
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { nodePaths, type NodeConfig } from '../common/nodeconfig.js'
+
+/** How each daemon of a node is started. The supervisor runs these, in this order. */
+export interface ServiceSpec {
+  name: string
+  command: string
+  args: string[]
+  env?: Record<string, string>
+}
+
+const distDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+
+export function etcdUrl(host: string, port: number): string {
+  return `https://${host.includes(':') ? `[${host}]` : host}:${port}`
+}
+
+export function etcdService(cfg: NodeConfig): ServiceSpec {
+  const p = nodePaths(cfg.dataDir)
+  const client = etcdUrl(cfg.address, cfg.etcd.clientPort)
+  const peer = etcdUrl(cfg.address, cfg.etcd.peerPort)
+  const listenClients = cfg.address === '127.0.0.1' ? client : `${client},${etcdUrl('127.0.0.1', cfg.etcd.clientPort)}`
+  return {
+    name: 'etcd',
+    command: 'etcd',
+    args: [
+      '--name', cfg.nodeName,
+      '--data-dir', p.etcdData,
+      '--listen-client-urls', listenClients,
+      '--advertise-client-urls', client,
+      '--listen-peer-urls', peer,
+      '--initial-advertise-peer-urls', peer,
+      '--initial-cluster', cfg.etcd.initialCluster,
+      '--initial-cluster-state', cfg.etcd.initialClusterState,
+      '--initial-cluster-token', cfg.clusterId,
+      '--cert-file', p.nodeCert, '--key-file', p.nodeKey, '--trusted-ca-file', p.caCert, '--client-cert-auth',
+      '--peer-cert-file', p.nodeCert, '--peer-key-file', p.nodeKey, '--peer-trusted-ca-file', p.caCert, '--peer-client-cert-auth',
+      '--log-level', 'warn', '--logger', 'zap',
+      '--quota-backend-bytes', String(4 * 1024 * 1024 * 1024),
+    ],
+  }
+}
+
+export function cvmService(cfg: NodeConfig): ServiceSpec {
+  return {
+    name: 'cvm',
+    command: process.execPath,
+    args: ['--enable-source-maps', path.join(distDir, 'cvm', 'main.js'), '--data-dir', cfg.dataDir],
+    // The extent store does file I/O through libuv's pool: give it room for queue depth.
+    env: { UV_THREADPOOL_SIZE: '16' },
+  }
+}
+
+export function servicesFor(cfg: NodeConfig): ServiceSpec[] {
+  return [etcdService(cfg), cvmService(cfg)]
+}
+
+export function supervisorScript(): string {
+  return path.join(distDir, 'daemon', 'supervisor.js')
+}

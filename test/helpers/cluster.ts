@@ -1,0 +1,138 @@
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const tessBin = path.join(repoRoot, 'bin', 'run.js')
+
+/** A free TCP port on loopback (bind to 0, read, close). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+export interface TessResult {
+  code: number
+  stdout: string
+  stderr: string
+  /** stdout parsed as JSON (undefined when it is not JSON) */
+  json: any
+}
+
+/** Run the built CLI as a subprocess, with its own config dir. */
+export function runTess(args: string[], env: Record<string, string>, opts: { input?: string, timeoutMs?: number } = {}): Promise<TessResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [tessBin, ...args], { env: { ...process.env, NO_COLOR: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => { stdout += d })
+    child.stderr.on('data', (d) => { stderr += d })
+    const t = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 90_000)
+    child.on('error', reject)
+    child.on('close', (code) => {
+      clearTimeout(t)
+      let json: any
+      try {
+        json = JSON.parse(stdout)
+      } catch { /* not JSON */ }
+      resolve({ code: code ?? -1, stdout, stderr, json })
+    })
+    child.stdin.end(opts.input ?? '')
+  })
+}
+
+export interface LocalClusterPorts { api: number, nbd: number, etcdClient: number, etcdPeer: number }
+
+/** An embedded cluster in a temp dir, on free ports, with its own CLI config dir. */
+export class TestCluster {
+  readonly root: string
+  readonly dataDir: string
+  readonly configDir: string
+  ports!: LocalClusterPorts
+
+  constructor(readonly name = 'test') {
+    this.root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-test-'))
+    this.dataDir = path.join(this.root, 'data')
+    this.configDir = path.join(this.root, 'config')
+  }
+
+  get env(): Record<string, string> {
+    return { TESS_CONFIG_DIR: this.configDir }
+  }
+
+  tess(args: string[], opts?: { input?: string, timeoutMs?: number }): Promise<TessResult> {
+    return runTess(args, this.env, opts)
+  }
+
+  async create(extra: string[] = []): Promise<TessResult> {
+    this.ports = { api: await freePort(), nbd: await freePort(), etcdClient: await freePort(), etcdPeer: await freePort() }
+    const r = await this.tess(['cluster', 'create', '--local', '--name', this.name, '--data-dir', this.dataDir,
+      '--api-port', String(this.ports.api), '--nbd-port', String(this.ports.nbd),
+      '--etcd-client-port', String(this.ports.etcdClient), '--etcd-peer-port', String(this.ports.etcdPeer), '--json', ...extra])
+    if (r.code !== 0) throw new Error(`cluster create failed (${r.code}): ${r.stdout} ${r.stderr}`)
+    return r
+  }
+
+  pid(daemon: string): number | undefined {
+    try {
+      return Number(fs.readFileSync(path.join(this.dataDir, 'run', `${daemon}.pid`), 'utf8').trim())
+    } catch {
+      return undefined
+    }
+  }
+
+  /** Every pid our pidfiles name (supervisor, etcd, cvm). */
+  pids(): number[] {
+    return ['supervisor', 'etcd', 'cvm'].map((d) => this.pid(d)).filter((p): p is number => p !== undefined)
+  }
+
+  async destroy(): Promise<void> {
+    const pids = this.pids()
+    if (fs.existsSync(this.dataDir)) await this.tess(['cluster', 'destroy', '--yes', '--cluster', this.name])
+    // Belt and braces: end anything of ours still alive, by pid.
+    for (const p of pids) {
+      if (!ownedBy(p, this.root)) continue
+      try {
+        process.kill(p, 'SIGKILL')
+      } catch { /* gone */ }
+    }
+    fs.rmSync(this.root, { recursive: true, force: true })
+  }
+}
+
+/** Is `pid` a live process whose command line names a path under `root`? */
+export function ownedBy(pid: number, root: string): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((a) => a.startsWith(root))
+  } catch {
+    return false
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000, intervalMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await fn()
+    if (v !== undefined && v !== false) return v
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, intervalMs))
+  }
+}

@@ -1,0 +1,232 @@
+import fs from 'node:fs'
+import https from 'node:https'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { TestCluster, alive, ownedBy, waitFor } from '../helpers/cluster.js'
+
+/**
+ * The foundation against the real thing: a real etcd, supervisor and CVM started by
+ * `tess cluster create --local`, driven through the built CLI.
+ */
+describe('embedded cluster, disks, pool and vDisk control plane', () => {
+  const c = new TestCluster('found')
+  let created: any
+
+  beforeAll(async () => {
+    created = (await c.create()).json
+  })
+
+  afterAll(async () => {
+    await c.destroy()
+  })
+
+  it('creates a cluster with one node, running daemons and a disk', async () => {
+    expect(created.name).toBe('found')
+    expect(created.nodes).toHaveLength(1)
+    const r = await c.tess(['cluster', 'status', '--json'])
+    expect(r.code).toBe(0)
+    expect(r.json.name).toBe('found')
+    const node = r.json.nodes[0]
+    expect(node).toMatchObject({ state: 'up' })
+    expect(typeof node.name).toBe('string')
+    expect(node.address).toBe('127.0.0.1')
+    const names = node.daemons.map((d: any) => d.name).sort()
+    expect(names).toEqual(['cvm', 'etcd', 'supervisor'])
+    for (const d of node.daemons) {
+      expect(d.healthy).toBe(true)
+      expect(alive(d.pid)).toBe(true)
+    }
+    expect(r.json.pool.capacityBytes).toBeGreaterThan(0)
+    expect(r.json.pool.freeBytes).toBeGreaterThan(0)
+    expect(r.json.pool.usedBytes).toBeGreaterThanOrEqual(0)
+    // human output is a table and key: value lines
+    const h = await c.tess(['cluster', 'status'])
+    expect(h.code).toBe(0)
+    expect(h.stdout).toMatch(/cluster:\s+found/)
+    expect(h.stdout).toMatch(/supervisor/)
+  })
+
+  it('keeps secrets and contexts in files of mode 0600', () => {
+    const ctxFile = path.join(c.configDir, 'contexts.json')
+    expect(fs.statSync(ctxFile).mode & 0o777).toBe(0o600)
+    for (const f of ['ca.key', 'node.key', 'api-token']) {
+      expect(fs.statSync(path.join(c.dataDir, 'pki', f)).mode & 0o777).toBe(0o600)
+    }
+  })
+
+  it('refuses a second cluster in the same data dir', async () => {
+    const r = await c.tess(['cluster', 'create', '--local', '--name', 'other', '--data-dir', c.dataDir, '--json'])
+    expect(r.code).toBe(4)
+    expect(r.json.error.code).toBe('TESS_E_EXISTS')
+    expect(r.json.error.message).toContain(c.dataDir)
+    expect(r.json.error.hint).toBeTruthy()
+  })
+
+  it('creates, lists, shows, resizes and deletes vDisks', async () => {
+    const cr = await c.tess(['vdisk', 'create', 'v1', '--size', '1G', '--json'])
+    expect(cr.code).toBe(0)
+    expect(cr.json).toMatchObject({ name: 'v1', sizeBytes: 1024 ** 3, rf: 1, allocatedBytes: 0 })
+    expect(cr.json.id).toMatch(/^\d+$/)
+    expect(cr.json.nbdUri).toBe(`nbd://127.0.0.1:${c.ports.nbd}/v1`)
+    const cr2 = await c.tess(['vdisk', 'create', 'v2', '--size', '536870912', '--json'])
+    expect(cr2.code).toBe(0)
+    expect(cr2.json.id).not.toBe(cr.json.id)
+    const ls = await c.tess(['vdisk', 'list', '--json'])
+    expect(ls.code).toBe(0)
+    expect(ls.json.map((v: any) => [v.name, v.sizeBytes, v.rf])).toEqual([['v1', 1024 ** 3, 1], ['v2', 512 * 1024 ** 2, 1]])
+    const show = await c.tess(['vdisk', 'show', 'v1', '--json'])
+    expect(show.json).toMatchObject({ id: cr.json.id, name: 'v1', sizeBytes: 1024 ** 3, rf: 1 })
+    const grow = await c.tess(['vdisk', 'resize', 'v2', '--size', '1GiB', '--json'])
+    expect(grow.code).toBe(0)
+    expect(grow.json.sizeBytes).toBe(1024 ** 3)
+    const table = await c.tess(['vdisk', 'list'])
+    expect(table.stdout).toMatch(/v1.*1 GiB/)
+    const del = await c.tess(['vdisk', 'delete', 'v2', '--yes', '--json'])
+    expect(del.code).toBe(0)
+    expect((await c.tess(['vdisk', 'show', 'v2', '--json'])).code).toBe(3)
+  })
+
+  it('rejects bad input with codes, hints and exit codes', async () => {
+    const cases: Array<[string[], number, string]> = [
+      [['vdisk', 'create', 'v1', '--size', '1G'], 4, 'TESS_E_EXISTS'],
+      [['vdisk', 'create', 'zero', '--size', '0'], 2, 'TESS_E_INVALID'],
+      [['vdisk', 'create', 'nan', '--size', 'lots'], 2, 'TESS_E_INVALID'],
+      [['vdisk', 'create', 'odd', '--size', '1000'], 2, 'TESS_E_INVALID'],
+      [['vdisk', 'create', 'unit', '--size', '5Q'], 2, 'TESS_E_INVALID'],
+      [['vdisk', 'create', 'Bad_Name', '--size', '1G'], 2, 'TESS_E_INVALID'],
+      [['vdisk', 'create', '-lead', '--size', '1G'], 2, 'TESS_E_USAGE'],
+      [['vdisk', 'create', 'x'.repeat(64), '--size', '1G'], 2, 'TESS_E_INVALID'],
+      [['vdisk', 'create', 'rf2', '--size', '1G', '--rf', '2'], 5, 'TESS_E_TOO_FEW_NODES'],
+      [['vdisk', 'create', 'huge', '--size', '900T'], 5, 'TESS_E_CAPACITY'],
+      [['vdisk', 'resize', 'v1', '--size', '512M'], 2, 'TESS_E_INVALID'],
+      [['vdisk', 'show', 'nope'], 3, 'TESS_E_NOT_FOUND'],
+      [['vdisk', 'delete', 'nope', '--yes'], 3, 'TESS_E_NOT_FOUND'],
+      [['vdisk', 'delete', 'v1'], 2, 'TESS_E_USAGE'], // no terminal and no --yes
+      [['vdisk', 'create', 'v9'], 2, 'TESS_E_USAGE'], // --size missing
+      [['vdisk', 'list', '--bogus'], 2, 'TESS_E_USAGE'],
+      [['vdisk', 'list', '--cluster', 'nosuch'], 3, 'TESS_E_NO_CLUSTER'],
+    ]
+    for (const [args, exit, code] of cases) {
+      const r = await c.tess([...args, '--json'])
+      expect({ args, exit: r.code, code: r.json?.error?.code }).toEqual({ args, exit, code })
+      expect(r.json.error.message.length).toBeGreaterThan(5)
+      expect(typeof r.json.error.hint).toBe('string')
+      // without --json: message and hint on stderr, nothing on stdout
+      const t = await c.tess(args)
+      expect(t.code).toBe(exit)
+      expect(t.stdout).toBe('')
+      expect(t.stderr).toContain(code)
+    }
+    // nothing changed
+    const ls = await c.tess(['vdisk', 'list', '--json'])
+    expect(ls.json.map((v: any) => [v.name, v.sizeBytes])).toEqual([['v1', 1024 ** 3]])
+  })
+
+  it('adds and removes disks with checks', async () => {
+    const extra = path.join(c.root, 'disk2')
+    fs.mkdirSync(extra)
+    const add = await c.tess(['disk', 'add', extra, '--json'])
+    expect(add.code).toBe(0)
+    expect(add.json).toMatchObject({ path: extra, state: 'online' })
+    const again = await c.tess(['disk', 'add', extra, '--json'])
+    expect(again.code).toBe(4)
+    expect(again.json.error.code).toBe('TESS_E_EXISTS')
+    const inner = path.join(extra, 'sub')
+    fs.mkdirSync(inner)
+    expect((await c.tess(['disk', 'add', inner, '--json'])).json.error.code).toBe('TESS_E_EXISTS')
+    expect((await c.tess(['disk', 'add', path.join(c.root, 'missing'), '--json'])).code).toBe(3)
+    const file = path.join(c.root, 'afile')
+    fs.writeFileSync(file, 'x')
+    expect((await c.tess(['disk', 'add', file, '--json'])).json.error.code).toBe('TESS_E_INVALID')
+    const ro = path.join(c.root, 'ro')
+    fs.mkdirSync(ro)
+    fs.chmodSync(ro, 0o500)
+    // root ignores mode bits; a read-only bind mount is what really refuses writes
+    const list = await c.tess(['disk', 'list', '--json'])
+    expect(list.json).toHaveLength(2)
+    const pool = await c.tess(['storage-pool', 'show', '--json'])
+    expect(pool.json.disks).toHaveLength(2)
+    // both disks share one filesystem: counted once
+    expect(pool.json.capacityBytes).toBe(pool.json.disks[0].capacityBytes)
+    const rm = await c.tess(['disk', 'remove', extra, '--json'])
+    expect(rm.code).toBe(0)
+    expect((await c.tess(['disk', 'list', '--json'])).json).toHaveLength(1)
+    expect((await c.tess(['disk', 'remove', extra, '--json'])).code).toBe(3)
+  })
+
+  it('refuses unauthenticated, wrong-credential and malformed API requests', async () => {
+    const ctx = JSON.parse(fs.readFileSync(path.join(c.configDir, 'contexts.json'), 'utf8')).clusters.found
+    const call = (method: string, p: string, headers: Record<string, string>, body?: string) => new Promise<{ status: number, body: any }>((resolve, reject) => {
+      const req = https.request(`https://127.0.0.1:${c.ports.api}${p}`, { method, ca: ctx.caCert, headers, agent: false }, (res) => {
+        let d = ''
+        res.on('data', (x) => { d += x })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(d) }))
+      })
+      req.on('error', reject)
+      req.end(body)
+    })
+    const none = await call('GET', '/v1/vdisks', {})
+    expect(none.status).toBe(401)
+    expect(none.body.error.code).toBe('TESS_E_AUTH')
+    const wrong = await call('GET', '/v1/vdisks', { authorization: 'Bearer not-the-token' })
+    expect(wrong.status).toBe(401)
+    const auth = { authorization: `Bearer ${ctx.token}`, 'content-type': 'application/json' }
+    const bad = await call('POST', '/v1/vdisks', auth, '{"name": "x", ')
+    expect(bad.status).toBe(400)
+    expect(bad.body.error.code).toBe('TESS_E_BAD_REQUEST')
+    const neg = await call('POST', '/v1/vdisks', auth, JSON.stringify({ name: 'neg', sizeBytes: -5 }))
+    expect(neg.status).toBe(400)
+    const str = await call('POST', '/v1/vdisks', auth, JSON.stringify({ name: 'str', sizeBytes: '1G' }))
+    expect(str.status).toBe(400)
+    const arr = await call('POST', '/v1/vdisks', auth, '[1,2,3]')
+    expect(arr.status).toBe(400)
+    const rf = await call('POST', '/v1/vdisks', auth, JSON.stringify({ name: 'rf', sizeBytes: 4096, rf: 9 }))
+    expect(rf.status).toBe(400)
+    const big = await call('POST', '/v1/vdisks', auth, JSON.stringify({ name: 'big', pad: 'x'.repeat(2 * 1024 * 1024) })).catch(() => ({ status: 400, body: {} }))
+    expect(big.status).toBe(400)
+    // the CVM is still serving
+    const ok = await call('GET', '/v1/vdisks', auth)
+    expect(ok.status).toBe(200)
+    // and the CLI refuses a context whose token is wrong
+    const ctxFile = path.join(c.configDir, 'contexts.json')
+    const saved = fs.readFileSync(ctxFile, 'utf8')
+    const doc = JSON.parse(saved)
+    doc.clusters.found.token = 'wrong'
+    fs.writeFileSync(ctxFile, JSON.stringify(doc))
+    const r = await c.tess(['vdisk', 'list', '--json'])
+    expect(r.code).toBe(7)
+    expect(r.json.error.code).toBe('TESS_E_AUTH')
+    fs.writeFileSync(ctxFile, saved)
+  })
+
+  it('survives kill -9 of the CVM: the supervisor restarts it and state is intact', async () => {
+    const before = (await c.tess(['vdisk', 'list', '--json'])).json
+    const pid = c.pid('cvm')!
+    expect(alive(pid)).toBe(true)
+    process.kill(pid, 'SIGKILL')
+    const newPid = await waitFor('a new CVM pid', () => {
+      const p = c.pid('cvm')
+      return p !== undefined && p !== pid && alive(p) ? p : undefined
+    })
+    expect(newPid).not.toBe(pid)
+    const after = await c.tess(['vdisk', 'list', '--json'])
+    expect(after.code).toBe(0)
+    expect(after.json.map((v: any) => [v.id, v.name, v.sizeBytes])).toEqual(before.map((v: any) => [v.id, v.name, v.sizeBytes]))
+    const st = await c.tess(['cluster', 'status', '--json'])
+    const cvm = st.json.nodes[0].daemons.find((d: any) => d.name === 'cvm')
+    expect(cvm.pid).toBe(newPid)
+    expect(cvm.restarts).toBeGreaterThanOrEqual(1)
+  })
+
+  it('destroy stops every process it started and removes the data dir', async () => {
+    const pids = c.pids()
+    expect(pids.length).toBe(3)
+    const r = await c.tess(['cluster', 'destroy', '--yes', '--json'])
+    expect(r.code).toBe(0)
+    expect(r.json.name).toBe('found')
+    for (const p of pids) expect(ownedBy(p, c.root)).toBe(false)
+    expect(fs.existsSync(c.dataDir)).toBe(false)
+    const ls = await c.tess(['cluster', 'list', '--json'])
+    expect(ls.json).toEqual([])
+  })
+})
