@@ -28,7 +28,10 @@ export interface BlockDevice {
   /** current size; may grow between connections (resize), never during one */
   readonly sizeBytes: number
   read(offset: number, length: number): Promise<Buffer>
-  /** with fua, returns only when the bytes (and any map change they made) are durable */
+  /**
+   * With fua, returns only when the bytes (and any map change they made) are durable. `data` is
+   * lent for the call: once the promise resolves the server reuses it, so copy what you keep.
+   */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>
   /** returns when every write completed before the call is durable */
   flush(): Promise<void>

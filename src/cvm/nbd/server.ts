@@ -58,6 +58,10 @@ const inFlightBytesPerConnMaxDefault = 4 * nbdPayloadMaxBytes
 const replyBufferedMaxBytes = 8 * 1024 * 1024
 /** on server close, how long a connection may take to finish its in-flight requests before it is cut */
 const closeDrainTimeoutMsDefault = 10_000
+/** WRITE payloads at least this large that span socket chunks are assembled in pooled blocks */
+const payloadPoolBlockMinBytes = 64 * 1024
+/** idle pooled payload blocks kept per server; beyond this, released blocks are left to the GC */
+const payloadPoolIdleMaxBytes = 64 * 1024 * 1024
 
 const transmissionFlagsBase =
   NbdFlag.HAS_FLAGS | NbdFlag.SEND_FLUSH | NbdFlag.SEND_FUA | NbdFlag.SEND_TRIM | NbdFlag.SEND_WRITE_ZEROES
@@ -72,6 +76,7 @@ const commandNames: Record<number, string> = {
   [NbdCmd.WRITE_ZEROES]: 'write-zeroes',
 }
 
+const emptyBuffer = Buffer.alloc(0)
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 export interface NbdServerOptions {
@@ -97,6 +102,7 @@ export interface NbdServerOptions {
 interface ConnectionConfig {
   provider: ExportProvider
   log: Logger
+  pool: PayloadPool
   multiConn: boolean
   handshakeTimeoutMs: number
   inFlightMax: number
@@ -121,6 +127,7 @@ export class NbdServer {
     this.config = {
       provider: opts.provider,
       log: opts.log,
+      pool: new PayloadPool(payloadPoolIdleMaxBytes),
       multiConn: opts.multiConn ?? true,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? nbdHandshakeTimeoutMs,
       inFlightMax: opts.inFlightPerConnMax ?? nbdInFlightPerConnMax,
@@ -206,8 +213,15 @@ class ByteQueue {
     this.length += chunk.length
   }
 
+  /** whether the next n bytes lie in one chunk, so take(n) needs no copy */
+  contiguous(n: number): boolean {
+    const head = this.chunks[0]
+    return head !== undefined && head.length >= n
+  }
+
   /** the next n bytes (n <= length) as one buffer */
   take(n: number): Buffer {
+    if (n === 0) return emptyBuffer
     const head = this.head(n)
     if (head.length >= n) {
       this.consumeHead(head, n)
@@ -249,6 +263,36 @@ class ByteQueue {
     if (n === head.length) this.chunks.shift()
     else this.chunks[0] = head.subarray(n)
     this.length -= n
+  }
+}
+
+/**
+ * Blocks (powers of two) that WRITE payloads are assembled in. A fresh large Buffer costs a page
+ * fault on each of its pages at first touch, which was the largest cost of receiving big writes;
+ * reusing blocks removes it. A block comes back only after the device's write resolved, when by
+ * the BlockDevice contract the device no longer holds it; after a failed write it is dropped.
+ */
+class PayloadPool {
+  private readonly idle = new Map<number, Buffer[]>()
+  private idleBytes = 0
+
+  constructor(private readonly idleMaxBytes: number) {}
+
+  /** a block of at least `length` bytes (length <= 2^30) */
+  take(length: number): Buffer {
+    const size = Math.max(payloadPoolBlockMinBytes, 2 ** (32 - Math.clz32(length - 1)))
+    const block = this.idle.get(size)?.pop()
+    if (block === undefined) return Buffer.allocUnsafe(size)
+    this.idleBytes -= size
+    return block
+  }
+
+  give(block: Buffer): void {
+    if (this.idleBytes + block.length > this.idleMaxBytes) return
+    this.idleBytes += block.length
+    const list = this.idle.get(block.length)
+    if (list) list.push(block)
+    else this.idle.set(block.length, [block])
   }
 }
 
@@ -310,8 +354,8 @@ class Connection {
   private sizeBytes = 0
   private inFlight = 0
   private inFlightBytes = 0
-  /** a WRITE whose payload is arriving straight into its own buffer */
-  private filling: { req: Request; payload: Buffer; filled: number } | undefined
+  /** a WRITE whose payload is being assembled (in a pooled block when large) */
+  private filling: { req: Request; block: Buffer | undefined; payload: Buffer; filled: number } | undefined
   /** payload bytes of a rejected WRITE still to be skipped */
   private discardBytes = 0
   /** some write completed without FUA since the last FLUSH began */
@@ -498,7 +542,7 @@ class Connection {
       filling.filled += n
       if (filling.filled < filling.payload.length) return false
       this.filling = undefined
-      this.start(filling.req, filling.payload)
+      this.start(filling.req, filling.payload, filling.block)
       return true
     }
     if (this.discardBytes > 0) {
@@ -539,12 +583,15 @@ class Connection {
       return true
     }
     if (req.type !== NbdCmd.WRITE) {
-      this.start(req, undefined)
-    } else if (q.length >= req.length) {
-      this.start(req, q.take(req.length))
+      this.start(req, undefined, undefined)
+    } else if (q.contiguous(req.length)) {
+      // a view of one socket chunk: no copy
+      this.start(req, q.take(req.length), undefined)
     } else {
-      // receive the rest of the payload straight into its final buffer: one copy, no accumulation
-      this.filling = { req, payload: Buffer.allocUnsafe(req.length), filled: 0 }
+      // the payload spans socket chunks: copy them, as they arrive, into one buffer
+      const block = req.length >= payloadPoolBlockMinBytes ? this.config.pool.take(req.length) : undefined
+      const payload = block ? block.subarray(0, req.length) : Buffer.allocUnsafe(req.length)
+      this.filling = { req, block, payload, filled: 0 }
     }
     return true
   }
@@ -796,14 +843,20 @@ class Connection {
 
   // ---- transmission ----
 
-  private start(req: Request, payload: Buffer | undefined): void {
+  /** run a checked request; `block` is the pooled block holding the payload, if any */
+  private start(req: Request, payload: Buffer | undefined, block: Buffer | undefined): void {
     const device = this.device
     assert(device !== undefined, 'a request runs only in the transmission phase')
     const bytes = req.type === NbdCmd.READ || req.type === NbdCmd.WRITE ? req.length : 0
     this.inFlight++
     this.inFlightBytes += bytes
     void this.execute(req, device, payload)
-      .catch((err: unknown) => this.replyFailure(req, device, err))
+      .then(
+        () => {
+          if (block) this.config.pool.give(block)
+        },
+        (err: unknown) => this.replyFailure(req, device, err),
+      )
       .finally(() => {
         this.inFlight--
         this.inFlightBytes -= bytes

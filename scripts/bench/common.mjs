@@ -1,0 +1,97 @@
+// Shared helpers of the benchmark scripts: free ports, running programs, fio JSON, a local cluster.
+import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const tess = path.join(repoRoot, 'bin', 'run.js')
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+export function sh(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...opts })
+  if (r.status !== 0 && !opts.allowFail) {
+    throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}${r.stdout}`)
+  }
+  return r
+}
+
+export function fioJson(out) {
+  return JSON.parse(out.slice(out.indexOf('{')))
+}
+
+export function dropCaches() {
+  spawnSync('sync')
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3')
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Start a background server; returns {pid, stop()} (stops by pid). */
+export function startServer(cmd, args) {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  let err = ''
+  child.stderr.on('data', (d) => { err += d })
+  return {
+    pid: child.pid,
+    stderr: () => err,
+    stop: () => new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve()
+      child.once('exit', () => resolve())
+      child.kill('SIGTERM')
+      setTimeout(() => child.kill('SIGKILL'), 5000).unref()
+    }),
+  }
+}
+
+export async function waitPort(port, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true) })
+      s.on('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`port ${port} did not open`)
+}
+
+/** An embedded Tessera cluster in `root`, on free ports; `tess(args)` runs the CLI against it. */
+export async function localCluster(root, name = 'bench') {
+  const env = { ...process.env, TESS_CONFIG_DIR: path.join(root, 'config'), NO_COLOR: '1' }
+  const ports = { api: await freePort(), nbd: await freePort(), ec: await freePort(), ep: await freePort() }
+  const run = (args) => {
+    const r = spawnSync(process.execPath, [tess, ...args, '--json'], { encoding: 'utf8', env })
+    if (r.status !== 0) throw new Error(`tess ${args.join(' ')}: ${r.stdout}${r.stderr}`)
+    return JSON.parse(r.stdout)
+  }
+  run(['cluster', 'create', '--local', '--name', name, '--data-dir', path.join(root, 'data'), '--api-port', String(ports.api),
+    '--nbd-port', String(ports.nbd), '--etcd-client-port', String(ports.ec), '--etcd-peer-port', String(ports.ep)])
+  return {
+    ports,
+    tess: run,
+    uri: (v) => `nbd://127.0.0.1:${ports.nbd}/${v}`,
+    cvmPid: () => Number(fs.readFileSync(path.join(root, 'data', 'run', 'cvm.pid'), 'utf8')),
+    destroy: () => run(['cluster', 'destroy', '--yes']),
+  }
+}
+
+export function ratio(a, b) {
+  if (!b) return 'n/a'
+  return (a / b).toFixed(2)
+}

@@ -1,0 +1,47 @@
+/**
+ * Limits of the image layer (registry client, content store, layer unpacker, puller): named
+ * constants, units last. Everything that reads from a registry or a layer is bounded by these.
+ */
+
+// image references (OCI distribution spec: repository names under 256 characters, tags up to 128)
+export const referenceLengthMax = 1024
+export const repositoryNameLengthMax = 255
+export const tagLengthMax = 128
+
+// registry HTTP client
+export const registryConnectTimeoutMs = 10_000
+/** A response that sends nothing for this long is abandoned (and retried). */
+export const registryIdleTimeoutMs = 30_000
+export const registryRetriesMax = 4
+export const registryRetryBackoffMinMs = 200
+export const registryRetryBackoffMaxMs = 5_000
+/** A Retry-After longer than this is cut to it. */
+export const registryRetryAfterMaxMs = 10_000
+export const registryRedirectsMax = 5
+/** Manifests and indexes (the distribution spec asks registries to accept at least 4 MiB). */
+export const manifestSizeMaxBytes = 4 * 1024 * 1024
+export const imageConfigSizeMaxBytes = 8 * 1024 * 1024
+export const tokenResponseSizeMaxBytes = 1024 * 1024
+export const errorBodySizeMaxBytes = 64 * 1024
+/** A cached bearer token is renewed this long before the expiry the token server announced. */
+export const tokenExpirySlackMs = 10_000
+/** expires_in default of the token spec when the server gives none. */
+export const tokenLifetimeDefaultMs = 60_000
+
+// images
+export const imageLayersMax = 256
+export const indexManifestsMax = 1024
+export const blobSizeMaxBytes = 64 * 1024 * 1024 * 1024
+export const layerPullConcurrencyMax = 3
+export const imageIndexRecordsMax = 100_000
+
+// layer unpacking (tar)
+export const tarEntriesMax = 2_000_000
+export const tarPathLengthMaxBytes = 4096
+export const tarPaxHeaderSizeMaxBytes = 1024 * 1024
+export const tarWhiteoutsMax = 100_000
+export const tarExtractTimeoutMs = 30 * 60_000
+export const unpackToolTimeoutMs = 60_000
+
+// content store
+export const storeReadBufferBytes = 1024 * 1024

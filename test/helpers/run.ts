@@ -1,0 +1,26 @@
+import { spawn } from 'node:child_process'
+
+export interface RunResult { code: number, stdout: string, stderr: string }
+
+/** Run a program (a real NBD client, fio, ...) and collect its output; never throws on exit code. */
+export function run(cmd: string, args: string[], opts: { timeoutMs?: number, env?: Record<string, string>, input?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: { ...process.env, PATH: `/usr/bin:/bin:/usr/sbin:/sbin:${process.env.PATH ?? ''}`, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => { stdout += d })
+    child.stderr.on('data', (d) => { stderr += d })
+    const t = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000)
+    child.on('error', reject)
+    child.on('close', (code, signal) => {
+      clearTimeout(t)
+      resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr })
+    })
+    child.stdin.end(opts.input ?? '')
+  })
+}
+
+/** fio prints a line before its JSON: parse from the first '{'. */
+export function parseFioJson(out: string): any {
+  return JSON.parse(out.slice(out.indexOf('{')))
+}
