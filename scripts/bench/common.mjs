@@ -74,14 +74,14 @@ export async function waitPort(port, timeoutMs = 15000) {
 /** An embedded Tessera cluster in `root`, on free ports; `tess(args)` runs the CLI against it. */
 export async function localCluster(root, name = 'bench') {
   const env = { ...process.env, TESS_CONFIG_DIR: path.join(root, 'config'), NO_COLOR: '1' }
-  const ports = { api: await freePort(), nbd: await freePort(), ec: await freePort(), ep: await freePort() }
+  const ports = { api: await freePort(), nbd: await freePort(), ec: await freePort(), ep: await freePort(), data: await freePort() }
   const run = (args) => {
     const r = spawnSync(process.execPath, [tess, ...args, '--json'], { encoding: 'utf8', env })
     if (r.status !== 0) throw new Error(`tess ${args.join(' ')}: ${r.stdout}${r.stderr}`)
     return JSON.parse(r.stdout)
   }
   run(['cluster', 'create', '--local', '--name', name, '--data-dir', path.join(root, 'data'), '--api-port', String(ports.api),
-    '--nbd-port', String(ports.nbd), '--etcd-client-port', String(ports.ec), '--etcd-peer-port', String(ports.ep)])
+    '--nbd-port', String(ports.nbd), '--etcd-client-port', String(ports.ec), '--etcd-peer-port', String(ports.ep), '--data-port', String(ports.data)])
   return {
     ports,
     tess: run,

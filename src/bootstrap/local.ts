@@ -12,6 +12,7 @@ import type { ClusterStatus, DiskInfo, HealthInfo } from '../common/types.js'
 import { etcdUrl, supervisorScript } from '../daemon/services.js'
 import { ApiClient } from '../cli/client.js'
 import { findContext, type ClusterContext } from '../cli/contexts.js'
+import { dataPortDefault } from '../cvm/replication/protocol.js'
 import { createCa, createNodeCert, createToken } from './pki.js'
 import { pidAlive, pidIsOurs, readPid, waitForExit } from './process.js'
 
@@ -23,6 +24,7 @@ export interface LocalClusterOptions {
   nbdPort: number
   etcdClientPort: number
   etcdPeerPort: number
+  dataPort: number
 }
 
 export const localDefaults = {
@@ -33,6 +35,7 @@ export const localDefaults = {
   nbdPort: nbdPortDefault,
   etcdClientPort: etcdClientPortDefault,
   etcdPeerPort: etcdPeerPortDefault,
+  dataPort: dataPortDefault,
 }
 
 function portFree(host: string, port: number): Promise<boolean> {
@@ -86,7 +89,7 @@ export async function preflightLocal(o: LocalClusterOptions): Promise<void> {
       hints.push(`apt-get install ${bin === 'etcd' ? 'etcd-server etcd-client' : 'openssl'}`)
     }
   }
-  const ports: Array<[string, number]> = [['API', o.apiPort], ['NBD', o.nbdPort], ['etcd client', o.etcdClientPort], ['etcd peer', o.etcdPeerPort]]
+  const ports: Array<[string, number]> = [['API', o.apiPort], ['NBD', o.nbdPort], ['etcd client', o.etcdClientPort], ['etcd peer', o.etcdPeerPort], ['data', o.dataPort]]
   const seen = new Set<number>()
   for (const [what, port] of ports) {
     if (seen.has(port)) problems.push(`port ${port} is given for two services`)
@@ -143,6 +146,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
       },
       api: { bind: o.bind, port: o.apiPort },
       nbd: { bind: o.bind, port: o.nbdPort },
+      data: { bind: o.bind, port: o.dataPort },
       createdAt: new Date().toISOString(),
     }
     writeFileAtomic(p.nodeConfig, JSON.stringify(cfg, null, 2) + '\n', 0o600)

@@ -26,6 +26,8 @@ export interface NodeConfig {
   }
   api: { bind: string, port: number }
   nbd: { bind: string, port: number }
+  /** data port: replication and forwarded I/O between CVMs (mutual TLS) */
+  data: { bind: string, port: number }
   createdAt: string
 }
 

@@ -4,7 +4,12 @@
  */
 import fs from 'node:fs'
 import { errorMessage } from '../common/errors.js'
-import { connectEtcd, keys } from '../common/etcd.js'
+import { connectEtcd, getJson, keys } from '../common/etcd.js'
+import type { NodeRecord } from '../common/types.js'
+import { PeerPool } from './replication/client.js'
+import { PeerError } from './replication/protocol.js'
+import { DataServer } from './replication/server.js'
+import { ReplicaStore } from './vdisk/replicastore.js'
 import { etcdStartTimeoutMs } from '../common/limits.js'
 import { makeLogger } from '../common/log.js'
 import { nodePaths, readNodeConfig } from '../common/nodeconfig.js'
@@ -52,8 +57,16 @@ async function main(): Promise<void> {
   const disks = new DiskService(etcd, cfg.nodeName, cfg.clusterId, (id) => engine!.diskHoldsData(id))
   const node = new NodeService(etcd, cfg, log, () => disks.localStats())
   await node.register()
-  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords() })
+  const creds = { cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: fs.readFileSync(paths.caCert) }
+  const store = new ReplicaStore({ localDisks: () => disks.localRecords(), log })
+  const peers = new PeerPool(creds, async (name) => {
+    const rec = await getJson<NodeRecord>(etcd, keys.node(name))
+    if (!rec) throw new PeerError('unreachable', `node ${name} is not a member of the cluster`)
+    return { address: rec.address, dataPort: rec.dataPort }
+  })
+  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers })
   await engine.start()
+  const dataServer = new DataServer({ creds, store, vdisks: engine, log })
   const nbd = new NbdServer({ provider: engine, log })
   engine.connectionsOf = (name) => nbd.connectionsFor(name)
   const vdisks = new VdiskService(etcd, {
@@ -73,10 +86,11 @@ async function main(): Promise<void> {
     log,
   })
   registerRoutes(api, { cfg, node, disks, vdisks })
+  await dataServer.listen(cfg.data.port, cfg.data.bind)
   await nbd.listen(cfg.nbd.port, cfg.nbd.bind)
   await api.listen(cfg.api.port, cfg.api.bind)
   node.startHeartbeat()
-  log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}`)
+  log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}, data ${cfg.data.bind}:${cfg.data.port}`)
 
   let stopping = false
   const stop = async (sig: string) => {
@@ -87,6 +101,7 @@ async function main(): Promise<void> {
     try {
       await api.close()
       await nbd.close()
+      await dataServer.close()
       await engine!.stop()
       await node.stop()
       etcd.close()

@@ -42,6 +42,7 @@ export class NodeService {
       address: this.cfg.address,
       apiPort: this.cfg.api.port,
       nbdPort: this.cfg.nbd.port,
+      dataPort: this.cfg.data.port,
       joinedAt: existing?.joinedAt ?? new Date().toISOString(),
     }
     await etcdCall('register this node', () => this.etcd.put(keys.node(this.cfg.nodeName)).value(JSON.stringify(rec)))

@@ -46,9 +46,10 @@ export function cvmService(cfg: NodeConfig): ServiceSpec {
   return {
     name: 'cvm',
     command: process.execPath,
-    args: ['--enable-source-maps', path.join(distDir, 'cvm', 'main.js'), '--data-dir', cfg.dataDir],
+    // TESS_CVM_NODE_ARGS (in the supervisor's environment) adds node options, e.g. --cpu-prof for profiling.
+    args: ['--enable-source-maps', ...(process.env.TESS_CVM_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(distDir, 'cvm', 'main.js'), '--data-dir', cfg.dataDir],
     // The extent store does file I/O through libuv's pool: give it room for queue depth.
-    env: { UV_THREADPOOL_SIZE: '16' },
+    env: { UV_THREADPOOL_SIZE: '8' },
   }
 }
 

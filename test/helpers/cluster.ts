@@ -46,11 +46,12 @@ export function runTess(args: string[], env: Record<string, string>, opts: { inp
       } catch { /* not JSON */ }
       resolve({ code: code ?? -1, stdout, stderr, json })
     })
+    child.stdin.on('error', () => { /* the child may exit before reading its input */ })
     child.stdin.end(opts.input ?? '')
   })
 }
 
-export interface LocalClusterPorts { api: number, nbd: number, etcdClient: number, etcdPeer: number }
+export interface LocalClusterPorts { api: number, nbd: number, etcdClient: number, etcdPeer: number, data: number }
 
 /** An embedded cluster in a temp dir, on free ports, with its own CLI config dir. */
 export class TestCluster {
@@ -74,10 +75,10 @@ export class TestCluster {
   }
 
   async create(extra: string[] = []): Promise<TessResult> {
-    this.ports = { api: await freePort(), nbd: await freePort(), etcdClient: await freePort(), etcdPeer: await freePort() }
+    this.ports = { api: await freePort(), nbd: await freePort(), etcdClient: await freePort(), etcdPeer: await freePort(), data: await freePort() }
     const r = await this.tess(['cluster', 'create', '--local', '--name', this.name, '--data-dir', this.dataDir,
       '--api-port', String(this.ports.api), '--nbd-port', String(this.ports.nbd),
-      '--etcd-client-port', String(this.ports.etcdClient), '--etcd-peer-port', String(this.ports.etcdPeer), '--json', ...extra])
+      '--etcd-client-port', String(this.ports.etcdClient), '--etcd-peer-port', String(this.ports.etcdPeer), '--data-port', String(this.ports.data), '--json', ...extra])
     if (r.code !== 0) throw new Error(`cluster create failed (${r.code}): ${r.stdout} ${r.stderr}`)
     return r
   }

@@ -16,6 +16,7 @@ export function run(cmd: string, args: string[], opts: { timeoutMs?: number, env
       clearTimeout(t)
       resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr })
     })
+    child.stdin.on('error', () => { /* the child may exit before reading its input */ })
     child.stdin.end(opts.input ?? '')
   })
 }

@@ -33,6 +33,7 @@ The daemons keep running after the command returns; stop them with \`<%= config.
     'nbd-port': Flags.integer({ description: 'NBD server port.', default: localDefaults.nbdPort, min: 1, max: 65535 }),
     'etcd-client-port': Flags.integer({ description: 'etcd client port.', default: localDefaults.etcdClientPort, min: 1, max: 65535 }),
     'etcd-peer-port': Flags.integer({ description: 'etcd peer port.', default: localDefaults.etcdPeerPort, min: 1, max: 65535 }),
+    'data-port': Flags.integer({ description: 'Data port between CVMs (replication, forwarded I/O).', default: localDefaults.dataPort, min: 1, max: 65535 }),
   }
 
   protected async exec(): Promise<ClusterCreateResult> {
@@ -46,6 +47,7 @@ The daemons keep running after the command returns; stop them with \`<%= config.
       nbdPort: flags['nbd-port'],
       etcdClientPort: flags['etcd-client-port'],
       etcdPeerPort: flags['etcd-peer-port'],
+      dataPort: flags['data-port'],
     }, (step) => s.text(`Creating cluster "${flags.name}": ${step}`)))
     saveContext(created.context)
     return { ...created.status, local: true, dataDir: created.context.local!.dataDir, endpoint: created.context.endpoints[0]! }

@@ -75,7 +75,7 @@ interface LayerPlan {
   /** paths (relative, normalised) -> type after the last entry of each path */
   types: Map<string, TarEntry['type']>
   whiteouts: Array<{ dir: string, name: string }>
-  opaques: string[]
+  opaques: Set<string>
   /** `.wh.*` files to delete after extraction */
   markers: string[]
 }
@@ -187,7 +187,7 @@ export class LayerStore {
           sizeBytes: plan.sizeBytes,
           entries: plan.entries,
           whiteouts: plan.whiteouts.length,
-          opaqueDirs: plan.opaques.length,
+          opaqueDirs: plan.opaques.size,
           unpackedAt: new Date().toISOString(),
         }
         await writeFileAtomic(path.join(tmp, 'layer.json'), `${JSON.stringify(marker, null, 2)}\n`, 0o644)
@@ -351,7 +351,7 @@ export function normaliseEntryName(name: string, what: string): string {
  * `diffId`; refuse what must not be extracted. Exported for tests.
  */
 export async function scanLayer(blobPath: string, diffId: string, what: string): Promise<LayerPlan> {
-  const plan: LayerPlan = { entries: 0, sizeBytes: 0, types: new Map(), whiteouts: [], opaques: [], markers: [] }
+  const plan: LayerPlan = { entries: 0, sizeBytes: 0, types: new Map(), whiteouts: [], opaques: new Set(), markers: [] }
   const refuse = (e: TarEntry, why: string) => new TessError('TESS_E_INVALID', `cannot unpack ${what}: entry "${e.name}" ${why}`,
     'the image is malformed or malicious; nothing of this layer was unpacked')
   /** no entry may be written through a symlink (or a non-directory) of the same layer */
@@ -409,7 +409,7 @@ export async function scanLayer(blobPath: string, diffId: string, what: string):
           if (plan.markers.length >= tarWhiteoutsMax) throw refuse(e, `is whiteout number ${tarWhiteoutsMax + 1}: too many whiteouts`)
           plan.markers.push(p)
           if (base === opaqueMarker) {
-            if (!plan.opaques.includes(dir)) plan.opaques.push(dir)
+            plan.opaques.add(dir)
           } else if (!base.startsWith(`${whiteoutPrefix}${whiteoutPrefix}`)) {
             const name = base.slice(whiteoutPrefix.length)
             if (name === '' || name === '.' || name === '..') throw refuse(e, 'is a whiteout of its own directory or parent')

@@ -56,8 +56,11 @@ const blockSizeMaxBytes = nbdPayloadMaxBytes
 const inFlightBytesPerConnMaxDefault = 4 * nbdPayloadMaxBytes
 /** stop reading requests while this many reply bytes wait in the socket's user-space buffer */
 const replyBufferedMaxBytes = 8 * 1024 * 1024
-/** on server close, how long a connection may take to finish its in-flight requests before it is cut */
-const closeDrainTimeoutMsDefault = 10_000
+/**
+ * On server close, how long a connection may take to finish its in-flight requests before it is
+ * cut; well inside the few seconds a daemon gets to stop before it is killed.
+ */
+const closeDrainTimeoutMsDefault = 5_000
 /** WRITE payloads at least this large that span socket chunks are assembled in pooled blocks */
 const payloadPoolBlockMinBytes = 64 * 1024
 /** idle pooled payload blocks kept per server; beyond this, released blocks are left to the GC */
@@ -164,7 +167,11 @@ export class NbdServer {
     return n
   }
 
-  /** Stop listening, let every connection finish its in-flight requests, close it and its device. */
+  /**
+   * Stop listening and end every connection: each finishes its in-flight requests (or is cut after
+   * closeDrainTimeoutMs), then its device is closed. Resolves when every device is closed, which
+   * waits for device calls still running even on a cut connection.
+   */
   async close(): Promise<void> {
     this.closing = true
     const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()))

@@ -3,6 +3,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import zlib from 'node:zlib'
 import { assert } from '../../common/errors.js'
+import { RawFile } from './rawfile.js'
 import { checksumBlockSizeBytes, checksumBlocksPerExtent, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
 
 /**
@@ -16,11 +17,11 @@ import { checksumBlockSizeBytes, checksumBlocksPerExtent, extentsPerEgroup, vBlo
  *
  * A block whose entry is not "written" reads as zeros without touching the data region, so a freed
  * slot only needs its entries reset, and stale bytes of an earlier extent are never returned.
- * Data is written before its checksum entry. A `.dirty` marker beside the file exists (durably)
+ * Data and its checksum entries are written together. A `.dirty` marker beside the file exists (durably)
  * from the first write after a sync until the next sync completes; on open, a marked file is
  * scrubbed: a block whose checksum does not match was being written when the process died, and its
- * bytes (the new data, whole or torn at sector granularity, as any disk leaves an unflushed write)
- * are accepted.
+ * bytes (old or new data, or after a power loss torn at sector granularity, as any disk leaves an
+ * unflushed write) are accepted.
  */
 
 export const egroupMagic = Buffer.from('TESSEG01')
@@ -56,7 +57,7 @@ export class EgroupFile {
   private constructor(
     readonly id: string,
     readonly file: string,
-    private readonly fh: fsp.FileHandle,
+    private readonly fh: RawFile,
     /** checksum region, cached whole (64 KiB) */
     private readonly entries: Buffer,
   ) {}
@@ -72,7 +73,7 @@ export class EgroupFile {
   /** Create a new, empty extent group file durably (file and directory entry). */
   static async create(dir: string, id: string, vdiskId: string): Promise<EgroupFile> {
     const file = EgroupFile.fileName(dir, id)
-    const fh = await fsp.open(file, 'wx+', 0o600)
+    const fh = await RawFile.open(file, 'wx+', 0o600)
     try {
       const header = Buffer.alloc(headerBytes)
       egroupMagic.copy(header, 0)
@@ -83,7 +84,7 @@ export class EgroupFile {
       header.writeBigUInt64LE(BigInt(id), 24)
       header.writeBigUInt64LE(BigInt(vdiskId), 32)
       header.writeUInt32LE(crc(header.subarray(0, 40)), 40)
-      await fh.write(header, 0, headerBytes, 0)
+      await fh.writeAll(header, 0)
       await fh.truncate(dataRegionOffset)
       await fh.sync()
       await syncDir(dir)
@@ -101,10 +102,10 @@ export class EgroupFile {
    */
   static async open(dir: string, id: string, inUse: Set<number>, log: (m: string) => void): Promise<EgroupFile> {
     const file = EgroupFile.fileName(dir, id)
-    const fh = await fsp.open(file, 'r+')
+    const fh = await RawFile.open(file, 'r+')
     try {
       const header = Buffer.alloc(headerBytes)
-      await fh.read(header, 0, headerBytes, 0)
+      await fh.readFull(header, 0, headerBytes, 0)
       if (!header.subarray(0, 8).equals(egroupMagic)) throw new Error(`extent group file ${file} has a bad magic`)
       if (header.readUInt32LE(40) !== crc(header.subarray(0, 40))) throw new Error(`extent group file ${file} has a corrupt header`)
       if (header.readUInt32LE(8) !== egroupVersion || header.readUInt32LE(12) !== extentsPerEgroup || header.readUInt32LE(16) !== vBlockSizeBytes) {
@@ -112,7 +113,7 @@ export class EgroupFile {
       }
       if (header.readBigUInt64LE(24) !== BigInt(id)) throw new Error(`extent group file ${file} belongs to egroup ${header.readBigUInt64LE(24)}, not ${id}`)
       const entries = Buffer.alloc(checksumRegionBytes)
-      await fh.read(entries, 0, checksumRegionBytes, checksumRegionOffset)
+      await fh.readFull(entries, 0, checksumRegionBytes, checksumRegionOffset)
       const eg = new EgroupFile(id, file, fh, entries)
       await eg.recover(inUse, log)
       return eg
@@ -140,7 +141,8 @@ export class EgroupFile {
       let repaired = 0
       const buf = Buffer.alloc(vBlockSizeBytes)
       for (const slot of inUse) {
-        await this.fh.read(buf, 0, vBlockSizeBytes, dataRegionOffset + slot * vBlockSizeBytes)
+        const got = await this.fh.readFull(buf, 0, vBlockSizeBytes, dataRegionOffset + slot * vBlockSizeBytes)
+        buf.fill(0, got)
         for (let b = 0; b < entriesPerSlot; b++) {
           const off = this.entryOffset(slot, b)
           if ((this.entries.readUInt32LE(off + 4) & flagWritten) === 0) continue
@@ -155,7 +157,7 @@ export class EgroupFile {
       if (repaired > 0) log(`egroup ${this.id}: scrub after an unclean stop re-checksummed ${repaired} block(s) whose write was cut short`)
     }
     if (changed) {
-      await this.fh.write(this.entries, 0, checksumRegionBytes, checksumRegionOffset)
+      await this.fh.writeAll(this.entries, checksumRegionOffset)
     }
     await this.fh.sync()
     await fsp.rm(marker, { force: true })
@@ -170,6 +172,41 @@ export class EgroupFile {
     let n = 0
     for (let b = 0; b < entriesPerSlot; b++) if (this.entries.readUInt32LE(this.entryOffset(slot, b) + 4) & flagWritten) n++
     return n
+  }
+
+  /**
+   * The slot exactly as stored, for copying a replica: its checksum entries and its data (the data
+   * of unwritten blocks is zeroed). Undefined when no block of the slot is written. Verified.
+   */
+  async readRaw(slot: number): Promise<{ entries: Buffer, data: Buffer } | undefined> {
+    if (this.writtenBlocks(slot) === 0) return undefined
+    const data = Buffer.alloc(vBlockSizeBytes)
+    await this.read(slot, 0, vBlockSizeBytes, data, 0)
+    const entries = Buffer.from(this.entries.subarray(this.entryOffset(slot, 0), this.entryOffset(slot + 1, 0)))
+    return { entries, data }
+  }
+
+  /** Store a slot copied from another replica verbatim (entries checked against the data first). */
+  async writeRaw(slot: number, entries: Buffer, data: Buffer): Promise<void> {
+    assert(entries.length === entriesPerSlot * entryBytes && data.length === vBlockSizeBytes, 'raw slot sizes')
+    for (let b = 0; b < entriesPerSlot; b++) {
+      if ((entries.readUInt32LE(b * entryBytes + 4) & flagWritten) === 0) continue
+      const actual = crc(data.subarray(b * checksumBlockSizeBytes, (b + 1) * checksumBlockSizeBytes))
+      if (actual !== entries.readUInt32LE(b * entryBytes)) throw new ChecksumError(this.id, this.file, slot, b, entries.readUInt32LE(b * entryBytes), actual)
+    }
+    this.active++
+    try {
+      await this.markDirty()
+      const eo = this.entryOffset(slot, 0)
+      await Promise.all([
+        this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes),
+        this.fh.writeAll(entries, checksumRegionOffset + eo),
+      ])
+      entries.copy(this.entries, eo)
+    } finally {
+      this.active--
+      this.writeGen++
+    }
   }
 
   /**
@@ -198,7 +235,7 @@ export class EgroupFile {
     if (lo > 0) dst.fill(0, 0, lo * checksumBlockSizeBytes)
     if (hi < count - 1) dst.fill(0, (hi + 1) * checksumBlockSizeBytes)
     const spanBytes = (hi - lo + 1) * checksumBlockSizeBytes
-    const { bytesRead } = await this.fh.read(dst, lo * checksumBlockSizeBytes, spanBytes, dataRegionOffset + slot * vBlockSizeBytes + offset + lo * checksumBlockSizeBytes)
+    const bytesRead = await this.fh.readFull(dst, lo * checksumBlockSizeBytes, spanBytes, dataRegionOffset + slot * vBlockSizeBytes + offset + lo * checksumBlockSizeBytes)
     if (bytesRead < spanBytes) dst.fill(0, lo * checksumBlockSizeBytes + bytesRead, (hi + 1) * checksumBlockSizeBytes)
     for (let i = lo; i <= hi; i++) {
       const eo = this.entryOffset(slot, first + i)
@@ -235,10 +272,15 @@ export class EgroupFile {
       newEntries.writeUInt32LE(crc(data.subarray(i * checksumBlockSizeBytes, (i + 1) * checksumBlockSizeBytes)), i * entryBytes)
       newEntries.writeUInt32LE(flagWritten, i * entryBytes + 4)
     }
-    await writeAll(this.fh, data, dataRegionOffset + slot * vBlockSizeBytes + offset)
+    // Data and checksums go out together: the dirty marker is already durable, so if the process
+    // dies between the two, the scrub on open re-checksums whatever bytes the block holds (old or
+    // new), and the in-memory entries change only once both writes are done.
     const eo = this.entryOffset(slot, first)
+    await Promise.all([
+      this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes + offset),
+      this.fh.writeAll(newEntries, checksumRegionOffset + eo),
+    ])
     newEntries.copy(this.entries, eo)
-    await writeAll(this.fh, newEntries, checksumRegionOffset + eo)
   }
 
   /** Make blocks read as zeros (trim, write-zeroes): reset their entries. */
@@ -250,7 +292,7 @@ export class EgroupFile {
       const from = this.entryOffset(slot, offset / checksumBlockSizeBytes)
       const to = this.entryOffset(slot, (offset + length) / checksumBlockSizeBytes)
       this.entries.fill(0, from, to)
-      await writeAll(this.fh, this.entries.subarray(from, to), checksumRegionOffset + from)
+      await this.fh.writeAll(this.entries.subarray(from, to), checksumRegionOffset + from)
     } finally {
       this.active--
       this.writeGen++
@@ -314,15 +356,6 @@ export class EgroupFile {
   /** Test hook: zeros of one block, for writing zero ranges without allocating a buffer each time. */
   static get zeroBlock(): Buffer {
     return zeroBlock
-  }
-}
-
-async function writeAll(fh: fsp.FileHandle, buf: Buffer, position: number): Promise<void> {
-  let done = 0
-  while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done)
-    if (bytesWritten <= 0) throw new Error('short write')
-    done += bytesWritten
   }
 }
 

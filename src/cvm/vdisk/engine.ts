@@ -1,45 +1,61 @@
 import crypto from 'node:crypto'
-import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
 import { TessError, errorMessage } from '../../common/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
-import { extentsPerEgroup, nodeHeartbeatTtlSec, vBlockSizeBytes } from '../../common/limits.js'
+import { extentsPerEgroup, nodeHeartbeatTtlSec } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
-import type { DiskRecord, VdiskRecord } from '../../common/types.js'
+import type { DiskRecord, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../common/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
 import { egroupDirName } from '../pool/disks.js'
+import type { PeerPool } from '../replication/client.js'
+import { PeerError, ops } from '../replication/protocol.js'
+import type { VdiskIoHandler } from '../replication/server.js'
 import type { VdiskDataHooks } from './service.js'
 import { EgroupFile } from './egroup.js'
+import { KeyedRwLock } from './locks.js'
 import { MapWriter } from './mapwriter.js'
+import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
+import type { ReplicaStore } from './replicastore.js'
 import { Vdisk, type ExtentRef, type LoadedEgroup } from './vdisk.js'
 
 export interface EgroupRecord {
   id: string
   vdiskId: string
   replicas: Array<{ node: string, diskId: string }>
+  /** replicas that failed and were replaced (their files are removed when their node is reachable) */
+  stale?: Array<{ node: string, diskId: string }>
   createdAt: string
 }
 
 interface MapValue { eg: string, s: number }
 
+/** How long a forwarder waits for a dead owner's lease to expire before giving up (lease TTL + margin). */
+export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
+const liveNodesCacheMs = 1000
+
 /**
- * The vDisk data engine of one CVM: loads vDisks it owns (ownership is a key bound to this CVM's
- * lease in etcd), serves them to the NBD server, and frees their storage on delete.
+ * The vDisk data engine of one CVM. It owns vDisks (a key bound to this CVM's lease in etcd),
+ * serves them to the NBD server, keeps every extent group on RF nodes (local replica plus remote
+ * ones over the data port), forwards I/O for vDisks another CVM owns, and takes ownership when
+ * that owner's lease has expired.
  */
-export class VdiskEngine implements ExportProvider, VdiskDataHooks {
+export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandler {
   private readonly loaded = new Map<string, Promise<Vdisk>>()
   private readonly egroupIds: IdAllocator
   private lease: Lease | undefined
   private leaseId = ''
   private readonly session = crypto.randomBytes(8).toString('hex')
+  private liveCache: { at: number, nodes: Promise<NodeStatusRecord[]> } | undefined
   connectionsOf: (name: string) => number = () => 0
 
   constructor(private readonly etcd: Etcd3, private readonly opts: {
     nodeName: string
     log: Logger
     localDisks: () => Promise<DiskRecord[]>
+    store: ReplicaStore
+    peers: PeerPool
   }) {
     this.egroupIds = new IdAllocator(etcd, 'egroup', 64)
   }
@@ -62,15 +78,53 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
   async stop(): Promise<void> {
     for (const p of this.loaded.values()) {
       try {
-        const v = await p
-        v.shut('stopping')
-        await v.closeFiles(true)
+        (await p).shut('stopping')
       } catch { /* load failed */ }
     }
     this.loaded.clear()
+    await this.opts.store.closeAll()
+    this.opts.peers.closeAll()
     try {
       await this.lease?.revoke()
     } catch { /* etcd may be gone */ }
+  }
+
+  // ---- nodes ----
+
+  /** Nodes whose CVM is alive (its status key, bound to its lease, exists). */
+  private liveNodes(): Promise<NodeStatusRecord[]> {
+    const now = Date.now()
+    if (!this.liveCache || now - this.liveCache.at > liveNodesCacheMs) {
+      this.liveCache = { at: now, nodes: listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix) }
+      this.liveCache.nodes.catch(() => { this.liveCache = undefined })
+    }
+    return this.liveCache.nodes
+  }
+
+  private replicaFor(vdiskId: string, egid: string, node: string, diskId: string): Replica {
+    if (node === this.opts.nodeName) return new LocalReplica(node, diskId, egid, vdiskId, this.opts.store)
+    return new RemoteReplica(node, diskId, egid, vdiskId, this.opts.peers)
+  }
+
+  private async pickDiskOn(node: string): Promise<string> {
+    if (node === this.opts.nodeName) return this.opts.store.pickDisk()
+    const f = await (await this.opts.peers.get(node)).request(ops.pickDisk, {})
+    return String(f.json.diskId)
+  }
+
+  /**
+   * RF distinct live nodes for a new extent group: this node first (reads stay local), then the
+   * others with the most free space.
+   */
+  private async placeReplicas(rf: number, exclude: Set<string>): Promise<string[]> {
+    const live = await this.liveNodes()
+    const free = (s: NodeStatusRecord) => Object.values(s.disks).reduce((a, d) => a + d.freeBytes, 0)
+    const others = live.filter((s) => s.name !== this.opts.nodeName && !exclude.has(s.name) && Object.keys(s.disks).length > 0)
+      .sort((a, b) => free(b) - free(a))
+      .map((s) => s.name)
+    // This node counts whenever it has a disk (its own status record may lag a disk just added).
+    const here = !exclude.has(this.opts.nodeName) && (await this.opts.localDisks()).length > 0 ? [this.opts.nodeName] : []
+    return [...here, ...others].slice(0, rf)
   }
 
   // ---- ExportProvider (NBD) ----
@@ -83,22 +137,57 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
   async open(name: string): Promise<BlockDevice | undefined> {
     const id = await this.etcd.get(keys.vdiskName(name)).string()
     if (id === null) return undefined
-    const v = await this.load(id)
-    v.connections++
-    let closed = false
-    return {
-      name,
-      get sizeBytes() { return v.sizeBytes },
-      read: (o, l) => v.read(o, l),
-      write: (o, d, f) => v.write(o, d, f),
-      flush: () => v.flush(),
-      trim: (o, l) => v.trim(o, l),
-      writeZeroes: (o, l, n, f) => v.writeZeroes(o, l, n, f),
-      close: async () => {
-        if (closed) return
-        closed = true
-        v.connections--
-      },
+    const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+    if (!rec || rec.state !== 'ready') return undefined
+    const target = await this.route(rec)
+    if (target.local) {
+      const v = target.vdisk
+      v.connections++
+      let closed = false
+      return {
+        name,
+        get sizeBytes() { return v.sizeBytes },
+        read: (o, l) => v.read(o, l),
+        write: (o, d, f) => v.write(o, d, f),
+        flush: () => v.flush(),
+        trim: (o, l) => v.trim(o, l),
+        writeZeroes: (o, l, n, f) => v.writeZeroes(o, l, n, f),
+        close: async () => {
+          if (closed) return
+          closed = true
+          v.connections--
+        },
+      }
+    }
+    return new ForwardingDevice(rec, target.owner, this)
+  }
+
+  /** Where I/O for a vDisk goes: here (loading it, taking ownership if free) or to its owner. */
+  async route(rec: VdiskRecord): Promise<{ local: true, vdisk: Vdisk } | { local: false, owner: string }> {
+    const loaded = this.loaded.get(rec.id)
+    if (loaded) return { local: true, vdisk: await loaded }
+    const cur = await this.etcd.get(keys.vdiskOwner(rec.id)).string()
+    const ownerNode = cur?.split('/')[0]
+    if (cur === null || ownerNode === this.opts.nodeName) return { local: true, vdisk: await this.load(rec.id) }
+    return { local: false, owner: ownerNode! }
+  }
+
+  /** Forwarded I/O arriving on the data port: serve it if this CVM owns (or can own) the vDisk. */
+  async io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer): Promise<Buffer | undefined> {
+    const id = await this.etcd.get(keys.vdiskName(name)).string()
+    const rec = id === null ? undefined : await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+    if (!rec || rec.state !== 'ready') throw new PeerError('errno', `vDisk ${name} does not exist`, nbdErrno.EINVAL)
+    const t = await this.route(rec)
+    if (!t.local) throw new PeerError('not-owner', `vDisk ${name} is owned by ${t.owner}`)
+    const v = t.vdisk
+    if (offset + length > v.sizeBytes) throw new PeerError('errno', 'request past the end', nbdErrno.EINVAL)
+    switch (op) {
+      case 'read': return v.read(offset, length)
+      case 'write': await v.write(offset, data, flags.fua); return undefined
+      case 'flush': await v.flush(); return undefined
+      case 'trim': await v.trim(offset, length); return undefined
+      case 'zero': await v.writeZeroes(offset, length, flags.noHole, flags.fua); return undefined
+      default: throw new PeerError('invalid', `unknown vDisk op ${op}`)
     }
   }
 
@@ -118,24 +207,19 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
     this.loaded.delete(rec.id)
     if (p) {
       try {
-        const v = await p
-        v.shut('deleted')
-        await v.closeFiles(false)
+        (await p).shut('deleted')
       } catch { /* load had failed */ }
     }
     const egroups = await etcdCall('list extent groups', () => listJson<EgroupRecord>(this.etcd, keys.egroupsOf(rec.id)))
-    const disks = new Map((await this.opts.localDisks()).map((d) => [d.id, d]))
-    // Files first, records after: a crash in between leaves records whose files are gone, which
-    // the next delete attempt (the vDisk stays 'deleting') tolerates.
-    for (const eg of egroups) {
-      for (const r of eg.replicas) {
-        const d = disks.get(r.diskId)
-        if (r.node !== this.opts.nodeName || !d) continue
-        const file = EgroupFile.fileName(path.join(d.path, egroupDirName), eg.id)
-        await fsp.rm(file, { force: true })
-        await fsp.rm(EgroupFile.markerName(file), { force: true })
+    // Files first, records after: a node that is down keeps its files until it comes back and
+    // finds no record for them (removeOrphanFiles).
+    await Promise.all(egroups.flatMap((eg) => [...eg.replicas, ...(eg.stale ?? [])].map(async (r) => {
+      try {
+        await this.replicaFor(rec.id, eg.id, r.node, r.diskId).delete()
+      } catch (e) {
+        this.opts.log.warn(`delete of vDisk ${rec.name}: extent group ${eg.id} on ${r.node} stays until that node is back: ${errorMessage(e)}`)
       }
-    }
+    })))
     await etcdCall('delete the block map', () => this.etcd.delete().prefix(keys.vdiskMapPrefix(rec.id)))
     await etcdCall('delete extent group records', () => this.etcd.delete().prefix(keys.egroupsOf(rec.id)))
     await etcdCall('delete the owner record', () => this.etcd.delete().key(keys.vdiskOwner(rec.id)))
@@ -145,11 +229,6 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
   async diskHoldsData(diskId: string): Promise<boolean> {
     const all = await etcdCall('list extent groups', () => listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix))
     return all.some((eg) => eg.replicas.some((r) => r.diskId === diskId))
-  }
-
-  allocatedExtents(id: string): Promise<number> | undefined {
-    const p = this.loaded.get(id)
-    return p?.then((v) => v.allocatedExtents)
   }
 
   // ---- loading ----
@@ -187,12 +266,10 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
     const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
     if (!rec || rec.state !== 'ready') throw new DeviceError(nbdErrno.EINVAL, `vDisk ${id} does not exist`)
     await this.acquireOwnership(rec)
-    const [egRecs, mapAll, disks] = await Promise.all([
+    const [egRecs, mapAll] = await Promise.all([
       listJson<EgroupRecord>(this.etcd, keys.egroupsOf(id)),
       this.etcd.getAll().prefix(keys.vdiskMapPrefix(id)).strings(),
-      this.opts.localDisks(),
     ])
-    const diskById = new Map(disks.map((d) => [d.id, d]))
     const map = new Map<number, ExtentRef>()
     const inUse = new Map<string, Set<number>>()
     const prefix = keys.vdiskMapPrefix(id)
@@ -205,29 +282,20 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
       s.add(mv.s)
     }
     const egroups = new Map<string, LoadedEgroup>()
-    const log = (m: string) => this.opts.log.warn(`vDisk ${rec.name}: ${m}`)
-    for (const er of egRecs) {
-      const replica = er.replicas.find((r) => r.node === this.opts.nodeName && diskById.has(r.diskId))
+    await Promise.all(egRecs.map(async (er) => {
       const used = inUse.get(er.id) ?? new Set<number>()
-      const d = replica ? diskById.get(replica.diskId) : undefined
-      const eg: LoadedEgroup = { id: er.id, diskId: replica?.diskId ?? '', diskPath: d?.path ?? '', file: undefined, usedSlots: used, freeSlots: [] }
-      if (d) {
-        const dir = path.join(d.path, egroupDirName)
-        const file = EgroupFile.fileName(dir, er.id)
-        if (fs.existsSync(file)) {
-          eg.file = await EgroupFile.open(dir, er.id, used, log)
-        } else if (used.size === 0) {
-          // The record was committed but the file never made it (crash): make it now.
-          eg.file = await EgroupFile.create(dir, er.id, id)
-        } else {
-          this.opts.log.error(`vDisk ${rec.name}: extent group ${er.id} file ${file} is missing; its ${used.size} extent(s) will read as errors`)
-        }
-      } else {
-        this.opts.log.error(`vDisk ${rec.name}: extent group ${er.id} has no replica on a disk of this node`)
-      }
+      const replicas = er.replicas.map((r) => this.replicaFor(id, er.id, r.node, r.diskId))
+      replicas.sort((a, b) => Number(b.local) - Number(a.local))
+      const eg: LoadedEgroup = { id: er.id, replicas, usedSlots: used, freeSlots: [], lock: new KeyedRwLock() }
+      for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
+      // Open (and recover) every replica; one that cannot be reached now is replaced on the
+      // first write that fails on it, and skipped by reads.
+      await Promise.all(replicas.map((r) => r.open([...used]).catch((e: unknown) => {
+        this.opts.log.warn(`vDisk ${rec.name}: replica of extent group ${er.id} on ${r.node} disk ${r.diskId} not available: ${errorMessage(e)}`)
+      })))
       for (let s = 0; s < extentsPerEgroup; s++) if (!used.has(s)) eg.freeSlots.push(s)
       egroups.set(er.id, eg)
-    }
+    }))
     for (const ref of map.values()) {
       if (!egroups.has(ref.egroupId)) this.opts.log.error(`vDisk ${rec.name}: block map names extent group ${ref.egroupId} which has no record`)
     }
@@ -236,51 +304,94 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
       mapWriter,
       mapKey: (vb) => keys.vdiskMap(id, vb),
       newEgroup: () => this.newEgroup(rec),
+      replaceFailed: (eg, failed, why) => this.replaceFailed(rec, eg, failed, why),
       log: this.opts.log,
     })
     this.opts.log.info(`vDisk ${rec.name} (${id}) loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)`)
     return v
   }
 
-  private async pickDisk(): Promise<DiskRecord> {
-    const disks = await this.opts.localDisks()
-    let best: DiskRecord | undefined
-    let bestFree = -1
-    for (const d of disks) {
-      try {
-        const s = fs.statfsSync(d.path)
-        const free = s.bavail * s.bsize
-        if (free > bestFree) {
-          best = d
-          bestFree = free
-        }
-      } catch { /* offline */ }
-    }
-    if (!best || bestFree < (extentsPerEgroup + 1) * vBlockSizeBytes) {
-      throw new TessError('TESS_E_CAPACITY', 'no disk of this node has room for a new extent group', 'add disks')
-    }
-    return best
+  private async putEgroupRecord(rec: VdiskRecord, er: EgroupRecord): Promise<void> {
+    // Fenced on ownership: a CVM that lost the vDisk cannot change its extent groups.
+    const res = await this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue)
+      .then(this.etcd.put(keys.egroup(rec.id, er.id)).value(JSON.stringify(er))).commit()
+    if (!res.succeeded) throw new DeviceError(nbdErrno.EIO, `vDisk ${rec.name} is no longer owned by this CVM`)
   }
 
   private async newEgroup(rec: VdiskRecord): Promise<LoadedEgroup> {
-    const disk = await this.pickDisk()
+    const nodes = await this.placeReplicas(rec.rf, new Set())
+    if (nodes.length < rec.rf) {
+      throw new TessError('TESS_E_TOO_FEW_NODES', `vDisk ${rec.name} needs ${rec.rf} healthy nodes for a new extent group, ${nodes.length} are up`, 'bring nodes back or add nodes')
+    }
     const egid = await this.egroupIds.allocate()
-    const er: EgroupRecord = { id: egid, vdiskId: rec.id, replicas: [{ node: this.opts.nodeName, diskId: disk.id }], createdAt: new Date().toISOString() }
-    // Record first (fenced on ownership), then the file: a crash in between leaves a record
-    // without a file, which the next load creates.
-    const res = await this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue)
-      .then(this.etcd.put(keys.egroup(rec.id, egid)).value(JSON.stringify(er))).commit()
-    if (!res.succeeded) throw new DeviceError(nbdErrno.EIO, `vDisk ${rec.name} is no longer owned by this CVM`)
-    const file = await EgroupFile.create(path.join(disk.path, egroupDirName), egid, rec.id)
-    const free: number[] = []
-    for (let s = 0; s < extentsPerEgroup; s++) free.push(s)
-    return { id: egid, diskId: disk.id, diskPath: disk.path, file, usedSlots: new Set(), freeSlots: free }
+    const placed = await Promise.all(nodes.map(async (node) => ({ node, diskId: await this.pickDiskOn(node) })))
+    const er: EgroupRecord = { id: egid, vdiskId: rec.id, replicas: placed, createdAt: new Date().toISOString() }
+    // Record first, then the files: a crash in between leaves a record whose missing files the
+    // next load creates (an extent group with no extents).
+    await this.putEgroupRecord(rec, er)
+    const replicas = placed.map((p) => this.replicaFor(rec.id, egid, p.node, p.diskId))
+    await Promise.all(replicas.map((r) => r.open([])))
+    const eg: LoadedEgroup = { id: egid, replicas, usedSlots: new Set(), freeSlots: [], lock: new KeyedRwLock() }
+    for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
+    for (let s = 0; s < extentsPerEgroup; s++) eg.freeSlots.push(s)
+    return eg
+  }
+
+  /**
+   * Keep RF copies after replicas failed: under the egroup's exclusive lock, copy every slot from a
+   * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
+   * ones are recorded as stale so their files are removed later).
+   */
+  private async replaceFailed(rec: VdiskRecord, eg: LoadedEgroup, failed: Replica[], why: unknown): Promise<void> {
+    const release = await eg.lock.write(0)
+    try {
+      const still = failed.filter((f) => eg.replicas.includes(f))
+      if (still.length === 0) return // another writer replaced them already
+      const healthy = eg.replicas.filter((r) => !still.includes(r))
+      const source = healthy[0]
+      if (!source) throw new Error('no healthy replica left')
+      const er = await getJson<EgroupRecord>(this.etcd, keys.egroup(rec.id, eg.id))
+      if (!er) throw new Error(`extent group ${eg.id} has no record`)
+      const exclude = new Set(eg.replicas.map((r) => r.node))
+      const targets = await this.placeReplicas(still.length, exclude)
+      if (targets.length < still.length) {
+        throw new TessError('TESS_E_TOO_FEW_NODES', `extent group ${eg.id} of vDisk ${rec.name} needs ${still.length} more healthy node(s) for RF ${rec.rf}; ${targets.length} available (failure: ${errorMessage(why)})`, 'bring the failed node back, or add a node')
+      }
+      const next: Replica[] = [...healthy]
+      const added: Array<{ node: string, diskId: string }> = []
+      for (let i = 0; i < still.length; i++) {
+        const node = targets[i]!
+        const diskId = await this.pickDiskOn(node)
+        const r = this.replicaFor(rec.id, eg.id, node, diskId)
+        if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
+        await r.open([])
+        for (let slot = 0; slot < extentsPerEgroup; slot++) {
+          const raw = await source.readRaw(slot)
+          if (raw) await r.writeRaw(slot, raw.entries, raw.data)
+        }
+        await r.sync()
+        next.push(r)
+        added.push({ node, diskId })
+        this.opts.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} failed (${errorMessage(why)}); copied to ${node} disk ${diskId}`)
+      }
+      const gone = new Set(still.map((s) => `${s.node}/${s.diskId}`))
+      const nextRec: EgroupRecord = {
+        ...er,
+        replicas: [...er.replicas.filter((r) => !gone.has(`${r.node}/${r.diskId}`)), ...added],
+        stale: [...(er.stale ?? []), ...er.replicas.filter((r) => gone.has(`${r.node}/${r.diskId}`))],
+      }
+      await this.putEgroupRecord(rec, nextRec)
+      next.sort((a, b) => Number(b.local) - Number(a.local))
+      eg.replicas = next
+    } finally {
+      release()
+    }
   }
 
   /** Extent group files on this node's disks that no record names (a crash mid-delete): remove. */
   private async removeOrphanFiles(): Promise<void> {
     const recs = await listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)
-    const known = new Set(recs.map((r) => r.id))
+    const known = new Set(recs.flatMap((r) => r.replicas.filter((x) => x.node === this.opts.nodeName).map(() => r.id)))
     for (const d of await this.opts.localDisks()) {
       const dir = path.join(d.path, egroupDirName)
       let names: string[] = []
@@ -295,4 +406,99 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks {
       }
     }
   }
+
+  // ---- used by ForwardingDevice ----
+
+  async forward(owner: string, name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
+    const peer = await this.opts.peers.get(owner)
+    const f = await peer.request(ops.vdiskIo, { name, op, offset, length, fua: flags.fua, noHole: flags.noHole }, data)
+    return f.data
+  }
+
+  async nodeRecord(name: string): Promise<NodeRecord | undefined> {
+    return getJson<NodeRecord>(this.etcd, keys.node(name))
+  }
+
+  get log(): Logger {
+    return this.opts.log
+  }
 }
+
+/**
+ * NBD device for a vDisk owned by another CVM: every request is relayed to the owner over the data
+ * port (patent FIG. 7C). If the owner stops answering, the forwarder waits for its lease to expire
+ * (at most `ownerFailoverWaitMs`), then routes again: to a new owner, or here (taking ownership).
+ */
+class ForwardingDevice implements BlockDevice {
+  readonly name: string
+  readonly sizeBytes: number
+  private target: { local: true, vdisk: Vdisk } | { local: false, owner: string }
+
+  constructor(private readonly rec: VdiskRecord, owner: string, private readonly engine: VdiskEngine) {
+    this.name = rec.name
+    this.sizeBytes = rec.sizeBytes
+    this.target = { local: false, owner }
+  }
+
+  private async run(op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
+    const deadline = Date.now() + ownerFailoverWaitMs
+    for (;;) {
+      const t = this.target
+      try {
+        if (t.local) return (await localOp(t.vdisk, op, offset, length, flags, data)) ?? Buffer.alloc(0)
+        return await this.engine.forward(t.owner, this.name, op, offset, length, flags, data)
+      } catch (e) {
+        if (!(e instanceof PeerError)) throw e
+        if (e.kind === 'errno') throw new DeviceError(e.errno ?? nbdErrno.EIO, e.message)
+        if (e.kind !== 'unreachable' && e.kind !== 'timeout' && e.kind !== 'not-owner') throw new DeviceError(nbdErrno.EIO, e.message)
+        if (Date.now() > deadline) {
+          this.engine.log.error(`vDisk ${this.name}: owner unreachable and its lease did not expire in ${ownerFailoverWaitMs} ms`)
+          throw new DeviceError(nbdErrno.EIO, 'owner unreachable')
+        }
+        await new Promise((r) => setTimeout(r, 500))
+        try {
+          this.target = await this.engine.route(this.rec)
+          if (this.target.local) this.engine.log.warn(`vDisk ${this.name}: owner ${t.local ? 'here' : t.owner} gone; this CVM took ownership`)
+        } catch (re) {
+          // still owned by the dead CVM (lease not expired yet): keep waiting
+          if (!(re instanceof DeviceError && re.errno === nbdErrno.EPERM)) throw re
+        }
+      }
+    }
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.run('read', offset, length, { fua: false, noHole: false })
+  }
+
+  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    // The server lends the buffer only for this call: the bytes are on the wire (and acknowledged) before it returns.
+    await this.run('write', offset, data.length, { fua, noHole: false }, data)
+  }
+
+  async flush(): Promise<void> {
+    await this.run('flush', 0, 0, { fua: false, noHole: false })
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    await this.run('trim', offset, length, { fua: false, noHole: false })
+  }
+
+  async writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {
+    await this.run('zero', offset, length, { fua, noHole })
+  }
+
+  async close(): Promise<void> { /* nothing held */ }
+}
+
+async function localOp(v: Vdisk, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer | undefined> {
+  switch (op) {
+    case 'read': return v.read(offset, length)
+    case 'write': await v.write(offset, data ?? Buffer.alloc(0), flags.fua); return undefined
+    case 'flush': await v.flush(); return undefined
+    case 'trim': await v.trim(offset, length); return undefined
+    default: await v.writeZeroes(offset, length, flags.noHole, flags.fua); return undefined
+  }
+}
+
+export { EgroupFile }

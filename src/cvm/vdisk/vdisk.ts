@@ -2,9 +2,10 @@ import { assert, errorMessage } from '../../common/errors.js'
 import { checksumBlockSizeBytes, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
-import { ChecksumError, type EgroupFile } from './egroup.js'
+import { ChecksumError } from './egroup.js'
 import { KeyedRwLock } from './locks.js'
 import type { MapWriter } from './mapwriter.js'
+import { isChecksumFailure, type Replica } from './replica.js'
 
 /** Where one vBlock's extent lives. */
 export interface ExtentRef {
@@ -14,18 +15,25 @@ export interface ExtentRef {
 
 export interface LoadedEgroup {
   id: string
-  diskId: string
-  diskPath: string
-  file: EgroupFile | undefined
+  /** RF replicas on RF distinct nodes; the local one (if any) first */
+  replicas: Replica[]
   usedSlots: Set<number>
   freeSlots: number[]
+  /** shared by I/O, exclusive while a replica is replaced */
+  lock: KeyedRwLock
 }
 
 export interface VdiskBackend {
   mapWriter: MapWriter
   mapKey(vblock: number): string
-  /** a new egroup with every slot free, durably recorded and created */
+  /** a new egroup with every slot free, durably recorded and created on RF nodes */
   newEgroup(): Promise<LoadedEgroup>
+  /**
+   * Replace replicas that failed an operation: mark them stale, copy the extent group from a
+   * healthy replica to a node that has none, record the new set. Throws when it cannot keep RF
+   * copies. Takes the egroup's lock exclusively.
+   */
+  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown): Promise<void>
   log: Logger
 }
 
@@ -81,12 +89,71 @@ export class Vdisk {
     if (this.closedReason) throw new DeviceError(nbdErrno.ESHUTDOWN, `vDisk ${this.name} is ${this.closedReason}`)
   }
 
-  private egroupOf(ref: ExtentRef): LoadedEgroup & { file: EgroupFile } {
+  private egroupOf(ref: ExtentRef): LoadedEgroup {
     const eg = this.egroups.get(ref.egroupId)
-    if (!eg || !eg.file) {
-      throw new DeviceError(nbdErrno.EIO, `vDisk ${this.name}: extent group ${ref.egroupId} is not available on this node`)
+    if (!eg || eg.replicas.length === 0) {
+      throw new DeviceError(nbdErrno.EIO, `vDisk ${this.name}: extent group ${ref.egroupId} has no replica`)
     }
-    return eg as LoadedEgroup & { file: EgroupFile }
+    return eg
+  }
+
+  /**
+   * Read from one replica, local first. A replica that fails is skipped; one whose checksum does
+   * not match is rewritten with the good bytes from the replica that served them.
+   */
+  private async readReplicas(eg: LoadedEgroup, vb: number, slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
+    const release = await eg.lock.read(0)
+    try {
+      const bad: Replica[] = []
+      let lastErr: unknown
+      for (const r of eg.replicas) {
+        try {
+          await r.read(slot, offset, length, out, outOffset)
+          for (const b of bad) {
+            this.backend.log.warn(`vDisk ${this.name} vBlock ${vb}: repairing replica of extent group ${eg.id} on ${b.node} disk ${b.diskId} from ${r.node}`)
+            await b.write(slot, offset, Buffer.from(out.subarray(outOffset, outOffset + length))).catch((e: unknown) => {
+              this.backend.log.error(`vDisk ${this.name}: repair of extent group ${eg.id} on ${b.node} failed: ${errorMessage(e)}`)
+            })
+          }
+          return
+        } catch (e) {
+          lastErr = e
+          this.logFailure('read', vb, eg, r, e)
+          if (isChecksumFailure(e)) bad.push(r)
+        }
+      }
+      throw lastErr
+    } finally {
+      release()
+    }
+  }
+
+  /** Run an operation on every replica in parallel; replace the ones that fail (keeping RF). */
+  private async onAllReplicas(eg: LoadedEgroup, what: string, vb: number, fn: (r: Replica) => Promise<void>): Promise<void> {
+    const release = await eg.lock.read(0)
+    const replicas = [...eg.replicas]
+    let results: PromiseSettledResult<void>[]
+    try {
+      results = await Promise.allSettled(replicas.map(fn))
+    } finally {
+      release()
+    }
+    const failed = replicas.filter((_r, i) => results[i]!.status === 'rejected')
+    if (failed.length === 0) return
+    const firstErr = (results.find((x) => x.status === 'rejected') as PromiseRejectedResult).reason
+    for (const r of failed) this.logFailure(what, vb, eg, r, (results[replicas.indexOf(r)] as PromiseRejectedResult).reason)
+    if (failed.length === replicas.length) throw firstErr
+    try {
+      await this.backend.replaceFailed(eg, failed, firstErr)
+    } catch (e) {
+      this.backend.log.error(`vDisk ${this.name}: cannot keep RF copies of extent group ${eg.id}: ${errorMessage(e)}`)
+      throw new DeviceError(nbdErrno.EIO, `${what} failed: not enough healthy replicas`)
+    }
+  }
+
+  private logFailure(what: string, vb: number, eg: LoadedEgroup, r: Replica, e: unknown): void {
+    const detail = e instanceof ChecksumError ? e.message : errorMessage(e)
+    this.backend.log.error(`vDisk ${this.name} (${this.id}) vBlock ${vb}: ${what} of extent group ${eg.id} on node ${r.node} disk ${r.diskId} failed: ${detail}`)
   }
 
   /** Split [offset, offset+length) into per-vBlock pieces. */
@@ -122,28 +189,24 @@ export class Vdisk {
       const b = alignUp(off + len)
       try {
         if (a === off && b === off + len) {
-          await eg.file.read(ref.slot, a, b - a, out, pos)
+          await this.readReplicas(eg, vb, ref.slot, a, b - a, out, pos)
         } else {
           const tmp = Buffer.allocUnsafe(b - a)
-          await eg.file.read(ref.slot, a, b - a, tmp, 0)
+          await this.readReplicas(eg, vb, ref.slot, a, b - a, tmp, 0)
           tmp.copy(out, pos, off - a, off - a + len)
         }
       } catch (e) {
-        throw this.ioError('read', vb, ref, eg, e)
+        throw this.ioError(e)
       }
     } finally {
       release()
     }
   }
 
-  private ioError(op: string, vb: number, ref: ExtentRef, eg: LoadedEgroup, e: unknown): DeviceError {
+  /** Failures were logged where they happened (with vDisk, vBlock, egroup, node, disk): EIO for the client. */
+  private ioError(e: unknown): DeviceError {
     if (e instanceof DeviceError) return e
-    if (e instanceof ChecksumError) {
-      this.backend.log.error(`vDisk ${this.name} (${this.id}) vBlock ${vb}: ${e.message} on disk ${eg.diskId} (${eg.diskPath}); returning EIO`)
-    } else {
-      this.backend.log.error(`vDisk ${this.name} (${this.id}) vBlock ${vb}: ${op} of extent group ${ref.egroupId} slot ${ref.slot} on disk ${eg.diskId} (${eg.diskPath}) failed: ${errorMessage(e)}`)
-    }
-    return new DeviceError(nbdErrno.EIO, `${op} failed`)
+    return new DeviceError(nbdErrno.EIO, 'I/O error')
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
@@ -166,21 +229,17 @@ export class Vdisk {
         if (ref) {
           const eg = this.egroupOf(ref)
           try {
-            await eg.file.read(ref.slot, a, checksumBlockSizeBytes, buf, 0)
-            if (b - a > checksumBlockSizeBytes) await eg.file.read(ref.slot, b - checksumBlockSizeBytes, checksumBlockSizeBytes, buf, b - a - checksumBlockSizeBytes)
+            await this.readReplicas(eg, vb, ref.slot, a, checksumBlockSizeBytes, buf, 0)
+            if (b - a > checksumBlockSizeBytes) await this.readReplicas(eg, vb, ref.slot, b - checksumBlockSizeBytes, checksumBlockSizeBytes, buf, b - a - checksumBlockSizeBytes)
           } catch (e) {
-            throw this.ioError('read-modify-write', vb, ref, eg, e)
+            throw this.ioError(e)
           }
         }
         data.copy(buf, off - a)
       }
       if (ref) {
         const eg = this.egroupOf(ref)
-        try {
-          await eg.file.write(ref.slot, a, buf)
-        } catch (e) {
-          throw this.ioError('write', vb, ref, eg, e)
-        }
+        await this.onAllReplicas(eg, 'write', vb, (r) => r.write(ref.slot, a, buf))
         touched.add(eg)
       } else {
         touched.add(await this.allocate(vb, a, buf))
@@ -193,33 +252,40 @@ export class Vdisk {
   /** Called with the vBlock's write lock held. */
   private async allocate(vb: number, off: number, buf: Buffer): Promise<LoadedEgroup> {
     const { eg, slot } = await this.takeSlot()
-    const ref: ExtentRef = { egroupId: eg.id, slot }
     try {
-      await eg.file!.write(slot, off, buf)
+      await this.onAllReplicas(eg, 'write', vb, (r) => r.write(slot, off, buf))
     } catch (e) {
-      eg.freeSlots.push(slot)
-      throw this.ioError('write', vb, ref, eg, e)
+      // The slot may hold part of the data on some replica: reset it before reuse (or, if that
+      // fails, the next load resets it, as no map entry names it).
+      void this.resetSlot(eg, slot).then(() => eg.freeSlots.push(slot), () => undefined)
+      throw this.ioError(e)
     }
     try {
       await this.backend.mapWriter.put(this.backend.mapKey(vb), JSON.stringify({ eg: eg.id, s: slot }))
     } catch (e) {
       this.backend.log.error(`vDisk ${this.name}: cannot record extent of vBlock ${vb} in etcd: ${errorMessage(e)}`)
       // Free the slot before reuse; if that fails too, the next load frees it (no map entry).
-      try {
-        await eg.file!.freeSlot(slot)
-        eg.freeSlots.push(slot)
-      } catch { /* leave the slot out of the free list */ }
+      void this.resetSlot(eg, slot).then(() => eg.freeSlots.push(slot), () => undefined)
       throw new DeviceError(nbdErrno.EIO, 'cannot record the new extent')
     }
     eg.usedSlots.add(slot)
-    this.map.set(vb, ref)
+    this.map.set(vb, { egroupId: eg.id, slot })
     return eg
+  }
+
+  private async resetSlot(eg: LoadedEgroup, slot: number): Promise<void> {
+    const release = await eg.lock.read(0)
+    try {
+      await Promise.all(eg.replicas.map((r) => r.freeSlot(slot)))
+    } finally {
+      release()
+    }
   }
 
   private async takeSlot(): Promise<{ eg: LoadedEgroup, slot: number }> {
     for (;;) {
       for (const eg of this.egroups.values()) {
-        if (eg.file && eg.freeSlots.length > 0) {
+        if (eg.replicas.length > 0 && eg.freeSlots.length > 0) {
           const slot = eg.freeSlots.shift()!
           return { eg, slot }
         }
@@ -253,7 +319,7 @@ export class Vdisk {
     this.map.delete(vb)
     eg.usedSlots.delete(ref.slot)
     try {
-      await eg.file.freeSlot(ref.slot)
+      await this.onAllReplicas(eg, 'free', vb, (r) => r.freeSlot(ref.slot))
       eg.freeSlots.push(ref.slot)
     } catch (e) {
       // The slot stays out of the free list; the next load resets it (no map entry names it).
@@ -288,11 +354,7 @@ export class Vdisk {
         const ref = this.map.get(vb)
         if (ref) {
           const eg = this.egroupOf(ref)
-          try {
-            await eg.file.clear(ref.slot, innerA, innerB - innerA)
-          } catch (e) {
-            throw this.ioError('clear', vb, ref, eg, e)
-          }
+          await this.onAllReplicas(eg, 'clear', vb, (r) => r.clear(ref.slot, innerA, innerB - innerA))
         }
       } finally {
         release()
@@ -327,22 +389,13 @@ export class Vdisk {
     await this.syncEgroups(new Set(this.egroups.values()))
   }
 
+  /** fsync every replica of these egroups (a replica that cannot is replaced, and the new one synced). */
   private async syncEgroups(egs: Set<LoadedEgroup>): Promise<void> {
     try {
-      await Promise.all([...egs].map((eg) => eg.file?.sync()))
+      await Promise.all([...egs].map((eg) => this.onAllReplicas(eg, 'flush', -1, (r) => r.sync())))
     } catch (e) {
-      this.backend.log.error(`vDisk ${this.name}: fsync failed: ${errorMessage(e)}`)
+      this.backend.log.error(`vDisk ${this.name}: flush failed: ${errorMessage(e)}`)
       throw new DeviceError(nbdErrno.EIO, 'flush failed')
-    }
-  }
-
-  async closeFiles(sync: boolean): Promise<void> {
-    for (const eg of this.egroups.values()) {
-      try {
-        if (sync) await eg.file?.close()
-        else await eg.file?.discard()
-      } catch { /* closing anyway */ }
-      eg.file = undefined
     }
   }
 }

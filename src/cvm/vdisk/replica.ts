@@ -1,0 +1,147 @@
+import type { PeerPool } from '../replication/client.js'
+import { PeerError, ops } from '../replication/protocol.js'
+import { ChecksumError } from './egroup.js'
+import { NotOpenError, type ReplicaStore } from './replicastore.js'
+
+/**
+ * One replica of one extent group, local or on another node. The owner's vDisk writes to every
+ * replica of an extent group in parallel and reads from one (local first).
+ */
+export interface Replica {
+  readonly node: string
+  readonly diskId: string
+  readonly local: boolean
+  /** open (and recover) the replica, given the slots the block map uses */
+  open(inUse: number[]): Promise<void>
+  read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void>
+  write(slot: number, offset: number, data: Buffer): Promise<void>
+  clear(slot: number, offset: number, length: number): Promise<void>
+  freeSlot(slot: number): Promise<void>
+  sync(): Promise<void>
+  readRaw(slot: number): Promise<{ entries: Buffer, data: Buffer } | undefined>
+  writeRaw(slot: number, entries: Buffer, data: Buffer): Promise<void>
+  delete(): Promise<void>
+}
+
+export function isChecksumFailure(e: unknown): boolean {
+  return e instanceof ChecksumError || (e instanceof PeerError && e.kind === 'checksum')
+}
+
+export class LocalReplica implements Replica {
+  readonly local = true
+
+  constructor(readonly node: string, readonly diskId: string, private readonly egid: string, private readonly vdiskId: string, private readonly store: ReplicaStore) {}
+
+  open(inUse: number[]): Promise<void> {
+    return this.store.openEgroup(this.egid, this.diskId, inUse, this.vdiskId, inUse.length === 0)
+  }
+
+  async read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
+    await (await this.store.get(this.egid)).read(slot, offset, length, out, outOffset)
+  }
+
+  async write(slot: number, offset: number, data: Buffer): Promise<void> {
+    await (await this.store.get(this.egid)).write(slot, offset, data)
+  }
+
+  async clear(slot: number, offset: number, length: number): Promise<void> {
+    await (await this.store.get(this.egid)).clear(slot, offset, length)
+  }
+
+  async freeSlot(slot: number): Promise<void> {
+    await (await this.store.get(this.egid)).freeSlot(slot)
+  }
+
+  async sync(): Promise<void> {
+    if (!this.store.isOpen(this.egid)) return
+    await (await this.store.get(this.egid)).sync()
+  }
+
+  async readRaw(slot: number): Promise<{ entries: Buffer, data: Buffer } | undefined> {
+    return (await this.store.get(this.egid)).readRaw(slot)
+  }
+
+  async writeRaw(slot: number, entries: Buffer, data: Buffer): Promise<void> {
+    await (await this.store.get(this.egid)).writeRaw(slot, entries, data)
+  }
+
+  delete(): Promise<void> {
+    return this.store.delete(this.egid, this.diskId)
+  }
+}
+
+/**
+ * A replica on another node, reached over the data port. If the peer restarted and lost its open
+ * file table it answers 'not-open': the replica re-opens (recovery with the owner's slots) and
+ * retries once.
+ */
+export class RemoteReplica implements Replica {
+  readonly local = false
+  private inUse: () => number[] = () => []
+
+  constructor(readonly node: string, readonly diskId: string, private readonly egid: string, private readonly vdiskId: string, private readonly peers: PeerPool) {}
+
+  private async call(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer) {
+    const peer = await this.peers.get(this.node)
+    const params = { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, ...json }
+    try {
+      return await peer.request(op, params, data)
+    } catch (e) {
+      if (e instanceof PeerError && e.kind === 'not-open') {
+        await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse: this.inUse(), create: false })
+        return peer.request(op, params, data)
+      }
+      throw e
+    }
+  }
+
+  /** Where to find the slots in use when the peer needs to re-open. */
+  setInUse(fn: () => number[]): void {
+    this.inUse = fn
+  }
+
+  async open(inUse: number[]): Promise<void> {
+    const peer = await this.peers.get(this.node)
+    await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse, create: inUse.length === 0 })
+  }
+
+  async read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
+    const f = await this.call(ops.egRead, { slot, offset, length })
+    if (f.data.length !== length) throw new PeerError('io', `node ${this.node}: short read (${f.data.length} of ${length} bytes)`)
+    f.data.copy(out, outOffset)
+  }
+
+  async write(slot: number, offset: number, data: Buffer): Promise<void> {
+    await this.call(ops.egWrite, { slot, offset }, data)
+  }
+
+  async clear(slot: number, offset: number, length: number): Promise<void> {
+    await this.call(ops.egClear, { slot, offset, length })
+  }
+
+  async freeSlot(slot: number): Promise<void> {
+    await this.call(ops.egFreeSlot, { slot })
+  }
+
+  async sync(): Promise<void> {
+    await this.call(ops.egSync, {})
+  }
+
+  async readRaw(slot: number): Promise<{ entries: Buffer, data: Buffer } | undefined> {
+    const f = await this.call(ops.egReadRaw, { slot })
+    if (f.data.length === 0) return undefined
+    const entriesBytes = f.json.entriesBytes as number
+    return { entries: f.data.subarray(0, entriesBytes), data: f.data.subarray(entriesBytes) }
+  }
+
+  async writeRaw(slot: number, entries: Buffer, data: Buffer): Promise<void> {
+    await this.call(ops.egWriteRaw, { slot, entriesBytes: entries.length }, Buffer.concat([entries, data]))
+  }
+
+  async delete(): Promise<void> {
+    const peer = await this.peers.get(this.node)
+    await peer.request(ops.egDelete, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId })
+  }
+}
+
+export { NotOpenError }

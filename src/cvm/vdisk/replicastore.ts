@@ -1,0 +1,128 @@
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import path from 'node:path'
+import { TessError } from '../../common/errors.js'
+import { extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
+import type { Logger } from '../../common/log.js'
+import type { DiskRecord } from '../../common/types.js'
+import { egroupDirName } from '../pool/disks.js'
+import { EgroupFile } from './egroup.js'
+
+/** The error a replica reports when asked about an extent group it has not opened (e.g. after a restart). */
+export class NotOpenError extends Error {
+  constructor(egid: string) {
+    super(`extent group ${egid} is not open on this node`)
+    this.name = 'NotOpenError'
+  }
+}
+
+/**
+ * The extent group files of this node's disks, open by id. Both the local replicas of vDisks this
+ * CVM owns and the replicas other owners write over the data port go through here, so the two
+ * paths share one open file (and one checksum cache) per extent group.
+ */
+export class ReplicaStore {
+  private readonly open = new Map<string, Promise<EgroupFile>>()
+
+  constructor(private readonly opts: { localDisks: () => Promise<DiskRecord[]>, log: Logger }) {}
+
+  private async diskDir(diskId: string): Promise<string> {
+    const d = (await this.opts.localDisks()).find((x) => x.id === diskId)
+    if (!d) throw new TessError('TESS_E_NOT_FOUND', `disk ${diskId} is not a disk of this node`, '')
+    return path.join(d.path, egroupDirName)
+  }
+
+  /** The local disk with the most free space that fits a whole extent group. */
+  async pickDisk(): Promise<string> {
+    let best: DiskRecord | undefined
+    let bestFree = -1
+    for (const d of await this.opts.localDisks()) {
+      try {
+        const s = fs.statfsSync(d.path)
+        const free = s.bavail * s.bsize
+        if (free > bestFree) {
+          best = d
+          bestFree = free
+        }
+      } catch { /* offline disk */ }
+    }
+    if (!best || bestFree < (extentsPerEgroup + 1) * vBlockSizeBytes) {
+      throw new TessError('TESS_E_CAPACITY', 'no disk of this node has room for a new extent group', 'add disks with `tess disk add`')
+    }
+    return best.id
+  }
+
+  async create(vdiskId: string, egid: string, diskId: string): Promise<void> {
+    const dir = await this.diskDir(diskId)
+    const existing = this.open.get(egid)
+    if (existing) return void (await existing)
+    const p = (async () => {
+      const file = EgroupFile.fileName(dir, egid)
+      // Idempotent: a retried create finds the file made by the first attempt.
+      if (fs.existsSync(file)) return EgroupFile.open(dir, egid, new Set(), (m) => this.opts.log.warn(m))
+      return EgroupFile.create(dir, egid, vdiskId)
+    })()
+    this.open.set(egid, p)
+    p.catch(() => this.open.delete(egid))
+    await p
+  }
+
+  /**
+   * Open (and recover) an extent group, given the slots the owner's block map uses. Re-opening an
+   * open group is a no-op: recovery runs once per process.
+   */
+  async openEgroup(egid: string, diskId: string, inUse: number[], vdiskId: string, createIfMissing: boolean): Promise<void> {
+    const existing = this.open.get(egid)
+    if (existing) return void (await existing)
+    const dir = await this.diskDir(diskId)
+    const p = (async () => {
+      const file = EgroupFile.fileName(dir, egid)
+      if (!fs.existsSync(file)) {
+        if (!createIfMissing) throw new TessError('TESS_E_IO', `extent group file ${file} is missing`, '')
+        return EgroupFile.create(dir, egid, vdiskId)
+      }
+      return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m))
+    })()
+    this.open.set(egid, p)
+    p.catch(() => this.open.delete(egid))
+    await p
+  }
+
+  async get(egid: string): Promise<EgroupFile> {
+    const p = this.open.get(egid)
+    if (!p) throw new NotOpenError(egid)
+    return p
+  }
+
+  isOpen(egid: string): boolean {
+    return this.open.has(egid)
+  }
+
+  async delete(egid: string, diskId: string): Promise<void> {
+    const p = this.open.get(egid)
+    this.open.delete(egid)
+    if (p) {
+      try {
+        await (await p).discard()
+      } catch { /* failed open */ }
+    }
+    let dir: string
+    try {
+      dir = await this.diskDir(diskId)
+    } catch {
+      return
+    }
+    const file = EgroupFile.fileName(dir, egid)
+    await fsp.rm(file, { force: true })
+    await fsp.rm(EgroupFile.markerName(file), { force: true })
+  }
+
+  async closeAll(): Promise<void> {
+    for (const p of this.open.values()) {
+      try {
+        await (await p).close()
+      } catch { /* best effort on shutdown */ }
+    }
+    this.open.clear()
+  }
+}

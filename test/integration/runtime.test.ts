@@ -1,0 +1,331 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { TessError } from '../../src/common/errors.js'
+import type { Logger } from '../../src/common/log.js'
+import { pullImage } from '../../src/csm/images/puller.js'
+import { ContentStore } from '../../src/csm/images/store.js'
+import { LayerStore } from '../../src/csm/images/unpack.js'
+import { mountsUnder, parseProcLimits } from '../../src/csm/runtime/bundle.js'
+import { CgroupHost, type CgroupLimits, type CsmCgroup } from '../../src/csm/runtime/cgroups.js'
+import { ContainerManager, type ContainerInfo, type ContainerManagerOptions } from '../../src/csm/runtime/containers.js'
+import { isProcessAlive, type RuntimeName } from '../../src/csm/runtime/runc.js'
+import { buildBusyboxImage, exec, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+
+/**
+ * The container runtime against the real thing: runc on this host's cgroups (v1 hybrid here),
+ * a busybox image built with umoci, pushed to Debian's docker-registry and pulled with the
+ * puller. Every CSM cgroup lives under a parent of its own (/tess-it-<pid>) and every file under
+ * a temp dir; afterAll removes all of it even when a test failed.
+ */
+const missing = haveCommands('docker-registry', 'umoci', 'skopeo', 'busybox', 'mount', 'runc')
+const isRoot = process.getuid?.() === 0
+const hasCrun = haveCommands('crun').length === 0
+
+const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const MiB = 1024 * 1024
+
+describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real runc', () => {
+  let reg: DockerRegistry | undefined
+  let work: string
+  let store: ContentStore
+  let layers: LayerStore
+  let host: CgroupHost
+  let image: string
+  const parent = `/tess-it-${process.pid}`
+  const managers: ContainerManager[] = []
+  const csms: CsmCgroup[] = []
+  const shimPids: number[] = []
+  let main: ContainerManager
+
+  const options = (name: string, csm: CsmCgroup, runtime: RuntimeName = 'runc'): ContainerManagerOptions => ({
+    csm: name, stateDir: path.join(work, `csm-${name}`), cgroup: csm, images: store, layers, runtime, log: quiet,
+  })
+
+  async function makeCsm(name: string, limits: CgroupLimits, runtime: RuntimeName = 'runc'): Promise<ContainerManager> {
+    const csm = await host.createCsm(name, limits)
+    csms.push(csm)
+    const m = new ContainerManager(options(name, csm, runtime))
+    managers.push(m)
+    return m
+  }
+
+  async function run(m: ContainerManager, spec: Parameters<ContainerManager['run']>[0]): Promise<ContainerInfo> {
+    const c = await m.run(spec)
+    if (c.shimPid !== undefined) shimPids.push(c.shimPid)
+    return c
+  }
+
+  async function waitForLog(m: ContainerManager, id: string, text: string, ms = 10_000): Promise<void> {
+    const deadline = Date.now() + ms
+    while (!(await m.logText(id)).includes(text)) {
+      if (Date.now() > deadline) throw new Error(`container ${id} did not print "${text}" in ${ms} ms: ${await m.logText(id)}`)
+      await sleep(50)
+    }
+  }
+
+  async function cpuOver(read: () => Promise<number>, ms: number): Promise<{ cpus: number, usedNs: number }> {
+    const a = await read()
+    const t0 = process.hrtime.bigint()
+    await sleep(ms)
+    const b = await read()
+    const wallNs = Number(process.hrtime.bigint() - t0)
+    return { cpus: (b - a) / wallNs, usedNs: b - a }
+  }
+
+  /** every directory of this test's cgroup parent, in every hierarchy */
+  const cgroupLeftovers = () => host.allDirs(parent).filter((d) => fs.existsSync(d))
+
+  beforeAll(async () => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-runtime-it-'))
+    reg = await startDockerRegistry()
+    const built = await buildBusyboxImage(path.join(work, 'build'), 'v1')
+    await pushImage(built, `${reg.host}/test/busybox:v1`)
+    store = await new ContentStore(path.join(work, 'node/content')).init()
+    layers = await new LayerStore(path.join(work, 'node/layers')).init()
+    const pulled = await pullImage(`${reg.host}/test/busybox:v1`, { store, layers, registries: { [reg.host]: { insecure: true } } })
+    image = pulled.ref
+    host = await CgroupHost.detect({ parent })
+    main = await makeCsm('main', { cpus: 1.5, memoryBytes: 512 * MiB })
+    await main.adopt()
+  })
+
+  afterAll(async () => {
+    for (const m of managers) {
+      try {
+        for (const c of await m.list()) await m.remove(c.id, { force: true }).catch(() => undefined)
+      } catch {
+        // keep cleaning the rest
+      }
+      try {
+        for (const st of await m.runtime.list()) await m.runtime.delete(st.id, { force: true })
+      } catch {
+        // the state dir may be gone already
+      }
+    }
+    for (const c of csms) await c.remove().catch(() => undefined)
+    await reg?.cleanup().catch(() => undefined)
+    if (work !== undefined) {
+      for (const mp of (await mountsUnder(work)).reverse()) await exec('umount', ['-l', mp])
+      fs.rmSync(work, { recursive: true, force: true })
+    }
+  })
+
+  it('runs a container that prints and exits: output in the log, exit code 0, isolated', async () => {
+    const hostNofile = parseProcLimits(fs.readFileSync('/proc/self/limits', 'utf8')).get('RLIMIT_NOFILE')!.hard
+    const c = await run(main, {
+      name: 'hello',
+      image,
+      env: { GREETING: 'hello from' },
+      command: ['sh', '-c', 'echo "$GREETING $HOSTNAME"; cat /etc/hello; echo to-stderr >&2; echo "nofile=$(ulimit -n)"; cat /proc/net/dev; cat /etc/hosts; ls /etc'],
+    })
+    expect(c.name).toBe('hello')
+    const done = await main.wait(c.id, 15_000)
+    expect(done.status).toBe('exited')
+    expect(done, JSON.stringify(done)).toMatchObject({ exitCode: 0 })
+    expect(done.oomKilled).toBe(false)
+    const log = await main.logText('hello')
+    expect(log).toContain('hello from hello\n')
+    expect(log).toContain('hello from layer 1\n')
+    expect(log).toContain('to-stderr\n')
+    expect(log).toContain(`nofile=${Math.min(1_048_576, hostNofile)}\n`)
+    // network "none": loopback only
+    expect(log).toMatch(/^\s*lo:/m)
+    expect(log).not.toMatch(/^\s*(eth|ens|veth)\w*:/m)
+    expect(log).toMatch(/127\.0\.1\.1\thello/)
+    expect(log).not.toContain('doomed') // the whiteout of layer 2 hides it
+    expect(await main.logText('hello', 1)).toBe(log.trimEnd().split('\n').pop()! + '\n')
+    // after the exit: no overlay mounted, no runtime state, no container cgroup
+    expect(await mountsUnder(path.join(work, 'csm-main/containers', c.id))).toEqual([])
+    expect(await main.runtime.state(c.id)).toBeUndefined()
+    expect(host.allDirs(`${parent}/csm-main/${c.id}`).filter((d) => fs.existsSync(d))).toEqual([])
+    // logs can be followed to the end of a container that has exited
+    const chunks: Buffer[] = []
+    for await (const b of main.logs(c.id, { follow: true })) chunks.push(b)
+    expect(Buffer.concat(chunks).toString()).toBe(log)
+    await main.remove(c.id)
+    expect(fs.existsSync(path.join(work, 'csm-main/containers', c.id))).toBe(false)
+  })
+
+  it('pause stops CPU use and resume restarts it', async () => {
+    const c = await run(main, { name: 'spinner', image, command: ['sh', '-c', 'while :; do :; done'] })
+    try {
+      await sleep(300)
+      expect((await main.pause(c.id)).status).toBe('paused')
+      expect((await main.inspect(c.id)).status).toBe('paused')
+      const paused = await cpuOver(async () => (await main.stats(c.id)).cpuUsageNs, 1000)
+      expect(paused.usedNs).toBeLessThan(20_000_000)
+      expect((await main.resume(c.id)).status).toBe('running')
+      const resumed = await cpuOver(async () => (await main.stats(c.id)).cpuUsageNs, 700)
+      expect(resumed.cpus).toBeGreaterThan(0.5)
+    } finally {
+      await main.remove(c.id, { force: true })
+    }
+  })
+
+  it('a memory cap OOM-kills an allocator and the container is reported OOM-killed (137)', async () => {
+    const c = await run(main, {
+      name: 'hog', image, memoryBytes: 32 * MiB,
+      command: ['sh', '-c', 'busybox head -c 209715200 /dev/zero | busybox tail'],
+    })
+    const done = await main.wait(c.id, 30_000)
+    expect(done.status).toBe('exited')
+    expect(done.oomKilled).toBe(true)
+    expect(done.exitCode).toBe(137)
+    await main.remove(c.id)
+  })
+
+  it('a CPU cap of 0.2 cpus throttles a busy loop to about 20% of one CPU', async () => {
+    const c = await run(main, { name: 'capped', image, cpus: 0.2, command: ['sh', '-c', 'while :; do :; done'] })
+    try {
+      await sleep(300)
+      const m = await cpuOver(async () => (await main.stats(c.id)).cpuUsageNs, 2000)
+      const s = await main.stats(c.id)
+      expect(s.cpuLimitCpus).toBeCloseTo(0.2, 5)
+      expect(s.cpuThrottledPeriods).toBeGreaterThan(0)
+      expect(s.cpuThrottledNs).toBeGreaterThan(0)
+      expect(m.cpus).toBeGreaterThan(0.12)
+      expect(m.cpus).toBeLessThan(0.3)
+    } finally {
+      await main.remove(c.id, { force: true })
+    }
+  })
+
+  it('stop honours the timeout: a container ignoring SIGTERM is killed after it, one that exits on SIGTERM stops at once', async () => {
+    const stubborn = await run(main, { name: 'stubborn', image, command: ['sh', '-c', 'trap "echo got TERM" TERM; echo ready; while :; do busybox sleep 1; done'] })
+    const polite = await run(main, { name: 'polite', image, command: ['sh', '-c', 'trap "echo bye; exit 0" TERM; echo ready; busybox sleep 1000 & wait'] })
+    try {
+      await waitForLog(main, stubborn.id, 'ready')
+      await waitForLog(main, polite.id, 'ready')
+      let t0 = Date.now()
+      const s1 = await main.stop(stubborn.id, 1500)
+      const stubbornMs = Date.now() - t0
+      expect(stubbornMs).toBeGreaterThanOrEqual(1400)
+      expect(stubbornMs).toBeLessThan(8000)
+      expect(s1.exitCode).toBe(137)
+      expect(s1.oomKilled).toBe(false)
+      t0 = Date.now()
+      const s2 = await main.stop(polite.id, 10_000)
+      const politeMs = Date.now() - t0
+      expect(politeMs).toBeLessThan(3000)
+      expect(s2.exitCode).toBe(0)
+      expect(await main.logText(polite.id)).toContain('bye\n')
+      // stopping an exited container is a no-op
+      expect((await main.stop(polite.id, 1000)).exitCode).toBe(0)
+    } finally {
+      await main.remove(stubborn.id, { force: true })
+      await main.remove(polite.id, { force: true })
+    }
+  })
+
+  it('the CSM quota caps its containers together, and a container cannot ask for more than its CSM', async () => {
+    const q = await makeCsm('quota', { cpus: 0.5, memoryBytes: 256 * MiB })
+    await q.adopt()
+    const e = await q.run({ image, cpus: 1, command: ['true'] }).catch((x: unknown) => x) as TessError
+    expect(e).toBeInstanceOf(TessError)
+    expect(e.code).toBe('TESS_E_CAPACITY')
+    expect(e.message).toContain('CSM "quota" has 0.5')
+    const a = await run(q, { name: 'busy-a', image, command: ['sh', '-c', 'while :; do :; done'] })
+    const b = await run(q, { name: 'busy-b', image, command: ['sh', '-c', 'while :; do :; done'] })
+    try {
+      await sleep(300)
+      const total = await cpuOver(async () => (await q.csmStats()).cpuUsageNs, 2000)
+      expect(total.cpus).toBeLessThan(0.5 * 1.2)
+      expect(total.cpus).toBeGreaterThan(0.3)
+      // both got some of it
+      expect((await q.stats(a.id)).cpuUsageNs).toBeGreaterThan(50_000_000)
+      expect((await q.stats(b.id)).cpuUsageNs).toBeGreaterThan(50_000_000)
+      expect((await q.csmStats()).cpuThrottledPeriods).toBeGreaterThan(0)
+    } finally {
+      await q.remove(a.id, { force: true })
+      await q.remove(b.id, { force: true })
+    }
+  })
+
+  it('a command that is not in the image is refused with a clear error and leaves nothing behind', async () => {
+    const containers = path.join(work, 'csm-main/containers')
+    const before = fs.readdirSync(containers)
+    const e = await main.run({ name: 'broken', image, command: ['nope', '--flag'] }).catch((x: unknown) => x) as TessError
+    expect(e).toBeInstanceOf(TessError)
+    expect(e.code).toBe('TESS_E_NOT_FOUND')
+    expect(e.message).toContain('command "nope" is not an executable file in image')
+    expect(e.message).toContain('PATH=')
+    expect(fs.readdirSync(containers)).toEqual(before)
+    expect(await mountsUnder(containers)).toEqual([])
+    expect(await main.runtime.list()).toEqual([])
+    expect(fs.readdirSync(host.dir('memory', `${parent}/csm-main`)!, { withFileTypes: true }).filter((d) => d.isDirectory())).toEqual([])
+    await expect(main.inspect('broken')).rejects.toMatchObject({ code: 'TESS_E_NOT_FOUND' })
+    // a missing image and a path that is not there are refused the same way
+    await expect(main.run({ image: `${reg!.host}/test/nothing:v1`, command: ['true'] })).rejects.toMatchObject({ code: 'TESS_E_NOT_FOUND' })
+    await expect(main.run({ image, command: ['/bin/missing'] })).rejects.toMatchObject({ code: 'TESS_E_NOT_FOUND' })
+    expect(fs.readdirSync(containers)).toEqual(before)
+  })
+
+  it('containers keep running across a manager restart and are adopted; ones that ended meanwhile report their status', async () => {
+    const a = await makeCsm('restart', { cpus: 1 })
+    await a.adopt()
+    const survivor = await run(a, { name: 'survivor', image, command: ['sh', '-c', 'echo started; while :; do busybox sleep 1; done'] })
+    const quick = await run(a, { name: 'quick', image, command: ['sh', '-c', 'busybox sleep 1; exit 7'] })
+    await waitForLog(a, survivor.id, 'started')
+    // a half-made container, as a crash during run() would leave it
+    const halfDir = path.join(work, 'csm-restart/containers/0123456789ab')
+    fs.mkdirSync(path.join(halfDir, 'bundle/rootfs'), { recursive: true })
+    fs.writeFileSync(path.join(halfDir, 'state.json'), JSON.stringify({ version: 1, id: '0123456789ab', name: 'half', status: 'creating', layers: [] }))
+    // "restart": the old manager is dropped, the quick one ends while nobody watches
+    await sleep(1800)
+    managers.splice(managers.indexOf(a), 1)
+    const b = new ContainerManager(options('restart', host.csm('restart')))
+    managers.push(b)
+    const report = await b.adopt()
+    expect(report.adopted).toEqual([survivor.id])
+    expect(report.exited).toEqual([quick.id])
+    expect(report.cleaned).toEqual(['0123456789ab'])
+    expect(fs.existsSync(halfDir)).toBe(false)
+    const q = await b.inspect('quick')
+    expect(q.status).toBe('exited')
+    expect(q.exitCode).toBe(7)
+    const s = await b.inspect('survivor')
+    expect(s.status).toBe('running')
+    expect(s.pid).toBe(survivor.pid)
+    expect(await isProcessAlive(s.pid!)).toBe(true)
+    expect((await b.stats('survivor')).pidsCurrent).toBeGreaterThanOrEqual(1)
+    const stopped = await b.stop('survivor', 500)
+    expect(stopped.status).toBe('exited')
+    expect(stopped.exitCode).toBe(137)
+    expect(await isProcessAlive(survivor.pid!)).toBe(false)
+    for (const id of [survivor.id, quick.id]) await b.remove(id)
+    expect(await b.list()).toEqual([])
+  })
+
+  it.skipIf(!hasCrun)('crun is selectable: it runs a container, or says clearly why it cannot on this host', async () => {
+    const m = await makeCsm('crun', { cpus: 1 }, 'crun')
+    const controllers = await host.hybridUnifiedControllers()
+    if (host.mode === 'hybrid' && controllers.length > 0) {
+      const e = await m.adopt().catch((x: unknown) => x) as TessError
+      expect(e.code).toBe('TESS_E_PRECONDITION')
+      expect(e.message).toContain(controllers[0]!)
+      expect(e.hint).toContain(`mount -t cgroup -o ${controllers[0]}`)
+      return
+    }
+    await m.adopt()
+    const c = await run(m, { name: 'crun-hello', image, command: ['sh', '-c', 'echo hi from crun; exit 3'] })
+    const done = await m.wait(c.id, 15_000)
+    expect(done.exitCode).toBe(3)
+    expect(await m.logText(c.id)).toContain('hi from crun\n')
+    await m.remove(c.id)
+  })
+
+  it('cleanup leaves no mounts, cgroups, runtime state or processes', async () => {
+    for (const m of managers) {
+      for (const c of await m.list()) await m.remove(c.id, { force: true })
+      expect(await m.runtime.list()).toEqual([])
+    }
+    for (const c of csms) await c.remove()
+    csms.length = 0
+    expect(cgroupLeftovers()).toEqual([])
+    expect(await mountsUnder(work)).toEqual([])
+    for (const pid of shimPids) expect(await isProcessAlive(pid)).toBe(false)
+  })
+})
