@@ -37,6 +37,8 @@ export const bundleCacheKeptDefault = 3
 export const bundleInputMaxBytes = 1024 * 1024 * 1024
 export const bundleInstallTimeoutMs = 5 * 60_000
 const markerFile = '.tess-bundle-sha256'
+/** Exit status of the install script when the uploaded file's sha256 is wrong. */
+const shaMismatchExit = 65
 /** Fixed mtime of every tar entry (2020-01-01T00:00:00Z): the tarball depends on contents only. */
 const tarMtime = '@1577836800'
 const tarTimeoutMs = 5 * 60_000
@@ -283,7 +285,7 @@ export interface InstallBundleOptions {
 }
 
 /** What installBundle needs of a transport. */
-export type BundleTransport = Pick<SshTransport, 'host' | 'exec' | 'execOk' | 'upload' | 'mkdirp'>
+export type BundleTransport = Pick<SshTransport, 'host' | 'exec' | 'upload' | 'mkdirp'>
 
 /** Install a bundle on a node (idempotent): upload, verify, extract, switch `current`. */
 export async function installBundle(t: BundleTransport, bundle: Pick<Bundle, 'file' | 'sha256' | 'sizeBytes'>, opts: InstallBundleOptions = {}): Promise<BundleInstallResult> {
@@ -305,33 +307,47 @@ export async function installBundle(t: BundleTransport, bundle: Pick<Bundle, 'fi
     const tmpDir = `${remoteDir}/.extract-${version}-${rand}`
     try {
       await t.upload(bundle.file, tmpFile, { mode: 0o600, onProgress: opts.onProgress })
-      const sum = await t.execOk(['sha256sum', '-b', tmpFile], { what: 'computing the sha256 of the uploaded bundle', timeoutMs: bundleInstallTimeoutMs })
-      const got = sum.stdout.trim().split(/\s+/)[0] ?? ''
-      if (got !== bundle.sha256) {
-        throw new TessError('TESS_E_IO', `bundle uploaded to ${t.host}:${tmpFile} has sha256 ${got}, expected ${bundle.sha256}`, 'the upload was corrupted: run again')
+      // verify, extract beside the target, mark as complete, then rename into place (one session)
+      const r = await t.exec([
+        `trap 'rm -rf ${q(tmpFile)} ${q(tmpDir)}' EXIT`,
+        'set -e',
+        `got=$(sha256sum -b ${q(tmpFile)} | cut -d' ' -f1)`,
+        `if [ "$got" != ${bundle.sha256} ]; then echo "$got"; exit ${shaMismatchExit}; fi`,
+        `mkdir -m 0755 ${q(tmpDir)}`,
+        `tar -xzf ${q(tmpFile)} -C ${q(tmpDir)} --no-same-owner`,
+        `echo ${bundle.sha256} > ${q(`${tmpDir}/${markerFile}`)}`,
+        `sync -f ${q(tmpDir)} 2>/dev/null || true`,
+        `rm -rf ${q(dir)}`,
+        `mv -T ${q(tmpDir)} ${q(dir)}`,
+      ].join('\n'), { timeoutMs: bundleInstallTimeoutMs })
+      if (r.code === shaMismatchExit) {
+        throw new TessError('TESS_E_IO', `bundle uploaded to ${t.host}:${tmpFile} has sha256 ${r.stdout.trim()}, expected ${bundle.sha256}`, 'the upload was corrupted: run again')
       }
-      await t.execOk(`set -e; rm -rf ${q(tmpDir)}; mkdir -m 0755 ${q(tmpDir)}; tar -xzf ${q(tmpFile)} -C ${q(tmpDir)} --no-same-owner; ` +
-        `echo ${bundle.sha256} > ${q(`${tmpDir}/${markerFile}`)}; sync -f ${q(tmpDir)} 2>/dev/null || true; rm -rf ${q(dir)}; mv -T ${q(tmpDir)} ${q(dir)}`,
-      { what: `extracting the bundle into ${dir}`, timeoutMs: bundleInstallTimeoutMs })
+      if (r.code !== 0) {
+        throw new TessError('TESS_E_IO', `on ${t.host}: extracting the bundle into ${dir} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-5).join('\n')}`,
+          `is there space on ${t.host}'s ${remoteDir} (df -h ${remoteDir})?`)
+      }
       uploaded = true
-    } finally {
+    } catch (e) {
       await t.exec(`rm -rf ${q(tmpFile)} ${q(tmpDir)}`, { timeoutMs: 60_000 }).catch(() => undefined)
+      throw e
     }
   }
-  // point `current` at this version: a new symlink renamed over the old one (atomic)
-  const link = await t.exec(`readlink ${q(current)}`, { timeoutMs: 30_000 })
-  if (link.code !== 0 || link.stdout.trim() !== version) {
-    const tmpLink = `${remoteDir}/.current-${crypto.randomBytes(6).toString('hex')}`
-    await t.execOk(`ln -s ${q(version)} ${q(tmpLink)} && mv -T -f ${q(tmpLink)} ${q(current)} || { rc=$?; rm -f ${q(tmpLink)}; exit $rc; }`,
-      { what: `pointing ${current} at ${version}`, timeoutMs: 30_000 })
-  }
-  // keep the newest versions (by mtime); never the current one
+  // point `current` at this version (a new symlink renamed over the old one: atomic), then keep
+  // the newest versions by mtime, never the current one
   const keep = Math.max(1, opts.keepVersions ?? bundleVersionsKeptDefault)
-  const list = await t.exec(`cd ${q(remoteDir)} && ls -1t -d -- ${'[0-9a-f]'.repeat(bundleVersionPrefixChars)} 2>/dev/null`, { timeoutMs: 30_000 })
-  const versions = list.stdout.split('\n').map((s) => s.trim()).filter((s) => /^[0-9a-f]+$/.test(s))
-  const pruned = versions.filter((v) => v !== version).slice(keep - 1)
-  if (pruned.length > 0) {
-    await t.exec(`cd ${q(remoteDir)} && rm -rf -- ${pruned.map(q).join(' ')}`, { timeoutMs: 120_000 })
+  const tmpLink = `.current-${crypto.randomBytes(6).toString('hex')}`
+  const sw = await t.exec([
+    `cd ${q(remoteDir)} || exit 1`,
+    `if [ "$(readlink current 2>/dev/null)" != ${version} ]; then`,
+    `  ln -s ${version} ${tmpLink} && mv -T -f ${tmpLink} current || { rm -f ${tmpLink}; exit 1; }`,
+    'fi',
+    `ls -1t -d -- ${'[0-9a-f]'.repeat(bundleVersionPrefixChars)} 2>/dev/null | grep -vx ${version} | tail -n +${keep} | while read -r d; do rm -rf -- "$d" && echo "pruned=$d"; done`,
+    'exit 0',
+  ].join('\n'), { timeoutMs: 120_000 })
+  if (sw.code !== 0) {
+    throw new TessError('TESS_E_IO', `on ${t.host}: pointing ${current} at ${version} failed: ${sw.stderr.trim().split('\n').slice(-5).join('\n')}`, `check ${remoteDir} on ${t.host}`)
   }
+  const pruned = sw.stdout.split('\n').filter((l) => l.startsWith('pruned=')).map((l) => l.slice('pruned='.length))
   return { host: t.host, dir, current, uploaded, pruned }
 }

@@ -143,6 +143,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
         endpoints: [etcdUrl(o.bind, o.etcdClientPort)],
         initialCluster: `${nodeName}=${etcdUrl(o.bind, o.etcdPeerPort)}`,
         initialClusterState: 'new',
+        member: true,
       },
       api: { bind: o.bind, port: o.apiPort },
       nbd: { bind: o.bind, port: o.nbdPort },

@@ -13,6 +13,14 @@ export interface ClusterContext {
   createdAt: string
   /** set for an embedded (`--local`) cluster: the daemons run on this machine */
   local?: { dataDir: string }
+  /** set for a cluster bootstrapped over SSH: how to reach its hosts (no secrets: the key is a path) */
+  remote?: {
+    sshUser: string
+    sshKey: string
+    sshPort: number
+    knownHostsFile?: string
+    hosts: Array<{ name: string, address: string }>
+  }
 }
 
 interface Store {

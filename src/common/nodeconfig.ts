@@ -23,6 +23,8 @@ export interface NodeConfig {
     /** `name=peerURL,...` for the initial cluster */
     initialCluster: string
     initialClusterState: 'new' | 'existing'
+    /** does this node run an etcd member (1 member for 1-2 nodes, 3 for 3-4, 5 for 5 or more) */
+    member: boolean
   }
   api: { bind: string, port: number }
   nbd: { bind: string, port: number }

@@ -57,7 +57,8 @@ export class NodeService {
     } catch { /* not written yet */ }
     const sup: DaemonInfo = { name: 'supervisor', pid: state?.pid ?? null, healthy: alive(state?.pid), restarts: 0 }
     const out: DaemonInfo[] = [sup]
-    for (const name of ['etcd', 'cvm'] as const) {
+    const names: Array<'etcd' | 'cvm'> = this.cfg.etcd.member === false ? ['cvm'] : ['etcd', 'cvm']
+    for (const name of names) {
       const d = state?.daemons.find((x) => x.name === name)
       const pid = name === 'cvm' ? process.pid : (d?.pid ?? null)
       const healthy = name === 'cvm' ? true : alive(pid) && etcdHealthy

@@ -54,7 +54,7 @@ export function cvmService(cfg: NodeConfig): ServiceSpec {
 }
 
 export function servicesFor(cfg: NodeConfig): ServiceSpec[] {
-  return [etcdService(cfg), cvmService(cfg)]
+  return cfg.etcd.member === false ? [cvmService(cfg)] : [etcdService(cfg), cvmService(cfg)]
 }
 
 export function supervisorScript(): string {

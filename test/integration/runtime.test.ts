@@ -7,7 +7,7 @@ import type { Logger } from '../../src/common/log.js'
 import { pullImage } from '../../src/csm/images/puller.js'
 import { ContentStore } from '../../src/csm/images/store.js'
 import { LayerStore } from '../../src/csm/images/unpack.js'
-import { mountsUnder, parseProcLimits } from '../../src/csm/runtime/bundle.js'
+import { mountOverlay, mountsUnder, overlayMountPlan, parseProcLimits, unmount } from '../../src/csm/runtime/bundle.js'
 import { CgroupHost, type CgroupLimits, type CsmCgroup } from '../../src/csm/runtime/cgroups.js'
 import { ContainerManager, type ContainerInfo, type ContainerManagerOptions } from '../../src/csm/runtime/containers.js'
 import { isProcessAlive, type RuntimeName } from '../../src/csm/runtime/runc.js'
@@ -26,6 +26,13 @@ const hasCrun = haveCommands('crun').length === 0
 const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const MiB = 1024 * 1024
+const killPid = (pid: number) => {
+  try {
+    process.kill(pid, 'SIGKILL')
+  } catch {
+    // gone already
+  }
+}
 
 describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real runc', () => {
   let reg: DockerRegistry | undefined
@@ -105,6 +112,10 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
         // the state dir may be gone already
       }
     }
+    // a safety net: processes of our containers (in our cgroups) and our shims, by pid
+    for (const c of csms) for (const pid of await c.processes().catch(() => [])) killPid(pid)
+    for (const pid of shimPids) if (await isProcessAlive(pid)) killPid(pid)
+    if (csms.length > 0) await sleep(200)
     for (const c of csms) await c.remove().catch(() => undefined)
     await reg?.cleanup().catch(() => undefined)
     if (work !== undefined) {
@@ -145,8 +156,37 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     const chunks: Buffer[] = []
     for await (const b of main.logs(c.id, { follow: true })) chunks.push(b)
     expect(Buffer.concat(chunks).toString()).toBe(log)
+    // an exited container starts again on the same rootfs
+    const again = await main.start('hello')
+    expect(['running', 'exited']).toContain(again.status)
+    expect((await main.wait(c.id, 15_000)).exitCode).toBe(0)
+    expect((await main.logText('hello')).split('hello from hello\n')).toHaveLength(3)
     await main.remove(c.id)
     expect(fs.existsSync(path.join(work, 'csm-main/containers', c.id))).toBe(false)
+    // network "host": no network namespace, the host's interfaces
+    const h = await run(main, { name: 'hostnet', image, network: 'host', command: ['sh', '-c', 'cat /proc/net/dev'] })
+    expect((await main.wait(h.id, 15_000)).exitCode).toBe(0)
+    const ifaces = (text: string) => [...text.matchAll(/^\s*([^\s:]+):/gm)].map((m) => m[1]).sort()
+    expect(ifaces(await main.logText(h.id))).toEqual(ifaces(fs.readFileSync('/proc/net/dev', 'utf8')))
+    await main.remove(h.id)
+  })
+
+  it('mounts a rootfs through short lowerdir links when the absolute paths do not fit', async () => {
+    const rec = (await store.getImage(image))!
+    const lowers = [...rec.layers].reverse().map((l) => layers.path(l.diffId))
+    const d = path.join(work, 'short-overlay')
+    for (const sub of ['upper', 'work', 'rootfs']) fs.mkdirSync(path.join(d, sub), { recursive: true })
+    const plan = overlayMountPlan(lowers, path.join(d, 'upper'), path.join(d, 'work'), d, 80)
+    expect(plan.options).toBe('lowerdir=l/0:l/1:l/2,upperdir=upper,workdir=work')
+    await mountOverlay(plan, path.join(d, 'rootfs'))
+    try {
+      expect(fs.readdirSync(path.join(d, 'rootfs/etc')).sort()).toEqual(['added', 'hello'])
+      expect(fs.readFileSync(path.join(d, 'rootfs/etc/hello'), 'utf8')).toBe('hello from layer 1\n')
+    } finally {
+      await unmount(path.join(d, 'rootfs'))
+    }
+    expect(await mountsUnder(d)).toEqual([])
+    fs.rmSync(d, { recursive: true })
   })
 
   it('pause stops CPU use and resume restarts it', async () => {
@@ -206,12 +246,19 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
       expect(stubbornMs).toBeLessThan(8000)
       expect(s1.exitCode).toBe(137)
       expect(s1.oomKilled).toBe(false)
+      const followed = (async () => {
+        const chunks: Buffer[] = []
+        for await (const b of main.logs(polite.id, { follow: true })) chunks.push(b)
+        return Buffer.concat(chunks).toString()
+      })()
       t0 = Date.now()
       const s2 = await main.stop(polite.id, 10_000)
       const politeMs = Date.now() - t0
       expect(politeMs).toBeLessThan(3000)
       expect(s2.exitCode).toBe(0)
       expect(await main.logText(polite.id)).toContain('bye\n')
+      // a follower sees the output up to the exit, then ends
+      expect(await followed).toBe('ready\nbye\n')
       // stopping an exited container is a no-op
       expect((await main.stop(polite.id, 1000)).exitCode).toBe(0)
     } finally {
@@ -221,8 +268,12 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
   })
 
   it('the CSM quota caps its containers together, and a container cannot ask for more than its CSM', async () => {
-    const q = await makeCsm('quota', { cpus: 0.5, memoryBytes: 256 * MiB })
+    const q = await makeCsm('quota', { cpus: 2, memoryBytes: 1024 * MiB })
     await q.adopt()
+    // limits can be updated in place
+    const qcg = csms[csms.length - 1]!
+    await qcg.setLimits({ cpus: 0.5, memoryBytes: 256 * MiB, pidsMax: 200 })
+    expect(await qcg.limits()).toEqual({ cpus: 0.5, memoryBytes: 256 * MiB, pidsMax: 200 })
     const e = await q.run({ image, cpus: 1, command: ['true'] }).catch((x: unknown) => x) as TessError
     expect(e).toBeInstanceOf(TessError)
     expect(e.code).toBe('TESS_E_CAPACITY')

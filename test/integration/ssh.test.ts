@@ -414,6 +414,11 @@ describe('bundle install', () => {
     await th.exec(h1, ['rm', `/var/lib/tess/bundle/${version}/.tess-bundle-sha256`])
     expect((await installBundle(t1, bundle)).uploaded).toBe(true)
     expect((await installBundle(t1, bundle)).uploaded).toBe(false)
+    // older versions beyond keepVersions are removed, newest first kept, never the current one
+    await th.exec(h2, ['sh', '-c', 'cd /var/lib/tess/bundle && mkdir 0000000000000001 0000000000000002 && touch -d "2 days ago" 0000000000000001 && touch -d "1 day ago" 0000000000000002 && touch -d "3 days ago" ' + version])
+    const pruned = await installBundle(t2, bundle, { keepVersions: 2 })
+    expect(pruned).toMatchObject({ uploaded: false, pruned: ['0000000000000001'] })
+    expect((await th.exec(h2, ['ls', '-A', '/var/lib/tess/bundle'])).stdout.split('\n').filter(Boolean).sort()).toEqual(['0000000000000002', version, 'current'].sort())
   })
 
   it('refuses a bundle whose upload does not match its sha256', async () => {

@@ -95,7 +95,7 @@ describe('the shim', () => {
   it('runDetached: the runtime runs in its own session with stdio on the log file and its status is recorded', async () => {
     // a fake runtime: writes the pid file it is given, prints, exits 5 (as runc does with the container's status)
     const fake = path.join(dir, 'fake-runc')
-    fs.writeFileSync(fake, '#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ "$1" = --pid-file ]; then echo $$ > "$2"; fi; shift; done\necho "container output"; echo "container error" >&2; exit 5\n', { mode: 0o755 })
+    fs.writeFileSync(fake, '#!/bin/sh\nif [ "$1" = --version ]; then echo "runc version 0"; exit 0; fi\nwhile [ $# -gt 0 ]; do if [ "$1" = --pid-file ]; then echo $$ > "$2"; fi; shift; done\necho "container output"; echo "container error" >&2; exit 5\n', { mode: 0o755 })
     const cdir = path.join(dir, 'ctr')
     fs.mkdirSync(cdir)
     const files = { dir: cdir, log: path.join(cdir, 'container.log'), exit: path.join(cdir, 'exit'), pid: path.join(cdir, 'pid'), runtimeLog: path.join(cdir, 'runtime.log') }

@@ -162,24 +162,46 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return new ForwardingDevice(rec, target.owner, this)
   }
 
+  private readonly idsByName = new Map<string, string>()
+
+  private async loadedByName(name: string): Promise<Vdisk | undefined> {
+    const id = this.idsByName.get(name)
+    const p = id === undefined ? undefined : this.loaded.get(id)
+    if (!p) return undefined
+    try {
+      const v = await p
+      return v.name === name ? v : undefined
+    } catch {
+      return undefined
+    }
+  }
+
   /** Where I/O for a vDisk goes: here (loading it, taking ownership if free) or to its owner. */
   async route(rec: VdiskRecord): Promise<{ local: true, vdisk: Vdisk } | { local: false, owner: string }> {
     const loaded = this.loaded.get(rec.id)
     if (loaded) return { local: true, vdisk: await loaded }
     const cur = await this.etcd.get(keys.vdiskOwner(rec.id)).string()
     const ownerNode = cur?.split('/')[0]
-    if (cur === null || ownerNode === this.opts.nodeName) return { local: true, vdisk: await this.load(rec.id) }
+    if (cur === null || ownerNode === this.opts.nodeName) {
+      const v = await this.load(rec.id)
+      this.idsByName.set(rec.name, rec.id)
+      return { local: true, vdisk: v }
+    }
     return { local: false, owner: ownerNode! }
   }
 
   /** Forwarded I/O arriving on the data port: serve it if this CVM owns (or can own) the vDisk. */
   async io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer): Promise<Buffer | undefined> {
-    const id = await this.etcd.get(keys.vdiskName(name)).string()
-    const rec = id === null ? undefined : await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
-    if (!rec || rec.state !== 'ready') throw new PeerError('errno', `vDisk ${name} does not exist`, nbdErrno.EINVAL)
-    const t = await this.route(rec)
-    if (!t.local) throw new PeerError('not-owner', `vDisk ${name} is owned by ${t.owner}`)
-    const v = t.vdisk
+    // Hot path: a vDisk loaded here is served without asking etcd.
+    let v = await this.loadedByName(name)
+    if (!v) {
+      const id = await this.etcd.get(keys.vdiskName(name)).string()
+      const rec = id === null ? undefined : await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+      if (!rec || rec.state !== 'ready') throw new PeerError('errno', `vDisk ${name} does not exist`, nbdErrno.EINVAL)
+      const t = await this.route(rec)
+      if (!t.local) throw new PeerError('not-owner', `vDisk ${name} is owned by ${t.owner}`)
+      v = t.vdisk
+    }
     if (offset + length > v.sizeBytes) throw new PeerError('errno', 'request past the end', nbdErrno.EINVAL)
     switch (op) {
       case 'read': return v.read(offset, length)

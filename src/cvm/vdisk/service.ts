@@ -54,7 +54,8 @@ export class VdiskService {
       sizeBytes: rec.sizeBytes,
       rf: rec.rf,
       allocatedBytes: count * vBlockSizeBytes,
-      owner: owner ?? null,
+      // the owner key's value is node/session: show the node
+      owner: owner === null ? null : owner.split('/')[0] ?? null,
       nbdUri: `nbd://${this.opts.nbdAddress}:${this.opts.nbdPort}/${rec.name}`,
       createdAt: rec.createdAt,
     }

@@ -1,0 +1,299 @@
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { TessError, errorMessage } from '../common/errors.js'
+import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault } from '../common/limits.js'
+import { checkName } from '../common/names.js'
+import type { NodeConfig } from '../common/nodeconfig.js'
+import type { ClusterStatus, DiskInfo, HealthInfo } from '../common/types.js'
+import { ApiClient } from '../cli/client.js'
+import { configDir, type ClusterContext } from '../cli/contexts.js'
+import { dataPortDefault } from '../cvm/replication/protocol.js'
+import { etcdUrl } from '../daemon/services.js'
+import { buildBundle, installBundle } from './bundle.js'
+import { createCa, createNodeCert } from './pki.js'
+import { formatPreflight, preflightError, preflightPorts, runPreflight, type PreflightResult } from './preflight.js'
+import { SshTransport, shellQuote, type HostKeyPolicy } from './ssh.js'
+
+export const remoteDataDir = '/var/lib/tess'
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+
+export interface RemoteClusterOptions {
+  name: string
+  hosts: string[]
+  sshUser: string
+  sshKey: string
+  sshPort: number
+  knownHostsFile?: string
+  hostKeyPolicy: HostKeyPolicy
+  ask?: (host: string, fingerprint: string, keyType: string) => Promise<boolean>
+  rf: number
+  disks: string[]
+  installDeps: boolean
+  dryRun: boolean
+  ports: { api: number, nbd: number, etcdClient: number, etcdPeer: number, data: number }
+}
+
+export const remotePortDefaults = { api: apiPortDefault, nbd: nbdPortDefault, etcdClient: etcdClientPortDefault, etcdPeer: etcdPeerPortDefault, data: dataPortDefault }
+
+export interface PlannedNode {
+  host: string
+  name: string
+  etcdMember: boolean
+  disks: string[]
+  state: 'new' | 'configured' | 'running'
+}
+
+export interface RemotePlan {
+  cluster: string
+  clusterId: string
+  rf: number
+  nodes: PlannedNode[]
+  etcdMembers: string[]
+  ports: RemoteClusterOptions['ports']
+}
+
+/** How many etcd members for a cluster of n nodes: 1 for 1-2, 3 for 3-4, 5 for 5 or more. */
+export function etcdMemberCount(n: number): number {
+  return n >= 5 ? 5 : n >= 3 ? 3 : 1
+}
+
+/** The operator-side state of a cluster: its CA (key included: needed to add hosts), id, token. */
+export function clusterStateDir(name: string): string {
+  return path.join(configDir(), 'clusters', name)
+}
+
+interface ClusterSecrets { clusterId: string, createdAt: string, token: string, caCert: string, caKey: string }
+
+function loadOrCreateSecrets(name: string): ClusterSecrets {
+  const dir = clusterStateDir(name)
+  const meta = path.join(dir, 'cluster.json')
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+  if (!fs.existsSync(meta)) {
+    createCa(dir, name)
+    const secrets = { clusterId: crypto.randomUUID(), createdAt: new Date().toISOString(), token: crypto.randomBytes(32).toString('base64url') }
+    fs.writeFileSync(meta, JSON.stringify(secrets, null, 2) + '\n', { mode: 0o600 })
+  }
+  const m = JSON.parse(fs.readFileSync(meta, 'utf8')) as { clusterId: string, createdAt: string, token: string }
+  return { ...m, caCert: path.join(dir, 'ca.crt'), caKey: path.join(dir, 'ca.key') }
+}
+
+function nodeNameFrom(hostname: string, host: string): string {
+  const n = hostname.trim().toLowerCase().split('.')[0]!.replace(/[^a-z0-9-]/g, '-').replace(/^-+/, '').slice(0, 63)
+  return n || `node-${host.replace(/[^a-z0-9]/gi, '-').toLowerCase()}`
+}
+
+export interface RemoteCreated {
+  context: ClusterContext
+  status: ClusterStatus
+  plan: RemotePlan
+}
+
+export class PreflightFailed extends TessError {
+  constructor(readonly result: PreflightResult) {
+    const e = preflightError(result)
+    super(e.code, e.message, `${formatPreflight(result, { onlyProblems: true })}\n${e.hint}`)
+  }
+}
+
+/**
+ * Bootstrap a cluster on hosts over SSH: connect (host keys pinned), pre-flight every host in
+ * parallel and report every problem before changing anything, install the bundle, write each
+ * node's certificates and config, start the supervisors (which start etcd members and CVMs),
+ * register disks and save the context. Run again after a partial failure, it resumes: hosts
+ * already configured or running are left as they are.
+ */
+export async function createRemoteCluster(o: RemoteClusterOptions, progress: (host: string, step: string) => void): Promise<RemoteCreated | { dryRun: true, plan: RemotePlan }> {
+  checkName('cluster', o.name)
+  if (o.hosts.length === 0) throw new TessError('TESS_E_USAGE', 'no hosts given', 'pass --hosts H1,H2,H3')
+  if (new Set(o.hosts).size !== o.hosts.length) throw new TessError('TESS_E_USAGE', `a host is listed twice in --hosts ${o.hosts.join(',')}`, 'list each host once')
+  if (o.rf < 1 || o.rf > Math.min(3, o.hosts.length)) {
+    throw new TessError('TESS_E_TOO_FEW_NODES', `cannot create cluster "${o.name}" with RF ${o.rf} on ${o.hosts.length} host(s)`, `use --rf ${Math.min(3, o.hosts.length)} or fewer, or add hosts`)
+  }
+  if (!fs.existsSync(o.sshKey)) throw new TessError('TESS_E_NOT_FOUND', `SSH key "${o.sshKey}" does not exist`, 'pass --ssh-key PATH of a private key authorized on the hosts')
+  const secrets = loadOrCreateSecrets(o.name)
+
+  // 1. connect to every host in parallel
+  const transports = new Map<string, SshTransport | Error>()
+  await Promise.all(o.hosts.map(async (host) => {
+    progress(host, 'connecting over SSH')
+    try {
+      transports.set(host, await SshTransport.connect({
+        host, port: o.sshPort, username: o.sshUser, privateKey: o.sshKey, hostKeyPolicy: o.hostKeyPolicy, ask: o.ask,
+        ...(o.knownHostsFile ? { knownHostsFile: o.knownHostsFile } : {}),
+      }))
+    } catch (e) {
+      transports.set(host, e instanceof Error ? e : new Error(String(e)))
+    }
+  }))
+  const conns = () => [...transports.values()].filter((t): t is SshTransport => t instanceof SshTransport)
+  try {
+    // 2. what is on each host already (resume)
+    const nodes: PlannedNode[] = []
+    const members = etcdMemberCount(o.hosts.length)
+    for (const [i, host] of o.hosts.entries()) {
+      const t = transports.get(host)
+      let name = `node${i + 1}`
+      let state: PlannedNode['state'] = 'new'
+      if (t instanceof SshTransport) {
+        name = nodeNameFrom((await t.exec('hostname')).stdout, host)
+        const cfg = await t.exec(`cat ${remoteDataDir}/node.json 2>/dev/null`)
+        if (cfg.code === 0) {
+          try {
+            const nc = JSON.parse(cfg.stdout) as NodeConfig
+            if (nc.clusterId === secrets.clusterId) {
+              state = 'configured'
+              name = nc.nodeName
+              const alive = await t.exec(`kill -0 "$(cat ${remoteDataDir}/run/supervisor.pid 2>/dev/null)" 2>/dev/null`)
+              if (alive.code === 0) state = 'running'
+            }
+          } catch { /* not ours: pre-flight reports the data dir */ }
+        }
+      }
+      nodes.push({ host, name, etcdMember: i < members, disks: o.disks.length > 0 ? o.disks : [`${remoteDataDir}/disks/d0`], state })
+    }
+    const names = nodes.map((n) => n.name)
+    if (new Set(names).size !== names.length) {
+      for (const [i, n] of nodes.entries()) n.name = `${n.name}-${i + 1}`
+    }
+    const plan: RemotePlan = { cluster: o.name, clusterId: secrets.clusterId, rf: o.rf, nodes, etcdMembers: nodes.filter((n) => n.etcdMember).map((n) => n.name), ports: o.ports }
+
+    // 3. pre-flight, every host, every problem at once, before any change
+    const fresh = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state !== 'running'))
+    const running = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state === 'running'))
+    for (const h of o.hosts) progress(h, 'pre-flight checks')
+    const basePlan = {
+      clusterName: o.name, clusterId: secrets.clusterId, disks: nodes[0]!.disks, dataDir: remoteDataDir,
+      dataDirAllowedEntries: ['bundle', 'pki', 'node.json', 'run', 'logs', 'etcd', 'disks'], installDeps: o.installDeps,
+    }
+    const results: PreflightResult[] = []
+    if (fresh.size > 0) results.push(await runPreflight(fresh, { ...basePlan, ports: preflightPorts({ apiPort: o.ports.api, nbdPort: o.ports.nbd, etcdClientPort: o.ports.etcdClient, etcdPeerPort: o.ports.etcdPeer, dataPort: o.ports.data }) }))
+    if (running.size > 0) results.push(await runPreflight(running, { ...basePlan, ports: [] }))
+    const merged: PreflightResult = { ok: results.every((r) => r.ok), hosts: results.flatMap((r) => r.hosts) }
+    if (!merged.ok) throw new PreflightFailed(merged)
+    if (o.dryRun) return { dryRun: true, plan }
+
+    // 4. bundle, certificates, config, supervisor: every host in parallel
+    const bundle = await buildBundle(repoRoot, path.join(configDir(), 'bundles'))
+    const initialCluster = nodes.filter((n) => n.etcdMember).map((n) => `${n.name}=${etcdUrl(n.host, o.ports.etcdPeer)}`).join(',')
+    const endpoints = nodes.filter((n) => n.etcdMember).map((n) => etcdUrl(n.host, o.ports.etcdClient))
+    await Promise.all(nodes.map(async (n) => {
+      const t = transports.get(n.host) as SshTransport
+      if (n.state === 'running') return progress(n.host, 'already running')
+      progress(n.host, `installing the bundle (${(bundle.sizeBytes / 1048576).toFixed(0)} MiB)`)
+      await installBundle(t, bundle, { remoteDir: `${remoteDataDir}/bundle` })
+      if (n.state === 'new') {
+        progress(n.host, 'writing certificates and node config')
+        const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-pki-'))
+        try {
+          const cert = createNodeCert(tmp, { caCert: secrets.caCert, caKey: secrets.caKey }, n.name, [n.host])
+          await t.mkdirp(`${remoteDataDir}/pki`, 0o700)
+          await t.writeFile(`${remoteDataDir}/pki/ca.crt`, fs.readFileSync(secrets.caCert), 0o644)
+          await t.writeFile(`${remoteDataDir}/pki/node.crt`, fs.readFileSync(cert.cert), 0o644)
+          await t.writeFile(`${remoteDataDir}/pki/node.key`, fs.readFileSync(cert.key), 0o600)
+          await t.writeFile(`${remoteDataDir}/pki/api-token`, secrets.token + '\n', 0o600)
+        } finally {
+          fs.rmSync(tmp, { recursive: true, force: true })
+        }
+        for (const d of ['run', 'logs', 'disks', ...n.disks]) await t.mkdirp(d.startsWith('/') ? d : `${remoteDataDir}/${d}`, 0o700)
+        const cfg: NodeConfig = {
+          version: 1, clusterName: o.name, clusterId: secrets.clusterId, nodeName: n.name, address: n.host, dataDir: remoteDataDir,
+          etcd: { clientPort: o.ports.etcdClient, peerPort: o.ports.etcdPeer, endpoints, initialCluster, initialClusterState: 'new', member: n.etcdMember },
+          api: { bind: n.host, port: o.ports.api }, nbd: { bind: n.host, port: o.ports.nbd }, data: { bind: n.host, port: o.ports.data },
+          createdAt: secrets.createdAt,
+        }
+        // node.json last: its presence means "configured" to a resumed run
+        await t.writeFile(`${remoteDataDir}/node.json`, JSON.stringify(cfg, null, 2) + '\n', 0o600)
+      }
+      progress(n.host, 'starting the supervisor')
+      const node = (await t.execOk('command -v node')).stdout.trim()
+      await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/daemon/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
+    }))
+
+    // 5. wait for every CVM, register disks, save the context
+    const context: ClusterContext = {
+      name: o.name,
+      endpoints: nodes.map((n) => `https://${n.host.includes(':') ? `[${n.host}]` : n.host}:${o.ports.api}`),
+      caCert: fs.readFileSync(secrets.caCert, 'utf8'),
+      token: secrets.token,
+      createdAt: secrets.createdAt,
+      remote: { sshUser: o.sshUser, sshKey: path.resolve(o.sshKey), sshPort: o.sshPort, ...(o.knownHostsFile ? { knownHostsFile: path.resolve(o.knownHostsFile) } : {}), hosts: nodes.map((n) => ({ name: n.name, address: n.host })) },
+    }
+    await Promise.all(nodes.map(async (n) => {
+      progress(n.host, 'waiting for the CVM')
+      const client = new ApiClient({ ...context, endpoints: [context.endpoints[nodes.indexOf(n)]!] })
+      const deadline = Date.now() + daemonStartTimeoutMs * 2
+      for (;;) {
+        try {
+          const h = await client.get<HealthInfo>('/v1/health', { retryMs: 0 })
+          if (h.etcd) break
+        } catch (e) {
+          if (!(e instanceof TessError) || (e.code !== 'TESS_E_UNREACHABLE' && e.code !== 'TESS_E_TIMEOUT')) throw e
+        }
+        if (Date.now() > deadline) {
+          const t = transports.get(n.host) as SshTransport
+          const logs = (await t.exec(`tail -n 12 ${remoteDataDir}/logs/cvm.log ${remoteDataDir}/logs/etcd.log ${remoteDataDir}/logs/supervisor.log 2>&1`)).stdout
+          throw new TessError('TESS_E_TIMEOUT', `host ${n.host}: the CVM did not answer within ${(daemonStartTimeoutMs * 2) / 1000} s`, `logs on ${n.host}:\n${logs}`)
+        }
+        await new Promise((r) => setTimeout(r, 300))
+      }
+      const have = new Set((await client.get<DiskInfo[]>('/v1/disks')).filter((d) => d.node === n.name).map((d) => d.path))
+      for (const d of n.disks) {
+        if (have.has(d)) continue
+        progress(n.host, `registering disk ${d}`)
+        await client.post<DiskInfo>('/v1/disks', { path: d, node: n.name })
+      }
+      progress(n.host, 'ready')
+    }))
+    const status = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
+    return { context, status, plan }
+  } finally {
+    await Promise.all(conns().map((t) => t.close().catch(() => undefined)))
+  }
+}
+
+export { errorMessage }
+
+export interface RemoteDestroyed { host: string, node: string, ok: boolean, message: string }
+
+/**
+ * Stop a remote cluster's daemons on every host (the supervisor by the pid in its pidfile, after
+ * checking /proc that the pid is ours; then any daemon pid left) and delete the node's data:
+ * the data dir, and the extent groups and marker of disks outside it that carry this cluster's id.
+ * Unreachable hosts are reported, not skipped silently.
+ */
+export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<string, string[]>, clusterId: string | undefined, progress: (host: string, step: string) => void): Promise<RemoteDestroyed[]> {
+  const r = ctx.remote
+  if (!r) throw new TessError('TESS_E_INTERNAL', `cluster "${ctx.name}" has no SSH details`, '')
+  const d = remoteDataDir
+  const q = shellQuote
+  return Promise.all(r.hosts.map(async (h): Promise<RemoteDestroyed> => {
+    progress(h.address, 'connecting')
+    let t: SshTransport
+    try {
+      t = await SshTransport.connect({ host: h.address, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: 'strict', ...(r.knownHostsFile ? { knownHostsFile: [r.knownHostsFile] } : {}) })
+    } catch (e) {
+      return { host: h.address, node: h.name, ok: false, message: errorMessage(e) }
+    }
+    try {
+      progress(h.address, 'stopping daemons')
+      const ours = (pidFile: string) => `p=$(cat ${pidFile} 2>/dev/null) && [ -n "$p" ] && tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -q -- ${q(d)}`
+      const script = [
+        `if ${ours(`${d}/run/supervisor.pid`)}; then kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; fi`,
+        `for n in etcd cvm; do if ${ours(`${d}/run/$n.pid`)}; then kill -KILL $p; fi; done`,
+        ...(diskPaths.get(h.name) ?? []).filter((p) => !p.startsWith(d + '/')).map((p) =>
+          `if grep -q ${q(clusterId ?? '\u0000')} ${q(`${p}/tess-disk.json`)} 2>/dev/null; then rm -rf ${q(`${p}/egroups`)} ${q(`${p}/tess-disk.json`)}; fi`),
+        `find ${q(d)} -mindepth 1 -maxdepth 1 -exec rm -rf {} +`,
+      ].join('\n')
+      await t.execOk(script, { what: 'stop the daemons and remove the data', timeoutMs: 120_000 })
+      progress(h.address, 'done')
+      return { host: h.address, node: h.name, ok: true, message: 'stopped and removed' }
+    } catch (e) {
+      return { host: h.address, node: h.name, ok: false, message: errorMessage(e) }
+    } finally {
+      await t.close().catch(() => undefined)
+    }
+  }))
+}
