@@ -130,6 +130,13 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
   }))
   const conns = () => [...transports.values()].filter((t): t is SshTransport => t instanceof SshTransport)
   try {
+    // Host keys and credentials first: a refused key is an authentication failure (exit 7), for
+    // every host at once; an unreachable host is reported by the pre-flight checks below.
+    const refused = [...transports].filter(([, t]) => t instanceof TessError && t.code === 'TESS_E_AUTH') as Array<[string, TessError]>
+    if (refused.length > 0) {
+      throw new TessError('TESS_E_AUTH', `cannot create cluster "${o.name}": SSH refused on ${refused.length} host(s): ${refused.map(([h, e]) => `${h}: ${e.message}`).join('; ')}`,
+        refused[0]![1].hint || 'pass --known-hosts FILE with the hosts\' keys, or --accept-new-host-keys')
+    }
     // 2. what is on each host already (resume)
     const nodes: PlannedNode[] = []
     const members = etcdMemberCount(o.hosts.length)

@@ -1,6 +1,6 @@
 import tls from 'node:tls'
 import { errorMessage } from '../../common/errors.js'
-import { FrameParser, PeerError, encodeFrame, peerInFlightMax, peerRequestTimeoutMs, statusOk, type Frame, type Op, type PeerErrorBody } from './protocol.js'
+import { FrameParser, PeerError, encodeFrame, peerConnectTimeoutMs, peerDownBackoffMs, peerInFlightMax, peerRequestTimeoutMs, statusOk, type Frame, type Op, type PeerErrorBody } from './protocol.js'
 
 export interface TlsCreds { cert: Buffer, key: Buffer, ca: Buffer }
 
@@ -24,14 +24,24 @@ export class PeerClient {
 
   constructor(readonly node: string, private readonly host: string, private readonly port: number, private readonly creds: TlsCreds) {}
 
+  /** After a failed connect, fail fast until then instead of waiting on a dead host each time. */
+  private downUntil = 0
+
+  /** Is the peer believed down (a recent connect failed)? Reads use it to try other replicas first. */
+  get suspect(): boolean {
+    return Date.now() < this.downUntil
+  }
+
   private connect(): Promise<tls.TLSSocket> {
     if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock)
     if (this.connecting) return this.connecting
+    if (Date.now() < this.downUntil) return Promise.reject(new PeerError('unreachable', `node ${this.node} (${this.host}:${this.port}) is down (a connect failed recently)`))
     this.connecting = new Promise<tls.TLSSocket>((resolve, reject) => {
-      const s = tls.connect({ host: this.host, port: this.port, cert: this.creds.cert, key: this.creds.key, ca: this.creds.ca, servername: undefined, checkServerIdentity: () => undefined, timeout: 5000 })
+      const s = tls.connect({ host: this.host, port: this.port, cert: this.creds.cert, key: this.creds.key, ca: this.creds.ca, checkServerIdentity: () => undefined, timeout: peerConnectTimeoutMs })
       const parser = new FrameParser()
       const fail = (e: Error) => {
         s.destroy()
+        this.downUntil = Date.now() + peerDownBackoffMs
         reject(new PeerError('unreachable', `node ${this.node} (${this.host}:${this.port}): ${e.message}`))
       }
       s.once('secureConnect', () => {
@@ -114,6 +124,11 @@ export class PeerPool {
   private readonly clients = new Map<string, PeerClient>()
 
   constructor(private readonly creds: TlsCreds, private readonly resolve: (node: string) => Promise<{ address: string, dataPort: number }>) {}
+
+  /** Is this node believed down right now (a connect to it failed moments ago)? */
+  suspect(node: string): boolean {
+    return this.clients.get(node)?.suspect ?? false
+  }
 
   async get(node: string): Promise<PeerClient> {
     let c = this.clients.get(node)

@@ -14,6 +14,9 @@ export const frameDataMaxBytes = 33 * 1024 * 1024
 export const dataPortDefault = 10810
 export const peerRequestTimeoutMs = 10_000
 export const peerInFlightMax = 128
+export const peerConnectTimeoutMs = 3_000
+/** how long a peer that refused or timed out a connect is failed fast */
+export const peerDownBackoffMs = 3_000
 
 export const ops = {
   ping: 1,

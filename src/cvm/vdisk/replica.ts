@@ -11,6 +11,8 @@ export interface Replica {
   readonly node: string
   readonly diskId: string
   readonly local: boolean
+  /** believed unreachable right now: readers try the others first */
+  suspect(): boolean
   /** open (and recover) the replica, given the slots the block map uses */
   open(inUse: number[]): Promise<void>
   read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void>
@@ -29,6 +31,10 @@ export function isChecksumFailure(e: unknown): boolean {
 
 export class LocalReplica implements Replica {
   readonly local = true
+
+  suspect(): boolean {
+    return false
+  }
 
   constructor(readonly node: string, readonly diskId: string, private readonly egid: string, private readonly vdiskId: string, private readonly store: ReplicaStore) {}
 
@@ -93,6 +99,10 @@ export class RemoteReplica implements Replica {
       }
       throw e
     }
+  }
+
+  suspect(): boolean {
+    return this.peers.suspect(this.node)
   }
 
   /** Where to find the slots in use when the peer needs to re-open. */

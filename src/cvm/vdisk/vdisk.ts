@@ -106,7 +106,9 @@ export class Vdisk {
     try {
       const bad: Replica[] = []
       let lastErr: unknown
-      for (const r of eg.replicas) {
+      // local first (the list's order), replicas on nodes believed down last
+      const order = [...eg.replicas.filter((r) => !r.suspect()), ...eg.replicas.filter((r) => r.suspect())]
+      for (const r of order) {
         try {
           await r.read(slot, offset, length, out, outOffset)
           for (const b of bad) {

@@ -1,0 +1,146 @@
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
+import { run } from '../helpers/run.js'
+import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
+
+const MiB = 1024 * 1024
+
+function sha(file: string): string {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex')
+}
+
+/**
+ * Three test hosts (network namespaces with their own sshd), bootstrapped over real SSH into one
+ * cluster: RF 2 and RF 3 replication, forwarding through a non-owner, and the loss of a host.
+ */
+describe('multi-node cluster on 3 test hosts', () => {
+  let th: TestHosts
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-mn-'))
+  const env = { TESS_CONFIG_DIR: path.join(root, 'config') }
+  const tess = (args: string[]): Promise<TessResult> => runTess(args, env, { timeoutMs: 240_000 })
+  const addr = (i: number) => th.hosts[i]!.address
+  const uri = (i: number, v: string) => `nbd://${addr(i)}:10809/${v}`
+  const big = path.join(root, 'random.bin')
+
+  beforeAll(async () => {
+    th = await createTestHosts(3)
+    fs.writeFileSync(big, crypto.randomBytes(256 * MiB))
+  }, 60_000)
+
+  afterAll(async () => {
+    try {
+      await tess(['cluster', 'destroy', '--yes'])
+    } finally {
+      await th?.destroy()
+      fs.rmSync(root, { recursive: true, force: true })
+    }
+  }, 180_000)
+
+  it('refuses unknown host keys without a terminal, then bootstraps with pinned keys', async () => {
+    const hosts = th.hosts.map((h) => h.address).join(',')
+    const noKeys = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--json'])
+    expect(noKeys.code).toBe(7)
+    expect(noKeys.json.error.code).toBe('TESS_E_AUTH')
+    const dry = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--dry-run', '--json'])
+    expect(dry.code, dry.stdout + dry.stderr).toBe(0)
+    expect(dry.json.dryRun).toBe(true)
+    expect(dry.json.plan.etcdMembers).toHaveLength(3)
+    const r = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--rf', '2', '--json'])
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    expect(r.json.nodes).toHaveLength(3)
+    // re-running converges instead of failing on what exists
+    const again = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--rf', '2', '--json'])
+    expect(again.code, again.stdout + again.stderr).toBe(0)
+    expect(again.json.plan.nodes.map((n: any) => n.state)).toEqual(['running', 'running', 'running'])
+    const st = await tess(['cluster', 'status', '--json'])
+    expect(st.json.nodes.map((n: any) => n.state)).toEqual(['up', 'up', 'up'])
+    for (const n of st.json.nodes) for (const d of n.daemons) expect(d.healthy, `${n.name} ${d.name}`).toBe(true)
+    const hl = await tess(['host', 'list', '--json'])
+    expect(hl.json.map((h: any) => h.disks.length)).toEqual([1, 1, 1])
+  })
+
+  it('RF 3 puts a copy of every extent group on every host', async () => {
+    expect((await tess(['vdisk', 'create', 'three', '--size', '64M', '--rf', '3', '--json'])).code).toBe(0)
+    const src = path.join(root, 'three.bin')
+    fs.writeFileSync(src, crypto.randomBytes(40 * MiB))
+    expect((await run('nbdcopy', ['--flush', src, uri(2, 'three')])).code).toBe(0)
+    const files = await Promise.all([0, 1, 2].map(async (i) => (await th.exec(th.hosts[i]!, ['sh', '-c', 'ls /var/lib/tess/disks/d0/egroups | grep -c "\\.eg$"'])).stdout.trim()))
+    expect(files).toEqual(['2', '2', '2'])
+    const out = path.join(root, 'three-out.bin')
+    expect((await run('nbdcopy', [uri(0, 'three'), out])).code).toBe(0)
+    expect(sha(out).length).toBe(64)
+    expect(fs.readFileSync(out).subarray(0, 40 * MiB).equals(fs.readFileSync(src))).toBe(true)
+  })
+
+  it('writes 256 MiB at RF 2 through host 1 and reads it through host 2 (forwarded)', async () => {
+    const c = await tess(['vdisk', 'create', 'data', '--size', '512M', '--rf', '2', '--json'])
+    expect(c.code, c.stdout).toBe(0)
+    const w = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', big, uri(0, 'data')], { timeoutMs: 300_000 })
+    expect(w.code, w.stderr).toBe(0)
+    const show = await tess(['vdisk', 'show', 'data', '--json'])
+    expect(show.json.owner).toBe(th.hosts[0]!.name)
+    expect(show.json.allocatedBytes).toBe(256 * MiB)
+    const out = path.join(root, 'data-out.bin')
+    const r = await run('nbdcopy', [uri(1, 'data'), out], { timeoutMs: 300_000 })
+    expect(r.code, r.stderr).toBe(0)
+    expect(crypto.createHash('sha256').update(fs.readFileSync(out).subarray(0, 256 * MiB)).digest('hex')).toBe(sha(big))
+    fs.rmSync(out)
+    // every extent group has exactly 2 replicas, on 2 different hosts
+    const lists = await Promise.all([0, 1, 2].map(async (i) => (await th.exec(th.hosts[i]!, ['sh', '-c', 'ls /var/lib/tess/disks/d0/egroups'])).stdout.split('\n').filter((f) => f.endsWith('.eg'))))
+    const count = new Map<string, number>()
+    for (const l of lists) for (const f of l) count.set(f, (count.get(f) ?? 0) + 1)
+    const counts = [...count.values()]
+    expect(counts.filter((n) => n === 3).length).toBe(2) // the RF 3 vDisk's two groups
+    expect(counts.filter((n) => n === 2).length).toBeGreaterThanOrEqual(8) // 256 MiB / 32 MiB
+    expect(counts.every((n) => n === 2 || n === 3)).toBe(true)
+  })
+
+  it('survives the loss of host 3: data reads back through hosts 1 and 2, new writes succeed, status shows it down', async () => {
+    // a vDisk owned by host 3, so its owner dies too
+    expect((await tess(['vdisk', 'create', 'orphan', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    const src = path.join(root, 'orphan.bin')
+    fs.writeFileSync(src, crypto.randomBytes(16 * MiB))
+    expect((await run('nbdcopy', ['--flush', src, uri(2, 'orphan')])).code).toBe(0)
+    expect((await tess(['vdisk', 'show', 'orphan', '--json'])).json.owner).toBe(th.hosts[2]!.name)
+
+    await th.kill(th.hosts[2]!)
+
+    for (const i of [0, 1]) {
+      const out = path.join(root, `after-${i}.bin`)
+      const r = await run('nbdcopy', [uri(i, 'data'), out], { timeoutMs: 300_000 })
+      expect(r.code, r.stderr).toBe(0)
+      expect(crypto.createHash('sha256').update(fs.readFileSync(out).subarray(0, 256 * MiB)).digest('hex')).toBe(sha(big))
+      fs.rmSync(out)
+    }
+    // new writes at RF 2 succeed (replicas that were on host 3 are replaced on the write path)
+    const fresh = path.join(root, 'fresh.bin')
+    fs.writeFileSync(fresh, crypto.randomBytes(48 * MiB))
+    const w = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', fresh, uri(1, 'data')], { timeoutMs: 300_000 })
+    expect(w.code, w.stderr).toBe(0)
+    const back = path.join(root, 'fresh-out.bin')
+    expect((await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri(0, 'data'), back], { timeoutMs: 300_000 })).code).toBe(0)
+    expect(fs.readFileSync(back).subarray(0, 48 * MiB).equals(fs.readFileSync(fresh))).toBe(true)
+    fs.rmSync(back)
+
+    // the vDisk whose owner died: a new connection works once the owner's lease expired
+    const t0 = Date.now()
+    const oout = path.join(root, 'orphan-out.bin')
+    const r = await run('nbdcopy', [uri(0, 'orphan'), oout], { timeoutMs: 120_000 })
+    expect(r.code, r.stderr).toBe(0)
+    expect(fs.readFileSync(oout).subarray(0, 16 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    expect(Date.now() - t0).toBeLessThan(60_000)
+    expect((await tess(['vdisk', 'show', 'orphan', '--json'])).json.owner).toBe(th.hosts[0]!.name)
+
+    const st = await waitFor('host 3 shown down', async () => {
+      const s = await tess(['cluster', 'status', '--json'])
+      return s.json?.nodes?.[2]?.state === 'down' ? s : undefined
+    }, 60_000, 1000)
+    expect(st.json.nodes.map((n: any) => n.state)).toEqual(['up', 'up', 'down'])
+    const h = await tess(['cluster', 'status'])
+    expect(h.stdout).toMatch(/down/)
+  })
+})
