@@ -132,6 +132,8 @@ describe('multi-node cluster on 3 test hosts', () => {
     const r = await run('nbdcopy', [uri(0, 'orphan'), oout], { timeoutMs: 120_000 })
     expect(r.code, r.stderr).toBe(0)
     expect(fs.readFileSync(oout).subarray(0, 16 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    // bounded: the owner's lease TTL (10 s) plus the forwarder's retry, well under its 18 s limit
+    console.log(`owner failover: a new connection read the data ${Date.now() - t0} ms after the first try`)
     expect(Date.now() - t0).toBeLessThan(60_000)
     expect((await tess(['vdisk', 'show', 'orphan', '--json'])).json.owner).toBe(th.hosts[0]!.name)
 
