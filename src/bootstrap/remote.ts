@@ -85,6 +85,75 @@ function nodeNameFrom(hostname: string, host: string): string {
   return n || `node-${host.replace(/[^a-z0-9]/gi, '-').toLowerCase()}`
 }
 
+interface ProvisionContext {
+  cluster: string
+  secrets: ClusterSecrets
+  ports: RemoteClusterOptions['ports']
+  endpoints: string[]
+  initialCluster: string
+  bundle: { file: string, sha256: string, sizeBytes: number }
+}
+
+/** Install the bundle, write certificates and node.json (if new), start the supervisor (if not running). */
+async function provisionNode(t: SshTransport, n: PlannedNode, c: ProvisionContext, progress: (host: string, step: string) => void): Promise<void> {
+  if (n.state === 'running') return progress(n.host, 'already running')
+  progress(n.host, `installing the bundle (${(c.bundle.sizeBytes / 1048576).toFixed(0)} MiB)`)
+  await installBundle(t, c.bundle, { remoteDir: `${remoteDataDir}/bundle` })
+  if (n.state === 'new') {
+    progress(n.host, 'writing certificates and node config')
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-pki-'))
+    try {
+      const cert = createNodeCert(tmp, { caCert: c.secrets.caCert, caKey: c.secrets.caKey }, n.name, [n.host])
+      await t.mkdirp(`${remoteDataDir}/pki`, 0o700)
+      await t.writeFile(`${remoteDataDir}/pki/ca.crt`, fs.readFileSync(c.secrets.caCert), 0o644)
+      await t.writeFile(`${remoteDataDir}/pki/node.crt`, fs.readFileSync(cert.cert), 0o644)
+      await t.writeFile(`${remoteDataDir}/pki/node.key`, fs.readFileSync(cert.key), 0o600)
+      await t.writeFile(`${remoteDataDir}/pki/api-token`, c.secrets.token + '\n', 0o600)
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true })
+    }
+    for (const d of ['run', 'logs', 'disks', ...n.disks]) await t.mkdirp(d.startsWith('/') ? d : `${remoteDataDir}/${d}`, 0o700)
+    const cfg: NodeConfig = {
+      version: 1, clusterName: c.cluster, clusterId: c.secrets.clusterId, nodeName: n.name, address: n.host, dataDir: remoteDataDir,
+      etcd: { clientPort: c.ports.etcdClient, peerPort: c.ports.etcdPeer, endpoints: c.endpoints, initialCluster: c.initialCluster, initialClusterState: 'new', member: n.etcdMember },
+      api: { bind: n.host, port: c.ports.api }, nbd: { bind: n.host, port: c.ports.nbd }, data: { bind: n.host, port: c.ports.data },
+      createdAt: c.secrets.createdAt,
+    }
+    // node.json last: its presence means "configured" to a resumed run
+    await t.writeFile(`${remoteDataDir}/node.json`, JSON.stringify(cfg, null, 2) + '\n', 0o600)
+  }
+  progress(n.host, 'starting the supervisor')
+  const node = (await t.execOk('command -v node')).stdout.trim()
+  await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/daemon/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
+}
+
+/** Wait until the node's CVM answers with etcd reachable, then register its disks (idempotent). */
+async function waitAndRegisterDisks(context: ClusterContext, endpoint: string, n: PlannedNode, t: SshTransport, progress: (host: string, step: string) => void): Promise<void> {
+  progress(n.host, 'waiting for the CVM')
+  const client = new ApiClient({ ...context, endpoints: [endpoint] })
+  const deadline = Date.now() + daemonStartTimeoutMs * 2
+  for (;;) {
+    try {
+      const h = await client.get<HealthInfo>('/v1/health', { retryMs: 0 })
+      if (h.etcd) break
+    } catch (e) {
+      if (!(e instanceof TessError) || (e.code !== 'TESS_E_UNREACHABLE' && e.code !== 'TESS_E_TIMEOUT')) throw e
+    }
+    if (Date.now() > deadline) {
+      const logs = (await t.exec(`tail -n 12 ${remoteDataDir}/logs/cvm.log ${remoteDataDir}/logs/etcd.log ${remoteDataDir}/logs/supervisor.log 2>&1`)).stdout
+      throw new TessError('TESS_E_TIMEOUT', `host ${n.host}: the CVM did not answer within ${(daemonStartTimeoutMs * 2) / 1000} s`, `logs on ${n.host}:\n${logs}`)
+    }
+    await new Promise((r) => setTimeout(r, 300))
+  }
+  const have = new Set((await client.get<DiskInfo[]>('/v1/disks')).filter((d) => d.node === n.name).map((d) => d.path))
+  for (const d of n.disks) {
+    if (have.has(d)) continue
+    progress(n.host, `registering disk ${d}`)
+    await client.post<DiskInfo>('/v1/disks', { path: d, node: n.name })
+  }
+  progress(n.host, 'ready')
+}
+
 export interface RemoteCreated {
   context: ClusterContext
   status: ClusterStatus
@@ -113,7 +182,12 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
     throw new TessError('TESS_E_TOO_FEW_NODES', `cannot create cluster "${o.name}" with RF ${o.rf} on ${o.hosts.length} host(s)`, `use --rf ${Math.min(3, o.hosts.length)} or fewer, or add hosts`)
   }
   if (!fs.existsSync(o.sshKey)) throw new TessError('TESS_E_NOT_FOUND', `SSH key "${o.sshKey}" does not exist`, 'pass --ssh-key PATH of a private key authorized on the hosts')
+  const stateExisted = fs.existsSync(path.join(clusterStateDir(o.name), 'cluster.json'))
   const secrets = loadOrCreateSecrets(o.name)
+  // A dry run leaves nothing behind: not even the CA it made for the plan.
+  const forgetIfDry = () => {
+    if (o.dryRun && !stateExisted) fs.rmSync(clusterStateDir(o.name), { recursive: true, force: true })
+  }
 
   // 1. connect to every host in parallel
   const transports = new Map<string, SshTransport | Error>()
@@ -171,53 +245,34 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
     const fresh = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state !== 'running'))
     const running = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state === 'running'))
     for (const h of o.hosts) progress(h, 'pre-flight checks')
+    // A dry run changes nothing: missing packages are not installed, and with --install-deps
+    // they do not count as failures (the real run installs them).
     const basePlan = {
       clusterName: o.name, clusterId: secrets.clusterId, disks: nodes[0]!.disks, dataDir: remoteDataDir,
-      dataDirAllowedEntries: ['bundle', 'pki', 'node.json', 'run', 'logs', 'etcd', 'disks'], installDeps: o.installDeps,
+      dataDirAllowedEntries: ['bundle', 'pki', 'node.json', 'run', 'logs', 'etcd', 'disks'], installDeps: o.installDeps && !o.dryRun,
     }
     const results: PreflightResult[] = []
     if (fresh.size > 0) results.push(await runPreflight(fresh, { ...basePlan, ports: preflightPorts({ apiPort: o.ports.api, nbdPort: o.ports.nbd, etcdClientPort: o.ports.etcdClient, etcdPeerPort: o.ports.etcdPeer, dataPort: o.ports.data }) }))
     if (running.size > 0) results.push(await runPreflight(running, { ...basePlan, ports: [] }))
     const merged: PreflightResult = { ok: results.every((r) => r.ok), hosts: results.flatMap((r) => r.hosts) }
-    if (!merged.ok) throw new PreflightFailed(merged)
-    if (o.dryRun) return { dryRun: true, plan }
+    if (o.dryRun && o.installDeps) {
+      for (const h of merged.hosts) h.ok = h.checks.every((c) => c.ok || c.check === 'binary')
+      merged.ok = merged.hosts.every((h) => h.ok)
+    }
+    if (!merged.ok) {
+      forgetIfDry()
+      throw new PreflightFailed(merged)
+    }
+    if (o.dryRun) {
+      forgetIfDry()
+      return { dryRun: true, plan }
+    }
 
     // 4. bundle, certificates, config, supervisor: every host in parallel
     const bundle = await buildBundle(repoRoot, path.join(configDir(), 'bundles'))
     const initialCluster = nodes.filter((n) => n.etcdMember).map((n) => `${n.name}=${etcdUrl(n.host, o.ports.etcdPeer)}`).join(',')
     const endpoints = nodes.filter((n) => n.etcdMember).map((n) => etcdUrl(n.host, o.ports.etcdClient))
-    await Promise.all(nodes.map(async (n) => {
-      const t = transports.get(n.host) as SshTransport
-      if (n.state === 'running') return progress(n.host, 'already running')
-      progress(n.host, `installing the bundle (${(bundle.sizeBytes / 1048576).toFixed(0)} MiB)`)
-      await installBundle(t, bundle, { remoteDir: `${remoteDataDir}/bundle` })
-      if (n.state === 'new') {
-        progress(n.host, 'writing certificates and node config')
-        const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-pki-'))
-        try {
-          const cert = createNodeCert(tmp, { caCert: secrets.caCert, caKey: secrets.caKey }, n.name, [n.host])
-          await t.mkdirp(`${remoteDataDir}/pki`, 0o700)
-          await t.writeFile(`${remoteDataDir}/pki/ca.crt`, fs.readFileSync(secrets.caCert), 0o644)
-          await t.writeFile(`${remoteDataDir}/pki/node.crt`, fs.readFileSync(cert.cert), 0o644)
-          await t.writeFile(`${remoteDataDir}/pki/node.key`, fs.readFileSync(cert.key), 0o600)
-          await t.writeFile(`${remoteDataDir}/pki/api-token`, secrets.token + '\n', 0o600)
-        } finally {
-          fs.rmSync(tmp, { recursive: true, force: true })
-        }
-        for (const d of ['run', 'logs', 'disks', ...n.disks]) await t.mkdirp(d.startsWith('/') ? d : `${remoteDataDir}/${d}`, 0o700)
-        const cfg: NodeConfig = {
-          version: 1, clusterName: o.name, clusterId: secrets.clusterId, nodeName: n.name, address: n.host, dataDir: remoteDataDir,
-          etcd: { clientPort: o.ports.etcdClient, peerPort: o.ports.etcdPeer, endpoints, initialCluster, initialClusterState: 'new', member: n.etcdMember },
-          api: { bind: n.host, port: o.ports.api }, nbd: { bind: n.host, port: o.ports.nbd }, data: { bind: n.host, port: o.ports.data },
-          createdAt: secrets.createdAt,
-        }
-        // node.json last: its presence means "configured" to a resumed run
-        await t.writeFile(`${remoteDataDir}/node.json`, JSON.stringify(cfg, null, 2) + '\n', 0o600)
-      }
-      progress(n.host, 'starting the supervisor')
-      const node = (await t.execOk('command -v node')).stdout.trim()
-      await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/daemon/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
-    }))
+    await Promise.all(nodes.map((n) => provisionNode(transports.get(n.host) as SshTransport, n, { cluster: o.name, secrets, ports: o.ports, endpoints, initialCluster, bundle }, progress)))
 
     // 5. wait for every CVM, register disks, save the context
     const context: ClusterContext = {
@@ -226,34 +281,9 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
       caCert: fs.readFileSync(secrets.caCert, 'utf8'),
       token: secrets.token,
       createdAt: secrets.createdAt,
-      remote: { sshUser: o.sshUser, sshKey: path.resolve(o.sshKey), sshPort: o.sshPort, ...(o.knownHostsFile ? { knownHostsFile: path.resolve(o.knownHostsFile) } : {}), hosts: nodes.map((n) => ({ name: n.name, address: n.host })) },
+      remote: { sshUser: o.sshUser, sshKey: path.resolve(o.sshKey), sshPort: o.sshPort, ...(o.knownHostsFile ? { knownHostsFile: path.resolve(o.knownHostsFile) } : {}), hosts: nodes.map((n) => ({ name: n.name, address: n.host })), ports: o.ports },
     }
-    await Promise.all(nodes.map(async (n) => {
-      progress(n.host, 'waiting for the CVM')
-      const client = new ApiClient({ ...context, endpoints: [context.endpoints[nodes.indexOf(n)]!] })
-      const deadline = Date.now() + daemonStartTimeoutMs * 2
-      for (;;) {
-        try {
-          const h = await client.get<HealthInfo>('/v1/health', { retryMs: 0 })
-          if (h.etcd) break
-        } catch (e) {
-          if (!(e instanceof TessError) || (e.code !== 'TESS_E_UNREACHABLE' && e.code !== 'TESS_E_TIMEOUT')) throw e
-        }
-        if (Date.now() > deadline) {
-          const t = transports.get(n.host) as SshTransport
-          const logs = (await t.exec(`tail -n 12 ${remoteDataDir}/logs/cvm.log ${remoteDataDir}/logs/etcd.log ${remoteDataDir}/logs/supervisor.log 2>&1`)).stdout
-          throw new TessError('TESS_E_TIMEOUT', `host ${n.host}: the CVM did not answer within ${(daemonStartTimeoutMs * 2) / 1000} s`, `logs on ${n.host}:\n${logs}`)
-        }
-        await new Promise((r) => setTimeout(r, 300))
-      }
-      const have = new Set((await client.get<DiskInfo[]>('/v1/disks')).filter((d) => d.node === n.name).map((d) => d.path))
-      for (const d of n.disks) {
-        if (have.has(d)) continue
-        progress(n.host, `registering disk ${d}`)
-        await client.post<DiskInfo>('/v1/disks', { path: d, node: n.name })
-      }
-      progress(n.host, 'ready')
-    }))
+    await Promise.all(nodes.map((n, i) => waitAndRegisterDisks(context, context.endpoints[i]!, n, transports.get(n.host) as SshTransport, progress)))
     const status = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
     return { context, status, plan }
   } finally {
@@ -303,4 +333,70 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
       await t.close().catch(() => undefined)
     }
   }))
+}
+
+export interface HostAdded { host: string, node: string, etcdMember: boolean, status: ClusterStatus }
+
+/**
+ * Join one more host to a cluster bootstrapped from this machine (it holds the cluster CA): the
+ * same pre-flight, bundle, certificate and supervisor steps as create. The new node runs an etcd
+ * member only when the member count should grow; growing etcd (2 -> 3 or 4 -> 5 nodes) is refused
+ * by this version with a clear message rather than done half-way.
+ */
+export async function addRemoteHost(ctx: ClusterContext, host: string, o: { disks: string[], installDeps: boolean, hostKeyPolicy: HostKeyPolicy, ask?: RemoteClusterOptions['ask'] }, progress: (host: string, step: string) => void): Promise<{ added: HostAdded, context: ClusterContext }> {
+  const r = ctx.remote
+  if (!r) throw new TessError('TESS_E_USAGE', `cluster "${ctx.name}" was not bootstrapped over SSH`, 'hosts can be added to clusters made with `tess cluster create --hosts`')
+  if (!fs.existsSync(path.join(clusterStateDir(ctx.name), 'cluster.json'))) {
+    throw new TessError('TESS_E_PRECONDITION', `this machine does not hold the CA of cluster "${ctx.name}"`, `run the command on the machine that created the cluster (it keeps ${clusterStateDir(ctx.name)})`)
+  }
+  const secrets = loadOrCreateSecrets(ctx.name)
+  const ports = r.ports ?? remotePortDefaults
+  const status = await new ApiClient(ctx).get<ClusterStatus>('/v1/cluster/status')
+  if (status.nodes.some((n) => n.address === host)) {
+    throw new TessError('TESS_E_EXISTS', `host ${host} is already node "${status.nodes.find((n) => n.address === host)!.name}" of cluster "${ctx.name}"`, 'see `tess host list`')
+  }
+  const members = status.nodes.filter((n) => n.daemons.some((d) => d.name === 'etcd'))
+  const want = etcdMemberCount(status.nodes.length + 1)
+  if (want > members.length) {
+    throw new TessError('TESS_E_PRECONDITION', `adding a host to ${status.nodes.length} node(s) needs etcd to grow from ${members.length} to ${want} members, which this version does not do`,
+      `create the cluster with all hosts at once (tess cluster create --hosts ...), or add hosts to clusters of 1 or 3-4 nodes`)
+  }
+  progress(host, 'connecting over SSH')
+  const t = await SshTransport.connect({ host, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: o.hostKeyPolicy, ask: o.ask, ...(r.knownHostsFile ? { knownHostsFile: r.knownHostsFile } : {}) })
+  try {
+    const name = nodeNameFrom((await t.exec('hostname')).stdout, host)
+    if (status.nodes.some((n) => n.name === name)) throw new TessError('TESS_E_EXISTS', `a node named "${name}" is already in cluster "${ctx.name}"`, 'give the host another hostname')
+    const disks = o.disks.length > 0 ? o.disks : [`${remoteDataDir}/disks/d0`]
+    progress(host, 'pre-flight checks')
+    const pre = await runPreflight(new Map([[host, t]]), {
+      clusterName: ctx.name, clusterId: secrets.clusterId, disks, dataDir: remoteDataDir, installDeps: o.installDeps,
+      dataDirAllowedEntries: ['bundle', 'pki', 'node.json', 'run', 'logs', 'etcd', 'disks'],
+      ports: preflightPorts({ apiPort: ports.api, nbdPort: ports.nbd, etcdClientPort: ports.etcdClient, etcdPeerPort: ports.etcdPeer, dataPort: ports.data }),
+    })
+    if (!pre.ok) throw new PreflightFailed(pre)
+    const n: PlannedNode = { host, name, etcdMember: false, disks, state: 'new' }
+    const bundle = await buildBundle(repoRoot, path.join(configDir(), 'bundles'))
+    const endpoints = members.map((m) => etcdUrl(m.address, ports.etcdClient))
+    const initialCluster = members.map((m) => `${m.name}=${etcdUrl(m.address, ports.etcdPeer)}`).join(',')
+    await provisionNode(t, n, { cluster: ctx.name, secrets, ports, endpoints, initialCluster, bundle }, progress)
+    const endpoint = `https://${host.includes(':') ? `[${host}]` : host}:${ports.api}`
+    const context: ClusterContext = { ...ctx, endpoints: [...ctx.endpoints, endpoint], remote: { ...r, hosts: [...r.hosts, { name, address: host }] } }
+    await waitAndRegisterDisks(context, endpoint, n, t, progress)
+    const after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
+    return { added: { host, node: name, etcdMember: false, status: after }, context }
+  } finally {
+    await t.close().catch(() => undefined)
+  }
+}
+
+/**
+ * Stop one host's daemons and remove its data over SSH (used by `host remove`, after the data has
+ * been moved off it). An unreachable host is reported, not an error: it is being removed anyway.
+ */
+export async function cleanRemoteHost(ctx: ClusterContext, node: string, progress: (host: string, step: string) => void): Promise<RemoteDestroyed | undefined> {
+  const r = ctx.remote
+  const h = r?.hosts.find((x) => x.name === node)
+  if (!r || !h) return undefined
+  const [res] = await destroyRemoteCluster({ ...ctx, remote: { ...r, hosts: [h] } }, new Map(), undefined, progress)
+  return res
 }

@@ -9,6 +9,8 @@ const connectRetryMs = 15_000
 export interface RequestOptions {
   /** keep retrying connection refusals for this long (default connectRetryMs) */
   retryMs?: number
+  /** how long the answer may take (socket idle time); default apiClientTimeoutMs */
+  timeoutMs?: number
 }
 
 /**
@@ -40,7 +42,7 @@ export class ApiClient {
     for (;;) {
       for (const endpoint of this.ctx.endpoints) {
         try {
-          return await this.once<T>(endpoint, method, path, body)
+          return await this.once<T>(endpoint, method, path, body, opts.timeoutMs ?? apiClientTimeoutMs)
         } catch (e) {
           if (e instanceof TessError) throw e
           lastErr = e
@@ -68,7 +70,7 @@ export class ApiClient {
       'is the cluster running? `tess cluster status`; for a local cluster, see the logs in <data-dir>/logs')
   }
 
-  private once<T>(endpoint: string, method: string, path: string, body: unknown): Promise<T> {
+  private once<T>(endpoint: string, method: string, path: string, body: unknown, timeoutMs: number): Promise<T> {
     const url = new URL(path, endpoint)
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
     return new Promise<T>((resolve, reject) => {
@@ -76,7 +78,7 @@ export class ApiClient {
         method,
         ca: this.ctx.caCert,
         agent: false,
-        timeout: apiClientTimeoutMs,
+        timeout: timeoutMs,
         headers: {
           authorization: `Bearer ${this.ctx.token}`,
           accept: 'application/json',

@@ -20,6 +20,7 @@ export interface ClusterContext {
     sshPort: number
     knownHostsFile?: string
     hosts: Array<{ name: string, address: string }>
+    ports?: { api: number, nbd: number, etcdClient: number, etcdPeer: number, data: number }
   }
 }
 

@@ -244,7 +244,7 @@ export function equivalentCreateCommand(a: WizardAnswers, bin = 'tess'): string 
 
 /** The plan the pre-flight returned, as lines for people. */
 export function formatPlan(plan: RemotePlan, a: WizardAnswers, keysFile: string, installed: ReadonlyMap<string, string[]>): string {
-  const lines = [`Plan for cluster "${plan.cluster}":`]
+  const lines = [`Plan for cluster "${plan.cluster}" (nothing has been changed yet):`]
   for (const n of plan.nodes) {
     lines.push(`  ${n.host}: node ${n.name}${n.etcdMember ? ', etcd member' : ''}, disks ${n.disks.join(', ')}${n.state === 'new' ? '' : ` (${n.state === 'running' ? 'already running: kept' : 'configured earlier: resumed'})`}`)
   }

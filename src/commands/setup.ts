@@ -235,10 +235,12 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
     const steps = new Map<string, string>()
     const created = await withSpinner(true, `Creating cluster "${name}"`, async (s) => {
       try {
-        return await createRemoteCluster(this.options(a, false), (host, stp) => {
+        const res = await createRemoteCluster(this.options(a, false), (host, stp) => {
           steps.set(host, stp)
           s.text(`Creating cluster "${name}"\n${[...steps].map(([h, x]) => `  ${h}: ${x}`).join('\n')}`)
         })
+        s.text(`Created cluster "${name}" on ${a.hosts.length} host(s)`)
+        return res
       } catch (e) {
         if (e instanceof PreflightFailed) say(formatPreflight(e.result, { onlyProblems: true }))
         throw e
@@ -329,7 +331,16 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
   private async dryRun(a: WizardAnswers, installDeps: boolean): Promise<{ ok: true, plan: RemotePlan } | { ok: false, result: PreflightResult }> {
     const title = installDeps ? `Installing missing packages and checking ${a.hosts.length} host(s)` : `Running the pre-flight checks on ${a.hosts.length} host(s)`
     try {
-      const r = await withSpinner(true, title, (s) => createRemoteCluster(this.options(a, true, installDeps), (host, stp) => s.text(`${title}: ${host}: ${stp}`)))
+      const r = await withSpinner(true, title, async (s) => {
+        try {
+          const res = await createRemoteCluster(this.options(a, true, installDeps), (host, stp) => s.text(`${title}: ${host}: ${stp}`))
+          s.text(`Pre-flight checks passed on ${a.hosts.length} host(s)`)
+          return res
+        } catch (e) {
+          s.text(e instanceof PreflightFailed ? `Pre-flight checks failed on ${e.result.hosts.filter((h) => !h.ok).length} of ${a.hosts.length} host(s):` : title)
+          throw e
+        }
+      })
       if (!('dryRun' in r)) throw new TessError('TESS_E_INTERNAL', 'the dry run created a cluster', 'this is a bug')
       return { ok: true, plan: r.plan }
     } catch (e) {

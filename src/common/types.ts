@@ -65,7 +65,7 @@ export interface HealthInfo {
 
 /** Records as stored in etcd. */
 export interface ClusterRecord { name: string, id: string, createdAt: string }
-export interface NodeRecord { name: string, address: string, apiPort: number, nbdPort: number, dataPort: number, joinedAt: string }
+export interface NodeRecord { name: string, address: string, apiPort: number, nbdPort: number, dataPort: number, joinedAt: string, draining?: boolean }
 export interface NodeStatusRecord {
   name: string
   at: string

@@ -85,7 +85,7 @@ async function main(): Promise<void> {
     token: fs.readFileSync(paths.apiToken, 'utf8').trim(),
     log,
   })
-  registerRoutes(api, { cfg, node, disks, vdisks })
+  registerRoutes(api, { cfg, node, disks, vdisks, engine, etcd, log })
   await dataServer.listen(cfg.data.port, cfg.data.bind)
   await nbd.listen(cfg.nbd.port, cfg.nbd.bind)
   await api.listen(cfg.api.port, cfg.api.bind)

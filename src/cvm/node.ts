@@ -44,6 +44,7 @@ export class NodeService {
       nbdPort: this.cfg.nbd.port,
       dataPort: this.cfg.data.port,
       joinedAt: existing?.joinedAt ?? new Date().toISOString(),
+      ...(existing?.draining ? { draining: true } : {}),
     }
     await etcdCall('register this node', () => this.etcd.put(keys.node(this.cfg.nodeName)).value(JSON.stringify(rec)))
   }

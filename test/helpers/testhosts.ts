@@ -177,6 +177,7 @@ function runProgram(cmd: string, args: string[], opts: ExecOptions): Promise<Exe
       clearTimeout(timer)
       resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr })
     })
+    child.stdin.on('error', () => { /* the child may exit before reading its input */ })
     child.stdin.end(opts.input ?? '')
   })
 }

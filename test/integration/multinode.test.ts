@@ -17,7 +17,7 @@ function sha(file: string): string {
  * Three test hosts (network namespaces with their own sshd), bootstrapped over real SSH into one
  * cluster: RF 2 and RF 3 replication, forwarding through a non-owner, and the loss of a host.
  */
-describe('multi-node cluster on 3 test hosts', () => {
+describe('multi-node cluster on 3 (+1) test hosts', () => {
   let th: TestHosts
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-mn-'))
   const env = { TESS_CONFIG_DIR: path.join(root, 'config') }
@@ -27,7 +27,7 @@ describe('multi-node cluster on 3 test hosts', () => {
   const big = path.join(root, 'random.bin')
 
   beforeAll(async () => {
-    th = await createTestHosts(3)
+    th = await createTestHosts(4) // 3 bootstrapped; the 4th is added and removed
     fs.writeFileSync(big, crypto.randomBytes(256 * MiB))
   }, 60_000)
 
@@ -41,7 +41,7 @@ describe('multi-node cluster on 3 test hosts', () => {
   }, 180_000)
 
   it('refuses unknown host keys without a terminal, then bootstraps with pinned keys', async () => {
-    const hosts = th.hosts.map((h) => h.address).join(',')
+    const hosts = th.hosts.slice(0, 3).map((h) => h.address).join(',')
     const noKeys = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--json'])
     expect(noKeys.code).toBe(7)
     expect(noKeys.json.error.code).toBe('TESS_E_AUTH')
@@ -97,6 +97,71 @@ describe('multi-node cluster on 3 test hosts', () => {
     expect(counts.filter((n) => n === 3).length).toBe(2) // the RF 3 vDisk's two groups
     expect(counts.filter((n) => n === 2).length).toBeGreaterThanOrEqual(8) // 256 MiB / 32 MiB
     expect(counts.every((n) => n === 2 || n === 3)).toBe(true)
+  })
+
+  it('repairs a corrupt replica from a good one on read', async () => {
+    // the owner (host 1) reads its local replica first: corrupt one extent there
+    const egDir = '/var/lib/tess/disks/d0/egroups'
+    const files = (await th.exec(th.hosts[0]!, ['sh', '-c', `ls ${egDir} | grep '\\.eg$'`])).stdout.split('\n').filter(Boolean)
+    expect(files.length).toBeGreaterThan(0)
+    const before = path.join(root, 'repair-before.bin')
+    expect((await run('nbdcopy', [uri(0, 'data'), before], { timeoutMs: 300_000 })).code).toBe(0)
+    // flip one byte in the data region of every local extent group file of host 1
+    for (const f of files) {
+      const at = 128 * 1024 + 4096 * 3 + 17
+      const flip = `python3 -c "import sys; f=open(sys.argv[1],'r+b'); f.seek(${at}); b=f.read(1); f.seek(${at}); f.write(bytes([b[0]^0xff])); f.close()" ${egDir}/${f}`
+      expect((await th.exec(th.hosts[0]!, ['sh', '-c', flip])).code).toBe(0)
+    }
+    const after = path.join(root, 'repair-after.bin')
+    const r = await run('nbdcopy', [uri(0, 'data'), after], { timeoutMs: 300_000 })
+    expect(r.code, r.stderr).toBe(0)
+    expect(sha(after)).toBe(sha(before))
+    const log = (await th.exec(th.hosts[0]!, ['sh', '-c', 'cat /var/lib/tess/logs/cvm.log'])).stdout
+    expect(log).toMatch(/checksum mismatch/)
+    expect(log).toMatch(/repairing replica of extent group/)
+    fs.rmSync(before)
+    fs.rmSync(after)
+  })
+
+  it('adds a 4th host, refuses to remove it while it holds the only copy, and removes it with --evacuate', async () => {
+    const add = await tess(['host', 'add', addr(3), '--json'])
+    expect(add.code, add.stdout + add.stderr).toBe(0)
+    expect(add.json.node).toBe(th.hosts[3]!.name)
+    expect(add.json.etcdMember).toBe(false)
+    expect((await tess(['host', 'list', '--json'])).json.map((h: any) => h.state)).toEqual(['up', 'up', 'up', 'up'])
+    // data whose owner is the new host: RF 1 (only copy there) and RF 2
+    for (const [name, rf] of [['solo', '1'], ['pair', '2']] as const) {
+      expect((await tess(['vdisk', 'create', name, '--size', '64M', '--rf', rf, '--json'])).code).toBe(0)
+    }
+    const src = path.join(root, 'moving.bin')
+    fs.writeFileSync(src, crypto.randomBytes(40 * MiB))
+    for (const v of ['solo', 'pair']) expect((await run('nbdcopy', ['--flush', src, uri(3, v)])).code).toBe(0)
+    const onHost4 = async () => (await th.exec(th.hosts[3]!, ['sh', '-c', 'ls /var/lib/tess/disks/d0/egroups 2>/dev/null | grep -c "\\.eg$" || true'])).stdout.trim()
+    expect(Number(await onHost4())).toBeGreaterThanOrEqual(3)
+
+    const refused = await tess(['host', 'remove', th.hosts[3]!.name, '--yes', '--json'])
+    expect(refused.code, refused.stdout).toBe(4)
+    expect(refused.json.error.code).toBe('TESS_E_CONFLICT')
+    expect(refused.json.error.message).toContain('solo')
+    expect(refused.json.error.hint).toContain('--evacuate')
+    expect((await tess(['host', 'remove', 'no-such-host', '--yes', '--json'])).code).toBe(3)
+    // etcd members are not removed by this version: refused with a reason
+    expect((await tess(['host', 'remove', th.hosts[0]!.name, '--yes', '--json'])).json.error.code).toBe('TESS_E_PRECONDITION')
+
+    const rm = await tess(['host', 'remove', th.hosts[3]!.name, '--evacuate', '--yes', '--json'])
+    expect(rm.code, rm.stdout + rm.stderr).toBe(0)
+    expect(rm.json.egroupsMoved).toBeGreaterThanOrEqual(3)
+    expect(rm.json.cleaned).toBe(true)
+    const list = (await tess(['host', 'list', '--json'])).json
+    expect(list.map((h: any) => h.name)).toEqual(th.hosts.slice(0, 3).map((h) => h.name))
+    expect(await onHost4()).toBe('0')
+    // every byte is still there, read through host 1
+    for (const v of ['solo', 'pair']) {
+      const out = path.join(root, `${v}-out.bin`)
+      const r = await run('nbdcopy', [uri(0, v), out], { timeoutMs: 120_000 })
+      expect(r.code, r.stderr).toBe(0)
+      expect(fs.readFileSync(out).subarray(0, 40 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    }
   })
 
   it('survives the loss of host 3: data reads back through hosts 1 and 2, new writes succeed, status shows it down', async () => {

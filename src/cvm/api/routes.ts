@@ -4,13 +4,17 @@ import type { HealthInfo } from '../../common/types.js'
 import type { NodeService } from '../node.js'
 import type { DiskService } from '../pool/disks.js'
 import type { VdiskService } from '../vdisk/service.js'
+import type { VdiskEngine } from '../vdisk/engine.js'
+import { etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
+import type { DiskRecord, NodeRecord } from '../../common/types.js'
+import type { Etcd3 } from 'etcd3'
 import { bodyObject, int, str, type ApiServer } from './server.js'
 import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
 
 export const apiVersion = '0.1.0'
 
 /** The management API routes (see the README's API section). */
-export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService }): void {
+export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, etcd: Etcd3, log: { info(m: string): void } }): void {
   api.route('GET', '/v1/health', async (): Promise<HealthInfo> => ({
     node: s.cfg.nodeName,
     clusterName: s.cfg.clusterName,
@@ -35,6 +39,37 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     return s.disks.remove(p, req.query.get('node') ?? undefined)
   })
   api.route('GET', '/v1/storage-pool', async () => s.disks.pool())
+
+  const nodeRecord = async (name: string): Promise<NodeRecord> => {
+    const rec = await etcdCall('read the node', () => getJson<NodeRecord>(s.etcd, keys.node(name)))
+    if (!rec) throw new TessError('TESS_E_NOT_FOUND', `host "${name}" is not a node of this cluster`, 'see `tess host list`')
+    return rec
+  }
+
+  // Host removal, step 1: no new extent group lands on the node, and every replica it holds is
+  // copied elsewhere by the owners of the vDisks.
+  api.route('POST', '/v1/nodes/:name/evacuate', async (req) => {
+    const name = req.params.name!
+    const rec = await nodeRecord(name)
+    await etcdCall('mark the node draining', () => s.etcd.put(keys.node(name)).value(JSON.stringify({ ...rec, draining: true })))
+    const moved = await s.engine.evacuateNode(name, (m) => s.log.info(`evacuate ${name}: ${m}`))
+    const left = await s.engine.onlyCopiesOn(name)
+    return { node: name, egroupsMoved: moved, onlyCopies: left }
+  })
+
+  // Host removal, step 2: forget the node (refused while it holds the only healthy copy of data).
+  api.route('DELETE', '/v1/nodes/:name', async (req) => {
+    const name = req.params.name!
+    const rec = await nodeRecord(name)
+    const only = await s.engine.onlyCopiesOn(name)
+    if (only.length > 0) {
+      throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it holds the only healthy copy of data of vDisk(s) ${only.join(', ')}`, `run \`tess host remove ${name} --evacuate\` to copy the data elsewhere first`)
+    }
+    const disks = (await etcdCall('list disks', () => listJson<DiskRecord>(s.etcd, keys.disksPrefix))).filter((d) => d.node === name)
+    await etcdCall('remove the node', () => s.etcd.if(keys.node(name), 'Create', '>', 0)
+      .then(...disks.map((d) => s.etcd.delete().key(keys.disk(d.id))), s.etcd.delete().key(keys.node(name)), s.etcd.delete().key(keys.nodeStatus(name))).commit())
+    return { node: name, address: rec.address, disksRemoved: disks.map((d) => d.path) }
+  })
 
   api.route('GET', '/v1/vdisks', async () => s.vdisks.list())
   api.route('POST', '/v1/vdisks', async (req) => {

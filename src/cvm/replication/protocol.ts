@@ -32,6 +32,7 @@ export const ops = {
   egWriteRaw: 11,
   pickDisk: 12,
   vdiskIo: 20,
+  vdiskEvacuate: 21,
 } as const
 export type Op = (typeof ops)[keyof typeof ops]
 

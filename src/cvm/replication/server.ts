@@ -10,6 +10,8 @@ import { FrameParser, PeerError, encodeFrame, num, ops, peerInFlightMax, statusE
 /** Forwarded vDisk I/O (a non-owner relays NBD requests to the owner). */
 export interface VdiskIoHandler {
   io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer): Promise<Buffer | undefined>
+  /** move every replica of the vDisk off a node (this CVM owns the vDisk) */
+  evacuate(name: string, node: string): Promise<number>
 }
 
 const checksumEntriesBytes = 2048
@@ -128,6 +130,8 @@ export class DataServer {
         const data = await this.opts.vdisks.io(text(j, 'name'), text(j, 'op'), num(j, 'offset'), num(j, 'length'), { fua: j.fua === true, noHole: j.noHole === true }, f.data)
         return { json: {}, data }
       }
+      case ops.vdiskEvacuate:
+        return { json: { moved: await this.opts.vdisks.evacuate(text(j, 'name'), text(j, 'node')) } }
       default:
         throw new PeerError('invalid', `unknown op ${f.code}`)
     }

@@ -34,6 +34,8 @@ interface MapValue { eg: string, s: number }
 /** How long a forwarder waits for a dead owner's lease to expire before giving up (lease TTL + margin). */
 export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
 const liveNodesCacheMs = 1000
+/** moving every extent group of one vDisk off a node */
+const evacuateTimeoutMs = 30 * 60_000
 
 /**
  * The vDisk data engine of one CVM. It owns vDisks (a key bound to this CVM's lease in etcd),
@@ -91,11 +93,16 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
 
   // ---- nodes ----
 
-  /** Nodes whose CVM is alive (its status key, bound to its lease, exists). */
+  /** Nodes whose CVM is alive (its status key, bound to its lease, exists) and that are not being drained. */
   private liveNodes(): Promise<NodeStatusRecord[]> {
     const now = Date.now()
     if (!this.liveCache || now - this.liveCache.at > liveNodesCacheMs) {
-      this.liveCache = { at: now, nodes: listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix) }
+      const nodes = Promise.all([listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix), listJson<NodeRecord>(this.etcd, keys.nodesPrefix)])
+        .then(([st, recs]) => {
+          const draining = new Set(recs.filter((r) => r.draining).map((r) => r.name))
+          return st.filter((s) => !draining.has(s.name))
+        })
+      this.liveCache = { at: now, nodes }
       this.liveCache.nodes.catch(() => { this.liveCache = undefined })
     }
     return this.liveCache.nodes
@@ -326,7 +333,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       mapWriter,
       mapKey: (vb) => keys.vdiskMap(id, vb),
       newEgroup: () => this.newEgroup(rec),
-      replaceFailed: (eg, failed, why) => this.replaceFailed(rec, eg, failed, why),
+      replaceFailed: (eg, failed, why, o) => this.replaceFailed(rec, eg, failed, why, o?.evacuate ?? false),
       log: this.opts.log,
     })
     this.opts.log.info(`vDisk ${rec.name} (${id}) loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)`)
@@ -364,13 +371,14 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
    * ones are recorded as stale so their files are removed later).
    */
-  private async replaceFailed(rec: VdiskRecord, eg: LoadedEgroup, failed: Replica[], why: unknown): Promise<void> {
+  private async replaceFailed(rec: VdiskRecord, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false): Promise<void> {
     const release = await eg.lock.write(0)
     try {
       const still = failed.filter((f) => eg.replicas.includes(f))
       if (still.length === 0) return // another writer replaced them already
       const healthy = eg.replicas.filter((r) => !still.includes(r))
-      const source = healthy[0]
+      // An evacuated replica is healthy: it is the source when it is the only copy (RF 1).
+      const source = healthy[0] ?? (evacuate ? still[0] : undefined)
       if (!source) throw new Error('no healthy replica left')
       const er = await getJson<EgroupRecord>(this.etcd, keys.egroup(rec.id, eg.id))
       if (!er) throw new Error(`extent group ${eg.id} has no record`)
@@ -394,7 +402,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         await r.sync()
         next.push(r)
         added.push({ node, diskId })
-        this.opts.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} failed (${errorMessage(why)}); copied to ${node} disk ${diskId}`)
+        this.opts.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}; copied to ${node} disk ${diskId}`)
       }
       const gone = new Set(still.map((s) => `${s.node}/${s.diskId}`))
       const nextRec: EgroupRecord = {
@@ -427,6 +435,67 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         await fsp.rm(path.join(dir, n), { force: true })
       }
     }
+  }
+
+  // ---- host removal ----
+
+  /** Evacuate forwarded from another CVM: this CVM must own the vDisk. */
+  async evacuate(name: string, node: string): Promise<number> {
+    const id = await this.etcd.get(keys.vdiskName(name)).string()
+    const rec = id === null ? undefined : await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+    if (!rec || rec.state !== 'ready') return 0
+    const t = await this.route(rec)
+    if (!t.local) throw new PeerError('not-owner', `vDisk ${name} is owned by ${t.owner}`)
+    return t.vdisk.evacuate(node)
+  }
+
+  /**
+   * Move every replica off `node` (which must already be marked draining, so no new extent group
+   * lands there): each vDisk's owner copies its extent groups elsewhere. Returns the groups moved.
+   */
+  async evacuateNode(node: string, progress: (msg: string) => void): Promise<number> {
+    this.liveCache = undefined
+    const recs = (await listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)).filter((r) => r.state === 'ready')
+    let moved = 0
+    for (const rec of recs) {
+      const egs = await listJson<EgroupRecord>(this.etcd, keys.egroupsOf(rec.id))
+      if (!egs.some((e) => e.replicas.some((r) => r.node === node))) continue
+      progress(`vDisk ${rec.name}: moving extent groups off ${node}`)
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const t = await this.route(rec)
+          if (t.local) {
+            moved += await t.vdisk.evacuate(node)
+          } else {
+            const f = await (await this.opts.peers.get(t.owner)).request(ops.vdiskEvacuate, { name: rec.name, node }, undefined, evacuateTimeoutMs)
+            moved += Number(f.json.moved ?? 0)
+          }
+          break
+        } catch (e) {
+          // the owner may be the node being drained and going away: retry once ownership moved
+          if (attempt >= 3) throw e
+          await new Promise((r) => setTimeout(r, 1000))
+        }
+      }
+    }
+    return moved
+  }
+
+  /** vDisks that would lose their last healthy copy of some extent group if `node` went away. */
+  async onlyCopiesOn(node: string): Promise<string[]> {
+    const [recs, egs, live] = await Promise.all([
+      listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix),
+      listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix),
+      listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix),
+    ])
+    const up = new Set(live.map((s) => s.name))
+    const names = new Map(recs.map((r) => [r.id, r.name]))
+    const bad = new Set<string>()
+    for (const eg of egs) {
+      if (!eg.replicas.some((r) => r.node === node)) continue
+      if (!eg.replicas.some((r) => r.node !== node && up.has(r.node))) bad.add(names.get(eg.vdiskId) ?? eg.vdiskId)
+    }
+    return [...bad].sort()
   }
 
   // ---- used by ForwardingDevice ----

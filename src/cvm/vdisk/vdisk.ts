@@ -33,7 +33,7 @@ export interface VdiskBackend {
    * healthy replica to a node that has none, record the new set. Throws when it cannot keep RF
    * copies. Takes the egroup's lock exclusively.
    */
-  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown): Promise<void>
+  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate: boolean }): Promise<void>
   log: Logger
 }
 
@@ -384,6 +384,25 @@ export class Vdisk {
       await this.writePiece(p.vb, p.off, zeroExtent.subarray(0, p.len), touched)
     }
     if (fua) await this.syncEgroups(touched)
+  }
+
+  /**
+   * Move every replica held by `node` to another node (host removal): each extent group is copied
+   * from a healthy replica, recorded, and the old copy deleted. Returns the extent groups moved.
+   */
+  async evacuate(node: string, progress: (done: number, total: number) => void = () => undefined): Promise<number> {
+    this.check()
+    const todo = [...this.egroups.values()].filter((eg) => eg.replicas.some((r) => r.node === node))
+    let done = 0
+    for (const eg of todo) {
+      const old = eg.replicas.filter((r) => r.node === node)
+      await this.backend.replaceFailed(eg, old, new Error(`evacuating node ${node}`), { evacuate: true })
+      for (const r of old) {
+        await r.delete().catch((e: unknown) => this.backend.log.warn(`vDisk ${this.name}: evacuated replica of extent group ${eg.id} on ${node} stays (removed when the node is cleaned): ${errorMessage(e)}`))
+      }
+      progress(++done, todo.length)
+    }
+    return done
   }
 
   async flush(): Promise<void> {
