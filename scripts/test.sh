@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh test
+# the tests are TypeScript too: typecheck them with the sources (strict)
+npx tsc -p tsconfig.test.json
 npx vitest run "$@"

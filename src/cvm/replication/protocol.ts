@@ -15,6 +15,8 @@ export const dataPortDefault = 10810
 export const peerRequestTimeoutMs = 10_000
 export const peerInFlightMax = 128
 export const peerConnectTimeoutMs = 3_000
+/** a data port connection with no traffic for this long is closed by the server */
+export const dataPortIdleTimeoutMs = 5 * 60_000
 /** how long a peer that refused or timed out a connect is failed fast */
 export const peerDownBackoffMs = 3_000
 

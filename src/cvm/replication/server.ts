@@ -5,7 +5,7 @@ import { DeviceError } from '../nbd/device.js'
 import { ChecksumError } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { TlsCreds } from './client.js'
-import { FrameParser, PeerError, encodeFrame, num, ops, peerInFlightMax, statusError, statusOk, text, type Frame, type PeerErrorBody } from './protocol.js'
+import { FrameParser, PeerError, dataPortIdleTimeoutMs, encodeFrame, num, ops, peerInFlightMax, statusError, statusOk, text, type Frame, type PeerErrorBody } from './protocol.js'
 
 /** Forwarded vDisk I/O (a non-owner relays NBD requests to the owner). */
 export interface VdiskIoHandler {
@@ -46,6 +46,11 @@ export class DataServer {
     s.setNoDelay(true)
     const parser = new FrameParser()
     let inFlight = 0
+    // A peer that goes quiet (or never finishes a frame) is dropped when nothing of its is being
+    // served (a long evacuation is); owners reconnect on demand.
+    s.setTimeout(dataPortIdleTimeoutMs, () => {
+      if (inFlight === 0) s.destroy()
+    })
     s.on('error', () => undefined)
     s.on('close', () => this.sockets.delete(s))
     s.on('data', (chunk: Buffer) => {

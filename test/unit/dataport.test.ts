@@ -1,0 +1,112 @@
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import tls from 'node:tls'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createCa, createNodeCert } from '../../src/bootstrap/pki.js'
+import type { Logger } from '../../src/common/log.js'
+import type { DiskRecord } from '../../src/common/types.js'
+import { PeerClient } from '../../src/cvm/replication/client.js'
+import { FrameParser, PeerError, encodeFrame, frameMagic, ops } from '../../src/cvm/replication/protocol.js'
+import { DataServer } from '../../src/cvm/replication/server.js'
+import { ReplicaStore } from '../../src/cvm/vdisk/replicastore.js'
+import { RemoteReplica } from '../../src/cvm/vdisk/replica.js'
+import { PeerPool } from '../../src/cvm/replication/client.js'
+
+const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
+
+describe('frame parser', () => {
+  it('splits frames across chunks and bounds them', () => {
+    const p = new FrameParser()
+    const bytes = Buffer.concat([...encodeFrame(7, 1, { a: 1 }, Buffer.from('xyz')), ...encodeFrame(8, 2, {})])
+    const out = []
+    for (let i = 0; i < bytes.length; i += 5) out.push(...p.push(bytes.subarray(i, i + 5)))
+    expect(out.map((f) => [f.id, f.code, f.data.toString()])).toEqual([[7, 1, 'xyz'], [8, 2, '']])
+    const bad = Buffer.alloc(20)
+    bad.writeUInt32BE(0xdeadbeef, 0)
+    expect(() => new FrameParser().push(bad)).toThrow(/magic/)
+    const huge = Buffer.alloc(20)
+    huge.writeUInt32BE(frameMagic, 0)
+    huge.writeUInt32BE(0xffffffff, 16)
+    expect(() => new FrameParser().push(huge)).toThrow(/too large/)
+    const notJson = Buffer.concat([encodeFrame(1, 1, {})[0]!.fill(0, 12, 16), Buffer.alloc(0)])
+    notJson.writeUInt32BE(3, 12)
+    expect(() => new FrameParser().push(Buffer.concat([notJson, Buffer.from('[1]')]))).toThrow(/JSON object/)
+  })
+})
+
+/** The data port against real files and real TLS: bad frames and strangers are refused, the server keeps serving. */
+describe('data port', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-dp-'))
+  let server: DataServer
+  let port: number
+  let creds: { cert: Buffer, key: Buffer, ca: Buffer }
+
+  beforeAll(async () => {
+    const pki = path.join(dir, 'pki')
+    const ca = createCa(pki, 'dp')
+    const node = createNodeCert(pki, ca, 'n1', ['127.0.0.1'])
+    creds = { cert: fs.readFileSync(node.cert), key: fs.readFileSync(node.key), ca: fs.readFileSync(ca.caCert) }
+    const disk = path.join(dir, 'disk')
+    fs.mkdirSync(path.join(disk, 'egroups'), { recursive: true })
+    const disks: DiskRecord[] = [{ id: '1', node: 'n1', path: disk, addedAt: '' }]
+    const store = new ReplicaStore({ localDisks: async () => disks, log: quiet })
+    server = new DataServer({ creds, store, vdisks: { io: async () => undefined, evacuate: async () => 0 }, log: quiet })
+    await server.listen(0, '127.0.0.1')
+    port = ((server as unknown as { server: net.Server }).server.address() as net.AddressInfo).port
+  })
+
+  afterAll(async () => {
+    await server.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('stores and reads a replica over the wire, checksummed', async () => {
+    const pool = new PeerPool(creds, async () => ({ address: '127.0.0.1', dataPort: port }))
+    const r = new RemoteReplica('n1', '1', '42', '9', pool)
+    await r.open([])
+    const data = Buffer.alloc(8192, 0x5a)
+    await r.write(3, 4096, data)
+    const out = Buffer.alloc(8192)
+    await r.read(3, 4096, 8192, out, 0)
+    expect(out.equals(data)).toBe(true)
+    const raw = await r.readRaw(3)
+    expect(raw?.data.subarray(4096, 12288).equals(data)).toBe(true)
+    await r.sync()
+    await expect(r.read(99, 0, 4096, out, 0)).rejects.toBeInstanceOf(PeerError)
+    pool.closeAll()
+  })
+
+  it('drops a connection that sends garbage and keeps serving others', async () => {
+    for (const garbage of [Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), Buffer.alloc(64, 0xff), Buffer.concat([...encodeFrame(1, 999, { x: 1 })])]) {
+      const s = tls.connect({ host: '127.0.0.1', port, ...creds, checkServerIdentity: () => undefined })
+      await new Promise<void>((resolve) => s.once('secureConnect', () => resolve()))
+      const closedOrAnswered = new Promise<string>((resolve) => {
+        s.once('close', () => resolve('closed'))
+        s.once('data', (d: Buffer) => resolve(d.readUInt16BE(8) === 1 ? 'error-reply' : 'other'))
+      })
+      s.write(garbage)
+      expect(['closed', 'error-reply']).toContain(await closedOrAnswered)
+      s.destroy()
+    }
+    const c = new PeerClient('n1', '127.0.0.1', port, creds)
+    const f = await c.request(ops.ping, {})
+    expect(f.json.pong).toBe(true)
+    c.close()
+  })
+
+  it('refuses a client without a cluster certificate', async () => {
+    const s = tls.connect({ host: '127.0.0.1', port, ca: creds.ca, checkServerIdentity: () => undefined })
+    const result = await new Promise<string>((resolve) => {
+      s.once('error', () => resolve('refused'))
+      s.once('close', () => resolve('refused'))
+      s.once('secureConnect', () => {
+        s.write(Buffer.concat(encodeFrame(1, ops.ping, {})))
+        s.once('data', () => resolve('answered'))
+      })
+    })
+    expect(result).toBe('refused')
+    s.destroy()
+  })
+})
