@@ -18,6 +18,8 @@ import { formatPreflight, preflightError, preflightPorts, runPreflight, type Pre
 import { SshTransport, shellQuote, type HostKeyPolicy } from './ssh.js'
 
 export const remoteDataDir = '/var/lib/tess'
+/** etcd's leader health interval (5 s) plus a margin */
+const etcdHealthIntervalMs = 6_000
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
 export interface RemoteClusterOptions {
@@ -91,6 +93,8 @@ interface ProvisionContext {
   ports: RemoteClusterOptions['ports']
   endpoints: string[]
   initialCluster: string
+  /** 'existing' when the node joins a running etcd cluster as a new member */
+  initialClusterState?: 'new' | 'existing'
   bundle: { file: string, sha256: string, sizeBytes: number }
 }
 
@@ -115,7 +119,7 @@ async function provisionNode(t: SshTransport, n: PlannedNode, c: ProvisionContex
     for (const d of ['run', 'logs', 'disks', ...n.disks]) await t.mkdirp(d.startsWith('/') ? d : `${remoteDataDir}/${d}`, 0o700)
     const cfg: NodeConfig = {
       version: 1, clusterName: c.cluster, clusterId: c.secrets.clusterId, nodeName: n.name, address: n.host, dataDir: remoteDataDir,
-      etcd: { clientPort: c.ports.etcdClient, peerPort: c.ports.etcdPeer, endpoints: c.endpoints, initialCluster: c.initialCluster, initialClusterState: 'new', member: n.etcdMember },
+      etcd: { clientPort: c.ports.etcdClient, peerPort: c.ports.etcdPeer, endpoints: c.endpoints, initialCluster: c.initialCluster, initialClusterState: c.initialClusterState ?? 'new', member: n.etcdMember },
       api: { bind: n.host, port: c.ports.api }, nbd: { bind: n.host, port: c.ports.nbd }, data: { bind: n.host, port: c.ports.data },
       createdAt: c.secrets.createdAt,
     }
@@ -123,8 +127,41 @@ async function provisionNode(t: SshTransport, n: PlannedNode, c: ProvisionContex
     await t.writeFile(`${remoteDataDir}/node.json`, JSON.stringify(cfg, null, 2) + '\n', 0o600)
   }
   progress(n.host, 'starting the supervisor')
+  await startSupervisor(t)
+}
+
+async function startSupervisor(t: SshTransport): Promise<void> {
   const node = (await t.execOk('command -v node')).stdout.trim()
   await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/daemon/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
+}
+
+/** Stop a node's supervisor (and with it its daemons) by the pid in its pidfile, checked against /proc. */
+async function stopSupervisor(t: SshTransport): Promise<void> {
+  const d = remoteDataDir
+  await t.execOk(`p=$(cat ${d}/run/supervisor.pid 2>/dev/null) && [ -n "$p" ] && tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -q -- ${shellQuote(d)} && { kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; }; true`, { what: 'stop the supervisor', timeoutMs: 60_000 })
+}
+
+/** Promote the learner at `peerUrl` once it caught up, then wait until `node` reports a healthy etcd. */
+async function waitEtcdMember(client: ApiClient, node: string, peerUrl: string): Promise<void> {
+  const deadline = Date.now() + daemonStartTimeoutMs * 2
+  let promoted = false
+  for (;;) {
+    try {
+      if (!promoted) {
+        await client.post('/v1/etcd/members/promote', { peerUrl }, { retryMs: 0 })
+        promoted = true
+      }
+      const st = await client.get<ClusterStatus>('/v1/cluster/status', { retryMs: 0 })
+      if (st.nodes.find((n) => n.name === node)?.daemons.some((d) => d.name === 'etcd' && d.healthy)) {
+        // etcd accepts the next reconfiguration only once its leader has been in touch with every
+        // voting member for its health interval (5 s)
+        await new Promise((r) => setTimeout(r, etcdHealthIntervalMs))
+        return
+      }
+    } catch { /* still catching up, or electing */ }
+    if (Date.now() > deadline) throw new TessError('TESS_E_TIMEOUT', `the etcd member on ${node} did not come up in time`, `see ${remoteDataDir}/logs/etcd.log on that host`)
+    await new Promise((r) => setTimeout(r, 500))
+  }
 }
 
 /** Wait until the node's CVM answers with etcd reachable, then register its disks (idempotent). */
@@ -357,9 +394,11 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: { disk
   }
   const members = status.nodes.filter((n) => n.daemons.some((d) => d.name === 'etcd'))
   const want = etcdMemberCount(status.nodes.length + 1)
-  if (want > members.length) {
-    throw new TessError('TESS_E_PRECONDITION', `adding a host to ${status.nodes.length} node(s) needs etcd to grow from ${members.length} to ${want} members, which this version does not do`,
-      `create the cluster with all hosts at once (tess cluster create --hosts ...), or add hosts to clusters of 1 or 3-4 nodes`)
+  // Growing etcd (2 -> 3 nodes: 1 -> 3 members; 4 -> 5: 3 -> 5): the new node and
+  // (want - members - 1) existing nodes become members, one at a time.
+  const promote = want > members.length ? status.nodes.filter((n) => !members.includes(n)).slice(0, want - members.length - 1) : []
+  if (want > members.length && (promote.length !== want - members.length - 1 || status.nodes.some((n) => n.state !== 'up'))) {
+    throw new TessError('TESS_E_PRECONDITION', `adding a host needs etcd to grow from ${members.length} to ${want} members, and every node must be up for that`, 'bring every node up (see `tess cluster status`) and run the command again')
   }
   progress(host, 'connecting over SSH')
   const t = await SshTransport.connect({ host, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: o.hostKeyPolicy, ask: o.ask, ...(r.knownHostsFile ? { knownHostsFile: r.knownHostsFile } : {}) })
@@ -374,16 +413,40 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: { disk
       ports: preflightPorts({ apiPort: ports.api, nbdPort: ports.nbd, etcdClientPort: ports.etcdClient, etcdPeerPort: ports.etcdPeer, dataPort: ports.data }),
     })
     if (!pre.ok) throw new PreflightFailed(pre)
-    const n: PlannedNode = { host, name, etcdMember: false, disks, state: 'new' }
+    const grow = want > members.length
+    const n: PlannedNode = { host, name, etcdMember: grow, disks, state: 'new' }
     const bundle = await buildBundle(repoRoot, path.join(configDir(), 'bundles'))
-    const endpoints = members.map((m) => etcdUrl(m.address, ports.etcdClient))
-    const initialCluster = members.map((m) => `${m.name}=${etcdUrl(m.address, ports.etcdPeer)}`).join(',')
-    await provisionNode(t, n, { cluster: ctx.name, secrets, ports, endpoints, initialCluster, bundle }, progress)
+    const api = new ApiClient(ctx)
+    let initialCluster = members.map((m) => `${m.name}=${etcdUrl(m.address, ports.etcdPeer)}`).join(',')
+    const endpoints = [...members, ...promote].map((m) => etcdUrl(m.address, ports.etcdClient))
+    if (grow) endpoints.push(etcdUrl(host, ports.etcdClient))
+    for (const p of promote) {
+      progress(p.address, `becoming an etcd member (${members.length + promote.indexOf(p) + 1} of ${want})`)
+      const added = await api.post<{ initialCluster: string }>('/v1/etcd/members', { name: p.name, peerUrl: etcdUrl(p.address, ports.etcdPeer) })
+      initialCluster = added.initialCluster
+      const pt = await SshTransport.connect({ host: p.address, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: 'strict', ...(r.knownHostsFile ? { knownHostsFile: r.knownHostsFile } : {}) })
+      try {
+        const cfg = JSON.parse((await pt.execOk(`cat ${remoteDataDir}/node.json`)).stdout) as NodeConfig
+        const next: NodeConfig = { ...cfg, etcd: { ...cfg.etcd, member: true, initialCluster, initialClusterState: 'existing', endpoints } }
+        await pt.writeFile(`${remoteDataDir}/node.json`, JSON.stringify(next, null, 2) + '\n', 0o600)
+        await stopSupervisor(pt)
+        await startSupervisor(pt)
+      } finally {
+        await pt.close().catch(() => undefined)
+      }
+      await waitEtcdMember(api, p.name, etcdUrl(p.address, ports.etcdPeer))
+    }
+    if (grow) {
+      progress(host, `becoming an etcd member (${want} of ${want})`)
+      initialCluster = (await api.post<{ initialCluster: string }>('/v1/etcd/members', { name, peerUrl: etcdUrl(host, ports.etcdPeer) })).initialCluster
+    }
+    await provisionNode(t, n, { cluster: ctx.name, secrets, ports, endpoints, initialCluster, initialClusterState: grow ? 'existing' : 'new', bundle }, progress)
     const endpoint = `https://${host.includes(':') ? `[${host}]` : host}:${ports.api}`
     const context: ClusterContext = { ...ctx, endpoints: [...ctx.endpoints, endpoint], remote: { ...r, hosts: [...r.hosts, { name, address: host }] } }
     await waitAndRegisterDisks(context, endpoint, n, t, progress)
     const after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
-    return { added: { host, node: name, etcdMember: false, status: after }, context }
+    if (grow) await waitEtcdMember(new ApiClient(context), name, etcdUrl(host, ports.etcdPeer))
+    return { added: { host, node: name, etcdMember: grow, status: after }, context }
   } finally {
     await t.close().catch(() => undefined)
   }

@@ -9,9 +9,12 @@ import { etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
 import type { DiskRecord, NodeRecord } from '../../common/types.js'
 import type { Etcd3 } from 'etcd3'
 import { bodyObject, int, str, type ApiServer } from './server.js'
+import { checkName } from '../../common/names.js'
 import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
 
 export const apiVersion = '0.1.0'
+/** how long an etcd member add waits for the cluster to be ready for a reconfiguration */
+const etcdReconfigWaitMs = 30_000
 
 /** The management API routes (see the README's API section). */
 export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, etcd: Etcd3, log: { info(m: string): void } }): void {
@@ -69,6 +72,55 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     await etcdCall('remove the node', () => s.etcd.if(keys.node(name), 'Create', '>', 0)
       .then(...disks.map((d) => s.etcd.delete().key(keys.disk(d.id))), s.etcd.delete().key(keys.node(name)), s.etcd.delete().key(keys.nodeStatus(name))).commit())
     return { node: name, address: rec.address, disksRemoved: disks.map((d) => d.path) }
+  })
+
+  // Growing etcd (host add): register a new member as a learner (it does not count for quorum
+  // until promoted) before its etcd starts; answers the --initial-cluster string it must start with.
+  api.route('POST', '/v1/etcd/members', async (req) => {
+    const b = bodyObject(req.body)
+    const name = checkName('node', str(b, 'name')!)
+    const peerUrl = str(b, 'peerUrl')!
+    if (!/^https:\/\/[^/\s]+:\d+$/.test(peerUrl)) throw new TessError('TESS_E_INVALID', `bad etcd peer URL "${peerUrl}"`, 'https://ADDRESS:PORT')
+    const list = await etcdCall('list etcd members', () => s.etcd.cluster.memberList({}))
+    let members = list.members ?? []
+    if (!members.some((m) => (m.peerURLs ?? []).includes(peerUrl))) {
+      // etcd refuses a reconfiguration until its leader has been in touch with every voting member
+      // for a few seconds ("unhealthy cluster", e.g. right after a promotion): retry, bounded.
+      const deadline = Date.now() + etcdReconfigWaitMs
+      for (;;) {
+        try {
+          const res = await s.etcd.cluster.memberAdd({ peerURLs: [peerUrl], isLearner: true })
+          members = res.members ?? []
+          break
+        } catch (e) {
+          if (Date.now() > deadline || !/unhealthy|circuit breaker/i.test(String(e))) {
+            throw new TessError('TESS_E_UNREACHABLE', `cannot add an etcd member: ${e instanceof Error ? e.message : String(e)}`, 'check `tess cluster status`; every etcd member must be up')
+          }
+          await new Promise((r) => setTimeout(r, 6000))
+        }
+      }
+    }
+    const initialCluster = members.map((m) => `${m.name || ((m.peerURLs ?? []).includes(peerUrl) ? name : '')}=${(m.peerURLs ?? [])[0] ?? ''}`)
+    if (initialCluster.some((x) => x.startsWith('='))) {
+      throw new TessError('TESS_E_CONFLICT', 'another etcd member was added but has not started yet', 'start it (or remove it) first')
+    }
+    return { initialCluster: initialCluster.join(','), members: members.length }
+  })
+
+  // ... and promote it to a voting member once its etcd has caught up (refused until then: retry).
+  api.route('POST', '/v1/etcd/members/promote', async (req) => {
+    const peerUrl = str(bodyObject(req.body), 'peerUrl')!
+    const list = await etcdCall('list etcd members', () => s.etcd.cluster.memberList({}))
+    const m = (list.members ?? []).find((x) => (x.peerURLs ?? []).includes(peerUrl))
+    if (!m) throw new TessError('TESS_E_NOT_FOUND', `no etcd member with peer URL ${peerUrl}`, 'add it first')
+    if (m.isLearner) {
+      try {
+        await s.etcd.cluster.memberPromote({ ID: m.ID })
+      } catch (e) {
+        throw new TessError('TESS_E_CONFLICT', `etcd member ${m.name || peerUrl} cannot be promoted yet: ${e instanceof Error ? e.message : String(e)}`, 'it is still catching up: retry')
+      }
+    }
+    return { promoted: true, name: m.name }
   })
 
   api.route('GET', '/v1/vdisks', async () => s.vdisks.list())

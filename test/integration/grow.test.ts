@@ -1,0 +1,73 @@
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
+import { run } from '../helpers/run.js'
+import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
+
+const MiB = 1024 * 1024
+
+/**
+ * `host add` growing etcd: a 2-node cluster (1 etcd member) gets a third host, after which the
+ * second and third nodes are members too (3 members), and the cluster survives losing the first.
+ */
+describe('host add grows etcd from 1 to 3 members', () => {
+  let th: TestHosts
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-grow-'))
+  const env = { TESS_CONFIG_DIR: path.join(root, 'config') }
+  const tess = (args: string[]): Promise<TessResult> => runTess(args, env, { timeoutMs: 240_000 })
+  const uri = (i: number, v: string) => `nbd://${th.hosts[i]!.address}:10809/${v}`
+
+  beforeAll(async () => {
+    th = await createTestHosts(3)
+  }, 60_000)
+
+  afterAll(async () => {
+    try {
+      await tess(['cluster', 'destroy', '--yes'])
+    } finally {
+      await th?.destroy()
+      fs.rmSync(root, { recursive: true, force: true })
+    }
+  }, 180_000)
+
+  it('adds the third host as an etcd member, promotes the second, and survives the loss of the first', async () => {
+    const two = th.hosts.slice(0, 2).map((h) => h.address).join(',')
+    const c = await tess(['cluster', 'create', '--name', 'grow', '--hosts', two, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--json'])
+    expect(c.code, c.stdout + c.stderr).toBe(0)
+    expect(c.json.plan.etcdMembers).toEqual([th.hosts[0]!.name])
+    expect((await tess(['vdisk', 'create', 'g', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    const src = path.join(root, 'g.bin')
+    fs.writeFileSync(src, crypto.randomBytes(24 * MiB))
+    expect((await run('nbdcopy', ['--flush', src, uri(1, 'g')])).code).toBe(0)
+
+    const add = await tess(['host', 'add', th.hosts[2]!.address, '--json'])
+    expect(add.code, add.stdout + add.stderr).toBe(0)
+    expect(add.json.etcdMember).toBe(true)
+    const st = await waitFor('3 healthy etcd members', async () => {
+      const s = await tess(['cluster', 'status', '--json'])
+      const ok = s.json?.nodes?.length === 3 && s.json.nodes.every((n: any) => n.daemons.some((d: any) => d.name === 'etcd' && d.healthy))
+      return ok ? s : undefined
+    }, 60_000, 1000)
+    expect(st.json.nodes.map((n: any) => n.state)).toEqual(['up', 'up', 'up'])
+
+    // the first node (the original single member) dies: etcd keeps quorum with 2 of 3
+    await th.kill(th.hosts[0]!)
+    const out = path.join(root, 'g-out.bin')
+    const r = await run('nbdcopy', [uri(1, 'g'), out], { timeoutMs: 120_000 })
+    expect(r.code, r.stderr).toBe(0)
+    expect(fs.readFileSync(out).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    const v = await waitFor('a vDisk created after the loss', async () => {
+      const x = await tess(['vdisk', 'create', 'after', '--size', '16M', '--rf', '2', '--json'])
+      return x.code === 0 ? x : undefined
+    }, 60_000, 2000)
+    expect(v.json.name).toBe('after')
+    const down = await waitFor('node 1 shown down', async () => {
+      const s = await tess(['cluster', 'status', '--json'])
+      return s.json?.nodes?.[0]?.state === 'down' ? s : undefined
+    }, 60_000, 1000)
+    expect(down.json.nodes.map((n: any) => n.state)).toEqual(['down', 'up', 'up'])
+  })
+})
