@@ -9,7 +9,7 @@ export default class HostAdd extends TessCommand<HostAdded> {
   static override summary = 'Add a host to the cluster'
   static override description = `Joins HOST as a new node: connects over SSH with the cluster's saved SSH settings (host key pinned as for \`cluster create\`), runs the pre-flight checks, installs the bundle, writes its certificate (from the cluster CA kept on this machine) and config, starts its supervisor and CVM and registers its disks.
 
-The new node uses the existing etcd members. Growing etcd (from 1 to 3 members when a third node joins, or from 3 to 5 for a fifth) is not done by this version: the command refuses and says so.`
+When the etcd member count should grow (from 1 to 3 members when a third node joins, from 3 to 5 for a fifth), the new node and as many existing nodes as needed become members, one at a time: each is added as a learner, its etcd is started (an existing node's supervisor is restarted for that, a short pause of its CVM), and it is promoted once it has caught up. Every node must be up for that.`
   static override examples = ['<%= config.bin %> <%= command.id %> 10.0.0.14', '<%= config.bin %> <%= command.id %> 10.0.0.14 --disk /mnt/d1 --disk /mnt/d2 --accept-new-host-keys --json']
   static override args = {
     host: Args.string({ description: 'Address or name of the host to join.', required: true }),
