@@ -33,7 +33,7 @@ describe('host add grows etcd from 1 to 3 members', () => {
     }
   }, 180_000)
 
-  it('adds the third host as an etcd member, promotes the second, and survives the loss of the first', async () => {
+  it('adds the third host as an etcd member, promotes the second, survives the loss of the first, then removes it from etcd', async () => {
     const two = th.hosts.slice(0, 2).map((h) => h.address).join(',')
     const c = await tess(['cluster', 'create', '--name', 'grow', '--hosts', two, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--json'])
     expect(c.code, c.stdout + c.stderr).toBe(0)
@@ -69,5 +69,17 @@ describe('host add grows etcd from 1 to 3 members', () => {
       return s.json?.nodes?.[0]?.state === 'down' ? s : undefined
     }, 60_000, 1000)
     expect(down.json.nodes.map((n: any) => n.state)).toEqual(['down', 'up', 'up'])
+
+    // remove the dead first node: it leaves etcd (2 live members remain), its data has copies elsewhere
+    const rm = await tess(['host', 'remove', th.hosts[0]!.name, '--yes', '--json'])
+    expect(rm.code, rm.stdout + rm.stderr).toBe(0)
+    expect(rm.json.etcdMemberRemoved).toBe(true)
+    expect(rm.json.cleaned).toBe(false) // unreachable: only forgotten
+    const after = await tess(['host', 'list', '--json'])
+    expect(after.json.map((h: any) => h.name)).toEqual([th.hosts[1]!.name, th.hosts[2]!.name])
+    expect((await tess(['vdisk', 'create', 'later', '--size', '16M', '--rf', '2', '--json'])).code).toBe(0)
+    const out2 = path.join(root, 'g-out2.bin')
+    expect((await run('nbdcopy', [uri(2, 'g'), out2], { timeoutMs: 120_000 })).code).toBe(0)
+    expect(fs.readFileSync(out2).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
   })
 })

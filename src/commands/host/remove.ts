@@ -2,7 +2,8 @@ import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
 import { saveContext } from '../../cli/contexts.js'
 import { keyValue, withSpinner } from '../../cli/output.js'
-import { cleanRemoteHost } from '../../bootstrap/remote.js'
+import { cleanRemoteHost, remotePortDefaults } from '../../bootstrap/remote.js'
+import { etcdUrl } from '../../daemon/services.js'
 import { TessError } from '../../common/errors.js'
 import type { ClusterStatus } from '../../common/types.js'
 
@@ -11,6 +12,7 @@ export interface HostRemoved {
   address: string
   egroupsMoved: number
   disksRemoved: string[]
+  etcdMemberRemoved: boolean
   cleaned: boolean
   message: string
 }
@@ -19,7 +21,7 @@ export default class HostRemove extends TessCommand<HostRemoved> {
   static override summary = 'Remove a host from the cluster'
   static override description = `Refuses while the host holds the only healthy copy of any data. With --evacuate, first marks the host draining (no new data lands there) and has the owner of every vDisk copy each extent group the host holds to another node, then removes it.
 
-Then the host's daemons are stopped and its data removed over SSH (an unreachable host is only forgotten), and the node and its disks are removed from the cluster. Asks first on a terminal; --yes skips the question.`
+A host running an etcd member leaves etcd too (refused while the members left would not have a quorum of live ones; an even member count is left as it is). Then the host's daemons are stopped and its data removed over SSH (an unreachable host is only forgotten), and the node and its disks are removed from the cluster. Asks first on a terminal; --yes skips the question.`
   static override aliases = ['host:rm']
   static override examples = ['<%= config.bin %> <%= command.id %> node4 --evacuate --yes', '<%= config.bin %> <%= command.id %> 10.0.0.14 --yes --json']
   static override args = {
@@ -39,9 +41,6 @@ Then the host's daemons are stopped and its data removed over SSH (an unreachabl
     const node = status.nodes.find((n) => n.name === args.host || n.address === args.host)
     if (!node) throw new TessError('TESS_E_NOT_FOUND', `host "${args.host}" is not a node of cluster "${ctx.name}"`, 'see `tess host list`')
     if (status.nodes.length === 1) throw new TessError('TESS_E_PRECONDITION', `cannot remove host "${node.name}": it is the only node`, 'destroy the cluster instead: `tess cluster destroy`')
-    if (node.daemons.some((d) => d.name === 'etcd')) {
-      throw new TessError('TESS_E_PRECONDITION', `cannot remove host "${node.name}": it runs an etcd member, and shrinking etcd is not done by this version`, 'remove a host that is not an etcd member (see `tess host list`: those without an etcd daemon)')
-    }
     await this.confirm(`Remove host "${node.name}" (${node.address}) from cluster "${ctx.name}"${flags.evacuate ? ' after moving its data' : ''}?`, flags.yes, `remove host "${node.name}"`)
     // Use another node's API: the one being removed goes away during the command.
     const others = this.client({ ...ctx, endpoints: ctx.endpoints.filter((e) => !e.includes(`//${node.address}:`)) })
@@ -53,6 +52,13 @@ Then the host's daemons are stopped and its data removed over SSH (an unreachabl
     }
     // Refused (with the vDisks named) while the node holds the only healthy copy of data.
     const del = await others.delete<{ node: string, address: string, disksRemoved: string[] }>(`/v1/nodes/${encodeURIComponent(node.name)}`)
+    let etcdMemberRemoved = false
+    if (node.daemons.some((d) => d.name === 'etcd')) {
+      // Refused (exit 5) if the members left would not have a quorum of live ones.
+      const ports = ctx.remote?.ports ?? remotePortDefaults
+      const r = await others.post<{ removed: boolean }>('/v1/etcd/members/remove', { peerUrl: etcdUrl(node.address, ports.etcdPeer) })
+      etcdMemberRemoved = r.removed
+    }
     let cleaned = false
     let message = 'not bootstrapped over SSH: stop its daemons yourself'
     if (ctx.remote) {
@@ -65,10 +71,10 @@ Then the host's daemons are stopped and its data removed over SSH (an unreachabl
         remote: { ...ctx.remote, hosts: ctx.remote.hosts.filter((h) => h.name !== node.name) },
       }, false)
     }
-    return { node: node.name, address: node.address, egroupsMoved: moved, disksRemoved: del.disksRemoved, cleaned, message }
+    return { node: node.name, address: node.address, egroupsMoved: moved, disksRemoved: del.disksRemoved, etcdMemberRemoved, cleaned, message }
   }
 
   protected render(r: HostRemoved): string {
-    return keyValue([['removed host', r.node], ['address', r.address], ['extent groups moved', r.egroupsMoved], ['disks removed', r.disksRemoved.join(', ') || '-'], ['host cleaned', `${r.cleaned ? 'yes' : 'no'} (${r.message})`]])
+    return keyValue([['removed host', r.node], ['address', r.address], ['extent groups moved', r.egroupsMoved], ['disks removed', r.disksRemoved.join(', ') || '-'], ['etcd member removed', r.etcdMemberRemoved], ['host cleaned', `${r.cleaned ? 'yes' : 'no'} (${r.message})`]])
   }
 }

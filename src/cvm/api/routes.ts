@@ -107,6 +107,26 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     return { initialCluster: initialCluster.join(','), members: members.length }
   })
 
+  // Host removal of an etcd member: remove it from etcd, refused if the members left would not
+  // have a quorum of live ones.
+  api.route('POST', '/v1/etcd/members/remove', async (req) => {
+    const peerUrl = str(bodyObject(req.body), 'peerUrl')!
+    const list = await etcdCall('list etcd members', () => s.etcd.cluster.memberList({}))
+    const all = list.members ?? []
+    const m = all.find((x) => (x.peerURLs ?? []).includes(peerUrl))
+    if (!m) return { removed: false, members: all.length }
+    const voters = all.filter((x) => !x.isLearner && x.ID !== m.ID)
+    // Health of each remaining member, from the node status records (lease-bound: present = up).
+    const statuses = await etcdCall('read node status', () => listJson<{ name: string, daemons: Array<{ name: string, healthy: boolean }> }>(s.etcd, keys.nodeStatusPrefix))
+    const up = new Set(statuses.filter((x) => x.daemons.some((d) => d.name === 'etcd' && d.healthy)).map((x) => x.name))
+    const liveVoters = voters.filter((v) => up.has(v.name)).length
+    if (voters.length === 0 || liveVoters < Math.floor(voters.length / 2) + 1) {
+      throw new TessError('TESS_E_PRECONDITION', `cannot remove etcd member ${m.name}: ${liveVoters} of the ${voters.length} members left are up, a quorum needs ${Math.floor(voters.length / 2) + 1}`, 'bring the other members up first')
+    }
+    await etcdCall('remove the etcd member', () => s.etcd.cluster.memberRemove({ ID: m.ID }))
+    return { removed: true, members: all.length - 1 }
+  })
+
   // ... and promote it to a voting member once its etcd has caught up (refused until then: retry).
   api.route('POST', '/v1/etcd/members/promote', async (req) => {
     const peerUrl = str(bodyObject(req.body), 'peerUrl')!
