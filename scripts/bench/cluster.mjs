@@ -3,7 +3,8 @@
 // sshd, scripts/testhosts.sh), in one run:
 //   - wall time of `tess cluster create --hosts` for 3 hosts (bundle install, etcd, CVMs, disks)
 //   - fio (nbd engine) sequential 1 MiB writes at QD4 and random 4 KiB writes at QD16 to an RF 1
-//     and an RF 2 vDisk through host 1, and the raw file on the same disk (libaio, direct=1).
+//     and an RF 2 vDisk through host 1 (each written once before, so extents are allocated), and
+//     the raw file on the same disk (libaio, direct=1).
 // Every host's disk is on this machine's one disk, so RF 2 writes every byte twice to it: half the
 // raw write rate is the ceiling. Prints a Markdown table with the ratios.
 // Usage: node scripts/bench/cluster.mjs [--size 1G] [--runtime 10]   (root)
@@ -50,6 +51,11 @@ try {
   fs.writeFileSync(raw, '')
   fs.truncateSync(raw, Number(sh('numfmt', ['--from=iec', size]).stdout.trim()))
   const targets = { 'RF 1': `nbd://${hosts[0]}:10809/rf1`, 'RF 2': `nbd://${hosts[0]}:10809/rf2`, 'raw file': raw }
+  // write every target once first: the jobs then measure overwrites, not extent allocation
+  for (const t of Object.values(targets)) {
+    const common = ['--name=prefill', '--rw=write', '--bs=1M', '--iodepth=8', `--size=${size}`, '--output-format=json']
+    sh('fio', t.startsWith('nbd://') ? ['--ioengine=nbd', `--uri=${t}`, ...common] : ['--ioengine=libaio', '--direct=1', `--filename=${t}`, ...common])
+  }
   const jobs = [['write', '1M', 4, 'MiB/s'], ['randwrite', '4k', 16, 'iops']]
   const res = {}
   for (const [rw, bs, qd, unit] of jobs) {

@@ -357,8 +357,9 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
       const script = [
         `if ${ours(`${d}/run/supervisor.pid`)}; then kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; fi`,
         `for n in etcd cvm; do if ${ours(`${d}/run/$n.pid`)}; then kill -KILL $p; fi; done`,
-        ...(diskPaths.get(h.name) ?? []).filter((p) => !p.startsWith(d + '/')).map((p) =>
-          `if grep -q ${q(clusterId ?? '\u0000')} ${q(`${p}/tess-disk.json`)} 2>/dev/null; then rm -rf ${q(`${p}/egroups`)} ${q(`${p}/tess-disk.json`)}; fi`),
+        // disks outside the data dir: only when the marker names this cluster (id known)
+        ...(clusterId === undefined ? [] : (diskPaths.get(h.name) ?? []).filter((p) => !p.startsWith(d + '/')).map((p) =>
+          `if grep -qF ${q(clusterId)} ${q(`${p}/tess-disk.json`)} 2>/dev/null; then rm -rf ${q(`${p}/egroups`)} ${q(`${p}/tess-disk.json`)}; fi`)),
         `find ${q(d)} -mindepth 1 -maxdepth 1 -exec rm -rf {} +`,
       ].join('\n')
       await t.execOk(script, { what: 'stop the daemons and remove the data', timeoutMs: 120_000 })
