@@ -46,9 +46,20 @@ A host running an etcd member leaves etcd too (refused while the members left wo
     const others = this.client({ ...ctx, endpoints: ctx.endpoints.filter((e) => !e.includes(`//${node.address}:`)) })
     let moved = 0
     if (flags.evacuate) {
-      const ev = await withSpinner(!this.jsonMode, `Moving the data off ${node.name}`, () =>
-        others.request<{ egroupsMoved: number, onlyCopies: string[] }>('POST', `/v1/nodes/${encodeURIComponent(node.name)}/evacuate`, {}, { timeoutMs: 60 * 60_000 }))
-      moved = ev.egroupsMoved
+      // The evacuation runs on the CVM; progress is polled (the first endpoint answers both calls).
+      type Job = { state: 'running' | 'done' | 'failed', egroupsMoved: number, egroupsTotal: number, vdisk: string | null, error: { code: string, message: string, hint: string } | null }
+      const path = `/v1/nodes/${encodeURIComponent(node.name)}/evacuate`
+      const job = await withSpinner(!this.jsonMode, `Moving the data off ${node.name}`, async (s) => {
+        let j = await others.post<Job>(path, {})
+        for (;;) {
+          s.text(`Moving the data off ${node.name}: ${j.egroupsMoved}/${j.egroupsTotal} extent groups${j.vdisk ? ` (vDisk ${j.vdisk})` : ''}`)
+          if (j.state !== 'running') return j
+          await new Promise((r) => setTimeout(r, 1000))
+          j = await others.get<Job>(path)
+        }
+      })
+      if (job.state === 'failed') throw TessError.fromBody({ error: job.error }, `evacuation of ${node.name} failed`)
+      moved = job.egroupsMoved
     }
     // Refused (with the vDisks named) while the node holds the only healthy copy of data.
     const del = await others.delete<{ node: string, address: string, disksRemoved: string[] }>(`/v1/nodes/${encodeURIComponent(node.name)}`)

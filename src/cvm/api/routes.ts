@@ -13,6 +13,16 @@ import { checkName } from '../../common/names.js'
 import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
 
 export const apiVersion = '0.1.0'
+
+interface EvacuationJob {
+  node: string
+  state: 'running' | 'done' | 'failed'
+  egroupsMoved: number
+  egroupsTotal: number
+  vdisk: string | null
+  error: { code: string, message: string, hint: string } | null
+  onlyCopies: string[]
+}
 /** how long an etcd member add waits for the cluster to be ready for a reconfiguration */
 const etcdReconfigWaitMs = 30_000
 
@@ -50,14 +60,33 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
   }
 
   // Host removal, step 1: no new extent group lands on the node, and every replica it holds is
-  // copied elsewhere by the owners of the vDisks.
+  // copied elsewhere by the owners of the vDisks. Runs as a job on this CVM; GET shows its progress.
+  const evacuations = new Map<string, EvacuationJob>()
   api.route('POST', '/v1/nodes/:name/evacuate', async (req) => {
     const name = req.params.name!
     const rec = await nodeRecord(name)
+    const running = evacuations.get(name)
+    if (running && running.state === 'running') return running
     await etcdCall('mark the node draining', () => s.etcd.put(keys.node(name)).value(JSON.stringify({ ...rec, draining: true })))
-    const moved = await s.engine.evacuateNode(name, (m) => s.log.info(`evacuate ${name}: ${m}`))
-    const left = await s.engine.onlyCopiesOn(name)
-    return { node: name, egroupsMoved: moved, onlyCopies: left }
+    const job: EvacuationJob = { node: name, state: 'running', egroupsMoved: 0, egroupsTotal: 0, vdisk: null, error: null, onlyCopies: [] }
+    evacuations.set(name, job)
+    void s.engine.evacuateNode(name, (p) => {
+      Object.assign(job, p)
+      if (p.vdisk) s.log.info(`evacuate ${name}: ${p.egroupsMoved}/${p.egroupsTotal} extent groups moved (vDisk ${p.vdisk})`)
+    }).then(async (moved) => {
+      job.egroupsMoved = moved
+      job.onlyCopies = await s.engine.onlyCopiesOn(name)
+      job.state = 'done'
+    }, (e: unknown) => {
+      job.state = 'failed'
+      job.error = e instanceof TessError ? e.toBody() : { code: 'TESS_E_IO', message: `evacuation of ${name} failed: ${e instanceof Error ? e.message : String(e)}`, hint: 'see the CVM log; run the command again to resume' }
+    })
+    return job
+  })
+  api.route('GET', '/v1/nodes/:name/evacuate', async (req) => {
+    const job = evacuations.get(req.params.name!)
+    if (!job) throw new TessError('TESS_E_NOT_FOUND', `no evacuation of "${req.params.name}" started on this CVM`, 'start one with POST')
+    return job
   })
 
   // Host removal, step 2: forget the node (refused while it holds the only healthy copy of data).

@@ -20,6 +20,13 @@ import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
 import type { ReplicaStore } from './replicastore.js'
 import { Vdisk, type ExtentRef, type LoadedEgroup } from './vdisk.js'
 
+export interface EvacuationProgress {
+  egroupsMoved: number
+  egroupsTotal: number
+  /** the vDisk being worked on */
+  vdisk: string | null
+}
+
 export interface EgroupRecord {
   id: string
   vdiskId: string
@@ -453,14 +460,17 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * Move every replica off `node` (which must already be marked draining, so no new extent group
    * lands there): each vDisk's owner copies its extent groups elsewhere. Returns the groups moved.
    */
-  async evacuateNode(node: string, progress: (msg: string) => void): Promise<number> {
+  async evacuateNode(node: string, progress: (p: EvacuationProgress) => void): Promise<number> {
     this.liveCache = undefined
     const recs = (await listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)).filter((r) => r.state === 'ready')
+    const all = await listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)
+    const total = all.filter((e) => e.replicas.some((r) => r.node === node)).length
     let moved = 0
+    progress({ egroupsMoved: 0, egroupsTotal: total, vdisk: null })
     for (const rec of recs) {
       const egs = await listJson<EgroupRecord>(this.etcd, keys.egroupsOf(rec.id))
       if (!egs.some((e) => e.replicas.some((r) => r.node === node))) continue
-      progress(`vDisk ${rec.name}: moving extent groups off ${node}`)
+      progress({ egroupsMoved: moved, egroupsTotal: total, vdisk: rec.name })
       for (let attempt = 0; ; attempt++) {
         try {
           const t = await this.route(rec)
@@ -470,6 +480,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
             const f = await (await this.opts.peers.get(t.owner)).request(ops.vdiskEvacuate, { name: rec.name, node }, undefined, evacuateTimeoutMs)
             moved += Number(f.json.moved ?? 0)
           }
+          progress({ egroupsMoved: moved, egroupsTotal: total, vdisk: rec.name })
           break
         } catch (e) {
           // the owner may be the node being drained and going away: retry once ownership moved
