@@ -216,17 +216,23 @@ export async function stopLocalDaemons(dataDir: string): Promise<StoppedProcess[
     for (const d of st.daemons) if (d.pid) candidates.push([d.name, d.pid])
   } catch { /* no state file */ }
   const sup = readPid(p.supervisorPid)
+  // A process may exit between the check and the signal: that is what we wanted anyway.
+  const signal = (pid: number, sig: NodeJS.Signals) => {
+    try {
+      process.kill(pid, sig)
+    } catch { /* already gone */ }
+  }
   if (sup !== undefined && pidIsOurs(sup, dataDir)) {
-    process.kill(sup, 'SIGTERM')
+    signal(sup, 'SIGTERM')
     stopped.push({ name: 'supervisor', pid: sup, how: 'SIGTERM' })
     if (!(await waitForExit(sup, 25_000))) {
-      process.kill(sup, 'SIGKILL')
+      signal(sup, 'SIGKILL')
       stopped[stopped.length - 1]!.how = 'SIGKILL'
     }
   }
   for (const [name, pid] of candidates) {
     if (pid === undefined || !pidIsOurs(pid, dataDir)) continue
-    process.kill(pid, 'SIGKILL')
+    signal(pid, 'SIGKILL')
     await waitForExit(pid, 5_000)
     stopped.push({ name, pid, how: 'SIGKILL' })
   }
