@@ -2,6 +2,8 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
+import { fsyncDir } from '../../common/fsutil.js'
+import { KeyedMutex } from '../../common/mutex.js'
 import { TessError, assert, errorMessage } from '../../common/errors.js'
 import { Digester, parseDigest, type DigestAlgorithm } from './digest.js'
 import { imageIndexRecordsMax, storeReadBufferBytes } from './limits.js'
@@ -69,7 +71,7 @@ export interface Ingest {
 
 export class ContentStore {
   readonly root: string
-  private readonly locks = new Map<string, Promise<void>>()
+  private readonly locks = new KeyedMutex()
   private imagesChain: Promise<unknown> = Promise.resolve()
 
   constructor(root: string) {
@@ -145,7 +147,7 @@ export class ContentStore {
    */
   async ingest(expected: ExpectedBlob, fill: (ing: Ingest) => Promise<void>, source?: string): Promise<BlobInfo> {
     const { algorithm } = parseDigest(expected.digest, 'blob digest')
-    return this.withLock(expected.digest, async () => {
+    return this.locks.run(expected.digest, async () => {
       const existing = await this.stat(expected.digest)
       if (existing !== undefined) return existing
       const file = this.ingestPath(expected.digest)
@@ -199,7 +201,7 @@ export class ContentStore {
 
   /** Delete a blob (and any partial download of it); true if the blob existed. */
   async delete(digest: string): Promise<boolean> {
-    return this.withLock(digest, async () => {
+    return this.locks.run(digest, async () => {
       await fsp.rm(this.ingestPath(digest), { force: true })
       try {
         await fsp.unlink(this.path(digest))
@@ -288,21 +290,6 @@ export class ContentStore {
     this.imagesChain = run.catch(() => undefined)
     await run
   }
-
-  private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve()
-    let release!: () => void
-    const mine = new Promise<void>((r) => { release = r })
-    const chained = prev.then(() => mine)
-    this.locks.set(key, chained)
-    await prev
-    try {
-      return await fn()
-    } finally {
-      release()
-      if (this.locks.get(key) === chained) this.locks.delete(key)
-    }
-  }
 }
 
 class IngestImpl implements Ingest {
@@ -379,15 +366,6 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     throw ioError(`cannot write ${file}`, e)
   }
   await fsyncDir(path.dirname(file))
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r')
-  try {
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
 }
 
 async function readdirOrEmpty(dir: string): Promise<string[]> {

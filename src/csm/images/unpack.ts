@@ -6,10 +6,12 @@ import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { Readable, Transform, Writable } from 'node:stream'
 import zlib from 'node:zlib'
+import { KeyedMutex } from '../../common/mutex.js'
 import { TessError, errorMessage } from '../../common/errors.js'
 import { Digester, parseDigest } from './digest.js'
 import { tarEntriesMax, tarExtractTimeoutMs, tarWhiteoutsMax, unpackToolTimeoutMs } from './limits.js'
-import { fsyncDir, writeFileAtomic } from './store.js'
+import { fsyncDir } from '../../common/fsutil.js'
+import { writeFileAtomic } from './store.js'
 import { TarReader, writeTar, type TarEntry, type TarWriteEntry } from './tar.js'
 
 /**
@@ -87,7 +89,7 @@ export class LayerStore {
   readonly root: string
   private readonly tarBin: string
   private readonly syncBin: string
-  private readonly locks = new Map<string, Promise<unknown>>()
+  private readonly locks = new KeyedMutex()
 
   constructor(root: string, opts: LayerStoreOptions = {}) {
     this.root = path.resolve(root)
@@ -148,7 +150,7 @@ export class LayerStore {
 
   /** Remove a layer: renamed into tmp/ first, so a half-removed layer never looks complete. */
   async remove(diffId: string): Promise<boolean> {
-    return this.withLock(diffId, async () => {
+    return this.locks.run(diffId, async () => {
       const dir = this.layerDir(diffId)
       const trash = path.join(this.root, 'tmp', `rm-${crypto.randomBytes(6).toString('hex')}`)
       try {
@@ -169,7 +171,7 @@ export class LayerStore {
    */
   async unpack(blobPath: string, diffId: string, opts: UnpackOptions = {}): Promise<UnpackedLayer & { cached: boolean }> {
     parseDigest(diffId, 'layer diff_id')
-    return this.withLock(diffId, async () => {
+    return this.locks.run(diffId, async () => {
       const existing = await this.get(diffId)
       if (existing !== undefined) return { ...existing, cached: true }
       const what = `layer ${opts.blobDigest ?? diffId}`
@@ -297,17 +299,6 @@ export class LayerStore {
         reject(new TessError('TESS_E_IO', `${action}: ${bin} failed: ${why}`, 'check the disk that holds the layer store'))
       })
     })
-  }
-
-  private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve()
-    const run = prev.catch(() => undefined).then(fn)
-    this.locks.set(key, run)
-    try {
-      return await run
-    } finally {
-      if (this.locks.get(key) === run) this.locks.delete(key)
-    }
   }
 }
 

@@ -2,6 +2,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
+import { KeyedMutex } from '../../common/mutex.js'
 import { TessError, assert, errorMessage, isTessError } from '../../common/errors.js'
 import { makeLogger, type Logger } from '../../common/log.js'
 import { checkName } from '../../common/names.js'
@@ -195,7 +196,7 @@ export class ContainerManager {
   private hostRlimits: HostRlimits | undefined
   private readonly records = new Map<string, ContainerInfo>()
   private loaded: Promise<void> | undefined
-  private readonly locks = new Map<string, Promise<unknown>>()
+  private readonly locks = new KeyedMutex()
 
   constructor(opts: ContainerManagerOptions) {
     this.csm = checkName('CSM', opts.csm)
@@ -266,7 +267,7 @@ export class ContainerManager {
       throw new TessError('TESS_E_NOT_FOUND', `cannot run a container of image ${norm.image} in CSM "${this.csm}": the image is not pulled`, `pull ${norm.image} first`)
     }
     const imageConfig = await this.readImageConfig(image)
-    const rec = await this.withLock('create', async () => {
+    const rec = await this.locks.run('create', async () => {
       const name = spec.name ?? ''
       const live = [...this.records.values()]
       if (live.length >= containersPerCsmMax) {
@@ -297,7 +298,7 @@ export class ContainerManager {
       this.records.set(id, r)
       return r
     })
-    return this.withLock(rec.id, async () => {
+    return this.locks.run(rec.id, async () => {
       try {
         await this.build(rec, imageConfig)
         await this.startShim(rec)
@@ -313,7 +314,7 @@ export class ContainerManager {
   /** Start an exited container again (same rootfs, same config). */
   async start(idOrName: string): Promise<ContainerInfo> {
     const rec0 = await this.find(idOrName)
-    return this.withLock(rec0.id, async () => {
+    return this.locks.run(rec0.id, async () => {
       const rec = await this.refresh(this.get(rec0.id))
       if (rec.status === 'running' || rec.status === 'paused') return rec
       if (rec.status !== 'exited') throw this.conflict(rec, 'start', `it is ${rec.status}`)
@@ -338,7 +339,7 @@ export class ContainerManager {
       throw new TessError('TESS_E_INVALID', `invalid stop timeout ${timeoutMs} ms`, `give 0 to ${containerStopTimeoutMsMax} ms`)
     }
     const rec0 = await this.find(idOrName)
-    return this.withLock(rec0.id, async () => {
+    return this.locks.run(rec0.id, async () => {
       let rec = await this.refresh(this.get(rec0.id))
       if (rec.status !== 'running' && rec.status !== 'paused') return rec
       await this.kill(rec, timeoutMs)
@@ -351,7 +352,7 @@ export class ContainerManager {
 
   async pause(idOrName: string): Promise<ContainerInfo> {
     const rec0 = await this.find(idOrName)
-    return this.withLock(rec0.id, async () => {
+    return this.locks.run(rec0.id, async () => {
       const rec = await this.refresh(this.get(rec0.id))
       if (rec.status === 'paused') return rec
       if (rec.status !== 'running') throw this.conflict(rec, 'pause', `it is ${rec.status}`)
@@ -364,7 +365,7 @@ export class ContainerManager {
 
   async resume(idOrName: string): Promise<ContainerInfo> {
     const rec0 = await this.find(idOrName)
-    return this.withLock(rec0.id, async () => {
+    return this.locks.run(rec0.id, async () => {
       const rec = await this.refresh(this.get(rec0.id))
       if (rec.status === 'running') return rec
       if (rec.status !== 'paused') throw this.conflict(rec, 'resume', `it is ${rec.status}`)
@@ -378,7 +379,7 @@ export class ContainerManager {
   /** Remove a container and everything of it; a running one only with `force` (SIGKILL). */
   async remove(idOrName: string, opts: { force?: boolean } = {}): Promise<void> {
     const rec0 = await this.find(idOrName)
-    await this.withLock(rec0.id, async () => {
+    await this.locks.run(rec0.id, async () => {
       let rec = await this.refresh(this.get(rec0.id))
       if (rec.status === 'running' || rec.status === 'paused') {
         if (opts.force !== true) throw this.conflict(rec, 'remove', `it is ${rec.status}`, 'stop it first, or remove it with force')
@@ -395,7 +396,7 @@ export class ContainerManager {
   /** One container, its status brought up to date. */
   async inspect(idOrName: string): Promise<ContainerInfo> {
     const rec0 = await this.find(idOrName)
-    return this.withLock(rec0.id, async () => {
+    return this.locks.run(rec0.id, async () => {
       const rec = this.get(rec0.id)
       if (!fs.existsSync(this.files(rec.id).state)) {
         // removed by another manager of the same CSM (only during a hand-over)
@@ -515,7 +516,7 @@ export class ContainerManager {
         continue
       }
       this.records.set(id, rec)
-      await this.withLock(id, async () => {
+      await this.locks.run(id, async () => {
         if (rec.status === 'creating' || rec.status === 'removing') {
           await this.destroy(rec)
           report.cleaned.push(id)
@@ -851,21 +852,6 @@ export class ContainerManager {
   private async save(rec: ContainerInfo): Promise<void> {
     const body: StateFile = { version: 1, ...rec }
     await writeFileAtomic(this.files(rec.id).state, `${JSON.stringify(body, null, 2)}\n`, 0o600)
-  }
-
-  private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve()
-    let release!: () => void
-    const mine = new Promise<void>((r) => { release = r })
-    const chained = prev.then(() => mine)
-    this.locks.set(key, chained)
-    await prev.catch(() => undefined)
-    try {
-      return await fn()
-    } finally {
-      release()
-      if (this.locks.get(key) === chained) this.locks.delete(key)
-    }
   }
 }
 

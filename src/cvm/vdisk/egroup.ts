@@ -3,6 +3,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import zlib from 'node:zlib'
 import { assert } from '../../common/errors.js'
+import { fsyncDir } from '../../common/fsutil.js'
 import { RawFile } from './rawfile.js'
 import { checksumBlockSizeBytes, checksumBlocksPerExtent, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
 
@@ -87,7 +88,7 @@ export class EgroupFile {
       await fh.writeAll(header, 0)
       await fh.truncate(dataRegionOffset)
       await fh.sync()
-      await syncDir(dir)
+      await fsyncDir(dir)
     } catch (e) {
       await fh.close()
       throw e
@@ -320,7 +321,7 @@ export class EgroupFile {
       if (this.dirty) return
       const fh = await fsp.open(EgroupFile.markerName(this.file), 'w', 0o600)
       await fh.close()
-      await syncDir(path.dirname(this.file))
+      await fsyncDir(path.dirname(this.file))
       this.dirty = true
     })
   }
@@ -356,14 +357,5 @@ export class EgroupFile {
   /** Test hook: zeros of one block, for writing zero ranges without allocating a buffer each time. */
   static get zeroBlock(): Buffer {
     return zeroBlock
-  }
-}
-
-export async function syncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r')
-  try {
-    await fh.sync()
-  } finally {
-    await fh.close()
   }
 }
