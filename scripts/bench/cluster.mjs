@@ -11,13 +11,8 @@
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { fioJson, repoRoot, sh, tess } from './common.mjs'
+import { fioJson, opt, repoRoot, sh, tess } from './common.mjs'
 
-const argv = process.argv.slice(2)
-const opt = (name, def) => {
-  const i = argv.indexOf(`--${name}`)
-  return i >= 0 ? argv[i + 1] : def
-}
 const size = opt('size', '1G')
 const runtime = Number(opt('runtime', '10'))
 const prefix = 'bench'

@@ -8,6 +8,13 @@ import { fileURLToPath } from 'node:url'
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const tess = path.join(repoRoot, 'bin', 'run.js')
 
+/** `--name VALUE` from the command line, or `def`. */
+export function opt(name, def) {
+  const argv = process.argv.slice(2)
+  const i = argv.indexOf(`--${name}`)
+  return i >= 0 ? argv[i + 1] : def
+}
+
 export function freePort() {
   return new Promise((resolve, reject) => {
     const s = net.createServer()

@@ -10,13 +10,8 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { dropCaches, fioJson, freePort, localCluster, ratio, sh, startServer, waitPort } from './common.mjs'
+import { dropCaches, fioJson, freePort, localCluster, opt, ratio, sh, startServer, waitPort } from './common.mjs'
 
-const argv = process.argv.slice(2)
-const opt = (name, def) => {
-  const i = argv.indexOf(`--${name}`)
-  return i >= 0 ? argv[i + 1] : def
-}
 const size = opt('size', '1G')
 const runtime = Number(opt('runtime', '10'))
 const base = opt('dir', '/var/tmp')

@@ -135,10 +135,17 @@ async function startSupervisor(t: SshTransport): Promise<void> {
   await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/daemon/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
 }
 
+/** Shell test: the pid in `pidFile` (left in $p) is alive and its command line names the data dir. */
+function pidIsOursShell(pidFile: string): string {
+  return `p=$(cat ${pidFile} 2>/dev/null) && [ -n "$p" ] && tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -q -- ${shellQuote(remoteDataDir)}`
+}
+
+/** Shell: stop the node's supervisor (and with it its daemons), SIGTERM then SIGKILL after 30 s. */
+const stopSupervisorShell = `if ${pidIsOursShell(`${remoteDataDir}/run/supervisor.pid`)}; then kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; fi; true`
+
 /** Stop a node's supervisor (and with it its daemons) by the pid in its pidfile, checked against /proc. */
 async function stopSupervisor(t: SshTransport): Promise<void> {
-  const d = remoteDataDir
-  await t.execOk(`p=$(cat ${d}/run/supervisor.pid 2>/dev/null) && [ -n "$p" ] && tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -q -- ${shellQuote(d)} && { kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; }; true`, { what: 'stop the supervisor', timeoutMs: 60_000 })
+  await t.execOk(stopSupervisorShell, { what: 'stop the supervisor', timeoutMs: 60_000 })
 }
 
 /** Promote the learner at `peerUrl` once it caught up, then wait until `node` reports a healthy etcd. */
@@ -353,10 +360,9 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
     }
     try {
       progress(h.address, 'stopping daemons')
-      const ours = (pidFile: string) => `p=$(cat ${pidFile} 2>/dev/null) && [ -n "$p" ] && tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -q -- ${q(d)}`
       const script = [
-        `if ${ours(`${d}/run/supervisor.pid`)}; then kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; fi`,
-        `for n in etcd cvm; do if ${ours(`${d}/run/$n.pid`)}; then kill -KILL $p; fi; done`,
+        stopSupervisorShell,
+        `for n in etcd cvm; do if ${pidIsOursShell(`${d}/run/$n.pid`)}; then kill -KILL $p; fi; done`,
         // disks outside the data dir: only when the marker names this cluster (id known)
         ...(clusterId === undefined ? [] : (diskPaths.get(h.name) ?? []).filter((p) => !p.startsWith(d + '/')).map((p) =>
           `if grep -qF ${q(clusterId)} ${q(`${p}/tess-disk.json`)} 2>/dev/null; then rm -rf ${q(`${p}/egroups`)} ${q(`${p}/tess-disk.json`)}; fi`)),
