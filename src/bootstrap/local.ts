@@ -1,6 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import { cleanNodeContainers } from '../csm/cleanup.js'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -249,6 +250,11 @@ export async function destroyLocalCluster(dataDir: string, diskPaths: string[]):
     clusterId = readNodeConfig(dataDir).clusterId
   } catch { /* half-made data dir */ }
   const stopped = await stopLocalDaemons(dataDir)
+  // containers outlive their CSM daemons by design: with every daemon stopped, remove them
+  const cleaned = await cleanNodeContainers(dataDir, { info: () => undefined, warn: () => undefined, error: () => undefined })
+  if (cleaned.errors.length > 0) {
+    throw new TessError('TESS_E_IO', `cannot remove every container of the cluster: ${cleaned.errors.join('; ')}`, `the data dir ${dataDir} is kept; fix the cause and run destroy again`)
+  }
   for (const d of diskPaths) {
     if (d === dataDir || d.startsWith(dataDir + '/')) continue
     try {

@@ -362,7 +362,9 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
       progress(h.address, 'stopping daemons')
       const script = [
         stopSupervisorShell,
-        `for n in etcd cvm; do if ${pidIsOursShell(`${d}/run/$n.pid`)}; then kill -KILL $p; fi; done`,
+        `for f in ${d}/run/*.pid; do [ -e "$f" ] || continue; if ${pidIsOursShell('$f')}; then kill -KILL $p; fi; done`,
+        // containers outlive their CSM daemons by design: with every daemon stopped, remove them
+        `if [ -d ${d}/csms ]; then "$(command -v node || echo /usr/bin/node)" ${d}/bundle/current/dist/csm/cleanup-main.js --data-dir ${d} >/dev/null || exit 1; fi`,
         // disks outside the data dir: only when the marker names this cluster (id known)
         ...(clusterId === undefined ? [] : (diskPaths.get(h.name) ?? []).filter((p) => !p.startsWith(d + '/')).map((p) =>
           `if grep -qF ${q(clusterId)} ${q(`${p}/tess-disk.json`)} 2>/dev/null; then rm -rf ${q(`${p}/egroups`)} ${q(`${p}/tess-disk.json`)}; fi`)),

@@ -26,6 +26,18 @@ export const keys = {
   egroupsOf: (vdiskId: string) => `/tess/egroups/${vdiskId}/`,
   egroupsPrefix: '/tess/egroups/',
   idCounter: (kind: string) => `/tess/ids/${kind}`,
+  csm: (name: string) => `/tess/csms/${name}`,
+  csmsPrefix: '/tess/csms/',
+  csmPool: (name: string) => `/tess/csm-pools/${name}`,
+  csmPoolsPrefix: '/tess/csm-pools/',
+  registry: (name: string) => `/tess/registries/${name}`,
+  registriesPrefix: '/tess/registries/',
+  /** a registry's password, apart from its record so that listing registries never reads it */
+  registrySecret: (name: string) => `/tess/registry-secrets/${name}`,
+  registryPolicy: '/tess/registry-policy',
+  /** containers by name (names are unique in the cluster) */
+  container: (name: string) => `/tess/containers/${name}`,
+  containersPrefix: '/tess/containers/',
 }
 
 export function etcdOptionsFor(cfg: NodeConfig): IOptions {

@@ -47,6 +47,15 @@ export const nodePaths = (dataDir: string) => ({
   disks: path.join(dataDir, 'disks'),
   supervisorPid: path.join(dataDir, 'run', 'supervisor.pid'),
   supervisorState: path.join(dataDir, 'run', 'supervisor.json'),
+  /** one directory per CSM of this node: csm.json (its spec, read by the supervisor), state/, sock (its API) */
+  csms: path.join(dataDir, 'csms'),
+  csmDir: (name: string) => path.join(dataDir, 'csms', name),
+  csmSpec: (name: string) => path.join(dataDir, 'csms', name, 'csm.json'),
+  csmState: (name: string) => path.join(dataDir, 'csms', name, 'state'),
+  csmSocket: (name: string) => path.join(dataDir, 'csms', name, 'sock'),
+  /** the node's image content store and unpacked layers, shared by its CSMs (the CVM writes, CSMs read) */
+  imageContent: path.join(dataDir, 'images', 'content'),
+  imageLayers: path.join(dataDir, 'images', 'layers'),
   pidFile: (daemon: string) => path.join(dataDir, 'run', `${daemon}.pid`),
   logFile: (daemon: string) => path.join(dataDir, 'logs', `${daemon}.log`),
 })

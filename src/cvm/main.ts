@@ -3,7 +3,7 @@
  * and keeps this node's status in etcd. Started and restarted by the node's supervisor.
  */
 import fs from 'node:fs'
-import { errorMessage } from '../common/errors.js'
+import { TessError, errorMessage } from '../common/errors.js'
 import { connectEtcd, getJson, keys } from '../common/etcd.js'
 import type { NodeRecord } from '../common/types.js'
 import { PeerPool } from './replication/client.js'
@@ -15,6 +15,11 @@ import { makeLogger } from '../common/log.js'
 import { nodePaths, readNodeConfig } from '../common/nodeconfig.js'
 import { ApiServer } from './api/server.js'
 import { registerRoutes } from './api/routes.js'
+import { registerCsmRoutes } from './api/csm-routes.js'
+import { NodeAgent } from '../csm/control/agent.js'
+import { ContainerControl, type NodeCall } from '../csm/control/cluster.js'
+import { nodeOps, registerNodeOps } from '../csm/control/ops.js'
+import { jsonRequest } from '../common/jsonhttp.js'
 import { NbdServer } from './nbd/server.js'
 import { NodeService } from './node.js'
 import { DiskService } from './pool/disks.js'
@@ -78,18 +83,30 @@ async function main(): Promise<void> {
   const finished = await vdisks.finishDeletes()
   if (finished > 0) log.info(`completed ${finished} vDisk delete(s) cut short by a crash`)
 
-  const api = new ApiServer({
-    cert: fs.readFileSync(paths.nodeCert),
-    key: fs.readFileSync(paths.nodeKey),
-    ca: fs.readFileSync(paths.caCert),
-    token: fs.readFileSync(paths.apiToken, 'utf8').trim(),
-    log,
-  })
+  const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
+  const api = new ApiServer({ cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: creds.ca, token, log })
   registerRoutes(api, { cfg, node, disks, vdisks, engine, etcd, log })
+
+  // Containers: this node's agent (its CSMs and image store), and the cluster-wide control that
+  // reaches other nodes' agents through their CVMs' API.
+  const agent = new NodeAgent(cfg, etcd, log)
+  await agent.start()
+  const ops = nodeOps(agent)
+  const call: NodeCall = async <T>(nodeName: string, op: string, body: Record<string, unknown>, timeoutMs = 60_000): Promise<T> => {
+    if (nodeName === cfg.nodeName) return await ops[op]!(body) as T
+    const rec = await getJson<NodeRecord>(etcd, keys.node(nodeName))
+    if (!rec) throw new TessError('TESS_E_NOT_FOUND', `node ${nodeName} is not a member of the cluster`, 'see `tess host list`')
+    const host = rec.address.includes(':') ? `[${rec.address}]` : rec.address
+    return jsonRequest<T>({ endpoint: `https://${host}:${rec.apiPort}`, ca: creds.ca, token, what: `the CVM of node ${nodeName}` }, 'POST', `/v1/node-ops/${op}`, body, timeoutMs)
+  }
+  const containers = new ContainerControl(etcd, cfg.nodeName, call, log)
+  registerCsmRoutes(api, containers)
+  registerNodeOps(api, ops)
   await dataServer.listen(cfg.data.port, cfg.data.bind)
   await nbd.listen(cfg.nbd.port, cfg.nbd.bind)
   await api.listen(cfg.api.port, cfg.api.bind)
   node.startHeartbeat()
+  void containers.recover().catch((e: unknown) => log.warn(`container recovery: ${errorMessage(e)}`))
   log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}, data ${cfg.data.bind}:${cfg.data.port}`)
 
   let stopping = false
@@ -99,6 +116,7 @@ async function main(): Promise<void> {
     log.info(`stopping on ${sig}`)
     const force = setTimeout(() => process.exit(1), 8000)
     try {
+      agent.stop()
       await api.close()
       await nbd.close()
       await dataServer.close()

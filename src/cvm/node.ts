@@ -65,6 +65,10 @@ export class NodeService {
       const healthy = name === 'cvm' ? true : alive(pid) && etcdHealthy
       out.push({ name, pid, healthy, restarts: d?.restarts ?? 0 })
     }
+    // CSM daemons, as the supervisor runs them
+    for (const d of state?.daemons ?? []) {
+      if (d.name.startsWith('csm-')) out.push({ name: d.name, pid: d.pid, healthy: alive(d.pid), restarts: d.restarts })
+    }
     return out
   }
 

@@ -53,6 +53,15 @@ export function cvmService(cfg: NodeConfig): ServiceSpec {
   }
 }
 
+/** A CSM daemon: one per csms/NAME/csm.json on the node (the CVM writes those; the supervisor runs them). */
+export function csmService(cfg: NodeConfig, csm: string): ServiceSpec {
+  return {
+    name: `csm-${csm}`,
+    command: process.execPath,
+    args: ['--enable-source-maps', path.join(distDir, 'csm', 'daemon', 'main.js'), '--data-dir', cfg.dataDir, '--csm', csm],
+  }
+}
+
 export function servicesFor(cfg: NodeConfig): ServiceSpec[] {
   return cfg.etcd.member === false ? [cvmService(cfg)] : [etcdService(cfg), cvmService(cfg)]
 }

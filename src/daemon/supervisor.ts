@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import { nodePaths, readNodeConfig, writeFileAtomic } from '../common/nodeconfig.js'
 import { supervisorRestartBackoffMaxMs, supervisorRestartBackoffMinMs, supervisorStopTimeoutMs } from '../common/limits.js'
-import { servicesFor, type ServiceSpec } from './services.js'
+import { csmService, servicesFor, type ServiceSpec } from './services.js'
 import type { DaemonState, SupervisorState } from './supervisor-state.js'
 
 function arg(name: string): string | undefined {
@@ -32,21 +32,27 @@ function log(msg: string): void {
 
 interface Managed {
   spec: ServiceSpec
+  /** a CSM daemon: runs while its csms/NAME/csm.json exists */
+  csm?: string
   child: ChildProcess | null
   state: DaemonState
   backoffMs: number
   timer: NodeJS.Timeout | null
   stableTimer: NodeJS.Timeout | null
+  /** being stopped for good (its CSM was deleted) */
+  retiring?: boolean
 }
 
-const managed: Managed[] = servicesFor(cfg).map((spec) => ({
+const newManaged = (spec: ServiceSpec, csm?: string): Managed => ({
   spec,
+  ...(csm !== undefined ? { csm } : {}),
   child: null,
   state: { name: spec.name, pid: null, restarts: 0, startedAt: null, lastExit: null },
   backoffMs: supervisorRestartBackoffMinMs,
   timer: null,
   stableTimer: null,
-}))
+})
+const managed: Managed[] = servicesFor(cfg).map((spec) => newManaged(spec))
 let stopping = false
 const startedAt = new Date().toISOString()
 
@@ -83,7 +89,7 @@ function start(m: Managed): void {
     m.state.lastExit = { code, signal, at: new Date().toISOString() }
     fs.rmSync(paths.pidFile(m.spec.name), { force: true })
     log(`${m.spec.name}: exited code=${code} signal=${signal}`)
-    if (!stopping) scheduleRestart(m)
+    if (!stopping && !m.retiring) scheduleRestart(m)
     saveState()
   })
 }
@@ -100,22 +106,61 @@ function scheduleRestart(m: Managed): void {
   }, delay)
 }
 
+/** SIGTERM, then SIGKILL after the stop timeout; resolves when it has exited. */
+async function stopOne(m: Managed): Promise<void> {
+  if (m.timer) clearTimeout(m.timer)
+  if (m.stableTimer) clearTimeout(m.stableTimer)
+  const child = m.child
+  if (!child || child.exitCode !== null) return
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill('SIGTERM')
+  const t = setTimeout(() => { log(`${m.spec.name}: did not stop in time, SIGKILL`); child.kill('SIGKILL') }, supervisorStopTimeoutMs)
+  await exited
+  clearTimeout(t)
+}
+
+/**
+ * CSM daemons follow the csms/ directory: a csm.json that appears starts one, one that goes
+ * away stops it. Checked every second (and so after a supervisor restart).
+ */
+let reconciling = false
+async function reconcileCsms(): Promise<void> {
+  if (stopping || reconciling) return
+  reconciling = true
+  try {
+    let names: string[] = []
+    try {
+      names = fs.readdirSync(paths.csms).filter((n) => fs.existsSync(paths.csmSpec(n))).sort()
+    } catch { /* no CSM yet */ }
+    const want = new Set(names)
+    for (const name of names) {
+      if (managed.some((m) => m.csm === name)) continue
+      const m = newManaged(csmService(cfg, name), name)
+      managed.push(m)
+      start(m)
+    }
+    for (const m of managed.filter((x) => x.csm !== undefined && !want.has(x.csm))) {
+      m.retiring = true
+      log(`${m.spec.name}: its CSM was deleted; stopping it`)
+      await stopOne(m)
+      managed.splice(managed.indexOf(m), 1)
+      fs.rmSync(paths.pidFile(m.spec.name), { force: true })
+      saveState()
+    }
+  } finally {
+    reconciling = false
+  }
+}
+
 async function stopAll(signal: string): Promise<void> {
   if (stopping) return
   stopping = true
   log(`stopping on ${signal}`)
   // Stop in reverse start order: CVM before etcd, so the CVM can release its leases.
-  for (const m of [...managed].reverse()) {
-    if (m.timer) clearTimeout(m.timer)
-    if (m.stableTimer) clearTimeout(m.stableTimer)
-    const child = m.child
-    if (!child || child.exitCode !== null) continue
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-    child.kill('SIGTERM')
-    const t = setTimeout(() => { log(`${m.spec.name}: did not stop in time, SIGKILL`); child.kill('SIGKILL') }, supervisorStopTimeoutMs)
-    await exited
-    clearTimeout(t)
-  }
+  // CSM daemons first (their containers keep running; the CSM adopts them when it is back).
+  clearInterval(csmTimer)
+  await Promise.all(managed.filter((m) => m.csm !== undefined).map((m) => stopOne(m)))
+  for (const m of managed.filter((x) => x.csm === undefined).reverse()) await stopOne(m)
   saveState()
   fs.rmSync(paths.supervisorPid, { force: true })
   log('stopped')
@@ -130,3 +175,5 @@ writeFileAtomic(paths.supervisorPid, `${process.pid}\n`, 0o644)
 log(`supervising ${managed.map((m) => m.spec.name).join(', ')} for node ${cfg.nodeName}`)
 for (const m of managed) start(m)
 saveState()
+void reconcileCsms()
+const csmTimer = setInterval(() => void reconcileCsms().catch((e: unknown) => log(`csm reconcile: ${String(e)}`)), 1000)

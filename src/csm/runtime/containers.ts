@@ -16,7 +16,7 @@ import {
 import { checkLimitsAgainst, type CgroupStats, type CsmCgroup } from './cgroups.js'
 import {
   containerKillWaitMs, containerPidsMaxDefault, containerPollMs, containersPerCsmMax, containerStartTimeoutMs, containerStopTimeoutMsDefault,
-  containerStopTimeoutMsMax, logFollowPollMs, logReadChunkBytes, logTailBytesMax, logTailLinesMax, shimExitGraceMs, stateFileSizeMaxBytes,
+  containerStopTimeoutMsMax, logFollowPollMs, logChunkBytesMax, logReadChunkBytes, logTailBytesMax, logTailLinesMax, shimExitGraceMs, stateFileSizeMaxBytes,
 } from './limits.js'
 import {
   OciRuntime, isProcessAlive, normaliseSignal, readExitStatus, runtimeErrors, type RuntimeName, type ShimFiles,
@@ -487,6 +487,43 @@ export class ContainerManager {
       yield* readMore()
       if (done) return
       await this.clock.sleep(logFollowPollMs)
+    }
+  }
+
+  /**
+   * A chunk of a container's output for a reader that polls: from byte `offset` (or, on the first
+   * read, the start of the last `tail` lines), at most `maxBytes`. `offset` in the answer is where
+   * the next read starts; `running` says more may come.
+   */
+  async readLog(idOrName: string, opts: { offset?: number, tail?: number, maxBytes?: number } = {}): Promise<{ data: Buffer, offset: number, running: boolean }> {
+    const rec = await this.inspect(idOrName)
+    const f = this.files(rec.id)
+    const maxBytes = Math.min(opts.maxBytes ?? logChunkBytesMax, logChunkBytesMax)
+    if (opts.tail !== undefined && (!Number.isSafeInteger(opts.tail) || opts.tail < 0 || opts.tail > logTailLinesMax)) {
+      throw new TessError('TESS_E_INVALID', `invalid tail ${opts.tail}`, `give 0 to ${logTailLinesMax} lines`)
+    }
+    if (opts.offset !== undefined && (!Number.isSafeInteger(opts.offset) || opts.offset < 0)) {
+      throw new TessError('TESS_E_INVALID', `invalid log offset ${opts.offset}`, 'give the offset of the previous answer')
+    }
+    const running = rec.status === 'running' || rec.status === 'paused' || rec.status === 'creating'
+    let fh: fsp.FileHandle
+    try {
+      fh = await fsp.open(f.log, 'r')
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { data: Buffer.alloc(0), offset: opts.offset ?? 0, running }
+      throw e
+    }
+    try {
+      const size = (await fh.stat()).size
+      let pos = opts.offset ?? (opts.tail !== undefined ? await tailOffset(f.log, opts.tail) : 0)
+      if (pos > size) pos = size
+      const n = Math.min(maxBytes, size - pos)
+      const data = Buffer.alloc(n)
+      const { bytesRead } = n > 0 ? await fh.read(data, 0, n, pos) : { bytesRead: 0 }
+      // still running, or more is in the file than one chunk: the reader comes back
+      return { data: data.subarray(0, bytesRead), offset: pos + bytesRead, running: running || pos + bytesRead < size }
+    } finally {
+      await fh.close()
     }
   }
 

@@ -60,4 +60,6 @@ export const stateFileSizeMaxBytes = 1024 * 1024
 export const logTailBytesMax = 16 * 1024 * 1024
 export const logTailLinesMax = 100_000
 export const logReadChunkBytes = 64 * 1024
+/** most bytes of output one polled log read returns */
+export const logChunkBytesMax = 1024 * 1024
 export const logFollowPollMs = 200

@@ -1,6 +1,7 @@
 import crypto from 'node:crypto'
+import fs from 'node:fs'
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import https from 'node:https'
-import type { IncomingMessage, ServerResponse } from 'node:http'
 import { TessError, errorMessage } from '../../common/errors.js'
 import { apiBodyMaxBytes, apiRequestTimeoutMs } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
@@ -30,11 +31,16 @@ interface Route {
  */
 export class ApiServer {
   private readonly routes: Route[] = []
-  private server: https.Server | undefined
-  private readonly tokenHash: Buffer
+  private server: http.Server | undefined
+  private readonly tokenHash: Buffer | undefined
 
-  constructor(private readonly opts: { cert: Buffer, key: Buffer, ca: Buffer, token: string, log: Logger }) {
-    this.tokenHash = crypto.createHash('sha256').update(opts.token).digest()
+  /**
+   * With `token`: HTTPS, and every request must carry the token. Without: plain HTTP for a unix
+   * socket only (listenUnix), where the socket file's mode (0600 in a 0700 directory) is the
+   * authentication: only root on the node reaches it.
+   */
+  constructor(private readonly opts: { cert: Buffer, key: Buffer, ca: Buffer, token: string, log: Logger } | { log: Logger }) {
+    this.tokenHash = 'token' in opts ? crypto.createHash('sha256').update(opts.token).digest() : undefined
   }
 
   route(method: string, path: string, handler: Handler): this {
@@ -45,14 +51,37 @@ export class ApiServer {
   }
 
   listen(port: number, host: string): Promise<void> {
-    this.server = https.createServer({ cert: this.opts.cert, key: this.opts.key, ca: this.opts.ca, requestTimeout: apiRequestTimeoutMs }, (req, res) => {
+    const o = this.opts
+    if (!('token' in o)) throw new Error('a TCP listener needs TLS and a token')
+    const server = https.createServer({ cert: o.cert, key: o.key, ca: o.ca, requestTimeout: apiRequestTimeoutMs }, (req, res) => {
       void this.handle(req, res)
     })
-    this.server.on('clientError', (_e, socket) => socket.destroy())
-    this.server.on('tlsClientError', () => { /* a bad TLS client: drop it */ })
+    server.on('tlsClientError', () => { /* a bad TLS client: drop it */ })
+    return this.start(server, (s, cb) => s.listen(port, host, cb))
+  }
+
+  /** Listen on a unix socket (made mode 0600; a stale socket file is replaced). */
+  async listenUnix(socketPath: string): Promise<void> {
+    if ('token' in this.opts) throw new Error('a unix socket listener is for the token-less API')
+    fs.rmSync(socketPath, { force: true })
+    const server = http.createServer({ requestTimeout: apiRequestTimeoutMs }, (req, res) => {
+      void this.handle(req, res)
+    })
+    const old = process.umask(0o177)
+    try {
+      await this.start(server, (s, cb) => s.listen(socketPath, cb))
+    } finally {
+      process.umask(old)
+    }
+    fs.chmodSync(socketPath, 0o600)
+  }
+
+  private start(server: http.Server, listen: (s: http.Server, cb: () => void) => void): Promise<void> {
+    this.server = server
+    server.on('clientError', (_e, socket) => socket.destroy())
     return new Promise((resolve, reject) => {
-      this.server!.once('error', reject)
-      this.server!.listen(port, host, () => resolve())
+      server.once('error', reject)
+      listen(server, () => resolve())
     })
   }
 
@@ -65,6 +94,7 @@ export class ApiServer {
   }
 
   private authorized(req: IncomingMessage): boolean {
+    if (this.tokenHash === undefined) return true
     const h = req.headers.authorization
     if (!h || !h.startsWith('Bearer ')) return false
     const given = crypto.createHash('sha256').update(h.slice(7).trim()).digest()
@@ -173,4 +203,33 @@ export function int(o: Record<string, unknown>, k: string, min: number, max: num
   if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a whole number, got ${JSON.stringify(v)}`, '')
   if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, '')
   return v
+}
+
+export function num(o: Record<string, unknown>, k: string, min: number, max: number, required = true): number | undefined {
+  const v = o[k]
+  if (v === undefined || v === null) {
+    if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
+    return undefined
+  }
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a number, got ${JSON.stringify(v)}`, '')
+  if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, '')
+  return v
+}
+
+export function bool(o: Record<string, unknown>, k: string): boolean {
+  const v = o[k]
+  if (v === undefined || v === null) return false
+  if (typeof v !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be true or false`, '')
+  return v
+}
+
+/** An optional array of strings, at most `max` of them, each at most `lengthMax` characters. */
+export function strList(o: Record<string, unknown>, k: string, max: number, lengthMax = 4096): string[] | undefined {
+  const v = o[k]
+  if (v === undefined || v === null) return undefined
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be an array of strings`, '')
+  if (v.length > max) throw new TessError('TESS_E_INVALID', `field "${k}" has ${v.length} entries, at most ${max} allowed`, '')
+  const long = (v as string[]).find((x) => x.length > lengthMax)
+  if (long !== undefined) throw new TessError('TESS_E_INVALID', `an entry of "${k}" is longer than ${lengthMax} characters`, '')
+  return v as string[]
 }

@@ -1,0 +1,160 @@
+/**
+ * Result types of the container half of the management API (CSMs, CSM pools, registries,
+ * images, containers), shared by the CVM and the CLI. Keys are stable: add, never rename.
+ */
+
+export type RuntimeName = 'runc' | 'crun'
+export type NetworkMode = 'none' | 'host'
+
+/** A CSM as `tess csm list/show` shows it. */
+export interface CsmInfo {
+  name: string
+  id: string
+  node: string
+  cpus: number
+  memoryBytes: number
+  runtime: RuntimeName
+  /** running: its daemon answers; starting: created, daemon not answering yet; down: the node or daemon is down */
+  state: 'running' | 'starting' | 'down'
+  /** the CSM daemon's pid on its node, when known */
+  pid: number | null
+  containers: number
+  /** what its containers ask for together (their --cpus and --memory) */
+  reservedCpus: number
+  reservedMemoryBytes: number
+  createdAt: string
+}
+
+export interface CsmDeleteResult {
+  name: string
+  node: string
+  containersRemoved: string[]
+}
+
+export interface CsmPoolInfo {
+  name: string
+  csms: string[]
+  createdAt: string
+}
+
+export interface RegistryInfo {
+  name: string
+  /** as given: http://host:port or https://host */
+  url: string
+  /** `host[:port]`: the registry part of image references it serves */
+  host: string
+  insecure: boolean
+  username: string | null
+  /** a password is stored (it is never shown) */
+  hasPassword: boolean
+  createdAt: string
+}
+
+/** Pull rules: a deny rule that matches refuses; with any allow rule, an image must match one. */
+export interface RegistryPolicyInfo {
+  allow: string[]
+  deny: string[]
+}
+
+/** One image stored on one node. */
+export interface ImageInfo {
+  node: string
+  ref: string
+  digest: string
+  sizeBytes: number
+  layers: number
+  platform: string
+  pulledAt: string
+  /** containers on this node using it */
+  usedBy: string[]
+}
+
+export interface ImagePullResult {
+  ref: string
+  digest: string
+  sizeBytes: number
+  layers: number
+  platform: string
+  /** per node: bytes received in this pull (0 when the node had every blob) and seconds taken */
+  nodes: Array<{ node: string, downloadedBytes: number, seconds: number }>
+}
+
+export interface ImageRemoveResult {
+  ref: string
+  nodes: string[]
+}
+
+export type ContainerState = 'creating' | 'running' | 'paused' | 'exited' | 'removing' | 'unknown'
+
+export interface ContainerView {
+  id: string
+  name: string
+  csm: string
+  node: string
+  image: string
+  imageDigest: string
+  runtime: RuntimeName
+  status: ContainerState
+  createdAt: string
+  startedAt: string | null
+  finishedAt: string | null
+  pid: number | null
+  exitCode: number | null
+  oomKilled: boolean
+  exitNote: string | null
+  command: string[]
+  env: string[]
+  cpus: number | null
+  memoryBytes: number | null
+  network: NetworkMode
+}
+
+export interface ContainerRemoveResult {
+  name: string
+  id: string
+  csm: string
+  node: string
+}
+
+export interface LogChunk {
+  name: string
+  /** the bytes, base64 */
+  data: string
+  /** where the next read starts */
+  offset: number
+  /** the container still runs: more may come */
+  running: boolean
+}
+
+export interface UsageStats {
+  cpuUsageNs: number
+  /** CPU used over the sampling window, in CPUs (1.0 = one core busy) */
+  cpuCpus: number | null
+  cpuThrottledPeriods: number
+  cpuLimitCpus: number | null
+  memoryUsageBytes: number
+  memoryLimitBytes: number | null
+  oomKills: number
+  pidsCurrent: number
+  pidsLimit: number | null
+}
+
+export interface ContainerStatsView extends UsageStats {
+  name: string
+  id: string
+  csm: string
+  node: string
+  readAt: string
+}
+
+export interface CsmStatsView extends UsageStats {
+  csm: string
+  node: string
+  containers: number
+  readAt: string
+}
+
+export interface StatsResult {
+  containers: ContainerStatsView[]
+  csms: CsmStatsView[]
+}

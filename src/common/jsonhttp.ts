@@ -1,0 +1,67 @@
+import http from 'node:http'
+import https from 'node:https'
+import { TessError } from './errors.js'
+
+/** Most bytes of a JSON answer a daemon reads from another daemon. */
+export const jsonAnswerSizeMaxBytes = 64 * 1024 * 1024
+
+export interface JsonTarget {
+  /** `https://host:port` (with `ca` and `token`), or a unix socket path */
+  endpoint: string
+  ca?: Buffer
+  token?: string
+  /** what to call the other end in errors ("CSM web", "the CVM of node2") */
+  what: string
+}
+
+/**
+ * One JSON request between daemons: to another CVM's API (HTTPS, CA pinned, bearer token) or to a
+ * CSM daemon's unix socket. A TessError body from the other end is re-thrown as it is; a
+ * connection failure is TESS_E_UNREACHABLE, a timeout TESS_E_TIMEOUT.
+ */
+export function jsonRequest<T>(t: JsonTarget, method: string, path: string, body: unknown, timeoutMs: number): Promise<T> {
+  const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
+  const unix = !t.endpoint.startsWith('https://')
+  const headers = {
+    accept: 'application/json',
+    ...(t.token !== undefined ? { authorization: `Bearer ${t.token}` } : {}),
+    ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}),
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onRes = (res: http.IncomingMessage) => {
+      const chunks: Buffer[] = []
+      let size = 0
+      res.on('data', (c: Buffer) => {
+        size += c.length
+        if (size > jsonAnswerSizeMaxBytes) {
+          req.destroy()
+          reject(new TessError('TESS_E_IO', `${t.what} answered more than ${jsonAnswerSizeMaxBytes} bytes`, 'this is a bug: report it'))
+          return
+        }
+        chunks.push(c)
+      })
+      res.on('error', reject)
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8')
+        let parsed: unknown
+        try {
+          parsed = text ? JSON.parse(text) : {}
+        } catch {
+          reject(new TessError('TESS_E_INTERNAL', `${t.what} answered ${res.statusCode} with a body that is not JSON`, 'see its log'))
+          return
+        }
+        if ((res.statusCode ?? 500) >= 400) reject(TessError.fromBody(parsed, `${t.what} answered ${res.statusCode}`))
+        else resolve(parsed as T)
+      })
+    }
+    const req = unix
+      ? http.request({ socketPath: t.endpoint, path, method, headers, timeout: timeoutMs, agent: false }, onRes)
+      : https.request(new URL(path, t.endpoint), { method, headers, timeout: timeoutMs, agent: false, ...(t.ca !== undefined ? { ca: t.ca } : {}) }, onRes)
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ETIMEDOUT') reject(new TessError('TESS_E_TIMEOUT', `${t.what} did not answer ${method} ${path} within ${timeoutMs} ms`, 'see its log'))
+      else reject(new TessError('TESS_E_UNREACHABLE', `cannot reach ${t.what}: ${e.message}`, 'is it running? see `tess cluster status` and the node\'s logs'))
+    })
+    req.end(data)
+  })
+}

@@ -1,0 +1,54 @@
+import type { NetworkMode, RuntimeName } from '../../common/csm-types.js'
+
+/** Records of the container half of the cluster, as stored in etcd (keys in src/common/etcd.ts). */
+
+export interface CsmRecord {
+  name: string
+  /** from the `csm` id counter */
+  id: string
+  node: string
+  cpus: number
+  memoryBytes: number
+  runtime: RuntimeName
+  createdAt: string
+  /** a delete has begun: the node removes it, then the record goes */
+  deleting?: boolean
+}
+
+export interface CsmPoolRecord {
+  name: string
+  csms: string[]
+  createdAt: string
+}
+
+export interface RegistryRecord {
+  name: string
+  url: string
+  host: string
+  insecure: boolean
+  username: string | null
+  hasPassword: boolean
+  createdAt: string
+}
+
+export interface RegistryPolicyRecord {
+  allow: string[]
+  deny: string[]
+}
+
+/** A container's name reservation and placement. Its live state is the CSM's. */
+export interface ContainerRecord {
+  name: string
+  /** the CSM's id for it; null while it is being created */
+  id: string | null
+  csm: string
+  node: string
+  image: string
+  cpus: number | null
+  memoryBytes: number | null
+  network: NetworkMode
+  /** creating: the name is reserved and the run is under way (by `apiNode`) */
+  state: 'creating' | 'created'
+  apiNode: string
+  createdAt: string
+}

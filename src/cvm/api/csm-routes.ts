@@ -1,0 +1,109 @@
+import { TessError } from '../../common/errors.js'
+import type { ContainerControl } from '../../csm/control/cluster.js'
+import type { NetworkMode, RuntimeName } from '../../common/csm-types.js'
+import { containerArgsMax, containerEnvMax, containerStopTimeoutMsMax, logTailLinesMax } from '../../csm/runtime/limits.js'
+import { bodyObject, bool, int, num, str, strList, type ApiServer, type ApiRequest } from './server.js'
+
+const cpusMax = 4096
+
+function queryInt(req: ApiRequest, k: string, max: number): number | undefined {
+  const v = req.query.get(k)
+  if (v === null) return undefined
+  if (!/^\d{1,15}$/.test(v) || Number(v) > max) throw new TessError('TESS_E_INVALID', `query parameter "${k}" must be a whole number 0..${max}`, '')
+  return Number(v)
+}
+
+/** The container half of the management API: CSMs, pools, registries, images, containers. */
+export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
+  api.route('GET', '/v1/csms', async () => c.listCsms())
+  api.route('POST', '/v1/csms', async (req) => {
+    const b = bodyObject(req.body)
+    const node = str(b, 'node', false)
+    const runtime = str(b, 'runtime', false)
+    return c.createCsm({
+      name: str(b, 'name')!, cpus: num(b, 'cpus', 0, cpusMax)!, memoryBytes: int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER)!,
+      ...(node !== undefined ? { node } : {}), ...(runtime !== undefined ? { runtime: runtime as RuntimeName } : {}),
+    })
+  })
+  api.route('GET', '/v1/csms/:name', async (req) => c.showCsm(req.params.name!))
+  api.route('PATCH', '/v1/csms/:name', async (req) => {
+    const b = bodyObject(req.body)
+    const cpus = num(b, 'cpus', 0, cpusMax, false)
+    const memoryBytes = int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER, false)
+    if (cpus === undefined && memoryBytes === undefined) throw new TessError('TESS_E_BAD_REQUEST', 'nothing to update', 'give "cpus" and/or "memoryBytes"')
+    return c.updateCsm(req.params.name!, { ...(cpus !== undefined ? { cpus } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}) })
+  })
+  api.route('DELETE', '/v1/csms/:name', async (req) => c.deleteCsm(req.params.name!, req.query.get('force') === 'true'))
+
+  api.route('GET', '/v1/csm-pools', async () => c.listPools())
+  api.route('POST', '/v1/csm-pools', async (req) => {
+    const b = bodyObject(req.body)
+    return c.createPool(str(b, 'name')!, strList(b, 'csms', 1000, 63) ?? [])
+  })
+  api.route('GET', '/v1/csm-pools/:name', async (req) => c.showPool(req.params.name!))
+  api.route('PATCH', '/v1/csm-pools/:name', async (req) => {
+    const b = bodyObject(req.body)
+    return c.changePool(req.params.name!, strList(b, 'add', 1000, 63) ?? [], strList(b, 'remove', 1000, 63) ?? [])
+  })
+  api.route('DELETE', '/v1/csm-pools/:name', async (req) => c.deletePool(req.params.name!))
+
+  api.route('GET', '/v1/registries', async () => c.listRegistries())
+  api.route('POST', '/v1/registries', async (req) => {
+    const b = bodyObject(req.body)
+    const username = str(b, 'username', false)
+    const password = str(b, 'password', false)
+    return c.addRegistry({
+      name: str(b, 'name')!, url: str(b, 'url')!, insecure: bool(b, 'insecure'),
+      ...(username !== undefined ? { username } : {}), ...(password !== undefined ? { password } : {}),
+    })
+  })
+  api.route('DELETE', '/v1/registries/:name', async (req) => c.removeRegistry(req.params.name!))
+  api.route('GET', '/v1/registry-policy', async () => c.policy())
+  api.route('POST', '/v1/registry-policy', async (req) => {
+    const b = bodyObject(req.body)
+    return c.changePolicy(str(b, 'kind')! as 'allow' | 'deny', str(b, 'pattern')!, bool(b, 'remove'))
+  })
+
+  api.route('GET', '/v1/images', async () => c.images())
+  api.route('POST', '/v1/images', async (req) => {
+    const b = bodyObject(req.body)
+    const csm = str(b, 'csm', false)
+    const node = str(b, 'node', false)
+    return c.pull({ ref: str(b, 'ref')!, ...(csm !== undefined ? { csm } : {}), ...(node !== undefined ? { node } : {}) })
+  })
+  api.route('DELETE', '/v1/images', async (req) => {
+    const ref = req.query.get('ref')
+    if (!ref) throw new TessError('TESS_E_BAD_REQUEST', 'query parameter "ref" is required', 'DELETE /v1/images?ref=REF')
+    const node = req.query.get('node')
+    return c.removeImage({ ref, ...(node !== null ? { node } : {}) })
+  })
+
+  api.route('GET', '/v1/containers', async () => c.listContainers())
+  api.route('POST', '/v1/containers', async (req) => {
+    const b = bodyObject(req.body)
+    const csm = str(b, 'csm', false)
+    const pool = str(b, 'pool', false)
+    const cpus = num(b, 'cpus', 0, cpusMax, false)
+    const memoryBytes = int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER, false)
+    const env = strList(b, 'env', containerEnvMax)
+    const command = strList(b, 'command', containerArgsMax)
+    const network = str(b, 'network', false)
+    return c.run({
+      name: str(b, 'name')!, image: str(b, 'image')!,
+      ...(csm !== undefined ? { csm } : {}), ...(pool !== undefined ? { pool } : {}),
+      ...(cpus !== undefined ? { cpus } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}),
+      ...(env !== undefined ? { env } : {}), ...(command !== undefined ? { command } : {}),
+      ...(network !== undefined ? { network: network as NetworkMode } : {}),
+    })
+  })
+  api.route('GET', '/v1/containers/:name', async (req) => c.showContainer(req.params.name!))
+  api.route('POST', '/v1/containers/:name/:op', async (req) => {
+    const op = req.params.op!
+    if (op !== 'start' && op !== 'stop' && op !== 'pause' && op !== 'resume') throw new TessError('TESS_E_NOT_FOUND', `no container operation "${op.slice(0, 40)}"`, 'start, stop, pause or resume')
+    const timeoutMs = op === 'stop' ? int(bodyObject(req.body), 'timeoutMs', 0, containerStopTimeoutMsMax, false) : undefined
+    return c.containerOp(req.params.name!, op, timeoutMs)
+  })
+  api.route('DELETE', '/v1/containers/:name', async (req) => c.removeContainer(req.params.name!, req.query.get('force') === 'true'))
+  api.route('GET', '/v1/containers/:name/logs', async (req) => c.logs(req.params.name!, queryInt(req, 'offset', Number.MAX_SAFE_INTEGER), queryInt(req, 'tail', logTailLinesMax)))
+  api.route('GET', '/v1/stats', async (req) => c.stats(req.query.get('container') ?? undefined))
+}
