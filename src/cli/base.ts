@@ -25,7 +25,9 @@ export abstract class TessCommand<R> extends Command {
   protected abstract render(result: R): string
 
   async run(): Promise<void> {
-    this.jsonMode = this.argv.includes('--json')
+    // Only a --json before "--": what follows "--" belongs to the command (e.g. `container run ... -- CMD`).
+    const dashdash = this.argv.indexOf('--')
+    this.jsonMode = (dashdash < 0 ? this.argv : this.argv.slice(0, dashdash)).includes('--json')
     const result = await this.exec()
     if (this.jsonMode) {
       process.stdout.write(JSON.stringify(result, null, 2) + '\n')
@@ -35,14 +37,18 @@ export abstract class TessCommand<R> extends Command {
     }
   }
 
-  /** Parse flags and args, turning oclif's parse failures into usage errors. */
-  protected async parseInput<T extends typeof Command>(cmd: T): Promise<{ flags: BaseFlags<T>, args: Interfaces.InferredArgs<T['args']> }> {
+  /**
+   * Parse flags and args, turning oclif's parse failures into usage errors. `argv` (default: the
+   * command's argv) lets a command parse only part of it; `argv` in the result holds every
+   * positional argument, the declared ones included (extras only with `static strict = false`).
+   */
+  protected async parseInput<T extends typeof Command>(cmd: T, argv?: string[]): Promise<{ flags: BaseFlags<T>, args: Interfaces.InferredArgs<T['args']>, argv: string[] }> {
     try {
-      const { flags, args } = await this.parse(cmd as unknown as typeof TessCommand)
-      return { flags: flags as BaseFlags<T>, args: args as Interfaces.InferredArgs<T['args']> }
+      const r = await this.parse(cmd as unknown as typeof TessCommand, argv ?? this.argv)
+      return { flags: r.flags as BaseFlags<T>, args: r.args as Interfaces.InferredArgs<T['args']>, argv: r.argv.map(String) }
     } catch (e) {
       if (isTessError(e)) throw e
-      throw new TessError('TESS_E_USAGE', errorMessage(e).split('\n')[0] ?? 'bad usage', `see \`tess ${this.id?.replace(/:/g, ' ') ?? ''} --help\``)
+      throw new TessError('TESS_E_USAGE', usageMessage(errorMessage(e)), `see \`tess ${this.id?.replace(/:/g, ' ') ?? ''} --help\``)
     }
   }
 
@@ -85,4 +91,17 @@ export abstract class TessCommand<R> extends Command {
     if (process.env.DEBUG && !isTessError(err)) process.stderr.write(`${err.stack ?? ''}\n`)
     process.exitCode = te.exitCode
   }
+}
+
+/**
+ * The useful part of an oclif parse error on one line: its first line, or, when that ends with
+ * ":" ("The following errors occurred:", "Missing 1 required arg:"), the lines it introduces.
+ */
+export function usageMessage(message: string): string {
+  const lines = message.split('\n').map((l) => l.trim().replace(/\s{2,}/g, ': ')).filter((l) => l !== '' && !/^See more help/i.test(l))
+  const first = lines[0]
+  if (first === undefined) return 'bad usage'
+  if (lines.length === 1 || !first.endsWith(':')) return first
+  const rest = lines.slice(1).join('; ')
+  return /errors occurred:$/i.test(first) ? rest : `${first} ${rest}`
 }

@@ -17,7 +17,7 @@ import { LayerStore } from '../images/unpack.js'
 import { CgroupHost, type HostCapacity } from '../runtime/cgroups.js'
 import type { ContainerInfo } from '../runtime/containers.js'
 import { refusingRule } from './policy.js'
-import type { CsmRecord, RegistryPolicyRecord, RegistryRecord } from './records.js'
+import type { ContainerRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord } from './records.js'
 
 /** how long a new (or restarted) CSM daemon may take to answer */
 export const csmStartTimeoutMs = 30_000
@@ -28,6 +28,8 @@ const socketPathMaxBytes = 107
 /** a CSM request that runs or stops containers may take this long */
 export const csmCallTimeoutMs = 11 * 60_000
 const csmQuickCallTimeoutMs = 15_000
+/** a container without a record is removed only when older than this */
+const orphanAgeMinMs = 60_000
 
 /** What the node's CSMs look like from the CVM of the node. */
 export interface LocalCsm {
@@ -172,9 +174,28 @@ export class NodeAgent {
           }
         }
       }
+      await this.removeOrphans()
     })
     this.reconciling = run.catch(() => undefined)
     return run
+  }
+
+  /**
+   * A container whose record is gone (removed with --force while this node was down, or its CSM
+   * moved on) is removed here. A run writes the record before the container exists, so a
+   * container without one is never a run in progress; the age check is a second guard.
+   */
+  private async removeOrphans(): Promise<void> {
+    const records = await etcdCall('list containers', () => listJson<ContainerRecord>(this.etcd, keys.containersPrefix))
+    const known = new Set(records.map((r) => `${r.csm}/${r.name}`))
+    for (const s of await this.status()) {
+      if (!s.up) continue
+      for (const c of s.containers) {
+        if (known.has(`${s.name}/${c.name}`) || Date.now() - Date.parse(c.createdAt) < orphanAgeMinMs) continue
+        this.log.warn(`container ${c.name} (${c.id}) of CSM ${s.name} has no record in etcd: removing it`)
+        await this.csm(s.name, 'DELETE', `/v1/containers/${c.id}?force=true`, undefined, csmCallTimeoutMs).catch((e: unknown) => this.log.warn(`remove ${c.name}: ${errorMessage(e)}`))
+      }
+    }
   }
 
   /** Make sure a CSM of this node runs and answers; its pid. */

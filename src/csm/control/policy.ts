@@ -21,7 +21,7 @@ export function checkPattern(p: string): string {
     if (!digestPattern.test(p)) throw new TessError('TESS_E_INVALID', `bad digest pattern "${p}"`, 'write @sha256: and 64 lowercase hex digits')
     return p
   }
-  if (!/^[A-Za-z0-9*][A-Za-z0-9._:*/-]*$/.test(p) || p.includes('//') || p.endsWith('/')) {
+  if (!/^[A-Za-z0-9*[][A-Za-z0-9._:*/[\]-]*$/.test(p) || p.includes('//') || p.endsWith('/')) {
     throw new TessError('TESS_E_INVALID', `bad registry pattern "${p}"`, 'host[:port]/repository[:tag] with * (one path segment) and ** (any depth), e.g. 127.0.0.1:5000/test/*')
   }
   if (!p.includes('/')) throw new TessError('TESS_E_INVALID', `bad registry pattern "${p}": no repository part`, `did you mean ${p}/** (everything from that registry)?`)

@@ -491,8 +491,8 @@ export class ContainerManager {
   }
 
   /**
-   * A chunk of a container's output for a reader that polls: from byte `offset` (or, on the first
-   * read, the start of the last `tail` lines), at most `maxBytes`. `offset` in the answer is where
+   * A chunk of a container's output for a reader that polls: from the start of the last `tail`
+   * lines when `tail` is given, else from byte `offset` (default 0), at most `maxBytes`. `offset` in the answer is where
    * the next read starts; `running` says more may come.
    */
   async readLog(idOrName: string, opts: { offset?: number, tail?: number, maxBytes?: number } = {}): Promise<{ data: Buffer, offset: number, running: boolean }> {
@@ -515,7 +515,7 @@ export class ContainerManager {
     }
     try {
       const size = (await fh.stat()).size
-      let pos = opts.offset ?? (opts.tail !== undefined ? await tailOffset(f.log, opts.tail) : 0)
+      let pos = opts.tail !== undefined ? await tailOffset(f.log, opts.tail) : opts.offset ?? 0
       if (pos > size) pos = size
       const n = Math.min(maxBytes, size - pos)
       const data = Buffer.alloc(n)

@@ -1,0 +1,182 @@
+import type {
+  ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullResult, ImageRemoveResult,
+  RegistryInfo, RegistryPolicyInfo, StatsResult, UsageStats,
+} from '../common/csm-types.js'
+import { formatBytes } from '../common/units.js'
+import { formatAge, shortDigest } from './csm-input.js'
+import { keyValue, table } from './output.js'
+
+/** Text renderings of the container half of the API: tables for lists, key: value for one thing. */
+
+const yesNo = (b: boolean): string => (b ? 'yes' : 'no')
+const cpus = (n: number | null | undefined): string => (n === null || n === undefined ? '-' : String(Number(n.toFixed(3))))
+const bytesOrDash = (n: number | null | undefined): string => (n === null || n === undefined ? '-' : formatBytes(n))
+
+// CSMs
+
+export function renderCsm(c: CsmInfo): string {
+  return keyValue([
+    ['name', c.name],
+    ['id', c.id],
+    ['node', c.node],
+    ['state', c.state],
+    ['pid', c.pid],
+    ['runtime', c.runtime],
+    ['cpus', cpus(c.cpus)],
+    ['memory', `${formatBytes(c.memoryBytes)} (${c.memoryBytes} bytes)`],
+    ['containers', c.containers],
+    ['reserved cpus', `${cpus(c.reservedCpus)} of ${cpus(c.cpus)}`],
+    ['reserved memory', `${formatBytes(c.reservedMemoryBytes)} of ${formatBytes(c.memoryBytes)}`],
+    ['created', c.createdAt],
+  ])
+}
+
+export function renderCsmList(list: CsmInfo[]): string {
+  if (list.length === 0) return 'No CSMs. Create one with: tess csm create NAME --cpus 2 --memory 2G'
+  return table(['name', 'node', 'state', 'cpus', 'memory', 'containers', 'reserved (cpus/mem)', 'runtime'], list.map((c) => [
+    c.name, c.node, c.state, cpus(c.cpus), formatBytes(c.memoryBytes), c.containers,
+    `${cpus(c.reservedCpus)} / ${formatBytes(c.reservedMemoryBytes)}`, c.runtime,
+  ]))
+}
+
+export function renderCsmDeleted(r: CsmDeleteResult): string {
+  return keyValue([['deleted CSM', r.name], ['node', r.node], ['containers removed', r.containersRemoved.join(', ') || '-']])
+}
+
+// CSM pools
+
+export function renderCsmPool(p: CsmPoolInfo): string {
+  return keyValue([['name', p.name], ['csms', p.csms.join(', ') || '-'], ['created', p.createdAt]])
+}
+
+export function renderCsmPoolList(list: CsmPoolInfo[]): string {
+  if (list.length === 0) return 'No CSM pools. Create one with: tess csm-pool create NAME --csm CSM1,CSM2'
+  return table(['name', 'csms', 'created'], list.map((p) => [p.name, p.csms.join(', ') || '-', p.createdAt]))
+}
+
+// registries
+
+/** Who the registry is accessed as; never a password, only whether one is stored. */
+export function registryCredentials(r: RegistryInfo): string {
+  if (r.username === null && !r.hasPassword) return 'no'
+  return `${r.username ?? '-'} (password: ${yesNo(r.hasPassword)})`
+}
+
+export function renderRegistry(r: RegistryInfo): string {
+  return keyValue([
+    ['name', r.name],
+    ['url', r.url],
+    ['host', r.host],
+    ['insecure', yesNo(r.insecure)],
+    ['username', r.username ?? '-'],
+    ['password', r.hasPassword ? 'stored' : 'none'],
+    ['created', r.createdAt],
+  ])
+}
+
+export function renderRegistryList(list: RegistryInfo[]): string {
+  if (list.length === 0) return 'No registries. Add one with: tess registry add NAME https://registry.example.com'
+  return table(['name', 'url', 'host', 'insecure', 'credentials', 'created'],
+    list.map((r) => [r.name, r.url, r.host, yesNo(r.insecure), registryCredentials(r), r.createdAt]))
+}
+
+export function renderPolicy(p: RegistryPolicyInfo): string {
+  const section = (title: string, patterns: string[]): string =>
+    [`${title}:`, ...(patterns.length === 0 ? ['  (none)'] : patterns.map((x) => `  ${x}`))].join('\n')
+  return `${section('allow', p.allow)}\n${section('deny', p.deny)}`
+}
+
+// images
+
+export function renderImageList(list: ImageInfo[]): string {
+  if (list.length === 0) return 'No images. Pull one with: tess image pull HOST[:PORT]/REPOSITORY[:TAG]'
+  return table(['node', 'ref', 'digest', 'size', 'layers', 'used by'],
+    list.map((i) => [i.node, i.ref, shortDigest(i.digest), formatBytes(i.sizeBytes), i.layers, i.usedBy.join(', ') || '-']))
+}
+
+export function renderImagePull(r: ImagePullResult): string {
+  const kv = keyValue([
+    ['pulled', r.ref],
+    ['digest', r.digest],
+    ['size', `${formatBytes(r.sizeBytes)} (${r.sizeBytes} bytes)`],
+    ['layers', r.layers],
+    ['platform', r.platform],
+  ])
+  if (r.nodes.length === 0) return kv
+  return `${kv}\n${table(['node', 'downloaded', 'seconds'], r.nodes.map((n) => [n.node, formatBytes(n.downloadedBytes), n.seconds.toFixed(1)]))}`
+}
+
+export function renderImageRemoved(r: ImageRemoveResult): string {
+  return keyValue([['removed image', r.ref], ['from nodes', r.nodes.join(', ') || '-']])
+}
+
+// containers
+
+/** `running`, `exited (0)`, `exited (137, OOM-killed)`, ... */
+export function containerStatus(c: Pick<ContainerView, 'status' | 'exitCode' | 'oomKilled'>): string {
+  if (c.status !== 'exited') return c.status
+  const parts: string[] = []
+  if (c.exitCode !== null) parts.push(String(c.exitCode))
+  if (c.oomKilled) parts.push('OOM-killed')
+  return parts.length > 0 ? `exited (${parts.join(', ')})` : 'exited'
+}
+
+/** A command line for people: words with spaces or quotes are single-quoted. */
+export function formatCommand(argv: string[]): string {
+  return argv.map((a) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ')
+}
+
+export function renderContainer(c: ContainerView): string {
+  const pairs: Array<[string, string | number | boolean | null | undefined]> = [
+    ['name', c.name],
+    ['id', c.id],
+    ['status', containerStatus(c)],
+    ['csm', c.csm],
+    ['node', c.node],
+    ['image', c.image],
+    ['image digest', c.imageDigest],
+    ['runtime', c.runtime],
+    ['command', c.command.length > 0 ? formatCommand(c.command) : '(image default)'],
+    ['cpus', c.cpus === null ? 'no limit' : cpus(c.cpus)],
+    ['memory', c.memoryBytes === null ? 'no limit' : `${formatBytes(c.memoryBytes)} (${c.memoryBytes} bytes)`],
+    ['network', c.network],
+    ['pid', c.pid],
+    ['created', c.createdAt],
+    ['started', c.startedAt],
+    ['finished', c.finishedAt],
+  ]
+  if (c.status === 'exited') {
+    pairs.push(['exit code', c.exitCode], ['oom killed', yesNo(c.oomKilled)])
+  }
+  if (c.exitNote) pairs.push(['note', c.exitNote])
+  const env = c.env.length > 0 ? `\nenv:\n${c.env.map((e) => `  ${e}`).join('\n')}` : ''
+  return keyValue(pairs) + env
+}
+
+export function renderContainerList(list: ContainerView[]): string {
+  if (list.length === 0) return 'No containers. Run one with: tess container run IMAGE --name NAME'
+  return table(['name', 'id', 'node', 'csm', 'image', 'status', 'created'],
+    list.map((c) => [c.name, c.id.slice(0, 12), c.node, c.csm, c.image, containerStatus(c), formatAge(c.createdAt)]))
+}
+
+export function renderContainerRemoved(r: ContainerRemoveResult): string {
+  return keyValue([['removed container', r.name], ['id', r.id], ['csm', r.csm], ['node', r.node]])
+}
+
+// stats
+
+const cpuPercent = (s: UsageStats): string => (s.cpuCpus === null ? '-' : `${(s.cpuCpus * 100).toFixed(1)}%`)
+const memory = (s: UsageStats): string => `${formatBytes(s.memoryUsageBytes)} / ${bytesOrDash(s.memoryLimitBytes)}`
+const pids = (s: UsageStats): string => (s.pidsLimit === null ? String(s.pidsCurrent) : `${s.pidsCurrent} / ${s.pidsLimit}`)
+
+export function renderStats(r: StatsResult): string {
+  const containers = r.containers.length === 0
+    ? 'No containers.'
+    : table(['name', 'node', 'csm', 'cpu%', 'cpu limit', 'memory / limit', 'pids', 'oom kills', 'throttled'],
+      r.containers.map((s) => [s.name, s.node, s.csm, cpuPercent(s), cpus(s.cpuLimitCpus), memory(s), pids(s), s.oomKills, s.cpuThrottledPeriods]))
+  const csms = r.csms.length === 0
+    ? 'No CSMs.'
+    : table(['csm', 'node', 'containers', 'cpu%', 'cpu limit', 'memory / limit', 'pids', 'oom kills', 'throttled'],
+      r.csms.map((s) => [s.csm, s.node, s.containers, cpuPercent(s), cpus(s.cpuLimitCpus), memory(s), pids(s), s.oomKills, s.cpuThrottledPeriods]))
+  return `Containers\n${containers}\n\nCSMs\n${csms}`
+}

@@ -1,0 +1,388 @@
+import { execFileSync } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { ContainerView, CsmInfo, StatsResult } from '../../src/common/csm-types.js'
+import { TestCluster, alive, waitFor, type TessResult } from '../helpers/cluster.js'
+import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+
+/**
+ * Containers end to end on the embedded cluster, through the CLI: a real docker-registry on
+ * loopback, images built with umoci and pushed with skopeo, CSM daemons run by the supervisor,
+ * containers under real runc in the CSMs' cgroups.
+ */
+const missing = haveCommands('docker-registry', 'umoci', 'skopeo', 'busybox', 'runc', 'etcd')
+const isRoot = process.getuid?.() === 0
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const MiB = 1024 * 1024
+
+describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, images and containers through the CLI', () => {
+  const c = new TestCluster('ctr')
+  let reg: DockerRegistry | undefined
+  let work: string
+  let image: string
+  let cgroupParent: string
+  const password = `s3cret-${Math.random().toString(36).slice(2)}`
+
+  const tess = (args: string[], opts?: { input?: string, timeoutMs?: number }): Promise<TessResult> => c.tess(args, opts)
+  /** --json goes before a "--" (after it, it would be part of the container's command) */
+  const withJson = (args: string[]) => {
+    const i = args.indexOf('--')
+    return i < 0 ? [...args, '--json'] : [...args.slice(0, i), '--json', ...args.slice(i)]
+  }
+  async function ok(args: string[], opts?: { input?: string, timeoutMs?: number }): Promise<any> {
+    const r = await tess(withJson(args), opts)
+    if (r.code !== 0) throw new Error(`tess ${args.join(' ')} exited ${r.code}: ${r.stdout} ${r.stderr}`)
+    return r.json
+  }
+  async function fails(args: string[], exit: number, code: string, opts?: { input?: string }): Promise<{ code: string, message: string, hint: string }> {
+    const r = await tess(withJson(args), opts)
+    expect(r.code, `${args.join(' ')}: ${r.stdout} ${r.stderr}`).toBe(exit)
+    expect(r.json?.error?.code, r.stdout).toBe(code)
+    expect(r.json.error.hint.length).toBeGreaterThan(0)
+    return r.json.error
+  }
+  const show = (name: string): Promise<ContainerView> => ok(['container', 'show', name])
+  async function logsOf(name: string): Promise<string> {
+    const r = await tess(['container', 'logs', name])
+    expect(r.code, r.stderr).toBe(0)
+    return r.stdout
+  }
+  async function waitLog(name: string, text: string): Promise<void> {
+    await waitFor(`"${text}" in the log of ${name}`, async () => (await logsOf(name)).includes(text), 15_000, 200)
+  }
+  const cpuOf = async (name: string): Promise<number> => {
+    const s = await ok(['container', 'stats', name]) as StatsResult
+    return s.containers[0]!.cpuCpus!
+  }
+  const cgroupDir = (controller: string, sub = '') => path.join('/sys/fs/cgroup', controller, cgroupParent, sub)
+
+  beforeAll(async () => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-ctr-it-'))
+    reg = await startDockerRegistry()
+    const built = await buildBusyboxImage(path.join(work, 'build'), 'v1')
+    image = `${reg.host}/test/busybox:v1`
+    await pushImage(built, image)
+    await pushImage(await buildBusyboxImage(path.join(work, 'build'), 'v2', { name: 'etc/v2', content: 'only in v2\n' }), `${reg.host}/test/tampered:v2`)
+    await pushImage(built, `${reg.host}/test/denied:v1`)
+    await c.create()
+    const id = (JSON.parse(fs.readFileSync(path.join(c.dataDir, 'node.json'), 'utf8')) as { clusterId: string }).clusterId
+    cgroupParent = `/tess-${id.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}`
+  }, 180_000)
+
+  afterAll(async () => {
+    await c.destroy()
+    await reg?.cleanup().catch(() => undefined)
+    if (work !== undefined) fs.rmSync(work, { recursive: true, force: true })
+  }, 120_000)
+
+  it('registries: validated, credentials stored but never shown', async () => {
+    await fails(['registry', 'add', 'plain', `http://${reg!.host}`], 2, 'TESS_E_INVALID')
+    await fails(['registry', 'add', 'bad', 'ftp://x'], 2, 'TESS_E_INVALID')
+    const r = await ok(['registry', 'add', 'local', `http://${reg!.host}`, '--insecure'])
+    expect(r).toMatchObject({ name: 'local', host: reg!.host, insecure: true, hasPassword: false })
+    await fails(['registry', 'add', 'again', `http://${reg!.host}`, '--insecure'], 4, 'TESS_E_EXISTS')
+    // a second registry with credentials (the password arrives on stdin)
+    const withPw = await ok(['registry', 'add', 'private', 'https://registry.example.test:5443', '--username', 'ops', '--password-stdin'], { input: `${password}\n` })
+    expect(withPw).toMatchObject({ username: 'ops', hasPassword: true })
+    const list = await tess(['registry', 'list'])
+    const listJson = await tess(['registry', 'list', '--json'])
+    expect(list.stdout).toContain('private')
+    for (const out of [list.stdout, list.stderr, listJson.stdout, JSON.stringify(withPw)]) expect(out).not.toContain(password)
+    expect(fs.readFileSync(path.join(c.dataDir, 'logs', 'cvm.log'), 'utf8')).not.toContain(password)
+    // stored in etcd, whose files are 0600 in a 0700 directory
+    const db = path.join(c.dataDir, 'etcd', 'member', 'snap', 'db')
+    expect(fs.statSync(db).mode & 0o777).toBe(0o600)
+    expect(fs.statSync(path.join(c.dataDir, 'etcd')).mode & 0o777).toBe(0o700)
+    expect((await ok(['registry', 'remove', 'private', '--yes'])).name).toBe('private')
+    await fails(['registry', 'remove', 'private', '--yes'], 3, 'TESS_E_NOT_FOUND')
+  })
+
+  it('CSMs: created as supervised daemons with their own cgroup caps; quotas the node cannot hold are refused with numbers', async () => {
+    const e = await fails(['csm', 'create', 'huge', '--cpus', '64', '--memory', '1G'], 5, 'TESS_E_CAPACITY')
+    expect(e.message).toMatch(/64 cpus/)
+    expect(e.message).toMatch(/\d+ cpus and [\d.]+ GiB free/)
+    await fails(['csm', 'create', 'Bad_Name', '--cpus', '1', '--memory', '64M'], 2, 'TESS_E_INVALID')
+    const web = await ok(['csm', 'create', 'web', '--cpus', '1', '--memory', '256M']) as CsmInfo
+    expect(web).toMatchObject({ name: 'web', cpus: 1, memoryBytes: 256 * MiB, state: 'running', runtime: 'runc', containers: 0 })
+    expect(web.pid).toBeGreaterThan(0)
+    expect(alive(web.pid!)).toBe(true)
+    await fails(['csm', 'create', 'web', '--cpus', '1', '--memory', '256M'], 4, 'TESS_E_EXISTS')
+    // its cgroup caps (v1 here: cpu and memory hierarchies)
+    expect(fs.readFileSync(cgroupDir('cpu', 'csm-web/cpu.cfs_quota_us'), 'utf8').trim()).toBe('100000')
+    expect(fs.readFileSync(cgroupDir('memory', 'csm-web/memory.limit_in_bytes'), 'utf8').trim()).toBe(String(256 * MiB))
+    // its state directory, and the supervisor reports it
+    expect(fs.existsSync(path.join(c.dataDir, 'csms', 'web', 'state'))).toBe(true)
+    const st = await ok(['cluster', 'status'])
+    expect(st.nodes[0].daemons.find((d: { name: string }) => d.name === 'csm-web')).toMatchObject({ pid: web.pid, healthy: true })
+    // list, show, update
+    expect((await ok(['csm', 'list']) as CsmInfo[]).map((x) => x.name)).toEqual(['web'])
+    expect((await ok(['csm', 'show', 'web']) as CsmInfo).node).toBe(web.node)
+    const up = await ok(['csm', 'update', 'web', '--cpus', '1.5']) as CsmInfo
+    expect(up.cpus).toBe(1.5)
+    expect(fs.readFileSync(cgroupDir('cpu', 'csm-web/cpu.cfs_quota_us'), 'utf8').trim()).toBe('150000')
+    await fails(['csm', 'update', 'web', '--cpus', '500'], 5, 'TESS_E_CAPACITY')
+    await fails(['csm', 'show', 'nope'], 3, 'TESS_E_NOT_FOUND')
+  })
+
+  it('images: pull verifies and unpacks; a deny rule and a tampered blob are refused and leave nothing', async () => {
+    const p = await ok(['image', 'pull', image])
+    expect(p).toMatchObject({ ref: image, layers: 3 })
+    expect(p.nodes[0].downloadedBytes).toBeGreaterThan(500_000)
+    // a second pull downloads nothing
+    expect((await ok(['image', 'pull', image])).nodes[0].downloadedBytes).toBe(0)
+    const imgs = await ok(['image', 'list'])
+    expect(imgs.map((i: { ref: string }) => i.ref)).toEqual([image])
+
+    // deny rules name the rule; digests too
+    await fails(['registry', 'deny', 'not a pattern'], 2, 'TESS_E_INVALID')
+    expect(await ok(['registry', 'deny', `${reg!.host}/test/denied`])).toEqual({ allow: [], deny: [`${reg!.host}/test/denied`] })
+    const denied = await fails(['image', 'pull', `${reg!.host}/test/denied:v1`], 7, 'TESS_E_FORBIDDEN')
+    expect(denied.message).toContain(`deny ${reg!.host}/test/denied`)
+    await ok(['registry', 'deny', `${reg!.host}/test/denied`, '--remove'])
+    await ok(['registry', 'allow', `${reg!.host}/test/busybox`])
+    const notAllowed = await fails(['image', 'pull', `${reg!.host}/test/denied:v1`], 7, 'TESS_E_FORBIDDEN')
+    expect(notAllowed.message).toContain('allow list')
+    await ok(['registry', 'allow', `${reg!.host}/test/busybox`, '--remove'])
+    const digest = p.digest as string
+    await ok(['registry', 'deny', `@${digest}`])
+    expect((await fails(['image', 'pull', `${reg!.host}/test/denied:v1`], 7, 'TESS_E_FORBIDDEN')).message).toContain(`deny @${digest}`)
+    await ok(['registry', 'deny', `@${digest}`, '--remove'])
+    expect(await ok(['registry', 'policy'])).toEqual({ allow: [], deny: [] })
+
+    // a tampered top layer: both digests in the error, no layer or image recorded
+    const man = JSON.parse((await exec('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg!.host}/test/tampered:v2`])).stdout)
+    const top: string = man.layers[2].digest
+    const data = reg!.blobDataPath(top)
+    const orig = fs.readFileSync(data)
+    const bad = Buffer.from(orig)
+    bad[bad.length - 10]! ^= 0xff
+    fs.writeFileSync(data, bad)
+    const layersDir = path.join(c.dataDir, 'images', 'layers')
+    const layersBefore = fs.readdirSync(layersDir).sort()
+    try {
+      const t = await fails(['image', 'pull', `${reg!.host}/test/tampered:v2`], 2, 'TESS_E_INVALID')
+      expect(t.message).toContain(`expected ${top}`)
+      expect(t.message).toContain(`actual ${sha256(bad)}`)
+      expect(fs.readdirSync(layersDir).sort()).toEqual(layersBefore)
+      expect((await ok(['image', 'list'])).map((i: { ref: string }) => i.ref)).toEqual([image])
+    } finally {
+      fs.writeFileSync(data, orig)
+    }
+    // unknown image, unreachable registry
+    await fails(['image', 'pull', `${reg!.host}/test/nothing:v1`], 3, 'TESS_E_NOT_FOUND')
+    const unreach = await tess(['image', 'pull', '127.0.0.1:1/test/x:v1', '--json'], { timeoutMs: 120_000 })
+    expect(unreach.code, unreach.stdout).toBe(6)
+    // repaired: pulls, then removed (only the layers no other image uses go)
+    await ok(['image', 'pull', `${reg!.host}/test/tampered:v2`])
+    expect((await ok(['image', 'remove', `${reg!.host}/test/tampered:v2`, '--yes'])).nodes).toHaveLength(1)
+    expect(fs.readdirSync(layersDir).sort()).toEqual(layersBefore)
+    await fails(['image', 'remove', `${reg!.host}/test/tampered:v2`, '--yes'], 3, 'TESS_E_NOT_FOUND')
+  })
+
+  it('run, logs, list, show; names are unique; a missing command leaves nothing behind', async () => {
+    const v = await ok(['container', 'run', image, '--name', 'hello', '--csm', 'web', '--env', 'GREETING=hi', '--', 'sh', '-c', 'echo "$GREETING from $(hostname)"; cat /etc/hello; busybox sleep 1000']) as ContainerView
+    expect(v).toMatchObject({ name: 'hello', csm: 'web', status: 'running', image })
+    expect(v.id).toMatch(/^[a-f0-9]{12}$/)
+    await waitLog('hello', 'hello from layer 1')
+    expect(await logsOf('hello')).toBe('hi from hello\nhello from layer 1\n')
+    expect((await tess(['container', 'logs', 'hello', '--tail', '1'])).stdout).toBe('hello from layer 1\n')
+    const list = await ok(['container', 'list']) as ContainerView[]
+    expect(list.map((x) => [x.name, x.status])).toEqual([['hello', 'running']])
+    const text = await tess(['container', 'list'])
+    expect(text.stdout).toMatch(/hello.*web.*running/)
+    expect((await show('hello')).id).toBe(v.id)
+    // unique names, cluster-wide
+    const dup = await fails(['container', 'run', image, '--name', 'hello', '--csm', 'web', '--', 'true'], 4, 'TESS_E_EXISTS')
+    expect(dup.message).toContain('CSM web')
+    // a command that is not in the image: clear error, no container, the name is free again
+    const stateDir = path.join(c.dataDir, 'csms', 'web', 'state', 'containers')
+    const before = fs.readdirSync(stateDir).sort()
+    const nc = await tess(withJson(['container', 'run', image, '--name', 'nocmd', '--csm', 'web', '--', '/bin/no-such-thing']))
+    expect(nc.code, nc.stdout).not.toBe(0)
+    expect(nc.json.error.message).toContain('no-such-thing')
+    expect(fs.readdirSync(stateDir).sort()).toEqual(before)
+    await fails(['container', 'show', 'nocmd'], 3, 'TESS_E_NOT_FOUND')
+    // a container asking more than its CSM has
+    const big = await fails(['container', 'run', image, '--name', 'big', '--csm', 'web', '--cpus', '4', '--', 'true'], 5, 'TESS_E_CAPACITY')
+    expect(big.message).toContain('the CSM has 1.5 cpus')
+    // unknown image: clear error, nothing made
+    await fails(['container', 'run', `${reg!.host}/test/nothing:v1`, '--name', 'ghost', '--csm', 'web', '--', 'true'], 3, 'TESS_E_NOT_FOUND')
+    await fails(['container', 'show', 'ghost'], 3, 'TESS_E_NOT_FOUND')
+  })
+
+  it('a CSM daemon killed with -9 comes back and re-adopts its running containers', async () => {
+    const before = await show('hello')
+    const pidFile = path.join(c.dataDir, 'run', 'csm-web.pid')
+    const csmPid = Number(fs.readFileSync(pidFile, 'utf8'))
+    process.kill(csmPid, 'SIGKILL')
+    const newPid = await waitFor('a new CSM daemon', () => {
+      try {
+        const p = Number(fs.readFileSync(pidFile, 'utf8'))
+        return p !== csmPid && alive(p) ? p : undefined
+      } catch {
+        return undefined
+      }
+    }, 30_000)
+    expect(newPid).not.toBe(csmPid)
+    expect(alive(before.pid!)).toBe(true)
+    const after = await waitFor('the container seen again', async () => {
+      const s = await tess(['container', 'show', 'hello', '--json'])
+      return s.code === 0 ? s.json as ContainerView : undefined
+    }, 30_000, 200)
+    expect(after).toMatchObject({ id: before.id, status: 'running', pid: before.pid })
+    expect(await logsOf('hello')).toContain('hello from layer 1')
+    expect(fs.readFileSync(path.join(c.dataDir, 'logs', 'csm-web.log'), 'utf8')).toMatch(/adopted 1/)
+  })
+
+  it('pause stops CPU use, resume restarts it; stats per container and per CSM', async () => {
+    await ok(['container', 'run', image, '--name', 'spin', '--csm', 'web', '--', 'sh', '-c', 'while :; do :; done'])
+    await sleep(300)
+    expect(await cpuOf('spin')).toBeGreaterThan(0.5)
+    expect((await ok(['container', 'pause', 'spin'])).status).toBe('paused')
+    const paused = await cpuOf('spin')
+    expect(paused).toBeLessThan(0.05)
+    expect((await ok(['container', 'resume', 'spin'])).status).toBe('running')
+    await sleep(200)
+    expect(await cpuOf('spin')).toBeGreaterThan(0.5)
+    const all = await ok(['container', 'stats']) as StatsResult
+    expect(all.containers.map((x) => x.name).sort()).toEqual(['hello', 'spin'])
+    expect(all.csms).toHaveLength(1)
+    expect(all.csms[0]).toMatchObject({ csm: 'web', containers: 2, cpuLimitCpus: 1.5, memoryLimitBytes: 256 * MiB })
+    const text = await tess(['container', 'stats'])
+    expect(text.code).toBe(0)
+    expect(text.stdout).toMatch(/spin/)
+    expect((await ok(['container', 'remove', 'spin', '--force', '--yes'])).name).toBe('spin')
+  })
+
+  it('a memory cap OOM-kills an allocator and the container is reported OOM-killed', async () => {
+    await ok(['container', 'run', image, '--name', 'hog', '--csm', 'web', '--memory', '32M', '--', 'sh', '-c', 'busybox head -c 209715200 /dev/zero | busybox tail'])
+    const done = await waitFor('the hog to exit', async () => {
+      const s = await show('hog')
+      return s.status === 'exited' ? s : undefined
+    }, 30_000, 200)
+    expect(done.oomKilled).toBe(true)
+    expect(done.exitCode).toBe(137)
+    expect((await tess(['container', 'list'])).stdout).toMatch(/hog.*OOM/)
+    await ok(['container', 'remove', 'hog', '--yes'])
+  })
+
+  it('a CPU cap throttles; stop honours its timeout; remove refuses a running container without --force', async () => {
+    await ok(['container', 'run', image, '--name', 'capped', '--csm', 'web', '--cpus', '0.2', '--', 'sh', '-c', 'while :; do :; done'])
+    await sleep(500)
+    const s = (await ok(['container', 'stats', 'capped']) as StatsResult).containers[0]!
+    expect(s.cpuLimitCpus).toBeCloseTo(0.2, 5)
+    expect(s.cpuCpus!).toBeLessThan(0.35)
+    expect(s.cpuThrottledPeriods).toBeGreaterThan(0)
+    await fails(['container', 'remove', 'capped', '--yes'], 4, 'TESS_E_CONFLICT')
+    await ok(['container', 'remove', 'capped', '--force', '--yes'])
+
+    await ok(['container', 'run', image, '--name', 'stubborn', '--csm', 'web', '--', 'sh', '-c', 'trap "echo got TERM" TERM; echo ready; while :; do busybox sleep 1; done'])
+    await waitLog('stubborn', 'ready')
+    const t0 = Date.now()
+    const stopped = await ok(['container', 'stop', 'stubborn', '--timeout', '2s']) as ContainerView
+    const ms = Date.now() - t0
+    expect(ms).toBeGreaterThanOrEqual(1900)
+    expect(ms).toBeLessThan(10_000)
+    expect(stopped).toMatchObject({ status: 'exited', exitCode: 137 })
+    expect(await logsOf('stubborn')).toContain('got TERM')
+    // an exited container starts again
+    expect((await ok(['container', 'start', 'stubborn'])).status).toBe('running')
+    await ok(['container', 'remove', 'stubborn', '--force', '--yes'])
+  })
+
+  it('a CSM quota caps two containers together', async () => {
+    await ok(['csm', 'create', 'tight', '--cpus', '0.5', '--memory', '128M'])
+    await ok(['container', 'run', image, '--name', 'busy-a', '--csm', 'tight', '--', 'sh', '-c', 'while :; do :; done'])
+    await ok(['container', 'run', image, '--name', 'busy-b', '--csm', 'tight', '--', 'sh', '-c', 'while :; do :; done'])
+    await sleep(500)
+    const st = await ok(['container', 'stats']) as StatsResult
+    const tight = st.csms.find((x) => x.csm === 'tight')!
+    expect(tight.cpuCpus!).toBeLessThan(0.5 * 1.3)
+    expect(tight.cpuCpus!).toBeGreaterThan(0.25)
+    expect(tight.cpuThrottledPeriods).toBeGreaterThan(0)
+    for (const n of ['busy-a', 'busy-b']) expect(st.containers.find((x) => x.name === n)!.cpuUsageNs).toBeGreaterThan(20_000_000)
+    // delete refuses while it hosts containers; --force removes them with it
+    const e = await fails(['csm', 'delete', 'tight', '--yes'], 4, 'TESS_E_CONFLICT')
+    expect(e.message).toContain('busy-a')
+    const pids = [(await show('busy-a')).pid!, (await show('busy-b')).pid!]
+    const del = await ok(['csm', 'delete', 'tight', '--force', '--yes'])
+    expect(del.containersRemoved.sort()).toEqual(['busy-a', 'busy-b'])
+    for (const p of pids) expect(alive(p)).toBe(false)
+    expect(fs.existsSync(cgroupDir('cpu', 'csm-tight'))).toBe(false)
+    expect(fs.existsSync(path.join(c.dataDir, 'csms', 'tight'))).toBe(false)
+    await waitFor('the supervisor to stop the daemon of tight', async () => !(await ok(['cluster', 'status'])).nodes[0].daemons.some((d: { name: string }) => d.name === 'csm-tight'), 15_000, 300)
+    await fails(['container', 'show', 'busy-a'], 3, 'TESS_E_NOT_FOUND')
+  })
+
+  it('CSM pools: containers are placed by the scheduler on the CSM with the most room', async () => {
+    // web holds 1.5 of the 2 cpus of this machine
+    await ok(['csm', 'create', 'pa', '--cpus', '0.2', '--memory', '64M'])
+    await ok(['csm', 'create', 'pb', '--cpus', '0.2', '--memory', '64M'])
+    await fails(['csm-pool', 'create', 'pool1', '--csm', 'pa,nope'], 3, 'TESS_E_NOT_FOUND')
+    expect((await ok(['csm-pool', 'create', 'pool1', '--csm', 'pa'])).csms).toEqual(['pa'])
+    expect((await ok(['csm-pool', 'add', 'pool1', '--csm', 'pb'])).csms).toEqual(['pa', 'pb'])
+    expect((await ok(['csm-pool', 'list'])).map((p: { name: string }) => p.name)).toEqual(['pool1'])
+    const a = await ok(['container', 'run', image, '--name', 'p1', '--pool', 'pool1', '--cpus', '0.15', '--memory', '32M', '--', 'busybox', 'sleep', '1000']) as ContainerView
+    const b = await ok(['container', 'run', image, '--name', 'p2', '--pool', 'pool1', '--cpus', '0.15', '--memory', '32M', '--', 'busybox', 'sleep', '1000']) as ContainerView
+    expect([a.csm, b.csm].sort()).toEqual(['pa', 'pb'])
+    // too big for every CSM of the pool
+    await fails(['container', 'run', image, '--name', 'p3', '--pool', 'pool1', '--cpus', '0.5', '--', 'true'], 5, 'TESS_E_CAPACITY')
+    await fails(['container', 'run', image, '--name', 'p4', '--pool', 'nopool', '--', 'true'], 3, 'TESS_E_NOT_FOUND')
+    expect((await ok(['csm-pool', 'remove', 'pool1', '--csm', 'pb'])).csms).toEqual(['pa'])
+    await fails(['csm-pool', 'remove', 'pool1', '--csm', 'pa'], 4, 'TESS_E_CONFLICT')
+    expect((await ok(['csm-pool', 'delete', 'pool1', '--yes'])).name).toBe('pool1')
+    for (const n of ['p1', 'p2']) await ok(['container', 'remove', n, '--force', '--yes'])
+    for (const n of ['pa', 'pb']) await ok(['csm', 'delete', n, '--yes'])
+  })
+
+  it('bad requests to the API get 400s and every daemon keeps serving', async () => {
+    const cur = JSON.parse(fs.readFileSync(path.join(c.configDir, 'contexts.json'), 'utf8')).clusters[c.name] as { caCert: string, token: string }
+    const caFile = path.join(work, 'ca.crt')
+    fs.writeFileSync(caFile, cur.caCert)
+    const curl = (method: string, p: string, body?: string) => {
+      try {
+        return execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', caFile, '-H', `authorization: Bearer ${cur.token}`, '-X', method,
+          ...(body !== undefined ? ['-H', 'content-type: application/json', '--data-binary', body] : []), `https://127.0.0.1:${c.ports.api}${p}`], { encoding: 'utf8' })
+      } catch (e) {
+        return String(e)
+      }
+    }
+    expect(curl('POST', '/v1/containers', '{"name": 5}')).toBe('400')
+    expect(curl('POST', '/v1/containers', '[]')).toBe('400')
+    expect(curl('POST', '/v1/csms', '{"name":"x","cpus":"many","memoryBytes":1}')).toBe('400')
+    expect(curl('POST', '/v1/node-ops/container.run', '{"csm":"web","spec":"nope"}')).toBe('400')
+    expect(curl('POST', '/v1/node-ops/container.logs', '{"csm":"web","id":"../../etc"}')).toBe('400')
+    expect(curl('POST', '/v1/node-ops/no.such', '{}')).toBe('404')
+    expect(curl('GET', '/v1/containers/hello/logs?offset=-1')).toBe('400')
+    expect(curl('POST', '/v1/registry-policy', '{"kind":"maybe","pattern":"a/b"}')).toBe('400')
+    // without the token: 401
+    const noAuth = execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', caFile, `https://127.0.0.1:${c.ports.api}/v1/containers`], { encoding: 'utf8' })
+    expect(noAuth).toBe('401')
+    // the CSM socket: only root can reach it, and garbage does not kill the daemon
+    const sock = path.join(c.dataDir, 'csms', 'web', 'sock')
+    expect(fs.statSync(sock).mode & 0o777).toBe(0o600)
+    expect(fs.statSync(path.dirname(sock)).mode & 0o777).toBe(0o700)
+    await new Promise<void>((resolve) => {
+      const s = net.connect(sock, () => s.end('GARBAGE \x00\xff\r\n\r\nPOST /v1/containers HTTP/1.1\r\ncontent-length: 99999999\r\n\r\n{'))
+      s.on('error', () => resolve())
+      s.on('close', () => resolve())
+      s.resume()
+    })
+    expect((await show('hello')).status).toBe('running')
+  })
+
+  it('destroy removes every container, cgroup, mount and daemon', async () => {
+    const pid = (await show('hello')).pid!
+    const csmPid = Number(fs.readFileSync(path.join(c.dataDir, 'run', 'csm-web.pid'), 'utf8'))
+    const r = await tess(['cluster', 'destroy', '--yes', '--cluster', c.name])
+    expect(r.code, r.stderr).toBe(0)
+    expect(alive(pid)).toBe(false)
+    expect(alive(csmPid)).toBe(false)
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(c.root)
+    expect(fs.existsSync(cgroupDir('cpu'))).toBe(false)
+    expect(fs.existsSync(cgroupDir('memory'))).toBe(false)
+  })
+})
