@@ -2,6 +2,9 @@ import http from 'node:http'
 import https from 'node:https'
 import { TessError } from './errors.js'
 
+/** how long a TCP connection to another daemon may take (a node whose link is down never answers a SYN) */
+export const jsonConnectTimeoutMs = 3000
+
 /** Most bytes of a JSON answer a daemon reads from another daemon. */
 export const jsonAnswerSizeMaxBytes = 64 * 1024 * 1024
 
@@ -58,6 +61,14 @@ export function jsonRequest<T>(t: JsonTarget, method: string, path: string, body
       ? http.request({ socketPath: t.endpoint, path, method, headers, timeout: timeoutMs, agent: false }, onRes)
       : https.request(new URL(path, t.endpoint), { method, headers, timeout: timeoutMs, agent: false, ...(t.ca !== undefined ? { ca: t.ca } : {}) }, onRes)
     req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
+    if (!unix) {
+      req.on('socket', (sock) => {
+        if (!sock.connecting) return
+        const t = setTimeout(() => req.destroy(Object.assign(new Error(`no connection within ${jsonConnectTimeoutMs} ms`), { code: 'ECONNTIMEOUT' })), jsonConnectTimeoutMs)
+        sock.once('connect', () => clearTimeout(t))
+        sock.once('close', () => clearTimeout(t))
+      })
+    }
     req.on('error', (e: NodeJS.ErrnoException) => {
       if (e.code === 'ETIMEDOUT') reject(new TessError('TESS_E_TIMEOUT', `${t.what} did not answer ${method} ${path} within ${timeoutMs} ms`, 'see its log'))
       else reject(new TessError('TESS_E_UNREACHABLE', `cannot reach ${t.what}: ${e.message}`, 'is it running? see `tess cluster status` and the node\'s logs'))

@@ -92,7 +92,7 @@ async function main(): Promise<void> {
   const agent = new NodeAgent(cfg, etcd, log)
   await agent.start()
   const ops = nodeOps(agent)
-  const call: NodeCall = async <T>(nodeName: string, op: string, body: Record<string, unknown>, timeoutMs = 60_000): Promise<T> => {
+  const call: NodeCall = async <T>(nodeName: string, op: string, body: Record<string, unknown>, timeoutMs = 20_000): Promise<T> => {
     if (nodeName === cfg.nodeName) return await ops[op]!(body) as T
     const rec = await getJson<NodeRecord>(etcd, keys.node(nodeName))
     if (!rec) throw new TessError('TESS_E_NOT_FOUND', `node ${nodeName} is not a member of the cluster`, 'see `tess host list`')

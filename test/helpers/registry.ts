@@ -273,7 +273,8 @@ export interface DockerRegistry {
 }
 
 /** Start Debian's docker-registry (`docker-registry serve CONFIG`) on 127.0.0.1 and a free port. */
-export async function startDockerRegistry(): Promise<DockerRegistry> {
+/** Start Debian's docker-registry (plain HTTP, no auth) on `address` (default loopback) and a free port. */
+export async function startDockerRegistry(address = '127.0.0.1'): Promise<DockerRegistry> {
   const missing = haveCommands('docker-registry')
   if (missing.length > 0) throw new Error('docker-registry is not installed (apt-get install -y docker-registry)')
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-registry-'))
@@ -293,7 +294,7 @@ export async function startDockerRegistry(): Promise<DockerRegistry> {
     '  delete:',
     '    enabled: true',
     'http:',
-    `  addr: 127.0.0.1:${port}`,
+    `  addr: ${address}:${port}`,
     `  secret: ${crypto.randomBytes(16).toString('hex')}`,
     '',
   ].join('\n'))
@@ -307,14 +308,14 @@ export async function startDockerRegistry(): Promise<DockerRegistry> {
   const deadline = Date.now() + 20_000
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {
-      const req = http.get(`http://127.0.0.1:${port}/v2/`, (res) => { res.resume(); resolve(res.statusCode === 200) })
+      const req = http.get(`http://${address}:${port}/v2/`, (res) => { res.resume(); resolve(res.statusCode === 200) })
       req.on('error', () => resolve(false))
       req.setTimeout(1000, () => { req.destroy(); resolve(false) })
     })
     if (ok) break
     if (exited || Date.now() > deadline) {
       if (!exited) process.kill(pid, 'SIGKILL')
-      throw new Error(`docker-registry did not come up on 127.0.0.1:${port}: ${fs.readFileSync(path.join(dir, 'registry.log'), 'utf8').slice(-2000)}`)
+      throw new Error(`docker-registry did not come up on ${address}:${port}: ${fs.readFileSync(path.join(dir, 'registry.log'), 'utf8').slice(-2000)}`)
     }
     await new Promise((r) => setTimeout(r, 100))
   }
@@ -326,7 +327,7 @@ export async function startDockerRegistry(): Promise<DockerRegistry> {
     clearTimeout(t)
   }
   return {
-    host: `127.0.0.1:${port}`,
+    host: `${address}:${port}`,
     port,
     pid,
     storageDir,

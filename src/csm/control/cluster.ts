@@ -22,6 +22,8 @@ export type NodeCall = <T>(node: string, op: string, body: Record<string, unknow
 
 export const imagePullTimeoutMs = 30 * 60_000
 const poolSizeMax = 1000
+/** a node that does not tell its CSMs' state within this is shown down */
+const nodeStatusTimeoutMs = 10_000
 const registryPasswordLengthMax = 4096
 
 export interface RunRequest {
@@ -170,7 +172,7 @@ export class ContainerControl {
         out.set(n, undefined)
         return
       }
-      out.set(n, await this.call<LocalCsm[]>(n, 'csm.status', {}).catch((e: unknown) => {
+      out.set(n, await this.call<LocalCsm[]>(n, 'csm.status', {}, nodeStatusTimeoutMs).catch((e: unknown) => {
         this.log.warn(`status of the CSMs of ${n}: ${errorMessage(e)}`)
         return undefined
       }))
@@ -570,8 +572,14 @@ export class ContainerControl {
     if (r.id === null) return ContainerControl.view(r, undefined, true)
     const up = (await this.upNodes()).includes(r.node)
     if (!up) return ContainerControl.view(r, undefined, false)
-    const c = await this.call<ContainerInfo>(r.node, 'container.get', { csm: r.csm, id: r.id })
-    return ContainerControl.view(r, c, true)
+    try {
+      const c = await this.call<ContainerInfo>(r.node, 'container.get', { csm: r.csm, id: r.id })
+      return ContainerControl.view(r, c, true)
+    } catch (e) {
+      // the node's lease has not run out yet, but it does not answer: its state is unknown
+      if (isTessError(e) && (e.code === 'TESS_E_UNREACHABLE' || e.code === 'TESS_E_TIMEOUT')) return ContainerControl.view(r, undefined, false)
+      throw e
+    }
   }
 
   async containerOp(name: string, op: 'start' | 'stop' | 'pause' | 'resume', timeoutMs?: number): Promise<ContainerView> {

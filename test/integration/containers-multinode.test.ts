@@ -1,0 +1,108 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { ContainerView, CsmInfo, ImageInfo } from '../../src/common/csm-types.js'
+import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
+import { buildBusyboxImage, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
+
+/**
+ * Containers on a 2-node cluster of test hosts: every CVM serves the container API and routes
+ * each operation to the node that holds the CSM. The registry listens on the hosts' bridge.
+ */
+const missing = haveCommands('docker-registry', 'umoci', 'skopeo', 'busybox', 'runc', 'etcd', 'sshd')
+
+describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers on two nodes', () => {
+  let th: TestHosts
+  let reg: DockerRegistry | undefined
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-ctr-mn-'))
+  const env = { TESS_CONFIG_DIR: path.join(root, 'config') }
+  const tess = (args: string[]): Promise<TessResult> => runTess(args, env, { timeoutMs: 240_000 })
+  async function ok(args: string[]): Promise<any> {
+    const i = args.indexOf('--')
+    const r = await tess(i < 0 ? [...args, '--json'] : [...args.slice(0, i), '--json', ...args.slice(i)])
+    if (r.code !== 0) throw new Error(`tess ${args.join(' ')} exited ${r.code}: ${r.stdout} ${r.stderr}`)
+    return r.json
+  }
+  let image: string
+  let node1: string
+  let node2: string
+
+  beforeAll(async () => {
+    th = await createTestHosts(2)
+    reg = await startDockerRegistry(th.bridgeAddress)
+    image = `${reg.host}/test/busybox:v1`
+    await pushImage(await buildBusyboxImage(path.join(root, 'build'), 'v1'), image)
+    const hosts = th.hosts.map((h) => h.address).join(',')
+    const c = await tess(['cluster', 'create', '--name', 'ctrmn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--json'])
+    if (c.code !== 0) throw new Error(`cluster create: ${c.stdout} ${c.stderr}`)
+    const names = (c.json.nodes as Array<{ name: string, address: string }>)
+    node1 = names.find((n) => n.address === th.hosts[0]!.address)!.name
+    node2 = names.find((n) => n.address === th.hosts[1]!.address)!.name
+  }, 180_000)
+
+  afterAll(async () => {
+    try {
+      await tess(['cluster', 'destroy', '--yes'])
+    } finally {
+      await reg?.cleanup().catch(() => undefined)
+      await th?.destroy()
+      fs.rmSync(root, { recursive: true, force: true })
+    }
+  }, 180_000)
+
+  it('runs a container on the other node through the first node\'s API; the scheduler spreads CSMs; a lost node is reported', async () => {
+    await ok(['registry', 'add', 'local', `http://${reg!.host}`, '--insecure'])
+    // the API answering is node 1 (first endpoint of the context); the CSM goes to node 2
+    const far = await ok(['csm', 'create', 'far', '--cpus', '0.5', '--memory', '128M', '--host', node2]) as CsmInfo
+    expect(far).toMatchObject({ node: node2, state: 'running' })
+    // without --host the scheduler picks the node with the most free room: node 1 now
+    const near = await ok(['csm', 'create', 'near', '--cpus', '0.5', '--memory', '128M']) as CsmInfo
+    expect(near.node).toBe(node1)
+    // its daemon runs on node 2, under node 2's supervisor
+    const st = await ok(['cluster', 'status'])
+    const n2 = st.nodes.find((n: { name: string }) => n.name === node2)
+    await waitFor('node 2 reporting its CSM daemon', async () => {
+      const s = await ok(['cluster', 'status'])
+      return s.nodes.find((n: { name: string }) => n.name === node2).daemons.some((d: { name: string, healthy: boolean }) => d.name === 'csm-far' && d.healthy) ? true : undefined
+    }, 15_000, 1000)
+    expect(n2).toBeDefined()
+
+    // a pull without --host lands on both nodes
+    const p = await ok(['image', 'pull', image])
+    expect(p.nodes.map((x: { node: string }) => x.node).sort()).toEqual([node1, node2].sort())
+    expect((await ok(['image', 'list']) as ImageInfo[]).map((i) => i.node).sort()).toEqual([node1, node2].sort())
+
+    const v = await ok(['container', 'run', image, '--name', 'remote', '--csm', 'far', '--', 'sh', '-c', 'echo "hello from $(hostname)"; busybox sleep 1000']) as ContainerView
+    expect(v).toMatchObject({ node: node2, csm: 'far', status: 'running' })
+    await waitFor('the log of the remote container', async () => (await tess(['container', 'logs', 'remote'])).stdout === 'hello from remote\n' ? true : undefined, 15_000, 300)
+    // its process belongs to test host 2, not host 1
+    expect(await th.pids(th.hosts[1]!)).toContain(v.pid)
+    expect(await th.pids(th.hosts[0]!)).not.toContain(v.pid)
+    expect((await ok(['container', 'stats', 'remote'])).containers[0]).toMatchObject({ name: 'remote', node: node2, csm: 'far' })
+    // pause/resume go to node 2 as well
+    expect((await ok(['container', 'pause', 'remote'])).status).toBe('paused')
+    expect((await ok(['container', 'resume', 'remote'])).status).toBe('running')
+    // names are unique across nodes
+    const dup = await tess(['container', 'run', image, '--name', 'remote', '--csm', 'near', '--json', '--', 'true'])
+    expect(dup.code).toBe(4)
+
+    // node 2 is lost: its CSM shows down, its container's state unknown; --force forgets it
+    await th.kill(th.hosts[1]!)
+    const down = await waitFor('node 2 down', async () => {
+      const s = await ok(['csm', 'show', 'far']) as CsmInfo
+      return s.state === 'down' ? s : undefined
+    }, 60_000, 1000)
+    expect(down.node).toBe(node2)
+    const unknown = await ok(['container', 'show', 'remote']) as ContainerView
+    expect(unknown.status).toBe('unknown')
+    expect(unknown.exitNote).toContain(node2)
+    const refused = await tess(['container', 'remove', 'remote', '--yes', '--json'])
+    expect(refused.code).toBe(6)
+    expect((await ok(['container', 'remove', 'remote', '--yes', '--force'])).node).toBe(node2)
+    // node 1 still runs containers
+    expect((await ok(['container', 'run', image, '--name', 'local1', '--csm', 'near', '--', 'busybox', 'sleep', '100'])).node).toBe(node1)
+    await ok(['container', 'remove', 'local1', '--force', '--yes'])
+  })
+})
