@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -67,6 +68,7 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     await pushImage(built, image)
     await pushImage(await buildBusyboxImage(path.join(work, 'build'), 'v2', { name: 'etc/v2', content: 'only in v2\n' }), `${reg.host}/test/tampered:v2`)
     await pushImage(built, `${reg.host}/test/denied:v1`)
+    await pushImage(await buildBusyboxImage(path.join(work, 'build'), 'big', { name: 'etc/big', content: crypto.randomBytes(3 * MiB).toString('base64') }), `${reg.host}/test/big:v1`)
     await c.create()
     const id = (JSON.parse(fs.readFileSync(path.join(c.dataDir, 'node.json'), 'utf8')) as { clusterId: string }).clusterId
     cgroupParent = `/tess-${id.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}`
@@ -175,6 +177,22 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     await fails(['image', 'pull', `${reg!.host}/test/nothing:v1`], 3, 'TESS_E_NOT_FOUND')
     const unreach = await tess(['image', 'pull', '127.0.0.1:1/test/x:v1', '--json'], { timeoutMs: 120_000 })
     expect(unreach.code, unreach.stdout).toBe(6)
+    // a full disk: a clear error (exit 5), no image recorded, no layer left; after space is freed the pull works
+    const content = path.join(c.dataDir, 'images', 'content')
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', content])
+    try {
+      for (const d of ['blobs/sha256', 'blobs/sha512', 'ingest']) fs.mkdirSync(path.join(content, d), { recursive: true })
+      const full = await fails(['image', 'pull', `${reg!.host}/test/big:v1`], 5, 'TESS_E_CAPACITY')
+      expect(full.message).toContain('disk is full')
+      expect(fs.readdirSync(layersDir).sort()).toEqual(layersBefore)
+    } finally {
+      execFileSync('umount', [content])
+    }
+    expect((await ok(['image', 'list'])).map((i: { ref: string }) => i.ref)).toEqual([image])
+    await ok(['image', 'pull', `${reg!.host}/test/big:v1`])
+    await ok(['image', 'remove', `${reg!.host}/test/big:v1`, '--yes'])
+    expect(fs.readdirSync(layersDir).sort()).toEqual(layersBefore)
+
     // repaired: pulls, then removed (only the layers no other image uses go)
     await ok(['image', 'pull', `${reg!.host}/test/tampered:v2`])
     expect((await ok(['image', 'remove', `${reg!.host}/test/tampered:v2`, '--yes'])).nodes).toHaveLength(1)

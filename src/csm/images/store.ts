@@ -312,9 +312,14 @@ class IngestImpl implements Ingest {
         'the registry served content that does not match the manifest; nothing was stored')
     }
     let done = 0
-    while (done < chunk.length) {
-      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.digester.bytes + done)
-      done += bytesWritten
+    try {
+      while (done < chunk.length) {
+        const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.digester.bytes + done)
+        done += bytesWritten
+      }
+    } catch (e) {
+      // what was written stays: the next pull hashes it again and resumes after it
+      throw ioError(`cannot store ${this.what}`, e)
     }
     this.digester.update(chunk)
   }
