@@ -272,3 +272,22 @@ export function formatMs(ms: number): string {
   if (ms < 3_600_000) return `${Number((ms / 60_000).toFixed(1))}m`
   return `${Number((ms / 3_600_000).toFixed(1))}h`
 }
+
+/** `NAME:/path[:ro|:rw]` of `container run --volume`. */
+export function parseVolumeFlag(input: string): { name: string, target: string, readOnly: boolean } {
+  const bad = (why: string) => new TessError('TESS_E_INVALID', `invalid --volume "${input.slice(0, 200)}": ${why}`, 'write NAME:/path, or NAME:/path:ro for read-only, e.g. --volume data:/var/lib/data')
+  const first = input.indexOf(':')
+  if (first <= 0) throw bad('no ":" between the volume name and the path')
+  const name = input.slice(0, first)
+  let rest = input.slice(first + 1)
+  let readOnly = false
+  const mode = /:(ro|rw)$/.exec(rest)
+  if (mode) {
+    readOnly = mode[1] === 'ro'
+    rest = rest.slice(0, -3)
+  }
+  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(name)) throw bad(`"${name}" is not a volume name`)
+  if (!rest.startsWith('/')) throw bad('the path inside the container must be absolute')
+  if (rest.includes(':')) throw bad('the path may not contain ":" (the mode is ro or rw)')
+  return { name, target: rest, readOnly }
+}

@@ -1,6 +1,6 @@
 import type {
   ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullResult, ImageRemoveResult,
-  RegistryInfo, RegistryPolicyInfo, StatsResult, UsageStats,
+  RegistryInfo, RegistryPolicyInfo, StatsResult, UsageStats, VolumeInfo,
 } from '../common/csm-types.js'
 import { formatBytes } from '../common/units.js'
 import { formatAge, shortDigest } from './csm-input.js'
@@ -179,4 +179,24 @@ export function renderStats(r: StatsResult): string {
     : table(['csm', 'node', 'containers', 'cpu%', 'cpu limit', 'memory / limit', 'pids', 'oom kills', 'throttled'],
       r.csms.map((s) => [s.csm, s.node, s.containers, cpuPercent(s), cpus(s.cpuLimitCpus), memory(s), pids(s), s.oomKills, s.cpuThrottledPeriods]))
   return `Containers\n${containers}\n\nCSMs\n${csms}`
+}
+
+export function renderVolume(v: VolumeInfo): string {
+  return keyValue([
+    ['name', v.name],
+    ['vdisk', v.vdisk],
+    ['size', formatBytes(v.sizeBytes)],
+    ['rf', String(v.rf)],
+    ['allocated', formatBytes(v.allocatedBytes)],
+    ['formatted', v.formatted ? 'ext4' : 'not yet (on the first read-write attach)'],
+    ['attached', v.attachments.length === 0 ? '-' : v.attachments.map((a) => `${a.container} on ${a.node} at ${a.target} (${a.readOnly ? 'ro' : 'rw'})`).join(', ')],
+    ['created', v.createdAt],
+  ])
+}
+
+export function renderVolumeList(list: VolumeInfo[]): string {
+  return table(['name', 'size', 'allocated', 'rf', 'attached to'], list.map((v) => [
+    v.name, formatBytes(v.sizeBytes), formatBytes(v.allocatedBytes), String(v.rf),
+    v.attachments.length === 0 ? '-' : v.attachments.map((a) => `${a.container}@${a.node}${a.readOnly ? ' (ro)' : ''}`).join(', '),
+  ]))
 }

@@ -158,3 +158,33 @@ export interface StatsResult {
   containers: ContainerStatsView[]
   csms: CsmStatsView[]
 }
+
+export interface VolumeAttachment {
+  container: string
+  csm: string
+  node: string
+  readOnly: boolean
+  /** where it is mounted inside the container */
+  target: string
+  at: string
+}
+
+/** A volume: a vDisk with an ext4 filesystem, attached to containers. */
+export interface VolumeInfo {
+  name: string
+  /** the vDisk that holds it */
+  vdisk: string
+  sizeBytes: number
+  rf: number
+  /** bytes of the vDisk written so far (thin: what the pool holds for it, per copy) */
+  allocatedBytes: number
+  /** an ext4 filesystem was made on it (on its first read-write attach) */
+  formatted: boolean
+  attachments: VolumeAttachment[]
+  createdAt: string
+}
+
+export interface ContainerMoveResult extends ContainerView {
+  /** where it ran before */
+  from: { csm: string, node: string }
+}

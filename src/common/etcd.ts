@@ -38,6 +38,8 @@ export const keys = {
   /** containers by name (names are unique in the cluster) */
   container: (name: string) => `/tess/containers/${name}`,
   containersPrefix: '/tess/containers/',
+  volume: (name: string) => `/tess/volumes/${name}`,
+  volumesPrefix: '/tess/volumes/',
 }
 
 export function etcdOptionsFor(cfg: NodeConfig): IOptions {

@@ -7,6 +7,7 @@ import { ContentStore } from './images/store.js'
 import { LayerStore } from './images/unpack.js'
 import { CgroupHost } from './runtime/cgroups.js'
 import { ContainerManager } from './runtime/containers.js'
+import { NbdVolumeAttacher } from './volumes/attach.js'
 import { readCsmSpec } from './daemon/spec.js'
 
 export interface NodeCleanReport {
@@ -38,7 +39,7 @@ export async function cleanNodeContainers(dataDir: string, log: Logger): Promise
       const host = await CgroupHost.detect({ parent: spec.cgroupParent })
       const cgroup = host.csm(name)
       if (fs.existsSync(paths.csmState(name))) {
-        const m = new ContainerManager({ csm: name, stateDir: paths.csmState(name), cgroup, images, layers, runtime: spec.runtime, log })
+        const m = new ContainerManager({ csm: name, stateDir: paths.csmState(name), cgroup, images, layers, runtime: spec.runtime, log, volumes: new NbdVolumeAttacher(log) })
         await m.adopt()
         for (const c of await m.list()) {
           await m.remove(c.id, { force: true })

@@ -20,6 +20,8 @@ import { NodeAgent } from '../csm/control/agent.js'
 import { ContainerControl, type NodeCall } from '../csm/control/cluster.js'
 import { nodeOps, registerNodeOps } from '../csm/control/ops.js'
 import { jsonRequest } from '../common/jsonhttp.js'
+import { checkName } from '../common/names.js'
+import { str } from './api/server.js'
 import { NbdServer } from './nbd/server.js'
 import { NodeService } from './node.js'
 import { DiskService } from './pool/disks.js'
@@ -99,7 +101,14 @@ async function main(): Promise<void> {
     const host = rec.address.includes(':') ? `[${rec.address}]` : rec.address
     return jsonRequest<T>({ endpoint: `https://${host}:${rec.apiPort}`, ca: creds.ca, token, what: `the CVM of node ${nodeName}` }, 'POST', `/v1/node-ops/${op}`, body, timeoutMs)
   }
-  const containers = new ContainerControl(etcd, cfg.nodeName, call, log)
+  // the owner moves with the I/O: an idle owner elsewhere is asked to hand a vDisk over
+  ops['vdisk.release'] = async (b) => engine!.releaseIfIdle(checkName('vDisk', str(b, 'name')!))
+  engine.requestRelease = async (owner, name) => (await call<{ released: boolean }>(owner, 'vdisk.release', { name }, 10_000)).released
+  const containers = new ContainerControl(etcd, cfg.nodeName, call, log, {
+    create: (name, sizeBytes, rf) => vdisks.create(name, sizeBytes, rf),
+    list: () => vdisks.list(),
+    delete: (name) => vdisks.delete(name, false),
+  })
   registerCsmRoutes(api, containers)
   registerNodeOps(api, ops)
   await dataServer.listen(cfg.data.port, cfg.data.bind)

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
-import { checkImageRef, imagePullTimeoutMs, parseCpus, parseEnv, parseMemory } from '../../cli/csm-input.js'
+import { checkImageRef, imagePullTimeoutMs, parseCpus, parseEnv, parseMemory, parseVolumeFlag } from '../../cli/csm-input.js'
 import { withSpinner } from '../../cli/output.js'
 import { renderContainer } from '../../cli/render-csm.js'
 import { TessError } from '../../common/errors.js'
@@ -13,8 +13,10 @@ export default class ContainerRun extends TessCommand<ContainerView> {
 
 The command and its arguments go after "--"; without them the image's default command runs. Everything after "--" is passed to the container unchanged, flags included.
 
+--volume NAME:/path attaches a volume (see \`tess volume create\`) read-write, NAME:/path:ro read-only; a volume is attached read-write to one container at a time.
+
 --cpus and --memory bound the container (fractions of CPUs allowed; sizes like 256M, 1G); without them it is bounded only by its CSM. --env KEY=VALUE sets a variable (repeat the flag for several). --network none (the default) gives the container only a loopback interface; host shares the node's network.`
-  static override usage = '<%= command.id %> IMAGE --name NAME [--csm CSM | --pool POOL] [--cpus N] [--memory SIZE] [--env KEY=VALUE]... [--network none|host] [-- COMMAND [ARG...]]'
+  static override usage = '<%= command.id %> IMAGE --name NAME [--csm CSM | --pool POOL] [--cpus N] [--memory SIZE] [--env KEY=VALUE]... [--volume NAME:/PATH[:ro]]... [--network none|host] [-- COMMAND [ARG...]]'
   static override examples = [
     '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name hello -- echo hello',
     { description: 'Bounded, in a CSM pool, with variables', command: '<%= config.bin %> <%= command.id %> registry.example.com/app/web:2.1 --name web1 --pool web --cpus 0.5 --memory 256M --env PORT=8080 --env LOG_LEVEL=info --network host' },
@@ -35,6 +37,7 @@ The command and its arguments go after "--"; without them the image's default co
     cpus: Flags.string({ description: 'CPU limit: a number more than 0, fractions allowed (e.g. 0.5).' }),
     memory: Flags.string({ char: 'm', description: 'Memory limit, e.g. 256M, 1G.' }),
     env: Flags.string({ char: 'e', description: 'Environment variable KEY=VALUE (repeat for several).', multiple: true, multipleNonGreedy: true }),
+    volume: Flags.string({ char: 'v', description: 'Attach a volume: NAME:/path (read-write) or NAME:/path:ro (repeat for several).', multiple: true, multipleNonGreedy: true }),
     network: Flags.option({ options: ['none', 'host'] as const, description: 'none: loopback only; host: the node\'s network.', default: 'none' as const })(),
   }
 
@@ -55,6 +58,7 @@ The command and its arguments go after "--"; without them the image's default co
     const cpus = flags.cpus !== undefined ? parseCpus(flags.cpus) : undefined
     const memoryBytes = flags.memory !== undefined ? parseMemory(flags.memory) : undefined
     const env = parseEnv(flags.env)
+    const volumes = (flags.volume ?? []).map((v) => parseVolumeFlag(v))
     const body = {
       name: flags.name,
       image,
@@ -65,6 +69,7 @@ The command and its arguments go after "--"; without them the image's default co
       ...(env.length > 0 ? { env } : {}),
       network: flags.network,
       ...(command.length > 0 ? { command } : {}),
+      ...(volumes.length > 0 ? { volumes } : {}),
     }
     const client = this.client(this.context(flags.cluster))
     return withSpinner(!this.jsonMode, `Running container ${flags.name} (${image})`,

@@ -6,7 +6,7 @@ import { checkName } from '../../common/names.js'
 import type { NodeRecord, NodeStatusRecord } from '../../common/types.js'
 import type {
   ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullResult, ImageRemoveResult,
-  LogChunk, NetworkMode, RegistryInfo, RegistryPolicyInfo, RuntimeName, StatsResult,
+  LogChunk, NetworkMode, RegistryInfo, RegistryPolicyInfo, RuntimeName, StatsResult, VolumeInfo, ContainerMoveResult,
 } from '../../common/csm-types.js'
 import type { CsmStatsAnswer } from '../daemon/routes.js'
 import { parseRegistryHost } from '../images/reference.js'
@@ -15,10 +15,25 @@ import type { ContainerInfo } from '../runtime/containers.js'
 import { cpusMin, memoryLimitMinBytes } from '../runtime/limits.js'
 import { canonicalRef, type LocalCsm, type PullAnswer } from './agent.js'
 import { checkPattern, policyRulesMax } from './policy.js'
-import type { ContainerRecord, CsmPoolRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord } from './records.js'
+import type { ContainerRecord, CsmPoolRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord, VolumeMount, VolumeRecord } from './records.js'
+import type { VdiskInfo } from '../../common/types.js'
+import type { VolumeSpec } from '../volumes/attach.js'
+import { checkVolumeTarget, volumesPerContainerMax } from '../volumes/spec.js'
 
 /** Calls one node's agent: in this process for this node, over the API for another. */
 export type NodeCall = <T>(node: string, op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<T>
+
+/** What the container control needs of the vDisk service (volumes are vDisks). */
+export interface VdiskOps {
+  create(name: string, sizeBytes: number, rf: number): Promise<VdiskInfo>
+  list(): Promise<VdiskInfo[]>
+  delete(name: string): Promise<VdiskInfo>
+}
+
+/** a volume's vDisk is `vol-<name>`: the name leaves room for the prefix */
+export const volumeNameLengthMax = 59
+export const volumeSizeMinBytes = 16 * 1024 * 1024
+export const vdiskOfVolume = (name: string): string => `vol-${name}`
 
 export const imagePullTimeoutMs = 30 * 60_000
 const poolSizeMax = 1000
@@ -36,6 +51,7 @@ export interface RunRequest {
   env?: string[]
   network?: NetworkMode
   command?: string[]
+  volumes?: VolumeMount[]
 }
 
 const round2 = (n: number) => Math.round(n * 100) / 100
@@ -49,7 +65,7 @@ const mib = (n: number) => `${round2(n / 2 ** 20)} MiB`
 export class ContainerControl {
   private readonly csmIds: IdAllocator
 
-  constructor(private readonly etcd: Etcd3, private readonly self: string, private readonly call: NodeCall, private readonly log: Logger) {
+  constructor(private readonly etcd: Etcd3, private readonly self: string, private readonly call: NodeCall, private readonly log: Logger, private readonly vdisks: VdiskOps) {
     this.csmIds = new IdAllocator(etcd, 'csm')
   }
 
@@ -519,17 +535,22 @@ export class ContainerControl {
     }
     if (req.cpus !== undefined && (!Number.isFinite(req.cpus) || req.cpus < cpusMin)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.cpus} cpus: at least ${cpusMin}`, '')
     if (req.memoryBytes !== undefined && (!Number.isSafeInteger(req.memoryBytes) || req.memoryBytes < memoryLimitMinBytes)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.memoryBytes} bytes: at least ${mib(memoryLimitMinBytes)}`, '')
+    const mounts = ContainerControl.checkMounts(req.volumes ?? [], `container "${name}"`)
     const existing = await etcdCall('read the container', () => getJson<ContainerRecord>(this.etcd, keys.container(name)))
     if (existing !== undefined) throw new TessError('TESS_E_EXISTS', `cannot run container "${name}": a container of that name exists (in CSM ${existing.csm} on node ${existing.node})`, `remove it first: tess container remove ${name}`)
     const csm = await this.place(req, await this.containerRecords())
     const rec: ContainerRecord = {
       name, id: null, csm: csm.name, node: csm.node, image, cpus: req.cpus ?? null, memoryBytes: req.memoryBytes ?? null, network,
+      ...(req.command !== undefined && req.command.length > 0 ? { command: req.command } : {}),
+      ...(req.env !== undefined ? { env: req.env } : {}),
+      ...(mounts.length > 0 ? { volumes: mounts } : {}),
       state: 'creating', apiNode: this.self, createdAt: new Date().toISOString(),
     }
     const res = await etcdCall('reserve the container name', () => this.etcd.if(keys.container(name), 'Create', '==', 0).then(this.etcd.put(keys.container(name)).value(JSON.stringify(rec))).commit())
     if (!res.succeeded) throw new TessError('TESS_E_EXISTS', `cannot run container "${name}": a container of that name was just created`, 'choose another name')
     let c: ContainerInfo
     try {
+      const volumes = mounts.length > 0 ? await this.attachVolumes(name, csm, mounts) : []
       c = await this.call<ContainerInfo>(csm.node, 'container.run', {
         csm: csm.name,
         spec: {
@@ -539,12 +560,15 @@ export class ContainerControl {
           ...(req.cpus !== undefined ? { cpus: req.cpus } : {}),
           ...(req.memoryBytes !== undefined ? { memoryBytes: req.memoryBytes } : {}),
           network,
+          ...(volumes.length > 0 ? { volumes } : {}),
         },
       }, imagePullTimeoutMs)
     } catch (e) {
+      await this.releaseVolumes(name).catch((re: unknown) => this.log.warn(`container ${name}: ${errorMessage(re)}`))
       await this.etcd.delete().key(keys.container(name)).catch(() => undefined)
       throw e
     }
+    if (mounts.some((m) => !m.readOnly)) await this.markFormatted(mounts.filter((m) => !m.readOnly).map((m) => m.name))
     const done: ContainerRecord = { ...rec, id: c.id, image: c.image, state: 'created' }
     await etcdCall('record the container', () => this.etcd.put(keys.container(name)).value(JSON.stringify(done)))
     this.log.info(`container ${name} (${c.id}) runs in CSM ${csm.name} on node ${csm.node}`)
@@ -604,6 +628,7 @@ export class ContainerControl {
     } else if (!force) {
       throw new TessError('TESS_E_CONFLICT', `container "${name}" is still being created`, 'wait, or remove it with --force')
     }
+    await this.releaseVolumes(name)
     await etcdCall('delete the container record', () => this.etcd.delete().key(keys.container(name)))
     return { name, id: r.id ?? '', csm: r.csm, node: r.node }
   }
@@ -647,6 +672,194 @@ export class ContainerControl {
     return out
   }
 
+  // ---------------------------------------------------------------- volumes
+
+  static checkMounts(mounts: VolumeMount[], what: string): VolumeMount[] {
+    if (mounts.length > volumesPerContainerMax) throw new TessError('TESS_E_INVALID', `cannot run ${what}: ${mounts.length} volumes, at most ${volumesPerContainerMax}`, '')
+    const seen = new Set<string>()
+    const targets: string[] = []
+    return mounts.map((m) => {
+      checkName('volume', m.name)
+      const target = checkVolumeTarget(m.target, what)
+      if (seen.has(m.name)) throw new TessError('TESS_E_INVALID', `cannot run ${what}: volume "${m.name}" is given twice`, 'attach a volume once per container')
+      if (targets.some((t) => t === target || t.startsWith(`${target}/`) || target.startsWith(`${t}/`))) throw new TessError('TESS_E_INVALID', `cannot run ${what}: volume targets overlap at ${target}`, 'give each volume its own directory')
+      seen.add(m.name)
+      targets.push(target)
+      return { name: m.name, target, readOnly: m.readOnly === true }
+    })
+  }
+
+  private async volumeRecord(name: string): Promise<VolumeRecord> {
+    checkName('volume', name)
+    const r = await etcdCall('read the volume', () => getJson<VolumeRecord>(this.etcd, keys.volume(name)))
+    if (r === undefined) throw new TessError('TESS_E_NOT_FOUND', `no volume named "${name}"`, 'see `tess volume list`, or create it: tess volume create NAME --size SIZE')
+    return r
+  }
+
+  private static volumeInfo(r: VolumeRecord, vds: VdiskInfo[]): VolumeInfo {
+    const vd = vds.find((v) => v.name === r.vdisk)
+    return { name: r.name, vdisk: r.vdisk, sizeBytes: vd?.sizeBytes ?? r.sizeBytes, rf: r.rf, allocatedBytes: vd?.allocatedBytes ?? 0, formatted: r.formatted, attachments: r.attachments, createdAt: r.createdAt }
+  }
+
+  async createVolume(req: { name: string, sizeBytes: number, rf: number }): Promise<VolumeInfo> {
+    const name = checkName('volume', req.name)
+    if (name.length > volumeNameLengthMax) throw new TessError('TESS_E_INVALID', `invalid volume name "${name}": at most ${volumeNameLengthMax} characters`, 'its vDisk is named vol-NAME')
+    if (req.sizeBytes < volumeSizeMinBytes) throw new TessError('TESS_E_INVALID', `cannot create volume "${name}" of ${req.sizeBytes} bytes: at least ${mib(volumeSizeMinBytes)}`, 'ext4 needs room for its journal: e.g. --size 1G')
+    if (await etcdCall('read the volume', () => getJson<VolumeRecord>(this.etcd, keys.volume(name))) !== undefined) {
+      throw new TessError('TESS_E_EXISTS', `cannot create volume "${name}": a volume of that name exists`, 'choose another name, or delete it first')
+    }
+    const vd = await this.vdisks.create(vdiskOfVolume(name), req.sizeBytes, req.rf)
+    const rec: VolumeRecord = { name, vdisk: vd.name, sizeBytes: vd.sizeBytes, rf: vd.rf, formatted: false, attachments: [], createdAt: new Date().toISOString() }
+    const res = await etcdCall('create the volume record', () => this.etcd.if(keys.volume(name), 'Create', '==', 0).then(this.etcd.put(keys.volume(name)).value(JSON.stringify(rec))).commit())
+    if (!res.succeeded) {
+      await this.vdisks.delete(vd.name).catch(() => undefined)
+      throw new TessError('TESS_E_EXISTS', `cannot create volume "${name}": a volume of that name was just created`, 'choose another name')
+    }
+    this.log.info(`volume ${name} created (vDisk ${vd.name}, ${vd.sizeBytes} bytes, RF ${vd.rf})`)
+    return ContainerControl.volumeInfo(rec, [vd])
+  }
+
+  async listVolumes(): Promise<VolumeInfo[]> {
+    const [recs, vds] = await Promise.all([etcdCall('list volumes', () => listJson<VolumeRecord>(this.etcd, keys.volumesPrefix)), this.vdisks.list()])
+    return recs.map((r) => ContainerControl.volumeInfo(r, vds))
+  }
+
+  async showVolume(name: string): Promise<VolumeInfo> {
+    const r = await this.volumeRecord(name)
+    return ContainerControl.volumeInfo(r, await this.vdisks.list())
+  }
+
+  async deleteVolume(name: string): Promise<VolumeInfo> {
+    checkName('volume', name)
+    const got = await etcdCall('read the volume', () => this.etcd.get(keys.volume(name)).exec())
+    const kv = got.kvs[0]
+    if (kv === undefined) throw new TessError('TESS_E_NOT_FOUND', `no volume named "${name}"`, 'see `tess volume list`')
+    const r = JSON.parse(kv.value.toString()) as VolumeRecord
+    if (r.attachments.length > 0) {
+      const a = r.attachments[0]!
+      throw new TessError('TESS_E_CONFLICT', `cannot delete volume "${name}": it is attached to container "${a.container}" on node ${a.node}${r.attachments.length > 1 ? ` and ${r.attachments.length - 1} more` : ''}`, `remove the container first: tess container remove ${a.container}`)
+    }
+    const info = ContainerControl.volumeInfo(r, await this.vdisks.list())
+    const res = await etcdCall('delete the volume record', () => this.etcd.if(keys.volume(name), 'Mod', '==', kv.mod_revision).then(this.etcd.delete().key(keys.volume(name))).commit())
+    if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `volume "${name}" changed while it was being deleted (attached?)`, 'look at it again: tess volume show')
+    try {
+      await this.vdisks.delete(r.vdisk)
+    } catch (e) {
+      if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) {
+        throw new TessError(isTessError(e) ? e.code : 'TESS_E_IO', `volume "${name}" is gone but its vDisk ${r.vdisk} was not deleted: ${errorMessage(e)}`, `delete it: tess vdisk delete ${r.vdisk} --yes`)
+      }
+    }
+    return info
+  }
+
+  /**
+   * Record a container's attachments, all at once (one etcd transaction over every volume it
+   * asks for): read-write excludes any other attachment, read-only excludes a read-write one.
+   */
+  private async attachVolumes(container: string, csm: CsmRecord, mounts: VolumeMount[]): Promise<VolumeSpec[]> {
+    const node = await this.nodeRecord(csm.node)
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const got = await Promise.all(mounts.map((m) => etcdCall('read the volume', () => this.etcd.get(keys.volume(m.name)).exec())))
+      const recs = got.map((g, i) => {
+        const kv = g.kvs[0]
+        if (kv === undefined) throw new TessError('TESS_E_NOT_FOUND', `cannot run container "${container}": no volume named "${mounts[i]!.name}"`, 'create it: tess volume create NAME --size SIZE')
+        return { kv, rec: JSON.parse(kv.value.toString()) as VolumeRecord }
+      })
+      recs.forEach(({ rec }, i) => {
+        const m = mounts[i]!
+        const others = rec.attachments.filter((a) => a.container !== container)
+        const holder = m.readOnly ? others.find((a) => !a.readOnly) : others[0]
+        if (holder !== undefined) {
+          throw new TessError('TESS_E_CONFLICT', `cannot attach volume "${m.name}"${m.readOnly ? ' read-only' : ''} to container "${container}": it is attached ${holder.readOnly ? 'read-only' : 'read-write'} to container "${holder.container}" on node ${holder.node}`,
+            m.readOnly ? 'a read-only attach may share a volume only with other read-only ones' : `a volume is attached read-write to one container at a time: remove "${holder.container}" first, or attach it read-only (:ro)`)
+        }
+      })
+      const at = new Date().toISOString()
+      let txn = this.etcd.if(keys.volume(mounts[0]!.name), 'Mod', '==', recs[0]!.kv.mod_revision)
+      for (let i = 1; i < recs.length; i++) txn = txn.and(keys.volume(mounts[i]!.name), 'Mod', '==', recs[i]!.kv.mod_revision)
+      const puts = recs.map(({ rec }, i) => {
+        const m = mounts[i]!
+        const next: VolumeRecord = { ...rec, attachments: [...rec.attachments.filter((a) => a.container !== container), { container, csm: csm.name, node: csm.node, readOnly: m.readOnly, target: m.target, at }] }
+        return this.etcd.put(keys.volume(m.name)).value(JSON.stringify(next))
+      })
+      const res = await etcdCall('attach the volumes', () => txn.then(...puts).commit())
+      if (res.succeeded) {
+        return recs.map(({ rec }, i) => ({
+          name: rec.name, target: mounts[i]!.target, readOnly: mounts[i]!.readOnly, formatted: rec.formatted,
+          nbd: { host: node.address, port: node.nbdPort, export: rec.vdisk },
+        }))
+      }
+    }
+    throw new TessError('TESS_E_CONFLICT', `cannot attach the volumes of container "${container}": they kept changing`, 'retry')
+  }
+
+  /** Drop every attachment of a container (after it is removed, or when its run failed). */
+  private async releaseVolumes(container: string): Promise<void> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const got = await etcdCall('list volumes', () => this.etcd.getAll().prefix(keys.volumesPrefix).exec())
+      let conflicts = 0
+      for (const kv of got.kvs) {
+        const rec = JSON.parse(kv.value.toString()) as VolumeRecord
+        if (!rec.attachments.some((a) => a.container === container)) continue
+        const next = { ...rec, attachments: rec.attachments.filter((a) => a.container !== container) }
+        const res = await etcdCall('detach the volume', () => this.etcd.if(kv.key.toString(), 'Mod', '==', kv.mod_revision).then(this.etcd.put(kv.key.toString()).value(JSON.stringify(next))).commit())
+        if (!res.succeeded) conflicts++
+      }
+      if (conflicts === 0) return
+    }
+    throw new TessError('TESS_E_CONFLICT', `cannot release the volumes of container "${container}": they kept changing`, 'retry')
+  }
+
+  private async markFormatted(names: string[]): Promise<void> {
+    for (const n of names) {
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const kv = (await etcdCall('read the volume', () => this.etcd.get(keys.volume(n)).exec())).kvs[0]
+        if (kv === undefined) break
+        const rec = JSON.parse(kv.value.toString()) as VolumeRecord
+        if (rec.formatted) break
+        const res = await etcdCall('mark the volume formatted', () => this.etcd.if(keys.volume(n), 'Mod', '==', kv.mod_revision).then(this.etcd.put(keys.volume(n)).value(JSON.stringify({ ...rec, formatted: true }))).commit())
+        if (res.succeeded) break
+      }
+    }
+  }
+
+  /**
+   * Move a container to another CSM (on another node, usually): stop it where it is (SIGTERM,
+   * then SIGKILL after `timeoutMs`), remove it, and run it again with the same image, command,
+   * environment, limits and volumes. Its volumes' data goes with it: they are vDisks.
+   */
+  async move(name: string, csmName: string, timeoutMs: number, force: boolean): Promise<ContainerMoveResult> {
+    const r = await this.containerRecord(name)
+    if (r.id === null) throw new TessError('TESS_E_CONFLICT', `container "${name}" is still being created`, 'wait and retry')
+    const to = await this.csmRecord(checkName('CSM', csmName))
+    if (to.name === r.csm) throw new TessError('TESS_E_INVALID', `container "${name}" is in CSM "${to.name}" already`, 'name another CSM')
+    if ((r.cpus ?? 0) > to.cpus + 1e-9 || (r.memoryBytes ?? 0) > to.memoryBytes) {
+      throw new TessError('TESS_E_CAPACITY', `cannot move container "${name}" to CSM "${to.name}": it has ${r.cpus ?? '-'} cpus and ${r.memoryBytes !== null ? mib(r.memoryBytes) : '-'}, the CSM ${to.cpus} cpus and ${mib(to.memoryBytes)}`, 'choose a bigger CSM')
+    }
+    if (!(await this.upNodes()).includes(to.node)) throw new TessError('TESS_E_UNREACHABLE', `cannot move container "${name}": node ${to.node} of CSM "${to.name}" is down`, 'see `tess cluster status`')
+    const from = { csm: r.csm, node: r.node }
+    if ((await this.upNodes()).includes(r.node)) {
+      await this.containerOp(name, 'stop', timeoutMs).catch((e: unknown) => {
+        if (!force) throw e
+      })
+    } else if (!force) {
+      throw new TessError('TESS_E_UNREACHABLE', `cannot move container "${name}": its node ${r.node} is down, so it cannot be stopped cleanly`, 'move it with --force: what its volumes hold is what was flushed before the node went down')
+    }
+    await this.removeContainer(name, true)
+    try {
+      const v = await this.run({
+        name, image: r.image, csm: to.name, network: r.network,
+        ...(r.cpus !== null ? { cpus: r.cpus } : {}), ...(r.memoryBytes !== null ? { memoryBytes: r.memoryBytes } : {}),
+        ...(r.command !== undefined ? { command: r.command } : {}), ...(r.env !== undefined ? { env: r.env } : {}),
+        ...(r.volumes !== undefined ? { volumes: r.volumes } : {}),
+      })
+      return { ...v, from }
+    } catch (e) {
+      const t = isTessError(e) ? e : new TessError('TESS_E_IO', errorMessage(e), '')
+      throw new TessError(t.code, `container "${name}" was removed from CSM "${from.csm}" (node ${from.node}) but could not start in CSM "${to.name}": ${t.message}`, t.hint || `run it again: tess container run ${r.image} --name ${name} --csm ${to.name} ...`)
+    }
+  }
+
   /**
    * After a CVM restart: a run this CVM began and never finished left a "creating" record.
    * If the CSM made the container, the record is completed; if not, the name is freed.
@@ -663,6 +876,13 @@ export class ContainerControl {
         this.log.info(`container ${r.name}: a run cut short by a restart was ${c !== undefined ? 'completed' : 'undone'}`)
       } catch (e) {
         this.log.warn(`recover container ${r.name}: ${errorMessage(e)}`)
+      }
+    }
+    // attachments of containers that no longer exist (a remove cut short) are released
+    const names = new Set((await this.containerRecords()).map((r) => r.name))
+    for (const v of await etcdCall('list volumes', () => listJson<VolumeRecord>(this.etcd, keys.volumesPrefix))) {
+      for (const a of v.attachments) {
+        if (!names.has(a.container)) await this.releaseVolumes(a.container).catch((e: unknown) => this.log.warn(`release ${a.container}: ${errorMessage(e)}`))
       }
     }
   }

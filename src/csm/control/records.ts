@@ -1,4 +1,4 @@
-import type { NetworkMode, RuntimeName } from '../../common/csm-types.js'
+import type { NetworkMode, RuntimeName, VolumeAttachment } from '../../common/csm-types.js'
 
 /** Records of the container half of the cluster, as stored in etcd (keys in src/common/etcd.ts). */
 
@@ -47,8 +47,30 @@ export interface ContainerRecord {
   cpus: number | null
   memoryBytes: number | null
   network: NetworkMode
+  /** what it runs (for a move to another CSM) */
+  command?: string[]
+  env?: string[]
+  volumes?: VolumeMount[]
   /** creating: the name is reserved and the run is under way (by `apiNode`) */
   state: 'creating' | 'created'
   apiNode: string
+  createdAt: string
+}
+
+/** A volume as a container asks for it: `--volume NAME:/path[:ro]`. */
+export interface VolumeMount {
+  name: string
+  target: string
+  readOnly: boolean
+}
+
+export interface VolumeRecord {
+  name: string
+  /** the vDisk holding it: `vol-<name>` */
+  vdisk: string
+  sizeBytes: number
+  rf: number
+  formatted: boolean
+  attachments: VolumeAttachment[]
   createdAt: string
 }

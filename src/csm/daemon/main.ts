@@ -14,6 +14,7 @@ import { ContentStore } from '../images/store.js'
 import { LayerStore } from '../images/unpack.js'
 import { CgroupHost } from '../runtime/cgroups.js'
 import { ContainerManager } from '../runtime/containers.js'
+import { NbdVolumeAttacher } from '../volumes/attach.js'
 import { registerCsmRoutes } from './routes.js'
 import { readCsmSpec } from './spec.js'
 
@@ -48,6 +49,7 @@ async function main(): Promise<void> {
     layers,
     runtime: spec.runtime,
     log,
+    volumes: new NbdVolumeAttacher(log),
   })
   const report = await manager.adopt()
   const api = new ApiServer({ log })

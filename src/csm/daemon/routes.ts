@@ -6,6 +6,8 @@ import type { CgroupStats, CsmCgroup } from '../runtime/cgroups.js'
 import type { ContainerManager, ContainerSpec } from '../runtime/containers.js'
 import { containerStopTimeoutMsMax, containerArgsMax, containerEnvMax, logTailLinesMax } from '../runtime/limits.js'
 import type { CsmSpec } from './spec.js'
+import type { VolumeSpec } from '../volumes/attach.js'
+import { checkVolumes } from '../volumes/spec.js'
 
 /** how long CPU use is sampled for a stats answer */
 const statsSampleMs = 250
@@ -49,6 +51,7 @@ export function registerCsmRoutes(api: ApiServer, s: { manager: ContainerManager
       ...(b.cpus !== undefined && b.cpus !== null ? { cpus: num(b, 'cpus', 0.01, 4096)! } : {}),
       ...(b.memoryBytes !== undefined && b.memoryBytes !== null ? { memoryBytes: int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)! } : {}),
       ...(network !== undefined ? { network: network as 'none' | 'host' } : {}),
+      ...(b.volumes !== undefined && b.volumes !== null ? { volumes: checkVolumes(b.volumes as VolumeSpec[], `container "${String(b.name)}"`) } : {}),
     }
     return m.run(spec)
   })

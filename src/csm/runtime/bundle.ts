@@ -483,6 +483,8 @@ export interface SpecInput {
   rlimits: OciRlimit[]
   /** host files bind-mounted over /etc/hosts, /etc/hostname, /etc/resolv.conf */
   etcFiles?: { hosts: string, hostname: string, resolvConf: string }
+  /** more mounts after the standard ones (volumes) */
+  extraMounts?: OciMount[]
   annotations?: Record<string, string>
 }
 
@@ -515,6 +517,7 @@ export function buildOciSpec(input: SpecInput): OciSpec {
     const bind = (destination: string, source: string): OciMount => ({ destination, type: 'bind', source, options: ['rbind', 'rprivate'] })
     mounts.push(bind('/etc/hosts', input.etcFiles.hosts), bind('/etc/hostname', input.etcFiles.hostname), bind('/etc/resolv.conf', input.etcFiles.resolvConf))
   }
+  for (const m of input.extraMounts ?? []) mounts.push({ ...m, ...(m.options !== undefined ? { options: [...m.options] } : {}) })
   const user: OciUser = { uid: input.user.uid, gid: input.user.gid }
   if (input.user.additionalGids !== undefined && input.user.additionalGids.length > 0) user.additionalGids = [...input.user.additionalGids]
   const spec: OciSpec = {

@@ -9,9 +9,11 @@ import { checkName } from '../../common/names.js'
 import { imageConfigSizeMaxBytes } from '../images/limits.js'
 import { writeFileAtomic } from '../images/store.js'
 import type { ImageRecord } from '../images/store.js'
+import type { VolumeAttacher, VolumeSpec } from '../volumes/attach.js'
+import { checkVolumes } from '../volumes/spec.js'
 import {
   buildOciSpec, clampRlimits, hostsFile, imageRuntimeConfig, isMountPoint, mountOverlay, overlayMountPlan, readHostRlimits, resolvConf,
-  resolveExecutable, resolveUser, unmount, writeSpec, type HostRlimits, type ImageRuntimeConfig, type NetworkMode, type OciRlimit,
+  mountsUnder, resolveExecutable, resolveUser, unmount, writeSpec, type HostRlimits, type ImageRuntimeConfig, type NetworkMode, type OciMount, type OciRlimit,
 } from './bundle.js'
 import { checkLimitsAgainst, type CgroupStats, type CsmCgroup } from './cgroups.js'
 import {
@@ -68,6 +70,8 @@ export interface ContainerSpec {
   /** default "none": a network namespace with only loopback */
   network?: NetworkMode
   rlimits?: OciRlimit[]
+  /** volumes to attach (needs the manager's `volumes` option) */
+  volumes?: VolumeSpec[]
 }
 
 /** What state.json holds; also what inspect() and list() return. */
@@ -110,6 +114,7 @@ export interface NormalisedSpec {
   pidsMax: number
   network: NetworkMode
   rlimits: OciRlimit[]
+  volumes?: VolumeSpec[]
 }
 
 interface StateFile extends ContainerInfo {
@@ -178,6 +183,8 @@ export interface ContainerManagerOptions {
   hostRlimits?: HostRlimits
   /** the host's /etc/hosts and /etc/resolv.conf, for network "host" */
   hostEtc?: { hosts: string, resolvConf: string }
+  /** attaches volumes (vDisks) to containers */
+  volumes?: VolumeAttacher
 }
 
 const idPattern = /^[a-f0-9]{12}$/
@@ -193,6 +200,7 @@ export class ContainerManager {
   private readonly clock: Clock
   private readonly randomId: () => string
   private readonly hostEtc: { hosts: string, resolvConf: string }
+  private readonly volumes: VolumeAttacher | undefined
   private hostRlimits: HostRlimits | undefined
   private readonly records = new Map<string, ContainerInfo>()
   private loaded: Promise<void> | undefined
@@ -209,6 +217,7 @@ export class ContainerManager {
     this.randomId = opts.randomId ?? (() => crypto.randomBytes(6).toString('hex'))
     this.hostRlimits = opts.hostRlimits
     this.hostEtc = opts.hostEtc ?? { hosts: '/etc/hosts', resolvConf: '/etc/resolv.conf' }
+    this.volumes = opts.volumes
     const runtime = opts.runtime ?? 'runc'
     this.runtime = new OciRuntime({
       name: runtime,
@@ -320,9 +329,11 @@ export class ContainerManager {
       if (rec.status !== 'exited') throw this.conflict(rec, 'start', `it is ${rec.status}`)
       try {
         await this.mountRootfs(rec)
+        await this.attachVolumes(rec)
         await this.startShim(rec)
       } catch (e) {
         await this.runtime.delete(rec.id, { force: true }).catch(() => undefined)
+        await this.detachVolumes(rec).catch((de: unknown) => this.log.warn(errorMessage(de)))
         await unmount(this.files(rec.id).rootfs).catch(() => undefined)
         throw e
       }
@@ -561,7 +572,14 @@ export class ContainerManager {
         }
         const wasLive = rec.status === 'running' || rec.status === 'paused'
         const r = await this.refresh(rec)
-        if (r.status === 'running' || r.status === 'paused') report.adopted.push(id)
+        if (r.status === 'running' || r.status === 'paused') {
+          report.adopted.push(id)
+          for (const v of r.spec.volumes ?? []) {
+            if (this.volumes !== undefined && !(await this.volumes.healthy(this.files(id).dir, v.name))) {
+              this.log.warn(`container ${r.name}: volume ${v.name} is not whole (nbdfuse or a mount is gone): its I/O fails until the container is restarted`)
+            }
+          }
+        }
         else if (wasLive) report.exited.push(id)
         else await this.finishExit(r) // an exited one: make sure nothing of it is left mounted
       })
@@ -609,6 +627,10 @@ export class ContainerManager {
     if (spec.user !== undefined) n.user = spec.user
     if (spec.cpus !== undefined) n.cpus = spec.cpus
     if (spec.memoryBytes !== undefined) n.memoryBytes = spec.memoryBytes
+    if (spec.volumes !== undefined && spec.volumes.length > 0) {
+      if (this.volumes === undefined) throw new TessError('TESS_E_PRECONDITION', `cannot run ${what}: this CSM cannot attach volumes`, 'run it in a CSM daemon')
+      n.volumes = checkVolumes(spec.volumes, what)
+    }
     return n
   }
 
@@ -646,6 +668,7 @@ export class ContainerManager {
     const f = this.files(rec.id)
     const what = `container "${rec.name}"`
     await this.mountRootfs(rec)
+    const volumeMounts = await this.attachVolumes(rec)
     const user = await resolveUser(f.rootfs, rec.spec.user ?? image.user, what)
     const swapAccounting = await this.cgroup.host.swapAccounting(this.cgroup.path)
     const overrides = {
@@ -668,6 +691,7 @@ export class ContainerManager {
       pidsMax: rec.spec.pidsMax,
       rlimits: rec.spec.rlimits,
       etcFiles: { hosts: f.hosts, hostname: f.hostname, resolvConf: f.resolvConf },
+      extraMounts: volumeMounts,
       annotations: { 'io.tessera.csm': this.csm, 'io.tessera.container.name': rec.name, 'io.tessera.image': rec.image },
     })
     const argv0 = spec.process.args[0]!
@@ -811,7 +835,38 @@ export class ContainerManager {
   private async finishExit(rec: ContainerInfo): Promise<void> {
     await this.runtime.delete(rec.id, { force: true })
     await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
+    // a volume that cannot be detached now is tried again by the next start, stop or remove
+    await this.detachVolumes(rec).catch((e: unknown) => this.log.error(`container ${rec.id} (${rec.name}): ${errorMessage(e)}`))
     await unmount(this.files(rec.id).rootfs)
+  }
+
+  /** Attach the container's volumes (each is a no-op when attached already); their bind mounts. */
+  private async attachVolumes(rec: ContainerInfo): Promise<OciMount[]> {
+    const vols = rec.spec.volumes ?? []
+    if (vols.length === 0) return []
+    assert(this.volumes !== undefined, 'volumes were checked at run')
+    const mounts: OciMount[] = []
+    try {
+      for (const v of vols) {
+        const { source } = await this.volumes.attach(this.files(rec.id).dir, v)
+        mounts.push({ destination: v.target, type: 'bind', source, options: ['rbind', 'rprivate', v.readOnly ? 'ro' : 'rw', 'nosuid', 'nodev'] })
+      }
+    } catch (e) {
+      await this.detachVolumes(rec).catch((de: unknown) => this.log.warn(errorMessage(de)))
+      throw e
+    }
+    return mounts
+  }
+
+  /** Detach every volume of the container, in reverse order, all of them even after an error. */
+  private async detachVolumes(rec: ContainerInfo): Promise<void> {
+    const vols = rec.spec.volumes ?? []
+    if (vols.length === 0 || this.volumes === undefined) return
+    const errors: string[] = []
+    for (const v of [...vols].reverse()) {
+      await this.volumes.detach(this.files(rec.id).dir, v.name).catch((e: unknown) => { errors.push(errorMessage(e)) })
+    }
+    if (errors.length > 0) throw new TessError('TESS_E_IO', errors.join('; '), 'see the CSM log; remove the container again to retry')
   }
 
   /** Remove every trace of a container. Caller holds the lock. */
@@ -824,6 +879,7 @@ export class ContainerManager {
     }
     await this.runtime.delete(rec.id, { force: true })
     await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
+    await this.detachVolumes(rec)
     await this.destroyDir(rec.id)
     this.records.delete(rec.id)
   }
@@ -834,6 +890,9 @@ export class ContainerManager {
     if (idPattern.test(id)) await this.runtime.delete(id, { force: true }).catch(() => undefined)
     await unmount(f.rootfs)
     if (await isMountPoint(f.rootfs)) throw new TessError('TESS_E_IO', `cannot remove container directory ${f.dir}: its rootfs is still mounted`, `umount ${f.rootfs}`)
+    // never delete recursively through a mount: a volume's files would go with it
+    const mounted = await mountsUnder(f.dir)
+    if (mounted.length > 0) throw new TessError('TESS_E_IO', `cannot remove container directory ${f.dir}: ${mounted.join(', ')} still mounted`, `unmount ${mounted[0]!} by hand, then remove again`)
     await fsp.rm(f.dir, { recursive: true, force: true, maxRetries: 3 })
   }
 

@@ -3,6 +3,19 @@ import type { ContainerControl } from '../../csm/control/cluster.js'
 import type { NetworkMode, RuntimeName } from '../../common/csm-types.js'
 import { containerArgsMax, containerEnvMax, containerStopTimeoutMsMax, logTailLinesMax } from '../../csm/runtime/limits.js'
 import { bodyObject, bool, int, num, str, strList, type ApiServer, type ApiRequest } from './server.js'
+import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
+import type { VolumeMount } from '../../csm/control/records.js'
+import { volumesPerContainerMax } from '../../csm/volumes/spec.js'
+
+function volumeMounts(b: Record<string, unknown>): VolumeMount[] | undefined {
+  const v = b.volumes
+  if (v === undefined || v === null) return undefined
+  if (!Array.isArray(v) || v.length > volumesPerContainerMax) throw new TessError('TESS_E_BAD_REQUEST', `field "volumes" must be an array of at most ${volumesPerContainerMax} objects`, '')
+  return v.map((x: unknown) => {
+    const o = bodyObject(x)
+    return { name: str(o, 'name')!, target: str(o, 'target')!, readOnly: bool(o, 'readOnly') }
+  })
+}
 
 const cpusMax = 4096
 
@@ -88,7 +101,9 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
     const env = strList(b, 'env', containerEnvMax)
     const command = strList(b, 'command', containerArgsMax)
     const network = str(b, 'network', false)
+    const volumes = volumeMounts(b)
     return c.run({
+      ...(volumes !== undefined ? { volumes } : {}),
       name: str(b, 'name')!, image: str(b, 'image')!,
       ...(csm !== undefined ? { csm } : {}), ...(pool !== undefined ? { pool } : {}),
       ...(cpus !== undefined ? { cpus } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}),
@@ -99,11 +114,22 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
   api.route('GET', '/v1/containers/:name', async (req) => c.showContainer(req.params.name!))
   api.route('POST', '/v1/containers/:name/:op', async (req) => {
     const op = req.params.op!
+    if (op === 'move') {
+      const b = bodyObject(req.body)
+      return c.move(req.params.name!, str(b, 'csm')!, int(b, 'timeoutMs', 0, containerStopTimeoutMsMax, false) ?? 10_000, bool(b, 'force'))
+    }
     if (op !== 'start' && op !== 'stop' && op !== 'pause' && op !== 'resume') throw new TessError('TESS_E_NOT_FOUND', `no container operation "${op.slice(0, 40)}"`, 'start, stop, pause or resume')
     const timeoutMs = op === 'stop' ? int(bodyObject(req.body), 'timeoutMs', 0, containerStopTimeoutMsMax, false) : undefined
     return c.containerOp(req.params.name!, op, timeoutMs)
   })
   api.route('DELETE', '/v1/containers/:name', async (req) => c.removeContainer(req.params.name!, req.query.get('force') === 'true'))
   api.route('GET', '/v1/containers/:name/logs', async (req) => c.logs(req.params.name!, queryInt(req, 'offset', Number.MAX_SAFE_INTEGER), queryInt(req, 'tail', logTailLinesMax)))
+  api.route('GET', '/v1/volumes', async () => c.listVolumes())
+  api.route('POST', '/v1/volumes', async (req) => {
+    const b = bodyObject(req.body)
+    return c.createVolume({ name: str(b, 'name')!, sizeBytes: int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, rf: int(b, 'rf', 1, rfMax, false) ?? 1 })
+  })
+  api.route('GET', '/v1/volumes/:name', async (req) => c.showVolume(req.params.name!))
+  api.route('DELETE', '/v1/volumes/:name', async (req) => c.deleteVolume(req.params.name!))
   api.route('GET', '/v1/stats', async (req) => c.stats(req.query.get('container') ?? undefined))
 }

@@ -41,6 +41,8 @@ interface MapValue { eg: string, s: number }
 /** How long a forwarder waits for a dead owner's lease to expire before giving up (lease TTL + margin). */
 export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
 const liveNodesCacheMs = 1000
+/** an owner hands a vDisk over only when no forwarded I/O came for this long */
+const handoverIdleMs = 3000
 /** moving every extent group of one vDisk off a node */
 const evacuateTimeoutMs = 30 * 60_000
 
@@ -58,6 +60,10 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   private readonly session = crypto.randomBytes(8).toString('hex')
   private liveCache: { at: number, nodes: Promise<NodeStatusRecord[]> } | undefined
   connectionsOf: (name: string) => number = () => 0
+  /** Ask the CVM of `owner` to hand a vDisk over if it is idle there (set by the CVM; FIG. 9B). */
+  requestRelease: ((owner: string, name: string) => Promise<boolean>) | undefined
+  /** when forwarded I/O for a vDisk (by id) was last served here */
+  private readonly lastForwardedIo = new Map<string, number>()
 
   constructor(private readonly etcd: Etcd3, private readonly opts: {
     nodeName: string
@@ -153,7 +159,18 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     if (id === null) return undefined
     const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
     if (!rec || rec.state !== 'ready') return undefined
-    const target = await this.route(rec)
+    let target = await this.route(rec)
+    if (!target.local && this.requestRelease !== undefined) {
+      // The owner moves with the I/O: a new client here asks an idle owner to hand the vDisk over.
+      try {
+        if (await this.requestRelease(target.owner, name)) {
+          target = await this.route(rec)
+          if (target.local) this.opts.log.info(`vDisk ${name}: ${(await this.etcd.get(keys.vdiskOwner(rec.id)).string()) === this.ownerValue ? 'owner moved here' : 'routed'} (handed over by an idle owner)`)
+        }
+      } catch (e) {
+        this.opts.log.warn(`vDisk ${name}: the owner did not hand it over (${errorMessage(e)}); forwarding to it`)
+      }
+    }
     if (target.local) {
       const v = target.vdisk
       v.connections++
@@ -216,6 +233,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       if (!t.local) throw new PeerError('not-owner', `vDisk ${name} is owned by ${t.owner}`)
       v = t.vdisk
     }
+    this.lastForwardedIo.set(v.id, Date.now())
     if (offset + length > v.sizeBytes) throw new PeerError('errno', 'request past the end', nbdErrno.EINVAL)
     switch (op) {
       case 'read': return v.read(offset, length)
@@ -225,6 +243,28 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       case 'zero': await v.writeZeroes(offset, length, flags.noHole, flags.fua); return undefined
       default: throw new PeerError('invalid', `unknown vDisk op ${op}`)
     }
+  }
+
+  /**
+   * Hand a vDisk over (FIG. 9B): when no NBD client of this node has it open and no forwarded
+   * I/O came for a while, flush it, unload it and give up ownership, so that the node asking takes
+   * it. Answers whether the vDisk is free of this CVM now.
+   */
+  async releaseIfIdle(name: string): Promise<{ released: boolean, reason?: string }> {
+    const v = await this.loadedByName(name)
+    if (!v) return { released: true }
+    if (this.connectionsOf(name) > 0 || v.connections > 0) return { released: false, reason: `NBD clients of node ${this.opts.nodeName} have it open` }
+    const last = this.lastForwardedIo.get(v.id) ?? 0
+    if (Date.now() - last < handoverIdleMs) return { released: false, reason: `forwarded I/O for it arrived ${Date.now() - last} ms ago` }
+    await v.flush()
+    // from here, nothing new reaches it: it leaves the maps before the owner key goes
+    this.loaded.delete(v.id)
+    this.idsByName.delete(name)
+    v.shut('handed over to another node')
+    const key = keys.vdiskOwner(v.id)
+    await etcdCall('give up the ownership', () => this.etcd.if(key, 'Value', '==', this.ownerValue).then(this.etcd.delete().key(key)).commit())
+    this.opts.log.info(`vDisk ${name}: handed over (idle here)`)
+    return { released: true }
   }
 
   // ---- VdiskDataHooks (control plane) ----

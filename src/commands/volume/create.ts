@@ -1,0 +1,38 @@
+import { Args, Flags } from '@oclif/core'
+import { TessCommand } from '../../cli/base.js'
+import { renderVolume } from '../../cli/render-csm.js'
+import { checkName } from '../../common/names.js'
+import { parseSize } from '../../common/units.js'
+import { rfMax } from '../../common/limits.js'
+import type { VolumeInfo } from '../../common/csm-types.js'
+
+export default class VolumeCreate extends TessCommand<VolumeInfo> {
+  static override summary = 'Create a volume: a vDisk for a container\'s persistent data'
+  static override description = `A volume is a thin-provisioned vDisk (named vol-NAME) that gets an ext4 filesystem on its first read-write attach. Attach it with \`tess container run ... --volume NAME:/path[:ro]\`: read-write to one container at a time, read-only to any number. Its data lives in the storage pool (RF copies on RF nodes), so a container moved to another node finds it there.
+
+SIZE accepts bytes or binary units (512M, 10G; at least 16M).`
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> data --size 10G',
+    { description: 'Two copies on two nodes', command: '<%= config.bin %> <%= command.id %> db --size 50G --rf 2 --json' },
+  ]
+
+  static override args = {
+    name: Args.string({ description: 'Volume name: [a-z0-9][a-z0-9-]{0,58}.', required: true }),
+  }
+
+  static override flags = {
+    size: Flags.string({ char: 's', description: 'Size, e.g. 512M, 10G (at least 16M).', required: true }),
+    rf: Flags.integer({ description: `Replication factor: copies on distinct nodes (1..${rfMax}).`, default: 1 }),
+  }
+
+  protected async exec(): Promise<VolumeInfo> {
+    const { flags, args } = await this.parseInput(VolumeCreate)
+    checkName('volume', args.name)
+    const sizeBytes = parseSize(flags.size, 'volume size')
+    return this.client(this.context(flags.cluster)).post<VolumeInfo>('/v1/volumes', { name: args.name, sizeBytes, rf: flags.rf })
+  }
+
+  protected render(v: VolumeInfo): string {
+    return renderVolume(v)
+  }
+}

@@ -1,0 +1,219 @@
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import path from 'node:path'
+import { TessError, errorMessage } from '../../common/errors.js'
+import type { Logger } from '../../common/log.js'
+import { execCommand } from '../runtime/exec.js'
+import { isMountPoint, mountsUnder, unmount } from '../runtime/bundle.js'
+import { isProcessAlive, processStartTime } from '../runtime/runc.js'
+
+/**
+ * Volume attach, on the node of the CSM (this kernel has no nbd module; DESIGN.md):
+ *   CVM NBD export → nbdfuse exposes it as a file → losetup --direct-io=on → ext4 → bind mount.
+ * Each container has its own chain for each of its volumes, under `<container dir>/volumes/NAME/`:
+ *   fuse/      the nbdfuse mount; fuse/disk is the export as a file
+ *   mnt/       the ext4 mount, bind-mounted into the container
+ *   nbdfuse.pid, nbdfuse.log, attach.json (what was made, for detach after a daemon restart)
+ * nbdfuse runs in its own session so the chain outlives a CSM daemon restart, like the container.
+ */
+
+export interface VolumeSpec {
+  /** the volume's name */
+  name: string
+  /** absolute path inside the container */
+  target: string
+  readOnly: boolean
+  /** the NBD export of the volume's vDisk, on this node's CVM */
+  nbd: { host: string, port: number, export: string }
+  /** the volume was formatted before: never format it again (a missing filesystem is an error) */
+  formatted: boolean
+}
+
+export interface AttachState {
+  name: string
+  fusePid?: number
+  fuseStartTime?: string
+  loop?: string
+  mounted?: boolean
+  /** set when this attach made the filesystem */
+  formattedNow?: boolean
+}
+
+/** What the container manager needs to attach volumes (NbdVolumeAttacher fits; tests may fake it). */
+export interface VolumeAttacher {
+  /** Make the chain for one volume of a container; answers the host path to bind-mount. */
+  attach(containerDir: string, v: VolumeSpec): Promise<{ source: string, formattedNow: boolean }>
+  /** Undo it, in order (unmount, loop device, FUSE, process), even after errors; throws if anything stays. */
+  detach(containerDir: string, name: string): Promise<void>
+  /** Is the chain of a volume whole (for adopt after a restart)? */
+  healthy(containerDir: string, name: string): Promise<boolean>
+}
+
+/** how long nbdfuse may take to connect and mount */
+export const nbdfuseStartTimeoutMs = 15_000
+const volumeToolTimeoutMs = 120_000
+
+export function volumePaths(containerDir: string, name: string) {
+  const dir = path.join(containerDir, 'volumes', name)
+  return {
+    dir,
+    fuse: path.join(dir, 'fuse'),
+    file: path.join(dir, 'fuse', 'disk'),
+    mnt: path.join(dir, 'mnt'),
+    pid: path.join(dir, 'nbdfuse.pid'),
+    log: path.join(dir, 'nbdfuse.log'),
+    state: path.join(dir, 'attach.json'),
+  }
+}
+
+/** Loop devices whose backing file is `file` (losetup -j). */
+async function loopsOf(file: string): Promise<string[]> {
+  const r = await execCommand('losetup', ['-n', '-O', 'NAME', '-j', file], { timeoutMs: volumeToolTimeoutMs })
+  if (r.code !== 0) return []
+  return r.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('/dev/loop'))
+}
+
+async function fsType(dev: string): Promise<string | undefined> {
+  // blkid -p: probe the device itself (no cache); exit 2 = nothing found
+  const r = await execCommand('blkid', ['-p', '-o', 'value', '-s', 'TYPE', dev], { timeoutMs: volumeToolTimeoutMs })
+  if (r.code === 2) return undefined
+  if (r.code !== 0) throw new TessError('TESS_E_IO', `cannot probe ${dev}: ${(r.stderr || r.stdout).trim()}`, 'see the CSM log')
+  return r.stdout.trim() || undefined
+}
+
+async function must(cmd: string, args: string[], what: string, hint: string): Promise<string> {
+  const r = await execCommand(cmd, args, { timeoutMs: volumeToolTimeoutMs })
+  if (r.code !== 0) throw new TessError('TESS_E_IO', `${what}: ${cmd} ${args.join(' ')}: ${(r.stderr || r.stdout).trim()}`, hint)
+  return r.stdout
+}
+
+export class NbdVolumeAttacher implements VolumeAttacher {
+  constructor(private readonly log: Logger, private readonly bins = { nbdfuse: 'nbdfuse' }) {}
+
+  private async readState(p: ReturnType<typeof volumePaths>, name: string): Promise<AttachState> {
+    try {
+      return JSON.parse(await fsp.readFile(p.state, 'utf8')) as AttachState
+    } catch {
+      return { name }
+    }
+  }
+
+  private async saveState(p: ReturnType<typeof volumePaths>, st: AttachState): Promise<void> {
+    await fsp.writeFile(`${p.state}.tmp`, JSON.stringify(st))
+    await fsp.rename(`${p.state}.tmp`, p.state)
+  }
+
+  async attach(containerDir: string, v: VolumeSpec): Promise<{ source: string, formattedNow: boolean }> {
+    const p = volumePaths(containerDir, v.name)
+    const what = `cannot attach volume "${v.name}"`
+    for (const d of [p.dir, p.fuse, p.mnt]) await fsp.mkdir(d, { recursive: true, mode: 0o700 })
+    const st = await this.readState(p, v.name)
+    // 1. the export as a file
+    if (!(await isMountPoint(p.fuse))) {
+      await fsp.rm(p.pid, { force: true })
+      const uri = `nbd://${v.nbd.host.includes(':') ? `[${v.nbd.host}]` : v.nbd.host}:${v.nbd.port}/${encodeURIComponent(v.nbd.export)}`
+      const out = fs.openSync(p.log, 'a', 0o600)
+      const child = spawn(this.bins.nbdfuse, [...(v.readOnly ? ['-r'] : []), '-P', p.pid, p.file, uri], { detached: true, stdio: ['ignore', out, out] })
+      fs.closeSync(out)
+      child.on('error', () => undefined)
+      child.unref()
+      const deadline = Date.now() + nbdfuseStartTimeoutMs
+      while (!(await isMountPoint(p.fuse)) || !fs.existsSync(p.pid)) {
+        if (child.exitCode !== null || Date.now() > deadline) {
+          if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, 'SIGKILL')
+          const log = (await fsp.readFile(p.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' | ')
+          await unmount(p.fuse).catch(() => undefined)
+          throw new TessError('TESS_E_UNREACHABLE', `${what}: nbdfuse could not serve ${uri}${log ? `: ${log}` : ''}`, 'is the node\'s CVM up? see `tess cluster status`')
+        }
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      st.fusePid = child.pid!
+      const t = await processStartTime(child.pid!)
+      if (t !== undefined) st.fuseStartTime = t
+      await this.saveState(p, st)
+    }
+    // 2. a loop device on it, with direct I/O (no second page cache)
+    let loop = (await loopsOf(p.file))[0]
+    if (loop === undefined) {
+      loop = (await must('losetup', ['--find', '--show', '--direct-io=on', ...(v.readOnly ? ['-r'] : []), p.file], what, 'free a loop device (losetup -l)')).trim()
+    }
+    st.loop = loop
+    await this.saveState(p, st)
+    // 3. ext4: made on the first read-write attach, never over an existing filesystem
+    const type = await fsType(loop)
+    let formattedNow = false
+    if (type === undefined) {
+      if (v.formatted) {
+        throw new TessError('TESS_E_IO', `${what}: it was formatted before but no filesystem is found on it now`, 'the volume is damaged; it was not formatted again so that its data can be recovered')
+      }
+      if (v.readOnly) throw new TessError('TESS_E_PRECONDITION', `${what} read-only: it has no filesystem yet`, 'attach it read-write once first')
+      await must('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-L', v.name.slice(0, 16), loop], what, 'see the CSM log')
+      formattedNow = true
+      st.formattedNow = true
+      this.log.info(`volume ${v.name}: formatted ext4 on ${loop}`)
+    } else if (type !== 'ext4') {
+      throw new TessError('TESS_E_PRECONDITION', `${what}: it holds a ${type} filesystem, not ext4`, 'volumes are ext4')
+    }
+    // 4. mounted (the journal is replayed here after a crash)
+    if (!(await isMountPoint(p.mnt))) {
+      await must('mount', ['-t', 'ext4', '-o', v.readOnly ? 'ro,noload' : 'rw,errors=remount-ro', loop, p.mnt], what, 'run e2fsck on the volume (see the CSM log)')
+    }
+    st.mounted = true
+    await this.saveState(p, st)
+    return { source: p.mnt, formattedNow }
+  }
+
+  async detach(containerDir: string, name: string): Promise<void> {
+    const p = volumePaths(containerDir, name)
+    if (!fs.existsSync(p.dir)) return
+    const st = await this.readState(p, name)
+    const errors: string[] = []
+    const step = async (what: string, fn: () => Promise<void>) => {
+      try {
+        await fn()
+      } catch (e) {
+        errors.push(`${what}: ${errorMessage(e)}`)
+      }
+    }
+    // in order: the filesystem, the loop device, the FUSE mount, the nbdfuse process
+    await step('unmount the filesystem', () => unmount(p.mnt))
+    await step('detach the loop device', async () => {
+      const loops = new Set(await loopsOf(p.file))
+      // with the FUSE file gone, losetup -j cannot find it: the recorded device, if it still names the file
+      if (st.loop !== undefined && !loops.has(st.loop)) {
+        const r = await execCommand('losetup', ['-n', '-O', 'BACK-FILE', st.loop], { timeoutMs: volumeToolTimeoutMs })
+        if (r.code === 0 && r.stdout.includes(p.file)) loops.add(st.loop)
+      }
+      for (const l of loops) {
+        await must('losetup', ['-d', l], `cannot detach ${l}`, 'losetup -l shows what holds it')
+      }
+    })
+    await step('unmount the NBD file', () => unmount(p.fuse))
+    await step('stop nbdfuse', async () => {
+      const pid = st.fusePid
+      if (pid === undefined) return
+      const deadline = Date.now() + 5000
+      while (await isProcessAlive(pid, st.fuseStartTime)) {
+        if (Date.now() > deadline) {
+          process.kill(pid, 'SIGKILL')
+          break
+        }
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    })
+    const left = await mountsUnder(p.dir)
+    if (left.length > 0) errors.push(`still mounted: ${left.join(', ')}`)
+    if (errors.length > 0) {
+      throw new TessError('TESS_E_IO', `cannot detach volume "${name}" completely: ${errors.join('; ')}`, 'the next stop or remove tries again; see the CSM log')
+    }
+    await fsp.rm(p.dir, { recursive: true, force: true })
+    this.log.info(`volume ${name}: detached from ${containerDir}`)
+  }
+
+  async healthy(containerDir: string, name: string): Promise<boolean> {
+    const p = volumePaths(containerDir, name)
+    const st = await this.readState(p, name)
+    return st.fusePid !== undefined && await isProcessAlive(st.fusePid, st.fuseStartTime) && await isMountPoint(p.fuse) && await isMountPoint(p.mnt)
+  }
+}
