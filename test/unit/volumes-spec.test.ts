@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest'
+import { parseVolumeFlag } from '../../src/cli/csm-input.js'
+import { ContainerControl } from '../../src/csm/control/cluster.js'
+import { checkVolumeTarget, checkVolumes } from '../../src/csm/volumes/spec.js'
+
+const nbd = { host: '127.0.0.1', port: 10809, export: 'vol-a' }
+
+describe('volume specs', () => {
+  it('parses --volume NAME:/path[:ro|:rw] and refuses the rest with a hint', () => {
+    expect(parseVolumeFlag('data:/var/lib/data')).toEqual({ name: 'data', target: '/var/lib/data', readOnly: false })
+    expect(parseVolumeFlag('data:/d:ro')).toEqual({ name: 'data', target: '/d', readOnly: true })
+    expect(parseVolumeFlag('data:/d:rw')).toEqual({ name: 'data', target: '/d', readOnly: false })
+    for (const bad of ['data', ':/d', 'Data:/d', 'data:d', 'data:/d:rx', 'data:/a:b:ro']) expect(() => parseVolumeFlag(bad), bad).toThrow(/--volume/)
+  })
+
+  it('targets are absolute, normalised, and not over what the runtime provides', () => {
+    expect(checkVolumeTarget('/data', 'c')).toBe('/data')
+    expect(checkVolumeTarget('/srv/db/', 'c')).toBe('/srv/db')
+    for (const bad of ['data', '/a/../b', '/a//b', '/', '/proc', '/proc/sys', '/dev/shm', '/sys', '/etc/hosts', '/a\0b', 5]) {
+      expect(() => checkVolumeTarget(bad, 'c'), String(bad)).toThrow()
+    }
+    expect(checkVolumeTarget('/devices', 'c')).toBe('/devices')
+  })
+
+  it('a container names each volume once, with targets that do not overlap', () => {
+    expect(ContainerControl.checkMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/b', readOnly: true }], 'c')).toHaveLength(2)
+    expect(() => ContainerControl.checkMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'a', target: '/b', readOnly: true }], 'c')).toThrow(/twice/)
+    expect(() => ContainerControl.checkMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/a/b', readOnly: true }], 'c')).toThrow(/overlap/)
+    expect(() => ContainerControl.checkMounts(Array.from({ length: 17 }, (_, i) => ({ name: `v${i}`, target: `/v${i}`, readOnly: false })), 'c')).toThrow(/at most/)
+  })
+
+  it('the CSM checks what the CVM sends it as if it came from anyone', () => {
+    expect(checkVolumes([{ name: 'a', target: '/a', readOnly: false, nbd, formatted: true }], 'c')[0]).toEqual({ name: 'a', target: '/a', readOnly: false, nbd, formatted: true })
+    expect(() => checkVolumes([{ name: 'a', target: '/a', readOnly: false, nbd: { ...nbd, port: 0 }, formatted: false }], 'c')).toThrow(/NBD/)
+    expect(() => checkVolumes('x' as never, 'c')).toThrow(/array/)
+    expect(() => checkVolumes([null as never], 'c')).toThrow(/object/)
+  })
+})
