@@ -1,5 +1,7 @@
-// Shared helpers of the benchmark scripts: free ports, running programs, fio JSON, a local cluster.
+// Shared helpers of the benchmark scripts: free ports, running programs, fio JSON, a local cluster,
+// a local registry, OCI bundles for a bare `runc run`.
 import { spawn, spawnSync } from 'node:child_process'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
@@ -101,4 +103,67 @@ export async function localCluster(root, name = 'bench') {
 export function ratio(a, b) {
   if (!b) return 'n/a'
   return (a / b).toFixed(2)
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+/** median, p90, min and max of a list of numbers */
+export function stats(xs) {
+  const s = [...xs].sort((a, b) => a - b)
+  const median = s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+  const p90 = s[Math.max(0, Math.ceil(0.9 * s.length) - 1)]
+  return { median, p90, min: s[0], max: s[s.length - 1] }
+}
+
+/** Start Debian's docker-registry with a config file under `root`, on 127.0.0.1 and a free port. */
+export async function startRegistry(root) {
+  const dir = path.join(root, 'registry')
+  const storage = path.join(dir, 'storage')
+  fs.mkdirSync(storage, { recursive: true })
+  const port = await freePort()
+  const config = path.join(dir, 'config.yml')
+  fs.writeFileSync(config, [
+    'version: 0.1',
+    'log:',
+    '  level: warn',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${storage}`,
+    '  delete:',
+    '    enabled: true',
+    'http:',
+    `  addr: 127.0.0.1:${port}`,
+    `  secret: ${crypto.randomBytes(16).toString('hex')}`,
+    '',
+  ].join('\n'))
+  const srv = startServer('docker-registry', ['serve', config])
+  const deadline = Date.now() + 20_000
+  for (;;) {
+    const ok = await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.status === 200, () => false)
+    if (ok) break
+    if (Date.now() > deadline) {
+      await srv.stop()
+      throw new Error(`docker-registry did not come up on 127.0.0.1:${port}: ${srv.stderr().slice(-2000)}`)
+    }
+    await sleep(100)
+  }
+  return { ...srv, host: `127.0.0.1:${port}`, port }
+}
+
+/**
+ * An OCI bundle for a bare `runc run`: the rootfs of image `layout:tag` (`umoci unpack`, as the
+ * node unpacks it) and a config.json from `runc spec` with `args`, no terminal, then `edit(spec)`.
+ */
+export function runcBundle(layout, tag, bundleDir, args, edit = () => {}) {
+  sh('umoci', ['unpack', '--image', `${layout}:${tag}`, bundleDir])
+  for (const f of fs.readdirSync(bundleDir)) if (f !== 'rootfs') fs.rmSync(path.join(bundleDir, f), { recursive: true })
+  sh('runc', ['spec', '--bundle', bundleDir])
+  const spec = JSON.parse(fs.readFileSync(path.join(bundleDir, 'config.json'), 'utf8'))
+  spec.process.args = args
+  spec.process.terminal = false
+  edit(spec)
+  fs.writeFileSync(path.join(bundleDir, 'config.json'), JSON.stringify(spec, null, 2))
+  return bundleDir
 }

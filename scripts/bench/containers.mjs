@@ -24,7 +24,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { freePort, localCluster, opt, ratio, sh, startServer, tess } from './common.mjs'
+import { localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, stats, tess } from './common.mjs'
 
 const runs = Number(opt('runs', '20'))
 const pullRuns = Number(opt('pull-runs', '3'))
@@ -34,52 +34,6 @@ const root = fs.mkdtempSync(path.join(base, 'tess-bench-ctr-'))
 const configDir = path.join(root, 'config')
 const clusterName = 'benchc'
 const csm = 'bench'
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-
-function stats(ms) {
-  const s = [...ms].sort((a, b) => a - b)
-  const median = s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
-  const p90 = s[Math.max(0, Math.ceil(0.9 * s.length) - 1)]
-  return { median, p90, min: s[0], max: s[s.length - 1] }
-}
-
-/** Start Debian's docker-registry with a config file on 127.0.0.1 and a free port. */
-async function startRegistry() {
-  const dir = path.join(root, 'registry')
-  const storage = path.join(dir, 'storage')
-  fs.mkdirSync(storage, { recursive: true })
-  const port = await freePort()
-  const config = path.join(dir, 'config.yml')
-  fs.writeFileSync(config, [
-    'version: 0.1',
-    'log:',
-    '  level: warn',
-    '  accesslog:',
-    '    disabled: true',
-    'storage:',
-    '  filesystem:',
-    `    rootdirectory: ${storage}`,
-    '  delete:',
-    '    enabled: true',
-    'http:',
-    `  addr: 127.0.0.1:${port}`,
-    `  secret: ${crypto.randomBytes(16).toString('hex')}`,
-    '',
-  ].join('\n'))
-  const srv = startServer('docker-registry', ['serve', config])
-  const deadline = Date.now() + 20_000
-  for (;;) {
-    const ok = await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.status === 200, () => false)
-    if (ok) break
-    if (Date.now() > deadline) {
-      await srv.stop()
-      throw new Error(`docker-registry did not come up on 127.0.0.1:${port}: ${srv.stderr().slice(-2000)}`)
-    }
-    await sleep(100)
-  }
-  return { ...srv, host: `127.0.0.1:${port}`, port }
-}
-
 /**
  * Build in one OCI layout, with umoci: `busybox` (one layer: busybox-static and its applet
  * symlinks) and `multi` (that layer plus 4 layers of `layerMiB` MiB of random data each).
@@ -116,7 +70,7 @@ try {
   console.error(`bench dir ${root} (${runs} start runs, ${pullRuns} pull runs, 4 x ${layerMiB} MiB) on ${os.cpus().length} cores`)
 
   // ---- registry and images
-  const reg = await startRegistry()
+  const reg = await startRegistry(root)
   stops.push(reg.stop)
   const layout = path.join(root, 'oci')
   buildImages(layout)
@@ -172,14 +126,7 @@ try {
   const bundleDir = path.join(root, 'runc-bundle')
   const runcRoot = path.join(root, 'runc-state')
   fs.mkdirSync(runcRoot)
-  sh('umoci', ['unpack', '--image', `${layout}:busybox`, bundleDir]) // the image's rootfs, as the node unpacks it
-  fs.rmSync(path.join(bundleDir, 'config.json'))
-  for (const f of fs.readdirSync(bundleDir)) if (f !== 'rootfs') fs.rmSync(path.join(bundleDir, f), { recursive: true })
-  sh('runc', ['spec', '--bundle', bundleDir])
-  const spec = JSON.parse(fs.readFileSync(path.join(bundleDir, 'config.json'), 'utf8'))
-  spec.process.args = ['/bin/true']
-  spec.process.terminal = false
-  fs.writeFileSync(path.join(bundleDir, 'config.json'), JSON.stringify(spec, null, 2))
+  runcBundle(layout, 'busybox', bundleDir, ['/bin/true']) // the image's rootfs, as the node unpacks it
   const runc = (id) => {
     const t0 = performance.now()
     const r = spawnSync('runc', ['--root', runcRoot, 'run', '-b', bundleDir, id], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })

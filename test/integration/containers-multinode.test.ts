@@ -4,7 +4,7 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, CsmInfo, ImageInfo } from '../../src/common/csm-types.js'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
-import { buildBusyboxImage, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { buildBusyboxImage, exec, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
 
 /**
@@ -52,6 +52,9 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
       await th?.destroy()
       fs.rmSync(root, { recursive: true, force: true })
     }
+    // the loop devices of the hosts' volumes (killed host 2's too) clear themselves with their mounts
+    const loops = (await exec('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE'])).stdout.split('\n').filter((l) => / (\/disk|\/var\/lib\/tess\/\S*)$/.test(l))
+    expect(loops).toEqual([])
   }, 180_000)
 
   it('runs a container on the other node through the first node\'s API; the scheduler spreads CSMs; a lost node is reported', async () => {

@@ -10,7 +10,7 @@ import { isProcessAlive, processStartTime } from '../runtime/runc.js'
 
 /**
  * Volume attach, on the node of the CSM (this kernel has no nbd module; DESIGN.md):
- *   CVM NBD export → nbdfuse exposes it as a file → losetup --direct-io=on → ext4 → bind mount.
+ *   CVM NBD export → nbdfuse exposes it as a file → loop device (autoclear, direct I/O) → ext4 → bind mount.
  * Each container has its own chain for each of its volumes, under `<container dir>/volumes/NAME/`:
  *   fuse/      the nbdfuse mount; fuse/disk is the export as a file
  *   mnt/       the ext4 mount, bind-mounted into the container
@@ -133,31 +133,32 @@ export class NbdVolumeAttacher implements VolumeAttacher {
       if (t !== undefined) st.fuseStartTime = t
       await this.saveState(p, st)
     }
-    // 2. a loop device on it, with direct I/O (no second page cache)
-    let loop = (await loopsOf(p.file))[0]
-    if (loop === undefined) {
-      loop = (await must('losetup', ['--find', '--show', '--direct-io=on', ...(v.readOnly ? ['-r'] : []), p.file], what, 'free a loop device (losetup -l)')).trim()
-    }
-    st.loop = loop
-    await this.saveState(p, st)
-    // 3. ext4: made on the first read-write attach, never over an existing filesystem
-    const type = await fsType(loop)
+    // 2. ext4: made on the first read-write attach, never over an existing filesystem
+    const type = await fsType(p.file)
     let formattedNow = false
     if (type === undefined) {
       if (v.formatted) {
         throw new TessError('TESS_E_IO', `${what}: it was formatted before but no filesystem is found on it now`, 'the volume is damaged; it was not formatted again so that its data can be recovered')
       }
       if (v.readOnly) throw new TessError('TESS_E_PRECONDITION', `${what} read-only: it has no filesystem yet`, 'attach it read-write once first')
-      await must('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-L', v.name.slice(0, 16), loop], what, 'see the CSM log')
+      await must('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-L', v.name.slice(0, 16), p.file], what, 'see the CSM log')
       formattedNow = true
       st.formattedNow = true
-      this.log.info(`volume ${v.name}: formatted ext4 on ${loop}`)
+      this.log.info(`volume ${v.name}: formatted ext4`)
     } else if (type !== 'ext4') {
       throw new TessError('TESS_E_PRECONDITION', `${what}: it holds a ${type} filesystem, not ext4`, 'volumes are ext4')
     }
-    // 4. mounted (the journal is replayed here after a crash)
+    // 3. mounted through a loop device that clears itself when the filesystem is unmounted (or its
+    //    mount namespace goes), switched to direct I/O (no second page cache); the journal is
+    //    replayed here after a crash
     if (!(await isMountPoint(p.mnt))) {
-      await must('mount', ['-t', 'ext4', '-o', v.readOnly ? 'ro,noload' : 'rw,errors=remount-ro', loop, p.mnt], what, 'run e2fsck on the volume (see the CSM log)')
+      await must('mount', ['-t', 'ext4', '-o', `loop,${v.readOnly ? 'ro,noload' : 'rw,errors=remount-ro'}`, p.file, p.mnt], what, 'run e2fsck on the volume (see the CSM log)')
+    }
+    const loop = (await loopsOf(p.file))[0]
+    if (loop !== undefined) {
+      st.loop = loop
+      const r = await execCommand('losetup', ['--direct-io=on', loop], { timeoutMs: volumeToolTimeoutMs })
+      if (r.code !== 0) this.log.warn(`volume ${v.name}: direct I/O not enabled on ${loop}: ${(r.stderr || r.stdout).trim()}`)
     }
     st.mounted = true
     await this.saveState(p, st)
@@ -176,7 +177,7 @@ export class NbdVolumeAttacher implements VolumeAttacher {
         errors.push(`${what}: ${errorMessage(e)}`)
       }
     }
-    // in order: the filesystem, the loop device, the FUSE mount, the nbdfuse process
+    // in order: the filesystem, the loop device (autoclear: normally gone with the mount), the FUSE mount, the nbdfuse process
     await step('unmount the filesystem', () => unmount(p.mnt))
     await step('detach the loop device', async () => {
       const loops = new Set(await loopsOf(p.file))
@@ -185,8 +186,14 @@ export class NbdVolumeAttacher implements VolumeAttacher {
         const r = await execCommand('losetup', ['-n', '-O', 'BACK-FILE', st.loop], { timeoutMs: volumeToolTimeoutMs })
         if (r.code === 0 && r.stdout.includes(p.file)) loops.add(st.loop)
       }
+      // autoclear releases it shortly after the unmount: give it a moment, then detach what is left
+      const deadline = Date.now() + 2000
+      const bound = async (l: string) => (await execCommand('losetup', ['-n', '-O', 'BACK-FILE', l], { timeoutMs: volumeToolTimeoutMs })).stdout.includes(p.file)
       for (const l of loops) {
-        await must('losetup', ['-d', l], `cannot detach ${l}`, 'losetup -l shows what holds it')
+        while (await bound(l) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+        if (!(await bound(l))) continue
+        const r = await execCommand('losetup', ['-d', l], { timeoutMs: volumeToolTimeoutMs })
+        if (r.code !== 0 && await bound(l)) throw new TessError('TESS_E_IO', `cannot detach ${l}: ${(r.stderr || r.stdout).trim()}`, 'losetup -l shows what holds it')
       }
     })
     await step('unmount the NBD file', () => unmount(p.fuse))
