@@ -199,6 +199,13 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await ok(['container', 'remove', 'last', '--force', '--yes'])
     expect((await ok(['volume', 'delete', 'scratch', '--yes'])).name).toBe('scratch')
     await fails(['vdisk', 'show', 'vol-scratch'], 3, 'TESS_E_NOT_FOUND')
+    // a CSM deleted with --force takes its containers' attachments with them
+    await ok(['csm', 'create', 'spare', '--cpus', '0.2', '--memory', '64M'])
+    await ok(['container', 'run', image, '--name', 'onspare', '--csm', 'spare', '--volume', 'data:/data', '--', 'busybox', 'sleep', '1000'])
+    expect((await ok(['volume', 'show', 'data']) as VolumeInfo).attachments.map((a) => a.container)).toEqual(['onspare'])
+    await ok(['csm', 'delete', 'spare', '--force', '--yes'])
+    expect((await ok(['volume', 'show', 'data']) as VolumeInfo).attachments).toEqual([])
+    await noLeftovers()
     // one attached when the cluster is destroyed
     await ok(['container', 'run', image, '--name', 'final', '--csm', 'apps', '--volume', 'data:/data', '--', 'busybox', 'sleep', '1000'])
     const r = await c.tess(['cluster', 'destroy', '--yes', '--cluster', c.name], { timeoutMs: 120_000 })

@@ -260,7 +260,10 @@ export class ContainerControl {
     } else {
       this.log.warn(`CSM ${name}: node ${r.node} is down; it removes the CSM when it is back`)
     }
-    for (const c of mine) await etcdCall('delete the container record', () => this.etcd.delete().key(keys.container(c.name)))
+    for (const c of mine) {
+      await this.releaseVolumes(c.name)
+      await etcdCall('delete the container record', () => this.etcd.delete().key(keys.container(c.name)))
+    }
     for (const p of await etcdCall('list CSM pools', () => listJson<CsmPoolRecord>(this.etcd, keys.csmPoolsPrefix))) {
       if (p.csms.includes(name)) {
         await etcdCall('update the CSM pool', () => this.etcd.put(keys.csmPool(p.name)).value(JSON.stringify({ ...p, csms: p.csms.filter((x) => x !== name) })))
