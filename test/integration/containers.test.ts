@@ -212,6 +212,13 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     const text = await tess(['container', 'list'])
     expect(text.stdout).toMatch(/hello.*web.*running/)
     expect((await show('hello')).id).toBe(v.id)
+    // --follow prints what comes until the container exits
+    await ok(['container', 'run', image, '--name', 'ticker', '--csm', 'web', '--', 'sh', '-c', 'for i in 1 2 3; do echo tick $i; busybox sleep 0.4; done'])
+    const followed = await tess(['container', 'logs', 'ticker', '--follow'], { timeoutMs: 30_000 })
+    expect(followed.code, followed.stderr).toBe(0)
+    expect(followed.stdout).toBe('tick 1\ntick 2\ntick 3\n')
+    expect((await ok(['container', 'logs', 'ticker'])).logs).toBe('tick 1\ntick 2\ntick 3\n')
+    await ok(['container', 'remove', 'ticker', '--yes'])
     // unique names, cluster-wide
     const dup = await fails(['container', 'run', image, '--name', 'hello', '--csm', 'web', '--', 'true'], 4, 'TESS_E_EXISTS')
     expect(dup.message).toContain('CSM web')
