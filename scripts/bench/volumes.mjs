@@ -123,6 +123,21 @@ function loopsUnder(dir) {
   return JSON.parse(r.stdout).loopdevices.filter((l) => (l['back-file'] ?? '').startsWith(dir))
 }
 
+/** Tessera CVMs of other clusters (test runs, other benchmarks) running now: a sign of contention. */
+function otherCvms(root) {
+  let n = 0
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    let cmd
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    } catch {
+      continue
+    }
+    if (cmd.some((a) => a.endsWith('/cvm/main.js')) && !cmd.some((a) => a.startsWith(root))) n++
+  }
+  return n
+}
+
 async function waitForQuiet() {
   const t0 = Date.now()
   let load = os.loadavg()[0]
@@ -139,7 +154,7 @@ const configDir = path.join(root, 'config')
 const stops = []
 try {
   const quiet = await waitForQuiet()
-  const othersAtStart = sh('losetup', ['-l', '-n', '-O', 'NAME'], { allowFail: true }).stdout.trim().split('\n').filter(Boolean).length
+  const othersAtStart = otherCvms(root)
   const t0 = Date.now()
   console.error(`bench dir ${root} (file ${size} on a ${volumeSize} volume, ${runtime}s per job) on ${os.cpus().length} cores, load ${quiet.load.toFixed(2)} after waiting ${quiet.waitedS} s`)
 
@@ -289,16 +304,17 @@ try {
 
   const results = {}
   const loads = []
+  const others = []
   for (const job of jobs) {
     results[job.name] = {}
     for (const [name, run] of Object.entries(targets)) {
       if (job.key === 'read') dropCaches()
       loads.push(os.loadavg()[0])
+      others.push(otherCvms(root))
       results[job.name][name] = figure(job, await run(fioArgs(job, engine)))
       console.error(`${job.name.padEnd(18)} ${name.padEnd(7)} ${results[job.name][name].toFixed(1)} ${job.unit}`)
     }
   }
-  const othersAtEnd = sh('losetup', ['-l', '-n', '-O', 'NAME'], { allowFail: true }).stdout.trim().split('\n').filter(Boolean).length - loopsUnder(root).length
 
   const lines = []
   lines.push(`| job (fio in a container, ${size} file) | unit | ours (volume) | nbdkit chain | plain dir | ours/nbdkit | ours/plain |`)
@@ -312,7 +328,7 @@ try {
     + `nbdkit chain ${loopsUnder(root).filter((l) => l.name === loop).map((l) => `${l.name} dio=${l.dio}`).join(', ')}; `
     + `NBD multi-conn offered (nbdfuse opens several connections if so): ours ${mc.ours}, nbdkit ${mc.nbdkit}`)
   lines.push(`load average (1 min): ${quiet.load.toFixed(2)} at the start (after waiting ${quiet.waitedS} s), ${Math.min(...loads).toFixed(2)}-${Math.max(...loads).toFixed(2)} before the jobs (fio's own load included); `
-    + `loop devices of other runs: ${othersAtStart} at the start, ${othersAtEnd} at the end`)
+    + `CVMs of other clusters running: ${othersAtStart} at the start, at most ${Math.max(...others)} before the jobs (${others.filter((n) => n > 0).length} of ${others.length} jobs)`)
   lines.push(`time: setup ${setupS.toFixed(0)} s, prefill ${prefillS.toFixed(0)} s, total ${((Date.now() - t0) / 1000).toFixed(0)} s`)
   console.log(lines.join('\n'))
 } finally {
