@@ -574,7 +574,7 @@ export class ContainerManager {
         const r = await this.refresh(rec)
         if (r.status === 'running' || r.status === 'paused') {
           report.adopted.push(id)
-          for (const v of r.spec.volumes ?? []) {
+          for (const v of r.spec?.volumes ?? []) {
             if (this.volumes !== undefined && !(await this.volumes.healthy(this.files(id).dir, v.name))) {
               this.log.warn(`container ${r.name}: volume ${v.name} is not whole (nbdfuse or a mount is gone): its I/O fails until the container is restarted`)
             }
@@ -842,7 +842,7 @@ export class ContainerManager {
 
   /** Attach the container's volumes (each is a no-op when attached already); their bind mounts. */
   private async attachVolumes(rec: ContainerInfo): Promise<OciMount[]> {
-    const vols = rec.spec.volumes ?? []
+    const vols = rec.spec?.volumes ?? []
     if (vols.length === 0) return []
     assert(this.volumes !== undefined, 'volumes were checked at run')
     const mounts: OciMount[] = []
@@ -860,7 +860,7 @@ export class ContainerManager {
 
   /** Detach every volume of the container, in reverse order, all of them even after an error. */
   private async detachVolumes(rec: ContainerInfo): Promise<void> {
-    const vols = rec.spec.volumes ?? []
+    const vols = rec.spec?.volumes ?? []
     if (vols.length === 0 || this.volumes === undefined) return
     const errors: string[] = []
     for (const v of [...vols].reverse()) {
