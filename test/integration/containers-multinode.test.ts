@@ -30,6 +30,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
   let image: string
   let node1: string
   let node2: string
+  let clusterId: string | undefined
 
   beforeAll(async () => {
     th = await createTestHosts(3)
@@ -39,6 +40,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     const hosts = th.hosts.map((h) => h.address).join(',')
     const c = await tess(['cluster', 'create', '--name', 'ctrmn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--json'])
     if (c.code !== 0) throw new Error(`cluster create: ${c.stdout} ${c.stderr}`)
+    clusterId = c.json.id as string
     const names = (c.json.nodes as Array<{ name: string, address: string }>)
     node1 = names.find((n) => n.address === th.hosts[0]!.address)!.name
     node2 = names.find((n) => n.address === th.hosts[1]!.address)!.name
@@ -51,6 +53,22 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
       await reg?.cleanup().catch(() => undefined)
       await th?.destroy()
       fs.rmSync(root, { recursive: true, force: true })
+    }
+    // A killed test host cannot clean up like a power loss would: the cgroups of its CSM (empty:
+    // every process of the host was killed) are removed here, deepest first.
+    if (clusterId !== undefined) {
+      const parent = `tess-${clusterId.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}`
+      for (const h of fs.readdirSync('/sys/fs/cgroup')) {
+        const top = path.join('/sys/fs/cgroup', h, parent)
+        if (!fs.existsSync(top)) continue
+        const dirs: string[] = []
+        const walk = (d: string) => {
+          for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(path.join(d, e.name))
+          dirs.push(d)
+        }
+        walk(top)
+        for (const d of dirs) fs.rmdirSync(d)
+      }
     }
     // the loop devices of the hosts' volumes (killed host 2's too) clear themselves with their mounts
     const loops = (await exec('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE'])).stdout.split('\n').filter((l) => / (\/disk|\/var\/lib\/tess\/\S*)$/.test(l))
