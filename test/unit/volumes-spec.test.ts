@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { parseVolumeFlag } from '../../src/cli/csm-input.js'
-import { ContainerControl } from '../../src/csm/control/cluster.js'
-import { checkVolumeTarget, checkVolumes } from '../../src/csm/volumes/spec.js'
+import { checkMountList, checkVolumeTarget, checkVolumes } from '../../src/csm/volumes/spec.js'
 
 const nbd = { host: '127.0.0.1', port: 10809, export: 'vol-a' }
 
@@ -23,10 +22,10 @@ describe('volume specs', () => {
   })
 
   it('a container names each volume once, with targets that do not overlap', () => {
-    expect(ContainerControl.checkMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/b', readOnly: true }], 'c')).toHaveLength(2)
-    expect(() => ContainerControl.checkMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'a', target: '/b', readOnly: true }], 'c')).toThrow(/twice/)
-    expect(() => ContainerControl.checkMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/a/b', readOnly: true }], 'c')).toThrow(/overlap/)
-    expect(() => ContainerControl.checkMounts(Array.from({ length: 17 }, (_, i) => ({ name: `v${i}`, target: `/v${i}`, readOnly: false })), 'c')).toThrow(/at most/)
+    expect(checkMountList([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/b', readOnly: true }], 'c')).toHaveLength(2)
+    expect(() => checkMountList([{ name: 'a', target: '/a', readOnly: false }, { name: 'a', target: '/b', readOnly: true }], 'c')).toThrow(/twice/)
+    expect(() => checkMountList([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/a/b', readOnly: true }], 'c')).toThrow(/overlap/)
+    expect(() => checkMountList(Array.from({ length: 17 }, (_, i) => ({ name: `v${i}`, target: `/v${i}`, readOnly: false })), 'c')).toThrow(/at most/)
   })
 
   it('the CSM checks what the CVM sends it as if it came from anyone', () => {

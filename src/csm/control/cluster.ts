@@ -18,7 +18,7 @@ import { checkPattern, policyRulesMax } from './policy.js'
 import type { ContainerRecord, CsmPoolRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord, VolumeMount, VolumeRecord } from './records.js'
 import type { VdiskInfo } from '../../common/types.js'
 import type { VolumeSpec } from '../volumes/attach.js'
-import { checkVolumeTarget, volumesPerContainerMax } from '../volumes/spec.js'
+import { checkMountList } from '../volumes/spec.js'
 
 /** Calls one node's agent: in this process for this node, over the API for another. */
 export type NodeCall = <T>(node: string, op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<T>
@@ -538,7 +538,7 @@ export class ContainerControl {
     }
     if (req.cpus !== undefined && (!Number.isFinite(req.cpus) || req.cpus < cpusMin)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.cpus} cpus: at least ${cpusMin}`, '')
     if (req.memoryBytes !== undefined && (!Number.isSafeInteger(req.memoryBytes) || req.memoryBytes < memoryLimitMinBytes)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.memoryBytes} bytes: at least ${mib(memoryLimitMinBytes)}`, '')
-    const mounts = ContainerControl.checkMounts(req.volumes ?? [], `container "${name}"`)
+    const mounts = checkMountList(req.volumes ?? [], `container "${name}"`).map((m) => ({ name: m.name, target: m.target, readOnly: m.readOnly }))
     const existing = await etcdCall('read the container', () => getJson<ContainerRecord>(this.etcd, keys.container(name)))
     if (existing !== undefined) throw new TessError('TESS_E_EXISTS', `cannot run container "${name}": a container of that name exists (in CSM ${existing.csm} on node ${existing.node})`, `remove it first: tess container remove ${name}`)
     const csm = await this.place(req, await this.containerRecords())
@@ -676,21 +676,6 @@ export class ContainerControl {
   }
 
   // ---------------------------------------------------------------- volumes
-
-  static checkMounts(mounts: VolumeMount[], what: string): VolumeMount[] {
-    if (mounts.length > volumesPerContainerMax) throw new TessError('TESS_E_INVALID', `cannot run ${what}: ${mounts.length} volumes, at most ${volumesPerContainerMax}`, '')
-    const seen = new Set<string>()
-    const targets: string[] = []
-    return mounts.map((m) => {
-      checkName('volume', m.name)
-      const target = checkVolumeTarget(m.target, what)
-      if (seen.has(m.name)) throw new TessError('TESS_E_INVALID', `cannot run ${what}: volume "${m.name}" is given twice`, 'attach a volume once per container')
-      if (targets.some((t) => t === target || t.startsWith(`${target}/`) || target.startsWith(`${t}/`))) throw new TessError('TESS_E_INVALID', `cannot run ${what}: volume targets overlap at ${target}`, 'give each volume its own directory')
-      seen.add(m.name)
-      targets.push(target)
-      return { name: m.name, target, readOnly: m.readOnly === true }
-    })
-  }
 
   private async volumeRecord(name: string): Promise<VolumeRecord> {
     checkName('volume', name)

@@ -1,4 +1,5 @@
 import type { NetworkMode, RuntimeName, VolumeAttachment } from '../../common/csm-types.js'
+import type { VolumeMountSpec } from '../volumes/spec.js'
 
 /** Records of the container half of the cluster, as stored in etcd (keys in src/common/etcd.ts). */
 
@@ -58,11 +59,7 @@ export interface ContainerRecord {
 }
 
 /** A volume as a container asks for it: `--volume NAME:/path[:ro]`. */
-export interface VolumeMount {
-  name: string
-  target: string
-  readOnly: boolean
-}
+export type VolumeMount = VolumeMountSpec
 
 export interface VolumeRecord {
   name: string
