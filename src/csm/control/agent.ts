@@ -16,6 +16,7 @@ import { ContentStore } from '../images/store.js'
 import { LayerStore } from '../images/unpack.js'
 import { CgroupHost, type HostCapacity } from '../runtime/cgroups.js'
 import type { ContainerInfo } from '../runtime/containers.js'
+import { isProcessAlive } from '../runtime/runc.js'
 import { refusingRule } from './policy.js'
 import type { ContainerRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord } from './records.js'
 
@@ -47,15 +48,6 @@ export interface PullAnswer {
   platform: string
   downloadedBytes: number
   seconds: number
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 export const canonicalRef = (ref: string): string => formatReference(parseReference(ref, { defaultRegistry: 'docker.io' }))
@@ -256,7 +248,7 @@ export class NodeAgent {
     }
     // the supervisor notices within a second and stops the daemon
     const deadline = Date.now() + csmStopTimeoutMs
-    for (let pid = this.pidOf(name); pid !== null && processAlive(pid); pid = this.pidOf(name)) {
+    for (let pid = this.pidOf(name); pid !== null && await isProcessAlive(pid); pid = this.pidOf(name)) {
       if (Date.now() > deadline) throw new TessError('TESS_E_TIMEOUT', `the daemon of CSM "${name}" did not stop within ${csmStopTimeoutMs} ms`, 'see the supervisor log; retry the delete')
       await new Promise((r) => setTimeout(r, 200))
     }

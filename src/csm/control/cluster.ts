@@ -10,7 +10,7 @@ import type {
 } from '../../common/csm-types.js'
 import type { CsmStatsAnswer } from '../daemon/routes.js'
 import { parseRegistryHost } from '../images/reference.js'
-import type { HostCapacity } from '../runtime/cgroups.js'
+import { mib, round2, type HostCapacity } from '../runtime/cgroups.js'
 import type { ContainerInfo } from '../runtime/containers.js'
 import { cpusMin, memoryLimitMinBytes } from '../runtime/limits.js'
 import { canonicalRef, type LocalCsm, type PullAnswer } from './agent.js'
@@ -54,9 +54,7 @@ export interface RunRequest {
   volumes?: VolumeMount[]
 }
 
-const round2 = (n: number) => Math.round(n * 100) / 100
 const gib = (n: number) => `${round2(n / 2 ** 30)} GiB`
-const mib = (n: number) => `${round2(n / 2 ** 20)} MiB`
 
 /**
  * The cluster-wide half of containers, served by every CVM: CSM, pool, registry and container

@@ -1,7 +1,7 @@
 import { TessError } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
 import type { UsageStats } from '../../common/csm-types.js'
-import { bodyObject, int, num, str, strList, type ApiServer } from '../../cvm/api/server.js'
+import { bodyObject, int, num, queryInt, str, strList, type ApiServer } from '../../cvm/api/server.js'
 import type { CgroupStats, CsmCgroup } from '../runtime/cgroups.js'
 import type { ContainerManager, ContainerSpec } from '../runtime/containers.js'
 import { containerStopTimeoutMsMax, containerArgsMax, containerEnvMax, logTailLinesMax } from '../runtime/limits.js'
@@ -72,14 +72,8 @@ export function registerCsmRoutes(api: ApiServer, s: { manager: ContainerManager
     return c
   })
   api.route('GET', '/v1/containers/:id/logs', async (req) => {
-    const q = (k: string, max: number): number | undefined => {
-      const v = req.query.get(k)
-      if (v === null) return undefined
-      if (!/^\d{1,15}$/.test(v) || Number(v) > max) throw new TessError('TESS_E_INVALID', `query parameter "${k}" must be a whole number 0..${max}`, '')
-      return Number(v)
-    }
-    const offset = q('offset', Number.MAX_SAFE_INTEGER)
-    const tail = q('tail', logTailLinesMax)
+    const offset = queryInt(req, 'offset', Number.MAX_SAFE_INTEGER)
+    const tail = queryInt(req, 'tail', logTailLinesMax)
     const r = await m.readLog(req.params.id!, { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) })
     return { data: r.data.toString('base64'), offset: r.offset, running: r.running }
   })

@@ -676,8 +676,9 @@ function checkLimitValues(limits: CgroupLimits, who: string): void {
   }
 }
 
-const round2 = (n: number) => Math.round(n * 100) / 100
-const mib = (n: number) => `${round2(n / 1024 / 1024)} MiB`
+/** for messages: a number to 2 decimals, bytes as MiB */
+export const round2 = (n: number): number => Math.round(n * 100) / 100
+export const mib = (n: number): string => `${round2(n / 1024 / 1024)} MiB`
 
 // ---------------------------------------------------------------------------------------------
 // file helpers

@@ -2,7 +2,7 @@ import { TessError } from '../../common/errors.js'
 import type { ContainerControl } from '../../csm/control/cluster.js'
 import type { NetworkMode, RuntimeName } from '../../common/csm-types.js'
 import { containerArgsMax, containerEnvMax, containerStopTimeoutMsMax, logTailLinesMax } from '../../csm/runtime/limits.js'
-import { bodyObject, bool, int, num, str, strList, type ApiServer, type ApiRequest } from './server.js'
+import { bodyObject, bool, int, num, queryInt, str, strList, type ApiServer } from './server.js'
 import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
 import type { VolumeMount } from '../../csm/control/records.js'
 import { volumesPerContainerMax } from '../../csm/volumes/spec.js'
@@ -19,12 +19,6 @@ function volumeMounts(b: Record<string, unknown>): VolumeMount[] | undefined {
 
 const cpusMax = 4096
 
-function queryInt(req: ApiRequest, k: string, max: number): number | undefined {
-  const v = req.query.get(k)
-  if (v === null) return undefined
-  if (!/^\d{1,15}$/.test(v) || Number(v) > max) throw new TessError('TESS_E_INVALID', `query parameter "${k}" must be a whole number 0..${max}`, '')
-  return Number(v)
-}
 
 /** The container half of the management API: CSMs, pools, registries, images, containers. */
 export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {

@@ -233,3 +233,11 @@ export function strList(o: Record<string, unknown>, k: string, max: number, leng
   if (long !== undefined) throw new TessError('TESS_E_INVALID', `an entry of "${k}" is longer than ${lengthMax} characters`, '')
   return v as string[]
 }
+
+/** An optional whole-number query parameter, 0..max. */
+export function queryInt(req: ApiRequest, k: string, max: number): number | undefined {
+  const v = req.query.get(k)
+  if (v === null) return undefined
+  if (!/^\d{1,15}$/.test(v) || Number(v) > max) throw new TessError('TESS_E_INVALID', `query parameter "${k}" must be a whole number 0..${max}`, '')
+  return Number(v)
+}
