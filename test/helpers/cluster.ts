@@ -51,6 +51,12 @@ export function runTess(args: string[], env: Record<string, string>, opts: { inp
   })
 }
 
+/** Add --json to tess arguments, before a "--" (after it, it would be part of a container's command). */
+export function withJson(args: string[]): string[] {
+  const i = args.indexOf('--')
+  return i < 0 ? [...args, '--json'] : [...args.slice(0, i), '--json', ...args.slice(i)]
+}
+
 export interface LocalClusterPorts { api: number, nbd: number, etcdClient: number, etcdPeer: number, data: number }
 
 /** An embedded cluster in a temp dir, on free ports, with its own CLI config dir. */

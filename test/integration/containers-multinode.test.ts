@@ -3,7 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, CsmInfo, ImageInfo } from '../../src/common/csm-types.js'
-import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
+import { runTess, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
 
@@ -22,8 +22,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
   const env = { TESS_CONFIG_DIR: path.join(root, 'config') }
   const tess = (args: string[]): Promise<TessResult> => runTess(args, env, { timeoutMs: 240_000 })
   async function ok(args: string[]): Promise<any> {
-    const i = args.indexOf('--')
-    const r = await tess(i < 0 ? [...args, '--json'] : [...args.slice(0, i), '--json', ...args.slice(i)])
+    const r = await tess(withJson(args))
     if (r.code !== 0) throw new Error(`tess ${args.join(' ')} exited ${r.code}: ${r.stdout} ${r.stderr}`)
     return r.json
   }

@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, CsmInfo, StatsResult } from '../../src/common/csm-types.js'
-import { TestCluster, alive, waitFor, type TessResult } from '../helpers/cluster.js'
+import { TestCluster, alive, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
@@ -28,11 +28,6 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
   const password = `s3cret-${Math.random().toString(36).slice(2)}`
 
   const tess = (args: string[], opts?: { input?: string, timeoutMs?: number }): Promise<TessResult> => c.tess(args, opts)
-  /** --json goes before a "--" (after it, it would be part of the container's command) */
-  const withJson = (args: string[]) => {
-    const i = args.indexOf('--')
-    return i < 0 ? [...args, '--json'] : [...args.slice(0, i), '--json', ...args.slice(i)]
-  }
   async function ok(args: string[], opts?: { input?: string, timeoutMs?: number }): Promise<any> {
     const r = await tess(withJson(args), opts)
     if (r.code !== 0) throw new Error(`tess ${args.join(' ')} exited ${r.code}: ${r.stdout} ${r.stderr}`)

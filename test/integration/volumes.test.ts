@@ -3,7 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, VolumeInfo } from '../../src/common/csm-types.js'
-import { TestCluster, alive, waitFor, type TessResult } from '../helpers/cluster.js'
+import { TestCluster, alive, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
@@ -19,10 +19,6 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
   let work: string
   let image: string
 
-  const withJson = (args: string[]) => {
-    const i = args.indexOf('--')
-    return i < 0 ? [...args, '--json'] : [...args.slice(0, i), '--json', ...args.slice(i)]
-  }
   async function ok(args: string[]): Promise<any> {
     const r = await c.tess(withJson(args), { timeoutMs: 120_000 })
     if (r.code !== 0) throw new Error(`tess ${args.join(' ')} exited ${r.code}: ${r.stdout} ${r.stderr}`)
