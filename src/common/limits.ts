@@ -8,6 +8,12 @@ export const extentsPerEgroup = 32
 export const vdiskSizeMaxBytes = 2 ** 50 // 1 PiB
 export const vdiskSizeMinBytes = 4096
 export const rfMax = 3
+/** extent group writes up to this size are written with synchronous pwrite (page cache); larger ones go through the thread pool */
+export const egroupSyncWriteMaxBytes = 256 * 1024
+/** an extent group's dirty marker is removed this long after a sync that left it clean */
+export const egroupCleanMarkerDelayMs = 2_000
+/** a vDisk makes its next extent group in the background when fewer slots than this are free */
+export const egroupPrecreateFreeSlotsMin = 16
 
 // NBD
 export const nbdPortDefault = 10809

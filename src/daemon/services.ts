@@ -42,14 +42,18 @@ export function etcdService(cfg: NodeConfig): ServiceSpec {
   }
 }
 
+/** libuv pool threads of the CVM */
+const cvmThreadPoolSize = 16
+
 export function cvmService(cfg: NodeConfig): ServiceSpec {
   return {
     name: 'cvm',
     command: process.execPath,
     // TESS_CVM_NODE_ARGS (in the supervisor's environment) adds node options, e.g. --cpu-prof for profiling.
     args: ['--enable-source-maps', ...(process.env.TESS_CVM_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(distDir, 'cvm', 'main.js'), '--data-dir', cfg.dataDir],
-    // The extent store does file I/O through libuv's pool: give it room for queue depth.
-    env: { UV_THREADPOOL_SIZE: '8' },
+    // Reads and large writes go through libuv's pool: one thread per request a client keeps in
+    // flight (QD16 random reads from the disk wait on the device, not on the CPU).
+    env: { UV_THREADPOOL_SIZE: String(cvmThreadPoolSize) },
   }
 }
 

@@ -94,6 +94,14 @@ export class MemoryDevice implements BlockDevice {
     return this.exp.run('read', offset, length, () => Buffer.from(this.exp.data.subarray(offset, offset + length)))
   }
 
+  /** the pooled-reply path of the server (large reads) */
+  readInto(offset: number, out: Buffer): Promise<void> {
+    this.live('read')
+    return this.exp.run('read', offset, out.length, () => {
+      this.exp.data.copy(out, 0, offset, offset + out.length)
+    })
+  }
+
   write(offset: number, data: Buffer, _fua: boolean): Promise<void> {
     this.live('write')
     return this.exp.run('write', offset, data.length, () => {

@@ -106,12 +106,17 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect(files.length).toBeGreaterThan(0)
     const before = path.join(root, 'repair-before.bin')
     expect((await run('nbdcopy', [uri(0, 'data'), before], { timeoutMs: 300_000 })).code).toBe(0)
-    // flip one byte in the data region of every local extent group file of host 1
+    // flip one byte in the data region of every local extent group file of host 1 that holds
+    // data there (a group made ahead of need holds none yet)
+    let flipped = 0
     for (const f of files) {
       const at = 128 * 1024 + 4096 * 3 + 17
-      const flip = `python3 -c "import sys; f=open(sys.argv[1],'r+b'); f.seek(${at}); b=f.read(1); f.seek(${at}); f.write(bytes([b[0]^0xff])); f.close()" ${egDir}/${f}`
-      expect((await th.exec(th.hosts[0]!, ['sh', '-c', flip])).code).toBe(0)
+      const flip = `python3 -c "import sys; f=open(sys.argv[1],'r+b'); f.seek(${at}); b=f.read(1); f.seek(${at}); f.write(bytes([b[0]^0xff])) if b else None; print(len(b)); f.close()" ${egDir}/${f}`
+      const r = await th.exec(th.hosts[0]!, ['sh', '-c', flip])
+      expect(r.code, r.stderr).toBe(0)
+      flipped += Number(r.stdout.trim())
     }
+    expect(flipped).toBeGreaterThan(0)
     const after = path.join(root, 'repair-after.bin')
     const r = await run('nbdcopy', [uri(0, 'data'), after], { timeoutMs: 300_000 })
     expect(r.code, r.stderr).toBe(0)

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { ChecksumError, EgroupFile, dataRegionOffset } from '../../src/cvm/vdisk/egroup.js'
+import { ChecksumError, EgroupFile, checksumFor, dataRegionOffset, egroupVersion } from '../../src/cvm/vdisk/egroup.js'
 
 const MiB = 1024 * 1024
 
@@ -73,8 +73,14 @@ describe('extent group files (real files)', () => {
     const marker = EgroupFile.markerName(EgroupFile.fileName(dir, '10'))
     expect(fs.existsSync(marker)).toBe(true)
     await eg.sync()
+    // the marker goes a while after the sync (cleanNow does it at once)
+    expect(fs.existsSync(marker)).toBe(true)
+    await eg.cleanNow()
     expect(fs.existsSync(marker)).toBe(false)
     await eg.write(0, 0, crypto.randomBytes(4096))
+    // a write not yet synced keeps it
+    await eg.cleanNow()
+    expect(fs.existsSync(marker)).toBe(true)
     expect(fs.existsSync(marker)).toBe(true)
     await eg.discard() // "crash": no sync
     // simulate the process dying between the data write and the checksum write
@@ -88,6 +94,66 @@ describe('extent group files (real files)', () => {
     const out = Buffer.alloc(MiB)
     await eg2.read(0, 0, MiB, out, 0)
     await eg2.close()
+  })
+
+  it('new files use CRC-32C (version 2); version 1 files (CRC-32) are still read and written', async () => {
+    expect(egroupVersion).toBe(2)
+    const v1 = await EgroupFile.create(dir, '20', '3', 1)
+    const data = crypto.randomBytes(MiB)
+    await v1.write(3, 0, data)
+    await v1.sync()
+    await v1.close()
+    // the stored entries are zlib CRC-32 of each block
+    const fd = fs.openSync(EgroupFile.fileName(dir, '20'), 'r')
+    const entry = Buffer.alloc(8)
+    fs.readSync(fd, entry, 0, 8, 4096 + 3 * 256 * 8)
+    fs.closeSync(fd)
+    expect(entry.readUInt32LE(0)).toBe(checksumFor(1).one(data.subarray(0, 4096)))
+    expect(entry.readUInt32LE(0)).not.toBe(checksumFor(2).one(data.subarray(0, 4096)))
+    const again = await EgroupFile.open(dir, '20', new Set([3]), () => undefined)
+    expect(again.version).toBe(1)
+    const out = Buffer.alloc(MiB)
+    await again.read(3, 0, MiB, out, 0)
+    expect(out.equals(data)).toBe(true)
+    await again.write(3, 4096, Buffer.alloc(4096, 7))
+    await again.read(3, 4096, 4096, out, 0)
+    expect(out.subarray(0, 4096).equals(Buffer.alloc(4096, 7))).toBe(true)
+    // a slot copied from the version 1 file into a version 2 file is re-checksummed
+    const raw = (await again.readRaw(3))!
+    expect(raw.version).toBe(1)
+    const v2 = await EgroupFile.create(dir, '21', '3')
+    await v2.writeRaw(0, raw.entries, raw.data, raw.version)
+    const back = Buffer.alloc(MiB)
+    await v2.read(0, 0, MiB, back, 0)
+    expect(back.equals(raw.data)).toBe(true)
+    // and back again into a version 1 file
+    const raw2 = (await v2.readRaw(0))!
+    expect(raw2.version).toBe(2)
+    const v1b = await EgroupFile.create(dir, '22', '3', 1)
+    await v1b.writeRaw(5, raw2.entries, raw2.data, raw2.version)
+    await v1b.read(5, 0, MiB, back, 0)
+    expect(back.equals(raw.data)).toBe(true)
+    // entries that do not match the source's checksum are refused
+    const forged = Buffer.from(raw2.entries)
+    forged.writeUInt32LE((forged.readUInt32LE(8) ^ 1) >>> 0, 8)
+    await expect(v1b.writeRaw(6, forged, raw2.data, 2)).rejects.toBeInstanceOf(ChecksumError)
+    for (const f of [again, v2, v1b]) await f.close()
+  })
+
+  it('writes small and large requests alike (synchronous and thread-pool paths)', async () => {
+    const eg = await EgroupFile.create(dir, '23', '3')
+    const small = crypto.randomBytes(8192)
+    const large = crypto.randomBytes(MiB)
+    await eg.write(1, 0, large)
+    await eg.write(1, 65536, small)
+    await eg.sync()
+    await eg.close()
+    const again = await EgroupFile.open(dir, '23', new Set([1]), () => undefined)
+    const out = Buffer.alloc(MiB)
+    await again.read(1, 0, MiB, out, 0)
+    small.copy(large, 65536)
+    expect(out.equals(large)).toBe(true)
+    await again.close()
   })
 
   it('refuses a file that is not an extent group', async () => {

@@ -29,6 +29,11 @@ export interface BlockDevice {
   readonly sizeBytes: number
   read(offset: number, length: number): Promise<Buffer>
   /**
+   * Optional: read into a buffer the server lends (out.length bytes at offset), so large replies
+   * reuse pooled memory. If the promise rejects, the server does not reuse `out`.
+   */
+  readInto?(offset: number, out: Buffer): Promise<void>
+  /**
    * With fua, returns only when the bytes (and any map change they made) are durable. `data` is
    * lent for the call: once the promise resolves the server reuses it, so copy what you keep.
    */

@@ -875,6 +875,16 @@ class Connection {
     const fua = (req.flags & NbdCmdFlag.FUA) !== 0
     switch (req.type) {
       case NbdCmd.READ: {
+        if (device.readInto !== undefined && req.length >= payloadPoolBlockMinBytes) {
+          // a pooled block, back in the pool once the socket has taken the reply
+          const pool = this.config.pool
+          const block = pool.take(req.length)
+          const data = block.subarray(0, req.length)
+          await device.readInto(req.offset, data)
+          return this.replyData(req, data, (err) => {
+            if (!err) pool.give(block)
+          })
+        }
         const data = await device.read(req.offset, req.length)
         if (data.length !== req.length) throw new Error(`device returned ${data.length} bytes`)
         return this.replyData(req, data)
@@ -926,14 +936,15 @@ class Connection {
     else this.pump()
   }
 
-  private replyData(req: Request, data: Buffer): void {
+  /** `sent` (optional) is called once the socket no longer needs `data` */
+  private replyData(req: Request, data: Buffer, sent?: (err?: Error | null) => void): void {
     if (this.structured) {
       // one chunk, marked DONE: the data is complete before the header leaves, so no error can follow
       const h = this.chunkHeader(req, NbdReplyFlag.DONE, NbdReplyType.OFFSET_DATA, nbdOffsetDataPrefixBytes + data.length, nbdOffsetDataPrefixBytes)
       writeU64(h, req.offset, nbdStructuredReplyHeaderBytes)
-      this.send(h, data)
+      this.send(h, data, sent)
     } else {
-      this.send(this.simpleReply(req, 0), data)
+      this.send(this.simpleReply(req, 0), data, sent)
     }
   }
 
@@ -981,7 +992,8 @@ class Connection {
    * tick while corked, so nothing can come between them; every message of the tick leaves in one
    * writev when the cork comes off.
    */
-  private send(head: Buffer, body?: Buffer): void {
+  private send(head: Buffer, body?: Buffer, sent?: (err?: Error | null) => void): void {
+    // a reply that is never written leaves its pooled body to the garbage collector
     if (this.dead || !this.socket.writable) return
     if (!this.corked) {
       this.corked = true
@@ -992,7 +1004,7 @@ class Connection {
       })
     }
     this.socket.write(head)
-    if (body !== undefined && body.length > 0) this.socket.write(body)
+    if (body !== undefined && body.length > 0) this.socket.write(body, sent)
     // 'drain' follows: write() has returned false long before the buffer gets this large
     if (this.socket.writableLength >= replyBufferedMaxBytes) this.writeBlocked = true
   }

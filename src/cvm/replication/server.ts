@@ -2,7 +2,7 @@ import tls from 'node:tls'
 import { errorMessage } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
 import { DeviceError } from '../nbd/device.js'
-import { ChecksumError } from '../vdisk/egroup.js'
+import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { TlsCreds } from './client.js'
 import { FrameParser, PeerError, dataPortIdleTimeoutMs, encodeFrame, num, ops, peerInFlightMax, statusError, statusOk, text, type Frame, type PeerErrorBody } from './protocol.js'
@@ -123,12 +123,15 @@ export class DataServer {
       case ops.egReadRaw: {
         const raw = await (await st.get(text(j, 'egid'))).readRaw(num(j, 'slot'))
         if (!raw) return { json: { entriesBytes: 0 } }
-        return { json: { entriesBytes: raw.entries.length }, data: Buffer.concat([raw.entries, raw.data]) }
+        return { json: { entriesBytes: raw.entries.length, version: raw.version }, data: Buffer.concat([raw.entries, raw.data]) }
       }
       case ops.egWriteRaw: {
         const eb = num(j, 'entriesBytes')
         if (eb !== checksumEntriesBytes || f.data.length !== eb + 1024 * 1024) throw new PeerError('invalid', 'raw slot of the wrong size')
-        await (await st.get(text(j, 'egid'))).writeRaw(num(j, 'slot'), f.data.subarray(0, eb), f.data.subarray(eb))
+        // the source's format version says which checksum the entries hold (absent: the first, CRC-32)
+        const version = j.version === undefined ? 1 : num(j, 'version')
+        if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `unknown extent group format version ${version}`)
+        await (await st.get(text(j, 'egid'))).writeRaw(num(j, 'slot'), f.data.subarray(0, eb), f.data.subarray(eb), version)
         return { json: {} }
       }
       case ops.vdiskIo: {

@@ -43,6 +43,8 @@ export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
 const liveNodesCacheMs = 1000
 /** an owner hands a vDisk over only when no forwarded I/O came for this long */
 const handoverIdleMs = 3000
+/** a stopping CVM waits this long for each vDisk's flush */
+const stopFlushTimeoutMs = 5000
 /** moving every extent group of one vDisk off a node */
 const evacuateTimeoutMs = 30 * 60_000
 
@@ -92,9 +94,14 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
 
   async stop(): Promise<void> {
     for (const p of this.loaded.values()) {
+      let v: Vdisk
       try {
-        (await p).shut('stopping')
-      } catch { /* load failed */ }
+        v = await p
+      } catch { continue /* load failed */ }
+      // A clean stop keeps what clients wrote without flushing: the data and the allocations.
+      await Promise.race([v.flush(), new Promise((resolve) => setTimeout(resolve, stopFlushTimeoutMs).unref())])
+        .catch((e: unknown) => this.opts.log.warn(`vDisk ${v.name}: flush at stop failed: ${errorMessage(e)}`))
+      v.shut('stopping')
     }
     this.loaded.clear()
     await this.opts.store.closeAll()
@@ -179,6 +186,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         name,
         get sizeBytes() { return v.sizeBytes },
         read: (o, l) => v.read(o, l),
+        readInto: (o, out) => v.readInto(o, out),
         write: (o, d, f) => v.write(o, d, f),
         flush: () => v.flush(),
         trim: (o, l) => v.trim(o, l),
@@ -444,7 +452,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         await r.open([])
         for (let slot = 0; slot < extentsPerEgroup; slot++) {
           const raw = await source.readRaw(slot)
-          if (raw) await r.writeRaw(slot, raw.entries, raw.data)
+          if (raw) await r.writeRaw(slot, raw)
         }
         await r.sync()
         next.push(r)

@@ -1,6 +1,6 @@
 import type { PeerPool } from '../replication/client.js'
 import { PeerError, ops } from '../replication/protocol.js'
-import { ChecksumError } from './egroup.js'
+import { ChecksumError, type RawSlot } from './egroup.js'
 import { NotOpenError, type ReplicaStore } from './replicastore.js'
 
 /**
@@ -20,8 +20,9 @@ export interface Replica {
   clear(slot: number, offset: number, length: number): Promise<void>
   freeSlot(slot: number): Promise<void>
   sync(): Promise<void>
-  readRaw(slot: number): Promise<{ entries: Buffer, data: Buffer } | undefined>
-  writeRaw(slot: number, entries: Buffer, data: Buffer): Promise<void>
+  readRaw(slot: number): Promise<RawSlot | undefined>
+  /** store a slot copied from another replica (`version`: the source's format, i.e. its checksum) */
+  writeRaw(slot: number, raw: RawSlot): Promise<void>
   delete(): Promise<void>
 }
 
@@ -63,12 +64,12 @@ export class LocalReplica implements Replica {
     await (await this.store.get(this.egid)).sync()
   }
 
-  async readRaw(slot: number): Promise<{ entries: Buffer, data: Buffer } | undefined> {
+  async readRaw(slot: number): Promise<RawSlot | undefined> {
     return (await this.store.get(this.egid)).readRaw(slot)
   }
 
-  async writeRaw(slot: number, entries: Buffer, data: Buffer): Promise<void> {
-    await (await this.store.get(this.egid)).writeRaw(slot, entries, data)
+  async writeRaw(slot: number, raw: RawSlot): Promise<void> {
+    await (await this.store.get(this.egid)).writeRaw(slot, raw.entries, raw.data, raw.version)
   }
 
   delete(): Promise<void> {
@@ -137,15 +138,17 @@ export class RemoteReplica implements Replica {
     await this.call(ops.egSync, {})
   }
 
-  async readRaw(slot: number): Promise<{ entries: Buffer, data: Buffer } | undefined> {
+  async readRaw(slot: number): Promise<RawSlot | undefined> {
     const f = await this.call(ops.egReadRaw, { slot })
     if (f.data.length === 0) return undefined
     const entriesBytes = f.json.entriesBytes as number
-    return { entries: f.data.subarray(0, entriesBytes), data: f.data.subarray(entriesBytes) }
+    // a peer that does not say is of the first format (CRC-32)
+    const version = typeof f.json.version === 'number' ? f.json.version : 1
+    return { entries: f.data.subarray(0, entriesBytes), data: f.data.subarray(entriesBytes), version }
   }
 
-  async writeRaw(slot: number, entries: Buffer, data: Buffer): Promise<void> {
-    await this.call(ops.egWriteRaw, { slot, entriesBytes: entries.length }, Buffer.concat([entries, data]))
+  async writeRaw(slot: number, raw: RawSlot): Promise<void> {
+    await this.call(ops.egWriteRaw, { slot, entriesBytes: raw.entries.length, version: raw.version }, Buffer.concat([raw.entries, raw.data]))
   }
 
   async delete(): Promise<void> {

@@ -61,7 +61,7 @@ export class ReplicaStore {
       // Idempotent: a retried create finds the file made by the first attempt.
       if (fs.existsSync(file)) return EgroupFile.open(dir, egid, new Set(), (m) => this.opts.log.warn(m))
       return EgroupFile.create(dir, egid, vdiskId)
-    })()
+    })().then((eg) => this.adopt(eg))
     this.open.set(egid, p)
     p.catch(() => this.open.delete(egid))
     await p
@@ -82,10 +82,15 @@ export class ReplicaStore {
         return EgroupFile.create(dir, egid, vdiskId)
       }
       return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m))
-    })()
+    })().then((eg) => this.adopt(eg))
     this.open.set(egid, p)
     p.catch(() => this.open.delete(egid))
     await p
+  }
+
+  private adopt(eg: EgroupFile): EgroupFile {
+    eg.warn = (m) => this.opts.log.warn(m)
+    return eg
   }
 
   async get(egid: string): Promise<EgroupFile> {

@@ -1,5 +1,5 @@
 import { assert, errorMessage } from '../../common/errors.js'
-import { checksumBlockSizeBytes, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
+import { checksumBlockSizeBytes, egroupPrecreateFreeSlotsMin, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError } from './egroup.js'
@@ -53,13 +53,23 @@ function alignUp(n: number): number {
  * to a vBlock are serialized by a per-vBlock lock (reads share it), so a read never sees data
  * without its checksum and two writes never allocate the same vBlock twice.
  *
- * Write of a new vBlock: take a free slot → write data and checksums into it → commit the map
- * entry to etcd (fenced on ownership) → acknowledge. A crash before the commit leaves a slot that
- * no map entry names; the next load frees it. A crash after leaves a complete extent.
+ * Write of a new vBlock: take a free slot → write data and checksums into it → record the map
+ * entry in memory (pending) → acknowledge. The pending entries reach etcd (fenced on ownership,
+ * batched) at the next FLUSH, or at once for a FUA write, after the extent groups they point into
+ * are synced: like a file system's journal, a FLUSH makes both the data and the allocation
+ * durable, and a write that was never flushed costs no etcd round trip. A crash before the
+ * commit leaves slots that no map entry names; the next load frees them (nothing leaks). A crash
+ * after leaves complete extents.
+ *
+ * New extent groups are made ahead of need: when fewer than `egroupPrecreateFreeSlotsMin` slots
+ * are free, the next group is created in the background, so a stream of first writes does not
+ * stop at every 32nd extent for etcd and file creation.
  */
 export class Vdisk {
   private readonly locks = new KeyedRwLock()
   private creating: Promise<LoadedEgroup> | undefined
+  /** allocations whose map entry is in memory only; committed by the next flush (or FUA) */
+  private readonly pendingMap = new Map<number, ExtentRef>()
   private closedReason: string | undefined
   connections = 0
 
@@ -107,7 +117,7 @@ export class Vdisk {
       const bad: Replica[] = []
       let lastErr: unknown
       // local first (the list's order), replicas on nodes believed down last
-      const order = [...eg.replicas.filter((r) => !r.suspect()), ...eg.replicas.filter((r) => r.suspect())]
+      const order = eg.replicas.length === 1 ? eg.replicas : [...eg.replicas.filter((r) => !r.suspect()), ...eg.replicas.filter((r) => r.suspect())]
       for (const r of order) {
         try {
           await r.read(slot, offset, length, out, outOffset)
@@ -136,7 +146,17 @@ export class Vdisk {
     const replicas = [...eg.replicas]
     let results: PromiseSettledResult<void>[]
     try {
-      results = await Promise.allSettled(replicas.map(fn))
+      if (replicas.length === 1) {
+        // RF 1: no settling of a promise array
+        try {
+          await fn(replicas[0]!)
+          return
+        } catch (e) {
+          results = [{ status: 'rejected', reason: e }]
+        }
+      } else {
+        results = await Promise.allSettled(replicas.map(fn))
+      }
     } finally {
       release()
     }
@@ -172,10 +192,19 @@ export class Vdisk {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    this.check()
     const out = Buffer.allocUnsafe(length)
-    await Promise.all([...this.pieces(offset, length)].map((p) => this.readPiece(p.vb, p.off, p.len, out, p.pos)))
+    await this.readInto(offset, out)
     return out
+  }
+
+  async readInto(offset: number, out: Buffer): Promise<void> {
+    this.check()
+    const vb = Math.floor(offset / vBlockSizeBytes)
+    if (offset + out.length <= (vb + 1) * vBlockSizeBytes) {
+      await this.readPiece(vb, offset - vb * vBlockSizeBytes, out.length, out, 0)
+      return
+    }
+    await Promise.all([...this.pieces(offset, out.length)].map((p) => this.readPiece(p.vb, p.off, p.len, out, p.pos)))
   }
 
   private async readPiece(vb: number, off: number, len: number, out: Buffer, pos: number): Promise<void> {
@@ -214,8 +243,46 @@ export class Vdisk {
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.check()
     const touched = new Set<LoadedEgroup>()
-    await Promise.all([...this.pieces(offset, data.length)].map((p) => this.writePiece(p.vb, p.off, data.subarray(p.pos, p.pos + p.len), touched)))
-    if (fua) await this.syncEgroups(touched)
+    const vb = Math.floor(offset / vBlockSizeBytes)
+    if (offset + data.length <= (vb + 1) * vBlockSizeBytes) {
+      // the common case: one vBlock
+      await this.writePiece(vb, offset - vb * vBlockSizeBytes, data, touched)
+    } else {
+      await Promise.all([...this.pieces(offset, data.length)].map((p) => this.writePiece(p.vb, p.off, data.subarray(p.pos, p.pos + p.len), touched)))
+    }
+    if (fua) await this.makeDurable(touched)
+  }
+
+  /** FUA: sync these extent groups, then commit the allocations that point into them. */
+  private async makeDurable(egs: Set<LoadedEgroup>): Promise<void> {
+    const ids = new Set([...egs].map((eg) => eg.id))
+    const pending = [...this.pendingMap].filter(([, ref]) => ids.has(ref.egroupId))
+    await this.syncEgroups(egs)
+    await this.commitMap(pending)
+  }
+
+  /**
+   * Record allocations in etcd (their extent groups are already synced). Entries freed meanwhile
+   * are skipped; a failed commit leaves them pending for the next flush.
+   */
+  private async commitMap(pending: Array<[number, ExtentRef]>): Promise<void> {
+    const now = pending.filter(([vb, ref]) => this.pendingMap.get(vb) === ref)
+    if (now.length === 0) return
+    // Out of the pending set before the puts are queued: a trim from here on deletes the key in
+    // etcd, queued after the put, instead of dropping an entry that is already on its way.
+    for (const [vb] of now) this.pendingMap.delete(vb)
+    try {
+      await Promise.all(now.map(([vb, ref]) => this.backend.mapWriter.put(this.backend.mapKey(vb), JSON.stringify({ eg: ref.egroupId, s: ref.slot }))))
+    } catch (e) {
+      for (const [vb, ref] of now) if (this.map.get(vb) === ref && !this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
+      this.backend.log.error(`vDisk ${this.name}: cannot record ${now.length} new extent(s) in etcd: ${errorMessage(e)}`)
+      throw new DeviceError(nbdErrno.EIO, 'cannot record the new extents')
+    }
+  }
+
+  /** allocations not yet in etcd (tests and diagnostics) */
+  get pendingAllocations(): number {
+    return this.pendingMap.size
   }
 
   private async writePiece(vb: number, off: number, data: Buffer, touched: Set<LoadedEgroup>): Promise<void> {
@@ -262,16 +329,10 @@ export class Vdisk {
       void this.resetSlot(eg, slot).then(() => eg.freeSlots.push(slot), () => undefined)
       throw this.ioError(e)
     }
-    try {
-      await this.backend.mapWriter.put(this.backend.mapKey(vb), JSON.stringify({ eg: eg.id, s: slot }))
-    } catch (e) {
-      this.backend.log.error(`vDisk ${this.name}: cannot record extent of vBlock ${vb} in etcd: ${errorMessage(e)}`)
-      // Free the slot before reuse; if that fails too, the next load frees it (no map entry).
-      void this.resetSlot(eg, slot).then(() => eg.freeSlots.push(slot), () => undefined)
-      throw new DeviceError(nbdErrno.EIO, 'cannot record the new extent')
-    }
+    const ref: ExtentRef = { egroupId: eg.id, slot }
     eg.usedSlots.add(slot)
-    this.map.set(vb, { egroupId: eg.id, slot })
+    this.map.set(vb, ref)
+    this.pendingMap.set(vb, ref)
     return eg
   }
 
@@ -284,23 +345,40 @@ export class Vdisk {
     }
   }
 
+  /** Start making a new extent group unless one is being made. */
+  private startCreating(): Promise<LoadedEgroup> {
+    if (!this.creating) {
+      this.creating = this.backend.newEgroup().then((eg) => {
+        assert(eg.freeSlots.length === extentsPerEgroup, 'new egroup is empty')
+        this.egroups.set(eg.id, eg)
+        return eg
+      }).finally(() => { this.creating = undefined })
+    }
+    return this.creating
+  }
+
+  /** Make the next extent group in the background when few free slots are left. */
+  private precreate(): void {
+    if (this.creating || this.closedReason) return
+    let free = 0
+    for (const eg of this.egroups.values()) if (eg.replicas.length > 0) free += eg.freeSlots.length
+    if (free >= egroupPrecreateFreeSlotsMin) return
+    this.startCreating().catch((e: unknown) => {
+      this.backend.log.warn(`vDisk ${this.name}: cannot make an extent group ahead of need (retried when one is needed): ${errorMessage(e)}`)
+    })
+  }
+
   private async takeSlot(): Promise<{ eg: LoadedEgroup, slot: number }> {
     for (;;) {
       for (const eg of this.egroups.values()) {
         if (eg.replicas.length > 0 && eg.freeSlots.length > 0) {
           const slot = eg.freeSlots.shift()!
+          this.precreate()
           return { eg, slot }
         }
       }
-      if (!this.creating) {
-        this.creating = this.backend.newEgroup().then((eg) => {
-          assert(eg.freeSlots.length === extentsPerEgroup, 'new egroup is empty')
-          this.egroups.set(eg.id, eg)
-          return eg
-        }).finally(() => { this.creating = undefined })
-      }
       try {
-        await this.creating
+        await this.startCreating()
       } catch (e) {
         this.backend.log.error(`vDisk ${this.name}: cannot create an extent group: ${errorMessage(e)}`)
         throw new DeviceError(nbdErrno.ENOSPC, 'cannot create an extent group')
@@ -313,7 +391,9 @@ export class Vdisk {
     if (!ref) return
     const eg = this.egroupOf(ref)
     try {
-      await this.backend.mapWriter.delete(this.backend.mapKey(vb))
+      // an allocation not yet handed to etcd has nothing there to delete
+      if (this.pendingMap.get(vb) === ref) this.pendingMap.delete(vb)
+      else await this.backend.mapWriter.delete(this.backend.mapKey(vb))
     } catch (e) {
       this.backend.log.error(`vDisk ${this.name}: cannot remove extent of vBlock ${vb} from etcd: ${errorMessage(e)}`)
       throw new DeviceError(nbdErrno.EIO, 'cannot free the extent')
@@ -405,9 +485,12 @@ export class Vdisk {
     return done
   }
 
+  /** Make every completed write durable: sync every extent group, then commit the allocations. */
   async flush(): Promise<void> {
     this.check()
+    const pending = [...this.pendingMap]
     await this.syncEgroups(new Set(this.egroups.values()))
+    await this.commitMap(pending)
   }
 
   /** fsync every replica of these egroups (a replica that cannot is replaced, and the new one synced). */
