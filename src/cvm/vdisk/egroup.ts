@@ -388,9 +388,13 @@ export class EgroupFile {
     // Data and checksums go out together: the dirty marker is already durable, so if the process
     // dies between the two, the scrub on open re-checksums whatever bytes the block holds (old or
     // new), and the in-memory entries change only once both writes are done.
+    // Both through the pool: a synchronous pwrite here would wait on the file's inode lock
+    // while the pool's threads write other large requests into the same file.
     const eo = this.entryOffset(slot, offset / checksumBlockSizeBytes)
-    await this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes + offset)
-    writeAllSync(this.fh.fd, newEntries, checksumRegionOffset + eo)
+    await Promise.all([
+      this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes + offset),
+      this.fh.writeAll(newEntries, checksumRegionOffset + eo),
+    ])
     newEntries.copy(this.entries, eo)
   }
 
