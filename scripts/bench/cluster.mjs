@@ -1,77 +1,200 @@
 #!/usr/bin/env node
-// Multi-node benchmark (issue: multi-node): on 3 test hosts (network namespaces with their own
-// sshd, scripts/testhosts.sh), in one run:
+// Multi-node benchmark (issues: multi-node, 12, 22): on 3 test hosts (network namespaces with their
+// own sshd, scripts/testhosts.sh), in one run:
 //   - wall time of `tess cluster create --hosts` for 3 hosts (bundle install, etcd, CVMs, disks)
-//   - fio (nbd engine) sequential 1 MiB writes at QD4 and random 4 KiB writes at QD16 to an RF 1
-//     and an RF 2 vDisk through host 1 (each written once before, so extents are allocated), and
-//     the raw file on the same disk (libaio, direct=1).
+//   - overwrites: fio (nbd engine) sequential 1 MiB writes at QD4 and random 4 KiB writes at QD16,
+//     time-based, to an RF 1 and an RF 2 vDisk through host 1 (each written once before, so
+//     extents are allocated), and the raw file on the same disk (libaio, direct=1)
+//   - first writes: the same two jobs into a FRESH RF 1 and RF 2 vDisk (created each round, deleted
+//     afterwards) and a fresh sparse raw file, size-limited so that every write is a first write
+//     (1M: --size, 4k: --rand-first-size, covered once: randrepeat, random map on); then the same
+//     job again on the same range (overwrite): first-write / overwrite ratio. etcd's counters
+//     (/metrics of the 3 members, with a client certificate signed by the operator's cluster CA)
+//     before and after each pass: Txn and Put calls, mvcc puts, raft proposals, WAL fsyncs (all
+//     members), keys, db growth, per GiB written.
 // Every host's disk is on this machine's one disk, so RF 2 writes every byte twice to it: half the
-// raw write rate is the ceiling. Prints a Markdown table with the ratios.
-// Usage: node scripts/bench/cluster.mjs [--size 1G] [--runtime 10]   (root)
+// raw write rate is the ceiling. Every job runs --rounds times, the targets taking turns (the order
+// rotates each round). Prints every round's figure, the medians and the ratios of the medians as
+// Markdown tables. fio runs with its cwd in the bench dir and --verify_state_save=0.
+// Usage: node scripts/bench/cluster.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M]
+//          [--prefix bench]   (root; --prefix names the test hosts, e.g. bench1..bench3)
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { fioJson, opt, repoRoot, sh, tess } from './common.mjs'
+import {
+  apiClient, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, ratio, repoRoot, rotate,
+  roundsCell, runFio, sh, sizeBytes, sleep, sparseFile, tess,
+} from './common.mjs'
 
 const size = opt('size', '1G')
 const runtime = Number(opt('runtime', '10'))
-const prefix = 'bench'
+const rounds = Number(opt('rounds', '3'))
+const prefix = opt('prefix', 'bench')
+const bytes = sizeBytes(size)
+const randFirstBytes = Math.min(bytes, sizeBytes(opt('rand-first-size', '256M')))
+const clusterName = 'bench'
 const th = path.join(repoRoot, 'scripts', 'testhosts.sh')
 const root = fs.mkdtempSync('/var/tmp/tess-bench-cluster-')
-const env = { ...process.env, TESS_CONFIG_DIR: path.join(root, 'config'), NO_COLOR: '1' }
+const work = path.join(root, 'fio') // fio's working directory
+const configDir = path.join(root, 'config')
+const env = { ...process.env, TESS_CONFIG_DIR: configDir, NO_COLOR: '1' }
+const GiB = 2 ** 30
+const mib = (b) => (b / 1048576).toFixed(0)
 const run = (args) => {
   const r = spawnSync(process.execPath, [tess, ...args, '--json'], { encoding: 'utf8', env })
   if (r.status !== 0) throw new Error(`tess ${args.join(' ')}: ${r.stdout}${r.stderr}`)
   return JSON.parse(r.stdout)
 }
 
-function fio(target, rw, bs, iodepth) {
-  const common = [`--name=${rw}`, `--rw=${rw}`, `--bs=${bs}`, `--iodepth=${iodepth}`, `--size=${size}`, `--runtime=${runtime}`, '--time_based=1', '--ramp_time=1', '--output-format=json', '--norandommap=1']
-  const args = target.startsWith('nbd://') ? ['--ioengine=nbd', `--uri=${target}`, ...common] : ['--ioengine=libaio', '--direct=1', `--filename=${target}`, ...common]
-  const j = fioJson(sh('fio', args).stdout).jobs[0].write
-  return bs === '4k' ? j.iops : j.bw_bytes / 1048576
-}
+const jobs = [
+  { name: '1M write QD4', tag: 'seq', rw: 'write', bs: '1M', iodepth: 4, unit: 'MiB/s', bytes },
+  { name: '4k randwrite QD16', tag: 'rand', rw: 'randwrite', bs: '4k', iodepth: 16, unit: 'iops', bytes: randFirstBytes },
+]
+const targetNames = ['RF 1', 'RF 2', 'raw file']
+const nbdArgs = (uri) => ['--ioengine=nbd', `--uri=${uri}`]
+const fileArgs = (file) => ['--ioengine=libaio', '--direct=1', `--filename=${file}`]
+const timedArgs = (job) => [`--name=${job.rw}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.iodepth}`, `--size=${size}`, `--runtime=${runtime}`,
+  '--time_based=1', '--ramp_time=1', '--randrepeat=0', '--norandommap=1']
+const onceArgs = (job) => [`--name=first-${job.tag}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.iodepth}`, `--size=${job.bytes}`,
+  '--randrepeat=1', '--norandommap=0']
 
+let hostsUp = false
+let clusterUp = false
+const out = []
 try {
+  fs.mkdirSync(work)
   sh('bash', [th, 'up', '3', '--prefix', prefix])
+  hostsUp = true
   const info = JSON.parse(sh('bash', [th, 'list', '--prefix', prefix, '--json']).stdout)
   const hosts = info.hosts.map((h) => h.address)
   const t0 = Date.now()
-  run(['cluster', 'create', '--name', 'bench', '--hosts', hosts.join(','), '--ssh-key', info.keyFile, '--known-hosts', info.knownHostsFile])
+  clusterUp = true // a failed create cleans up after itself; destroy is harmless then
+  run(['cluster', 'create', '--name', clusterName, '--hosts', hosts.join(','), '--ssh-key', info.keyFile, '--known-hosts', info.knownHostsFile])
   const bootstrapS = (Date.now() - t0) / 1000
-  console.error(`bootstrap of 3 hosts: ${bootstrapS.toFixed(1)} s`)
-  run(['vdisk', 'create', 'rf1', '--size', size, '--rf', '1'])
-  run(['vdisk', 'create', 'rf2', '--size', size, '--rf', '2'])
-  const raw = path.join(root, 'raw.img')
-  fs.writeFileSync(raw, '')
-  fs.truncateSync(raw, Number(sh('numfmt', ['--from=iec', size]).stdout.trim()))
-  const targets = { 'RF 1': `nbd://${hosts[0]}:10809/rf1`, 'RF 2': `nbd://${hosts[0]}:10809/rf2`, 'raw file': raw }
-  // write every target once first: the jobs then measure overwrites, not extent allocation
-  for (const t of Object.values(targets)) {
-    const common = ['--name=prefill', '--rw=write', '--bs=1M', '--iodepth=8', `--size=${size}`, '--output-format=json']
-    sh('fio', t.startsWith('nbd://') ? ['--ioengine=nbd', `--uri=${t}`, ...common] : ['--ioengine=libaio', '--direct=1', `--filename=${t}`, ...common])
+  console.error(`bootstrap of 3 hosts: ${bootstrapS.toFixed(1)} s (${rounds} rounds, ${size}, ${runtime} s per timed job, random first writes over ${mib(randFirstBytes)} MiB)`)
+  const api = await apiClient(configDir, clusterName)
+  const { resolveContext } = await import('../../dist/cli/contexts.js')
+  const ctx = resolveContext(clusterName)
+  const nbdPort = ctx.remote?.ports?.nbd ?? 10809
+  const etcdPort = ctx.remote?.ports?.etcdClient ?? 2379
+
+  // etcd metrics: a client certificate from the operator's copy of the cluster CA
+  const { createNodeCert } = await import('../../dist/bootstrap/pki.js')
+  const caDir = path.join(configDir, 'clusters', clusterName)
+  const certDir = path.join(root, 'metrics-cert')
+  fs.mkdirSync(certDir, { mode: 0o700 })
+  const cert = createNodeCert(certDir, { caCert: path.join(caDir, 'ca.crt'), caKey: path.join(caDir, 'ca.key') }, 'bench-metrics', [])
+  const etcd = etcdMetrics(hosts.map((h) => `https://${h}:${etcdPort}`), {
+    ca: fs.readFileSync(path.join(caDir, 'ca.crt')), cert: fs.readFileSync(cert.cert), key: fs.readFileSync(cert.key),
+  })
+
+  const vdisk = async (name, n, rf) => {
+    await api.post('/v1/vdisks', { name, sizeBytes: n, rf })
+    return nbdArgs(`nbd://${hosts[0]}:${nbdPort}/${name}`)
   }
-  const jobs = [['write', '1M', 4, 'MiB/s'], ['randwrite', '4k', 16, 'iops']]
-  const res = {}
-  for (const [rw, bs, qd, unit] of jobs) {
-    for (const [name, t] of Object.entries(targets)) {
-      res[`${rw}/${name}`] = fio(t, rw, bs, qd)
-      console.error(`${rw} ${bs} QD${qd} ${name}: ${res[`${rw}/${name}`].toFixed(0)} ${unit}`)
+  const raw = sparseFile(path.join(root, 'raw.img'), bytes)
+  const targets = { 'RF 1': await vdisk('rf1', bytes, 1), 'RF 2': await vdisk('rf2', bytes, 2), 'raw file': fileArgs(raw) }
+  // write every target once first: the overwrite jobs then measure overwrites, not extent allocation
+  for (const t of Object.values(targets)) runFio([...t, '--name=prefill', '--rw=write', '--bs=1M', '--iodepth=8', `--size=${size}`], work)
+
+  // ---- overwrites
+  const over = {}
+  for (const job of jobs) {
+    over[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
+    for (let r = 0; r < rounds; r++) {
+      for (const t of rotate(targetNames, r)) {
+        spawnSync('sync')
+        const v = fioFigure(runFio([...targets[t], ...timedArgs(job)], work), 'write', job.unit).value
+        over[job.name][t][r] = v
+        console.error(`${job.name} round ${r + 1} ${t}: ${v.toFixed(0)} ${job.unit}`)
+      }
     }
   }
-  const lines = ['| job | unit | RF 1 | RF 2 | raw file (direct) | RF 2 / RF 1 | RF 2 / (raw / 2) |', '|---|---|---|---|---|---|---|']
-  for (const [rw, bs, qd, unit] of jobs) {
-    const a = res[`${rw}/RF 1`]; const b = res[`${rw}/RF 2`]; const r = res[`${rw}/raw file`]
-    lines.push(`| ${bs} ${rw} QD${qd} | ${unit} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${r.toFixed(0)} | ${(b / a).toFixed(2)} | ${(b / (r / 2)).toFixed(2)} |`)
+
+  // ---- first writes into fresh targets, then the same range again
+  const idleS = 3
+  const b0 = await etcd()
+  await sleep(idleS * 1000)
+  const background = metricsDelta(b0, await etcd())
+  const fresh = async (t, tag, n) => {
+    if (t === 'raw file') {
+      const file = sparseFile(path.join(root, `fw-${tag}.img`), n)
+      return { args: fileArgs(file), cleanup: async () => fs.rmSync(file, { force: true }) }
+    }
+    const name = `fw-${t === 'RF 1' ? 'rf1' : 'rf2'}-${tag}`
+    return { args: await vdisk(name, n, t === 'RF 1' ? 1 : 2), cleanup: () => api.delete(`/v1/vdisks/${name}?force=true`) }
   }
-  lines.push('', `Bootstrap of 3 hosts (\`tess cluster create --hosts\`, bundle upload, etcd, CVMs, disks): ${bootstrapS.toFixed(1)} s`)
-  console.log(lines.join('\n'))
+  const first = {}
+  const again = {}
+  const cost = {} // job -> target -> { first: [{delta, bytes}], over: [...] }
+  for (const job of jobs) {
+    first[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
+    again[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
+    cost[job.name] = { 'RF 1': { first: [], over: [] }, 'RF 2': { first: [], over: [] } }
+    for (let r = 0; r < rounds; r++) {
+      for (const t of rotate(targetNames, r)) {
+        const target = await fresh(t, `${job.tag}-${r + 1}`, job.bytes)
+        try {
+          for (const [pass, res] of [['first', first], ['over', again]]) {
+            spawnSync('sync')
+            const m0 = cost[job.name][t] ? await etcd() : undefined
+            const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), 'write', job.unit)
+            if (m0) cost[job.name][t][pass].push({ delta: metricsDelta(m0, await etcd()), bytes: f.bytes })
+            if (f.bytes !== job.bytes) throw new Error(`${job.name} on ${t}: fio wrote ${f.bytes} bytes, not the ${job.bytes} of the range`)
+            res[job.name][t][r] = f.value
+            console.error(`${job.name} round ${r + 1} ${t} ${pass === 'first' ? 'first write' : 'overwrite'}: ${f.value.toFixed(0)} ${job.unit}`)
+          }
+        } finally {
+          await target.cleanup()
+        }
+      }
+    }
+  }
+
+  // ---- tables
+  const md = median
+  const rule = (n) => `|${'---|'.repeat(n)}`
+  const table = (res, suffix) => {
+    out.push(`| job | unit | RF 1 (${rounds} rounds) | RF 1 median | RF 2 (rounds) | RF 2 median | raw file (direct, rounds) | raw median | RF 2 / RF 1 | RF 2 / (raw / 2) |`, rule(10))
+    for (const job of jobs) {
+      const x = res[job.name]
+      const [a, b, c] = targetNames.map((t) => md(x[t]))
+      out.push(`| ${job.name}${suffix} | ${job.unit} | ${roundsCell(x['RF 1'])} | ${fmt(a)} | ${roundsCell(x['RF 2'])} | ${fmt(b)} | ${roundsCell(x['raw file'])} | ${fmt(c)} | ${ratio(b, a)} | ${ratio(b, c / 2)} |`)
+    }
+  }
+  out.push(`Overwrites of a vDisk written once before (${size}, ${runtime} s per round after a 1 s ramp; medians of ${rounds} rounds, ratios of the medians):`, '')
+  table(over, '')
+  out.push('', `First writes into a fresh vDisk (a new sparse file for raw), each range written once (1M: ${mib(bytes)} MiB, 4k: ${mib(randFirstBytes)} MiB):`, '')
+  table(first, ' (first write)')
+  out.push('', 'First write / overwrite of the same range right after (ratio of the medians):', '')
+  out.push('| job | unit | RF 1 overwrite (rounds) | RF 2 overwrite (rounds) | RF 1 first/over | RF 2 first/over | raw first/over |', rule(7))
+  for (const job of jobs) {
+    const fo = (t) => ratio(md(first[job.name][t]), md(again[job.name][t]))
+    out.push(`| ${job.name} | ${job.unit} | ${roundsCell(again[job.name]['RF 1'])} | ${roundsCell(again[job.name]['RF 2'])} | ${fo('RF 1')} | ${fo('RF 2')} | ${fo('raw file')} |`)
+  }
+  out.push('', `etcd cost per GiB written (/metrics of the 3 members before and after each pass; calls and WAL fsyncs summed over the members; medians of ${rounds} rounds). Included in the figures, the idle background (the CVMs' heartbeats): ${
+    etcdCostColumns.slice(0, 5).map(([label, f]) => `${fmt(f(background, idleS))} ${label.replace(' / GiB', '')}`).join(', ')} per second.`, '')
+  out.push(`| job | vDisk | pass | MiB written | ${etcdCostColumns.map(([label]) => label).join(' | ')} |`, rule(4 + etcdCostColumns.length))
+  for (const job of jobs) {
+    for (const t of ['RF 1', 'RF 2']) {
+      for (const [pass, label] of [['first', 'first write'], ['over', 'overwrite']]) {
+        const rs = cost[job.name][t][pass]
+        const cells = etcdCostColumns.map(([, f]) => fmt(md(rs.map((x) => f(x.delta, x.bytes / GiB)))))
+        out.push(`| ${job.name} | ${t} | ${label} | ${mib(rs[0].bytes)} | ${cells.join(' | ')} |`)
+      }
+    }
+  }
+  out.push('', `Bootstrap of 3 hosts (\`tess cluster create --hosts\`, bundle upload, etcd, CVMs, disks): ${bootstrapS.toFixed(1)} s`)
+  console.log(out.join('\n'))
 } finally {
-  try {
-    run(['cluster', 'destroy', '--yes'])
-  } catch (e) {
-    console.error(`cleanup: ${e.message}`)
+  if (clusterUp) {
+    try {
+      run(['cluster', 'destroy', '--yes'])
+    } catch (e) {
+      console.error(`cleanup: ${e.message}`)
+    }
   }
-  spawnSync('bash', [th, 'down', '--prefix', prefix], { stdio: 'ignore' })
+  // only hosts this run brought up: `up` refuses a prefix that is already up, and someone else's must stay
+  if (hostsUp) spawnSync('bash', [th, 'down', '--prefix', prefix], { stdio: 'ignore' })
   fs.rmSync(root, { recursive: true, force: true })
 }

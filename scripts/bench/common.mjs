@@ -1,10 +1,13 @@
-// Shared helpers of the benchmark scripts: free ports, running programs, fio JSON, a local cluster,
-// a local registry, OCI bundles for a bare `runc run`.
+// Shared helpers of the benchmark scripts: free ports, running programs, fio (always with its cwd in a
+// temp dir), rounds and their formatting, etcd metrics, API latency, a local cluster, a local
+// registry, bench images, OCI bundles for a bare `runc run`.
 import { spawn, spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import https from 'node:https'
 import net from 'node:net'
 import path from 'node:path'
+import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -15,6 +18,11 @@ export function opt(name, def) {
   const argv = process.argv.slice(2)
   const i = argv.indexOf(`--${name}`)
   return i >= 0 ? argv[i + 1] : def
+}
+
+/** Is `--name` on the command line (a flag without a value)? */
+export function flag(name) {
+  return process.argv.slice(2).includes(`--${name}`)
 }
 
 export function freePort() {
@@ -153,6 +161,37 @@ export async function startRegistry(root) {
 }
 
 /**
+ * Build in one OCI layout, with umoci (scratch directories under `workDir`): `busybox` (one layer:
+ * busybox-static and its applet symlinks) and `multi` (that layer plus 4 layers of `layerMiB` MiB
+ * of random data each).
+ */
+export function buildBenchImages(layout, workDir, layerMiB) {
+  const bundle = (n) => path.join(workDir, `build-${n}`)
+  const busybox = fs.existsSync('/bin/busybox') ? '/bin/busybox' : '/usr/bin/busybox'
+  sh('umoci', ['init', '--layout', layout])
+  sh('umoci', ['new', '--image', `${layout}:base`])
+  sh('umoci', ['unpack', '--image', `${layout}:base`, bundle(0)])
+  const r0 = path.join(bundle(0), 'rootfs')
+  for (const d of ['bin', 'etc', 'tmp']) fs.mkdirSync(path.join(r0, d), { recursive: true })
+  fs.copyFileSync(busybox, path.join(r0, 'bin/busybox'))
+  fs.chmodSync(path.join(r0, 'bin/busybox'), 0o755)
+  for (const c of ['sh', 'true', 'false', 'ls', 'cat', 'echo', 'sleep', 'test']) fs.symlinkSync('busybox', path.join(r0, 'bin', c))
+  sh('umoci', ['repack', '--image', `${layout}:busybox`, bundle(0)])
+  sh('umoci', ['config', '--image', `${layout}:busybox`, '--config.cmd', '/bin/sh'])
+  let from = 'busybox'
+  for (let i = 1; i <= 4; i++) {
+    sh('umoci', ['unpack', '--image', `${layout}:${from}`, bundle(i)])
+    const data = path.join(bundle(i), 'rootfs', 'data')
+    fs.mkdirSync(data, { recursive: true })
+    fs.writeFileSync(path.join(data, `random-${i}`), crypto.randomBytes(layerMiB * 1048576))
+    const tag = i === 4 ? 'multi' : `multi-l${i + 1}`
+    sh('umoci', ['repack', '--image', `${layout}:${tag}`, bundle(i)])
+    from = tag
+  }
+  for (let i = 0; i <= 4; i++) fs.rmSync(bundle(i), { recursive: true, force: true })
+}
+
+/**
  * An OCI bundle for a bare `runc run`: the rootfs of image `layout:tag` (`umoci unpack`, as the
  * node unpacks it) and a config.json from `runc spec` with `args`, no terminal, then `edit(spec)`.
  */
@@ -166,4 +205,179 @@ export function runcBundle(layout, tag, bundleDir, args, edit = () => {}) {
   edit(spec)
   fs.writeFileSync(path.join(bundleDir, 'config.json'), JSON.stringify(spec, null, 2))
   return bundleDir
+}
+
+// ---- fio: never in the repo's directory
+
+/**
+ * Arguments every fio run gets: no verify state files (fio writes `local-*-verify.state` into its
+ * working directory when a write job ends early), JSON output.
+ */
+const fioBaseArgs = ['--verify_state_save=0', '--output-format=json']
+
+/** Run fio synchronously with its working directory in `cwd` (a temp dir, never the repo); returns the parsed JSON. */
+export function runFio(args, cwd) {
+  return fioJson(sh('fio', [...fioBaseArgs, ...args], { cwd }).stdout)
+}
+
+/**
+ * Start fio in the background (cwd a temp dir). `done` resolves to the parsed JSON; `interrupt()`
+ * sends SIGINT, on which fio ends the job and still prints its results.
+ */
+export function startFio(args, cwd) {
+  const child = spawn('fio', [...fioBaseArgs, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  let interrupted = false
+  child.stdout.on('data', (d) => { out += d })
+  child.stderr.on('data', (d) => { err += d })
+  const done = new Promise((resolve, reject) => {
+    child.once('error', reject)
+    child.once('exit', (code) => {
+      if (code !== 0 && !interrupted) return reject(new Error(`fio ${args.join(' ')} failed (${code}): ${err}`))
+      try {
+        resolve(fioJson(out))
+      } catch (e) {
+        reject(new Error(`fio ${args.join(' ')}: no JSON (${code}): ${err}${out.slice(0, 500)}`))
+      }
+    })
+  })
+  done.catch(() => {}) // a caller that stops waiting after an error of its own must not crash the process
+  return {
+    done,
+    running: () => child.exitCode === null && child.signalCode === null,
+    interrupt: () => {
+      interrupted = true
+      if (child.exitCode === null) child.kill('SIGINT')
+    },
+  }
+}
+
+/** The figure of one fio job: IOPS, or MiB/s when `unit` is 'MiB/s'; `bytes` is what it moved. */
+export function fioFigure(json, key, unit) {
+  const j = json.jobs[0][key]
+  return { value: unit === 'iops' ? j.iops : j.bw_bytes / 1048576, bytes: j.io_bytes }
+}
+
+/** Bytes from a size like 256M or 1G (IEC, as fio and `tess vdisk create` read it). */
+export function sizeBytes(s) {
+  return Number(sh('numfmt', ['--from=iec', s]).stdout.trim())
+}
+
+/** A new sparse file of `bytes` (nothing written: every write to it is a first write). */
+export function sparseFile(file, bytes) {
+  fs.rmSync(file, { force: true })
+  fs.writeFileSync(file, '')
+  fs.truncateSync(file, bytes)
+  return file
+}
+
+// ---- rounds
+
+export const median = (xs) => stats(xs).median
+
+/** `xs` rotated left by `r`: round r starts with a different target, so none always goes first. */
+export function rotate(xs, r) {
+  const k = r % xs.length
+  return [...xs.slice(k), ...xs.slice(0, k)]
+}
+
+/** A figure for a table: integers for IOPS and MiB/s, more digits for small numbers. */
+export function fmt(v) {
+  if (v === undefined || Number.isNaN(v)) return 'n/a'
+  const a = Math.abs(v)
+  return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2)
+}
+
+/** Every round's figure, "a / b / c" (`f` formats one). */
+export const roundsCell = (xs, f = fmt) => xs.map(f).join(' / ')
+
+// ---- etcd metrics (Prometheus text from each member's client URL, mutual TLS)
+
+/** Sum of every sample of metric `name` whose labels include all of `labels`. */
+function metricSum(text, name, labels = {}) {
+  let sum = 0
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name) || line.startsWith('#')) continue
+    const m = line.match(/^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/)
+    if (!m || m[1] !== name) continue
+    const ls = m[2] ?? ''
+    if (Object.entries(labels).every(([k, v]) => ls.includes(`${k}="${v}"`))) sum += Number(m[3])
+  }
+  return sum
+}
+
+/**
+ * Reads the counters of every etcd member that tell what the cluster's writes cost. `endpoints`
+ * are client URLs (https://HOST:PORT); `tls` is {ca, cert, key} (PEM) of a certificate the
+ * cluster CA signed (etcd runs with --client-cert-auth, /metrics included).
+ * A snapshot: gRPC calls handled summed over members (each call reaches one member); WAL fsyncs
+ * summed over members (every member writes its log); the state machine (mvcc puts, raft proposals
+ * committed, keys, db size) from the member with the largest figures (all apply the same log).
+ */
+export function etcdMetrics(endpoints, tls) {
+  const fetchText = (url) => new Promise((resolve, reject) => {
+    const req = https.get(`${url}/metrics`, { ...tls, timeout: 5000 }, (res) => {
+      let b = ''
+      res.setEncoding('utf8')
+      res.on('data', (d) => { b += d })
+      res.on('end', () => (res.statusCode === 200 ? resolve(b) : reject(new Error(`${url}/metrics answered ${res.statusCode}`))))
+    })
+    req.on('timeout', () => req.destroy(new Error(`${url}/metrics timed out`)))
+    req.on('error', reject)
+  })
+  return async () => {
+    const texts = await Promise.all(endpoints.map(fetchText))
+    const sum = (f) => texts.map(f).reduce((a, b) => a + b, 0)
+    const max = (f) => Math.max(...texts.map(f))
+    const rpc = (method) => (t) => metricSum(t, 'grpc_server_handled_total', { grpc_service: 'etcdserverpb.KV', grpc_method: method })
+    return {
+      txnRpcs: sum(rpc('Txn')),
+      putRpcs: sum(rpc('Put')),
+      walFsyncs: sum((t) => metricSum(t, 'etcd_disk_wal_fsync_duration_seconds_count')),
+      puts: max((t) => metricSum(t, 'etcd_mvcc_put_total')),
+      proposals: max((t) => metricSum(t, 'etcd_server_proposals_committed_total')),
+      keys: max((t) => metricSum(t, 'etcd_debugging_mvcc_keys_total')),
+      dbBytes: max((t) => metricSum(t, 'etcd_mvcc_db_total_size_in_bytes')),
+      dbInUseBytes: max((t) => metricSum(t, 'etcd_mvcc_db_total_size_in_use_in_bytes')),
+    }
+  }
+}
+
+/** after - before, per field */
+export function metricsDelta(before, after) {
+  return Object.fromEntries(Object.keys(after).map((k) => [k, after[k] - before[k]]))
+}
+
+/** The columns of an etcd cost table: a label and how to get the figure per GiB written from a delta. */
+export const etcdCostColumns = [
+  ['Txn calls / GiB', (d, gib) => d.txnRpcs / gib],
+  ['Put calls / GiB', (d, gib) => d.putRpcs / gib],
+  ['mvcc puts / GiB', (d, gib) => d.puts / gib],
+  ['raft proposals / GiB', (d, gib) => d.proposals / gib],
+  ['WAL fsyncs / GiB', (d, gib) => d.walFsyncs / gib],
+  ['new keys / GiB', (d, gib) => d.keys / gib],
+  ['db growth MiB / GiB', (d, gib) => d.dbBytes / 1048576 / gib],
+  ['db in-use growth MiB / GiB', (d, gib) => d.dbInUseBytes / 1048576 / gib],
+]
+
+// ---- API latency
+
+/** `n` sequential calls of `fn` (one API request each); the milliseconds of each. */
+export async function timeCalls(fn, n) {
+  const ms = []
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now()
+    await fn()
+    ms.push(performance.now() - t0)
+  }
+  return ms
+}
+
+/** An API client for cluster context `name` saved in `configDir` (as the CLI makes it: CA pinned, token, a new TLS connection per request). */
+export async function apiClient(configDir, name) {
+  process.env.TESS_CONFIG_DIR = configDir
+  const { ApiClient } = await import('../../dist/cli/client.js')
+  const { resolveContext } = await import('../../dist/cli/contexts.js')
+  return new ApiClient(resolveContext(name))
 }

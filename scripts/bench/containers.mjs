@@ -19,12 +19,11 @@
 // Prints a Markdown table for each.
 // Usage: node scripts/bench/containers.mjs [--runs 20] [--pull-runs 3] [--layer-mib 8] [--dir DIR]   (root)
 import { spawnSync } from 'node:child_process'
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, stats, tess } from './common.mjs'
+import { buildBenchImages, localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, stats, tess } from './common.mjs'
 
 const runs = Number(opt('runs', '20'))
 const pullRuns = Number(opt('pull-runs', '3'))
@@ -34,35 +33,6 @@ const root = fs.mkdtempSync(path.join(base, 'tess-bench-ctr-'))
 const configDir = path.join(root, 'config')
 const clusterName = 'benchc'
 const csm = 'bench'
-/**
- * Build in one OCI layout, with umoci: `busybox` (one layer: busybox-static and its applet
- * symlinks) and `multi` (that layer plus 4 layers of `layerMiB` MiB of random data each).
- */
-function buildImages(layout) {
-  const bundle = (n) => path.join(root, `build-${n}`)
-  const busybox = fs.existsSync('/bin/busybox') ? '/bin/busybox' : '/usr/bin/busybox'
-  sh('umoci', ['init', '--layout', layout])
-  sh('umoci', ['new', '--image', `${layout}:base`])
-  sh('umoci', ['unpack', '--image', `${layout}:base`, bundle(0)])
-  const r0 = path.join(bundle(0), 'rootfs')
-  for (const d of ['bin', 'etc', 'tmp']) fs.mkdirSync(path.join(r0, d), { recursive: true })
-  fs.copyFileSync(busybox, path.join(r0, 'bin/busybox'))
-  fs.chmodSync(path.join(r0, 'bin/busybox'), 0o755)
-  for (const c of ['sh', 'true', 'false', 'ls', 'cat', 'echo', 'sleep', 'test']) fs.symlinkSync('busybox', path.join(r0, 'bin', c))
-  sh('umoci', ['repack', '--image', `${layout}:busybox`, bundle(0)])
-  sh('umoci', ['config', '--image', `${layout}:busybox`, '--config.cmd', '/bin/sh'])
-  let from = 'busybox'
-  for (let i = 1; i <= 4; i++) {
-    sh('umoci', ['unpack', '--image', `${layout}:${from}`, bundle(i)])
-    const data = path.join(bundle(i), 'rootfs', 'data')
-    fs.mkdirSync(data, { recursive: true })
-    fs.writeFileSync(path.join(data, `random-${i}`), crypto.randomBytes(layerMiB * 1048576))
-    const tag = i === 4 ? 'multi' : `multi-l${i + 1}`
-    sh('umoci', ['repack', '--image', `${layout}:${tag}`, bundle(i)])
-    from = tag
-  }
-  for (let i = 0; i <= 4; i++) fs.rmSync(bundle(i), { recursive: true, force: true })
-}
 
 const stops = []
 const lines = []
@@ -73,7 +43,7 @@ try {
   const reg = await startRegistry(root)
   stops.push(reg.stop)
   const layout = path.join(root, 'oci')
-  buildImages(layout)
+  buildBenchImages(layout, root, layerMiB)
   const busyboxRef = `${reg.host}/bench/busybox:1`
   const multiRef = `${reg.host}/bench/multi:1`
   for (const [tag, ref] of [['busybox', busyboxRef], ['multi', multiRef]]) {
