@@ -1,7 +1,9 @@
 /**
  * The bundle: one gzip tarball with what a node's daemons need (dist/, bin/, package.json,
- * oclif.manifest.json and the production dependency closure of node_modules), built on the operator's
- * machine and installed on every node by bootstrap.
+ * oclif.manifest.json, the native addons in build/Release/*.node when they were built, and the
+ * production dependency closure of node_modules), built on the operator's machine and installed on
+ * every node by bootstrap. Nodes run the same Node on the same architecture, so the addons built
+ * here load there; each has a JS fallback, so a bundle without them works too.
  *
  * Build: the production packages come from package-lock.json (entries not flagged dev/devOptional,
  * type-only @types/* left out), each package without its nested node_modules (nested production
@@ -42,6 +44,8 @@ const shaMismatchExit = 65
 /** Fixed mtime of every tar entry (2020-01-01T00:00:00Z): the tarball depends on contents only. */
 const tarMtime = '@1577836800'
 const tarTimeoutMs = 5 * 60_000
+/** Where node-gyp puts the repo's native addons (binding.gyp): only the `.node` files are bundled. */
+const nativeAddonDir = 'build/Release'
 /** Files up to this size are hashed from one read. */
 const smallFileBytes = 4 * 1024 * 1024
 
@@ -169,6 +173,18 @@ async function walk(root: string, rel: string, skipNested: boolean, out: Entry[]
   }
 }
 
+/** The built native addons (`build/Release/*.node`), relative to repoRoot; none when not built. */
+function nativeAddons(repoRoot: string): string[] {
+  let names: string[]
+  try {
+    names = fs.readdirSync(path.join(repoRoot, nativeAddonDir))
+  } catch {
+    return []
+  }
+  return names.filter((n) => n.endsWith('.node')).sort().map((n) => path.posix.join(nativeAddonDir, n))
+    .filter((rel) => fs.statSync(path.join(repoRoot, rel)).isFile())
+}
+
 /** The bundle's inputs, sorted by path, and their hash. */
 async function collectInputs(repoRoot: string): Promise<{ entries: Entry[], inputHash: string }> {
   const need = ['dist', 'bin', 'package.json', 'oclif.manifest.json']
@@ -179,6 +195,7 @@ async function collectInputs(repoRoot: string): Promise<{ entries: Entry[], inpu
   }
   const entries: Entry[] = []
   for (const n of need) await walk(repoRoot, n, false, entries)
+  for (const rel of nativeAddons(repoRoot)) await walk(repoRoot, rel, false, entries)
   if (!entries.some((e) => e.rel.startsWith('dist/') && e.rel.endsWith('.js'))) {
     throw new TessError('TESS_E_PRECONDITION', `cannot build the bundle: ${path.join(repoRoot, 'dist')} holds no JavaScript`, `build first: npm run build (in ${repoRoot})`)
   }

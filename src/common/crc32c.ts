@@ -1,66 +1,81 @@
 /**
- * CRC-32C (Castagnoli), the block checksum of extent group format version 2. This is the portable
- * implementation (slice-by-8 tables); a native one replaces it where it is built.
+ * CRC-32C (Castagnoli) for the data path: the checksum of every 4 KiB block of every extent.
+ *
+ * Two implementations with the same results and argument checks:
+ *   native  the addon build/Release/tess_crc32c.node (native/crc32c.c, built by node-gyp during
+ *           `npm ci` / `npm install`): SSE4.2 crc32 instruction, 4 blocks at once in the block
+ *           functions; a table-driven path in the addon when the CPU lacks SSE4.2
+ *   js      src/common/crc32c-js.ts (slice-by-16 tables)
+ * Chosen once, at load, by TESS_CRC32C:
+ *   unset   native if the addon loads (and passes a self-test), else js, silently
+ *   js      js (tests and CI use it to exercise the fallback)
+ *   native  native, or this module throws at load naming the reason (no silent fallback)
+ * The addon is found at <repo>/build/Release relative to this file, the same from src/ (vitest runs
+ * the TypeScript sources) and from dist/ (compiled output; the node bundle carries build/Release).
  */
-const poly = 0x82f63b78
-const tables: Int32Array[] = []
-{
-  const t0 = new Int32Array(256)
-  for (let i = 0; i < 256; i++) {
-    let c = i
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ poly : c >>> 1
-    t0[i] = c
-  }
-  tables.push(t0)
-  for (let n = 1; n < 8; n++) {
-    const prev = tables[n - 1]!
-    const t = new Int32Array(256)
-    for (let i = 0; i < 256; i++) t[i] = (prev[i]! >>> 8) ^ t0[prev[i]! & 0xff]!
-    tables.push(t)
-  }
-}
-const [t0, t1, t2, t3, t4, t5, t6, t7] = tables as [Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array]
+import { createRequire } from 'node:module'
+import { fileURLToPath } from 'node:url'
+import * as js from './crc32c-js.js'
+import { TessError, errorMessage } from './errors.js'
 
-export const crc32cImplementation: 'native' | 'js' = 'js'
-
-function update(crc: number, buf: Uint8Array, from: number, to: number): number {
-  let c = crc
-  let i = from
-  const end8 = to - ((to - i) & 7)
-  while (i < end8) {
-    const lo = (buf[i]! | (buf[i + 1]! << 8) | (buf[i + 2]! << 16) | (buf[i + 3]! << 24)) ^ c
-    c = t7[lo & 0xff]! ^ t6[(lo >>> 8) & 0xff]! ^ t5[(lo >>> 16) & 0xff]! ^ t4[lo >>> 24]! ^
-      t3[buf[i + 4]!]! ^ t2[buf[i + 5]!]! ^ t1[buf[i + 6]!]! ^ t0[buf[i + 7]!]!
-    i += 8
-  }
-  while (i < to) c = t0[(c ^ buf[i++]!) & 0xff]! ^ (c >>> 8)
-  return c
+interface Engine {
+  crc32c(buf: Uint8Array): number
+  blocks(data: Uint8Array, blockBytes: number, out: Uint8Array, outOffset: number, strideBytes: number): void
+  verify(data: Uint8Array, blockBytes: number, expected: Uint8Array, expectedOffset: number, strideBytes: number): number
 }
 
+interface Binding extends Engine {
+  /** true: SSE4.2; false: the addon's table-driven path */
+  hardware: boolean
+  software: Engine
+}
+
+const addonFile = fileURLToPath(new URL('../../build/Release/tess_crc32c.node', import.meta.url))
+const checkInput = new TextEncoder().encode('123456789')
+const checkCrc = 0xe3069283
+
+function loadNative(): Binding {
+  const b = createRequire(import.meta.url)(addonFile) as Binding
+  for (const e of [b, b.software]) {
+    const got = e.crc32c(checkInput)
+    if (got !== checkCrc) throw new Error(`self-test failed: crc32c("123456789") = ${got.toString(16)}, expected ${checkCrc.toString(16)}`)
+  }
+  return b
+}
+
+function choose(): Binding | undefined {
+  const requested = process.env.TESS_CRC32C ?? ''
+  if (requested !== '' && requested !== 'js' && requested !== 'native') {
+    throw new TessError('TESS_E_INVALID', `TESS_CRC32C="${requested}" is not one of js, native`, 'unset it (native when built, else js), or set it to js or native')
+  }
+  if (requested === 'js') return undefined
+  try {
+    return loadNative()
+  } catch (e) {
+    if (requested === 'native') {
+      throw new TessError('TESS_E_PRECONDITION', `cannot load the native CRC-32C addon ${addonFile} (TESS_CRC32C=native): ${errorMessage(e)}`,
+        'build it with npm rebuild (or npm ci) in the repo root: needs g++, make and python3; or unset TESS_CRC32C to use the JS fallback')
+    }
+    return undefined
+  }
+}
+
+const binding = choose()
+const impl: Engine = binding ?? { crc32c: js.crc32c, blocks: js.crc32cBlocks, verify: js.crc32cVerifyBlocks }
+
+export const crc32cImplementation: 'native' | 'js' = binding ? 'native' : 'js'
+
+/** CRC-32C of buf (standard: init ~0, final xor ~0; crc32c("123456789") === 0xe3069283) */
 export function crc32c(buf: Uint8Array): number {
-  return (update(-1, buf, 0, buf.length) ^ -1) >>> 0
+  return impl.crc32c(buf)
 }
 
-function readU32(b: Uint8Array, at: number): number {
-  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0
-}
-
+/** For i in [0, data.length/blockBytes): write crc32c(block i) as u32 LE at out[outOffset + i*strideBytes]. data.length must be a multiple of blockBytes. */
 export function crc32cBlocks(data: Uint8Array, blockBytes: number, out: Uint8Array, outOffset: number, strideBytes: number): void {
-  for (let i = 0, at = 0; at < data.length; i++, at += blockBytes) {
-    const c = (update(-1, data, at, at + blockBytes) ^ -1) >>> 0
-    const o = outOffset + i * strideBytes
-    out[o] = c & 0xff
-    out[o + 1] = (c >>> 8) & 0xff
-    out[o + 2] = (c >>> 16) & 0xff
-    out[o + 3] = c >>> 24
-  }
+  impl.blocks(data, blockBytes, out, outOffset, strideBytes)
 }
 
+/** Compare crc32c of each block with the u32 LE at expected[expectedOffset + i*strideBytes], only for blocks whose mask bit is set: i.e. skip block i when (u32 LE at expected[expectedOffset + i*strideBytes + 4] & 1) === 0. Returns the index of the first mismatching block, or -1. */
 export function crc32cVerifyBlocks(data: Uint8Array, blockBytes: number, expected: Uint8Array, expectedOffset: number, strideBytes: number): number {
-  for (let i = 0, at = 0; at < data.length; i++, at += blockBytes) {
-    const o = expectedOffset + i * strideBytes
-    if ((readU32(expected, o + 4) & 1) === 0) continue
-    if (((update(-1, data, at, at + blockBytes) ^ -1) >>> 0) !== readU32(expected, o)) return i
-  }
-  return -1
+  return impl.verify(data, blockBytes, expected, expectedOffset, strideBytes)
 }

@@ -76,6 +76,11 @@ describe('a small repo', () => {
     write(path.join(root, 'bin/run.js'), '#!/usr/bin/env node\nimport "../dist/main.js"\n', 0o755)
     write(path.join(root, 'oclif.manifest.json'), '{"commands":{}}\n')
     write(path.join(root, 'src/main.ts'), '// sources stay out\n')
+    // node-gyp output: the built addons go in, the objects and makefiles do not
+    write(path.join(root, 'build/Release/fake.node'), 'not really an addon\n', 0o755)
+    write(path.join(root, 'build/Release/obj.target/fake/native/fake.o'), 'object\n')
+    write(path.join(root, 'build/Makefile'), 'all:\n')
+    write(path.join(root, 'native/fake.c'), '/* sources stay out */\n')
   })
 
   it('takes the production closure from package-lock.json', async () => {
@@ -89,7 +94,7 @@ describe('a small repo', () => {
     expect(b.sizeBytes).toBe(fs.statSync(b.file).size)
     expect(sh('sha256sum', [b.file]).stdout.split(' ')[0]).toBe(b.sha256)
     expect(tarList(b.file).sort()).toEqual([
-      'bin/run.js', 'dist/main.js',
+      'bin/run.js', 'build/Release/fake.node', 'dist/main.js',
       'node_modules/a/index.js', 'node_modules/a/node_modules/c/index.js', 'node_modules/a/node_modules/c/package.json', 'node_modules/a/package.json',
       'oclif.manifest.json', 'package.json',
     ])
@@ -150,7 +155,7 @@ describe('the tessera repo', () => {
   let file: string
 
   beforeAll(async () => {
-    if (!fs.existsSync(path.join(repoRoot, 'dist', 'common', 'units.js'))) {
+    if (!fs.existsSync(path.join(repoRoot, 'dist', 'common', 'units.js')) || !fs.existsSync(path.join(repoRoot, 'dist', 'common', 'crc32c.js'))) {
       const r = sh('npm', ['run', 'build'], { cwd: repoRoot, timeoutMs: 300_000 })
       expect(r.code, r.stderr).toBe(0)
     }
@@ -187,5 +192,17 @@ describe('the tessera repo', () => {
     const svc = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/daemon/services.js'))}).then((m) => console.log(Object.keys(m).length > 0))`], { cwd: '/' })
     expect(svc.stderr).toBe('')
     expect(svc.stdout.trim()).toBe('true')
+  })
+
+  it('carries the native CRC-32C addon when it is built, and it loads there', () => {
+    const built = fs.existsSync(path.join(repoRoot, 'build/Release/tess_crc32c.node'))
+    expect(tarList(file).includes('build/Release/tess_crc32c.node')).toBe(built)
+    const x = path.join(tmp, 'repo-x-addon')
+    fs.mkdirSync(x)
+    expect(sh('tar', ['-xzf', file, '-C', x]).code).toBe(0)
+    const code = `import(${JSON.stringify(path.join(x, 'dist/common/crc32c.js'))}).then((m) => console.log(m.crc32cImplementation, m.crc32c(Buffer.from('123456789')).toString(16)))`
+    const r = spawnSync('node', ['-e', code], { cwd: '/', encoding: 'utf8', env: { ...process.env, TESS_CRC32C: built ? 'native' : '' } })
+    expect(r.stderr).toBe('')
+    expect(r.stdout.trim()).toBe(`${built ? 'native' : 'js'} e3069283`)
   })
 })
