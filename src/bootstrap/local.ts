@@ -16,6 +16,7 @@ import { findContext, type ClusterContext } from '../cli/contexts.js'
 import { dataPortDefault } from '../cvm/replication/protocol.js'
 import { createCa, createNodeCert, createToken } from './pki.js'
 import { pidAlive, pidIsOurs, readPid, waitForExit } from './process.js'
+import { waitPlacementReady } from './ready.js'
 
 export interface LocalClusterOptions {
   name: string
@@ -188,6 +189,9 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
     }
     progress('registering the default disk')
     const disk = await client.post<DiskInfo>('/v1/disks', { path: path.join(p.disks, 'd0') }, { retryMs: 0 })
+    // the first write after this command returns must find the disk in the CVM's placement view
+    progress('waiting until the CVM can place data')
+    await waitPlacementReady(context, [{ node: nodeName, endpoint: context.endpoints[0]! }], [nodeName], 1, { what: `cannot create cluster "${o.name}"` })
     const status = await client.get<ClusterStatus>('/v1/cluster/status')
     return { context, status, disk }
   } catch (e) {

@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { TessError, errorMessage } from '../common/errors.js'
-import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault } from '../common/limits.js'
+import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault, rfMax } from '../common/limits.js'
 import { checkName } from '../common/names.js'
 import type { NodeConfig } from '../common/nodeconfig.js'
 import type { ClusterStatus, DiskInfo, HealthInfo } from '../common/types.js'
@@ -14,6 +14,7 @@ import { dataPortDefault } from '../cvm/replication/protocol.js'
 import { etcdUrl } from '../daemon/services.js'
 import { buildBundle, installBundle } from './bundle.js'
 import { createCa, createNodeCert } from './pki.js'
+import { waitPlacementReady } from './ready.js'
 import { formatPreflight, preflightError, preflightPorts, runPreflight, type PreflightResult } from './preflight.js'
 import { SshTransport, shellQuote, type HostKeyPolicy } from './ssh.js'
 
@@ -328,6 +329,11 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
       remote: { sshUser: o.sshUser, sshKey: path.resolve(o.sshKey), sshPort: o.sshPort, ...(o.knownHostsFile ? { knownHostsFile: path.resolve(o.knownHostsFile) } : {}), hosts: nodes.map((n) => ({ name: n.name, address: n.host })), ports: o.ports },
     }
     await Promise.all(nodes.map((n, i) => waitAndRegisterDisks(context, context.endpoints[i]!, n, transports.get(n.host) as SshTransport, progress)))
+    // 6. the first write after this command returns must find RF nodes: wait until every CVM
+    // sees every node up with its disks
+    const hostOf = new Map(nodes.map((n) => [n.name, n.host]))
+    await waitPlacementReady(context, nodes.map((n, i) => ({ node: n.name, endpoint: context.endpoints[i]! })), nodes.map((n) => n.name), o.rf,
+      { what: `cannot create cluster "${o.name}"`, progress: (node, step) => progress(hostOf.get(node) ?? node, step) })
     const status = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
     return { context, status, plan }
   } finally {
@@ -389,7 +395,11 @@ export interface HostAdded { host: string, node: string, etcdMember: boolean, st
  * member only when the member count should grow; growing etcd (2 -> 3 or 4 -> 5 nodes) is refused
  * by this version with a clear message rather than done half-way.
  */
-export async function addRemoteHost(ctx: ClusterContext, host: string, o: { disks: string[], installDeps: boolean, hostKeyPolicy: HostKeyPolicy, ask?: RemoteClusterOptions['ask'] }, progress: (host: string, step: string) => void): Promise<{ added: HostAdded, context: ClusterContext }> {
+export async function addRemoteHost(ctx: ClusterContext, host: string, o: {
+  disks: string[], installDeps: boolean, hostKeyPolicy: HostKeyPolicy, ask?: RemoteClusterOptions['ask'],
+  /** called with the context that includes the new host once its daemons are started (save it: a later step may fail) */
+  onJoined?: (context: ClusterContext) => void
+}, progress: (host: string, step: string) => void): Promise<{ added: HostAdded, context: ClusterContext }> {
   const r = ctx.remote
   if (!r) throw new TessError('TESS_E_USAGE', `cluster "${ctx.name}" was not bootstrapped over SSH`, 'hosts can be added to clusters made with `tess cluster create --hosts`')
   if (!fs.existsSync(path.join(clusterStateDir(ctx.name), 'cluster.json'))) {
@@ -452,9 +462,18 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: { disk
     await provisionNode(t, n, { cluster: ctx.name, secrets, ports, endpoints, initialCluster, initialClusterState: grow ? 'existing' : 'new', bundle }, progress)
     const endpoint = `https://${host.includes(':') ? `[${host}]` : host}:${ports.api}`
     const context: ClusterContext = { ...ctx, endpoints: [...ctx.endpoints, endpoint], remote: { ...r, hosts: [...r.hosts, { name, address: host }] } }
+    o.onJoined?.(context)
     await waitAndRegisterDisks(context, endpoint, n, t, progress)
-    const after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
+    let after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
     if (grow) await waitEtcdMember(new ApiClient(context), name, etcdUrl(host, ports.etcdPeer))
+    // The first write after this command returns, through any node, must be placeable with the
+    // new node too: wait until the CVM of every node that is up (and of the new one) sees all of
+    // them up with their disks.
+    const up = after.nodes.filter((x) => x.state === 'up' || x.name === name)
+    const hostOf = new Map(up.map((x) => [x.name, x.address]))
+    await waitPlacementReady(context, up.map((x) => ({ node: x.name, endpoint: `https://${x.address.includes(':') ? `[${x.address}]` : x.address}:${x.apiPort}` })),
+      up.map((x) => x.name), Math.min(rfMax, up.length), { what: `cannot add host ${host}`, progress: (node, step) => progress(hostOf.get(node) ?? node, step) })
+    after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
     return { added: { host, node: name, etcdMember: grow, status: after }, context }
   } finally {
     await t.close().catch(() => undefined)

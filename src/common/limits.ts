@@ -43,3 +43,17 @@ export const supervisorRestartBackoffMaxMs = 10_000
 export const supervisorStopTimeoutMs = 10_000
 export const daemonStartTimeoutMs = 45_000
 export const nodeHeartbeatTtlSec = 10
+
+// placement of new extent groups (and of replacement replicas)
+/**
+ * How long a write that needs a new extent group (or a replacement replica) waits for enough
+ * healthy nodes before it fails with EIO: covers a node whose CVM or disk is being registered,
+ * or restarting, without holding an NBD client for long.
+ */
+export const placementWaitMs = 10_000
+/** while a placement waits, how often it re-reads etcd directly (besides waking on every change it watches) */
+export const placementRecheckMs = 500
+/** `cluster create` and `host add`: how long to wait until every CVM can place data at the RF */
+export const clusterReadyTimeoutMs = 60_000
+/** ... and how often each CVM is asked meanwhile */
+export const clusterReadyPollMs = 200

@@ -55,6 +55,36 @@ export interface ClusterStatus {
   vdiskCount: number
 }
 
+/** One node as a CVM's placement view sees it (part of `GET /v1/placement`). */
+export interface PlacementNodeInfo {
+  name: string
+  /** its CVM is alive: its status record (bound to its lease) exists; a CVM is always up to itself */
+  up: boolean
+  draining: boolean
+  /** disks registered for the node */
+  disks: number
+  /** free bytes of its disks, from its last status record */
+  freeBytes: number
+  /** a new extent group may get a replica there */
+  placeable: boolean
+  /** why it is not placeable (null when it is) */
+  reason: string | null
+}
+
+/** `GET /v1/placement?rf=N`: where this CVM would put a new extent group now, from its view of etcd. */
+export interface PlacementInfo {
+  /** the node whose CVM answered */
+  node: string
+  rf: number
+  /** this CVM can place an extent group at RF `rf` now */
+  ready: boolean
+  /** the nodes a new extent group may use, in the order placement picks them (this node first) */
+  placeable: string[]
+  nodes: PlacementNodeInfo[]
+  /** the view follows etcd: every watch is connected and synchronised */
+  watching: boolean
+}
+
 export interface HealthInfo {
   node: string
   clusterName: string

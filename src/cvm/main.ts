@@ -26,6 +26,7 @@ import { NbdServer } from './nbd/server.js'
 import { NodeService } from './node.js'
 import { DiskService } from './pool/disks.js'
 import { VdiskEngine } from './vdisk/engine.js'
+import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
 
 const log = makeLogger('cvm')
@@ -71,7 +72,11 @@ async function main(): Promise<void> {
     if (!rec) throw new PeerError('unreachable', `node ${name} is not a member of the cluster`)
     return { address: rec.address, dataPort: rec.dataPort }
   })
-  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers })
+  // where new extent groups may go: nodes, their status and disks, following etcd by watches
+  const view = new PlacementView({ self: cfg.nodeName, log, read: () => readViewRecords(etcd) })
+  const follower = new EtcdViewFollower(etcd, view, log)
+  await follower.start()
+  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view })
   await engine.start()
   const dataServer = new DataServer({ creds, store, vdisks: engine, log })
   const nbd = new NbdServer({ provider: engine, log })
@@ -87,7 +92,7 @@ async function main(): Promise<void> {
 
   const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
   const api = new ApiServer({ cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: creds.ca, token, log })
-  registerRoutes(api, { cfg, node, disks, vdisks, engine, etcd, log })
+  registerRoutes(api, { cfg, node, disks, vdisks, engine, view, etcd, log })
 
   // Containers: this node's agent (its CSMs and image store), and the cluster-wide control that
   // reaches other nodes' agents through their CVMs' API.
@@ -130,6 +135,7 @@ async function main(): Promise<void> {
       await nbd.close()
       await dataServer.close()
       await engine!.stop()
+      await follower.stop()
       await node.stop()
       etcd.close()
     } catch (e) {

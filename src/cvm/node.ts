@@ -28,6 +28,7 @@ export class NodeService {
   private lease: Lease | undefined
   private timer: NodeJS.Timeout | undefined
   private stopped = false
+  private beating: Promise<void> = Promise.resolve()
 
   constructor(private readonly etcd: Etcd3, private readonly cfg: NodeConfig, private readonly log: Logger,
     private readonly diskStats: () => Promise<NodeStatusRecord['disks']>) {}
@@ -81,7 +82,17 @@ export class NodeService {
     }
   }
 
-  async heartbeat(): Promise<void> {
+  /**
+   * Write this node's status record now (its disks' capacity included). Calls are serialized: the
+   * timer's and one made right after a disk is added never race to grant two leases.
+   */
+  heartbeat(): Promise<void> {
+    const next = this.beating.then(() => this.writeStatus())
+    this.beating = next.catch(() => undefined)
+    return next
+  }
+
+  private async writeStatus(): Promise<void> {
     if (this.stopped) return
     const rec: NodeStatusRecord = {
       name: this.cfg.nodeName,

@@ -25,3 +25,11 @@ export function run(cmd: string, args: string[], opts: { timeoutMs?: number, env
 export function parseFioJson(out: string): any {
   return JSON.parse(out.slice(out.indexOf('{')))
 }
+
+/**
+ * A burst of writes through one NBD connection: `file` copied to `uri` by nbdcopy with `inFlight`
+ * requests of `requestBytes` in flight at once, then a flush. Any failed write fails the copy.
+ */
+export function nbdWriteBurst(file: string, uri: string, opts: { inFlight?: number, requestBytes?: number, timeoutMs?: number } = {}): Promise<RunResult> {
+  return run('nbdcopy', ['--connections=1', `--requests=${opts.inFlight ?? 64}`, `--request-size=${opts.requestBytes ?? 64 * 1024}`, '--flush', file, uri], { timeoutMs: opts.timeoutMs ?? 120_000 })
+}

@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
-import { run } from '../helpers/run.js'
+import { nbdWriteBurst, run } from '../helpers/run.js'
 import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
 
 const MiB = 1024 * 1024
@@ -41,11 +41,21 @@ describe('host add grows etcd from 1 to 3 members', () => {
     expect((await tess(['vdisk', 'create', 'g', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
     const src = path.join(root, 'g.bin')
     fs.writeFileSync(src, crypto.randomBytes(24 * MiB))
-    expect((await run('nbdcopy', ['--flush', src, uri(1, 'g')])).code).toBe(0)
+    // first contact (issue 20): right after create, 64 writes in flight through host 2 all succeed
+    const first = await nbdWriteBurst(src, uri(1, 'g'))
+    expect(first.code, first.stderr).toBe(0)
 
     const add = await tess(['host', 'add', th.hosts[2]!.address, '--json'])
     expect(add.code, add.stdout + add.stderr).toBe(0)
     expect(add.json.etcdMember).toBe(true)
+    // ... and right after host add (which restarted host 2's daemons to make it an etcd member),
+    // through the new host, for a new RF 2 vDisk
+    expect((await tess(['vdisk', 'create', 'joined', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    const joined = await nbdWriteBurst(src, uri(2, 'joined'))
+    expect(joined.code, joined.stderr).toBe(0)
+    const jout = path.join(root, 'joined-out.bin')
+    expect((await run('nbdcopy', [uri(1, 'joined'), jout])).code).toBe(0)
+    expect(fs.readFileSync(jout).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
     const st = await waitFor('3 healthy etcd members', async () => {
       const s = await tess(['cluster', 'status', '--json'])
       const ok = s.json?.nodes?.length === 3 && s.json.nodes.every((n: any) => n.daemons.some((d: any) => d.name === 'etcd' && d.healthy))

@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
-import { run } from '../helpers/run.js'
+import { nbdWriteBurst, run } from '../helpers/run.js'
 import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
 
 const MiB = 1024 * 1024
@@ -25,6 +25,28 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
   const addr = (i: number) => th.hosts[i]!.address
   const uri = (i: number, v: string) => `nbd://${addr(i)}:10809/${v}`
   const big = path.join(root, 'random.bin')
+
+  /**
+   * First contact (issue 20): a new RF 2 vDisk takes 16 MiB through host `via` over one connection
+   * with 64 writes in flight, at once, without an error; the bytes read back through host `check`.
+   * The vDisk is deleted after, so the replica counts below see only their own vDisks.
+   */
+  const firstWrites = async (v: string, via: number, check: number) => {
+    const src = path.join(root, `${v}.bin`)
+    fs.writeFileSync(src, crypto.randomBytes(16 * MiB))
+    const c = await tess(['vdisk', 'create', v, '--size', '64M', '--rf', '2', '--json'])
+    expect(c.code, c.stdout + c.stderr).toBe(0)
+    const w = await nbdWriteBurst(src, uri(via, v))
+    expect(w.code, `writes through host ${via + 1}: ${w.stderr}`).toBe(0)
+    const out = path.join(root, `${v}-out.bin`)
+    const r = await run('nbdcopy', [uri(check, v), out])
+    expect(r.code, r.stderr).toBe(0)
+    expect(fs.readFileSync(out).subarray(0, 16 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    fs.rmSync(out)
+    fs.rmSync(src)
+    const d = await tess(['vdisk', 'delete', v, '--yes', '--json'])
+    expect(d.code, d.stdout + d.stderr).toBe(0)
+  }
 
   beforeAll(async () => {
     th = await createTestHosts(4) // 3 bootstrapped; the 4th is added and removed
@@ -52,6 +74,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     const r = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--rf', '2', '--json'])
     expect(r.code, r.stdout + r.stderr).toBe(0)
     expect(r.json.nodes).toHaveLength(3)
+    await firstWrites('first', 0, 1)
     // re-running converges instead of failing on what exists
     const again = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--rf', '2', '--json'])
     expect(again.code, again.stdout + again.stderr).toBe(0)
@@ -133,6 +156,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect(add.code, add.stdout + add.stderr).toBe(0)
     expect(add.json.node).toBe(th.hosts[3]!.name)
     expect(add.json.etcdMember).toBe(false)
+    await firstWrites('joined', 3, 0)
     expect((await tess(['host', 'list', '--json'])).json.map((h: any) => h.state)).toEqual(['up', 'up', 'up', 'up'])
     // data whose owner is the new host: RF 1 (only copy there) and RF 2
     for (const [name, rf] of [['solo', '1'], ['pair', '2']] as const) {

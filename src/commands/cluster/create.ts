@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
+import { clusterReadyTimeoutMs } from '../../common/limits.js'
 import { saveContext } from '../../cli/contexts.js'
 import { keyValue, withSpinner } from '../../cli/output.js'
 import { createLocalCluster, localDefaults } from '../../bootstrap/local.js'
@@ -24,6 +25,8 @@ export default class ClusterCreate extends TessCommand<ClusterCreateResult> {
   static override description = `With --local, create the embedded single-node cluster on this machine: an etcd member, the node supervisor and the CVM, run from the data dir, with RF 1.
 
 With --hosts, bootstrap the hosts over SSH: connect to every host (host keys pinned), run pre-flight checks on all of them in parallel and report every problem before changing anything, install the daemon bundle, write each node's certificates (from a cluster CA made here) and config, start the supervisor on each host (which starts an etcd member on the first 1, 3 or 5 hosts, and the CVM), register the disks and save the context. Running the same command again after a partial failure resumes where it stopped.
+
+Either way, the command returns only when the cluster takes writes: the CVM of every node sees every node up with its disks and can place data at the RF (--rf; 1 with --local). It waits up to ${clusterReadyTimeoutMs / 1000} s for that, then fails with TESS_E_TIMEOUT (exit 6) naming, per CVM, the nodes it does not see and why.
 
 Host keys: on a terminal, an unknown host key is shown and you are asked; without a terminal, pass --known-hosts FILE (keys must be in it) or --accept-new-host-keys (unknown keys are accepted and recorded). A changed key is always refused.
 

@@ -2,6 +2,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
+import { realClock, type Clock } from '../../common/clock.js'
 import { KeyedMutex } from '../../common/mutex.js'
 import { TessError, assert, errorMessage, isTessError } from '../../common/errors.js'
 import { makeLogger, type Logger } from '../../common/log.js'
@@ -155,15 +156,8 @@ export interface LayerSource {
   path(diffId: string): string
 }
 
-export interface Clock {
-  now(): number
-  sleep(ms: number): Promise<void>
-}
-
-export const realClock: Clock = {
-  now: () => Date.now(),
-  sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
-}
+// the clock seam is shared with the CVM; kept exported here for the CSM's callers and tests
+export { realClock, type Clock }
 
 export interface ContainerManagerOptions {
   csm: string

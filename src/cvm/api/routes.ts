@@ -5,10 +5,11 @@ import type { NodeService } from '../node.js'
 import type { DiskService } from '../pool/disks.js'
 import type { VdiskService } from '../vdisk/service.js'
 import type { VdiskEngine } from '../vdisk/engine.js'
+import type { PlacementView } from '../vdisk/placement.js'
 import { etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
 import type { DiskRecord, NodeRecord } from '../../common/types.js'
 import type { Etcd3 } from 'etcd3'
-import { bodyObject, int, str, type ApiServer } from './server.js'
+import { bodyObject, int, queryInt, str, type ApiServer } from './server.js'
 import { checkName } from '../../common/names.js'
 import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
 
@@ -27,7 +28,7 @@ interface EvacuationJob {
 const etcdReconfigWaitMs = 30_000
 
 /** The management API routes (see the README's API section). */
-export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, etcd: Etcd3, log: { info(m: string): void } }): void {
+export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void } }): void {
   api.route('GET', '/v1/health', async (): Promise<HealthInfo> => ({
     node: s.cfg.nodeName,
     clusterName: s.cfg.clusterName,
@@ -41,15 +42,26 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     return s.node.status(pool, vdisks.length)
   })
 
+  // This CVM's placement view (nodes up, draining, with disks) and whether it can place an extent
+  // group at RF `rf` now: `cluster create` and `host add` wait until every CVM says so.
+  api.route('GET', '/v1/placement', async (req) => s.view.info(Math.max(1, queryInt(req, 'rf', rfMax) ?? 1)))
+
+  // The node's status record shows a disk's capacity as soon as the disk is added or removed,
+  // not at the next heartbeat (the pool, `vdisk create`'s capacity check and placement read it).
+  const statusNow = () => s.node.heartbeat().catch((e: unknown) => s.log.warn(`status update after a disk change: ${e instanceof Error ? e.message : String(e)}`))
   api.route('GET', '/v1/disks', async () => s.disks.list())
   api.route('POST', '/v1/disks', async (req) => {
     const b = bodyObject(req.body)
-    return s.disks.add(str(b, 'path')!, str(b, 'node', false) ?? s.cfg.nodeName)
+    const d = await s.disks.add(str(b, 'path')!, str(b, 'node', false) ?? s.cfg.nodeName)
+    await statusNow()
+    return d
   })
   api.route('DELETE', '/v1/disks', async (req) => {
     const p = req.query.get('path')
     if (!p) throw new TessError('TESS_E_BAD_REQUEST', 'query parameter "path" is required', 'DELETE /v1/disks?path=/the/disk')
-    return s.disks.remove(p, req.query.get('node') ?? undefined)
+    const d = await s.disks.remove(p, req.query.get('node') ?? undefined)
+    await statusNow()
+    return d
   })
   api.route('GET', '/v1/storage-pool', async () => s.disks.pool())
 

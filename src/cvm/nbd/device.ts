@@ -4,7 +4,17 @@
  * [0, sizeBytes) (the server checks before calling).
  */
 
-/** errno values the NBD protocol carries in replies */
+/**
+ * errno values the NBD protocol carries in replies. What a vDisk answers with:
+ * - EIO: the data could not be read or written as asked: a checksum mismatch with no good copy,
+ *   replicas that failed, a map entry etcd did not take, or too few healthy nodes to place a new
+ *   extent group (or a replacement replica) at the vDisk's RF after waiting `placementWaitMs`
+ *   (the CVM log names the nodes up and why the others cannot be used);
+ * - ENOSPC: a write past the end of the export, or no disk with room for a new extent group
+ *   (never for too few nodes: a filesystem would take it for "disk full");
+ * - ESHUTDOWN: the vDisk is no longer served here (deleted, handed over, the CVM stopping);
+ * - EPERM: another CVM owns the vDisk; EINVAL: a malformed request.
+ */
 export const nbdErrno = {
   EPERM: 1,
   EIO: 5,

@@ -1,7 +1,7 @@
 import tls from 'node:tls'
-import { errorMessage } from '../../common/errors.js'
+import { TessError, errorMessage } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
-import { DeviceError } from '../nbd/device.js'
+import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { TlsCreds } from './client.js'
@@ -151,6 +151,8 @@ function errorBody(e: unknown, log: Logger): PeerErrorBody {
   if (e instanceof NotOpenError) return { kind: 'not-open', message: e.message }
   if (e instanceof PeerError && e.kind !== 'unreachable' && e.kind !== 'timeout') return { kind: e.kind, message: e.message, errno: e.errno }
   if (e instanceof DeviceError) return { kind: 'errno', message: e.message, errno: e.errno }
+  // no disk with room (pick a disk): the caller leaves this node out, and says ENOSPC if none has room
+  if (e instanceof TessError && e.code === 'TESS_E_CAPACITY') return { kind: 'errno', message: e.message, errno: nbdErrno.ENOSPC }
   if (e instanceof Error && e.message.startsWith('assertion failed')) return { kind: 'invalid', message: e.message }
   log.warn(`data port request failed: ${errorMessage(e)}`)
   return { kind: 'io', message: errorMessage(e) }

@@ -2,7 +2,7 @@ import crypto from 'node:crypto'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
-import { TessError, errorMessage } from '../../common/errors.js'
+import { errorMessage } from '../../common/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
 import { extentsPerEgroup, nodeHeartbeatTtlSec } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
@@ -11,6 +11,7 @@ import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportPr
 import { egroupDirName } from '../pool/disks.js'
 import type { PeerPool } from '../replication/client.js'
 import { PeerError, ops } from '../replication/protocol.js'
+import { isNoSpace, placementDeviceError, type Exclusion, type PlacementView } from './placement.js'
 import type { VdiskIoHandler } from '../replication/server.js'
 import type { VdiskDataHooks } from './service.js'
 import { EgroupFile } from './egroup.js'
@@ -40,7 +41,6 @@ interface MapValue { eg: string, s: number }
 
 /** How long a forwarder waits for a dead owner's lease to expire before giving up (lease TTL + margin). */
 export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
-const liveNodesCacheMs = 1000
 /** an owner hands a vDisk over only when no forwarded I/O came for this long */
 const handoverIdleMs = 3000
 /** a stopping CVM waits this long for each vDisk's flush */
@@ -60,7 +60,6 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   private lease: Lease | undefined
   private leaseId = ''
   private readonly session = crypto.randomBytes(8).toString('hex')
-  private liveCache: { at: number, nodes: Promise<NodeStatusRecord[]> } | undefined
   connectionsOf: (name: string) => number = () => 0
   /** Ask the CVM of `owner` to hand a vDisk over if it is idle there (set by the CVM; FIG. 9B). */
   requestRelease: ((owner: string, name: string) => Promise<boolean>) | undefined
@@ -73,6 +72,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     localDisks: () => Promise<DiskRecord[]>
     store: ReplicaStore
     peers: PeerPool
+    /** this CVM's view of nodes and disks (follows etcd), where new extent groups are placed */
+    view: PlacementView
   }) {
     this.egroupIds = new IdAllocator(etcd, 'egroup', 64)
   }
@@ -113,21 +114,6 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
 
   // ---- nodes ----
 
-  /** Nodes whose CVM is alive (its status key, bound to its lease, exists) and that are not being drained. */
-  private liveNodes(): Promise<NodeStatusRecord[]> {
-    const now = Date.now()
-    if (!this.liveCache || now - this.liveCache.at > liveNodesCacheMs) {
-      const nodes = Promise.all([listJson<NodeStatusRecord>(this.etcd, keys.nodeStatusPrefix), listJson<NodeRecord>(this.etcd, keys.nodesPrefix)])
-        .then(([st, recs]) => {
-          const draining = new Set(recs.filter((r) => r.draining).map((r) => r.name))
-          return st.filter((s) => !draining.has(s.name))
-        })
-      this.liveCache = { at: now, nodes }
-      this.liveCache.nodes.catch(() => { this.liveCache = undefined })
-    }
-    return this.liveCache.nodes
-  }
-
   private replicaFor(vdiskId: string, egid: string, node: string, diskId: string): Replica {
     if (node === this.opts.nodeName) return new LocalReplica(node, diskId, egid, vdiskId, this.opts.store)
     return new RemoteReplica(node, diskId, egid, vdiskId, this.opts.peers)
@@ -140,18 +126,30 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   }
 
   /**
-   * RF distinct live nodes for a new extent group: this node first (reads stay local), then the
-   * others with the most free space.
+   * `rf` distinct healthy nodes (up, not draining, with a disk: the view's placement, this node
+   * first, then the others with the most free space), each with the disk its CVM picks. Too few
+   * nodes: the view waits for more, up to placementWaitMs. A node whose CVM cannot pick a disk
+   * (down since the view last heard of it, or full) is left out and others are tried, by the
+   * same deadline. Throws a PlacementError that names the nodes.
    */
-  private async placeReplicas(rf: number, exclude: Set<string>): Promise<string[]> {
-    const live = await this.liveNodes()
-    const free = (s: NodeStatusRecord) => Object.values(s.disks).reduce((a, d) => a + d.freeBytes, 0)
-    const others = live.filter((s) => s.name !== this.opts.nodeName && !exclude.has(s.name) && Object.keys(s.disks).length > 0)
-      .sort((a, b) => free(b) - free(a))
-      .map((s) => s.name)
-    // This node counts whenever it has a disk (its own status record may lag a disk just added).
-    const here = !exclude.has(this.opts.nodeName) && (await this.opts.localDisks()).length > 0 ? [this.opts.nodeName] : []
-    return [...here, ...others].slice(0, rf)
+  private async placeOnDisks(rf: number, what: string, exclude: Map<string, Exclusion>): Promise<Array<{ node: string, diskId: string }>> {
+    const deadline = this.opts.view.deadlineFromNow()
+    for (;;) {
+      const nodes = await this.opts.view.place(rf, { what, exclude, deadline })
+      const picks = await Promise.allSettled(nodes.map((n) => this.pickDiskOn(n)))
+      const placed: Array<{ node: string, diskId: string }> = []
+      for (const [i, node] of nodes.entries()) {
+        const p = picks[i]!
+        if (p.status === 'fulfilled') {
+          placed.push({ node, diskId: p.value })
+          continue
+        }
+        const noSpace = isNoSpace(p.reason)
+        exclude.set(node, { reason: noSpace ? 'no disk with room for an extent group' : `cannot pick a disk there: ${errorMessage(p.reason)}`, noSpace })
+        this.opts.log.warn(`${what}: node ${node} left out: ${errorMessage(p.reason)}`)
+      }
+      if (placed.length === nodes.length) return placed
+    }
   }
 
   // ---- ExportProvider (NBD) ----
@@ -403,18 +401,20 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   }
 
   private async newEgroup(rec: VdiskRecord): Promise<LoadedEgroup> {
-    const nodes = await this.placeReplicas(rec.rf, new Set())
-    if (nodes.length < rec.rf) {
-      throw new TessError('TESS_E_TOO_FEW_NODES', `vDisk ${rec.name} needs ${rec.rf} healthy nodes for a new extent group, ${nodes.length} are up`, 'bring nodes back or add nodes')
+    let placed: Array<{ node: string, diskId: string }>
+    try {
+      placed = await this.placeOnDisks(rec.rf, `a new extent group of vDisk ${rec.name}`, new Map())
+    } catch (e) {
+      // EIO when too few nodes are healthy, ENOSPC only when disks are full; the message names the nodes
+      throw placementDeviceError(e)
     }
     const egid = await this.egroupIds.allocate()
-    const placed = await Promise.all(nodes.map(async (node) => ({ node, diskId: await this.pickDiskOn(node) })))
     const er: EgroupRecord = { id: egid, vdiskId: rec.id, replicas: placed, createdAt: new Date().toISOString() }
     // Record first, then the files: a crash in between leaves a record whose missing files the
     // next load creates (an extent group with no extents).
     await this.putEgroupRecord(rec, er)
     const replicas = placed.map((p) => this.replicaFor(rec.id, egid, p.node, p.diskId))
-    await Promise.all(replicas.map((r) => r.open([])))
+    await Promise.all(replicas.map((r) => r.open([]))).catch((e: unknown) => { throw placementDeviceError(e) })
     const eg: LoadedEgroup = { id: egid, replicas, usedSlots: new Set(), freeSlots: [], lock: new KeyedRwLock() }
     for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
     for (let s = 0; s < extentsPerEgroup; s++) eg.freeSlots.push(s)
@@ -437,16 +437,15 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       if (!source) throw new Error('no healthy replica left')
       const er = await getJson<EgroupRecord>(this.etcd, keys.egroup(rec.id, eg.id))
       if (!er) throw new Error(`extent group ${eg.id} has no record`)
-      const exclude = new Set(eg.replicas.map((r) => r.node))
-      const targets = await this.placeReplicas(still.length, exclude)
-      if (targets.length < still.length) {
-        throw new TessError('TESS_E_TOO_FEW_NODES', `extent group ${eg.id} of vDisk ${rec.name} needs ${still.length} more healthy node(s) for RF ${rec.rf}; ${targets.length} available (failure: ${errorMessage(why)})`, 'bring the failed node back, or add a node')
-      }
+      const exclude = new Map<string, Exclusion>(eg.replicas.map((r) => [r.node, {
+        reason: !still.includes(r) ? 'holds a replica of this extent group' : evacuate ? 'being evacuated' : `its replica failed (${errorMessage(why)})`,
+      }]))
+      // waits for a healthy node (bounded); a PlacementError names the nodes and why each cannot be used
+      const targets = await this.placeOnDisks(still.length, `${still.length} replacement replica(s) of extent group ${eg.id} of vDisk ${rec.name} (RF ${rec.rf})`, exclude)
       const next: Replica[] = [...healthy]
       const added: Array<{ node: string, diskId: string }> = []
       for (let i = 0; i < still.length; i++) {
-        const node = targets[i]!
-        const diskId = await this.pickDiskOn(node)
+        const { node, diskId } = targets[i]!
         const r = this.replicaFor(rec.id, eg.id, node, diskId)
         if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
         await r.open([])
@@ -509,7 +508,6 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * lands there): each vDisk's owner copies its extent groups elsewhere. Returns the groups moved.
    */
   async evacuateNode(node: string, progress: (p: EvacuationProgress) => void): Promise<number> {
-    this.liveCache = undefined
     const recs = (await listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)).filter((r) => r.state === 'ready')
     const all = await listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)
     const total = all.filter((e) => e.replicas.some((r) => r.node === node)).length

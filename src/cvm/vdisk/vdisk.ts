@@ -381,7 +381,8 @@ export class Vdisk {
         await this.startCreating()
       } catch (e) {
         this.backend.log.error(`vDisk ${this.name}: cannot create an extent group: ${errorMessage(e)}`)
-        throw new DeviceError(nbdErrno.ENOSPC, 'cannot create an extent group')
+        // the backend's errno says why (EIO: too few healthy nodes; ENOSPC: disks full)
+        throw e instanceof DeviceError ? e : new DeviceError(nbdErrno.EIO, `cannot create an extent group: ${errorMessage(e)}`)
       }
     }
   }
