@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need, builds, runs vitest.
+# A tree that was clean before must be clean after: install, build and tests write scratch files
+# to temporary directories only (checked at the end when this is a git checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+before=""
+in_git=""
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  in_git=1
+  before=$(git status --porcelain)
+fi
 bash scripts/install-deps.sh test
 # the tests are TypeScript too: typecheck them with the sources (strict)
 npx tsc -p tsconfig.test.json
 npx vitest run "$@"
-# the CRC-32C module again on its pure-JS fallback (the run above used the native addon when built)
-if [[ $# -eq 0 ]]; then TESS_CRC32C=js npx vitest run test/unit/crc32c.test.ts; fi
+# the CRC-32C module and the extent group files again on the pure-JS fallback (the run above used
+# the native addon when it was built)
+if [[ $# -eq 0 ]]; then TESS_CRC32C=js npx vitest run test/unit/crc32c.test.ts test/unit/egroup.test.ts; fi
+if [[ -n "$in_git" && -z "$before" ]]; then
+  after=$(git status --porcelain)
+  if [[ -n "$after" ]]; then
+    echo "test.sh: the install, build or tests changed the checkout (they must leave it clean):" >&2
+    echo "$after" >&2
+    exit 1
+  fi
+fi

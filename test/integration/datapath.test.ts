@@ -114,7 +114,7 @@ describe('vDisk data path over NBD', () => {
     await vdisk('fio', '128M')
     for (const bs of ['4k', '64k', '1M']) {
       const r = await run('fio', ['--name=verify', '--ioengine=nbd', `--uri=${uri('fio')}`, '--rw=randwrite', `--bs=${bs}`, '--iodepth=16',
-        '--size=64M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--output-format=json'], { timeoutMs: 300_000 })
+        '--size=64M', '--verify=crc32c', '--verify_state_save=0', '--verify_fatal=1', '--do_verify=1', '--output-format=json'], { timeoutMs: 300_000 })
       expect(r.code, r.stdout + r.stderr).toBe(0)
       const job = parseFioJson(r.stdout).jobs[0]
       expect(job.error).toBe(0)

@@ -426,7 +426,7 @@ describe('real clients', () => {
 
   test('fio --ioengine=nbd: random and sequential writes verified with crc32c', async () => {
     const h = await start()
-    const common = ['--ioengine=nbd', `--uri=${h.uri('disk')}`, '--size=8m', '--verify=crc32c', '--do_verify=1', '--output-format=json']
+    const common = ['--ioengine=nbd', `--uri=${h.uri('disk')}`, '--size=8m', '--verify=crc32c', '--verify_state_save=0', '--do_verify=1', '--output-format=json']
     for (const job of [
       ['--name=rand4k', '--rw=randwrite', '--bs=4k', '--iodepth=32'],
       ['--name=seq1m', '--rw=write', '--bs=1m', '--iodepth=8'],
