@@ -28,8 +28,11 @@ export interface NodeConfig {
   }
   api: { bind: string, port: number }
   nbd: { bind: string, port: number }
-  /** data port: replication and forwarded I/O between CVMs (mutual TLS) */
-  data: { bind: string, port: number }
+  /**
+   * data port: replication and forwarded I/O between CVMs (mutual TLS; in mode `crc`, the default,
+   * extent data on bulk connections with CRC-32C per frame; the env TESS_DATA_PORT_MODE overrides)
+   */
+  data: { bind: string, port: number, mode?: 'tls' | 'crc' }
   createdAt: string
 }
 

@@ -7,7 +7,7 @@ import { TessError, errorMessage } from '../common/errors.js'
 import { connectEtcd, getJson, keys } from '../common/etcd.js'
 import type { NodeRecord } from '../common/types.js'
 import { PeerPool } from './replication/client.js'
-import { PeerError } from './replication/protocol.js'
+import { PeerError, dataPortMode } from './replication/protocol.js'
 import { DataServer } from './replication/server.js'
 import { ReplicaStore } from './vdisk/replicastore.js'
 import { etcdStartTimeoutMs } from '../common/limits.js'
@@ -43,6 +43,7 @@ async function main(): Promise<void> {
     process.exit(2)
   }
   const cfg = readNodeConfig(dataDir)
+  const mode = dataPortMode(cfg.data.mode, process.env.TESS_DATA_PORT_MODE)
   const paths = nodePaths(dataDir)
   const etcd = connectEtcd(cfg)
 
@@ -71,14 +72,14 @@ async function main(): Promise<void> {
     const rec = await getJson<NodeRecord>(etcd, keys.node(name))
     if (!rec) throw new PeerError('unreachable', `node ${name} is not a member of the cluster`)
     return { address: rec.address, dataPort: rec.dataPort }
-  })
+  }, { mode, log })
   // where new extent groups may go: nodes, their status and disks, following etcd by watches
   const view = new PlacementView({ self: cfg.nodeName, log, read: () => readViewRecords(etcd) })
   const follower = new EtcdViewFollower(etcd, view, log)
   await follower.start()
   engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view })
   await engine.start()
-  const dataServer = new DataServer({ creds, store, vdisks: engine, log })
+  const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
   const nbd = new NbdServer({ provider: engine, log })
   engine.connectionsOf = (name) => nbd.connectionsFor(name)
   const vdisks = new VdiskService(etcd, {
@@ -121,7 +122,7 @@ async function main(): Promise<void> {
   await api.listen(cfg.api.port, cfg.api.bind)
   node.startHeartbeat()
   void containers.recover().catch((e: unknown) => log.warn(`container recovery: ${errorMessage(e)}`))
-  log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}, data ${cfg.data.bind}:${cfg.data.port}`)
+  log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}, data ${cfg.data.bind}:${cfg.data.port} (mode ${mode})`)
 
   let stopping = false
   const stop = async (sig: string) => {

@@ -120,6 +120,10 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect(counts.filter((n) => n === 3).length).toBe(2) // the RF 3 vDisk's two groups
     expect(counts.filter((n) => n === 2).length).toBeGreaterThanOrEqual(8) // 256 MiB / 32 MiB
     expect(counts.every((n) => n === 2 || n === 3)).toBe(true)
+    // the replica writes went over bulk connections (data port mode crc, the default), none fell back to TLS
+    const logs = await Promise.all([0, 1, 2].map(async (i) => (await th.exec(th.hosts[i]!, ['sh', '-c', 'cat /var/lib/tess/logs/cvm.log'])).stdout))
+    expect(logs[0]).toMatch(/data port: bulk connection to node \S+ .* is up/)
+    for (const l of logs) expect(l).not.toMatch(/no bulk connection|checksum mismatch/)
   })
 
   it('repairs a corrupt replica from a good one on read', async () => {

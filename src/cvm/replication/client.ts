@@ -1,8 +1,20 @@
+import net from 'node:net'
 import tls from 'node:tls'
 import { errorMessage } from '../../common/errors.js'
-import { FrameParser, PeerError, encodeFrame, peerConnectTimeoutMs, peerDownBackoffMs, peerInFlightMax, peerRequestTimeoutMs, statusOk, type Frame, type Op, type PeerErrorBody } from './protocol.js'
+import type { Logger } from '../../common/log.js'
+import {
+  FrameParser, PeerError, bulkAcceptMagic, bulkHelloMagic, bulkOps, bulkRetryAfterFailureMs, bulkTicketBytes, dataPortModeDefault,
+  encodeFrame, ops, peerConnectTimeoutMs, peerDownBackoffMs, peerInFlightMax, peerRequestTimeoutMs, statusOk,
+  type DataPortMode, type Frame, type Op, type PeerErrorBody,
+} from './protocol.js'
 
 export interface TlsCreds { cert: Buffer, key: Buffer, ca: Buffer }
+
+export interface PeerClientOptions {
+  /** `crc` (default): extent data over a bulk connection when one can be made; `tls`: everything over TLS */
+  mode?: DataPortMode
+  log?: Logger
+}
 
 interface Pending {
   resolve: (f: Frame) => void
@@ -10,19 +22,89 @@ interface Pending {
   timer: NodeJS.Timeout
 }
 
+const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
+
 /**
- * One multiplexed mutual-TLS connection to a peer CVM's data port, opened on demand and again
- * after a failure. A refused or broken connection fails every request in flight with
+ * One connection to a peer's data port, TLS or bulk, with its requests in flight. When it closes
+ * (peer gone, bad frame, checksum mismatch) every request in flight on it fails with
+ * PeerError('unreachable').
+ */
+class Channel {
+  readonly pending = new Map<number, Pending>()
+  private readonly parser: FrameParser
+  private reason: string | undefined
+
+  constructor(readonly sock: net.Socket, readonly bulk: boolean, node: string, onClose: (c: Channel) => void, onAnswer: () => void) {
+    this.parser = new FrameParser(bulk)
+    sock.setNoDelay(true)
+    sock.setTimeout(0)
+    sock.on('error', (e) => { this.reason ??= e.message })
+    sock.on('close', () => {
+      const err = new PeerError('unreachable', `node ${node}: ${bulk ? 'bulk ' : ''}connection closed${this.reason ? ` (${this.reason})` : ''}`)
+      for (const [id, p] of this.pending) {
+        clearTimeout(p.timer)
+        p.reject(err)
+        this.pending.delete(id)
+      }
+      onClose(this)
+    })
+    sock.on('data', (chunk: Buffer) => {
+      let frames: Frame[]
+      try {
+        frames = this.parser.push(chunk)
+      } catch (e) {
+        sock.destroy(new Error(`bad frame from ${node}: ${errorMessage(e)}`))
+        return
+      }
+      for (const f of frames) {
+        const p = this.pending.get(f.id)
+        if (!p) continue // answered after its timeout
+        this.pending.delete(f.id)
+        clearTimeout(p.timer)
+        p.resolve(f)
+        onAnswer()
+      }
+    })
+  }
+
+  get up(): boolean {
+    return !this.sock.destroyed
+  }
+
+  send(id: number, op: Op, json: Record<string, unknown>, data: Buffer | undefined): void {
+    const parts = encodeFrame(id, op, json, data, this.bulk)
+    this.sock.cork()
+    for (const p of parts) this.sock.write(p)
+    this.sock.uncork()
+  }
+}
+
+/**
+ * A peer CVM's data port, as one client: a multiplexed mutual-TLS connection, opened on demand and
+ * again after a failure, and in mode `crc` a bulk connection beside it for the ops that carry
+ * extent data (`bulkOps`), opened with a ticket asked for over TLS. If no bulk connection can be
+ * made, those ops go over TLS (logged once) and another try follows after `bulkRetryAfterFailureMs`.
+ * A refused or broken connection fails every request in flight on it with
  * PeerError('unreachable'); a request without an answer in time fails with 'timeout'.
  */
 export class PeerClient {
-  private sock: tls.TLSSocket | undefined
-  private connecting: Promise<tls.TLSSocket> | undefined
-  private readonly pending = new Map<number, Pending>()
+  private tls: Channel | undefined
+  private connecting: Promise<Channel> | undefined
+  private bulk: Channel | undefined
+  private bulkOpening: Promise<Channel | undefined> | undefined
+  private bulkRetryAt = 0
+  private bulkFallbackLogged = false
+  private bulkLogged = false
+  private inFlight = 0
   private nextId = 1
   private waiters: Array<() => void> = []
+  private readonly mode: DataPortMode
+  private readonly log: Logger
 
-  constructor(readonly node: string, private readonly host: string, private readonly port: number, private readonly creds: TlsCreds) {}
+  constructor(readonly node: string, private readonly host: string, private readonly port: number, private readonly creds: TlsCreds, opts: PeerClientOptions = {}) {
+    this.mode = opts.mode ?? dataPortModeDefault
+    this.log = opts.log ?? quiet
+  }
 
   /** After a failed connect, fail fast until then instead of waiting on a dead host each time. */
   private downUntil = 0
@@ -32,13 +114,17 @@ export class PeerClient {
     return Date.now() < this.downUntil
   }
 
-  private connect(): Promise<tls.TLSSocket> {
-    if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock)
+  /** Is a bulk connection up now (tests, diagnostics)? */
+  get bulkUp(): boolean {
+    return this.bulk?.up ?? false
+  }
+
+  private connect(): Promise<Channel> {
+    if (this.tls?.up) return Promise.resolve(this.tls)
     if (this.connecting) return this.connecting
     if (Date.now() < this.downUntil) return Promise.reject(new PeerError('unreachable', `node ${this.node} (${this.host}:${this.port}) is down (a connect failed recently)`))
-    this.connecting = new Promise<tls.TLSSocket>((resolve, reject) => {
+    this.connecting = new Promise<Channel>((resolve, reject) => {
       const s = tls.connect({ host: this.host, port: this.port, cert: this.creds.cert, key: this.creds.key, ca: this.creds.ca, checkServerIdentity: () => undefined, timeout: peerConnectTimeoutMs })
-      const parser = new FrameParser()
       const fail = (e: Error) => {
         s.destroy()
         this.downUntil = Date.now() + peerDownBackoffMs
@@ -46,38 +132,9 @@ export class PeerClient {
       }
       s.once('secureConnect', () => {
         s.removeListener('error', fail)
-        s.setNoDelay(true)
-        s.setTimeout(0)
-        this.sock = s
-        s.on('error', () => { /* handled on close */ })
-        s.on('close', () => {
-          if (this.sock === s) this.sock = undefined
-          const err = new PeerError('unreachable', `node ${this.node}: connection closed`)
-          for (const [id, p] of this.pending) {
-            clearTimeout(p.timer)
-            p.reject(err)
-            this.pending.delete(id)
-          }
-          this.wake()
-        })
-        s.on('data', (chunk: Buffer) => {
-          let frames: Frame[]
-          try {
-            frames = parser.push(chunk)
-          } catch (e) {
-            s.destroy(new Error(`bad frame from ${this.node}: ${errorMessage(e)}`))
-            return
-          }
-          for (const f of frames) {
-            const p = this.pending.get(f.id)
-            if (!p) continue // answered after its timeout
-            this.pending.delete(f.id)
-            clearTimeout(p.timer)
-            p.resolve(f)
-            this.wake()
-          }
-        })
-        resolve(s)
+        const ch = new Channel(s, false, this.node, (c) => this.closed(c), () => this.wake())
+        this.tls = ch
+        resolve(ch)
       })
       s.once('error', fail)
       s.once('timeout', () => fail(new Error('connect timed out')))
@@ -85,26 +142,113 @@ export class PeerClient {
     return this.connecting
   }
 
+  private closed(c: Channel): void {
+    if (this.tls === c) this.tls = undefined
+    if (this.bulk === c) this.bulk = undefined
+    this.wake()
+  }
+
+  /** The channel for a bulk op: the bulk connection (opened if need be) or, failing that, TLS. */
+  private async bulkChannel(): Promise<Channel> {
+    if (this.mode === 'tls') return this.connect()
+    if (this.bulk?.up) return this.bulk
+    if (Date.now() < this.bulkRetryAt) return this.connect()
+    this.bulkOpening ??= this.openBulk().finally(() => { this.bulkOpening = undefined })
+    return (await this.bulkOpening) ?? this.connect()
+  }
+
+  /** Ask for a ticket over TLS, connect, say hello, wait for the accept. Undefined: use TLS. */
+  private async openBulk(): Promise<Channel | undefined> {
+    const control = await this.connect() // a peer that cannot be reached fails the request as before
+    try {
+      const f = await this.exchange(control, ops.bulkTicket, {}, undefined, peerConnectTimeoutMs)
+      if (f.data.length !== bulkTicketBytes) throw new Error(`a ticket of ${f.data.length} bytes`)
+      const s = await this.helloBulk(f.data)
+      const ch = new Channel(s, true, this.node, (c) => this.closed(c), () => this.wake())
+      this.bulk = ch
+      // said once per peer (and again after a fallback), not at every reconnect after an idle close
+      if (!this.bulkLogged || this.bulkFallbackLogged) this.log.info(`data port: bulk connection to node ${this.node} (${this.host}:${this.port}) is up${this.bulkFallbackLogged ? ' again' : ''}`)
+      this.bulkLogged = true
+      this.bulkFallbackLogged = false
+      return ch
+    } catch (e) {
+      // the TLS connection broke too: the peer is going away, not a bulk problem (no backoff)
+      if (!control.up) return undefined
+      this.bulkRetryAt = Date.now() + bulkRetryAfterFailureMs
+      if (!this.bulkFallbackLogged) {
+        this.bulkFallbackLogged = true
+        this.log.warn(`data port: no bulk connection to node ${this.node} (${this.host}:${this.port}): ${errorMessage(e)}; its extent data goes over TLS, next try in ${bulkRetryAfterFailureMs / 1000} s`)
+      }
+      return undefined
+    }
+  }
+
+  private helloBulk(ticket: Buffer): Promise<net.Socket> {
+    return new Promise<net.Socket>((resolve, reject) => {
+      const s = net.connect({ host: this.host, port: this.port })
+      let got: Buffer = Buffer.alloc(0)
+      const done = (e?: Error) => {
+        clearTimeout(timer)
+        s.removeListener('error', done)
+        s.removeListener('close', onClose)
+        s.removeListener('data', onData)
+        if (e) {
+          s.destroy()
+          reject(e)
+        } else {
+          resolve(s)
+        }
+      }
+      const onClose = () => done(new Error('the peer closed the bulk connection (ticket refused?)'))
+      const onData = (chunk: Buffer) => {
+        got = Buffer.concat([got, chunk])
+        if (got.length < bulkAcceptMagic.length) return
+        // the peer sends nothing else before a request
+        if (got.length > bulkAcceptMagic.length || !got.equals(bulkAcceptMagic)) done(new Error('unexpected answer to the bulk hello'))
+        else done()
+      }
+      const timer = setTimeout(() => done(new Error(`no answer to the bulk hello in ${peerConnectTimeoutMs} ms`)), peerConnectTimeoutMs)
+      s.on('error', done)
+      s.on('close', onClose)
+      s.on('data', onData)
+      s.once('connect', () => {
+        s.setNoDelay(true)
+        s.write(Buffer.concat([bulkHelloMagic, ticket]))
+      })
+    })
+  }
+
   private wake(): void {
-    while (this.pending.size < peerInFlightMax && this.waiters.length > 0) this.waiters.shift()!()
+    while (this.inFlight < peerInFlightMax && this.waiters.length > 0) this.waiters.shift()!()
   }
 
   async request(op: Op, json: Record<string, unknown>, data?: Buffer, timeoutMs = peerRequestTimeoutMs): Promise<Frame> {
-    while (this.pending.size >= peerInFlightMax) await new Promise<void>((r) => this.waiters.push(r))
-    const s = await this.connect()
+    while (this.inFlight >= peerInFlightMax) await new Promise<void>((r) => this.waiters.push(r))
+    this.inFlight++
+    try {
+      const ch = bulkOps.has(op) ? await this.bulkChannel() : await this.connect()
+      return await this.exchange(ch, op, json, data, timeoutMs)
+    } finally {
+      this.inFlight--
+      this.wake()
+    }
+  }
+
+  /** One request on one channel (not counted against `peerInFlightMax`: the caller did). */
+  private async exchange(ch: Channel, op: Op, json: Record<string, unknown>, data: Buffer | undefined, timeoutMs: number): Promise<Frame> {
     const id = this.nextId
     this.nextId = this.nextId >= 0xfffffff0 ? 1 : this.nextId + 1
     const frame = await new Promise<Frame>((resolve, reject) => {
+      if (!ch.up) {
+        reject(new PeerError('unreachable', `node ${this.node}: connection closed`))
+        return
+      }
       const timer = setTimeout(() => {
-        this.pending.delete(id)
+        ch.pending.delete(id)
         reject(new PeerError('timeout', `node ${this.node}: no answer in ${timeoutMs} ms`))
-        this.wake()
       }, timeoutMs)
-      this.pending.set(id, { resolve, reject, timer })
-      const parts = encodeFrame(id, op, json, data)
-      s.cork()
-      for (const p of parts) s.write(p)
-      s.uncork()
+      ch.pending.set(id, { resolve, reject, timer })
+      ch.send(id, op, json, data)
     })
     if (frame.code !== statusOk) {
       const body = frame.json as unknown as PeerErrorBody
@@ -114,8 +258,10 @@ export class PeerClient {
   }
 
   close(): void {
-    this.sock?.destroy()
-    this.sock = undefined
+    this.bulk?.sock.destroy()
+    this.bulk = undefined
+    this.tls?.sock.destroy()
+    this.tls = undefined
   }
 }
 
@@ -123,7 +269,7 @@ export class PeerClient {
 export class PeerPool {
   private readonly clients = new Map<string, PeerClient>()
 
-  constructor(private readonly creds: TlsCreds, private readonly resolve: (node: string) => Promise<{ address: string, dataPort: number }>) {}
+  constructor(private readonly creds: TlsCreds, private readonly resolve: (node: string) => Promise<{ address: string, dataPort: number }>, private readonly opts: PeerClientOptions = {}) {}
 
   /** Is this node believed down right now (a connect to it failed moments ago)? */
   suspect(node: string): boolean {
@@ -134,7 +280,7 @@ export class PeerPool {
     let c = this.clients.get(node)
     if (!c) {
       const { address, dataPort } = await this.resolve(node)
-      c = this.clients.get(node) ?? new PeerClient(node, address, dataPort, this.creds)
+      c = this.clients.get(node) ?? new PeerClient(node, address, dataPort, this.creds, this.opts)
       this.clients.set(node, c)
     }
     return c

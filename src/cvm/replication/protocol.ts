@@ -1,14 +1,30 @@
+import { crc32c } from '../../common/crc32c.js'
+import { TessError } from '../../common/errors.js'
+
 /**
- * The data port protocol between CVMs (replication and owner forwarding), over mutual TLS with
- * certificates of the cluster CA. Every frame, both directions:
+ * The data port protocol between CVMs (replication and owner forwarding). One listener, two kinds
+ * of connection, told apart by their first byte:
+ *
+ * - mutual TLS with certificates of the cluster CA (a TLS handshake record starts with 0x16):
+ *   every op, and the only way to get a bulk ticket;
+ * - bulk (data port mode `crc`): plain TCP that starts with a hello (`bulkHelloMagic` and a ticket
+ *   from `ops.bulkTicket`, single use, bound to the peer that asked for it). It carries only the
+ *   ops in `bulkOps`, and every frame carries CRC-32C checksums (integrity against accidental
+ *   corruption, not against an attacker on the path; see the README).
+ *
+ * Every frame, both directions, on both kinds:
  *
  *   u32 magic | u32 request id | u16 op (request) or status (response) | u16 reserved
- *   u32 JSON length | u32 data length | JSON parameters | data bytes
+ *   u32 JSON length | u32 data length
+ *   bulk only: u32 CRC-32C of the JSON | u32 CRC-32C of the data | u32 CRC-32C of the 28 bytes before
+ *   JSON parameters | data bytes
  *
  * Requests on one connection may be answered out of order (matched by request id).
  */
 export const frameMagic = 0x54455353 // "TESS"
 export const frameHeaderBytes = 20
+/** a bulk frame's header: the TLS one and three checksums (JSON, data, the header itself) */
+export const bulkFrameHeaderBytes = 32
 export const frameJsonMaxBytes = 64 * 1024
 export const frameDataMaxBytes = 33 * 1024 * 1024
 export const dataPortDefault = 10810
@@ -19,6 +35,29 @@ export const peerConnectTimeoutMs = 3_000
 export const dataPortIdleTimeoutMs = 5 * 60_000
 /** how long a peer that refused or timed out a connect is failed fast */
 export const peerDownBackoffMs = 3_000
+
+/** The first byte of a TLS connection (a handshake record); a bulk hello never starts with it. */
+export const tlsHandshakeRecordType = 0x16
+/** what a bulk connection starts with, followed by its ticket ("T": never a TLS record) */
+export const bulkHelloMagic = Buffer.from('TESSBLK1', 'latin1')
+/** the server's answer to an accepted hello; nothing else is sent before it */
+export const bulkAcceptMagic = Buffer.from('TESSBOK1', 'latin1')
+export const bulkTicketBytes = 32
+export const bulkHelloBytes = bulkHelloMagic.length + bulkTicketBytes
+/** a ticket not used by then is void */
+export const bulkTicketTtlMs = 10_000
+export const bulkTicketsPendingPerPeerMax = 4
+export const bulkTicketsPendingMax = 256
+/** a client keeps one; the rest is room for a reconnect that overlaps the old one's close */
+export const bulkConnectionsPerPeerMax = 4
+/** a client that could not open a bulk connection sends over TLS and tries again after this */
+export const bulkRetryAfterFailureMs = 30_000
+/** a new connection must finish its TLS handshake or its bulk hello within this */
+export const dataPortHelloTimeoutMs = 5_000
+/** connections that have not finished a TLS handshake or a bulk hello, at once */
+export const dataPortUnauthenticatedMax = 256
+/** every connection of the data port, at once (the accept loop refuses beyond) */
+export const dataPortConnectionsMax = 2048
 
 export const ops = {
   ping: 1,
@@ -35,8 +74,30 @@ export const ops = {
   pickDisk: 12,
   vdiskIo: 20,
   vdiskEvacuate: 21,
+  /** TLS only: a one-time ticket (data: `bulkTicketBytes`) for one bulk connection */
+  bulkTicket: 30,
 } as const
 export type Op = (typeof ops)[keyof typeof ops]
+
+/** The ops that carry extent data: the only ones a bulk connection serves; clients send them there when it is up. */
+export const bulkOps: ReadonlySet<number> = new Set<number>([ops.egRead, ops.egWrite, ops.egReadRaw, ops.egWriteRaw, ops.vdiskIo])
+
+/**
+ * How a CVM sends bulk data to other CVMs: `tls`, everything inside mutual TLS; `crc` (default),
+ * extent data over bulk connections with CRC-32C per frame and the rest over TLS. A CVM in `tls`
+ * mode also refuses bulk connections to itself. Set in node.json (`data.mode`); the environment
+ * variable TESS_DATA_PORT_MODE overrides it.
+ */
+export type DataPortMode = 'tls' | 'crc'
+export const dataPortModes: readonly DataPortMode[] = ['tls', 'crc']
+export const dataPortModeDefault: DataPortMode = 'crc'
+
+export function dataPortMode(configured: string | undefined, env: string | undefined): DataPortMode {
+  const [value, source] = env !== undefined && env !== '' ? [env, 'TESS_DATA_PORT_MODE'] : [configured, 'node.json data.mode']
+  if (value === undefined) return dataPortModeDefault
+  if ((dataPortModes as readonly string[]).includes(value)) return value as DataPortMode
+  throw new TessError('TESS_E_INVALID', `data port mode "${value}" (${source}) is not one of ${dataPortModes.join(', ')}`, 'set tls or crc, or leave it unset for crc')
+}
 
 export const statusOk = 0
 export const statusError = 1
@@ -64,49 +125,83 @@ export interface Frame {
   data: Buffer
 }
 
-export function encodeFrame(id: number, code: number, json: unknown, data?: Buffer): Buffer[] {
-  const j = Buffer.from(JSON.stringify(json ?? {}))
-  const h = Buffer.allocUnsafe(frameHeaderBytes)
+/**
+ * A frame as buffers to write in one go (corked). `bulk`: with the checksums of a bulk connection.
+ * The data buffer is not copied: the caller must not change it until the request settles.
+ */
+export function encodeFrame(id: number, code: number, json: unknown, data?: Buffer, bulk = false): Buffer[] {
+  const js = JSON.stringify(json ?? {})
+  const jl = Buffer.byteLength(js)
+  const hl = bulk ? bulkFrameHeaderBytes : frameHeaderBytes
+  const h = Buffer.allocUnsafe(hl + jl)
   h.writeUInt32BE(frameMagic, 0)
   h.writeUInt32BE(id >>> 0, 4)
   h.writeUInt16BE(code, 8)
   h.writeUInt16BE(0, 10)
-  h.writeUInt32BE(j.length, 12)
+  h.writeUInt32BE(jl, 12)
   h.writeUInt32BE(data?.length ?? 0, 16)
-  return data && data.length > 0 ? [h, j, data] : [h, j]
+  h.write(js, hl, 'utf8')
+  if (bulk) {
+    h.writeUInt32BE(crc32c(h.subarray(hl)), 20)
+    h.writeUInt32BE(data && data.length > 0 ? crc32c(data) : 0, 24)
+    h.writeUInt32BE(crc32c(h.subarray(0, 28)), 28)
+  }
+  return data && data.length > 0 ? [h, data] : [h]
+}
+
+/** A bulk frame whose checksums do not match its bytes: the connection is dropped. */
+export class FrameChecksumError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'FrameChecksumError'
+  }
 }
 
 /**
- * Incremental frame parser with bounds: a frame over the limits or with a bad magic throws, and
- * the connection is dropped (never a crash).
+ * Incremental frame parser with bounds: a frame over the limits, with a bad magic or (bulk) a
+ * checksum that does not match throws, and the connection is dropped (never a crash). A bulk
+ * header is checked before its lengths are trusted.
  */
 export class FrameParser {
   private chunks: Buffer[] = []
   private held = 0
+  private readonly headerBytes: number
+
+  constructor(private readonly bulk = false) {
+    this.headerBytes = bulk ? bulkFrameHeaderBytes : frameHeaderBytes
+  }
 
   push(chunk: Buffer): Frame[] {
     this.chunks.push(chunk)
     this.held += chunk.length
     const out: Frame[] = []
+    const hl = this.headerBytes
     for (;;) {
-      if (this.held < frameHeaderBytes) break
-      const head = this.peek(frameHeaderBytes)
+      if (this.held < hl) break
+      const head = this.peek(hl)
       if (head.readUInt32BE(0) !== frameMagic) throw new Error('bad frame magic')
+      if (this.bulk && crc32c(head.subarray(0, 28)) !== head.readUInt32BE(28)) throw new FrameChecksumError('frame header checksum mismatch')
       const jl = head.readUInt32BE(12)
       const dl = head.readUInt32BE(16)
       if (jl > frameJsonMaxBytes || dl > frameDataMaxBytes) throw new Error(`frame too large (${jl} + ${dl} bytes)`)
-      const total = frameHeaderBytes + jl + dl
+      const total = hl + jl + dl
       if (this.held < total) break
       const all = this.take(total)
+      if (this.bulk) {
+        const jsonSum = all.readUInt32BE(20)
+        const dataSum = all.readUInt32BE(24)
+        if (crc32c(all.subarray(hl, hl + jl)) !== jsonSum) throw new FrameChecksumError('frame parameters checksum mismatch')
+        if ((dl > 0 ? crc32c(all.subarray(hl + jl)) : 0) !== dataSum) throw new FrameChecksumError(`frame data checksum mismatch (${dl} bytes)`)
+      }
       let json: Record<string, unknown>
       try {
-        const parsed: unknown = JSON.parse(all.subarray(frameHeaderBytes, frameHeaderBytes + jl).toString('utf8'))
+        const parsed: unknown = JSON.parse(all.subarray(hl, hl + jl).toString('utf8'))
         if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
         json = parsed as Record<string, unknown>
       } catch {
         throw new Error('frame parameters are not a JSON object')
       }
-      out.push({ id: head.readUInt32BE(4), code: head.readUInt16BE(8), json, data: all.subarray(frameHeaderBytes + jl) })
+      out.push({ id: all.readUInt32BE(4), code: all.readUInt16BE(8), json, data: all.subarray(hl + jl) })
     }
     return out
   }

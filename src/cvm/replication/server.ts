@@ -1,3 +1,5 @@
+import crypto from 'node:crypto'
+import net from 'node:net'
 import tls from 'node:tls'
 import { TessError, errorMessage } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
@@ -5,7 +7,12 @@ import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { TlsCreds } from './client.js'
-import { FrameParser, PeerError, dataPortIdleTimeoutMs, encodeFrame, num, ops, peerInFlightMax, statusError, statusOk, text, type Frame, type PeerErrorBody } from './protocol.js'
+import {
+  FrameParser, PeerError, bulkAcceptMagic, bulkConnectionsPerPeerMax, bulkHelloBytes, bulkHelloMagic, bulkOps, bulkTicketBytes,
+  bulkTicketTtlMs, bulkTicketsPendingMax, bulkTicketsPendingPerPeerMax, dataPortConnectionsMax, dataPortHelloTimeoutMs,
+  dataPortIdleTimeoutMs, dataPortModeDefault, dataPortUnauthenticatedMax, encodeFrame, num, ops, peerInFlightMax, statusError,
+  statusOk, text, tlsHandshakeRecordType, type DataPortMode, type Frame, type PeerErrorBody,
+} from './protocol.js'
 
 /** Forwarded vDisk I/O (a non-owner relays NBD requests to the owner). */
 export interface VdiskIoHandler {
@@ -15,25 +22,86 @@ export interface VdiskIoHandler {
 }
 
 const checksumEntriesBytes = 2048
+/** refused strangers are summed up in one log line at most this often */
+const dropLogIntervalMs = 60_000
+
+export interface DataServerOptions {
+  creds: TlsCreds
+  store: ReplicaStore
+  vdisks: VdiskIoHandler
+  log: Logger
+  /** `tls`: no bulk tickets, no bulk connections (default `crc`: both accepted) */
+  mode?: DataPortMode
+  /** milliseconds since the epoch (tests move it to expire tickets) */
+  clock?: () => number
+  /** ticket bytes */
+  random?: (bytes: number) => Buffer
+  /** default `dataPortHelloTimeoutMs` (tests shorten it) */
+  helloTimeoutMs?: number
+}
+
+/** A connection that got in: which peer (the CN of its cluster certificate) and of which kind. */
+interface Session {
+  peer: string
+  address: string
+  bulk: boolean
+}
+
+interface Ticket {
+  value: Buffer
+  peer: string
+  address: string
+  expiresAt: number
+}
 
 /**
  * The data port: serves this node's extent group replicas to owners on other nodes, and vDisk I/O
- * forwarded by non-owners. Mutual TLS: only holders of a cluster certificate get in. A malformed
- * frame drops that connection only.
+ * forwarded by non-owners. One listener; the first byte of a connection says its kind:
+ *
+ * - a TLS handshake: mutual TLS, only holders of a cluster certificate get in; every op;
+ * - a bulk hello (mode `crc`): the magic and a ticket that a TLS connection of the same peer asked
+ *   for (single use, expires in `bulkTicketTtlMs`, from the same address); only the ops that carry
+ *   extent data, every frame with CRC-32C checksums;
+ * - anything else, or no hello in `dataPortHelloTimeoutMs`: dropped.
+ *
+ * A malformed frame, a checksum mismatch or a refused hello drops that connection only.
  */
 export class DataServer {
-  private server: tls.Server | undefined
-  private readonly sockets = new Set<tls.TLSSocket>()
+  private server: net.Server | undefined
+  private tlsServer: tls.Server | undefined
+  private readonly sockets = new Set<net.Socket>()
+  private readonly tickets: Ticket[] = []
+  private readonly bulkPerPeer = new Map<string, number>()
+  private unauthenticated = 0
+  private readonly bulkEnabled: boolean
+  private readonly clock: () => number
+  private readonly random: (bytes: number) => Buffer
+  private readonly helloTimeoutMs: number
+  private drops = { count: 0, loggedAt: 0, last: '' }
 
-  constructor(private readonly opts: { creds: TlsCreds, store: ReplicaStore, vdisks: VdiskIoHandler, log: Logger }) {}
+  constructor(private readonly opts: DataServerOptions) {
+    this.bulkEnabled = (opts.mode ?? dataPortModeDefault) === 'crc'
+    this.clock = opts.clock ?? Date.now
+    this.random = opts.random ?? ((n) => crypto.randomBytes(n))
+    this.helloTimeoutMs = opts.helloTimeoutMs ?? dataPortHelloTimeoutMs
+  }
 
   listen(port: number, host: string): Promise<void> {
-    this.server = tls.createServer({ ...this.opts.creds, requestCert: true, rejectUnauthorized: true }, (s) => this.serve(s))
-    this.server.on('tlsClientError', () => { /* not one of ours */ })
+    // never listens itself: the data port hands it the connections that start a TLS handshake
+    this.tlsServer = tls.createServer({ ...this.opts.creds, requestCert: true, rejectUnauthorized: true, handshakeTimeout: this.helloTimeoutMs }, (s) => this.serveTls(s))
+    // a failed or stalled handshake: not one of ours (Node leaves a timed-out one open otherwise)
+    this.tlsServer.on('tlsClientError', (_e, s) => s.destroy())
+    this.server = net.createServer((s) => this.accept(s))
+    this.server.maxConnections = dataPortConnectionsMax
     return new Promise((resolve, reject) => {
       this.server!.once('error', reject)
       this.server!.listen(port, host, () => resolve())
     })
+  }
+
+  /** where it listens (port 0 in tests picks one) */
+  address(): net.AddressInfo {
+    return this.server!.address() as net.AddressInfo
   }
 
   close(): Promise<void> {
@@ -41,10 +109,132 @@ export class DataServer {
     return new Promise((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()))
   }
 
-  private serve(s: tls.TLSSocket): void {
+  /** Bulk connections open now, by peer (tests, diagnostics). */
+  bulkConnections(): Map<string, number> {
+    return new Map(this.bulkPerPeer)
+  }
+
+  /** A new connection: read its first bytes, then hand it to TLS or check its bulk hello. */
+  private accept(raw: net.Socket): void {
+    if (this.unauthenticated >= dataPortUnauthenticatedMax) {
+      this.dropped(raw, 'too many connections without a handshake')
+      return
+    }
+    this.unauthenticated++
+    let counted = true
+    const release = () => {
+      if (!counted) return
+      counted = false
+      this.unauthenticated--
+    }
+    this.sockets.add(raw)
+    const timer = setTimeout(() => this.dropped(raw, 'no handshake or hello in time'), this.helloTimeoutMs)
+    raw.on('error', () => undefined)
+    raw.on('close', () => {
+      clearTimeout(timer)
+      release()
+      this.sockets.delete(raw)
+    })
+    let head: Buffer = Buffer.alloc(0)
+    const onData = (chunk: Buffer) => {
+      if (head.length === 0 && chunk[0] === tlsHandshakeRecordType) {
+        raw.removeListener('data', onData)
+        raw.pause()
+        raw.unshift(chunk)
+        clearTimeout(timer)
+        // From here the TLS server's handshake timeout bounds it. Its socket is not ours to map
+        // back, so the slot is given back when the handshake could at the latest have ended.
+        setTimeout(release, this.helloTimeoutMs).unref()
+        this.tlsServer!.emit('connection', raw)
+        return
+      }
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk])
+      const n = Math.min(head.length, bulkHelloMagic.length)
+      if (!head.subarray(0, n).equals(bulkHelloMagic.subarray(0, n))) return this.dropped(raw, 'neither TLS nor a bulk hello', timer)
+      if (!this.bulkEnabled) return this.dropped(raw, 'a bulk hello, but this node is in data port mode tls', timer)
+      if (head.length < bulkHelloBytes) return
+      // the client waits for the accept before it sends frames
+      if (head.length > bulkHelloBytes) return this.dropped(raw, 'bytes after the bulk hello', timer)
+      raw.removeListener('data', onData)
+      clearTimeout(timer)
+      const redeemed = this.redeem(head.subarray(bulkHelloMagic.length), raw.remoteAddress ?? '')
+      if (typeof redeemed === 'string') return this.dropped(raw, redeemed)
+      const open = this.bulkPerPeer.get(redeemed.peer) ?? 0
+      if (open >= bulkConnectionsPerPeerMax) return this.dropped(raw, `node ${redeemed.peer} has ${open} bulk connections already`)
+      release()
+      this.bulkPerPeer.set(redeemed.peer, open + 1)
+      raw.on('close', () => {
+        const left = (this.bulkPerPeer.get(redeemed.peer) ?? 1) - 1
+        if (left > 0) this.bulkPerPeer.set(redeemed.peer, left)
+        else this.bulkPerPeer.delete(redeemed.peer)
+      })
+      raw.write(bulkAcceptMagic)
+      this.serve(raw, { peer: redeemed.peer, address: redeemed.address, bulk: true })
+    }
+    raw.on('data', onData)
+  }
+
+  /** A stranger, garbage or a refused hello: close it; say so in the log at most once a minute. */
+  private dropped(s: net.Socket, why: string, timer?: NodeJS.Timeout): void {
+    if (timer) clearTimeout(timer)
+    s.destroy()
+    this.drops.count++
+    this.drops.last = `${s.remoteAddress ?? '?'}: ${why}`
+    const now = Date.now()
+    if (now - this.drops.loggedAt >= dropLogIntervalMs) {
+      this.opts.log.warn(`data port: refused ${this.drops.count} connection(s) since the last report (last ${this.drops.last})`)
+      this.drops = { count: 0, loggedAt: now, last: '' }
+    }
+  }
+
+  private serveTls(s: tls.TLSSocket): void {
     this.sockets.add(s)
+    s.on('close', () => this.sockets.delete(s))
+    const cert = s.getPeerCertificate()
+    const cn = cert.subject?.CN
+    const peer = (Array.isArray(cn) ? cn[0] : cn) ?? cert.fingerprint256
+    this.serve(s, { peer, address: s.remoteAddress ?? '', bulk: false })
+  }
+
+  /** A ticket for one bulk connection of this peer, from this address. */
+  private issueTicket(session: Session): Buffer {
+    if (!this.bulkEnabled) throw new PeerError('invalid', 'no bulk connections to this node: its data port mode is tls')
+    const now = this.clock()
+    this.expireTickets(now)
+    const mine = this.tickets.filter((t) => t.peer === session.peer).length
+    if (mine >= bulkTicketsPendingPerPeerMax || this.tickets.length >= bulkTicketsPendingMax) {
+      throw new PeerError('invalid', `too many bulk tickets pending (${mine} of node ${session.peer}, ${this.tickets.length} in all)`)
+    }
+    const value = this.random(bulkTicketBytes)
+    if (value.length !== bulkTicketBytes) throw new Error(`assertion failed: a ticket has ${bulkTicketBytes} bytes, got ${value.length}`)
+    this.tickets.push({ value, peer: session.peer, address: session.address, expiresAt: now + bulkTicketTtlMs })
+    return value
+  }
+
+  private expireTickets(now: number): void {
+    for (let i = this.tickets.length - 1; i >= 0; i--) if (this.tickets[i]!.expiresAt <= now) this.tickets.splice(i, 1)
+  }
+
+  /**
+   * Use up a ticket: the peer it was issued to, or why not. Every pending ticket is compared in
+   * constant time (no early exit); a matching one is gone after this, even when refused.
+   */
+  private redeem(value: Buffer, address: string): { peer: string, address: string } | string {
+    let found = -1
+    for (let i = 0; i < this.tickets.length; i++) {
+      if (crypto.timingSafeEqual(this.tickets[i]!.value, value) && found < 0) found = i
+    }
+    if (found < 0) return 'unknown or used bulk ticket'
+    const t = this.tickets[found]!
+    this.tickets.splice(found, 1)
+    if (t.expiresAt <= this.clock()) return `expired bulk ticket of node ${t.peer}`
+    if (t.address !== address) return `bulk ticket of node ${t.peer} (issued to ${t.address})`
+    return { peer: t.peer, address }
+  }
+
+  private serve(s: net.Socket, session: Session): void {
     s.setNoDelay(true)
-    const parser = new FrameParser()
+    const parser = new FrameParser(session.bulk)
     let inFlight = 0
     // A peer that goes quiet (or never finishes a frame) is dropped when nothing of its is being
     // served (a long evacuation is); owners reconnect on demand.
@@ -52,22 +242,21 @@ export class DataServer {
       if (inFlight === 0) s.destroy()
     })
     s.on('error', () => undefined)
-    s.on('close', () => this.sockets.delete(s))
     s.on('data', (chunk: Buffer) => {
       let frames: Frame[]
       try {
         frames = parser.push(chunk)
       } catch (e) {
-        this.opts.log.warn(`data port: dropping ${s.remoteAddress}: ${errorMessage(e)}`)
+        this.opts.log.warn(`data port: dropping ${session.bulk ? 'bulk' : 'TLS'} connection of node ${session.peer} (${s.remoteAddress}): ${errorMessage(e)}`)
         s.destroy()
         return
       }
       for (const f of frames) {
         inFlight++
         if (inFlight >= peerInFlightMax) s.pause()
-        void this.handle(f).then(
-          ({ json, data }) => this.reply(s, f.id, statusOk, json, data),
-          (e: unknown) => this.reply(s, f.id, statusError, errorBody(e, this.opts.log)),
+        void this.handle(f, session).then(
+          ({ json, data }) => this.reply(s, session, f.id, statusOk, json, data),
+          (e: unknown) => this.reply(s, session, f.id, statusError, errorBody(e, this.opts.log)),
         ).finally(() => {
           inFlight--
           if (inFlight < peerInFlightMax && s.isPaused()) s.resume()
@@ -76,16 +265,18 @@ export class DataServer {
     })
   }
 
-  private reply(s: tls.TLSSocket, id: number, status: number, json: unknown, data?: Buffer): void {
+  private reply(s: net.Socket, session: Session, id: number, status: number, json: unknown, data?: Buffer): void {
     if (s.destroyed) return
     s.cork()
-    for (const p of encodeFrame(id, status, json, data)) s.write(p)
+    for (const p of encodeFrame(id, status, json, data, session.bulk)) s.write(p)
     s.uncork()
   }
 
-  private async handle(f: Frame): Promise<{ json: Record<string, unknown>, data?: Buffer }> {
+  private async handle(f: Frame, session: Session): Promise<{ json: Record<string, unknown>, data?: Buffer }> {
     const j = f.json
     const st = this.opts.store
+    // what reaches a bulk connection is only as trustworthy as a TCP stream: extent data, nothing that deletes or moves
+    if (session.bulk && !bulkOps.has(f.code)) throw new PeerError('invalid', `op ${f.code} is not served on a bulk connection`)
     switch (f.code) {
       case ops.ping:
         return { json: { pong: true } }
@@ -138,6 +329,8 @@ export class DataServer {
         const data = await this.opts.vdisks.io(text(j, 'name'), text(j, 'op'), num(j, 'offset'), num(j, 'length'), { fua: j.fua === true, noHole: j.noHole === true }, f.data)
         return { json: {}, data }
       }
+      case ops.bulkTicket:
+        return { json: { ttlMs: bulkTicketTtlMs }, data: this.issueTicket(session) }
       case ops.vdiskEvacuate:
         return { json: { moved: await this.opts.vdisks.evacuate(text(j, 'name'), text(j, 'node')) } }
       default:
