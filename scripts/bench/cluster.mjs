@@ -22,7 +22,7 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import {
-  apiClient, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, ratio, repoRoot, rotate,
+  apiClient, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, ratio, repoRoot, rotate, settledEtcd,
   roundsCell, runFio, sh, sizeBytes, sleep, sparseFile, tess,
 } from './common.mjs'
 
@@ -139,7 +139,7 @@ try {
             spawnSync('sync')
             const m0 = cost[job.name][t] ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), 'write', job.unit)
-            if (m0) cost[job.name][t][pass].push({ delta: metricsDelta(m0, await etcd()), bytes: f.bytes })
+            if (m0) cost[job.name][t][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })
             if (f.bytes !== job.bytes) throw new Error(`${job.name} on ${t}: fio wrote ${f.bytes} bytes, not the ${job.bytes} of the range`)
             res[job.name][t][r] = f.value
             console.error(`${job.name} round ${r + 1} ${t} ${pass === 'first' ? 'first write' : 'overwrite'}: ${f.value.toFixed(0)} ${job.unit}`)

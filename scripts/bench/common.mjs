@@ -349,6 +349,22 @@ export function metricsDelta(before, after) {
   return Object.fromEntries(Object.keys(after).map((k) => [k, after[k] - before[k]]))
 }
 
+/**
+ * etcd's counters once they stop moving: read until the Txn and mvcc put counts are unchanged over
+ * `quietMs` (at most `maxMs`). A client's last block map commit happens at its FLUSH or when it
+ * disconnects, which may be just after fio has exited; the write's cost must include it.
+ */
+export async function settledEtcd(read, quietMs = 500, maxMs = 10_000) {
+  const deadline = Date.now() + maxMs
+  let m = await read()
+  for (;;) {
+    await sleep(quietMs)
+    const next = await read()
+    if ((next.txnRpcs === m.txnRpcs && next.puts === m.puts) || Date.now() > deadline) return next
+    m = next
+  }
+}
+
 /** The columns of an etcd cost table: a label and how to get the figure per GiB written from a delta. */
 export const etcdCostColumns = [
   ['Txn calls / GiB', (d, gib) => d.txnRpcs / gib],

@@ -29,7 +29,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  apiClient, buildBenchImages, dropCaches, etcdCostColumns, etcdMetrics, fioFigure, flag, fmt, freePort, localCluster,
+  apiClient, buildBenchImages, dropCaches, etcdCostColumns, etcdMetrics, settledEtcd, fioFigure, flag, fmt, freePort, localCluster,
   median, metricsDelta, opt, ratio, rotate, roundsCell, runFio, sh, sizeBytes, sleep, sparseFile, startFio,
   startRegistry, startServer, stats, timeCalls, waitPort,
 } from './common.mjs'
@@ -169,7 +169,7 @@ try {
             settle(job)
             const m0 = t === 'ours' ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), job.key, job.unit)
-            if (m0) cost[job.name][pass].push({ delta: metricsDelta(m0, await etcd()), bytes: f.bytes })
+            if (m0) cost[job.name][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })
             if (f.bytes !== job.bytes) throw new Error(`${job.name} on ${t}: fio wrote ${f.bytes} bytes, not the ${job.bytes} of the range`)
             res[job.name][t][r] = f.value
             console.error(`${job.name.padEnd(18)} round ${r + 1} ${t.padEnd(9)} ${pass === 'first' ? 'first write' : 'overwrite  '} ${f.value.toFixed(1)} ${job.unit}`)
