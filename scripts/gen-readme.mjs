@@ -17,7 +17,7 @@ if (!readme.includes(start) || !readme.includes(stop)) {
 }
 
 const sub = (s, id) => String(s ?? '').replaceAll('<%= config.bin %>', 'tess').replaceAll('<%= command.id %>', id.replaceAll(':', ' '))
-const cmds = Object.values(manifest.commands).filter((c) => !c.hidden).sort((a, b) => a.id.localeCompare(b.id))
+const cmds = Object.values(manifest.commands).filter((c) => !c.hidden).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)) // code point order: the same in every locale
 const out = []
 out.push('| command | what it does |', '|---|---|')
 for (const c of cmds) out.push(`| [\`tess ${c.id.replaceAll(':', ' ')}\`](#tess-${c.id.replaceAll(':', '-')}) | ${c.summary ?? ''} |`)
