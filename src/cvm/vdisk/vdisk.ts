@@ -70,6 +70,8 @@ export class Vdisk {
   private creating: Promise<LoadedEgroup> | undefined
   /** allocations whose map entry is in memory only; committed by the next flush (or FUA) */
   private readonly pendingMap = new Map<number, ExtentRef>()
+  /** allocations whose map entry is on its way to etcd, and the commit carrying it */
+  private readonly committing = new Map<number, { ref: ExtentRef, done: Promise<unknown> }>()
   private closedReason: string | undefined
   connections = 0
 
@@ -266,18 +268,38 @@ export class Vdisk {
    * are skipped; a failed commit leaves them pending for the next flush.
    */
   private async commitMap(pending: Array<[number, ExtentRef]>): Promise<void> {
-    const now = pending.filter(([vb, ref]) => this.pendingMap.get(vb) === ref)
-    if (now.length === 0) return
-    // Out of the pending set before the puts are queued: a trim from here on deletes the key in
-    // etcd, queued after the put, instead of dropping an entry that is already on its way.
-    for (const [vb] of now) this.pendingMap.delete(vb)
-    try {
-      await Promise.all(now.map(([vb, ref]) => this.backend.mapWriter.put(this.backend.mapKey(vb), JSON.stringify({ eg: ref.egroupId, s: ref.slot }))))
-    } catch (e) {
-      for (const [vb, ref] of now) if (this.map.get(vb) === ref && !this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
-      this.backend.log.error(`vDisk ${this.name}: cannot record ${now.length} new extent(s) in etcd: ${errorMessage(e)}`)
-      throw new DeviceError(nbdErrno.EIO, 'cannot record the new extents')
+    const now: Array<[number, ExtentRef]> = []
+    // Entries another flush is committing right now: this flush is answered only once they are in
+    // etcd too (two connections flushing at once must both wait for the same commit).
+    const others = new Set<Promise<unknown>>()
+    for (const [vb, ref] of pending) {
+      if (this.pendingMap.get(vb) === ref) {
+        now.push([vb, ref])
+      } else {
+        const c = this.committing.get(vb)
+        if (c !== undefined && c.ref === ref) others.add(c.done)
+      }
     }
+    let failed: unknown
+    if (now.length > 0) {
+      // Out of the pending set before the puts are queued: a trim from here on deletes the key in
+      // etcd, queued after the put, instead of dropping an entry that is already on its way.
+      for (const [vb] of now) this.pendingMap.delete(vb)
+      const done = Promise.all(now.map(([vb, ref]) => this.backend.mapWriter.put(this.backend.mapKey(vb), JSON.stringify({ eg: ref.egroupId, s: ref.slot }))))
+      for (const [vb, ref] of now) this.committing.set(vb, { ref, done })
+      try {
+        await done
+      } catch (e) {
+        failed = e
+        for (const [vb, ref] of now) if (this.map.get(vb) === ref && !this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
+        this.backend.log.error(`vDisk ${this.name}: cannot record ${now.length} new extent(s) in etcd: ${errorMessage(e)}`)
+      } finally {
+        for (const [vb, ref] of now) if (this.committing.get(vb)?.ref === ref) this.committing.delete(vb)
+      }
+    }
+    // the other flushes' commits: their failures are logged (and kept pending) by their own flush
+    for (const r of await Promise.allSettled(others)) if (r.status === 'rejected' && failed === undefined) failed = r.reason
+    if (failed !== undefined) throw new DeviceError(nbdErrno.EIO, 'cannot record the new extents')
   }
 
   /** allocations not yet in etcd (tests and diagnostics) */

@@ -1,0 +1,136 @@
+import { describe, expect, it } from 'vitest'
+import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
+import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
+import type { Replica } from '../../src/cvm/vdisk/replica.js'
+import { Vdisk, type LoadedEgroup } from '../../src/cvm/vdisk/vdisk.js'
+
+const MiB = 1024 * 1024
+
+/** An in-memory replica: slot -> bytes. */
+function memReplica(): Replica {
+  const slots = new Map<number, Buffer>()
+  const slot = (s: number) => {
+    let b = slots.get(s)
+    if (!b) slots.set(s, b = Buffer.alloc(MiB))
+    return b
+  }
+  return {
+    node: 'n1', diskId: 'd0', local: true,
+    suspect: () => false,
+    open: async () => undefined,
+    read: async (s, off, len, out, outOff) => { slot(s).copy(out, outOff, off, off + len) },
+    write: async (s, off, data) => { data.copy(slot(s), off) },
+    clear: async (s, off, len) => { slot(s).fill(0, off, off + len) },
+    freeSlot: async (s) => { slots.delete(s) },
+    sync: async () => undefined,
+    readRaw: async () => undefined,
+    writeRaw: async () => undefined,
+    delete: async () => undefined,
+  }
+}
+
+/** A block map writer whose puts complete only when the test says so. */
+function heldMapWriter() {
+  const held: Array<{ key: string, resolve: () => void, reject: (e: unknown) => void }> = []
+  const committed = new Map<string, string>()
+  const writer = {
+    put: (key: string, value: string) => new Promise<void>((resolve, reject) => {
+      held.push({ key, resolve: () => { committed.set(key, value); resolve() }, reject })
+    }),
+    delete: async (key: string) => { committed.delete(key) },
+  }
+  return { writer: writer as unknown as MapWriter, held, committed }
+}
+
+function vdisk(mapWriter: MapWriter): Vdisk {
+  const eg: LoadedEgroup = { id: '1', replicas: [memReplica()], usedSlots: new Set(), freeSlots: Array.from({ length: 32 }, (_, i) => i), lock: new KeyedRwLock() }
+  const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined }
+  return new Vdisk('7', 'v', 64 * MiB, new Map(), new Map([[eg.id, eg]]), {
+    mapWriter,
+    mapKey: (vb) => `map/${vb}`,
+    newEgroup: async () => { throw new Error('no more extent groups in this test') },
+    replaceFailed: async () => { throw new Error('no replacement in this test') },
+    log: log as never,
+  })
+}
+
+const tick = () => new Promise((r) => setImmediate(r))
+
+describe('vDisk block map commit at FLUSH', () => {
+  it('a first write stays in memory until a flush, which commits it after syncing', async () => {
+    const m = heldMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(0, Buffer.alloc(4096, 1), false)
+    await v.write(3 * MiB, Buffer.alloc(4096, 2), false)
+    expect(v.pendingAllocations).toBe(2)
+    expect(m.held.length).toBe(0)
+    const f = v.flush()
+    await tick()
+    expect(m.held.map((h) => h.key).sort()).toEqual(['map/0', 'map/3'])
+    for (const h of m.held) h.resolve()
+    await f
+    expect(v.pendingAllocations).toBe(0)
+    expect([...m.committed.keys()].sort()).toEqual(['map/0', 'map/3'])
+    expect((await v.read(3 * MiB, 4096)).equals(Buffer.alloc(4096, 2))).toBe(true)
+  })
+
+  it('two flushes at once (multi-conn): neither is answered before the allocations are in etcd', async () => {
+    const m = heldMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(0, Buffer.alloc(4096, 1), false)
+    let firstDone = false
+    let secondDone = false
+    const first = v.flush().then(() => { firstDone = true })
+    const second = v.flush().then(() => { secondDone = true })
+    await tick()
+    await tick()
+    // one put is on its way; the second flush found the entry already committing
+    expect(m.held.length).toBe(1)
+    expect(firstDone).toBe(false)
+    expect(secondDone).toBe(false)
+    m.held[0]!.resolve()
+    await Promise.all([first, second])
+    expect(m.committed.has('map/0')).toBe(true)
+  })
+
+  it('a failed commit fails every flush waiting for it and keeps the allocation pending for the next', async () => {
+    const m = heldMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(MiB, Buffer.alloc(4096, 5), false)
+    const first = v.flush()
+    const second = v.flush()
+    await tick()
+    await tick()
+    m.held[0]!.reject(new Error('etcd unavailable'))
+    await expect(first).rejects.toThrow(/cannot record/)
+    await expect(second).rejects.toThrow(/cannot record/)
+    expect(v.pendingAllocations).toBe(1)
+    const third = v.flush()
+    await tick()
+    m.held[1]!.resolve()
+    await third
+    expect(v.pendingAllocations).toBe(0)
+    expect(m.committed.has('map/1')).toBe(true)
+  })
+
+  it('trimming an allocation that never reached etcd needs no etcd operation; one being committed is deleted after the put', async () => {
+    const m = heldMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(2 * MiB, Buffer.alloc(MiB, 3), false)
+    await v.trim(2 * MiB, MiB)
+    expect(v.pendingAllocations).toBe(0)
+    await v.flush()
+    expect(m.held.length).toBe(0)
+    // now one on its way to etcd when the trim comes
+    await v.write(4 * MiB, Buffer.alloc(MiB, 4), false)
+    const f = v.flush()
+    await tick()
+    expect(m.held.length).toBe(1)
+    const t = v.trim(4 * MiB, MiB)
+    m.held[0]!.resolve()
+    await f
+    await t
+    expect(m.committed.has('map/4')).toBe(false)
+    expect((await v.read(4 * MiB, 4096)).equals(Buffer.alloc(4096))).toBe(true)
+  })
+})
