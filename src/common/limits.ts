@@ -14,6 +14,8 @@ export const egroupSyncWriteMaxBytes = 256 * 1024
 export const egroupCleanMarkerDelayMs = 2_000
 /** a vDisk makes its next extent group in the background when fewer slots than this are free */
 export const egroupPrecreateFreeSlotsMin = 16
+/** allocations (1 MiB each) a vDisk keeps in memory only; at this many, it flushes in the background */
+export const pendingAllocationsMax = 4096
 
 // NBD
 export const nbdPortDefault = 10809

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest'
+import { pendingAllocationsMax } from '../../src/common/limits.js'
 import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
 import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
 import type { Replica } from '../../src/cvm/vdisk/replica.js'
@@ -42,13 +43,23 @@ function heldMapWriter() {
   return { writer: writer as unknown as MapWriter, held, committed }
 }
 
-function vdisk(mapWriter: MapWriter): Vdisk {
-  const eg: LoadedEgroup = { id: '1', replicas: [memReplica()], usedSlots: new Set(), freeSlots: Array.from({ length: 32 }, (_, i) => i), lock: new KeyedRwLock() }
+/** A replica that keeps nothing (for counting allocations only). */
+function nullReplica(): Replica {
+  return { ...memReplica(), write: async () => undefined }
+}
+
+function vdisk(mapWriter: MapWriter, opts: { sizeBytes?: number, keepNothing?: boolean } = {}): Vdisk {
+  let nextEg = 1
+  const egroup = (): LoadedEgroup => ({ id: String(nextEg++), replicas: [opts.keepNothing ? nullReplica() : memReplica()], usedSlots: new Set(), freeSlots: Array.from({ length: 32 }, (_, i) => i), lock: new KeyedRwLock() })
+  const eg = egroup()
   const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined }
-  return new Vdisk('7', 'v', 64 * MiB, new Map(), new Map([[eg.id, eg]]), {
+  return new Vdisk('7', 'v', opts.sizeBytes ?? 64 * MiB, new Map(), new Map([[eg.id, eg]]), {
     mapWriter,
     mapKey: (vb) => `map/${vb}`,
-    newEgroup: async () => { throw new Error('no more extent groups in this test') },
+    newEgroup: async () => {
+      if (!opts.keepNothing) throw new Error('no more extent groups in this test')
+      return egroup()
+    },
     replaceFailed: async () => { throw new Error('no replacement in this test') },
     log: log as never,
   })
@@ -132,5 +143,22 @@ describe('vDisk block map commit at FLUSH', () => {
     await t
     expect(m.committed.has('map/4')).toBe(false)
     expect((await v.read(4 * MiB, 4096)).equals(Buffer.alloc(4096))).toBe(true)
+  })
+
+  it('a client that never flushes: at pendingAllocationsMax allocations a flush runs in the background', async () => {
+    const m = heldMapWriter()
+    const v = vdisk(m.writer, { sizeBytes: 8192 * MiB, keepNothing: true })
+    const block = Buffer.alloc(4096, 9)
+    for (let vb = 0; vb < pendingAllocationsMax - 1; vb++) await v.write(vb * MiB, block, false)
+    await tick()
+    expect(m.held.length).toBe(0)
+    await v.write((pendingAllocationsMax - 1) * MiB, block, false)
+    await tick()
+    await tick()
+    expect(m.held.length).toBe(pendingAllocationsMax)
+    for (const h of m.held) h.resolve()
+    await tick()
+    await tick()
+    expect(v.pendingAllocations).toBe(0)
   })
 })

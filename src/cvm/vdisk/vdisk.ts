@@ -1,5 +1,5 @@
 import { assert, errorMessage } from '../../common/errors.js'
-import { checksumBlockSizeBytes, egroupPrecreateFreeSlotsMin, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
+import { checksumBlockSizeBytes, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, vBlockSizeBytes } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError } from './egroup.js'
@@ -72,6 +72,7 @@ export class Vdisk {
   private readonly pendingMap = new Map<number, ExtentRef>()
   /** allocations whose map entry is on its way to etcd, and the commit carrying it */
   private readonly committing = new Map<number, { ref: ExtentRef, done: Promise<unknown> }>()
+  private backgroundFlush: Promise<void> | undefined
   private closedReason: string | undefined
   connections = 0
 
@@ -355,6 +356,12 @@ export class Vdisk {
     eg.usedSlots.add(slot)
     this.map.set(vb, ref)
     this.pendingMap.set(vb, ref)
+    if (this.pendingMap.size >= pendingAllocationsMax && !this.backgroundFlush) {
+      // a client that never flushes: bound the backlog (memory, and the work of the next flush)
+      this.backgroundFlush = this.flush()
+        .catch((e: unknown) => this.backend.log.warn(`vDisk ${this.name}: background flush of ${pendingAllocationsMax} pending allocations failed (the next flush retries): ${errorMessage(e)}`))
+        .finally(() => { this.backgroundFlush = undefined })
+    }
     return eg
   }
 
