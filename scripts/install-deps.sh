@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 kind="${1:-runtime}"
 
 # binary -> Debian package
-declare -A pkgs=([etcd]=etcd-server [etcdctl]=etcd-client [openssl]=openssl)
+# g++ and make build the native CRC-32C addon during npm ci (without them the slower JS fallback is used)
+declare -A pkgs=([etcd]=etcd-server [etcdctl]=etcd-client [openssl]=openssl [g++]=g++ [make]=make)
 if [[ "$kind" == test ]]; then
   pkgs+=([qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils [nbdinfo]=libnbd-bin [nbdcopy]=libnbd-bin
          [fio]=fio [nbdkit]=nbdkit [man]=man-db [groff]=groff-base [hyperfine]=hyperfine
