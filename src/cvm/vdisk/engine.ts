@@ -43,6 +43,9 @@ interface MapValue { eg: string, s: number }
 export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
 /** an owner hands a vDisk over only when no forwarded I/O came for this long */
 const handoverIdleMs = 3000
+/** an NBD open that fails for a reason other than the device's answer is retried this long (within the client's 10 s handshake) */
+const openRetryMs = 5000
+const openRetryIntervalMs = 250
 /** a stopping CVM waits this long for each vDisk's flush */
 const stopFlushTimeoutMs = 5000
 /** moving every extent group of one vDisk off a node */
@@ -159,7 +162,28 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return recs.filter((r) => r.state === 'ready').map((r) => ({ name: r.name, description: `Tessera vDisk ${r.name} (id ${r.id}, RF ${r.rf})` }))
   }
 
+  /**
+   * Open a vDisk for an NBD client. A failure that is not the device's answer (etcd electing a
+   * leader after a node loss, a peer's CVM restarting) is retried for a while: the client is in
+   * its handshake and would otherwise be told the export does not exist.
+   */
   async open(name: string): Promise<BlockDevice | undefined> {
+    const deadline = Date.now() + openRetryMs
+    for (;;) {
+      try {
+        return await this.openOnce(name)
+      } catch (e) {
+        if (e instanceof DeviceError || Date.now() >= deadline) {
+          this.opts.log.warn(`NBD open of vDisk ${name} failed: ${errorMessage(e)}`)
+          throw e
+        }
+        this.opts.log.warn(`NBD open of vDisk ${name}: ${errorMessage(e)}; retrying`)
+        await new Promise((resolve) => setTimeout(resolve, openRetryIntervalMs))
+      }
+    }
+  }
+
+  private async openOnce(name: string): Promise<BlockDevice | undefined> {
     const id = await this.etcd.get(keys.vdiskName(name)).string()
     if (id === null) return undefined
     const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
