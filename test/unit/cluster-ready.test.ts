@@ -1,22 +1,9 @@
 import { describe, expect, it } from 'vitest'
-import type { Clock } from '../../src/common/clock.js'
 import { TessError } from '../../src/common/errors.js'
 import type { PlacementInfo } from '../../src/common/types.js'
 import { readinessGap, waitPlacementReady, type ReadyTarget } from '../../src/bootstrap/ready.js'
+import { fakeClock } from '../helpers/clock.js'
 
-/** A clock whose sleep advances time at once. */
-function fakeClock(): Clock & { sleeps: number[] } {
-  let t = 1_000_000
-  const sleeps: number[] = []
-  return {
-    sleeps,
-    now: () => t,
-    sleep: async (ms) => {
-      sleeps.push(ms)
-      t += ms
-    },
-  }
-}
 
 describe('cluster create / host add: wait until every CVM can place data', () => {
   const info = (node: string, placeable: string[], extra: Partial<PlacementInfo> = {}): PlacementInfo => ({

@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest'
-import type { Clock } from '../../src/common/clock.js'
 import { TessError } from '../../src/common/errors.js'
 import type { Logger } from '../../src/common/log.js'
 import type { DiskRecord, NodeRecord, NodeStatusRecord } from '../../src/common/types.js'
@@ -8,6 +7,7 @@ import { PeerError } from '../../src/cvm/replication/protocol.js'
 import { PlacementError, PlacementView, describeNodes, emptyRecords, pickNodes, placementErrno, type Exclusion, type ViewRecords } from '../../src/cvm/vdisk/placement.js'
 import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
 import { Vdisk, type VdiskBackend } from '../../src/cvm/vdisk/vdisk.js'
+import { fakeClock } from '../helpers/clock.js'
 
 const node = (name: string, extra: Partial<NodeRecord> = {}): NodeRecord => ({ name, address: '10.0.0.1', apiPort: 9440, nbdPort: 10809, dataPort: 10810, joinedAt: '2026-01-01T00:00:00Z', ...extra })
 /** a status record; `freeBytes` undefined: the node's heartbeat has not reported a disk yet */
@@ -31,20 +31,6 @@ function fill(view: PlacementView, r: ViewRecords, revision = 10): void {
   view.reset('disks', r.disks, revision)
 }
 
-/** A clock whose sleep advances time at once (and lets the test act at each sleep). */
-function fakeClock(onSleep?: (n: number, now: number) => void): Clock & { sleeps: number[] } {
-  let t = 1_000_000
-  const sleeps: number[] = []
-  return {
-    sleeps,
-    now: () => t,
-    sleep: async (ms) => {
-      sleeps.push(ms)
-      t += ms
-      onSleep?.(sleeps.length, t)
-    },
-  }
-}
 
 function logger(): Logger & { lines: string[] } {
   const lines: string[] = []
