@@ -109,14 +109,6 @@ export interface RawSlot {
 
 const zeroBlock = Buffer.alloc(checksumBlockSizeBytes)
 
-function writeAllSync(fd: number, buf: Buffer, position: number): void {
-  let done = 0
-  while (done < buf.length) {
-    const n = fs.writeSync(fd, buf, done, buf.length - done, position + done)
-    if (n <= 0) throw new Error('short write')
-    done += n
-  }
-}
 /** checksum entries of one whole extent, computed before they are stored (the largest write) */
 const entriesScratchBytes = entriesPerSlot * entryBytes
 
@@ -378,8 +370,8 @@ export class EgroupFile {
   private writeBlocksSync(slot: number, offset: number, data: Buffer): void {
     const newEntries = this.entriesFor(data, this.scratch)
     const eo = this.entryOffset(slot, offset / checksumBlockSizeBytes)
-    writeAllSync(this.fh.fd, data, dataRegionOffset + slot * vBlockSizeBytes + offset)
-    writeAllSync(this.fh.fd, newEntries, checksumRegionOffset + eo)
+    this.fh.writeAllSync(data, dataRegionOffset + slot * vBlockSizeBytes + offset)
+    this.fh.writeAllSync(newEntries, checksumRegionOffset + eo)
     newEntries.copy(this.entries, eo)
   }
 

@@ -29,6 +29,16 @@ export class RawFile {
     }
   }
 
+  /** writeAll on the calling thread (synchronous pwrite calls): for small writes into the page cache */
+  writeAllSync(buf: Buffer, position: number): void {
+    let done = 0
+    while (done < buf.length) {
+      const n = fs.writeSync(this.fd, buf, done, buf.length - done, position + done)
+      if (n <= 0) throw new Error('short write')
+      done += n
+    }
+  }
+
   async readFull(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
     let done = 0
     while (done < length) {
