@@ -24,6 +24,12 @@ export const nbdInFlightPerConnMax = 64
 export const nbdOptionLengthMaxBytes = 64 * 1024
 export const nbdConnectionsMax = 256
 export const nbdHandshakeTimeoutMs = 10_000
+/**
+ * An NBD open that fails for a reason other than the device's answer (etcd electing a leader or its
+ * client moving off a lost member, after a node loss) is retried this long; the client waits in its
+ * handshake meanwhile (the handshake timeout does not run while we are the ones working).
+ */
+export const nbdOpenRetryMs = 30_000
 
 // management API
 export const apiPortDefault = 9440

@@ -144,6 +144,8 @@ export class MemoryExportProvider implements ExportProvider {
   readonly exports = new Map<string, MemExport>()
   /** make open() throw this instead of opening */
   openFault: Error | undefined
+  /** make open() take this long first (a provider waiting for etcd after a node loss) */
+  openDelayMs = 0
 
   add(name: string, sizeBytes: number, description = ''): MemExport {
     const exp = new MemExport(name, sizeBytes, description)
@@ -162,6 +164,7 @@ export class MemoryExportProvider implements ExportProvider {
   }
 
   async open(name: string): Promise<BlockDevice | undefined> {
+    if (this.openDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.openDelayMs))
     if (this.openFault) throw this.openFault
     const exp = this.exports.get(name)
     if (!exp) return undefined

@@ -25,6 +25,9 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
   const addr = (i: number) => th.hosts[i]!.address
   const uri = (i: number, v: string) => `nbd://${addr(i)}:10809/${v}`
   const big = path.join(root, 'random.bin')
+  /** The last lines of host i's CVM log, so a failure in CI says what the CVM saw. */
+  const cvmLog = async (i: number) =>
+    `\n--- CVM log of host ${i + 1} ---\n${(await th.exec(th.hosts[i]!, ['sh', '-c', 'tail -n 40 /var/lib/tess/logs/cvm.log'])).stdout}`
 
   /**
    * First contact (issue 20): a new RF 2 vDisk takes 16 MiB through host `via` over one connection
@@ -208,7 +211,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     for (const i of [0, 1]) {
       const out = path.join(root, `after-${i}.bin`)
       const r = await run('nbdcopy', [uri(i, 'data'), out], { timeoutMs: 300_000 })
-      expect(r.code, r.stderr).toBe(0)
+      expect(r.code, r.code === 0 ? '' : r.stderr + await cvmLog(i)).toBe(0)
       expect(crypto.createHash('sha256').update(fs.readFileSync(out).subarray(0, 256 * MiB)).digest('hex')).toBe(sha(big))
       fs.rmSync(out)
     }

@@ -732,6 +732,21 @@ describe('handshake', () => {
     expect((await d.readData(0, 4)).length).toBe(4)
   })
 
+  test('the handshake timeout does not run while the server itself is opening the export', async () => {
+    const h = await start({ handshakeTimeoutMs: 200 })
+    h.provider.openDelayMs = 600
+    const c = await RawClient.open(h.port, 'disk')
+    expect((await c.readData(0, 4)).length).toBe(4)
+    // a slow open that fails gives the client its time again, then the timeout cuts it when idle
+    h.provider.openFault = new Error('etcd: no leader')
+    const d = await RawClient.connect(h.port)
+    await d.handshake()
+    d.option(NbdOpt.GO, goData('disk'))
+    expect((await d.optionReply()).type).toBe(NbdRep.ERR_UNKNOWN)
+    expect(await d.closedWithin(2000)).toBe(true)
+    expect(h.logs.join('\n')).toMatch(/no export chosen within 200 ms/)
+  })
+
   test('connection cap: extra connections are closed, freed slots are reused', async () => {
     const h = await start({ connectionsMax: 2 })
     const a = await RawClient.open(h.port, 'disk')

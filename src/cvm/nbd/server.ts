@@ -404,7 +404,7 @@ class Connection {
     })
     socket.on('error', (err) => this.log.info(`NBD connection from ${this.peer}${this.exportLabel()}: ${err.message}`))
     socket.on('close', () => this.onClose())
-    this.handshakeTimer = setTimeout(() => this.drop(`no export chosen within ${config.handshakeTimeoutMs} ms`), config.handshakeTimeoutMs)
+    this.armHandshakeTimer()
 
     const greeting = Buffer.alloc(nbdServerGreetingBytes)
     greeting.writeBigUInt64BE(nbdInitMagic, 0)
@@ -680,7 +680,7 @@ class Connection {
     if (name === undefined) return this.drop('EXPORT_NAME with an invalid name')
     let device: BlockDevice | undefined
     try {
-      device = await this.config.provider.open(name)
+      device = await this.openDevice(name)
     } catch (err) {
       return this.drop(`cannot open export "${name}": ${errorMessage(err)}`)
     }
@@ -730,7 +730,7 @@ class Connection {
 
     let device: BlockDevice | undefined
     try {
-      device = await this.config.provider.open(name)
+      device = await this.openDevice(name)
     } catch (err) {
       return this.optionReplyError(code, this.providerErrorReply(err, NbdRep.ERR_UNKNOWN), errorMessage(err))
     }
@@ -808,6 +808,23 @@ class Connection {
     }
     if (at !== data.length) return this.optionReplyError(code, NbdRep.ERR_INVALID, 'trailing bytes after the queries')
     this.optionReply(code, NbdRep.ACK)
+  }
+
+  /** The handshake timeout bounds an idle client, not our own work: it is paused while we open. */
+  private armHandshakeTimer(): void {
+    clearTimeout(this.handshakeTimer)
+    const ms = this.config.handshakeTimeoutMs
+    this.handshakeTimer = setTimeout(() => this.drop(`no export chosen within ${ms} ms`), ms)
+  }
+
+  private async openDevice(name: string): Promise<BlockDevice | undefined> {
+    clearTimeout(this.handshakeTimer)
+    try {
+      return await this.config.provider.open(name)
+    } finally {
+      // still negotiating (a failed open, or INFO): the client gets its time again
+      if (this.device === undefined && !this.dead) this.armHandshakeTimer()
+    }
   }
 
   private providerErrorReply(err: unknown, fallback: number): number {

@@ -4,7 +4,7 @@ import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
 import { errorMessage } from '../../common/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
-import { extentsPerEgroup, nodeHeartbeatTtlSec } from '../../common/limits.js'
+import { extentsPerEgroup, nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import type { DiskRecord, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../common/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
@@ -43,8 +43,6 @@ interface MapValue { eg: string, s: number }
 export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
 /** an owner hands a vDisk over only when no forwarded I/O came for this long */
 const handoverIdleMs = 3000
-/** an NBD open that fails for a reason other than the device's answer is retried this long (within the client's 10 s handshake) */
-const openRetryMs = 5000
 const openRetryIntervalMs = 250
 /** a stopping CVM waits this long for each vDisk's flush */
 const stopFlushTimeoutMs = 5000
@@ -168,7 +166,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * its handshake and would otherwise be told the export does not exist.
    */
   async open(name: string): Promise<BlockDevice | undefined> {
-    const deadline = Date.now() + openRetryMs
+    const deadline = Date.now() + nbdOpenRetryMs
     for (;;) {
       try {
         return await this.openOnce(name)
