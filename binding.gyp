@@ -5,6 +5,11 @@
       "sources": ["native/crc32c.c"],
       "cflags": ["-O3", "-std=gnu11"],
       "cflags!": ["-O2"]
+    },
+    {
+      "target_name": "tess_io",
+      "sources": ["native/io.c"],
+      "cflags": ["-O2", "-std=gnu11", "-Wall"]
     }
   ]
 }

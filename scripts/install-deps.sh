@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 kind="${1:-runtime}"
 
 # binary -> Debian package
-# g++ and make build the native CRC-32C addon during npm ci (without them the slower JS fallback is used)
+# g++ and make build the native addons (CRC-32C, page cache reads) during npm ci (without them the slower fallbacks are used)
 declare -A pkgs=([etcd]=etcd-server [etcdctl]=etcd-client [openssl]=openssl [g++]=g++ [make]=make)
 if [[ "$kind" == test ]]; then
   pkgs+=([qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils [nbdinfo]=libnbd-bin [nbdcopy]=libnbd-bin

@@ -10,6 +10,11 @@ export const vdiskSizeMinBytes = 4096
 export const rfMax = 3
 /** extent group writes up to this size are written with synchronous pwrite (page cache); larger ones go through the thread pool */
 export const egroupSyncWriteMaxBytes = 256 * 1024
+/**
+ * extent group reads up to this size copy what the page cache holds on the event loop first (never
+ * waiting for a disk: common/nativeio.ts); larger ones, and what was not cached, go through the pool
+ */
+export const egroupCachedReadMaxBytes = 256 * 1024
 /** an extent group's dirty marker is removed this long after a sync that left it clean */
 export const egroupCleanMarkerDelayMs = 2_000
 /** a vDisk makes its next extent group in the background when fewer slots than this are free */

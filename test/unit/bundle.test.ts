@@ -194,9 +194,11 @@ describe('the tessera repo', () => {
     expect(svc.stdout.trim()).toBe('true')
   })
 
-  it('carries the native CRC-32C addon when it is built, and it loads there', () => {
+  it('carries the native addons when they are built, and they load there', () => {
     const built = fs.existsSync(path.join(repoRoot, 'build/Release/tess_crc32c.node'))
     expect(tarList(file).includes('build/Release/tess_crc32c.node')).toBe(built)
+    const ioBuilt = fs.existsSync(path.join(repoRoot, 'build/Release/tess_io.node'))
+    expect(tarList(file).includes('build/Release/tess_io.node')).toBe(ioBuilt)
     const x = path.join(tmp, 'repo-x-addon')
     fs.mkdirSync(x)
     expect(sh('tar', ['-xzf', file, '-C', x]).code).toBe(0)
@@ -204,5 +206,9 @@ describe('the tessera repo', () => {
     const r = spawnSync('node', ['-e', code], { cwd: '/', encoding: 'utf8', env: { ...process.env, TESS_CRC32C: built ? 'native' : '' } })
     expect(r.stderr).toBe('')
     expect(r.stdout.trim()).toBe(`${built ? 'native' : 'js'} e3069283`)
+    const io = spawnSync('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/common/nativeio.js'))}).then((m) => console.log(m.nativeIoEngine))`],
+      { cwd: '/', encoding: 'utf8', env: { ...process.env, TESS_IO: ioBuilt ? 'native' : '' } })
+    expect(io.stderr).toBe('')
+    expect(io.stdout.trim()).toBe(ioBuilt ? 'native' : 'pool')
   })
 })

@@ -6,7 +6,7 @@ import { crc32c, crc32cBlocks, crc32cVerifyBlocks } from '../../common/crc32c.js
 import { assert, errorMessage } from '../../common/errors.js'
 import { fsyncDir } from '../../common/fsutil.js'
 import { RawFile } from './rawfile.js'
-import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCleanMarkerDelayMs, egroupSyncWriteMaxBytes, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
+import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCachedReadMaxBytes, egroupCleanMarkerDelayMs, egroupSyncWriteMaxBytes, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
 
 /**
  * One extent group file on one disk: up to `extentsPerEgroup` extents of 1 MiB plus a checksum
@@ -321,7 +321,10 @@ export class EgroupFile {
     if (lo > 0) dst.fill(0, 0, lo * checksumBlockSizeBytes)
     if (hi < count - 1) dst.fill(0, (hi + 1) * checksumBlockSizeBytes)
     const spanBytes = (hi - lo + 1) * checksumBlockSizeBytes
-    const bytesRead = await this.fh.readFull(dst, lo * checksumBlockSizeBytes, spanBytes, dataRegionOffset + slot * vBlockSizeBytes + offset + lo * checksumBlockSizeBytes)
+    const at = dataRegionOffset + slot * vBlockSizeBytes + offset + lo * checksumBlockSizeBytes
+    const bytesRead = spanBytes <= egroupCachedReadMaxBytes
+      ? await this.fh.readFullCached(dst, lo * checksumBlockSizeBytes, spanBytes, at)
+      : await this.fh.readFull(dst, lo * checksumBlockSizeBytes, spanBytes, at)
     if (bytesRead < spanBytes) dst.fill(0, lo * checksumBlockSizeBytes + bytesRead, (hi + 1) * checksumBlockSizeBytes)
     const span = dst.subarray(lo * checksumBlockSizeBytes, (hi + 1) * checksumBlockSizeBytes)
     const spanEntries = this.entryOffset(slot, first + lo)

@@ -1,0 +1,97 @@
+/*
+ * Positional reads that never wait for the disk, as a Node-API addon (tess_io.node). Loaded by
+ * src/common/nativeio.ts; without it every read goes through libuv's thread pool, as before.
+ *
+ * The data path reads extents from the page cache most of the time. A round trip through the
+ * thread pool costs more than copying 4 KiB, but a synchronous read on the event loop must never
+ * wait for a disk. preadv2(2) with RWF_NOWAIT gives both: it copies what the page cache holds and
+ * fails with EAGAIN instead of starting disk I/O, so the caller reads the rest through the pool.
+ *
+ * Exports (arguments are validated here; a bad call throws, it never reads or writes out of bounds):
+ *   preadNowait(fd, buf: Uint8Array, offset, length, position): number
+ *     n >= 0   bytes copied into buf[offset, offset + n) from the file at position (n < length when
+ *              only part was cached, or at the end of the file)
+ *     < 0      -errno: -EAGAIN when nothing was cached at position, -EOPNOTSUPP (or -ENOSYS,
+ *              -EINVAL) where the file system or kernel has no RWF_NOWAIT; anything else is a real
+ *              error that the caller's ordinary read reports
+ */
+#define _GNU_SOURCE
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <errno.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value out;
+  if (napi_create_int64(env, v, &out) != napi_ok) return NULL;
+  return out;
+}
+
+static int get_int64(napi_env env, napi_value v, int64_t min, int64_t max, int64_t* out, const char* what) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", what);
+    return 0;
+  }
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || d != d || d < (double)min || d > (double)max || d != (double)(int64_t)d) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", what);
+    return 0;
+  }
+  *out = (int64_t)d;
+  return 1;
+}
+
+static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, NULL, "preadNowait: napi_get_cb_info failed");
+    return NULL;
+  }
+  if (argc < 5) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "preadNowait: 5 arguments expected (fd, buf, offset, length, position)");
+    return NULL;
+  }
+  int64_t fd, offset, length, position;
+  if (!get_int64(env, argv[0], 0, INT32_MAX, &fd, "preadNowait: fd must be a non-negative integer")) return NULL;
+  bool is_typed;
+  if (napi_is_typedarray(env, argv[1], &is_typed) != napi_ok || !is_typed) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "preadNowait: buf must be a Uint8Array");
+    return NULL;
+  }
+  napi_typedarray_type type;
+  size_t count;
+  void* data;
+  if (napi_get_typedarray_info(env, argv[1], &type, &count, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "preadNowait: buf must be a Uint8Array");
+    return NULL;
+  }
+  if (!get_int64(env, argv[2], 0, (int64_t)count, &offset, "preadNowait: offset out of range")) return NULL;
+  if (!get_int64(env, argv[3], 0, (int64_t)count - offset, &length, "preadNowait: length out of range")) return NULL;
+  if (!get_int64(env, argv[4], 0, INT64_MAX / 2, &position, "preadNowait: position out of range")) return NULL;
+  if (length == 0) return make_int(env, 0);
+  struct iovec iov = {.iov_base = (uint8_t*)data + offset, .iov_len = (size_t)length};
+  ssize_t n;
+  do {
+    n = preadv2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  return make_int(env, n >= 0 ? (int64_t)n : -(int64_t)errno);
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn;
+  if (napi_create_function(env, "preadNowait", NAPI_AUTO_LENGTH, js_pread_nowait, NULL, &fn) != napi_ok ||
+      napi_set_named_property(env, exports, "preadNowait", fn) != napi_ok) {
+    napi_throw_error(env, NULL, "tess_io: init failed");
+    return NULL;
+  }
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
