@@ -196,6 +196,16 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
   })
 
   it('run, logs, list, show; names are unique; a missing command leaves nothing behind', async () => {
+    // a deny rule added after the pull holds at run time: the cached image is refused, nothing is made
+    await ok(['registry', 'deny', `${reg!.host}/test/busybox`])
+    try {
+      const refused = await fails(['container', 'run', image, '--name', 'denied', '--csm', 'web', '--', 'true'], 7, 'TESS_E_FORBIDDEN')
+      expect(refused.message).toContain(`deny ${reg!.host}/test/busybox`)
+      expect(refused.message).toContain('pulled before the rule')
+      await fails(['container', 'show', 'denied'], 3, 'TESS_E_NOT_FOUND')
+    } finally {
+      await ok(['registry', 'deny', `${reg!.host}/test/busybox`, '--remove'])
+    }
     const v = await ok(['container', 'run', image, '--name', 'hello', '--csm', 'web', '--env', 'GREETING=hi', '--', 'sh', '-c', 'echo "$GREETING from $(hostname)"; cat /etc/hello; busybox sleep 1000']) as ContainerView
     expect(v).toMatchObject({ name: 'hello', csm: 'web', status: 'running', image })
     expect(v.id).toMatch(/^[a-f0-9]{12}$/)

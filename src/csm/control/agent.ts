@@ -309,11 +309,26 @@ export class NodeAgent {
     return { ref: r.ref, digest: r.digest, sizeBytes: r.sizeBytes, layers: r.layers.length, platform: r.platform, downloadedBytes: r.downloadedBytes, seconds: (Date.now() - t0) / 1000 }
   }
 
-  /** The image a reference names on this node, pulled now if it is missing. */
+  /**
+   * The image a reference names on this node, pulled now if it is missing. A cached image is
+   * checked against today's registry rules too: a deny rule added after the pull stops new
+   * containers from it (the pull checks a missing image itself).
+   */
   async ensureImage(ref: string): Promise<string> {
     const canon = canonicalRef(ref)
-    if (await this.store.getImage(canon) !== undefined) return canon
-    return (await this.pull(ref)).ref
+    const cached = await this.store.getImage(canon)
+    if (cached === undefined) return (await this.pull(ref)).ref
+    const policy = await etcdCall('read the registry policy', () => getJson<RegistryPolicyRecord>(this.etcd, keys.registryPolicy)) ?? { allow: [], deny: [] }
+    const r = parseReference(canon)
+    const rule = refusingRule(policy, {
+      ref: canon, registry: r.registry, repository: r.repository, digest: cached.digest,
+      ...(r.tag !== undefined ? { tag: r.tag } : {}), ...(cached.indexDigest !== undefined ? { indexDigest: cached.indexDigest } : {}),
+    })
+    if (rule !== undefined) {
+      throw new TessError('TESS_E_FORBIDDEN', `cannot run a container from image ${canon} (${cached.digest}): refused by registry policy rule "${rule}" (the image was pulled before the rule)`,
+        'ask an operator to change the allow/deny list, or use an allowed image; `tess image remove` drops the cached copy')
+    }
+    return canon
   }
 
   private async allContainers(): Promise<ContainerInfo[]> {
