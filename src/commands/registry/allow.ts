@@ -6,7 +6,7 @@ import type { RegistryPolicyInfo } from '../../common/csm-types.js'
 
 export default class RegistryAllow extends TessCommand<RegistryPolicyInfo> {
   static override summary = 'Allow pulling images that match a pattern'
-  static override description = `Adds an allow rule to the image pull policy (--remove takes it out again) and prints the whole policy. Once any allow rule exists, only images matching an allow rule (and no deny rule) may be pulled. The policy is checked on every pull, including the pulls of \`tess container run\`.
+  static override description = `Adds an allow rule to the image pull policy (--remove takes it out again) and prints the whole policy. Once any allow rule exists, only images matching an allow rule (and no deny rule) may be pulled. The policy is checked on every pull, and on every \`tess container run\`, also when the image was pulled before the rule existed (refused with TESS_E_FORBIDDEN).
 
 ${policyPatternHelp}`
   static override examples = [

@@ -6,7 +6,7 @@ import type { RegistryPolicyInfo } from '../../common/csm-types.js'
 
 export default class RegistryDeny extends TessCommand<RegistryPolicyInfo> {
   static override summary = 'Refuse pulling images that match a pattern'
-  static override description = `Adds a deny rule to the image pull policy (--remove takes it out again) and prints the whole policy. Deny rules win over allow rules: an image matching a deny rule is refused even if an allow rule matches it. The policy is checked on every pull, including the pulls of \`tess container run\`.
+  static override description = `Adds a deny rule to the image pull policy (--remove takes it out again) and prints the whole policy. Deny rules win over allow rules: an image matching a deny rule is refused even if an allow rule matches it. The policy is checked on every pull, and on every \`tess container run\`, also when the image was pulled before the rule existed (refused with TESS_E_FORBIDDEN).
 
 ${policyPatternHelp}`
   static override examples = [
