@@ -162,3 +162,81 @@ describe('vDisk block map commit at FLUSH', () => {
     expect(v.pendingAllocations).toBe(0)
   })
 })
+
+describe('vDisk FLUSH syncs only changed extent groups', () => {
+  /** replicas that count their syncs and can hold one until the test says so */
+  function countingVdisk() {
+    const syncs = new Map<string, number>()
+    let hold: { release: () => void } | undefined
+    let holdNext = false
+    let nextEg = 1
+    const egroup = (): LoadedEgroup => {
+      const id = String(nextEg++)
+      const r: Replica = {
+        ...memReplica(),
+        sync: async () => {
+          syncs.set(id, (syncs.get(id) ?? 0) + 1)
+          if (holdNext) {
+            holdNext = false
+            await new Promise<void>((resolve) => { hold = { release: resolve } })
+          }
+        },
+      }
+      return { id, replicas: [r], usedSlots: new Set(), freeSlots: Array.from({ length: 32 }, (_, i) => i), lock: new KeyedRwLock() }
+    }
+    const egs = [egroup(), egroup(), egroup()]
+    // vBlocks 0..31 in egroup 1, 32..63 in egroup 2, 64..95 in egroup 3
+    const map = new Map<number, { egroupId: string, slot: number }>()
+    for (let vb = 0; vb < 96; vb++) {
+      const eg = egs[Math.floor(vb / 32)]!
+      map.set(vb, { egroupId: eg.id, slot: vb % 32 })
+      eg.usedSlots.add(vb % 32)
+    }
+    for (const eg of egs) eg.freeSlots = []
+    const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined }
+    const v = new Vdisk('8', 'w', 96 * MiB, map, new Map(egs.map((e) => [e.id, e])), {
+      mapWriter: heldMapWriter().writer,
+      mapKey: (vb) => `map/${vb}`,
+      newEgroup: async () => { throw new Error('no new extent groups in this test') },
+      replaceFailed: async () => { throw new Error('no replacement in this test') },
+      log: log as never,
+    })
+    return { v, syncs, holdNextSync: () => { holdNext = true }, release: () => hold?.release() }
+  }
+
+  it('a flush with nothing written syncs nothing; a write makes only its extent group synced', async () => {
+    const t = countingVdisk()
+    await t.v.flush()
+    expect([...t.syncs.entries()]).toEqual([])
+    await t.v.write(33 * MiB, Buffer.alloc(4096, 1), false)
+    await t.v.flush()
+    expect([...t.syncs.entries()]).toEqual([['2', 1]])
+    // clean again: the next flush costs nothing
+    await t.v.flush()
+    expect([...t.syncs.entries()]).toEqual([['2', 1]])
+    // a trim changes its extent group too
+    await t.v.trim(65 * MiB, MiB)
+    await t.v.flush()
+    expect(t.syncs.get('3')).toBe(1)
+  })
+
+  it('a second flush waits for the sync the first one took over', async () => {
+    const t = countingVdisk()
+    await t.v.write(0, Buffer.alloc(4096, 1), false)
+    t.holdNextSync()
+    let firstDone = false
+    let secondDone = false
+    const first = t.v.flush().then(() => { firstDone = true })
+    await tick()
+    // the second flush (another connection) finds no changed group of its own, but the write it
+    // covers is in the group the first flush is still syncing: it must not be answered before that
+    const second = t.v.flush().then(() => { secondDone = true })
+    for (let i = 0; i < 5; i++) await tick()
+    expect(firstDone).toBe(false)
+    expect(secondDone).toBe(false)
+    t.release()
+    await Promise.all([first, second])
+    expect(t.syncs.get('1')).toBe(1)
+  })
+})
+

@@ -73,6 +73,13 @@ export class Vdisk {
   /** allocations whose map entry is on its way to etcd, and the commit carrying it */
   private readonly committing = new Map<number, { ref: ExtentRef, done: Promise<unknown> }>()
   private backgroundFlush: Promise<void> | undefined
+  /**
+   * Extent groups changed since the flush that last took them: a FLUSH syncs only these (an RF 2
+   * vDisk of 1 TiB would otherwise send an RPC per extent group to every peer at every FLUSH).
+   */
+  private readonly unsynced = new Set<LoadedEgroup>()
+  /** syncs of earlier flushes still running: a flush is answered only after they are done too */
+  private readonly syncing = new Set<Promise<void>>()
   private closedReason: string | undefined
   connections = 0
 
@@ -145,6 +152,8 @@ export class Vdisk {
 
   /** Run an operation on every replica in parallel; replace the ones that fail (keeping RF). */
   private async onAllReplicas(eg: LoadedEgroup, what: string, vb: number, fn: (r: Replica) => Promise<void>): Promise<void> {
+    // marked before the change starts: a flush that begins meanwhile syncs it too (harmless)
+    if (what !== 'flush') this.unsynced.add(eg)
     const release = await eg.lock.read(0)
     const replicas = [...eg.replicas]
     let results: PromiseSettledResult<void>[]
@@ -515,11 +524,28 @@ export class Vdisk {
     return done
   }
 
-  /** Make every completed write durable: sync every extent group, then commit the allocations. */
+  /**
+   * Make every completed write durable: sync the extent groups changed since the last flush took
+   * them, wait for the syncs earlier flushes started (another connection's flush may have taken
+   * the groups this one's writes went to), then commit the allocations.
+   */
   async flush(): Promise<void> {
     this.check()
     const pending = [...this.pendingMap]
-    await this.syncEgroups(new Set(this.egroups.values()))
+    const egs = new Set(this.unsynced)
+    this.unsynced.clear()
+    const earlier = [...this.syncing]
+    const mine = this.syncEgroups(egs).catch((e: unknown) => {
+      // not synced: the next flush takes them again
+      for (const eg of egs) this.unsynced.add(eg)
+      throw e
+    })
+    this.syncing.add(mine)
+    try {
+      await Promise.all([mine, ...earlier])
+    } finally {
+      this.syncing.delete(mine)
+    }
     await this.commitMap(pending)
   }
 
