@@ -15,6 +15,15 @@ export interface NodeInfo {
   apiPort: number
   nbdPort: number
   lastSeenAt: string | null
+  /** whether the node can run containers (its storage works either way); null when unknown (down) */
+  containers: ContainersState | null
+}
+
+/** A node's container subsystem: it may fail to start (no cgroups, say) while storage runs on. */
+export interface ContainersState {
+  available: boolean
+  /** why not, when not */
+  reason?: string
 }
 
 export interface DiskInfo {
@@ -101,6 +110,8 @@ export interface NodeStatusRecord {
   at: string
   daemons: DaemonInfo[]
   disks: Record<string, { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number }>
+  /** absent in records of older CVMs */
+  containers?: ContainersState
 }
 export interface DiskRecord { id: string, node: string, path: string, addedAt: string }
 export interface VdiskRecord {

@@ -99,6 +99,7 @@ async function main(): Promise<void> {
   // reaches other nodes' agents through their CVMs' API.
   const agent = new NodeAgent(cfg, etcd, log)
   await agent.start()
+  node.containersState = () => agent.containersState()
   const ops = nodeOps(agent)
   const call: NodeCall = async <T>(nodeName: string, op: string, body: Record<string, unknown>, timeoutMs = 20_000): Promise<T> => {
     if (nodeName === cfg.nodeName) return await ops[op]!(body) as T

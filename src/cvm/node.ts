@@ -5,7 +5,7 @@ import { etcdCall, getJson, keys, listJson } from '../common/etcd.js'
 import { nodeHeartbeatTtlSec } from '../common/limits.js'
 import type { Logger } from '../common/log.js'
 import { nodePaths, type NodeConfig } from '../common/nodeconfig.js'
-import type { ClusterRecord, ClusterStatus, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../common/types.js'
+import type { ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../common/types.js'
 import type { SupervisorState } from '../daemon/supervisor-state.js'
 
 export const daemonNames = ['supervisor', 'etcd', 'cvm'] as const
@@ -32,6 +32,9 @@ export class NodeService {
 
   constructor(private readonly etcd: Etcd3, private readonly cfg: NodeConfig, private readonly log: Logger,
     private readonly diskStats: () => Promise<NodeStatusRecord['disks']>) {}
+
+  /** this node's container subsystem, reported in its status record (set once the agent started) */
+  containersState: () => ContainersState | undefined = () => undefined
 
   async register(): Promise<void> {
     const cluster: ClusterRecord = { name: this.cfg.clusterName, id: this.cfg.clusterId, createdAt: this.cfg.createdAt }
@@ -100,6 +103,8 @@ export class NodeService {
       daemons: this.localDaemons(true),
       disks: await this.diskStats(),
     }
+    const containers = this.containersState()
+    if (containers !== undefined) rec.containers = containers
     if (!this.lease) {
       this.lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: true })
       this.lease.on('lost', () => {
@@ -150,6 +155,7 @@ export class NodeService {
         apiPort: n.apiPort,
         nbdPort: n.nbdPort,
         lastSeenAt: local ? new Date().toISOString() : st?.at ?? null,
+        containers: (local ? this.containersState() : st?.containers) ?? null,
       }
     })
     return {

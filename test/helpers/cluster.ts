@@ -29,9 +29,11 @@ export interface TessResult {
 }
 
 /** Run the built CLI as a subprocess, with its own config dir. */
-export function runTess(args: string[], env: Record<string, string>, opts: { input?: string, timeoutMs?: number } = {}): Promise<TessResult> {
+export function runTess(args: string[], env: Record<string, string>, opts: { input?: string, timeoutMs?: number, wrap?: string[] } = {}): Promise<TessResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [tessBin, ...args], { env: { ...process.env, NO_COLOR: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
+    // `wrap`: a command line the CLI runs under (e.g. unshare), with the node and tess after it
+    const argv = [...(opts.wrap ?? []), process.execPath, tessBin, ...args]
+    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, NO_COLOR: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d) => { stdout += d })
@@ -76,15 +78,17 @@ export class TestCluster {
     return { TESS_CONFIG_DIR: this.configDir }
   }
 
-  tess(args: string[], opts?: { input?: string, timeoutMs?: number }): Promise<TessResult> {
+  tess(args: string[], opts?: { input?: string, timeoutMs?: number, wrap?: string[] }): Promise<TessResult> {
     return runTess(args, this.env, opts)
   }
 
-  async create(extra: string[] = []): Promise<TessResult> {
+  /** `wrap`: run `cluster create` (and so every daemon it starts) under this command line */
+  async create(extra: string[] = [], wrap?: string[]): Promise<TessResult> {
     this.ports = { api: await freePort(), nbd: await freePort(), etcdClient: await freePort(), etcdPeer: await freePort(), data: await freePort() }
     const r = await this.tess(['cluster', 'create', '--local', '--name', this.name, '--data-dir', this.dataDir,
       '--api-port', String(this.ports.api), '--nbd-port', String(this.ports.nbd),
-      '--etcd-client-port', String(this.ports.etcdClient), '--etcd-peer-port', String(this.ports.etcdPeer), '--data-port', String(this.ports.data), '--json', ...extra])
+      '--etcd-client-port', String(this.ports.etcdClient), '--etcd-peer-port', String(this.ports.etcdPeer), '--data-port', String(this.ports.data), '--json', ...extra],
+    wrap !== undefined ? { wrap } : undefined)
     if (r.code !== 0) throw new Error(`cluster create failed (${r.code}): ${r.stdout} ${r.stderr}`)
     return r
   }

@@ -4,7 +4,7 @@ import { formatBytes } from '../../common/units.js'
 import type { ClusterStatus } from '../../common/types.js'
 
 export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
-  static override summary = 'Show the cluster: nodes, the health and pid of each daemon, pool capacity'
+  static override summary = 'Show the cluster: nodes, the health and pid of each daemon, pool capacity, nodes that cannot run containers and why'
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json', '<%= config.bin %> <%= command.id %> --cluster dev']
 
   protected async exec(): Promise<ClusterStatus> {
@@ -18,6 +18,8 @@ export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
       keyValue([['cluster', r.name], ['id', r.id], ['nodes', r.nodes.length], ['vDisks', r.vdiskCount],
         ['pool capacity', formatBytes(r.pool.capacityBytes)], ['pool used', formatBytes(r.pool.usedBytes)], ['pool free', formatBytes(r.pool.freeBytes)]]),
       table(['node', 'address', 'state', 'daemon', 'pid', 'health', 'restarts'], rows),
+      // a node whose container side did not start still serves storage: say why it runs no containers
+      ...r.nodes.filter((n) => n.containers?.available === false).map((n) => `containers unavailable on ${n.name}: ${n.containers!.reason ?? 'unknown reason'}`),
     ].join('\n')
   }
 }

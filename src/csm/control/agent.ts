@@ -7,6 +7,7 @@ import { jsonRequest } from '../../common/jsonhttp.js'
 import type { Logger } from '../../common/log.js'
 import { nodePaths, writeFileAtomic, type NodeConfig } from '../../common/nodeconfig.js'
 import type { ImageInfo } from '../../common/csm-types.js'
+import type { ContainersState } from '../../common/types.js'
 import { cgroupParentFor, type CsmSpec } from '../daemon/spec.js'
 import type { CsmStatsAnswer } from '../daemon/routes.js'
 import { pullImage } from '../images/puller.js'
@@ -64,6 +65,8 @@ export class NodeAgent {
   private host!: CgroupHost
   private reconciling: Promise<void> | undefined
   private timer: NodeJS.Timeout | undefined
+  /** why this node cannot run containers (its container subsystem did not start); undefined when it can */
+  private unavailable: string | undefined
 
   constructor(private readonly cfg: NodeConfig, private readonly etcd: Etcd3, private readonly log: Logger) {
     this.paths = nodePaths(cfg.dataDir)
@@ -77,13 +80,24 @@ export class NodeAgent {
     return cgroupParentFor(this.cfg.clusterId)
   }
 
+  /**
+   * Start the container side. A failure here (no cgroups mounted, say) does not take the CVM
+   * down: the node keeps serving storage, reports why containers are unavailable in its status,
+   * and refuses container operations with that reason.
+   */
   async start(): Promise<void> {
-    await fsp.mkdir(this.paths.csms, { recursive: true, mode: 0o700 })
-    await fsp.mkdir(this.paths.imageContent, { recursive: true, mode: 0o700 })
-    await fsp.mkdir(this.paths.imageLayers, { recursive: true, mode: 0o700 })
-    this.store = await new ContentStore(this.paths.imageContent).init()
-    this.layers = await new LayerStore(this.paths.imageLayers).init()
-    this.host = await CgroupHost.detect({ parent: this.cgroupParent })
+    try {
+      await fsp.mkdir(this.paths.csms, { recursive: true, mode: 0o700 })
+      await fsp.mkdir(this.paths.imageContent, { recursive: true, mode: 0o700 })
+      await fsp.mkdir(this.paths.imageLayers, { recursive: true, mode: 0o700 })
+      this.store = await new ContentStore(this.paths.imageContent).init()
+      this.layers = await new LayerStore(this.paths.imageLayers).init()
+      this.host = await CgroupHost.detect({ parent: this.cgroupParent })
+    } catch (e) {
+      this.unavailable = isTessError(e) ? `${e.message} (${e.hint})` : errorMessage(e)
+      this.log.error(`containers are unavailable on this node (storage is not affected): ${this.unavailable}`)
+      return
+    }
     const tick = () => {
       this.reconcile().catch((e) => this.log.warn(`csm reconcile: ${errorMessage(e)}`)).finally(() => {
         this.timer = setTimeout(tick, 5000)
@@ -94,6 +108,23 @@ export class NodeAgent {
 
   stop(): void {
     if (this.timer) clearTimeout(this.timer)
+  }
+
+  /** whether this node runs containers, and why not */
+  containersState(): ContainersState {
+    return this.unavailable === undefined ? { available: true } : { available: false, reason: this.unavailable }
+  }
+
+  /** Images need only the image store: refused only when that is what failed to start. */
+  requireImageStore(): void {
+    if (this.store === undefined || this.layers === undefined) this.requireContainers()
+  }
+
+  /** Refuse a container operation on a node whose container side did not start, naming why. */
+  requireContainers(): void {
+    if (this.unavailable === undefined) return
+    throw new TessError('TESS_E_PRECONDITION', `containers are unavailable on node ${this.node}: ${this.unavailable}`,
+      'the node still serves storage; fix the cause and restart its daemons, or run containers on another node (`tess cluster status` shows each node)')
   }
 
   capacity(): Promise<HostCapacity> {

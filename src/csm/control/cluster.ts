@@ -151,11 +151,23 @@ export class ContainerControl {
       // the scheduler: the up node, not draining, with the most free capacity that holds the CSM
       const nodes = await etcdCall('list nodes', () => listJson<NodeRecord>(this.etcd, keys.nodesPrefix))
       const candidates = nodes.filter((n) => up.includes(n.name) && n.draining !== true)
-      const rooms = await Promise.all(candidates.map(async (n) => ({ node: n.name, room: await this.nodeRoom(n.name, csms).catch(() => undefined) })))
+      const rooms = await Promise.all(candidates.map(async (n) => {
+        try {
+          return { node: n.name, room: await this.nodeRoom(n.name, csms) }
+        } catch (e) {
+          return { node: n.name, room: undefined, why: errorMessage(e) }
+        }
+      }))
       const fits = rooms.filter((r) => r.room !== undefined && ContainerControl.roomError(name, r.node, req.cpus, req.memoryBytes, r.room) === undefined)
       if (fits.length === 0) {
         const best = rooms.filter((r) => r.room !== undefined).map((r) => `${r.node}: ${round2(r.room!.cap.cpus - r.room!.usedCpus)} cpus and ${gib(r.room!.cap.memoryBytes - r.room!.usedMemoryBytes)} free`)
-        throw new TessError('TESS_E_CAPACITY', `cannot create CSM "${name}" (${req.cpus} cpus, ${gib(req.memoryBytes)}): no node has room (${best.join('; ') || 'no node is up'})`, 'ask for less, delete a CSM, or add a host')
+        const cannot = rooms.filter((r) => r.room === undefined).map((r) => r.why ?? `${r.node} did not answer`)
+        if (best.length === 0 && cannot.length > 0) {
+          // no node can run containers at all: that, not capacity, is the problem
+          throw new TessError('TESS_E_PRECONDITION', `cannot create CSM "${name}": no node can run containers (${cannot.join('; ')})`,
+            'fix the cause on a node and restart its daemons, or add a host that can run containers (`tess cluster status` shows each node)')
+        }
+        throw new TessError('TESS_E_CAPACITY', `cannot create CSM "${name}" (${req.cpus} cpus, ${gib(req.memoryBytes)}): no node has room (${[...best, ...cannot].join('; ') || 'no node is up'})`, 'ask for less, delete a CSM, or add a host')
       }
       const score = (r: { cap: HostCapacity, usedCpus: number, usedMemoryBytes: number }) => (r.cap.cpus - r.usedCpus) / r.cap.cpus + (r.cap.memoryBytes - r.usedMemoryBytes) / r.cap.memoryBytes
       fits.sort((a, b) => score(b.room!) - score(a.room!) || a.node.localeCompare(b.node))

@@ -21,7 +21,7 @@ function containerId(b: Record<string, unknown>): string {
  */
 export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
   const csm = (b: Record<string, unknown>) => checkName('CSM', str(b, 'csm')!)
-  return {
+  const ops: Record<string, NodeOp> = {
     'node.capacity': async () => agent.capacity(),
     'csm.ensure': async (b) => agent.ensure(checkName('CSM', str(b, 'name')!)),
     'csm.remove': async (b) => ({ removed: await agent.removeLocal(checkName('CSM', str(b, 'name')!), bool(b, 'force')) }),
@@ -61,6 +61,16 @@ export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
     },
     'stats': async (b) => agent.stats(b.csm !== undefined ? csm(b) : undefined),
   }
+  // everything but the image store needs the container side (cgroups, the OCI runtime)
+  for (const [name, op] of Object.entries(ops)) {
+    const image = name.startsWith('image.')
+    ops[name] = async (b) => {
+      if (image) agent.requireImageStore()
+      else agent.requireContainers()
+      return op(b)
+    }
+  }
+  return ops
 }
 
 /** Register the node-ops route: the way other CVMs reach this node's agent. */
