@@ -171,6 +171,28 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     await main.remove(h.id)
   })
 
+  it('confines containers: the default seccomp filter refuses new namespaces, keys and mounts; no CAP_NET_RAW', async () => {
+    // unshare -U needs no capability (this kernel allows unprivileged user namespaces): only the
+    // filter refuses it. Seccomp: 2 in /proc/self/status is filter mode.
+    const c = await run(main, {
+      name: 'confined',
+      image,
+      command: ['sh', '-c', 'busybox unshare -U true; echo "unshare=$?"; busybox unshare -n true; echo "unsharenet=$?"; grep -E "^(Seccomp|CapBnd):" /proc/self/status; echo "plain=$(echo fine)"'],
+    })
+    const done = await main.wait(c.id, 15_000)
+    expect(done.exitCode).toBe(0)
+    const log = await main.logText('confined')
+    expect(log).toMatch(/^unshare=[1-9]/m)
+    expect(log).toMatch(/Operation not permitted/)
+    expect(log).toMatch(/^unsharenet=[1-9]/m)
+    expect(log).toMatch(/^Seccomp:\s+2$/m)
+    const bnd = BigInt(`0x${/^CapBnd:\s+([0-9a-f]+)$/m.exec(log)![1]}`)
+    expect(bnd & (1n << 13n)).toBe(0n) // CAP_NET_RAW
+    expect(bnd & (1n << 0n)).toBe(1n) // CAP_CHOWN stays
+    expect(log).toContain('plain=fine\n')
+    await main.remove(c.id)
+  })
+
   it('mounts a rootfs through short lowerdir links when the absolute paths do not fit', async () => {
     const rec = (await store.getImage(image))!
     const lowers = [...rec.layers].reverse().map((l) => layers.path(l.diffId))

@@ -67,7 +67,24 @@ describe('config.json generation', () => {
     expect(s.process.capabilities.permitted).toEqual([...defaultCapabilities])
     expect(s.process.capabilities).not.toHaveProperty('inheritable')
     expect(s.process.capabilities).not.toHaveProperty('ambient')
-    expect(defaultCapabilities).toHaveLength(14)
+    // Docker's 14 defaults without CAP_NET_RAW
+    expect(defaultCapabilities).toHaveLength(13)
+    expect(defaultCapabilities).not.toContain('CAP_NET_RAW')
+    // the default seccomp filter: namespaces, mounts, keys, modules, ptrace and bpf refused
+    const sc = s.linux.seccomp!
+    expect(sc.defaultAction).toBe('SCMP_ACT_ALLOW')
+    expect(sc.architectures.length).toBeGreaterThan(0)
+    const blocked = sc.syscalls.filter((r) => r.args === undefined && r.errnoRet === 1).flatMap((r) => r.names)
+    for (const name of ['unshare', 'setns', 'mount', 'umount2', 'keyctl', 'add_key', 'bpf', 'ptrace', 'init_module', 'kexec_load', 'reboot', 'perf_event_open', 'userfaultfd']) {
+      expect(blocked, name).toContain(name)
+    }
+    for (const name of ['read', 'write', 'openat', 'clone', 'execve', 'socket']) expect(blocked, name).not.toContain(name)
+    // clone only with a namespace flag: one masked rule per flag, covering every CLONE_NEW* bit
+    const cloneRules = sc.syscalls.filter((r) => r.names.includes('clone'))
+    const mask = cloneRules.reduce((m, r) => m | r.args![0]!.value, 0)
+    expect(mask).toBe(0x7e020000)
+    for (const r of cloneRules) expect(r.args![0]).toMatchObject({ op: 'SCMP_CMP_MASKED_EQ', valueTwo: r.args![0]!.value })
+    expect(sc.syscalls.find((r) => r.names.includes('clone3'))).toMatchObject({ action: 'SCMP_ACT_ERRNO', errnoRet: 38 })
     expect(defaultCapabilities).not.toContain('CAP_SYS_ADMIN')
     expect(s.linux.namespaces.map((n) => n.type)).toEqual(['pid', 'ipc', 'uts', 'mount', 'network'])
     expect(s.linux.cgroupsPath).toBe('/tess/csm-a/0123456789ab')

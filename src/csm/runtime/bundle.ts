@@ -4,6 +4,7 @@ import { TessError, assert, errorMessage } from '../../common/errors.js'
 import { writeFileAtomic } from '../images/store.js'
 import { parseMountinfo } from './cgroups.js'
 import { execCommand } from './exec.js'
+import { defaultSeccompProfile, type OciSeccomp } from './seccomp.js'
 import {
   containerArgBytesMax, containerArgsMax, containerEnvMax, containerNofileDefault, cpuPeriodUs, cpuQuotaMinUs, hostnameLengthMax,
   mountOptionsMaxBytes, passwdFileSizeMaxBytes, symlinksFollowMax,
@@ -24,7 +25,8 @@ import {
  * merged with the caller's overrides; pid, ipc, uts and mount namespaces always, a network
  * namespace with only loopback for network "none" (none for "host"); the container's cgroup below
  * its CSM's; CPU, memory and pids limits; rlimits clamped to the host's hard limits (a runtime
- * cannot raise a hard limit it does not hold); noNewPrivileges; Docker's default capabilities,
+ * cannot raise a hard limit it does not hold); noNewPrivileges; Docker's default capabilities
+ * without CAP_NET_RAW; a seccomp filter that blocks what Docker's default profile blocks (seccomp.ts);
  * masked and read-only paths; the standard /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys and
  * /sys/fs/cgroup mounts; hostname = container name; /etc/hosts, /etc/hostname and
  * /etc/resolv.conf bind-mounted from files in the container directory.
@@ -86,15 +88,20 @@ export interface OciSpec {
     resources: OciResources
     maskedPaths: string[]
     readonlyPaths: string[]
+    seccomp?: OciSeccomp
   }
   annotations?: Record<string, string>
 }
 
 export const ociVersion = '1.0.2'
 
-/** Docker's default capability set. */
+/**
+ * Docker's default capability set without CAP_NET_RAW (raw and packet sockets: forged packets and
+ * sniffing on a shared network; `ping` works without it through ICMP datagram sockets where the
+ * host's net.ipv4.ping_group_range allows).
+ */
 export const defaultCapabilities: readonly string[] = [
-  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID', 'CAP_SETUID',
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_SETGID', 'CAP_SETUID',
   'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
 ]
 
@@ -541,6 +548,7 @@ export function buildOciSpec(input: SpecInput): OciSpec {
       resources,
       maskedPaths: [...defaultMaskedPaths],
       readonlyPaths: [...defaultReadonlyPaths],
+      seccomp: defaultSeccompProfile(),
     },
   }
   if (input.annotations !== undefined) spec.annotations = { ...input.annotations }
