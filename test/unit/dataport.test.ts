@@ -96,6 +96,19 @@ describe('data port', () => {
     c.close()
   })
 
+  it('refuses a peer whose certificate names another node (the client checks who answers)', async () => {
+    // the server is n1; a client that meant n2 at this address must not talk to it
+    const pool = new PeerPool(creds, async () => ({ address: '127.0.0.1', dataPort: port }))
+    const wrong = new RemoteReplica('n2', '1', '43', '9', pool)
+    const err = await wrong.open([]).then(() => undefined, (e: unknown) => e)
+    expect(err).toBeInstanceOf(PeerError)
+    expect((err as PeerError).kind).toBe('unreachable')
+    expect((err as Error).message).toMatch(/certificate names node "n1", not n2/)
+    // the right name still works
+    await new RemoteReplica('n1', '1', '43', '9', pool).open([])
+    pool.closeAll()
+  })
+
   it('refuses a client without a cluster certificate', async () => {
     const s = tls.connect({ host: '127.0.0.1', port, ca: creds.ca, checkServerIdentity: () => undefined })
     const result = await new Promise<string>((resolve) => {

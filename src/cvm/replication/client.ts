@@ -10,6 +10,19 @@ import {
 
 export interface TlsCreds { cert: Buffer, key: Buffer, ca: Buffer }
 
+/**
+ * The peer must be the node we meant: its certificate (from the cluster CA, which the TLS layer
+ * checks) names the node in its subject CN. Addresses are not checked: a node's address may
+ * change, its name and certificate do not. Without this, any node's certificate could answer for
+ * any other node.
+ */
+export function peerIdentityCheck(node: string): (host: string, cert: tls.PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    const cn = cert.subject?.CN
+    return cn === node ? undefined : new Error(`the peer's certificate names node "${cn ?? '?'}", not ${node}`)
+  }
+}
+
 export interface PeerClientOptions {
   /** `crc` (default): extent data over a bulk connection when one can be made; `tls`: everything over TLS */
   mode?: DataPortMode
@@ -124,7 +137,7 @@ export class PeerClient {
     if (this.connecting) return this.connecting
     if (Date.now() < this.downUntil) return Promise.reject(new PeerError('unreachable', `node ${this.node} (${this.host}:${this.port}) is down (a connect failed recently)`))
     this.connecting = new Promise<Channel>((resolve, reject) => {
-      const s = tls.connect({ host: this.host, port: this.port, cert: this.creds.cert, key: this.creds.key, ca: this.creds.ca, checkServerIdentity: () => undefined, timeout: peerConnectTimeoutMs })
+      const s = tls.connect({ host: this.host, port: this.port, cert: this.creds.cert, key: this.creds.key, ca: this.creds.ca, checkServerIdentity: peerIdentityCheck(this.node), timeout: peerConnectTimeoutMs })
       const fail = (e: Error) => {
         s.destroy()
         this.downUntil = Date.now() + peerDownBackoffMs
