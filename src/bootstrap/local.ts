@@ -15,6 +15,7 @@ import { ApiClient } from '../cli/client.js'
 import { findContext, type ClusterContext } from '../cli/contexts.js'
 import { dataPortDefault } from '../cvm/replication/protocol.js'
 import { createCa, createNodeCert, createToken } from './pki.js'
+import { createSecretsKey } from '../common/secretbox.js'
 import { pidAlive, pidIsOurs, readPid, waitForExit } from './process.js'
 import { waitPlacementReady } from './ready.js'
 
@@ -132,6 +133,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
     const nodeName = checkName('node', (os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+/, '') || 'node1').slice(0, 63))
     createNodeCert(p.pki, ca, nodeName, [o.bind])
     const token = createToken(p.apiToken)
+    createSecretsKey(p.secretsKey)
     const cfg: NodeConfig = {
       version: 1,
       clusterName: o.name,

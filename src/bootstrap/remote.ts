@@ -1,4 +1,5 @@
 import crypto from 'node:crypto'
+import { secretsKeyBytes } from '../common/secretbox.js'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -68,7 +69,8 @@ export function clusterStateDir(name: string): string {
   return path.join(configDir(), 'clusters', name)
 }
 
-interface ClusterSecrets { clusterId: string, createdAt: string, token: string, caCert: string, caKey: string }
+/** secretsKey: base64, seals secrets in etcd (common/secretbox.ts); made here for clusters that had none */
+interface ClusterSecrets { clusterId: string, createdAt: string, token: string, secretsKey: string, caCert: string, caKey: string }
 
 function loadOrCreateSecrets(name: string): ClusterSecrets {
   const dir = clusterStateDir(name)
@@ -76,11 +78,16 @@ function loadOrCreateSecrets(name: string): ClusterSecrets {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
   if (!fs.existsSync(meta)) {
     createCa(dir, name)
-    const secrets = { clusterId: crypto.randomUUID(), createdAt: new Date().toISOString(), token: crypto.randomBytes(32).toString('base64url') }
+    const secrets = { clusterId: crypto.randomUUID(), createdAt: new Date().toISOString(), token: crypto.randomBytes(32).toString('base64url'), secretsKey: crypto.randomBytes(secretsKeyBytes).toString('base64') }
     fs.writeFileSync(meta, JSON.stringify(secrets, null, 2) + '\n', { mode: 0o600 })
   }
-  const m = JSON.parse(fs.readFileSync(meta, 'utf8')) as { clusterId: string, createdAt: string, token: string }
-  return { ...m, caCert: path.join(dir, 'ca.crt'), caKey: path.join(dir, 'ca.key') }
+  const m = JSON.parse(fs.readFileSync(meta, 'utf8')) as { clusterId: string, createdAt: string, token: string, secretsKey?: string }
+  if (m.secretsKey === undefined) {
+    // a cluster made by an older tess: its nodes added from now on get a key (older nodes have none)
+    m.secretsKey = crypto.randomBytes(secretsKeyBytes).toString('base64')
+    fs.writeFileSync(meta, JSON.stringify(m, null, 2) + '\n', { mode: 0o600 })
+  }
+  return { ...m, secretsKey: m.secretsKey, caCert: path.join(dir, 'ca.crt'), caKey: path.join(dir, 'ca.key') }
 }
 
 function nodeNameFrom(hostname: string, host: string): string {
@@ -114,6 +121,7 @@ async function provisionNode(t: SshTransport, n: PlannedNode, c: ProvisionContex
       await t.writeFile(`${remoteDataDir}/pki/node.crt`, fs.readFileSync(cert.cert), 0o644)
       await t.writeFile(`${remoteDataDir}/pki/node.key`, fs.readFileSync(cert.key), 0o600)
       await t.writeFile(`${remoteDataDir}/pki/api-token`, c.secrets.token + '\n', 0o600)
+      await t.writeFile(`${remoteDataDir}/pki/secrets.key`, c.secrets.secretsKey + '\n', 0o600)
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true })
     }

@@ -44,6 +44,8 @@ export const nodePaths = (dataDir: string) => ({
   nodeCert: path.join(dataDir, 'pki', 'node.crt'),
   nodeKey: path.join(dataDir, 'pki', 'node.key'),
   apiToken: path.join(dataDir, 'pki', 'api-token'),
+  /** the key that seals secrets stored in etcd (common/secretbox.ts); the same on every node */
+  secretsKey: path.join(dataDir, 'pki', 'secrets.key'),
   etcdData: path.join(dataDir, 'etcd'),
   run: path.join(dataDir, 'run'),
   logs: path.join(dataDir, 'logs'),

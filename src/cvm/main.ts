@@ -3,6 +3,7 @@
  * and keeps this node's status in etcd. Started and restarted by the node's supervisor.
  */
 import fs from 'node:fs'
+import { readSecretsKey } from '../common/secretbox.js'
 import { TessError, errorMessage } from '../common/errors.js'
 import { connectEtcd, getJson, keys } from '../common/etcd.js'
 import type { NodeRecord } from '../common/types.js'
@@ -115,7 +116,7 @@ async function main(): Promise<void> {
     create: (name, sizeBytes, rf) => vdisks.create(name, sizeBytes, rf),
     list: () => vdisks.list(),
     delete: (name) => vdisks.delete(name, false),
-  })
+  }, readSecretsKey(paths.secretsKey))
   registerCsmRoutes(api, containers)
   registerNodeOps(api, ops)
   await dataServer.listen(cfg.data.port, cfg.data.bind)

@@ -6,6 +6,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, CsmInfo, StatsResult } from '../../src/common/csm-types.js'
+import { openSecret, readSecretsKey } from '../../src/common/secretbox.js'
+import { run } from '../helpers/run.js'
 import { TestCluster, alive, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
@@ -89,10 +91,23 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     expect(list.stdout).toContain('private')
     for (const out of [list.stdout, list.stderr, listJson.stdout, JSON.stringify(withPw)]) expect(out).not.toContain(password)
     expect(fs.readFileSync(path.join(c.dataDir, 'logs', 'cvm.log'), 'utf8')).not.toContain(password)
-    // stored in etcd, whose files are 0600 in a 0700 directory
+    // stored in etcd, whose files are 0600 in a 0700 directory, sealed with the node's secrets key
+    // (not in etcd): neither etcd's database nor its log holds the password, the stored value opens
+    // with the key file
     const db = path.join(c.dataDir, 'etcd', 'member', 'snap', 'db')
     expect(fs.statSync(db).mode & 0o777).toBe(0o600)
     expect(fs.statSync(path.join(c.dataDir, 'etcd')).mode & 0o777).toBe(0o700)
+    expect(fs.statSync(path.join(c.dataDir, 'pki', 'secrets.key')).mode & 0o777).toBe(0o600)
+    const pki = path.join(c.dataDir, 'pki')
+    const got = await run('etcdctl', ['--endpoints', `https://127.0.0.1:${c.ports.etcdClient}`, '--cacert', path.join(pki, 'ca.crt'),
+      '--cert', path.join(pki, 'node.crt'), '--key', path.join(pki, 'node.key'), 'get', '--print-value-only', '/tess/registry-secrets/private'], { env: { ETCDCTL_API: '3' } })
+    expect(got.code, got.stderr).toBe(0)
+    const stored = got.stdout.trim()
+    expect(stored).toMatch(/^tess-sealed-v1:/)
+    expect(stored).not.toContain(password)
+    expect(openSecret(readSecretsKey(path.join(pki, 'secrets.key')), stored, '/tess/registry-secrets/private')).toBe(password)
+    const etcdFiles = (d: string): string[] => fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => e.isDirectory() ? etcdFiles(path.join(d, e.name)) : [path.join(d, e.name)])
+    for (const f of etcdFiles(path.join(c.dataDir, 'etcd'))) expect(fs.readFileSync(f).includes(Buffer.from(password)), f).toBe(false)
     expect((await ok(['registry', 'remove', 'private', '--yes'])).name).toBe('private')
     await fails(['registry', 'remove', 'private', '--yes'], 3, 'TESS_E_NOT_FOUND')
   })

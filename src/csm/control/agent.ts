@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import { openSecret, readSecretsKey } from '../../common/secretbox.js'
 import fsp from 'node:fs/promises'
 import type { Etcd3 } from 'etcd3'
 import { TessError, errorMessage, isTessError } from '../../common/errors.js'
@@ -317,8 +318,8 @@ export class NodeAgent {
     for (const r of recs) {
       const cfg: RegistryConfig = { insecure: r.insecure, scheme: r.url.startsWith('http://') ? 'http' : 'https' }
       if (r.username !== null && r.hasPassword) {
-        const password = await etcdCall('read registry credentials', () => this.etcd.get(keys.registrySecret(r.name)).string())
-        if (password !== null) cfg.credentials = { username: r.username, password }
+        const stored = await etcdCall('read registry credentials', () => this.etcd.get(keys.registrySecret(r.name)).string())
+        if (stored !== null) cfg.credentials = { username: r.username, password: openSecret(readSecretsKey(this.paths.secretsKey), stored, keys.registrySecret(r.name)) }
       }
       out[r.host] = cfg
     }

@@ -1,4 +1,5 @@
 import type { Etcd3 } from 'etcd3'
+import { sealSecret } from '../../common/secretbox.js'
 import { TessError, errorMessage, isTessError } from '../../common/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
 import type { Logger } from '../../common/log.js'
@@ -63,7 +64,9 @@ const gib = (n: number) => `${round2(n / 2 ** 30)} GiB`
 export class ContainerControl {
   private readonly csmIds: IdAllocator
 
-  constructor(private readonly etcd: Etcd3, private readonly self: string, private readonly call: NodeCall, private readonly log: Logger, private readonly vdisks: VdiskOps) {
+  /** `secretsKey` seals registry passwords before they go to etcd (common/secretbox.ts) */
+  constructor(private readonly etcd: Etcd3, private readonly self: string, private readonly call: NodeCall, private readonly log: Logger, private readonly vdisks: VdiskOps,
+    private readonly secretsKey: Buffer | undefined) {
     this.csmIds = new IdAllocator(etcd, 'csm')
   }
 
@@ -362,7 +365,7 @@ export class ContainerControl {
     if (same !== undefined) throw new TessError('TESS_E_EXISTS', `cannot add registry "${name}": registry "${same.name}" serves ${host} already`, `remove it first: tess registry remove ${same.name}`)
     const rec: RegistryRecord = { name, url: u.origin, host, insecure: req.insecure, username: req.username ?? null, hasPassword: req.password !== undefined, createdAt: new Date().toISOString() }
     const ops = [this.etcd.put(keys.registry(name)).value(JSON.stringify(rec))]
-    if (req.password !== undefined) ops.push(this.etcd.put(keys.registrySecret(name)).value(req.password))
+    if (req.password !== undefined) ops.push(this.etcd.put(keys.registrySecret(name)).value(sealSecret(this.secretsKey, req.password, keys.registrySecret(name))))
     const res = await etcdCall('add the registry', () => this.etcd.if(keys.registry(name), 'Create', '==', 0).then(...ops).commit())
     if (!res.succeeded) throw new TessError('TESS_E_EXISTS', `cannot add registry "${name}": a registry of that name exists`, 'remove it first, or choose another name')
     return rec
