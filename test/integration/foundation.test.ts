@@ -49,7 +49,7 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
   it('keeps secrets and contexts in files of mode 0600', () => {
     const ctxFile = path.join(c.configDir, 'contexts.json')
     expect(fs.statSync(ctxFile).mode & 0o777).toBe(0o600)
-    for (const f of ['ca.key', 'node.key', 'api-token']) {
+    for (const f of ['ca.key', 'node.key', 'api-token', 'secrets.key']) {
       expect(fs.statSync(path.join(c.dataDir, 'pki', f)).mode & 0o777).toBe(0o600)
     }
   })
