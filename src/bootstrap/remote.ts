@@ -361,7 +361,7 @@ export interface RemoteDestroyed { host: string, node: string, ok: boolean, mess
  */
 export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<string, string[]>, clusterId: string | undefined, progress: (host: string, step: string) => void): Promise<RemoteDestroyed[]> {
   const r = ctx.remote
-  if (!r) throw new TessError('TESS_E_INTERNAL', `cluster "${ctx.name}" has no SSH details`, '')
+  if (!r) throw new TessError('TESS_E_INTERNAL', `cluster "${ctx.name}" has no SSH details`, 'the context was not made by tess cluster create --hosts; create the cluster with --hosts, or add its SSH details to the context')
   const d = remoteDataDir
   const q = shellQuote
   return Promise.all(r.hosts.map(async (h): Promise<RemoteDestroyed> => {

@@ -109,7 +109,7 @@ export class IdAllocator {
       const cur = await this.etcd.get(key).string()
       const base = cur === null ? 1n : BigInt(cur)
       const nextVal = base + BigInt(this.batch)
-      if (nextVal >= 2n ** 64n) throw new TessError('TESS_E_INTERNAL', `id space "${this.kind}" exhausted`, '')
+      if (nextVal >= 2n ** 64n) throw new TessError('TESS_E_INTERNAL', `id space "${this.kind}" exhausted`, 'a bug: 2^64 ids cannot be used up; report it with the cluster\'s etcd contents')
       const txn = this.etcd.if(key, 'Value', '==', cur ?? '')
       const cmp = cur === null ? this.etcd.if(key, 'Create', '==', 0) : txn
       const res = await cmp.then(this.etcd.put(key).value(nextVal.toString())).commit()

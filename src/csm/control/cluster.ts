@@ -297,7 +297,7 @@ export class ContainerControl {
 
   private async checkMembers(csms: string[], what: string): Promise<string[]> {
     if (csms.length === 0) throw new TessError('TESS_E_INVALID', `${what}: no CSM given`, 'name at least one with --csm')
-    if (csms.length > poolSizeMax) throw new TessError('TESS_E_INVALID', `${what}: ${csms.length} CSMs, at most ${poolSizeMax}`, '')
+    if (csms.length > poolSizeMax) throw new TessError('TESS_E_INVALID', `${what}: ${csms.length} CSMs, at most ${poolSizeMax}`, 'use several pools')
     for (const c of csms) checkName('CSM', c)
     const known = new Set((await this.csmRecords()).filter((r) => r.deleting !== true).map((r) => r.name))
     const unknown = csms.filter((c) => !known.has(c))
@@ -360,7 +360,7 @@ export class ContainerControl {
     const host = parseRegistryHost(u.host, 'registry host')
     if ((req.username === undefined) !== (req.password === undefined)) throw new TessError('TESS_E_INVALID', 'give both a username and a password, or neither', '--username U --password-stdin')
     if (req.username !== undefined && (req.username.length === 0 || req.username.length > 256 || /[\s:]/.test(req.username))) throw new TessError('TESS_E_INVALID', 'invalid registry username', '1-256 characters, no spaces or ":"')
-    if (req.password !== undefined && (req.password.length === 0 || req.password.length > registryPasswordLengthMax)) throw new TessError('TESS_E_INVALID', `the registry password must be 1..${registryPasswordLengthMax} characters`, '')
+    if (req.password !== undefined && (req.password.length === 0 || req.password.length > registryPasswordLengthMax)) throw new TessError('TESS_E_INVALID', `the registry password must be 1..${registryPasswordLengthMax} characters`, 'give the password on stdin with --password-stdin')
     const same = (await etcdCall('list registries', () => listJson<RegistryRecord>(this.etcd, keys.registriesPrefix))).find((r) => r.host === host)
     if (same !== undefined) throw new TessError('TESS_E_EXISTS', `cannot add registry "${name}": registry "${same.name}" serves ${host} already`, `remove it first: tess registry remove ${same.name}`)
     const rec: RegistryRecord = { name, url: u.origin, host, insecure: req.insecure, username: req.username ?? null, hasPassword: req.password !== undefined, createdAt: new Date().toISOString() }
@@ -388,7 +388,7 @@ export class ContainerControl {
   }
 
   async changePolicy(kind: 'allow' | 'deny', pattern: string, remove: boolean): Promise<RegistryPolicyInfo> {
-    if (kind !== 'allow' && kind !== 'deny') throw new TessError('TESS_E_BAD_REQUEST', 'field "kind" must be "allow" or "deny"', '')
+    if (kind !== 'allow' && kind !== 'deny') throw new TessError('TESS_E_BAD_REQUEST', 'field "kind" must be "allow" or "deny"', 'use tess registry allow or tess registry deny')
     checkPattern(pattern)
     for (let attempt = 0; attempt < 10; attempt++) {
       const cur = await etcdCall('read the registry policy', () => this.etcd.get(keys.registryPolicy).exec())
@@ -414,7 +414,7 @@ export class ContainerControl {
   // ---------------------------------------------------------------- images
 
   private async imageNodes(req: { csm?: string, node?: string }): Promise<string[]> {
-    if (req.csm !== undefined && req.node !== undefined) throw new TessError('TESS_E_INVALID', 'give a CSM or a host, not both', '')
+    if (req.csm !== undefined && req.node !== undefined) throw new TessError('TESS_E_INVALID', 'give a CSM or a host, not both', 'leave out one of --csm and --host')
     if (req.csm !== undefined) return [(await this.csmRecord(checkName('CSM', req.csm))).node]
     if (req.node !== undefined) {
       const n = await this.nodeRecord(req.node)
@@ -432,7 +432,7 @@ export class ContainerControl {
     if (failed >= 0) {
       const e = (results[failed] as PromiseRejectedResult).reason as unknown
       if (nodes.length === 1) throw e
-      const t = isTessError(e) ? e : new TessError('TESS_E_IO', errorMessage(e), '')
+      const t = isTessError(e) ? e : new TessError('TESS_E_IO', errorMessage(e), `see cvm.log on node ${nodes[failed]}`)
       throw new TessError(t.code, `on node ${nodes[failed]}: ${t.message}`, t.hint)
     }
     const ok = results.map((r) => (r as PromiseFulfilledResult<PullAnswer>).value)
@@ -498,7 +498,7 @@ export class ContainerControl {
   private async place(req: RunRequest, containers: ContainerRecord[]): Promise<CsmRecord> {
     const what = `container "${req.name}"`
     const fitsTotal = (c: CsmRecord) => (req.cpus === undefined || req.cpus <= c.cpus + 1e-9) && (req.memoryBytes === undefined || req.memoryBytes <= c.memoryBytes)
-    if (req.csm !== undefined && req.pool !== undefined) throw new TessError('TESS_E_INVALID', `cannot run ${what}: give --csm or --pool, not both`, '')
+    if (req.csm !== undefined && req.pool !== undefined) throw new TessError('TESS_E_INVALID', `cannot run ${what}: give --csm or --pool, not both`, 'leave out one of --csm and --pool')
     if (req.csm !== undefined) {
       const c = await this.csmRecord(checkName('CSM', req.csm))
       if (!fitsTotal(c)) {
@@ -549,8 +549,8 @@ export class ContainerControl {
     for (const e of req.env ?? []) {
       if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(e)) throw new TessError('TESS_E_INVALID', `bad environment entry "${e.slice(0, 100)}"`, 'write KEY=VALUE, KEY of letters, digits and _')
     }
-    if (req.cpus !== undefined && (!Number.isFinite(req.cpus) || req.cpus < cpusMin)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.cpus} cpus: at least ${cpusMin}`, '')
-    if (req.memoryBytes !== undefined && (!Number.isSafeInteger(req.memoryBytes) || req.memoryBytes < memoryLimitMinBytes)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.memoryBytes} bytes: at least ${mib(memoryLimitMinBytes)}`, '')
+    if (req.cpus !== undefined && (!Number.isFinite(req.cpus) || req.cpus < cpusMin)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.cpus} cpus: at least ${cpusMin}`, `e.g. --cpus 0.5 (at least ${cpusMin})`)
+    if (req.memoryBytes !== undefined && (!Number.isSafeInteger(req.memoryBytes) || req.memoryBytes < memoryLimitMinBytes)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.memoryBytes} bytes: at least ${mib(memoryLimitMinBytes)}`, `e.g. --memory 256M (at least ${mib(memoryLimitMinBytes)})`)
     const mounts = checkMountList(req.volumes ?? [], `container "${name}"`).map((m) => ({ name: m.name, target: m.target, readOnly: m.readOnly }))
     const existing = await etcdCall('read the container', () => getJson<ContainerRecord>(this.etcd, keys.container(name)))
     if (existing !== undefined) throw new TessError('TESS_E_EXISTS', `cannot run container "${name}": a container of that name exists (in CSM ${existing.csm} on node ${existing.node})`, `remove it first: tess container remove ${name}`)
@@ -856,7 +856,7 @@ export class ContainerControl {
       })
       return { ...v, from }
     } catch (e) {
-      const t = isTessError(e) ? e : new TessError('TESS_E_IO', errorMessage(e), '')
+      const t = isTessError(e) ? e : new TessError('TESS_E_IO', errorMessage(e), `run it again: tess container run ${r.image} --name ${name} --csm ${to.name} ...`)
       throw new TessError(t.code, `container "${name}" was removed from CSM "${from.csm}" (node ${from.node}) but could not start in CSM "${to.name}": ${t.message}`, t.hint || `run it again: tess container run ${r.image} --name ${name} --csm ${to.name} ...`)
     }
   }

@@ -27,7 +27,7 @@ export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
     'csm.remove': async (b) => ({ removed: await agent.removeLocal(checkName('CSM', str(b, 'name')!), bool(b, 'force')) }),
     'csm.limits': async (b) => {
       const cpus = b.cpus
-      if (typeof cpus !== 'number' || !Number.isFinite(cpus)) throw new TessError('TESS_E_BAD_REQUEST', 'field "cpus" must be a number', '')
+      if (typeof cpus !== 'number' || !Number.isFinite(cpus)) throw new TessError('TESS_E_BAD_REQUEST', 'field "cpus" must be a number', 'a CVM sent a bad node operation: are all nodes on the same tess version?')
       await agent.setLimits(checkName('CSM', str(b, 'name')!), cpus, int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)!)
       return {}
     },
@@ -38,7 +38,7 @@ export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
     'container.run': async (b) => {
       const name = csm(b)
       const spec = b.spec
-      if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) throw new TessError('TESS_E_BAD_REQUEST', 'field "spec" must be an object', '')
+      if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) throw new TessError('TESS_E_BAD_REQUEST', 'field "spec" must be an object', 'a CVM sent a bad node operation: are all nodes on the same tess version?')
       const s = spec as Record<string, unknown>
       const image = await agent.ensureImage(str(s, 'image')!)
       return agent.csm<ContainerInfo>(name, 'POST', '/v1/containers', { ...s, image }, csmCallTimeoutMs)
@@ -46,7 +46,7 @@ export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
     'container.get': async (b) => agent.csm<ContainerInfo>(csm(b), 'GET', `/v1/containers/${containerId(b)}`),
     'container.op': async (b) => {
       const op = str(b, 'op')!
-      if (!['start', 'stop', 'pause', 'resume'].includes(op)) throw new TessError('TESS_E_BAD_REQUEST', `unknown container operation "${op.slice(0, 40)}"`, '')
+      if (!['start', 'stop', 'pause', 'resume'].includes(op)) throw new TessError('TESS_E_BAD_REQUEST', `unknown container operation "${op.slice(0, 40)}"`, 'one of start, stop, pause, resume')
       const timeoutMs = int(b, 'timeoutMs', 0, containerStopTimeoutMsMax, false)
       return agent.csm<ContainerInfo>(csm(b), 'POST', `/v1/containers/${containerId(b)}/${op}`, timeoutMs !== undefined ? { timeoutMs } : {}, csmCallTimeoutMs)
     },
@@ -77,9 +77,9 @@ export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
 export function registerNodeOps(api: ApiServer, ops: Record<string, NodeOp>): void {
   api.route('POST', '/v1/node-ops/:op', async (req) => {
     const op = ops[req.params.op!]
-    if (op === undefined) throw new TessError('TESS_E_NOT_FOUND', `no node operation "${req.params.op!.slice(0, 40)}"`, '')
+    if (op === undefined) throw new TessError('TESS_E_NOT_FOUND', `no node operation "${req.params.op!.slice(0, 40)}"`, 'are all nodes on the same tess version?')
     const b = req.body
-    if (b === null || typeof b !== 'object' || Array.isArray(b)) throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', '')
+    if (b === null || typeof b !== 'object' || Array.isArray(b)) throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', 'send a JSON object as the body')
     return op(b as Record<string, unknown>)
   })
 }

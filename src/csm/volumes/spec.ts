@@ -19,12 +19,12 @@ export interface VolumeMountSpec {
 
 /** Check a container's volumes (from any client): names, targets, no volume twice, no overlapping targets. */
 export function checkMountList<T extends VolumeMountSpec>(vols: T[], what: string): Array<T & VolumeMountSpec> {
-  if (!Array.isArray(vols)) throw new TessError('TESS_E_BAD_REQUEST', `cannot run ${what}: "volumes" must be an array`, '')
-  if (vols.length > volumesPerContainerMax) throw new TessError('TESS_E_INVALID', `cannot run ${what}: ${vols.length} volumes, at most ${volumesPerContainerMax}`, '')
+  if (!Array.isArray(vols)) throw new TessError('TESS_E_BAD_REQUEST', `cannot run ${what}: "volumes" must be an array`, 'give volumes as [{"name": ..., "target": ...}]')
+  if (vols.length > volumesPerContainerMax) throw new TessError('TESS_E_INVALID', `cannot run ${what}: ${vols.length} volumes, at most ${volumesPerContainerMax}`, 'put the data of several volumes in one, or split the container')
   const names = new Set<string>()
   const targets: string[] = []
   return vols.map((v) => {
-    if (v === null || typeof v !== 'object') throw new TessError('TESS_E_BAD_REQUEST', `cannot run ${what}: a volume entry is not an object`, '')
+    if (v === null || typeof v !== 'object') throw new TessError('TESS_E_BAD_REQUEST', `cannot run ${what}: a volume entry is not an object`, 'each volume is an object: {"name": ..., "target": ...}')
     checkName('volume', v.name)
     const t = checkVolumeTarget(v.target, what)
     if (names.has(v.name)) throw new TessError('TESS_E_INVALID', `cannot run ${what}: volume "${v.name}" is given twice`, 'attach a volume once per container')
@@ -40,7 +40,7 @@ export function checkVolumes(vols: VolumeSpec[], what: string): VolumeSpec[] {
   return checkMountList(vols, what).map((v) => {
     const nbd = v.nbd
     if (nbd === null || typeof nbd !== 'object' || typeof nbd.host !== 'string' || typeof nbd.export !== 'string' || !Number.isSafeInteger(nbd.port) || nbd.port < 1 || nbd.port > 65535) {
-      throw new TessError('TESS_E_BAD_REQUEST', `cannot run ${what}: volume "${v.name}" has no valid NBD export`, '')
+      throw new TessError('TESS_E_BAD_REQUEST', `cannot run ${what}: volume "${v.name}" has no valid NBD export`, 'a bug between the CVM and the CSM: the CVM names the export of every volume it attaches; see cvm.log')
     }
     return { name: v.name, target: v.target, readOnly: v.readOnly, nbd: { host: nbd.host, port: nbd.port, export: nbd.export }, formatted: v.formatted === true }
   })

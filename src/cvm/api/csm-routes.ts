@@ -10,7 +10,7 @@ import { volumesPerContainerMax } from '../../csm/volumes/spec.js'
 function volumeMounts(b: Record<string, unknown>): VolumeMount[] | undefined {
   const v = b.volumes
   if (v === undefined || v === null) return undefined
-  if (!Array.isArray(v) || v.length > volumesPerContainerMax) throw new TessError('TESS_E_BAD_REQUEST', `field "volumes" must be an array of at most ${volumesPerContainerMax} objects`, '')
+  if (!Array.isArray(v) || v.length > volumesPerContainerMax) throw new TessError('TESS_E_BAD_REQUEST', `field "volumes" must be an array of at most ${volumesPerContainerMax} objects`, 'give volumes as [{"name": ..., "target": ...}]')
   return v.map((x: unknown) => {
     const o = bodyObject(x)
     return { name: str(o, 'name')!, target: str(o, 'target')!, readOnly: bool(o, 'readOnly') }

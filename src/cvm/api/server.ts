@@ -190,7 +190,7 @@ export function str(o: Record<string, unknown>, k: string, required = true): str
     if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
     return undefined
   }
-  if (typeof v !== 'string') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be a string`, '')
+  if (typeof v !== 'string') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be a string`, `give "${k}" as a JSON string`)
   return v
 }
 
@@ -200,8 +200,8 @@ export function int(o: Record<string, unknown>, k: string, min: number, max: num
     if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
     return undefined
   }
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a whole number, got ${JSON.stringify(v)}`, '')
-  if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, '')
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a whole number, got ${JSON.stringify(v)}`, `give "${k}" as a whole number from ${min} to ${max}`)
+  if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, `give a value from ${min} to ${max}`)
   return v
 }
 
@@ -211,15 +211,15 @@ export function num(o: Record<string, unknown>, k: string, min: number, max: num
     if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
     return undefined
   }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a number, got ${JSON.stringify(v)}`, '')
-  if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, '')
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a number, got ${JSON.stringify(v)}`, `give "${k}" as a number from ${min} to ${max}`)
+  if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, `give a value from ${min} to ${max}`)
   return v
 }
 
 export function bool(o: Record<string, unknown>, k: string): boolean {
   const v = o[k]
   if (v === undefined || v === null) return false
-  if (typeof v !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be true or false`, '')
+  if (typeof v !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be true or false`, `give "${k}" as a JSON boolean, or leave it out for false`)
   return v
 }
 
@@ -227,10 +227,10 @@ export function bool(o: Record<string, unknown>, k: string): boolean {
 export function strList(o: Record<string, unknown>, k: string, max: number, lengthMax = 4096): string[] | undefined {
   const v = o[k]
   if (v === undefined || v === null) return undefined
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be an array of strings`, '')
-  if (v.length > max) throw new TessError('TESS_E_INVALID', `field "${k}" has ${v.length} entries, at most ${max} allowed`, '')
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be an array of strings`, `give "${k}" as ["...", ...]`)
+  if (v.length > max) throw new TessError('TESS_E_INVALID', `field "${k}" has ${v.length} entries, at most ${max} allowed`, `give at most ${max}`)
   const long = (v as string[]).find((x) => x.length > lengthMax)
-  if (long !== undefined) throw new TessError('TESS_E_INVALID', `an entry of "${k}" is longer than ${lengthMax} characters`, '')
+  if (long !== undefined) throw new TessError('TESS_E_INVALID', `an entry of "${k}" is longer than ${lengthMax} characters`, `shorten it to at most ${lengthMax} characters`)
   return v as string[]
 }
 
@@ -238,6 +238,6 @@ export function strList(o: Record<string, unknown>, k: string, max: number, leng
 export function queryInt(req: ApiRequest, k: string, max: number): number | undefined {
   const v = req.query.get(k)
   if (v === null) return undefined
-  if (!/^\d{1,15}$/.test(v) || Number(v) > max) throw new TessError('TESS_E_INVALID', `query parameter "${k}" must be a whole number 0..${max}`, '')
+  if (!/^\d{1,15}$/.test(v) || Number(v) > max) throw new TessError('TESS_E_INVALID', `query parameter "${k}" must be a whole number 0..${max}`, `e.g. ?${k}=${Math.min(10, max)}`)
   return Number(v)
 }

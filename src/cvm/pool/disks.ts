@@ -106,7 +106,7 @@ export class DiskService {
     await etcdCall('register the disk', () => this.etcd.put(keys.disk(id)).value(JSON.stringify(rec)))
     const info = await this.list()
     const d = info.find((x) => x.id === id)
-    if (!d) throw new TessError('TESS_E_INTERNAL', `disk ${id} vanished after being added`, '')
+    if (!d) throw new TessError('TESS_E_INTERNAL', `disk ${id} vanished after being added`, 'another command removed it meanwhile; see tess disk list')
     return d
   }
 

@@ -28,7 +28,7 @@ export class ReplicaStore {
 
   private async diskDir(diskId: string): Promise<string> {
     const d = (await this.opts.localDisks()).find((x) => x.id === diskId)
-    if (!d) throw new TessError('TESS_E_NOT_FOUND', `disk ${diskId} is not a disk of this node`, '')
+    if (!d) throw new TessError('TESS_E_NOT_FOUND', `disk ${diskId} is not a disk of this node`, 'see tess disk list: the disk may have been removed, or the request went to the wrong node')
     return path.join(d.path, egroupDirName)
   }
 
@@ -78,7 +78,7 @@ export class ReplicaStore {
     const p = (async () => {
       const file = EgroupFile.fileName(dir, egid)
       if (!fs.existsSync(file)) {
-        if (!createIfMissing) throw new TessError('TESS_E_IO', `extent group file ${file} is missing`, '')
+        if (!createIfMissing) throw new TessError('TESS_E_IO', `extent group file ${file} is missing`, 'the disk lost a file: the replica is replaced from another copy when there is one; see cvm.log')
         return EgroupFile.create(dir, egid, vdiskId)
       }
       return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m))
