@@ -16,12 +16,20 @@ export function keyValue(pairs: Array<[string, string | number | boolean | null 
   return pairs.map(([k, v]) => `${(k + ':').padEnd(w + 1)} ${v === null || v === undefined ? '-' : String(v)}`).join('\n')
 }
 
+/** A spinner needs a terminal this wide: at 0 columns (some CI runners, serial consoles) ora's redraw never ends. */
+export const spinnerColumnsMin = 20
+
+/** Whether a spinner may draw: enabled, both stdout and stderr are terminals, stderr reports a usable width. */
+export function spinnerAllowed(enabled: boolean, out: { isTTY?: boolean } = process.stdout, err: { isTTY?: boolean, columns?: number } = process.stderr): boolean {
+  return enabled && out.isTTY === true && err.isTTY === true && (err.columns ?? 0) >= spinnerColumnsMin
+}
+
 /**
- * Run `fn` under a spinner on stderr. The spinner shows only on a terminal and never in --json
- * mode, so scripts see nothing but the result on stdout.
+ * Run `fn` under a spinner on stderr. The spinner shows only on a terminal of a usable width and
+ * never in --json mode, so scripts see nothing but the result on stdout.
  */
 export async function withSpinner<T>(enabled: boolean, text: string, fn: (s: { text: (t: string) => void }) => Promise<T>): Promise<T> {
-  const show = enabled && process.stdout.isTTY === true && process.stderr.isTTY === true
+  const show = spinnerAllowed(enabled)
   let spinner: Ora | undefined
   if (show) spinner = ora({ text, stream: process.stderr, color: useColor() ? 'cyan' : undefined }).start()
   try {
