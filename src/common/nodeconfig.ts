@@ -27,7 +27,12 @@ export interface NodeConfig {
     member: boolean
   }
   api: { bind: string, port: number }
-  nbd: { bind: string, port: number }
+  /**
+   * NBD on TCP; `tls`: 'offer' (default: STARTTLS with a client certificate of the cluster CA is
+   * offered, plain NBD still accepted) or 'require' (nothing without TLS). The Unix socket
+   * `<data-dir>/run/nbd.sock` (mode 0600) never needs TLS.
+   */
+  nbd: { bind: string, port: number, tls?: 'offer' | 'require' }
   /**
    * data port: replication and forwarded I/O between CVMs (mutual TLS; in mode `crc`, the default,
    * extent data on bulk connections with CRC-32C per frame; the env TESS_DATA_PORT_MODE overrides)
@@ -48,6 +53,8 @@ export const nodePaths = (dataDir: string) => ({
   secretsKey: path.join(dataDir, 'pki', 'secrets.key'),
   etcdData: path.join(dataDir, 'etcd'),
   run: path.join(dataDir, 'run'),
+  /** NBD for local clients (root): no TLS, the file's mode is the authentication */
+  nbdSocket: path.join(dataDir, 'run', 'nbd.sock'),
   logs: path.join(dataDir, 'logs'),
   disks: path.join(dataDir, 'disks'),
   supervisorPid: path.join(dataDir, 'run', 'supervisor.pid'),

@@ -3,6 +3,7 @@
  * and keeps this node's status in etcd. Started and restarted by the node's supervisor.
  */
 import fs from 'node:fs'
+import tls from 'node:tls'
 import { readSecretsKey } from '../common/secretbox.js'
 import { TessError, errorMessage } from '../common/errors.js'
 import { connectEtcd, getJson, keys } from '../common/etcd.js'
@@ -81,7 +82,13 @@ async function main(): Promise<void> {
   engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view })
   await engine.start()
   const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
-  const nbd = new NbdServer({ provider: engine, log })
+  const nbdTls = cfg.nbd.tls ?? 'offer'
+  if (nbdTls !== 'offer' && nbdTls !== 'require') throw new Error(`node.json: nbd.tls is "${String(nbdTls)}", not offer or require`)
+  const nbd = new NbdServer({
+    provider: engine,
+    log,
+    tls: { context: tls.createSecureContext({ cert: creds.cert, key: creds.key, ca: creds.ca }), require: nbdTls === 'require' },
+  })
   engine.connectionsOf = (name) => nbd.connectionsFor(name)
   const vdisks = new VdiskService(etcd, {
     nbdAddress: cfg.address,
@@ -121,6 +128,12 @@ async function main(): Promise<void> {
   registerNodeOps(api, ops)
   await dataServer.listen(cfg.data.port, cfg.data.bind)
   await nbd.listen(cfg.nbd.port, cfg.nbd.bind)
+  try {
+    await nbd.listenUnix(paths.nbdSocket)
+  } catch (e) {
+    // a data dir whose path is too long for a socket name: local clients use TCP instead
+    log.warn(`no NBD Unix socket: ${errorMessage(e)}`)
+  }
   await api.listen(cfg.api.port, cfg.api.bind)
   node.startHeartbeat()
   void containers.recover().catch((e: unknown) => log.warn(`container recovery: ${errorMessage(e)}`))

@@ -1,4 +1,6 @@
+import fs from 'node:fs'
 import net from 'node:net'
+import tls from 'node:tls'
 import { assert, errorMessage } from '../../common/errors.js'
 import {
   checksumBlockSizeBytes,
@@ -100,6 +102,13 @@ export interface NbdServerOptions {
   inFlightBytesPerConnMax?: number
   /** close(): time each connection gets to finish in-flight requests before its socket is cut */
   closeDrainTimeoutMs?: number
+  /**
+   * TLS (NBD_OPT_STARTTLS, as nbdkit and qemu-nbd offer it): `context` holds the server's
+   * certificate and the CA whose client certificates are accepted (a client must present one);
+   * with `require`, a TCP client gets nothing (not even the export list) before TLS. Connections
+   * on the Unix socket (listenUnix) never need TLS: its file mode is their authentication.
+   */
+  tls?: { context: tls.SecureContext, require: boolean }
 }
 
 interface ConnectionConfig {
@@ -111,6 +120,7 @@ interface ConnectionConfig {
   inFlightMax: number
   inFlightBytesMax: number
   closeDrainTimeoutMs: number
+  tls: { context: tls.SecureContext, require: boolean } | undefined
 }
 
 /**
@@ -136,10 +146,29 @@ export class NbdServer {
       inFlightMax: opts.inFlightPerConnMax ?? nbdInFlightPerConnMax,
       inFlightBytesMax: opts.inFlightBytesPerConnMax ?? inFlightBytesPerConnMaxDefault,
       closeDrainTimeoutMs: opts.closeDrainTimeoutMs ?? closeDrainTimeoutMsDefault,
+      tls: opts.tls,
     }
     this.connectionsMax = opts.connectionsMax ?? nbdConnectionsMax
     // allowHalfOpen: a client that shuts down its sending side still gets the replies it is owed
-    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket))
+    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket, false))
+  }
+
+  /** Unix socket listener: local clients (root: the socket is mode 0600 in a 0700 directory), no TLS needed */
+  private unixServer: net.Server | undefined
+
+  /** Listen on a Unix socket too (the file is replaced, and made mode 0600). */
+  listenUnix(file: string): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket, true))
+    this.unixServer = server
+    return new Promise((resolve, reject) => {
+      fs.rmSync(file, { force: true })
+      server.once('error', (err) => reject(new Error(`cannot listen for NBD on ${file}: ${err.message}`)))
+      server.listen(file, () => {
+        fs.chmodSync(file, 0o600)
+        server.on('error', (err) => this.config.log.error(`NBD Unix listener: ${err.message}`))
+        resolve()
+      })
+    })
   }
 
   listen(port: number, host: string): Promise<void> {
@@ -175,17 +204,20 @@ export class NbdServer {
   async close(): Promise<void> {
     this.closing = true
     const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()))
+    const unix = this.unixServer
+    const unixClosed = unix === undefined ? Promise.resolve() : new Promise<void>((resolve) => unix.close(() => resolve()))
     await Promise.all([...this.connections].map((c) => c.shutdown()))
     await listenerClosed
+    await unixClosed
   }
 
-  private accept(socket: net.Socket): void {
+  private accept(socket: net.Socket, local: boolean): void {
     if (this.closing || this.connections.size >= this.connectionsMax) {
       this.config.log.warn(`NBD connection from ${socket.remoteAddress}:${socket.remotePort} refused: ${this.closing ? 'server is closing' : `${this.connectionsMax} connections open`}`)
       socket.destroy()
       return
     }
-    const conn = new Connection(socket, this.config)
+    const conn = new Connection(socket, this.config, local)
     this.connections.add(conn)
     void conn.finished.then(() => this.connections.delete(conn))
   }
@@ -380,16 +412,35 @@ class Connection {
   private closed = false
   private finishing = false
 
+  /** the socket requests arrive on and replies leave by: the TCP or Unix socket, or TLS over it after STARTTLS */
+  private socket: net.Socket
+  /** the client completed STARTTLS with a certificate of the cluster CA */
+  private tlsActive = false
+
   constructor(
-    private readonly socket: net.Socket,
+    socket: net.Socket,
     private readonly config: ConnectionConfig,
+    /** on the Unix socket: TLS is never required */
+    private readonly local = false,
   ) {
     this.log = config.log
-    this.peer = `${socket.remoteAddress}:${socket.remotePort}`
+    this.peer = local ? 'unix socket' : `${socket.remoteAddress}:${socket.remotePort}`
     this.finished = new Promise((resolve) => {
       this.resolveFinished = resolve
     })
-    socket.setNoDelay(true)
+    if (!local) socket.setNoDelay(true)
+    this.socket = socket
+    this.listen(socket)
+    this.armHandshakeTimer()
+
+    const greeting = Buffer.alloc(nbdServerGreetingBytes)
+    greeting.writeBigUInt64BE(nbdInitMagic, 0)
+    greeting.writeBigUInt64BE(nbdOptionMagic, 8)
+    greeting.writeUInt16BE(NbdHandshakeFlag.FIXED_NEWSTYLE | NbdHandshakeFlag.NO_ZEROES, 16)
+    this.send(greeting)
+  }
+
+  private listen(socket: net.Socket): void {
     socket.on('data', (chunk: Buffer) => {
       this.queue.push(chunk)
       this.pump()
@@ -404,13 +455,49 @@ class Connection {
     })
     socket.on('error', (err) => this.log.info(`NBD connection from ${this.peer}${this.exportLabel()}: ${err.message}`))
     socket.on('close', () => this.onClose())
-    this.armHandshakeTimer()
+  }
 
-    const greeting = Buffer.alloc(nbdServerGreetingBytes)
-    greeting.writeBigUInt64BE(nbdInitMagic, 0)
-    greeting.writeBigUInt64BE(nbdOptionMagic, 8)
-    greeting.writeUInt16BE(NbdHandshakeFlag.FIXED_NEWSTYLE | NbdHandshakeFlag.NO_ZEROES, 16)
-    this.send(greeting)
+  /** TLS is required before any option but STARTTLS and ABORT */
+  private get tlsRequired(): boolean {
+    return this.config.tls?.require === true && !this.local && !this.tlsActive
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: ACK in the clear, then the TLS handshake on the same socket (the client's
+   * certificate must come from the cluster CA); option haggling starts again inside TLS.
+   */
+  private startTls(data: Buffer): void {
+    const tlsConfig = this.config.tls
+    if (tlsConfig === undefined) return this.optionReplyError(NbdOpt.STARTTLS, NbdRep.ERR_UNSUP, 'this server does not offer TLS')
+    if (this.tlsActive) return this.optionReplyError(NbdOpt.STARTTLS, NbdRep.ERR_INVALID, 'TLS is already on')
+    if (data.length !== 0) return this.optionReplyError(NbdOpt.STARTTLS, NbdRep.ERR_INVALID, 'STARTTLS carries no data')
+    if (this.queue.length > 0) return this.drop('bytes sent after STARTTLS before its reply')
+    this.optionReply(NbdOpt.STARTTLS, NbdRep.ACK)
+    const raw = this.socket
+    // the ACK leaves in the clear now (send() corks until the next tick, which would uncork the TLS socket)
+    if (this.corked) {
+      this.corked = false
+      raw.uncork()
+    }
+    raw.removeAllListeners('data')
+    raw.removeAllListeners('end')
+    raw.removeAllListeners('drain')
+    raw.removeAllListeners('close')
+    // errors of the raw socket surface on the TLS socket; this one only keeps them from throwing
+    raw.removeAllListeners('error')
+    raw.on('error', () => undefined)
+    // the raw socket may be paused (options are answered one at a time): TLS reads through its handle
+    raw.resume()
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: tlsConfig.context, requestCert: true, rejectUnauthorized: true })
+    this.socket = secure
+    this.listen(secure)
+    secure.once('secure', () => {
+      this.tlsActive = true
+      const cn = secure.getPeerCertificate().subject?.CN
+      this.log.info(`NBD connection from ${this.peer}: TLS with the certificate of "${cn ?? '?'}"`)
+    })
+    // reading went through the raw socket until now: the TLS socket flows on its own
+    this.paused = false
   }
 
   /** the export this connection serves while in the transmission phase */
@@ -649,7 +736,14 @@ class Connection {
       this.drop(`option ${code} from a client that did not set C_FIXED_NEWSTYLE`)
       return
     }
+    if (this.tlsRequired && code !== NbdOpt.STARTTLS && code !== NbdOpt.ABORT) {
+      // nothing, not even the export list, before TLS; EXPORT_NAME has no error reply
+      if (code === NbdOpt.EXPORT_NAME) return this.drop('EXPORT_NAME before TLS, which this server requires')
+      return this.optionReplyError(code, NbdRep.ERR_TLS_REQD, 'this server requires TLS (NBD_OPT_STARTTLS) with a client certificate of the cluster CA')
+    }
     switch (code) {
+      case NbdOpt.STARTTLS:
+        return this.startTls(data)
       case NbdOpt.EXPORT_NAME:
         return this.exportName(data)
       case NbdOpt.ABORT:
