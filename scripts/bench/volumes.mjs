@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 // Volume benchmark (issue 6: fio inside a container on a volume). fio runs INSIDE A CONTAINER and
 // writes to /data, which is, for each target:
-//   ours    a volume (RF 1) attached by the product: POST /v1/volumes, then POST /v1/containers with
+//   ours    a volume (RF 1) attached by the product (nbdfuse reaches the CVM on its NBD Unix socket): POST /v1/volumes, then POST /v1/containers with
 //           volumes [{name, target: '/data'}] in a CSM of the embedded cluster. The chain the CSM
 //           makes: CVM NBD export -> nbdfuse (the export as a file) -> loop device, direct I/O ->
 //           ext4 (made on the first attach) -> bind mount into the container (runc)
 //   nbdkit  the same chain made by hand here, with `nbdkit file FILE` (a raw file of the volume's
-//           size on the same disk) in place of our CVM: nbdfuse -> losetup --direct-io=on -> mkfs.ext4
+//           size on the same disk, on a Unix socket like our CVM's for the CSM) in place of our
+//           CVM: nbdfuse -> losetup --direct-io=on -> mkfs.ext4
 //           (the CSM's options) -> mount -> bind mount into a bare `runc run` of an OCI bundle
 //   plain   a plain directory on the node (same filesystem as the cluster's data dir), bind-mounted
 //           the same way into a bare `runc run`
@@ -192,11 +193,15 @@ try {
   const img = path.join(root, 'nbdkit.img')
   fs.writeFileSync(img, '')
   fs.truncateSync(img, bytes(volumeSize))
-  const nbdkitPort = await freePort()
-  const nbdkit = startServer('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(nbdkitPort), '--pidfile', path.join(root, 'nbdkit.pid'), 'file', img])
+  // a Unix socket, as the CSM uses to reach its node's CVM
+  const nbdkitSock = path.join(root, 'nbdkit.sock')
+  const nbdkit = startServer('nbdkit', ['-f', '-U', nbdkitSock, '--pidfile', path.join(root, 'nbdkit.pid'), 'file', img])
   stops.push(nbdkit.stop)
-  await waitPort(nbdkitPort)
-  const nbdkitUri = `nbd://127.0.0.1:${nbdkitPort}`
+  for (const deadline = Date.now() + 15_000; !fs.existsSync(nbdkitSock);) {
+    if (Date.now() > deadline) throw new Error(`nbdkit did not listen on ${nbdkitSock}: ${nbdkit.stderr()}`)
+    await sleep(50)
+  }
+  const nbdkitUri = `nbd+unix:///?socket=${nbdkitSock}`
   const fuseDir = path.join(root, 'nbdkit-fuse')
   const fuseFile = path.join(fuseDir, 'disk')
   const mnt = path.join(root, 'nbdkit-mnt')

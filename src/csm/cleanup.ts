@@ -39,7 +39,7 @@ export async function cleanNodeContainers(dataDir: string, log: Logger): Promise
       const host = await CgroupHost.detect({ parent: spec.cgroupParent })
       const cgroup = host.csm(name)
       if (fs.existsSync(paths.csmState(name))) {
-        const m = new ContainerManager({ csm: name, stateDir: paths.csmState(name), cgroup, images, layers, runtime: spec.runtime, log, volumes: new NbdVolumeAttacher(log) })
+        const m = new ContainerManager({ csm: name, stateDir: paths.csmState(name), cgroup, images, layers, runtime: spec.runtime, log, volumes: new NbdVolumeAttacher(log, paths.nbdSocket) })
         await m.adopt()
         for (const c of await m.list()) {
           await m.remove(c.id, { force: true })

@@ -90,6 +90,10 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await waitFor('the writer to write', async () => (await logs('writer')).includes('written'), 30_000, 200)
     const sum = (await logs('writer')).split(' ')[0]!
     expect(sum).toMatch(/^[a-f0-9]{64}$/)
+    // the chain reaches the node's CVM through its NBD Unix socket (root only, not through TCP)
+    const fuse = (await leftovers()).procs.map((p) => fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' '))
+    expect(fuse).toHaveLength(1)
+    expect(fuse[0]).toContain(`nbd+unix:///vol-data?socket=${path.join(c.dataDir, 'run', 'nbd.sock')}`)
     expect((await ok(['volume', 'show', 'data']) as VolumeInfo)).toMatchObject({ formatted: true, attachments: [{ container: 'writer', readOnly: false, target: '/data' }] })
     expect((await ok(['volume', 'show', 'data']) as VolumeInfo).allocatedBytes).toBeGreaterThan(8 * 2 ** 20)
     // a second read-write attach names the holder; read-only is refused too while a writer holds it

@@ -49,7 +49,7 @@ async function main(): Promise<void> {
     layers,
     runtime: spec.runtime,
     log,
-    volumes: new NbdVolumeAttacher(log),
+    volumes: new NbdVolumeAttacher(log, paths.nbdSocket),
   })
   const report = await manager.adopt()
   const api = new ApiServer({ log })

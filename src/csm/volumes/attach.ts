@@ -88,8 +88,19 @@ async function must(cmd: string, args: string[], what: string, hint: string): Pr
   return r.stdout
 }
 
+/**
+ * The NBD URI nbdfuse connects to: the node's CVM on its Unix socket when there is one (local root
+ * only, no TLS needed, not reachable from containers), else its TCP listener.
+ */
+export function volumeNbdUri(v: VolumeSpec, nbdSocket: string | undefined): string {
+  const exportPath = encodeURIComponent(v.nbd.export)
+  if (nbdSocket !== undefined && fs.existsSync(nbdSocket)) return `nbd+unix:///${exportPath}?socket=${encodeURIComponent(nbdSocket).replace(/%2F/g, '/')}`
+  return `nbd://${v.nbd.host.includes(':') ? `[${v.nbd.host}]` : v.nbd.host}:${v.nbd.port}/${exportPath}`
+}
+
 export class NbdVolumeAttacher implements VolumeAttacher {
-  constructor(private readonly log: Logger, private readonly bins = { nbdfuse: 'nbdfuse' }) {}
+  /** `nbdSocket`: the node CVM's NBD Unix socket (`<data-dir>/run/nbd.sock`), used when it exists */
+  constructor(private readonly log: Logger, private readonly nbdSocket?: string, private readonly bins = { nbdfuse: 'nbdfuse' }) {}
 
   private async readState(p: ReturnType<typeof volumePaths>, name: string): Promise<AttachState> {
     try {
@@ -112,7 +123,7 @@ export class NbdVolumeAttacher implements VolumeAttacher {
     // 1. the export as a file
     if (!(await isMountPoint(p.fuse))) {
       await fsp.rm(p.pid, { force: true })
-      const uri = `nbd://${v.nbd.host.includes(':') ? `[${v.nbd.host}]` : v.nbd.host}:${v.nbd.port}/${encodeURIComponent(v.nbd.export)}`
+      const uri = volumeNbdUri(v, this.nbdSocket)
       const out = fs.openSync(p.log, 'a', 0o600)
       const child = spawn(this.bins.nbdfuse, [...(v.readOnly ? ['-r'] : []), '-P', p.pid, p.file, uri], { detached: true, stdio: ['ignore', out, out] })
       fs.closeSync(out)
