@@ -1,6 +1,10 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parseVolumeFlag } from '../../src/cli/csm-input.js'
 import { checkMountList, checkVolumeTarget, checkVolumes } from '../../src/csm/volumes/spec.js'
+import { volumeNbdUri } from '../../src/csm/volumes/attach.js'
 
 const nbd = { host: '127.0.0.1', port: 10809, export: 'vol-a' }
 
@@ -33,5 +37,22 @@ describe('volume specs', () => {
     expect(() => checkVolumes([{ name: 'a', target: '/a', readOnly: false, nbd: { ...nbd, port: 0 }, formatted: false }], 'c')).toThrow(/NBD/)
     expect(() => checkVolumes('x' as never, 'c')).toThrow(/array/)
     expect(() => checkVolumes([null as never], 'c')).toThrow(/object/)
+  })
+})
+
+describe('the NBD URI a volume attach connects to', () => {
+  const v = { name: 'data', target: '/data', readOnly: false, formatted: true, nbd: { host: '10.0.0.1', port: 10809, export: 'vol-data' } }
+  it('is the node CVM\'s Unix socket when it exists, else its TCP listener', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-volnbd-'))
+    try {
+      const sock = path.join(dir, 'nbd.sock')
+      expect(volumeNbdUri(v, sock)).toBe('nbd://10.0.0.1:10809/vol-data')
+      expect(volumeNbdUri(v, undefined)).toBe('nbd://10.0.0.1:10809/vol-data')
+      fs.writeFileSync(sock, '')
+      expect(volumeNbdUri(v, sock)).toBe(`nbd+unix:///vol-data?socket=${sock}`)
+      expect(volumeNbdUri({ ...v, nbd: { ...v.nbd, host: '::1' } }, undefined)).toBe('nbd://[::1]:10809/vol-data')
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
