@@ -8,6 +8,7 @@ export const errorCodes = {
   TESS_E_USAGE: { exit: 2, http: 400, what: 'usage error: unknown flag, missing argument, bad value' },
   TESS_E_INVALID: { exit: 2, http: 400, what: 'a value is out of range or malformed' },
   TESS_E_BAD_REQUEST: { exit: 2, http: 400, what: 'the API request was malformed' },
+  TESS_E_TOO_LARGE: { exit: 2, http: 413, what: 'the API request body is larger than the server accepts' },
   TESS_E_NOT_FOUND: { exit: 3, http: 404, what: 'the named thing does not exist' },
   TESS_E_NO_CLUSTER: { exit: 3, http: 404, what: 'no cluster context is saved or the named one does not exist' },
   TESS_E_EXISTS: { exit: 4, http: 409, what: 'the thing already exists' },

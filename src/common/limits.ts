@@ -41,6 +41,18 @@ export const apiPortDefault = 9440
 export const apiBodyMaxBytes = 1024 * 1024
 export const apiRequestTimeoutMs = 30_000
 export const apiClientTimeoutMs = 30_000
+/** API connections open at once (TLS handshakes included); more are closed at once */
+export const apiConnectionsMax = 512
+/** a connection must finish its TLS handshake within this (a TCP connection that never starts TLS is closed) */
+export const apiHandshakeTimeoutMs = 10_000
+/** a request's headers must arrive within this */
+export const apiHeadersTimeoutMs = 10_000
+/** an idle keep-alive connection is closed after this */
+export const apiKeepAliveTimeoutMs = 5_000
+/** how often the HTTP server checks the timeouts above (Node's default is 30 s) */
+export const apiTimeoutCheckIntervalMs = 1_000
+/** the body of a refused request (bad token, too large) that is read and dropped before the connection closes */
+export const apiRefusedBodyDrainMaxBytes = 64 * 1024
 
 // etcd
 export const etcdClientPortDefault = 2379

@@ -182,8 +182,10 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(arr.status).toBe(400)
     const rf = await call('POST', '/v1/vdisks', auth, JSON.stringify({ name: 'rf', sizeBytes: 4096, rf: 9 }))
     expect(rf.status).toBe(400)
-    const big = await call('POST', '/v1/vdisks', auth, JSON.stringify({ name: 'big', pad: 'x'.repeat(2 * 1024 * 1024) })).catch(() => ({ status: 400, body: {} }))
-    expect(big.status).toBe(400)
+    // an oversized body: a coded 413 the client receives (it used to be a reset)
+    const big = await call('POST', '/v1/vdisks', auth, JSON.stringify({ name: 'big', pad: 'x'.repeat(2 * 1024 * 1024) }))
+    expect(big.status).toBe(413)
+    expect(big.body.error.code).toBe('TESS_E_TOO_LARGE')
     // the CVM is still serving
     const ok = await call('GET', '/v1/vdisks', auth)
     expect(ok.status).toBe(200)

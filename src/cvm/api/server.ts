@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import https from 'node:https'
 import { TessError, errorMessage } from '../../common/errors.js'
-import { apiBodyMaxBytes, apiRequestTimeoutMs } from '../../common/limits.js'
+import { apiBodyMaxBytes, apiConnectionsMax, apiHandshakeTimeoutMs, apiHeadersTimeoutMs, apiKeepAliveTimeoutMs, apiRefusedBodyDrainMaxBytes, apiRequestTimeoutMs, apiTimeoutCheckIntervalMs } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 
 export interface ApiRequest {
@@ -15,6 +15,23 @@ export interface ApiRequest {
 }
 
 export type Handler = (req: ApiRequest) => Promise<unknown>
+
+/** Bounds of the API server (defaults in common/limits.ts; tests pass small ones) */
+export interface ApiLimits {
+  bodyMaxBytes: number
+  connectionsMax: number
+  handshakeTimeoutMs: number
+  headersTimeoutMs: number
+  keepAliveTimeoutMs: number
+}
+
+const defaultLimits: ApiLimits = {
+  bodyMaxBytes: apiBodyMaxBytes,
+  connectionsMax: apiConnectionsMax,
+  handshakeTimeoutMs: apiHandshakeTimeoutMs,
+  headersTimeoutMs: apiHeadersTimeoutMs,
+  keepAliveTimeoutMs: apiKeepAliveTimeoutMs,
+}
 
 interface Route {
   method: string
@@ -33,14 +50,16 @@ export class ApiServer {
   private readonly routes: Route[] = []
   private server: http.Server | undefined
   private readonly tokenHash: Buffer | undefined
+  private readonly limits: ApiLimits
 
   /**
    * With `token`: HTTPS, and every request must carry the token. Without: plain HTTP for a unix
    * socket only (listenUnix), where the socket file's mode (0600 in a 0700 directory) is the
    * authentication: only root on the node reaches it.
    */
-  constructor(private readonly opts: { cert: Buffer, key: Buffer, ca: Buffer, token: string, log: Logger } | { log: Logger }) {
+  constructor(private readonly opts: ({ cert: Buffer, key: Buffer, ca: Buffer, token: string, log: Logger } | { log: Logger }) & { limits?: Partial<ApiLimits> }) {
     this.tokenHash = 'token' in opts ? crypto.createHash('sha256').update(opts.token).digest() : undefined
+    this.limits = { ...defaultLimits, ...opts.limits }
   }
 
   route(method: string, path: string, handler: Handler): this {
@@ -53,7 +72,7 @@ export class ApiServer {
   listen(port: number, host: string): Promise<void> {
     const o = this.opts
     if (!('token' in o)) throw new Error('a TCP listener needs TLS and a token')
-    const server = https.createServer({ cert: o.cert, key: o.key, ca: o.ca, requestTimeout: apiRequestTimeoutMs }, (req, res) => {
+    const server = https.createServer({ cert: o.cert, key: o.key, ca: o.ca, handshakeTimeout: this.limits.handshakeTimeoutMs, ...this.httpTimeouts() }, (req, res) => {
       void this.handle(req, res)
     })
     server.on('tlsClientError', () => { /* a bad TLS client: drop it */ })
@@ -64,7 +83,7 @@ export class ApiServer {
   async listenUnix(socketPath: string): Promise<void> {
     if ('token' in this.opts) throw new Error('a unix socket listener is for the token-less API')
     fs.rmSync(socketPath, { force: true })
-    const server = http.createServer({ requestTimeout: apiRequestTimeoutMs }, (req, res) => {
+    const server = http.createServer({ ...this.httpTimeouts() }, (req, res) => {
       void this.handle(req, res)
     })
     const old = process.umask(0o177)
@@ -76,8 +95,19 @@ export class ApiServer {
     fs.chmodSync(socketPath, 0o600)
   }
 
+  private httpTimeouts(): http.ServerOptions {
+    return {
+      requestTimeout: Math.max(apiRequestTimeoutMs, this.limits.headersTimeoutMs),
+      headersTimeout: this.limits.headersTimeoutMs,
+      keepAliveTimeout: this.limits.keepAliveTimeoutMs,
+      connectionsCheckingInterval: Math.min(apiTimeoutCheckIntervalMs, this.limits.headersTimeoutMs),
+    }
+  }
+
   private start(server: http.Server, listen: (s: http.Server, cb: () => void) => void): Promise<void> {
     this.server = server
+    // beyond the cap, new connections are closed at once (Node counts connections still in their TLS handshake)
+    server.maxConnections = this.limits.connectionsMax
     server.on('clientError', (_e, socket) => socket.destroy())
     return new Promise((resolve, reject) => {
       server.once('error', reject)
@@ -104,7 +134,8 @@ export class ApiServer {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
       if (!this.authorized(req)) {
-        req.resume()
+        // the body of a stranger is never read beyond a little: the connection closes after the answer
+        refuse(req, res)
         throw new TessError('TESS_E_AUTH', 'request refused: missing or wrong API credentials', 'use the credentials saved in the cluster context (tess cluster create saves them)')
       }
       const url = new URL(req.url ?? '/', 'https://localhost')
@@ -123,12 +154,12 @@ export class ApiServer {
             throw new TessError('TESS_E_BAD_REQUEST', `bad path "${url.pathname}"`, 'percent-encode path parameters')
           }
         })
-        const body = await readBody(req)
+        const body = await readBody(req, res, this.limits.bodyMaxBytes)
         const result = await r.handler({ method, path: url.pathname, params, query: url.searchParams, body })
         send(res, method === 'POST' ? 201 : 200, result ?? {})
         return
       }
-      req.resume()
+      refuse(req, res)
       if (matchedPath) throw new TessError('TESS_E_BAD_REQUEST', `method ${method} not allowed on ${url.pathname}`, 'see the API reference in the README')
       throw new TessError('TESS_E_NOT_FOUND', `no API route ${method} ${url.pathname}`, 'see the API reference in the README')
     } catch (e) {
@@ -149,21 +180,51 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(data)
 }
 
-function readBody(req: IncomingMessage): Promise<unknown> {
+/**
+ * A request that is answered without its body (bad token, body too large): read and drop at most a
+ * little of what the client is still sending, so that it receives the answer instead of a reset,
+ * and close the connection after the answer.
+ */
+function refuse(req: IncomingMessage, res: ServerResponse): void {
+  res.setHeader('connection', 'close')
+  let dropped = 0
+  req.on('data', (c: Buffer) => {
+    dropped += c.length
+    if (dropped > apiRefusedBodyDrainMaxBytes) req.socket.destroy()
+  })
+  res.on('finish', () => setImmediate(() => req.socket.destroy()))
+}
+
+function tooLarge(maxBytes: number): TessError {
+  return new TessError('TESS_E_TOO_LARGE', `request body larger than ${maxBytes} bytes`, `send at most ${maxBytes} bytes`)
+}
+
+function readBody(req: IncomingMessage, res: ServerResponse, maxBytes: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'] ?? '0')
+    if (Number.isFinite(declared) && declared > maxBytes) {
+      refuse(req, res)
+      reject(tooLarge(maxBytes))
+      return
+    }
     const chunks: Buffer[] = []
     let size = 0
+    let over = false
     req.on('data', (c: Buffer) => {
+      if (over) return
       size += c.length
-      if (size > apiBodyMaxBytes) {
-        reject(new TessError('TESS_E_BAD_REQUEST', `request body larger than ${apiBodyMaxBytes} bytes`, 'send a smaller request'))
-        req.destroy()
+      if (size > maxBytes) {
+        over = true
+        chunks.length = 0
+        refuse(req, res)
+        reject(tooLarge(maxBytes))
         return
       }
       chunks.push(c)
     })
     req.on('error', reject)
     req.on('end', () => {
+      if (over) return
       if (size === 0) return resolve(undefined)
       const text = Buffer.concat(chunks).toString('utf8')
       try {
