@@ -1,8 +1,11 @@
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import zlib from 'node:zlib'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { TessError } from '../../src/common/errors.js'
+import { writeTar } from '../../src/csm/images/tar.js'
 import { LayerStore, chainId } from '../../src/csm/images/unpack.js'
 import { exec, file, makeLayer, sha256, type TestLayer } from '../helpers/registry.js'
 
@@ -149,6 +152,120 @@ describe('layer unpacking', () => {
 
     it('whiteouts of "." or ".."', async () => {
       await refused(makeLayer([file('a/.wh...', '')]), /whiteout of its own directory/)
+    })
+  })
+
+  describe('one parser: what GNU tar extracts is what our reader checked', () => {
+    /** a raw ustar header block with any type flag (for crafted archives) */
+    function rawHeader(name: string, flag: string, size: number): Buffer {
+      const h = Buffer.alloc(512)
+      h.write(name, 0, 100, 'utf8')
+      h.write('0000644\0', 100, 8, 'latin1')
+      h.write('0000000\0', 108, 8, 'latin1')
+      h.write('0000000\0', 116, 8, 'latin1')
+      h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 12, 'latin1')
+      h.write('14000000000\0', 136, 12, 'latin1')
+      h.write(flag, 156, 1, 'latin1')
+      h.write('ustar\0', 257, 6, 'latin1')
+      h.write('00', 263, 2, 'latin1')
+      h.fill(0x20, 148, 156)
+      let sum = 0
+      for (const b of h) sum += b
+      h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1')
+      return h
+    }
+    const padded = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)])
+    const paxData = (k: string, v: string) => {
+      const body = ` ${k}=${v}\n`
+      let n = body.length + 1
+      while (String(n).length + body.length !== n) n = String(n).length + body.length
+      return Buffer.from(`${n}${body}`)
+    }
+    /** a layer from raw tar bytes */
+    const rawLayer = (tar: Buffer): TestLayer => {
+      const blob = zlib.gzipSync(tar)
+      return { blob, digest: sha256(blob), diffId: sha256(tar), mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' }
+    }
+    const walk = (d: string): string[] => fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => e.isDirectory() ? [e.name, ...walk(path.join(d, e.name)).map((x) => `${e.name}/${x}`)] : [e.name])
+
+    it('refuses a regular file whose name ends in "/" (GNU tar would make a directory of it)', async () => {
+      await refused(makeLayer([file('evil/', 'not a directory')]), /is a file whose name ends in "\/"/)
+    })
+
+    it.skipIf(!isRoot)('a pax global header does not change what is extracted', async () => {
+      const g = paxData('path', 'etc/shadow')
+      const data = Buffer.from('harmless\n')
+      const tar = Buffer.concat([rawHeader('pax_global_header', 'g', g.length), padded(g),
+        rawHeader('a.txt', '0', data.length), padded(data), Buffer.alloc(1024)])
+      const l = rawLayer(tar)
+      const u = await layers.unpack(blobFile(l), l.diffId)
+      expect(walk(u.path)).toEqual(['a.txt'])
+      expect(fs.readFileSync(path.join(u.path, 'a.txt'), 'utf8')).toBe('harmless\n')
+    })
+
+    it.skipIf(!isRoot)('no whiteout marker is ever left in the tree, and no device the reader did not see', async () => {
+      const l = makeLayer([
+        { name: 'a/', type: 'dir' },
+        file('a/.wh.b', ''),
+        file('a/b', 'b'),
+        file('c/.wh.d', ''), // a directory named only through a marker
+      ])
+      const u = await layers.unpack(blobFile(l), l.diffId)
+      const names = walk(u.path)
+      expect(names.filter((n) => n.split('/').pop()!.startsWith('.wh.'))).toEqual([])
+      expect(names.sort()).toEqual(['a', 'a/b', 'c', 'c/d'])
+      expect(fs.lstatSync(path.join(u.path, 'c/d')).isCharacterDevice()).toBe(true) // the whiteout we made
+      expect(fs.lstatSync(path.join(u.path, 'a/b')).isFile()).toBe(true)
+    })
+
+    it.skipIf(!isRoot)('accepts what real tools write: an entry named "/" and an archive without its end blocks', async () => {
+      const withRoot = makeLayer([{ name: '/', type: 'dir', mode: 0o755 }, file('etc/motd', 'hi')])
+      const u = await layers.unpack(blobFile(withRoot), withRoot.diffId)
+      expect(fs.readFileSync(path.join(u.path, 'etc/motd'), 'utf8')).toBe('hi')
+      const full = writeTar([file('x', 'no end blocks'), file('y', 'y')])
+      const noEnd = rawLayer(full.subarray(0, full.length - 1024))
+      const v = await layers.unpack(blobFile(noEnd), noEnd.diffId)
+      expect(fs.readFileSync(path.join(v.path, 'x'), 'utf8')).toBe('no end blocks')
+      // but an archive cut inside an entry is refused
+      const cut = rawLayer(full.subarray(0, 512 + 512 + 512 + 100))
+      await refused(cut, /ends in the middle of an entry/)
+    })
+
+    it.skipIf(!isRoot)('keeps user.* and security.capability xattrs, drops trusted.* ones', async () => {
+      const cap = Buffer.from('01000002200000000000000000000000000000000', 'hex')
+      const l = makeLayer([file('bin/ping', 'x', { xattrs: { 'user.note': 'kept', 'security.capability': cap, 'trusted.overlay.opaque': 'y' } })])
+      const u = await layers.unpack(blobFile(l), l.diffId)
+      const f = path.join(u.path, 'bin/ping')
+      // the xattr's value as hex, or "none" (python3's os.getxattr; no attr package needed)
+      const get = (n: string) => spawnSync('python3', ['-c', 'import os,sys\ntry: print(os.getxattr(sys.argv[1], sys.argv[2]).hex())\nexcept OSError: print("none")', f, n], { encoding: 'utf8' }).stdout.trim()
+      expect(get('user.note')).toBe(Buffer.from('kept').toString('hex'))
+      expect(get('security.capability')).toBe(cap.toString('hex'))
+      expect(get('trusted.overlay.opaque')).toBe('none')
+    })
+  })
+
+  describe('bounds', () => {
+    it('stops a decompression bomb early: too many bytes, or too high a ratio', async () => {
+      const bomb = makeLayer([{ ...file('zeros', ''), data: Buffer.alloc(16 * 1024 * 1024) }])
+      layers = await new LayerStore(path.join(dir, 'layers'), { limits: { ratioCheckAfterBytes: 1024 * 1024, compressionRatioMax: 50 } }).init()
+      await refused(bomb, /more than 50 times/)
+      layers = await new LayerStore(path.join(dir, 'layers'), { limits: { uncompressedMaxBytes: 4 * 1024 * 1024 } }).init()
+      await refused(bomb, /more than 4194304 bytes uncompressed/)
+    })
+
+    it('checks free space before it writes anything', async () => {
+      const l = makeLayer([{ ...file('big', ''), data: Buffer.alloc(1024 * 1024, 7) }])
+      layers = await new LayerStore(path.join(dir, 'layers'), { freeBytes: async () => 1000 }).init()
+      let err: unknown
+      try {
+        await layers.unpack(blobFile(l), l.diffId)
+      } catch (e) {
+        err = e
+      }
+      expect((err as TessError).code).toBe('TESS_E_CAPACITY')
+      expect((err as TessError).message).toMatch(/1048576 bytes and the layer store has 1000 bytes free/)
+      expect(fs.readdirSync(path.join(dir, 'layers/tmp'))).toEqual([])
+      expect(await layers.has(l.diffId)).toBe(false)
     })
   })
 

@@ -42,6 +42,17 @@ export const tarPaxHeaderSizeMaxBytes = 1024 * 1024
 export const tarWhiteoutsMax = 100_000
 export const tarExtractTimeoutMs = 30 * 60_000
 export const unpackToolTimeoutMs = 60_000
+/** uncompressed bytes of one layer; reading stops (and nothing is written) past it */
+export const layerUncompressedMaxBytes = 64 * 1024 * 1024 * 1024
+/**
+ * uncompressed / compressed size of a layer: real layers stay far below (text compresses about 4-10x,
+ * sparse files of zeros more); a decompression bomb (zeros compressed ~1000x by gzip) is stopped early
+ */
+export const layerCompressionRatioMax = 200
+/** the ratio is checked only once this much was read: tiny layers of zeros compress far better */
+export const layerRatioCheckAfterBytes = 64 * 1024 * 1024
+/** kept free on the layer store's file system when a layer is unpacked */
+export const layerFreeSpaceMarginBytes = 256 * 1024 * 1024
 
 // content store
 export const storeReadBufferBytes = 1024 * 1024

@@ -2,9 +2,10 @@ import { TessError } from '../../common/errors.js'
 import { tarPathLengthMaxBytes, tarPaxHeaderSizeMaxBytes } from './limits.js'
 
 /**
- * A streaming reader of tar headers (ustar, GNU long names, pax) that skips file data, and a
- * writer of the few entries we generate. The reader is what checks a layer before anything of
- * it reaches the disk; extraction itself is left to GNU tar (see unpack.ts).
+ * A streaming reader of tar archives (ustar, GNU long names, pax), and a writer. The reader is the
+ * one parser of a layer's bytes: unpack.ts checks every entry it reports, then writes what it
+ * checked as a canonical archive of its own (this writer) for GNU tar to extract, so GNU tar
+ * never reads a byte of the layer itself.
  */
 
 export type TarEntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo'
@@ -23,6 +24,8 @@ export interface TarEntry {
   devminor: number
   /** SCHILY.xattr.* names carried by a pax header */
   xattrs: string[]
+  /** their values, as raw bytes (capabilities are binary) */
+  xattrValues: Map<string, Buffer>
 }
 
 const blockBytes = 512
@@ -76,6 +79,13 @@ function checksumOk(h: Buffer): boolean {
 /** Parse pax records `"<len> <key>=<value>\n"`. */
 export function parsePax(data: Buffer): Map<string, string> {
   const out = new Map<string, string>()
+  for (const [k, v] of parsePaxRaw(data)) out.set(k, v.toString('utf8'))
+  return out
+}
+
+/** Parse pax records, values as raw bytes. */
+export function parsePaxRaw(data: Buffer): Map<string, Buffer> {
+  const out = new Map<string, Buffer>()
   let pos = 0
   while (pos < data.length) {
     const sp = data.indexOf(0x20, pos)
@@ -85,7 +95,7 @@ export function parsePax(data: Buffer): Map<string, string> {
     const rec = data.subarray(sp + 1, pos + len - 1) // without the trailing newline
     const eq = rec.indexOf(0x3d)
     if (eq < 0) throw bad('pax record without "="')
-    out.set(rec.toString('utf8', 0, eq), rec.toString('utf8', eq + 1))
+    out.set(rec.toString('utf8', 0, eq), Buffer.from(rec.subarray(eq + 1)))
     pos += len
   }
   return out
@@ -94,7 +104,8 @@ export function parsePax(data: Buffer): Map<string, string> {
 type State =
   | { kind: 'header' }
   | { kind: 'meta', meta: 'pax' | 'global' | 'longname' | 'longlink', remaining: number, padding: number, chunks: Buffer[] }
-  | { kind: 'data', remaining: number }
+  /** `content`: how many of the remaining bytes are the entry's data (the rest is padding) */
+  | { kind: 'data', remaining: number, content: number }
   | { kind: 'end' }
 
 /**
@@ -105,12 +116,14 @@ export class TarReader {
   private state: State = { kind: 'header' }
   private pending: Buffer = Buffer.alloc(0)
   private pax = new Map<string, string>()
+  private paxRaw = new Map<string, Buffer>()
   private longName: string | undefined
   private longLink: string | undefined
   private zeroBlocks = 0
   entries = 0
 
-  constructor(private readonly onEntry: (e: TarEntry) => void) {}
+  /** `onData`: the data of the last reported file entry, in order, as it arrives (views: copy to keep) */
+  constructor(private readonly onEntry: (e: TarEntry) => void, private readonly onData?: (chunk: Buffer) => void) {}
 
   push(chunk: Buffer): void {
     let buf = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk
@@ -120,6 +133,9 @@ export class TarReader {
       if (st.kind === 'end') return // trailing zeros (or garbage) after the end marker: ignored like tar does
       if (st.kind === 'data') {
         const n = Math.min(st.remaining, buf.length)
+        const c = Math.min(st.content, n)
+        if (c > 0 && this.onData) this.onData(buf.subarray(0, c))
+        st.content -= c
         st.remaining -= n
         buf = buf.subarray(n)
         if (st.remaining === 0) this.state = { kind: 'header' }
@@ -132,7 +148,7 @@ export class TarReader {
         buf = buf.subarray(n)
         if (st.remaining === 0) {
           this.finishMeta(st.meta, Buffer.concat(st.chunks))
-          this.state = st.padding > 0 ? { kind: 'data', remaining: st.padding } : { kind: 'header' }
+          this.state = st.padding > 0 ? { kind: 'data', remaining: st.padding, content: 0 } : { kind: 'header' }
         }
         continue
       }
@@ -146,9 +162,14 @@ export class TarReader {
     }
   }
 
+  /**
+   * The input is complete. An archive may end at an entry boundary without its two zero blocks
+   * (GNU tar, containerd and podman accept that; `umoci insert` writes it); one that ends inside
+   * an entry, or inside a pax or long-name header, is refused.
+   */
   end(): void {
     if (this.state.kind === 'end') return
-    if (this.state.kind === 'header' && this.pending.length === 0 && (this.zeroBlocks > 0 || this.entries === 0)) return
+    if (this.state.kind === 'header' && (this.pending.length === 0 || this.pending.every((b) => b === 0))) return
     throw bad('the archive ends in the middle of an entry')
   }
 
@@ -221,9 +242,11 @@ export class TarReader {
       devmajor: type === 'char' || type === 'block' ? readNumber(h, 329, 8, 'devmajor') : 0,
       devminor: type === 'char' || type === 'block' ? readNumber(h, 337, 8, 'devminor') : 0,
       xattrs: [...pax.keys()].filter((k) => k.startsWith('SCHILY.xattr.')).map((k) => k.slice('SCHILY.xattr.'.length)),
+      xattrValues: new Map([...this.paxRaw].filter(([k]) => k.startsWith('SCHILY.xattr.')).map(([k, v]) => [k.slice('SCHILY.xattr.'.length), v])),
     }
     if (Buffer.byteLength(entry.name) > tarPathLengthMaxBytes) throw bad(`an entry name longer than ${tarPathLengthMaxBytes} bytes`)
     this.pax = new Map()
+    this.paxRaw = new Map()
     this.longName = undefined
     this.longLink = undefined
     this.entries++
@@ -231,14 +254,19 @@ export class TarReader {
     // hard links, directories and devices carry no data even when a size is written
     const skip = type === 'file' ? dataSize : 0
     const skipPadded = skip + ((blockBytes - (skip % blockBytes)) % blockBytes)
-    if (skipPadded > 0) this.state = { kind: 'data', remaining: skipPadded }
+    if (skipPadded > 0) this.state = { kind: 'data', remaining: skipPadded, content: skip }
   }
 
   private finishMeta(kind: 'pax' | 'global' | 'longname' | 'longlink', data: Buffer): void {
     if (kind === 'pax') {
-      for (const [k, v] of parsePax(data)) this.pax.set(k, v)
+      for (const [k, v] of parsePaxRaw(data)) {
+        this.pax.set(k, v.toString('utf8'))
+        this.paxRaw.set(k, v)
+      }
     } else if (kind === 'global') {
-      parsePax(data) // validated, ignored: global path/size make no sense in a layer
+      // validated, then ignored: global path, size or owner make no sense in a layer. This reader
+      // is the only one that reads the layer, so ignoring them is the layer's one meaning.
+      parsePaxRaw(data)
     } else {
       const end = data.indexOf(0)
       const s = data.toString('utf8', 0, end < 0 ? data.length : end)
@@ -263,7 +291,7 @@ export interface TarWriteEntry {
   data?: Buffer
   devmajor?: number
   devminor?: number
-  xattrs?: Record<string, string>
+  xattrs?: Record<string, string | Buffer>
 }
 
 const writeFlags: Record<TarEntryType, string> = { file: '0', hardlink: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' }
@@ -293,11 +321,11 @@ function header(name: string, flag: string, size: number, e: { mode: number, uid
   return h
 }
 
-function paxRecord(key: string, value: string): Buffer {
-  const body = ` ${key}=${value}\n`
-  let len = Buffer.byteLength(body) + 1
-  while (String(len).length + Buffer.byteLength(body) !== len) len = String(len).length + Buffer.byteLength(body)
-  return Buffer.from(`${len}${body}`, 'utf8')
+function paxRecord(key: string, value: string | Buffer): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`, 'utf8'), typeof value === 'string' ? Buffer.from(value, 'utf8') : value, Buffer.from('\n')])
+  let len = body.length + 1
+  while (String(len).length + body.length !== len) len = String(len).length + body.length
+  return Buffer.concat([Buffer.from(String(len), 'latin1'), body])
 }
 
 function pad(b: Buffer): Buffer {
@@ -312,14 +340,35 @@ function pad(b: Buffer): Buffer {
 export function writeTar(entries: TarWriteEntry[]): Buffer {
   const parts: Buffer[] = []
   for (const e of entries) {
-    const recs = [paxRecord('path', e.name)]
-    if (e.linkname !== undefined) recs.push(paxRecord('linkpath', e.linkname))
-    for (const [k, v] of Object.entries(e.xattrs ?? {})) recs.push(paxRecord(`SCHILY.xattr.${k}`, v))
-    const pax = Buffer.concat(recs)
     const data = e.type === 'file' ? e.data ?? Buffer.alloc(0) : Buffer.alloc(0)
-    parts.push(header('PaxHeader', 'x', pax.length, { mode: 0o644, uid: 0, gid: 0, mtime: e.mtime }), pad(pax))
-    parts.push(header(e.name, writeFlags[e.type], data.length, e), pad(data))
+    parts.push(entryHeaders(e, data.length), data, entryPadding(data.length))
   }
-  parts.push(Buffer.alloc(blockBytes * 2))
+  parts.push(archiveEnd())
   return Buffer.concat(parts)
+}
+
+/**
+ * The headers of one entry whose data (`size` bytes, files only) follows: a pax header with its
+ * name, link target, size and xattrs, then a ustar header. Stream an archive as headers, data,
+ * entryPadding(size) per entry, then archiveEnd().
+ */
+export function entryHeaders(e: Omit<TarWriteEntry, 'data'>, size: number): Buffer {
+  const recs = [paxRecord('path', e.name), paxRecord('size', String(size))]
+  if (e.linkname !== undefined) recs.push(paxRecord('linkpath', e.linkname))
+  if (e.uid > 0o7777777) recs.push(paxRecord('uid', String(e.uid)))
+  if (e.gid > 0o7777777) recs.push(paxRecord('gid', String(e.gid)))
+  for (const [k, v] of Object.entries(e.xattrs ?? {})) recs.push(paxRecord(`SCHILY.xattr.${k}`, v))
+  const pax = Buffer.concat(recs)
+  return Buffer.concat([header('PaxHeader', 'x', pax.length, { mode: 0o644, uid: 0, gid: 0, mtime: e.mtime }), pad(pax),
+    header(e.name, writeFlags[e.type], Math.min(size, 0o77777777777), e)])
+}
+
+/** zeros after `size` bytes of entry data, up to the next 512-byte block */
+export function entryPadding(size: number): Buffer {
+  return Buffer.alloc((blockBytes - (size % blockBytes)) % blockBytes)
+}
+
+/** the end of an archive: two zero blocks */
+export function archiveEnd(): Buffer {
+  return Buffer.alloc(blockBytes * 2)
 }

@@ -4,15 +4,15 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
-import { Readable, Transform, Writable } from 'node:stream'
+import { PassThrough, Readable, Writable } from 'node:stream'
 import zlib from 'node:zlib'
 import { KeyedMutex } from '../../common/mutex.js'
 import { TessError, errorMessage } from '../../common/errors.js'
 import { Digester, parseDigest } from './digest.js'
-import { tarEntriesMax, tarExtractTimeoutMs, tarWhiteoutsMax, unpackToolTimeoutMs } from './limits.js'
+import { layerCompressionRatioMax, layerFreeSpaceMarginBytes, layerRatioCheckAfterBytes, layerUncompressedMaxBytes, tarEntriesMax, tarExtractTimeoutMs, tarWhiteoutsMax, unpackToolTimeoutMs } from './limits.js'
 import { fsyncDir } from '../../common/fsutil.js'
 import { writeFileAtomic } from './store.js'
-import { TarReader, writeTar, type TarEntry, type TarWriteEntry } from './tar.js'
+import { TarReader, archiveEnd, entryHeaders, entryPadding, writeTar, type TarEntry, type TarWriteEntry } from './tar.js'
 
 /**
  * The layer store of one node: every layer unpacked ONCE into a directory usable as an overlayfs
@@ -26,16 +26,24 @@ import { TarReader, writeTar, type TarEntry, type TarWriteEntry } from './tar.js
  * removed by init(). A layer's tree does not depend on the layers under it, so the diff_id is
  * key enough: the same layer under different parents is unpacked once.
  *
- * How (npm `tar` is not a dependency of this repo): two passes over the blob.
- *  1. Node reads the decompressed stream, hashes it (diff_id) and reads every tar header, and
- *     refuses: absolute names, `..`, entries under a symlink or non-directory of the same layer,
- *     hard links to anything outside the layer, relative symlinks that climb above the layer
- *     root, device nodes, sparse and multi-volume entries, and more than the limits. The diff_id
- *     must equal the image config's rootfs.diff_ids entry. Nothing touches the disk before this.
- *  2. GNU tar extracts the same decompressed stream (hashed again) into tmp/: owners, modes,
- *     mtimes, symlinks, hard links, FIFOs and user.* / security.capability xattrs are kept
- *     (`--same-owner --same-permissions --numeric-owner --no-overwrite-dir --xattrs`); trusted.*
- *     xattrs of the layer are not extracted, so a layer cannot smuggle overlay metadata in.
+ * How (npm `tar` is not a dependency of this repo): two passes over the blob, one parser.
+ *  1. Node reads the decompressed stream, hashes it (diff_id) and reads every tar header with our
+ *     own reader (tar.ts), and refuses: absolute names (except the root itself, `/`), `..`,
+ *     entries under a symlink or non-directory of the same layer, a non-directory whose name ends
+ *     in `/`, hard links to anything outside the layer, relative symlinks that climb above the
+ *     layer root, device nodes, sparse and multi-volume entries, more than the limits, more
+ *     uncompressed bytes than `layerUncompressedMaxBytes` or a compression ratio above
+ *     `layerCompressionRatioMax` (a decompression bomb stops early). The diff_id must equal the
+ *     image config's rootfs.diff_ids entry. Nothing touches the disk before this; then the layer
+ *     store's file system must have room for the layer's files (plus a margin).
+ *  2. The same reader reads the stream again (hashed again), and every entry it reports is
+ *     written anew by our tar writer, as a canonical archive (pax and ustar headers we make,
+ *     normalised names, whiteout markers left out), which GNU tar extracts into tmp/. GNU tar
+ *     never reads a byte of the layer: two parsers cannot disagree about what it holds. Owners,
+ *     modes, mtimes, symlinks, hard links, FIFOs and user.* / security.capability xattrs are kept
+ *     (`--same-owner --same-permissions --numeric-owner --no-overwrite-dir --xattrs`); other
+ *     xattrs of the layer (trusted.* among them) are not written, so a layer cannot smuggle overlay
+ *     metadata in.
  *
  * Whiteouts become what overlayfs honours in a lowerdir (verified with a real mount on this
  * kernel): `.wh.<name>` becomes a character device 0/0 named <name>, and `.wh..wh..opq` becomes
@@ -63,6 +71,35 @@ export interface LayerStoreOptions {
   tarBin?: string
   /** coreutils sync, for syncfs before the rename (default `sync`) */
   syncBin?: string
+  /** bounds of one layer (defaults in limits.ts; tests pass small ones) */
+  limits?: Partial<LayerLimits>
+  /** free bytes of the file system holding `dir` (default: statfs) */
+  freeBytes?: (dir: string) => Promise<number>
+}
+
+export interface LayerLimits {
+  uncompressedMaxBytes: number
+  compressionRatioMax: number
+  /** the ratio is checked once this many uncompressed bytes were read (small layers compress well) */
+  ratioCheckAfterBytes: number
+  freeSpaceMarginBytes: number
+}
+
+const defaultLayerLimits: LayerLimits = {
+  uncompressedMaxBytes: layerUncompressedMaxBytes,
+  compressionRatioMax: layerCompressionRatioMax,
+  ratioCheckAfterBytes: layerRatioCheckAfterBytes,
+  freeSpaceMarginBytes: layerFreeSpaceMarginBytes,
+}
+
+async function statfsFreeBytes(dir: string): Promise<number> {
+  const st = await fsp.statfs(dir)
+  return Number(st.bavail) * Number(st.bsize)
+}
+
+/** xattrs of a layer that are written; everything else (trusted.*, security.selinux, ...) is dropped */
+function keptXattr(name: string): boolean {
+  return name.startsWith('user.') || name === 'security.capability'
 }
 
 export interface UnpackOptions {
@@ -83,6 +120,8 @@ interface LayerPlan {
 }
 
 const opaqueMarker = '.wh..wh..opq'
+/** canonical archive bytes buffered for GNU tar before the reader waits */
+const canonicalBufferBytes = 1024 * 1024
 const whiteoutPrefix = '.wh.'
 
 export class LayerStore {
@@ -90,11 +129,15 @@ export class LayerStore {
   private readonly tarBin: string
   private readonly syncBin: string
   private readonly locks = new KeyedMutex()
+  private readonly limits: LayerLimits
+  private readonly freeBytes: (dir: string) => Promise<number>
 
   constructor(root: string, opts: LayerStoreOptions = {}) {
     this.root = path.resolve(root)
     this.tarBin = opts.tarBin ?? 'tar'
     this.syncBin = opts.syncBin ?? 'sync'
+    this.limits = { ...defaultLayerLimits, ...opts.limits }
+    this.freeBytes = opts.freeBytes ?? statfsFreeBytes
   }
 
   /** Create the directories and remove unpacks a crash left in tmp/. */
@@ -175,7 +218,12 @@ export class LayerStore {
       const existing = await this.get(diffId)
       if (existing !== undefined) return { ...existing, cached: true }
       const what = `layer ${opts.blobDigest ?? diffId}`
-      const plan = await scanLayer(blobPath, diffId, what)
+      const plan = await scanLayer(blobPath, diffId, what, this.limits)
+      const free = await this.freeBytes(this.root)
+      if (free < plan.sizeBytes + this.limits.freeSpaceMarginBytes) {
+        throw new TessError('TESS_E_CAPACITY', `cannot unpack ${what}: its files take ${plan.sizeBytes} bytes and the layer store has ${free} bytes free (${this.limits.freeSpaceMarginBytes} are kept free)`,
+          'free space on the disk that holds the layer store (remove unused images: tess image remove)')
+      }
       const tmp = await fsp.mkdtemp(path.join(this.root, 'tmp', 'unpack-'))
       try {
         const fsDir = path.join(tmp, 'fs')
@@ -216,24 +264,74 @@ export class LayerStore {
     })
   }
 
-  /** Pass 2: GNU tar extracts the decompressed stream; the stream is hashed again on the way. */
+  /**
+   * Pass 2: our reader reads the decompressed stream again (hashed again) and every entry is
+   * written anew as a canonical archive that GNU tar extracts; whiteout markers and the root
+   * entry are left out (convertWhiteouts makes the whiteouts).
+   */
   private async extract(blobPath: string, dir: string, diffId: string, what: string, signal: AbortSignal | undefined): Promise<void> {
     const args = [
       '--extract', '--file=-', `--directory=${dir}`,
       '--numeric-owner', '--same-owner', '--same-permissions', '--no-overwrite-dir',
       '--xattrs', '--xattrs-include=user.*', '--xattrs-include=security.capability',
-      '--no-acls', '--no-selinux', '--warning=no-unknown-keyword',
+      '--no-acls', '--no-selinux',
     ]
     const digester = new Digester(parseDigest(diffId).algorithm)
     const source = await openDecompressed(blobPath, what)
-    const hashing = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        digester.update(chunk)
-        cb(null, chunk)
-      },
+    const canonical = new PassThrough({ highWaterMark: canonicalBufferBytes })
+    // the file entry whose data is being copied out: its size (for the padding) and what is left
+    let copying: { size: number, left: number } | undefined
+    const reader = new TarReader((e) => {
+      copying = undefined
+      const p = normaliseEntryName(e.name, what)
+      const base = p.split('/').pop() ?? ''
+      // the root entry carries nothing to extract; whiteout markers become whiteouts later
+      if (p === '' || (e.type === 'file' && base.startsWith(whiteoutPrefix))) return
+      const xattrs: Record<string, Buffer> = {}
+      for (const [k, v] of e.xattrValues) if (keptXattr(k)) xattrs[k] = v
+      const out: Omit<TarWriteEntry, 'data'> = {
+        name: e.type === 'dir' ? `${p}/` : p, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, xattrs,
+        ...(e.type === 'hardlink' ? { linkname: normaliseEntryName(e.linkname, what) } : e.type === 'symlink' ? { linkname: e.linkname } : {}),
+      }
+      const size = e.type === 'file' ? e.size : 0
+      canonical.write(entryHeaders(out, size))
+      if (size > 0) copying = { size, left: size }
+    }, (chunk) => {
+      if (copying === undefined) return
+      canonical.write(Buffer.from(chunk)) // the reader lends views of its input
+      copying.left -= chunk.length
+      if (copying.left === 0) {
+        canonical.write(entryPadding(copying.size))
+        copying = undefined
+      }
     })
-    source.on('error', (e) => hashing.destroy(e))
-    await this.run(this.tarBin, args, source.pipe(hashing), tarExtractTimeoutMs, `cannot unpack ${what}`, signal)
+    const feeding = pipeline(source, new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        try {
+          digester.update(chunk)
+          reader.push(chunk)
+        } catch (e) {
+          cb(e as Error)
+          return
+        }
+        // bounded memory: wait while GNU tar has not taken what was written
+        if (canonical.writableNeedDrain) canonical.once('drain', () => cb())
+        else cb()
+      },
+      final(cb) {
+        try {
+          reader.end()
+          canonical.end(archiveEnd())
+          cb()
+        } catch (e) {
+          cb(e as Error)
+        }
+      },
+    })).catch((e: unknown) => {
+      canonical.destroy(e instanceof Error ? e : new Error(errorMessage(e)))
+      throw e
+    })
+    await Promise.all([this.run(this.tarBin, args, canonical, tarExtractTimeoutMs, `cannot unpack ${what}`, signal), feeding])
     if (digester.digest() !== diffId) {
       throw new TessError('TESS_E_INVALID', `cannot unpack ${what}: its content changed while it was unpacked: expected ${diffId}, actual ${digester.digest()}`,
         'the blob in the content store was modified; delete it and pull again')
@@ -246,8 +344,12 @@ export class LayerStore {
     const touched = new Set<string>()
     for (const m of plan.markers) touched.add(path.posix.dirname(m) === '.' ? '' : path.posix.dirname(m))
     const times = new Map<string, fs.Stats>()
-    for (const d of touched) times.set(d, await fsp.lstat(path.join(fsDir, d)))
-    for (const m of plan.markers) await fsp.rm(path.join(fsDir, m), { force: true })
+    for (const d of touched) {
+      // the markers were not extracted: a directory the layer names only through them is made here
+      // (as GNU tar makes the missing parents of an entry)
+      await fsp.mkdir(path.join(fsDir, d), { recursive: true, mode: 0o755 })
+      times.set(d, await fsp.lstat(path.join(fsDir, d)))
+    }
     const gen: TarWriteEntry[] = []
     for (const d of plan.opaques) {
       const st = await fsp.lstat(path.join(fsDir, d))
@@ -330,8 +432,9 @@ export async function openDecompressed(blobPath: string, what: string): Promise<
 export function normaliseEntryName(name: string, what: string): string {
   const refuse = (why: string) => new TessError('TESS_E_INVALID', `cannot unpack ${what}: entry "${name}" ${why}`,
     'the image is malformed or malicious; nothing of this layer was unpacked')
-  if (name.startsWith('/')) throw refuse('is an absolute path')
   const parts = name.split('/').filter((p) => p !== '' && p !== '.')
+  // `/` itself is the layer root (as `umoci insert ... /` writes it); other absolute names are refused
+  if (name.startsWith('/') && parts.length > 0) throw refuse('is an absolute path')
   if (parts.includes('..')) throw refuse('contains ".." and would leave the layer directory')
   if (name.includes('\0')) throw refuse('contains a NUL byte')
   return parts.join('/')
@@ -341,7 +444,7 @@ export function normaliseEntryName(name: string, what: string): string {
  * Pass 1: read the layer's tar headers, hash the uncompressed stream and check it against
  * `diffId`; refuse what must not be extracted. Exported for tests.
  */
-export async function scanLayer(blobPath: string, diffId: string, what: string): Promise<LayerPlan> {
+export async function scanLayer(blobPath: string, diffId: string, what: string, limits: LayerLimits = defaultLayerLimits): Promise<LayerPlan> {
   const plan: LayerPlan = { entries: 0, sizeBytes: 0, types: new Map(), whiteouts: [], opaques: new Set(), markers: [] }
   const refuse = (e: TarEntry, why: string) => new TessError('TESS_E_INVALID', `cannot unpack ${what}: entry "${e.name}" ${why}`,
     'the image is malformed or malicious; nothing of this layer was unpacked')
@@ -363,6 +466,8 @@ export async function scanLayer(blobPath: string, diffId: string, what: string):
       if (e.type !== 'dir') throw refuse(e, 'names the layer root but is not a directory')
       return
     }
+    // GNU tar would make a directory of it; what it is must not depend on who reads it
+    if (e.type !== 'dir' && e.name.endsWith('/')) throw refuse(e, `is a ${e.type} whose name ends in "/"`)
     const parts = p.split('/')
     checkParents(e, p)
     if (plan.types.get(p) === 'dir' && e.type !== 'dir') throw refuse(e, `replaces the directory "${p}" of the same layer with a ${e.type}`)
@@ -417,11 +522,22 @@ export async function scanLayer(blobPath: string, diffId: string, what: string):
   }
   const reader = new TarReader(onEntry)
   const digester = new Digester(parseDigest(diffId, 'layer diff_id').algorithm)
+  const compressedBytes = (await fsp.stat(blobPath)).size
   const source = await openDecompressed(blobPath, what)
+  let uncompressed = 0
   try {
     await pipeline(source, new Writable({
       write(chunk: Buffer, _enc, cb) {
         try {
+          uncompressed += chunk.length
+          if (uncompressed > limits.uncompressedMaxBytes) {
+            throw new TessError('TESS_E_INVALID', `cannot unpack ${what}: more than ${limits.uncompressedMaxBytes} bytes uncompressed`,
+              'the layer is too large, or a decompression bomb; nothing was unpacked')
+          }
+          if (uncompressed > limits.ratioCheckAfterBytes && uncompressed > compressedBytes * limits.compressionRatioMax) {
+            throw new TessError('TESS_E_INVALID', `cannot unpack ${what}: ${uncompressed} bytes uncompressed from ${compressedBytes} compressed, more than ${limits.compressionRatioMax} times`,
+              'a decompression bomb, or a layer of mostly zeros; nothing was unpacked')
+          }
           digester.update(chunk)
           reader.push(chunk)
           cb()
