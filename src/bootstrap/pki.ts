@@ -20,13 +20,13 @@ function openssl(args: string[], cwd: string): void {
 
 export interface CaFiles { caCert: string, caKey: string }
 
-export function createCa(dir: string, clusterName: string): CaFiles {
+export function createCa(dir: string, clusterName: string, commonName = `tessera-ca-${clusterName}`): CaFiles {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
   const caKey = path.join(dir, 'ca.key')
   const caCert = path.join(dir, 'ca.crt')
   openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', caKey], dir)
   fs.chmodSync(caKey, 0o600)
-  openssl(['req', '-x509', '-new', '-key', caKey, '-sha256', '-days', '3650', '-subj', `/O=tessera/CN=tessera-ca-${clusterName}`,
+  openssl(['req', '-x509', '-new', '-key', caKey, '-sha256', '-days', '3650', '-subj', `/O=tessera/CN=${commonName}`,
     '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-out', caCert], dir)
   return { caCert, caKey }
 }
@@ -57,3 +57,36 @@ export function createToken(file: string): string {
   fs.chmodSync(file, 0o600)
   return token
 }
+
+/**
+ * The CA of NBD users' client certificates: apart from the cluster CA, which etcd and the data
+ * port trust (a user's certificate must open NBD exports and nothing else). Made on first use in
+ * `dir` (the operator's copy of the cluster's secrets), mode 0700.
+ */
+export function nbdUsersCa(dir: string, clusterName: string): CaFiles {
+  const d = path.join(dir, 'nbd-users')
+  const files = { caCert: path.join(d, 'ca.crt'), caKey: path.join(d, 'ca.key') }
+  if (fs.existsSync(files.caCert) && fs.existsSync(files.caKey)) return files
+  return createCa(d, clusterName, `tessera-nbd-users-${clusterName}`)
+}
+
+/** A client certificate (TLS client only) for one NBD user, signed by the NBD users CA; the key is mode 0600. */
+export function createUserCert(dir: string, ca: CaFiles, user: string, days: number): { cert: string, key: string } {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+  const key = path.join(dir, 'client-key.pem')
+  const cert = path.join(dir, 'client-cert.pem')
+  const csr = path.join(dir, 'client.csr')
+  const ext = path.join(dir, 'client.ext')
+  const serial = path.join(dir, 'client.srl')
+  try {
+    openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', key], dir)
+    fs.chmodSync(key, 0o600)
+    openssl(['req', '-new', '-key', key, '-subj', `/O=tessera-nbd-users/CN=${user}`, '-out', csr], dir)
+    fs.writeFileSync(ext, 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n')
+    openssl(['x509', '-req', '-in', csr, '-CA', ca.caCert, '-CAkey', ca.caKey, '-CAserial', serial, '-CAcreateserial', '-days', String(days), '-sha256', '-extfile', ext, '-out', cert], dir)
+  } finally {
+    for (const f of [csr, ext, serial]) fs.rmSync(f, { force: true })
+  }
+  return { cert, key }
+}
+

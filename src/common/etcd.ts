@@ -40,6 +40,8 @@ export const keys = {
   containersPrefix: '/tess/containers/',
   volume: (name: string) => `/tess/volumes/${name}`,
   volumesPrefix: '/tess/volumes/',
+  /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
+  nbdUserCa: '/tess/nbd-user-ca',
 }
 
 export function etcdOptionsFor(cfg: NodeConfig): IOptions {

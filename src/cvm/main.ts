@@ -3,7 +3,6 @@
  * and keeps this node's status in etcd. Started and restarted by the node's supervisor.
  */
 import fs from 'node:fs'
-import tls from 'node:tls'
 import { readSecretsKey } from '../common/secretbox.js'
 import { TessError, errorMessage } from '../common/errors.js'
 import { connectEtcd, getJson, keys } from '../common/etcd.js'
@@ -28,6 +27,7 @@ import { NbdServer } from './nbd/server.js'
 import { NodeService } from './node.js'
 import { DiskService } from './pool/disks.js'
 import { VdiskEngine } from './vdisk/engine.js'
+import { NbdTrust } from './nbd/trust.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
 
@@ -84,11 +84,10 @@ async function main(): Promise<void> {
   const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
   const nbdTls = cfg.nbd.tls ?? 'offer'
   if (nbdTls !== 'offer' && nbdTls !== 'require') throw new Error(`node.json: nbd.tls is "${String(nbdTls)}", not offer or require`)
-  const nbd = new NbdServer({
-    provider: engine,
-    log,
-    tls: { context: tls.createSecureContext({ cert: creds.cert, key: creds.key, ca: creds.ca }), require: nbdTls === 'require' },
-  })
+  const nbdTrust = new NbdTrust(etcd, creds, log)
+  await nbdTrust.refresh().catch((e: unknown) => log.warn(`NBD: cannot read the users CA yet: ${errorMessage(e)}`))
+  nbdTrust.start()
+  const nbd = new NbdServer({ provider: engine, log, tls: { context: () => nbdTrust.context, require: nbdTls === 'require' } })
   engine.connectionsOf = (name) => nbd.connectionsFor(name)
   const vdisks = new VdiskService(etcd, {
     nbdAddress: cfg.address,
@@ -101,7 +100,7 @@ async function main(): Promise<void> {
 
   const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
   const api = new ApiServer({ cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: creds.ca, token, log })
-  registerRoutes(api, { cfg, node, disks, vdisks, engine, view, etcd, log })
+  registerRoutes(api, { cfg, node, disks, vdisks, engine, view, etcd, log, nbdTrust })
 
   // Containers: this node's agent (its CSMs and image store), and the cluster-wide control that
   // reaches other nodes' agents through their CVMs' API.
@@ -148,6 +147,7 @@ async function main(): Promise<void> {
     try {
       agent.stop()
       await api.close()
+      nbdTrust.stop()
       await nbd.close()
       await dataServer.close()
       await engine!.stop()

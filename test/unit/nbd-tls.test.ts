@@ -100,7 +100,7 @@ function replyTypeTo(port: number, opt: number): Promise<number> {
 async function start(require: boolean): Promise<{ port: number, sock: string }> {
   provider = new MemoryExportProvider()
   provider.add('disk', 8 * MiB, 'the test disk')
-  server = new NbdServer({ provider, log: quiet, tls: { context, require } })
+  server = new NbdServer({ provider, log: quiet, tls: { context: () => context, require } })
   await server.listen(0, '127.0.0.1')
   const sock = path.join(dir, `nbd-${crypto.randomBytes(4).toString('hex')}.sock`)
   await server.listenUnix(sock)

@@ -1,4 +1,5 @@
 import { TessError } from '../../common/errors.js'
+import { checkCaPem, type NbdTrust } from '../nbd/trust.js'
 import type { NodeConfig } from '../../common/nodeconfig.js'
 import type { HealthInfo } from '../../common/types.js'
 import type { NodeService } from '../node.js'
@@ -28,7 +29,7 @@ interface EvacuationJob {
 const etcdReconfigWaitMs = 30_000
 
 /** The management API routes (see the README's API section). */
-export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void } }): void {
+export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust }): void {
   api.route('GET', '/v1/health', async (): Promise<HealthInfo> => ({
     node: s.cfg.nodeName,
     clusterName: s.cfg.clusterName,
@@ -44,6 +45,13 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
 
   // This CVM's placement view (nodes up, draining, with disks) and whether it can place an extent
   // group at RF `rf` now: `cluster create` and `host add` wait until every CVM says so.
+  // the CA of NBD users' client certificates (public; its key stays with the operator)
+  api.route('PUT', '/v1/nbd/user-ca', async (req) => {
+    const pem = checkCaPem(str(bodyObject(req.body), 'certPem')!)
+    await etcdCall('store the NBD users CA', () => s.etcd.put(keys.nbdUserCa).value(pem))
+    await s.nbdTrust.refresh()
+    return { stored: true }
+  })
   api.route('GET', '/v1/placement', async (req) => s.view.info(Math.max(1, queryInt(req, 'rf', rfMax) ?? 1)))
 
   // The node's status record shows a disk's capacity as soon as the disk is added or removed,

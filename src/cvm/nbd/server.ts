@@ -103,12 +103,13 @@ export interface NbdServerOptions {
   /** close(): time each connection gets to finish in-flight requests before its socket is cut */
   closeDrainTimeoutMs?: number
   /**
-   * TLS (NBD_OPT_STARTTLS, as nbdkit and qemu-nbd offer it): `context` holds the server's
-   * certificate and the CA whose client certificates are accepted (a client must present one);
+   * TLS (NBD_OPT_STARTTLS, as nbdkit and qemu-nbd offer it): `context()` gives the server's
+   * certificate and the CAs whose client certificates are accepted (a client must present one);
+   * it is asked at every STARTTLS, so the accepted CAs may change while the server runs;
    * with `require`, a TCP client gets nothing (not even the export list) before TLS. Connections
    * on the Unix socket (listenUnix) never need TLS: its file mode is their authentication.
    */
-  tls?: { context: tls.SecureContext, require: boolean }
+  tls?: { context: () => tls.SecureContext, require: boolean }
 }
 
 interface ConnectionConfig {
@@ -120,7 +121,7 @@ interface ConnectionConfig {
   inFlightMax: number
   inFlightBytesMax: number
   closeDrainTimeoutMs: number
-  tls: { context: tls.SecureContext, require: boolean } | undefined
+  tls: { context: () => tls.SecureContext, require: boolean } | undefined
 }
 
 /**
@@ -488,7 +489,7 @@ class Connection {
     raw.on('error', () => undefined)
     // the raw socket may be paused (options are answered one at a time): TLS reads through its handle
     raw.resume()
-    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: tlsConfig.context, requestCert: true, rejectUnauthorized: true })
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: tlsConfig.context(), requestCert: true, rejectUnauthorized: true })
     this.socket = secure
     this.listen(secure)
     secure.once('secure', () => {

@@ -1,0 +1,95 @@
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { Flags } from '@oclif/core'
+import { TessCommand } from '../../cli/base.js'
+import { keyValue } from '../../cli/output.js'
+import { clusterStateDir } from '../../bootstrap/remote.js'
+import { createUserCert, nbdUsersCa } from '../../bootstrap/pki.js'
+import { TessError } from '../../common/errors.js'
+import { checkName } from '../../common/names.js'
+import { nbdPortDefault } from '../../common/limits.js'
+
+export interface VdiskCredentialsResult {
+  user: string
+  dir: string
+  files: string[]
+  notAfter: string
+  /** commands that reach a vDisk with these credentials (VDISK stands for its name) */
+  examples: string[]
+}
+
+const daysMax = 3650
+
+export default class VdiskCredentials extends TessCommand<VdiskCredentialsResult> {
+  static override summary = 'Issue NBD client credentials (a TLS certificate) for a named user'
+  static override description = `Writes a directory that NBD clients take as their x509 credentials: ca-cert.pem (the cluster CA, which signed the servers' certificates, and the NBD users CA), client-cert.pem and client-key.pem (mode 0600). The certificate names the user and is signed by the cluster's NBD users CA, which this command makes on first use (its key stays beside the cluster's secrets on this machine; its certificate goes to etcd, and every CVM accepts it within seconds). It opens NBD exports over TLS, and nothing else: etcd and the data port do not trust it.`
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> --user alice --out ./alice-nbd',
+    '<%= config.bin %> <%= command.id %> --user backup --out /etc/backup/nbd --days 90 --json',
+  ]
+
+  static override flags = {
+    user: Flags.string({ description: 'User the certificate names: [a-z0-9][a-z0-9-]{0,62}.', required: true }),
+    out: Flags.string({ description: 'Directory to write the credentials to (made with mode 0700; must not hold credentials already unless --force).', required: true }),
+    days: Flags.integer({ description: `Days the certificate is valid (1..${daysMax}).`, default: 365 }),
+    force: Flags.boolean({ description: 'Replace credentials already in the directory.', default: false }),
+  }
+
+  protected async exec(): Promise<VdiskCredentialsResult> {
+    const { flags } = await this.parseInput(VdiskCredentials)
+    const user = checkName('user', flags.user)
+    if (!Number.isInteger(flags.days) || flags.days < 1 || flags.days > daysMax) {
+      throw new TessError('TESS_E_INVALID', `--days ${flags.days} is out of range 1..${daysMax}`, 'e.g. --days 365')
+    }
+    const ctx = this.context(flags.cluster)
+    // the operator's copy of the cluster's secrets: the data dir's pki (embedded) or the cluster state
+    const secretsDir = ctx.local !== undefined ? path.join(ctx.local.dataDir, 'pki') : clusterStateDir(ctx.name)
+    if (!fs.existsSync(secretsDir)) {
+      throw new TessError('TESS_E_PRECONDITION', `cannot issue credentials for cluster "${ctx.name}": its secrets (${secretsDir}) are not on this machine`,
+        'run this where the cluster was created (the CA keys live there)')
+    }
+    const dir = path.resolve(flags.out)
+    const files = ['ca-cert.pem', 'client-cert.pem', 'client-key.pem'].map((f) => path.join(dir, f))
+    if (!flags.force && files.some((f) => fs.existsSync(f))) {
+      throw new TessError('TESS_E_EXISTS', `cannot write credentials to ${dir}: it holds credentials already`, 'choose another directory, or pass --force to replace them')
+    }
+    const ca = nbdUsersCa(secretsDir, ctx.name)
+    // every CVM accepts the users CA once it is in etcd
+    await this.client(ctx).request('PUT', '/v1/nbd/user-ca', { certPem: fs.readFileSync(ca.caCert, 'utf8') })
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+    const cert = createUserCert(dir, ca, user, flags.days)
+    // the cluster CA verifies the servers; the users CA is there too because qemu checks the
+    // client's own certificate against this file
+    fs.writeFileSync(files[0]!, `${ctx.caCert.trimEnd()}\n${fs.readFileSync(ca.caCert, 'utf8').trimEnd()}\n`, { mode: 0o644 })
+    const notAfter = new Date(new crypto.X509Certificate(fs.readFileSync(cert.cert)).validTo).toISOString()
+    const host = ctx.remote?.hosts[0]?.address ?? '127.0.0.1'
+    const port = ctx.remote?.ports?.nbd ?? nbdPortDefault
+    const nbdPort = ctx.local !== undefined ? localNbdPort(ctx.local.dataDir) ?? port : port
+    return {
+      user,
+      dir,
+      files,
+      notAfter,
+      examples: [
+        `nbdinfo 'nbds://${host}:${nbdPort}/VDISK?tls-certificates=${dir}'`,
+        `nbdcopy 'nbds://${host}:${nbdPort}/VDISK?tls-certificates=${dir}' out.img`,
+        `qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir=${dir} --image-opts driver=nbd,host=${host},port=${nbdPort},export=VDISK,tls-creds=tls0`,
+      ],
+    }
+  }
+
+  protected render(r: VdiskCredentialsResult): string {
+    return [keyValue([['user', r.user], ['directory', r.dir], ['valid until', r.notAfter]]), '', 'connect with (VDISK: the vDisk name):', ...r.examples.map((e) => `  ${e}`)].join('\n')
+  }
+}
+
+/** The NBD port of an embedded cluster, from its node.json (the context does not keep it). */
+function localNbdPort(dataDir: string): number | undefined {
+  try {
+    const cfg = JSON.parse(fs.readFileSync(path.join(dataDir, 'node.json'), 'utf8')) as { nbd?: { port?: number } }
+    return typeof cfg.nbd?.port === 'number' ? cfg.nbd.port : undefined
+  } catch {
+    return undefined
+  }
+}
