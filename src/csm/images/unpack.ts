@@ -331,7 +331,10 @@ export class LayerStore {
       canonical.destroy(e instanceof Error ? e : new Error(errorMessage(e)))
       throw e
     })
-    await Promise.all([this.run(this.tarBin, args, canonical, tarExtractTimeoutMs, `cannot unpack ${what}`, signal), feeding])
+    const extracting = this.run(this.tarBin, args, canonical, tarExtractTimeoutMs, `cannot unpack ${what}`, signal)
+    // GNU tar gone (failed, killed): stop reading the blob too
+    extracting.catch(() => source.destroy())
+    await Promise.all([extracting, feeding])
     if (digester.digest() !== diffId) {
       throw new TessError('TESS_E_INVALID', `cannot unpack ${what}: its content changed while it was unpacked: expected ${diffId}, actual ${digester.digest()}`,
         'the blob in the content store was modified; delete it and pull again')

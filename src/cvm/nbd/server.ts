@@ -214,7 +214,7 @@ export class NbdServer {
 
   private accept(socket: net.Socket, local: boolean): void {
     if (this.closing || this.connections.size >= this.connectionsMax) {
-      this.config.log.warn(`NBD connection from ${socket.remoteAddress}:${socket.remotePort} refused: ${this.closing ? 'server is closing' : `${this.connectionsMax} connections open`}`)
+      this.config.log.warn(`NBD connection from ${local ? 'the unix socket' : `${socket.remoteAddress}:${socket.remotePort}`} refused: ${this.closing ? 'server is closing' : `${this.connectionsMax} connections open`}`)
       socket.destroy()
       return
     }
@@ -415,7 +415,7 @@ class Connection {
 
   /** the socket requests arrive on and replies leave by: the TCP or Unix socket, or TLS over it after STARTTLS */
   private socket: net.Socket
-  /** the client completed STARTTLS with a certificate of the cluster CA */
+  /** the client completed STARTTLS with a certificate of a CA the server trusts */
   private tlsActive = false
 
   constructor(
@@ -465,7 +465,7 @@ class Connection {
 
   /**
    * NBD_OPT_STARTTLS: ACK in the clear, then the TLS handshake on the same socket (the client's
-   * certificate must come from the cluster CA); option haggling starts again inside TLS.
+   * certificate must come from a CA of the server's context); option haggling starts again inside TLS.
    */
   private startTls(data: Buffer): void {
     const tlsConfig = this.config.tls
@@ -740,7 +740,7 @@ class Connection {
     if (this.tlsRequired && code !== NbdOpt.STARTTLS && code !== NbdOpt.ABORT) {
       // nothing, not even the export list, before TLS; EXPORT_NAME has no error reply
       if (code === NbdOpt.EXPORT_NAME) return this.drop('EXPORT_NAME before TLS, which this server requires')
-      return this.optionReplyError(code, NbdRep.ERR_TLS_REQD, 'this server requires TLS (NBD_OPT_STARTTLS) with a client certificate of the cluster CA')
+      return this.optionReplyError(code, NbdRep.ERR_TLS_REQD, 'this server requires TLS (NBD_OPT_STARTTLS) with a client certificate: tess vdisk credentials issues one')
     }
     switch (code) {
       case NbdOpt.STARTTLS:
