@@ -5,7 +5,9 @@
  * exception is `installDeps`: then missing Debian packages are installed (apt-get) and checked again.
  *
  * Checks per host, in this order: reachable, os, node, binary (one per binary; packages installed with
- * installDeps), port (one per planned port, from `ss -ltnH`), disk (one per disk path), data-dir, clock.
+ * installDeps), port (one per planned port, from `ss -ltnH`), disk (one per disk path), data-dir, clock,
+ * containers (cgroups, an OCI runtime, FUSE and loop devices for volumes: warnings by default, since
+ * a node without them still serves storage; failures when the plan asks for containers).
  */
 import { apiPortDefault, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault } from '../common/limits.js'
 import { errorMessage, isTessError, TessError } from '../common/errors.js'
@@ -65,12 +67,14 @@ export interface PreflightPlan {
   localClock?: () => number
   clockWarnMs?: number
   clockFailMs?: number
+  /** what a node that cannot run containers is: 'warn' (default: it serves storage only) or 'fail' */
+  containers?: 'warn' | 'fail'
 }
 
 export type PreflightLevel = 'ok' | 'warn' | 'fail'
 
 export interface PreflightCheck {
-  /** stable name: reachable, os, node, binary, install, port, disk, data-dir, clock */
+  /** stable name: reachable, os, node, binary, install, port, disk, data-dir, clock, containers */
   check: string
   /** what was checked, when the check runs several times (binary name, port, disk path) */
   subject?: string
@@ -463,6 +467,37 @@ async function checkClock(t: RemoteExec, plan: PreflightPlan): Promise<Preflight
 }
 
 /** A check that threw (connection lost, timeout) becomes a failed check, so every problem is reported. */
+/** What containers and volumes need on a node, probed in one remote script: `key yes|no` lines. */
+const containerNeeds: Array<{ key: string, probe: string, what: string, hint: string }> = [
+  { key: 'cgroup', probe: "grep -qE ' - cgroup2? ' /proc/self/mountinfo", what: 'no cgroup or cgroup2 filesystem is mounted', hint: 'mount cgroup2 at /sys/fs/cgroup (the init system usually does)' },
+  { key: 'runtime', probe: 'command -v runc >/dev/null || command -v crun >/dev/null', what: 'no OCI runtime (runc or crun)', hint: 'apt-get install runc' },
+  { key: 'fuse', probe: 'test -c /dev/fuse', what: '/dev/fuse is missing (volumes attach through nbdfuse)', hint: 'modprobe fuse, or give the host /dev/fuse' },
+  { key: 'nbdfuse', probe: 'command -v nbdfuse >/dev/null', what: 'nbdfuse is not installed (volumes)', hint: 'apt-get install libnbd-bin fuse3' },
+  { key: 'loop', probe: 'test -c /dev/loop-control && command -v losetup >/dev/null', what: 'no loop devices (/dev/loop-control) or losetup (volumes)', hint: 'modprobe loop; apt-get install mount' },
+]
+
+/** Parse the `key yes|no` lines of the containers probe. */
+export function parseContainerProbe(out: string): Map<string, boolean> {
+  const m = new Map<string, boolean>()
+  for (const line of out.split('\n')) {
+    const [k, v] = line.trim().split(' ')
+    if (k !== undefined && (v === 'yes' || v === 'no')) m.set(k, v === 'yes')
+  }
+  return m
+}
+
+export async function checkContainers(t: RemoteExec, plan: PreflightPlan): Promise<PreflightCheck[]> {
+  const script = containerNeeds.map((n) => `if ${n.probe}; then echo '${n.key} yes'; else echo '${n.key} no'; fi`).join('; ')
+  const r = await t.exec(`sh -c ${shellQuote(script)}`, { timeoutMs: preflightCheckTimeoutMs })
+  if (r.code !== 0) throw new TessError('TESS_E_IO', `cannot probe what containers need on ${t.host}: ${stderrTail(r)}`, 'is /bin/sh there?')
+  const got = parseContainerProbe(r.stdout)
+  const missing = containerNeeds.filter((n) => got.get(n.key) !== true)
+  if (missing.length === 0) return [ok('containers', 'cgroups, an OCI runtime, FUSE, nbdfuse and loop devices are there')]
+  const level = plan.containers === 'fail' ? fail : warn
+  const storageOnly = plan.containers === 'fail' ? '' : ' (the node serves storage; containers will not run on it)'
+  return missing.map((n) => level('containers', `${n.what}${storageOnly}`, n.hint, n.key))
+}
+
 async function guard(check: string, subject: string | undefined, fn: () => Promise<PreflightCheck | PreflightCheck[]>): Promise<PreflightCheck[]> {
   try {
     const r = await fn()
@@ -500,6 +535,7 @@ async function preflightHost(name: string, t: RemoteExec | Error, plan: Prefligh
   }
   checks.push(...await guard('data-dir', plan.dataDir ?? dataDirDefault, () => checkDataDir(t, plan)))
   checks.push(...await guard('clock', undefined, () => checkClock(t, plan)))
+  checks.push(...await guard('containers', undefined, () => checkContainers(t, plan)))
   return done()
 }
 

@@ -310,7 +310,9 @@ describe('pre-flight', () => {
     expect(r.ok, report).toBe(true)
     for (const h of r.hosts) {
       const checks = h.checks.map((c) => c.check)
-      for (const c of ['reachable', 'os', 'node', 'binary', 'port', 'disk', 'data-dir', 'clock']) expect(checks, `${h.host} ${c}`).toContain(c)
+      for (const c of ['reachable', 'os', 'node', 'binary', 'port', 'disk', 'data-dir', 'clock', 'containers']) expect(checks, `${h.host} ${c}`).toContain(c)
+      // the test hosts share the machine's cgroups, runc, /dev/fuse and loop devices
+      expect(h.checks.filter((c) => c.check === 'containers').map((c) => c.level)).toEqual(['ok'])
       expect(h.checks.filter((c) => c.check === 'port').length).toBe(5)
       expect(h.checks.filter((c) => c.check === 'disk').length).toBe(2)
       expect(h.checks.find((c) => c.check === 'clock')!.message).toMatch(/clock offset [+-]\d+ ms/)
