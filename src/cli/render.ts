@@ -2,6 +2,11 @@ import type { VdiskInfo } from '../common/types.js'
 import { formatBytes } from '../common/units.js'
 import { keyValue } from './output.js'
 
+/** The vDisk's URI over TLS, for clients with credentials in DIR (`tess vdisk credentials`). */
+export function tlsUri(v: VdiskInfo): string {
+  return `${v.nbdUri.replace(/^nbd:/, 'nbds:')}?tls-certificates=DIR`
+}
+
 export function renderVdisk(v: VdiskInfo): string {
   return keyValue([
     ['name', v.name],
@@ -11,6 +16,7 @@ export function renderVdisk(v: VdiskInfo): string {
     ['rf', v.rf],
     ['owner', v.owner ?? '-'],
     ['nbd uri', v.nbdUri],
+    ['over tls', `${tlsUri(v)}  (DIR from: tess vdisk credentials --user NAME --out DIR)`],
     ['created', v.createdAt],
   ])
 }

@@ -34,6 +34,10 @@ describe('NBD credentials for a user', () => {
     expect(new Date(r.json.notAfter).getTime()).toBeGreaterThan(Date.now() + 29 * 86_400_000)
 
     const uri = `nbds://127.0.0.1:${c.ports.nbd}/v?tls-certificates=${out}`
+    // vdisk show tells how to connect over TLS
+    const show = await c.tess(['vdisk', 'show', 'v'])
+    expect(show.stdout).toContain(`nbds://127.0.0.1:${c.ports.nbd}/v?tls-certificates=DIR`)
+    expect(show.stdout).toContain('tess vdisk credentials')
     const src = path.join(c.root, 'in.bin')
     fs.writeFileSync(src, crypto.randomBytes(4 * MiB))
     const w = await run('nbdcopy', ['--flush', src, uri])

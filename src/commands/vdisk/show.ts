@@ -5,7 +5,7 @@ import { checkName } from '../../common/names.js'
 import type { VdiskInfo } from '../../common/types.js'
 
 export default class VdiskShow extends TessCommand<VdiskInfo> {
-  static override summary = 'Show a vDisk: size, allocated bytes, RF, owner and NBD URI'
+  static override summary = 'Show a vDisk: size, allocated bytes, RF, owner and NBD URIs (plain, and over TLS with credentials)'
   static override examples = ['<%= config.bin %> <%= command.id %> db1', '<%= config.bin %> <%= command.id %> db1 --json']
   static override args = {
     name: Args.string({ description: 'vDisk name.', required: true }),
