@@ -26,6 +26,11 @@ export const pendingAllocationsMax = 4096
 export const nbdPortDefault = 10809
 export const nbdPayloadMaxBytes = 32 * 1024 * 1024
 export const nbdInFlightPerConnMax = 64
+/**
+ * Each plain NBD connection reads into one buffer of this size that it reuses (recvbuffer.ts);
+ * large enough that a 1 MiB write arrives in few reads, small enough for many connections.
+ */
+export const nbdReceiveBufferBytes = 256 * 1024
 export const nbdOptionLengthMaxBytes = 64 * 1024
 export const nbdConnectionsMax = 256
 export const nbdHandshakeTimeoutMs = 10_000

@@ -9,8 +9,10 @@ import {
   nbdInFlightPerConnMax,
   nbdOptionLengthMaxBytes,
   nbdPayloadMaxBytes,
+  nbdReceiveBufferBytes,
 } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
+import { withReceiveBuffer } from '../../common/recvbuffer.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from './device.js'
 import {
   NbdClientFlag,
@@ -65,6 +67,8 @@ const replyBufferedMaxBytes = 8 * 1024 * 1024
 const closeDrainTimeoutMsDefault = 5_000
 /** WRITE payloads at least this large that span socket chunks are assembled in pooled blocks */
 const payloadPoolBlockMinBytes = 64 * 1024
+/** the smallest pooled block: a payload copied out of the receive buffer is at least a page */
+const payloadPoolBlockSmallestBytes = 4096
 /** idle pooled payload blocks kept per server; beyond this, released blocks are left to the GC */
 const payloadPoolIdleMaxBytes = 64 * 1024 * 1024
 
@@ -150,8 +154,9 @@ export class NbdServer {
       tls: opts.tls,
     }
     this.connectionsMax = opts.connectionsMax ?? nbdConnectionsMax
-    // allowHalfOpen: a client that shuts down its sending side still gets the replies it is owed
-    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket, false))
+    // allowHalfOpen: a client that shuts down its sending side still gets the replies it is owed;
+    // pauseOnConnect: nothing is read before the connection moves the socket to its receive buffer
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket, false))
   }
 
   /** Unix socket listener: local clients (root: the socket is mode 0600 in a 0700 directory), no TLS needed */
@@ -159,7 +164,7 @@ export class NbdServer {
 
   /** Listen on a Unix socket too (the file is replaced, and made mode 0600). */
   listenUnix(file: string): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket, true))
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket, true))
     this.unixServer = server
     return new Promise((resolve, reject) => {
       fs.rmSync(file, { force: true })
@@ -246,11 +251,31 @@ interface Rejection {
 class ByteQueue {
   private chunks: Buffer[] = []
   length = 0
+  /**
+   * some chunk is a view of the connection's receive buffer, which the next read overwrites: such
+   * views are parsed at once, and own() copies what is left before the read callback returns
+   */
+  borrowed = false
 
-  push(chunk: Buffer): void {
+  push(chunk: Buffer, borrowed = false): void {
     if (chunk.length === 0) return
     this.chunks.push(chunk)
     this.length += chunk.length
+    if (borrowed) this.borrowed = true
+  }
+
+  /** copy the bytes still held out of the receive buffer, so the next read can reuse it */
+  own(): void {
+    if (!this.borrowed) return
+    this.borrowed = false
+    if (this.length === 0) return
+    const out = Buffer.allocUnsafe(this.length)
+    let at = 0
+    for (const c of this.chunks) {
+      c.copy(out, at)
+      at += c.length
+    }
+    this.chunks = [out]
   }
 
   /** whether the next n bytes lie in one chunk, so take(n) needs no copy */
@@ -320,7 +345,7 @@ class PayloadPool {
 
   /** a block of at least `length` bytes (length <= 2^30) */
   take(length: number): Buffer {
-    const size = Math.max(payloadPoolBlockMinBytes, 2 ** (32 - Math.clz32(length - 1)))
+    const size = Math.max(payloadPoolBlockSmallestBytes, 2 ** (32 - Math.clz32(length - 1)))
     const block = this.idle.get(size)?.pop()
     if (block === undefined) return Buffer.allocUnsafe(size)
     this.idleBytes -= size
@@ -430,8 +455,10 @@ class Connection {
       this.resolveFinished = resolve
     })
     if (!local) socket.setNoDelay(true)
-    this.socket = socket
-    this.listen(socket)
+    // plain TCP and Unix sockets read into one buffer of the connection's own (see recvbuffer.ts)
+    const own = withReceiveBuffer(socket, Buffer.allocUnsafe(nbdReceiveBufferBytes), (view) => this.received(view), { allowHalfOpen: true })
+    this.socket = own ?? socket
+    this.listen(this.socket, own !== undefined)
     this.armHandshakeTimer()
 
     const greeting = Buffer.alloc(nbdServerGreetingBytes)
@@ -441,11 +468,20 @@ class Connection {
     this.send(greeting)
   }
 
-  private listen(socket: net.Socket): void {
-    socket.on('data', (chunk: Buffer) => {
-      this.queue.push(chunk)
-      this.pump()
-    })
+  /** bytes read into the receive buffer: parsed now, and what is left copied out before the next read */
+  private received(view: Buffer): void {
+    this.queue.push(view, true)
+    this.pump()
+    this.queue.own()
+  }
+
+  private listen(socket: net.Socket, ownBuffer = false): void {
+    if (!ownBuffer) {
+      socket.on('data', (chunk: Buffer) => {
+        this.queue.push(chunk)
+        this.pump()
+      })
+    }
     socket.on('end', () => {
       this.peerEnded = true
       this.pump()
@@ -611,7 +647,8 @@ class Connection {
       return true
     }
     if (q.length < option.length) return false
-    const data = q.take(option.length)
+    // answered asynchronously: a copy, never a view of the receive buffer
+    const data = Buffer.from(q.take(option.length))
     this.option = undefined
     this.optionBusy = true
     this.handleOption(option.code, data)
@@ -679,12 +716,18 @@ class Connection {
     }
     if (req.type !== NbdCmd.WRITE) {
       this.start(req, undefined, undefined)
-    } else if (q.contiguous(req.length)) {
-      // a view of one socket chunk: no copy
+    } else if (q.contiguous(req.length) && !q.borrowed) {
+      // a view of one socket chunk the connection owns: no copy
       this.start(req, q.take(req.length), undefined)
+    } else if (q.contiguous(req.length)) {
+      // in the receive buffer, which the next read reuses: one copy into a pooled block
+      const block = this.config.pool.take(req.length)
+      const payload = block.subarray(0, req.length)
+      q.copyInto(payload, 0, req.length)
+      this.start(req, payload, block)
     } else {
       // the payload spans socket chunks: copy them, as they arrive, into one buffer
-      const block = req.length >= payloadPoolBlockMinBytes ? this.config.pool.take(req.length) : undefined
+      const block = req.length >= payloadPoolBlockMinBytes || q.borrowed ? this.config.pool.take(req.length) : undefined
       const payload = block ? block.subarray(0, req.length) : Buffer.allocUnsafe(req.length)
       this.filling = { req, block, payload, filled: 0 }
     }
