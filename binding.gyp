@@ -8,8 +8,9 @@
     },
     {
       "target_name": "tess_io",
-      "sources": ["native/io.c"],
-      "cflags": ["-O2", "-std=gnu11", "-Wall"]
+      "sources": ["native/io.c", "native/sender.c"],
+      "cflags": ["-O2", "-std=gnu11", "-Wall"],
+      "libraries": ["-lpthread"]
     }
   ]
 }

@@ -1,6 +1,7 @@
 /*
- * Positional reads that never wait for the disk, as a Node-API addon (tess_io.node). Loaded by
- * src/common/nativeio.ts; without it every read goes through libuv's thread pool, as before.
+ * Positional reads that never wait for the disk, as a Node-API addon (tess_io.node), which also
+ * holds the socket sender of sender.c. Loaded by src/common/nativeio.ts; without it every read goes
+ * through libuv's thread pool and every reply through the event loop, as before.
  *
  * The data path reads extents from the page cache most of the time. A round trip through the
  * thread pool costs more than copying 4 KiB, but a synchronous read on the event loop must never
@@ -84,10 +85,12 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
   return make_int(env, n >= 0 ? (int64_t)n : -(int64_t)errno);
 }
 
+napi_status sender_init(napi_env env, napi_value exports); /* sender.c */
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   if (napi_create_function(env, "preadNowait", NAPI_AUTO_LENGTH, js_pread_nowait, NULL, &fn) != napi_ok ||
-      napi_set_named_property(env, exports, "preadNowait", fn) != napi_ok) {
+      napi_set_named_property(env, exports, "preadNowait", fn) != napi_ok || sender_init(env, exports) != napi_ok) {
     napi_throw_error(env, NULL, "tess_io: init failed");
     return NULL;
   }

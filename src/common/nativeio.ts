@@ -4,9 +4,12 @@
  * RWF_NOWAIT. Without the addon, or where the kernel or file system has no RWF_NOWAIT, `readCached`
  * copies nothing and callers read through libuv's thread pool as they always could.
  *
+ * The same addon holds the socket sender (native/sender.c, `SocketSender` below): NBD replies are
+ * copied into the socket on a thread per connection instead of on the event loop.
+ *
  * TESS_IO chooses, once, at load:
- *   unset   the addon if it loads, else the pool only, silently
- *   pool    the pool only (tests use it to exercise that path)
+ *   unset   the addon if it loads, else the pool only (and replies written by the event loop), silently
+ *   pool    the pool only, no sender (tests use it to exercise those paths)
  *   native  the addon, or this module throws at load naming the reason
  */
 import { createRequire } from 'node:module'
@@ -57,4 +60,117 @@ export function readCached(fd: number, buf: Uint8Array, offset: number, length: 
     if (-n === 95 || -n === 38 || -n === 22) binding = undefined
   }
   return 0
+}
+
+interface SenderBinding {
+  senderOpen(fd: number, onDone: (batchesDone: number, errno: number, finished: boolean) => void): unknown
+  senderWrite(handle: unknown, buffers: Uint8Array[]): void
+  senderClose(handle: unknown): void
+}
+
+interface Batch {
+  buffers: Buffer[]
+  bytes: number
+  sent: ((err?: Error | null) => void)[]
+}
+
+/**
+ * Writes to a socket on a thread of its own (native/sender.c): the copy into the socket leaves the
+ * event loop. Batches are written in order; each batch's buffers are held here until it is out, and
+ * its `sent` callbacks run then (with an error when the write failed or the sender was closed).
+ * Nothing else may write to the socket while a sender is open on it.
+ */
+export class SocketSender {
+  private readonly queue: Batch[] = []
+  private written = 0
+  private closed = false
+  private failed: Error | undefined
+  /** bytes queued and not yet written */
+  queuedBytes = 0
+  private idleWaiters: (() => void)[] = []
+
+  private constructor(
+    private readonly native: SenderBinding,
+    private readonly handle: unknown,
+    private readonly onProgress: () => void,
+    private readonly onError: (err: Error) => void,
+  ) {}
+
+  /**
+   * A sender on the socket's descriptor, or undefined without the addon (or TESS_IO=pool), or when
+   * the socket exposes no descriptor: the caller writes through the socket then.
+   */
+  static open(socket: { _handle?: { fd?: unknown } | null }, onProgress: () => void, onError: (err: Error) => void): SocketSender | undefined {
+    const native = binding as unknown as Partial<SenderBinding> | undefined
+    if (native?.senderOpen === undefined || native.senderWrite === undefined || native.senderClose === undefined) return undefined
+    const fd = socket._handle?.fd
+    if (typeof fd !== 'number' || fd < 0) return undefined
+    let sender: SocketSender | undefined
+    const handle = native.senderOpen(fd, (done, errno, finished) => sender?.progress(done, errno, finished))
+    sender = new SocketSender(native as SenderBinding, handle, onProgress, onError)
+    return sender
+  }
+
+  /** queue one batch; `sent` callbacks run once it is written */
+  write(buffers: Buffer[], sent: ((err?: Error | null) => void)[]): void {
+    if (this.closed) {
+      const err = new Error('socket sender closed')
+      for (const cb of sent) cb(err)
+      return
+    }
+    let bytes = 0
+    for (const b of buffers) bytes += b.length
+    this.queue.push({ buffers, bytes, sent })
+    this.queuedBytes += bytes
+    this.native.senderWrite(this.handle, buffers)
+  }
+
+  get idle(): boolean {
+    return this.queue.length === 0
+  }
+
+  /** cb runs once every queued batch is written (or failed) */
+  whenIdle(cb: () => void): void {
+    if (this.idle) cb()
+    else this.idleWaiters.push(cb)
+  }
+
+  /**
+   * stop: batches not written yet are dropped; their callbacks get an error once the thread has
+   * ended (until then it may still be reading their buffers)
+   */
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    this.native.senderClose(this.handle)
+  }
+
+  private progress(done: number, errno: number, finished: boolean): void {
+    while (this.written < done) {
+      const b = this.queue.shift()
+      if (b === undefined) break
+      this.written++
+      this.queuedBytes -= b.bytes
+      for (const cb of b.sent) cb(null)
+    }
+    if (errno !== 0 && !this.failed) {
+      this.failed = new Error(`socket write failed: errno ${errno}`)
+      this.closed = true
+      this.onError(this.failed)
+    }
+    if (finished) {
+      // the thread holds no buffer any more: what it did not write failed
+      const err = this.failed ?? new Error('socket sender closed')
+      const left = this.queue.splice(0)
+      this.queuedBytes = 0
+      for (const b of left) for (const cb of b.sent) cb(err)
+    }
+    if (this.idle || this.closed) this.wakeIdle()
+    this.onProgress()
+  }
+
+  private wakeIdle(): void {
+    const w = this.idleWaiters.splice(0)
+    for (const cb of w) cb()
+  }
 }

@@ -5,8 +5,9 @@ import { createRequire } from 'node:module'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import net from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
-import { nativeIoEngine, readCached } from '../../src/common/nativeio.js'
+import { SocketSender, nativeIoEngine, readCached } from '../../src/common/nativeio.js'
 import { RawFile } from '../../src/cvm/vdisk/rawfile.js'
 
 /**
@@ -93,5 +94,137 @@ describe('native page cache reads', () => {
     expect(() => b.preadNowait(0, buf)).toThrow(/5 arguments/)
     // a bad descriptor is an errno, not a crash
     expect(b.preadNowait(1 << 30, buf, 0, 1, 0)).toBe(-9)
+  })
+})
+
+/** a connected TCP pair on loopback: the server's end (to send on) and the client's */
+async function tcpPair(): Promise<{ server: net.Socket; client: net.Socket; close: () => void }> {
+  let accepted!: (s: net.Socket) => void
+  const got = new Promise<net.Socket>((resolve) => (accepted = resolve))
+  const listener = net.createServer((s) => accepted(s))
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve))
+  const client = net.connect((listener.address() as net.AddressInfo).port, '127.0.0.1')
+  const server = await got
+  // a reset peer is expected in one test
+  server.on('error', () => undefined)
+  client.on('error', () => undefined)
+  await new Promise<void>((resolve) => (client.connecting ? client.once('connect', () => resolve()) : resolve()))
+  return {
+    server,
+    client,
+    close: () => {
+      client.destroy()
+      server.destroy()
+      listener.close()
+    },
+  }
+}
+
+const openSender = (s: net.Socket, onError: (e: Error) => void = () => undefined) =>
+  SocketSender.open(s as unknown as { _handle?: { fd?: unknown } | null }, () => undefined, onError)
+
+describe('socket sender (writes on a thread of its own)', () => {
+  it('exists exactly when the addon is used', async () => {
+    const p = await tcpPair()
+    try {
+      const sender = openSender(p.server)
+      expect(sender !== undefined).toBe(nativeIoEngine === 'native')
+      sender?.close()
+    } finally {
+      p.close()
+    }
+  })
+
+  it('writes every batch in order, through a reader that starts late (the thread waits for room)', async () => {
+    if (nativeIoEngine !== 'native') return
+    const p = await tcpPair()
+    try {
+      const sender = openSender(p.server)!
+      const batches: Buffer[][] = []
+      for (let i = 0; i < 300; i++) {
+        const parts = Array.from({ length: 1 + (i % 4) }, () => crypto.randomBytes(1 + crypto.randomInt(200_000)))
+        batches.push(parts)
+      }
+      const expected = Buffer.concat(batches.flat())
+      const order: number[] = []
+      const results = batches.map(
+        (parts, i) => new Promise<Error | null | undefined>((resolve) => sender.write(parts, [(err) => { order.push(i); resolve(err) }])),
+      )
+      // nothing is read for a while: the socket fills and the thread blocks in poll
+      expect(sender.queuedBytes).toBe(expected.length)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      expect(sender.idle).toBe(false)
+      const received: Buffer[] = []
+      let n = 0
+      const all = new Promise<void>((resolve) => p.client.on('data', (d: Buffer) => {
+        received.push(d)
+        n += d.length
+        if (n >= expected.length) resolve()
+      }))
+      await all
+      expect(await Promise.all(results)).toEqual(batches.map(() => null))
+      expect(order).toEqual(batches.map((_, i) => i))
+      expect(Buffer.concat(received).equals(expected)).toBe(true)
+      expect(sender.queuedBytes).toBe(0)
+      await new Promise<void>((resolve) => sender.whenIdle(resolve))
+      sender.close()
+    } finally {
+      p.close()
+    }
+  })
+
+  it('close while blocked: the thread stops, unwritten batches fail only after it has let go', async () => {
+    if (nativeIoEngine !== 'native') return
+    const p = await tcpPair()
+    try {
+      const sender = openSender(p.server)!
+      const big = Buffer.alloc(4 * 1024 * 1024, 1)
+      const results = Array.from({ length: 16 }, () => new Promise<Error | null | undefined>((resolve) => sender.write([big], [resolve])))
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      sender.close()
+      const settled = await Promise.all(results)
+      // 64 MiB cannot all have fit in the socket's buffers of a client that reads nothing
+      expect(settled.some((e) => e instanceof Error)).toBe(true)
+      expect(sender.queuedBytes).toBe(0)
+      // a write after close fails at once
+      const late = await new Promise<Error | null | undefined>((resolve) => sender.write([big], [resolve]))
+      expect(late).toBeInstanceOf(Error)
+    } finally {
+      p.close()
+    }
+  })
+
+  it('a peer that goes away fails the writes and reports the error', async () => {
+    if (nativeIoEngine !== 'native') return
+    const p = await tcpPair()
+    try {
+      let reported: Error | undefined
+      const sender = openSender(p.server, (e) => (reported = e))!
+      p.client.resetAndDestroy()
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      const big = Buffer.alloc(1024 * 1024, 2)
+      const results: Promise<Error | null | undefined>[] = []
+      for (let i = 0; i < 8; i++) results.push(new Promise((resolve) => sender.write([big], [resolve])))
+      const settled = await Promise.all(results)
+      expect(settled.some((e) => e instanceof Error)).toBe(true)
+      expect(reported?.message).toMatch(/errno/)
+      sender.close()
+    } finally {
+      p.close()
+    }
+  })
+
+  it('the addon refuses bad sender arguments', () => {
+    if (!fs.existsSync(addonFile)) return
+    const b = createRequire(import.meta.url)(addonFile) as Record<string, (...a: unknown[]) => unknown>
+    expect(() => b.senderOpen!(-1, () => undefined)).toThrow(/fd/)
+    expect(() => b.senderOpen!(1 << 30, () => undefined)).toThrow(/descriptor/)
+    expect(() => b.senderOpen!(0, 'x')).toThrow(/function/)
+    expect(() => b.senderWrite!({}, [Buffer.alloc(1)])).toThrow(/handle/)
+    const h = b.senderOpen!(1, () => undefined)
+    expect(() => b.senderWrite!(h, 'x')).toThrow(/array/)
+    expect(() => b.senderWrite!(h, [])).toThrow(/1 to 4096/)
+    expect(() => b.senderWrite!(h, ['x'])).toThrow(/Uint8Array/)
+    b.senderClose!(h)
   })
 })

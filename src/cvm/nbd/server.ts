@@ -12,6 +12,8 @@ import {
   nbdReceiveBufferBytes,
 } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
+import { BufferPool } from '../../common/bufpool.js'
+import { SocketSender } from '../../common/nativeio.js'
 import { withReceiveBuffer } from '../../common/recvbuffer.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from './device.js'
 import {
@@ -119,7 +121,7 @@ export interface NbdServerOptions {
 interface ConnectionConfig {
   provider: ExportProvider
   log: Logger
-  pool: PayloadPool
+  pool: BufferPool
   multiConn: boolean
   handshakeTimeoutMs: number
   inFlightMax: number
@@ -145,7 +147,7 @@ export class NbdServer {
     this.config = {
       provider: opts.provider,
       log: opts.log,
-      pool: new PayloadPool(payloadPoolIdleMaxBytes),
+      pool: new BufferPool(payloadPoolIdleMaxBytes, payloadPoolBlockSmallestBytes),
       multiConn: opts.multiConn ?? true,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? nbdHandshakeTimeoutMs,
       inFlightMax: opts.inFlightPerConnMax ?? nbdInFlightPerConnMax,
@@ -331,36 +333,6 @@ class ByteQueue {
   }
 }
 
-/**
- * Blocks (powers of two) that WRITE payloads are assembled in. A fresh large Buffer costs a page
- * fault on each of its pages at first touch, which was the largest cost of receiving big writes;
- * reusing blocks removes it. A block comes back only after the device's write resolved, when by
- * the BlockDevice contract the device no longer holds it; after a failed write it is dropped.
- */
-class PayloadPool {
-  private readonly idle = new Map<number, Buffer[]>()
-  private idleBytes = 0
-
-  constructor(private readonly idleMaxBytes: number) {}
-
-  /** a block of at least `length` bytes (length <= 2^30) */
-  take(length: number): Buffer {
-    const size = Math.max(payloadPoolBlockSmallestBytes, 2 ** (32 - Math.clz32(length - 1)))
-    const block = this.idle.get(size)?.pop()
-    if (block === undefined) return Buffer.allocUnsafe(size)
-    this.idleBytes -= size
-    return block
-  }
-
-  give(block: Buffer): void {
-    if (this.idleBytes + block.length > this.idleMaxBytes) return
-    this.idleBytes += block.length
-    const list = this.idle.get(block.length)
-    if (list) list.push(block)
-    else this.idle.set(block.length, [block])
-  }
-}
-
 function u64(hi: number, lo: number): number {
   // exact below 2^53; above it the value is still far beyond any export size, which is all we test
   return hi * 2 ** 32 + lo
@@ -440,6 +412,11 @@ class Connection {
 
   /** the socket requests arrive on and replies leave by: the TCP or Unix socket, or TLS over it after STARTTLS */
   private socket: net.Socket
+  /** writes replies on a thread of its own once in transmission (see senderFor) */
+  private sender: SocketSender | undefined
+  private senderTried = false
+  /** the replies of this tick, written as one batch by the sender */
+  private batch: { buffers: Buffer[]; sent: ((err?: Error | null) => void)[]; bytes: number } | undefined
   /** the client completed STARTTLS with a certificate of a CA the server trusts */
   private tlsActive = false
 
@@ -1150,6 +1127,24 @@ class Connection {
   private send(head: Buffer, body?: Buffer, sent?: (err?: Error | null) => void): void {
     // a reply that is never written leaves its pooled body to the garbage collector
     if (this.dead || !this.socket.writable) return
+    const sender = this.senderFor()
+    if (sender !== undefined) {
+      // this tick's replies leave as one batch, written on the sender's thread
+      let batch = this.batch
+      if (batch === undefined) {
+        batch = this.batch = { buffers: [], sent: [], bytes: 0 }
+        process.nextTick(() => this.flushBatch())
+      }
+      batch.buffers.push(head)
+      batch.bytes += head.length
+      if (body !== undefined && body.length > 0) {
+        batch.buffers.push(body)
+        batch.bytes += body.length
+        if (sent) batch.sent.push(sent)
+      }
+      if (sender.queuedBytes + batch.bytes >= replyBufferedMaxBytes) this.writeBlocked = true
+      return
+    }
     if (!this.corked) {
       this.corked = true
       this.socket.cork()
@@ -1162,6 +1157,44 @@ class Connection {
     if (body !== undefined && body.length > 0) this.socket.write(body, sent)
     // 'drain' follows: write() has returned false long before the buffer gets this large
     if (this.socket.writableLength >= replyBufferedMaxBytes) this.writeBlocked = true
+  }
+
+  /**
+   * The sender that writes replies on a thread of its own (nativeio.ts), once the connection is in
+   * the transmission phase on a plain socket and everything Node was sending has left; undefined
+   * where there is none (no addon, TLS, or still in the handshake): replies go through the socket.
+   */
+  private senderFor(): SocketSender | undefined {
+    if (this.sender !== undefined || this.senderTried) return this.sender
+    if (!this.inTransmission || this.tlsActive || this.corked || this.socket.writableLength > 0) return undefined
+    this.senderTried = true
+    this.sender = SocketSender.open(
+      this.socket as unknown as { _handle?: { fd?: unknown } | null },
+      () => this.senderProgress(),
+      (err) => {
+        this.log.info(`NBD connection from ${this.peer}${this.exportLabel()}: ${err.message}`)
+        this.socket.destroy()
+      },
+    )
+    return this.sender
+  }
+
+  private flushBatch(): void {
+    const batch = this.batch
+    this.batch = undefined
+    if (batch === undefined || this.sender === undefined) return
+    // the addon takes at most 4096 buffers per batch; the callbacks go with the last part
+    for (let i = 0; i < batch.buffers.length; i += 4096) {
+      const last = i + 4096 >= batch.buffers.length
+      this.sender.write(batch.buffers.slice(i, i + 4096), last ? batch.sent : [])
+    }
+  }
+
+  private senderProgress(): void {
+    if (this.writeBlocked && this.sender !== undefined && this.sender.queuedBytes < replyBufferedMaxBytes) {
+      this.writeBlocked = false
+      if (!this.closed) this.pump()
+    }
   }
 
   // ---- ending ----
@@ -1187,7 +1220,16 @@ class Connection {
     if (this.ending) return
     this.ending = true
     const device = this.device
-    const end = () => this.socket.end(() => this.socket.destroy())
+    // replies still queued on the sender leave first; the socket ends after them
+    const end = () => {
+      this.flushBatch()
+      const sender = this.sender
+      if (sender === undefined) return this.socket.end(() => this.socket.destroy())
+      sender.whenIdle(() => {
+        sender.close()
+        this.socket.end(() => this.socket.destroy())
+      })
+    }
     if (device === undefined || !this.dirty) {
       end()
       return
@@ -1206,6 +1248,8 @@ class Connection {
 
   private onClose(): void {
     this.closed = true
+    this.batch = undefined
+    this.sender?.close()
     clearTimeout(this.handshakeTimer)
     this.maybeFinish()
   }

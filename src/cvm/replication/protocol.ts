@@ -1,5 +1,6 @@
 import { crc32c } from '../../common/crc32c.js'
 import { TessError } from '../../common/errors.js'
+import type { BufferPool } from '../../common/bufpool.js'
 
 /**
  * The data port protocol between CVMs (replication and owner forwarding). One listener, two kinds
@@ -123,6 +124,8 @@ export interface Frame {
   code: number
   json: Record<string, unknown>
   data: Buffer
+  /** give the frame's memory back to its parser's pool, once nothing holds `data` (safe to call twice) */
+  release: () => void
 }
 
 /**
@@ -163,70 +166,93 @@ export class FrameChecksumError extends Error {
  * header is checked before its lengths are trusted.
  */
 export class FrameParser {
-  private chunks: Buffer[] = []
-  private held = 0
   private readonly headerBytes: number
+  /** the header being received */
+  private readonly head: Buffer
+  private headFilled = 0
+  /** the frame whose parameters and data are being received, after its header was checked */
+  private body: { id: number, code: number, jl: number, jsonSum: number, dataSum: number, block: Buffer | undefined, buf: Buffer, filled: number } | undefined
 
-  constructor(private readonly bulk = false) {
+  /**
+   * `pool`: where frame bodies are assembled; a frame's release() gives its block back. Without
+   * one, each body is a fresh buffer and release() does nothing.
+   */
+  constructor(private readonly bulk = false, private readonly pool?: BufferPool) {
     this.headerBytes = bulk ? bulkFrameHeaderBytes : frameHeaderBytes
+    this.head = Buffer.alloc(this.headerBytes)
   }
 
+  /**
+   * The frames `chunk` completes. Every byte is copied out of `chunk`, so it may be a view of a
+   * receive buffer that is reused once this returns.
+   */
   push(chunk: Buffer): Frame[] {
-    this.chunks.push(chunk)
-    this.held += chunk.length
     const out: Frame[] = []
     const hl = this.headerBytes
+    let at = 0
     for (;;) {
-      if (this.held < hl) break
-      const head = this.peek(hl)
-      if (head.readUInt32BE(0) !== frameMagic) throw new Error('bad frame magic')
-      if (this.bulk && crc32c(head.subarray(0, 28)) !== head.readUInt32BE(28)) throw new FrameChecksumError('frame header checksum mismatch')
-      const jl = head.readUInt32BE(12)
-      const dl = head.readUInt32BE(16)
-      if (jl > frameJsonMaxBytes || dl > frameDataMaxBytes) throw new Error(`frame too large (${jl} + ${dl} bytes)`)
-      const total = hl + jl + dl
-      if (this.held < total) break
-      const all = this.take(total)
-      if (this.bulk) {
-        const jsonSum = all.readUInt32BE(20)
-        const dataSum = all.readUInt32BE(24)
-        if (crc32c(all.subarray(hl, hl + jl)) !== jsonSum) throw new FrameChecksumError('frame parameters checksum mismatch')
-        if ((dl > 0 ? crc32c(all.subarray(hl + jl)) : 0) !== dataSum) throw new FrameChecksumError(`frame data checksum mismatch (${dl} bytes)`)
+      let body = this.body
+      if (body === undefined) {
+        const n = Math.min(hl - this.headFilled, chunk.length - at)
+        chunk.copy(this.head, this.headFilled, at, at + n)
+        this.headFilled += n
+        at += n
+        if (this.headFilled < hl) break
+        this.headFilled = 0
+        body = this.startBody()
       }
-      let json: Record<string, unknown>
-      try {
-        const parsed: unknown = JSON.parse(all.subarray(hl, hl + jl).toString('utf8'))
-        if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
-        json = parsed as Record<string, unknown>
-      } catch {
-        throw new Error('frame parameters are not a JSON object')
-      }
-      out.push({ id: all.readUInt32BE(4), code: all.readUInt16BE(8), json, data: all.subarray(hl + jl) })
+      const n = Math.min(body.buf.length - body.filled, chunk.length - at)
+      chunk.copy(body.buf, body.filled, at, at + n)
+      body.filled += n
+      at += n
+      if (body.filled < body.buf.length) break
+      this.body = undefined
+      out.push(this.finish(body))
     }
     return out
   }
 
-  private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n)
-    const b = Buffer.concat(this.chunks)
-    this.chunks = [b]
-    return b.subarray(0, n)
+  /** a complete header: checked before its lengths are trusted */
+  private startBody(): NonNullable<FrameParser['body']> {
+    const head = this.head
+    if (head.readUInt32BE(0) !== frameMagic) throw new Error('bad frame magic')
+    if (this.bulk && crc32c(head.subarray(0, 28)) !== head.readUInt32BE(28)) throw new FrameChecksumError('frame header checksum mismatch')
+    const jl = head.readUInt32BE(12)
+    const dl = head.readUInt32BE(16)
+    if (jl > frameJsonMaxBytes || dl > frameDataMaxBytes) throw new Error(`frame too large (${jl} + ${dl} bytes)`)
+    const block = this.pool?.take(jl + dl)
+    const buf = block ? block.subarray(0, jl + dl) : Buffer.allocUnsafe(jl + dl)
+    this.body = {
+      id: head.readUInt32BE(4), code: head.readUInt16BE(8), jl,
+      jsonSum: this.bulk ? head.readUInt32BE(20) : 0, dataSum: this.bulk ? head.readUInt32BE(24) : 0,
+      block, buf, filled: 0,
+    }
+    return this.body
   }
 
-  private take(n: number): Buffer {
-    let b: Buffer
-    if (this.chunks[0]!.length >= n) {
-      b = this.chunks[0]!.subarray(0, n)
-      const rest = this.chunks[0]!.subarray(n)
-      if (rest.length > 0) this.chunks[0] = rest
-      else this.chunks.shift()
-    } else {
-      const all = Buffer.concat(this.chunks)
-      b = all.subarray(0, n)
-      this.chunks = all.length > n ? [all.subarray(n)] : []
+  private finish(body: NonNullable<FrameParser['body']>): Frame {
+    const { buf, jl } = body
+    const params = buf.subarray(0, jl)
+    const data = buf.subarray(jl)
+    if (this.bulk) {
+      if (crc32c(params) !== body.jsonSum) throw new FrameChecksumError('frame parameters checksum mismatch')
+      if ((data.length > 0 ? crc32c(data) : 0) !== body.dataSum) throw new FrameChecksumError(`frame data checksum mismatch (${data.length} bytes)`)
     }
-    this.held -= n
-    return b
+    let json: Record<string, unknown>
+    try {
+      const parsed: unknown = JSON.parse(params.toString('utf8'))
+      if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
+      json = parsed as Record<string, unknown>
+    } catch {
+      throw new Error('frame parameters are not a JSON object')
+    }
+    const pool = this.pool
+    let block = body.block
+    const release = () => {
+      if (block !== undefined && pool !== undefined) pool.give(block)
+      block = undefined
+    }
+    return { id: body.id, code: body.code, json, data, release }
   }
 }
 

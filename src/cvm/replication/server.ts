@@ -3,6 +3,8 @@ import net from 'node:net'
 import tls from 'node:tls'
 import { TessError, errorMessage } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
+import { BufferPool } from '../../common/bufpool.js'
+import { withReceiveBuffer } from '../../common/recvbuffer.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
@@ -22,6 +24,10 @@ export interface VdiskIoHandler {
 }
 
 const checksumEntriesBytes = 2048
+/** each bulk connection reads into a buffer of this size that it reuses */
+const dataPortReceiveBufferBytes = 256 * 1024
+/** idle pooled frame bodies kept per data server */
+const dataPortPoolIdleMaxBytes = 64 * 1024 * 1024
 /** refused strangers are summed up in one log line at most this often */
 const dropLogIntervalMs = 60_000
 
@@ -78,6 +84,8 @@ export class DataServer {
   private readonly random: (bytes: number) => Buffer
   private readonly helloTimeoutMs: number
   private drops = { count: 0, loggedAt: 0, last: '' }
+  /** where frame bodies are assembled (replica writes of up to 1 MiB) */
+  private readonly pool = new BufferPool(dataPortPoolIdleMaxBytes)
 
   constructor(private readonly opts: DataServerOptions) {
     this.bulkEnabled = (opts.mode ?? dataPortModeDefault) === 'crc'
@@ -163,13 +171,7 @@ export class DataServer {
       if (open >= bulkConnectionsPerPeerMax) return this.dropped(raw, `node ${redeemed.peer} has ${open} bulk connections already`)
       release()
       this.bulkPerPeer.set(redeemed.peer, open + 1)
-      raw.on('close', () => {
-        const left = (this.bulkPerPeer.get(redeemed.peer) ?? 1) - 1
-        if (left > 0) this.bulkPerPeer.set(redeemed.peer, left)
-        else this.bulkPerPeer.delete(redeemed.peer)
-      })
-      raw.write(bulkAcceptMagic)
-      this.serve(raw, { peer: redeemed.peer, address: redeemed.address, bulk: true })
+      this.serveBulk(raw, { peer: redeemed.peer, address: redeemed.address, bulk: true })
     }
     raw.on('data', onData)
   }
@@ -232,9 +234,38 @@ export class DataServer {
     return { peer: t.peer, address }
   }
 
-  private serve(s: net.Socket, session: Session): void {
+  /**
+   * A bulk connection carries extent data at disk speed: it reads into one receive buffer of its
+   * own (no fresh buffer per socket read), and frame bodies are assembled in pooled blocks.
+   */
+  private serveBulk(raw: net.Socket, session: Session): void {
+    // the peer sends no frame before it has our accept, so nothing was read past the hello
+    raw.pause()
+    let received: (view: Buffer) => void = () => undefined
+    const own = raw.readableLength === 0 ? withReceiveBuffer(raw, Buffer.allocUnsafe(dataPortReceiveBufferBytes), (view) => received(view), { allowHalfOpen: false }) : undefined
+    const s = own ?? raw
+    if (own !== undefined) {
+      // the handle moved to `own` (`raw` is closed): it is tracked in its place
+      this.sockets.add(own)
+      own.on('close', () => this.sockets.delete(own))
+    }
+    s.on('close', () => {
+      const left = (this.bulkPerPeer.get(session.peer) ?? 1) - 1
+      if (left > 0) this.bulkPerPeer.set(session.peer, left)
+      else this.bulkPerPeer.delete(session.peer)
+    })
+    s.write(bulkAcceptMagic)
+    if (own === undefined) {
+      this.serve(raw, session)
+      raw.resume()
+    } else {
+      this.serve(own, session, (on) => (received = on))
+    }
+  }
+
+  private serve(s: net.Socket, session: Session, onBytes: (on: (chunk: Buffer) => void) => void = (on) => s.on('data', on)): void {
     s.setNoDelay(true)
-    const parser = new FrameParser(session.bulk)
+    const parser = new FrameParser(session.bulk, this.pool)
     let inFlight = 0
     // A peer that goes quiet (or never finishes a frame) is dropped when nothing of its is being
     // served (a long evacuation is); owners reconnect on demand.
@@ -242,7 +273,8 @@ export class DataServer {
       if (inFlight === 0) s.destroy()
     })
     s.on('error', () => undefined)
-    s.on('data', (chunk: Buffer) => {
+    onBytes((chunk: Buffer) => {
+      if (s.destroyed) return
       let frames: Frame[]
       try {
         frames = parser.push(chunk)
@@ -255,7 +287,11 @@ export class DataServer {
         inFlight++
         if (inFlight >= peerInFlightMax) s.pause()
         void this.handle(f, session).then(
-          ({ json, data }) => this.reply(s, session, f.id, statusOk, json, data),
+          ({ json, data }) => {
+            // the store is done with the frame's data once the op resolved
+            f.release()
+            this.reply(s, session, f.id, statusOk, json, data)
+          },
           (e: unknown) => this.reply(s, session, f.id, statusError, errorBody(e, this.opts.log)),
         ).finally(() => {
           inFlight--
