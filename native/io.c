@@ -21,7 +21,10 @@
 #include <node_api.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
@@ -85,12 +88,103 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
   return make_int(env, n >= 0 ? (int64_t)n : -(int64_t)errno);
 }
 
+static void free_aligned(napi_env env, void* data, void* hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+/* alignedBuffer(size): a Buffer of size bytes (1 .. 1 GiB) whose memory starts on a 4096-byte boundary */
+static napi_value js_aligned_buffer(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "alignedBuffer: a size expected");
+    return NULL;
+  }
+  int64_t size;
+  if (!get_int64(env, argv[0], 1, 1LL << 30, &size, "alignedBuffer: size must be 1 to 2^30 bytes")) return NULL;
+  void* p = NULL;
+  if (posix_memalign(&p, 4096, (size_t)size) != 0 || p == NULL) {
+    napi_throw_error(env, "ENOMEM", "alignedBuffer: out of memory");
+    return NULL;
+  }
+  napi_value out;
+  if (napi_create_external_buffer(env, (size_t)size, p, free_aligned, NULL, &out) != napi_ok) {
+    free(p);
+    napi_throw_error(env, NULL, "alignedBuffer: cannot create the buffer");
+    return NULL;
+  }
+  return out;
+}
+
+/* addressAlignment(buf): the largest power of two (up to 4096) that divides the address of buf's first byte */
+static napi_value js_address_alignment(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool is_typed = false;
+  napi_typedarray_type type;
+  size_t count;
+  void* data;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_is_typedarray(env, argv[0], &is_typed) != napi_ok ||
+      !is_typed || napi_get_typedarray_info(env, argv[0], &type, &count, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "addressAlignment: a Uint8Array expected");
+    return NULL;
+  }
+  uintptr_t a = (uintptr_t)data;
+  int64_t align = 4096;
+  while (align > 1 && (a % (uintptr_t)align) != 0) align /= 2;
+  return make_int(env, align);
+}
+
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct tess_cachestat_range {
+  uint64_t off;
+  uint64_t len;
+};
+struct tess_cachestat {
+  uint64_t nr_cache;
+  uint64_t nr_dirty;
+  uint64_t nr_writeback;
+  uint64_t nr_evicted;
+  uint64_t nr_recently_evicted;
+};
+
+/*
+ * cachedPages(fd, offset, length): how many pages of the range the page cache holds (cachestat(2),
+ * Linux 6.5+), or -errno (-ENOSYS on older kernels). Unlike a probing read it starts no read-ahead.
+ */
+static napi_value js_cached_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "cachedPages: 3 arguments expected (fd, offset, length)");
+    return NULL;
+  }
+  int64_t fd, offset, length;
+  if (!get_int64(env, argv[0], 0, INT32_MAX, &fd, "cachedPages: fd must be a non-negative integer")) return NULL;
+  if (!get_int64(env, argv[1], 0, INT64_MAX / 2, &offset, "cachedPages: offset out of range")) return NULL;
+  if (!get_int64(env, argv[2], 1, INT64_MAX / 2, &length, "cachedPages: length out of range")) return NULL;
+  struct tess_cachestat_range range = {.off = (uint64_t)offset, .len = (uint64_t)length};
+  struct tess_cachestat cs = {0};
+  long r = syscall(__NR_cachestat, (unsigned int)fd, &range, &cs, 0U);
+  return make_int(env, r == 0 ? (int64_t)cs.nr_cache : -(int64_t)errno);
+}
+
 napi_status sender_init(napi_env env, napi_value exports); /* sender.c */
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   if (napi_create_function(env, "preadNowait", NAPI_AUTO_LENGTH, js_pread_nowait, NULL, &fn) != napi_ok ||
-      napi_set_named_property(env, exports, "preadNowait", fn) != napi_ok || sender_init(env, exports) != napi_ok) {
+      napi_set_named_property(env, exports, "preadNowait", fn) != napi_ok || sender_init(env, exports) != napi_ok ||
+      napi_create_function(env, "alignedBuffer", NAPI_AUTO_LENGTH, js_aligned_buffer, NULL, &fn) != napi_ok ||
+      napi_set_named_property(env, exports, "alignedBuffer", fn) != napi_ok ||
+      napi_create_function(env, "addressAlignment", NAPI_AUTO_LENGTH, js_address_alignment, NULL, &fn) != napi_ok ||
+      napi_set_named_property(env, exports, "addressAlignment", fn) != napi_ok ||
+      napi_create_function(env, "cachedPages", NAPI_AUTO_LENGTH, js_cached_pages, NULL, &fn) != napi_ok ||
+      napi_set_named_property(env, exports, "cachedPages", fn) != napi_ok) {
     napi_throw_error(env, NULL, "tess_io: init failed");
     return NULL;
   }

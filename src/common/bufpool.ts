@@ -14,13 +14,15 @@ export class BufferPool {
     private readonly idleMaxBytes: number,
     /** the smallest block handed out */
     private readonly blockMinBytes = 4096,
+    /** how new blocks are made (the NBD server and the data port ask for 4096-aligned memory) */
+    private readonly alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
   ) {}
 
   /** a block of at least `length` bytes (length <= 2^30) */
   take(length: number): Buffer {
     const size = Math.max(this.blockMinBytes, 2 ** (32 - Math.clz32(Math.max(1, length) - 1)))
     const block = this.idle.get(size)?.pop()
-    if (block === undefined) return Buffer.allocUnsafe(size)
+    if (block === undefined) return this.alloc(size)
     this.idleBytes -= size
     return block
   }

@@ -18,6 +18,9 @@ import { TessError, errorMessage } from './errors.js'
 
 interface Binding {
   preadNowait(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number
+  alignedBuffer?(size: number): Buffer
+  addressAlignment?(buf: Uint8Array): number
+  cachedPages?(fd: number, offset: number, length: number): number
 }
 
 const addonFile = fileURLToPath(new URL('../../build/Release/tess_io.node', import.meta.url))
@@ -60,6 +63,36 @@ export function readCached(fd: number, buf: Uint8Array, offset: number, length: 
     if (-n === 95 || -n === 38 || -n === 22) binding = undefined
   }
   return 0
+}
+
+/** what O_DIRECT asks of a write's memory, file offset and length on the disks we know */
+export const directIoAlignBytes = 4096
+
+/** a buffer whose memory starts on a 4096-byte boundary (the addon), or undefined without the addon */
+export function alignedBuffer(size: number): Buffer | undefined {
+  return binding?.alignedBuffer?.(size)
+}
+
+/** whether buf's memory and length suit an O_DIRECT write (always false without the addon) */
+export function directIoReady(buf: Uint8Array): boolean {
+  const align = binding?.addressAlignment
+  return align !== undefined && buf.length > 0 && buf.length % directIoAlignBytes === 0 && align(buf) >= directIoAlignBytes
+}
+
+let cachestat = true
+
+/**
+ * How many pages of [offset, offset + length) of the file the page cache holds (cachestat(2), which
+ * starts no read-ahead), or undefined without the addon or on a kernel older than 6.5.
+ */
+export function pagesCached(fd: number, offset: number, length: number): number | undefined {
+  const f = binding?.cachedPages
+  if (f === undefined || !cachestat) return undefined
+  const r = f(fd, offset, length)
+  if (r >= 0) return r
+  // ENOSYS (old kernel), EOPNOTSUPP: never asked again; other errors: unknown this time
+  if (r === -38 || r === -95) cachestat = false
+  return undefined
 }
 
 interface SenderBinding {

@@ -3,6 +3,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { alignedBuffer, nativeIoEngine, pagesCached } from '../../src/common/nativeio.js'
 import { ChecksumError, EgroupFile, checksumFor, dataRegionOffset, egroupVersion } from '../../src/cvm/vdisk/egroup.js'
 
 const MiB = 1024 * 1024
@@ -154,6 +155,63 @@ describe('extent group files (real files)', () => {
     small.copy(large, 65536)
     expect(out.equals(large)).toBe(true)
     await again.close()
+  })
+
+  it('a large write from aligned memory bypasses the page cache unless its pages are cached; reads agree', async () => {
+    // O_DIRECT needs a disk file system (not tmpfs)
+    const diskDir = fs.mkdtempSync(path.join('/var/tmp', 'tess-eg-direct-'))
+    try {
+      const eg = await EgroupFile.create(diskDir, '31', '3')
+      const fd = fs.openSync(EgroupFile.fileName(diskDir, '31'), 'r')
+      // cachestat: counts without starting read-ahead (a probing read would)
+      const cachedPages = (slot: number) => pagesCached(fd, dataRegionOffset + slot * MiB, MiB)
+      try {
+        const first = alignedBuffer(MiB)
+        if (nativeIoEngine === 'pool') {
+          // without the addon there is no aligned memory: every write is buffered
+          expect(first).toBeUndefined()
+          return
+        }
+        expect(first).toBeDefined()
+        crypto.randomFillSync(first!)
+        // a first write: direct, the kernel holds none of its pages
+        await eg.write(4, 0, first!)
+        expect(cachedPages(4)).toBe(0)
+        // a small write is buffered (its pages are cached) ...
+        const part = crypto.randomBytes(64 * 1024)
+        await eg.write(4, 128 * 1024, part)
+        expect(cachedPages(4)).toBe(16)
+        // ... and a large one over a range whose pages are not all cached is direct again: the
+        // kernel writes the cached dirty pages first and drops them
+        part.copy(first!, 128 * 1024)
+        await eg.write(4, 0, first!)
+        expect(cachedPages(4)).toBe(0)
+        // a large write over cached pages (written buffered from unaligned memory) stays buffered
+        const unaligned = Buffer.from(crypto.randomBytes(MiB + 1).subarray(1))
+        await eg.write(5, 0, unaligned)
+        expect(cachedPages(5)).toBe(256)
+        const second = alignedBuffer(MiB)!
+        crypto.randomFillSync(second)
+        await eg.write(5, 0, second)
+        expect(cachedPages(5)).toBe(256)
+        await eg.sync()
+        const out = Buffer.alloc(MiB)
+        await eg.read(4, 0, MiB, out, 0)
+        expect(out.equals(first!)).toBe(true)
+        await eg.read(5, 0, MiB, out, 0)
+        expect(out.equals(second)).toBe(true)
+        await eg.close()
+        // and after a reopen, from the file itself
+        const again = await EgroupFile.open(diskDir, '31', new Set([4, 5]), () => undefined)
+        await again.read(4, 0, MiB, out, 0)
+        expect(out.equals(first!)).toBe(true)
+        await again.close()
+      } finally {
+        fs.closeSync(fd)
+      }
+    } finally {
+      fs.rmSync(diskDir, { recursive: true, force: true })
+    }
   })
 
   it('refuses a file that is not an extent group', async () => {

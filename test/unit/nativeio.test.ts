@@ -94,6 +94,17 @@ describe('native page cache reads', () => {
     expect(() => b.preadNowait(0, buf)).toThrow(/5 arguments/)
     // a bad descriptor is an errno, not a crash
     expect(b.preadNowait(1 << 30, buf, 0, 1, 0)).toBe(-9)
+    const more = b as unknown as Record<string, (...a: unknown[]) => unknown>
+    expect(() => more.alignedBuffer!(0)).toThrow(/size/)
+    expect(() => more.alignedBuffer!(2 ** 31)).toThrow(/size/)
+    const aligned = more.alignedBuffer!(8192) as Buffer
+    expect(aligned.length).toBe(8192)
+    expect(more.addressAlignment!(aligned)).toBe(4096)
+    expect(more.addressAlignment!(aligned.subarray(1))).toBe(1)
+    expect(() => more.addressAlignment!('x')).toThrow(/Uint8Array/)
+    expect(() => more.cachedPages!(-1, 0, 1)).toThrow(/fd/)
+    expect(() => more.cachedPages!(0, 0, 0)).toThrow(/length/)
+    expect(more.cachedPages!(1 << 30, 0, 4096)).toBe(-9)
   })
 })
 

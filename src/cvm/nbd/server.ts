@@ -13,7 +13,7 @@ import {
 } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import { BufferPool } from '../../common/bufpool.js'
-import { SocketSender } from '../../common/nativeio.js'
+import { SocketSender, alignedBuffer } from '../../common/nativeio.js'
 import { withReceiveBuffer } from '../../common/recvbuffer.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from './device.js'
 import {
@@ -147,7 +147,8 @@ export class NbdServer {
     this.config = {
       provider: opts.provider,
       log: opts.log,
-      pool: new BufferPool(payloadPoolIdleMaxBytes, payloadPoolBlockSmallestBytes),
+      // aligned blocks: large writes can go from them to the disk with O_DIRECT (egroup.ts)
+      pool: new BufferPool(payloadPoolIdleMaxBytes, payloadPoolBlockSmallestBytes, (n) => alignedBuffer(n) ?? Buffer.allocUnsafe(n)),
       multiConn: opts.multiConn ?? true,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? nbdHandshakeTimeoutMs,
       inFlightMax: opts.inFlightPerConnMax ?? nbdInFlightPerConnMax,

@@ -13,6 +13,16 @@ export class RawFile {
     return new Promise((resolve, reject) => fs.open(file, flags, mode, (e, fd) => (e ? reject(e) : resolve(new RawFile(fd)))))
   }
 
+  /**
+   * The existing file opened again for writing with O_DIRECT (no page cache), or undefined where
+   * the platform or file system has none (tmpfs refuses it).
+   */
+  static openDirect(file: string): Promise<RawFile | undefined> {
+    const direct = fs.constants.O_DIRECT
+    if (direct === undefined) return Promise.resolve(undefined)
+    return new Promise((resolve) => fs.open(file, fs.constants.O_WRONLY | direct, (e, fd) => resolve(e ? undefined : new RawFile(fd))))
+  }
+
   read(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
     return new Promise((resolve, reject) => fs.read(this.fd, buf, offset, length, position, (e, n) => (e ? reject(e) : resolve(n))))
   }
