@@ -136,6 +136,9 @@ export class EgroupFile {
   private cleanTimer: NodeJS.Timeout | undefined
   private closed = false
   readonly checksum: BlockChecksum
+  /** the span of `entries` changed since it was last written to the file (see entriesChanged) */
+  private entriesDirty: { from: number, to: number } | undefined
+  private entriesWriting: Promise<void> | undefined
   /** the file opened with O_DIRECT (see writeDirect): undefined until needed, null where it cannot be */
   private direct: RawFile | null | undefined
   private directOpening: Promise<void> | undefined
@@ -390,25 +393,57 @@ export class EgroupFile {
     const newEntries = this.entriesFor(data, this.scratch)
     const eo = this.entryOffset(slot, offset / checksumBlockSizeBytes)
     this.fh.writeAllSync(data, dataRegionOffset + slot * vBlockSizeBytes + offset)
-    this.fh.writeAllSync(newEntries, checksumRegionOffset + eo)
     newEntries.copy(this.entries, eo)
+    this.entriesChanged(eo, eo + newEntries.length)
+  }
+
+  /**
+   * Checksum entries of written blocks reach the file at the next sync(), not with every write:
+   * one write of the changed span per sync instead of a second pwrite per request (on the event
+   * loop for small writes; for large ones a buffered write that holds the file's inode lock
+   * against the direct writes in flight). Safe because nothing unsynced is promised: the dirty
+   * marker is durable before the first write, and after a crash the scrub on open re-checksums
+   * every block the file's entries mark written, from whatever bytes it holds; a block first
+   * written after the last sync reads as unwritten (zeros), as an unflushed write may.
+   */
+  private entriesChanged(from: number, to: number): void {
+    const d = this.entriesDirty
+    this.entriesDirty = d === undefined ? { from, to } : { from: Math.min(d.from, from), to: Math.max(d.to, to) }
+  }
+
+  /** write the changed span of the entries (a copy: writes may change them meanwhile) */
+  private async writeEntries(): Promise<void> {
+    // a span taken by an earlier sync must be in the file before this sync's datasync
+    while (this.entriesWriting !== undefined) await this.entriesWriting.catch(() => undefined)
+    const d = this.entriesDirty
+    if (d === undefined) return
+    this.entriesDirty = undefined
+    const copy = Buffer.from(this.entries.subarray(d.from, d.to))
+    const writing = this.fh.writeAll(copy, checksumRegionOffset + d.from)
+    this.entriesWriting = writing
+    try {
+      await writing
+    } catch (e) {
+      // still to be written: by the next sync
+      this.entriesChanged(d.from, d.to)
+      throw e
+    } finally {
+      this.entriesWriting = undefined
+    }
   }
 
   private async writeBlocks(slot: number, offset: number, data: Buffer): Promise<void> {
     const newEntries = this.entriesFor(data, Buffer.allocUnsafe(entriesScratchBytes))
-    // Data and checksums go out together: the dirty marker is already durable, so if the process
-    // dies between the two, the scrub on open re-checksums whatever bytes the block holds (old or
-    // new), and the in-memory entries change only once both writes are done.
-    // Both through the pool: a synchronous pwrite here would wait on the file's inode lock
-    // while the pool's threads write other large requests into the same file.
+    // The data through the pool (a synchronous pwrite here would wait on the file's inode lock
+    // while the pool's threads write other large requests into the same file); the in-memory
+    // entries change once it is done, and reach the file at the next sync (entriesChanged).
     const eo = this.entryOffset(slot, offset / checksumBlockSizeBytes)
     const at = dataRegionOffset + slot * vBlockSizeBytes + offset
     const direct = directWritesEnabled && directIoReady(data) && !this.cached(at, data.length) ? await this.directFile() : undefined
-    await Promise.all([
-      direct ? this.writeDirect(direct, data, at) : this.fh.writeAll(data, at),
-      this.fh.writeAll(newEntries, checksumRegionOffset + eo),
-    ])
+    if (direct) await this.writeDirect(direct, data, at)
+    else await this.fh.writeAll(data, at)
     newEntries.copy(this.entries, eo)
+    this.entriesChanged(eo, eo + newEntries.length)
   }
 
   /**
@@ -509,6 +544,7 @@ export class EgroupFile {
     const gen = this.writeGen
     // Every write counted in syncedGen was complete before a datasync that has finished.
     if (gen !== this.syncedGen) {
+      await this.writeEntries()
       await this.fh.datasync()
       if (gen > this.syncedGen) this.syncedGen = gen
     }
