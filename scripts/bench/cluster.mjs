@@ -2,7 +2,8 @@
 // Multi-node benchmark (issues: multi-node, 12, 22): on 3 test hosts (network namespaces with their
 // own sshd, scripts/testhosts.sh), in one run:
 //   - wall time of `tess cluster create --hosts` for 3 hosts (bundle install, etcd, CVMs, disks)
-//   - overwrites: fio (nbd engine) sequential 1 MiB writes at QD4 and random 4 KiB writes at QD16,
+//   - overwrites: fio (nbd engine, run inside host 1 on its CVM's NBD Unix socket: NBD on TCP requires
+//     TLS) sequential 1 MiB writes at QD4 and random 4 KiB writes at QD16,
 //     time-based, to an RF 1 and an RF 2 vDisk through host 1 (each written once before, so
 //     extents are allocated), and the raw file on the same disk (libaio, direct=1)
 //   - first writes: the same two jobs into a FRESH RF 1 and RF 2 vDisk (created each round, deleted
@@ -75,7 +76,6 @@ try {
   const api = await apiClient(configDir, clusterName)
   const { resolveContext } = await import('../../dist/cli/contexts.js')
   const ctx = resolveContext(clusterName)
-  const nbdPort = ctx.remote?.ports?.nbd ?? 10809
   const etcdPort = ctx.remote?.ports?.etcdClient ?? 2379
 
   // etcd metrics: a client certificate from the operator's copy of the cluster CA
@@ -88,9 +88,12 @@ try {
     ca: fs.readFileSync(path.join(caDir, 'ca.crt')), cert: fs.readFileSync(cert.cert), key: fs.readFileSync(cert.key),
   })
 
+  // fio runs inside host 1 on its CVM's NBD Unix socket (NBD on TCP requires TLS, which would
+  // measure the cipher): the I/O still enters through host 1 and replicates over the data port
+  const inHost1 = ['bash', th, 'exec', info.hosts[0].name]
   const vdisk = async (name, n, rf) => {
     await api.post('/v1/vdisks', { name, sizeBytes: n, rf })
-    return nbdArgs(`nbd://${hosts[0]}:${nbdPort}/${name}`)
+    return [inHost1, ...nbdArgs(`nbd+unix:///${name}?socket=/var/lib/tess/run/nbd.sock`)]
   }
   const raw = sparseFile(path.join(root, 'raw.img'), bytes)
   const targets = { 'RF 1': await vdisk('rf1', bytes, 1), 'RF 2': await vdisk('rf2', bytes, 2), 'raw file': fileArgs(raw) }

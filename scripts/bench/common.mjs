@@ -75,6 +75,20 @@ export function startServer(cmd, args) {
   }
 }
 
+/** wait until a Unix socket accepts connections */
+export async function waitSocket(file, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect({ path: file }, () => { s.destroy(); resolve(true) })
+      s.on('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`socket ${file} did not open`)
+}
+
 export async function waitPort(port, timeoutMs = 15000) {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
@@ -102,7 +116,9 @@ export async function localCluster(root, name = 'bench') {
   return {
     ports,
     tess: run,
-    uri: (v) => `nbd://127.0.0.1:${ports.nbd}/${v}`,
+    // the node's NBD Unix socket: on TCP, NBD requires TLS (the peers are served on Unix sockets too)
+    socket: path.join(root, 'data', 'run', 'nbd.sock'),
+    uri: (v) => `nbd+unix:///${v}?socket=${path.join(root, 'data', 'run', 'nbd.sock')}`,
     cvmPid: () => Number(fs.readFileSync(path.join(root, 'data', 'run', 'cvm.pid'), 'utf8')),
     destroy: () => run(['cluster', 'destroy', '--yes']),
   }
@@ -217,7 +233,10 @@ const fioBaseArgs = ['--verify_state_save=0', '--output-format=json']
 
 /** Run fio synchronously with its working directory in `cwd` (a temp dir, never the repo); returns the parsed JSON. */
 export function runFio(args, cwd) {
-  return fioJson(sh('fio', [...fioBaseArgs, ...args], { cwd }).stdout)
+  // a leading array: the command that runs fio (e.g. testhosts.sh exec HOST, to reach a host's NBD Unix socket)
+  const [via, rest] = Array.isArray(args[0]) ? [args[0], args.slice(1)] : [[], args]
+  const cmd = [...via, 'fio', ...fioBaseArgs, ...rest]
+  return fioJson(sh(cmd[0], cmd.slice(1), { cwd }).stdout)
 }
 
 /**

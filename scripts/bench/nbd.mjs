@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // NBD data-path benchmark (issues: vDisk data path, 12, 22). One run measures, on the same disk:
-//   ours     - a Tessera vDisk (RF 1) on the embedded cluster, fio --ioengine=nbd
-//   nbdkit   - `nbdkit file` serving a raw file, fio --ioengine=nbd
-//   qemu-nbd - `qemu-nbd` serving a raw file, fio --ioengine=nbd
+//   ours     - a Tessera vDisk (RF 1) on the embedded cluster, fio --ioengine=nbd on the CVM's NBD
+//              Unix socket (on TCP our NBD requires TLS)
+//   nbdkit   - `nbdkit file` serving a raw file on a Unix socket, fio --ioengine=nbd
+//   qemu-nbd - `qemu-nbd` serving a raw file on a Unix socket, fio --ioengine=nbd
 //   raw      - fio on the raw file itself (libaio, direct=1): the ceiling
 // 1. Overwrites: 4k random read and write at QD16, 1M sequential read and write at QD4, time-based,
 //    on a vDisk and a raw file written once before.
@@ -29,9 +30,9 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  apiClient, buildBenchImages, dropCaches, etcdCostColumns, etcdMetrics, settledEtcd, fioFigure, flag, fmt, freePort, localCluster,
+  apiClient, buildBenchImages, dropCaches, etcdCostColumns, etcdMetrics, settledEtcd, fioFigure, flag, fmt, localCluster,
   median, metricsDelta, opt, ratio, rotate, roundsCell, runFio, sh, sizeBytes, sleep, sparseFile, startFio,
-  startRegistry, startServer, stats, timeCalls, waitPort,
+  startRegistry, startServer, stats, timeCalls, waitSocket,
 } from './common.mjs'
 
 const size = opt('size', '1G')
@@ -97,14 +98,18 @@ try {
     ca: fs.readFileSync(path.join(pki, 'ca.crt')), cert: fs.readFileSync(path.join(pki, 'node.crt')), key: fs.readFileSync(path.join(pki, 'node.key')),
   })
 
-  /** `nbdkit file` or `qemu-nbd` serving `file` on a free port */
+  /**
+   * `nbdkit file` or `qemu-nbd` serving `file` on a Unix socket, as ours is reached (NBD on TCP
+   * requires TLS in ours; plain TCP for the peers would compare different transports)
+   */
+  let sockets = 0
   const serve = async (kind, file) => {
-    const port = await freePort()
+    const sock = path.join(root, `${kind}-${++sockets}.sock`)
     const srv = kind === 'nbdkit'
-      ? startServer('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', file])
-      : startServer('qemu-nbd', ['-f', 'raw', '-b', '127.0.0.1', '-p', String(port), '-t', '--shared=16', '--aio=threads', file])
-    await waitPort(port)
-    return { uri: `nbd://127.0.0.1:${port}/`, stop: srv.stop }
+      ? startServer('nbdkit', ['-f', '-U', sock, 'file', file])
+      : startServer('qemu-nbd', ['-f', 'raw', '-k', sock, '-t', '--shared=16', '--aio=threads', file])
+    await waitSocket(sock)
+    return { uri: `nbd+unix:///?socket=${sock}`, stop: srv.stop }
   }
   const nbdkit = await serve('nbdkit', rawFile)
   stops.push(nbdkit.stop)

@@ -17,6 +17,7 @@ export function renderVdisk(v: VdiskInfo): string {
     ['owner', v.owner ?? '-'],
     ['nbd uri', v.nbdUri],
     ['over tls', `${tlsUri(v)}  (DIR from: tess vdisk credentials --user NAME --out DIR)`],
+    ['on the node', `nbd+unix:///${v.name}?socket=<data-dir>/run/nbd.sock  (root on a node, no TLS; data-dir is /var/lib/tess unless set)`],
     ['created', v.createdAt],
   ])
 }

@@ -42,6 +42,8 @@ export const keys = {
   volumesPrefix: '/tess/volumes/',
   /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
   nbdUserCa: '/tess/nbd-user-ca',
+  /** per node: the SHA-256 of the users CA its NBD server accepts (`/tess/nbd-user-ca-ack/<node>`) */
+  nbdUserCaAck: '/tess/nbd-user-ca-ack/',
 }
 
 export function etcdOptionsFor(cfg: NodeConfig): IOptions {

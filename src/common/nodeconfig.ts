@@ -28,9 +28,10 @@ export interface NodeConfig {
   }
   api: { bind: string, port: number }
   /**
-   * NBD on TCP; `tls`: 'offer' (default: STARTTLS with a client certificate of the cluster CA is
-   * offered, plain NBD still accepted) or 'require' (nothing without TLS). The Unix socket
-   * `<data-dir>/run/nbd.sock` (mode 0600) never needs TLS.
+   * NBD on TCP; `tls`: 'require' (default: nothing without STARTTLS and a client certificate of
+   * the cluster CA or the NBD users CA) or 'offer' (plain NBD accepted too: anyone who reaches the
+   * port can read and write every vDisk). The Unix socket `<data-dir>/run/nbd.sock` (mode 0600)
+   * never needs TLS.
    */
   nbd: { bind: string, port: number, tls?: 'offer' | 'require' }
   /**

@@ -82,9 +82,10 @@ async function main(): Promise<void> {
   engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view })
   await engine.start()
   const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
-  const nbdTls = cfg.nbd.tls ?? 'offer'
+  // TLS is required on TCP unless node.json says offer; the Unix socket (root only) needs none
+  const nbdTls = cfg.nbd.tls ?? 'require'
   if (nbdTls !== 'offer' && nbdTls !== 'require') throw new Error(`node.json: nbd.tls is "${String(nbdTls)}", not offer or require`)
-  const nbdTrust = new NbdTrust(etcd, creds, log)
+  const nbdTrust = new NbdTrust(etcd, creds, log, cfg.nodeName)
   await nbdTrust.refresh().catch((e: unknown) => log.warn(`NBD: cannot read the users CA yet: ${errorMessage(e)}`))
   nbdTrust.start()
   const nbd = new NbdServer({ provider: engine, log, tls: { context: () => nbdTrust.context, require: nbdTls === 'require' } })

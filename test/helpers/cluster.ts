@@ -78,6 +78,16 @@ export class TestCluster {
     return { TESS_CONFIG_DIR: this.configDir }
   }
 
+  /** the node's NBD Unix socket (root only, no TLS: TCP requires TLS) */
+  get nbdSocket(): string {
+    return path.join(this.dataDir, 'run', 'nbd.sock')
+  }
+
+  /** an NBD URI of an export on the Unix socket; without a name, the server (for --list) */
+  nbdUri(name = ''): string {
+    return `nbd+unix:///${name}?socket=${this.nbdSocket}`
+  }
+
   tess(args: string[], opts?: { input?: string, timeoutMs?: number, wrap?: string[] }): Promise<TessResult> {
     return runTess(args, this.env, opts)
   }

@@ -26,10 +26,26 @@ export function parseFioJson(out: string): any {
   return JSON.parse(out.slice(out.indexOf('{')))
 }
 
+
 /**
- * A burst of writes through one NBD connection: `file` copied to `uri` by nbdcopy with `inFlight`
- * requests of `requestBytes` in flight at once, then a flush. Any failed write fails the copy.
+ * qemu-img arguments for an NBD export over TLS, with the credentials `tess vdisk credentials`
+ * wrote to `creds`: `--object` (put it before the images) and the image's option string.
  */
-export function nbdWriteBurst(file: string, uri: string, opts: { inFlight?: number, requestBytes?: number, timeoutMs?: number } = {}): Promise<RunResult> {
-  return run('nbdcopy', ['--connections=1', `--requests=${opts.inFlight ?? 64}`, `--request-size=${opts.requestBytes ?? 64 * 1024}`, '--flush', file, uri], { timeoutMs: opts.timeoutMs ?? 120_000 })
+export function qemuNbdTls(creds: string, host: string, port: number, exportName: string): { object: string[], image: string } {
+  return {
+    object: ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${creds}`],
+    image: `driver=nbd,host=${host},port=${port},export=${exportName},tls-creds=tls0`,
+  }
+}
+
+/** copy a local file into an NBD export over TLS with qemu-img (the export keeps its size) */
+export function qemuImgToNbdTls(file: string, creds: string, host: string, port: number, exportName: string, timeoutMs = 300_000): Promise<RunResult> {
+  const t = qemuNbdTls(creds, host, port, exportName)
+  return run('qemu-img', ['convert', '-n', '-f', 'raw', ...t.object, '--target-image-opts', file, t.image], { timeoutMs })
+}
+
+/** copy an NBD export over TLS into a local raw file with qemu-img */
+export function qemuImgFromNbdTls(creds: string, host: string, port: number, exportName: string, file: string, timeoutMs = 300_000): Promise<RunResult> {
+  const t = qemuNbdTls(creds, host, port, exportName)
+  return run('qemu-img', ['convert', '-O', 'raw', ...t.object, '--image-opts', t.image, file], { timeoutMs })
 }

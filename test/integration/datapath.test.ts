@@ -20,7 +20,8 @@ describe('vDisk data path over NBD', () => {
 
   beforeAll(async () => {
     await c.create()
-    uri = (name) => `nbd://127.0.0.1:${c.ports.nbd}/${name}`
+    // the Unix socket: NBD on TCP requires TLS (refused below without it)
+    uri = (name) => c.nbdUri(name)
   })
 
   afterAll(async () => {
@@ -45,11 +46,20 @@ describe('vDisk data path over NBD', () => {
     expect(exp.can_trim).toBe(true)
     expect(exp.can_zero).toBe(true)
     expect(exp['block_size_preferred']).toBe(4096)
-    const list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${c.ports.nbd}`])
+    const list = await run('nbdinfo', ['--list', '--json', c.nbdUri()])
     expect(list.code, list.stderr).toBe(0)
     expect(JSON.parse(list.stdout).exports.map((e: any) => e['export-name'])).toContain('info')
     const missing = await run('nbdinfo', [uri('no-such-vdisk')])
     expect(missing.code).not.toBe(0)
+    // on TCP, without TLS and a certificate: nothing, not even the list of exports
+    const plain = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${c.ports.nbd}`])
+    expect(plain.code).not.toBe(0)
+    expect(plain.stdout).not.toContain('info')
+    // (libnbd shows NBD_REP_ERR_TLS_REQD as "Operation not supported")
+    expect(plain.stderr).toMatch(/server replied with error to list request/)
+    const plainOpen = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${c.ports.nbd}/info`])
+    expect(plainOpen.code).not.toBe(0)
+    expect(plainOpen.stderr).toMatch(/server replied with error to opt_go request/)
   })
 
   it('qemu-img converts 256 MiB of random bytes in and out unchanged; allocation shows', async () => {
@@ -65,7 +75,7 @@ describe('vDisk data path over NBD', () => {
     fs.rmSync(out)
     const show = await c.tess(['vdisk', 'show', 'big', '--json'])
     expect(show.json.allocatedBytes).toBe(256 * MiB)
-    expect(show.json.nbdUri).toBe(uri('big'))
+    expect(show.json.nbdUri).toBe(`nbd://127.0.0.1:${c.ports.nbd}/big`)
     const list = await c.tess(['vdisk', 'list', '--json'])
     expect(list.json.find((v: any) => v.name === 'big').allocatedBytes).toBe(256 * MiB)
   })

@@ -42,7 +42,7 @@ describe('a node without cgroups', () => {
     const src = path.join(c.root, 'in.bin')
     const out = path.join(c.root, 'out.bin')
     fs.writeFileSync(src, crypto.randomBytes(8 * MiB))
-    const uri = `nbd://127.0.0.1:${c.ports.nbd}/v`
+    const uri = c.nbdUri('v')
     expect((await run('nbdcopy', ['--flush', src, uri])).code).toBe(0)
     const r = await run('nbdcopy', [uri, out])
     expect(r.code, r.stderr).toBe(0)

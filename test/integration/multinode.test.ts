@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
-import { nbdWriteBurst, run } from '../helpers/run.js'
+import { qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
 import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
 
 const MiB = 1024 * 1024
@@ -23,7 +23,15 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
   const env = { TESS_CONFIG_DIR: path.join(root, 'config') }
   const tess = (args: string[]): Promise<TessResult> => runTess(args, env, { timeoutMs: 240_000 })
   const addr = (i: number) => th.hosts[i]!.address
-  const uri = (i: number, v: string) => `nbd://${addr(i)}:10809/${v}`
+  // NBD on TCP requires TLS: a client certificate from `tess vdisk credentials`, made after create
+  const creds = path.join(root, 'nbd-creds')
+  const uri = (i: number, v: string) => `nbds://${addr(i)}:10809/${v}?tls-certificates=${creds}`
+  /**
+   * 64 writes in flight through host i's CVM at once, from inside the host on its NBD Unix socket
+   * (no TLS), so nothing has to happen between `cluster create` and the writes.
+   */
+  const burstVia = (i: number, file: string, v: string) => th.exec(th.hosts[i]!, ['nbdcopy', '--connections=1', '--requests=64',
+    `--request-size=${64 * 1024}`, '--flush', file, `nbd+unix:///${v}?socket=/var/lib/tess/run/nbd.sock`], { timeoutMs: 120_000 })
   const big = path.join(root, 'random.bin')
   /** The last lines of host i's CVM log, so a failure in CI says what the CVM saw. */
   const cvmLog = async (i: number) =>
@@ -39,8 +47,12 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     fs.writeFileSync(src, crypto.randomBytes(16 * MiB))
     const c = await tess(['vdisk', 'create', v, '--size', '64M', '--rf', '2', '--json'])
     expect(c.code, c.stdout + c.stderr).toBe(0)
-    const w = await nbdWriteBurst(src, uri(via, v))
+    const w = await burstVia(via, src, v)
     expect(w.code, `writes through host ${via + 1}: ${w.stderr}`).toBe(0)
+    if (!fs.existsSync(creds)) {
+      const cr = await tess(['vdisk', 'credentials', '--user', 'ci', '--out', creds, '--json'])
+      expect(cr.code, cr.stdout + cr.stderr).toBe(0)
+    }
     const out = path.join(root, `${v}-out.bin`)
     const r = await run('nbdcopy', [uri(check, v), out])
     expect(r.code, r.stderr).toBe(0)
@@ -77,6 +89,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     const r = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--rf', '2', '--json'])
     expect(r.code, r.stdout + r.stderr).toBe(0)
     expect(r.json.nodes).toHaveLength(3)
+    // credentials for the checks and the later tests: made inside firstWrites, after the writes
     await firstWrites('first', 0, 1)
     // re-running converges instead of failing on what exists
     const again = await tess(['cluster', 'create', '--name', 'mn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--rf', '2', '--json'])
@@ -105,7 +118,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
   it('writes 256 MiB at RF 2 through host 1 and reads it through host 2 (forwarded)', async () => {
     const c = await tess(['vdisk', 'create', 'data', '--size', '512M', '--rf', '2', '--json'])
     expect(c.code, c.stdout).toBe(0)
-    const w = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', big, uri(0, 'data')], { timeoutMs: 300_000 })
+    const w = await qemuImgToNbdTls(big, creds, addr(0), 10809, 'data')
     expect(w.code, w.stderr).toBe(0)
     const show = await tess(['vdisk', 'show', 'data', '--json'])
     expect(show.json.owner).toBe(th.hosts[0]!.name)
@@ -218,10 +231,10 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     // new writes at RF 2 succeed (replicas that were on host 3 are replaced on the write path)
     const fresh = path.join(root, 'fresh.bin')
     fs.writeFileSync(fresh, crypto.randomBytes(48 * MiB))
-    const w = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', fresh, uri(1, 'data')], { timeoutMs: 300_000 })
+    const w = await qemuImgToNbdTls(fresh, creds, addr(1), 10809, 'data')
     expect(w.code, w.stderr).toBe(0)
     const back = path.join(root, 'fresh-out.bin')
-    expect((await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri(0, 'data'), back], { timeoutMs: 300_000 })).code).toBe(0)
+    expect((await qemuImgFromNbdTls(creds, addr(0), 10809, 'data', back)).code).toBe(0)
     expect(fs.readFileSync(back).subarray(0, 48 * MiB).equals(fs.readFileSync(fresh))).toBe(true)
     fs.rmSync(back)
 

@@ -55,8 +55,10 @@ export default class VdiskCredentials extends TessCommand<VdiskCredentialsResult
       throw new TessError('TESS_E_EXISTS', `cannot write credentials to ${dir}: it holds credentials already`, 'choose another directory, or pass --force to replace them')
     }
     const ca = nbdUsersCa(secretsDir, ctx.name)
-    // every CVM accepts the users CA once it is in etcd
-    await this.client(ctx).request('PUT', '/v1/nbd/user-ca', { certPem: fs.readFileSync(ca.caCert, 'utf8') })
+    // every CVM accepts the users CA once it is in etcd; the call returns when every node that is
+    // up does (a node that is down reads it when it comes back)
+    const stored = await this.client(ctx).request<{ pendingNodes?: string[] }>('PUT', '/v1/nbd/user-ca', { certPem: fs.readFileSync(ca.caCert, 'utf8') })
+    if ((stored.pendingNodes ?? []).length > 0) this.warn(`not yet accepted by node(s) ${stored.pendingNodes!.join(', ')}: connections through them are refused until they read the CA (within seconds of coming back)`)
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
     const cert = createUserCert(dir, ca, user, flags.days)
     // the cluster CA verifies the servers; the users CA is there too because qemu checks the

@@ -1,5 +1,5 @@
 import { TessError } from '../../common/errors.js'
-import { checkCaPem, type NbdTrust } from '../nbd/trust.js'
+import { checkCaPem, nbdTrustRefreshMs, waitForNbdTrustAcks, type NbdTrust } from '../nbd/trust.js'
 import type { NodeConfig } from '../../common/nodeconfig.js'
 import type { HealthInfo } from '../../common/types.js'
 import type { NodeService } from '../node.js'
@@ -50,7 +50,10 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     const pem = checkCaPem(str(bodyObject(req.body), 'certPem')!)
     await etcdCall('store the NBD users CA', () => s.etcd.put(keys.nbdUserCa).value(pem))
     await s.nbdTrust.refresh()
-    return { stored: true }
+    // answered once every CVM that is up accepts it: credentials work on any node right away
+    const pending = await waitForNbdTrustAcks(s.etcd, pem, () => s.view.nodes().filter((n) => n.up).map((n) => n.name))
+    if (pending.length > 0) s.log.warn(`NBD users CA stored; not yet accepted by ${pending.join(', ')} (they read it within ${nbdTrustRefreshMs / 1000} s of coming back)`)
+    return { stored: true, pendingNodes: pending }
   })
   api.route('GET', '/v1/placement', async (req) => s.view.info(Math.max(1, queryInt(req, 'rf', rfMax) ?? 1)))
 

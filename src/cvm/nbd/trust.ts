@@ -5,8 +5,10 @@ import { TessError, errorMessage } from '../../common/errors.js'
 import { keys } from '../../common/etcd.js'
 import type { Logger } from '../../common/log.js'
 
-/** how often a CVM reads the NBD users CA from etcd */
+/** how often a CVM reads the NBD users CA from etcd besides watching it (a watch can be lost) */
 export const nbdTrustRefreshMs = 5_000
+/** how long storing a new users CA waits for every CVM that is up to accept it */
+export const nbdTrustAckWaitMs = 15_000
 /** a CA certificate in PEM, at most this long */
 export const nbdUserCaMaxBytes = 16 * 1024
 
@@ -22,7 +24,16 @@ export class NbdTrust {
   private userCa: string | undefined
   private timer: NodeJS.Timeout | undefined
 
-  constructor(private readonly etcd: Etcd3, private readonly creds: { cert: Buffer, key: Buffer, ca: Buffer }, private readonly log: Logger) {
+  private watcher: { cancel(): Promise<void> } | undefined
+  private acked: string | undefined
+
+  constructor(
+    private readonly etcd: Etcd3,
+    private readonly creds: { cert: Buffer, key: Buffer, ca: Buffer },
+    private readonly log: Logger,
+    /** this node: it says in etcd which users CA it accepts (keys.nbdUserCaAck), so a new CA's setter can wait for every node */
+    private readonly nodeName?: string,
+  ) {
     this.current = this.build(undefined)
   }
 
@@ -36,17 +47,34 @@ export class NbdTrust {
 
   async refresh(): Promise<void> {
     const pem = (await this.etcd.get(keys.nbdUserCa).string()) ?? undefined
-    if (pem === this.userCa) return
+    if (pem === this.userCa) return this.ack(pem)
     try {
       this.current = this.build(pem === undefined ? undefined : checkCaPem(pem))
       this.userCa = pem
       this.log.info(pem === undefined ? 'NBD: no users CA; client certificates of the cluster CA only' : 'NBD: client certificates of the NBD users CA are accepted')
     } catch (e) {
       this.log.error(`NBD: the users CA in etcd is not usable: ${errorMessage(e)}`)
+      return
     }
+    await this.ack(pem)
+  }
+
+  /** say in etcd which users CA this node accepts (once per CA; retried by the next refresh if it failed) */
+  private async ack(pem: string | undefined): Promise<void> {
+    if (this.nodeName === undefined || pem === undefined) return
+    const fp = caFingerprint(pem)
+    if (this.acked === fp) return
+    await this.etcd.put(`${keys.nbdUserCaAck}${this.nodeName}`).value(fp)
+    this.acked = fp
   }
 
   start(): void {
+    // a change reaches this CVM at once through a watch; the timer below covers a lost watch
+    this.etcd.watch().key(keys.nbdUserCa).create().then((w) => {
+      this.watcher = w
+      w.on('put', () => void this.refresh().catch((e: unknown) => this.log.warn(`NBD: cannot read the users CA: ${errorMessage(e)}`)))
+      w.on('error', () => undefined)
+    }, (e: unknown) => this.log.warn(`NBD: cannot watch the users CA (read every ${nbdTrustRefreshMs / 1000} s instead): ${errorMessage(e)}`))
     const tick = () => {
       this.refresh().catch((e: unknown) => this.log.warn(`NBD: cannot read the users CA: ${errorMessage(e)}`)).finally(() => {
         this.timer = setTimeout(tick, nbdTrustRefreshMs)
@@ -58,6 +86,27 @@ export class NbdTrust {
 
   stop(): void {
     clearTimeout(this.timer)
+    void this.watcher?.cancel().catch(() => undefined)
+  }
+}
+
+/** what a node acknowledges: the SHA-256 of the CA certificate's PEM text */
+export function caFingerprint(pem: string): string {
+  return crypto.createHash('sha256').update(pem).digest('hex')
+}
+
+/**
+ * After a new users CA was stored: wait until every node in `nodes()` (those up) has acknowledged
+ * it, at most `timeoutMs`. Resolves with the nodes that did not (empty: all did).
+ */
+export async function waitForNbdTrustAcks(etcd: Etcd3, pem: string, nodes: () => string[], timeoutMs = nbdTrustAckWaitMs, pollMs = 100): Promise<string[]> {
+  const want = caFingerprint(pem)
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const acks = await etcd.getAll().prefix(keys.nbdUserCaAck).strings()
+    const missing = nodes().filter((n) => acks[`${keys.nbdUserCaAck}${n}`] !== want)
+    if (missing.length === 0 || Date.now() >= deadline) return missing
+    await new Promise((r) => setTimeout(r, pollMs))
   }
 }
 
