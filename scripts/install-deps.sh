@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 kind="${1:-runtime}"
 
 # binary -> Debian package
-# g++ and make build the native addons (CRC-32C, page cache reads) during npm ci (without them the slower fallbacks are used)
+# g++ and make build the native addons (CRC-32C; page cache reads, the socket sender and aligned memory for direct writes) during npm ci (without them the slower fallbacks are used)
 declare -A pkgs=([etcd]=etcd-server [etcdctl]=etcd-client [openssl]=openssl [g++]=g++ [make]=make)
 if [[ "$kind" == test ]]; then
   pkgs+=([qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils [nbdinfo]=libnbd-bin [nbdcopy]=libnbd-bin
