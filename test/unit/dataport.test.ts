@@ -1,3 +1,4 @@
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -13,6 +14,8 @@ import { DataServer } from '../../src/cvm/replication/server.js'
 import { ReplicaStore } from '../../src/cvm/vdisk/replicastore.js'
 import { RemoteReplica } from '../../src/cvm/vdisk/replica.js'
 import { PeerPool } from '../../src/cvm/replication/client.js'
+import { BufferPool } from '../../src/common/bufpool.js'
+import { alignedBuffer, directIoReady, nativeIoEngine } from '../../src/common/nativeio.js'
 
 const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
 
@@ -33,6 +36,34 @@ describe('frame parser', () => {
     const notJson = Buffer.from(encodeFrame(1, 1, {})[0]!.subarray(0, frameHeaderBytes))
     notJson.writeUInt32BE(3, 12)
     expect(() => new FrameParser().push(Buffer.concat([notJson, Buffer.from('[1]')]))).toThrow(/JSON object/)
+  })
+
+  it('bulk frames: any split, one reused receive buffer, data in pooled blocks given back by release()', () => {
+    const pool = new BufferPool(64 * 1024 * 1024, 4096, (n) => alignedBuffer(n) ?? Buffer.allocUnsafe(n))
+    const p = new FrameParser(true, pool)
+    const payloads = [crypto.randomBytes(1024 * 1024), crypto.randomBytes(4096), Buffer.alloc(0), crypto.randomBytes(12345)]
+    const bytes = Buffer.concat(payloads.flatMap((d, i) => encodeFrame(i + 1, 3, { egid: 'e', slot: i, offset: 0 }, d.length > 0 ? d : undefined, true)))
+    // fed through one buffer that is overwritten after every push, as a socket's receive buffer is
+    const recv = Buffer.alloc(777)
+    const frames = []
+    for (let at = 0; at < bytes.length; at += recv.length) {
+      const n = bytes.copy(recv, 0, at, at + recv.length)
+      frames.push(...p.push(recv.subarray(0, n)))
+      recv.fill(0xaa)
+    }
+    expect(frames.map((f) => f.id)).toEqual([1, 2, 3, 4])
+    frames.forEach((f, i) => {
+      expect(f.json.slot).toBe(i)
+      expect(f.data.equals(payloads[i]!)).toBe(true)
+    })
+    // the 1 MiB payload sits at the start of a pooled block: aligned where the addon is built
+    if (nativeIoEngine === 'native') expect(directIoReady(frames[0]!.data)).toBe(true)
+    // given back, the block is handed out again
+    frames[0]!.release()
+    frames[0]!.release()
+    const again = pool.take(1024 * 1024)
+    expect(again.buffer).toBe(frames[0]!.data.buffer)
+    expect(pool.take(1024 * 1024).buffer).not.toBe(again.buffer)
   })
 })
 

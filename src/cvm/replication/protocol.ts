@@ -171,7 +171,7 @@ export class FrameParser {
   private readonly head: Buffer
   private headFilled = 0
   /** the frame whose parameters and data are being received, after its header was checked */
-  private body: { id: number, code: number, jl: number, jsonSum: number, dataSum: number, block: Buffer | undefined, buf: Buffer, filled: number } | undefined
+  private body: { id: number, code: number, jsonSum: number, dataSum: number, params: Buffer, block: Buffer | undefined, data: Buffer, filled: number } | undefined
 
   /**
    * `pool`: where frame bodies are assembled; a frame's release() gives its block back. Without
@@ -201,11 +201,21 @@ export class FrameParser {
         this.headFilled = 0
         body = this.startBody()
       }
-      const n = Math.min(body.buf.length - body.filled, chunk.length - at)
-      chunk.copy(body.buf, body.filled, at, at + n)
-      body.filled += n
-      at += n
-      if (body.filled < body.buf.length) break
+      // the parameters into their own buffer, then the data into its (pooled, aligned) block
+      const jl = body.params.length
+      if (body.filled < jl) {
+        const n = Math.min(jl - body.filled, chunk.length - at)
+        chunk.copy(body.params, body.filled, at, at + n)
+        body.filled += n
+        at += n
+      }
+      if (body.filled >= jl) {
+        const n = Math.min(jl + body.data.length - body.filled, chunk.length - at)
+        chunk.copy(body.data, body.filled - jl, at, at + n)
+        body.filled += n
+        at += n
+      }
+      if (body.filled < jl + body.data.length) break
       this.body = undefined
       out.push(this.finish(body))
     }
@@ -220,23 +230,18 @@ export class FrameParser {
     const jl = head.readUInt32BE(12)
     const dl = head.readUInt32BE(16)
     if (jl > frameJsonMaxBytes || dl > frameDataMaxBytes) throw new Error(`frame too large (${jl} + ${dl} bytes)`)
-    // in a pooled block the parameters go first so that the data starts on a 4096-byte boundary
-    // of the block (an aligned block lets a replica write the data with O_DIRECT)
-    const pad = dl > 0 ? (4096 - (jl % 4096)) % 4096 : 0
-    const block = this.pool?.take(pad + jl + dl)
-    const buf = block ? block.subarray(pad, pad + jl + dl) : Buffer.allocUnsafe(jl + dl)
+    // the data at the start of a pooled block: an aligned block lets a replica write it with O_DIRECT
+    const block = dl > 0 ? this.pool?.take(dl) : undefined
     this.body = {
-      id: head.readUInt32BE(4), code: head.readUInt16BE(8), jl,
+      id: head.readUInt32BE(4), code: head.readUInt16BE(8),
       jsonSum: this.bulk ? head.readUInt32BE(20) : 0, dataSum: this.bulk ? head.readUInt32BE(24) : 0,
-      block, buf, filled: 0,
+      params: Buffer.allocUnsafe(jl), block, data: block ? block.subarray(0, dl) : Buffer.allocUnsafe(dl), filled: 0,
     }
     return this.body
   }
 
   private finish(body: NonNullable<FrameParser['body']>): Frame {
-    const { buf, jl } = body
-    const params = buf.subarray(0, jl)
-    const data = buf.subarray(jl)
+    const { params, data } = body
     if (this.bulk) {
       if (crc32c(params) !== body.jsonSum) throw new FrameChecksumError('frame parameters checksum mismatch')
       if ((data.length > 0 ? crc32c(data) : 0) !== body.dataSum) throw new FrameChecksumError(`frame data checksum mismatch (${data.length} bytes)`)
