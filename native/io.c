@@ -26,56 +26,20 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "napi_args.h"
+
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
 #endif
 
-static napi_value make_int(napi_env env, int64_t v) {
-  napi_value out;
-  if (napi_create_int64(env, v, &out) != napi_ok) return NULL;
-  return out;
-}
-
-static int get_int64(napi_env env, napi_value v, int64_t min, int64_t max, int64_t* out, const char* what) {
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", what);
-    return 0;
-  }
-  double d;
-  if (napi_get_value_double(env, v, &d) != napi_ok || d != d || d < (double)min || d > (double)max || d != (double)(int64_t)d) {
-    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", what);
-    return 0;
-  }
-  *out = (int64_t)d;
-  return 1;
-}
-
 static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
-    napi_throw_error(env, NULL, "preadNowait: napi_get_cb_info failed");
-    return NULL;
-  }
-  if (argc < 5) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "preadNowait: 5 arguments expected (fd, buf, offset, length, position)");
-    return NULL;
-  }
+  if (!get_args(env, info, 5, argv, "preadNowait: 5 arguments expected (fd, buf, offset, length, position)")) return NULL;
   int64_t fd, offset, length, position;
   if (!get_int64(env, argv[0], 0, INT32_MAX, &fd, "preadNowait: fd must be a non-negative integer")) return NULL;
-  bool is_typed;
-  if (napi_is_typedarray(env, argv[1], &is_typed) != napi_ok || !is_typed) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "preadNowait: buf must be a Uint8Array");
-    return NULL;
-  }
-  napi_typedarray_type type;
   size_t count;
   void* data;
-  if (napi_get_typedarray_info(env, argv[1], &type, &count, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "preadNowait: buf must be a Uint8Array");
-    return NULL;
-  }
+  if (!get_u8array(env, argv[1], &data, &count, "preadNowait: buf must be a Uint8Array")) return NULL;
   if (!get_int64(env, argv[2], 0, (int64_t)count, &offset, "preadNowait: offset out of range")) return NULL;
   if (!get_int64(env, argv[3], 0, (int64_t)count - offset, &length, "preadNowait: length out of range")) return NULL;
   if (!get_int64(env, argv[4], 0, INT64_MAX / 2, &position, "preadNowait: position out of range")) return NULL;
@@ -96,12 +60,8 @@ static void free_aligned(napi_env env, void* data, void* hint) {
 
 /* alignedBuffer(size): a Buffer of size bytes (1 .. 1 GiB) whose memory starts on a 4096-byte boundary */
 static napi_value js_aligned_buffer(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "alignedBuffer: a size expected");
-    return NULL;
-  }
+  if (!get_args(env, info, 1, argv, "alignedBuffer: a size expected")) return NULL;
   int64_t size;
   if (!get_int64(env, argv[0], 1, 1LL << 30, &size, "alignedBuffer: size must be 1 to 2^30 bytes")) return NULL;
   void* p = NULL;
@@ -120,17 +80,11 @@ static napi_value js_aligned_buffer(napi_env env, napi_callback_info info) {
 
 /* addressAlignment(buf): the largest power of two (up to 4096) that divides the address of buf's first byte */
 static napi_value js_address_alignment(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  bool is_typed = false;
-  napi_typedarray_type type;
   size_t count;
   void* data;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_is_typedarray(env, argv[0], &is_typed) != napi_ok ||
-      !is_typed || napi_get_typedarray_info(env, argv[0], &type, &count, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "addressAlignment: a Uint8Array expected");
-    return NULL;
-  }
+  if (!get_args(env, info, 1, argv, "addressAlignment: a Uint8Array expected") ||
+      !get_u8array(env, argv[0], &data, &count, "addressAlignment: a Uint8Array expected")) return NULL;
   uintptr_t a = (uintptr_t)data;
   int64_t align = 4096;
   while (align > 1 && (a % (uintptr_t)align) != 0) align /= 2;
@@ -157,12 +111,8 @@ struct tess_cachestat {
  * Linux 6.5+), or -errno (-ENOSYS on older kernels). Unlike a probing read it starts no read-ahead.
  */
 static napi_value js_cached_pages(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "cachedPages: 3 arguments expected (fd, offset, length)");
-    return NULL;
-  }
+  if (!get_args(env, info, 3, argv, "cachedPages: 3 arguments expected (fd, offset, length)")) return NULL;
   int64_t fd, offset, length;
   if (!get_int64(env, argv[0], 0, INT32_MAX, &fd, "cachedPages: fd must be a non-negative integer")) return NULL;
   if (!get_int64(env, argv[1], 0, INT64_MAX / 2, &offset, "cachedPages: offset out of range")) return NULL;
@@ -176,15 +126,13 @@ static napi_value js_cached_pages(napi_env env, napi_callback_info info) {
 napi_status sender_init(napi_env env, napi_value exports); /* sender.c */
 
 static napi_value init(napi_env env, napi_value exports) {
-  napi_value fn;
-  if (napi_create_function(env, "preadNowait", NAPI_AUTO_LENGTH, js_pread_nowait, NULL, &fn) != napi_ok ||
-      napi_set_named_property(env, exports, "preadNowait", fn) != napi_ok || sender_init(env, exports) != napi_ok ||
-      napi_create_function(env, "alignedBuffer", NAPI_AUTO_LENGTH, js_aligned_buffer, NULL, &fn) != napi_ok ||
-      napi_set_named_property(env, exports, "alignedBuffer", fn) != napi_ok ||
-      napi_create_function(env, "addressAlignment", NAPI_AUTO_LENGTH, js_address_alignment, NULL, &fn) != napi_ok ||
-      napi_set_named_property(env, exports, "addressAlignment", fn) != napi_ok ||
-      napi_create_function(env, "cachedPages", NAPI_AUTO_LENGTH, js_cached_pages, NULL, &fn) != napi_ok ||
-      napi_set_named_property(env, exports, "cachedPages", fn) != napi_ok) {
+  static const export_fn fns[] = {
+    {"preadNowait", js_pread_nowait},
+    {"alignedBuffer", js_aligned_buffer},
+    {"addressAlignment", js_address_alignment},
+    {"cachedPages", js_cached_pages},
+  };
+  if (export_fns(env, exports, fns, sizeof fns / sizeof fns[0]) != napi_ok || sender_init(env, exports) != napi_ok) {
     napi_throw_error(env, NULL, "tess_io: init failed");
     return NULL;
   }

@@ -36,6 +36,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "napi_args.h"
+
 #ifndef IOV_MAX
 #define IOV_MAX 1024
 #endif
@@ -219,18 +221,11 @@ static sender* get_sender(napi_env env, napi_value v) {
 }
 
 static napi_value js_sender_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "senderOpen: 2 arguments expected (fd, onDone)");
-    return NULL;
-  }
-  int32_t fd;
+  if (!get_args(env, info, 2, argv, "senderOpen: 2 arguments expected (fd, onDone)")) return NULL;
+  int64_t fd;
+  if (!get_int64(env, argv[0], 0, INT32_MAX, &fd, "senderOpen: fd must be a non-negative integer")) return NULL;
   napi_valuetype t;
-  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_number || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "senderOpen: fd must be a non-negative integer");
-    return NULL;
-  }
   if (napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "senderOpen: onDone must be a function");
     return NULL;
@@ -240,7 +235,7 @@ static napi_value js_sender_open(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ENOMEM", "senderOpen: out of memory");
     return NULL;
   }
-  s->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  s->fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
   if (s->fd < 0) {
     int e = errno;
     free(s);
@@ -294,12 +289,8 @@ static napi_value js_sender_open(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_sender_write(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "senderWrite: 2 arguments expected (handle, buffers)");
-    return NULL;
-  }
+  if (!get_args(env, info, 2, argv, "senderWrite: 2 arguments expected (handle, buffers)")) return NULL;
   sender* s = get_sender(env, argv[0]);
   if (s == NULL) return NULL;
   bool is_array;
@@ -321,14 +312,16 @@ static napi_value js_sender_write(napi_env env, napi_callback_info info) {
   b->count = 0;
   for (uint32_t i = 0; i < n; i++) {
     napi_value el;
-    bool is_typed = false;
-    napi_typedarray_type type;
     size_t len;
     void* data;
-    if (napi_get_element(env, argv[1], i, &el) != napi_ok || napi_is_typedarray(env, el, &is_typed) != napi_ok || !is_typed ||
-        napi_get_typedarray_info(env, el, &type, &len, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    const char* what = "senderWrite: buffers must be an array of Uint8Array";
+    if (napi_get_element(env, argv[1], i, &el) != napi_ok) {
       free(b);
-      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "senderWrite: buffers must be an array of Uint8Array");
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", what);
+      return NULL;
+    }
+    if (!get_u8array(env, el, &data, &len, what)) {
+      free(b);
       return NULL;
     }
     if (len == 0) continue;
@@ -352,12 +345,8 @@ static napi_value js_sender_write(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_sender_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "senderClose: a handle expected");
-    return NULL;
-  }
+  if (!get_args(env, info, 1, argv, "senderClose: a handle expected")) return NULL;
   sender* s = get_sender(env, argv[0]);
   if (s == NULL) return NULL;
   request_close(s);
@@ -365,15 +354,8 @@ static napi_value js_sender_close(napi_env env, napi_callback_info info) {
 }
 
 napi_status sender_init(napi_env env, napi_value exports) {
-  static const struct { const char* name; napi_callback fn; } fns[] = {
+  static const export_fn fns[] = {
     {"senderOpen", js_sender_open}, {"senderWrite", js_sender_write}, {"senderClose", js_sender_close},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_value f;
-    napi_status st = napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f);
-    if (st != napi_ok) return st;
-    st = napi_set_named_property(env, exports, fns[i].name, f);
-    if (st != napi_ok) return st;
-  }
-  return napi_ok;
+  return export_fns(env, exports, fns, sizeof fns / sizeof fns[0]);
 }
