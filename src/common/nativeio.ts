@@ -73,6 +73,11 @@ export function alignedBuffer(size: number): Buffer | undefined {
   return binding?.alignedBuffer?.(size)
 }
 
+/** a block for a BufferPool: 4096-aligned memory where the addon can give it, else an ordinary buffer */
+export function allocAligned(size: number): Buffer {
+  return alignedBuffer(size) ?? Buffer.allocUnsafe(size)
+}
+
 /** whether buf's memory and length suit an O_DIRECT write (always false without the addon) */
 export function directIoReady(buf: Uint8Array): boolean {
   const align = binding?.addressAlignment

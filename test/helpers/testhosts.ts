@@ -181,3 +181,13 @@ function runProgram(cmd: string, args: string[], opts: ExecOptions): Promise<Exe
     child.stdin.end(opts.input ?? '')
   })
 }
+
+/**
+ * 64 NBD writes in flight through `host`'s CVM at once, from inside the host on its NBD Unix socket
+ * (no TLS needed): `file` copied into the export by nbdcopy on one connection, then a flush. Any
+ * failed write fails the copy.
+ */
+export function nbdBurstInHost(th: TestHosts, host: HostRef, file: string, exportName: string): Promise<ExecResult> {
+  return th.exec(host, ['nbdcopy', '--connections=1', '--requests=64', `--request-size=${64 * 1024}`, '--flush', file,
+    `nbd+unix:///${exportName}?socket=/var/lib/tess/run/nbd.sock`], { timeoutMs: 120_000 })
+}

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
 import { run } from '../helpers/run.js'
-import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
+import { createTestHosts, nbdBurstInHost, type TestHosts } from '../helpers/testhosts.js'
 
 const MiB = 1024 * 1024
 
@@ -21,9 +21,6 @@ describe('host add grows etcd from 1 to 3 members', () => {
   // NBD on TCP requires TLS: a client certificate from `tess vdisk credentials`, made after create
   const creds = path.join(root, 'nbd-creds')
   const uri = (i: number, v: string) => `nbds://${th.hosts[i]!.address}:10809/${v}?tls-certificates=${creds}`
-  /** 64 writes in flight through host i's CVM, from inside the host on its NBD Unix socket (no TLS) */
-  const burstVia = (i: number, file: string, v: string) => th.exec(th.hosts[i]!, ['nbdcopy', '--connections=1', '--requests=64',
-    `--request-size=${64 * 1024}`, '--flush', file, `nbd+unix:///${v}?socket=/var/lib/tess/run/nbd.sock`], { timeoutMs: 120_000 })
 
   beforeAll(async () => {
     th = await createTestHosts(3)
@@ -47,7 +44,7 @@ describe('host add grows etcd from 1 to 3 members', () => {
     const src = path.join(root, 'g.bin')
     fs.writeFileSync(src, crypto.randomBytes(24 * MiB))
     // first contact (issue 20): right after create, 64 writes in flight through host 2 all succeed
-    const first = await burstVia(1, src, 'g')
+    const first = await nbdBurstInHost(th, th.hosts[1]!, src, 'g')
     expect(first.code, first.stderr).toBe(0)
     const cr = await tess(['vdisk', 'credentials', '--user', 'ci', '--out', creds, '--json'])
     expect(cr.code, cr.stdout + cr.stderr).toBe(0)
@@ -58,7 +55,7 @@ describe('host add grows etcd from 1 to 3 members', () => {
     // ... and right after host add (which restarted host 2's daemons to make it an etcd member),
     // through the new host, for a new RF 2 vDisk
     expect((await tess(['vdisk', 'create', 'joined', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
-    const joined = await burstVia(2, src, 'joined')
+    const joined = await nbdBurstInHost(th, th.hosts[2]!, src, 'joined')
     expect(joined.code, joined.stderr).toBe(0)
     const jout = path.join(root, 'joined-out.bin')
     expect((await run('nbdcopy', [uri(1, 'joined'), jout])).code).toBe(0)

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
 import { qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
-import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
+import { createTestHosts, nbdBurstInHost, type TestHosts } from '../helpers/testhosts.js'
 
 const MiB = 1024 * 1024
 
@@ -26,12 +26,6 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
   // NBD on TCP requires TLS: a client certificate from `tess vdisk credentials`, made after create
   const creds = path.join(root, 'nbd-creds')
   const uri = (i: number, v: string) => `nbds://${addr(i)}:10809/${v}?tls-certificates=${creds}`
-  /**
-   * 64 writes in flight through host i's CVM at once, from inside the host on its NBD Unix socket
-   * (no TLS), so nothing has to happen between `cluster create` and the writes.
-   */
-  const burstVia = (i: number, file: string, v: string) => th.exec(th.hosts[i]!, ['nbdcopy', '--connections=1', '--requests=64',
-    `--request-size=${64 * 1024}`, '--flush', file, `nbd+unix:///${v}?socket=/var/lib/tess/run/nbd.sock`], { timeoutMs: 120_000 })
   const big = path.join(root, 'random.bin')
   /** The last lines of host i's CVM log, so a failure in CI says what the CVM saw. */
   const cvmLog = async (i: number) =>
@@ -47,7 +41,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     fs.writeFileSync(src, crypto.randomBytes(16 * MiB))
     const c = await tess(['vdisk', 'create', v, '--size', '64M', '--rf', '2', '--json'])
     expect(c.code, c.stdout + c.stderr).toBe(0)
-    const w = await burstVia(via, src, v)
+    const w = await nbdBurstInHost(th, th.hosts[via]!, src, v)
     expect(w.code, `writes through host ${via + 1}: ${w.stderr}`).toBe(0)
     if (!fs.existsSync(creds)) {
       const cr = await tess(['vdisk', 'credentials', '--user', 'ci', '--out', creds, '--json'])

@@ -15,7 +15,7 @@ import { ReplicaStore } from '../../src/cvm/vdisk/replicastore.js'
 import { RemoteReplica } from '../../src/cvm/vdisk/replica.js'
 import { PeerPool } from '../../src/cvm/replication/client.js'
 import { BufferPool } from '../../src/common/bufpool.js'
-import { alignedBuffer, directIoReady, nativeIoEngine } from '../../src/common/nativeio.js'
+import { allocAligned, directIoReady, nativeIoEngine } from '../../src/common/nativeio.js'
 
 const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
 
@@ -39,7 +39,7 @@ describe('frame parser', () => {
   })
 
   it('bulk frames: any split, one reused receive buffer, data in pooled blocks given back by release()', () => {
-    const pool = new BufferPool(64 * 1024 * 1024, 4096, (n) => alignedBuffer(n) ?? Buffer.allocUnsafe(n))
+    const pool = new BufferPool(64 * 1024 * 1024, 4096, allocAligned)
     const p = new FrameParser(true, pool)
     const payloads = [crypto.randomBytes(1024 * 1024), crypto.randomBytes(4096), Buffer.alloc(0), crypto.randomBytes(12345)]
     const bytes = Buffer.concat(payloads.flatMap((d, i) => encodeFrame(i + 1, 3, { egid: 'e', slot: i, offset: 0 }, d.length > 0 ? d : undefined, true)))

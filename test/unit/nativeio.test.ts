@@ -131,25 +131,35 @@ async function tcpPair(): Promise<{ server: net.Socket; client: net.Socket; clos
   }
 }
 
+/** run `fn` on a fresh pair, closed afterwards whatever happens */
+async function onPair(fn: (p: { server: net.Socket; client: net.Socket }) => Promise<void>): Promise<void> {
+  const p = await tcpPair()
+  try {
+    await fn(p)
+  } finally {
+    p.close()
+  }
+}
+
 const openSender = (s: net.Socket, onError: (e: Error) => void = () => undefined) =>
   SocketSender.open(s as unknown as { _handle?: { fd?: unknown } | null }, () => undefined, onError)
 
+/** queue one batch; resolves with what its callback got once it is out (null) or failed */
+const written = (sender: SocketSender, parts: Buffer[], onSent?: () => void) =>
+  new Promise<Error | null | undefined>((resolve) => sender.write(parts, [(err) => { onSent?.(); resolve(err) }]))
+
 describe('socket sender (writes on a thread of its own)', () => {
   it('exists exactly when the addon is used', async () => {
-    const p = await tcpPair()
-    try {
+    await onPair(async (p) => {
       const sender = openSender(p.server)
       expect(sender !== undefined).toBe(nativeIoEngine === 'native')
       sender?.close()
-    } finally {
-      p.close()
-    }
+    })
   })
 
   it('writes every batch in order, through a reader that starts late (the thread waits for room)', async () => {
     if (nativeIoEngine !== 'native') return
-    const p = await tcpPair()
-    try {
+    await onPair(async (p) => {
       const sender = openSender(p.server)!
       const batches: Buffer[][] = []
       for (let i = 0; i < 300; i++) {
@@ -158,9 +168,7 @@ describe('socket sender (writes on a thread of its own)', () => {
       }
       const expected = Buffer.concat(batches.flat())
       const order: number[] = []
-      const results = batches.map(
-        (parts, i) => new Promise<Error | null | undefined>((resolve) => sender.write(parts, [(err) => { order.push(i); resolve(err) }])),
-      )
+      const results = batches.map((parts, i) => written(sender, parts, () => order.push(i)))
       // nothing is read for a while: the socket fills and the thread blocks in poll
       expect(sender.queuedBytes).toBe(expected.length)
       await new Promise((resolve) => setTimeout(resolve, 100))
@@ -179,18 +187,15 @@ describe('socket sender (writes on a thread of its own)', () => {
       expect(sender.queuedBytes).toBe(0)
       await new Promise<void>((resolve) => sender.whenIdle(resolve))
       sender.close()
-    } finally {
-      p.close()
-    }
+    })
   })
 
   it('close while blocked: the thread stops, unwritten batches fail only after it has let go', async () => {
     if (nativeIoEngine !== 'native') return
-    const p = await tcpPair()
-    try {
+    await onPair(async (p) => {
       const sender = openSender(p.server)!
       const big = Buffer.alloc(4 * 1024 * 1024, 1)
-      const results = Array.from({ length: 16 }, () => new Promise<Error | null | undefined>((resolve) => sender.write([big], [resolve])))
+      const results = Array.from({ length: 16 }, () => written(sender, [big]))
       await new Promise((resolve) => setTimeout(resolve, 50))
       sender.close()
       const settled = await Promise.all(results)
@@ -198,31 +203,25 @@ describe('socket sender (writes on a thread of its own)', () => {
       expect(settled.some((e) => e instanceof Error)).toBe(true)
       expect(sender.queuedBytes).toBe(0)
       // a write after close fails at once
-      const late = await new Promise<Error | null | undefined>((resolve) => sender.write([big], [resolve]))
+      const late = await written(sender, [big])
       expect(late).toBeInstanceOf(Error)
-    } finally {
-      p.close()
-    }
+    })
   })
 
   it('a peer that goes away fails the writes and reports the error', async () => {
     if (nativeIoEngine !== 'native') return
-    const p = await tcpPair()
-    try {
+    await onPair(async (p) => {
       let reported: Error | undefined
       const sender = openSender(p.server, (e) => (reported = e))!
       p.client.resetAndDestroy()
       await new Promise((resolve) => setTimeout(resolve, 50))
       const big = Buffer.alloc(1024 * 1024, 2)
-      const results: Promise<Error | null | undefined>[] = []
-      for (let i = 0; i < 8; i++) results.push(new Promise((resolve) => sender.write([big], [resolve])))
+      const results = Array.from({ length: 8 }, () => written(sender, [big]))
       const settled = await Promise.all(results)
       expect(settled.some((e) => e instanceof Error)).toBe(true)
       expect(reported?.message).toMatch(/errno/)
       sender.close()
-    } finally {
-      p.close()
-    }
+    })
   })
 
   it('the addon refuses bad sender arguments', () => {

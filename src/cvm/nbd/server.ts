@@ -13,7 +13,7 @@ import {
 } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import { BufferPool } from '../../common/bufpool.js'
-import { SocketSender, alignedBuffer } from '../../common/nativeio.js'
+import { SocketSender, allocAligned } from '../../common/nativeio.js'
 import { withReceiveBuffer } from '../../common/recvbuffer.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from './device.js'
 import {
@@ -148,7 +148,7 @@ export class NbdServer {
       provider: opts.provider,
       log: opts.log,
       // aligned blocks: large writes can go from them to the disk with O_DIRECT (egroup.ts)
-      pool: new BufferPool(payloadPoolIdleMaxBytes, payloadPoolBlockSmallestBytes, (n) => alignedBuffer(n) ?? Buffer.allocUnsafe(n)),
+      pool: new BufferPool(payloadPoolIdleMaxBytes, payloadPoolBlockSmallestBytes, allocAligned),
       multiConn: opts.multiConn ?? true,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? nbdHandshakeTimeoutMs,
       inFlightMax: opts.inFlightPerConnMax ?? nbdInFlightPerConnMax,

@@ -4,7 +4,7 @@ import tls from 'node:tls'
 import { TessError, errorMessage } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
 import { BufferPool } from '../../common/bufpool.js'
-import { alignedBuffer } from '../../common/nativeio.js'
+import { allocAligned } from '../../common/nativeio.js'
 import { withReceiveBuffer } from '../../common/recvbuffer.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
@@ -86,7 +86,7 @@ export class DataServer {
   private readonly helloTimeoutMs: number
   private drops = { count: 0, loggedAt: 0, last: '' }
   /** where frame bodies are assembled (replica writes of up to 1 MiB) */
-  private readonly pool = new BufferPool(dataPortPoolIdleMaxBytes, 4096, (n) => alignedBuffer(n) ?? Buffer.allocUnsafe(n))
+  private readonly pool = new BufferPool(dataPortPoolIdleMaxBytes, 4096, allocAligned)
 
   constructor(private readonly opts: DataServerOptions) {
     this.bulkEnabled = (opts.mode ?? dataPortModeDefault) === 'crc'
