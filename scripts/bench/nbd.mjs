@@ -24,7 +24,8 @@
 // each round). Prints every round's figure, the median per target and the ratios of the medians,
 // as Markdown tables. fio runs with its cwd in the bench dir and --verify_state_save=0.
 // Usage: node scripts/bench/nbd.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M]
-//          [--probes 20] [--no-pull] [--layer-mib 8] [--dir DIR]   (root: drops the page cache)
+//          [--probes 20] [--no-pull] [--layer-mib 8] [--parts overwrite,first,api,pull] [--dir DIR]
+//        (root: drops the page cache; --parts runs only the numbered parts named, default all four)
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -42,6 +43,9 @@ const probes = Number(opt('probes', '20'))
 const layerMiB = Number(opt('layer-mib', '8'))
 const base = opt('dir', '/var/tmp')
 const bytes = sizeBytes(size)
+const partNames = ['overwrite', 'first', 'api', 'pull']
+const parts = new Set(opt('parts', partNames.join(',')).split(',').map((p) => p.trim()).filter((p) => p !== ''))
+for (const p of parts) if (!partNames.includes(p)) throw new Error(`--parts: unknown part "${p}" (parts: ${partNames.join(', ')})`)
 const randFirstBytes = Math.min(bytes, sizeBytes(opt('rand-first-size', '256M')))
 const root = fs.mkdtempSync(path.join(base, 'tess-bench-'))
 const work = path.join(root, 'fio') // fio's working directory
@@ -120,7 +124,7 @@ try {
 
   // ---- 1. overwrites (and reads of written data)
   const over = {} // job -> target -> [round]
-  for (const job of jobs) {
+  for (const job of parts.has('overwrite') ? jobs : []) {
     over[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     for (let r = 0; r < rounds; r++) {
       for (const t of rotate(targetNames, r)) {
@@ -162,7 +166,7 @@ try {
   const first = {} // job -> target -> [round]
   const again = {}
   const cost = {} // job -> { first: [{delta, bytes}], over: [...] } (ours)
-  for (const job of firstJobs) {
+  for (const job of parts.has('first') ? firstJobs : []) {
     first[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     again[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     cost[job.name] = { first: [], over: [] }
@@ -191,7 +195,7 @@ try {
   await listVdisks() // warm-up, untimed
   const writeJob = jobs.find((j) => j.name === '1M write QD4')
   const lat = { idle: [], busy: [], idleMedians: [], busyMedians: [], busyMiBs: [] }
-  for (let r = 0; r < rounds; r++) {
+  for (let r = 0; r < (parts.has('api') ? rounds : 0); r++) {
     spawnSync('sync')
     const idle = await timeCalls(listVdisks, probes)
     const fio = startFio([...targets.ours, ...timedArgs(writeJob).map((a) => (a.startsWith('--runtime=') ? '--runtime=600' : a))], work)
@@ -218,7 +222,7 @@ try {
   // ---- 4. 4k random writes with and without image pulls
   let pull
   const missing = ['docker-registry', 'umoci', 'skopeo'].filter((b) => spawnSync('sh', ['-c', `command -v ${b}`]).status !== 0)
-  if (flag('no-pull')) console.error('image pulls: skipped (--no-pull)')
+  if (flag('no-pull') || !parts.has('pull')) console.error('image pulls: skipped (--no-pull)')
   else if (missing.length > 0) console.error(`image pulls: skipped (${missing.join(', ')} not installed)`)
   else {
     const reg = await startRegistry(root)
@@ -264,40 +268,45 @@ try {
   const header = `| ours (${rounds} rounds) | ours median | nbdkit (rounds) | nbdkit median | qemu-nbd (rounds) | qemu-nbd median | raw file (rounds) | raw median | ours/nbdkit | ours/qemu-nbd | ours/raw |`
   const rule = (n) => `|${'---|'.repeat(n)}`
 
-  out.push(`Overwrites and reads of written data (${size}, ${runtime} s per round after a 1 s ramp; medians of ${rounds} rounds, ratios of the medians):`, '')
-  out.push(`| job | unit ${header}`, rule(13))
-  for (const job of jobs) out.push(`| ${job.name} | ${job.unit} | ${perTarget(over[job.name])} | ${ratios(over[job.name])} |`)
-
-  out.push('', `First writes into a fresh target (a new vDisk; a new sparse file for the peers and raw), each range written once (1M: ${mib(bytes)} MiB, 4k: ${mib(randFirstBytes)} MiB):`, '')
-  out.push(`| job | unit ${header}`, rule(13))
-  for (const job of firstJobs) out.push(`| ${job.name} (first write) | ${job.unit} | ${perTarget(first[job.name])} | ${ratios(first[job.name])} |`)
-
-  out.push('', 'First write / overwrite of the same range right after (ratio of the medians; below 1: first writes are slower):', '')
-  out.push('| job | unit | ours first write (rounds) | ours overwrite (rounds) | ours first/over | nbdkit first/over | qemu-nbd first/over | raw first/over |', rule(8))
-  for (const job of firstJobs) {
-    const fo = (t) => ratio(md(first[job.name][t]), md(again[job.name][t]))
-    out.push(`| ${job.name} | ${job.unit} | ${roundsCell(first[job.name].ours)} | ${roundsCell(again[job.name].ours)} | ${fo('ours')} | ${fo('nbdkit')} | ${fo('qemu-nbd')} | ${fo('raw')} |`)
+  if (parts.has('overwrite')) {
+    out.push(`Overwrites and reads of written data (${size}, ${runtime} s per round after a 1 s ramp; medians of ${rounds} rounds, ratios of the medians):`, '')
+    out.push(`| job | unit ${header}`, rule(13))
+    for (const job of jobs) out.push(`| ${job.name} | ${job.unit} | ${perTarget(over[job.name])} | ${ratios(over[job.name])} |`)
   }
+  if (parts.has('first')) {
+    out.push(...(out.length > 0 ? [''] : []), `First writes into a fresh target (a new vDisk; a new sparse file for the peers and raw), each range written once (1M: ${mib(bytes)} MiB, 4k: ${mib(randFirstBytes)} MiB):`, '')
+    out.push(`| job | unit ${header}`, rule(13))
+    for (const job of firstJobs) out.push(`| ${job.name} (first write) | ${job.unit} | ${perTarget(first[job.name])} | ${ratios(first[job.name])} |`)
 
-  out.push('', `etcd cost of ours per GiB written (embedded etcd's /metrics before and after each pass; medians of ${rounds} rounds). Included in the figures, the idle background (the CVM's heartbeat): ${
-    etcdCostColumns.slice(0, 5).map(([label, f]) => `${fmt(f(background, idleS))} ${label.replace(' / GiB', '')}`).join(', ')} per second.`, '')
-  out.push(`| job | pass | MiB written | ${etcdCostColumns.map(([label]) => label).join(' | ')} |`, rule(3 + etcdCostColumns.length))
-  for (const job of firstJobs) {
-    for (const [pass, label] of [['first', 'first write'], ['over', 'overwrite']]) {
-      const rs = cost[job.name][pass]
-      const cells = etcdCostColumns.map(([, f]) => fmt(md(rs.map((x) => f(x.delta, x.bytes / GiB)))))
-      out.push(`| ${job.name} | ${label} | ${mib(rs[0].bytes)} | ${cells.join(' | ')} |`)
+    out.push('', 'First write / overwrite of the same range right after (ratio of the medians; below 1: first writes are slower):', '')
+    out.push('| job | unit | ours first write (rounds) | ours overwrite (rounds) | ours first/over | nbdkit first/over | qemu-nbd first/over | raw first/over |', rule(8))
+    for (const job of firstJobs) {
+      const fo = (t) => ratio(md(first[job.name][t]), md(again[job.name][t]))
+      out.push(`| ${job.name} | ${job.unit} | ${roundsCell(first[job.name].ours)} | ${roundsCell(again[job.name].ours)} | ${fo('ours')} | ${fo('nbdkit')} | ${fo('qemu-nbd')} | ${fo('raw')} |`)
+    }
+
+    out.push('', `etcd cost of ours per GiB written (embedded etcd's /metrics before and after each pass; medians of ${rounds} rounds). Included in the figures, the idle background (the CVM's heartbeat): ${
+      etcdCostColumns.slice(0, 5).map(([label, f]) => `${fmt(f(background, idleS))} ${label.replace(' / GiB', '')}`).join(', ')} per second.`, '')
+    out.push(`| job | pass | MiB written | ${etcdCostColumns.map(([label]) => label).join(' | ')} |`, rule(3 + etcdCostColumns.length))
+    for (const job of firstJobs) {
+      for (const [pass, label] of [['first', 'first write'], ['over', 'overwrite']]) {
+        const rs = cost[job.name][pass]
+        const cells = etcdCostColumns.map(([, f]) => fmt(md(rs.map((x) => f(x.delta, x.bytes / GiB)))))
+        out.push(`| ${job.name} | ${label} | ${mib(rs[0].bytes)} | ${cells.join(' | ')} |`)
+      }
     }
   }
 
-  const ms1 = (v) => v.toFixed(1)
-  const si = stats(lat.idle)
-  const sb = stats(lat.busy)
-  out.push('', `Control plane: \`GET /v1/vdisks\` (a new TLS connection each, as the CLI), ${probes} sequential requests per round, ${rounds} rounds, idle and during a 1M write QD4 job on ours:`, '')
-  out.push('| GET /v1/vdisks | requests | median ms | p90 ms | round medians ms | 1M write MiB/s meanwhile (rounds) |', rule(6))
-  out.push(`| idle | ${lat.idle.length} | ${si.median.toFixed(1)} | ${si.p90.toFixed(1)} | ${roundsCell(lat.idleMedians, ms1)} | - |`)
-  out.push(`| during 1M write QD4 | ${lat.busy.length} | ${sb.median.toFixed(1)} | ${sb.p90.toFixed(1)} | ${roundsCell(lat.busyMedians, ms1)} | ${roundsCell(lat.busyMiBs)} |`)
-  out.push(`| during / idle | | ${ratio(sb.median, si.median)} | ${ratio(sb.p90, si.p90)} | | |`)
+  if (parts.has('api')) {
+    const ms1 = (v) => v.toFixed(1)
+    const si = stats(lat.idle)
+    const sb = stats(lat.busy)
+    out.push('', `Control plane: \`GET /v1/vdisks\` (a new TLS connection each, as the CLI), ${probes} sequential requests per round, ${rounds} rounds, idle and during a 1M write QD4 job on ours:`, '')
+    out.push('| GET /v1/vdisks | requests | median ms | p90 ms | round medians ms | 1M write MiB/s meanwhile (rounds) |', rule(6))
+    out.push(`| idle | ${lat.idle.length} | ${si.median.toFixed(1)} | ${si.p90.toFixed(1)} | ${roundsCell(lat.idleMedians, ms1)} | - |`)
+    out.push(`| during 1M write QD4 | ${lat.busy.length} | ${sb.median.toFixed(1)} | ${sb.p90.toFixed(1)} | ${roundsCell(lat.busyMedians, ms1)} | ${roundsCell(lat.busyMiBs)} |`)
+    out.push(`| during / idle | | ${ratio(sb.median, si.median)} | ${ratio(sb.p90, si.p90)} | | |`)
+  }
 
   if (pull) {
     out.push('', `4k randwrite QD16 on ours (${runtime} s) with image pulls running (5 layers, ${layerMiB} MiB of random data in 4 of them, pulled, deleted and pulled again until the job ends):`, '')

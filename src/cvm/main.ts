@@ -146,7 +146,7 @@ async function main(): Promise<void> {
     log.info(`stopping on ${sig}`)
     const force = setTimeout(() => process.exit(1), 8000)
     try {
-      agent.stop()
+      await agent.stop()
       await api.close()
       nbdTrust.stop()
       await nbd.close()

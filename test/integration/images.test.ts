@@ -6,6 +6,9 @@ import { TessError } from '../../src/common/errors.js'
 import { pullImage, type PullOptions, type PullProgress } from '../../src/csm/images/puller.js'
 import { ContentStore } from '../../src/csm/images/store.js'
 import { LayerStore } from '../../src/csm/images/unpack.js'
+import { imageWorkerNice } from '../../src/csm/images/limits.js'
+import { ImageWorker, type WorkerPullRequest } from '../../src/csm/images/worker.js'
+import { repoRoot } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
@@ -141,6 +144,80 @@ describe.skipIf(missing.length > 0 || !isRoot)('images: pull from a real docker-
     expect(e.message).toContain(`${reg.host}/test/busybox:nope`)
     const e2 = await pullImage(`${reg.host}/test/nothing:v1`, opts()).catch((x: unknown) => x) as TessError
     expect(e2.code).toBe('TESS_E_NOT_FOUND')
+  })
+
+  describe('through the image worker (the child process the CVM pulls in)', () => {
+    // the worker's entry is the built one: the suite builds before it runs
+    const entry = path.join(repoRoot, 'dist', 'csm', 'images', 'worker-main.js')
+    const niceOf = (pid: number) => {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16])
+    }
+    let wstore: ContentStore
+    let wlayers: LayerStore
+    let worker: ImageWorker
+    const req = (ref: string, policy: WorkerPullRequest['policy'] = () => undefined): WorkerPullRequest => ({
+      ref, contentRoot: wstore.root, layersRoot: wlayers.root, registries: { [reg.host]: { insecure: true } }, defaultRegistry: 'docker.io', policy,
+    })
+
+    beforeAll(async () => {
+      wstore = await new ContentStore(path.join(work, 'worker/content')).init()
+      wlayers = await new LayerStore(path.join(work, 'worker/layers')).init()
+      worker = new ImageWorker({ entry })
+    })
+    afterAll(async () => {
+      await worker?.stop()
+    })
+
+    it('pulls in a child process at the worker\'s nice value and leaves images.json to the caller', async () => {
+      const asked: string[] = []
+      const r = await worker.pull(req(`${reg.host}/test/busybox:v1`, (img) => { asked.push(img.digest); return undefined }))
+      expect(asked).toEqual([r.digest])
+      expect(worker.pid).toBeGreaterThan(0)
+      expect(worker.pid).not.toBe(process.pid)
+      expect(niceOf(worker.pid!)).toBe(imageWorkerNice)
+      expect(r.layers).toHaveLength(3)
+      for (const d of [r.digest, r.configDigest, ...r.layers.map((l) => l.digest)]) {
+        expect(sha256(fs.readFileSync(wstore.path(d)))).toBe(d)
+      }
+      expect(fs.statSync(path.join(r.layers[0]!.path, 'bin/busybox')).mode & 0o777).toBe(0o755)
+      // the worker never writes the image index: the caller records what it returns
+      expect(await wstore.listImages()).toEqual([])
+      await wstore.putImage(r.record)
+      expect((await wstore.getImage(`${reg.host}/test/busybox:v1`))?.digest).toBe(r.digest)
+    })
+
+    it('asks the caller\'s registry rules before downloading: a refusal is TESS_E_FORBIDDEN and stores nothing', async () => {
+      const e = await worker.pull(req(`${reg.host}/test/busybox:v2`, () => 'deny-v2')).catch((x: unknown) => x) as TessError
+      expect(e).toBeInstanceOf(TessError)
+      expect(e.code).toBe('TESS_E_FORBIDDEN')
+      expect(e.message).toContain('"deny-v2"')
+      const man = JSON.parse((await exec('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/test/busybox:v2`])).stdout)
+      expect(await wstore.has(man.layers[2].digest)).toBe(false)
+      expect(await wstore.has(man.config.digest)).toBe(false)
+    })
+
+    it('a worker that dies fails its pulls with TESS_E_IO, and the next pull starts a new one', async () => {
+      const first = worker.pid!
+      const e = await worker.pull(req(`${reg.host}/test/busybox:v2`, () => {
+        process.kill(first, 'SIGKILL')
+        return new Promise<undefined>(() => undefined) // never answers: the worker's death ends the pull
+      })).catch((x: unknown) => x) as TessError
+      expect(e).toBeInstanceOf(TessError)
+      expect(e.code).toBe('TESS_E_IO')
+      expect(e.message).toContain('SIGKILL')
+      const r = await worker.pull(req(`${reg.host}/test/busybox:v2`))
+      expect(worker.pid).not.toBe(first)
+      expect(fs.readFileSync(path.join(r.layers[2]!.path, 'etc/v2'), 'utf8')).toBe('only in v2\n')
+    })
+
+    it('stop ends the worker and refuses new pulls', async () => {
+      const pid = worker.pid!
+      await worker.stop()
+      expect(() => process.kill(pid, 0)).toThrow()
+      const e = await worker.pull(req(`${reg.host}/test/busybox:v1`)).catch((x: unknown) => x) as TessError
+      expect(e.code).toBe('TESS_E_UNREACHABLE')
+    })
   })
 
   it('a stopped registry is TESS_E_UNREACHABLE', async () => {

@@ -11,11 +11,11 @@ import type { ImageInfo } from '../../common/csm-types.js'
 import type { ContainersState } from '../../common/types.js'
 import { cgroupParentFor, type CsmSpec } from '../daemon/spec.js'
 import type { CsmStatsAnswer } from '../daemon/routes.js'
-import { pullImage } from '../images/puller.js'
 import { formatReference, parseReference } from '../images/reference.js'
 import type { RegistryConfig } from '../images/registry.js'
 import { ContentStore } from '../images/store.js'
 import { LayerStore } from '../images/unpack.js'
+import { ImageWorker } from '../images/worker.js'
 import { CgroupHost, type HostCapacity } from '../runtime/cgroups.js'
 import type { ContainerInfo } from '../runtime/containers.js'
 import { isProcessAlive } from '../runtime/runc.js'
@@ -63,6 +63,8 @@ export class NodeAgent {
   readonly paths: ReturnType<typeof nodePaths>
   private store!: ContentStore
   private layers!: LayerStore
+  /** pulls run in a child process at a lower priority (decompression and digests off the data path's core share) */
+  private readonly imageWorker: ImageWorker
   private host!: CgroupHost
   private reconciling: Promise<void> | undefined
   private timer: NodeJS.Timeout | undefined
@@ -71,6 +73,7 @@ export class NodeAgent {
 
   constructor(private readonly cfg: NodeConfig, private readonly etcd: Etcd3, private readonly log: Logger) {
     this.paths = nodePaths(cfg.dataDir)
+    this.imageWorker = new ImageWorker({ log })
   }
 
   get node(): string {
@@ -107,8 +110,9 @@ export class NodeAgent {
     tick()
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
     if (this.timer) clearTimeout(this.timer)
+    await this.imageWorker.stop()
   }
 
   /** whether this node runs containers, and why not */
@@ -330,13 +334,16 @@ export class NodeAgent {
   async pull(ref: string): Promise<PullAnswer> {
     const t0 = Date.now()
     const policy = await etcdCall('read the registry policy', () => getJson<RegistryPolicyRecord>(this.etcd, keys.registryPolicy)) ?? { allow: [], deny: [] }
-    const r = await pullImage(ref, {
-      store: this.store,
-      layers: this.layers,
+    const r = await this.imageWorker.pull({
+      ref,
+      contentRoot: this.store.root,
+      layersRoot: this.layers.root,
       registries: await this.registries(),
       defaultRegistry: 'docker.io',
       policy: (img) => refusingRule(policy, img),
     })
+    // images.json has one writer, this process: the image is recorded once the worker stored every blob and layer
+    await this.store.putImage(r.record)
     this.log.info(`pulled ${r.ref} (${r.digest}): ${r.downloadedBytes} bytes downloaded`)
     return { ref: r.ref, digest: r.digest, sizeBytes: r.sizeBytes, layers: r.layers.length, platform: r.platform, downloadedBytes: r.downloadedBytes, seconds: (Date.now() - t0) / 1000 }
   }

@@ -59,6 +59,11 @@ export interface PullOptions {
   /** timeouts, retries, injected sleep: passed to every RegistryClient */
   clientOptions?: Partial<RegistryClientOptions>
   signal?: AbortSignal
+  /**
+   * record the image in the store's images.json (default true); false leaves that to the caller,
+   * which gets the record in the result (the image worker: images.json has one writer, the CVM)
+   */
+  recordImage?: boolean
 }
 
 export interface PulledLayer {
@@ -81,6 +86,8 @@ export interface PullResult {
   platform: string
   /** bytes of config and layer blobs received in this pull (0 when everything was stored already) */
   downloadedBytes: number
+  /** what was (or, with recordImage false, is to be) recorded in images.json */
+  record: ImageRecord
 }
 
 interface PendingDoc {
@@ -186,7 +193,7 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
       platform: formatPlatform(platform),
       pulledAt: new Date().toISOString(),
     }
-    await opts.store.putImage(record)
+    if (opts.recordImage !== false) await opts.store.putImage(record)
     progress({ phase: 'done', ref: name, digest })
     return {
       ref: name,
@@ -197,6 +204,7 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
       sizeBytes,
       platform: formatPlatform(platform),
       downloadedBytes,
+      record,
     }
   } finally {
     client.close()
