@@ -157,6 +157,19 @@ describe('extent group files (real files)', () => {
     await again.close()
   })
 
+  it('close and discard wait for writes still running: no write outlives the descriptor it uses', async () => {
+    for (const end of ['close', 'discard'] as const) {
+      const eg = await EgroupFile.create(dir, end === 'close' ? '24' : '25', '3')
+      const order: string[] = []
+      // large writes go through the thread pool: still running when close or discard is called
+      const writes = [0, 1, 2, 3].map((slot) => eg.write(slot, 0, crypto.randomBytes(MiB)).then(() => order.push(`write ${slot}`)))
+      const ended = (end === 'close' ? eg.close() : eg.discard()).then(() => order.push(end))
+      await Promise.all([...writes, ended])
+      expect(order.at(-1)).toBe(end)
+      expect(order.filter((o) => o.startsWith('write'))).toHaveLength(4)
+    }
+  })
+
   it('a large write from aligned memory bypasses the page cache unless its pages are cached; reads agree', async () => {
     // O_DIRECT needs a disk file system (not tmpfs)
     const diskDir = fs.mkdtempSync(path.join('/var/tmp', 'tess-eg-direct-'))
