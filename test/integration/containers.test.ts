@@ -258,6 +258,34 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     await fails(['container', 'show', 'ghost'], 3, 'TESS_E_NOT_FOUND')
   })
 
+  it('a container with host networking reaches no vDisk: NBD on TCP wants TLS first, the Unix socket and block devices are not there', async () => {
+    // a vDisk the container was not given, with data on it
+    await ok(['vdisk', 'create', 'private', '--size', '16M'])
+    const octal = (b: string) => b.split('').map((ch) => `\\${ch.charCodeAt(0).toString(8).padStart(3, '0')}`).join('')
+    // NBD fixed newstyle, as any client would start: client flags, then NBD_OPT_LIST (3) asking for the export list
+    const optList = `\\000\\000\\000\\003${octal('IHAVEOPT')}\\000\\000\\000\\003\\000\\000\\000\\000`
+    const script = [
+      `busybox printf '${optList}' | busybox nc -w 3 127.0.0.1 ${c.ports.nbd} | busybox od -An -tx1 | busybox tr -d ' \\n'; echo`,
+      `ls ${path.dirname(c.nbdSocket)} >/dev/null 2>&1 && echo socket-dir=visible || echo socket-dir=absent`,
+      'ls /dev/loop* /dev/vda /dev/sda >/dev/null 2>&1 && echo block=visible || echo block=absent',
+    ].join('; ')
+    await ok(['container', 'run', image, '--name', 'prober', '--csm', 'web', '--network', 'host', '--', 'sh', '-c', script])
+    const log = await waitFor('the prober container to finish', async () => {
+      const l = await logsOf('prober')
+      return l.includes('block=') ? l : undefined
+    }, 30_000, 200)
+    const [answer = ''] = log.split('\n')
+    // the server's greeting (NBDMAGIC IHAVEOPT), then its reply to NBD_OPT_LIST: NBD_REP_ERR_TLS_REQD (0x80000005)
+    expect(answer.startsWith(Buffer.from('NBDMAGICIHAVEOPT').toString('hex'))).toBe(true)
+    expect(answer).toContain('0003e889045565a9' + '00000003' + '80000005')
+    // and no export name came back: the list needs TLS first
+    expect(answer).not.toContain(Buffer.from('private').toString('hex'))
+    expect(log).toMatch(/^socket-dir=absent$/m)
+    expect(log).toMatch(/^block=absent$/m)
+    await ok(['container', 'remove', 'prober', '--yes', '--force'])
+    await ok(['vdisk', 'delete', 'private', '--yes'])
+  })
+
   it('a CSM daemon killed with -9 comes back and re-adopts its running containers', async () => {
     const before = await show('hello')
     const pidFile = path.join(c.dataDir, 'run', 'csm-web.pid')
