@@ -113,7 +113,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     // a volume (RF 2) written on node 1 moves with its container to node 2; the vDisk's owner follows
     await ok(['volume', 'create', 'shared', '--size', '128M', '--rf', '2'])
     const script = 'busybox test -f /data/blob || busybox dd if=/dev/urandom of=/data/blob bs=1M count=4 conv=fsync 2>/dev/null; busybox sha256sum /data/blob; busybox sleep 1000'
-    await ok(['container', 'run', image, '--name', 'mover', '--csm', 'near', '--volume', 'shared:/data', '--', 'sh', '-c', script])
+    await ok(['container', 'run', image, '--name', 'mover', '--csm', 'near', '--volume', 'shared:/data', '--env', 'MOVER_SECRET=s3cr3t-env', '--', 'sh', '-c', script])
     const shaOf = async (): Promise<string> => waitFor('the blob\'s checksum', async () => {
       const m = /^([a-f0-9]{64}) {2}\/data\/blob$/m.exec((await tess(['container', 'logs', 'mover'])).stdout)
       return m?.[1]
@@ -121,6 +121,8 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     const sum = await shaOf()
     expect((await ok(['vdisk', 'show', 'vol-shared'])).owner).toBe(node1)
     const moved = await ok(['container', 'move', 'mover', '--csm', 'far']) as ContainerView & { from: { node: string } }
+    // its environment, sealed in etcd, is opened by the node that moves it and given to the new CSM
+    expect((moved as ContainerView & { env: string[] }).env).toContain('MOVER_SECRET=s3cr3t-env')
     expect(moved).toMatchObject({ node: node2, csm: 'far', from: { node: node1 } })
     expect(await shaOf()).toBe(sum)
     expect((await ok(['vdisk', 'show', 'vol-shared'])).owner).toBe(node2)

@@ -221,7 +221,12 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     } finally {
       await ok(['registry', 'deny', `${reg!.host}/test/busybox`, '--remove'])
     }
-    const v = await ok(['container', 'run', image, '--name', 'hello', '--csm', 'web', '--env', 'GREETING=hi', '--', 'sh', '-c', 'echo "$GREETING from $(hostname)"; cat /etc/hello; busybox sleep 1000']) as ContainerView
+    const token = `tok-${Math.random().toString(36).slice(2)}-${Date.now()}`
+    const v = await ok(['container', 'run', image, '--name', 'hello', '--csm', 'web', '--env', 'GREETING=hi', '--env', `API_TOKEN=${token}`, '--', 'sh', '-c', 'echo "$GREETING from $(hostname)"; cat /etc/hello; busybox sleep 1000']) as ContainerView
+    // the environment (often credentials) is sealed in etcd: no etcd file holds the value
+    const etcdFiles = (d: string): string[] => fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => e.isDirectory() ? etcdFiles(path.join(d, e.name)) : [path.join(d, e.name)])
+    for (const f of etcdFiles(path.join(c.dataDir, 'etcd'))) expect(fs.readFileSync(f).includes(Buffer.from(token)), f).toBe(false)
+    expect((await show('hello') as ContainerView & { env: string[] }).env).toContain(`API_TOKEN=${token}`)
     expect(v).toMatchObject({ name: 'hello', csm: 'web', status: 'running', image })
     expect(v.id).toMatch(/^[a-f0-9]{12}$/)
     await waitLog('hello', 'hello from layer 1')

@@ -1,6 +1,6 @@
 import type { Etcd3 } from 'etcd3'
-import { sealSecret } from '../../common/secretbox.js'
-import { TessError, errorMessage, isTessError } from '../../common/errors.js'
+import { openSecret, sealSecret } from '../../common/secretbox.js'
+import { TessError, assert, errorMessage, isTessError } from '../../common/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
 import type { Logger } from '../../common/log.js'
 import { checkName } from '../../common/names.js'
@@ -541,6 +541,23 @@ export class ContainerControl {
     return ranked[0]!.c
   }
 
+  /** A container's environment for its etcd record: sealed under the secrets key (values are often credentials). */
+  private sealEnv(name: string, env: string[]): Pick<ContainerRecord, 'env' | 'envSealed'> {
+    if (this.secretsKey === undefined) {
+      this.log.warn(`container ${name}: its environment is stored in etcd in the clear: this node has no secrets key (pki/secrets.key)`)
+      return { env }
+    }
+    return { envSealed: sealSecret(this.secretsKey, JSON.stringify(env), `${keys.container(name)}#env`) }
+  }
+
+  /** The environment of a container record (sealed, or in the clear as an older tess stored it). */
+  private openEnv(r: ContainerRecord): string[] | undefined {
+    if (r.envSealed === undefined) return r.env
+    const env = JSON.parse(openSecret(this.secretsKey, r.envSealed, `${keys.container(r.name)}#env`)) as unknown
+    assert(Array.isArray(env) && env.every((e) => typeof e === 'string'), `the sealed environment of container ${r.name} is a list of strings`)
+    return env as string[]
+  }
+
   async run(req: RunRequest): Promise<ContainerView> {
     const name = checkName('container', req.name)
     const image = canonicalRef(req.image)
@@ -558,7 +575,7 @@ export class ContainerControl {
     const rec: ContainerRecord = {
       name, id: null, csm: csm.name, node: csm.node, image, cpus: req.cpus ?? null, memoryBytes: req.memoryBytes ?? null, network,
       ...(req.command !== undefined && req.command.length > 0 ? { command: req.command } : {}),
-      ...(req.env !== undefined ? { env: req.env } : {}),
+      ...(req.env !== undefined ? this.sealEnv(name, req.env) : {}),
       ...(mounts.length > 0 ? { volumes: mounts } : {}),
       state: 'creating', apiNode: this.self, createdAt: new Date().toISOString(),
     }
@@ -846,12 +863,15 @@ export class ContainerControl {
     } else if (!force) {
       throw new TessError('TESS_E_UNREACHABLE', `cannot move container "${name}": its node ${r.node} is down, so it cannot be stopped cleanly`, 'move it with --force: what its volumes hold is what was flushed before the node went down')
     }
+    // opened before the record goes: a record whose environment does not open stops the move here
+    const env = this.openEnv(r)
+    const envOf = env !== undefined ? { env } : {}
     await this.removeContainer(name, true)
     try {
       const v = await this.run({
         name, image: r.image, csm: to.name, network: r.network,
         ...(r.cpus !== null ? { cpus: r.cpus } : {}), ...(r.memoryBytes !== null ? { memoryBytes: r.memoryBytes } : {}),
-        ...(r.command !== undefined ? { command: r.command } : {}), ...(r.env !== undefined ? { env: r.env } : {}),
+        ...(r.command !== undefined ? { command: r.command } : {}), ...envOf,
         ...(r.volumes !== undefined ? { volumes: r.volumes } : {}),
       })
       return { ...v, from }

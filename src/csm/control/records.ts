@@ -50,7 +50,10 @@ export interface ContainerRecord {
   network: NetworkMode
   /** what it runs (for a move to another CSM) */
   command?: string[]
+  /** its environment in the clear: only records written by an older tess, or on a node without a secrets key */
   env?: string[]
+  /** its environment (KEY=VALUE entries, often credentials) as JSON sealed under the secrets key (see secretbox.ts) */
+  envSealed?: string
   volumes?: VolumeMount[]
   /** creating: the name is reserved and the run is under way (by `apiNode`) */
   state: 'creating' | 'created'
