@@ -51,6 +51,8 @@ export const layerUncompressedMaxBytes = 64 * 1024 * 1024 * 1024
 export const layerCompressionRatioMax = 200
 /** the ratio is checked only once this much was read: tiny layers of zeros compress far better */
 export const layerRatioCheckAfterBytes = 64 * 1024 * 1024
+/** fsyncs of an unpacked layer's files running at once (they share the journal's commits) */
+export const layerSyncConcurrency = 16
 /** kept free on the layer store's file system when a layer is unpacked */
 export const layerFreeSpaceMarginBytes = 256 * 1024 * 1024
 
