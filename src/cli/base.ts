@@ -56,8 +56,10 @@ export abstract class TessCommand<R> extends Command {
     return resolveContext(name)
   }
 
+  /** The API client of a context; TESS_TOKEN, when set, is the token it sends (a user's, from `tess user create`). */
   protected client(ctx: ClusterContext): ApiClient {
-    return new ApiClient(ctx)
+    const token = process.env.TESS_TOKEN?.trim()
+    return new ApiClient(token !== undefined && token !== '' ? { ...ctx, token } : ctx)
   }
 
   protected get interactive(): boolean {

@@ -41,6 +41,10 @@ export const keys = {
   volume: (name: string) => `/tess/volumes/${name}`,
   volumesPrefix: '/tess/volumes/',
   /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
+  user: (name: string) => `/tess/users/${name}`,
+  usersPrefix: '/tess/users/',
+  /** `/tess/audit/<ISO time>-<node>-<seq>`: sorted by time */
+  auditPrefix: '/tess/audit/',
   nbdUserCa: '/tess/nbd-user-ca',
   /** per node: the SHA-256 of the users CA its NBD server accepts (`/tess/nbd-user-ca-ack/<node>`) */
   nbdUserCaAck: '/tess/nbd-user-ca-ack/',

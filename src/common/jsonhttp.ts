@@ -9,16 +9,19 @@ export const jsonConnectTimeoutMs = 3000
 export const jsonAnswerSizeMaxBytes = 64 * 1024 * 1024
 
 export interface JsonTarget {
-  /** `https://host:port` (with `ca` and `token`), or a unix socket path */
+  /** `https://host:port` (with `ca`, and `token` or `cert` and `key`), or a unix socket path */
   endpoint: string
   ca?: Buffer
   token?: string
+  /** a client certificate and its key (a CVM calling another: its node certificate) */
+  cert?: Buffer
+  key?: Buffer
   /** what to call the other end in errors ("CSM web", "the CVM of node2") */
   what: string
 }
 
 /**
- * One JSON request between daemons: to another CVM's API (HTTPS, CA pinned, bearer token) or to a
+ * One JSON request between daemons: to another CVM's API (HTTPS, CA pinned, node certificate) or to a
  * CSM daemon's unix socket. A TessError body from the other end is re-thrown as it is; a
  * connection failure is TESS_E_UNREACHABLE, a timeout TESS_E_TIMEOUT.
  */
@@ -59,7 +62,7 @@ export function jsonRequest<T>(t: JsonTarget, method: string, path: string, body
     }
     const req = unix
       ? http.request({ socketPath: t.endpoint, path, method, headers, timeout: timeoutMs, agent: false }, onRes)
-      : https.request(new URL(path, t.endpoint), { method, headers, timeout: timeoutMs, agent: false, ...(t.ca !== undefined ? { ca: t.ca } : {}) }, onRes)
+      : https.request(new URL(path, t.endpoint), { method, headers, timeout: timeoutMs, agent: false, ...(t.ca !== undefined ? { ca: t.ca } : {}), ...(t.cert !== undefined && t.key !== undefined ? { cert: t.cert, key: t.key } : {}) }, onRes)
     req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
     if (!unix) {
       req.on('socket', (sock) => {

@@ -17,6 +17,7 @@ import { nodePaths, readNodeConfig } from '../common/nodeconfig.js'
 import { ApiServer } from './api/server.js'
 import { registerRoutes } from './api/routes.js'
 import { registerCsmRoutes } from './api/csm-routes.js'
+import { AuditLog, UserDirectory, registerUserRoutes } from './api/users.js'
 import { NodeAgent } from '../csm/control/agent.js'
 import { ContainerControl, type NodeCall } from '../csm/control/cluster.js'
 import { nodeOps, registerNodeOps } from '../csm/control/ops.js'
@@ -100,8 +101,14 @@ async function main(): Promise<void> {
   if (finished > 0) log.info(`completed ${finished} vDisk delete(s) cut short by a crash`)
 
   const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
-  const api = new ApiServer({ cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: creds.ca, token, log })
+  // operators: the bootstrap token (user root) and the users in etcd; other CVMs: their node certificates
+  const users = new UserDirectory(etcd, log)
+  await users.refresh().catch((e: unknown) => log.warn(`users: cannot read them yet: ${errorMessage(e)}`))
+  users.start()
+  const audit = new AuditLog(etcd, cfg.nodeName, log)
+  const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), audit: (e) => audit.record(e) })
   registerRoutes(api, { cfg, node, disks, vdisks, engine, view, etcd, log, nbdTrust })
+  registerUserRoutes(api, users, audit)
 
   // Containers: this node's agent (its CSMs and image store), and the cluster-wide control that
   // reaches other nodes' agents through their CVMs' API.
@@ -114,7 +121,7 @@ async function main(): Promise<void> {
     const rec = await getJson<NodeRecord>(etcd, keys.node(nodeName))
     if (!rec) throw new TessError('TESS_E_NOT_FOUND', `node ${nodeName} is not a member of the cluster`, 'see `tess host list`')
     const host = rec.address.includes(':') ? `[${rec.address}]` : rec.address
-    return jsonRequest<T>({ endpoint: `https://${host}:${rec.apiPort}`, ca: creds.ca, token, what: `the CVM of node ${nodeName}` }, 'POST', `/v1/node-ops/${op}`, body, timeoutMs)
+    return jsonRequest<T>({ endpoint: `https://${host}:${rec.apiPort}`, ca: creds.ca, cert: creds.cert, key: creds.key, what: `the CVM of node ${nodeName}` }, 'POST', `/v1/node-ops/${op}`, body, timeoutMs)
   }
   // the owner moves with the I/O: an idle owner elsewhere is asked to hand a vDisk over
   ops['vdisk.release'] = async (b) => engine!.releaseIfIdle(checkName('vDisk', str(b, 'name')!))
@@ -147,6 +154,7 @@ async function main(): Promise<void> {
     const force = setTimeout(() => process.exit(1), 8000)
     try {
       await agent.stop()
+      users.stop()
       await api.close()
       nbdTrust.stop()
       await nbd.close()

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import https from 'node:https'
 import net from 'node:net'
@@ -7,7 +8,7 @@ import tls from 'node:tls'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { createCa, createNodeCert } from '../../src/bootstrap/pki.js'
 import type { Logger } from '../../src/common/log.js'
-import { ApiServer, bodyObject, type ApiLimits } from '../../src/cvm/api/server.js'
+import { ApiServer, allowed, bodyObject, type ApiLimits, type AuditEntry } from '../../src/cvm/api/server.js'
 
 /**
  * The management API's bounds with real sockets: an oversized body gets a coded 413 the client
@@ -131,5 +132,74 @@ describe('management API bounds', () => {
     } finally {
       clearInterval(keep)
     }
+  })
+})
+
+describe('principals and roles', () => {
+  it('allowed(): ranks viewer < operator < admin; a node may do everything; node routes are for nodes only', () => {
+    const u = (role: 'viewer' | 'operator' | 'admin') => ({ kind: 'user' as const, name: 'u', role })
+    const node = { kind: 'node' as const, name: 'n1', role: 'node' as const }
+    expect(allowed(u('viewer'), 'viewer')).toBe(true)
+    expect(allowed(u('viewer'), 'operator')).toBe(false)
+    expect(allowed(u('operator'), 'operator')).toBe(true)
+    expect(allowed(u('operator'), 'admin')).toBe(false)
+    expect(allowed(u('admin'), 'admin')).toBe(true)
+    expect(allowed(u('admin'), 'node')).toBe(false)
+    expect(allowed(node, 'admin')).toBe(true)
+    expect(allowed(node, 'node')).toBe(true)
+  })
+
+  it('routes default to viewer for GET and admin otherwise; users by token hash, nodes by certificate; changes are audited', async () => {
+    const viewerToken = 'viewer-token-abc'
+    const viewerHash = crypto.createHash('sha256').update(viewerToken).digest()
+    const audited: AuditEntry[] = []
+    server = new ApiServer({
+      ...creds, token, log: quiet,
+      users: (h) => (h.equals(viewerHash) ? { kind: 'user', name: 'v', role: 'viewer' } : undefined),
+      audit: (e) => audited.push(e),
+    })
+    server.route('GET', '/v1/thing', async (req) => ({ who: req.principal.name }))
+    server.route('POST', '/v1/thing', async () => ({ made: true }))
+    server.route('POST', '/v1/op', async () => ({ done: true }), 'operator')
+    server.route('POST', '/v1/node-only', async (req) => ({ node: req.principal.name }), 'node')
+    expect(server.routeRoles()).toEqual([
+      { method: 'GET', path: '/v1/thing', role: 'viewer' },
+      { method: 'POST', path: '/v1/thing', role: 'admin' },
+      { method: 'POST', path: '/v1/op', role: 'operator' },
+      { method: 'POST', path: '/v1/node-only', role: 'node' },
+    ])
+    await server.listen(0, '127.0.0.1')
+    port = ((server as unknown as { server: net.Server }).server.address() as net.AddressInfo).port
+    const call = (method: string, p: string, auth: { token?: string, cert?: boolean }) => new Promise<{ status: number, json: any }>((resolve, reject) => {
+      const headers: Record<string, string> = { 'content-type': 'application/json' }
+      if (auth.token !== undefined) headers.authorization = `Bearer ${auth.token}`
+      const req = https.request({
+        host: '127.0.0.1', port, method, path: p, ca: creds.ca, headers, agent: false,
+        ...(auth.cert === true ? { cert: creds.cert, key: creds.key } : {}),
+      }, (res) => {
+        let text = ''
+        res.on('data', (d) => { text += d })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(text) }))
+      })
+      req.on('error', reject)
+      req.end(method === 'GET' ? undefined : '{}')
+    })
+    expect(await call('GET', '/v1/thing', { token: viewerToken })).toEqual({ status: 200, json: { who: 'v' } })
+    const denied = await call('POST', '/v1/thing', { token: viewerToken })
+    expect(denied.status).toBe(403)
+    expect(denied.json.error.code).toBe('TESS_E_FORBIDDEN')
+    expect((await call('POST', '/v1/op', { token: viewerToken })).status).toBe(403)
+    expect((await call('POST', '/v1/thing', { token })).status).toBe(201)
+    expect((await call('POST', '/v1/node-only', { token })).status).toBe(403)
+    expect(await call('POST', '/v1/node-only', { cert: true })).toEqual({ status: 201, json: { node: 'n1' } })
+    expect((await call('GET', '/v1/thing', {})).status).toBe(401)
+    expect((await call('GET', '/v1/thing', { token: 'nope' })).status).toBe(401)
+    // changes by users are audited, refused ones too; reads and node operations are not
+    expect(audited.map((e) => [e.who, e.method, e.path, e.status, e.code ?? null])).toEqual([
+      ['v', 'POST', '/v1/thing', 403, 'TESS_E_FORBIDDEN'],
+      ['v', 'POST', '/v1/op', 403, 'TESS_E_FORBIDDEN'],
+      ['root', 'POST', '/v1/thing', 201, null],
+      ['root', 'POST', '/v1/node-only', 403, 'TESS_E_FORBIDDEN'],
+    ])
   })
 })

@@ -81,5 +81,5 @@ export function registerNodeOps(api: ApiServer, ops: Record<string, NodeOp>): vo
     const b = req.body
     if (b === null || typeof b !== 'object' || Array.isArray(b)) throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', 'send a JSON object as the body')
     return op(b as Record<string, unknown>)
-  })
+  }, 'node')
 }

@@ -31,7 +31,7 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
       name: str(b, 'name')!, cpus: num(b, 'cpus', 0, cpusMax)!, memoryBytes: int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER)!,
       ...(node !== undefined ? { node } : {}), ...(runtime !== undefined ? { runtime: runtime as RuntimeName } : {}),
     })
-  })
+  }, 'operator')
   api.route('GET', '/v1/csms/:name', async (req) => c.showCsm(req.params.name!))
   api.route('PATCH', '/v1/csms/:name', async (req) => {
     const b = bodyObject(req.body)
@@ -39,20 +39,20 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
     const memoryBytes = int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER, false)
     if (cpus === undefined && memoryBytes === undefined) throw new TessError('TESS_E_BAD_REQUEST', 'nothing to update', 'give "cpus" and/or "memoryBytes"')
     return c.updateCsm(req.params.name!, { ...(cpus !== undefined ? { cpus } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}) })
-  })
-  api.route('DELETE', '/v1/csms/:name', async (req) => c.deleteCsm(req.params.name!, req.query.get('force') === 'true'))
+  }, 'operator')
+  api.route('DELETE', '/v1/csms/:name', async (req) => c.deleteCsm(req.params.name!, req.query.get('force') === 'true'), 'operator')
 
   api.route('GET', '/v1/csm-pools', async () => c.listPools())
   api.route('POST', '/v1/csm-pools', async (req) => {
     const b = bodyObject(req.body)
     return c.createPool(str(b, 'name')!, strList(b, 'csms', 1000, 63) ?? [])
-  })
+  }, 'operator')
   api.route('GET', '/v1/csm-pools/:name', async (req) => c.showPool(req.params.name!))
   api.route('PATCH', '/v1/csm-pools/:name', async (req) => {
     const b = bodyObject(req.body)
     return c.changePool(req.params.name!, strList(b, 'add', 1000, 63) ?? [], strList(b, 'remove', 1000, 63) ?? [])
-  })
-  api.route('DELETE', '/v1/csm-pools/:name', async (req) => c.deletePool(req.params.name!))
+  }, 'operator')
+  api.route('DELETE', '/v1/csm-pools/:name', async (req) => c.deletePool(req.params.name!), 'operator')
 
   api.route('GET', '/v1/registries', async () => c.listRegistries())
   api.route('POST', '/v1/registries', async (req) => {
@@ -77,13 +77,13 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
     const csm = str(b, 'csm', false)
     const node = str(b, 'node', false)
     return c.pull({ ref: str(b, 'ref')!, ...(csm !== undefined ? { csm } : {}), ...(node !== undefined ? { node } : {}) })
-  })
+  }, 'operator')
   api.route('DELETE', '/v1/images', async (req) => {
     const ref = req.query.get('ref')
     if (!ref) throw new TessError('TESS_E_BAD_REQUEST', 'query parameter "ref" is required', 'DELETE /v1/images?ref=REF')
     const node = req.query.get('node')
     return c.removeImage({ ref, ...(node !== null ? { node } : {}) })
-  })
+  }, 'operator')
 
   api.route('GET', '/v1/containers', async () => c.listContainers())
   api.route('POST', '/v1/containers', async (req) => {
@@ -104,7 +104,7 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
       ...(env !== undefined ? { env } : {}), ...(command !== undefined ? { command } : {}),
       ...(network !== undefined ? { network: network as NetworkMode } : {}),
     })
-  })
+  }, 'operator')
   api.route('GET', '/v1/containers/:name', async (req) => c.showContainer(req.params.name!))
   api.route('POST', '/v1/containers/:name/:op', async (req) => {
     const op = req.params.op!
@@ -115,15 +115,15 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
     if (op !== 'start' && op !== 'stop' && op !== 'pause' && op !== 'resume') throw new TessError('TESS_E_NOT_FOUND', `no container operation "${op.slice(0, 40)}"`, 'start, stop, pause or resume')
     const timeoutMs = op === 'stop' ? int(bodyObject(req.body), 'timeoutMs', 0, containerStopTimeoutMsMax, false) : undefined
     return c.containerOp(req.params.name!, op, timeoutMs)
-  })
-  api.route('DELETE', '/v1/containers/:name', async (req) => c.removeContainer(req.params.name!, req.query.get('force') === 'true'))
+  }, 'operator')
+  api.route('DELETE', '/v1/containers/:name', async (req) => c.removeContainer(req.params.name!, req.query.get('force') === 'true'), 'operator')
   api.route('GET', '/v1/containers/:name/logs', async (req) => c.logs(req.params.name!, queryInt(req, 'offset', Number.MAX_SAFE_INTEGER), queryInt(req, 'tail', logTailLinesMax)))
   api.route('GET', '/v1/volumes', async () => c.listVolumes())
   api.route('POST', '/v1/volumes', async (req) => {
     const b = bodyObject(req.body)
     return c.createVolume({ name: str(b, 'name')!, sizeBytes: int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, rf: int(b, 'rf', 1, rfMax, false) ?? 1 })
-  })
+  }, 'operator')
   api.route('GET', '/v1/volumes/:name', async (req) => c.showVolume(req.params.name!))
-  api.route('DELETE', '/v1/volumes/:name', async (req) => c.deleteVolume(req.params.name!))
+  api.route('DELETE', '/v1/volumes/:name', async (req) => c.deleteVolume(req.params.name!), 'operator')
   api.route('GET', '/v1/stats', async (req) => c.stats(req.query.get('container') ?? undefined))
 }

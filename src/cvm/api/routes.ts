@@ -199,11 +199,11 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
   api.route('POST', '/v1/vdisks', async (req) => {
     const b = bodyObject(req.body)
     return s.vdisks.create(str(b, 'name')!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, int(b, 'rf', 1, rfMax, false) ?? 1)
-  })
+  }, 'operator')
   api.route('GET', '/v1/vdisks/:name', async (req) => s.vdisks.show(req.params.name!))
   api.route('PATCH', '/v1/vdisks/:name', async (req) => {
     const b = bodyObject(req.body)
     return s.vdisks.resize(req.params.name!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!)
-  })
-  api.route('DELETE', '/v1/vdisks/:name', async (req) => s.vdisks.delete(req.params.name!, req.query.get('force') === 'true'))
+  }, 'operator')
+  api.route('DELETE', '/v1/vdisks/:name', async (req) => s.vdisks.delete(req.params.name!, req.query.get('force') === 'true'), 'operator')
 }

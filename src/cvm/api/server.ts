@@ -2,9 +2,37 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import https from 'node:https'
+import type { TLSSocket } from 'node:tls'
 import { TessError, errorMessage } from '../../common/errors.js'
 import { apiBodyMaxBytes, apiConnectionsMax, apiHandshakeTimeoutMs, apiHeadersTimeoutMs, apiKeepAliveTimeoutMs, apiRefusedBodyDrainMaxBytes, apiRequestTimeoutMs, apiTimeoutCheckIntervalMs } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
+
+/** What an operator may do: viewer reads; operator also changes workloads and vDisks; admin everything. */
+export type Role = 'viewer' | 'operator' | 'admin'
+export const roles: readonly Role[] = ['viewer', 'operator', 'admin']
+/** The least a route asks: a role, or `node` (another CVM, by its node certificate: node operations). */
+export type RouteRole = Role | 'node'
+
+/** Who sent a request: an operator (a user's token, or the cluster's bootstrap token: user root) or a node. */
+export interface Principal {
+  kind: 'user' | 'node'
+  name: string
+  /** a node may do everything */
+  role: Role | 'node'
+}
+
+/** One change (a request other than GET) as the audit log keeps it. */
+export interface AuditEntry {
+  at: string
+  who: string
+  kind: Principal['kind']
+  role: Principal['role']
+  method: string
+  path: string
+  status: number
+  /** the error code of a refused or failed change */
+  code?: string
+}
 
 export interface ApiRequest {
   method: string
@@ -12,6 +40,7 @@ export interface ApiRequest {
   params: Record<string, string>
   query: URLSearchParams
   body: unknown
+  principal: Principal
 }
 
 export type Handler = (req: ApiRequest) => Promise<unknown>
@@ -35,16 +64,46 @@ const defaultLimits: ApiLimits = {
 
 interface Route {
   method: string
+  path: string
   pattern: RegExp
   names: string[]
   handler: Handler
+  role: RouteRole
+}
+
+const rank: Record<Role, number> = { viewer: 1, operator: 2, admin: 3 }
+
+/** Whether `p` may call a route that asks `role`. */
+export function allowed(p: Principal, role: RouteRole): boolean {
+  if (p.role === 'node') return true
+  if (role === 'node') return false
+  return rank[p.role] >= rank[role]
+}
+
+/** TLS options and credentials of the HTTPS listener. */
+export interface ApiTls {
+  cert: Buffer
+  key: Buffer
+  /** the cluster CA: a client certificate it signed (O=tessera, CN=<node>) is a node */
+  ca: Buffer
+  /** the cluster's bootstrap token: user root, role admin */
+  token: string
+  /** a user by the SHA-256 of the token they presented (from the user directory) */
+  users?: (tokenSha256: Buffer) => Principal | undefined
+  /** every change, after it was answered (refused ones too) */
+  audit?: (entry: AuditEntry) => void
 }
 
 /**
- * The management API: HTTPS with a certificate from the cluster CA; every request carries
- * `Authorization: Bearer <token>`. Bodies are JSON, bounded in size; every failure is a JSON error
- * body `{"error": {code, message, hint}}` with the status of its code. A handler's bug answers 500
- * and is logged; it never takes the daemon down.
+ * The management API: HTTPS with a certificate from the cluster CA. A request is made by a
+ * principal: a node (its client certificate from the cluster CA: the CVMs call each other this
+ * way), or an operator by `Authorization: Bearer <token>` (a user's token, or the cluster's
+ * bootstrap token: user root, admin). Every route names the least role it needs: reads need
+ * viewer, other methods admin unless the route says operator or node. Refused: 401 without valid
+ * credentials, 403 for too small a role. Every change is handed to the audit log once answered.
+ * Bodies are JSON, bounded in size; every failure is a JSON error body
+ * `{"error": {code, message, hint}}` with the status of its code. A handler's bug answers 500 and
+ * is logged; it never takes the daemon down.
  */
 export class ApiServer {
   private readonly routes: Route[] = []
@@ -57,22 +116,29 @@ export class ApiServer {
    * socket only (listenUnix), where the socket file's mode (0600 in a 0700 directory) is the
    * authentication: only root on the node reaches it.
    */
-  constructor(private readonly opts: ({ cert: Buffer, key: Buffer, ca: Buffer, token: string, log: Logger } | { log: Logger }) & { limits?: Partial<ApiLimits> }) {
+  constructor(private readonly opts: ((ApiTls & { log: Logger }) | { log: Logger }) & { limits?: Partial<ApiLimits> }) {
     this.tokenHash = 'token' in opts ? crypto.createHash('sha256').update(opts.token).digest() : undefined
     this.limits = { ...defaultLimits, ...opts.limits }
   }
 
-  route(method: string, path: string, handler: Handler): this {
+  /** Add a route; `role`: the least it needs (default: viewer for GET, admin for other methods). */
+  route(method: string, path: string, handler: Handler, role?: RouteRole): this {
     const names: string[] = []
     const pattern = new RegExp('^' + path.replace(/:([a-zA-Z]+)/g, (_m, n: string) => { names.push(n); return '([^/]+)' }) + '$')
-    this.routes.push({ method, pattern, names, handler })
+    this.routes.push({ method, path, pattern, names, handler, role: role ?? (method === 'GET' ? 'viewer' : 'admin') })
     return this
+  }
+
+  /** Every route with the role it asks (tests and the README's API table). */
+  routeRoles(): Array<{ method: string, path: string, role: RouteRole }> {
+    return this.routes.map((r) => ({ method: r.method, path: r.path, role: r.role }))
   }
 
   listen(port: number, host: string): Promise<void> {
     const o = this.opts
     if (!('token' in o)) throw new Error('a TCP listener needs TLS and a token')
-    const server = https.createServer({ cert: o.cert, key: o.key, ca: o.ca, handshakeTimeout: this.limits.handshakeTimeoutMs, ...this.httpTimeouts() }, (req, res) => {
+    // a client certificate is asked for, not required: operators come with a token, nodes with their certificate
+    const server = https.createServer({ cert: o.cert, key: o.key, ca: o.ca, requestCert: true, rejectUnauthorized: false, handshakeTimeout: this.limits.handshakeTimeoutMs, ...this.httpTimeouts() }, (req, res) => {
       void this.handle(req, res)
     })
     server.on('tlsClientError', () => { /* a bad TLS client: drop it */ })
@@ -123,29 +189,49 @@ export class ApiServer {
     })
   }
 
-  private authorized(req: IncomingMessage): boolean {
-    if (this.tokenHash === undefined) return true
+  /** Who sent the request, or undefined for a stranger. */
+  private principal(req: IncomingMessage): Principal | undefined {
+    if (this.tokenHash === undefined) return { kind: 'user', name: 'root', role: 'admin' } // the unix socket: root on the node
     const h = req.headers.authorization
-    if (!h || !h.startsWith('Bearer ')) return false
-    const given = crypto.createHash('sha256').update(h.slice(7).trim()).digest()
-    return crypto.timingSafeEqual(given, this.tokenHash)
+    if (h !== undefined && h.startsWith('Bearer ')) {
+      const given = crypto.createHash('sha256').update(h.slice(7).trim()).digest()
+      if (crypto.timingSafeEqual(given, this.tokenHash)) return { kind: 'user', name: 'root', role: 'admin' }
+      return 'users' in this.opts ? this.opts.users?.(given) : undefined
+    }
+    const sock = req.socket as TLSSocket
+    if (sock.authorized === true) {
+      // verified against the cluster CA, which signs node certificates only
+      const subject = sock.getPeerCertificate().subject as Record<string, string | string[]> | undefined
+      const cn = subject?.CN
+      if (typeof cn === 'string' && subject?.O === 'tessera') return { kind: 'node', name: cn, role: 'node' }
+    }
+    return undefined
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = req.method ?? 'GET'
+    let who: Principal | undefined
+    let auditPath: string | undefined
     try {
-      if (!this.authorized(req)) {
+      who = this.principal(req)
+      if (who === undefined) {
         // the body of a stranger is never read beyond a little: the connection closes after the answer
         refuse(req, res)
-        throw new TessError('TESS_E_AUTH', 'request refused: missing or wrong API credentials', 'use the credentials saved in the cluster context (tess cluster create saves them)')
+        throw new TessError('TESS_E_AUTH', 'request refused: missing or wrong API credentials', 'use the credentials saved in the cluster context (tess cluster create saves them), or a user\'s token in TESS_TOKEN')
       }
       const url = new URL(req.url ?? '/', 'https://localhost')
-      const method = req.method ?? 'GET'
       let matchedPath = false
       for (const r of this.routes) {
         const m = r.pattern.exec(url.pathname)
         if (!m) continue
         matchedPath = true
         if (r.method !== method) continue
+        if (method !== 'GET') auditPath = url.pathname
+        if (!allowed(who, r.role)) {
+          refuse(req, res)
+          throw new TessError('TESS_E_FORBIDDEN', `${who.kind} ${who.name} (role ${who.role}) may not ${method} ${url.pathname}: it needs ${r.role === 'node' ? 'a node certificate' : `role ${r.role}`}`,
+            r.role === 'node' ? 'node operations are for the CVMs of the cluster only' : `ask an admin for a user with role ${r.role} (tess user create)`)
+        }
         const params: Record<string, string> = {}
         r.names.forEach((n, i) => {
           try {
@@ -155,8 +241,9 @@ export class ApiServer {
           }
         })
         const body = await readBody(req, res, this.limits.bodyMaxBytes)
-        const result = await r.handler({ method, path: url.pathname, params, query: url.searchParams, body })
+        const result = await r.handler({ method, path: url.pathname, params, query: url.searchParams, body, principal: who })
         send(res, method === 'POST' ? 201 : 200, result ?? {})
+        this.audit(who, method, auditPath, method === 'POST' ? 201 : 200)
         return
       }
       refuse(req, res)
@@ -165,11 +252,19 @@ export class ApiServer {
     } catch (e) {
       if (e instanceof TessError) {
         send(res, e.httpStatus, { error: e.toBody() })
+        if (who !== undefined) this.audit(who, method, auditPath, e.httpStatus, e.code)
       } else {
         this.opts.log.error(`api ${req.method} ${req.url}: ${e instanceof Error ? e.stack : errorMessage(e)}`)
         send(res, 500, { error: { code: 'TESS_E_INTERNAL', message: `internal error: ${errorMessage(e)}`, hint: 'see the CVM log; this is a bug' } })
+        if (who !== undefined) this.audit(who, method, auditPath, 500, 'TESS_E_INTERNAL')
       }
     }
+  }
+
+  /** hand a change (a routed request other than GET) to the audit log; node operations are the cluster's own */
+  private audit(who: Principal, method: string, path: string | undefined, status: number, code?: string): void {
+    if (path === undefined || who.kind === 'node' || !('audit' in this.opts) || this.opts.audit === undefined) return
+    this.opts.audit({ at: new Date().toISOString(), who: who.name, kind: who.kind, role: who.role, method, path, status, ...(code !== undefined ? { code } : {}) })
   }
 }
 
