@@ -106,7 +106,7 @@ async function main(): Promise<void> {
   await users.refresh().catch((e: unknown) => log.warn(`users: cannot read them yet: ${errorMessage(e)}`))
   users.start()
   const audit = new AuditLog(etcd, cfg.nodeName, log)
-  const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), audit: (e) => audit.record(e) })
+  const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), rootRotated: () => users.rootRotated, audit: (e) => audit.record(e) })
   registerRoutes(api, { cfg, node, disks, vdisks, engine, view, etcd, log, nbdTrust })
   registerUserRoutes(api, users, audit)
 

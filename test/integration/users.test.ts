@@ -115,4 +115,20 @@ describe('users, roles and the audit log', () => {
     expect(text.code).toBe(0)
     expect(text.stdout).toMatch(/TIME.*WHO.*ROLE.*REQUEST.*STATUS/)
   })
+
+  it('the bootstrap token (user root) rotates too: the context gets the new one, the old one and the nodes\' copy are refused', async () => {
+    const fileToken = fs.readFileSync(path.join(c.dataDir, 'pki', 'api-token'), 'utf8').trim()
+    const r = await ok(undefined, ['user', 'rotate', 'root'])
+    expect(r).toMatchObject({ name: 'root', role: 'admin' })
+    expect(r.token).not.toBe(fileToken)
+    // the context this command used holds the new token: the CLI goes on working without TESS_TOKEN
+    await ok(undefined, ['vdisk', 'list'])
+    await refused(fileToken, ['vdisk', 'list'], 7, 'TESS_E_AUTH')
+    expect((await ok(undefined, ['user', 'list'])).map((u: { name: string }) => u.name)).toContain('root')
+    await refused(undefined, ['user', 'delete', 'root', '--yes'], 2, 'TESS_E_INVALID')
+    // root's changes are audited under root
+    const rootLog = await ok(undefined, ['audit', 'list', '--user', 'root', '--limit', '5'])
+    expect(rootLog[0]).toMatchObject({ who: 'root', method: 'DELETE', path: '/v1/users/root', status: 400, code: 'TESS_E_INVALID' })
+    expect(rootLog[1]).toMatchObject({ who: 'root', method: 'POST', path: '/v1/users/root/rotate', status: 201 })
+  })
 })

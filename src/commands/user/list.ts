@@ -4,7 +4,7 @@ import type { UserInfo } from '../../common/user-types.js'
 
 export default class UserList extends TessCommand<UserInfo[]> {
   static override summary = 'List the users and their roles'
-  static override description = 'Tokens are never shown (the cluster keeps only their SHA-256). The bootstrap token saved by `tess cluster create` is user root (admin) and is not listed.'
+  static override description = 'Tokens are never shown (the cluster keeps only their SHA-256). The bootstrap token saved by `tess cluster create` is user root (admin); it is listed once it was rotated (`tess user rotate root`).'
   static override aliases = ['user:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
 

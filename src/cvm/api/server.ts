@@ -86,10 +86,12 @@ export interface ApiTls {
   key: Buffer
   /** the cluster CA: a client certificate it signed (O=tessera, CN=<node>) is a node */
   ca: Buffer
-  /** the cluster's bootstrap token: user root, role admin */
+  /** the cluster's bootstrap token: user root, role admin (until root's token is rotated) */
   token: string
   /** a user by the SHA-256 of the token they presented (from the user directory) */
   users?: (tokenSha256: Buffer) => Principal | undefined
+  /** true once user root's token is in the user directory: the bootstrap `token` is refused then */
+  rootRotated?: () => boolean
   /** every change, after it was answered (refused ones too) */
   audit?: (entry: AuditEntry) => void
 }
@@ -195,8 +197,11 @@ export class ApiServer {
     const h = req.headers.authorization
     if (h !== undefined && h.startsWith('Bearer ')) {
       const given = crypto.createHash('sha256').update(h.slice(7).trim()).digest()
-      if (crypto.timingSafeEqual(given, this.tokenHash)) return { kind: 'user', name: 'root', role: 'admin' }
-      return 'users' in this.opts ? this.opts.users?.(given) : undefined
+      const user = 'users' in this.opts ? this.opts.users?.(given) : undefined
+      if (user !== undefined) return user
+      const rotated = 'rootRotated' in this.opts && this.opts.rootRotated?.() === true
+      if (!rotated && crypto.timingSafeEqual(given, this.tokenHash)) return { kind: 'user', name: 'root', role: 'admin' }
+      return undefined
     }
     const sock = req.socket as TLSSocket
     if (sock.authorized === true) {

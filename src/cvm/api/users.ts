@@ -53,9 +53,9 @@ function checkRole(role: unknown): Role {
   return role as Role
 }
 
-function checkUserName(name: unknown): string {
+function checkUserName(name: unknown, allowRoot = false): string {
   const n = checkName('user', String(name ?? ''))
-  if (reservedNames.has(n)) throw new TessError('TESS_E_INVALID', `the user name "${n}" is reserved (the cluster's bootstrap token)`, 'choose another name')
+  if (reservedNames.has(n) && !allowRoot) throw new TessError('TESS_E_INVALID', `the user name "${n}" is reserved (the cluster's bootstrap token)`, n === 'root' ? 'choose another name; `tess user rotate root` replaces the bootstrap token' : 'choose another name')
   return n
 }
 
@@ -67,6 +67,7 @@ function checkUserName(name: unknown): string {
  */
 export class UserDirectory {
   private byHash = new Map<string, Principal>()
+  private rootStored = false
   private timer: NodeJS.Timeout | undefined
   private watcher: { cancel(): Promise<void> } | undefined
 
@@ -77,11 +78,20 @@ export class UserDirectory {
     return this.byHash.get(sha256.toString('hex'))
   }
 
+  /**
+   * Whether user root is in etcd: once `tess user rotate root` ran, its record holds root's token
+   * and the bootstrap token in the nodes' pki/api-token is no longer accepted.
+   */
+  get rootRotated(): boolean {
+    return this.rootStored
+  }
+
   async refresh(): Promise<void> {
     const recs = await etcdCall('read the users', () => listJson<UserRecord>(this.etcd, keys.usersPrefix))
     const next = new Map<string, Principal>()
     for (const r of recs) next.set(r.tokenSha256, { kind: 'user', name: r.name, role: r.role })
     this.byHash = next
+    this.rootStored = recs.some((r) => r.name === 'root')
   }
 
   start(): void {
@@ -124,13 +134,23 @@ export class UserDirectory {
     return { ...view(rec), token: t.token }
   }
 
-  /** A new token for the user; the old one is refused from now on (by every node within seconds). */
+  /**
+   * A new token for the user; the old one is refused from now on (by every node within seconds).
+   * root too: its first rotation stores it in etcd like any user, and from then on the bootstrap
+   * token is refused.
+   */
   async rotate(nameIn: unknown): Promise<UserWithToken> {
-    const name = checkUserName(nameIn)
-    const rec = await this.get(name)
+    const name = checkUserName(nameIn, true)
     const t = newToken()
-    const next: UserRecord = { ...rec, tokenSha256: t.sha256, rotatedAt: new Date().toISOString() }
-    const res = await etcdCall('store the user', () => this.etcd.if(keys.user(name), 'Value', '==', JSON.stringify(rec)).then(this.etcd.put(keys.user(name)).value(JSON.stringify(next))).commit())
+    const now = new Date().toISOString()
+    const rec = name === 'root' ? await etcdCall('read the user', () => getJson<UserRecord>(this.etcd, keys.user(name))) : await this.get(name)
+    const next: UserRecord = rec !== undefined
+      ? { ...rec, tokenSha256: t.sha256, rotatedAt: now }
+      : { name, role: 'admin', tokenSha256: t.sha256, createdAt: now, rotatedAt: now }
+    const cmp = rec !== undefined
+      ? this.etcd.if(keys.user(name), 'Value', '==', JSON.stringify(rec))
+      : this.etcd.if(keys.user(name), 'Create', '==', 0)
+    const res = await etcdCall('store the user', () => cmp.then(this.etcd.put(keys.user(name)).value(JSON.stringify(next))).commit())
     if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `cannot rotate the token of user "${name}": it changed meanwhile`, 'run the command again')
     await this.refresh().catch(() => undefined)
     return { ...view(next), token: t.token }
