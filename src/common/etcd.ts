@@ -46,6 +46,9 @@ export const keys = {
   /** `/tess/audit/<ISO time>-<node>-<seq>`: sorted by time */
   auditPrefix: '/tess/audit/',
   nbdUserCa: '/tess/nbd-user-ca',
+  /** `/tess/nbd-revocations/<user>`: NBD user certificates of that user issued until then are refused */
+  nbdRevocation: (user: string) => `/tess/nbd-revocations/${user}`,
+  nbdRevocationsPrefix: '/tess/nbd-revocations/',
   /** per node: the SHA-256 of the users CA its NBD server accepts (`/tess/nbd-user-ca-ack/<node>`) */
   nbdUserCaAck: '/tess/nbd-user-ca-ack/',
 }

@@ -89,7 +89,12 @@ async function main(): Promise<void> {
   const nbdTrust = new NbdTrust(etcd, creds, log, cfg.nodeName)
   await nbdTrust.refresh().catch((e: unknown) => log.warn(`NBD: cannot read the users CA yet: ${errorMessage(e)}`))
   nbdTrust.start()
-  const nbd = new NbdServer({ provider: engine, log, tls: { context: () => nbdTrust.context, require: nbdTls === 'require' } })
+  const nbd = new NbdServer({ provider: engine, log, tls: { context: () => nbdTrust.context, require: nbdTls === 'require', revoked: (cert) => nbdTrust.revokedReason(cert) } })
+  // a revocation also ends the connections its certificates hold open
+  nbdTrust.onRevocations = () => {
+    const n = nbd.closeRevoked()
+    if (n > 0) log.info(`NBD: closed ${n} connection(s) whose credentials were revoked`)
+  }
   engine.connectionsOf = (name) => nbd.connectionsFor(name)
   const vdisks = new VdiskService(etcd, {
     nbdAddress: cfg.address,

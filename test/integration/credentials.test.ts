@@ -2,7 +2,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { TestCluster } from '../helpers/cluster.js'
+import { TestCluster, waitFor } from '../helpers/cluster.js'
 import { run } from '../helpers/run.js'
 
 const MiB = 1024 * 1024
@@ -61,5 +61,48 @@ describe('NBD credentials for a user', () => {
     expect((await c.tess(['vdisk', 'credentials', '--user', 'bob', '--out', out, '--force', '--json'])).code).toBe(0)
     const info = await run('nbdinfo', [uri])
     expect(info.code, info.stderr).toBe(0)
+  })
+
+  it('revoking a user refuses its certificates and closes the connections they hold; credentials issued afterwards work', async () => {
+    const issue = async (user: string, dir: string) => {
+      const r = await c.tess(['vdisk', 'credentials', '--user', user, '--out', dir, '--json'])
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+      return `nbds://127.0.0.1:${c.ports.nbd}/v?tls-certificates=${dir}`
+    }
+    const carol = await issue('carol', path.join(c.root, 'carol'))
+    const dave = await issue('dave', path.join(c.root, 'dave'))
+    // a connection with carol's certificate, reading every 100 ms until it is cut (or 20 s pass)
+    const marker = path.join(c.root, 'carol-connected')
+    const script = [
+      'import nbd, sys, time',
+      'h = nbd.NBD()',
+      'h.set_uri_allow_local_file(True)', // the URI's tls-certificates names a local directory
+      `h.connect_uri(${JSON.stringify(carol)})`,
+      `open(${JSON.stringify(marker)}, 'w').close()`,
+      'for i in range(200):',
+      '    try:',
+      '        h.pread(4096, 0)',
+      '    except Exception as e:',
+      "        print('dropped:', e); sys.exit(0)",
+      '    time.sleep(0.1)',
+      "print('still open')",
+    ].join('\n')
+    const held = run('/usr/bin/python3', ['-c', script], { timeoutMs: 60_000 })
+    await waitFor('carol\'s connection', () => fs.existsSync(marker) || undefined, 20_000)
+    const rev = await c.tess(['vdisk', 'credentials', '--user', 'carol', '--revoke', '--json'])
+    expect(rev.code, rev.stdout + rev.stderr).toBe(0)
+    expect(rev.json.user).toBe('carol')
+    const h = await held
+    expect(h.stdout, h.stderr).toContain('dropped:')
+    // new connections with carol's certificate get nothing; dave's still work
+    expect((await run('nbdinfo', [carol])).code).not.toBe(0)
+    expect((await run('nbdinfo', [dave])).code).toBe(0)
+    // credentials issued after the revocation (from the next second) work again
+    await new Promise((r) => setTimeout(r, 1100))
+    const again = await issue('carol', path.join(c.root, 'carol-2'))
+    const info = await run('nbdinfo', [again])
+    expect(info.code, info.stderr).toBe(0)
+    // --revoke issues nothing: with --out it is a usage error
+    expect((await c.tess(['vdisk', 'credentials', '--user', 'dave', '--out', path.join(c.root, 'y'), '--revoke', '--json'])).code).toBe(2)
   })
 })

@@ -19,26 +19,36 @@ export interface VdiskCredentialsResult {
   examples: string[]
 }
 
+/** `--revoke`: the user's credentials issued until `revokedAt` are refused from now on */
+export interface VdiskCredentialsRevoked {
+  user: string
+  revokedAt: string
+}
+
 const daysMax = 3650
 
-export default class VdiskCredentials extends TessCommand<VdiskCredentialsResult> {
+export default class VdiskCredentials extends TessCommand<VdiskCredentialsResult | VdiskCredentialsRevoked> {
   static override summary = 'Issue NBD client credentials (a TLS certificate) for a named user'
-  static override description = `Writes a directory that NBD clients take as their x509 credentials: ca-cert.pem (the cluster CA, which signed the servers' certificates, and the NBD users CA), client-cert.pem and client-key.pem (mode 0600). The certificate names the user and is signed by the cluster's NBD users CA, which this command makes on first use (its key stays beside the cluster's secrets on this machine; its certificate goes to etcd, and every CVM accepts it within seconds). It opens NBD exports over TLS, and nothing else: etcd and the data port do not trust it.`
+  static override description = `Writes a directory that NBD clients take as their x509 credentials: ca-cert.pem (the cluster CA, which signed the servers' certificates, and the NBD users CA), client-cert.pem and client-key.pem (mode 0600). The certificate names the user and is signed by the cluster's NBD users CA, which this command makes on first use (its key stays beside the cluster's secrets on this machine; its certificate goes to etcd, and every CVM accepts it within seconds). It opens NBD exports over TLS, and nothing else: etcd and the data port do not trust it. --revoke refuses every certificate issued to the user until now, on every node within seconds, and closes the connections they hold; credentials issued for the user afterwards (from the next second) work.`
   static override examples = [
     '<%= config.bin %> <%= command.id %> --user alice --out ./alice-nbd',
     '<%= config.bin %> <%= command.id %> --user backup --out /etc/backup/nbd --days 90 --json',
+    '<%= config.bin %> <%= command.id %> --user alice --revoke',
   ]
 
   static override flags = {
     user: Flags.string({ description: 'User the certificate names: [a-z0-9][a-z0-9-]{0,62}.', required: true }),
-    out: Flags.string({ description: 'Directory to write the credentials to (made with mode 0700; must not hold credentials already unless --force).', required: true }),
+    out: Flags.string({ description: 'Directory to write the credentials to (made with mode 0700; must not hold credentials already unless --force). Required unless --revoke.' }),
     days: Flags.integer({ description: `Days the certificate is valid (1..${daysMax}).`, default: 365 }),
     force: Flags.boolean({ description: 'Replace credentials already in the directory.', default: false }),
+    revoke: Flags.boolean({ description: 'Revoke the user\'s credentials issued until now instead of issuing new ones.', default: false, exclusive: ['out', 'force'] }),
   }
 
-  protected async exec(): Promise<VdiskCredentialsResult> {
+  protected async exec(): Promise<VdiskCredentialsResult | VdiskCredentialsRevoked> {
     const { flags } = await this.parseInput(VdiskCredentials)
     const user = checkName('user', flags.user)
+    if (flags.revoke) return this.client(this.context(flags.cluster)).post<VdiskCredentialsRevoked>('/v1/nbd/revocations', { user })
+    if (flags.out === undefined) throw new TessError('TESS_E_USAGE', 'missing --out: the directory to write the credentials to', 'e.g. --out ./alice-nbd (or --revoke to revoke the user\'s credentials)')
     if (!Number.isInteger(flags.days) || flags.days < 1 || flags.days > daysMax) {
       throw new TessError('TESS_E_INVALID', `--days ${flags.days} is out of range 1..${daysMax}`, 'e.g. --days 365')
     }
@@ -81,7 +91,8 @@ export default class VdiskCredentials extends TessCommand<VdiskCredentialsResult
     }
   }
 
-  protected render(r: VdiskCredentialsResult): string {
+  protected render(r: VdiskCredentialsResult | VdiskCredentialsRevoked): string {
+    if (!('dir' in r)) return keyValue([['revoked NBD credentials of user', r.user], ['issued before', r.revokedAt]])
     return [keyValue([['user', r.user], ['directory', r.dir], ['valid until', r.notAfter]]), '', 'connect with (VDISK: the vDisk name):', ...r.examples.map((e) => `  ${e}`)].join('\n')
   }
 }

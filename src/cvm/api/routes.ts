@@ -1,5 +1,5 @@
 import { TessError } from '../../common/errors.js'
-import { checkCaPem, nbdTrustRefreshMs, waitForNbdTrustAcks, type NbdTrust } from '../nbd/trust.js'
+import { checkCaPem, nbdTrustRefreshMs, waitForNbdTrustAcks, type NbdRevocation, type NbdTrust } from '../nbd/trust.js'
 import type { NodeConfig } from '../../common/nodeconfig.js'
 import type { HealthInfo } from '../../common/types.js'
 import type { NodeService } from '../node.js'
@@ -55,6 +55,16 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     if (pending.length > 0) s.log.warn(`NBD users CA stored; not yet accepted by ${pending.join(', ')} (they read it within ${nbdTrustRefreshMs / 1000} s of coming back)`)
     return { stored: true, pendingNodes: pending }
   })
+  // revoke a user's NBD credentials: certificates naming the user issued until now are refused,
+  // and the connections they hold are closed, on every node within seconds (a watch)
+  api.route('POST', '/v1/nbd/revocations', async (req) => {
+    const user = checkName('user', str(bodyObject(req.body), 'user')!)
+    const rec: NbdRevocation = { user, revokedAt: new Date().toISOString() }
+    await etcdCall('store the revocation', () => s.etcd.put(keys.nbdRevocation(user)).value(JSON.stringify(rec)))
+    await s.nbdTrust.refreshRevocations()
+    return rec
+  })
+  api.route('GET', '/v1/nbd/revocations', async () => (await etcdCall('read the revocations', () => listJson<NbdRevocation>(s.etcd, keys.nbdRevocationsPrefix))).sort((a, b) => a.user.localeCompare(b.user)))
   api.route('GET', '/v1/placement', async (req) => s.view.info(Math.max(1, queryInt(req, 'rf', rfMax) ?? 1)))
 
   // The node's status record shows a disk's capacity as soon as the disk is added or removed,

@@ -115,7 +115,12 @@ export interface NbdServerOptions {
    * with `require`, a TCP client gets nothing (not even the export list) before TLS. Connections
    * on the Unix socket (listenUnix) never need TLS: its file mode is their authentication.
    */
-  tls?: { context: () => tls.SecureContext, require: boolean }
+  tls?: {
+    context: () => tls.SecureContext
+    require: boolean
+    /** why a client certificate that verified is refused anyway (a revoked user's), or undefined */
+    revoked?: (cert: tls.PeerCertificate) => string | undefined
+  }
 }
 
 interface ConnectionConfig {
@@ -127,7 +132,7 @@ interface ConnectionConfig {
   inFlightMax: number
   inFlightBytesMax: number
   closeDrainTimeoutMs: number
-  tls: { context: () => tls.SecureContext, require: boolean } | undefined
+  tls: NbdServerOptions['tls']
 }
 
 /**
@@ -196,6 +201,21 @@ export class NbdServer {
     const a = this.server.address()
     assert(a !== null && typeof a === 'object', 'NBD server address read before listen()')
     return a
+  }
+
+  /** Close the connections whose client certificate `revoked` now refuses; returns how many. */
+  closeRevoked(): number {
+    const check = this.config.tls?.revoked
+    if (check === undefined) return 0
+    let n = 0
+    for (const c of this.connections) {
+      const reason = c.certificate !== undefined ? check(c.certificate) : undefined
+      if (reason !== undefined) {
+        c.revoke(reason)
+        n++
+      }
+    }
+    return n
   }
 
   /** connections in the transmission phase on the export with this (canonical) name */
@@ -420,6 +440,7 @@ class Connection {
   private batch: { buffers: Buffer[]; sent: ((err?: Error | null) => void)[]; bytes: number } | undefined
   /** the client completed STARTTLS with a certificate of a CA the server trusts */
   private tlsActive = false
+  private peerCert: tls.PeerCertificate | undefined
 
   constructor(
     socket: net.Socket,
@@ -507,8 +528,12 @@ class Connection {
     this.socket = secure
     this.listen(secure)
     secure.once('secure', () => {
+      const cert = secure.getPeerCertificate()
+      this.peerCert = cert
+      const revoked = tlsConfig.revoked?.(cert)
+      if (revoked !== undefined) return this.drop(`client certificate refused: ${revoked}`)
       this.tlsActive = true
-      const cn = secure.getPeerCertificate().subject?.CN
+      const cn = cert.subject?.CN
       this.log.info(`NBD connection from ${this.peer}: TLS with the certificate of "${cn ?? '?'}"`)
     })
     // reading went through the raw socket until now: the TLS socket flows on its own
@@ -1208,6 +1233,16 @@ class Connection {
   private drop(reason: string): void {
     this.log.warn(`NBD connection from ${this.peer}${this.exportLabel()}: ${reason}; disconnecting`)
     this.socket.destroy()
+  }
+
+  /** the client certificate of a TLS connection */
+  get certificate(): tls.PeerCertificate | undefined {
+    return this.peerCert
+  }
+
+  /** its credentials were revoked: cut the connection (requests in flight get no answer) */
+  revoke(reason: string): void {
+    this.drop(`client certificate revoked: ${reason}`)
   }
 
   /** DISC, ABORT, the client leaving or the server closing: stop reading, end once idle */

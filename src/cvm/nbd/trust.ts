@@ -2,13 +2,22 @@ import crypto from 'node:crypto'
 import tls from 'node:tls'
 import type { Etcd3 } from 'etcd3'
 import { TessError, errorMessage } from '../../common/errors.js'
-import { keys } from '../../common/etcd.js'
+import { keys, listJson } from '../../common/etcd.js'
 import type { Logger } from '../../common/log.js'
 
 /** how often a CVM reads the NBD users CA from etcd besides watching it (a watch can be lost) */
 export const nbdTrustRefreshMs = 5_000
 /** how long storing a new users CA waits for every CVM that is up to accept it */
 export const nbdTrustAckWaitMs = 15_000
+/** the organisation of NBD user certificates (bootstrap/pki.ts createUserCert) */
+export const nbdUsersOrg = 'tessera-nbd-users'
+
+/** A revocation of a user's NBD credentials, in etcd under keys.nbdRevocation(user). */
+export interface NbdRevocation {
+  user: string
+  revokedAt: string
+}
+
 /** a CA certificate in PEM, at most this long */
 export const nbdUserCaMaxBytes = 16 * 1024
 
@@ -25,7 +34,12 @@ export class NbdTrust {
   private timer: NodeJS.Timeout | undefined
 
   private watcher: { cancel(): Promise<void> } | undefined
+  private revocationWatcher: { cancel(): Promise<void> } | undefined
   private acked: string | undefined
+  /** user -> revokedAt (ms): certificates of the NBD users CA naming the user, issued up to then, are refused */
+  private revoked = new Map<string, number>()
+  /** called after the revocations changed (the NBD server closes connections they now refuse) */
+  onRevocations: () => void = () => undefined
 
   constructor(
     private readonly etcd: Etcd3,
@@ -45,7 +59,36 @@ export class NbdTrust {
     return tls.createSecureContext({ cert: this.creds.cert, key: this.creds.key, ca: userCa === undefined ? [this.creds.ca] : [this.creds.ca, userCa] })
   }
 
+  /**
+   * Why a client certificate is refused although its CA is trusted, or undefined: a certificate of
+   * the NBD users CA naming a user whose certificates were revoked, issued (notBefore, whole
+   * seconds) no later than the revocation. Credentials issued afterwards work again.
+   */
+  revokedReason(cert: tls.PeerCertificate | undefined): string | undefined {
+    const subject = cert?.subject as Record<string, string | string[]> | undefined
+    const cn = subject?.CN
+    if (typeof cn !== 'string' || subject?.O !== nbdUsersOrg) return undefined
+    const at = this.revoked.get(cn)
+    if (at === undefined) return undefined
+    const issued = Date.parse(cert!.valid_from)
+    if (Number.isFinite(issued) && issued > at) return undefined
+    return `the NBD credentials of user ${cn} issued before ${new Date(at).toISOString()} were revoked`
+  }
+
+  async refreshRevocations(): Promise<void> {
+    const recs = await listJson<NbdRevocation>(this.etcd, keys.nbdRevocationsPrefix)
+    const next = new Map<string, number>()
+    for (const r of recs) {
+      const at = Date.parse(r.revokedAt)
+      if (typeof r.user === 'string' && Number.isFinite(at)) next.set(r.user, at)
+    }
+    const changed = next.size !== this.revoked.size || [...next].some(([u, at]) => this.revoked.get(u) !== at)
+    this.revoked = next
+    if (changed) this.onRevocations()
+  }
+
   async refresh(): Promise<void> {
+    await this.refreshRevocations()
     const pem = (await this.etcd.get(keys.nbdUserCa).string()) ?? undefined
     if (pem === this.userCa) return this.ack(pem)
     try {
@@ -75,6 +118,13 @@ export class NbdTrust {
       w.on('put', () => void this.refresh().catch((e: unknown) => this.log.warn(`NBD: cannot read the users CA: ${errorMessage(e)}`)))
       w.on('error', () => undefined)
     }, (e: unknown) => this.log.warn(`NBD: cannot watch the users CA (read every ${nbdTrustRefreshMs / 1000} s instead): ${errorMessage(e)}`))
+    this.etcd.watch().prefix(keys.nbdRevocationsPrefix).create().then((w) => {
+      this.revocationWatcher = w
+      const again = () => void this.refreshRevocations().catch((e: unknown) => this.log.warn(`NBD: cannot read the revocations: ${errorMessage(e)}`))
+      w.on('put', again)
+      w.on('delete', again)
+      w.on('error', () => undefined)
+    }, (e: unknown) => this.log.warn(`NBD: cannot watch the revocations (read every ${nbdTrustRefreshMs / 1000} s instead): ${errorMessage(e)}`))
     const tick = () => {
       this.refresh().catch((e: unknown) => this.log.warn(`NBD: cannot read the users CA: ${errorMessage(e)}`)).finally(() => {
         this.timer = setTimeout(tick, nbdTrustRefreshMs)
@@ -87,6 +137,7 @@ export class NbdTrust {
   stop(): void {
     clearTimeout(this.timer)
     void this.watcher?.cancel().catch(() => undefined)
+    void this.revocationWatcher?.cancel().catch(() => undefined)
   }
 }
 
