@@ -3,6 +3,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { TessError } from '../../src/common/errors.js'
+import { jsonRequest } from '../../src/common/jsonhttp.js'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
 import { qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
 import { createTestHosts, nbdBurstInHost, type TestHosts } from '../helpers/testhosts.js'
@@ -107,6 +109,32 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect((await run('nbdcopy', [uri(0, 'three'), out])).code).toBe(0)
     expect(sha(out).length).toBe(64)
     expect(fs.readFileSync(out).subarray(0, 40 * MiB).equals(fs.readFileSync(src))).toBe(true)
+  })
+
+  it('users hold on every node: a token works through any host, a rotation is refused on all of them, changes through any host are in one audit log', async () => {
+    const made = await tess(['user', 'create', 'op', '--role', 'operator', '--json'])
+    expect(made.code, made.stdout + made.stderr).toBe(0)
+    const ca = Buffer.from((await th.exec(th.hosts[0]!, ['cat', '/var/lib/tess/pki/ca.crt'])).stdout)
+    const apiPort = (JSON.parse((await th.exec(th.hosts[0]!, ['cat', '/var/lib/tess/node.json'])).stdout) as { api: { port: number } }).api.port
+    const at = (i: number, token: string) => ({ endpoint: `https://${addr(i)}:${apiPort}`, ca, token, what: `host ${i + 1}` })
+    const answers = async (i: number, token: string) => jsonRequest(at(i, token), 'GET', '/v1/vdisks', undefined, 10_000).then(() => 'ok', (e: unknown) => (e as TessError).code)
+    // every CVM follows the users in etcd: the new token works through hosts 2 and 3
+    for (const i of [1, 2]) await waitFor(`host ${i + 1} to know user op`, async () => (await answers(i, made.json.token)) === 'ok' || undefined, 15_000, 200)
+    // a change through host 3 by op, refused one through host 2
+    await jsonRequest(at(2, made.json.token), 'POST', '/v1/vdisks', { name: 'by-op', sizeBytes: 16 * MiB, rf: 2 }, 30_000)
+    const refused = await jsonRequest(at(1, made.json.token), 'POST', '/v1/registries', { name: 'r', url: 'http://127.0.0.1:5999', insecure: true }, 10_000).catch((e: unknown) => e as TessError)
+    expect((refused as TessError).code).toBe('TESS_E_FORBIDDEN')
+    // rotated through host 1: the old token is refused through hosts 2 and 3 within seconds
+    const rot = await tess(['user', 'rotate', 'op', '--json'])
+    expect(rot.code, rot.stdout + rot.stderr).toBe(0)
+    for (const i of [1, 2]) await waitFor(`host ${i + 1} to refuse op's old token`, async () => (await answers(i, made.json.token)) === 'TESS_E_AUTH' || undefined, 15_000, 200)
+    expect(await answers(2, rot.json.token)).toBe('ok')
+    // one audit log for the cluster, whichever host took the change
+    const log = await tess(['audit', 'list', '--user', 'op', '--json'])
+    expect(log.code, log.stdout + log.stderr).toBe(0)
+    expect(log.json.map((e: { method: string, path: string, status: number }) => `${e.method} ${e.path} ${e.status}`)).toEqual(['POST /v1/registries 403', 'POST /v1/vdisks 201'])
+    expect((await tess(['vdisk', 'delete', 'by-op', '--yes', '--json'])).code).toBe(0)
+    expect((await tess(['user', 'delete', 'op', '--yes', '--json'])).code).toBe(0)
   })
 
   it('writes 256 MiB at RF 2 through host 1 and reads it through host 2 (forwarded)', async () => {
