@@ -14,6 +14,7 @@ export function renderVdisk(v: VdiskInfo): string {
     ['size', `${formatBytes(v.sizeBytes)} (${v.sizeBytes} bytes)`],
     ['allocated', `${formatBytes(v.allocatedBytes)} (${v.allocatedBytes} bytes)`],
     ['rf', v.rf],
+    ['encrypted', v.encrypted ? (v.locked ? 'yes (locked on this node: tess cluster unlock)' : 'yes') : 'no'],
     ['owner', v.owner ?? '-'],
     ['nbd uri', v.nbdUri],
     ['over tls', `${tlsUri(v)}  (DIR from: tess vdisk credentials --user NAME --out DIR)`],

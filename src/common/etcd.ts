@@ -45,6 +45,8 @@ export const keys = {
   usersPrefix: '/tess/users/',
   /** `/tess/audit/<ISO time>-<node>-<seq>`: sorted by time */
   auditPrefix: '/tess/audit/',
+  /** HMAC of the cluster key (encrypted vDisks): proves a key given later is the cluster's */
+  clusterKeyCheck: '/tess/cluster-key-check',
   nbdUserCa: '/tess/nbd-user-ca',
   /** `/tess/nbd-revocations/<user>`: NBD user certificates of that user issued until then are refused */
   nbdRevocation: (user: string) => `/tess/nbd-revocations/${user}`,

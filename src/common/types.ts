@@ -53,6 +53,10 @@ export interface VdiskInfo {
   owner: string | null
   nbdUri: string
   createdAt: string
+  /** its blocks are encrypted on the disks (AES-256-XTS, a key of its own) */
+  encrypted: boolean
+  /** encrypted, and the CVM that answered holds no cluster key: it cannot be opened there (tess cluster unlock) */
+  locked: boolean
 }
 
 export interface ClusterStatus {
@@ -121,4 +125,6 @@ export interface VdiskRecord {
   rf: number
   createdAt: string
   state: 'ready' | 'deleting'
+  /** encrypted vDisks: the data key wrapped by the cluster key (vdisk/crypt.ts) */
+  wrappedKey?: string
 }

@@ -18,6 +18,8 @@ import { ApiServer } from './api/server.js'
 import { registerRoutes } from './api/routes.js'
 import { registerCsmRoutes } from './api/csm-routes.js'
 import { AuditLog, UserDirectory, registerUserRoutes } from './api/users.js'
+import { keyNodeOps, registerKeyRoutes } from './api/keys-routes.js'
+import { KeyKeeper } from './vdisk/keykeeper.js'
 import { NodeAgent } from '../csm/control/agent.js'
 import { ContainerControl, type NodeCall } from '../csm/control/cluster.js'
 import { nodeOps, registerNodeOps } from '../csm/control/ops.js'
@@ -80,7 +82,16 @@ async function main(): Promise<void> {
   const view = new PlacementView({ self: cfg.nodeName, log, read: () => readViewRecords(etcd) })
   const follower = new EtcdViewFollower(etcd, view, log)
   await follower.start()
-  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view })
+  // the cluster key (encrypted vDisks): in memory only; from the operator, or asked of the other CVMs
+  const otherUpNodes = () => view.nodes().filter((n) => n.up && n.name !== cfg.nodeName).map((n) => n.name)
+  const keeper = new KeyKeeper(etcd, log, async () => {
+    for (const n of otherUpNodes()) {
+      const got = await call<{ key: string | null }>(n, 'keys.get', {}, 5_000).catch(() => undefined)
+      if (got?.key !== undefined && got.key !== null) return Buffer.from(got.key, 'base64')
+    }
+    return undefined
+  })
+  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view, clusterKey: () => keeper.current })
   await engine.start()
   const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
   // TLS is required on TCP unless node.json says offer; the Unix socket (root only) needs none
@@ -99,6 +110,7 @@ async function main(): Promise<void> {
   const vdisks = new VdiskService(etcd, {
     nbdAddress: cfg.address,
     nbdPort: cfg.nbd.port,
+    keys: keeper,
     pool: () => disks.pool(),
     data: engine,
   })
@@ -137,7 +149,10 @@ async function main(): Promise<void> {
     delete: (name) => vdisks.delete(name, false),
   }, readSecretsKey(paths.secretsKey))
   registerCsmRoutes(api, containers)
+  Object.assign(ops, keyNodeOps(keeper))
+  registerKeyRoutes(api, keeper, cfg.nodeName, otherUpNodes, async (n, key) => { await call(n, 'keys.unlock', { key }, 10_000) })
   registerNodeOps(api, ops)
+  keeper.start()
   await dataServer.listen(cfg.data.port, cfg.data.bind)
   await nbd.listen(cfg.nbd.port, cfg.nbd.bind)
   try {
@@ -160,6 +175,7 @@ async function main(): Promise<void> {
     try {
       await agent.stop()
       users.stop()
+      keeper.stop()
       await api.close()
       nbdTrust.stop()
       await nbd.close()

@@ -208,7 +208,9 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
   api.route('GET', '/v1/vdisks', async () => s.vdisks.list())
   api.route('POST', '/v1/vdisks', async (req) => {
     const b = bodyObject(req.body)
-    return s.vdisks.create(str(b, 'name')!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, int(b, 'rf', 1, rfMax, false) ?? 1)
+    const encrypted = b.encrypted ?? false
+    if (typeof encrypted !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', 'field "encrypted" must be true or false', 'send a JSON boolean')
+    return s.vdisks.create(str(b, 'name')!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, int(b, 'rf', 1, rfMax, false) ?? 1, encrypted)
   }, 'operator')
   api.route('GET', '/v1/vdisks/:name', async (req) => s.vdisks.show(req.params.name!))
   api.route('PATCH', '/v1/vdisks/:name', async (req) => {

@@ -14,6 +14,7 @@ import { PeerError, ops } from '../replication/protocol.js'
 import { isNoSpace, placementDeviceError, type Exclusion, type PlacementView } from './placement.js'
 import type { VdiskIoHandler } from '../replication/server.js'
 import type { VdiskDataHooks } from './service.js'
+import { BlockCipher, unwrapDataKey } from './crypt.js'
 import { EgroupFile } from './egroup.js'
 import { KeyedRwLock } from './locks.js'
 import { MapWriter } from './mapwriter.js'
@@ -75,6 +76,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     peers: PeerPool
     /** this CVM's view of nodes and disks (follows etcd), where new extent groups are placed */
     view: PlacementView
+    /** the cluster key, which opens the data keys of encrypted vDisks (undefined: none here yet) */
+    clusterKey?: () => Buffer | undefined
   }) {
     this.egroupIds = new IdAllocator(etcd, 'egroup', 64)
   }
@@ -369,6 +372,11 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   private async doLoad(id: string): Promise<Vdisk> {
     const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
     if (!rec || rec.state !== 'ready') throw new DeviceError(nbdErrno.EINVAL, `vDisk ${id} does not exist`)
+    // an encrypted vDisk opens only where the cluster key is (checked before taking ownership)
+    const kek = this.opts.clusterKey?.()
+    if (rec.wrappedKey !== undefined && kek === undefined) {
+      throw new DeviceError(nbdErrno.EPERM, `vDisk ${rec.name} is encrypted and this CVM holds no cluster key: run tess cluster unlock`)
+    }
     await this.acquireOwnership(rec)
     const [egRecs, mapAll] = await Promise.all([
       listJson<EgroupRecord>(this.etcd, keys.egroupsOf(id)),
@@ -404,7 +412,9 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       if (!egroups.has(ref.egroupId)) this.opts.log.error(`vDisk ${rec.name}: block map names extent group ${ref.egroupId} which has no record`)
     }
     const mapWriter = new MapWriter(this.etcd, keys.vdiskOwner(id), () => this.ownerValue)
+    const cipher = rec.wrappedKey !== undefined ? new BlockCipher(unwrapDataKey(kek!, rec.wrappedKey, id)) : undefined
     const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, {
+      ...(cipher !== undefined ? { cipher } : {}),
       mapWriter,
       mapKey: (vb) => keys.vdiskMap(id, vb),
       newEgroup: () => this.newEgroup(rec),

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto'
 import type { Etcd3 } from 'etcd3'
 import { TessError } from '../../common/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
@@ -5,6 +6,8 @@ import { rfMax, vBlockSizeBytes, vdiskSizeMaxBytes, vdiskSizeMinBytes } from '..
 import { checkName } from '../../common/names.js'
 import { formatBytes } from '../../common/units.js'
 import type { NodeRecord, PoolInfo, VdiskInfo, VdiskRecord } from '../../common/types.js'
+import { dataKeyBytes, wrapDataKey } from './crypt.js'
+import type { KeyKeeper } from './keykeeper.js'
 
 export const sectorSizeBytes = 512
 
@@ -37,6 +40,8 @@ export class VdiskService {
   constructor(private readonly etcd: Etcd3, private readonly opts: {
     nbdAddress: string
     nbdPort: number
+    /** the cluster key, for encrypted vDisks */
+    keys: Pick<KeyKeeper, 'current'>
     pool: () => Promise<PoolInfo>
     data: VdiskDataHooks
   }) {
@@ -58,6 +63,8 @@ export class VdiskService {
       owner: owner === null ? null : owner.split('/')[0] ?? null,
       nbdUri: `nbd://${this.opts.nbdAddress}:${this.opts.nbdPort}/${rec.name}`,
       createdAt: rec.createdAt,
+      encrypted: rec.wrappedKey !== undefined,
+      locked: rec.wrappedKey !== undefined && this.opts.keys.current === undefined,
     }
   }
 
@@ -85,8 +92,13 @@ export class VdiskService {
     return this.info(await this.get(name))
   }
 
-  async create(name: string, sizeBytes: number, rf: number): Promise<VdiskInfo> {
+  async create(name: string, sizeBytes: number, rf: number, encrypted = false): Promise<VdiskInfo> {
     checkName('vDisk', name)
+    const kek = this.opts.keys.current
+    if (encrypted && kek === undefined) {
+      throw new TessError('TESS_E_PRECONDITION', `cannot create encrypted vDisk "${name}": this CVM holds no cluster key`,
+        'tess vdisk create --encrypted gives it the key it keeps for the cluster; or run tess cluster unlock')
+    }
     checkSize(sizeBytes)
     if (!Number.isInteger(rf) || rf < 1 || rf > rfMax) {
       throw new TessError('TESS_E_INVALID', `cannot create vDisk "${name}": RF ${rf} is not between 1 and ${rfMax}`, 'use --rf 1, 2 or 3')
@@ -105,7 +117,10 @@ export class VdiskService {
       throw new TessError('TESS_E_EXISTS', `cannot create vDisk "${name}": a vDisk of that name exists`, 'pick another name, or delete the old one')
     }
     const id = await etcdCall('allocate a vDisk id', () => this.ids.allocate())
-    const rec: VdiskRecord = { id, name, sizeBytes, rf, createdAt: new Date().toISOString(), state: 'ready' }
+    const rec: VdiskRecord = {
+      id, name, sizeBytes, rf, createdAt: new Date().toISOString(), state: 'ready',
+      ...(encrypted && kek !== undefined ? { wrappedKey: wrapDataKey(kek, crypto.randomBytes(dataKeyBytes), id) } : {}),
+    }
     const res = await etcdCall('create the vDisk', () => this.etcd.if(keys.vdiskName(name), 'Create', '==', 0)
       .then(this.etcd.put(keys.vdiskName(name)).value(id), this.etcd.put(keys.vdisk(id)).value(JSON.stringify(rec)))
       .commit())

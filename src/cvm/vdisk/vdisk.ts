@@ -3,6 +3,7 @@ import { checksumBlockSizeBytes, egroupPrecreateFreeSlotsMin, extentsPerEgroup, 
 import type { Logger } from '../../common/log.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError } from './egroup.js'
+import type { BlockCipher } from './crypt.js'
 import { KeyedRwLock } from './locks.js'
 import type { MapWriter } from './mapwriter.js'
 import { isChecksumFailure, type Replica } from './replica.js'
@@ -35,6 +36,15 @@ export interface VdiskBackend {
    */
   replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate: boolean }): Promise<void>
   log: Logger
+  /** an encrypted vDisk's cipher: blocks are encrypted before they reach a replica and decrypted after a read */
+  cipher?: BlockCipher
+}
+
+const blocksPerVblock = vBlockSizeBytes / checksumBlockSizeBytes
+
+/** the number in the vDisk of the 4 KiB block at `off` in vBlock `vb` (the encryption tweak) */
+function blockNumber(vb: number, off: number): number {
+  return vb * blocksPerVblock + off / checksumBlockSizeBytes
 }
 
 const zeroExtent = Buffer.alloc(vBlockSizeBytes)
@@ -230,12 +240,15 @@ export class Vdisk {
       const eg = this.egroupOf(ref)
       const a = alignDown(off)
       const b = alignUp(off + len)
+      const cipher = this.backend.cipher
       try {
         if (a === off && b === off + len) {
           await this.readReplicas(eg, vb, ref.slot, a, b - a, out, pos)
+          cipher?.decryptInPlace(out.subarray(pos, pos + len), blockNumber(vb, a))
         } else {
           const tmp = Buffer.allocUnsafe(b - a)
           await this.readReplicas(eg, vb, ref.slot, a, b - a, tmp, 0)
+          cipher?.decryptInPlace(tmp, blockNumber(vb, a))
           tmp.copy(out, pos, off - a, off - a + len)
         }
       } catch (e) {
@@ -335,9 +348,13 @@ export class Vdisk {
           } catch (e) {
             throw this.ioError(e)
           }
+          // the edges are merged as plaintext: the middle blocks are overwritten whole below
+          this.backend.cipher?.decryptInPlace(buf.subarray(0, checksumBlockSizeBytes), blockNumber(vb, a))
+          if (b - a > checksumBlockSizeBytes) this.backend.cipher?.decryptInPlace(buf.subarray(b - a - checksumBlockSizeBytes), blockNumber(vb, b - checksumBlockSizeBytes))
         }
         data.copy(buf, off - a)
       }
+      if (this.backend.cipher !== undefined) buf = this.backend.cipher.encrypt(buf, blockNumber(vb, a))
       if (ref) {
         const eg = this.egroupOf(ref)
         await this.onAllReplicas(eg, 'write', vb, (r) => r.write(ref.slot, a, buf))
