@@ -187,6 +187,7 @@ export function renderVolume(v: VolumeInfo): string {
     ['vdisk', v.vdisk],
     ['size', formatBytes(v.sizeBytes)],
     ['rf', String(v.rf)],
+    ['encrypted', v.encrypted ? 'yes' : 'no'],
     ['allocated', formatBytes(v.allocatedBytes)],
     ['formatted', v.formatted ? 'ext4' : 'not yet (on the first read-write attach)'],
     ['attached', v.attachments.length === 0 ? '-' : v.attachments.map((a) => `${a.container} on ${a.node} at ${a.target} (${a.readOnly ? 'ro' : 'rw'})`).join(', ')],

@@ -178,6 +178,8 @@ export interface VolumeInfo {
   rf: number
   /** bytes of the vDisk written so far (thin: what the pool holds for it, per copy) */
   allocatedBytes: number
+  /** its vDisk is encrypted on the disks (tess volume create --encrypted) */
+  encrypted: boolean
   /** an ext4 filesystem was made on it (on its first read-write attach) */
   formatted: boolean
   attachments: VolumeAttachment[]

@@ -144,7 +144,7 @@ async function main(): Promise<void> {
   ops['vdisk.release'] = async (b) => engine!.releaseIfIdle(checkName('vDisk', str(b, 'name')!))
   engine.requestRelease = async (owner, name) => (await call<{ released: boolean }>(owner, 'vdisk.release', { name }, 10_000)).released
   const containers = new ContainerControl(etcd, cfg.nodeName, call, log, {
-    create: (name, sizeBytes, rf) => vdisks.create(name, sizeBytes, rf),
+    create: (name, sizeBytes, rf, encrypted) => vdisks.create(name, sizeBytes, rf, encrypted),
     list: () => vdisks.list(),
     delete: (name) => vdisks.delete(name, false),
   }, readSecretsKey(paths.secretsKey))

@@ -121,6 +121,32 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await noLeftovers()
   })
 
+  it('an encrypted volume: containers read back what they wrote, and the disks hold no plaintext of it', async () => {
+    const marker = `tessera-volume-marker-${Math.random().toString(36).slice(2)}`
+    const v = await ok(['volume', 'create', 'sealed', '--size', '64M', '--encrypted']) as VolumeInfo
+    expect(v.encrypted).toBe(true)
+    await ok(['container', 'run', image, '--name', 'sw', '--csm', 'apps', '--volume', 'sealed:/data', '--',
+      'sh', '-c', `for i in $(busybox seq 1 2000); do echo ${marker}; done > /data/m && busybox sync && echo written; busybox sleep 1000`])
+    await waitFor('the writer', async () => (await logs('sw')).includes('written'), 30_000, 200)
+    await ok(['container', 'remove', 'sw', '--force', '--yes'])
+    await ok(['container', 'run', image, '--name', 'sr', '--csm', 'apps', '--volume', 'sealed:/data:ro', '--',
+      'sh', '-c', `busybox grep -c ${marker} /data/m; busybox sleep 1000`])
+    await waitFor('the reader', async () => /^2000$/m.test(await logs('sr')), 30_000, 200)
+    await ok(['container', 'remove', 'sr', '--force', '--yes'])
+    await noLeftovers()
+    const holding: string[] = []
+    const walk = (d: string) => {
+      for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+        const p = path.join(d, e.name)
+        if (e.isDirectory()) walk(p)
+        else if (e.isFile() && fs.readFileSync(p).includes(Buffer.from(marker))) holding.push(p)
+      }
+    }
+    walk(path.join(c.dataDir, 'disks'))
+    expect(holding).toEqual([])
+    await ok(['volume', 'delete', 'sealed', '--yes'])
+  })
+
   it('a container stopped and started again re-attaches its volume', async () => {
     await ok(['container', 'run', image, '--name', 'cycler', '--csm', 'apps', '--volume', 'data:/data', '--',
       'sh', '-c', 'busybox sha256sum /data/blob; echo run >> /data/runs; busybox sync; busybox cat /data/runs | busybox wc -l; busybox sleep 1000'])

@@ -26,7 +26,7 @@ export type NodeCall = <T>(node: string, op: string, body: Record<string, unknow
 
 /** What the container control needs of the vDisk service (volumes are vDisks). */
 export interface VdiskOps {
-  create(name: string, sizeBytes: number, rf: number): Promise<VdiskInfo>
+  create(name: string, sizeBytes: number, rf: number, encrypted?: boolean): Promise<VdiskInfo>
   list(): Promise<VdiskInfo[]>
   delete(name: string): Promise<VdiskInfo>
 }
@@ -716,17 +716,17 @@ export class ContainerControl {
 
   private static volumeInfo(r: VolumeRecord, vds: VdiskInfo[]): VolumeInfo {
     const vd = vds.find((v) => v.name === r.vdisk)
-    return { name: r.name, vdisk: r.vdisk, sizeBytes: vd?.sizeBytes ?? r.sizeBytes, rf: r.rf, allocatedBytes: vd?.allocatedBytes ?? 0, formatted: r.formatted, attachments: r.attachments, createdAt: r.createdAt }
+    return { name: r.name, vdisk: r.vdisk, sizeBytes: vd?.sizeBytes ?? r.sizeBytes, rf: r.rf, allocatedBytes: vd?.allocatedBytes ?? 0, encrypted: vd?.encrypted ?? false, formatted: r.formatted, attachments: r.attachments, createdAt: r.createdAt }
   }
 
-  async createVolume(req: { name: string, sizeBytes: number, rf: number }): Promise<VolumeInfo> {
+  async createVolume(req: { name: string, sizeBytes: number, rf: number, encrypted?: boolean }): Promise<VolumeInfo> {
     const name = checkName('volume', req.name)
     if (name.length > volumeNameLengthMax) throw new TessError('TESS_E_INVALID', `invalid volume name "${name}": at most ${volumeNameLengthMax} characters`, 'its vDisk is named vol-NAME')
     if (req.sizeBytes < volumeSizeMinBytes) throw new TessError('TESS_E_INVALID', `cannot create volume "${name}" of ${req.sizeBytes} bytes: at least ${mib(volumeSizeMinBytes)}`, 'ext4 needs room for its journal: e.g. --size 1G')
     if (await etcdCall('read the volume', () => getJson<VolumeRecord>(this.etcd, keys.volume(name))) !== undefined) {
       throw new TessError('TESS_E_EXISTS', `cannot create volume "${name}": a volume of that name exists`, 'choose another name, or delete it first')
     }
-    const vd = await this.vdisks.create(vdiskOfVolume(name), req.sizeBytes, req.rf)
+    const vd = await this.vdisks.create(vdiskOfVolume(name), req.sizeBytes, req.rf, req.encrypted === true)
     const rec: VolumeRecord = { name, vdisk: vd.name, sizeBytes: vd.sizeBytes, rf: vd.rf, formatted: false, attachments: [], createdAt: new Date().toISOString() }
     const res = await etcdCall('create the volume record', () => this.etcd.if(keys.volume(name), 'Create', '==', 0).then(this.etcd.put(keys.volume(name)).value(JSON.stringify(rec))).commit())
     if (!res.succeeded) {
