@@ -25,8 +25,11 @@
 // as Markdown tables. fio runs with its cwd in the bench dir and --verify_state_save=0.
 // Usage: node scripts/bench/nbd.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M]
 //          [--probes 20] [--no-pull] [--layer-mib 8] [--parts overwrite,first,api,pull] [--dir DIR]
-//        (root: drops the page cache; --parts runs only the numbered parts named, default all four)
+//        (root: drops the page cache; --parts runs only the numbered parts named, default all five)
+// 5. Encrypted against plain: the four jobs of part 1 on an encrypted vDisk (tess vdisk create
+//    --encrypted: AES-256-XTS per 4 KiB block) and on the plain one, rounds alternating; ratio.
 import { spawnSync } from 'node:child_process'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -43,7 +46,7 @@ const probes = Number(opt('probes', '20'))
 const layerMiB = Number(opt('layer-mib', '8'))
 const base = opt('dir', '/var/tmp')
 const bytes = sizeBytes(size)
-const partNames = ['overwrite', 'first', 'api', 'pull']
+const partNames = ['overwrite', 'first', 'api', 'pull', 'encrypted']
 const parts = new Set(opt('parts', partNames.join(',')).split(',').map((p) => p.trim()).filter((p) => p !== ''))
 for (const p of parts) if (!partNames.includes(p)) throw new Error(`--parts: unknown part "${p}" (parts: ${partNames.join(', ')})`)
 const randFirstBytes = Math.min(bytes, sizeBytes(opt('rand-first-size', '256M')))
@@ -259,6 +262,27 @@ try {
     }
   }
 
+  // ---- 5. encrypted against plain vDisk (ours), the jobs of part 1
+  let enc
+  if (parts.has('encrypted')) {
+    await api.post('/v1/keys/unlock', { key: crypto.randomBytes(32).toString('base64') })
+    await api.post('/v1/vdisks', { name: 'bench-enc', sizeBytes: bytes, rf: 1, encrypted: true })
+    const encArgs = nbdArgs(cluster.uri('bench-enc'))
+    prefill(encArgs)
+    enc = {}
+    for (const job of jobs) {
+      enc[job.name] = { plain: [], encrypted: [] }
+      for (let r = 0; r < rounds; r++) {
+        for (const t of rotate(['plain', 'encrypted'], r)) {
+          settle(job)
+          const v = fioFigure(runFio([...(t === 'plain' ? targets.ours : encArgs), ...timedArgs(job)], work), job.key, job.unit).value
+          enc[job.name][t][r] = v
+          console.error(`${job.name.padEnd(18)} round ${r + 1} ${t.padEnd(9)} ${v.toFixed(1)} ${job.unit}`)
+        }
+      }
+    }
+  }
+
   const rss = fs.readFileSync(`/proc/${cluster.cvmPid()}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)?.[1]
 
   // ---- tables
@@ -313,6 +337,15 @@ try {
     out.push('| 4k randwrite QD16 | IOPS (rounds) | median | / without |', rule(4))
     out.push(`| without pulls | ${roundsCell(pull.without)} | ${fmt(md(pull.without))} | 1.00 |`)
     out.push(`| with image pulls (pulls started during the job: ${pull.pulls.join(' / ')}; MiB downloaded: ${pull.downloaded.map(mib).join(' / ')}) | ${roundsCell(pull.with)} | ${fmt(md(pull.with))} | ${ratio(md(pull.with), md(pull.without))} |`)
+  }
+
+  if (enc) {
+    out.push('', `Encrypted vDisk (AES-256-XTS per 4 KiB block) against the plain one, both ours, ${size}, ${runtime} s per round; medians of ${rounds} rounds:`, '')
+    out.push('| job | unit | plain (rounds) | plain median | encrypted (rounds) | encrypted median | encrypted / plain |', rule(7))
+    for (const job of jobs) {
+      const e = enc[job.name]
+      out.push(`| ${job.name} | ${job.unit} | ${roundsCell(e.plain)} | ${fmt(md(e.plain))} | ${roundsCell(e.encrypted)} | ${fmt(md(e.encrypted))} | ${ratio(md(e.encrypted), md(e.plain))} |`)
+    }
   }
 
   out.push('', `CVM peak RSS during the run: ${rss ? (Number(rss) / 1024).toFixed(0) + ' MiB' : 'n/a'}`)

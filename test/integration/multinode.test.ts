@@ -137,6 +137,32 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect((await tess(['user', 'delete', 'op', '--yes', '--json'])).code).toBe(0)
   })
 
+  it('an encrypted vDisk: a CVM that restarts gets the cluster key from the others and serves it again', async () => {
+    const mk = await tess(['vdisk', 'create', 'enc', '--size', '64M', '--rf', '2', '--encrypted', '--json'])
+    expect(mk.code, mk.stdout + mk.stderr).toBe(0)
+    const src = path.join(root, 'enc.bin')
+    fs.writeFileSync(src, crypto.randomBytes(16 * MiB))
+    // written through host 2, which becomes its owner (and so must open it with the key)
+    const w = await run('nbdcopy', ['--flush', src, uri(1, 'enc')])
+    expect(w.code, w.stderr).toBe(0)
+    expect((await tess(['vdisk', 'show', 'enc', '--json'])).json.owner).toBe(th.hosts[1]!.name)
+    const pidOf = async () => (await th.exec(th.hosts[1]!, ['cat', '/var/lib/tess/run/cvm.pid'])).stdout.trim()
+    const old = await pidOf()
+    await th.exec(th.hosts[1]!, ['kill', '-9', old])
+    await waitFor('host 2\'s CVM to restart', async () => {
+      const p = await pidOf()
+      return p !== '' && p !== old ? p : undefined
+    }, 30_000, 200)
+    // no operator involved: the new CVM asks the others for the key, then opens the vDisk again
+    const out = path.join(root, 'enc-out.bin')
+    await waitFor('a read through host 2', async () => (await run('nbdcopy', [uri(1, 'enc'), out])).code === 0 || undefined, 60_000, 500)
+    expect(fs.readFileSync(out).subarray(0, 16 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    expect((await tess(['vdisk', 'show', 'enc', '--json'])).json.owner).toBe(th.hosts[1]!.name)
+    fs.rmSync(out)
+    fs.rmSync(src)
+    expect((await tess(['vdisk', 'delete', 'enc', '--yes', '--json'])).code).toBe(0)
+  }, 180_000)
+
   it('writes 256 MiB at RF 2 through host 1 and reads it through host 2 (forwarded)', async () => {
     const c = await tess(['vdisk', 'create', 'data', '--size', '512M', '--rf', '2', '--json'])
     expect(c.code, c.stdout).toBe(0)
