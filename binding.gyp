@@ -8,7 +8,7 @@
     },
     {
       "target_name": "tess_io",
-      "sources": ["native/io.c", "native/sender.c"],
+      "sources": ["native/io.c", "native/sender.c", "native/xts.c"],
       "cflags": ["-O2", "-std=gnu11", "-Wall"],
       "libraries": ["-lpthread"]
     }

@@ -124,6 +124,7 @@ static napi_value js_cached_pages(napi_env env, napi_callback_info info) {
 }
 
 napi_status sender_init(napi_env env, napi_value exports); /* sender.c */
+napi_status xts_init(napi_env env, napi_value exports); /* xts.c */
 
 static napi_value init(napi_env env, napi_value exports) {
   static const export_fn fns[] = {
@@ -132,7 +133,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"addressAlignment", js_address_alignment},
     {"cachedPages", js_cached_pages},
   };
-  if (export_fns(env, exports, fns, sizeof fns / sizeof fns[0]) != napi_ok || sender_init(env, exports) != napi_ok) {
+  if (export_fns(env, exports, fns, sizeof fns / sizeof fns[0]) != napi_ok || sender_init(env, exports) != napi_ok || xts_init(env, exports) != napi_ok) {
     napi_throw_error(env, NULL, "tess_io: init failed");
     return NULL;
   }

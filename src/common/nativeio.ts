@@ -21,6 +21,7 @@ interface Binding {
   alignedBuffer?(size: number): Buffer
   addressAlignment?(buf: Uint8Array): number
   cachedPages?(fd: number, offset: number, length: number): number
+  xtsBlocks?(key: Uint8Array, src: Uint8Array, dst: Uint8Array, firstBlock: number, encrypt: boolean): void
 }
 
 const addonFile = fileURLToPath(new URL('../../build/Release/tess_io.node', import.meta.url))
@@ -82,6 +83,14 @@ export function allocAligned(size: number): Buffer {
 export function directIoReady(buf: Uint8Array): boolean {
   const align = binding?.addressAlignment
   return align !== undefined && buf.length > 0 && buf.length % directIoAlignBytes === 0 && align(buf) >= directIoAlignBytes
+}
+
+/**
+ * AES-256-XTS over whole 4 KiB blocks in one call (native/xts.c, with the OpenSSL inside Node), or
+ * undefined without the addon: encrypted vDisks then use node:crypto block by block (the same bytes).
+ */
+export function nativeXts(): ((key: Uint8Array, src: Uint8Array, dst: Uint8Array, firstBlock: number, encrypt: boolean) => void) | undefined {
+  return binding?.xtsBlocks
 }
 
 let cachestat = true

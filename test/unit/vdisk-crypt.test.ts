@@ -1,6 +1,7 @@
 import crypto from 'node:crypto'
 import { describe, expect, it } from 'vitest'
 import { TessError } from '../../src/common/errors.js'
+import { nativeXts } from '../../src/common/nativeio.js'
 import { BlockCipher, clusterKeyCheck, dataKeyBytes, unwrapDataKey, wrapDataKey } from '../../src/cvm/vdisk/crypt.js'
 
 describe('vDisk encryption', () => {
@@ -34,6 +35,23 @@ describe('vDisk encryption', () => {
     expect(encZero.equals(Buffer.alloc(4096))).toBe(false)
     c.decryptInPlace(encZero, 3)
     expect(encZero.equals(Buffer.alloc(4096))).toBe(true)
+  })
+
+  it('the addon and node:crypto give the same bytes both ways (data written by one reads with the other)', () => {
+    const js = new BlockCipher(key, false)
+    const maybeNative = new BlockCipher(key)
+    const plain = Buffer.concat([crypto.randomBytes(12288), Buffer.alloc(4096)])
+    const a = js.encrypt(plain, 12345)
+    const b = maybeNative.encrypt(plain, 12345)
+    expect(b.equals(a)).toBe(true)
+    const back = Buffer.concat([a, Buffer.alloc(4096)])
+    maybeNative.decryptInPlace(back, 12345)
+    expect(back.subarray(0, plain.length).equals(plain)).toBe(true)
+    expect(back.subarray(plain.length).equals(Buffer.alloc(4096))).toBe(true)
+    const back2 = Buffer.from(b)
+    js.decryptInPlace(back2, 12345)
+    expect(back2.equals(plain)).toBe(true)
+    if (process.env.TESS_IO !== 'pool') expect(nativeXts()).toBeTypeOf('function')
   })
 
   it('wraps a data key under the cluster key, bound to the vDisk id', () => {

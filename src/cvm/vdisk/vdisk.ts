@@ -354,13 +354,19 @@ export class Vdisk {
         }
         data.copy(buf, off - a)
       }
-      if (this.backend.cipher !== undefined) buf = this.backend.cipher.encrypt(buf, blockNumber(vb, a))
-      if (ref) {
-        const eg = this.egroupOf(ref)
-        await this.onAllReplicas(eg, 'write', vb, (r) => r.write(ref.slot, a, buf))
-        touched.add(eg)
-      } else {
-        touched.add(await this.allocate(vb, a, buf))
+      // encrypted: the ciphertext goes to the replicas (a pooled block, back once they wrote it)
+      const sealed = this.backend.cipher?.encryptPooled(buf, blockNumber(vb, a))
+      if (sealed !== undefined) buf = sealed.data
+      try {
+        if (ref) {
+          const eg = this.egroupOf(ref)
+          await this.onAllReplicas(eg, 'write', vb, (r) => r.write(ref.slot, a, buf))
+          touched.add(eg)
+        } else {
+          touched.add(await this.allocate(vb, a, buf))
+        }
+      } finally {
+        sealed?.done()
       }
     } finally {
       release()
