@@ -109,4 +109,12 @@ describe('encrypted vDisks', () => {
     expect(r2.code, r2.stderr).toBe(0)
     expect(fs.readFileSync(again).subarray(0, data.length).equals(data)).toBe(true)
   })
+
+  it('cluster destroy also removes the cluster key the CLI kept', async () => {
+    const keyFile = path.join(c.configDir, 'clusters', c.name, 'cluster.key')
+    expect(fs.existsSync(keyFile)).toBe(true)
+    const d = await c.tess(['cluster', 'destroy', '--yes', '--json'])
+    expect(d.code, d.stdout + d.stderr).toBe(0)
+    expect(fs.existsSync(keyFile)).toBe(false)
+  })
 })

@@ -17,7 +17,7 @@ export interface ClusterDestroyResult {
 
 export default class ClusterDestroy extends TessCommand<ClusterDestroyResult> {
   static override summary = 'Destroy a cluster: stop its daemons and delete all of its data'
-  static override description = 'Stops every process the cluster started (by pid, from its pidfiles, checked against /proc), removes the data dir of every node with every vDisk in it, and forgets the context. For a cluster on hosts, this is done over SSH on every host; a host that cannot be reached is reported and the context is kept so the command can be run again. Asks first on a terminal; --yes skips the question; without a terminal, --yes is required.'
+  static override description = 'Stops every process the cluster started (by pid, from its pidfiles, checked against /proc), removes the data dir of every node with every vDisk in it, and forgets the context and the state of the cluster kept on this machine (with its cluster key, see tess vdisk create --encrypted). For a cluster on hosts, this is done over SSH on every host; a host that cannot be reached is reported and the context is kept so the command can be run again. Asks first on a terminal; --yes skips the question; without a terminal, --yes is required.'
   static override examples = ['<%= config.bin %> <%= command.id %> --yes', '<%= config.bin %> <%= command.id %> --cluster dev --yes --json']
   static override flags = {
     yes: Flags.boolean({ char: 'y', description: 'Do not ask for confirmation.' }),
@@ -38,6 +38,8 @@ export default class ClusterDestroy extends TessCommand<ClusterDestroyResult> {
     if (ctx.local) {
       const stopped = await withSpinner(!this.jsonMode, `Destroying cluster "${ctx.name}"`, () => destroyLocalCluster(ctx.local!.dataDir, disks.map((d) => d.path)))
       deleteContext(ctx.name)
+      // the operator's state of the cluster (its cluster key, if encrypted vDisks were made)
+      fs.rmSync(clusterStateDir(ctx.name), { recursive: true, force: true })
       return { name: ctx.name, dataDir: ctx.local.dataDir, stopped, hosts: [] }
     }
     if (!ctx.remote) throw new TessError('TESS_E_INTERNAL', `cluster "${ctx.name}" has neither local nor SSH details`, 'edit or remove the context file')
