@@ -420,9 +420,12 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     const cur = JSON.parse(fs.readFileSync(path.join(c.configDir, 'contexts.json'), 'utf8')).clusters[c.name] as { caCert: string, token: string }
     const caFile = path.join(work, 'ca.crt')
     fs.writeFileSync(caFile, cur.caCert)
-    const curl = (method: string, p: string, body?: string) => {
+    const pki = path.join(c.dataDir, 'pki')
+    // asNode: with the node's certificate instead of the token (node operations are for nodes only)
+    const curl = (method: string, p: string, body?: string, asNode = false) => {
       try {
-        return execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', caFile, '-H', `authorization: Bearer ${cur.token}`, '-X', method,
+        const who = asNode ? ['--cert', path.join(pki, 'node.crt'), '--key', path.join(pki, 'node.key')] : ['-H', `authorization: Bearer ${cur.token}`]
+        return execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', caFile, ...who, '-X', method,
           ...(body !== undefined ? ['-H', 'content-type: application/json', '--data-binary', body] : []), `https://127.0.0.1:${c.ports.api}${p}`], { encoding: 'utf8' })
       } catch (e) {
         return String(e)
@@ -431,9 +434,11 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     expect(curl('POST', '/v1/containers', '{"name": 5}')).toBe('400')
     expect(curl('POST', '/v1/containers', '[]')).toBe('400')
     expect(curl('POST', '/v1/csms', '{"name":"x","cpus":"many","memoryBytes":1}')).toBe('400')
-    expect(curl('POST', '/v1/node-ops/container.run', '{"csm":"web","spec":"nope"}')).toBe('400')
-    expect(curl('POST', '/v1/node-ops/container.logs', '{"csm":"web","id":"../../etc"}')).toBe('400')
-    expect(curl('POST', '/v1/node-ops/no.such', '{}')).toBe('404')
+    expect(curl('POST', '/v1/node-ops/container.run', '{"csm":"web","spec":"nope"}', true)).toBe('400')
+    expect(curl('POST', '/v1/node-ops/container.logs', '{"csm":"web","id":"../../etc"}', true)).toBe('400')
+    expect(curl('POST', '/v1/node-ops/no.such', '{}', true)).toBe('404')
+    // an operator's token, even the bootstrap one, cannot call node operations
+    expect(curl('POST', '/v1/node-ops/container.logs', '{"csm":"web","id":"x"}')).toBe('403')
     expect(curl('GET', '/v1/containers/hello/logs?offset=-1')).toBe('400')
     expect(curl('POST', '/v1/registry-policy', '{"kind":"maybe","pattern":"a/b"}')).toBe('400')
     // without the token: 401
