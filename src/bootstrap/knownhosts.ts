@@ -17,7 +17,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
-import { configDir } from '../cli/contexts.js'
+import { configDir } from '../common/contexts.js'
 import { TessError, errorMessage } from '../common/errors.js'
 
 /** What a lookup found for (host, port, key). */

@@ -2,8 +2,8 @@ import { realClock, type Clock } from '../common/clock.js'
 import { TessError, errorMessage } from '../common/errors.js'
 import { clusterReadyPollMs, clusterReadyTimeoutMs } from '../common/limits.js'
 import type { PlacementInfo } from '../common/types.js'
-import { ApiClient } from '../cli/client.js'
-import type { ClusterContext } from '../cli/contexts.js'
+import { ApiClient } from '../common/apiclient.js'
+import type { ClusterContext } from '../common/contexts.js'
 
 /** One node's CVM to ask. */
 export interface ReadyTarget {

@@ -1,7 +1,7 @@
 import { Command, Flags, Errors, type Interfaces } from '@oclif/core'
 import { TessError, errorMessage, isTessError } from '../common/errors.js'
-import { ApiClient } from './client.js'
-import { resolveContext, type ClusterContext } from './contexts.js'
+import { ApiClient } from '../common/apiclient.js'
+import { resolveContext, type ClusterContext } from '../common/contexts.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof TessCommand)['baseFlags'] & T['flags']>
 

@@ -3,8 +3,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { clusterStateDir } from '../bootstrap/remote.js'
 import { TessError } from '../common/errors.js'
-import type { ApiClient } from './client.js'
-import type { ClusterContext } from './contexts.js'
+import type { ApiClient } from '../common/apiclient.js'
+import type { ClusterContext } from '../common/contexts.js'
 
 /** bytes of the cluster key (src/cvm/vdisk/crypt.ts clusterKeyBytes) */
 const clusterKeyBytes = 32

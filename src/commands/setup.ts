@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import { Flags } from '@oclif/core'
 import { TessCommand } from '../cli/base.js'
-import { findContext, saveContext } from '../cli/contexts.js'
+import { findContext, saveContext } from '../common/contexts.js'
 import { keyValue, table, withSpinner } from '../cli/output.js'
 import {
   defaultPrivateKey, equivalentCreateCommand, expandPath, formatPlan, hostCheckHint, missingPackagesOnly, parseDisks, parseHosts, rfBounds,

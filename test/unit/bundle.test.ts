@@ -186,7 +186,7 @@ describe('the tessera repo', () => {
     expect(units.stderr).toBe('')
     expect(units.stdout.trim()).toBe('1073741824')
     // a module with production dependencies (conf) resolves them inside the bundle
-    const ctx = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/cli/contexts.js'))}).then((m) => console.log(typeof m.configDir))`], { cwd: '/' })
+    const ctx = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/common/contexts.js'))}).then((m) => console.log(typeof m.configDir))`], { cwd: '/' })
     expect(ctx.stderr).toBe('')
     expect(ctx.stdout.trim()).toBe('function')
     const svc = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/daemon/services.js'))}).then((m) => console.log(Object.keys(m).length > 0))`], { cwd: '/' })

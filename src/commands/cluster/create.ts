@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
 import { clusterReadyTimeoutMs } from '../../common/limits.js'
-import { saveContext } from '../../cli/contexts.js'
+import { saveContext } from '../../common/contexts.js'
 import { keyValue, withSpinner } from '../../cli/output.js'
 import { createLocalCluster, localDefaults } from '../../bootstrap/local.js'
 import { PreflightFailed, createRemoteCluster, remotePortDefaults, type RemotePlan } from '../../bootstrap/remote.js'

@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import { Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
-import { deleteContext } from '../../cli/contexts.js'
+import { deleteContext } from '../../common/contexts.js'
 import { keyValue, withSpinner } from '../../cli/output.js'
 import { destroyLocalCluster } from '../../bootstrap/local.js'
 import { clusterStateDir, destroyRemoteCluster } from '../../bootstrap/remote.js'

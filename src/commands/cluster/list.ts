@@ -1,5 +1,5 @@
 import { TessCommand } from '../../cli/base.js'
-import { listContexts } from '../../cli/contexts.js'
+import { listContexts } from '../../common/contexts.js'
 import { table } from '../../cli/output.js'
 
 export interface ClusterContextInfo {

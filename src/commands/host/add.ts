@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
 import { clusterReadyTimeoutMs } from '../../common/limits.js'
-import { saveContext } from '../../cli/contexts.js'
+import { saveContext } from '../../common/contexts.js'
 import { keyValue, withSpinner } from '../../cli/output.js'
 import { PreflightFailed, addRemoteHost, type HostAdded } from '../../bootstrap/remote.js'
 import { formatPreflight } from '../../bootstrap/preflight.js'

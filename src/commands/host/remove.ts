@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
-import { saveContext } from '../../cli/contexts.js'
+import { saveContext } from '../../common/contexts.js'
 import { keyValue, withSpinner } from '../../cli/output.js'
 import { cleanRemoteHost, remotePortDefaults } from '../../bootstrap/remote.js'
 import { etcdUrl } from '../../daemon/services.js'

@@ -1,6 +1,6 @@
 import { Args } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
-import { saveContext } from '../../cli/contexts.js'
+import { saveContext } from '../../common/contexts.js'
 import { keyValue } from '../../cli/output.js'
 import { checkName } from '../../common/names.js'
 import type { UserWithTokenInfo } from '../../common/user-types.js'

@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import Conf from 'conf'
-import { TessError } from '../common/errors.js'
+import { TessError } from './errors.js'
 
 /** A saved cluster context: where the API is, the CA to pin, the credentials. */
 export interface ClusterContext {

@@ -1,6 +1,6 @@
 import https from 'node:https'
-import { TessError, errorMessage } from '../common/errors.js'
-import { apiClientTimeoutMs } from '../common/limits.js'
+import { TessError, errorMessage } from './errors.js'
+import { apiClientTimeoutMs } from './limits.js'
 import type { ClusterContext } from './contexts.js'
 
 /** How long to keep retrying a refused connection (a CVM being restarted by its supervisor). */
