@@ -1,5 +1,6 @@
 import https from 'node:https'
 import { TessError, errorMessage } from './errors.js'
+import { jsonAnswer } from './jsonhttp.js'
 import { apiClientTimeoutMs } from './limits.js'
 import type { ClusterContext } from './contexts.js'
 
@@ -89,16 +90,11 @@ export class ApiClient {
         res.on('data', (c: Buffer) => chunks.push(c))
         res.on('error', reject)
         res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8')
-          let parsed: unknown
           try {
-            parsed = text ? JSON.parse(text) : {}
-          } catch {
-            reject(new TessError('TESS_E_INTERNAL', `the API answered ${res.statusCode} with a body that is not JSON`, 'is the endpoint a Tessera CVM?'))
-            return
+            resolve(jsonAnswer<T>(res.statusCode, Buffer.concat(chunks), 'the API', 'is the endpoint a Tessera CVM?'))
+          } catch (e) {
+            reject(e)
           }
-          if ((res.statusCode ?? 500) >= 400) reject(TessError.fromBody(parsed, `the API answered ${res.statusCode}`))
-          else resolve(parsed as T)
         })
       })
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))

@@ -21,6 +21,22 @@ export interface JsonTarget {
 }
 
 /**
+ * The JSON answer of `what` with HTTP status `status`: the parsed body, or the TessError its error
+ * body carries (a status of 400 and up); a body that is not JSON is TESS_E_INTERNAL with `hint`.
+ */
+export function jsonAnswer<T>(status: number | undefined, body: Buffer, what: string, hint: string): T {
+  const text = body.toString('utf8')
+  let parsed: unknown
+  try {
+    parsed = text ? JSON.parse(text) : {}
+  } catch {
+    throw new TessError('TESS_E_INTERNAL', `${what} answered ${status} with a body that is not JSON`, hint)
+  }
+  if ((status ?? 500) >= 400) throw TessError.fromBody(parsed, `${what} answered ${status}`)
+  return parsed as T
+}
+
+/**
  * One JSON request between daemons: to another CVM's API (HTTPS, CA pinned, node certificate) or to a
  * CSM daemon's unix socket. A TessError body from the other end is re-thrown as it is; a
  * connection failure is TESS_E_UNREACHABLE, a timeout TESS_E_TIMEOUT.
@@ -48,16 +64,11 @@ export function jsonRequest<T>(t: JsonTarget, method: string, path: string, body
       })
       res.on('error', reject)
       res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8')
-        let parsed: unknown
         try {
-          parsed = text ? JSON.parse(text) : {}
-        } catch {
-          reject(new TessError('TESS_E_INTERNAL', `${t.what} answered ${res.statusCode} with a body that is not JSON`, 'see its log'))
-          return
+          resolve(jsonAnswer<T>(res.statusCode, Buffer.concat(chunks), t.what, 'see its log'))
+        } catch (e) {
+          reject(e)
         }
-        if ((res.statusCode ?? 500) >= 400) reject(TessError.fromBody(parsed, `${t.what} answered ${res.statusCode}`))
-        else resolve(parsed as T)
       })
     }
     const req = unix
