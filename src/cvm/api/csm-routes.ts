@@ -121,9 +121,7 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
   api.route('GET', '/v1/volumes', async () => c.listVolumes())
   api.route('POST', '/v1/volumes', async (req) => {
     const b = bodyObject(req.body)
-    const encrypted = b.encrypted ?? false
-    if (typeof encrypted !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', 'field "encrypted" must be true or false', 'send a JSON boolean')
-    return c.createVolume({ name: str(b, 'name')!, sizeBytes: int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, rf: int(b, 'rf', 1, rfMax, false) ?? 1, encrypted })
+    return c.createVolume({ name: str(b, 'name')!, sizeBytes: int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, rf: int(b, 'rf', 1, rfMax, false) ?? 1, encrypted: bool(b, 'encrypted') })
   }, 'operator')
   api.route('GET', '/v1/volumes/:name', async (req) => c.showVolume(req.params.name!))
   api.route('DELETE', '/v1/volumes/:name', async (req) => c.deleteVolume(req.params.name!), 'operator')

@@ -10,7 +10,7 @@ import type { PlacementView } from '../vdisk/placement.js'
 import { etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
 import type { DiskRecord, NodeRecord } from '../../common/types.js'
 import type { Etcd3 } from 'etcd3'
-import { bodyObject, int, queryInt, str, type ApiServer } from './server.js'
+import { bodyObject, bool, int, queryInt, str, type ApiServer } from './server.js'
 import { checkName } from '../../common/names.js'
 import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
 
@@ -208,9 +208,7 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
   api.route('GET', '/v1/vdisks', async () => s.vdisks.list())
   api.route('POST', '/v1/vdisks', async (req) => {
     const b = bodyObject(req.body)
-    const encrypted = b.encrypted ?? false
-    if (typeof encrypted !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', 'field "encrypted" must be true or false', 'send a JSON boolean')
-    return s.vdisks.create(str(b, 'name')!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, int(b, 'rf', 1, rfMax, false) ?? 1, encrypted)
+    return s.vdisks.create(str(b, 'name')!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, int(b, 'rf', 1, rfMax, false) ?? 1, bool(b, 'encrypted'))
   }, 'operator')
   api.route('GET', '/v1/vdisks/:name', async (req) => s.vdisks.show(req.params.name!))
   api.route('PATCH', '/v1/vdisks/:name', async (req) => {
