@@ -32,6 +32,15 @@ export function readClusterKey(file: string, create: boolean): Buffer {
   return key
 }
 
+/**
+ * Before an encrypted vDisk or volume is made: the key this CLI keeps for the cluster (made here
+ * on first use) goes to the CVMs, which check it and keep it in memory.
+ */
+export async function giveClusterKey(client: ApiClient, ctx: ClusterContext): Promise<UnlockResult> {
+  const file = clusterKeyFile(ctx)
+  return unlockCluster(client, file, readClusterKey(file, true))
+}
+
 /** Give the cluster its key: the CVM that answers checks it and hands it to the others. */
 export async function unlockCluster(client: ApiClient, file: string, key: Buffer): Promise<UnlockResult> {
   const r = await client.post<{ unlockedNodes: string[], failedNodes: Array<{ node: string, error: string }> }>('/v1/keys/unlock', { key: key.toString('base64') })

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
-import { clusterKeyFile, readClusterKey, unlockCluster } from '../../cli/clusterkey.js'
+import { giveClusterKey } from '../../cli/clusterkey.js'
 import { renderVdisk } from '../../cli/render.js'
 import { checkName } from '../../common/names.js'
 import { parseSize } from '../../common/units.js'
@@ -37,11 +37,7 @@ SIZE accepts bytes or binary units: 512M, 10G, 1T, 1GiB (1G = 1 GiB); it must be
     const sizeBytes = parseSize(flags.size, 'vDisk size')
     const ctx = this.context(flags.cluster)
     const client = this.client(ctx)
-    if (flags.encrypted) {
-      // the cluster key: made here on first use, given to the CVMs (they check it and keep it in memory)
-      const file = clusterKeyFile(ctx)
-      await unlockCluster(client, file, readClusterKey(file, true))
-    }
+    if (flags.encrypted) await giveClusterKey(client, ctx)
     return client.post<VdiskInfo>('/v1/vdisks', { name: args.name, sizeBytes, rf: flags.rf, ...(flags.encrypted ? { encrypted: true } : {}) })
   }
 

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../cli/base.js'
-import { clusterKeyFile, readClusterKey, unlockCluster } from '../../cli/clusterkey.js'
+import { giveClusterKey } from '../../cli/clusterkey.js'
 import { renderVolume } from '../../cli/render-csm.js'
 import { checkName } from '../../common/names.js'
 import { parseSize } from '../../common/units.js'
@@ -36,10 +36,7 @@ SIZE accepts bytes or binary units (512M, 10G; at least 16M).
     const sizeBytes = parseSize(flags.size, 'volume size')
     const ctx = this.context(flags.cluster)
     const client = this.client(ctx)
-    if (flags.encrypted) {
-      const file = clusterKeyFile(ctx)
-      await unlockCluster(client, file, readClusterKey(file, true))
-    }
+    if (flags.encrypted) await giveClusterKey(client, ctx)
     return client.post<VolumeInfo>('/v1/volumes', { name: args.name, sizeBytes, rf: flags.rf, ...(flags.encrypted ? { encrypted: true } : {}) })
   }
 
