@@ -135,3 +135,42 @@ export class IdAllocator {
     throw new TessError('TESS_E_CONFLICT', `cannot allocate a ${this.kind} id: too much contention`, 'retry the command')
   }
 }
+
+/**
+ * Follow something in etcd: `refresh` runs whenever the key (or any key under the prefix) is put
+ * or deleted, through a watch, and with `pollMs` also now and every pollMs after, because a watch
+ * can be lost. Failures are logged (`what` names the thing), never thrown.
+ */
+export function followEtcd(etcd: Etcd3, opts: { key: string } | { prefix: string }, follow: { what: string, log: { warn(m: string): void }, pollMs?: number }, refresh: () => Promise<void>): { stop(): void } {
+  let watcher: { cancel(): Promise<void> } | undefined
+  let timer: NodeJS.Timeout | undefined
+  let stopped = false
+  const run = () => refresh().catch((e: unknown) => follow.log.warn(`${follow.what}: cannot read it: ${errorMessage(e)}`))
+  const builder = etcd.watch()
+  const watch = 'key' in opts ? builder.key(opts.key) : builder.prefix(opts.prefix)
+  watch.create().then((w) => {
+    if (stopped) return void w.cancel().catch(() => undefined)
+    watcher = w
+    w.on('put', () => void run())
+    w.on('delete', () => void run())
+    w.on('error', () => undefined)
+  }, (e: unknown) => follow.log.warn(`${follow.what}: cannot watch it${follow.pollMs !== undefined ? ` (read every ${follow.pollMs / 1000} s instead)` : ''}: ${errorMessage(e)}`))
+  if (follow.pollMs !== undefined) {
+    const pollMs = follow.pollMs
+    const tick = () => {
+      void run().finally(() => {
+        if (stopped) return
+        timer = setTimeout(tick, pollMs)
+        timer.unref()
+      })
+    }
+    tick()
+  }
+  return {
+    stop: () => {
+      stopped = true
+      clearTimeout(timer)
+      void watcher?.cancel().catch(() => undefined)
+    },
+  }
+}

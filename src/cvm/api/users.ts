@@ -1,7 +1,7 @@
 import crypto from 'node:crypto'
 import { Range, type Etcd3 } from 'etcd3'
 import { TessError, errorMessage } from '../../common/errors.js'
-import { etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
+import { etcdCall, followEtcd, getJson, keys, listJson } from '../../common/etcd.js'
 import type { Logger } from '../../common/log.js'
 import { checkName } from '../../common/names.js'
 import { roles, type ApiServer, type AuditEntry, type Principal, type Role } from './server.js'
@@ -68,8 +68,7 @@ function checkUserName(name: unknown, allowRoot = false): string {
 export class UserDirectory {
   private byHash = new Map<string, Principal>()
   private rootStored = false
-  private timer: NodeJS.Timeout | undefined
-  private watcher: { cancel(): Promise<void> } | undefined
+  private follower: { stop(): void } | undefined
 
   constructor(private readonly etcd: Etcd3, private readonly log: Logger) {}
 
@@ -95,25 +94,11 @@ export class UserDirectory {
   }
 
   start(): void {
-    this.etcd.watch().prefix(keys.usersPrefix).create().then((w) => {
-      this.watcher = w
-      const again = () => void this.refresh().catch((e: unknown) => this.log.warn(`users: cannot read them: ${errorMessage(e)}`))
-      w.on('put', again)
-      w.on('delete', again)
-      w.on('error', () => undefined)
-    }, (e: unknown) => this.log.warn(`users: cannot watch them (read every ${usersRefreshMs / 1000} s instead): ${errorMessage(e)}`))
-    const tick = () => {
-      this.refresh().catch((e: unknown) => this.log.warn(`users: cannot read them: ${errorMessage(e)}`)).finally(() => {
-        this.timer = setTimeout(tick, usersRefreshMs)
-        this.timer.unref()
-      })
-    }
-    tick()
+    this.follower = followEtcd(this.etcd, { prefix: keys.usersPrefix }, { what: 'users', log: this.log, pollMs: usersRefreshMs }, () => this.refresh())
   }
 
   stop(): void {
-    clearTimeout(this.timer)
-    void this.watcher?.cancel().catch(() => undefined)
+    this.follower?.stop()
   }
 
   async list(): Promise<UserView[]> {

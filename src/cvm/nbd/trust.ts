@@ -2,7 +2,7 @@ import crypto from 'node:crypto'
 import tls from 'node:tls'
 import type { Etcd3 } from 'etcd3'
 import { TessError, errorMessage } from '../../common/errors.js'
-import { keys, listJson } from '../../common/etcd.js'
+import { followEtcd, keys, listJson } from '../../common/etcd.js'
 import type { Logger } from '../../common/log.js'
 
 /** how often a CVM reads the NBD users CA from etcd besides watching it (a watch can be lost) */
@@ -31,10 +31,7 @@ export const nbdUserCaMaxBytes = 16 * 1024
 export class NbdTrust {
   private current: tls.SecureContext
   private userCa: string | undefined
-  private timer: NodeJS.Timeout | undefined
-
-  private watcher: { cancel(): Promise<void> } | undefined
-  private revocationWatcher: { cancel(): Promise<void> } | undefined
+  private followers: Array<{ stop(): void }> = []
   private acked: string | undefined
   /** user -> revokedAt (ms): certificates of the NBD users CA naming the user, issued up to then, are refused */
   private revoked = new Map<string, number>()
@@ -112,32 +109,15 @@ export class NbdTrust {
   }
 
   start(): void {
-    // a change reaches this CVM at once through a watch; the timer below covers a lost watch
-    this.etcd.watch().key(keys.nbdUserCa).create().then((w) => {
-      this.watcher = w
-      w.on('put', () => void this.refresh().catch((e: unknown) => this.log.warn(`NBD: cannot read the users CA: ${errorMessage(e)}`)))
-      w.on('error', () => undefined)
-    }, (e: unknown) => this.log.warn(`NBD: cannot watch the users CA (read every ${nbdTrustRefreshMs / 1000} s instead): ${errorMessage(e)}`))
-    this.etcd.watch().prefix(keys.nbdRevocationsPrefix).create().then((w) => {
-      this.revocationWatcher = w
-      const again = () => void this.refreshRevocations().catch((e: unknown) => this.log.warn(`NBD: cannot read the revocations: ${errorMessage(e)}`))
-      w.on('put', again)
-      w.on('delete', again)
-      w.on('error', () => undefined)
-    }, (e: unknown) => this.log.warn(`NBD: cannot watch the revocations (read every ${nbdTrustRefreshMs / 1000} s instead): ${errorMessage(e)}`))
-    const tick = () => {
-      this.refresh().catch((e: unknown) => this.log.warn(`NBD: cannot read the users CA: ${errorMessage(e)}`)).finally(() => {
-        this.timer = setTimeout(tick, nbdTrustRefreshMs)
-        this.timer.unref()
-      })
-    }
-    tick()
+    // a change reaches this CVM at once through a watch; the poll (of both) covers a lost watch
+    this.followers = [
+      followEtcd(this.etcd, { key: keys.nbdUserCa }, { what: 'NBD: the users CA', log: this.log, pollMs: nbdTrustRefreshMs }, () => this.refresh()),
+      followEtcd(this.etcd, { prefix: keys.nbdRevocationsPrefix }, { what: 'NBD: the revocations', log: this.log }, () => this.refreshRevocations()),
+    ]
   }
 
   stop(): void {
-    clearTimeout(this.timer)
-    void this.watcher?.cancel().catch(() => undefined)
-    void this.revocationWatcher?.cancel().catch(() => undefined)
+    for (const f of this.followers) f.stop()
   }
 }
 

@@ -1,7 +1,7 @@
 import crypto from 'node:crypto'
 import type { Etcd3 } from 'etcd3'
-import { TessError, errorMessage } from '../../common/errors.js'
-import { etcdCall, keys } from '../../common/etcd.js'
+import { TessError } from '../../common/errors.js'
+import { etcdCall, followEtcd, keys } from '../../common/etcd.js'
 import type { Logger } from '../../common/log.js'
 import { clusterKeyBytes, clusterKeyCheck } from './crypt.js'
 
@@ -17,7 +17,7 @@ export const clusterKeyAskMs = 5_000
  */
 export class KeyKeeper {
   private key: Buffer | undefined
-  private timer: NodeJS.Timeout | undefined
+  private follower: { stop(): void } | undefined
 
   constructor(private readonly etcd: Etcd3, private readonly log: Logger, private readonly askPeers: () => Promise<Buffer | undefined>) {}
 
@@ -45,28 +45,19 @@ export class KeyKeeper {
     return (await etcdCall('read the cluster key check', () => this.etcd.get(keys.clusterKeyCheck).string())) !== null
   }
 
-  /** Ask the other CVMs for the key now and every clusterKeyAskMs while this one has none. */
+  /**
+   * Ask the other CVMs for the key now, every clusterKeyAskMs while this one has none, and as soon
+   * as the cluster gets one (its check value appears in etcd).
+   */
   start(): void {
-    const tick = async () => {
-      if (this.key !== undefined) return
-      try {
-        if (!(await this.clusterHasKey())) return
-        const k = await this.askPeers()
-        if (k !== undefined) await this.unlock(k)
-      } catch (e) {
-        this.log.warn(`cluster key: cannot get it from the other CVMs: ${errorMessage(e)}`)
-      }
-    }
-    const loop = () => {
-      void tick().finally(() => {
-        this.timer = setTimeout(loop, clusterKeyAskMs)
-        this.timer.unref()
-      })
-    }
-    loop()
+    this.follower = followEtcd(this.etcd, { key: keys.clusterKeyCheck }, { what: 'cluster key: from the other CVMs', log: this.log, pollMs: clusterKeyAskMs }, async () => {
+      if (this.key !== undefined || !(await this.clusterHasKey())) return
+      const k = await this.askPeers()
+      if (k !== undefined) await this.unlock(k)
+    })
   }
 
   stop(): void {
-    clearTimeout(this.timer)
+    this.follower?.stop()
   }
 }
