@@ -1,13 +1,18 @@
 import fsp from 'node:fs/promises'
 
-/** fsync a directory, so a file created, renamed or removed in it is durable. */
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r')
+/** fsync a file or directory by its path (opened read-only). */
+async function fsyncPath(p: string): Promise<void> {
+  const fh = await fsp.open(p, 'r')
   try {
     await fh.sync()
   } finally {
     await fh.close()
   }
+}
+
+/** fsync a directory, so a file created, renamed or removed in it is durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  await fsyncPath(dir)
 }
 
 /**
@@ -35,13 +40,7 @@ export async function fsyncTree(root: string, concurrency = 16): Promise<number>
   let next = 0
   const worker = async () => {
     while (next < todo.length) {
-      const p = todo[next++]!
-      const fh = await fsp.open(p, 'r')
-      try {
-        await fh.sync()
-      } finally {
-        await fh.close()
-      }
+      await fsyncPath(todo[next++]!)
     }
   }
   await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, todo.length)) }, worker))
