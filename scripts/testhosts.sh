@@ -331,6 +331,12 @@ MaxSessions 64
 Subsystem sftp internal-sftp
 LogLevel INFO
 EOF
+  # the test suite keeps few spare extent groups per disk (see vitest.config.ts); daemons started
+  # over SSH get the same setting as the local ones
+  if [[ -n ${TESS_SPARE_EGROUPS:-} ]]; then
+    [[ $TESS_SPARE_EGROUPS =~ ^[0-9]+$ ]] || die "TESS_SPARE_EGROUPS=$TESS_SPARE_EGROUPS is not a whole number"
+    echo "SetEnv TESS_SPARE_EGROUPS=$TESS_SPARE_EGROUPS" >>"$hd/sshd/sshd_config"
+  fi
 }
 
 start_sshd() { # host

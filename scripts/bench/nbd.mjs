@@ -12,8 +12,9 @@
 //    sparse file behind a new nbdkit / qemu-nbd; a new sparse file for raw). Size-limited, not
 //    time-based: every write is a first write (the random job covers its range once: randrepeat,
 //    random map on). The same job again right after is the overwrite of the same range:
-//    first-write / overwrite ratio per target. For ours, etcd's counters (/metrics of the
-//    embedded etcd: gRPC Txn and Put calls, mvcc puts, raft proposals, WAL fsyncs, keys, db size)
+//    first-write / overwrite ratio per target, and how many spare extent groups (written ahead,
+//    src/cvm/vdisk/spares.ts) ours had ready before each of its first writes. For ours, etcd's
+//    counters (/metrics of the embedded etcd: gRPC Txn and Put calls, mvcc puts, raft proposals, WAL fsyncs, keys, db size)
 //    before and after each pass, per GiB written.
 // 3. Control plane: latency of --probes sequential `GET /v1/vdisks` (as the CLI calls it: a new TLS
 //    connection each) idle and during a 1M write QD4 job on ours; median, p90, ratio.
@@ -166,6 +167,19 @@ try {
       return { args: fileArgs(file), cleanup: async () => fs.rmSync(file, { force: true }) }
     },
   }
+  // spare extent groups (written ahead; src/cvm/vdisk/spares.ts) on the cluster's disks: printed
+  // before each of our first writes, which take them (a burst larger than the reserve continues on
+  // sparse files)
+  const disksDir = path.join(root, 'data', 'disks')
+  const sparesReady = () => {
+    let n = 0
+    for (const d of fs.existsSync(disksDir) ? fs.readdirSync(disksDir) : []) {
+      const dir = path.join(disksDir, d, 'spares')
+      if (fs.existsSync(dir)) n += fs.readdirSync(dir).filter((f) => f.endsWith('.eg')).length
+    }
+    return n
+  }
+  const sparesSeen = {} // job -> [spares ready before our first write, per round]
   const first = {} // job -> target -> [round]
   const again = {}
   const cost = {} // job -> { first: [{delta, bytes}], over: [...] } (ours)
@@ -173,12 +187,14 @@ try {
     first[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     again[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     cost[job.name] = { first: [], over: [] }
+    sparesSeen[job.name] = []
     for (let r = 0; r < rounds; r++) {
       for (const t of rotate(targetNames, r)) {
         const target = await fresh[t](`${job.tag}-${r + 1}`, job.bytes)
         try {
           for (const [pass, res] of [['first', first], ['over', again]]) {
             settle(job)
+            if (t === 'ours' && pass === 'first') sparesSeen[job.name][r] = sparesReady()
             const m0 = t === 'ours' ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), job.key, job.unit)
             if (m0) cost[job.name][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })
@@ -308,6 +324,8 @@ try {
       const fo = (t) => ratio(md(first[job.name][t]), md(again[job.name][t]))
       out.push(`| ${job.name} | ${job.unit} | ${roundsCell(first[job.name].ours)} | ${roundsCell(again[job.name].ours)} | ${fo('ours')} | ${fo('nbdkit')} | ${fo('qemu-nbd')} | ${fo('raw')} |`)
     }
+    out.push('', `Spare extent groups (32 MiB each, written ahead) ready on ours before each round's first write: ${
+      firstJobs.map((job) => `${job.name} ${sparesSeen[job.name].join(' / ')}`).join('; ')} (a first write larger than the spares continues on sparse files).`)
 
     out.push('', `etcd cost of ours per GiB written (embedded etcd's /metrics before and after each pass; medians of ${rounds} rounds). Included in the figures, the idle background (the CVM's heartbeat): ${
       etcdCostColumns.slice(0, 5).map(([label, f]) => `${fmt(f(background, idleS))} ${label.replace(' / GiB', '')}`).join(', ')} per second.`, '')

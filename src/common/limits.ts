@@ -19,6 +19,18 @@ export const egroupCachedReadMaxBytes = 256 * 1024
 export const egroupCleanMarkerDelayMs = 2_000
 /** a vDisk makes its next extent group in the background when fewer slots than this are free */
 export const egroupPrecreateFreeSlotsMin = 16
+/** extent groups a streaming vDisk makes ahead at once, at most (see Vdisk: the depth grows when allocations wait) */
+export const egroupCreatesAheadMax = 4
+/** spare extent group files (spares.ts) a disk keeps at most: 32 of 32 MiB, a 1 GiB burst of first writes */
+export const spareEgroupsPerDiskMax = 32
+/** ...and at most this share of the disk's size */
+export const spareEgroupsShareOfDisk = 0.01
+/** the most spares per disk node.json or TESS_SPARE_EGROUPS may ask for (32 GiB) */
+export const spareEgroupsConfigMax = 1024
+/** spares are written only after extent group I/O has been still this long */
+export const spareEgroupFillIdleMs = 2_000
+/** the size of each write that fills a spare with zeros */
+export const spareEgroupFillWriteBytes = 4 * 1024 * 1024
 /** allocations (1 MiB each) a vDisk keeps in memory only; at this many, it flushes in the background */
 export const pendingAllocationsMax = 4096
 

@@ -39,6 +39,12 @@ export interface NodeConfig {
    * extent data on bulk connections with CRC-32C per frame; the env TESS_DATA_PORT_MODE overrides)
    */
   data: { bind: string, port: number, mode?: 'tls' | 'crc' }
+  /**
+   * spare extent group files each disk keeps written ahead (vdisk/spares.ts): first writes into a
+   * new vDisk then cost what overwrites cost; default: 1 % of the disk, at most 32 (1 GiB); 0: none.
+   * The env TESS_SPARE_EGROUPS overrides it.
+   */
+  pool?: { spareEgroupsPerDisk?: number }
   createdAt: string
 }
 

@@ -11,6 +11,8 @@ import { PeerPool } from './replication/client.js'
 import { PeerError, dataPortMode } from './replication/protocol.js'
 import { DataServer } from './replication/server.js'
 import { ReplicaStore } from './vdisk/replicastore.js'
+import { SpareEgroups, spareEgroupsPerDisk } from './vdisk/spares.js'
+import { EgroupFile } from './vdisk/egroup.js'
 import { etcdStartTimeoutMs } from '../common/limits.js'
 import { makeLogger } from '../common/log.js'
 import { nodePaths, readNodeConfig } from '../common/nodeconfig.js'
@@ -72,7 +74,9 @@ async function main(): Promise<void> {
   const node = new NodeService(etcd, cfg, log, () => disks.localStats())
   await node.register()
   const creds = { cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: fs.readFileSync(paths.caCert) }
-  const store = new ReplicaStore({ localDisks: () => disks.localRecords(), log })
+  const spares = new SpareEgroups({ disks: () => disks.localRecords(), log, perDisk: spareEgroupsPerDisk(cfg.pool?.spareEgroupsPerDisk, process.env.TESS_SPARE_EGROUPS) })
+  await spares.load()
+  const store = new ReplicaStore({ localDisks: () => disks.localRecords(), log, spares })
   const peers = new PeerPool(creds, async (name) => {
     const rec = await getJson<NodeRecord>(etcd, keys.node(name))
     if (!rec) throw new PeerError('unreachable', `node ${name} is not a member of the cluster`)
@@ -163,6 +167,7 @@ async function main(): Promise<void> {
   }
   await api.listen(cfg.api.port, cfg.api.bind)
   node.startHeartbeat()
+  spares.start(() => EgroupFile.ioCount)
   void containers.recover().catch((e: unknown) => log.warn(`container recovery: ${errorMessage(e)}`))
   log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}, data ${cfg.data.bind}:${cfg.data.port} (mode ${mode})`)
 
@@ -173,6 +178,7 @@ async function main(): Promise<void> {
     log.info(`stopping on ${sig}`)
     const force = setTimeout(() => process.exit(1), 8000)
     try {
+      spares.stop()
       await agent.stop()
       users.stop()
       keeper.stop()

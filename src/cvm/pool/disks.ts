@@ -8,6 +8,8 @@ import type { DiskInfo, DiskRecord, NodeStatusRecord, PoolInfo } from '../../com
 /** The marker a disk directory carries once it belongs to a cluster. */
 export const diskMarkerFile = 'tess-disk.json'
 export const egroupDirName = 'egroups'
+/** spare extent group files of a disk (vdisk/spares.ts) */
+export const spareDirName = 'spares'
 
 export interface DiskStat { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number }
 
@@ -26,7 +28,23 @@ export function statDisk(diskPath: string): DiskStat {
       used += fs.statSync(path.join(egDir, n)).blocks * 512
     } catch { /* removed meanwhile */ }
   }
-  return { capacityBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize, usedBytes: used, dev: st.dev }
+  return { capacityBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize + spareBytes(diskPath), usedBytes: used, dev: st.dev }
+}
+
+/** Bytes of a disk's spare extent group files (vdisk/spares.ts): free space the pool has already written. */
+export function spareBytes(diskPath: string): number {
+  let bytes = 0
+  let names: string[] = []
+  try {
+    names = fs.readdirSync(path.join(diskPath, spareDirName))
+  } catch { /* no spares */ }
+  for (const n of names) {
+    if (!n.endsWith('.eg')) continue
+    try {
+      bytes += fs.statSync(path.join(diskPath, spareDirName, n)).size
+    } catch { /* taken meanwhile */ }
+  }
+  return bytes
 }
 
 /**
@@ -131,6 +149,8 @@ export class DiskService {
     await etcdCall('remove the disk', () => this.etcd.delete().key(keys.disk(d.id)))
     if (d.node === this.nodeName) {
       fs.rmSync(path.join(d.path, diskMarkerFile), { force: true })
+      // spare extent groups hold no data (vdisk/spares.ts): they go with the disk
+      fs.rmSync(path.join(d.path, spareDirName), { recursive: true, force: true })
       try {
         fs.rmdirSync(path.join(d.path, egroupDirName))
       } catch { /* not empty or gone: leave it */ }

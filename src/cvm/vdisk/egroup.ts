@@ -55,6 +55,10 @@ const entriesPerSlot = checksumBlocksPerExtent
 const checksumRegionOffset = headerBytes
 const checksumRegionBytes = extentsPerEgroup * entriesPerSlot * entryBytes
 export const dataRegionOffset = 128 * 1024
+/** a whole extent group file, every slot written */
+export const egroupFileBytes = dataRegionOffset + extentsPerEgroup * vBlockSizeBytes
+/** header and checksum entries: zeros in a spare file (spares.ts), so it shows no extent */
+export const egroupZeroPrefixBytes = dataRegionOffset
 const flagWritten = 1
 assert(checksumRegionOffset + checksumRegionBytes <= dataRegionOffset, 'egroup checksum region fits before data')
 
@@ -126,6 +130,8 @@ const zeroBlock = Buffer.alloc(checksumBlockSizeBytes)
 const entriesScratchBytes = entriesPerSlot * entryBytes
 
 export class EgroupFile {
+  /** reads and writes of every extent group of this process so far (spares.ts fills only while it stays still) */
+  static ioCount = 0
   /** the dirty marker exists on disk (durably) */
   private dirty = false
   private writeGen = 0
@@ -166,30 +172,74 @@ export class EgroupFile {
     return `${file}.dirty`
   }
 
-  /** Create a new, empty extent group file durably (file and directory entry). */
-  static async create(dir: string, id: string, vdiskId: string, version = egroupVersion): Promise<EgroupFile> {
+  /**
+   * Create a new, empty extent group file durably (file and directory entry). With `spare` (a file
+   * of spares.ts: every block written, header and entries zero), the spare gets the header and is
+   * linked into place, so the file appears under its name only once it is whole.
+   */
+  static async create(dir: string, id: string, vdiskId: string, version = egroupVersion, spare?: string): Promise<EgroupFile> {
     assert(egroupVersionsKnown.includes(version), `known extent group version ${version}`)
     const file = EgroupFile.fileName(dir, id)
+    if (spare !== undefined) {
+      const fh = await RawFile.open(spare, 'r+')
+      try {
+        await fh.writeAll(EgroupFile.header(id, vdiskId, version), 0)
+        await fh.datasync()
+        await EgroupFile.touchMarker(file)
+        // a link, not a rename: it fails where a file of that name exists. A crash before the
+        // unlink leaves the spare's name on this file too: spares.ts drops it at the next start
+        // (its header is no longer zero).
+        await fsp.link(spare, file)
+        await fsp.unlink(spare)
+        await fsyncDir(dir)
+      } catch (e) {
+        await fh.close()
+        throw e
+      }
+      return EgroupFile.born(id, file, fh, version)
+    }
     const fh = await RawFile.open(file, 'wx+', 0o600)
     try {
-      const header = Buffer.alloc(headerBytes)
-      egroupMagic.copy(header, 0)
-      header.writeUInt32LE(version, 8)
-      header.writeUInt32LE(extentsPerEgroup, 12)
-      header.writeUInt32LE(vBlockSizeBytes, 16)
-      header.writeUInt32LE(checksumBlockSizeBytes, 20)
-      header.writeBigUInt64LE(BigInt(id), 24)
-      header.writeBigUInt64LE(BigInt(vdiskId), 32)
-      header.writeUInt32LE(crc(header.subarray(0, 40)), 40)
-      await fh.writeAll(header, 0)
+      await fh.writeAll(EgroupFile.header(id, vdiskId, version), 0)
       await fh.truncate(dataRegionOffset)
       await fh.sync()
+      await EgroupFile.touchMarker(file)
       await fsyncDir(dir)
     } catch (e) {
       await fh.close()
       throw e
     }
-    return new EgroupFile(id, file, fh, Buffer.alloc(checksumRegionBytes), version)
+    return EgroupFile.born(id, file, fh, version)
+  }
+
+  /**
+   * A file just made, with its dirty marker: made with the file (one directory sync for both, off
+   * the write path: a vDisk makes its groups ahead of need), so the first write into a new group
+   * does not wait for a directory sync of its own. It goes like any marker, a while after the
+   * first sync (the scrub of a group with no extent in use costs nothing).
+   */
+  private static born(id: string, file: string, fh: RawFile, version: number): EgroupFile {
+    const eg = new EgroupFile(id, file, fh, Buffer.alloc(checksumRegionBytes), version)
+    eg.dirty = true
+    return eg
+  }
+
+  private static async touchMarker(file: string): Promise<void> {
+    const fh = await fsp.open(EgroupFile.markerName(file), 'w', 0o600)
+    await fh.close()
+  }
+
+  private static header(id: string, vdiskId: string, version: number): Buffer {
+    const header = Buffer.alloc(headerBytes)
+    egroupMagic.copy(header, 0)
+    header.writeUInt32LE(version, 8)
+    header.writeUInt32LE(extentsPerEgroup, 12)
+    header.writeUInt32LE(vBlockSizeBytes, 16)
+    header.writeUInt32LE(checksumBlockSizeBytes, 20)
+    header.writeBigUInt64LE(BigInt(id), 24)
+    header.writeBigUInt64LE(BigInt(vdiskId), 32)
+    header.writeUInt32LE(crc(header.subarray(0, 40)), 40)
+    return header
   }
 
   /**
@@ -322,6 +372,7 @@ export class EgroupFile {
   async read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
     assert(offset % checksumBlockSizeBytes === 0 && length % checksumBlockSizeBytes === 0, 'egroup read is block aligned')
     assert(offset + length <= vBlockSizeBytes && slot >= 0 && slot < extentsPerEgroup, 'egroup read within the extent')
+    EgroupFile.ioCount++
     const first = offset / checksumBlockSizeBytes
     const count = length / checksumBlockSizeBytes
     // Read the span from the first to the last written block in one call.
@@ -366,6 +417,7 @@ export class EgroupFile {
   async write(slot: number, offset: number, data: Buffer): Promise<void> {
     assert(offset % checksumBlockSizeBytes === 0 && data.length % checksumBlockSizeBytes === 0 && data.length > 0, 'egroup write is block aligned')
     assert(offset + data.length <= vBlockSizeBytes && slot >= 0 && slot < extentsPerEgroup, 'egroup write within the extent')
+    EgroupFile.ioCount++
     this.active++
     try {
       if (!this.dirty) await this.markDirty()
@@ -543,8 +595,7 @@ export class EgroupFile {
     if (this.dirty) return
     await this.withMarkerLock(async () => {
       if (this.dirty) return
-      const fh = await fsp.open(EgroupFile.markerName(this.file), 'w', 0o600)
-      await fh.close()
+      await EgroupFile.touchMarker(this.file)
       await fsyncDir(path.dirname(this.file))
       this.dirty = true
     })

@@ -7,6 +7,7 @@ import type { Logger } from '../../common/log.js'
 import type { DiskRecord } from '../../common/types.js'
 import { egroupDirName } from '../pool/disks.js'
 import { EgroupFile } from './egroup.js'
+import type { SpareEgroups } from './spares.js'
 
 /** The error a replica reports when asked about an extent group it has not opened (e.g. after a restart). */
 export class NotOpenError extends Error {
@@ -24,12 +25,32 @@ export class NotOpenError extends Error {
 export class ReplicaStore {
   private readonly open = new Map<string, Promise<EgroupFile>>()
 
-  constructor(private readonly opts: { localDisks: () => Promise<DiskRecord[]>, log: Logger }) {}
+  constructor(private readonly opts: { localDisks: () => Promise<DiskRecord[]>, log: Logger, spares?: SpareEgroups }) {}
 
-  private async diskDir(diskId: string): Promise<string> {
+  private async disk(diskId: string): Promise<DiskRecord> {
     const d = (await this.opts.localDisks()).find((x) => x.id === diskId)
     if (!d) throw new TessError('TESS_E_NOT_FOUND', `disk ${diskId} is not a disk of this node`, 'see tess disk list: the disk may have been removed, or the request went to the wrong node')
-    return path.join(d.path, egroupDirName)
+    return d
+  }
+
+  private async diskDir(diskId: string): Promise<string> {
+    return path.join((await this.disk(diskId)).path, egroupDirName)
+  }
+
+  /** A new extent group file on a disk: from one of its spares when there is one. */
+  private async createFile(diskId: string, egid: string, vdiskId: string): Promise<EgroupFile> {
+    const d = await this.disk(diskId)
+    const dir = path.join(d.path, egroupDirName)
+    const spare = await this.opts.spares?.take(d.id, d.path)
+    if (spare !== undefined) {
+      try {
+        return await EgroupFile.create(dir, egid, vdiskId, undefined, spare)
+      } catch (e) {
+        this.opts.log.warn(`extent group ${egid}: spare ${spare} could not be used (${String(e)}): creating a new file`)
+        await fsp.rm(spare, { force: true })
+      }
+    }
+    return EgroupFile.create(dir, egid, vdiskId)
   }
 
   /** The local disk with the most free space that fits a whole extent group. */
@@ -39,7 +60,7 @@ export class ReplicaStore {
     for (const d of await this.opts.localDisks()) {
       try {
         const s = fs.statfsSync(d.path)
-        const free = s.bavail * s.bsize
+        const free = s.bavail * s.bsize + (this.opts.spares?.bytes(d.id) ?? 0)
         if (free > bestFree) {
           best = d
           bestFree = free
@@ -60,7 +81,7 @@ export class ReplicaStore {
       const file = EgroupFile.fileName(dir, egid)
       // Idempotent: a retried create finds the file made by the first attempt.
       if (fs.existsSync(file)) return EgroupFile.open(dir, egid, new Set(), (m) => this.opts.log.warn(m))
-      return EgroupFile.create(dir, egid, vdiskId)
+      return this.createFile(diskId, egid, vdiskId)
     })().then((eg) => this.adopt(eg))
     this.open.set(egid, p)
     p.catch(() => this.open.delete(egid))
@@ -79,7 +100,7 @@ export class ReplicaStore {
       const file = EgroupFile.fileName(dir, egid)
       if (!fs.existsSync(file)) {
         if (!createIfMissing) throw new TessError('TESS_E_IO', `extent group file ${file} is missing`, 'the disk lost a file: the replica is replaced from another copy when there is one; see cvm.log')
-        return EgroupFile.create(dir, egid, vdiskId)
+        return this.createFile(diskId, egid, vdiskId)
       }
       return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m))
     })().then((eg) => this.adopt(eg))
@@ -111,14 +132,15 @@ export class ReplicaStore {
         await (await p).discard()
       } catch { /* failed open */ }
     }
-    let dir: string
+    let d: DiskRecord
     try {
-      dir = await this.diskDir(diskId)
+      d = await this.disk(diskId)
     } catch {
       return
     }
-    const file = EgroupFile.fileName(dir, egid)
-    await fsp.rm(file, { force: true })
+    const file = EgroupFile.fileName(path.join(d.path, egroupDirName), egid)
+    if (this.opts.spares) await this.opts.spares.recycle(d.id, d.path, file)
+    else await fsp.rm(file, { force: true })
     await fsp.rm(EgroupFile.markerName(file), { force: true })
   }
 

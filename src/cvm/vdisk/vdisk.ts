@@ -1,5 +1,5 @@
 import { assert, errorMessage } from '../../common/errors.js'
-import { checksumBlockSizeBytes, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, vBlockSizeBytes } from '../../common/limits.js'
+import { checksumBlockSizeBytes, egroupCreatesAheadMax, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, vBlockSizeBytes } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError } from './egroup.js'
@@ -73,11 +73,18 @@ function alignUp(n: number): number {
  *
  * New extent groups are made ahead of need: when fewer than `egroupPrecreateFreeSlotsMin` slots
  * are free, the next group is created in the background, so a stream of first writes does not
- * stop at every 32nd extent for etcd and file creation.
+ * stop at every 32nd extent for etcd and file creation. Making a group takes a few etcd and
+ * directory syncs (about 15-20 ms measured), longer than a fast stream takes to fill 32 MiB:
+ * when an allocation finds the group it needs still being made, the vDisk makes more at once
+ * from then on (up to `egroupCreatesAheadMax`), so only a vDisk that streams keeps groups ahead,
+ * and a small one holds one.
  */
 export class Vdisk {
   private readonly locks = new KeyedRwLock()
-  private creating: Promise<LoadedEgroup> | undefined
+  /** extent groups being made (at most aheadDepth at once) */
+  private readonly creating = new Set<Promise<LoadedEgroup>>()
+  /** how many groups this vDisk makes ahead at once: doubled when an allocation had to wait for one */
+  private aheadDepth = 1
   /** allocations whose map entry is in memory only; committed by the next flush (or FUA) */
   private readonly pendingMap = new Map<number, ExtentRef>()
   /** allocations whose map entry is on its way to etcd, and the commit carrying it */
@@ -406,27 +413,35 @@ export class Vdisk {
     }
   }
 
-  /** Start making a new extent group unless one is being made. */
+  /** Start making a new extent group. */
   private startCreating(): Promise<LoadedEgroup> {
-    if (!this.creating) {
-      this.creating = this.backend.newEgroup().then((eg) => {
-        assert(eg.freeSlots.length === extentsPerEgroup, 'new egroup is empty')
-        this.egroups.set(eg.id, eg)
-        return eg
-      }).finally(() => { this.creating = undefined })
-    }
-    return this.creating
+    const p: Promise<LoadedEgroup> = this.backend.newEgroup().then((eg) => {
+      assert(eg.freeSlots.length === extentsPerEgroup, 'new egroup is empty')
+      this.egroups.set(eg.id, eg)
+      return eg
+    }).finally(() => { this.creating.delete(p) })
+    this.creating.add(p)
+    return p
   }
 
-  /** Make the next extent group in the background when few free slots are left. */
+  /** Make the next extent groups in the background when few free slots are left. */
   private precreate(): void {
-    if (this.creating || this.closedReason) return
+    if (this.closedReason) return
     let free = 0
-    for (const eg of this.egroups.values()) if (eg.replicas.length > 0) free += eg.freeSlots.length
-    if (free >= egroupPrecreateFreeSlotsMin) return
-    this.startCreating().catch((e: unknown) => {
-      this.backend.log.warn(`vDisk ${this.name}: cannot make an extent group ahead of need (retried when one is needed): ${errorMessage(e)}`)
-    })
+    let taken = 0
+    for (const eg of this.egroups.values()) {
+      if (eg.replicas.length > 0) free += eg.freeSlots.length
+      taken += extentsPerEgroup - eg.freeSlots.length
+    }
+    const wanted = egroupPrecreateFreeSlotsMin + (this.aheadDepth - 1) * extentsPerEgroup
+    // never more slots than the vDisk has vBlocks not yet given a slot (allocations in flight
+    // count): a small vDisk holds no groups it could never fill
+    const unallocated = Math.ceil(this.sizeBytes / vBlockSizeBytes) - taken
+    while (this.creating.size < this.aheadDepth && free + this.creating.size * extentsPerEgroup < Math.min(wanted, unallocated)) {
+      this.startCreating().catch((e: unknown) => {
+        this.backend.log.warn(`vDisk ${this.name}: cannot make an extent group ahead of need (retried when one is needed): ${errorMessage(e)}`)
+      })
+    }
   }
 
   private async takeSlot(): Promise<{ eg: LoadedEgroup, slot: number }> {
@@ -439,7 +454,13 @@ export class Vdisk {
         }
       }
       try {
-        await this.startCreating()
+        if (this.creating.size > 0) {
+          // the groups made ahead were not ready in time: make more at once from now on
+          this.aheadDepth = Math.min(egroupCreatesAheadMax, this.aheadDepth * 2)
+          await Promise.race(this.creating)
+        } else {
+          await this.startCreating()
+        }
       } catch (e) {
         this.backend.log.error(`vDisk ${this.name}: cannot create an extent group: ${errorMessage(e)}`)
         // the backend's errno says why (EIO: too few healthy nodes; ENOSPC: disks full)
