@@ -11,6 +11,11 @@
       "sources": ["native/io.c", "native/sender.c", "native/xts.c"],
       "cflags": ["-O2", "-std=gnu11", "-Wall"],
       "libraries": ["-lpthread"]
+    },
+    {
+      "target_name": "tess_mount",
+      "sources": ["native/mount.c"],
+      "cflags": ["-O2", "-std=gnu11", "-Wall"]
     }
   ]
 }

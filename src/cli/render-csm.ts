@@ -1,3 +1,4 @@
+import { usernsHostIdBase } from '../common/limits.js'
 import type {
   ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullResult, ImageRemoveResult,
   RegistryInfo, RegistryPolicyInfo, StatsResult, UsageStats, VolumeInfo,
@@ -140,6 +141,7 @@ export function renderContainer(c: ContainerView): string {
     ['cpus', c.cpus === null ? 'no limit' : cpus(c.cpus)],
     ['memory', c.memoryBytes === null ? 'no limit' : `${formatBytes(c.memoryBytes)} (${c.memoryBytes} bytes)`],
     ['network', c.network],
+    ['user namespace', c.userns ? `yes (root is host uid ${usernsHostIdBase})` : 'no'],
     ['pid', c.pid],
     ['created', c.createdAt],
     ['started', c.startedAt],

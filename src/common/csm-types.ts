@@ -107,6 +107,8 @@ export interface ContainerView {
   cpus: number | null
   memoryBytes: number | null
   network: NetworkMode
+  /** runs in a user namespace: its root is an unprivileged host user */
+  userns: boolean
 }
 
 export interface ContainerRemoveResult {

@@ -99,3 +99,10 @@ export const placementRecheckMs = 500
 export const clusterReadyTimeoutMs = 60_000
 /** ... and how often each CVM is asked meanwhile */
 export const clusterReadyPollMs = 200
+
+// user namespaces (containers run with --userns)
+/** the host uid and gid of a --userns container's root; its ids 0-65535 are this + 0-65535 */
+export const usernsHostIdBase = 100_000
+export const usernsIdsCount = 65_536
+/** how long making the short-lived namespace that carries the id mapping may take */
+export const usernsSetupTimeoutMs = 5_000

@@ -193,6 +193,41 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     await main.remove(c.id)
   })
 
+  it('a user namespace (--userns): root inside is an unprivileged host user, the image reads as its own, no devices can be made', async () => {
+    const cmd = 'cat /proc/self/uid_map; echo "uid=$(id -u)"; cat /etc/hello; stat -c "owner=%u" /etc/hello; echo made > /made-here && echo write=ok; '
+      + 'busybox mknod /null-node c 1 3; echo "mknod=$?"; ls /sys/kernel >/dev/null && echo sys=ok'
+    // the same command without a user namespace: its root may make a device node (CAP_MKNOD)
+    const plain = await run(main, { name: 'plain-root', image, command: ['sh', '-c', cmd] })
+    expect((await main.wait(plain.id, 15_000)).exitCode).toBe(0)
+    const plainLog = await main.logText('plain-root')
+    expect(plainLog).toMatch(/^mknod=0$/m)
+    expect(plainLog).toMatch(/^\s*0\s+0\s+4294967295$/m)
+    await main.remove(plain.id)
+    for (const network of ['none', 'host'] as const) {
+      const name = `userns-${network}`
+      const c = await run(main, { name, image, network, userns: true, command: ['sh', '-c', cmd] })
+      expect(c.spec.userns).toEqual({ hostId: 100_000, size: 65_536 })
+      const done = await main.wait(c.id, 15_000)
+      const log = await main.logText(name)
+      expect(done.exitCode, log).toBe(0)
+      expect(log).toMatch(/^\s*0\s+100000\s+65536$/m)
+      expect(log).toContain('uid=0\n')
+      expect(log).toContain('hello from layer 1\n') // the image's files, through idmapped layers
+      expect(log).toContain('owner=0\n') // ...owned by the container's own root
+      expect(log).toContain('write=ok\n')
+      expect(log).toMatch(/^mknod=[1-9]/m)
+      expect(log).toContain('sys=ok\n')
+      // on the host: what it wrote belongs to 100000; the unpacked layers are untouched (still root's)
+      const made = path.join(work, 'csm-main/containers', c.id, 'upper', 'made-here')
+      expect(fs.statSync(made).uid).toBe(100_000)
+      const rec = (await store.getImage(image))!
+      for (const l of rec.layers) expect(fs.statSync(layers.path(l.diffId)).uid).toBe(0)
+      // no idmapped mount is left behind by the run (the overlay holds its own references)
+      expect((await mountsUnder(path.join(work, 'csm-main/containers', c.id))).filter((m) => m.includes('/idmap/'))).toEqual([])
+      await main.remove(c.id)
+    }
+  })
+
   it('mounts a rootfs through short lowerdir links when the absolute paths do not fit', async () => {
     const rec = (await store.getImage(image))!
     const lowers = [...rec.layers].reverse().map((l) => layers.path(l.diffId))

@@ -159,6 +159,31 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await noLeftovers()
   })
 
+  it('--userns: the container writes its volume as its own root (an unprivileged user on the node); start again re-attaches; nothing leaks', async () => {
+    await ok(['volume', 'create', 'uns', '--size', '64M'])
+    const cmd = 'echo "uid=$(busybox id -u)"; echo mine > /data/mine && busybox stat -c "owner=%u" /data/mine; busybox cat /proc/self/uid_map; busybox sync; echo run >> /data/runs; busybox cat /data/runs | busybox wc -l; busybox sleep 1000'
+    await ok(['container', 'run', image, '--name', 'unsvol', '--csm', 'apps', '--userns', '--volume', 'uns:/data', '--', 'sh', '-c', cmd])
+    await waitFor('first run', async () => /^1$/m.test(await logs('unsvol')), 30_000, 200)
+    const text = await logs('unsvol')
+    expect(text).toContain('uid=0\n')
+    expect(text).toContain('owner=0\n')
+    expect(text).toMatch(/^\s*0\s+100000\s+65536$/m)
+    expect((await ok(['container', 'show', 'unsvol'])).userns).toBe(true)
+    await ok(['container', 'stop', 'unsvol', '--timeout', '0'])
+    await ok(['container', 'start', 'unsvol'])
+    await waitFor('second run', async () => /^2$/m.test(await logs('unsvol')), 30_000, 200)
+    await ok(['container', 'remove', 'unsvol', '--force', '--yes'])
+    await noLeftovers()
+    // the volume keeps the ids the container saw (idmapped, not chowned): without a user namespace
+    // the same file belongs to root, and the volume serves either kind of container
+    await ok(['container', 'run', image, '--name', 'unscheck', '--csm', 'apps', '--volume', 'uns:/data:ro', '--', 'sh', '-c', 'busybox stat -c "owner=%u" /data/mine; busybox cat /data/mine'])
+    await waitExit('unscheck')
+    expect(await logs('unscheck')).toBe('owner=0\nmine\n')
+    await ok(['container', 'remove', 'unscheck', '--yes'])
+    await ok(['volume', 'delete', 'uns', '--yes'])
+    await noLeftovers()
+  })
+
   it('kill -9 of the CSM while a container writes and fsyncs: the container and its volume carry on; everything fsynced is kept', async () => {
     await ok(['container', 'run', image, '--name', 'busy', '--csm', 'apps', '--volume', 'data:/data', '--',
       // paced: unpaced, a fast data path fills the 256 MiB volume before the test is done (ENOSPC)

@@ -29,7 +29,7 @@ const container: ContainerView = {
   env: ['A=1'],
   cpus: 0.5,
   memoryBytes: 256 * 2 ** 20,
-  network: 'none',
+  network: 'none', userns: false,
 }
 
 const registry: RegistryInfo = {

@@ -119,6 +119,21 @@ describe('config.json generation', () => {
     expect(m.linux.resources.cpu).toEqual({ quota: 1000, period: 100_000 }) // the kernel's minimum quota
   })
 
+  it('a user namespace: the user namespace type and one uid and gid mapping; with the host network /sys is bound, not mounted', () => {
+    const plain = buildOciSpec(input({}))
+    expect(plain.linux.uidMappings).toBeUndefined()
+    expect(plain.linux.namespaces.map((n) => n.type)).not.toContain('user')
+    const s = buildOciSpec(input({ userns: { hostId: 100_000, size: 65_536 } }))
+    expect(s.linux.namespaces.map((n) => n.type)).toContain('user')
+    expect(s.linux.uidMappings).toEqual([{ containerID: 0, hostID: 100_000, size: 65_536 }])
+    expect(s.linux.gidMappings).toEqual([{ containerID: 0, hostID: 100_000, size: 65_536 }])
+    expect(s.mounts.find((m) => m.destination === '/sys')!.type).toBe('sysfs') // its own network namespace: sysfs mounts
+    const h = buildOciSpec(input({ network: 'host', userns: { hostId: 100_000, size: 65_536 } }))
+    expect(h.mounts.find((m) => m.destination === '/sys')).toEqual({ destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] })
+    // never onto the host's root
+    expect(() => buildOciSpec(input({ userns: { hostId: 0, size: 65_536 } }))).toThrow(/unprivileged/)
+  })
+
   it('overrides: command replaces Cmd, entrypoint drops Cmd, env replaces by name, user, workdir', () => {
     const s = buildOciSpec(input({
       overrides: { command: ['sh', '-c', 'echo hi'], env: ['MODE=override', 'EXTRA=1', 'PATH=/bin'], workingDir: '/tmp' },

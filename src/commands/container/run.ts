@@ -15,11 +15,14 @@ The command and its arguments go after "--"; without them the image's default co
 
 --volume NAME:/path attaches a volume (see \`tess volume create\`) read-write, NAME:/path:ro read-only; a volume is attached read-write to one container at a time.
 
---cpus and --memory bound the container (fractions of CPUs allowed; sizes like 256M, 1G); without them it is bounded only by its CSM. --env KEY=VALUE sets a variable (repeat the flag for several). --network none (the default) gives the container only a loopback interface; host shares the node's network.`
-  static override usage = '<%= command.id %> IMAGE --name NAME [--csm CSM | --pool POOL] [--cpus N] [--memory SIZE] [--env KEY=VALUE]... [--volume NAME:/PATH[:ro]]... [--network none|host] [-- COMMAND [ARG...]]'
+--cpus and --memory bound the container (fractions of CPUs allowed; sizes like 256M, 1G); without them it is bounded only by its CSM. --env KEY=VALUE sets a variable (repeat the flag for several). --network none (the default) gives the container only a loopback interface; host shares the node's network.
+
+--userns runs the container in a user namespace: its root (and every uid and gid 0-65535 in it) is the unprivileged host id 100000 and up, so what it reaches of the host (a device, a file, another process) it reaches as nobody special. Its image and volumes appear as its own through idmapped mounts (nothing is copied or chowned): on a volume, files keep the ids the container sees (its root writes uid 0), so the same volume serves containers with and without --userns. It needs a kernel with idmapped mounts (Linux 5.19 or later).`
+  static override usage = '<%= command.id %> IMAGE --name NAME [--csm CSM | --pool POOL] [--cpus N] [--memory SIZE] [--env KEY=VALUE]... [--volume NAME:/PATH[:ro]]... [--network none|host] [--userns] [-- COMMAND [ARG...]]'
   static override examples = [
     '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name hello -- echo hello',
     { description: 'Bounded, in a CSM pool, with variables', command: '<%= config.bin %> <%= command.id %> registry.example.com/app/web:2.1 --name web1 --pool web --cpus 0.5 --memory 256M --env PORT=8080 --env LOG_LEVEL=info --network host' },
+    { description: 'In a user namespace: root inside is an unprivileged user on the node', command: '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name isolated --userns -- id' },
     { description: 'A shell command with its own flags', command: '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name ticker --csm small -- sh -c \'while true; do date; sleep 1; done\'' },
   ]
 
@@ -39,6 +42,7 @@ The command and its arguments go after "--"; without them the image's default co
     env: Flags.string({ char: 'e', description: 'Environment variable KEY=VALUE (repeat for several).', multiple: true, multipleNonGreedy: true }),
     volume: Flags.string({ char: 'v', description: 'Attach a volume: NAME:/path (read-write) or NAME:/path:ro (repeat for several).', multiple: true, multipleNonGreedy: true }),
     network: Flags.option({ options: ['none', 'host'] as const, description: 'none: loopback only; host: the node\'s network.', default: 'none' as const })(),
+    userns: Flags.boolean({ description: 'Run it in a user namespace: its root is an unprivileged user (host ids 100000 and up).', default: false }),
   }
 
   protected async exec(): Promise<ContainerView> {
@@ -70,6 +74,7 @@ The command and its arguments go after "--"; without them the image's default co
       network: flags.network,
       ...(command.length > 0 ? { command } : {}),
       ...(volumes.length > 0 ? { volumes } : {}),
+      ...(flags.userns ? { userns: true } : {}),
     }
     const client = this.client(this.context(flags.cluster))
     return withSpinner(!this.jsonMode, `Running container ${flags.name} (${image})`,

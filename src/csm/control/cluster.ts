@@ -53,6 +53,8 @@ export interface RunRequest {
   network?: NetworkMode
   command?: string[]
   volumes?: VolumeMount[]
+  /** a user namespace (csm/runtime/userns.ts) */
+  userns?: boolean
 }
 
 const gib = (n: number) => `${round2(n / 2 ** 30)} GiB`
@@ -491,6 +493,7 @@ export class ContainerControl {
       cpus: c?.spec.cpus ?? r.cpus,
       memoryBytes: c?.spec.memoryBytes ?? r.memoryBytes,
       network: c?.spec.network ?? r.network,
+      userns: c !== undefined ? c.spec.userns !== undefined : r.userns === true,
     }
   }
 
@@ -577,6 +580,7 @@ export class ContainerControl {
       ...(req.command !== undefined && req.command.length > 0 ? { command: req.command } : {}),
       ...(req.env !== undefined ? this.sealEnv(name, req.env) : {}),
       ...(mounts.length > 0 ? { volumes: mounts } : {}),
+      ...(req.userns === true ? { userns: true } : {}),
       state: 'creating', apiNode: this.self, createdAt: new Date().toISOString(),
     }
     const res = await etcdCall('reserve the container name', () => this.etcd.if(keys.container(name), 'Create', '==', 0).then(this.etcd.put(keys.container(name)).value(JSON.stringify(rec))).commit())
@@ -594,6 +598,7 @@ export class ContainerControl {
           ...(req.memoryBytes !== undefined ? { memoryBytes: req.memoryBytes } : {}),
           network,
           ...(volumes.length > 0 ? { volumes } : {}),
+          ...(req.userns === true ? { userns: true } : {}),
         },
       }, imagePullTimeoutMs)
     } catch (e) {
@@ -873,6 +878,7 @@ export class ContainerControl {
         ...(r.cpus !== null ? { cpus: r.cpus } : {}), ...(r.memoryBytes !== null ? { memoryBytes: r.memoryBytes } : {}),
         ...(r.command !== undefined ? { command: r.command } : {}), ...envOf,
         ...(r.volumes !== undefined ? { volumes: r.volumes } : {}),
+        ...(r.userns === true ? { userns: true } : {}),
       })
       return { ...v, from }
     } catch (e) {

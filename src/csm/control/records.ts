@@ -55,6 +55,8 @@ export interface ContainerRecord {
   /** its environment (KEY=VALUE entries, often credentials) as JSON sealed under the secrets key (see secretbox.ts) */
   envSealed?: string
   volumes?: VolumeMount[]
+  /** runs in a user namespace (csm/runtime/userns.ts) */
+  userns?: boolean
   /** creating: the name is reserved and the run is under way (by `apiNode`) */
   state: 'creating' | 'created'
   apiNode: string

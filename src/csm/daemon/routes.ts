@@ -1,7 +1,7 @@
 import { TessError } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
 import type { UsageStats } from '../../common/csm-types.js'
-import { bodyObject, int, num, queryInt, str, strList, type ApiServer } from '../../cvm/api/server.js'
+import { bodyObject, bool, int, num, queryInt, str, strList, type ApiServer } from '../../cvm/api/server.js'
 import type { CgroupStats, CsmCgroup } from '../runtime/cgroups.js'
 import type { ContainerManager, ContainerSpec } from '../runtime/containers.js'
 import { containerStopTimeoutMsMax, containerArgsMax, containerEnvMax, logTailLinesMax } from '../runtime/limits.js'
@@ -52,6 +52,7 @@ export function registerCsmRoutes(api: ApiServer, s: { manager: ContainerManager
       ...(b.memoryBytes !== undefined && b.memoryBytes !== null ? { memoryBytes: int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)! } : {}),
       ...(network !== undefined ? { network: network as 'none' | 'host' } : {}),
       ...(b.volumes !== undefined && b.volumes !== null ? { volumes: checkVolumes(b.volumes as VolumeSpec[], `container "${String(b.name)}"`) } : {}),
+      ...(bool(b, 'userns') ? { userns: true } : {}),
     }
     return m.run(spec)
   })

@@ -29,7 +29,8 @@ import {
  * without CAP_NET_RAW; a seccomp filter that blocks what Docker's default profile blocks (seccomp.ts);
  * masked and read-only paths; the standard /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys and
  * /sys/fs/cgroup mounts; hostname = container name; /etc/hosts, /etc/hostname and
- * /etc/resolv.conf bind-mounted from files in the container directory.
+ * /etc/resolv.conf bind-mounted from files in the container directory; with `userns`, a user
+ * namespace whose uid and gid maps put the container's root on an unprivileged host id (userns.ts).
  */
 
 // ---------------------------------------------------------------------------------------------
@@ -89,9 +90,14 @@ export interface OciSpec {
     maskedPaths: string[]
     readonlyPaths: string[]
     seccomp?: OciSeccomp
+    uidMappings?: OciIdMapping[]
+    gidMappings?: OciIdMapping[]
   }
   annotations?: Record<string, string>
 }
+
+/** OCI runtime spec `linux.uidMappings` / `gidMappings` entry */
+export interface OciIdMapping { containerID: number, hostID: number, size: number }
 
 export const ociVersion = '1.0.2'
 
@@ -493,6 +499,8 @@ export interface SpecInput {
   /** more mounts after the standard ones (volumes) */
   extraMounts?: OciMount[]
   annotations?: Record<string, string>
+  /** a user namespace: the container's ids 0..size-1 are the host's hostId.. (userns.ts) */
+  userns?: { hostId: number, size: number }
 }
 
 /** The container's config.json (pure). */
@@ -513,13 +521,19 @@ export function buildOciSpec(input: SpecInput): OciSpec {
   const namespaces = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }]
   if (input.network === 'none') namespaces.push({ type: 'network' })
   if (input.cgroupVersion === 2) namespaces.push({ type: 'cgroup' })
+  if (input.userns !== undefined) namespaces.push({ type: 'user' })
   const resources: OciResources = { devices: [{ allow: false, access: 'rwm' }], pids: { limit: input.pidsMax } }
   if (input.cpus !== undefined) resources.cpu = { quota: Math.max(cpuQuotaMinUs, Math.round(input.cpus * cpuPeriodUs)), period: cpuPeriodUs }
   if (input.memoryBytes !== undefined) {
     resources.memory = { limit: input.memoryBytes }
     if (input.swapAccounting) resources.memory.swap = input.memoryBytes
   }
-  const mounts = standardMounts()
+  let mounts = standardMounts()
+  if (input.userns !== undefined && input.network === 'host') {
+    // sysfs can only be mounted by the user namespace that owns the network namespace: with the
+    // host's network the container gets the host's /sys bound read-only instead (as Docker does)
+    mounts = mounts.map((m) => (m.destination === '/sys' ? { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] } : m))
+  }
   if (input.etcFiles !== undefined) {
     const bind = (destination: string, source: string): OciMount => ({ destination, type: 'bind', source, options: ['rbind', 'rprivate'] })
     mounts.push(bind('/etc/hosts', input.etcFiles.hosts), bind('/etc/hostname', input.etcFiles.hostname), bind('/etc/resolv.conf', input.etcFiles.resolvConf))
@@ -552,6 +566,11 @@ export function buildOciSpec(input: SpecInput): OciSpec {
     },
   }
   if (input.annotations !== undefined) spec.annotations = { ...input.annotations }
+  if (input.userns !== undefined) {
+    assert(Number.isSafeInteger(input.userns.hostId) && input.userns.hostId > 0 && input.userns.size > 0, 'a user namespace maps to unprivileged host ids')
+    spec.linux.uidMappings = [{ containerID: 0, hostID: input.userns.hostId, size: input.userns.size }]
+    spec.linux.gidMappings = [{ containerID: 0, hostID: input.userns.hostId, size: input.userns.size }]
+  }
   return spec
 }
 

@@ -24,6 +24,7 @@ import {
 import {
   OciRuntime, isProcessAlive, normaliseSignal, readExitStatus, runtimeErrors, type RuntimeName, type ShimFiles,
 } from './runc.js'
+import { chownToMappedRoot, containerIdMapping, ensureTraversable, idmapBinds, usernsSupport, type IdMapping } from './userns.js'
 
 /**
  * The containers of one CSM: bundle, OCI runtime, state on disk, logs, stats, re-adoption.
@@ -73,6 +74,8 @@ export interface ContainerSpec {
   rlimits?: OciRlimit[]
   /** volumes to attach (needs the manager's `volumes` option) */
   volumes?: VolumeSpec[]
+  /** a user namespace: the container's root is an unprivileged host user (userns.ts) */
+  userns?: boolean
 }
 
 /** What state.json holds; also what inspect() and list() return. */
@@ -116,6 +119,8 @@ export interface NormalisedSpec {
   network: NetworkMode
   rlimits: OciRlimit[]
   volumes?: VolumeSpec[]
+  /** the id mapping of its user namespace (with --userns) */
+  userns?: IdMapping
 }
 
 interface StateFile extends ContainerInfo {
@@ -625,6 +630,12 @@ export class ContainerManager {
       if (this.volumes === undefined) throw new TessError('TESS_E_PRECONDITION', `cannot run ${what}: this CSM cannot attach volumes`, 'run it in a CSM daemon')
       n.volumes = checkVolumes(spec.volumes, what)
     }
+    if (spec.userns !== undefined && typeof spec.userns !== 'boolean') throw new TessError('TESS_E_INVALID', `cannot run ${what}: userns must be true or false`, 'leave it out, or give true or false')
+    if (spec.userns === true) {
+      const support = usernsSupport()
+      if (!support.ok) throw new TessError('TESS_E_PRECONDITION', `cannot run ${what} with --userns: ${support.reason ?? 'not supported here'}`, 'run it without --userns, or on a node that supports it')
+      n.userns = { ...containerIdMapping }
+    }
     return n
   }
 
@@ -654,7 +665,27 @@ export class ContainerManager {
       lower.push(p)
     }
     for (const d of [f.upper, f.work, f.rootfs]) await fsp.mkdir(d, { recursive: true, mode: 0o755 })
-    await mountOverlay(overlayMountPlan(lower, f.upper, f.work, f.dir), f.rootfs)
+    const userns = rec.spec.userns
+    if (userns === undefined) {
+      await mountOverlay(overlayMountPlan(lower, f.upper, f.work, f.dir), f.rootfs)
+      return
+    }
+    // each layer through an idmapped mount (its root shows as the container's root); the overlay
+    // keeps its own reference to them, so they are detached as soon as it is mounted
+    const mapped = lower.map((source, i) => ({ source, target: path.join(f.dir, 'idmap', String(i)) }))
+    try {
+      await idmapBinds(mapped, userns, `container "${rec.name}"`)
+      await chownToMappedRoot(f.upper, userns)
+      await ensureTraversable(f.bundle, `container "${rec.name}"`)
+      await mountOverlay(overlayMountPlan(mapped.map((m) => m.target), f.upper, f.work, f.dir), f.rootfs)
+    } finally {
+      for (const m of mapped) await unmount(m.target, 0).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
+    }
+  }
+
+  /** with --userns, where a volume's idmapped mount goes (its source as the container sees it) */
+  private volumeIdmap(id: string, name: string): string {
+    return path.join(this.files(id).dir, 'idmap', `volume-${name}`)
   }
 
   /** rootfs, user, executable check, /etc files, config.json. */
@@ -687,6 +718,7 @@ export class ContainerManager {
       etcFiles: { hosts: f.hosts, hostname: f.hostname, resolvConf: f.resolvConf },
       extraMounts: volumeMounts,
       annotations: { 'io.tessera.csm': this.csm, 'io.tessera.container.name': rec.name, 'io.tessera.image': rec.image },
+      ...(rec.spec.userns !== undefined ? { userns: rec.spec.userns } : {}),
     })
     const argv0 = spec.process.args[0]!
     const exe = await resolveExecutable(f.rootfs, argv0, spec.process.env, spec.process.cwd)
@@ -842,7 +874,15 @@ export class ContainerManager {
     const mounts: OciMount[] = []
     try {
       for (const v of vols) {
-        const { source } = await this.volumes.attach(this.files(rec.id).dir, v)
+        let { source } = await this.volumes.attach(this.files(rec.id).dir, v)
+        const userns = rec.spec.userns
+        if (userns !== undefined) {
+          // through an idmapped mount: the volume keeps the ids the container sees (its root writes
+          // uid 0), so the same volume serves containers with and without a user namespace
+          const target = this.volumeIdmap(rec.id, v.name)
+          if (!(await isMountPoint(target))) await idmapBinds([{ source, target }], userns, `container "${rec.name}"`)
+          source = target
+        }
         mounts.push({ destination: v.target, type: 'bind', source, options: ['rbind', 'rprivate', v.readOnly ? 'ro' : 'rw', 'nosuid', 'nodev'] })
       }
     } catch (e) {
@@ -858,6 +898,8 @@ export class ContainerManager {
     if (vols.length === 0 || this.volumes === undefined) return
     const errors: string[] = []
     for (const v of [...vols].reverse()) {
+      // its idmapped mount (--userns) holds the volume's file system: it goes first
+      await unmount(this.volumeIdmap(rec.id, v.name)).catch((e: unknown) => { errors.push(errorMessage(e)) })
       await this.volumes.detach(this.files(rec.id).dir, v.name).catch((e: unknown) => { errors.push(errorMessage(e)) })
     }
     if (errors.length > 0) throw new TessError('TESS_E_IO', errors.join('; '), 'see the CSM log; remove the container again to retry')

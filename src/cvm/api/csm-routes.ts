@@ -96,6 +96,7 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
     const command = strList(b, 'command', containerArgsMax)
     const network = str(b, 'network', false)
     const volumes = volumeMounts(b)
+    const userns = bool(b, 'userns')
     return c.run({
       ...(volumes !== undefined ? { volumes } : {}),
       name: str(b, 'name')!, image: str(b, 'image')!,
@@ -103,6 +104,7 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
       ...(cpus !== undefined ? { cpus } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}),
       ...(env !== undefined ? { env } : {}), ...(command !== undefined ? { command } : {}),
       ...(network !== undefined ? { network: network as NetworkMode } : {}),
+      ...(userns ? { userns } : {}),
     })
   }, 'operator')
   api.route('GET', '/v1/containers/:name', async (req) => c.showContainer(req.params.name!))
