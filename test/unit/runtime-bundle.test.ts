@@ -2,6 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { blockedSyscalls } from '../../src/csm/runtime/seccomp.js'
 import { TessError } from '../../src/common/errors.js'
 import {
   buildOciSpec, clampRlimits, defaultCapabilities, defaultMaskedPaths, defaultReadonlyPaths, hostsFile, imageRuntimeConfig, mergeEnv,
@@ -70,21 +71,23 @@ describe('config.json generation', () => {
     // Docker's 14 defaults without CAP_NET_RAW
     expect(defaultCapabilities).toHaveLength(13)
     expect(defaultCapabilities).not.toContain('CAP_NET_RAW')
-    // the default seccomp filter: namespaces, mounts, keys, modules, ptrace and bpf refused
+    // the default seccomp filter: a list of allowed syscalls (as Docker's), everything else EPERM
     const sc = s.linux.seccomp!
-    expect(sc.defaultAction).toBe('SCMP_ACT_ALLOW')
+    expect(sc.defaultAction).toBe('SCMP_ACT_ERRNO')
+    expect(sc.defaultErrnoRet).toBe(1)
     expect(sc.architectures.length).toBeGreaterThan(0)
-    const blocked = sc.syscalls.filter((r) => r.args === undefined && r.errnoRet === 1).flatMap((r) => r.names)
-    for (const name of ['unshare', 'setns', 'mount', 'umount2', 'keyctl', 'add_key', 'bpf', 'ptrace', 'init_module', 'kexec_load', 'reboot', 'perf_event_open', 'userfaultfd']) {
-      expect(blocked, name).toContain(name)
+    const allowed = sc.syscalls.filter((r) => r.action === 'SCMP_ACT_ALLOW' && r.args === undefined).flatMap((r) => r.names)
+    for (const name of ['unshare', 'setns', 'mount', 'umount2', 'keyctl', 'add_key', 'bpf', 'ptrace', 'init_module', 'kexec_load', 'reboot', 'perf_event_open', 'userfaultfd', 'io_uring_setup', 'clone', 'clone3', 'personality']) {
+      expect(allowed, name).not.toContain(name)
     }
-    for (const name of ['read', 'write', 'openat', 'clone', 'execve', 'socket']) expect(blocked, name).not.toContain(name)
-    // clone only with a namespace flag: one masked rule per flag, covering every CLONE_NEW* bit
+    for (const name of blockedSyscalls) expect(allowed, name).not.toContain(name)
+    for (const name of ['read', 'write', 'openat', 'execve', 'socket', 'futex', 'rseq', 'statx', 'io_submit', 'epoll_pwait', 'exit_group']) expect(allowed, name).toContain(name)
+    expect(new Set(allowed).size).toBe(allowed.length)
+    // clone only without a namespace flag: (flags & every CLONE_NEW* bit) == 0
     const cloneRules = sc.syscalls.filter((r) => r.names.includes('clone'))
-    const mask = cloneRules.reduce((m, r) => m | r.args![0]!.value, 0)
-    expect(mask).toBe(0x7e020000)
-    for (const r of cloneRules) expect(r.args![0]).toMatchObject({ op: 'SCMP_CMP_MASKED_EQ', valueTwo: r.args![0]!.value })
+    expect(cloneRules).toEqual([{ names: ['clone'], action: 'SCMP_ACT_ALLOW', args: [{ index: 0, value: 0x7e020000, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' }] }])
     expect(sc.syscalls.find((r) => r.names.includes('clone3'))).toMatchObject({ action: 'SCMP_ACT_ERRNO', errnoRet: 38 })
+    expect(sc.syscalls.filter((r) => r.names.includes('personality')).map((r) => r.args![0]!.value)).toEqual([0, 8, 0x20000, 0x20008, 0xffffffff])
     expect(defaultCapabilities).not.toContain('CAP_SYS_ADMIN')
     expect(s.linux.namespaces.map((n) => n.type)).toEqual(['pid', 'ipc', 'uts', 'mount', 'network'])
     expect(s.linux.cgroupsPath).toBe('/tess/csm-a/0123456789ab')
