@@ -29,6 +29,10 @@ export const spareEgroupsShareOfDisk = 0.01
 export const spareEgroupsConfigMax = 1024
 /** spares are written only after extent group I/O has been still this long */
 export const spareEgroupFillIdleMs = 2_000
+/** below this many extent groups of free space on its file system, a disk deletes a spare (one per check) */
+export const spareEgroupReleaseFreeGroups = 2
+/** the fill needs room for the whole reserve and this many groups more */
+export const spareEgroupFillFreeGroupsMin = 4
 /** the size of each write that fills a spare with zeros */
 export const spareEgroupFillWriteBytes = 4 * 1024 * 1024
 /** allocations (1 MiB each) a vDisk keeps in memory only; at this many, it flushes in the background */

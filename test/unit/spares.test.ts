@@ -150,6 +150,26 @@ describe('spare extent groups (real files)', () => {
     expect(fs.readdirSync(dir).sort()).toEqual(['spare-4.eg', 'spare-6.eg'])
   })
 
+  it('gives space back when the file system runs low, and does not fill again until there is room for the reserve', async () => {
+    let freeBytes = 100 * egroupFileBytes
+    const statfs = () => Promise.resolve({ freeBytes, totalBytes: 1000 * egroupFileBytes })
+    const sp = new SpareEgroups({ disks: () => Promise.resolve([disk()]), log: quiet, perDisk: 2, clock, statfs })
+    expect(await fillIdle(sp)).toBe(true)
+    expect(await sp.fillOnce(() => io)).toBe(true)
+    expect(sp.count('d1')).toBe(2)
+    expect(await sp.releaseIfLow()).toBe(0) // plenty free
+    freeBytes = egroupFileBytes // sparse groups grew: one group of room left
+    expect(await sp.releaseIfLow()).toBe(1)
+    expect(await sp.releaseIfLow()).toBe(1)
+    expect(await sp.releaseIfLow()).toBe(0) // none left to give
+    expect(sp.count('d1')).toBe(0)
+    expect(fs.readdirSync(path.join(root, spareDirName))).toEqual([])
+    freeBytes = 5 * egroupFileBytes // room for a few groups, not for the reserve and 4 more
+    expect(await sp.fillOnce(() => io)).toBe(false)
+    freeBytes = 6 * egroupFileBytes
+    expect(await sp.fillOnce(() => io)).toBe(true)
+  })
+
   it('reads its setting from node.json or TESS_SPARE_EGROUPS, refusing bad values with a code', () => {
     expect(spareEgroupsPerDisk(undefined, undefined)).toBeUndefined()
     expect(spareEgroupsPerDisk(4, undefined)).toBe(4)

@@ -4,7 +4,7 @@ import path from 'node:path'
 import { TessError, errorMessage } from '../../common/errors.js'
 import { fsyncDir } from '../../common/fsutil.js'
 import { type Clock, realClock } from '../../common/clock.js'
-import { spareEgroupFillIdleMs, spareEgroupFillWriteBytes, spareEgroupsConfigMax, spareEgroupsPerDiskMax, spareEgroupsShareOfDisk } from '../../common/limits.js'
+import { spareEgroupFillFreeGroupsMin, spareEgroupFillIdleMs, spareEgroupFillWriteBytes, spareEgroupReleaseFreeGroups, spareEgroupsConfigMax, spareEgroupsPerDiskMax, spareEgroupsShareOfDisk } from '../../common/limits.js'
 import { alignedBuffer, directIoReady } from '../../common/nativeio.js'
 import type { Logger } from '../../common/log.js'
 import { spareDirName } from '../pool/disks.js'
@@ -26,8 +26,10 @@ import { egroupFileBytes, egroupZeroPrefixBytes } from './egroup.js'
  * than the reserve continues at the file system's own speed on sparse files; the fill never runs
  * during it.
  *
- * Spares are free space: the disk's free bytes include them (statDisk), and a spare is deleted
- * before the file system would run out. A spare is complete only under its final name
+ * Spares are free space: the disk's free bytes include them (statDisk). Sparse extent groups grow
+ * as they are written, so when the file system's own free space falls below
+ * spareEgroupReleaseFreeGroups groups, spares are deleted (one per check, at any load) to give it
+ * back; the fill starts again only with room for the whole reserve and 4 groups more. A spare is complete only under its final name
  * (`spare-N.eg`); a fill cut short leaves `*.tmp`, removed at the next start.
  */
 export class SpareEgroups {
@@ -47,8 +49,40 @@ export class SpareEgroups {
     /** spare files wanted per disk; undefined: the default (see target) */
     perDisk?: number
     clock?: Clock
+    /** free and total bytes of the file system holding a path (default: statfs) */
+    statfs?: (p: string) => Promise<{ freeBytes: number, totalBytes: number }>
   }) {
     this.clock = opts.clock ?? realClock
+    this.statfs = opts.statfs ?? (async (p) => {
+      const st = await fsp.statfs(p)
+      return { freeBytes: st.bavail * st.bsize, totalBytes: st.blocks * st.bsize }
+    })
+  }
+
+  private readonly statfs: (p: string) => Promise<{ freeBytes: number, totalBytes: number }>
+
+  /**
+   * Give space back: on each disk whose file system has less than spareEgroupReleaseFreeGroups
+   * groups free, delete one spare. Returns how many were deleted.
+   */
+  async releaseIfLow(): Promise<number> {
+    let released = 0
+    for (const d of await this.opts.disks()) {
+      const list = this.ready.get(d.id)
+      if (list === undefined || list.length === 0) continue
+      let st: { freeBytes: number }
+      try {
+        st = await this.statfs(d.path)
+      } catch {
+        continue
+      }
+      if (st.freeBytes >= spareEgroupReleaseFreeGroups * egroupFileBytes) continue
+      const file = list.pop()!
+      await fsp.rm(file, { force: true })
+      this.opts.log.warn(`disk ${d.id} (${d.path}) is nearly full (${Math.floor(st.freeBytes / 2 ** 20)} MiB free): deleted spare extent group ${path.basename(file)}, ${list.length} left`)
+      released++
+    }
+    return released
   }
 
   /** Spares wanted on a disk of `capacityBytes`: the configured count, else a share of the disk up to a bound. */
@@ -117,8 +151,8 @@ export class SpareEgroups {
     const list = await this.loadDisk(diskId, diskPath)
     try {
       const st = await fsp.stat(file)
-      const fsStat = await fsp.statfs(diskPath)
-      if (list.length < this.target(fsStat.blocks * fsStat.bsize) && st.size === egroupFileBytes && st.blocks * 512 >= egroupFileBytes) {
+      const fsStat = await this.statfs(diskPath)
+      if (list.length < this.target(fsStat.totalBytes) && st.size === egroupFileBytes && st.blocks * 512 >= egroupFileBytes) {
         const fh = await fsp.open(file, 'r+')
         try {
           await fh.write(Buffer.alloc(egroupZeroPrefixBytes), 0, egroupZeroPrefixBytes, 0)
@@ -154,7 +188,7 @@ export class SpareEgroups {
   start(ioCount: () => number, checkMs = 500): void {
     const tick = (): void => {
       if (this.stopped) return
-      void this.fillOnce(ioCount).catch((e: unknown) => {
+      void this.releaseIfLow().then(() => this.fillOnce(ioCount)).catch((e: unknown) => {
         this.opts.log.warn(`spare extent groups: ${errorMessage(e)}`)
         return false
       }).then((filled) => {
@@ -183,16 +217,16 @@ export class SpareEgroups {
     if (now - this.lastIoAtMs < spareEgroupFillIdleMs) return false
     let best: { id: string, path: string, lack: number } | undefined
     for (const d of await this.opts.disks()) {
-      let st: fs.StatsFs
+      let st: { freeBytes: number, totalBytes: number }
       try {
-        st = await fsp.statfs(d.path)
+        st = await this.statfs(d.path)
       } catch {
         continue
       }
       const list = await this.loadDisk(d.id, d.path)
       // never take the last of a disk's free space for spares
-      if (st.bavail * st.bsize < 4 * egroupFileBytes + this.target(st.blocks * st.bsize) * egroupFileBytes) continue
-      const lack = this.target(st.blocks * st.bsize) - list.length
+      if (st.freeBytes < (spareEgroupFillFreeGroupsMin + this.target(st.totalBytes)) * egroupFileBytes) continue
+      const lack = this.target(st.totalBytes) - list.length
       if (lack > 0 && (!best || lack > best.lack)) best = { ...d, lack }
     }
     if (!best) return false
