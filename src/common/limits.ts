@@ -17,6 +17,8 @@ export const egroupSyncWriteMaxBytes = 256 * 1024
 export const egroupCachedReadMaxBytes = 256 * 1024
 /** an extent group's dirty marker is removed this long after a sync that left it clean */
 export const egroupCleanMarkerDelayMs = 2_000
+/** a CVM reads its own disks' records from etcd at most this often (the data path asks at every extent group it makes) */
+export const localDiskRecordsCacheMs = 1_000
 /** a vDisk makes its next extent group in the background when fewer slots than this are free */
 export const egroupPrecreateFreeSlotsMin = 16
 /** extent groups a streaming vDisk makes ahead at once, at most (see Vdisk: the depth grows when allocations wait) */

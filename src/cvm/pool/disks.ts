@@ -3,6 +3,7 @@ import path from 'node:path'
 import type { Etcd3 } from 'etcd3'
 import { TessError, errorMessage } from '../../common/errors.js'
 import { IdAllocator, etcdCall, keys, listJson } from '../../common/etcd.js'
+import { localDiskRecordsCacheMs } from '../../common/limits.js'
 import type { DiskInfo, DiskRecord, NodeStatusRecord, PoolInfo } from '../../common/types.js'
 
 /** The marker a disk directory carries once it belongs to a cluster. */
@@ -53,6 +54,8 @@ export function spareBytes(diskPath: string): number {
  */
 export class DiskService {
   private readonly ids: IdAllocator
+  /** this node's disk records as last read, and when (performance.now()): see localRecords */
+  private localCache: { atMs: number, records: Promise<DiskRecord[]> } | undefined
 
   constructor(private readonly etcd: Etcd3, private readonly nodeName: string, private readonly clusterId: string,
     private readonly holdsData: (diskId: string) => Promise<boolean>) {
@@ -63,8 +66,19 @@ export class DiskService {
     return etcdCall('list disks', () => listJson<DiskRecord>(this.etcd, keys.disksPrefix))
   }
 
+  /**
+   * This node's disks. The data path asks for them at every extent group it makes or opens, so
+   * they are read from etcd at most every localDiskRecordsCacheMs (an add or remove through this
+   * CVM reads again at once; one through another node's CVM shows within that time).
+   */
   async localRecords(): Promise<DiskRecord[]> {
-    return (await this.records()).filter((d) => d.node === this.nodeName)
+    const now = performance.now()
+    if (this.localCache === undefined || now - this.localCache.atMs >= localDiskRecordsCacheMs) {
+      const records = this.records().then((all) => all.filter((d) => d.node === this.nodeName))
+      this.localCache = { atMs: now, records }
+      records.catch(() => { if (this.localCache?.records === records) this.localCache = undefined })
+    }
+    return [...await this.localCache.records]
   }
 
   /** Stats of this node's disks, for the node status record. */
@@ -122,6 +136,7 @@ export class DiskService {
     fs.mkdirSync(path.join(real, egroupDirName), { recursive: true, mode: 0o700 })
     fs.writeFileSync(marker, JSON.stringify({ clusterId: this.clusterId, diskId: id, node }) + '\n', { mode: 0o600 })
     await etcdCall('register the disk', () => this.etcd.put(keys.disk(id)).value(JSON.stringify(rec)))
+    this.localCache = undefined
     const info = await this.list()
     const d = info.find((x) => x.id === id)
     if (!d) throw new TessError('TESS_E_INTERNAL', `disk ${id} vanished after being added`, 'another command removed it meanwhile; see tess disk list')
@@ -147,6 +162,7 @@ export class DiskService {
     }
     const info = (await this.list()).find((x) => x.id === d.id)
     await etcdCall('remove the disk', () => this.etcd.delete().key(keys.disk(d.id)))
+    this.localCache = undefined
     if (d.node === this.nodeName) {
       fs.rmSync(path.join(d.path, diskMarkerFile), { force: true })
       // spare extent groups hold no data (vdisk/spares.ts): they go with the disk
