@@ -926,7 +926,9 @@ export class ContainerManager {
     if (idPattern.test(id)) await this.runtime.delete(id, { force: true }).catch(() => undefined)
     await unmount(f.rootfs)
     if (await isMountPoint(f.rootfs)) throw new TessError('TESS_E_IO', `cannot remove container directory ${f.dir}: its rootfs is still mounted`, `umount ${f.rootfs}`)
-    // never delete recursively through a mount: a volume's files would go with it
+    // idmapped mounts (--userns) left by a CSM that died while making them: never removed through
+    for (const m of (await mountsUnder(path.join(f.dir, 'idmap'))).reverse()) await unmount(m)
+    // never delete recursively through a mount: a volume's files, or a layer's, would go with it
     const mounted = await mountsUnder(f.dir)
     if (mounted.length > 0) throw new TessError('TESS_E_IO', `cannot remove container directory ${f.dir}: ${mounted.join(', ')} still mounted`, `unmount ${mounted[0]!} by hand, then remove again`)
     await fsp.rm(f.dir, { recursive: true, force: true, maxRetries: 3 })

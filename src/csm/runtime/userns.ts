@@ -55,7 +55,14 @@ export async function idmapBinds(pairs: Array<{ source: string, target: string }
   const child = spawn('unshare', ['--user', '--', 'cat'], { stdio: ['pipe', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()))
+  let spawnError: Error | undefined
+  const exited = new Promise<void>((resolve) => {
+    child.on('close', () => resolve())
+    child.on('error', (e) => {
+      spawnError = e
+      resolve()
+    })
+  })
   try {
     const pid = child.pid
     if (pid === undefined) throw unavailable(what, 'cannot start unshare (util-linux)')
@@ -66,7 +73,9 @@ export async function idmapBinds(pairs: Array<{ source: string, target: string }
     for (;;) {
       const ns = await fsp.readlink(nsPath).catch(() => undefined)
       if (ns !== undefined && ns !== own) break
-      if (child.exitCode !== null || Date.now() > deadline) throw unavailable(what, `no user namespace could be made (${stderr.trim() || 'unshare --user did not start'})`)
+      if (spawnError !== undefined || child.exitCode !== null || Date.now() > deadline) {
+        throw unavailable(what, `no user namespace could be made (${spawnError?.message ?? (stderr.trim() || 'unshare --user did not start')})`)
+      }
       await new Promise((r) => setTimeout(r, 2))
     }
     const line = `0 ${mapping.hostId} ${mapping.size}\n`
