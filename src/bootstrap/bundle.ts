@@ -284,7 +284,7 @@ export async function buildBundle(repoRoot: string, outDir: string): Promise<Bun
 /** Keep the newest bundleCacheKeptDefault bundles in outDir (by mtime; `keep` always). */
 async function pruneCache(outDir: string, keep: string): Promise<void> {
   const names = (await fsp.readdir(outDir)).filter((n) => /^tess-bundle-[0-9a-f]+\.tar\.gz$/.test(n))
-  const withTime = await Promise.all(names.map(async (n) => ({ n, t: (await fsp.stat(path.join(outDir, n)).catch(() => undefined))?.mtimeMs ?? 0 })))
+  const withTime = await Promise.all(names.map(async (n) => ({ n, t: (await fsp.stat(path.join(outDir, n)).catch(() => undefined))?.mtimeMs ?? 0 }))) // a bundle removed meanwhile sorts first and is pruned
   withTime.sort((a, b) => b.t - a.t)
   const drop = withTime.filter((x) => !x.n.startsWith(keep + '.')).slice(bundleCacheKeptDefault - 1)
   for (const { n } of drop) {
@@ -346,7 +346,7 @@ export async function installBundle(t: BundleTransport, bundle: Pick<Bundle, 'fi
       }
       uploaded = true
     } catch (e) {
-      await t.exec(`rm -rf ${q(tmpFile)} ${q(tmpDir)}`, { timeoutMs: 60_000 }).catch(() => undefined)
+      await t.exec(`rm -rf ${q(tmpFile)} ${q(tmpDir)}`, { timeoutMs: 60_000 }).catch(() => undefined) // cleanup after the failed upload, whose error is thrown below
       throw e
     }
   }

@@ -323,7 +323,7 @@ const inProcessLocks = new Map<string, Promise<unknown>>()
 async function withFileLock<T>(file: string, fn: () => Promise<T>): Promise<T> {
   const key = path.resolve(file)
   const prev = inProcessLocks.get(key) ?? Promise.resolve()
-  const run = prev.catch(() => undefined).then(async () => {
+  const run = prev.catch(() => undefined).then(async () => { // the chain only orders the callers; each gets its own result
     const lock = `${key}.lock`
     const deadline = Date.now() + knownHostsLockTimeoutMs
     let fh: fsp.FileHandle | undefined
@@ -350,8 +350,8 @@ async function withFileLock<T>(file: string, fn: () => Promise<T>): Promise<T> {
       await fh.writeFile(String(process.pid))
       return await fn()
     } finally {
-      await fh.close().catch(() => undefined)
-      await fsp.rm(lock, { force: true }).catch(() => undefined)
+      await fh.close().catch(() => undefined) // closing a lock file cannot lose anything: fn() already ran
+      await fsp.rm(lock, { force: true }).catch(() => undefined) // a lock file left behind is taken over after its timeout
     }
   })
   inProcessLocks.set(key, run)
@@ -372,7 +372,7 @@ async function replaceFileAtomic(file: string, data: string, mode: number): Prom
     await fh.chmod(mode) // the umask applied at open
     await fh.sync()
   } catch (e) {
-    await fh.close().catch(() => undefined)
+    await fh.close().catch(() => undefined) // cleanup after the error thrown below
     await fsp.rm(tmp, { force: true })
     throw e
   }

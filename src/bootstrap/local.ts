@@ -198,7 +198,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
     return { context, status, disk }
   } catch (e) {
     progress('cleaning up after a failed create')
-    await stopLocalDaemons(o.dataDir).catch(() => undefined)
+    await stopLocalDaemons(o.dataDir).catch(() => undefined) // cleanup after the failed create, whose error is thrown below
     if (fs.existsSync(p.nodeConfig) || createdDir) {
       // Only what we made: the directory was empty or absent before.
       fs.rmSync(o.dataDir, { recursive: true, force: true })

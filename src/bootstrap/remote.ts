@@ -345,7 +345,7 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
     const status = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
     return { context, status, plan }
   } finally {
-    await Promise.all(conns().map((t) => t.close().catch(() => undefined)))
+    await Promise.all(conns().map((t) => t.close().catch(() => undefined))) // closing SSH connections when done: nothing is lost if one is gone
   }
 }
 
@@ -390,7 +390,7 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
     } catch (e) {
       return { host: h.address, node: h.name, ok: false, message: errorMessage(e) }
     } finally {
-      await t.close().catch(() => undefined)
+      await t.close().catch(() => undefined) // closing SSH connections when done: nothing is lost if one is gone
     }
   }))
 }
@@ -459,7 +459,7 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: {
         await stopSupervisor(pt)
         await startSupervisor(pt)
       } finally {
-        await pt.close().catch(() => undefined)
+        await pt.close().catch(() => undefined) // closing SSH connections when done: nothing is lost if one is gone
       }
       await waitEtcdMember(api, p.name, etcdUrl(p.address, ports.etcdPeer))
     }
@@ -484,7 +484,7 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: {
     after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
     return { added: { host, node: name, etcdMember: grow, status: after }, context }
   } finally {
-    await t.close().catch(() => undefined)
+    await t.close().catch(() => undefined) // closing SSH connections when done: nothing is lost if one is gone
   }
 }
 

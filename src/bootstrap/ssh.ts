@@ -837,7 +837,7 @@ export class SshTransport implements RemoteExec {
     } catch (e) {
       if (!this.closedFlag) {
         const h = handle
-        if (h) await this.sftpCall<void>('close', (s, cb) => s.close(h, (err) => cb(err))).catch(() => undefined)
+        if (h) await this.sftpCall<void>('close', (s, cb) => s.close(h, (err) => cb(err))).catch(() => undefined) // closing the remote file handle after an error that is thrown below
         await this.unlinkQuiet(tmp)
       }
       throw this.ioError('write', remotePath, e)

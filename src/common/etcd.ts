@@ -149,7 +149,7 @@ export function followEtcd(etcd: Etcd3, opts: { key: string } | { prefix: string
   const builder = etcd.watch()
   const watch = 'key' in opts ? builder.key(opts.key) : builder.prefix(opts.prefix)
   watch.create().then((w) => {
-    if (stopped) return void w.cancel().catch(() => undefined)
+    if (stopped) return void w.cancel().catch(() => undefined) // stopped already: a watch that cannot cancel ends with the client
     watcher = w
     w.on('put', () => void run())
     w.on('delete', () => void run())
@@ -170,7 +170,7 @@ export function followEtcd(etcd: Etcd3, opts: { key: string } | { prefix: string
     stop: () => {
       stopped = true
       clearTimeout(timer)
-      void watcher?.cancel().catch(() => undefined)
+      void watcher?.cancel().catch(() => undefined) // stopping: a watch that cannot cancel ends with the client
     },
   }
 }

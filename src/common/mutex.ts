@@ -7,7 +7,7 @@ export class KeyedMutex {
 
   async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.tails.get(key) ?? Promise.resolve()
-    const mine = prev.catch(() => undefined).then(fn)
+    const mine = prev.catch(() => undefined).then(fn) // the chain only orders the callers; each gets its own result
     this.tails.set(key, mine)
     try {
       return await mine

@@ -90,7 +90,7 @@ async function main(): Promise<void> {
   const otherUpNodes = () => view.nodes().filter((n) => n.up && n.name !== cfg.nodeName).map((n) => n.name)
   const keeper = new KeyKeeper(etcd, log, async () => {
     for (const n of otherUpNodes()) {
-      const got = await call<{ key: string | null }>(n, 'keys.get', {}, 5_000).catch(() => undefined)
+      const got = await call<{ key: string | null }>(n, 'keys.get', {}, 5_000).catch(() => undefined) // that node cannot give the key: the next one is asked
       if (got?.key !== undefined && got.key !== null) return Buffer.from(got.key, 'base64')
     }
     return undefined

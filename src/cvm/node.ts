@@ -91,7 +91,7 @@ export class NodeService {
    */
   heartbeat(): Promise<void> {
     const next = this.beating.then(() => this.writeStatus())
-    this.beating = next.catch(() => undefined)
+    this.beating = next.catch(() => undefined) // writeStatus logs its own failures; the next beat tries again
     return next
   }
 

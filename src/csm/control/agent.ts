@@ -204,7 +204,7 @@ export class NodeAgent {
       }
       await this.removeOrphans()
     })
-    this.reconciling = run.catch(() => undefined)
+    this.reconciling = run.catch(() => undefined) // run logs its own failures; the next reconcile starts clean
     return run
   }
 

@@ -186,9 +186,9 @@ export class ContainerControl {
     } catch (e) {
       // undo: the node removes what it made, then the record goes
       this.log.warn(`CSM ${name} on ${node} did not start (${errorMessage(e)}); removing it`)
-      await this.etcd.put(keys.csm(name)).value(JSON.stringify({ ...rec, deleting: true })).catch(() => undefined)
-      await this.call(node, 'csm.remove', { name, force: true }).catch(() => undefined)
-      await this.etcd.delete().key(keys.csm(name)).catch(() => undefined)
+      await this.etcd.put(keys.csm(name)).value(JSON.stringify({ ...rec, deleting: true })).catch((e2: unknown) => this.log.warn(`CSM ${name}: cannot mark it deleting: ${errorMessage(e2)}`))
+      await this.call(node, 'csm.remove', { name, force: true }).catch((e2: unknown) => this.log.warn(`CSM ${name}: node ${node} could not remove it: ${errorMessage(e2)}`))
+      await this.etcd.delete().key(keys.csm(name)).catch((e2: unknown) => this.log.warn(`CSM ${name}: its record stays (marked deleting): ${errorMessage(e2)}`))
       throw e
     }
     this.log.info(`CSM ${name} created on node ${node} (${req.cpus} cpus, ${req.memoryBytes} bytes, ${runtime})`)
@@ -603,7 +603,7 @@ export class ContainerControl {
       }, imagePullTimeoutMs)
     } catch (e) {
       await this.releaseVolumes(name).catch((re: unknown) => this.log.warn(`container ${name}: ${errorMessage(re)}`))
-      await this.etcd.delete().key(keys.container(name)).catch(() => undefined)
+      await this.etcd.delete().key(keys.container(name)).catch((de: unknown) => this.log.warn(`container ${name}: its name stays reserved until etcd answers: ${errorMessage(de)}`))
       throw e
     }
     if (mounts.some((m) => !m.readOnly)) await this.markFormatted(mounts.filter((m) => !m.readOnly).map((m) => m.name))
@@ -735,7 +735,7 @@ export class ContainerControl {
     const rec: VolumeRecord = { name, vdisk: vd.name, sizeBytes: vd.sizeBytes, rf: vd.rf, formatted: false, attachments: [], createdAt: new Date().toISOString() }
     const res = await etcdCall('create the volume record', () => this.etcd.if(keys.volume(name), 'Create', '==', 0).then(this.etcd.put(keys.volume(name)).value(JSON.stringify(rec))).commit())
     if (!res.succeeded) {
-      await this.vdisks.delete(vd.name).catch(() => undefined)
+      await this.vdisks.delete(vd.name).catch((de: unknown) => this.log.warn(`volume ${name}: its vDisk ${vd.name} stays: ${errorMessage(de)}`))
       throw new TessError('TESS_E_EXISTS', `cannot create volume "${name}": a volume of that name was just created`, 'choose another name')
     }
     this.log.info(`volume ${name} created (vDisk ${vd.name}, ${vd.sizeBytes} bytes, RF ${vd.rf})`)

@@ -63,7 +63,7 @@ async function main(): Promise<void> {
     stopping = true
     log.info(`stopping on ${sig}; containers keep running`)
     const force = setTimeout(() => process.exit(1), 5000)
-    await api.close().catch(() => undefined)
+    await api.close().catch(() => undefined) // stopping: the process exits next
     fs.rmSync(paths.csmSocket(name), { force: true })
     clearTimeout(force)
     process.exit(0)

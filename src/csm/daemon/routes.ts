@@ -82,7 +82,7 @@ export function registerCsmRoutes(api: ApiServer, s: { manager: ContainerManager
     const live = (await m.list()).filter((c) => c.status === 'running' || c.status === 'paused')
     const read = async () => ({
       csm: await s.cgroup.stats(),
-      containers: await Promise.all(live.map(async (c) => m.stats(c.id).catch(() => undefined))),
+      containers: await Promise.all(live.map(async (c) => m.stats(c.id).catch(() => undefined))), // a container that ended meanwhile has no stats: shown without
     })
     const a = await read()
     const t0 = process.hrtime.bigint()

@@ -193,7 +193,7 @@ export class ContentStore {
     for (const name of await readdirOrEmpty(path.join(this.root, 'ingest'))) {
       const m = /^(sha256|sha512)-([a-f0-9]+)$/.exec(name)
       if (m === null) continue
-      const st = await fsp.stat(path.join(this.root, 'ingest', name)).catch(() => undefined)
+      const st = await fsp.stat(path.join(this.root, 'ingest', name)).catch(() => undefined) // removed meanwhile: nothing to clean
       if (st !== undefined) out.push({ digest: `${m[1]}:${m[2]}`, size: st.size })
     }
     return out
@@ -219,7 +219,7 @@ export class ContentStore {
     for (const algorithm of ['sha256', 'sha512'] as const) {
       const dir = path.join(this.root, 'blobs', algorithm)
       for (const hex of await readdirOrEmpty(dir)) {
-        const st = await fsp.stat(path.join(dir, hex)).catch(() => undefined)
+        const st = await fsp.stat(path.join(dir, hex)).catch(() => undefined) // removed meanwhile: nothing to count
         if (st?.isFile() === true) out.push({ digest: `${algorithm}:${hex}`, size: st.size })
       }
     }
@@ -287,7 +287,7 @@ export class ContentStore {
       mutate(f)
       await writeFileAtomic(this.imagesFile, `${JSON.stringify(f, null, 2)}\n`)
     })
-    this.imagesChain = run.catch(() => undefined)
+    this.imagesChain = run.catch(() => undefined) // the chain only orders the writes; each caller gets its own result
     await run
   }
 }

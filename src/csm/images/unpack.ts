@@ -178,9 +178,9 @@ export class LayerStore {
   async list(): Promise<UnpackedLayer[]> {
     const out: UnpackedLayer[] = []
     for (const algorithm of ['sha256', 'sha512']) {
-      const names = await fsp.readdir(path.join(this.root, algorithm)).catch(() => [] as string[])
+      const names = await fsp.readdir(path.join(this.root, algorithm)).catch(() => [] as string[]) // no layers of that algorithm yet
       for (const hex of names) {
-        const l = await this.get(`${algorithm}:${hex}`).catch(() => undefined)
+        const l = await this.get(`${algorithm}:${hex}`).catch(() => undefined) // a layer that is not whole is not listed (pull again unpacks it)
         if (l !== undefined) out.push(l)
       }
     }
@@ -260,7 +260,7 @@ export class LayerStore {
         await fsyncDir(path.dirname(dest))
         return { ...marker, path: this.path(diffId), cached: false }
       } catch (e) {
-        await fsp.rm(tmp, { recursive: true, force: true }).catch(() => undefined)
+        await fsp.rm(tmp, { recursive: true, force: true }).catch(() => undefined) // cleanup after the error thrown below
         if (e instanceof TessError) throw e
         throw new TessError('TESS_E_IO', `cannot unpack ${what}: ${errorMessage(e)}`, 'check the disk that holds the layer store')
       }

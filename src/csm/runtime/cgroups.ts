@@ -393,7 +393,7 @@ export class CgroupHost {
     } catch (e) {
       // a cgroup made here is not left behind half configured
       if (!existed) {
-        await this.removeTree(cgPath).catch(() => undefined)
+        await this.removeTree(cgPath).catch(() => undefined) // cleanup after the error thrown below
         await this.removeEmptyAncestors(cgPath)
       }
       if (e instanceof TessError) throw e

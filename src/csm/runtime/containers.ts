@@ -331,9 +331,9 @@ export class ContainerManager {
         await this.attachVolumes(rec)
         await this.startShim(rec)
       } catch (e) {
-        await this.runtime.delete(rec.id, { force: true }).catch(() => undefined)
+        await this.runtime.delete(rec.id, { force: true }).catch(() => undefined) // cleanup after the failed start, whose error is thrown below
         await this.detachVolumes(rec).catch((de: unknown) => this.log.warn(errorMessage(de)))
-        await unmount(this.files(rec.id).rootfs).catch(() => undefined)
+        await unmount(this.files(rec.id).rootfs).catch(() => undefined) // cleanup after the failed start; a rootfs left mounted is unmounted by the next start or remove
         throw e
       }
       return this.refresh(rec)
@@ -586,7 +586,7 @@ export class ContainerManager {
     for (const st of await this.runtime.list()) {
       if (!this.records.has(st.id)) {
         await this.runtime.delete(st.id, { force: true })
-        await this.cgroup.host.removeTree(this.cgroupPath(st.id)).catch(() => undefined)
+        await this.cgroup.host.removeTree(this.cgroupPath(st.id)).catch(() => undefined) // an orphan cgroup that stays is removed at the next start
         report.cleaned.push(st.id)
       }
     }
@@ -728,7 +728,7 @@ export class ContainerManager {
         'check the command, or give its full path inside the image')
     }
     const network = rec.spec.network
-    const readHost = async (p: string) => (network === 'host' ? fsp.readFile(p, 'utf8').catch(() => undefined) : undefined)
+    const readHost = async (p: string) => (network === 'host' ? fsp.readFile(p, 'utf8').catch(() => undefined) : undefined) // a host without the file gets the defaults
     await fsp.writeFile(f.hosts, hostsFile(rec.name, network, await readHost(this.hostEtc.hosts)), { mode: 0o644 })
     await fsp.writeFile(f.hostname, `${rec.name}\n`, { mode: 0o644 })
     await fsp.writeFile(f.resolvConf, resolvConf(network, await readHost(this.hostEtc.resolvConf)), { mode: 0o644 })
@@ -839,7 +839,7 @@ export class ContainerManager {
       }
       exit ??= await readExitStatus(f.exit)
     }
-    const oomKills = await this.cgroup.host.oomKills(this.cgroupPath(rec.id)).catch(() => undefined)
+    const oomKills = await this.cgroup.host.oomKills(this.cgroupPath(rec.id)).catch(() => undefined) // no cgroup left to ask: the exit is reported without the OOM flag
     rec.status = 'exited'
     delete rec.pid
     if (exit !== undefined && rec.exitNote === undefined) {
@@ -923,7 +923,7 @@ export class ContainerManager {
   /** Unmount and delete a container directory (also one with no readable record). */
   private async destroyDir(id: string): Promise<void> {
     const f = this.files(id)
-    if (idPattern.test(id)) await this.runtime.delete(id, { force: true }).catch(() => undefined)
+    if (idPattern.test(id)) await this.runtime.delete(id, { force: true }).catch(() => undefined) // no runtime state is the normal case here
     await unmount(f.rootfs)
     if (await isMountPoint(f.rootfs)) throw new TessError('TESS_E_IO', `cannot remove container directory ${f.dir}: its rootfs is still mounted`, `umount ${f.rootfs}`)
     // idmapped mounts (--userns) left by a CSM that died while making them: never removed through

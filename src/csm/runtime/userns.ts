@@ -71,7 +71,7 @@ export async function idmapBinds(pairs: Array<{ source: string, target: string }
     const deadline = Date.now() + usernsSetupTimeoutMs
     // wait until the child has its own namespace (unshare, then exec of cat)
     for (;;) {
-      const ns = await fsp.readlink(nsPath).catch(() => undefined)
+      const ns = await fsp.readlink(nsPath).catch(() => undefined) // not there yet: asked again until the deadline
       if (ns !== undefined && ns !== own) break
       if (spawnError !== undefined || child.exitCode !== null || Date.now() > deadline) {
         throw unavailable(what, `no user namespace could be made (${spawnError?.message ?? (stderr.trim() || 'unshare --user did not start')})`)

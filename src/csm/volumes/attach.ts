@@ -133,8 +133,8 @@ export class NbdVolumeAttacher implements VolumeAttacher {
       while (!(await isMountPoint(p.fuse)) || !fs.existsSync(p.pid)) {
         if (child.exitCode !== null || Date.now() > deadline) {
           if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, 'SIGKILL')
-          const log = (await fsp.readFile(p.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' | ')
-          await unmount(p.fuse).catch(() => undefined)
+          const log = (await fsp.readFile(p.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' | ') // no log: the error names the rest
+          await unmount(p.fuse).catch(() => undefined) // cleanup after the failed attach, whose error is thrown below
           throw new TessError('TESS_E_UNREACHABLE', `${what}: nbdfuse could not serve ${uri}${log ? `: ${log}` : ''}`, 'is the node\'s CVM up? see `tess cluster status`')
         }
         await new Promise((r) => setTimeout(r, 50))

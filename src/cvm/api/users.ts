@@ -115,7 +115,7 @@ export class UserDirectory {
     const rec: UserRecord = { name, role, tokenSha256: t.sha256, createdAt: new Date().toISOString(), rotatedAt: null }
     const res = await etcdCall('store the user', () => this.etcd.if(keys.user(name), 'Create', '==', 0).then(this.etcd.put(keys.user(name)).value(JSON.stringify(rec))).commit())
     if (!res.succeeded) throw new TessError('TESS_E_EXISTS', `cannot create user "${name}": a user of that name exists`, `tess user rotate ${name} gives it a new token`)
-    await this.refresh().catch(() => undefined)
+    await this.refresh().catch(() => undefined) // the change is in etcd; the watch and the poll bring it if this read fails
     return { ...view(rec), token: t.token }
   }
 
@@ -137,7 +137,7 @@ export class UserDirectory {
       : this.etcd.if(keys.user(name), 'Create', '==', 0)
     const res = await etcdCall('store the user', () => cmp.then(this.etcd.put(keys.user(name)).value(JSON.stringify(next))).commit())
     if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `cannot rotate the token of user "${name}": it changed meanwhile`, 'run the command again')
-    await this.refresh().catch(() => undefined)
+    await this.refresh().catch(() => undefined) // the change is in etcd; the watch and the poll bring it if this read fails
     return { ...view(next), token: t.token }
   }
 
@@ -145,7 +145,7 @@ export class UserDirectory {
     const name = checkUserName(nameIn)
     const rec = await this.get(name)
     await etcdCall('delete the user', () => this.etcd.delete().key(keys.user(name)))
-    await this.refresh().catch(() => undefined)
+    await this.refresh().catch(() => undefined) // the change is in etcd; the watch and the poll bring it if this read fails
     return view(rec)
   }
 

@@ -556,7 +556,7 @@ export class EgroupFile {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e
       this.direct = null
-      void direct.close().catch(() => undefined)
+      void direct.close().catch(() => undefined) // the O_DIRECT descriptor is dropped; writes go through the other
       await this.fh.writeAll(data, at)
     }
   }
@@ -587,7 +587,7 @@ export class EgroupFile {
 
   private withMarkerLock(fn: () => Promise<void>): Promise<void> {
     const run = this.markerLock.then(fn)
-    this.markerLock = run.catch(() => undefined)
+    this.markerLock = run.catch(() => undefined) // the chain only orders marker changes; each caller gets its own result
     return run
   }
 

@@ -91,7 +91,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     this.leaseId = await this.lease.grant()
     this.lease.on('lost', (e) => {
       this.opts.log.error(`ownership lease lost (${errorMessage(e)}): stopping I/O to owned vDisks`)
-      for (const p of this.loaded.values()) void p.then((v) => v.shut('no longer owned by this CVM')).catch(() => undefined)
+      for (const p of this.loaded.values()) void p.then((v) => v.shut('no longer owned by this CVM')).catch(() => undefined) // a vDisk that failed to load has nothing to shut
       this.loaded.clear()
     })
     await this.removeOrphanFiles()
@@ -306,7 +306,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
 
   resized(rec: VdiskRecord): void {
     const p = this.loaded.get(rec.id)
-    if (p) void p.then((v) => { v.sizeBytes = rec.sizeBytes }).catch(() => undefined)
+    if (p) void p.then((v) => { v.sizeBytes = rec.sizeBytes }).catch(() => undefined) // a vDisk that failed to load has no size to change
   }
 
   async destroy(rec: VdiskRecord): Promise<void> {

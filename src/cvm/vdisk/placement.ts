@@ -312,7 +312,7 @@ export class EtcdViewFollower {
     this.stopped = true
     const ws = [...this.watchers.values()]
     this.watchers.clear()
-    await Promise.all(ws.map((w) => w.cancel().catch(() => undefined)))
+    await Promise.all(ws.map((w) => w.cancel().catch(() => undefined))) // stopping: a watch that cannot cancel ends with the client
   }
 
   private async snapshot(kind: ViewKind): Promise<number> {
@@ -342,7 +342,7 @@ export class EtcdViewFollower {
     const rev = await this.snapshot(kind)
     const w = await this.etcd.watch().prefix(prefix).startRevision(String(rev + 1)).create()
     if (this.stopped) {
-      await w.cancel().catch(() => undefined)
+      await w.cancel().catch(() => undefined) // stopped already: a watch that cannot cancel ends with the client
       return
     }
     this.watchers.set(kind, w)
@@ -370,7 +370,7 @@ export class EtcdViewFollower {
       this.log.warn(`placement view: the watch of ${prefix} ended (${errorMessage(e)}); setting it up again`)
       this.view.setSynced(kind, false)
       this.watchers.delete(kind)
-      void w.cancel().catch(() => undefined)
+      void w.cancel().catch(() => undefined) // replaced: a watch that cannot cancel ends with the client
       void this.rewatch(kind)
     })
   }
