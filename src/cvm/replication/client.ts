@@ -1,6 +1,6 @@
 import net from 'node:net'
 import tls from 'node:tls'
-import { errorMessage } from '../../common/errors.js'
+import { assert, errorMessage } from '../../common/errors.js'
 import type { Logger } from '../../common/log.js'
 import {
   FrameParser, PeerError, bulkAcceptMagic, bulkHelloMagic, bulkOps, bulkRetryAfterFailureMs, bulkTicketBytes, dataPortModeDefault,
@@ -260,6 +260,8 @@ export class PeerClient {
         ch.pending.delete(id)
         reject(new PeerError('timeout', `node ${this.node}: no answer in ${timeoutMs} ms`))
       }, timeoutMs)
+      // ids are unique per channel while in flight: an answer must find exactly its request
+      assert(!ch.pending.has(id), `data port request id ${id} is not in flight twice`)
       ch.pending.set(id, { resolve, reject, timer })
       ch.send(id, op, json, data)
     })

@@ -1,5 +1,5 @@
 import { crc32c } from '../../common/crc32c.js'
-import { TessError } from '../../common/errors.js'
+import { TessError, assert } from '../../common/errors.js'
 import type { BufferPool } from '../../common/bufpool.js'
 
 /**
@@ -135,6 +135,9 @@ export interface Frame {
 export function encodeFrame(id: number, code: number, json: unknown, data?: Buffer, bulk = false): Buffer[] {
   const js = JSON.stringify(json ?? {})
   const jl = Buffer.byteLength(js)
+  // what we send, the peer's parser must accept: a frame over its bounds would drop the connection
+  assert(jl <= frameJsonMaxBytes && (data?.length ?? 0) <= frameDataMaxBytes, `a data port frame within bounds (${jl} + ${data?.length ?? 0} bytes)`)
+  assert(Number.isInteger(code) && code >= 0 && code <= 0xffff, `a data port frame code fits 16 bits (${code})`)
   const hl = bulk ? bulkFrameHeaderBytes : frameHeaderBytes
   const h = Buffer.allocUnsafe(hl + jl)
   h.writeUInt32BE(frameMagic, 0)

@@ -392,6 +392,10 @@ export class Vdisk {
       throw this.ioError(e)
     }
     const ref: ExtentRef = { egroupId: eg.id, slot }
+    // the vBlock's write lock is held: nothing else can have given it an extent meanwhile, and a
+    // free slot is never one the map uses (two vBlocks in one slot would mix their data)
+    assert(!this.map.has(vb), `vBlock ${vb} of vDisk ${this.name} is allocated once`)
+    assert(!eg.usedSlots.has(slot), `slot ${slot} of extent group ${eg.id} is not in use when taken`)
     eg.usedSlots.add(slot)
     this.map.set(vb, ref)
     this.pendingMap.set(vb, ref)
@@ -449,6 +453,7 @@ export class Vdisk {
       for (const eg of this.egroups.values()) {
         if (eg.replicas.length > 0 && eg.freeSlots.length > 0) {
           const slot = eg.freeSlots.shift()!
+          assert(slot >= 0 && slot < extentsPerEgroup, `a free slot of extent group ${eg.id} is within it`)
           this.precreate()
           return { eg, slot }
         }
@@ -485,6 +490,7 @@ export class Vdisk {
     eg.usedSlots.delete(ref.slot)
     try {
       await this.onAllReplicas(eg, 'free', vb, (r) => r.freeSlot(ref.slot))
+      assert(!eg.freeSlots.includes(ref.slot), `slot ${ref.slot} of extent group ${eg.id} is freed once`)
       eg.freeSlots.push(ref.slot)
     } catch (e) {
       // The slot stays out of the free list; the next load resets it (no map entry names it).
