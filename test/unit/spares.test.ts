@@ -96,7 +96,7 @@ describe('spare extent groups (real files)', () => {
     await again.close()
   })
 
-  it('a deleted whole extent group becomes a spare that shows none of its old data', async () => {
+  it('a deleted whole extent group of an encrypted vDisk becomes a spare that shows none of its old data; a plain one goes', async () => {
     const sp = make(1)
     expect(await fillIdle(sp)).toBe(true)
     const store = new ReplicaStore({ localDisks: () => Promise.resolve([disk() as DiskRecord]), log: quiet, spares: sp })
@@ -105,7 +105,7 @@ describe('spare extent groups (real files)', () => {
     const secret = Buffer.alloc(MiB, 0x5a)
     await eg.write(0, 0, secret)
     await eg.sync()
-    await store.delete('5', 'd1')
+    await store.delete('5', 'd1', true)
     expect(sp.count('d1')).toBe(1)
     const [spare] = fs.readdirSync(path.join(root, spareDirName))
     const head = Buffer.alloc(egroupZeroPrefixBytes)
@@ -119,6 +119,13 @@ describe('spare extent groups (real files)', () => {
     const out = Buffer.alloc(MiB, 1)
     await eg2.read(0, 0, MiB, out, 0)
     expect(out.equals(Buffer.alloc(MiB))).toBe(true)
+    // a plain vDisk's group (deleted without recycle) goes, its data with it, even with room in the reserve
+    await eg2.write(0, 0, secret)
+    await eg2.sync()
+    await store.delete('6', 'd1')
+    expect(sp.count('d1')).toBe(0)
+    expect(fs.readdirSync(path.join(root, spareDirName))).toEqual([])
+    expect(fs.existsSync(EgroupFile.fileName(path.join(root, egroupDirName), '6'))).toBe(false)
     await store.closeAll()
   })
 
@@ -126,7 +133,7 @@ describe('spare extent groups (real files)', () => {
     const sp = make(1)
     const store = new ReplicaStore({ localDisks: () => Promise.resolve([disk() as DiskRecord]), log: quiet, spares: sp })
     await store.create('3', '9', 'd1') // no spare yet: a sparse file
-    await store.delete('9', 'd1')
+    await store.delete('9', 'd1', true)
     expect(sp.count('d1')).toBe(0)
     expect(fs.existsSync(EgroupFile.fileName(path.join(root, egroupDirName), '9'))).toBe(false)
   })

@@ -346,7 +346,7 @@ export class DataServer {
         if (st.isOpen(text(j, 'egid'))) await (await st.get(text(j, 'egid'))).sync()
         return { json: {} }
       case ops.egDelete:
-        await st.delete(text(j, 'egid'), text(j, 'diskId'))
+        await st.delete(text(j, 'egid'), text(j, 'diskId'), j.recycle === true)
         return { json: {} }
       case ops.egReadRaw: {
         const raw = await (await st.get(text(j, 'egid'))).readRaw(num(j, 'slot'))

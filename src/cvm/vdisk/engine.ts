@@ -322,7 +322,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     // finds no record for them (removeOrphanFiles).
     await Promise.all(egroups.flatMap((eg) => [...eg.replicas, ...(eg.stale ?? [])].map(async (r) => {
       try {
-        await this.replicaFor(rec.id, eg.id, r.node, r.diskId).delete()
+        // an encrypted vDisk's groups may become spares: their ciphertext goes with its key
+        await this.replicaFor(rec.id, eg.id, r.node, r.diskId).delete({ recycle: rec.wrappedKey !== undefined })
       } catch (e) {
         this.opts.log.warn(`delete of vDisk ${rec.name}: extent group ${eg.id} on ${r.node} stays until that node is back: ${errorMessage(e)}`)
       }

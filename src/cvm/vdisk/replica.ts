@@ -23,7 +23,12 @@ export interface Replica {
   readRaw(slot: number): Promise<RawSlot | undefined>
   /** store a slot copied from another replica (`version`: the source's format, i.e. its checksum) */
   writeRaw(slot: number, raw: RawSlot): Promise<void>
-  delete(): Promise<void>
+  /**
+   * Remove the replica. `recycle`: its file may become a spare extent group (spares.ts) with its
+   * data region as it is: only for an encrypted vDisk's groups, whose ciphertext is useless once
+   * the vDisk's key is gone; a plain vDisk's data never outlives it in a file.
+   */
+  delete(opts?: { recycle?: boolean }): Promise<void>
 }
 
 export function isChecksumFailure(e: unknown): boolean {
@@ -72,8 +77,8 @@ export class LocalReplica implements Replica {
     await (await this.store.get(this.egid)).writeRaw(slot, raw.entries, raw.data, raw.version)
   }
 
-  delete(): Promise<void> {
-    return this.store.delete(this.egid, this.diskId)
+  delete(opts: { recycle?: boolean } = {}): Promise<void> {
+    return this.store.delete(this.egid, this.diskId, opts.recycle === true)
   }
 }
 
@@ -151,9 +156,9 @@ export class RemoteReplica implements Replica {
     await this.call(ops.egWriteRaw, { slot, entriesBytes: raw.entries.length, version: raw.version }, Buffer.concat([raw.entries, raw.data]))
   }
 
-  async delete(): Promise<void> {
+  async delete(opts: { recycle?: boolean } = {}): Promise<void> {
     const peer = await this.peers.get(this.node)
-    await peer.request(ops.egDelete, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId })
+    await peer.request(ops.egDelete, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, ...(opts.recycle === true ? { recycle: true } : {}) })
   }
 }
 

@@ -124,7 +124,8 @@ export class ReplicaStore {
     return this.open.has(egid)
   }
 
-  async delete(egid: string, diskId: string): Promise<void> {
+  /** Remove an extent group's file; `recycle`: it may become a spare as it is (an encrypted vDisk's: see Replica.delete). */
+  async delete(egid: string, diskId: string, recycle = false): Promise<void> {
     const p = this.open.get(egid)
     this.open.delete(egid)
     if (p) {
@@ -139,7 +140,7 @@ export class ReplicaStore {
       return
     }
     const file = EgroupFile.fileName(path.join(d.path, egroupDirName), egid)
-    if (this.opts.spares) await this.opts.spares.recycle(d.id, d.path, file)
+    if (this.opts.spares && recycle) await this.opts.spares.recycle(d.id, d.path, file)
     else await fsp.rm(file, { force: true })
     await fsp.rm(EgroupFile.markerName(file), { force: true })
   }

@@ -18,9 +18,11 @@ import { egroupFileBytes, egroupZeroPrefixBytes } from './egroup.js'
  * measured, a write into a hole costs the file system's allocation and runs at about half the speed
  * of an overwrite, and `fallocate` alone does not help (it leaves unwritten extents to convert).
  *
- * Where spares come from: a deleted extent group whose blocks are all allocated is recycled (its
- * header and checksum entries are zeroed, so nothing of the old data can be read through it: a
- * block without a written entry reads as zeros), and a background fill writes new ones while the
+ * Where spares come from: a deleted extent group of an encrypted vDisk whose blocks are all
+ * allocated is recycled (its header and checksum entries are zeroed, so nothing of the old data can
+ * be read through it: a block without a written entry reads as zeros; the data region keeps
+ * ciphertext whose key is gone; a plain vDisk's groups are never recycled, so its plaintext does
+ * not outlive it in a file), and a background fill writes new ones while the
  * node's data path is idle (no extent group I/O for spareEgroupFillIdleMs), one at a time, with
  * O_DIRECT where it can so the zeros do not crowd the page cache. A burst of first writes larger
  * than the reserve continues at the file system's own speed on sparse files; the fill never runs
@@ -144,8 +146,9 @@ export class SpareEgroups {
   }
 
   /**
-   * A deleted extent group file: kept as a spare (its header and entries zeroed, durably) when the
-   * disk's reserve is short and every block of the file is allocated; otherwise removed.
+   * A deleted extent group file of an encrypted vDisk (the caller decides): kept as a spare (its
+   * header and entries zeroed, durably) when the disk's reserve is short and every block of the
+   * file is allocated; otherwise removed.
    */
   async recycle(diskId: string, diskPath: string, file: string): Promise<void> {
     const list = await this.loadDisk(diskId, diskPath)
