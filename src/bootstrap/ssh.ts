@@ -199,6 +199,92 @@ class Capture {
   }
 }
 
+/** What to do with a host key the server offered, under the policy: the known_hosts lookup's verdict. */
+type HostKeyDecision = { kind: 'accept' } | { kind: 'refuse', error: TessError } | { kind: 'record' } | { kind: 'ask' }
+
+function hostKeyDecision(c: {
+  label: string, host: string, port: number, keyType: string, fp: string, blob: Buffer, known: KnownHosts,
+  knownKeys: Array<{ keyType: string, fingerprint: string, source: string, line: number }>, policy: HostKeyPolicy, files: string[], recordFile: string
+}): HostKeyDecision {
+  const { label, host, port, keyType, fp } = c
+  const status = c.known.lookup(host, port, keyType, c.blob)
+  if (status === 'match') return { kind: 'accept' }
+  if (status === 'revoked') {
+    const e = c.known.revokedEntry(host, port, c.blob)
+    return {
+      kind: 'refuse',
+      error: new TessError('TESS_E_AUTH', `refusing ${label}: its host key ${keyType} ${fp} is marked @revoked${e ? ` in "${e.source}" line ${e.line}` : ''}`,
+        'the host must get a new host key; then record the new key'),
+    }
+  }
+  if (status === 'mismatch') {
+    const rec = c.knownKeys.map((k) => `${k.keyType} ${k.fingerprint} ("${k.source}" line ${k.line})`).join(', ')
+    const first = c.knownKeys[0]
+    return {
+      kind: 'refuse',
+      error: new TessError('TESS_E_AUTH',
+        `refusing ${label}: its host key has CHANGED: it offered ${keyType} ${fp}, but known_hosts records ${rec}`,
+        `if ${host} was reinstalled or got a new host key, verify the new fingerprint out of band, remove the old entry (ssh-keygen -R '${hostKeyName(host, port)}' -f ${first?.source ?? c.recordFile}) and connect again; otherwise someone may be intercepting the connection`),
+    }
+  }
+  // unknown host
+  if (c.policy === 'strict') {
+    return {
+      kind: 'refuse',
+      error: new TessError('TESS_E_AUTH', `refusing ${label}: its host key ${keyType} ${fp} is not in known_hosts (${c.files.map((f) => `"${f}"`).join(', ')})`,
+        `verify the fingerprint out of band, then add it (ssh-keyscan -p ${port} -t ${keyType} ${host} >> ${c.files[0] ?? c.recordFile}), or pass --accept-new-host-keys to record new hosts' keys`),
+    }
+  }
+  return c.policy === 'accept-new' ? { kind: 'record' } : { kind: 'ask' }
+}
+
+/** The error for an ssh2 client failure during the handshake, with what to check. */
+function sshClientError(e: Error & { level?: string, code?: string }, c: {
+  label: string, host: string, port: number, username: string, keyLabel: string, keyPath: string, algorithms: string[], knownTypes: string[],
+  knownKeys: Array<{ source: string }>, recordFile: string
+}): TessError {
+  const { label, host, port } = c
+  if (e.level === 'client-socket' || typeof e.code === 'string') return sshSocketError(e, label, host, port)
+  if (e.level === 'client-authentication') {
+    return new TessError('TESS_E_AUTH', `cannot log in to ${label} as ${c.username}: the server refused ${c.keyLabel}`,
+      `is the public key (ssh-keygen -y -f ${c.keyPath}) in ${c.username}'s authorized_keys on ${host}` +
+      `${c.username === 'root' ? ' (/root/.ssh/authorized_keys), and does sshd allow root login by key (PermitRootLogin prohibit-password)' : ''}?`)
+  }
+  if (e.level === 'client-timeout') {
+    return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label} over SSH: ${e.message}`, `is ${host} up, and is sshd on port ${port} answering?`)
+  }
+  if (c.algorithms.length > 0 && /host key/i.test(e.message)) {
+    return new TessError('TESS_E_AUTH',
+      `refusing ${label}: it offers no host key of the type(s) recorded in known_hosts (${c.knownTypes.join(', ')}): the host key may have CHANGED (${e.message})`,
+      `verify the host's keys out of band; if it was reinstalled, remove the old entry (ssh-keygen -R '${hostKeyName(host, port)}' -f ${c.knownKeys[0]?.source ?? c.recordFile}) and connect again`)
+  }
+  return new TessError('TESS_E_UNREACHABLE', `SSH handshake with ${label} failed: ${e.message}`, `is an SSH server listening on ${label}? its sshd log may say why`)
+}
+
+/** The error for a socket-level failure of an SSH connection to `label`, with what to check. */
+function sshSocketError(e: Error & { code?: string }, label: string, host: string, port: number): TessError {
+  switch (e.code) {
+    case 'ECONNREFUSED':
+      return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: connection refused`, `is sshd running on ${host}:${port}?`)
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EHOSTDOWN':
+    case 'ENETDOWN':
+      return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: no route to host (${e.code})`, `is ${host} up, and is its address right?`)
+    case 'ETIMEDOUT':
+      return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: timed out`, `is ${host} up, and does a firewall let port ${port} through?`)
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_NONAME':
+      return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: cannot resolve "${host}" (${e.code})`, 'check the host name (DNS, /etc/hosts) or give an address')
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return new TessError('TESS_E_UNREACHABLE', `connection to ${label} was reset during the SSH handshake`, `is it an SSH server, and is sshd on ${host} accepting connections (MaxStartups)? its sshd log may say why`)
+    default:
+      return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: ${e.message}`, `is ${host} up and sshd running on port ${port}?`)
+  }
+}
+
 /** A counting semaphore with a FIFO queue. */
 class Semaphore {
   private waiting: Array<() => void> = []
@@ -318,7 +404,6 @@ export class SshTransport implements RemoteExec {
     const knownKeys = known.knownKeys(host, port)
     const knownTypes = [...new Set(knownKeys.map((k) => k.keyType))]
     const algorithms = hostKeyAlgorithmsFor(knownTypes)
-    const filesText = files.map((f) => `"${f}"`).join(', ')
 
     return new Promise<SshTransport>((resolve, reject) => {
       const sock = new net.Socket()
@@ -375,38 +460,20 @@ export class SshTransport implements RemoteExec {
         }
         const fp = fingerprintSha256(blob)
         offered = { keyType, fingerprint: fp }
-        const status = known.lookup(host, port, keyType, blob)
-        if (status === 'match') {
+        const decision = hostKeyDecision({ label, host, port, keyType, fp, blob, known, knownKeys, policy: o.hostKeyPolicy, files, recordFile })
+        if (decision.kind === 'accept') {
           accept()
           return
         }
-        if (status === 'revoked') {
-          const e = known.revokedEntry(host, port, blob)
-          verifyFailure = new TessError('TESS_E_AUTH', `refusing ${label}: its host key ${keyType} ${fp} is marked @revoked${e ? ` in "${e.source}" line ${e.line}` : ''}`,
-            'the host must get a new host key; then record the new key')
-          verify(false)
-          return
-        }
-        if (status === 'mismatch') {
-          const rec = knownKeys.map((k) => `${k.keyType} ${k.fingerprint} ("${k.source}" line ${k.line})`).join(', ')
-          const first = knownKeys[0]
-          verifyFailure = new TessError('TESS_E_AUTH',
-            `refusing ${label}: its host key has CHANGED: it offered ${keyType} ${fp}, but known_hosts records ${rec}`,
-            `if ${host} was reinstalled or got a new host key, verify the new fingerprint out of band, remove the old entry (ssh-keygen -R '${hostKeyName(host, port)}' -f ${first?.source ?? recordFile}) and connect again; otherwise someone may be intercepting the connection`)
-          verify(false)
-          return
-        }
-        // unknown host
-        if (o.hostKeyPolicy === 'strict') {
-          verifyFailure = new TessError('TESS_E_AUTH', `refusing ${label}: its host key ${keyType} ${fp} is not in known_hosts (${filesText})`,
-            `verify the fingerprint out of band, then add it (ssh-keyscan -p ${port} -t ${keyType} ${host} >> ${files[0] ?? recordFile}), or pass --accept-new-host-keys to record new hosts' keys`)
+        if (decision.kind === 'refuse') {
+          verifyFailure = decision.error
           verify(false)
           return
         }
         const record = async (): Promise<void> => {
           await appendKnownHost(recordFile, host, port, blob, { hash: o.hashKnownHosts === true })
         }
-        if (o.hostKeyPolicy === 'accept-new') {
+        if (decision.kind === 'record') {
           record().then(accept, (e: unknown) => {
             verifyFailure = isTessError(e) ? e : new TessError('TESS_E_IO', `cannot record the host key of ${label} in "${recordFile}": ${errorMessage(e)}`, 'check the file and its directory')
             verify(false)
@@ -437,50 +504,8 @@ export class SshTransport implements RemoteExec {
           })
       }
 
-      const mapClientError = (e: Error & { level?: string, code?: string }): TessError => {
-        if (verifyFailure) return verifyFailure
-        if (e.level === 'client-socket' || typeof e.code === 'string') return mapSocketError(e)
-        if (e.level === 'client-authentication') {
-          const keyName = key.label === o.privateKey ? `key "${key.label}"` : key.label
-          return new TessError('TESS_E_AUTH', `cannot log in to ${label} as ${o.username}: the server refused ${keyName}`,
-            `is the public key (ssh-keygen -y -f ${typeof o.privateKey === 'string' ? o.privateKey : 'KEY'}) in ${o.username}'s authorized_keys on ${host}` +
-            `${o.username === 'root' ? ' (/root/.ssh/authorized_keys), and does sshd allow root login by key (PermitRootLogin prohibit-password)' : ''}?`)
-        }
-        if (e.level === 'client-timeout') {
-          return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label} over SSH: ${e.message}`, `is ${host} up, and is sshd on port ${port} answering?`)
-        }
-        if (algorithms.length > 0 && /host key/i.test(e.message)) {
-          return new TessError('TESS_E_AUTH',
-            `refusing ${label}: it offers no host key of the type(s) recorded in known_hosts (${knownTypes.join(', ')}): the host key may have CHANGED (${e.message})`,
-            `verify the host's keys out of band; if it was reinstalled, remove the old entry (ssh-keygen -R '${hostKeyName(host, port)}' -f ${knownKeys[0]?.source ?? recordFile}) and connect again`)
-        }
-        return new TessError('TESS_E_UNREACHABLE', `SSH handshake with ${label} failed: ${e.message}`, `is an SSH server listening on ${label}? its sshd log may say why`)
-      }
-      const mapSocketError = (e: Error & { code?: string }): TessError => {
-        switch (e.code) {
-          case 'ECONNREFUSED':
-            return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: connection refused`, `is sshd running on ${host}:${port}?`)
-          case 'EHOSTUNREACH':
-          case 'ENETUNREACH':
-          case 'EHOSTDOWN':
-          case 'ENETDOWN':
-            return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: no route to host (${e.code})`, `is ${host} up, and is its address right?`)
-          case 'ETIMEDOUT':
-            return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: timed out`, `is ${host} up, and does a firewall let port ${port} through?`)
-          case 'ENOTFOUND':
-          case 'EAI_AGAIN':
-          case 'EAI_NONAME':
-            return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: cannot resolve "${host}" (${e.code})`, 'check the host name (DNS, /etc/hosts) or give an address')
-          case 'ECONNRESET':
-          case 'EPIPE':
-            return new TessError('TESS_E_UNREACHABLE', `connection to ${label} was reset during the SSH handshake`, `is it an SSH server, and is sshd on ${host} accepting connections (MaxStartups)? its sshd log may say why`)
-          default:
-            return new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label}: ${e.message}`, `is ${host} up and sshd running on port ${port}?`)
-        }
-      }
-
-      const onSockError = (e: Error): void => fail(mapSocketError(e))
-      const onClientError = (e: Error): void => fail(mapClientError(e))
+      const onSockError = (e: Error): void => fail(sshSocketError(e, label, host, port))
+      const onClientError = (e: Error): void => fail(verifyFailure ?? sshClientError(e, { label, host, port, username: o.username, keyLabel: key.label === o.privateKey ? `key "${key.label}"` : key.label, keyPath: typeof o.privateKey === 'string' ? o.privateKey : 'KEY', algorithms, knownTypes, knownKeys, recordFile }))
       const onClientClose = (): void => fail(verifyFailure ?? new TessError('TESS_E_UNREACHABLE', `connection to ${label} closed during the SSH handshake`, `is sshd on ${host} accepting connections? its sshd log may say why`))
       sock.on('error', onSockError)
       client.on('error', onClientError)
