@@ -4,20 +4,11 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { TestCluster, alive, waitFor } from '../helpers/cluster.js'
 import { run } from '../helpers/run.js'
+import { filesHolding } from '../helpers/files.js'
 
 const MiB = 1024 * 1024
 
 /** every file under dir holding `needle` */
-function filesHolding(dir: string, needle: Buffer): string[] {
-  const out: string[] = []
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name)
-    if (e.isDirectory()) out.push(...filesHolding(p, needle))
-    else if (e.isFile() && fs.readFileSync(p).includes(needle)) out.push(p)
-  }
-  return out
-}
-
 /**
  * Encrypted vDisks on an embedded cluster with real NBD clients: the disks hold no plaintext,
  * reads return what was written (aligned and not), the cluster key lives only in the CVM's memory:

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, VolumeInfo } from '../../src/common/csm-types.js'
 import { TestCluster, alive, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { filesHolding } from '../helpers/files.js'
 
 /**
  * Volumes on the embedded cluster: a vDisk served by the CVM's NBD server, exposed as a file by
@@ -134,16 +135,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await waitFor('the reader', async () => /^2000$/m.test(await logs('sr')), 30_000, 200)
     await ok(['container', 'remove', 'sr', '--force', '--yes'])
     await noLeftovers()
-    const holding: string[] = []
-    const walk = (d: string) => {
-      for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-        const p = path.join(d, e.name)
-        if (e.isDirectory()) walk(p)
-        else if (e.isFile() && fs.readFileSync(p).includes(Buffer.from(marker))) holding.push(p)
-      }
-    }
-    walk(path.join(c.dataDir, 'disks'))
-    expect(holding).toEqual([])
+    expect(filesHolding(path.join(c.dataDir, 'disks'), marker)).toEqual([])
     await ok(['volume', 'delete', 'sealed', '--yes'])
   })
 
