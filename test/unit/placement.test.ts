@@ -211,7 +211,7 @@ describe('placement errors as the NBD client sees them', () => {
       const backend: VdiskBackend = {
         mapWriter: {} as MapWriter,
         mapKey: (vb) => `k${vb}`,
-        newEgroup: () => Promise.reject(err),
+        newEgroups: () => Promise.reject(err),
         replaceFailed: async () => undefined,
         log,
       }

@@ -56,9 +56,9 @@ function vdisk(mapWriter: MapWriter, opts: { sizeBytes?: number, keepNothing?: b
   return new Vdisk('7', 'v', opts.sizeBytes ?? 64 * MiB, new Map(), new Map([[eg.id, eg]]), {
     mapWriter,
     mapKey: (vb) => `map/${vb}`,
-    newEgroup: async () => {
+    newEgroups: async (count) => {
       if (!opts.keepNothing) throw new Error('no more extent groups in this test')
-      return egroup()
+      return Array.from({ length: count }, egroup)
     },
     replaceFailed: async () => { throw new Error('no replacement in this test') },
     log: log as never,
@@ -197,7 +197,7 @@ describe('vDisk FLUSH syncs only changed extent groups', () => {
     const v = new Vdisk('8', 'w', 96 * MiB, map, new Map(egs.map((e) => [e.id, e])), {
       mapWriter: heldMapWriter().writer,
       mapKey: (vb) => `map/${vb}`,
-      newEgroup: async () => { throw new Error('no new extent groups in this test') },
+      newEgroups: async () => { throw new Error('no new extent groups in this test') },
       replaceFailed: async () => { throw new Error('no replacement in this test') },
       log: log as never,
     })

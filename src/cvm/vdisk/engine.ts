@@ -2,9 +2,9 @@ import crypto from 'node:crypto'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
-import { errorMessage } from '../../common/errors.js'
+import { assert, errorMessage } from '../../common/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../common/etcd.js'
-import { extentsPerEgroup, nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../common/limits.js'
+import { egroupCreatesAheadMax, extentsPerEgroup, nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../common/limits.js'
 import type { Logger } from '../../common/log.js'
 import type { DiskRecord, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../common/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
@@ -418,7 +418,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       ...(cipher !== undefined ? { cipher } : {}),
       mapWriter,
       mapKey: (vb) => keys.vdiskMap(id, vb),
-      newEgroup: () => this.newEgroup(rec),
+      newEgroups: (count) => this.newEgroups(rec, count),
       replaceFailed: (eg, failed, why, o) => this.replaceFailed(rec, eg, failed, why, o?.evacuate ?? false),
       log: this.opts.log,
     })
@@ -426,32 +426,45 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return v
   }
 
-  private async putEgroupRecord(rec: VdiskRecord, er: EgroupRecord): Promise<void> {
-    // Fenced on ownership: a CVM that lost the vDisk cannot change its extent groups.
+  private async putEgroupRecords(rec: VdiskRecord, ers: EgroupRecord[]): Promise<void> {
+    // Fenced on ownership: a CVM that lost the vDisk cannot change its extent groups. One
+    // transaction for a batch: a streaming vDisk makes its groups several at a time, and each etcd
+    // transaction is a WAL sync on a disk that is busy with the stream.
     const res = await this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue)
-      .then(this.etcd.put(keys.egroup(rec.id, er.id)).value(JSON.stringify(er))).commit()
+      .then(...ers.map((er) => this.etcd.put(keys.egroup(rec.id, er.id)).value(JSON.stringify(er)))).commit()
     if (!res.succeeded) throw new DeviceError(nbdErrno.EIO, `vDisk ${rec.name} is no longer owned by this CVM`)
   }
 
-  private async newEgroup(rec: VdiskRecord): Promise<LoadedEgroup> {
-    let placed: Array<{ node: string, diskId: string }>
-    try {
-      placed = await this.placeOnDisks(rec.rf, `a new extent group of vDisk ${rec.name}`, new Map())
-    } catch (e) {
-      // EIO when too few nodes are healthy, ENOSPC only when disks are full; the message names the nodes
-      throw placementDeviceError(e)
+  private async putEgroupRecord(rec: VdiskRecord, er: EgroupRecord): Promise<void> {
+    await this.putEgroupRecords(rec, [er])
+  }
+
+  /** `count` new extent groups (at most egroupCreatesAheadMax), recorded in one etcd transaction */
+  private async newEgroups(rec: VdiskRecord, count: number): Promise<LoadedEgroup[]> {
+    assert(Number.isInteger(count) && count >= 1 && count <= egroupCreatesAheadMax, `a batch of 1-${egroupCreatesAheadMax} extent groups (${count} asked)`)
+    const ers: EgroupRecord[] = []
+    for (let i = 0; i < count; i++) {
+      let placed: Array<{ node: string, diskId: string }>
+      try {
+        placed = await this.placeOnDisks(rec.rf, `a new extent group of vDisk ${rec.name}`, new Map())
+      } catch (e) {
+        // EIO when too few nodes are healthy, ENOSPC only when disks are full; the message names the nodes
+        throw placementDeviceError(e)
+      }
+      const egid = await this.egroupIds.allocate()
+      ers.push({ id: egid, vdiskId: rec.id, replicas: placed, createdAt: new Date().toISOString() })
     }
-    const egid = await this.egroupIds.allocate()
-    const er: EgroupRecord = { id: egid, vdiskId: rec.id, replicas: placed, createdAt: new Date().toISOString() }
-    // Record first, then the files: a crash in between leaves a record whose missing files the
-    // next load creates (an extent group with no extents).
-    await this.putEgroupRecord(rec, er)
-    const replicas = placed.map((p) => this.replicaFor(rec.id, egid, p.node, p.diskId))
-    await Promise.all(replicas.map((r) => r.open([]))).catch((e: unknown) => { throw placementDeviceError(e) })
-    const eg: LoadedEgroup = { id: egid, replicas, usedSlots: new Set(), freeSlots: [], lock: new KeyedRwLock() }
-    for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
-    for (let s = 0; s < extentsPerEgroup; s++) eg.freeSlots.push(s)
-    return eg
+    // Records first, then the files: a crash in between leaves records whose missing files the
+    // next load creates (extent groups with no extents).
+    await this.putEgroupRecords(rec, ers)
+    return await Promise.all(ers.map(async (er) => {
+      const replicas = er.replicas.map((p) => this.replicaFor(rec.id, er.id, p.node, p.diskId))
+      await Promise.all(replicas.map((r) => r.open([]))).catch((e: unknown) => { throw placementDeviceError(e) })
+      const eg: LoadedEgroup = { id: er.id, replicas, usedSlots: new Set(), freeSlots: [], lock: new KeyedRwLock() }
+      for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
+      for (let s = 0; s < extentsPerEgroup; s++) eg.freeSlots.push(s)
+      return eg
+    }))
   }
 
   /**

@@ -27,8 +27,11 @@ export interface LoadedEgroup {
 export interface VdiskBackend {
   mapWriter: MapWriter
   mapKey(vblock: number): string
-  /** a new egroup with every slot free, durably recorded and created on RF nodes */
-  newEgroup(): Promise<LoadedEgroup>
+  /**
+   * `count` (1..egroupCreatesAheadMax) new egroups with every slot free, durably recorded (in one
+   * etcd transaction) and created on RF nodes each
+   */
+  newEgroups(count: number): Promise<LoadedEgroup[]>
   /**
    * Replace replicas that failed an operation: mark them stale, copy the extent group from a
    * healthy replica to a node that has none, record the new set. Throws when it cannot keep RF
@@ -73,16 +76,18 @@ function alignUp(n: number): number {
  *
  * New extent groups are made ahead of need: when fewer than `egroupPrecreateFreeSlotsMin` slots
  * are free, the next group is created in the background, so a stream of first writes does not
- * stop at every 32nd extent for etcd and file creation. Making a group takes a few etcd and
- * directory syncs (about 15-20 ms measured), longer than a fast stream takes to fill 32 MiB:
- * when an allocation finds the group it needs still being made, the vDisk makes more at once
- * from then on (up to `egroupCreatesAheadMax`), so only a vDisk that streams keeps groups ahead,
- * and a small one holds one.
+ * stop at every 32nd extent for etcd and file creation. Making a group takes an etcd transaction
+ * and file and directory syncs (about 10 ms measured), longer than a fast stream takes to fill
+ * 32 MiB: when an allocation finds the group it needs still being made, the vDisk makes more at
+ * once from then on (up to `egroupCreatesAheadMax`, in one batch with one etcd transaction for
+ * their records), so only a vDisk that streams keeps groups ahead, and a small one holds one.
  */
 export class Vdisk {
   private readonly locks = new KeyedRwLock()
-  /** extent groups being made (at most aheadDepth at once) */
-  private readonly creating = new Set<Promise<LoadedEgroup>>()
+  /** batches of extent groups being made (at most aheadDepth groups in all) */
+  private readonly creating = new Set<Promise<LoadedEgroup[]>>()
+  /** how many groups the batches in `creating` make */
+  private creatingGroups = 0
   /** how many groups this vDisk makes ahead at once: doubled when an allocation had to wait for one */
   private aheadDepth = 1
   /** allocations whose map entry is in memory only; committed by the next flush (or FUA) */
@@ -417,18 +422,29 @@ export class Vdisk {
     }
   }
 
-  /** Start making a new extent group. */
-  private startCreating(): Promise<LoadedEgroup> {
-    const p: Promise<LoadedEgroup> = this.backend.newEgroup().then((eg) => {
-      assert(eg.freeSlots.length === extentsPerEgroup, 'new egroup is empty')
-      this.egroups.set(eg.id, eg)
-      return eg
-    }).finally(() => { this.creating.delete(p) })
+  /** Start making `count` new extent groups (one batch). */
+  private startCreating(count: number): Promise<LoadedEgroup[]> {
+    this.creatingGroups += count
+    const p: Promise<LoadedEgroup[]> = this.backend.newEgroups(count).then((egs) => {
+      assert(egs.length === count, `a batch of ${count} new extent groups has ${count}`)
+      for (const eg of egs) {
+        assert(eg.freeSlots.length === extentsPerEgroup, 'new egroup is empty')
+        this.egroups.set(eg.id, eg)
+      }
+      return egs
+    }).finally(() => {
+      this.creating.delete(p)
+      this.creatingGroups -= count
+    })
     this.creating.add(p)
     return p
   }
 
-  /** Make the next extent groups in the background when few free slots are left. */
+  /**
+   * Make the next extent groups in the background when few free slots are left: when the free
+   * slots (with those being made) fall below what this vDisk keeps ahead, one batch of up to
+   * aheadDepth groups.
+   */
   private precreate(): void {
     if (this.closedReason) return
     let free = 0
@@ -441,11 +457,14 @@ export class Vdisk {
     // never more slots than the vDisk has vBlocks not yet given a slot (allocations in flight
     // count): a small vDisk holds no groups it could never fill
     const unallocated = Math.ceil(this.sizeBytes / vBlockSizeBytes) - taken
-    while (this.creating.size < this.aheadDepth && free + this.creating.size * extentsPerEgroup < Math.min(wanted, unallocated)) {
-      this.startCreating().catch((e: unknown) => {
-        this.backend.log.warn(`vDisk ${this.name}: cannot make an extent group ahead of need (retried when one is needed): ${errorMessage(e)}`)
-      })
-    }
+    const ahead = free + this.creatingGroups * extentsPerEgroup
+    if (this.creatingGroups >= this.aheadDepth || ahead >= Math.min(wanted, unallocated)) return
+    // enough to reach a full aheadDepth of groups past the threshold, within what is unallocated
+    const upTo = Math.min(wanted + (this.aheadDepth - 1) * extentsPerEgroup, unallocated)
+    const count = Math.max(1, Math.min(this.aheadDepth - this.creatingGroups, Math.ceil((upTo - ahead) / extentsPerEgroup)))
+    this.startCreating(count).catch((e: unknown) => {
+      this.backend.log.warn(`vDisk ${this.name}: cannot make ${count} extent group(s) ahead of need (retried when one is needed): ${errorMessage(e)}`)
+    })
   }
 
   private async takeSlot(): Promise<{ eg: LoadedEgroup, slot: number }> {
@@ -464,7 +483,7 @@ export class Vdisk {
           this.aheadDepth = Math.min(egroupCreatesAheadMax, this.aheadDepth * 2)
           await Promise.race(this.creating)
         } else {
-          await this.startCreating()
+          await this.startCreating(1)
         }
       } catch (e) {
         this.backend.log.error(`vDisk ${this.name}: cannot create an extent group: ${errorMessage(e)}`)
