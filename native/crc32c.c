@@ -1,6 +1,6 @@
 /*
  * CRC-32C (Castagnoli, reflected polynomial 0x82f63b78; init ~0, final xor ~0) for the data path,
- * as a Node-API addon (tess_crc32c.node). Loaded by src/common/crc32c.ts, which keeps a pure-JS
+ * as a Node-API addon (tess_crc32c.node). Loaded by src/lib/crc32c.ts, which keeps a pure-JS
  * fallback with the same results.
  *
  * Two engines, chosen once at load by a CPU check:

@@ -1,6 +1,6 @@
 /*
  * Positional reads that never wait for the disk, as a Node-API addon (tess_io.node), which also
- * holds the socket sender of sender.c. Loaded by src/common/nativeio.ts; without it every read goes
+ * holds the socket sender of sender.c. Loaded by src/lib/nativeio.ts; without it every read goes
  * through libuv's thread pool and every reply through the event loop, as before.
  *
  * The data path reads extents from the page cache most of the time. A round trip through the

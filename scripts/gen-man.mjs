@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util'
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 
-/** Exit codes of the CLI (see src/common/errors.ts). */
+/** Exit codes of the CLI (see src/lib/errors.ts). */
 const EXIT_STATUS = [
   ['0', 'Success.'],
   ['1', 'Runtime failure: an I/O error or an unexpected internal error.'],

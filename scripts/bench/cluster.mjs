@@ -74,7 +74,7 @@ try {
   const bootstrapS = (Date.now() - t0) / 1000
   console.error(`bootstrap of 3 hosts: ${bootstrapS.toFixed(1)} s (${rounds} rounds, ${size}, ${runtime} s per timed job, random first writes over ${mib(randFirstBytes)} MiB)`)
   const api = await apiClient(configDir, clusterName)
-  const { resolveContext } = await import('../../dist/common/contexts.js')
+  const { resolveContext } = await import('../../dist/lib/contexts.js')
   const ctx = resolveContext(clusterName)
   const etcdPort = ctx.remote?.ports?.etcdClient ?? 2379
 

@@ -412,7 +412,7 @@ export async function timeCalls(fn, n) {
 /** An API client for cluster context `name` saved in `configDir` (as the CLI makes it: CA pinned, token, a new TLS connection per request). */
 export async function apiClient(configDir, name) {
   process.env.TESS_CONFIG_DIR = configDir
-  const { ApiClient } = await import('../../dist/common/apiclient.js')
-  const { resolveContext } = await import('../../dist/common/contexts.js')
+  const { ApiClient } = await import('../../dist/lib/apiclient.js')
+  const { resolveContext } = await import('../../dist/lib/contexts.js')
   return new ApiClient(resolveContext(name))
 }

@@ -59,8 +59,8 @@ try {
   process.env.TESS_CONFIG_DIR = configDir
   const cluster = await localCluster(root, clusterName)
   stops.push(async () => cluster.tess(['cluster', 'destroy', '--yes', '--cluster', clusterName]))
-  const { ApiClient } = await import('../../dist/common/apiclient.js')
-  const { resolveContext } = await import('../../dist/common/contexts.js')
+  const { ApiClient } = await import('../../dist/lib/apiclient.js')
+  const { resolveContext } = await import('../../dist/lib/contexts.js')
   const client = new ApiClient(resolveContext(clusterName))
   const api = (method, p, body) => client.request(method, p, body, { timeoutMs: 600_000 })
   await api('POST', '/v1/registries', { name: 'local', url: `http://${reg.host}`, insecure: true })

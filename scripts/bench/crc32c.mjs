@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// CRC-32C throughput (src/common/crc32c.ts) on the data path's shape: 1 MiB extents checksummed per
+// CRC-32C throughput (src/lib/crc32c.ts) on the data path's shape: 1 MiB extents checksummed per
 // 4 KiB block, entries of 8 bytes (u32 CRC, u32 flags). Single-threaded, data in cache (one 1 MiB
 // extent, reused), so this is the CPU cost of checksums, not of memory or disks.
 //   native blocks      crc32cBlocks over the extent: SSE4.2, 4 blocks at once (4 interleaved chains)
@@ -34,8 +34,8 @@ const extentBytes = 1024 * 1024
 const blocks = extentBytes / blockBytes
 const entryBytes = 8
 
-const distModule = path.join(repoRoot, 'dist', 'common', 'crc32c.js')
-const distJs = path.join(repoRoot, 'dist', 'common', 'crc32c-js.js')
+const distModule = path.join(repoRoot, 'dist', 'lib', 'crc32c.js')
+const distJs = path.join(repoRoot, 'dist', 'lib', 'crc32c-js.js')
 if (!fs.existsSync(distModule) || !fs.existsSync(distJs)) {
   console.error(`crc32c bench: ${distModule} is missing: build first (npx tsc -p tsconfig.json, or npm run build)`)
   process.exit(1)

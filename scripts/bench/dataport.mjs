@@ -18,7 +18,7 @@ import { opt, repoRoot } from './common.mjs'
 const dist = (p) => path.join(repoRoot, 'dist', p)
 const { PeerClient } = await import(dist('cvm/replication/client.js'))
 const { ops } = await import(dist('cvm/replication/protocol.js'))
-const { crc32c, crc32cImplementation } = await import(dist('common/crc32c.js'))
+const { crc32c, crc32cImplementation } = await import(dist('lib/crc32c.js'))
 
 const MiB = 1024 * 1024
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined }

@@ -23,7 +23,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
-import { TessError, errorMessage } from '../common/errors.js'
+import { TessError, errorMessage } from '../lib/errors.js'
 import { shellQuote, type SshTransport } from './ssh.js'
 
 /** Bumped when the bundle layout changes: part of the input hash. */

@@ -17,8 +17,8 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
-import { configDir } from '../common/contexts.js'
-import { TessError, errorMessage } from '../common/errors.js'
+import { configDir } from '../lib/contexts.js'
+import { TessError, errorMessage } from '../lib/errors.js'
 
 /** What a lookup found for (host, port, key). */
 export type HostKeyStatus = 'match' | 'mismatch' | 'unknown' | 'revoked'

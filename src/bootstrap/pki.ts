@@ -3,7 +3,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { TessError, errorMessage } from '../common/errors.js'
+import { TessError, errorMessage } from '../lib/errors.js'
 
 /**
  * The cluster CA and node certificates, made with the openssl binary (EC P-256). Keys and the

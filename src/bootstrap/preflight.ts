@@ -9,8 +9,8 @@
  * containers (cgroups, an OCI runtime, FUSE and loop devices for volumes: warnings by default, since
  * a node without them still serves storage; failures when the plan asks for containers).
  */
-import { apiPortDefault, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault } from '../common/limits.js'
-import { errorMessage, isTessError, TessError } from '../common/errors.js'
+import { apiPortDefault, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault } from '../lib/limits.js'
+import { errorMessage, isTessError, TessError } from '../lib/errors.js'
 import { shellQuote, type ClockSample, type RemoteExec, type SshExecResult } from './ssh.js'
 
 // ----------------------------------------------------------------------------------- constants

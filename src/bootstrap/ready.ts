@@ -1,9 +1,9 @@
-import { realClock, type Clock } from '../common/clock.js'
-import { TessError, errorMessage } from '../common/errors.js'
-import { clusterReadyPollMs, clusterReadyTimeoutMs } from '../common/limits.js'
-import type { PlacementInfo } from '../common/types.js'
-import { ApiClient } from '../common/apiclient.js'
-import type { ClusterContext } from '../common/contexts.js'
+import { realClock, type Clock } from '../lib/clock.js'
+import { TessError, errorMessage } from '../lib/errors.js'
+import { clusterReadyPollMs, clusterReadyTimeoutMs } from '../lib/limits.js'
+import type { PlacementInfo } from '../lib/types.js'
+import { ApiClient } from '../lib/apiclient.js'
+import type { ClusterContext } from '../lib/contexts.js'
 
 /** One node's CVM to ask. */
 export interface ReadyTarget {

@@ -1,18 +1,18 @@
 import crypto from 'node:crypto'
-import { secretsKeyBytes } from '../common/secretbox.js'
+import { secretsKeyBytes } from '../lib/secretbox.js'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { TessError, errorMessage } from '../common/errors.js'
-import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault, rfMax } from '../common/limits.js'
-import { checkName } from '../common/names.js'
-import type { NodeConfig } from '../common/nodeconfig.js'
-import type { ClusterStatus, DiskInfo, HealthInfo } from '../common/types.js'
-import { ApiClient } from '../common/apiclient.js'
-import { configDir, type ClusterContext } from '../common/contexts.js'
+import { TessError, errorMessage } from '../lib/errors.js'
+import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault, rfMax } from '../lib/limits.js'
+import { checkName } from '../lib/names.js'
+import type { NodeConfig } from '../lib/nodeconfig.js'
+import type { ClusterStatus, DiskInfo, HealthInfo } from '../lib/types.js'
+import { ApiClient } from '../lib/apiclient.js'
+import { configDir, type ClusterContext } from '../lib/contexts.js'
 import { dataPortDefault } from '../cvm/replication/protocol.js'
-import { etcdUrl } from '../daemon/services.js'
+import { etcdUrl } from '../supervisor/services.js'
 import { buildBundle, installBundle } from './bundle.js'
 import { createCa, createNodeCert } from './pki.js'
 import { waitPlacementReady } from './ready.js'
@@ -69,7 +69,7 @@ export function clusterStateDir(name: string): string {
   return path.join(configDir(), 'clusters', name)
 }
 
-/** secretsKey: base64, seals secrets in etcd (common/secretbox.ts); made here for clusters that had none */
+/** secretsKey: base64, seals secrets in etcd (lib/secretbox.ts); made here for clusters that had none */
 interface ClusterSecrets { clusterId: string, createdAt: string, token: string, secretsKey: string, caCert: string, caKey: string }
 
 function loadOrCreateSecrets(name: string): ClusterSecrets {
@@ -141,7 +141,7 @@ async function provisionNode(t: SshTransport, n: PlannedNode, c: ProvisionContex
 
 async function startSupervisor(t: SshTransport): Promise<void> {
   const node = (await t.execOk('command -v node')).stdout.trim()
-  await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/daemon/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
+  await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/supervisor/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
 }
 
 /** Shell test: the pid in `pidFile` (left in $p) is alive and its command line names the data dir. */

@@ -18,7 +18,7 @@ import net from 'node:net'
 import path from 'node:path'
 import ssh2 from 'ssh2'
 import type { ClientChannel, ConnectConfig, SFTPWrapper, ServerHostKeyAlgorithm, Stats } from 'ssh2'
-import { TessError, assert, errorMessage, isTessError, type ErrorCode } from '../common/errors.js'
+import { TessError, assert, errorMessage, isTessError, type ErrorCode } from '../lib/errors.js'
 import { KnownHosts, appendKnownHost, defaultKnownHostsFile, fingerprintSha256, hostKeyName, keyTypeOfBlob } from './knownhosts.js'
 
 const { Client, utils: sshUtils } = ssh2

@@ -1,7 +1,7 @@
 import { Command, Flags, Errors, type Interfaces } from '@oclif/core'
-import { TessError, errorMessage, isTessError } from '../common/errors.js'
-import { ApiClient } from '../common/apiclient.js'
-import { resolveContext, type ClusterContext } from '../common/contexts.js'
+import { TessError, errorMessage, isTessError } from '../lib/errors.js'
+import { ApiClient } from '../lib/apiclient.js'
+import { resolveContext, type ClusterContext } from '../lib/contexts.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof TessCommand)['baseFlags'] & T['flags']>
 

@@ -2,9 +2,9 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { clusterStateDir } from '../bootstrap/remote.js'
-import { TessError } from '../common/errors.js'
-import type { ApiClient } from '../common/apiclient.js'
-import type { ClusterContext } from '../common/contexts.js'
+import { TessError } from '../lib/errors.js'
+import type { ApiClient } from '../lib/apiclient.js'
+import type { ClusterContext } from '../lib/contexts.js'
 
 /** bytes of the cluster key (src/cvm/vdisk/crypt.ts clusterKeyBytes) */
 const clusterKeyBytes = 32

@@ -1,8 +1,8 @@
 import type { Readable } from 'node:stream'
-import { TessError } from '../common/errors.js'
-import { namePattern } from '../common/names.js'
-import { parseSize } from '../common/units.js'
-import { parseReference, parseRegistryHost } from '../csm/images/reference.js'
+import { TessError } from '../lib/errors.js'
+import { namePattern } from '../lib/names.js'
+import { parseSize } from '../lib/units.js'
+import { parseReference, parseRegistryHost } from '../lib/images/reference.js'
 
 /**
  * Client-side checks and limits of the container commands (csm, csm-pool, registry, image,

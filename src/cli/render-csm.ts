@@ -1,9 +1,9 @@
-import { usernsHostIdBase } from '../common/limits.js'
+import { usernsHostIdBase } from '../lib/limits.js'
 import type {
   ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullResult, ImageRemoveResult,
   RegistryInfo, RegistryPolicyInfo, StatsResult, UsageStats, VolumeInfo,
-} from '../common/csm-types.js'
-import { formatBytes } from '../common/units.js'
+} from '../lib/csm-types.js'
+import { formatBytes } from '../lib/units.js'
 import { formatAge, shortDigest } from './csm-input.js'
 import { keyValue, table } from './output.js'
 

@@ -1,5 +1,5 @@
-import type { VdiskInfo } from '../common/types.js'
-import { formatBytes } from '../common/units.js'
+import type { VdiskInfo } from '../lib/types.js'
+import { formatBytes } from '../lib/units.js'
 import { keyValue } from './output.js'
 
 /** The vDisk's URI over TLS, for clients with credentials in DIR (`tess vdisk credentials`). */

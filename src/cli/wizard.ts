@@ -12,8 +12,8 @@ import { parseKnownHosts, knownHostsFileMaxBytes } from '../bootstrap/knownhosts
 import { defaultPreflightBinaries, type PreflightResult } from '../bootstrap/preflight.js'
 import type { RemotePlan } from '../bootstrap/remote.js'
 import { shellQuote } from '../bootstrap/ssh.js'
-import { rfMax } from '../common/limits.js'
-import { namePattern } from '../common/names.js'
+import { rfMax } from '../lib/limits.js'
+import { namePattern } from '../lib/names.js'
 
 /** Hosts one wizard run bootstraps (more: use `tess cluster create --hosts`). */
 export const wizardHostsMax = 64

@@ -1,5 +1,5 @@
 /** `node cleanup-main.js --data-dir DIR`: remove a stopped node's containers and CSM cgroups (run by cluster destroy). */
-import { makeLogger } from '../common/log.js'
+import { makeLogger } from '../lib/log.js'
 import { cleanNodeContainers } from './cleanup.js'
 
 const i = process.argv.indexOf('--data-dir')

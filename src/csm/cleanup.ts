@@ -1,14 +1,14 @@
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
-import { errorMessage } from '../common/errors.js'
-import type { Logger } from '../common/log.js'
-import { nodePaths } from '../common/nodeconfig.js'
-import { ContentStore } from './images/store.js'
-import { LayerStore } from './images/unpack.js'
+import { errorMessage } from '../lib/errors.js'
+import type { Logger } from '../lib/log.js'
+import { nodePaths } from '../lib/nodeconfig.js'
+import { ContentStore } from '../lib/images/store.js'
+import { LayerStore } from '../lib/images/unpack.js'
 import { CgroupHost } from './runtime/cgroups.js'
 import { ContainerManager } from './runtime/containers.js'
 import { NbdVolumeAttacher } from './volumes/attach.js'
-import { readCsmSpec } from './daemon/spec.js'
+import { readCsmSpec } from './spec.js'
 
 export interface NodeCleanReport {
   csms: string[]

@@ -1,12 +1,12 @@
 import fs from 'node:fs'
 import type { Etcd3, Lease } from 'etcd3'
-import { errorMessage } from '../common/errors.js'
-import { etcdCall, getJson, keys, listJson } from '../common/etcd.js'
-import { nodeHeartbeatTtlSec } from '../common/limits.js'
-import type { Logger } from '../common/log.js'
-import { nodePaths, type NodeConfig } from '../common/nodeconfig.js'
-import type { ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../common/types.js'
-import type { SupervisorState } from '../daemon/supervisor-state.js'
+import { errorMessage } from '../lib/errors.js'
+import { etcdCall, getJson, keys, listJson } from '../lib/etcd.js'
+import { nodeHeartbeatTtlSec } from '../lib/limits.js'
+import type { Logger } from '../lib/log.js'
+import { nodePaths, type NodeConfig } from '../lib/nodeconfig.js'
+import type { ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../lib/types.js'
+import type { SupervisorState } from '../lib/supervisor-state.js'
 
 export const daemonNames = ['supervisor', 'etcd', 'cvm'] as const
 

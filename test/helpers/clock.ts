@@ -1,4 +1,4 @@
-import type { Clock } from '../../src/common/clock.js'
+import type { Clock } from '../../src/lib/clock.js'
 
 /** A clock whose sleep advances time at once (and lets the test act at each sleep). */
 export function fakeClock(onSleep?: (n: number, now: number) => void): Clock & { sleeps: number[] } {

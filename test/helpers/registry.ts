@@ -6,7 +6,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import zlib from 'node:zlib'
-import { writeTar, type TarWriteEntry } from '../../src/csm/images/tar.js'
+import { writeTar, type TarWriteEntry } from '../../src/lib/images/tar.js'
 
 /**
  * Registries for the image tests:

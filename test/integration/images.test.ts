@@ -2,12 +2,12 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { pullImage, type PullOptions, type PullProgress } from '../../src/csm/images/puller.js'
-import { ContentStore } from '../../src/csm/images/store.js'
-import { LayerStore } from '../../src/csm/images/unpack.js'
-import { imageWorkerNice } from '../../src/csm/images/limits.js'
-import { ImageWorker, type WorkerPullRequest } from '../../src/csm/images/worker.js'
+import { TessError } from '../../src/lib/errors.js'
+import { pullImage, type PullOptions, type PullProgress } from '../../src/cvm/images/puller.js'
+import { ContentStore } from '../../src/lib/images/store.js'
+import { LayerStore } from '../../src/lib/images/unpack.js'
+import { imageWorkerNice } from '../../src/lib/images/limits.js'
+import { ImageWorker, type WorkerPullRequest } from '../../src/cvm/images/worker.js'
 import { repoRoot } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
@@ -148,7 +148,7 @@ describe.skipIf(missing.length > 0 || !isRoot)('images: pull from a real docker-
 
   describe('through the image worker (the child process the CVM pulls in)', () => {
     // the worker's entry is the built one: the suite builds before it runs
-    const entry = path.join(repoRoot, 'dist', 'csm', 'images', 'worker-main.js')
+    const entry = path.join(repoRoot, 'dist', 'cvm', 'images', 'worker-main.js')
     const niceOf = (pid: number) => {
       const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
       return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16])

@@ -85,7 +85,7 @@ async function waitFor(re: RegExp, timeoutMs = promptTimeoutMs, times = 1): Prom
 const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 
 beforeAll(async () => {
-  if (!fs.existsSync(path.join(repoRoot, 'dist', 'commands', 'setup.js'))) throw new Error('dist/commands/setup.js is missing: run `npm run build` first')
+  if (!fs.existsSync(path.join(repoRoot, 'dist', 'cli', 'commands', 'setup.js'))) throw new Error('dist/cli/commands/setup.js is missing: run `npm run build` first')
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-setup-'))
   configDir = path.join(tmp, 'config')
   sock = path.join(tmp, 'tmux.sock')

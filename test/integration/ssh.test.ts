@@ -9,7 +9,7 @@ import { buildBundle, installBundle, type Bundle } from '../../src/bootstrap/bun
 import { fingerprintSha256, lookupKnownHost } from '../../src/bootstrap/knownhosts.js'
 import { formatPreflight, preflightError, preflightPorts, runPreflight, type PreflightPlan } from '../../src/bootstrap/preflight.js'
 import { SshTransport, type SshConnectOptions } from '../../src/bootstrap/ssh.js'
-import { TessError } from '../../src/common/errors.js'
+import { TessError } from '../../src/lib/errors.js'
 import { createTestHosts, type TestHost, type TestHosts } from '../helpers/testhosts.js'
 
 /**
@@ -388,7 +388,7 @@ describe('bundle install', () => {
   let t2: SshTransport
 
   beforeAll(async () => {
-    if (!fs.existsSync(path.join(repoRoot, 'dist', 'common', 'units.js'))) {
+    if (!fs.existsSync(path.join(repoRoot, 'dist', 'lib', 'units.js'))) {
       expect(spawnSync('npm', ['run', 'build'], { cwd: repoRoot, timeout: 300_000 }).status).toBe(0)
     }
     bundle = await buildBundle(repoRoot, path.join(tmp, 'bundles'))
@@ -405,9 +405,9 @@ describe('bundle install', () => {
     for (const [h, t] of [[h1, t1], [h2, t2]] as const) {
       expect((await th.exec(h, ['readlink', '/var/lib/tess/bundle/current'])).stdout.trim()).toBe(version)
       expect((await th.exec(h, ['ls', '-A', '/var/lib/tess/bundle'])).stdout.split('\n').filter(Boolean).sort()).toEqual([version, 'current'].sort())
-      const units = await t.execOk(['node', '-e', "import('/var/lib/tess/bundle/current/dist/common/units.js').then(m => console.log(m.parseSize('1G')))"])
+      const units = await t.execOk(['node', '-e', "import('/var/lib/tess/bundle/current/dist/lib/units.js').then(m => console.log(m.parseSize('1G')))"])
       expect(units.stdout.trim()).toBe('1073741824')
-      const svc = await t.execOk(['node', '-e', "import('/var/lib/tess/bundle/current/dist/daemon/services.js').then(m => console.log(typeof m.etcdService))"], { env: { NODE_PATH: '' } })
+      const svc = await t.execOk(['node', '-e', "import('/var/lib/tess/bundle/current/dist/supervisor/services.js').then(m => console.log(typeof m.etcdService))"], { env: { NODE_PATH: '' } })
       expect(svc.stdout.trim()).toBe('function')
       // its own copy: host 1 and host 2 each hold the bundle in their /var/lib/tess
       expect((await th.exec(h, ['cat', `/var/lib/tess/bundle/${version}/.tess-bundle-sha256`])).stdout.trim()).toBe(bundle.sha256)

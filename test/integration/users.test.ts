@@ -1,8 +1,8 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { jsonRequest } from '../../src/common/jsonhttp.js'
+import { TessError } from '../../src/lib/errors.js'
+import { jsonRequest } from '../../src/lib/jsonhttp.js'
 import { TestCluster, runTess, withJson, type TessResult } from '../helpers/cluster.js'
 
 /**

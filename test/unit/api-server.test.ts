@@ -7,8 +7,8 @@ import path from 'node:path'
 import tls from 'node:tls'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { createCa, createNodeCert } from '../../src/bootstrap/pki.js'
-import type { Logger } from '../../src/common/log.js'
-import { ApiServer, allowed, bodyObject, type ApiLimits, type AuditEntry } from '../../src/cvm/api/server.js'
+import type { Logger } from '../../src/lib/log.js'
+import { ApiServer, allowed, bodyObject, type ApiLimits, type AuditEntry } from '../../src/lib/http-server.js'
 
 /**
  * The management API's bounds with real sockets: an oversized body gets a coded 413 the client

@@ -155,7 +155,7 @@ describe('the tessera repo', () => {
   let file: string
 
   beforeAll(async () => {
-    if (!fs.existsSync(path.join(repoRoot, 'dist', 'common', 'units.js')) || !fs.existsSync(path.join(repoRoot, 'dist', 'common', 'crc32c.js'))) {
+    if (!fs.existsSync(path.join(repoRoot, 'dist', 'lib', 'units.js')) || !fs.existsSync(path.join(repoRoot, 'dist', 'lib', 'crc32c.js'))) {
       const r = sh('npm', ['run', 'build'], { cwd: repoRoot, timeoutMs: 300_000 })
       expect(r.code, r.stderr).toBe(0)
     }
@@ -166,7 +166,7 @@ describe('the tessera repo', () => {
   it('has dist and production dependencies, and no dev dependencies', async () => {
     const list = tarList(file)
     const has = (p: string): boolean => list.includes(p)
-    for (const p of ['package.json', 'oclif.manifest.json', 'bin/run.js', 'dist/common/units.js', 'dist/daemon/services.js',
+    for (const p of ['package.json', 'oclif.manifest.json', 'bin/run.js', 'dist/lib/units.js', 'dist/supervisor/services.js',
       'node_modules/ssh2/package.json', 'node_modules/@oclif/core/package.json', 'node_modules/etcd3/package.json', 'node_modules/conf/package.json']) {
       expect(has(p), p).toBe(true)
     }
@@ -182,14 +182,14 @@ describe('the tessera repo', () => {
     const x = path.join(tmp, 'repo-x')
     fs.mkdirSync(x)
     expect(sh('tar', ['-xzf', file, '-C', x]).code).toBe(0)
-    const units = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/common/units.js'))}).then((m) => console.log(m.parseSize('1G')))`], { cwd: x })
+    const units = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/lib/units.js'))}).then((m) => console.log(m.parseSize('1G')))`], { cwd: x })
     expect(units.stderr).toBe('')
     expect(units.stdout.trim()).toBe('1073741824')
     // a module with production dependencies (conf) resolves them inside the bundle
-    const ctx = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/common/contexts.js'))}).then((m) => console.log(typeof m.configDir))`], { cwd: '/' })
+    const ctx = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/lib/contexts.js'))}).then((m) => console.log(typeof m.configDir))`], { cwd: '/' })
     expect(ctx.stderr).toBe('')
     expect(ctx.stdout.trim()).toBe('function')
-    const svc = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/daemon/services.js'))}).then((m) => console.log(Object.keys(m).length > 0))`], { cwd: '/' })
+    const svc = sh('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/supervisor/services.js'))}).then((m) => console.log(Object.keys(m).length > 0))`], { cwd: '/' })
     expect(svc.stderr).toBe('')
     expect(svc.stdout.trim()).toBe('true')
   })
@@ -202,11 +202,11 @@ describe('the tessera repo', () => {
     const x = path.join(tmp, 'repo-x-addon')
     fs.mkdirSync(x)
     expect(sh('tar', ['-xzf', file, '-C', x]).code).toBe(0)
-    const code = `import(${JSON.stringify(path.join(x, 'dist/common/crc32c.js'))}).then((m) => console.log(m.crc32cImplementation, m.crc32c(Buffer.from('123456789')).toString(16)))`
+    const code = `import(${JSON.stringify(path.join(x, 'dist/lib/crc32c.js'))}).then((m) => console.log(m.crc32cImplementation, m.crc32c(Buffer.from('123456789')).toString(16)))`
     const r = spawnSync('node', ['-e', code], { cwd: '/', encoding: 'utf8', env: { ...process.env, TESS_CRC32C: built ? 'native' : '' } })
     expect(r.stderr).toBe('')
     expect(r.stdout.trim()).toBe(`${built ? 'native' : 'js'} e3069283`)
-    const io = spawnSync('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/common/nativeio.js'))}).then((m) => console.log(m.nativeIoEngine))`],
+    const io = spawnSync('node', ['-e', `import(${JSON.stringify(path.join(x, 'dist/lib/nativeio.js'))}).then((m) => console.log(m.nativeIoEngine))`],
       { cwd: '/', encoding: 'utf8', env: { ...process.env, TESS_IO: ioBuilt ? 'native' : '' } })
     expect(io.stderr).toBe('')
     expect(io.stdout.trim()).toBe(ioBuilt ? 'native' : 'pool')

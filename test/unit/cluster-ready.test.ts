@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import type { PlacementInfo } from '../../src/common/types.js'
+import { TessError } from '../../src/lib/errors.js'
+import type { PlacementInfo } from '../../src/lib/types.js'
 import { readinessGap, waitPlacementReady, type ReadyTarget } from '../../src/bootstrap/ready.js'
 import { fakeClock } from '../helpers/clock.js'
 

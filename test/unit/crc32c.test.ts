@@ -4,12 +4,12 @@ import { createRequire } from 'node:module'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { crc32c, crc32cBlocks, crc32cImplementation, crc32cVerifyBlocks } from '../../src/common/crc32c.js'
-import * as js from '../../src/common/crc32c-js.js'
+import { crc32c, crc32cBlocks, crc32cImplementation, crc32cVerifyBlocks } from '../../src/lib/crc32c.js'
+import * as js from '../../src/lib/crc32c-js.js'
 
 /**
  * CRC-32C: known vectors, random sizes and offsets against a bit-at-a-time reference, the block
- * functions, and every implementation there is: the one src/common/crc32c.ts chose (TESS_CRC32C),
+ * functions, and every implementation there is: the one src/lib/crc32c.ts chose (TESS_CRC32C),
  * the pure-JS one always, and the addon's hardware and table engines whenever the addon is built.
  * With TESS_CRC32C=native a missing or broken addon fails this file (the module throws at load).
  */
@@ -92,9 +92,9 @@ describe('implementation choice', () => {
       vi.resetModules()
     })
 
-    const load = async (): Promise<typeof import('../../src/common/crc32c.js')> => {
+    const load = async (): Promise<typeof import('../../src/lib/crc32c.js')> => {
       vi.resetModules()
-      return await import('../../src/common/crc32c.js')
+      return await import('../../src/lib/crc32c.js')
     }
 
     it('refuses an unknown TESS_CRC32C', async () => {

@@ -4,7 +4,7 @@ import {
   checkImageRef, checkNodeName, checkPolicyPattern, checkUsername, formatAge, formatMs, parseCpus, parseEnv, parseMemory,
   parseRegistryUrl, readPassword, shortDigest, splitNames, stripOneNewline,
 } from '../../src/cli/csm-input.js'
-import { TessError } from '../../src/common/errors.js'
+import { TessError } from '../../src/lib/errors.js'
 
 function errorOf(fn: () => unknown): TessError {
   try {

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest'
-import type { ContainerView, CsmInfo, ImageInfo, RegistryInfo, StatsResult } from '../../src/common/csm-types.js'
+import type { ContainerView, CsmInfo, ImageInfo, RegistryInfo, StatsResult } from '../../src/lib/csm-types.js'
 import {
   containerStatus, formatCommand, registryCredentials, renderContainer, renderContainerList, renderCsm, renderCsmList, renderImageList,
   renderPolicy, renderRegistry, renderRegistryList, renderStats,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { checkPattern, patternMatches, refusingRule } from '../../src/csm/control/policy.js'
-import type { PolicyInput } from '../../src/csm/images/puller.js'
+import { checkPattern, patternMatches, refusingRule } from '../../src/cvm/control/policy.js'
+import type { PolicyInput } from '../../src/cvm/images/puller.js'
 
 const d1 = `sha256:${'a'.repeat(64)}`
 const d2 = `sha256:${'b'.repeat(64)}`

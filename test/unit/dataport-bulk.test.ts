@@ -6,8 +6,8 @@ import path from 'node:path'
 import tls from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createCa, createNodeCert } from '../../src/bootstrap/pki.js'
-import type { Logger } from '../../src/common/log.js'
-import type { DiskRecord } from '../../src/common/types.js'
+import type { Logger } from '../../src/lib/log.js'
+import type { DiskRecord } from '../../src/lib/types.js'
 import { PeerClient, PeerPool, type TlsCreds } from '../../src/cvm/replication/client.js'
 import {
   FrameChecksumError, FrameParser, PeerError, bulkAcceptMagic, bulkConnectionsPerPeerMax, bulkHelloMagic, bulkTicketBytes,

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { alignedBuffer, nativeIoEngine, pagesCached } from '../../src/common/nativeio.js'
+import { alignedBuffer, nativeIoEngine, pagesCached } from '../../src/lib/nativeio.js'
 import { ChecksumError, EgroupFile, checksumFor, dataRegionOffset, egroupVersion } from '../../src/cvm/vdisk/egroup.js'
 
 const MiB = 1024 * 1024

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { fsyncTree } from '../../src/common/fsutil.js'
+import { fsyncTree } from '../../src/lib/fsutil.js'
 
 describe('fsyncTree', () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-fsync-'))

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { formatReference, parseReference, parseRegistryHost } from '../../src/csm/images/reference.js'
+import { TessError } from '../../src/lib/errors.js'
+import { formatReference, parseReference, parseRegistryHost } from '../../src/lib/images/reference.js'
 
 const hex = 'a'.repeat(64)
 

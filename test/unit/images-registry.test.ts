@@ -5,9 +5,9 @@ import type net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { RegistryClient, parseChallenges, type RegistryClientOptions } from '../../src/csm/images/registry.js'
-import { ContentStore } from '../../src/csm/images/store.js'
+import { TessError } from '../../src/lib/errors.js'
+import { RegistryClient, parseChallenges, type RegistryClientOptions } from '../../src/cvm/images/registry.js'
+import { ContentStore } from '../../src/lib/images/store.js'
 import { FakeRegistry, file, freePort, makeImage, makeLayer, sha256 } from '../helpers/registry.js'
 
 async function rejects(p: Promise<unknown>): Promise<TessError> {

@@ -2,8 +2,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { ContentStore, type ImageRecord } from '../../src/csm/images/store.js'
+import { TessError } from '../../src/lib/errors.js'
+import { ContentStore, type ImageRecord } from '../../src/lib/images/store.js'
 import { sha256 } from '../helpers/registry.js'
 
 describe('content store', () => {

@@ -4,9 +4,9 @@ import os from 'node:os'
 import path from 'node:path'
 import zlib from 'node:zlib'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { writeTar } from '../../src/csm/images/tar.js'
-import { LayerStore, chainId } from '../../src/csm/images/unpack.js'
+import { TessError } from '../../src/lib/errors.js'
+import { writeTar } from '../../src/lib/images/tar.js'
+import { LayerStore, chainId } from '../../src/lib/images/unpack.js'
 import { exec, file, makeLayer, sha256, type TestLayer } from '../helpers/registry.js'
 
 const isRoot = process.getuid?.() === 0

@@ -7,7 +7,7 @@ import {
   KnownHosts, appendKnownHost, fingerprintSha256, formatKnownHostLine, hashHostName, hostKeyName,
   keyTypeOfBlob, lookupKnownHost, matchHostPatterns, matchWildcard, parseKnownHosts,
 } from '../../src/bootstrap/knownhosts.js'
-import { TessError } from '../../src/common/errors.js'
+import { TessError } from '../../src/lib/errors.js'
 
 /**
  * known_hosts parsing, matching and hashing, checked against OpenSSH's own ssh-keygen on fixture

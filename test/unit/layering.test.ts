@@ -5,8 +5,7 @@ import { repoRoot } from '../helpers/cluster.js'
 
 /**
  * The import direction between the process folders, from the sources (relative imports only):
- * what runs in one process does not reach into the code of the process above it. The layout is
- * still being reshaped (issue: structure); these are the rules that hold today, kept by this test.
+ * what runs in one process does not reach into the code of the process above it.
  */
 const src = path.join(repoRoot, 'src')
 
@@ -34,25 +33,42 @@ function violations(from: string[], to: string[]): string[] {
   return edges.filter(([a, b]) => under(a, ...from) && under(b, ...to)).map(([a, b]) => `${a} -> ${b}`)
 }
 
+/**
+ * The process folders from top to bottom (docs/architecture.md): a file may import its own folder
+ * and the ones below it, never one above. lib/ is below every process.
+ */
+const order = ['cli', 'bootstrap', 'supervisor', 'cvm', 'csm', 'lib'] as const
+const folderOf = (p: string) => order.findIndex((d) => under(p, d))
+
 describe('import direction between the process folders', () => {
   it('reads the imports (the test is not vacuous)', () => {
     expect(edges.length).toBeGreaterThan(500)
-    expect(edges).toContainEqual(['cli/base.ts', 'common/apiclient.ts'])
+    expect(edges).toContainEqual(['cli/base.ts', 'lib/apiclient.ts'])
+  })
+
+  it('every source file is in one of the process folders or lib/', () => {
+    expect(files(src).map((f) => path.relative(src, f)).filter((f) => folderOf(f) < 0)).toEqual([])
+  })
+
+  it('imports only go down the list: cli, bootstrap, supervisor, cvm, csm, lib', () => {
+    const up = edges.filter(([a, b]) => folderOf(b) < folderOf(a)).map(([a, b]) => `${a} -> ${b}`)
+    expect(up).toEqual([])
   })
 
   it('nothing outside the CLI imports the CLI: daemons and bootstrap never do', () => {
-    expect(violations(['bootstrap', 'cvm', 'csm', 'daemon', 'common'], ['cli', 'commands'])).toEqual([])
+    expect(violations(['bootstrap', 'supervisor', 'cvm', 'csm', 'lib'], ['cli'])).toEqual([])
   })
 
-  it('common/ is the bottom layer: it imports nothing from the process folders', () => {
-    expect(violations(['common'], ['cli', 'commands', 'bootstrap', 'cvm', 'csm', 'daemon'])).toEqual([])
+  it('the CSM daemon never imports the CVM, and lib/ imports no process folder', () => {
+    expect(violations(['csm'], ['cvm', 'supervisor', 'bootstrap', 'cli'])).toEqual([])
+    expect(violations(['lib'], ['cli', 'bootstrap', 'supervisor', 'cvm', 'csm'])).toEqual([])
   })
 
-  it('the data path (NBD, vDisks, replication, pool) never imports the control plane or the API', () => {
-    expect(violations(['cvm/nbd', 'cvm/vdisk', 'cvm/replication', 'cvm/pool'], ['cvm/api', 'csm/control', 'csm/images', 'bootstrap'])).toEqual([])
+  it('the data path (NBD, vDisks, replication, pool) never imports the control plane, the API or image pulls', () => {
+    expect(violations(['cvm/nbd', 'cvm/vdisk', 'cvm/replication', 'cvm/pool'], ['cvm/api', 'cvm/control', 'cvm/images', 'lib/images', 'bootstrap'])).toEqual([])
   })
 
-  it('the supervisor imports only common/', () => {
-    expect(violations(['daemon'], ['cli', 'commands', 'bootstrap', 'cvm', 'csm'])).toEqual([])
+  it('the supervisor imports only lib/', () => {
+    expect(violations(['supervisor'], ['cli', 'bootstrap', 'cvm', 'csm'])).toEqual([])
   })
 })

@@ -7,7 +7,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import net from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
-import { SocketSender, nativeIoEngine, readCached } from '../../src/common/nativeio.js'
+import { SocketSender, nativeIoEngine, readCached } from '../../src/lib/nativeio.js'
 import { RawFile } from '../../src/cvm/vdisk/rawfile.js'
 
 /**

@@ -1,7 +1,7 @@
 import net from 'node:net'
 import crypto from 'node:crypto'
 import { describe, expect, it } from 'vitest'
-import { withReceiveBuffer } from '../../src/common/recvbuffer.js'
+import { withReceiveBuffer } from '../../src/lib/recvbuffer.js'
 
 /** a server whose accepted sockets read into one buffer each; resolves with what the first one received */
 async function receiveThrough(bufferBytes: number, send: (c: net.Socket) => Promise<void>): Promise<{ received: Buffer; views: number; sameMemory: boolean; rewrapped: boolean }> {

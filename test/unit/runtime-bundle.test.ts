@@ -3,7 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { blockedSyscalls } from '../../src/csm/runtime/seccomp.js'
-import { TessError } from '../../src/common/errors.js'
+import { TessError } from '../../src/lib/errors.js'
 import {
   buildOciSpec, clampRlimits, defaultCapabilities, defaultMaskedPaths, defaultReadonlyPaths, hostsFile, imageRuntimeConfig, mergeEnv,
   overlayMountPlan, parseProcLimits, processArgs, resolvConf, resolveExecutable, resolveInRoot, resolveUserSpec, type ImageRuntimeConfig,

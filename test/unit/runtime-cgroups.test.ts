@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
+import { TessError } from '../../src/lib/errors.js'
 import {
   CgroupHost, cgroupLayoutFromMountinfo, checkLimitsAgainst, parseCpuList, parseFlatKeyed, parseLimitValue, parseMemTotal, parseMountinfo,
   statsFromV1, statsFromV2, unescapeMountPath,

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
+import { TessError } from '../../src/lib/errors.js'
 import { CgroupHost } from '../../src/csm/runtime/cgroups.js'
 import { tailOffset } from '../../src/csm/runtime/containers.js'
 import {

@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { createSecretsKey, isSealed, openSecret, readSecretsKey, sealSecret } from '../../src/common/secretbox.js'
+import { createSecretsKey, isSealed, openSecret, readSecretsKey, sealSecret } from '../../src/lib/secretbox.js'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-secretbox-'))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))

@@ -3,13 +3,13 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import type { Clock } from '../../src/common/clock.js'
-import { spareEgroupFillIdleMs } from '../../src/common/limits.js'
+import type { Clock } from '../../src/lib/clock.js'
+import { spareEgroupFillIdleMs } from '../../src/lib/limits.js'
 import { egroupDirName, spareBytes, spareDirName, statDisk } from '../../src/cvm/pool/disks.js'
 import { EgroupFile, egroupFileBytes, egroupZeroPrefixBytes } from '../../src/cvm/vdisk/egroup.js'
 import { ReplicaStore } from '../../src/cvm/vdisk/replicastore.js'
 import { SpareEgroups, spareEgroupsPerDisk } from '../../src/cvm/vdisk/spares.js'
-import type { DiskRecord } from '../../src/common/types.js'
+import type { DiskRecord } from '../../src/lib/types.js'
 
 const MiB = 1024 * 1024
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { checkName } from '../../src/common/names.js'
-import { formatBytes, parseDuration, parseSize } from '../../src/common/units.js'
+import { TessError } from '../../src/lib/errors.js'
+import { checkName } from '../../src/lib/names.js'
+import { formatBytes, parseDuration, parseSize } from '../../src/lib/units.js'
 
 describe('parseSize', () => {
   it('accepts bytes and binary units', () => {

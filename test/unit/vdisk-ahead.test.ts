@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { egroupCreatesAheadMax, extentsPerEgroup } from '../../src/common/limits.js'
+import { egroupCreatesAheadMax, extentsPerEgroup } from '../../src/lib/limits.js'
 import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
 import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
 import type { Replica } from '../../src/cvm/vdisk/replica.js'

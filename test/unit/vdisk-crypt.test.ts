@@ -1,7 +1,7 @@
 import crypto from 'node:crypto'
 import { describe, expect, it } from 'vitest'
-import { TessError } from '../../src/common/errors.js'
-import { nativeXts } from '../../src/common/nativeio.js'
+import { TessError } from '../../src/lib/errors.js'
+import { nativeXts } from '../../src/lib/nativeio.js'
 import { BlockCipher, clusterKeyCheck, dataKeyBytes, unwrapDataKey, wrapDataKey } from '../../src/cvm/vdisk/crypt.js'
 
 describe('vDisk encryption', () => {

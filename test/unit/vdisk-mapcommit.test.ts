@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { pendingAllocationsMax } from '../../src/common/limits.js'
+import { pendingAllocationsMax } from '../../src/lib/limits.js'
 import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
 import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
 import type { Replica } from '../../src/cvm/vdisk/replica.js'

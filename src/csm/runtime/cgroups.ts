@@ -1,8 +1,8 @@
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { TessError, assert, errorMessage } from '../../common/errors.js'
-import { checkName } from '../../common/names.js'
+import { TessError, assert, errorMessage } from '../../lib/errors.js'
+import { checkName } from '../../lib/names.js'
 import {
   cgroupFileSizeMaxBytes, cgroupRmdirRetriesMax, cgroupRmdirRetryMs, cgroupTreeDepthMax, cpuPeriodUs, cpuQuotaMinUs, cpusMin,
   memoryLimitMinBytes, pidsMaxLimit,

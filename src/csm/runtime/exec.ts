@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { TessError } from '../../common/errors.js'
+import { TessError } from '../../lib/errors.js'
 import { runtimeCommandTimeoutMs, runtimeOutputMaxBytes } from './limits.js'
 
 /** Result of a helper program (mount, umount, the OCI runtime CLI). */

@@ -4,8 +4,8 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
-import { TessError, errorMessage } from '../../common/errors.js'
-import { usernsHostIdBase, usernsIdsCount, usernsSetupTimeoutMs } from '../../common/limits.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
+import { usernsHostIdBase, usernsIdsCount, usernsSetupTimeoutMs } from '../../lib/limits.js'
 
 /**
  * User namespaces for containers (`tess container run --userns`). The container's uid and gid 0-65535

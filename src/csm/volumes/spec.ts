@@ -1,6 +1,6 @@
 import path from 'node:path'
-import { TessError } from '../../common/errors.js'
-import { checkName } from '../../common/names.js'
+import { TessError } from '../../lib/errors.js'
+import { checkName } from '../../lib/names.js'
 import type { VolumeSpec } from './attach.js'
 
 /** most volumes one container may have */

@@ -1,10 +1,10 @@
-import { TessError } from '../../common/errors.js'
-import type { ContainerControl } from '../../csm/control/cluster.js'
-import type { NetworkMode, RuntimeName } from '../../common/csm-types.js'
+import { TessError } from '../../lib/errors.js'
+import type { ContainerControl } from '../control/cluster.js'
+import type { NetworkMode, RuntimeName } from '../../lib/csm-types.js'
 import { containerArgsMax, containerEnvMax, containerStopTimeoutMsMax, logTailLinesMax } from '../../csm/runtime/limits.js'
-import { bodyObject, bool, int, num, queryInt, str, strList, type ApiServer } from './server.js'
-import { rfMax, vdiskSizeMaxBytes } from '../../common/limits.js'
-import type { VolumeMount } from '../../csm/control/records.js'
+import { bodyObject, bool, int, num, queryInt, str, strList, type ApiServer } from '../../lib/http-server.js'
+import { rfMax, vdiskSizeMaxBytes } from '../../lib/limits.js'
+import type { VolumeMount } from '../control/records.js'
 import { volumesPerContainerMax } from '../../csm/volumes/spec.js'
 
 function volumeMounts(b: Record<string, unknown>): VolumeMount[] | undefined {

@@ -1,6 +1,6 @@
-import { TessError, errorMessage } from '../../common/errors.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
 import type { KeyKeeper } from '../vdisk/keykeeper.js'
-import { bodyObject, str, type ApiServer } from './server.js'
+import { bodyObject, str, type ApiServer } from '../../lib/http-server.js'
 
 export interface UnlockAnswer {
   /** nodes that hold the cluster key now (this one first) */

@@ -1,10 +1,10 @@
 import crypto from 'node:crypto'
 import { Range, type Etcd3 } from 'etcd3'
-import { TessError, errorMessage } from '../../common/errors.js'
-import { etcdCall, followEtcd, getJson, keys, listJson } from '../../common/etcd.js'
-import type { Logger } from '../../common/log.js'
-import { checkName } from '../../common/names.js'
-import { roles, type ApiServer, type AuditEntry, type Principal, type Role } from './server.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
+import { etcdCall, followEtcd, getJson, keys, listJson } from '../../lib/etcd.js'
+import type { Logger } from '../../lib/log.js'
+import { checkName } from '../../lib/names.js'
+import { roles, type ApiServer, type AuditEntry, type Principal, type Role } from '../../lib/http-server.js'
 
 /** users a cluster holds */
 export const usersMax = 1000

@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import net from 'node:net'
 import tls from 'node:tls'
-import { assert, errorMessage } from '../../common/errors.js'
+import { assert, errorMessage } from '../../lib/errors.js'
 import {
   checksumBlockSizeBytes,
   nbdConnectionsMax,
@@ -10,11 +10,11 @@ import {
   nbdOptionLengthMaxBytes,
   nbdPayloadMaxBytes,
   nbdReceiveBufferBytes,
-} from '../../common/limits.js'
-import type { Logger } from '../../common/log.js'
-import { BufferPool } from '../../common/bufpool.js'
-import { SocketSender, allocAligned } from '../../common/nativeio.js'
-import { withReceiveBuffer } from '../../common/recvbuffer.js'
+} from '../../lib/limits.js'
+import type { Logger } from '../../lib/log.js'
+import { BufferPool } from '../../lib/bufpool.js'
+import { SocketSender, allocAligned } from '../../lib/nativeio.js'
+import { withReceiveBuffer } from '../../lib/recvbuffer.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from './device.js'
 import {
   NbdClientFlag,

@@ -1,9 +1,9 @@
 import crypto from 'node:crypto'
 import tls from 'node:tls'
 import type { Etcd3 } from 'etcd3'
-import { TessError, errorMessage } from '../../common/errors.js'
-import { followEtcd, keys, listJson } from '../../common/etcd.js'
-import type { Logger } from '../../common/log.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
+import { followEtcd, keys, listJson } from '../../lib/etcd.js'
+import type { Logger } from '../../lib/log.js'
 
 /** how often a CVM reads the NBD users CA from etcd besides watching it (a watch can be lost) */
 export const nbdTrustRefreshMs = 5_000

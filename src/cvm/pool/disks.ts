@@ -1,10 +1,10 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Etcd3 } from 'etcd3'
-import { TessError, errorMessage } from '../../common/errors.js'
-import { IdAllocator, etcdCall, keys, listJson } from '../../common/etcd.js'
-import { localDiskRecordsCacheMs } from '../../common/limits.js'
-import type { DiskInfo, DiskRecord, NodeStatusRecord, PoolInfo } from '../../common/types.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
+import { IdAllocator, etcdCall, keys, listJson } from '../../lib/etcd.js'
+import { localDiskRecordsCacheMs } from '../../lib/limits.js'
+import type { DiskInfo, DiskRecord, NodeStatusRecord, PoolInfo } from '../../lib/types.js'
 
 /** The marker a disk directory carries once it belongs to a cluster. */
 export const diskMarkerFile = 'tess-disk.json'

@@ -1,7 +1,7 @@
 import net from 'node:net'
 import tls from 'node:tls'
-import { assert, errorMessage } from '../../common/errors.js'
-import type { Logger } from '../../common/log.js'
+import { assert, errorMessage } from '../../lib/errors.js'
+import type { Logger } from '../../lib/log.js'
 import {
   FrameParser, PeerError, bulkAcceptMagic, bulkHelloMagic, bulkOps, bulkRetryAfterFailureMs, bulkTicketBytes, dataPortModeDefault,
   encodeFrame, ops, peerConnectTimeoutMs, peerDownBackoffMs, peerInFlightMax, peerRequestTimeoutMs, statusOk,

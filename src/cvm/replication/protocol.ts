@@ -1,6 +1,6 @@
-import { crc32c } from '../../common/crc32c.js'
-import { TessError, assert } from '../../common/errors.js'
-import type { BufferPool } from '../../common/bufpool.js'
+import { crc32c } from '../../lib/crc32c.js'
+import { TessError, assert } from '../../lib/errors.js'
+import type { BufferPool } from '../../lib/bufpool.js'
 
 /**
  * The data port protocol between CVMs (replication and owner forwarding). One listener, two kinds

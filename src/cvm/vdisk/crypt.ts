@@ -1,8 +1,8 @@
 import crypto from 'node:crypto'
-import { TessError, assert } from '../../common/errors.js'
-import { checksumBlockSizeBytes } from '../../common/limits.js'
-import { BufferPool } from '../../common/bufpool.js'
-import { allocAligned, nativeXts } from '../../common/nativeio.js'
+import { TessError, assert } from '../../lib/errors.js'
+import { checksumBlockSizeBytes } from '../../lib/limits.js'
+import { BufferPool } from '../../lib/bufpool.js'
+import { allocAligned, nativeXts } from '../../lib/nativeio.js'
 
 /**
  * Encryption of vDisk data at rest. Every 4 KiB block is encrypted with AES-256-XTS under the

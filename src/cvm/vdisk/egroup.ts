@@ -2,12 +2,12 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import zlib from 'node:zlib'
-import { crc32c, crc32cBlocks, crc32cVerifyBlocks } from '../../common/crc32c.js'
-import { TessError, assert, errorMessage } from '../../common/errors.js'
-import { fsyncDir } from '../../common/fsutil.js'
-import { directIoReady, pagesCached } from '../../common/nativeio.js'
+import { crc32c, crc32cBlocks, crc32cVerifyBlocks } from '../../lib/crc32c.js'
+import { TessError, assert, errorMessage } from '../../lib/errors.js'
+import { fsyncDir } from '../../lib/fsutil.js'
+import { directIoReady, pagesCached } from '../../lib/nativeio.js'
 import { RawFile } from './rawfile.js'
-import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCachedReadMaxBytes, egroupCleanMarkerDelayMs, egroupSyncWriteMaxBytes, extentsPerEgroup, vBlockSizeBytes } from '../../common/limits.js'
+import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCachedReadMaxBytes, egroupCleanMarkerDelayMs, egroupSyncWriteMaxBytes, extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
 
 /**
  * One extent group file on one disk: up to `extentsPerEgroup` extents of 1 MiB plus a checksum

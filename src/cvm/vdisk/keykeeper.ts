@@ -1,8 +1,8 @@
 import crypto from 'node:crypto'
 import type { Etcd3 } from 'etcd3'
-import { TessError } from '../../common/errors.js'
-import { etcdCall, followEtcd, keys } from '../../common/etcd.js'
-import type { Logger } from '../../common/log.js'
+import { TessError } from '../../lib/errors.js'
+import { etcdCall, followEtcd, keys } from '../../lib/etcd.js'
+import type { Logger } from '../../lib/log.js'
 import { clusterKeyBytes, clusterKeyCheck } from './crypt.js'
 
 /** how often a locked CVM asks the other CVMs for the cluster key */

@@ -1,5 +1,5 @@
 import type { Etcd3 } from 'etcd3'
-import { etcdTxnOpsMax } from '../../common/limits.js'
+import { etcdTxnOpsMax } from '../../lib/limits.js'
 
 interface Op {
   kind: 'put' | 'delete'

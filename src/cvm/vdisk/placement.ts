@@ -7,12 +7,12 @@
  * nodes that are up, the ones it could use and why each other one cannot be used.
  */
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
-import { realClock, type Clock } from '../../common/clock.js'
-import { TessError, errorMessage } from '../../common/errors.js'
-import { keys } from '../../common/etcd.js'
-import { placementRecheckMs, placementWaitMs } from '../../common/limits.js'
-import type { Logger } from '../../common/log.js'
-import type { DiskRecord, NodeRecord, NodeStatusRecord, PlacementInfo, PlacementNodeInfo } from '../../common/types.js'
+import { realClock, type Clock } from '../../lib/clock.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
+import { keys } from '../../lib/etcd.js'
+import { placementRecheckMs, placementWaitMs } from '../../lib/limits.js'
+import type { Logger } from '../../lib/log.js'
+import type { DiskRecord, NodeRecord, NodeStatusRecord, PlacementInfo, PlacementNodeInfo } from '../../lib/types.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { PeerError } from '../replication/protocol.js'
 

@@ -1,5 +1,5 @@
 import fs from 'node:fs'
-import { readCached } from '../../common/nativeio.js'
+import { readCached } from '../../lib/nativeio.js'
 
 /**
  * A file opened by fd, with promise-returning positional I/O built on the callback API: on this
@@ -62,7 +62,7 @@ export class RawFile {
 
   /**
    * readFull, copying what the page cache holds on the calling thread first (no disk wait; see
-   * common/nativeio.ts) and only the rest through the pool: a cached 4 KiB read costs a few
+   * lib/nativeio.ts) and only the rest through the pool: a cached 4 KiB read costs a few
    * microseconds this way instead of a round trip through the pool.
    */
   async readFullCached(buf: Buffer, offset: number, length: number, position: number): Promise<number> {

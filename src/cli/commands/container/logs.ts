@@ -1,0 +1,120 @@
+import { Args, Flags } from '@oclif/core'
+import { TessCommand } from '../../base.js'
+import { logsPollIntervalMs, logsTailMax } from '../../csm-input.js'
+import { TessError } from '../../../lib/errors.js'
+import { checkName } from '../../../lib/names.js'
+import type { LogChunk } from '../../../lib/csm-types.js'
+
+/** `--json` result: the log as UTF-8 text. */
+export interface ContainerLogsResult {
+  name: string
+  logs: string
+}
+
+/** Reads that answer no new bytes end a read without --follow; bounded all the same. */
+const logsReadsMax = 100_000
+/** With --json the whole log is held in memory: at most this much. */
+const logsJsonMaxBytes = 64 * 1024 * 1024
+
+export default class ContainerLogs extends TessCommand<ContainerLogsResult> {
+  static override summary = 'Print the output of a container'
+  static override description = `Prints what the container wrote to stdout and stderr, byte for byte, to stdout. --tail N starts with the last N lines. --follow keeps printing new output until the container exits or Ctrl-C.
+
+With --json the result is {"name", "logs"} with the output as UTF-8 text (not together with --follow).`
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> web1',
+    '<%= config.bin %> <%= command.id %> web1 --follow --tail 20',
+    '<%= config.bin %> <%= command.id %> web1 --json',
+  ]
+
+  static override args = {
+    name: Args.string({ description: 'Container name.', required: true }),
+  }
+
+  static override flags = {
+    follow: Flags.boolean({ char: 'f', description: 'Keep printing new output until the container exits (Ctrl-C stops).' }),
+    tail: Flags.integer({ char: 'n', description: 'Start with the last N lines only.', min: 0, max: logsTailMax }),
+  }
+
+  protected async exec(): Promise<ContainerLogsResult> {
+    const { flags, args } = await this.parseInput(ContainerLogs)
+    checkName('container', args.name)
+    if (flags.follow && this.jsonMode) {
+      throw new TessError('TESS_E_USAGE', '--follow cannot be used with --json', 'drop --follow to get the log so far as JSON')
+    }
+    const client = this.client(this.context(flags.cluster))
+    const base = `/v1/containers/${encodeURIComponent(args.name)}/logs`
+    const read = (offset: number, tail?: number): Promise<LogChunk> => {
+      const q = new URLSearchParams({ offset: String(offset), ...(tail !== undefined ? { tail: String(tail) } : {}) })
+      return client.get<LogChunk>(`${base}?${q.toString()}`)
+    }
+
+    let stopped = false
+    let wake: (() => void) | undefined
+    const onSigint = (): void => {
+      if (stopped) process.exit(130) // a second Ctrl-C while a read is in flight
+      stopped = true
+      wake?.()
+    }
+    const onStdoutError = (e: NodeJS.ErrnoException): void => {
+      // The reader went away (`| head`): stop quietly; anything else is an error too, but nowhere to print it.
+      if (e.code !== 'EPIPE') process.exitCode = 1
+      stopped = true
+      wake?.()
+    }
+    const sleep = (ms: number): Promise<void> => new Promise((resolve) => {
+      const t = setTimeout(resolve, ms)
+      wake = () => { clearTimeout(t); resolve() }
+    })
+
+    const json: Buffer[] = []
+    let jsonBytes = 0
+    let name = args.name
+    if (flags.follow) process.on('SIGINT', onSigint)
+    if (!this.jsonMode) process.stdout.on('error', onStdoutError)
+    try {
+      let chunk = await read(0, flags.tail)
+      for (let reads = 1; ; reads++) {
+        name = chunk.name || name
+        const bytes = Buffer.from(chunk.data, 'base64')
+        if (this.jsonMode) {
+          json.push(bytes)
+          jsonBytes += bytes.length
+          if (jsonBytes > logsJsonMaxBytes) {
+            throw new TessError('TESS_E_PRECONDITION', `the log of container "${name}" is larger than ${logsJsonMaxBytes} bytes: too large for --json`, 'use --tail N, or read it without --json')
+          }
+        } else if (bytes.length > 0 && !(await writeOut(bytes))) {
+          break
+        }
+        if (stopped) break
+        // Without --follow: read until caught up (a chunk may be capped). With it: until the
+        // container has exited and everything it wrote has been read.
+        const more = bytes.length > 0 || (flags.follow && chunk.running)
+        if (!more || reads >= logsReadsMax) break
+        if (bytes.length === 0) {
+          await sleep(logsPollIntervalMs)
+          if (stopped) break
+        }
+        const next = chunk.offset
+        chunk = await read(next)
+        if (chunk.offset < next) break // the server went backwards: do not loop over the same bytes
+      }
+    } finally {
+      process.off('SIGINT', onSigint)
+      // The stdout error listener stays: an EPIPE may still be reported after we return.
+    }
+    return { name, logs: Buffer.concat(json).toString('utf8') }
+  }
+
+  /** The bytes are already on stdout (raw, in exec): nothing more to print. */
+  protected render(): string {
+    return ''
+  }
+}
+
+/** Write raw bytes to stdout, waiting until they are handed over; false when stdout is gone. */
+function writeOut(b: Buffer): Promise<boolean> {
+  return new Promise((resolve) => {
+    process.stdout.write(b, (err) => resolve(!err))
+  })
+}

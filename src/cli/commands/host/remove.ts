@@ -1,0 +1,91 @@
+import { Args, Flags } from '@oclif/core'
+import { TessCommand } from '../../base.js'
+import { saveContext } from '../../../lib/contexts.js'
+import { keyValue, withSpinner } from '../../output.js'
+import { cleanRemoteHost, remotePortDefaults } from '../../../bootstrap/remote.js'
+import { etcdUrl } from '../../../supervisor/services.js'
+import { TessError } from '../../../lib/errors.js'
+import type { ClusterStatus } from '../../../lib/types.js'
+
+export interface HostRemoved {
+  node: string
+  address: string
+  egroupsMoved: number
+  disksRemoved: string[]
+  etcdMemberRemoved: boolean
+  cleaned: boolean
+  message: string
+}
+
+export default class HostRemove extends TessCommand<HostRemoved> {
+  static override summary = 'Remove a host from the cluster'
+  static override description = `Refuses while the host holds the only healthy copy of any data. With --evacuate, first marks the host draining (no new data lands there) and has the owner of every vDisk copy each extent group the host holds to another node, then removes it.
+
+A host running an etcd member leaves etcd too (refused while the members left would not have a quorum of live ones; an even member count is left as it is). Then the host's daemons are stopped and its data removed over SSH (an unreachable host is only forgotten), and the node and its disks are removed from the cluster. Asks first on a terminal; --yes skips the question.`
+  static override aliases = ['host:rm']
+  static override examples = ['<%= config.bin %> <%= command.id %> node4 --evacuate --yes', '<%= config.bin %> <%= command.id %> 10.0.0.14 --yes --json']
+  static override args = {
+    host: Args.string({ description: 'Node name or address of the host.', required: true }),
+  }
+
+  static override flags = {
+    evacuate: Flags.boolean({ description: 'Copy every extent group on the host to other nodes first.' }),
+    yes: Flags.boolean({ char: 'y', description: 'Do not ask for confirmation.' }),
+  }
+
+  protected async exec(): Promise<HostRemoved> {
+    const { flags, args } = await this.parseInput(HostRemove)
+    const ctx = this.context(flags.cluster)
+    const client = this.client(ctx)
+    const status = await client.get<ClusterStatus>('/v1/cluster/status')
+    const node = status.nodes.find((n) => n.name === args.host || n.address === args.host)
+    if (!node) throw new TessError('TESS_E_NOT_FOUND', `host "${args.host}" is not a node of cluster "${ctx.name}"`, 'see `tess host list`')
+    if (status.nodes.length === 1) throw new TessError('TESS_E_PRECONDITION', `cannot remove host "${node.name}": it is the only node`, 'destroy the cluster instead: `tess cluster destroy`')
+    await this.confirm(`Remove host "${node.name}" (${node.address}) from cluster "${ctx.name}"${flags.evacuate ? ' after moving its data' : ''}?`, flags.yes, `remove host "${node.name}"`)
+    // Use another node's API: the one being removed goes away during the command.
+    const others = this.client({ ...ctx, endpoints: ctx.endpoints.filter((e) => !e.includes(`//${node.address}:`)) })
+    let moved = 0
+    if (flags.evacuate) {
+      // The evacuation runs on the CVM; progress is polled (the first endpoint answers both calls).
+      type Job = { state: 'running' | 'done' | 'failed', egroupsMoved: number, egroupsTotal: number, vdisk: string | null, error: { code: string, message: string, hint: string } | null }
+      const path = `/v1/nodes/${encodeURIComponent(node.name)}/evacuate`
+      const job = await withSpinner(!this.jsonMode, `Moving the data off ${node.name}`, async (s) => {
+        let j = await others.post<Job>(path, {})
+        for (;;) {
+          s.text(`Moving the data off ${node.name}: ${j.egroupsMoved}/${j.egroupsTotal} extent groups${j.vdisk ? ` (vDisk ${j.vdisk})` : ''}`)
+          if (j.state !== 'running') return j
+          await new Promise((r) => setTimeout(r, 1000))
+          j = await others.get<Job>(path)
+        }
+      })
+      if (job.state === 'failed') throw TessError.fromBody({ error: job.error }, `evacuation of ${node.name} failed`)
+      moved = job.egroupsMoved
+    }
+    // Refused (with the vDisks named) while the node holds the only healthy copy of data.
+    const del = await others.delete<{ node: string, address: string, disksRemoved: string[] }>(`/v1/nodes/${encodeURIComponent(node.name)}`)
+    let etcdMemberRemoved = false
+    if (node.daemons.some((d) => d.name === 'etcd')) {
+      // Refused (exit 5) if the members left would not have a quorum of live ones.
+      const ports = ctx.remote?.ports ?? remotePortDefaults
+      const r = await others.post<{ removed: boolean }>('/v1/etcd/members/remove', { peerUrl: etcdUrl(node.address, ports.etcdPeer) })
+      etcdMemberRemoved = r.removed
+    }
+    let cleaned = false
+    let message = 'not bootstrapped over SSH: stop its daemons yourself'
+    if (ctx.remote) {
+      const res = await withSpinner(!this.jsonMode, `Stopping ${node.name}`, (s) => cleanRemoteHost(ctx, node.name, (h, st) => s.text(`Stopping ${h}: ${st}`)))
+      cleaned = res?.ok ?? false
+      message = res?.message ?? 'host not in the context'
+      saveContext({
+        ...ctx,
+        endpoints: ctx.endpoints.filter((e) => !e.includes(`//${node.address}:`)),
+        remote: { ...ctx.remote, hosts: ctx.remote.hosts.filter((h) => h.name !== node.name) },
+      }, false)
+    }
+    return { node: node.name, address: node.address, egroupsMoved: moved, disksRemoved: del.disksRemoved, etcdMemberRemoved, cleaned, message }
+  }
+
+  protected render(r: HostRemoved): string {
+    return keyValue([['removed host', r.node], ['address', r.address], ['extent groups moved', r.egroupsMoved], ['disks removed', r.disksRemoved.join(', ') || '-'], ['etcd member removed', r.etcdMemberRemoved], ['host cleaned', `${r.cleaned ? 'yes' : 'no'} (${r.message})`]])
+  }
+}

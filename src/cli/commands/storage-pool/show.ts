@@ -1,0 +1,22 @@
+import { TessCommand } from '../../base.js'
+import { keyValue, table } from '../../output.js'
+import { formatBytes } from '../../../lib/units.js'
+import type { PoolInfo } from '../../../lib/types.js'
+
+export default class StoragePoolShow extends TessCommand<PoolInfo> {
+  static override summary = 'Show the storage pool: capacity, used and free, per disk and in total'
+  static override description = 'Capacity and free space are those of the filesystems under the disks (counted once per filesystem and node when several disks share one); used is what Tessera\'s extent groups occupy.'
+  static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
+
+  protected async exec(): Promise<PoolInfo> {
+    const { flags } = await this.parseInput(StoragePoolShow)
+    return this.client(this.context(flags.cluster)).get<PoolInfo>('/v1/storage-pool')
+  }
+
+  protected render(p: PoolInfo): string {
+    return [
+      keyValue([['capacity', formatBytes(p.capacityBytes)], ['used', formatBytes(p.usedBytes)], ['free', formatBytes(p.freeBytes)], ['disks', p.disks.length]]),
+      table(['disk', 'node', 'path', 'state', 'capacity', 'used', 'free'], p.disks.map((d) => [d.id, d.node, d.path, d.state, formatBytes(d.capacityBytes), formatBytes(d.usedBytes), formatBytes(d.freeBytes)])),
+    ].join('\n')
+  }
+}

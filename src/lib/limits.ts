@@ -1,0 +1,114 @@
+/** Every limit in one place: named constants, units last. */
+
+// storage layout
+export const vBlockSizeBytes = 1024 * 1024
+export const checksumBlockSizeBytes = 4096
+export const checksumBlocksPerExtent = vBlockSizeBytes / checksumBlockSizeBytes
+export const extentsPerEgroup = 32
+export const vdiskSizeMaxBytes = 2 ** 50 // 1 PiB
+export const vdiskSizeMinBytes = 4096
+export const rfMax = 3
+/** extent group writes up to this size are written with synchronous pwrite (page cache); larger ones go through the thread pool */
+export const egroupSyncWriteMaxBytes = 256 * 1024
+/**
+ * extent group reads up to this size copy what the page cache holds on the event loop first (never
+ * waiting for a disk: lib/nativeio.ts); larger ones, and what was not cached, go through the pool
+ */
+export const egroupCachedReadMaxBytes = 256 * 1024
+/** an extent group's dirty marker is removed this long after a sync that left it clean */
+export const egroupCleanMarkerDelayMs = 2_000
+/** a CVM reads its own disks' records from etcd at most this often (the data path asks at every extent group it makes) */
+export const localDiskRecordsCacheMs = 1_000
+/** a vDisk makes its next extent group in the background when fewer slots than this are free */
+export const egroupPrecreateFreeSlotsMin = 16
+/** extent groups a streaming vDisk makes ahead at once, at most (see Vdisk: the depth grows when allocations wait) */
+export const egroupCreatesAheadMax = 4
+/** spare extent group files (spares.ts) a disk keeps at most: 32 of 32 MiB, a 1 GiB burst of first writes */
+export const spareEgroupsPerDiskMax = 32
+/** ...and at most this share of the disk's size */
+export const spareEgroupsShareOfDisk = 0.01
+/** the most spares per disk node.json or TESS_SPARE_EGROUPS may ask for (32 GiB) */
+export const spareEgroupsConfigMax = 1024
+/** spares are written only after extent group I/O has been still this long */
+export const spareEgroupFillIdleMs = 2_000
+/** below this many extent groups of free space on its file system, a disk deletes a spare (one per check) */
+export const spareEgroupReleaseFreeGroups = 2
+/** the fill needs room for the whole reserve and this many groups more */
+export const spareEgroupFillFreeGroupsMin = 4
+/** the size of each write that fills a spare with zeros */
+export const spareEgroupFillWriteBytes = 4 * 1024 * 1024
+/** allocations (1 MiB each) a vDisk keeps in memory only; at this many, it flushes in the background */
+export const pendingAllocationsMax = 4096
+
+// NBD
+export const nbdPortDefault = 10809
+export const nbdPayloadMaxBytes = 32 * 1024 * 1024
+export const nbdInFlightPerConnMax = 64
+/**
+ * Each plain NBD connection reads into one buffer of this size that it reuses (recvbuffer.ts);
+ * large enough that a 1 MiB write arrives in few reads, small enough for many connections.
+ */
+export const nbdReceiveBufferBytes = 256 * 1024
+export const nbdOptionLengthMaxBytes = 64 * 1024
+export const nbdConnectionsMax = 256
+export const nbdHandshakeTimeoutMs = 10_000
+/**
+ * An NBD open that fails for a reason other than the device's answer (etcd electing a leader or its
+ * client moving off a lost member, after a node loss) is retried this long; the client waits in its
+ * handshake meanwhile (the handshake timeout does not run while we are the ones working).
+ */
+export const nbdOpenRetryMs = 30_000
+
+// management API
+export const apiPortDefault = 9440
+export const apiBodyMaxBytes = 1024 * 1024
+export const apiRequestTimeoutMs = 30_000
+export const apiClientTimeoutMs = 30_000
+/** API connections open at once (TLS handshakes included); more are closed at once */
+export const apiConnectionsMax = 512
+/** a connection must finish its TLS handshake within this (a TCP connection that never starts TLS is closed) */
+export const apiHandshakeTimeoutMs = 10_000
+/** a request's headers must arrive within this */
+export const apiHeadersTimeoutMs = 10_000
+/** an idle keep-alive connection is closed after this */
+export const apiKeepAliveTimeoutMs = 5_000
+/** how often the HTTP server checks the timeouts above (Node's default is 30 s) */
+export const apiTimeoutCheckIntervalMs = 1_000
+/** the body of a refused request (bad token, too large) that is read and dropped before the connection closes */
+export const apiRefusedBodyDrainMaxBytes = 64 * 1024
+
+// etcd
+export const etcdClientPortDefault = 2379
+export const etcdPeerPortDefault = 2380
+export const etcdCallTimeoutMs = 2_000
+export const etcdTxnOpsMax = 100
+export const etcdStartTimeoutMs = 30_000
+export const idCasRetriesMax = 50
+
+// daemons
+export const supervisorRestartBackoffMinMs = 200
+export const supervisorRestartBackoffMaxMs = 10_000
+export const supervisorStopTimeoutMs = 10_000
+export const daemonStartTimeoutMs = 45_000
+export const nodeHeartbeatTtlSec = 10
+
+// placement of new extent groups (and of replacement replicas)
+/**
+ * How long a write that needs a new extent group (or a replacement replica) waits for enough
+ * healthy nodes before it fails with EIO: covers a node whose CVM or disk is being registered,
+ * or restarting, without holding an NBD client for long.
+ */
+export const placementWaitMs = 10_000
+/** while a placement waits, how often it re-reads etcd directly (besides waking on every change it watches) */
+export const placementRecheckMs = 500
+/** `cluster create` and `host add`: how long to wait until every CVM can place data at the RF */
+export const clusterReadyTimeoutMs = 60_000
+/** ... and how often each CVM is asked meanwhile */
+export const clusterReadyPollMs = 200
+
+// user namespaces (containers run with --userns)
+/** the host uid and gid of a --userns container's root; its ids 0-65535 are this + 0-65535 */
+export const usernsHostIdBase = 100_000
+export const usernsIdsCount = 65_536
+/** how long making the short-lived namespace that carries the id mapping may take */
+export const usernsSetupTimeoutMs = 5_000

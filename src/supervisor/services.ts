@@ -1,0 +1,75 @@
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { nodePaths, type NodeConfig } from '../lib/nodeconfig.js'
+
+/** How each daemon of a node is started. The supervisor runs these, in this order. */
+export interface ServiceSpec {
+  name: string
+  command: string
+  args: string[]
+  env?: Record<string, string>
+}
+
+const distDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+
+export function etcdUrl(host: string, port: number): string {
+  return `https://${host.includes(':') ? `[${host}]` : host}:${port}`
+}
+
+export function etcdService(cfg: NodeConfig): ServiceSpec {
+  const p = nodePaths(cfg.dataDir)
+  const client = etcdUrl(cfg.address, cfg.etcd.clientPort)
+  const peer = etcdUrl(cfg.address, cfg.etcd.peerPort)
+  const listenClients = cfg.address === '127.0.0.1' ? client : `${client},${etcdUrl('127.0.0.1', cfg.etcd.clientPort)}`
+  return {
+    name: 'etcd',
+    command: 'etcd',
+    args: [
+      '--name', cfg.nodeName,
+      '--data-dir', p.etcdData,
+      '--listen-client-urls', listenClients,
+      '--advertise-client-urls', client,
+      '--listen-peer-urls', peer,
+      '--initial-advertise-peer-urls', peer,
+      '--initial-cluster', cfg.etcd.initialCluster,
+      '--initial-cluster-state', cfg.etcd.initialClusterState,
+      '--initial-cluster-token', cfg.clusterId,
+      '--cert-file', p.nodeCert, '--key-file', p.nodeKey, '--trusted-ca-file', p.caCert, '--client-cert-auth',
+      '--peer-cert-file', p.nodeCert, '--peer-key-file', p.nodeKey, '--peer-trusted-ca-file', p.caCert, '--peer-client-cert-auth',
+      '--log-level', 'warn', '--logger', 'zap',
+      '--quota-backend-bytes', String(4 * 1024 * 1024 * 1024),
+    ],
+  }
+}
+
+/** libuv pool threads of the CVM */
+const cvmThreadPoolSize = 16
+
+export function cvmService(cfg: NodeConfig): ServiceSpec {
+  return {
+    name: 'cvm',
+    command: process.execPath,
+    // TESS_CVM_NODE_ARGS (in the supervisor's environment) adds node options, e.g. --cpu-prof for profiling.
+    args: ['--enable-source-maps', ...(process.env.TESS_CVM_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(distDir, 'cvm', 'main.js'), '--data-dir', cfg.dataDir],
+    // Reads and large writes go through libuv's pool: one thread per request a client keeps in
+    // flight (QD16 random reads from the disk wait on the device, not on the CPU).
+    env: { UV_THREADPOOL_SIZE: String(cvmThreadPoolSize) },
+  }
+}
+
+/** A CSM daemon: one per csms/NAME/csm.json on the node (the CVM writes those; the supervisor runs them). */
+export function csmService(cfg: NodeConfig, csm: string): ServiceSpec {
+  return {
+    name: `csm-${csm}`,
+    command: process.execPath,
+    args: ['--enable-source-maps', path.join(distDir, 'csm', 'main.js'), '--data-dir', cfg.dataDir, '--csm', csm],
+  }
+}
+
+export function servicesFor(cfg: NodeConfig): ServiceSpec[] {
+  return cfg.etcd.member === false ? [cvmService(cfg)] : [etcdService(cfg), cvmService(cfg)]
+}
+
+export function supervisorScript(): string {
+  return path.join(distDir, 'supervisor', 'supervisor.js')
+}
