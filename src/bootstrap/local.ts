@@ -113,6 +113,51 @@ export interface LocalCreated {
   disk: DiskInfo
 }
 
+/** The node.json of the embedded node: one etcd member, every listener on `o.bind`. */
+function localNodeConfig(o: LocalClusterOptions, nodeName: string): NodeConfig {
+  return {
+    version: 1,
+    clusterName: o.name,
+    clusterId: crypto.randomUUID(),
+    nodeName,
+    address: o.bind,
+    dataDir: o.dataDir,
+    etcd: {
+      clientPort: o.etcdClientPort,
+      peerPort: o.etcdPeerPort,
+      endpoints: [etcdUrl(o.bind, o.etcdClientPort)],
+      initialCluster: `${nodeName}=${etcdUrl(o.bind, o.etcdPeerPort)}`,
+      initialClusterState: 'new',
+      member: true,
+    },
+    api: { bind: o.bind, port: o.apiPort },
+    nbd: { bind: o.bind, port: o.nbdPort },
+    data: { bind: o.bind, port: o.dataPort },
+    createdAt: new Date().toISOString(),
+  }
+}
+
+/** Wait until the new CVM answers with etcd healthy; fail early with the logs if the supervisor exits. */
+async function waitForCvm(client: ApiClient, supervisorPid: number | undefined, name: string, p: ReturnType<typeof nodePaths>): Promise<void> {
+  const deadline = Date.now() + daemonStartTimeoutMs
+  for (;;) {
+    try {
+      const h = await client.get<HealthInfo>('/v1/health', { retryMs: 0 })
+      if (h.etcd) break
+    } catch (e) {
+      if (!(e instanceof TessError) || e.code !== 'TESS_E_UNREACHABLE') throw e
+    }
+    if (supervisorPid !== undefined && !pidAlive(supervisorPid)) {
+      throw new TessError('TESS_E_PRECONDITION', `cannot create cluster "${name}": the supervisor exited`, `supervisor log:\n${tail(p.logFile('supervisor'))}`)
+    }
+    if (Date.now() > deadline) {
+      throw new TessError('TESS_E_TIMEOUT', `cannot create cluster "${name}": the CVM did not answer within ${daemonStartTimeoutMs / 1000} s`,
+        `etcd log:\n${tail(p.logFile('etcd'))}\ncvm log:\n${tail(p.logFile('cvm'))}`)
+    }
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}
+
 /**
  * Create the embedded single-node cluster: certificates, node config, the supervisor (detached),
  * which starts etcd and the CVM; then register the default disk. On failure, everything started
@@ -134,26 +179,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
     createNodeCert(p.pki, ca, nodeName, [o.bind])
     const token = createToken(p.apiToken)
     createSecretsKey(p.secretsKey)
-    const cfg: NodeConfig = {
-      version: 1,
-      clusterName: o.name,
-      clusterId: crypto.randomUUID(),
-      nodeName,
-      address: o.bind,
-      dataDir: o.dataDir,
-      etcd: {
-        clientPort: o.etcdClientPort,
-        peerPort: o.etcdPeerPort,
-        endpoints: [etcdUrl(o.bind, o.etcdClientPort)],
-        initialCluster: `${nodeName}=${etcdUrl(o.bind, o.etcdPeerPort)}`,
-        initialClusterState: 'new',
-        member: true,
-      },
-      api: { bind: o.bind, port: o.apiPort },
-      nbd: { bind: o.bind, port: o.nbdPort },
-      data: { bind: o.bind, port: o.dataPort },
-      createdAt: new Date().toISOString(),
-    }
+    const cfg = localNodeConfig(o, nodeName)
     writeFileAtomic(p.nodeConfig, JSON.stringify(cfg, null, 2) + '\n', 0o600)
 
     progress('starting the supervisor, etcd and the CVM')
@@ -172,23 +198,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
     }
     const client = new ApiClient(context)
     progress('waiting for the CVM to answer')
-    const deadline = Date.now() + daemonStartTimeoutMs
-    for (;;) {
-      try {
-        const h = await client.get<HealthInfo>('/v1/health', { retryMs: 0 })
-        if (h.etcd) break
-      } catch (e) {
-        if (!(e instanceof TessError) || e.code !== 'TESS_E_UNREACHABLE') throw e
-      }
-      if (child.pid !== undefined && !pidAlive(child.pid)) {
-        throw new TessError('TESS_E_PRECONDITION', `cannot create cluster "${o.name}": the supervisor exited`, `supervisor log:\n${tail(p.logFile('supervisor'))}`)
-      }
-      if (Date.now() > deadline) {
-        throw new TessError('TESS_E_TIMEOUT', `cannot create cluster "${o.name}": the CVM did not answer within ${daemonStartTimeoutMs / 1000} s`,
-          `etcd log:\n${tail(p.logFile('etcd'))}\ncvm log:\n${tail(p.logFile('cvm'))}`)
-      }
-      await new Promise((r) => setTimeout(r, 200))
-    }
+    await waitForCvm(client, child.pid, o.name, p)
     progress('registering the default disk')
     const disk = await client.post<DiskInfo>('/v1/disks', { path: path.join(p.disks, 'd0') }, { retryMs: 0 })
     // the first write after this command returns must find the disk in the CVM's placement view

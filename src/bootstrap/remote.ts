@@ -228,13 +228,7 @@ export class PreflightFailed extends TessError {
  * already configured or running are left as they are.
  */
 export async function createRemoteCluster(o: RemoteClusterOptions, progress: (host: string, step: string) => void): Promise<RemoteCreated | { dryRun: true, plan: RemotePlan }> {
-  checkName('cluster', o.name)
-  if (o.hosts.length === 0) throw new TessError('TESS_E_USAGE', 'no hosts given', 'pass --hosts H1,H2,H3')
-  if (new Set(o.hosts).size !== o.hosts.length) throw new TessError('TESS_E_USAGE', `a host is listed twice in --hosts ${o.hosts.join(',')}`, 'list each host once')
-  if (o.rf < 1 || o.rf > Math.min(3, o.hosts.length)) {
-    throw new TessError('TESS_E_TOO_FEW_NODES', `cannot create cluster "${o.name}" with RF ${o.rf} on ${o.hosts.length} host(s)`, `use --rf ${Math.min(3, o.hosts.length)} or fewer, or add hosts`)
-  }
-  if (!fs.existsSync(o.sshKey)) throw new TessError('TESS_E_NOT_FOUND', `SSH key "${o.sshKey}" does not exist`, 'pass --ssh-key PATH of a private key authorized on the hosts')
+  checkCreateOptions(o)
   const stateExisted = fs.existsSync(path.join(clusterStateDir(o.name), 'cluster.json'))
   const secrets = loadOrCreateSecrets(o.name)
   // A dry run leaves nothing behind: not even the CA it made for the plan.
@@ -243,18 +237,7 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
   }
 
   // 1. connect to every host in parallel
-  const transports = new Map<string, SshTransport | Error>()
-  await Promise.all(o.hosts.map(async (host) => {
-    progress(host, 'connecting over SSH')
-    try {
-      transports.set(host, await SshTransport.connect({
-        host, port: o.sshPort, username: o.sshUser, privateKey: o.sshKey, hostKeyPolicy: o.hostKeyPolicy, ask: o.ask,
-        ...(o.knownHostsFile ? { knownHostsFile: o.knownHostsFile } : {}),
-      }))
-    } catch (e) {
-      transports.set(host, e instanceof Error ? e : new Error(String(e)))
-    }
-  }))
+  const transports = await connectAll(o, progress)
   const conns = () => [...transports.values()].filter((t): t is SshTransport => t instanceof SshTransport)
   try {
     // Host keys and credentials first: a refused key is an authentication failure (exit 7), for
@@ -265,56 +248,14 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
         refused[0]![1].hint || 'pass --known-hosts FILE with the hosts\' keys, or --accept-new-host-keys')
     }
     // 2. what is on each host already (resume)
-    const nodes: PlannedNode[] = []
-    const members = etcdMemberCount(o.hosts.length)
-    for (const [i, host] of o.hosts.entries()) {
-      const t = transports.get(host)
-      let name = `node${i + 1}`
-      let state: PlannedNode['state'] = 'new'
-      if (t instanceof SshTransport) {
-        name = nodeNameFrom((await t.exec('hostname')).stdout, host)
-        const cfg = await t.exec(`cat ${remoteDataDir}/node.json 2>/dev/null`)
-        if (cfg.code === 0) {
-          try {
-            const nc = JSON.parse(cfg.stdout) as NodeConfig
-            if (nc.clusterId === secrets.clusterId) {
-              state = 'configured'
-              name = nc.nodeName
-              const alive = await t.exec(`kill -0 "$(cat ${remoteDataDir}/run/supervisor.pid 2>/dev/null)" 2>/dev/null`)
-              if (alive.code === 0) state = 'running'
-            }
-          } catch { /* not ours: pre-flight reports the data dir */ }
-        }
-      }
-      nodes.push({ host, name, etcdMember: i < members, disks: o.disks.length > 0 ? o.disks : [`${remoteDataDir}/disks/d0`], state })
-    }
-    const names = nodes.map((n) => n.name)
-    if (new Set(names).size !== names.length) {
-      for (const [i, n] of nodes.entries()) n.name = `${n.name}-${i + 1}`
-    }
+    const nodes = await planNodes(o, transports, secrets.clusterId)
     const plan: RemotePlan = { cluster: o.name, clusterId: secrets.clusterId, rf: o.rf, nodes, etcdMembers: nodes.filter((n) => n.etcdMember).map((n) => n.name), ports: o.ports }
 
     // 3. pre-flight, every host, every problem at once, before any change
-    const fresh = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state !== 'running'))
-    const running = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state === 'running'))
-    for (const h of o.hosts) progress(h, 'pre-flight checks')
-    // A dry run changes nothing: missing packages are not installed, and with --install-deps
-    // they do not count as failures (the real run installs them).
-    const basePlan = {
-      clusterName: o.name, clusterId: secrets.clusterId, disks: nodes[0]!.disks, dataDir: remoteDataDir,
-      dataDirAllowedEntries: ['bundle', 'pki', 'node.json', 'run', 'logs', 'etcd', 'disks'], installDeps: o.installDeps && !o.dryRun,
-    }
-    const results: PreflightResult[] = []
-    if (fresh.size > 0) results.push(await runPreflight(fresh, { ...basePlan, ports: preflightPorts({ apiPort: o.ports.api, nbdPort: o.ports.nbd, etcdClientPort: o.ports.etcdClient, etcdPeerPort: o.ports.etcdPeer, dataPort: o.ports.data }) }))
-    if (running.size > 0) results.push(await runPreflight(running, { ...basePlan, ports: [] }))
-    const merged: PreflightResult = { ok: results.every((r) => r.ok), hosts: results.flatMap((r) => r.hosts) }
-    if (o.dryRun && o.installDeps) {
-      for (const h of merged.hosts) h.ok = h.checks.every((c) => c.ok || c.check === 'binary')
-      merged.ok = merged.hosts.every((h) => h.ok)
-    }
-    if (!merged.ok) {
+    const checked = await preflightAll(o, transports, nodes, secrets.clusterId, progress)
+    if (!checked.ok) {
       forgetIfDry()
-      throw new PreflightFailed(merged)
+      throw new PreflightFailed(checked)
     }
     if (o.dryRun) {
       forgetIfDry()
@@ -347,6 +288,95 @@ export async function createRemoteCluster(o: RemoteClusterOptions, progress: (ho
   } finally {
     await Promise.all(conns().map((t) => t.close().catch(() => undefined))) // closing SSH connections when done: nothing is lost if one is gone
   }
+}
+
+/** the options of a cluster create that need no host: name, host list, RF, key file */
+function checkCreateOptions(o: RemoteClusterOptions): void {
+  checkName('cluster', o.name)
+  if (o.hosts.length === 0) throw new TessError('TESS_E_USAGE', 'no hosts given', 'pass --hosts H1,H2,H3')
+  if (new Set(o.hosts).size !== o.hosts.length) throw new TessError('TESS_E_USAGE', `a host is listed twice in --hosts ${o.hosts.join(',')}`, 'list each host once')
+  if (o.rf < 1 || o.rf > Math.min(3, o.hosts.length)) {
+    throw new TessError('TESS_E_TOO_FEW_NODES', `cannot create cluster "${o.name}" with RF ${o.rf} on ${o.hosts.length} host(s)`, `use --rf ${Math.min(3, o.hosts.length)} or fewer, or add hosts`)
+  }
+  if (!fs.existsSync(o.sshKey)) throw new TessError('TESS_E_NOT_FOUND', `SSH key "${o.sshKey}" does not exist`, 'pass --ssh-key PATH of a private key authorized on the hosts')
+}
+
+/** an SSH connection to every host in parallel, or the error that host gave */
+async function connectAll(o: RemoteClusterOptions, progress: (host: string, step: string) => void): Promise<Map<string, SshTransport | Error>> {
+  const transports = new Map<string, SshTransport | Error>()
+  await Promise.all(o.hosts.map(async (host) => {
+    progress(host, 'connecting over SSH')
+    try {
+      transports.set(host, await SshTransport.connect({
+        host, port: o.sshPort, username: o.sshUser, privateKey: o.sshKey, hostKeyPolicy: o.hostKeyPolicy, ask: o.ask,
+        ...(o.knownHostsFile ? { knownHostsFile: o.knownHostsFile } : {}),
+      }))
+    } catch (e) {
+      transports.set(host, e instanceof Error ? e : new Error(String(e)))
+    }
+  }))
+  return transports
+}
+
+/**
+ * The node each host becomes, and what it already is (a run after a partial failure resumes):
+ * its name (hostname, or the name in a node.json of this cluster), whether it is an etcd member,
+ * and new, configured (node.json of this cluster) or running (its supervisor is alive).
+ */
+async function planNodes(o: RemoteClusterOptions, transports: Map<string, SshTransport | Error>, clusterId: string): Promise<PlannedNode[]> {
+  const nodes: PlannedNode[] = []
+  const members = etcdMemberCount(o.hosts.length)
+  for (const [i, host] of o.hosts.entries()) {
+    const t = transports.get(host)
+    let name = `node${i + 1}`
+    let state: PlannedNode['state'] = 'new'
+    if (t instanceof SshTransport) {
+      name = nodeNameFrom((await t.exec('hostname')).stdout, host)
+      const cfg = await t.exec(`cat ${remoteDataDir}/node.json 2>/dev/null`)
+      if (cfg.code === 0) {
+        try {
+          const nc = JSON.parse(cfg.stdout) as NodeConfig
+          if (nc.clusterId === clusterId) {
+            state = 'configured'
+            name = nc.nodeName
+            const alive = await t.exec(`kill -0 "$(cat ${remoteDataDir}/run/supervisor.pid 2>/dev/null)" 2>/dev/null`)
+            if (alive.code === 0) state = 'running'
+          }
+        } catch { /* not ours: pre-flight reports the data dir */ }
+      }
+    }
+    nodes.push({ host, name, etcdMember: i < members, disks: o.disks.length > 0 ? o.disks : [`${remoteDataDir}/disks/d0`], state })
+  }
+  const names = nodes.map((n) => n.name)
+  if (new Set(names).size !== names.length) {
+    for (const [i, n] of nodes.entries()) n.name = `${n.name}-${i + 1}`
+  }
+  return nodes
+}
+
+/**
+ * The pre-flight checks of every host at once, before any change: ports only on hosts whose
+ * supervisor is not running yet. A dry run changes nothing: missing packages are not installed,
+ * and with --install-deps they do not count as failures (the real run installs them).
+ */
+async function preflightAll(o: RemoteClusterOptions, transports: Map<string, SshTransport | Error>, nodes: PlannedNode[], clusterId: string,
+  progress: (host: string, step: string) => void): Promise<PreflightResult> {
+  const fresh = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state !== 'running'))
+  const running = new Map([...transports].filter(([h]) => nodes.find((n) => n.host === h)!.state === 'running'))
+  for (const h of o.hosts) progress(h, 'pre-flight checks')
+  const basePlan = {
+    clusterName: o.name, clusterId, disks: nodes[0]!.disks, dataDir: remoteDataDir,
+    dataDirAllowedEntries: ['bundle', 'pki', 'node.json', 'run', 'logs', 'etcd', 'disks'], installDeps: o.installDeps && !o.dryRun,
+  }
+  const results: PreflightResult[] = []
+  if (fresh.size > 0) results.push(await runPreflight(fresh, { ...basePlan, ports: preflightPorts({ apiPort: o.ports.api, nbdPort: o.ports.nbd, etcdClientPort: o.ports.etcdClient, etcdPeerPort: o.ports.etcdPeer, dataPort: o.ports.data }) }))
+  if (running.size > 0) results.push(await runPreflight(running, { ...basePlan, ports: [] }))
+  const merged: PreflightResult = { ok: results.every((r) => r.ok), hosts: results.flatMap((r) => r.hosts) }
+  if (o.dryRun && o.installDeps) {
+    for (const h of merged.hosts) h.ok = h.checks.every((c) => c.ok || c.check === 'binary')
+    merged.ok = merged.hosts.every((h) => h.ok)
+  }
+  return merged
 }
 
 export { errorMessage }
@@ -393,6 +423,28 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
       await t.close().catch(() => undefined) // closing SSH connections when done: nothing is lost if one is gone
     }
   }))
+}
+
+/**
+ * Make an existing node an etcd member (host add growing etcd): register it as a learner, point
+ * its node.json at the cluster as it is now, restart its supervisor (its etcd starts and joins),
+ * and wait until it is a voting member. Returns etcd's --initial-cluster after the addition.
+ */
+async function promoteToEtcdMember(api: ApiClient, r: NonNullable<ClusterContext['remote']>, p: { name: string, address: string }, ports: typeof remotePortDefaults, endpoints: string[]): Promise<string> {
+  const added = await api.post<{ initialCluster: string }>('/v1/etcd/members', { name: p.name, peerUrl: etcdUrl(p.address, ports.etcdPeer) })
+  const initialCluster = added.initialCluster
+  const pt = await SshTransport.connect({ host: p.address, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: 'strict', ...(r.knownHostsFile ? { knownHostsFile: r.knownHostsFile } : {}) })
+  try {
+    const cfg = JSON.parse((await pt.execOk(`cat ${remoteDataDir}/node.json`)).stdout) as NodeConfig
+    const next: NodeConfig = { ...cfg, etcd: { ...cfg.etcd, member: true, initialCluster, initialClusterState: 'existing', endpoints } }
+    await pt.writeFile(`${remoteDataDir}/node.json`, JSON.stringify(next, null, 2) + '\n', 0o600)
+    await stopSupervisor(pt)
+    await startSupervisor(pt)
+  } finally {
+    await pt.close().catch(() => undefined) // closing SSH connections when done: nothing is lost if one is gone
+  }
+  await waitEtcdMember(api, p.name, etcdUrl(p.address, ports.etcdPeer))
+  return initialCluster
 }
 
 export interface HostAdded { host: string, node: string, etcdMember: boolean, status: ClusterStatus }
@@ -449,19 +501,7 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: {
     if (grow) endpoints.push(etcdUrl(host, ports.etcdClient))
     for (const p of promote) {
       progress(p.address, `becoming an etcd member (${members.length + promote.indexOf(p) + 1} of ${want})`)
-      const added = await api.post<{ initialCluster: string }>('/v1/etcd/members', { name: p.name, peerUrl: etcdUrl(p.address, ports.etcdPeer) })
-      initialCluster = added.initialCluster
-      const pt = await SshTransport.connect({ host: p.address, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: 'strict', ...(r.knownHostsFile ? { knownHostsFile: r.knownHostsFile } : {}) })
-      try {
-        const cfg = JSON.parse((await pt.execOk(`cat ${remoteDataDir}/node.json`)).stdout) as NodeConfig
-        const next: NodeConfig = { ...cfg, etcd: { ...cfg.etcd, member: true, initialCluster, initialClusterState: 'existing', endpoints } }
-        await pt.writeFile(`${remoteDataDir}/node.json`, JSON.stringify(next, null, 2) + '\n', 0o600)
-        await stopSupervisor(pt)
-        await startSupervisor(pt)
-      } finally {
-        await pt.close().catch(() => undefined) // closing SSH connections when done: nothing is lost if one is gone
-      }
-      await waitEtcdMember(api, p.name, etcdUrl(p.address, ports.etcdPeer))
+      initialCluster = await promoteToEtcdMember(api, r, p, ports, endpoints)
     }
     if (grow) {
       progress(host, `becoming an etcd member (${want} of ${want})`)

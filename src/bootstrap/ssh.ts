@@ -348,6 +348,127 @@ function readPrivateKey(key: string | Buffer, passphrase: string | undefined): {
 
 interface Pending { reject: (e: TessError) => void }
 
+/** The deadline of an SSH handshake: it runs while we wait for the host, not while an operator answers a question. */
+class HandshakeDeadline {
+  private timer: NodeJS.Timeout | undefined
+  private remainingMs: number
+  private startedAt = 0
+
+  constructor(timeoutMs: number, private readonly now: () => number, private readonly onExpire: () => void) {
+    this.remainingMs = timeoutMs
+  }
+
+  get running(): boolean {
+    return this.timer !== undefined
+  }
+
+  start(): void {
+    this.startedAt = this.now()
+    this.timer = setTimeout(this.onExpire, Math.max(0, this.remainingMs))
+  }
+
+  pause(): void {
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+    this.remainingMs -= this.now() - this.startedAt
+  }
+
+  clear(): void {
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+  }
+}
+
+interface HostKeyCheckOptions {
+  label: string
+  host: string
+  port: number
+  known: KnownHosts
+  knownKeys: ReturnType<KnownHosts['knownKeys']>
+  files: string[]
+  recordFile: string
+  policy: HostKeyPolicy
+  ask: SshConnectOptions['ask']
+  hashKnownHosts: boolean
+}
+
+/**
+ * ssh2's host verifier for one connection: the known_hosts verdict under the policy (accept,
+ * refuse, record, or ask the operator with the deadline paused), then, on a re-key, only the key
+ * verified at connect. `failure` says why a key was refused; `offered` is the key the host showed.
+ */
+class HostKeyCheck {
+  failure: TessError | undefined
+  offered: { keyType: string, fingerprint: string } | undefined
+  private verifiedBlob: Buffer | undefined
+
+  constructor(private readonly o: HostKeyCheckOptions, private readonly deadline: HandshakeDeadline, private readonly settled: () => boolean) {}
+
+  verify(blob: Buffer, verify: (ok: boolean) => void): void {
+    const { label, host, port } = this.o
+    // a re-key shows the host key again: the key verified at connect passes, any other fails
+    if (this.verifiedBlob) {
+      verify(this.verifiedBlob.equals(blob))
+      return
+    }
+    const accept = (): void => {
+      this.verifiedBlob = Buffer.from(blob)
+      verify(true)
+    }
+    const refuse = (e: TessError): void => {
+      this.failure = e
+      verify(false)
+    }
+    let keyType: string
+    try {
+      keyType = keyTypeOfBlob(blob)
+    } catch (e) {
+      refuse(new TessError('TESS_E_AUTH', `${label} offered a malformed host key: ${errorMessage(e)}`, 'is this an SSH server?'))
+      return
+    }
+    const fp = fingerprintSha256(blob)
+    this.offered = { keyType, fingerprint: fp }
+    const decision = hostKeyDecision({ label, host, port, keyType, fp, blob, known: this.o.known, knownKeys: this.o.knownKeys, policy: this.o.policy, files: this.o.files, recordFile: this.o.recordFile })
+    if (decision.kind === 'accept') {
+      accept()
+      return
+    }
+    if (decision.kind === 'refuse') {
+      refuse(decision.error)
+      return
+    }
+    const record = async (): Promise<void> => {
+      await appendKnownHost(this.o.recordFile, host, port, blob, { hash: this.o.hashKnownHosts })
+    }
+    if (decision.kind === 'record') {
+      record().then(accept, (e: unknown) => {
+        refuse(isTessError(e) ? e : new TessError('TESS_E_IO', `cannot record the host key of ${label} in "${this.o.recordFile}": ${errorMessage(e)}`, 'check the file and its directory'))
+      })
+      return
+    }
+    // ask: the time the operator takes does not count against the deadline
+    this.deadline.pause()
+    const askFn = this.o.ask!
+    Promise.resolve()
+      .then(() => askFn(label, fp, keyType))
+      .then(async (ok) => {
+        if (this.settled()) return
+        this.deadline.start()
+        if (!ok) {
+          refuse(new TessError('TESS_E_AUTH', `refusing ${label}: its host key ${keyType} ${fp} was not accepted`, 'verify the fingerprint and accept it, or add it to known_hosts'))
+          return
+        }
+        await record()
+        accept()
+      })
+      .catch((e: unknown) => {
+        if (this.settled()) return
+        if (!this.deadline.running) this.deadline.start()
+        refuse(isTessError(e) ? e : new TessError('TESS_E_AUTH', `refusing ${label}: asking about its host key failed: ${errorMessage(e)}`, 'add the key to known_hosts'))
+      })
+  }
+}
+
 export class SshTransport implements RemoteExec {
   private sftpChannel: Promise<SFTPWrapper> | undefined
   private readonly channels = new Semaphore(sshChannelsMax)
@@ -409,16 +530,10 @@ export class SshTransport implements RemoteExec {
       const sock = new net.Socket()
       const client = new Client()
       let settled = false
-      let verifyFailure: TessError | undefined
-      let offered: { keyType: string, fingerprint: string } | undefined
-      let timer: NodeJS.Timeout | undefined
-      let remainingMs = timeoutMs
-      let timerStartedAt = 0
-
       const fail = (err: TessError): void => {
         if (settled) return
         settled = true
-        if (timer) clearTimeout(timer)
+        deadline.clear()
         try {
           client.end()
         } catch { /* not connected */ }
@@ -426,87 +541,17 @@ export class SshTransport implements RemoteExec {
         // errors after this point (socket teardown) have a listener and go nowhere
         reject(err)
       }
-      const startTimer = (): void => {
-        timerStartedAt = now()
-        timer = setTimeout(() => {
-          fail(new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label} over SSH: no answer within ${timeoutMs} ms`,
-            `is ${host} up and reachable, and is sshd listening on port ${port}?`))
-        }, Math.max(0, remainingMs))
-      }
-      const pauseTimer = (): void => {
-        if (timer) clearTimeout(timer)
-        timer = undefined
-        remainingMs -= now() - timerStartedAt
-      }
-
-      let verifiedBlob: Buffer | undefined
-      const hostVerifier = (blob: Buffer, verify: (ok: boolean) => void): void => {
-        // a re-key shows the host key again: the key verified at connect passes, any other fails
-        if (verifiedBlob) {
-          verify(verifiedBlob.equals(blob))
-          return
-        }
-        const accept = (): void => {
-          verifiedBlob = Buffer.from(blob)
-          verify(true)
-        }
-        let keyType: string
-        try {
-          keyType = keyTypeOfBlob(blob)
-        } catch (e) {
-          verifyFailure = new TessError('TESS_E_AUTH', `${label} offered a malformed host key: ${errorMessage(e)}`, 'is this an SSH server?')
-          verify(false)
-          return
-        }
-        const fp = fingerprintSha256(blob)
-        offered = { keyType, fingerprint: fp }
-        const decision = hostKeyDecision({ label, host, port, keyType, fp, blob, known, knownKeys, policy: o.hostKeyPolicy, files, recordFile })
-        if (decision.kind === 'accept') {
-          accept()
-          return
-        }
-        if (decision.kind === 'refuse') {
-          verifyFailure = decision.error
-          verify(false)
-          return
-        }
-        const record = async (): Promise<void> => {
-          await appendKnownHost(recordFile, host, port, blob, { hash: o.hashKnownHosts === true })
-        }
-        if (decision.kind === 'record') {
-          record().then(accept, (e: unknown) => {
-            verifyFailure = isTessError(e) ? e : new TessError('TESS_E_IO', `cannot record the host key of ${label} in "${recordFile}": ${errorMessage(e)}`, 'check the file and its directory')
-            verify(false)
-          })
-          return
-        }
-        // ask: the time the operator takes does not count against the deadline
-        pauseTimer()
-        const askFn = o.ask!
-        Promise.resolve()
-          .then(() => askFn(label, fp, keyType))
-          .then(async (ok) => {
-            if (settled) return
-            startTimer()
-            if (!ok) {
-              verifyFailure = new TessError('TESS_E_AUTH', `refusing ${label}: its host key ${keyType} ${fp} was not accepted`, 'verify the fingerprint and accept it, or add it to known_hosts')
-              verify(false)
-              return
-            }
-            await record()
-            accept()
-          })
-          .catch((e: unknown) => {
-            if (settled) return
-            if (!timer) startTimer()
-            verifyFailure = isTessError(e) ? e : new TessError('TESS_E_AUTH', `refusing ${label}: asking about its host key failed: ${errorMessage(e)}`, 'add the key to known_hosts')
-            verify(false)
-          })
-      }
+      const deadline = new HandshakeDeadline(timeoutMs, now, () => {
+        fail(new TessError('TESS_E_UNREACHABLE', `cannot connect to ${label} over SSH: no answer within ${timeoutMs} ms`,
+          `is ${host} up and reachable, and is sshd listening on port ${port}?`))
+      })
+      const check = new HostKeyCheck({ label, host, port, known, knownKeys, files, recordFile, policy: o.hostKeyPolicy, ask: o.ask, hashKnownHosts: o.hashKnownHosts === true }, deadline, () => settled)
+      const hostVerifier = (blob: Buffer, verify: (ok: boolean) => void): void => check.verify(blob, verify)
+      const verifyFailure = (): TessError | undefined => check.failure
 
       const onSockError = (e: Error): void => fail(sshSocketError(e, label, host, port))
-      const onClientError = (e: Error): void => fail(verifyFailure ?? sshClientError(e, { label, host, port, username: o.username, keyLabel: key.label === o.privateKey ? `key "${key.label}"` : key.label, keyPath: typeof o.privateKey === 'string' ? o.privateKey : 'KEY', algorithms, knownTypes, knownKeys, recordFile }))
-      const onClientClose = (): void => fail(verifyFailure ?? new TessError('TESS_E_UNREACHABLE', `connection to ${label} closed during the SSH handshake`, `is sshd on ${host} accepting connections? its sshd log may say why`))
+      const onClientError = (e: Error): void => fail(verifyFailure() ?? sshClientError(e, { label, host, port, username: o.username, keyLabel: key.label === o.privateKey ? `key "${key.label}"` : key.label, keyPath: typeof o.privateKey === 'string' ? o.privateKey : 'KEY', algorithms, knownTypes, knownKeys, recordFile }))
+      const onClientClose = (): void => fail(verifyFailure() ?? new TessError('TESS_E_UNREACHABLE', `connection to ${label} closed during the SSH handshake`, `is sshd on ${host} accepting connections? its sshd log may say why`))
       sock.on('error', onSockError)
       client.on('error', onClientError)
       client.on('close', onClientClose)
@@ -516,16 +561,17 @@ export class SshTransport implements RemoteExec {
           return
         }
         settled = true
-        if (timer) clearTimeout(timer)
+        deadline.clear()
         client.removeListener('error', onClientError)
         client.removeListener('close', onClientClose)
         sock.removeListener('error', onSockError)
         sock.on('error', () => { /* reported by ssh2 as a client error */ })
+        const offered = check.offered
         assert(offered !== undefined, 'host key was verified before ready')
         resolve(new SshTransport(client, sock, host, port, o.username, offered))
       })
 
-      startTimer()
+      deadline.start()
       sock.connect({ host, port }, () => {
         if (settled) return
         const cfg: ConnectConfig = {

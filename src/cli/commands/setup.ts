@@ -50,6 +50,22 @@ interface WizardState {
   answers?: WizardAnswers
 }
 
+type WizardStep = 'ssh' | 'hosts' | 'layout' | 'preflight' | 'confirm' | 'create'
+
+/** One run of the wizard: the prompts module, the answers so far and what was checked. */
+interface WizardRun {
+  prompts: typeof import('@inquirer/prompts')
+  out: { output: NodeJS.WriteStream }
+  a: WizardAnswers
+  st: WizardState
+  /** host → what its SSH check found */
+  verified: Map<string, string>
+  /** the host list as typed, offered again for editing */
+  hostsAnswer: string
+  /** the plan of the last successful pre-flight */
+  plan?: RemotePlan
+}
+
 const isPromptExit = (e: unknown): boolean => e instanceof Error && (e.name === 'ExitPromptError' || e.name === 'AbortPromptError')
 
 function say(text = ''): void {
@@ -105,14 +121,14 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
   // --------------------------------------------------------------------------- the questions
 
   private async wizard(sshPort: number, st: WizardState): Promise<SetupResult> {
-    const { input, confirm, number, select } = await import('@inquirer/prompts')
+    const prompts = await import('@inquirer/prompts')
     const out = { output: process.stderr }
     say('Tessera setup: create a cluster on hosts you reach over SSH.')
     say('Every host is checked as you go; nothing is changed until you confirm the plan. Ctrl-C quits.')
     say()
 
     const exists = (n: string): boolean => findContext(n) !== undefined
-    const name = (await input({
+    const name = (await prompts.input({
       message: 'Cluster name',
       ...(exists(clusterNameSuggested) ? {} : { default: clusterNameSuggested }),
       validate: (v) => validateClusterName(v, exists),
@@ -121,125 +137,133 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
 
     const a: WizardAnswers = { name, sshUser: 'root', sshKey: defaultPrivateKey() ?? '', sshPort, knownHostsFile: '', hosts: [], disks: [wizardDiskDefault], rf: 0, installDeps: false }
     st.answers = a
-    const verified = new Map<string, string>() // host → what its check found
-    let hostsAnswer = ''
-    let step: 'ssh' | 'hosts' | 'layout' | 'preflight' | 'confirm' = 'ssh'
-    let plan: RemotePlan | undefined
-
-    for (;;) {
-      if (step === 'ssh') {
-        a.sshUser = (await input({ message: 'SSH user on the hosts (root, or a user with passwordless sudo)', default: a.sshUser, validate: validateSshUser }, out)).trim()
-        a.sshKey = expandPath(await input({ message: 'SSH private key file', ...(a.sshKey ? { default: a.sshKey } : {}), validate: validatePrivateKeyFile }, out))
-        const kh = (await input({ message: 'known_hosts file (empty: ask for each new host key)', ...(a.knownHostsFile ? { default: a.knownHostsFile } : {}), validate: validateKnownHostsFile }, out)).trim()
-        a.knownHostsFile = kh ? expandPath(kh) : ''
-        verified.clear()
-        step = 'hosts'
-        continue
-      }
-
-      if (step === 'hosts') {
-        hostsAnswer = (await input({
-          message: 'Hosts (addresses or names, comma-separated)',
-          ...(hostsAnswer ? { default: hostsAnswer, prefill: 'editable' as const } : {}),
-          validate: validateHosts,
-        }, out)).trim()
-        const parsed = parseHosts(hostsAnswer)
-        if ('error' in parsed) continue // validate() accepted it: cannot happen
-        a.hosts = parsed.hosts
-        const failed = await this.checkHosts(a, verified, st)
-        if (failed === 0) {
-          step = 'layout'
-          continue
-        }
-        const next = await select({
-          message: `${failed} host(s) failed the SSH check. What now?`,
-          choices: [
-            { name: 'Edit the host list', value: 'hosts' as const },
-            { name: 'Change the SSH user, key or known_hosts file', value: 'ssh' as const },
-            { name: 'Quit', value: 'quit' as const },
-          ],
-        }, out)
-        if (next === 'quit') throw new Cancelled('setup cancelled')
-        step = next
-        continue
-      }
-
-      if (step === 'layout') {
-        const d = await input({ message: 'Disk directories on every host (comma-separated)', default: a.disks.join(', '), validate: validateDisks }, out)
-        const pd = parseDisks(d)
-        if ('error' in pd) continue
-        a.disks = pd.disks
-        const b = rfBounds(a.hosts.length)
-        const prevRf = a.rf >= b.min && a.rf <= b.max ? a.rf : b.default
-        const rf = await number({
-          message: `Replication factor: copies of every extent group, on distinct hosts (${b.min}-${b.max})`,
-          default: prevRf, min: b.min, max: b.max, required: true,
-          validate: (v) => validateRf(v, a.hosts.length),
-        }, out)
-        a.rf = rf ?? b.default
-        a.installDeps = await confirm({ message: 'Install missing packages (etcd-server, etcd-client, ...) on the hosts with apt-get?', default: a.installDeps }, out)
-        step = 'preflight'
-        continue
-      }
-
-      if (step === 'preflight') {
-        if (!st.createdStateDir && !fs.existsSync(clusterStateDir(name))) st.createdStateDir = true
-        let r = await this.dryRun(a, false)
-        if (!r.ok) {
-          const missing = missingPackagesOnly(r.result)
-          if (missing && a.installDeps) {
-            say(`Missing packages: ${[...missing].map(([h, p]) => `${h}: ${p.join(' ')}`).join('; ')}. Installing them, as you agreed.`)
-            st.installing = [...missing.keys()]
-            r = await this.dryRun(a, true)
-            st.installing = []
-            if (r.ok) for (const [h, pk] of missing) st.installed.set(h, pk)
-            else for (const h of r.result.hosts) if (h.installed.length > 0) st.installed.set(h.host, h.installed)
-          }
-        }
-        if (r.ok) {
-          plan = r.plan
-          step = 'confirm'
-          continue
-        }
-        say(formatPreflight(r.result, { onlyProblems: true }))
-        const missing = missingPackagesOnly(r.result)
-        type Next = 'install' | 'retry' | 'change' | 'quit'
-        const choices: Array<{ name: string, value: Next }> = []
-        if (missing && !a.installDeps) choices.push({ name: 'Install the missing packages with apt-get and check again', value: 'install' })
-        choices.push(
-          { name: 'Check again (after fixing the hosts)', value: 'retry' },
-          { name: 'Change the hosts, disks or replication factor', value: 'change' },
-          { name: 'Quit', value: 'quit' },
-        )
-        const next = await select<Next>({ message: 'The pre-flight checks failed. What now?', choices }, out)
-        if (next === 'quit') throw new Cancelled('setup cancelled: the pre-flight checks failed')
-        if (next === 'install') a.installDeps = true
-        if (next === 'change') step = 'hosts'
-        continue
-      }
-
-      // step === 'confirm'
-      say()
-      say(formatPlan(plan!, a, a.knownHostsFile || defaultKnownHostsFile(), st.installed))
-      say()
-      say('The same without questions:')
-      say(`  ${equivalentCreateCommand(a, this.config.bin)}`)
-      say()
-      const go = await confirm({ message: 'Create the cluster?', default: true }, out)
-      if (!go) throw new Cancelled('setup cancelled: the cluster was not created')
-      break
+    const run: WizardRun = { prompts, out, a, st, verified: new Map(), hostsAnswer: '' }
+    // the questions as a small state machine: each step asks, and says which step comes next
+    const steps: Record<Exclude<WizardStep, 'create'>, (r: WizardRun) => Promise<WizardStep>> = {
+      ssh: (r) => this.askSsh(r),
+      hosts: (r) => this.askHosts(r),
+      layout: (r) => this.askLayout(r),
+      preflight: (r) => this.preflight(r),
+      confirm: (r) => this.confirmPlan(r),
     }
+    let step: WizardStep = 'ssh'
+    while (step !== 'create') step = await steps[step](run)
+    return await this.create(run)
+  }
 
-    // create it: the same code path as `tess cluster create --hosts`
+  private async askSsh({ prompts, out, a, verified }: WizardRun): Promise<WizardStep> {
+    a.sshUser = (await prompts.input({ message: 'SSH user on the hosts (root, or a user with passwordless sudo)', default: a.sshUser, validate: validateSshUser }, out)).trim()
+    a.sshKey = expandPath(await prompts.input({ message: 'SSH private key file', ...(a.sshKey ? { default: a.sshKey } : {}), validate: validatePrivateKeyFile }, out))
+    const kh = (await prompts.input({ message: 'known_hosts file (empty: ask for each new host key)', ...(a.knownHostsFile ? { default: a.knownHostsFile } : {}), validate: validateKnownHostsFile }, out)).trim()
+    a.knownHostsFile = kh ? expandPath(kh) : ''
+    verified.clear()
+    return 'hosts'
+  }
+
+  /** the host list, then an SSH check of every host not checked yet */
+  private async askHosts(r: WizardRun): Promise<WizardStep> {
+    const { prompts, out, a } = r
+    r.hostsAnswer = (await prompts.input({
+      message: 'Hosts (addresses or names, comma-separated)',
+      ...(r.hostsAnswer ? { default: r.hostsAnswer, prefill: 'editable' as const } : {}),
+      validate: validateHosts,
+    }, out)).trim()
+    const parsed = parseHosts(r.hostsAnswer)
+    if ('error' in parsed) return 'hosts' // validate() accepted it: cannot happen
+    a.hosts = parsed.hosts
+    const failed = await this.checkHosts(a, r.verified, r.st)
+    if (failed === 0) return 'layout'
+    const next = await prompts.select({
+      message: `${failed} host(s) failed the SSH check. What now?`,
+      choices: [
+        { name: 'Edit the host list', value: 'hosts' as const },
+        { name: 'Change the SSH user, key or known_hosts file', value: 'ssh' as const },
+        { name: 'Quit', value: 'quit' as const },
+      ],
+    }, out)
+    if (next === 'quit') throw new Cancelled('setup cancelled')
+    return next
+  }
+
+  /** disks, replication factor, and whether missing packages may be installed */
+  private async askLayout({ prompts, out, a }: WizardRun): Promise<WizardStep> {
+    const d = await prompts.input({ message: 'Disk directories on every host (comma-separated)', default: a.disks.join(', '), validate: validateDisks }, out)
+    const pd = parseDisks(d)
+    if ('error' in pd) return 'layout'
+    a.disks = pd.disks
+    const b = rfBounds(a.hosts.length)
+    const prevRf = a.rf >= b.min && a.rf <= b.max ? a.rf : b.default
+    const rf = await prompts.number({
+      message: `Replication factor: copies of every extent group, on distinct hosts (${b.min}-${b.max})`,
+      default: prevRf, min: b.min, max: b.max, required: true,
+      validate: (v) => validateRf(v, a.hosts.length),
+    }, out)
+    a.rf = rf ?? b.default
+    a.installDeps = await prompts.confirm({ message: 'Install missing packages (etcd-server, etcd-client, ...) on the hosts with apt-get?', default: a.installDeps }, out)
+    return 'preflight'
+  }
+
+  /** the pre-flight checks on every host (installing missing packages if agreed); on failure, ask what now */
+  private async preflight(r: WizardRun): Promise<WizardStep> {
+    const { prompts, out, a, st } = r
+    if (!st.createdStateDir && !fs.existsSync(clusterStateDir(a.name))) st.createdStateDir = true
+    let res = await this.dryRun(a, false)
+    if (!res.ok) {
+      const missing = missingPackagesOnly(res.result)
+      if (missing && a.installDeps) {
+        say(`Missing packages: ${[...missing].map(([h, p]) => `${h}: ${p.join(' ')}`).join('; ')}. Installing them, as you agreed.`)
+        st.installing = [...missing.keys()]
+        res = await this.dryRun(a, true)
+        st.installing = []
+        if (res.ok) for (const [h, pk] of missing) st.installed.set(h, pk)
+        else for (const h of res.result.hosts) if (h.installed.length > 0) st.installed.set(h.host, h.installed)
+      }
+    }
+    if (res.ok) {
+      r.plan = res.plan
+      return 'confirm'
+    }
+    say(formatPreflight(res.result, { onlyProblems: true }))
+    const missing = missingPackagesOnly(res.result)
+    type Next = 'install' | 'retry' | 'change' | 'quit'
+    const choices: Array<{ name: string, value: Next }> = []
+    if (missing && !a.installDeps) choices.push({ name: 'Install the missing packages with apt-get and check again', value: 'install' })
+    choices.push(
+      { name: 'Check again (after fixing the hosts)', value: 'retry' },
+      { name: 'Change the hosts, disks or replication factor', value: 'change' },
+      { name: 'Quit', value: 'quit' },
+    )
+    const next = await prompts.select<Next>({ message: 'The pre-flight checks failed. What now?', choices }, out)
+    if (next === 'quit') throw new Cancelled('setup cancelled: the pre-flight checks failed')
+    if (next === 'install') a.installDeps = true
+    return next === 'change' ? 'hosts' : 'preflight'
+  }
+
+  /** show the plan and the equivalent command; yes creates the cluster */
+  private async confirmPlan({ prompts, out, a, st, plan }: WizardRun): Promise<WizardStep> {
+    if (plan === undefined) return 'preflight'
+    say()
+    say(formatPlan(plan, a, a.knownHostsFile || defaultKnownHostsFile(), st.installed))
+    say()
+    say('The same without questions:')
+    say(`  ${equivalentCreateCommand(a, this.config.bin)}`)
+    say()
+    const go = await prompts.confirm({ message: 'Create the cluster?', default: true }, out)
+    if (!go) throw new Cancelled('setup cancelled: the cluster was not created')
+    return 'create'
+  }
+
+  /** create it: the same code path as `tess cluster create --hosts` */
+  private async create({ a, st }: WizardRun): Promise<SetupResult> {
     st.creating = true
     const steps = new Map<string, string>()
-    const created = await withSpinner(true, `Creating cluster "${name}"`, async (s) => {
+    const created = await withSpinner(true, `Creating cluster "${a.name}"`, async (s) => {
       try {
         const res = await createRemoteCluster(this.options(a, false), (host, stp) => {
           steps.set(host, stp)
-          s.text(`Creating cluster "${name}"\n${[...steps].map(([h, x]) => `  ${h}: ${x}`).join('\n')}`)
+          s.text(`Creating cluster "${a.name}"\n${[...steps].map(([h, x]) => `  ${h}: ${x}`).join('\n')}`)
         })
-        s.text(`Created cluster "${name}" on ${a.hosts.length} host(s)`)
+        s.text(`Created cluster "${a.name}" on ${a.hosts.length} host(s)`)
         return res
       } catch (e) {
         if (e instanceof PreflightFailed) say(formatPreflight(e.result, { onlyProblems: true }))

@@ -28,8 +28,21 @@ interface EvacuationJob {
 /** how long an etcd member add waits for the cluster to be ready for a reconfiguration */
 const etcdReconfigWaitMs = 30_000
 
-/** The management API routes (see the README's API section). */
-export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust }): void {
+/** what the management API routes use */
+export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust }
+
+/** The management API routes (see the README's API section), one function per kind of resource. */
+export function registerRoutes(api: ApiServer, s: RouteServices): void {
+  registerClusterRoutes(api, s)
+  registerNbdTrustRoutes(api, s)
+  registerDiskRoutes(api, s)
+  registerNodeRoutes(api, s)
+  registerEtcdMemberRoutes(api, s)
+  registerVdiskRoutes(api, s)
+}
+
+/** health, cluster status, and this CVM's placement view */
+function registerClusterRoutes(api: ApiServer, s: RouteServices): void {
   api.route('GET', '/v1/health', async (): Promise<HealthInfo> => ({
     node: s.cfg.nodeName,
     clusterName: s.cfg.clusterName,
@@ -45,6 +58,11 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
 
   // This CVM's placement view (nodes up, draining, with disks) and whether it can place an extent
   // group at RF `rf` now: `cluster create` and `host add` wait until every CVM says so.
+  api.route('GET', '/v1/placement', async (req) => s.view.info(Math.max(1, queryInt(req, 'rf', rfMax) ?? 1)))
+}
+
+/** who may use NBD over TCP: the users CA and revocations */
+function registerNbdTrustRoutes(api: ApiServer, s: RouteServices): void {
   // the CA of NBD users' client certificates (public; its key stays with the operator)
   api.route('PUT', '/v1/nbd/user-ca', async (req) => {
     const pem = checkCaPem(str(bodyObject(req.body), 'certPem')!)
@@ -65,8 +83,10 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     return rec
   })
   api.route('GET', '/v1/nbd/revocations', async () => (await etcdCall('read the revocations', () => listJson<NbdRevocation>(s.etcd, keys.nbdRevocationsPrefix))).sort((a, b) => a.user.localeCompare(b.user)))
-  api.route('GET', '/v1/placement', async (req) => s.view.info(Math.max(1, queryInt(req, 'rf', rfMax) ?? 1)))
+}
 
+/** disks and the storage pool */
+function registerDiskRoutes(api: ApiServer, s: RouteServices): void {
   // The node's status record shows a disk's capacity as soon as the disk is added or removed,
   // not at the next heartbeat (the pool, `vdisk create`'s capacity check and placement read it).
   const statusNow = () => s.node.heartbeat().catch((e: unknown) => s.log.warn(`status update after a disk change: ${e instanceof Error ? e.message : String(e)}`))
@@ -85,7 +105,10 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     return d
   })
   api.route('GET', '/v1/storage-pool', async () => s.disks.pool())
+}
 
+/** host removal: evacuation of a node's replicas, then forgetting the node */
+function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
   const nodeRecord = async (name: string): Promise<NodeRecord> => {
     const rec = await etcdCall('read the node', () => getJson<NodeRecord>(s.etcd, keys.node(name)))
     if (!rec) throw new TessError('TESS_E_NOT_FOUND', `host "${name}" is not a node of this cluster`, 'see `tess host list`')
@@ -135,7 +158,10 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
       .then(...disks.map((d) => s.etcd.delete().key(keys.disk(d.id))), s.etcd.delete().key(keys.node(name)), s.etcd.delete().key(keys.nodeStatus(name))).commit())
     return { node: name, address: rec.address, disksRemoved: disks.map((d) => d.path) }
   })
+}
 
+/** etcd membership as hosts are added and removed */
+function registerEtcdMemberRoutes(api: ApiServer, s: RouteServices): void {
   // Growing etcd (host add): register a new member as a learner (it does not count for quorum
   // until promoted) before its etcd starts; answers the --initial-cluster string it must start with.
   api.route('POST', '/v1/etcd/members', async (req) => {
@@ -204,7 +230,9 @@ export function registerRoutes(api: ApiServer, s: { cfg: NodeConfig, node: NodeS
     }
     return { promoted: true, name: m.name }
   })
+}
 
+function registerVdiskRoutes(api: ApiServer, s: RouteServices): void {
   api.route('GET', '/v1/vdisks', async () => s.vdisks.list())
   api.route('POST', '/v1/vdisks', async (req) => {
     const b = bodyObject(req.body)

@@ -106,27 +106,7 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
   const pending: PendingDoc[] = []
   try {
     // 1. resolve to a manifest (kept in memory until the pull succeeds)
-    const top = await readManifest(client, opts.store, ref, ref.digest ?? ref.tag ?? 'latest', ref.digest)
-    pending.push(top)
-    let manifestDoc = top
-    let indexDigest: string | undefined
-    let doc = parseManifestDocument(top.bytes, top.mediaType, `manifest of ${name}`)
-    if (doc.kind === 'index') {
-      indexDigest = top.digest
-      const chosen = selectPlatform(doc, platform)
-      if (chosen === undefined) {
-        const offered = doc.manifests.map((m) => (m.platform !== undefined ? formatPlatform(m.platform) : '?')).filter((p) => !p.startsWith('unknown/'))
-        throw new TessError('TESS_E_NOT_FOUND', `cannot pull image ${name}: it has no ${formatPlatform(platform)} manifest (it has ${offered.join(', ') || 'none'})`,
-          `pull an image built for ${formatPlatform(platform)}`)
-      }
-      manifestDoc = await readManifest(client, opts.store, ref, chosen.digest, chosen.digest)
-      pending.push(manifestDoc)
-      doc = parseManifestDocument(manifestDoc.bytes, manifestDoc.mediaType ?? chosen.mediaType, `manifest ${chosen.digest} of ${name}`)
-      if (doc.kind !== 'manifest') {
-        throw new TessError('TESS_E_INVALID', `cannot pull image ${name}: the ${formatPlatform(platform)} entry of its index is another index`, 'nested indexes are not supported')
-      }
-    }
-    const manifest: ImageManifest = doc
+    const { manifestDoc, manifest, indexDigest } = await resolveManifest(client, opts.store, ref, name, platform, pending)
     const digest = manifestDoc.digest
     progress({ phase: 'resolved', ref: name, digest, ...(indexDigest !== undefined ? { indexDigest } : {}) })
 
@@ -155,27 +135,9 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
     }
 
     // 4. layers: fetch, verify, store, unpack; bounded parallelism; the first failure stops the rest
-    const abort = new AbortController()
-    const onOuterAbort = () => abort.abort(opts.signal?.reason)
-    opts.signal?.addEventListener('abort', onOuterAbort, { once: true })
-    const layers: PulledLayer[] = new Array<PulledLayer>(manifest.layers.length)
-    try {
-      const concurrency = Math.max(1, Math.min(opts.layerConcurrency ?? layerPullConcurrencyMax, layerPullConcurrencyMax))
-      await forEachBounded(manifest.layers, concurrency, abort, async (desc, i) => {
-        const diffId = config.diffIds[i]!
-        const got = await client.fetchBlob(ref.repository, desc, opts.store, {
-          signal: abort.signal,
-          onProgress: (bytes, total) => progress({ phase: 'download', kind: 'layer', digest: desc.digest, bytes, ...(total !== undefined ? { total } : {}) }),
-        })
-        downloadedBytes += got.downloadedBytes
-        progress({ phase: 'blob-done', kind: 'layer', digest: desc.digest, size: got.size, downloadedBytes: got.downloadedBytes, resumedFrom: got.resumedFrom, cached: got.cached })
-        const un = await opts.layers.unpack(opts.store.path(desc.digest), diffId, { blobDigest: desc.digest, signal: abort.signal })
-        progress({ phase: 'unpacked', digest: desc.digest, diffId, cached: un.cached })
-        layers[i] = { digest: desc.digest, diffId, size: desc.size, mediaType: desc.mediaType, path: un.path }
-      })
-    } finally {
-      opts.signal?.removeEventListener('abort', onOuterAbort)
-    }
+    const pulled = await pullLayers(client, ref, manifest, config.diffIds, opts)
+    downloadedBytes += pulled.downloadedBytes
+    const layers = pulled.layers
 
     // 5. store manifests and config, then record the image
     for (const d of pending) {
@@ -209,6 +171,60 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
   } finally {
     client.close()
   }
+}
+
+/**
+ * The image manifest of a reference for a platform: the document the reference names, or, for an
+ * index, the entry of that platform. Every document read is appended to `pending` (stored only
+ * when the whole pull succeeds).
+ */
+async function resolveManifest(client: RegistryClient, store: ContentStore, ref: ImageReference, name: string, platform: Platform, pending: PendingDoc[]):
+  Promise<{ manifestDoc: PendingDoc & { mediaType?: string }, manifest: ImageManifest, indexDigest?: string }> {
+  const top = await readManifest(client, store, ref, ref.digest ?? ref.tag ?? 'latest', ref.digest)
+  pending.push(top)
+  const doc = parseManifestDocument(top.bytes, top.mediaType, `manifest of ${name}`)
+  if (doc.kind !== 'index') return { manifestDoc: top, manifest: doc }
+  const chosen = selectPlatform(doc, platform)
+  if (chosen === undefined) {
+    const offered = doc.manifests.map((m) => (m.platform !== undefined ? formatPlatform(m.platform) : '?')).filter((p) => !p.startsWith('unknown/'))
+    throw new TessError('TESS_E_NOT_FOUND', `cannot pull image ${name}: it has no ${formatPlatform(platform)} manifest (it has ${offered.join(', ') || 'none'})`,
+      `pull an image built for ${formatPlatform(platform)}`)
+  }
+  const manifestDoc = await readManifest(client, store, ref, chosen.digest, chosen.digest)
+  pending.push(manifestDoc)
+  const inner = parseManifestDocument(manifestDoc.bytes, manifestDoc.mediaType ?? chosen.mediaType, `manifest ${chosen.digest} of ${name}`)
+  if (inner.kind !== 'manifest') {
+    throw new TessError('TESS_E_INVALID', `cannot pull image ${name}: the ${formatPlatform(platform)} entry of its index is another index`, 'nested indexes are not supported')
+  }
+  return { manifestDoc, manifest: inner, indexDigest: top.digest }
+}
+
+/** Fetch, verify, store and unpack every layer, a bounded number at once; the first failure stops the rest. */
+async function pullLayers(client: RegistryClient, ref: ImageReference, manifest: ImageManifest, diffIds: string[], opts: PullOptions): Promise<{ layers: PulledLayer[], downloadedBytes: number }> {
+  const progress = opts.onProgress ?? (() => undefined)
+  const abort = new AbortController()
+  const onOuterAbort = () => abort.abort(opts.signal?.reason)
+  opts.signal?.addEventListener('abort', onOuterAbort, { once: true })
+  const layers: PulledLayer[] = new Array<PulledLayer>(manifest.layers.length)
+  let downloadedBytes = 0
+  try {
+    const concurrency = Math.max(1, Math.min(opts.layerConcurrency ?? layerPullConcurrencyMax, layerPullConcurrencyMax))
+    await forEachBounded(manifest.layers, concurrency, abort, async (desc, i) => {
+      const diffId = diffIds[i]!
+      const got = await client.fetchBlob(ref.repository, desc, opts.store, {
+        signal: abort.signal,
+        onProgress: (bytes, total) => progress({ phase: 'download', kind: 'layer', digest: desc.digest, bytes, ...(total !== undefined ? { total } : {}) }),
+      })
+      downloadedBytes += got.downloadedBytes
+      progress({ phase: 'blob-done', kind: 'layer', digest: desc.digest, size: got.size, downloadedBytes: got.downloadedBytes, resumedFrom: got.resumedFrom, cached: got.cached })
+      const un = await opts.layers.unpack(opts.store.path(desc.digest), diffId, { blobDigest: desc.digest, signal: abort.signal })
+      progress({ phase: 'unpacked', digest: desc.digest, diffId, cached: un.cached })
+      layers[i] = { digest: desc.digest, diffId, size: desc.size, mediaType: desc.mediaType, path: un.path }
+    })
+  } finally {
+    opts.signal?.removeEventListener('abort', onOuterAbort)
+  }
+  return { layers, downloadedBytes }
 }
 
 /**

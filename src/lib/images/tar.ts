@@ -200,6 +200,25 @@ export class TarReader {
       const what = flag === 'S' ? 'a GNU sparse file' : flag === 'M' || flag === 'V' ? 'a multi-volume entry' : `type flag "${flag.replace(/[^\x20-\x7e]/g, '?')}"`
       throw bad(`unsupported entry: ${what}`)
     }
+    const { entry, dataSize } = this.entryOf(h, type, size)
+    if (Buffer.byteLength(entry.name) > tarPathLengthMaxBytes) throw bad(`an entry name longer than ${tarPathLengthMaxBytes} bytes`)
+    this.pax = new Map()
+    this.paxRaw = new Map()
+    this.longName = undefined
+    this.longLink = undefined
+    this.entries++
+    this.onEntry(entry)
+    // hard links, directories and devices carry no data even when a size is written
+    const skip = type === 'file' ? dataSize : 0
+    const skipPadded = skip + ((blockBytes - (skip % blockBytes)) % blockBytes)
+    if (skipPadded > 0) this.state = { kind: 'data', remaining: skipPadded, content: skip }
+  }
+
+  /**
+   * The entry a header describes, with what earlier meta headers (pax, GNU long name and link)
+   * say in place of its own fields; `dataSize` is the size of its data in the archive.
+   */
+  private entryOf(h: Buffer, type: TarEntry['type'], size: number): { entry: TarEntry, dataSize: number } {
     const magic = h.toString('latin1', 257, 263)
     let name = readString(h, 0, 100)
     if (magic === 'ustar\0') {
@@ -244,17 +263,7 @@ export class TarReader {
       xattrs: [...pax.keys()].filter((k) => k.startsWith('SCHILY.xattr.')).map((k) => k.slice('SCHILY.xattr.'.length)),
       xattrValues: new Map([...this.paxRaw].filter(([k]) => k.startsWith('SCHILY.xattr.')).map(([k, v]) => [k.slice('SCHILY.xattr.'.length), v])),
     }
-    if (Buffer.byteLength(entry.name) > tarPathLengthMaxBytes) throw bad(`an entry name longer than ${tarPathLengthMaxBytes} bytes`)
-    this.pax = new Map()
-    this.paxRaw = new Map()
-    this.longName = undefined
-    this.longLink = undefined
-    this.entries++
-    this.onEntry(entry)
-    // hard links, directories and devices carry no data even when a size is written
-    const skip = type === 'file' ? dataSize : 0
-    const skipPadded = skip + ((blockBytes - (skip % blockBytes)) % blockBytes)
-    if (skipPadded > 0) this.state = { kind: 'data', remaining: skipPadded, content: skip }
+    return { entry, dataSize }
   }
 
   private finishMeta(kind: 'pax' | 'global' | 'longname' | 'longlink', data: Buffer): void {

@@ -452,6 +452,16 @@ export function normaliseEntryName(name: string, what: string): string {
  */
 export async function scanLayer(blobPath: string, diffId: string, what: string, limits: LayerLimits = defaultLayerLimits): Promise<LayerPlan> {
   const plan: LayerPlan = { entries: 0, sizeBytes: 0, types: new Map(), whiteouts: [], opaques: new Set(), markers: [] }
+  await readLayer(blobPath, diffId, what, limits, layerEntryCheck(plan, what))
+  return plan
+}
+
+/**
+ * The check of one tar entry of a layer, in order: refuses what must not be extracted (devices,
+ * escapes through `..`, symlinks or hard links, a directory replaced by a file) and records the
+ * entry in `plan` (its type by path, whiteouts and opaque markers, the bytes to extract).
+ */
+function layerEntryCheck(plan: LayerPlan, what: string): (e: TarEntry) => void {
   const refuse = (e: TarEntry, why: string) => new TessError('TESS_E_INVALID', `cannot unpack ${what}: entry "${e.name}" ${why}`,
     'the image is malformed or malicious; nothing of this layer was unpacked')
   /** no entry may be written through a symlink (or a non-directory) of the same layer */
@@ -464,7 +474,7 @@ export async function scanLayer(blobPath: string, diffId: string, what: string, 
       if (t !== undefined && t !== 'dir') throw refuse(e, `lies under "${parent}", which is not a directory`)
     }
   }
-  const onEntry = (e: TarEntry) => {
+  return (e: TarEntry) => {
     plan.entries++
     if (plan.entries > tarEntriesMax) throw new TessError('TESS_E_INVALID', `cannot unpack ${what}: more than ${tarEntriesMax} entries`, 'the layer is too large to unpack')
     const p = normaliseEntryName(e.name, what)
@@ -526,6 +536,13 @@ export async function scanLayer(blobPath: string, diffId: string, what: string, 
     }
     plan.types.set(p, e.type)
   }
+}
+
+/**
+ * Stream a layer blob through decompression, its tar reader (`onEntry` for each header) and its
+ * digest; refuses decompression bombs and a digest other than `diffId`.
+ */
+async function readLayer(blobPath: string, diffId: string, what: string, limits: LayerLimits, onEntry: (e: TarEntry) => void): Promise<void> {
   const reader = new TarReader(onEntry)
   const digester = new Digester(parseDigest(diffId, 'layer diff_id').algorithm)
   const compressedBytes = (await fsp.stat(blobPath)).size
@@ -565,7 +582,6 @@ export async function scanLayer(blobPath: string, diffId: string, what: string, 
     throw new TessError('TESS_E_INVALID', `cannot unpack ${what}: its uncompressed content does not match the image config's diff_id: expected ${diffId}, actual ${actual}`,
       'the image is inconsistent (its config lists other layers); nothing was unpacked')
   }
-  return plan
 }
 
 /** OCI ChainID of a stack of layers (bottom first), for callers that key stacks. */
