@@ -14,7 +14,7 @@ if [[ "$kind" == test ]]; then
          [fio]=fio [nbdkit]=nbdkit [man]=man-db [groff]=groff-base [hyperfine]=hyperfine
          [sshd]=openssh-server [ssh]=openssh-client [ip]=iproute2 [tmux]=tmux
          [docker-registry]=docker-registry [umoci]=umoci [skopeo]=skopeo [busybox]=busybox-static
-         [runc]=runc [crun]=crun)
+         [runc]=runc [crun]=crun [stress-ng]=stress-ng)
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
