@@ -3,7 +3,7 @@
  * command output, SFTP uploads and atomic file writes, and errors that name the host and say what to
  * check (TESS_E_UNREACHABLE, TESS_E_AUTH, TESS_E_TIMEOUT, TESS_E_IO).
  *
- * Host keys (DESIGN.md, "pin host keys"): the key the server offers is looked up in known_hosts
+ * Host keys (pinned; SECURITY.md): the key the server offers is looked up in known_hosts
  * files (knownhosts.ts).
  *   strict      the key must be recorded already;
  *   accept-new  an unknown host's key is accepted and recorded in tess's known_hosts;

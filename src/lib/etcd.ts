@@ -40,13 +40,13 @@ export const keys = {
   containersPrefix: '/tess/containers/',
   volume: (name: string) => `/tess/volumes/${name}`,
   volumesPrefix: '/tess/volumes/',
-  /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
   user: (name: string) => `/tess/users/${name}`,
   usersPrefix: '/tess/users/',
   /** `/tess/audit/<ISO time>-<node>-<seq>`: sorted by time */
   auditPrefix: '/tess/audit/',
   /** HMAC of the cluster key (encrypted vDisks): proves a key given later is the cluster's */
   clusterKeyCheck: '/tess/cluster-key-check',
+  /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
   nbdUserCa: '/tess/nbd-user-ca',
   /** `/tess/nbd-revocations/<user>`: NBD user certificates of that user issued until then are refused */
   nbdRevocation: (user: string) => `/tess/nbd-revocations/${user}`,

@@ -9,7 +9,7 @@ import { isMountPoint, mountsUnder, unmount } from '../runtime/bundle.js'
 import { isProcessAlive, processStartTime } from '../runtime/runc.js'
 
 /**
- * Volume attach, on the node of the CSM (this kernel has no nbd module; DESIGN.md):
+ * Volume attach, on the node of the CSM (these kernels may have no nbd module; docs/architecture.md):
  *   CVM NBD export → nbdfuse exposes it as a file → loop device (autoclear, direct I/O) → ext4 → bind mount.
  * Each container has its own chain for each of its volumes, under `<container dir>/volumes/NAME/`:
  *   fuse/      the nbdfuse mount; fuse/disk is the export as a file

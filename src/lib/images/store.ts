@@ -18,7 +18,8 @@ import { imageIndexRecordsMax, storeReadBufferBytes } from './limits.js'
  *
  * A blob is written to ingest/, hashed as it is written, compared with the expected digest (and
  * size when known), fsynced and renamed into blobs/. Bytes that do not match are never stored.
- * One process owns a store root (the CSM); inside it, ingests of the same digest are serialised.
+ * One process writes a store root: the node's image worker (a child of the CVM) writes blobs, the CVM
+ * alone writes images.json, CSM daemons only read; inside it, ingests of the same digest are serialised.
  */
 
 export interface BlobInfo {
