@@ -47,6 +47,8 @@ export interface FileLayer {
   syncDir(dir: string): Promise<void>
   /** run `fn` after `ms` (the delayed removal of a dirty marker) */
   later(ms: number, fn: () => void): LaterHandle
+  /** free bytes of the file system holding `dir` for an unprivileged writer (statfs); throws when it cannot be read */
+  freeBytes(dir: string): number
 }
 
 export const realFiles: FileLayer = {
@@ -65,5 +67,9 @@ export const realFiles: FileLayer = {
     const t = setTimeout(fn, ms)
     t.unref()
     return { cancel: () => clearTimeout(t) }
+  },
+  freeBytes: (dir) => {
+    const s = fs.statfsSync(dir)
+    return s.bavail * s.bsize
   },
 }

@@ -1,4 +1,3 @@
-import fs from 'node:fs'
 import path from 'node:path'
 import { TessError } from '../../lib/errors.js'
 import { extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
@@ -68,8 +67,7 @@ export class ReplicaStore {
     let bestFree = -1
     for (const d of await this.opts.localDisks()) {
       try {
-        const s = fs.statfsSync(d.path)
-        const free = s.bavail * s.bsize + (this.opts.spares?.bytes(d.id) ?? 0)
+        const free = this.files.freeBytes(d.path) + (this.opts.spares?.bytes(d.id) ?? 0)
         if (free > bestFree) {
           best = d
           bestFree = free
