@@ -318,50 +318,17 @@ export class DataServer {
       case ops.ping:
         return { json: { pong: true } }
       case ops.pickDisk:
-        return { json: { diskId: await st.pickDisk() } }
       case ops.egCreate:
-        await st.create(text(j, 'vdiskId'), text(j, 'egid'), text(j, 'diskId'))
-        return { json: {} }
-      case ops.egOpen: {
-        const inUse = Array.isArray(j.inUse) ? j.inUse.filter((x): x is number => typeof x === 'number') : []
-        await st.openEgroup(text(j, 'egid'), text(j, 'diskId'), inUse, text(j, 'vdiskId'), j.create === true)
-        return { json: {} }
-      }
-      case ops.egRead: {
-        const length = num(j, 'length')
-        const out = Buffer.allocUnsafe(length)
-        await (await st.get(text(j, 'egid'))).read(num(j, 'slot'), num(j, 'offset'), length, out, 0)
-        return { json: {}, data: out }
-      }
+      case ops.egOpen:
+      case ops.egRead:
       case ops.egWrite:
-        await (await st.get(text(j, 'egid'))).write(num(j, 'slot'), num(j, 'offset'), f.data)
-        return { json: {} }
       case ops.egClear:
-        await (await st.get(text(j, 'egid'))).clear(num(j, 'slot'), num(j, 'offset'), num(j, 'length'))
-        return { json: {} }
       case ops.egFreeSlot:
-        await (await st.get(text(j, 'egid'))).freeSlot(num(j, 'slot'))
-        return { json: {} }
       case ops.egSync:
-        if (st.isOpen(text(j, 'egid'))) await (await st.get(text(j, 'egid'))).sync()
-        return { json: {} }
       case ops.egDelete:
-        await st.delete(text(j, 'egid'), text(j, 'diskId'), j.recycle === true)
-        return { json: {} }
-      case ops.egReadRaw: {
-        const raw = await (await st.get(text(j, 'egid'))).readRaw(num(j, 'slot'))
-        if (!raw) return { json: { entriesBytes: 0 } }
-        return { json: { entriesBytes: raw.entries.length, version: raw.version }, data: Buffer.concat([raw.entries, raw.data]) }
-      }
-      case ops.egWriteRaw: {
-        const eb = num(j, 'entriesBytes')
-        if (eb !== checksumEntriesBytes || f.data.length !== eb + 1024 * 1024) throw new PeerError('invalid', 'raw slot of the wrong size')
-        // the source's format version says which checksum the entries hold (absent: the first, CRC-32)
-        const version = j.version === undefined ? 1 : num(j, 'version')
-        if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `unknown extent group format version ${version}`)
-        await (await st.get(text(j, 'egid'))).writeRaw(num(j, 'slot'), f.data.subarray(0, eb), f.data.subarray(eb), version)
-        return { json: {} }
-      }
+      case ops.egReadRaw:
+      case ops.egWriteRaw:
+        return serveReplicaOp(st, f.code, j, f.data)
       case ops.vdiskIo: {
         const data = await this.opts.vdisks.io(text(j, 'name'), text(j, 'op'), num(j, 'offset'), num(j, 'length'), { fua: j.fua === true, noHole: j.noHole === true }, f.data)
         return { json: {}, data }
@@ -376,7 +343,65 @@ export class DataServer {
   }
 }
 
-function errorBody(e: unknown, log: Logger): PeerErrorBody {
+/**
+ * One request on this node's extent group replicas, served from its store: what the data port
+ * does with the replica ops of a frame (the storage simulator, test/sim, calls it over its
+ * simulated network). `data` is the frame's payload.
+ */
+export async function serveReplicaOp(st: ReplicaStore, code: number, j: Record<string, unknown>, data: Buffer): Promise<{ json: Record<string, unknown>, data?: Buffer }> {
+  switch (code) {
+    case ops.pickDisk:
+      return { json: { diskId: await st.pickDisk() } }
+    case ops.egCreate:
+      await st.create(text(j, 'vdiskId'), text(j, 'egid'), text(j, 'diskId'))
+      return { json: {} }
+    case ops.egOpen: {
+      const inUse = Array.isArray(j.inUse) ? j.inUse.filter((x): x is number => typeof x === 'number') : []
+      await st.openEgroup(text(j, 'egid'), text(j, 'diskId'), inUse, text(j, 'vdiskId'), j.create === true)
+      return { json: {} }
+    }
+    case ops.egRead: {
+      const length = num(j, 'length')
+      const out = Buffer.allocUnsafe(length)
+      await (await st.get(text(j, 'egid'))).read(num(j, 'slot'), num(j, 'offset'), length, out, 0)
+      return { json: {}, data: out }
+    }
+    case ops.egWrite:
+      await (await st.get(text(j, 'egid'))).write(num(j, 'slot'), num(j, 'offset'), data)
+      return { json: {} }
+    case ops.egClear:
+      await (await st.get(text(j, 'egid'))).clear(num(j, 'slot'), num(j, 'offset'), num(j, 'length'))
+      return { json: {} }
+    case ops.egFreeSlot:
+      await (await st.get(text(j, 'egid'))).freeSlot(num(j, 'slot'))
+      return { json: {} }
+    case ops.egSync:
+      if (st.isOpen(text(j, 'egid'))) await (await st.get(text(j, 'egid'))).sync()
+      return { json: {} }
+    case ops.egDelete:
+      await st.delete(text(j, 'egid'), text(j, 'diskId'), j.recycle === true)
+      return { json: {} }
+    case ops.egReadRaw: {
+      const raw = await (await st.get(text(j, 'egid'))).readRaw(num(j, 'slot'))
+      if (!raw) return { json: { entriesBytes: 0 } }
+      return { json: { entriesBytes: raw.entries.length, version: raw.version }, data: Buffer.concat([raw.entries, raw.data]) }
+    }
+    case ops.egWriteRaw: {
+      const eb = num(j, 'entriesBytes')
+      if (eb !== checksumEntriesBytes || data.length !== eb + 1024 * 1024) throw new PeerError('invalid', 'raw slot of the wrong size')
+      // the source's format version says which checksum the entries hold (absent: the first, CRC-32)
+      const version = j.version === undefined ? 1 : num(j, 'version')
+      if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `unknown extent group format version ${version}`)
+      await (await st.get(text(j, 'egid'))).writeRaw(num(j, 'slot'), data.subarray(0, eb), data.subarray(eb), version)
+      return { json: {} }
+    }
+    default:
+      throw new PeerError('invalid', `op ${code} is not a replica op`)
+  }
+}
+
+/** The error a data port request answers with (the client turns it back into a PeerError). */
+export function errorBody(e: unknown, log: Logger): PeerErrorBody {
   if (e instanceof ChecksumError) return { kind: 'checksum', message: e.message }
   if (e instanceof NotOpenError) return { kind: 'not-open', message: e.message }
   if (e instanceof PeerError && e.kind !== 'unreachable' && e.kind !== 'timeout') return { kind: e.kind, message: e.message, errno: e.errno }

@@ -1,12 +1,9 @@
-import fs from 'node:fs'
-import fsp from 'node:fs/promises'
 import path from 'node:path'
 import zlib from 'node:zlib'
 import { crc32c, crc32cBlocks, crc32cVerifyBlocks } from '../../lib/crc32c.js'
 import { TessError, assert, errorMessage } from '../../lib/errors.js'
-import { fsyncDir } from '../../lib/fsutil.js'
-import { directIoReady, pagesCached } from '../../lib/nativeio.js'
-import { RawFile } from './rawfile.js'
+import { directIoReady } from '../../lib/nativeio.js'
+import { type FileIo, type FileLayer, type LaterHandle, realFiles } from './fileio.js'
 import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCachedReadMaxBytes, egroupCleanMarkerDelayMs, egroupSyncWriteMaxBytes, extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
 
 /**
@@ -141,14 +138,14 @@ export class EgroupFile {
   private syncedGen = 0
   /** resolved when `active` drops to 0 (close waits: writes through the pool use the descriptor until they end) */
   private idleWaiters: Array<() => void> = []
-  private cleanTimer: NodeJS.Timeout | undefined
+  private cleanTimer: LaterHandle | undefined
   private closed = false
   readonly checksum: BlockChecksum
   /** the span of `entries` changed since it was last written to the file (see entriesChanged) */
   private entriesDirty: { from: number, to: number } | undefined
   private entriesWriting: Promise<void> | undefined
   /** the file opened with O_DIRECT (see writeDirect): undefined until needed, null where it cannot be */
-  private direct: RawFile | null | undefined
+  private direct: FileIo | null | undefined
   private directOpening: Promise<void> | undefined
   /** scratch for the entries of one write, reused by synchronous writes */
   private readonly scratch = Buffer.allocUnsafe(entriesScratchBytes)
@@ -156,10 +153,12 @@ export class EgroupFile {
   private constructor(
     readonly id: string,
     readonly file: string,
-    private readonly fh: RawFile,
+    private readonly fh: FileIo,
     /** checksum region, cached whole (64 KiB) */
     private readonly entries: Buffer,
     readonly version: number,
+    /** where the file lives: the real file system, or a simulated disk (test/sim) */
+    private readonly files: FileLayer,
   ) {
     this.checksum = checksumFor(version)
   }
@@ -177,39 +176,39 @@ export class EgroupFile {
    * of spares.ts: every block written, header and entries zero), the spare gets the header and is
    * linked into place, so the file appears under its name only once it is whole.
    */
-  static async create(dir: string, id: string, vdiskId: string, version = egroupVersion, spare?: string): Promise<EgroupFile> {
+  static async create(dir: string, id: string, vdiskId: string, version = egroupVersion, spare?: string, files: FileLayer = realFiles): Promise<EgroupFile> {
     assert(egroupVersionsKnown.includes(version), `known extent group version ${version}`)
     const file = EgroupFile.fileName(dir, id)
     if (spare !== undefined) {
-      const fh = await RawFile.open(spare, 'r+')
+      const fh = await files.open(spare, 'r+')
       try {
         await fh.writeAll(EgroupFile.header(id, vdiskId, version), 0)
         await fh.datasync()
-        await EgroupFile.touchMarker(file)
+        await files.touch(EgroupFile.markerName(file))
         // a link, not a rename: it fails where a file of that name exists. A crash before the
         // unlink leaves the spare's name on this file too: spares.ts drops it at the next start
         // (its header is no longer zero).
-        await fsp.link(spare, file)
-        await fsp.unlink(spare)
-        await fsyncDir(dir)
+        await files.link(spare, file)
+        await files.unlink(spare)
+        await files.syncDir(dir)
       } catch (e) {
         await fh.close()
         throw e
       }
-      return EgroupFile.born(id, file, fh, version)
+      return EgroupFile.born(id, file, fh, version, files)
     }
-    const fh = await RawFile.open(file, 'wx+', 0o600)
+    const fh = await files.open(file, 'wx+', 0o600)
     try {
       await fh.writeAll(EgroupFile.header(id, vdiskId, version), 0)
       await fh.truncate(dataRegionOffset)
       await fh.sync()
-      await EgroupFile.touchMarker(file)
-      await fsyncDir(dir)
+      await files.touch(EgroupFile.markerName(file))
+      await files.syncDir(dir)
     } catch (e) {
       await fh.close()
       throw e
     }
-    return EgroupFile.born(id, file, fh, version)
+    return EgroupFile.born(id, file, fh, version, files)
   }
 
   /**
@@ -218,15 +217,10 @@ export class EgroupFile {
    * does not wait for a directory sync of its own. It goes like any marker, a while after the
    * first sync (the scrub of a group with no extent in use costs nothing).
    */
-  private static born(id: string, file: string, fh: RawFile, version: number): EgroupFile {
-    const eg = new EgroupFile(id, file, fh, Buffer.alloc(checksumRegionBytes), version)
+  private static born(id: string, file: string, fh: FileIo, version: number, files: FileLayer): EgroupFile {
+    const eg = new EgroupFile(id, file, fh, Buffer.alloc(checksumRegionBytes), version, files)
     eg.dirty = true
     return eg
-  }
-
-  private static async touchMarker(file: string): Promise<void> {
-    const fh = await fsp.open(EgroupFile.markerName(file), 'w', 0o600)
-    await fh.close()
   }
 
   private static header(id: string, vdiskId: string, version: number): Buffer {
@@ -247,9 +241,9 @@ export class EgroupFile {
    * slot are reset (an extent allocated on disk whose map entry never reached etcd is freed here).
    * Returns the blocks repaired by the scrub of a dirty file.
    */
-  static async open(dir: string, id: string, inUse: Set<number>, log: (m: string) => void): Promise<EgroupFile> {
+  static async open(dir: string, id: string, inUse: Set<number>, log: (m: string) => void, files: FileLayer = realFiles): Promise<EgroupFile> {
     const file = EgroupFile.fileName(dir, id)
-    const fh = await RawFile.open(file, 'r+')
+    const fh = await files.open(file, 'r+')
     try {
       const header = Buffer.alloc(headerBytes)
       await fh.readFull(header, 0, headerBytes, 0)
@@ -262,7 +256,7 @@ export class EgroupFile {
       if (header.readBigUInt64LE(24) !== BigInt(id)) throw new Error(`extent group file ${file} belongs to egroup ${header.readBigUInt64LE(24)}, not ${id}`)
       const entries = Buffer.alloc(checksumRegionBytes)
       await fh.readFull(entries, 0, checksumRegionBytes, checksumRegionOffset)
-      const eg = new EgroupFile(id, file, fh, entries, version)
+      const eg = new EgroupFile(id, file, fh, entries, version, files)
       await eg.recover(inUse, log)
       return eg
     } catch (e) {
@@ -285,7 +279,7 @@ export class EgroupFile {
       }
     }
     const marker = EgroupFile.markerName(this.file)
-    if (fs.existsSync(marker)) {
+    if (this.files.exists(marker)) {
       let repaired = 0
       const buf = Buffer.alloc(vBlockSizeBytes)
       for (const slot of inUse) {
@@ -308,7 +302,7 @@ export class EgroupFile {
       await this.fh.writeAll(this.entries, checksumRegionOffset)
     }
     await this.fh.sync()
-    await fsp.rm(marker, { force: true })
+    await this.files.remove(marker)
   }
 
   private entryOffset(slot: number, block: number): number {
@@ -521,14 +515,14 @@ export class EgroupFile {
    * write stays buffered, as it always was.
    */
   private cached(at: number, length: number): boolean {
-    const n = pagesCached(this.fh.fd, at, length)
+    const n = this.fh.pagesCached(at, length)
     return n === undefined || n * checksumBlockSizeBytes >= length
   }
 
   /** the file opened with O_DIRECT for large writes; undefined where it cannot be (then never tried again) */
-  private async directFile(): Promise<RawFile | undefined> {
+  private async directFile(): Promise<FileIo | undefined> {
     if (this.direct === undefined) {
-      this.directOpening ??= RawFile.openDirect(this.file).then(async (fh) => {
+      this.directOpening ??= this.files.openDirect(this.file).then(async (fh) => {
         // closed meanwhile: nothing may write through it any more
         if (fh !== undefined && this.closed) await fh.close()
         this.direct = fh !== undefined && !this.closed ? fh : null
@@ -550,7 +544,7 @@ export class EgroupFile {
    * kernel, so reads stay coherent. A file system that refuses the write (EINVAL) gets it
    * buffered, and no more direct writes.
    */
-  private async writeDirect(direct: RawFile, data: Buffer, at: number): Promise<void> {
+  private async writeDirect(direct: FileIo, data: Buffer, at: number): Promise<void> {
     try {
       await direct.writeAll(data, at)
     } catch (e) {
@@ -595,8 +589,8 @@ export class EgroupFile {
     if (this.dirty) return
     await this.withMarkerLock(async () => {
       if (this.dirty) return
-      await EgroupFile.touchMarker(this.file)
-      await fsyncDir(path.dirname(this.file))
+      await this.files.touch(EgroupFile.markerName(this.file))
+      await this.files.syncDir(path.dirname(this.file))
       this.dirty = true
     })
   }
@@ -625,11 +619,10 @@ export class EgroupFile {
    */
   private scheduleClean(): void {
     if (this.cleanTimer !== undefined || this.closed) return
-    this.cleanTimer = setTimeout(() => {
+    this.cleanTimer = this.files.later(egroupCleanMarkerDelayMs, () => {
       this.cleanTimer = undefined
       this.clean().catch((e: unknown) => this.warn(`cannot remove the dirty marker of ${this.file}: ${errorMessage(e)}`))
-    }, egroupCleanMarkerDelayMs)
-    this.cleanTimer.unref()
+    })
   }
 
   /** Remove the marker if every completed write is durable and none is in progress. */
@@ -639,7 +632,7 @@ export class EgroupFile {
       // Cleared before the removal: a write arriving meanwhile sees a clean file and waits for
       // this lock to create the marker again.
       this.dirty = false
-      await fsp.rm(EgroupFile.markerName(this.file), { force: true })
+      await this.files.remove(EgroupFile.markerName(this.file))
     })
   }
 
@@ -649,7 +642,7 @@ export class EgroupFile {
   async close(): Promise<void> {
     await this.idle()
     await this.sync()
-    clearTimeout(this.cleanTimer)
+    this.cleanTimer?.cancel()
     this.cleanTimer = undefined
     await this.clean()
     this.closed = true
@@ -668,7 +661,7 @@ export class EgroupFile {
   async discard(): Promise<void> {
     this.closed = true
     await this.idle()
-    clearTimeout(this.cleanTimer)
+    this.cleanTimer?.cancel()
     this.cleanTimer = undefined
     await this.closeDirect()
     await this.fh.close()
@@ -676,7 +669,7 @@ export class EgroupFile {
 
   /** Tests: remove the marker now if the file is clean (what the delayed removal does). */
   async cleanNow(): Promise<void> {
-    clearTimeout(this.cleanTimer)
+    this.cleanTimer?.cancel()
     this.cleanTimer = undefined
     await this.clean()
   }

@@ -2,25 +2,25 @@ import crypto from 'node:crypto'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
-import { assert, errorMessage } from '../../lib/errors.js'
+import { errorMessage } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import { egroupCreatesAheadMax, extentsPerEgroup, nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../lib/limits.js'
+import { nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { DiskRecord, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../lib/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
 import { egroupDirName } from '../pool/disks.js'
 import type { PeerPool } from '../replication/client.js'
 import { PeerError, ops } from '../replication/protocol.js'
-import { isNoSpace, placementDeviceError, type Exclusion, type PlacementView } from './placement.js'
+import type { PlacementView } from './placement.js'
 import type { VdiskIoHandler } from '../replication/server.js'
 import type { VdiskDataHooks } from './service.js'
 import { BlockCipher, unwrapDataKey } from './crypt.js'
 import { EgroupFile } from './egroup.js'
-import { KeyedRwLock } from './locks.js'
 import { MapWriter } from './mapwriter.js'
+import { loadLayout, vdiskBackend, type EgroupRecord, type MapValue, type OwnerEnv, type VdiskIdentity } from './owner.js'
 import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
 import type { ReplicaStore } from './replicastore.js'
-import { Vdisk, type ExtentRef, type LoadedEgroup } from './vdisk.js'
+import { Vdisk } from './vdisk.js'
 
 export interface EvacuationProgress {
   egroupsMoved: number
@@ -29,16 +29,7 @@ export interface EvacuationProgress {
   vdisk: string | null
 }
 
-export interface EgroupRecord {
-  id: string
-  vdiskId: string
-  replicas: Array<{ node: string, diskId: string }>
-  /** replicas that failed and were replaced (their files are removed when their node is reachable) */
-  stale?: Array<{ node: string, diskId: string }>
-  createdAt: string
-}
-
-interface MapValue { eg: string, s: number }
+export type { EgroupRecord } from './owner.js'
 
 /** How long a forwarder waits for a dead owner's lease to expire before giving up (lease TTL + margin). */
 export const ownerFailoverWaitMs = (nodeHeartbeatTtlSec + 8) * 1000
@@ -67,6 +58,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   requestRelease: ((owner: string, name: string) => Promise<boolean>) | undefined
   /** when forwarded I/O for a vDisk (by id) was last served here */
   private readonly lastForwardedIo = new Map<string, number>()
+  /** what loading, making and repairing extent groups (owner.ts) needs: etcd, the data port, the view */
+  private readonly env: OwnerEnv
 
   constructor(private readonly etcd: Etcd3, private readonly opts: {
     nodeName: string
@@ -80,6 +73,15 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     clusterKey?: () => Buffer | undefined
   }) {
     this.egroupIds = new IdAllocator(etcd, 'egroup', 64)
+    this.env = {
+      log: opts.log,
+      view: opts.view,
+      replicaFor: (vdiskId, egid, node, diskId) => this.replicaFor(vdiskId, egid, node, diskId),
+      pickDiskOn: (node) => this.pickDiskOn(node),
+      newEgroupId: () => this.egroupIds.allocate(),
+      getEgroupRecord: (vdiskId, egid) => getJson<EgroupRecord>(this.etcd, keys.egroup(vdiskId, egid)),
+      putEgroupRecords: (rec, ers) => this.putEgroupRecords(rec, ers),
+    }
   }
 
   private get ownerValue(): string {
@@ -127,33 +129,6 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     if (node === this.opts.nodeName) return this.opts.store.pickDisk()
     const f = await (await this.opts.peers.get(node)).request(ops.pickDisk, {})
     return String(f.json.diskId)
-  }
-
-  /**
-   * `rf` distinct healthy nodes (up, not draining, with a disk: the view's placement, this node
-   * first, then the others with the most free space), each with the disk its CVM picks. Too few
-   * nodes: the view waits for more, up to placementWaitMs. A node whose CVM cannot pick a disk
-   * (down since the view last heard of it, or full) is left out and others are tried, by the
-   * same deadline. Throws a PlacementError that names the nodes.
-   */
-  private async placeOnDisks(rf: number, what: string, exclude: Map<string, Exclusion>): Promise<Array<{ node: string, diskId: string }>> {
-    const deadline = this.opts.view.deadlineFromNow()
-    for (;;) {
-      const nodes = await this.opts.view.place(rf, { what, exclude, deadline })
-      const picks = await Promise.allSettled(nodes.map((n) => this.pickDiskOn(n)))
-      const placed: Array<{ node: string, diskId: string }> = []
-      for (const [i, node] of nodes.entries()) {
-        const p = picks[i]!
-        if (p.status === 'fulfilled') {
-          placed.push({ node, diskId: p.value })
-          continue
-        }
-        const noSpace = isNoSpace(p.reason)
-        exclude.set(node, { reason: noSpace ? 'no disk with room for an extent group' : `cannot pick a disk there: ${errorMessage(p.reason)}`, noSpace })
-        this.opts.log.warn(`${what}: node ${node} left out: ${errorMessage(p.reason)}`)
-      }
-      if (placed.length === nodes.length) return placed
-    }
   }
 
   // ---- ExportProvider (NBD) ----
@@ -383,139 +358,23 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       listJson<EgroupRecord>(this.etcd, keys.egroupsOf(id)),
       this.etcd.getAll().prefix(keys.vdiskMapPrefix(id)).strings(),
     ])
-    const map = new Map<number, ExtentRef>()
-    const inUse = new Map<string, Set<number>>()
     const prefix = keys.vdiskMapPrefix(id)
-    for (const [k, v] of Object.entries(mapAll)) {
-      const vb = parseInt(k.slice(prefix.length), 16)
-      const mv = JSON.parse(v) as MapValue
-      map.set(vb, { egroupId: mv.eg, slot: mv.s })
-      let s = inUse.get(mv.eg)
-      if (!s) inUse.set(mv.eg, s = new Set())
-      s.add(mv.s)
-    }
-    const egroups = new Map<string, LoadedEgroup>()
-    await Promise.all(egRecs.map(async (er) => {
-      const used = inUse.get(er.id) ?? new Set<number>()
-      const replicas = er.replicas.map((r) => this.replicaFor(id, er.id, r.node, r.diskId))
-      replicas.sort((a, b) => Number(b.local) - Number(a.local))
-      const eg: LoadedEgroup = { id: er.id, replicas, usedSlots: used, freeSlots: [], lock: new KeyedRwLock() }
-      for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
-      // Open (and recover) every replica; one that cannot be reached now is replaced on the
-      // first write that fails on it, and skipped by reads.
-      await Promise.all(replicas.map((r) => r.open([...used]).catch((e: unknown) => {
-        this.opts.log.warn(`vDisk ${rec.name}: replica of extent group ${er.id} on ${r.node} disk ${r.diskId} not available: ${errorMessage(e)}`)
-      })))
-      for (let s = 0; s < extentsPerEgroup; s++) if (!used.has(s)) eg.freeSlots.push(s)
-      egroups.set(er.id, eg)
-    }))
-    for (const ref of map.values()) {
-      if (!egroups.has(ref.egroupId)) this.opts.log.error(`vDisk ${rec.name}: block map names extent group ${ref.egroupId} which has no record`)
-    }
+    const entries = Object.entries(mapAll).map(([k, v]): [number, MapValue] => [parseInt(k.slice(prefix.length), 16), JSON.parse(v) as MapValue])
+    const { map, egroups } = await loadLayout(this.env, rec, egRecs, entries)
     const mapWriter = new MapWriter(this.etcd, keys.vdiskOwner(id), () => this.ownerValue)
     const cipher = rec.wrappedKey !== undefined ? new BlockCipher(unwrapDataKey(kek!, rec.wrappedKey, id)) : undefined
-    const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, {
-      ...(cipher !== undefined ? { cipher } : {}),
-      mapWriter,
-      mapKey: (vb) => keys.vdiskMap(id, vb),
-      newEgroups: (count) => this.newEgroups(rec, count),
-      replaceFailed: (eg, failed, why, o) => this.replaceFailed(rec, eg, failed, why, o?.evacuate ?? false),
-      log: this.opts.log,
-    })
+    const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, vdiskBackend(this.env, rec, mapWriter, (vb) => keys.vdiskMap(id, vb), cipher))
     this.opts.log.info(`vDisk ${rec.name} (${id}) loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)`)
     return v
   }
 
-  private async putEgroupRecords(rec: VdiskRecord, ers: EgroupRecord[]): Promise<void> {
+  private async putEgroupRecords(rec: VdiskIdentity, ers: EgroupRecord[]): Promise<void> {
     // Fenced on ownership: a CVM that lost the vDisk cannot change its extent groups. One
     // transaction for a batch: a streaming vDisk makes its groups several at a time, and each etcd
     // transaction is a WAL sync on a disk that is busy with the stream.
     const res = await this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue)
       .then(...ers.map((er) => this.etcd.put(keys.egroup(rec.id, er.id)).value(JSON.stringify(er)))).commit()
     if (!res.succeeded) throw new DeviceError(nbdErrno.EIO, `vDisk ${rec.name} is no longer owned by this CVM`)
-  }
-
-  private async putEgroupRecord(rec: VdiskRecord, er: EgroupRecord): Promise<void> {
-    await this.putEgroupRecords(rec, [er])
-  }
-
-  /** `count` new extent groups (at most egroupCreatesAheadMax), recorded in one etcd transaction */
-  private async newEgroups(rec: VdiskRecord, count: number): Promise<LoadedEgroup[]> {
-    assert(Number.isInteger(count) && count >= 1 && count <= egroupCreatesAheadMax, `a batch of 1-${egroupCreatesAheadMax} extent groups (${count} asked)`)
-    const ers: EgroupRecord[] = []
-    for (let i = 0; i < count; i++) {
-      let placed: Array<{ node: string, diskId: string }>
-      try {
-        placed = await this.placeOnDisks(rec.rf, `a new extent group of vDisk ${rec.name}`, new Map())
-      } catch (e) {
-        // EIO when too few nodes are healthy, ENOSPC only when disks are full; the message names the nodes
-        throw placementDeviceError(e)
-      }
-      const egid = await this.egroupIds.allocate()
-      ers.push({ id: egid, vdiskId: rec.id, replicas: placed, createdAt: new Date().toISOString() })
-    }
-    // Records first, then the files: a crash in between leaves records whose missing files the
-    // next load creates (extent groups with no extents).
-    await this.putEgroupRecords(rec, ers)
-    return await Promise.all(ers.map(async (er) => {
-      const replicas = er.replicas.map((p) => this.replicaFor(rec.id, er.id, p.node, p.diskId))
-      await Promise.all(replicas.map((r) => r.open([]))).catch((e: unknown) => { throw placementDeviceError(e) })
-      const eg: LoadedEgroup = { id: er.id, replicas, usedSlots: new Set(), freeSlots: [], lock: new KeyedRwLock() }
-      for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
-      for (let s = 0; s < extentsPerEgroup; s++) eg.freeSlots.push(s)
-      return eg
-    }))
-  }
-
-  /**
-   * Keep RF copies after replicas failed: under the egroup's exclusive lock, copy every slot from a
-   * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
-   * ones are recorded as stale so their files are removed later).
-   */
-  private async replaceFailed(rec: VdiskRecord, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false): Promise<void> {
-    const release = await eg.lock.write(0)
-    try {
-      const still = failed.filter((f) => eg.replicas.includes(f))
-      if (still.length === 0) return // another writer replaced them already
-      const healthy = eg.replicas.filter((r) => !still.includes(r))
-      // An evacuated replica is healthy: it is the source when it is the only copy (RF 1).
-      const source = healthy[0] ?? (evacuate ? still[0] : undefined)
-      if (!source) throw new Error('no healthy replica left')
-      const er = await getJson<EgroupRecord>(this.etcd, keys.egroup(rec.id, eg.id))
-      if (!er) throw new Error(`extent group ${eg.id} has no record`)
-      const exclude = new Map<string, Exclusion>(eg.replicas.map((r) => [r.node, {
-        reason: !still.includes(r) ? 'holds a replica of this extent group' : evacuate ? 'being evacuated' : `its replica failed (${errorMessage(why)})`,
-      }]))
-      // waits for a healthy node (bounded); a PlacementError names the nodes and why each cannot be used
-      const targets = await this.placeOnDisks(still.length, `${still.length} replacement replica(s) of extent group ${eg.id} of vDisk ${rec.name} (RF ${rec.rf})`, exclude)
-      const next: Replica[] = [...healthy]
-      const added: Array<{ node: string, diskId: string }> = []
-      for (let i = 0; i < still.length; i++) {
-        const { node, diskId } = targets[i]!
-        const r = this.replicaFor(rec.id, eg.id, node, diskId)
-        if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
-        await r.open([])
-        for (let slot = 0; slot < extentsPerEgroup; slot++) {
-          const raw = await source.readRaw(slot)
-          if (raw) await r.writeRaw(slot, raw)
-        }
-        await r.sync()
-        next.push(r)
-        added.push({ node, diskId })
-        this.opts.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}; copied to ${node} disk ${diskId}`)
-      }
-      const gone = new Set(still.map((s) => `${s.node}/${s.diskId}`))
-      const nextRec: EgroupRecord = {
-        ...er,
-        replicas: [...er.replicas.filter((r) => !gone.has(`${r.node}/${r.diskId}`)), ...added],
-        stale: [...(er.stale ?? []), ...er.replicas.filter((r) => gone.has(`${r.node}/${r.diskId}`))],
-      }
-      await this.putEgroupRecord(rec, nextRec)
-      next.sort((a, b) => Number(b.local) - Number(a.local))
-      eg.replicas = next
-    } finally {
-      release()
-    }
   }
 
   /** Extent group files on this node's disks that no record names (a crash mid-delete): remove. */

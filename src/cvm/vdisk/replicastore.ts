@@ -1,5 +1,3 @@
-import fs from 'node:fs'
-import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { TessError } from '../../lib/errors.js'
 import { extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
@@ -7,6 +5,7 @@ import type { Logger } from '../../lib/log.js'
 import type { DiskRecord } from '../../lib/types.js'
 import { egroupDirName } from '../pool/disks.js'
 import { EgroupFile } from './egroup.js'
+import { type FileLayer, realFiles } from './fileio.js'
 import type { SpareEgroups } from './spares.js'
 
 /** The error a replica reports when asked about an extent group it has not opened (e.g. after a restart). */
@@ -24,8 +23,17 @@ export class NotOpenError extends Error {
  */
 export class ReplicaStore {
   private readonly open = new Map<string, Promise<EgroupFile>>()
+  private readonly files: FileLayer
 
-  constructor(private readonly opts: { localDisks: () => Promise<DiskRecord[]>, log: Logger, spares?: SpareEgroups }) {}
+  constructor(private readonly opts: {
+    localDisks: () => Promise<DiskRecord[]>
+    log: Logger
+    spares?: SpareEgroups
+    /** the file system under the extent group files (default: the real one; test/sim passes a simulated disk) */
+    files?: FileLayer
+  }) {
+    this.files = opts.files ?? realFiles
+  }
 
   private async disk(diskId: string): Promise<DiskRecord> {
     const d = (await this.opts.localDisks()).find((x) => x.id === diskId)
@@ -44,13 +52,13 @@ export class ReplicaStore {
     const spare = await this.opts.spares?.take(d.id, d.path)
     if (spare !== undefined) {
       try {
-        return await EgroupFile.create(dir, egid, vdiskId, undefined, spare)
+        return await EgroupFile.create(dir, egid, vdiskId, undefined, spare, this.files)
       } catch (e) {
         this.opts.log.warn(`extent group ${egid}: spare ${spare} could not be used (${String(e)}): creating a new file`)
-        await fsp.rm(spare, { force: true })
+        await this.files.remove(spare)
       }
     }
-    return EgroupFile.create(dir, egid, vdiskId)
+    return EgroupFile.create(dir, egid, vdiskId, undefined, undefined, this.files)
   }
 
   /** The local disk with the most free space that fits a whole extent group. */
@@ -59,8 +67,7 @@ export class ReplicaStore {
     let bestFree = -1
     for (const d of await this.opts.localDisks()) {
       try {
-        const s = fs.statfsSync(d.path)
-        const free = s.bavail * s.bsize + (this.opts.spares?.bytes(d.id) ?? 0)
+        const free = this.files.freeBytes(d.path) + (this.opts.spares?.bytes(d.id) ?? 0)
         if (free > bestFree) {
           best = d
           bestFree = free
@@ -80,7 +87,7 @@ export class ReplicaStore {
     const p = (async () => {
       const file = EgroupFile.fileName(dir, egid)
       // Idempotent: a retried create finds the file made by the first attempt.
-      if (fs.existsSync(file)) return EgroupFile.open(dir, egid, new Set(), (m) => this.opts.log.warn(m))
+      if (this.files.exists(file)) return EgroupFile.open(dir, egid, new Set(), (m) => this.opts.log.warn(m), this.files)
       return this.createFile(diskId, egid, vdiskId)
     })().then((eg) => this.adopt(eg))
     this.open.set(egid, p)
@@ -98,11 +105,11 @@ export class ReplicaStore {
     const dir = await this.diskDir(diskId)
     const p = (async () => {
       const file = EgroupFile.fileName(dir, egid)
-      if (!fs.existsSync(file)) {
+      if (!this.files.exists(file)) {
         if (!createIfMissing) throw new TessError('TESS_E_IO', `extent group file ${file} is missing`, 'the disk lost a file: the replica is replaced from another copy when there is one; see cvm.log')
         return this.createFile(diskId, egid, vdiskId)
       }
-      return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m))
+      return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m), this.files)
     })().then((eg) => this.adopt(eg))
     this.open.set(egid, p)
     p.catch(() => this.open.delete(egid))
@@ -141,8 +148,8 @@ export class ReplicaStore {
     }
     const file = EgroupFile.fileName(path.join(d.path, egroupDirName), egid)
     if (this.opts.spares && recycle) await this.opts.spares.recycle(d.id, d.path, file)
-    else await fsp.rm(file, { force: true })
-    await fsp.rm(EgroupFile.markerName(file), { force: true })
+    else await this.files.remove(file)
+    await this.files.remove(EgroupFile.markerName(file))
   }
 
   async closeAll(): Promise<void> {

@@ -1,0 +1,199 @@
+import { assert, errorMessage } from '../../lib/errors.js'
+import { egroupCreatesAheadMax, extentsPerEgroup } from '../../lib/limits.js'
+import type { Logger } from '../../lib/log.js'
+import type { VdiskRecord } from '../../lib/types.js'
+import type { BlockCipher } from './crypt.js'
+import { KeyedRwLock } from './locks.js'
+import type { MapWriter } from './mapwriter.js'
+import { isNoSpace, placementDeviceError, type Exclusion, type PlacementView } from './placement.js'
+import { RemoteReplica, type Replica } from './replica.js'
+import type { ExtentRef, LoadedEgroup, VdiskBackend } from './vdisk.js'
+
+/**
+ * What the owner of a vDisk does with its extent groups besides I/O: load them with the block map,
+ * make new ones, replace failed replicas. VdiskEngine runs these over etcd and the data port; the
+ * storage simulator (test/sim) runs the same functions over its simulated records, disks and
+ * network. Everything they need from outside comes through an OwnerEnv.
+ */
+
+export interface EgroupRecord {
+  id: string
+  vdiskId: string
+  replicas: Array<{ node: string, diskId: string }>
+  /** replicas that failed and were replaced (their files are removed when their node is reachable) */
+  stale?: Array<{ node: string, diskId: string }>
+  createdAt: string
+}
+
+/** a block map entry as stored (etcd value of keys.vdiskMap) */
+export interface MapValue { eg: string, s: number }
+
+export type VdiskIdentity = Pick<VdiskRecord, 'id' | 'name' | 'rf'>
+
+export interface OwnerEnv {
+  log: Logger
+  /** this CVM's view of nodes and disks, where new extent groups (and replacement replicas) are placed */
+  view: PlacementView
+  /** the replica of an extent group on (node, disk): local when the node is this one */
+  replicaFor(vdiskId: string, egid: string, node: string, diskId: string): Replica
+  /** the disk a node's CVM picks for a new extent group (throws when it cannot: down, or full) */
+  pickDiskOn(node: string): Promise<string>
+  /** a new extent group id, never handed out before */
+  newEgroupId(): Promise<string>
+  getEgroupRecord(vdiskId: string, egid: string): Promise<EgroupRecord | undefined>
+  /** record extent groups in one transaction, fenced on this CVM's ownership of the vDisk */
+  putEgroupRecords(rec: VdiskIdentity, ers: EgroupRecord[]): Promise<void>
+}
+
+/**
+ * `rf` distinct healthy nodes (up, not draining, with a disk: the view's placement, this node
+ * first, then the others with the most free space), each with the disk its CVM picks. Too few
+ * nodes: the view waits for more, up to placementWaitMs. A node whose CVM cannot pick a disk
+ * (down since the view last heard of it, or full) is left out and others are tried, by the
+ * same deadline. Throws a PlacementError that names the nodes.
+ */
+export async function placeOnDisks(env: OwnerEnv, rf: number, what: string, exclude: Map<string, Exclusion>): Promise<Array<{ node: string, diskId: string }>> {
+  const deadline = env.view.deadlineFromNow()
+  for (;;) {
+    const nodes = await env.view.place(rf, { what, exclude, deadline })
+    const picks = await Promise.allSettled(nodes.map((n) => env.pickDiskOn(n)))
+    const placed: Array<{ node: string, diskId: string }> = []
+    for (const [i, node] of nodes.entries()) {
+      const p = picks[i]!
+      if (p.status === 'fulfilled') {
+        placed.push({ node, diskId: p.value })
+        continue
+      }
+      const noSpace = isNoSpace(p.reason)
+      exclude.set(node, { reason: noSpace ? 'no disk with room for an extent group' : `cannot pick a disk there: ${errorMessage(p.reason)}`, noSpace })
+      env.log.warn(`${what}: node ${node} left out: ${errorMessage(p.reason)}`)
+    }
+    if (placed.length === nodes.length) return placed
+  }
+}
+
+/** `count` new extent groups (at most egroupCreatesAheadMax), recorded in one transaction */
+export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: number): Promise<LoadedEgroup[]> {
+  assert(Number.isInteger(count) && count >= 1 && count <= egroupCreatesAheadMax, `a batch of 1-${egroupCreatesAheadMax} extent groups (${count} asked)`)
+  const ers: EgroupRecord[] = []
+  for (let i = 0; i < count; i++) {
+    let placed: Array<{ node: string, diskId: string }>
+    try {
+      placed = await placeOnDisks(env, rec.rf, `a new extent group of vDisk ${rec.name}`, new Map())
+    } catch (e) {
+      // EIO when too few nodes are healthy, ENOSPC only when disks are full; the message names the nodes
+      throw placementDeviceError(e)
+    }
+    const egid = await env.newEgroupId()
+    ers.push({ id: egid, vdiskId: rec.id, replicas: placed, createdAt: new Date().toISOString() })
+  }
+  // Records first, then the files: a crash in between leaves records whose missing files the
+  // next load creates (extent groups with no extents).
+  await env.putEgroupRecords(rec, ers)
+  return await Promise.all(ers.map(async (er) => {
+    const replicas = er.replicas.map((p) => env.replicaFor(rec.id, er.id, p.node, p.diskId))
+    await Promise.all(replicas.map((r) => r.open([]))).catch((e: unknown) => { throw placementDeviceError(e) })
+    const eg: LoadedEgroup = { id: er.id, replicas, usedSlots: new Set(), freeSlots: [], lock: new KeyedRwLock() }
+    for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
+    for (let s = 0; s < extentsPerEgroup; s++) eg.freeSlots.push(s)
+    return eg
+  }))
+}
+
+/**
+ * Keep RF copies after replicas failed: under the egroup's exclusive lock, copy every slot from a
+ * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
+ * ones are recorded as stale so their files are removed later).
+ */
+export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false): Promise<void> {
+  const release = await eg.lock.write(0)
+  try {
+    const still = failed.filter((f) => eg.replicas.includes(f))
+    if (still.length === 0) return // another writer replaced them already
+    const healthy = eg.replicas.filter((r) => !still.includes(r))
+    // An evacuated replica is healthy: it is the source when it is the only copy (RF 1).
+    const source = healthy[0] ?? (evacuate ? still[0] : undefined)
+    if (!source) throw new Error('no healthy replica left')
+    const er = await env.getEgroupRecord(rec.id, eg.id)
+    if (!er) throw new Error(`extent group ${eg.id} has no record`)
+    const exclude = new Map<string, Exclusion>(eg.replicas.map((r) => [r.node, {
+      reason: !still.includes(r) ? 'holds a replica of this extent group' : evacuate ? 'being evacuated' : `its replica failed (${errorMessage(why)})`,
+    }]))
+    // waits for a healthy node (bounded); a PlacementError names the nodes and why each cannot be used
+    const targets = await placeOnDisks(env, still.length, `${still.length} replacement replica(s) of extent group ${eg.id} of vDisk ${rec.name} (RF ${rec.rf})`, exclude)
+    const next: Replica[] = [...healthy]
+    const added: Array<{ node: string, diskId: string }> = []
+    for (let i = 0; i < still.length; i++) {
+      const { node, diskId } = targets[i]!
+      const r = env.replicaFor(rec.id, eg.id, node, diskId)
+      if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
+      await r.open([])
+      for (let slot = 0; slot < extentsPerEgroup; slot++) {
+        const raw = await source.readRaw(slot)
+        if (raw) await r.writeRaw(slot, raw)
+      }
+      await r.sync()
+      next.push(r)
+      added.push({ node, diskId })
+      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}; copied to ${node} disk ${diskId}`)
+    }
+    const gone = new Set(still.map((s) => `${s.node}/${s.diskId}`))
+    const nextRec: EgroupRecord = {
+      ...er,
+      replicas: [...er.replicas.filter((r) => !gone.has(`${r.node}/${r.diskId}`)), ...added],
+      stale: [...(er.stale ?? []), ...er.replicas.filter((r) => gone.has(`${r.node}/${r.diskId}`))],
+    }
+    await env.putEgroupRecords(rec, [nextRec])
+    next.sort((a, b) => Number(b.local) - Number(a.local))
+    eg.replicas = next
+  } finally {
+    release()
+  }
+}
+
+/**
+ * The block map and extent groups of a vDisk from its records: every replica is opened (and
+ * recovered, given the slots the map uses); one that cannot be reached now is replaced on the
+ * first write that fails on it, and skipped by reads.
+ */
+export async function loadLayout(env: OwnerEnv, rec: VdiskIdentity, egRecs: EgroupRecord[], mapEntries: Iterable<[number, MapValue]>): Promise<{ map: Map<number, ExtentRef>, egroups: Map<string, LoadedEgroup> }> {
+  const map = new Map<number, ExtentRef>()
+  const inUse = new Map<string, Set<number>>()
+  for (const [vb, mv] of mapEntries) {
+    map.set(vb, { egroupId: mv.eg, slot: mv.s })
+    let s = inUse.get(mv.eg)
+    if (!s) inUse.set(mv.eg, s = new Set())
+    s.add(mv.s)
+  }
+  const egroups = new Map<string, LoadedEgroup>()
+  await Promise.all(egRecs.map(async (er) => {
+    const used = inUse.get(er.id) ?? new Set<number>()
+    const replicas = er.replicas.map((r) => env.replicaFor(rec.id, er.id, r.node, r.diskId))
+    replicas.sort((a, b) => Number(b.local) - Number(a.local))
+    const eg: LoadedEgroup = { id: er.id, replicas, usedSlots: used, freeSlots: [], lock: new KeyedRwLock() }
+    for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
+    // Open (and recover) every replica; one that cannot be reached now is replaced on the
+    // first write that fails on it, and skipped by reads.
+    await Promise.all(replicas.map((r) => r.open([...used]).catch((e: unknown) => {
+      env.log.warn(`vDisk ${rec.name}: replica of extent group ${er.id} on ${r.node} disk ${r.diskId} not available: ${errorMessage(e)}`)
+    })))
+    for (let s = 0; s < extentsPerEgroup; s++) if (!used.has(s)) eg.freeSlots.push(s)
+    egroups.set(er.id, eg)
+  }))
+  for (const ref of map.values()) {
+    if (!egroups.has(ref.egroupId)) env.log.error(`vDisk ${rec.name}: block map names extent group ${ref.egroupId} which has no record`)
+  }
+  return { map, egroups }
+}
+
+/** The backend a loaded Vdisk runs on: its map writer, and the functions above for its extent groups. */
+export function vdiskBackend(env: OwnerEnv, rec: VdiskIdentity, mapWriter: MapWriter, mapKey: (vb: number) => string, cipher?: BlockCipher): VdiskBackend {
+  return {
+    ...(cipher !== undefined ? { cipher } : {}),
+    mapWriter,
+    mapKey,
+    newEgroups: (count) => newEgroups(env, rec, count),
+    replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o?.evacuate ?? false),
+    log: env.log,
+  }
+}
