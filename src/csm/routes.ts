@@ -1,22 +1,14 @@
 import { TessError } from '../lib/errors.js'
 import type { Logger } from '../lib/log.js'
-import type { UsageStats } from '../lib/csm-types.js'
-import { bodyObject, bool, int, num, queryInt, str, strList, type ApiServer } from '../lib/http-server.js'
+import type { CsmStatsAnswer, UsageStats } from '../lib/csm-types.js'
+import { parseContainerSpec, parseCsmQuota, type CsmSpec } from '../lib/container-spec.js'
+import { bodyObject, int, queryInt, type ApiServer } from '../lib/http-server.js'
+import { containerStopTimeoutMsMax, logTailLinesMax } from '../lib/limits.js'
 import type { CgroupStats, CsmCgroup } from './runtime/cgroups.js'
-import type { ContainerManager, ContainerSpec } from './runtime/containers.js'
-import { containerStopTimeoutMsMax, containerArgsMax, containerEnvMax, logTailLinesMax } from './runtime/limits.js'
-import type { CsmSpec } from './spec.js'
-import type { VolumeSpec } from './volumes/attach.js'
-import { checkVolumes } from './volumes/spec.js'
+import type { ContainerManager } from './runtime/containers.js'
 
 /** how long CPU use is sampled for a stats answer */
 const statsSampleMs = 250
-
-export interface CsmStatsAnswer {
-  csm: UsageStats & { containers: number }
-  containers: Array<UsageStats & { id: string, name: string }>
-  readAt: string
-}
 
 function usage(a: CgroupStats, b: CgroupStats, ms: number): UsageStats {
   return {
@@ -41,20 +33,7 @@ export function registerCsmRoutes(api: ApiServer, s: { manager: ContainerManager
   api.route('GET', '/v1/health', async () => ({ csm: s.spec.name, id: s.spec.id, pid: process.pid, containers: (await m.list()).length }))
   api.route('GET', '/v1/containers', async () => m.list())
   api.route('POST', '/v1/containers', async (req) => {
-    const b = bodyObject(req.body)
-    const network = str(b, 'network', false)
-    const spec: ContainerSpec = {
-      name: str(b, 'name')!,
-      image: str(b, 'image')!,
-      ...(b.command !== undefined && b.command !== null ? { command: strList(b, 'command', containerArgsMax)! } : {}),
-      ...(b.env !== undefined && b.env !== null ? { env: strList(b, 'env', containerEnvMax)! } : {}),
-      ...(b.cpus !== undefined && b.cpus !== null ? { cpus: num(b, 'cpus', 0.01, 4096)! } : {}),
-      ...(b.memoryBytes !== undefined && b.memoryBytes !== null ? { memoryBytes: int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)! } : {}),
-      ...(network !== undefined ? { network: network as 'none' | 'host' } : {}),
-      ...(b.volumes !== undefined && b.volumes !== null ? { volumes: checkVolumes(b.volumes as VolumeSpec[], `container "${String(b.name)}"`) } : {}),
-      ...(bool(b, 'userns') ? { userns: true } : {}),
-    }
-    return m.run(spec)
+    return m.run(parseContainerSpec(req.body, `cannot run the container in CSM "${s.spec.name}"`))
   })
   api.route('GET', '/v1/containers/:id', async (req) => m.inspect(req.params.id!))
   api.route('POST', '/v1/containers/:id/:op', async (req) => {
@@ -98,9 +77,7 @@ export function registerCsmRoutes(api: ApiServer, s: { manager: ContainerManager
     return { csm: { ...usage(a.csm, b.csm, ms), containers: live.length }, containers, readAt: new Date().toISOString() }
   })
   api.route('PUT', '/v1/limits', async (req) => {
-    const b = bodyObject(req.body)
-    const cpus = num(b, 'cpus', 0.01, 4096)!
-    const memoryBytes = int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)!
+    const { cpus, memoryBytes } = parseCsmQuota(req.body, `cannot change the limits of CSM "${s.spec.name}"`)
     // a CSM may not be squeezed below what its containers were given
     const biggest = (await m.list()).filter((c) => c.status !== 'exited').reduce((acc, c) => ({
       cpus: Math.max(acc.cpus, c.spec.cpus ?? 0), memoryBytes: Math.max(acc.memoryBytes, c.spec.memoryBytes ?? 0),

@@ -7,17 +7,16 @@ import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { jsonRequest } from '../../lib/jsonhttp.js'
 import type { Logger } from '../../lib/log.js'
 import { nodePaths, writeFileAtomic, type NodeConfig } from '../../lib/nodeconfig.js'
-import type { ImageInfo } from '../../lib/csm-types.js'
+import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../../lib/csm-types.js'
+import { cgroupParentFor, type ContainerInfo, type CsmSpec } from '../../lib/container-spec.js'
+import { csmCallTimeoutMs, csmQuickCallTimeoutMs } from '../../lib/limits.js'
 import type { ContainersState } from '../../lib/types.js'
-import { cgroupParentFor, type CsmSpec } from '../../csm/spec.js'
-import type { CsmStatsAnswer } from '../../csm/routes.js'
 import { formatReference, parseReference } from '../../lib/images/reference.js'
 import type { RegistryConfig } from '../images/registry.js'
 import { ContentStore } from '../../lib/images/store.js'
 import { LayerStore } from '../../lib/images/unpack.js'
 import { ImageWorker } from '../images/worker.js'
-import { CgroupHost, type HostCapacity } from '../../csm/runtime/cgroups.js'
-import type { ContainerInfo } from '../../csm/runtime/containers.js'
+import { CgroupHost } from '../../csm/runtime/cgroups.js'
 import { isProcessAlive } from '../../csm/runtime/runc.js'
 import { refusingRule } from './policy.js'
 import type { ContainerRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord } from './records.js'
@@ -28,9 +27,6 @@ export const csmStartTimeoutMs = 30_000
 export const csmStopTimeoutMs = 20_000
 /** longest unix socket path (sun_path is 108 bytes with its NUL) */
 const socketPathMaxBytes = 107
-/** a CSM request that runs or stops containers may take this long */
-export const csmCallTimeoutMs = 11 * 60_000
-const csmQuickCallTimeoutMs = 15_000
 /** a container without a record is removed only when older than this */
 const orphanAgeMinMs = 60_000
 

@@ -1,9 +1,9 @@
 import { TessError } from '../../lib/errors.js'
 import { checkName } from '../../lib/names.js'
-import { bool, int, str, type ApiServer } from '../../lib/http-server.js'
-import type { ContainerInfo } from '../../csm/runtime/containers.js'
-import { containerStopTimeoutMsMax, logTailLinesMax } from '../../csm/runtime/limits.js'
-import { csmCallTimeoutMs, type NodeAgent } from './agent.js'
+import { bool, int, obj, str, type ApiServer } from '../../lib/http-server.js'
+import { parseContainerSpec, parseCsmQuota, type ContainerInfo } from '../../lib/container-spec.js'
+import { containerStopTimeoutMsMax, csmCallTimeoutMs, logTailLinesMax } from '../../lib/limits.js'
+import type { NodeAgent } from './agent.js'
 
 export type NodeOp = (body: Record<string, unknown>) => Promise<unknown>
 
@@ -26,9 +26,8 @@ export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
     'csm.ensure': async (b) => agent.ensure(checkName('CSM', str(b, 'name')!)),
     'csm.remove': async (b) => ({ removed: await agent.removeLocal(checkName('CSM', str(b, 'name')!), bool(b, 'force')) }),
     'csm.limits': async (b) => {
-      const cpus = b.cpus
-      if (typeof cpus !== 'number' || !Number.isFinite(cpus)) throw new TessError('TESS_E_BAD_REQUEST', 'field "cpus" must be a number', 'a CVM sent a bad node operation: are all nodes on the same tess version?')
-      await agent.setLimits(checkName('CSM', str(b, 'name')!), cpus, int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)!)
+      const { cpus, memoryBytes } = parseCsmQuota(b, 'node operation csm.limits')
+      await agent.setLimits(checkName('CSM', str(b, 'name')!), cpus, memoryBytes)
       return {}
     },
     'csm.status': async () => agent.status(),
@@ -37,11 +36,9 @@ export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
     'image.remove': async (b) => ({ removed: await agent.removeImage(str(b, 'ref')!) }),
     'container.run': async (b) => {
       const name = csm(b)
-      const spec = b.spec
-      if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) throw new TessError('TESS_E_BAD_REQUEST', 'field "spec" must be an object', 'a CVM sent a bad node operation: are all nodes on the same tess version?')
-      const s = spec as Record<string, unknown>
-      const image = await agent.ensureImage(str(s, 'image')!)
-      return agent.csm<ContainerInfo>(name, 'POST', '/v1/containers', { ...s, image }, csmCallTimeoutMs)
+      const spec = parseContainerSpec(obj(b, 'spec'), 'node operation container.run: field "spec"')
+      const image = await agent.ensureImage(spec.image)
+      return agent.csm<ContainerInfo>(name, 'POST', '/v1/containers', { ...spec, image }, csmCallTimeoutMs)
     },
     'container.get': async (b) => agent.csm<ContainerInfo>(csm(b), 'GET', `/v1/containers/${containerId(b)}`),
     'container.op': async (b) => {
