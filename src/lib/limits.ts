@@ -137,6 +137,8 @@ export const volumeHostLengthMax = 255
 export const csmCallTimeoutMs = 11 * 60_000
 /** any other CSM request */
 export const csmQuickCallTimeoutMs = 15_000
+/** a node operation on another node's CVM, unless the operation asks for longer */
+export const nodeCallTimeoutMs = 20_000
 
 // user namespaces (containers run with --userns)
 /** the host uid and gid of a --userns container's root; its ids 0-65535 are this + 0-65535 */

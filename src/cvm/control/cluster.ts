@@ -13,13 +13,11 @@ import type { ContainerInfo, RunRequest, VolumeSpec } from '../../lib/container-
 import { parseRegistryHost } from '../../lib/images/reference.js'
 import { csmCallTimeoutMs } from '../../lib/limits.js'
 import { gib, mib, round2 } from '../../lib/units.js'
-import { canonicalRef, type LocalCsm, type PullAnswer } from './agent.js'
+import type { LocalCsm, NodeCall, PullAnswer } from '../../lib/rpc/node-ops.js'
+import { canonicalRef } from './agent.js'
 import { checkPattern, policyRulesMax } from './policy.js'
 import type { ContainerRecord, CsmPoolRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord, VolumeMount, VolumeRecord } from './records.js'
 import type { VdiskInfo } from '../../lib/types.js'
-
-/** Calls one node's agent: in this process for this node, over the API for another. */
-export type NodeCall = <T>(node: string, op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<T>
 
 /** What the container control needs of the vDisk service (volumes are vDisks). */
 export interface VdiskOps {
@@ -88,7 +86,7 @@ export class ContainerControl {
 
   /** What a node has, and what its CSMs (other than `except`) were given. */
   private async nodeRoom(node: string, csms: CsmRecord[], except?: string): Promise<{ cap: HostCapacity, usedCpus: number, usedMemoryBytes: number, names: string[] }> {
-    const cap = await this.call<HostCapacity>(node, 'node.capacity', {})
+    const cap = await this.call(node, 'node.capacity', {})
     const mine = csms.filter((c) => c.node === node && c.name !== except && c.deleting !== true)
     return { cap, usedCpus: mine.reduce((a, c) => a + c.cpus, 0), usedMemoryBytes: mine.reduce((a, c) => a + c.memoryBytes, 0), names: mine.map((c) => c.name) }
   }
@@ -175,7 +173,7 @@ export class ContainerControl {
         out.set(n, undefined)
         return
       }
-      out.set(n, await this.call<LocalCsm[]>(n, 'csm.status', {}, nodeStatusTimeoutMs).catch((e: unknown) => {
+      out.set(n, await this.call(n, 'csm.status', {}, nodeStatusTimeoutMs).catch((e: unknown) => {
         this.log.warn(`status of the CSMs of ${n}: ${errorMessage(e)}`)
         return undefined
       }))
@@ -237,7 +235,7 @@ export class ContainerControl {
     let removed: string[] = mine.map((c) => c.name)
     if (up.includes(r.node)) {
       try {
-        removed = (await this.call<{ removed: string[] }>(r.node, 'csm.remove', { name, force }, csmCallTimeoutMs)).removed
+        removed = (await this.call(r.node, 'csm.remove', { name, force }, csmCallTimeoutMs)).removed
       } catch (e) {
         // not deleted after all: the CSM stays as it was
         await this.etcd.put(keys.csm(name)).value(JSON.stringify(r)).catch(() => undefined)
@@ -400,7 +398,7 @@ export class ContainerControl {
   async pull(req: { ref: string, csm?: string, node?: string }): Promise<ImagePullResult> {
     canonicalRef(req.ref) // a malformed reference is refused before any node is asked
     const nodes = await this.imageNodes(req)
-    const results = await Promise.allSettled(nodes.map((n) => this.call<PullAnswer>(n, 'image.pull', { ref: req.ref }, imagePullTimeoutMs)))
+    const results = await Promise.allSettled(nodes.map((n) => this.call(n, 'image.pull', { ref: req.ref }, imagePullTimeoutMs)))
     const failed = results.findIndex((r) => r.status === 'rejected')
     if (failed >= 0) {
       const e = (results[failed] as PromiseRejectedResult).reason as unknown
@@ -418,7 +416,7 @@ export class ContainerControl {
 
   async images(): Promise<ImageInfo[]> {
     const nodes = await this.upNodes()
-    const all = await Promise.all(nodes.map((n) => this.call<ImageInfo[]>(n, 'image.list', {})))
+    const all = await Promise.all(nodes.map((n) => this.call(n, 'image.list', {})))
     return all.flat().sort((a, b) => a.ref.localeCompare(b.ref) || a.node.localeCompare(b.node))
   }
 
@@ -427,7 +425,7 @@ export class ContainerControl {
     const nodes = await this.imageNodes(req.node !== undefined ? { node: req.node } : {})
     const done: string[] = []
     for (const n of nodes) {
-      if ((await this.call<{ removed: boolean }>(n, 'image.remove', { ref })).removed) done.push(n)
+      if ((await this.call(n, 'image.remove', { ref })).removed) done.push(n)
     }
     if (done.length === 0) throw new TessError('TESS_E_NOT_FOUND', `image ${ref} is not on ${req.node !== undefined ? `node ${req.node}` : 'any node'}`, 'see `tess image list`')
     return { ref, nodes: done }
@@ -554,7 +552,7 @@ export class ContainerControl {
     let c: ContainerInfo
     try {
       const volumes = mounts.length > 0 ? await this.attachVolumes(name, csm, mounts) : []
-      c = await this.call<ContainerInfo>(csm.node, 'container.run', {
+      c = await this.call(csm.node, 'container.run', {
         csm: csm.name,
         spec: {
           name, image,
@@ -601,7 +599,7 @@ export class ContainerControl {
     const up = (await this.upNodes()).includes(r.node)
     if (!up) return ContainerControl.view(r, undefined, false)
     try {
-      const c = await this.call<ContainerInfo>(r.node, 'container.get', { csm: r.csm, id: r.id })
+      const c = await this.call(r.node, 'container.get', { csm: r.csm, id: r.id })
       return ContainerControl.view(r, c, true)
     } catch (e) {
       // the node's lease has not run out yet, but it does not answer: its state is unknown
@@ -612,7 +610,7 @@ export class ContainerControl {
 
   async containerOp(name: string, op: 'start' | 'stop' | 'pause' | 'resume', timeoutMs?: number): Promise<ContainerView> {
     const r = await this.target(name)
-    const c = await this.call<ContainerInfo>(r.node, 'container.op', { csm: r.csm, id: r.id, op, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, (timeoutMs ?? 10_000) + 60_000)
+    const c = await this.call(r.node, 'container.op', { csm: r.csm, id: r.id, op, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, (timeoutMs ?? 10_000) + 60_000)
     return ContainerControl.view(r, c, true)
   }
 
@@ -639,7 +637,7 @@ export class ContainerControl {
 
   async logs(name: string, offset?: number, tail?: number): Promise<LogChunk> {
     const r = await this.target(name)
-    const chunk = await this.call<{ data: string, offset: number, running: boolean }>(r.node, 'container.logs', {
+    const chunk = await this.call(r.node, 'container.logs', {
       csm: r.csm, id: r.id, ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}),
     })
     return { name, ...chunk }
@@ -658,7 +656,7 @@ export class ContainerControl {
     }
     const recs = await this.containerRecords()
     await Promise.all(nodes.map(async (n) => {
-      const answers = await this.call<Array<CsmStatsAnswer & { name: string }>>(n, 'stats', csmFilter !== undefined ? { csm: csmFilter } : {})
+      const answers = await this.call(n, 'stats', csmFilter !== undefined ? { csm: csmFilter } : {})
       for (const a of answers) {
         out.csms.push({ csm: a.name, node: n, readAt: a.readAt, ...a.csm })
         for (const c of a.containers) {
@@ -861,7 +859,7 @@ export class ContainerControl {
     const mine = (await this.containerRecords()).filter((r) => r.state === 'creating' && r.apiNode === this.self)
     for (const r of mine) {
       try {
-        const local = (await this.call<LocalCsm[]>(r.node, 'csm.status', {})).find((x) => x.name === r.csm)
+        const local = (await this.call(r.node, 'csm.status', {})).find((x) => x.name === r.csm)
         if (local === undefined || !local.up) continue
         const c = local.containers.find((x) => x.name === r.name)
         if (c !== undefined) await this.etcd.put(keys.container(r.name)).value(JSON.stringify({ ...r, id: c.id, image: c.image, state: 'created' }))
