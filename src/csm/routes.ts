@@ -1,22 +1,14 @@
 import { TessError } from '../lib/errors.js'
 import type { Logger } from '../lib/log.js'
-import type { UsageStats } from '../lib/csm-types.js'
-import { bodyObject, bool, int, num, queryInt, str, strList, type ApiServer } from '../lib/http-server.js'
+import type { CsmStatsAnswer, UsageStats } from '../lib/csm-types.js'
+import type { CsmSpec } from '../lib/container-spec.js'
+import type { ApiServer } from '../lib/http-server.js'
+import { registerCsmApi, type CsmApi } from '../lib/rpc/csm.js'
 import type { CgroupStats, CsmCgroup } from './runtime/cgroups.js'
-import type { ContainerManager, ContainerSpec } from './runtime/containers.js'
-import { containerStopTimeoutMsMax, containerArgsMax, containerEnvMax, logTailLinesMax } from './runtime/limits.js'
-import type { CsmSpec } from './spec.js'
-import type { VolumeSpec } from './volumes/attach.js'
-import { checkVolumes } from './volumes/spec.js'
+import type { ContainerManager } from './runtime/containers.js'
 
 /** how long CPU use is sampled for a stats answer */
 const statsSampleMs = 250
-
-export interface CsmStatsAnswer {
-  csm: UsageStats & { containers: number }
-  containers: Array<UsageStats & { id: string, name: string }>
-  readAt: string
-}
 
 function usage(a: CgroupStats, b: CgroupStats, ms: number): UsageStats {
   return {
@@ -33,85 +25,74 @@ function usage(a: CgroupStats, b: CgroupStats, ms: number): UsageStats {
 }
 
 /**
- * The CSM daemon's API, on its unix socket, for the node's CVM only. Every request is checked
- * as if it came from anyone: a malformed one is a 400, never a crash.
+ * The CSM daemon's API, on its unix socket, for the node's CVM only (lib/rpc/csm.ts: the routes,
+ * the request checks and the client are there). Every request is checked as if it came from
+ * anyone: a malformed one is a 400, never a crash.
  */
 export function registerCsmRoutes(api: ApiServer, s: { manager: ContainerManager, cgroup: CsmCgroup, spec: CsmSpec, log: Logger }): void {
+  registerCsmApi(api, csmService(s), `CSM "${s.spec.name}"`)
+}
+
+/** What the daemon does for each request of its API. */
+export function csmService(s: { manager: ContainerManager, cgroup: CsmCgroup, spec: CsmSpec, log: Logger }): CsmApi {
   const m = s.manager
-  api.route('GET', '/v1/health', async () => ({ csm: s.spec.name, id: s.spec.id, pid: process.pid, containers: (await m.list()).length }))
-  api.route('GET', '/v1/containers', async () => m.list())
-  api.route('POST', '/v1/containers', async (req) => {
-    const b = bodyObject(req.body)
-    const network = str(b, 'network', false)
-    const spec: ContainerSpec = {
-      name: str(b, 'name')!,
-      image: str(b, 'image')!,
-      ...(b.command !== undefined && b.command !== null ? { command: strList(b, 'command', containerArgsMax)! } : {}),
-      ...(b.env !== undefined && b.env !== null ? { env: strList(b, 'env', containerEnvMax)! } : {}),
-      ...(b.cpus !== undefined && b.cpus !== null ? { cpus: num(b, 'cpus', 0.01, 4096)! } : {}),
-      ...(b.memoryBytes !== undefined && b.memoryBytes !== null ? { memoryBytes: int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)! } : {}),
-      ...(network !== undefined ? { network: network as 'none' | 'host' } : {}),
-      ...(b.volumes !== undefined && b.volumes !== null ? { volumes: checkVolumes(b.volumes as VolumeSpec[], `container "${String(b.name)}"`) } : {}),
-      ...(bool(b, 'userns') ? { userns: true } : {}),
-    }
-    return m.run(spec)
+  return {
+    health: async () => ({ csm: s.spec.name, id: s.spec.id, pid: process.pid, containers: (await m.list()).length }),
+    list: () => m.list(),
+    run: (spec) => m.run(spec),
+    inspect: (ref) => m.inspect(ref),
+    op: (ref, op, timeoutMs) => {
+      switch (op) {
+        case 'start': return m.start(ref)
+        case 'pause': return m.pause(ref)
+        case 'resume': return m.resume(ref)
+        case 'stop': return m.stop(ref, timeoutMs)
+      }
+    },
+    remove: async (ref, force) => {
+      const c = await m.inspect(ref)
+      await m.remove(c.id, { force })
+      return c
+    },
+    logs: async (ref, q) => {
+      const r = await m.readLog(ref, q)
+      return { data: r.data.toString('base64'), offset: r.offset, running: r.running }
+    },
+    stats: () => stats(m, s.cgroup),
+    setLimits: async ({ cpus, memoryBytes }) => {
+      // a CSM may not be squeezed below what its containers were given
+      const biggest = (await m.list()).filter((c) => c.status !== 'exited').reduce((acc, c) => ({
+        cpus: Math.max(acc.cpus, c.spec.cpus ?? 0), memoryBytes: Math.max(acc.memoryBytes, c.spec.memoryBytes ?? 0),
+      }), { cpus: 0, memoryBytes: 0 })
+      if (cpus < biggest.cpus || memoryBytes < biggest.memoryBytes) {
+        throw new TessError('TESS_E_CONFLICT', `cannot shrink CSM "${s.spec.name}" to ${cpus} cpus and ${memoryBytes} bytes: a container in it has ${biggest.cpus} cpus and ${biggest.memoryBytes} bytes`, 'stop and remove that container first, or give the CSM more')
+      }
+      await s.cgroup.setLimits({ cpus, memoryBytes })
+      s.spec.cpus = cpus
+      s.spec.memoryBytes = memoryBytes
+      s.log.info(`limits now ${cpus} cpus, ${memoryBytes} bytes`)
+      return s.cgroup.limits()
+    },
+  }
+}
+
+/** The CSM's use and each running container's, sampled over statsSampleMs. */
+async function stats(m: ContainerManager, cgroup: CsmCgroup): Promise<CsmStatsAnswer> {
+  const live = (await m.list()).filter((c) => c.status === 'running' || c.status === 'paused')
+  const read = async () => ({
+    csm: await cgroup.stats(),
+    containers: await Promise.all(live.map(async (c) => m.stats(c.id).catch(() => undefined))), // a container that ended meanwhile has no stats: shown without
   })
-  api.route('GET', '/v1/containers/:id', async (req) => m.inspect(req.params.id!))
-  api.route('POST', '/v1/containers/:id/:op', async (req) => {
-    const id = req.params.id!
-    switch (req.params.op) {
-      case 'start': return m.start(id)
-      case 'pause': return m.pause(id)
-      case 'resume': return m.resume(id)
-      case 'stop': return m.stop(id, int(bodyObject(req.body), 'timeoutMs', 0, containerStopTimeoutMsMax, false) ?? undefined)
-      default: throw new TessError('TESS_E_NOT_FOUND', `no container operation "${req.params.op}"`, 'start, stop, pause or resume')
-    }
+  const a = await read()
+  const t0 = process.hrtime.bigint()
+  await new Promise((r) => setTimeout(r, statsSampleMs))
+  const b = await read()
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6
+  const containers: CsmStatsAnswer['containers'] = []
+  live.forEach((c, i) => {
+    const x = a.containers[i]
+    const y = b.containers[i]
+    if (x !== undefined && y !== undefined) containers.push({ id: c.id, name: c.name, ...usage(x, y, ms) })
   })
-  api.route('DELETE', '/v1/containers/:id', async (req) => {
-    const c = await m.inspect(req.params.id!)
-    await m.remove(c.id, { force: req.query.get('force') === 'true' })
-    return c
-  })
-  api.route('GET', '/v1/containers/:id/logs', async (req) => {
-    const offset = queryInt(req, 'offset', Number.MAX_SAFE_INTEGER)
-    const tail = queryInt(req, 'tail', logTailLinesMax)
-    const r = await m.readLog(req.params.id!, { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) })
-    return { data: r.data.toString('base64'), offset: r.offset, running: r.running }
-  })
-  api.route('GET', '/v1/stats', async (): Promise<CsmStatsAnswer> => {
-    const live = (await m.list()).filter((c) => c.status === 'running' || c.status === 'paused')
-    const read = async () => ({
-      csm: await s.cgroup.stats(),
-      containers: await Promise.all(live.map(async (c) => m.stats(c.id).catch(() => undefined))), // a container that ended meanwhile has no stats: shown without
-    })
-    const a = await read()
-    const t0 = process.hrtime.bigint()
-    await new Promise((r) => setTimeout(r, statsSampleMs))
-    const b = await read()
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6
-    const containers: CsmStatsAnswer['containers'] = []
-    live.forEach((c, i) => {
-      const x = a.containers[i]
-      const y = b.containers[i]
-      if (x !== undefined && y !== undefined) containers.push({ id: c.id, name: c.name, ...usage(x, y, ms) })
-    })
-    return { csm: { ...usage(a.csm, b.csm, ms), containers: live.length }, containers, readAt: new Date().toISOString() }
-  })
-  api.route('PUT', '/v1/limits', async (req) => {
-    const b = bodyObject(req.body)
-    const cpus = num(b, 'cpus', 0.01, 4096)!
-    const memoryBytes = int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)!
-    // a CSM may not be squeezed below what its containers were given
-    const biggest = (await m.list()).filter((c) => c.status !== 'exited').reduce((acc, c) => ({
-      cpus: Math.max(acc.cpus, c.spec.cpus ?? 0), memoryBytes: Math.max(acc.memoryBytes, c.spec.memoryBytes ?? 0),
-    }), { cpus: 0, memoryBytes: 0 })
-    if (cpus < biggest.cpus || memoryBytes < biggest.memoryBytes) {
-      throw new TessError('TESS_E_CONFLICT', `cannot shrink CSM "${s.spec.name}" to ${cpus} cpus and ${memoryBytes} bytes: a container in it has ${biggest.cpus} cpus and ${biggest.memoryBytes} bytes`, 'stop and remove that container first, or give the CSM more')
-    }
-    await s.cgroup.setLimits({ cpus, memoryBytes })
-    s.spec.cpus = cpus
-    s.spec.memoryBytes = memoryBytes
-    s.log.info(`limits now ${cpus} cpus, ${memoryBytes} bytes`)
-    return s.cgroup.limits()
-  })
+  return { csm: { ...usage(a.csm, b.csm, ms), containers: live.length }, containers, readAt: new Date().toISOString() }
 }

@@ -23,11 +23,9 @@ import { AuditLog, UserDirectory, registerUserRoutes } from './api/users.js'
 import { keyNodeOps, registerKeyRoutes } from './api/keys-routes.js'
 import { KeyKeeper } from './vdisk/keykeeper.js'
 import { NodeAgent } from './control/agent.js'
-import { ContainerControl, type NodeCall } from './control/cluster.js'
-import { nodeOps, registerNodeOps } from './control/ops.js'
-import { jsonRequest } from '../lib/jsonhttp.js'
-import { checkName } from '../lib/names.js'
-import { str } from '../lib/http-server.js'
+import { ContainerControl } from './control/cluster.js'
+import { containerNodeOps } from './control/ops.js'
+import { nodeCaller, registerNodeOps, type NodeHandlers } from '../lib/rpc/node-ops.js'
 import { NbdServer } from './nbd/server.js'
 import { NodeService } from './node.js'
 import { DiskService } from './pool/disks.js'
@@ -90,7 +88,7 @@ async function main(): Promise<void> {
   const otherUpNodes = () => view.nodes().filter((n) => n.up && n.name !== cfg.nodeName).map((n) => n.name)
   const keeper = new KeyKeeper(etcd, log, async () => {
     for (const n of otherUpNodes()) {
-      const got = await call<{ key: string | null }>(n, 'keys.get', {}, 5_000).catch(() => undefined) // that node cannot give the key: the next one is asked
+      const got = await call(n, 'keys.get', {}, 5_000).catch(() => undefined) // that node cannot give the key: the next one is asked
       if (got?.key !== undefined && got.key !== null) return Buffer.from(got.key, 'base64')
     }
     return undefined
@@ -136,26 +134,32 @@ async function main(): Promise<void> {
   const agent = new NodeAgent(cfg, etcd, log)
   await agent.start()
   node.containersState = () => agent.containersState()
-  const ops = nodeOps(agent)
-  const call: NodeCall = async <T>(nodeName: string, op: string, body: Record<string, unknown>, timeoutMs = 20_000): Promise<T> => {
-    if (nodeName === cfg.nodeName) return await ops[op]!(body) as T
-    const rec = await getJson<NodeRecord>(etcd, keys.node(nodeName))
-    if (!rec) throw new TessError('TESS_E_NOT_FOUND', `node ${nodeName} is not a member of the cluster`, 'see `tess host list`')
-    const host = rec.address.includes(':') ? `[${rec.address}]` : rec.address
-    return jsonRequest<T>({ endpoint: `https://${host}:${rec.apiPort}`, ca: creds.ca, cert: creds.cert, key: creds.key, what: `the CVM of node ${nodeName}` }, 'POST', `/v1/node-ops/${op}`, body, timeoutMs)
+  // what this CVM does for the others (and for itself): one handler per node operation
+  const handlers: NodeHandlers = {
+    ...containerNodeOps(agent),
+    ...keyNodeOps(keeper),
+    'vdisk.release': async ({ name }) => engine!.releaseIfIdle(name),
   }
+  const call = nodeCaller({
+    self: cfg.nodeName,
+    handlers,
+    target: async (nodeName) => {
+      const rec = await getJson<NodeRecord>(etcd, keys.node(nodeName))
+      if (!rec) throw new TessError('TESS_E_NOT_FOUND', `node ${nodeName} is not a member of the cluster`, 'see `tess host list`')
+      const host = rec.address.includes(':') ? `[${rec.address}]` : rec.address
+      return { endpoint: `https://${host}:${rec.apiPort}`, ca: creds.ca, cert: creds.cert, key: creds.key, what: `the CVM of node ${nodeName}` }
+    },
+  })
   // the owner moves with the I/O: an idle owner elsewhere is asked to hand a vDisk over
-  ops['vdisk.release'] = async (b) => engine!.releaseIfIdle(checkName('vDisk', str(b, 'name')!))
-  engine.requestRelease = async (owner, name) => (await call<{ released: boolean }>(owner, 'vdisk.release', { name }, 10_000)).released
+  engine.requestRelease = async (owner, name) => (await call(owner, 'vdisk.release', { name }, 10_000)).released
   const containers = new ContainerControl(etcd, cfg.nodeName, call, log, {
     create: (name, sizeBytes, rf, encrypted) => vdisks.create(name, sizeBytes, rf, encrypted),
     list: () => vdisks.list(),
     delete: (name) => vdisks.delete(name, false),
   }, readSecretsKey(paths.secretsKey))
   registerCsmRoutes(api, containers)
-  Object.assign(ops, keyNodeOps(keeper))
   registerKeyRoutes(api, keeper, cfg.nodeName, otherUpNodes, async (n, key) => { await call(n, 'keys.unlock', { key }, 10_000) })
-  registerNodeOps(api, ops)
+  registerNodeOps(api, handlers)
   keeper.start()
   await dataServer.listen(cfg.data.port, cfg.data.bind)
   await nbd.listen(cfg.nbd.port, cfg.nbd.bind)

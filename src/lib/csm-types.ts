@@ -192,3 +192,18 @@ export interface ContainerMoveResult extends ContainerView {
   /** where it ran before */
   from: { csm: string, node: string }
 }
+
+// ---- between the daemons: a CVM and the CSM daemons of its node, and CVMs among themselves
+
+/** What a node has for CSMs: its CPUs and memory (node.capacity). */
+export interface HostCapacity {
+  cpus: number
+  memoryBytes: number
+}
+
+/** A CSM daemon's `GET /v1/stats`: the CSM's use and each running container's, over a short sample. */
+export interface CsmStatsAnswer {
+  csm: UsageStats & { containers: number }
+  containers: Array<UsageStats & { id: string, name: string }>
+  readAt: string
+}

@@ -336,13 +336,39 @@ function readBody(req: IncomingMessage, res: ServerResponse, maxBytes: number): 
   })
 }
 
-/** Validation helpers for request bodies. */
+/**
+ * Validation helpers for request bodies from any client: a wrong type, a missing field or a value
+ * out of range is a coded TessError naming the field and the value (cut short), never a crash.
+ * Missing fields and wrong types are TESS_E_BAD_REQUEST; numbers of the wrong kind or out of
+ * range, lists too long and values not among the allowed ones are TESS_E_INVALID.
+ */
 export function bodyObject(body: unknown): Record<string, unknown> {
   if (body === undefined) return {}
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', 'send {"field": value, ...}')
+    throw new TessError('TESS_E_BAD_REQUEST', `request body must be a JSON object, got ${shown(body)}`, 'send {"field": value, ...}')
   }
   return body as Record<string, unknown>
+}
+
+/** A value for a message: its JSON, cut to `max` characters (a body may hold megabytes). */
+export function shown(v: unknown, max = 60): string {
+  let text: string
+  try {
+    text = Array.isArray(v) ? `an array of ${v.length}` : JSON.stringify(v) ?? String(v)
+  } catch {
+    text = String(v)
+  }
+  return text.length > max ? `${text.slice(0, max)}...` : text
+}
+
+/** Run the checks of one request, its errors' messages prefixed with what the request is. */
+export function within<T>(what: string, check: () => T): T {
+  try {
+    return check()
+  } catch (e) {
+    if (e instanceof TessError) throw new TessError(e.code, `${what}: ${e.message}`, e.hint)
+    throw e
+  }
 }
 
 export function str(o: Record<string, unknown>, k: string, required = true): string | undefined {
@@ -351,7 +377,14 @@ export function str(o: Record<string, unknown>, k: string, required = true): str
     if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
     return undefined
   }
-  if (typeof v !== 'string') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be a string`, `give "${k}" as a JSON string`)
+  if (typeof v !== 'string') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be a string, got ${shown(v)}`, `give "${k}" as a JSON string`)
+  return v
+}
+
+/** A string of at most `lengthMax` characters. */
+export function strMax(o: Record<string, unknown>, k: string, lengthMax: number, required = true): string | undefined {
+  const v = str(o, k, required)
+  if (v !== undefined && v.length > lengthMax) throw new TessError('TESS_E_INVALID', `field "${k}" is ${v.length} characters long (${shown(v, 40)}), at most ${lengthMax}`, `shorten "${k}" to at most ${lengthMax} characters`)
   return v
 }
 
@@ -361,7 +394,7 @@ export function int(o: Record<string, unknown>, k: string, min: number, max: num
     if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
     return undefined
   }
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a whole number, got ${JSON.stringify(v)}`, `give "${k}" as a whole number from ${min} to ${max}`)
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a whole number, got ${shown(v)}`, `give "${k}" as a whole number from ${min} to ${max}`)
   if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, `give a value from ${min} to ${max}`)
   return v
 }
@@ -372,7 +405,7 @@ export function num(o: Record<string, unknown>, k: string, min: number, max: num
     if (required) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
     return undefined
   }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a number, got ${JSON.stringify(v)}`, `give "${k}" as a number from ${min} to ${max}`)
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new TessError('TESS_E_INVALID', `field "${k}" must be a number, got ${shown(v)}`, `give "${k}" as a number from ${min} to ${max}`)
   if (v < min || v > max) throw new TessError('TESS_E_INVALID', `field "${k}" = ${v} is out of range ${min}..${max}`, `give a value from ${min} to ${max}`)
   return v
 }
@@ -380,19 +413,49 @@ export function num(o: Record<string, unknown>, k: string, min: number, max: num
 export function bool(o: Record<string, unknown>, k: string): boolean {
   const v = o[k]
   if (v === undefined || v === null) return false
-  if (typeof v !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be true or false`, `give "${k}" as a JSON boolean, or leave it out for false`)
+  if (typeof v !== 'boolean') throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be true or false, got ${shown(v)}`, `give "${k}" as a JSON boolean, or leave it out for false`)
   return v
+}
+
+/** One of a few strings. */
+export function oneOf<T extends string>(o: Record<string, unknown>, k: string, values: readonly T[], required = true): T | undefined {
+  const v = str(o, k, required)
+  if (v === undefined) return undefined
+  if (!(values as readonly string[]).includes(v)) throw new TessError('TESS_E_INVALID', `field "${k}" = ${shown(v)} is not one of ${values.join(', ')}`, `give "${k}" as one of ${values.join(', ')}`)
+  return v as T
 }
 
 /** An optional array of strings, at most `max` of them, each at most `lengthMax` characters. */
 export function strList(o: Record<string, unknown>, k: string, max: number, lengthMax = 4096): string[] | undefined {
   const v = o[k]
   if (v === undefined || v === null) return undefined
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be an array of strings`, `give "${k}" as ["...", ...]`)
+  if (!Array.isArray(v)) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be an array of strings, got ${shown(v)}`, `give "${k}" as ["...", ...]`)
   if (v.length > max) throw new TessError('TESS_E_INVALID', `field "${k}" has ${v.length} entries, at most ${max} allowed`, `give at most ${max}`)
-  const long = (v as string[]).find((x) => x.length > lengthMax)
-  if (long !== undefined) throw new TessError('TESS_E_INVALID', `an entry of "${k}" is longer than ${lengthMax} characters`, `shorten it to at most ${lengthMax} characters`)
+  v.forEach((x: unknown, i) => {
+    if (typeof x !== 'string') throw new TessError('TESS_E_BAD_REQUEST', `entry ${i} of field "${k}" must be a string, got ${shown(x)}`, `give "${k}" as ["...", ...]`)
+    if (x.length > lengthMax) throw new TessError('TESS_E_INVALID', `entry ${i} of field "${k}" is ${x.length} characters long, at most ${lengthMax}`, `shorten it to at most ${lengthMax} characters`)
+  })
   return v as string[]
+}
+
+/** An optional array of at most `max` objects, each checked by `each` (its errors name the entry). */
+export function objList<T>(o: Record<string, unknown>, k: string, max: number, each: (x: Record<string, unknown>, i: number) => T): T[] | undefined {
+  const v = o[k]
+  if (v === undefined || v === null) return undefined
+  if (!Array.isArray(v)) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be an array of objects, got ${shown(v)}`, `give "${k}" as [{...}, ...]`)
+  if (v.length > max) throw new TessError('TESS_E_INVALID', `field "${k}" has ${v.length} entries, at most ${max} allowed`, `give at most ${max}`)
+  return v.map((x: unknown, i) => {
+    if (x === null || typeof x !== 'object' || Array.isArray(x)) throw new TessError('TESS_E_BAD_REQUEST', `entry ${i} of field "${k}" must be an object, got ${shown(x)}`, `give "${k}" as [{...}, ...]`)
+    return within(`entry ${i} of field "${k}"`, () => each(x as Record<string, unknown>, i))
+  })
+}
+
+/** A required JSON object field. */
+export function obj(o: Record<string, unknown>, k: string): Record<string, unknown> {
+  const v = o[k]
+  if (v === undefined || v === null) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" is required`, `add "${k}" to the request`)
+  if (typeof v !== 'object' || Array.isArray(v)) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}" must be an object, got ${shown(v)}`, `give "${k}" as {...}`)
+  return v as Record<string, unknown>
 }
 
 /** An optional whole-number query parameter, 0..max. */

@@ -106,6 +106,40 @@ export const clusterReadyTimeoutMs = 60_000
 /** ... and how often each CVM is asked meanwhile */
 export const clusterReadyPollMs = 200
 
+// containers: the bounds of a container spec and of a CSM's quota, the same at every boundary that
+// receives one (the public API, the node operations between CVMs, the CSM daemon: lib/container-spec.ts)
+/** the least CPU a CSM or a container may be given (the kernel refuses a CFS quota under 1 ms of 100) */
+export const cpusMin = 0.01
+export const cpusMax = 4096
+/** a memory limit under this cannot even start a shell */
+export const memoryLimitMinBytes = 4 * 1024 * 1024
+export const memoryLimitMaxBytes = Number.MAX_SAFE_INTEGER
+/** the kernel's PID_MAX_LIMIT */
+export const pidsMaxLimit = 4_194_304
+/** command (or entrypoint) arguments of one container */
+export const containerArgsMax = 4096
+export const containerEnvMax = 4096
+/** the arguments of a container together, and so each argument or environment entry, take at most this */
+export const containerArgBytesMax = 128 * 1024
+export const containerRlimitsMax = 32
+/** a user (`uid[:gid]` or names) or a working directory of a container */
+export const containerUserLengthMax = 256
+export const containerPathLengthMax = 4096
+export const containerStopTimeoutMsMax = 10 * 60_000
+export const logTailLinesMax = 100_000
+/** most volumes one container may have */
+export const volumesPerContainerMax = 16
+/** a volume's mount point inside its container */
+export const volumeTargetLengthMax = 1024
+/** an NBD host name or address in a volume spec */
+export const volumeHostLengthMax = 255
+/** a CSM request that runs, stops or removes containers may take this long (an image may be unpacked) */
+export const csmCallTimeoutMs = 11 * 60_000
+/** any other CSM request */
+export const csmQuickCallTimeoutMs = 15_000
+/** a node operation on another node's CVM, unless the operation asks for longer */
+export const nodeCallTimeoutMs = 20_000
+
 // user namespaces (containers run with --userns)
 /** the host uid and gid of a --userns container's root; its ids 0-65535 are this + 0-65535 */
 export const usernsHostIdBase = 100_000

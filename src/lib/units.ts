@@ -51,3 +51,10 @@ export function parseDuration(input: string, what = 'duration'): number {
   if (!m) throw new TessError('TESS_E_INVALID', `invalid ${what} "${input}"`, 'use e.g. 500ms, 30s, 5m')
   return Math.round(Number(m[1]) * (durationMs[m[2] ?? 's'] ?? 1000))
 }
+
+/** for messages: a number to 2 decimals */
+export const round2 = (n: number): number => Math.round(n * 100) / 100
+/** for messages: bytes as MiB, to 2 decimals */
+export const mib = (n: number): string => `${round2(n / 1024 / 1024)} MiB`
+/** for messages: bytes as GiB, to 2 decimals */
+export const gib = (n: number): string => `${round2(n / 2 ** 30)} GiB`

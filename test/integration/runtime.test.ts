@@ -129,7 +129,7 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     const c = await run(main, {
       name: 'hello',
       image,
-      env: { GREETING: 'hello from' },
+      env: ['GREETING=hello from'],
       command: ['sh', '-c', 'echo "$GREETING $HOSTNAME"; cat /etc/hello; echo to-stderr >&2; echo "nofile=$(ulimit -n)"; cat /proc/net/dev; cat /etc/hosts; ls /etc'],
     })
     expect(c.name).toBe('hello')

@@ -3,7 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parseVolumeFlag } from '../../src/cli/csm-input.js'
-import { checkMountList, checkVolumeTarget, checkVolumes } from '../../src/csm/volumes/spec.js'
+import { checkVolumeTarget, parseVolumeMounts, parseVolumeSpecs } from '../../src/lib/container-spec.js'
 import { volumeNbdUri } from '../../src/csm/volumes/attach.js'
 
 const nbd = { host: '127.0.0.1', port: 10809, export: 'vol-a' }
@@ -17,26 +17,26 @@ describe('volume specs', () => {
   })
 
   it('targets are absolute, normalised, and not over what the runtime provides', () => {
-    expect(checkVolumeTarget('/data', 'c')).toBe('/data')
-    expect(checkVolumeTarget('/srv/db/', 'c')).toBe('/srv/db')
+    expect(checkVolumeTarget('/data')).toBe('/data')
+    expect(checkVolumeTarget('/srv/db/')).toBe('/srv/db')
     for (const bad of ['data', '/a/../b', '/a//b', '/', '/proc', '/proc/sys', '/dev/shm', '/sys', '/etc/hosts', '/a\0b', 5]) {
-      expect(() => checkVolumeTarget(bad, 'c'), String(bad)).toThrow()
+      expect(() => checkVolumeTarget(bad), String(bad)).toThrow()
     }
-    expect(checkVolumeTarget('/devices', 'c')).toBe('/devices')
+    expect(checkVolumeTarget('/devices')).toBe('/devices')
   })
 
   it('a container names each volume once, with targets that do not overlap', () => {
-    expect(checkMountList([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/b', readOnly: true }], 'c')).toHaveLength(2)
-    expect(() => checkMountList([{ name: 'a', target: '/a', readOnly: false }, { name: 'a', target: '/b', readOnly: true }], 'c')).toThrow(/twice/)
-    expect(() => checkMountList([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/a/b', readOnly: true }], 'c')).toThrow(/overlap/)
-    expect(() => checkMountList(Array.from({ length: 17 }, (_, i) => ({ name: `v${i}`, target: `/v${i}`, readOnly: false })), 'c')).toThrow(/at most/)
+    expect(parseVolumeMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/b', readOnly: true }], 'c')).toHaveLength(2)
+    expect(() => parseVolumeMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'a', target: '/b', readOnly: true }], 'c')).toThrow(/twice/)
+    expect(() => parseVolumeMounts([{ name: 'a', target: '/a', readOnly: false }, { name: 'b', target: '/a/b', readOnly: true }], 'c')).toThrow(/overlap/)
+    expect(() => parseVolumeMounts(Array.from({ length: 17 }, (_, i) => ({ name: `v${i}`, target: `/v${i}`, readOnly: false })), 'c')).toThrow(/at most/)
   })
 
   it('the CSM checks what the CVM sends it as if it came from anyone', () => {
-    expect(checkVolumes([{ name: 'a', target: '/a', readOnly: false, nbd, formatted: true }], 'c')[0]).toEqual({ name: 'a', target: '/a', readOnly: false, nbd, formatted: true })
-    expect(() => checkVolumes([{ name: 'a', target: '/a', readOnly: false, nbd: { ...nbd, port: 0 }, formatted: false }], 'c')).toThrow(/NBD/)
-    expect(() => checkVolumes('x' as never, 'c')).toThrow(/array/)
-    expect(() => checkVolumes([null as never], 'c')).toThrow(/object/)
+    expect(parseVolumeSpecs([{ name: 'a', target: '/a', readOnly: false, nbd, formatted: true }], 'c')[0]).toEqual({ name: 'a', target: '/a', readOnly: false, nbd, formatted: true })
+    expect(() => parseVolumeSpecs([{ name: 'a', target: '/a', readOnly: false, nbd: { ...nbd, port: 0 }, formatted: false }], 'c')).toThrow(/"nbd": field "port" = 0 is out of range/)
+    expect(() => parseVolumeSpecs('x' as never, 'c')).toThrow(/array/)
+    expect(() => parseVolumeSpecs([null as never], 'c')).toThrow(/object/)
   })
 })
 

@@ -2,6 +2,8 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { TessError, assert, errorMessage } from '../../lib/errors.js'
 import { writeFileAtomic } from '../../lib/images/store.js'
+import type { Rlimit } from '../../lib/container-spec.js'
+import type { NetworkMode } from '../../lib/csm-types.js'
 import { parseMountinfo } from './cgroups.js'
 import { execCommand } from './exec.js'
 import { defaultSeccompProfile, type OciSeccomp } from './seccomp.js'
@@ -43,11 +45,8 @@ export interface OciMount {
   options?: string[]
 }
 
-export interface OciRlimit {
-  type: string
-  soft: number
-  hard: number
-}
+/** a process limit in config.json: the container spec's (lib/container-spec.ts) */
+export type OciRlimit = Rlimit
 
 export interface OciUser {
   uid: number
@@ -475,7 +474,7 @@ export function clampRlimits(asked: readonly OciRlimit[], host: HostRlimits, wha
 // ---------------------------------------------------------------------------------------------
 // config.json
 
-export type NetworkMode = 'none' | 'host'
+export type { NetworkMode }
 
 export interface SpecInput {
   /** container name: hostname and HOSTNAME */

@@ -3,6 +3,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { TessError, assert, errorMessage } from '../../lib/errors.js'
 import { checkName } from '../../lib/names.js'
+import type { HostCapacity } from '../../lib/csm-types.js'
+import { mib, round2 } from '../../lib/units.js'
 import {
   cgroupFileSizeMaxBytes, cgroupRmdirRetriesMax, cgroupRmdirRetryMs, cgroupTreeDepthMax, cpuPeriodUs, cpuQuotaMinUs, cpusMin,
   memoryLimitMinBytes, pidsMaxLimit,
@@ -90,10 +92,7 @@ export interface CgroupStats {
   pidsLimit?: number
 }
 
-export interface HostCapacity {
-  cpus: number
-  memoryBytes: number
-}
+export type { HostCapacity }
 
 // ---------------------------------------------------------------------------------------------
 // parsing (pure)
@@ -676,9 +675,6 @@ function checkLimitValues(limits: CgroupLimits, who: string): void {
   }
 }
 
-/** for messages: a number to 2 decimals, bytes as MiB */
-export const round2 = (n: number): number => Math.round(n * 100) / 100
-export const mib = (n: number): string => `${round2(n / 1024 / 1024)} MiB`
 
 // ---------------------------------------------------------------------------------------------
 // file helpers

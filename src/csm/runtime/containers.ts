@@ -10,11 +10,11 @@ import { checkName } from '../../lib/names.js'
 import { imageConfigSizeMaxBytes } from '../../lib/images/limits.js'
 import { writeFileAtomic } from '../../lib/images/store.js'
 import type { ImageRecord } from '../../lib/images/store.js'
-import type { VolumeAttacher, VolumeSpec } from '../volumes/attach.js'
-import { checkVolumes } from '../volumes/spec.js'
+import { parseVolumeSpecs, type ContainerInfo, type ContainerSpec, type ContainerStatus, type NormalisedSpec } from '../../lib/container-spec.js'
+import type { VolumeAttacher } from '../volumes/attach.js'
 import {
   buildOciSpec, clampRlimits, hostsFile, imageRuntimeConfig, isMountPoint, mountOverlay, overlayMountPlan, readHostRlimits, resolvConf,
-  mountsUnder, resolveExecutable, resolveUser, unmount, writeSpec, type HostRlimits, type ImageRuntimeConfig, type NetworkMode, type OciMount, type OciRlimit,
+  mountsUnder, resolveExecutable, resolveUser, unmount, writeSpec, type HostRlimits, type ImageRuntimeConfig, type OciMount,
 } from './bundle.js'
 import { checkLimitsAgainst, type CgroupStats, type CsmCgroup } from './cgroups.js'
 import {
@@ -24,7 +24,7 @@ import {
 import {
   OciRuntime, isProcessAlive, normaliseSignal, readExitStatus, runtimeErrors, type RuntimeName, type ShimFiles,
 } from './runc.js'
-import { chownToMappedRoot, containerIdMapping, ensureTraversable, idmapBinds, usernsSupport, type IdMapping } from './userns.js'
+import { chownToMappedRoot, containerIdMapping, ensureTraversable, idmapBinds, usernsSupport } from './userns.js'
 
 /**
  * The containers of one CSM: bundle, OCI runtime, state on disk, logs, stats, re-adoption.
@@ -50,78 +50,8 @@ import { chownToMappedRoot, containerIdMapping, ensureTraversable, idmapBinds, u
  * read from its (kept) cgroup, its runtime state deleted, its overlay unmounted.
  */
 
-export type ContainerStatus = 'creating' | 'running' | 'paused' | 'exited' | 'removing'
-
-export interface ContainerSpec {
-  /** unique in the CSM; default `c-<first 8 of the id>` */
-  name?: string
-  /** an image reference as recorded by the puller (`registry/repository:tag`) */
-  image: string
-  /** replaces the image's Cmd */
-  command?: string[]
-  /** replaces the image's Entrypoint */
-  entrypoint?: string[]
-  /** `K=V` entries or a map */
-  env?: string[] | Record<string, string>
-  workingDir?: string
-  /** `uid[:gid]`, or names from the image */
-  user?: string
-  cpus?: number
-  memoryBytes?: number
-  pidsMax?: number
-  /** default "none": a network namespace with only loopback */
-  network?: NetworkMode
-  rlimits?: OciRlimit[]
-  /** volumes to attach (needs the manager's `volumes` option) */
-  volumes?: VolumeSpec[]
-  /** a user namespace: the container's root is an unprivileged host user (userns.ts) */
-  userns?: boolean
-}
-
-/** What state.json holds; also what inspect() and list() return. */
-export interface ContainerInfo {
-  id: string
-  name: string
-  csm: string
-  image: string
-  imageDigest: string
-  runtime: RuntimeName
-  status: ContainerStatus
-  createdAt: string
-  startedAt?: string
-  finishedAt?: string
-  /** the container's init process on the host, while it runs */
-  pid?: number
-  /** exit code (128 + signal for a signal) once exited; absent when it could not be learned */
-  exitCode?: number
-  /** a process of the container was killed by the OOM killer */
-  oomKilled?: boolean
-  /** why exitCode is missing, or other facts about the exit */
-  exitNote?: string
-  stopSignal: string
-  spec: NormalisedSpec
-  /** layer diff_ids, top-most first (to mount the rootfs again on start) */
-  layers: string[]
-  shimPid?: number
-  shimStartTime?: string
-}
-
-export interface NormalisedSpec {
-  image: string
-  command?: string[]
-  entrypoint?: string[]
-  env: string[]
-  workingDir?: string
-  user?: string
-  cpus?: number
-  memoryBytes?: number
-  pidsMax: number
-  network: NetworkMode
-  rlimits: OciRlimit[]
-  volumes?: VolumeSpec[]
-  /** the id mapping of its user namespace (with --userns) */
-  userns?: IdMapping
-}
+// the spec a container runs with and what its CSM answers about it: one schema, in lib/container-spec.ts
+export type { ContainerInfo, ContainerSpec, ContainerStatus, NormalisedSpec }
 
 interface StateFile extends ContainerInfo {
   version: 1
@@ -605,7 +535,7 @@ export class ContainerManager {
     const what = `container "${spec.name ?? '?'}" in CSM "${this.csm}"`
     const network = spec.network ?? 'none'
     if (network !== 'none' && network !== 'host') throw new TessError('TESS_E_INVALID', `cannot run ${what}: unknown network "${String(network)}"`, 'use "none" or "host"')
-    const env = Array.isArray(spec.env) ? [...spec.env] : Object.entries(spec.env ?? {}).map(([k, v]) => `${k}=${v}`)
+    const env = [...spec.env ?? []]
     const csmLimits = await this.cgroup.limits()
     const cap = await this.cgroup.host.hostCapacity()
     const within = {
@@ -628,7 +558,7 @@ export class ContainerManager {
     if (spec.memoryBytes !== undefined) n.memoryBytes = spec.memoryBytes
     if (spec.volumes !== undefined && spec.volumes.length > 0) {
       if (this.volumes === undefined) throw new TessError('TESS_E_PRECONDITION', `cannot run ${what}: this CSM cannot attach volumes`, 'run it in a CSM daemon')
-      n.volumes = checkVolumes(spec.volumes, what)
+      n.volumes = parseVolumeSpecs(spec.volumes, `cannot run ${what}`)
     }
     if (spec.userns !== undefined && typeof spec.userns !== 'boolean') throw new TessError('TESS_E_INVALID', `cannot run ${what}: userns must be true or false`, 'leave it out, or give true or false')
     if (spec.userns === true) {

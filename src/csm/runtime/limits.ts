@@ -3,15 +3,16 @@
  * manager): named constants, units last.
  */
 
+// bounds of a container spec and of a CSM's quota: one set, in lib/limits.ts, for every boundary
+export {
+  containerArgBytesMax, containerArgsMax, containerEnvMax, containerStopTimeoutMsMax, cpusMin, logTailLinesMax, memoryLimitMinBytes, pidsMaxLimit,
+} from '../../lib/limits.js'
+
 // cgroups
 /** CFS period used for every quota we write (the kernel default) */
 export const cpuPeriodUs = 100_000
 /** the kernel refuses a CFS quota under 1 ms */
 export const cpuQuotaMinUs = 1_000
-export const cpusMin = 0.01
-/** a memory limit under this cannot even start a shell */
-export const memoryLimitMinBytes = 4 * 1024 * 1024
-export const pidsMaxLimit = 4_194_304
 /** a cgroup file we parse is never larger than this */
 export const cgroupFileSizeMaxBytes = 1024 * 1024
 /** rmdir of a cgroup whose last process just exited can fail with EBUSY for a moment */
@@ -25,13 +26,9 @@ export const containerPidsMaxDefault = 4096
 /** RLIMIT_NOFILE asked for by default, clamped to the host's hard limit */
 export const containerNofileDefault = 1_048_576
 export const containersPerCsmMax = 1000
-export const containerArgsMax = 4096
-export const containerEnvMax = 4096
-export const containerArgBytesMax = 128 * 1024
 /** a container that is not running after this long is a failed start */
 export const containerStartTimeoutMs = 30_000
 export const containerStopTimeoutMsDefault = 10_000
-export const containerStopTimeoutMsMax = 10 * 60_000
 /** after SIGKILL, a container that is still not gone after this long is an error */
 export const containerKillWaitMs = 10_000
 /** how often the manager looks at a starting or stopping container */
@@ -58,7 +55,6 @@ export const stateFileSizeMaxBytes = 1024 * 1024
 // logs
 /** `logs --tail` reads at most this much from the end of a log */
 export const logTailBytesMax = 16 * 1024 * 1024
-export const logTailLinesMax = 100_000
 export const logReadChunkBytes = 64 * 1024
 /** most bytes of output one polled log read returns */
 export const logChunkBytesMax = 1024 * 1024

@@ -3,6 +3,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import { TessError, errorMessage } from '../../lib/errors.js'
+import type { RuntimeName } from '../../lib/csm-types.js'
 import type { CgroupHost, CgroupMode } from './cgroups.js'
 import { execCommand, helperPath, type ExecResult } from './exec.js'
 import { runtimeCommandTimeoutMs, stateFileSizeMaxBytes } from './limits.js'
@@ -33,7 +34,7 @@ import { runtimeCommandTimeoutMs, stateFileSizeMaxBytes } from './limits.js'
  * the controllers and how to mount them.
  */
 
-export type RuntimeName = 'runc' | 'crun'
+export type { RuntimeName }
 
 export type RuntimeStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped'
 

@@ -6,6 +6,7 @@ import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import { usernsHostIdBase, usernsIdsCount, usernsSetupTimeoutMs } from '../../lib/limits.js'
+import type { IdMapping } from '../../lib/container-spec.js'
 
 /**
  * User namespaces for containers (`tess container run --userns`). The container's uid and gid 0-65535
@@ -19,11 +20,7 @@ import { usernsHostIdBase, usernsIdsCount, usernsSetupTimeoutMs } from '../../li
  * needs idmapped mounts on the file systems involved (Linux 5.12+; ext4, and overlayfs lower layers
  * from 5.19); without them, or without the native addon, `--userns` is refused with the reason.
  */
-export interface IdMapping {
-  /** the host id of the container's 0 */
-  hostId: number
-  size: number
-}
+export type { IdMapping }
 
 /** every container with --userns: one range per node, like Docker's userns-remap */
 export const containerIdMapping: IdMapping = { hostId: usernsHostIdBase, size: usernsIdsCount }

@@ -4,6 +4,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import type { Logger } from '../../lib/log.js'
+import type { VolumeSpec } from '../../lib/container-spec.js'
 import { execCommand } from '../runtime/exec.js'
 import { isMountPoint, mountsUnder, unmount } from '../runtime/bundle.js'
 import { isProcessAlive, processStartTime } from '../runtime/runc.js'
@@ -18,17 +19,7 @@ import { isProcessAlive, processStartTime } from '../runtime/runc.js'
  * nbdfuse runs in its own session so the chain outlives a CSM daemon restart, like the container.
  */
 
-export interface VolumeSpec {
-  /** the volume's name */
-  name: string
-  /** absolute path inside the container */
-  target: string
-  readOnly: boolean
-  /** the NBD export of the volume's vDisk, on this node's CVM */
-  nbd: { host: string, port: number, export: string }
-  /** the volume was formatted before: never format it again (a missing filesystem is an error) */
-  formatted: boolean
-}
+export type { VolumeSpec }
 
 export interface AttachState {
   name: string

@@ -1,44 +1,18 @@
 import { TessError } from '../../lib/errors.js'
 import type { ContainerControl } from '../control/cluster.js'
-import type { NetworkMode, RuntimeName } from '../../lib/csm-types.js'
-import { containerArgsMax, containerEnvMax, containerStopTimeoutMsMax, logTailLinesMax } from '../../csm/runtime/limits.js'
-import { bodyObject, bool, int, num, queryInt, str, strList, type ApiServer } from '../../lib/http-server.js'
-import { rfMax, vdiskSizeMaxBytes } from '../../lib/limits.js'
-import type { VolumeMount } from '../control/records.js'
-import { volumesPerContainerMax } from '../../csm/volumes/spec.js'
-
-function volumeMounts(b: Record<string, unknown>): VolumeMount[] | undefined {
-  const v = b.volumes
-  if (v === undefined || v === null) return undefined
-  if (!Array.isArray(v) || v.length > volumesPerContainerMax) throw new TessError('TESS_E_BAD_REQUEST', `field "volumes" must be an array of at most ${volumesPerContainerMax} objects`, 'give volumes as [{"name": ..., "target": ...}]')
-  return v.map((x: unknown) => {
-    const o = bodyObject(x)
-    return { name: str(o, 'name')!, target: str(o, 'target')!, readOnly: bool(o, 'readOnly') }
-  })
-}
-
-const cpusMax = 4096
-
+import { parseCsmCreateRequest, parseCsmUpdateRequest, parseRunRequest } from '../../lib/container-spec.js'
+import { bodyObject, bool, int, queryInt, str, strList, type ApiServer } from '../../lib/http-server.js'
+import { containerStopTimeoutMsMax, logTailLinesMax, rfMax, vdiskSizeMaxBytes } from '../../lib/limits.js'
 
 /** The container half of the management API: CSMs, pools, registries, images, containers. */
 export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
   api.route('GET', '/v1/csms', async () => c.listCsms())
   api.route('POST', '/v1/csms', async (req) => {
-    const b = bodyObject(req.body)
-    const node = str(b, 'node', false)
-    const runtime = str(b, 'runtime', false)
-    return c.createCsm({
-      name: str(b, 'name')!, cpus: num(b, 'cpus', 0, cpusMax)!, memoryBytes: int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER)!,
-      ...(node !== undefined ? { node } : {}), ...(runtime !== undefined ? { runtime: runtime as RuntimeName } : {}),
-    })
+    return c.createCsm(parseCsmCreateRequest(req.body, 'cannot create the CSM'))
   }, 'operator')
   api.route('GET', '/v1/csms/:name', async (req) => c.showCsm(req.params.name!))
   api.route('PATCH', '/v1/csms/:name', async (req) => {
-    const b = bodyObject(req.body)
-    const cpus = num(b, 'cpus', 0, cpusMax, false)
-    const memoryBytes = int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER, false)
-    if (cpus === undefined && memoryBytes === undefined) throw new TessError('TESS_E_BAD_REQUEST', 'nothing to update', 'give "cpus" and/or "memoryBytes"')
-    return c.updateCsm(req.params.name!, { ...(cpus !== undefined ? { cpus } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}) })
+    return c.updateCsm(req.params.name!, parseCsmUpdateRequest(req.body, `cannot update CSM "${req.params.name!.slice(0, 63)}"`))
   }, 'operator')
   api.route('DELETE', '/v1/csms/:name', async (req) => c.deleteCsm(req.params.name!, req.query.get('force') === 'true'), 'operator')
 
@@ -87,25 +61,7 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
 
   api.route('GET', '/v1/containers', async () => c.listContainers())
   api.route('POST', '/v1/containers', async (req) => {
-    const b = bodyObject(req.body)
-    const csm = str(b, 'csm', false)
-    const pool = str(b, 'pool', false)
-    const cpus = num(b, 'cpus', 0, cpusMax, false)
-    const memoryBytes = int(b, 'memoryBytes', 0, Number.MAX_SAFE_INTEGER, false)
-    const env = strList(b, 'env', containerEnvMax)
-    const command = strList(b, 'command', containerArgsMax)
-    const network = str(b, 'network', false)
-    const volumes = volumeMounts(b)
-    const userns = bool(b, 'userns')
-    return c.run({
-      ...(volumes !== undefined ? { volumes } : {}),
-      name: str(b, 'name')!, image: str(b, 'image')!,
-      ...(csm !== undefined ? { csm } : {}), ...(pool !== undefined ? { pool } : {}),
-      ...(cpus !== undefined ? { cpus } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}),
-      ...(env !== undefined ? { env } : {}), ...(command !== undefined ? { command } : {}),
-      ...(network !== undefined ? { network: network as NetworkMode } : {}),
-      ...(userns ? { userns } : {}),
-    })
+    return c.run(parseRunRequest(req.body, 'cannot run the container'))
   }, 'operator')
   api.route('GET', '/v1/containers/:name', async (req) => c.showContainer(req.params.name!))
   api.route('POST', '/v1/containers/:name/:op', async (req) => {

@@ -1,6 +1,7 @@
-import { TessError, errorMessage } from '../../lib/errors.js'
+import { errorMessage } from '../../lib/errors.js'
 import type { KeyKeeper } from '../vdisk/keykeeper.js'
-import { bodyObject, str, type ApiServer } from '../../lib/http-server.js'
+import { bodyObject, type ApiServer } from '../../lib/http-server.js'
+import { clusterKeyField, type NodeHandlers } from '../../lib/rpc/node-ops.js'
 
 export interface UnlockAnswer {
   /** nodes that hold the cluster key now (this one first) */
@@ -9,11 +10,6 @@ export interface UnlockAnswer {
   failedNodes: Array<{ node: string, error: string }>
 }
 
-function keyFrom(b: Record<string, unknown>): Buffer {
-  const text = str(b, 'key')!
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(text)) throw new TessError('TESS_E_INVALID', 'the cluster key must be base64', 'give the key file `tess vdisk create --encrypted` wrote')
-  return Buffer.from(text, 'base64')
-}
 
 /**
  * `POST /v1/keys/unlock` (admin): the operator gives the cluster key; this CVM checks it against
@@ -22,7 +18,7 @@ function keyFrom(b: Record<string, unknown>): Buffer {
  */
 export function registerKeyRoutes(api: ApiServer, keeper: KeyKeeper, self: string, others: () => string[], give: (node: string, keyB64: string) => Promise<void>): void {
   api.route('POST', '/v1/keys/unlock', async (req): Promise<UnlockAnswer> => {
-    const key = keyFrom(bodyObject(req.body))
+    const key = Buffer.from(clusterKeyField(bodyObject(req.body)), 'base64')
     await keeper.unlock(key)
     const out: UnlockAnswer = { unlockedNodes: [self], failedNodes: [] }
     await Promise.all(others().map(async (n) => {
@@ -38,10 +34,10 @@ export function registerKeyRoutes(api: ApiServer, keeper: KeyKeeper, self: strin
 }
 
 /** The node operations of the cluster key: another CVM gives it, or asks for it. */
-export function keyNodeOps(keeper: KeyKeeper): Record<string, (b: Record<string, unknown>) => Promise<unknown>> {
+export function keyNodeOps(keeper: KeyKeeper): Pick<NodeHandlers, 'keys.unlock' | 'keys.get'> {
   return {
-    'keys.unlock': async (b) => {
-      await keeper.unlock(keyFrom(b))
+    'keys.unlock': async ({ key }) => {
+      await keeper.unlock(Buffer.from(key, 'base64'))
       return { unlocked: true }
     },
     'keys.get': async () => ({ key: keeper.current?.toString('base64') ?? null }),

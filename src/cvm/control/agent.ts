@@ -4,20 +4,19 @@ import fsp from 'node:fs/promises'
 import type { Etcd3 } from 'etcd3'
 import { TessError, errorMessage, isTessError } from '../../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import { jsonRequest } from '../../lib/jsonhttp.js'
 import type { Logger } from '../../lib/log.js'
 import { nodePaths, writeFileAtomic, type NodeConfig } from '../../lib/nodeconfig.js'
-import type { ImageInfo } from '../../lib/csm-types.js'
+import type { HostCapacity, ImageInfo } from '../../lib/csm-types.js'
+import { cgroupParentFor, type ContainerInfo, type CsmSpec } from '../../lib/container-spec.js'
+import { CsmClient } from '../../lib/rpc/csm.js'
+import type { LocalCsm, NamedCsmStats, PullAnswer } from '../../lib/rpc/node-ops.js'
 import type { ContainersState } from '../../lib/types.js'
-import { cgroupParentFor, type CsmSpec } from '../../csm/spec.js'
-import type { CsmStatsAnswer } from '../../csm/routes.js'
 import { formatReference, parseReference } from '../../lib/images/reference.js'
 import type { RegistryConfig } from '../images/registry.js'
 import { ContentStore } from '../../lib/images/store.js'
 import { LayerStore } from '../../lib/images/unpack.js'
 import { ImageWorker } from '../images/worker.js'
-import { CgroupHost, type HostCapacity } from '../../csm/runtime/cgroups.js'
-import type { ContainerInfo } from '../../csm/runtime/containers.js'
+import { CgroupHost } from '../../csm/runtime/cgroups.js'
 import { isProcessAlive } from '../../csm/runtime/runc.js'
 import { refusingRule } from './policy.js'
 import type { ContainerRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord } from './records.js'
@@ -28,29 +27,8 @@ export const csmStartTimeoutMs = 30_000
 export const csmStopTimeoutMs = 20_000
 /** longest unix socket path (sun_path is 108 bytes with its NUL) */
 const socketPathMaxBytes = 107
-/** a CSM request that runs or stops containers may take this long */
-export const csmCallTimeoutMs = 11 * 60_000
-const csmQuickCallTimeoutMs = 15_000
 /** a container without a record is removed only when older than this */
 const orphanAgeMinMs = 60_000
-
-/** What the node's CSMs look like from the CVM of the node. */
-export interface LocalCsm {
-  name: string
-  pid: number | null
-  up: boolean
-  containers: ContainerInfo[]
-}
-
-export interface PullAnswer {
-  ref: string
-  digest: string
-  sizeBytes: number
-  layers: number
-  platform: string
-  downloadedBytes: number
-  seconds: number
-}
 
 export const canonicalRef = (ref: string): string => formatReference(parseReference(ref, { defaultRegistry: 'docker.io' }))
 
@@ -144,8 +122,9 @@ export class NodeAgent {
     }
   }
 
-  csm<T>(name: string, method: string, path: string, body?: unknown, timeoutMs = csmQuickCallTimeoutMs): Promise<T> {
-    return jsonRequest<T>({ endpoint: this.paths.csmSocket(name), what: `CSM "${name}" on node ${this.node}` }, method, path, body, timeoutMs)
+  /** The API of one of this node's CSM daemons, on its unix socket. */
+  csm(name: string): CsmClient {
+    return CsmClient.over(this.paths.csmSocket(name), `CSM "${name}" on node ${this.node}`)
   }
 
   private localNames(): string[] {
@@ -221,7 +200,7 @@ export class NodeAgent {
       for (const c of s.containers) {
         if (known.has(`${s.name}/${c.name}`) || Date.now() - Date.parse(c.createdAt) < orphanAgeMinMs) continue
         this.log.warn(`container ${c.name} (${c.id}) of CSM ${s.name} has no record in etcd: removing it`)
-        await this.csm(s.name, 'DELETE', `/v1/containers/${c.id}?force=true`, undefined, csmCallTimeoutMs).catch((e: unknown) => this.log.warn(`remove ${c.name}: ${errorMessage(e)}`))
+        await this.csm(s.name).remove(c.id, true).catch((e: unknown) => this.log.warn(`remove ${c.name}: ${errorMessage(e)}`))
       }
     }
   }
@@ -241,7 +220,7 @@ export class NodeAgent {
     let last: unknown
     for (;;) {
       try {
-        await this.csm(name, 'GET', '/v1/health', undefined, 2000)
+        await this.csm(name).health(2000)
         return
       } catch (e) {
         last = e
@@ -262,7 +241,7 @@ export class NodeAgent {
   async containers(name: string): Promise<ContainerInfo[]> {
     if (!fs.existsSync(this.paths.csmSpec(name))) return []
     await this.waitUp(name, csmStartTimeoutMs)
-    return this.csm<ContainerInfo[]>(name, 'GET', '/v1/containers')
+    return this.csm(name).list()
   }
 
   /**
@@ -277,7 +256,7 @@ export class NodeAgent {
         throw new TessError('TESS_E_CONFLICT', `cannot delete CSM "${name}": it hosts ${cs.length} container(s): ${cs.map((c) => c.name).join(', ')}`, 'remove them first, or delete with --force (their containers are killed and removed)')
       }
       for (const c of cs) {
-        await this.csm(name, 'DELETE', `/v1/containers/${c.id}?force=true`, undefined, csmCallTimeoutMs)
+        await this.csm(name).remove(c.id, true)
         removed.push(c.name)
       }
       fs.rmSync(this.paths.csmSpec(name), { force: true })
@@ -297,7 +276,7 @@ export class NodeAgent {
   }
 
   async setLimits(name: string, cpus: number, memoryBytes: number): Promise<void> {
-    await this.csm(name, 'PUT', '/v1/limits', { cpus, memoryBytes })
+    await this.csm(name).setLimits({ cpus, memoryBytes })
     const rec = await etcdCall('read the CSM', () => getJson<CsmRecord>(this.etcd, keys.csm(name)))
     if (rec !== undefined) await this.writeSpec({ ...rec, cpus, memoryBytes })
   }
@@ -306,7 +285,7 @@ export class NodeAgent {
   async status(): Promise<LocalCsm[]> {
     return Promise.all(this.localNames().filter((n) => fs.existsSync(this.paths.csmSpec(n))).map(async (name) => {
       try {
-        const containers = await this.csm<ContainerInfo[]>(name, 'GET', '/v1/containers')
+        const containers = await this.csm(name).list()
         return { name, pid: this.pidOf(name), up: true, containers }
       } catch {
         return { name, pid: this.pidOf(name), up: false, containers: [] }
@@ -413,12 +392,12 @@ export class NodeAgent {
 
   // ---- containers
 
-  async stats(csm?: string): Promise<Array<CsmStatsAnswer & { name: string }>> {
+  async stats(csm?: string): Promise<NamedCsmStats[]> {
     const names = csm !== undefined ? [csm] : this.localNames().filter((n) => fs.existsSync(this.paths.csmSpec(n)))
-    const out: Array<CsmStatsAnswer & { name: string }> = []
+    const out: NamedCsmStats[] = []
     await Promise.all(names.map(async (name) => {
       try {
-        out.push({ name, ...await this.csm<CsmStatsAnswer>(name, 'GET', '/v1/stats') })
+        out.push({ name, ...await this.csm(name).stats() })
       } catch (e) {
         if (csm !== undefined) throw e
         this.log.warn(`stats of CSM ${name}: ${errorMessage(e)}`)

@@ -7,22 +7,17 @@ import { checkName } from '../../lib/names.js'
 import type { NodeRecord, NodeStatusRecord } from '../../lib/types.js'
 import type {
   ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullResult, ImageRemoveResult,
-  LogChunk, NetworkMode, RegistryInfo, RegistryPolicyInfo, RuntimeName, StatsResult, VolumeInfo, ContainerMoveResult,
+  LogChunk, RegistryInfo, RegistryPolicyInfo, RuntimeName, StatsResult, VolumeInfo, ContainerMoveResult, CsmStatsAnswer, HostCapacity,
 } from '../../lib/csm-types.js'
-import type { CsmStatsAnswer } from '../../csm/routes.js'
+import type { ContainerInfo, RunRequest, VolumeSpec } from '../../lib/container-spec.js'
 import { parseRegistryHost } from '../../lib/images/reference.js'
-import { mib, round2, type HostCapacity } from '../../csm/runtime/cgroups.js'
-import type { ContainerInfo } from '../../csm/runtime/containers.js'
-import { cpusMin, memoryLimitMinBytes } from '../../csm/runtime/limits.js'
-import { canonicalRef, type LocalCsm, type PullAnswer } from './agent.js'
+import { csmCallTimeoutMs } from '../../lib/limits.js'
+import { gib, mib, round2 } from '../../lib/units.js'
+import type { LocalCsm, NodeCall, PullAnswer } from '../../lib/rpc/node-ops.js'
+import { canonicalRef } from './agent.js'
 import { checkPattern, policyRulesMax } from './policy.js'
 import type { ContainerRecord, CsmPoolRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord, VolumeMount, VolumeRecord } from './records.js'
 import type { VdiskInfo } from '../../lib/types.js'
-import type { VolumeSpec } from '../../csm/volumes/attach.js'
-import { checkMountList } from '../../csm/volumes/spec.js'
-
-/** Calls one node's agent: in this process for this node, over the API for another. */
-export type NodeCall = <T>(node: string, op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<T>
 
 /** What the container control needs of the vDisk service (volumes are vDisks). */
 export interface VdiskOps {
@@ -41,23 +36,6 @@ const poolSizeMax = 1000
 /** a node that does not tell its CSMs' state within this is shown down */
 const nodeStatusTimeoutMs = 10_000
 const registryPasswordLengthMax = 4096
-
-export interface RunRequest {
-  name: string
-  image: string
-  csm?: string
-  pool?: string
-  cpus?: number
-  memoryBytes?: number
-  env?: string[]
-  network?: NetworkMode
-  command?: string[]
-  volumes?: VolumeMount[]
-  /** a user namespace (csm/runtime/userns.ts) */
-  userns?: boolean
-}
-
-const gib = (n: number) => `${round2(n / 2 ** 30)} GiB`
 
 /**
  * The cluster-wide half of containers, served by every CVM: CSM, pool, registry and container
@@ -106,16 +84,9 @@ export class ContainerControl {
     return etcdCall('list containers', () => listJson<ContainerRecord>(this.etcd, keys.containersPrefix))
   }
 
-  private static checkQuota(cpus: number, memoryBytes: number, what: string): void {
-    if (!Number.isFinite(cpus) || cpus < cpusMin) throw new TessError('TESS_E_INVALID', `cannot give ${what} ${cpus} cpus: at least ${cpusMin}`, 'e.g. --cpus 0.5')
-    if (!Number.isSafeInteger(memoryBytes) || memoryBytes < memoryLimitMinBytes) {
-      throw new TessError('TESS_E_INVALID', `cannot give ${what} ${memoryBytes} bytes of memory: at least ${mib(memoryLimitMinBytes)}`, 'e.g. --memory 512M')
-    }
-  }
-
   /** What a node has, and what its CSMs (other than `except`) were given. */
   private async nodeRoom(node: string, csms: CsmRecord[], except?: string): Promise<{ cap: HostCapacity, usedCpus: number, usedMemoryBytes: number, names: string[] }> {
-    const cap = await this.call<HostCapacity>(node, 'node.capacity', {})
+    const cap = await this.call(node, 'node.capacity', {})
     const mine = csms.filter((c) => c.node === node && c.name !== except && c.deleting !== true)
     return { cap, usedCpus: mine.reduce((a, c) => a + c.cpus, 0), usedMemoryBytes: mine.reduce((a, c) => a + c.memoryBytes, 0), names: mine.map((c) => c.name) }
   }
@@ -135,11 +106,10 @@ export class ContainerControl {
     return undefined
   }
 
+  /** `req` is checked (lib/container-spec.ts: parseCsmCreateRequest) */
   async createCsm(req: { name: string, cpus: number, memoryBytes: number, node?: string, runtime?: RuntimeName }): Promise<CsmInfo> {
-    const name = checkName('CSM', req.name)
-    ContainerControl.checkQuota(req.cpus, req.memoryBytes, `CSM "${name}"`)
+    const name = req.name
     const runtime = req.runtime ?? 'runc'
-    if (runtime !== 'runc' && runtime !== 'crun') throw new TessError('TESS_E_INVALID', `unknown OCI runtime "${String(runtime)}"`, 'use runc or crun')
     if (await etcdCall('read the CSM', () => getJson<CsmRecord>(this.etcd, keys.csm(name))) !== undefined) {
       throw new TessError('TESS_E_EXISTS', `cannot create CSM "${name}": a CSM of that name exists`, 'choose another name, or delete it first')
     }
@@ -203,7 +173,7 @@ export class ContainerControl {
         out.set(n, undefined)
         return
       }
-      out.set(n, await this.call<LocalCsm[]>(n, 'csm.status', {}, nodeStatusTimeoutMs).catch((e: unknown) => {
+      out.set(n, await this.call(n, 'csm.status', {}, nodeStatusTimeoutMs).catch((e: unknown) => {
         this.log.warn(`status of the CSMs of ${n}: ${errorMessage(e)}`)
         return undefined
       }))
@@ -247,7 +217,6 @@ export class ContainerControl {
     const r = await this.csmRecord(name)
     const cpus = req.cpus ?? r.cpus
     const memoryBytes = req.memoryBytes ?? r.memoryBytes
-    ContainerControl.checkQuota(cpus, memoryBytes, `CSM "${name}"`)
     const err = ContainerControl.roomError(name, r.node, cpus, memoryBytes, await this.nodeRoom(r.node, await this.csmRecords(), name))
     if (err) throw err
     await this.call(r.node, 'csm.limits', { name, cpus, memoryBytes })
@@ -266,7 +235,7 @@ export class ContainerControl {
     let removed: string[] = mine.map((c) => c.name)
     if (up.includes(r.node)) {
       try {
-        removed = (await this.call<{ removed: string[] }>(r.node, 'csm.remove', { name, force }, 11 * 60_000)).removed
+        removed = (await this.call(r.node, 'csm.remove', { name, force }, csmCallTimeoutMs)).removed
       } catch (e) {
         // not deleted after all: the CSM stays as it was
         await this.etcd.put(keys.csm(name)).value(JSON.stringify(r)).catch(() => undefined)
@@ -429,7 +398,7 @@ export class ContainerControl {
   async pull(req: { ref: string, csm?: string, node?: string }): Promise<ImagePullResult> {
     canonicalRef(req.ref) // a malformed reference is refused before any node is asked
     const nodes = await this.imageNodes(req)
-    const results = await Promise.allSettled(nodes.map((n) => this.call<PullAnswer>(n, 'image.pull', { ref: req.ref }, imagePullTimeoutMs)))
+    const results = await Promise.allSettled(nodes.map((n) => this.call(n, 'image.pull', { ref: req.ref }, imagePullTimeoutMs)))
     const failed = results.findIndex((r) => r.status === 'rejected')
     if (failed >= 0) {
       const e = (results[failed] as PromiseRejectedResult).reason as unknown
@@ -447,7 +416,7 @@ export class ContainerControl {
 
   async images(): Promise<ImageInfo[]> {
     const nodes = await this.upNodes()
-    const all = await Promise.all(nodes.map((n) => this.call<ImageInfo[]>(n, 'image.list', {})))
+    const all = await Promise.all(nodes.map((n) => this.call(n, 'image.list', {})))
     return all.flat().sort((a, b) => a.ref.localeCompare(b.ref) || a.node.localeCompare(b.node))
   }
 
@@ -456,7 +425,7 @@ export class ContainerControl {
     const nodes = await this.imageNodes(req.node !== undefined ? { node: req.node } : {})
     const done: string[] = []
     for (const n of nodes) {
-      if ((await this.call<{ removed: boolean }>(n, 'image.remove', { ref })).removed) done.push(n)
+      if ((await this.call(n, 'image.remove', { ref })).removed) done.push(n)
     }
     if (done.length === 0) throw new TessError('TESS_E_NOT_FOUND', `image ${ref} is not on ${req.node !== undefined ? `node ${req.node}` : 'any node'}`, 'see `tess image list`')
     return { ref, nodes: done }
@@ -561,17 +530,12 @@ export class ContainerControl {
     return env as string[]
   }
 
+  /** `req` is checked (lib/container-spec.ts: parseRunRequest), or a record's (a move) */
   async run(req: RunRequest): Promise<ContainerView> {
-    const name = checkName('container', req.name)
+    const name = req.name
     const image = canonicalRef(req.image)
     const network = req.network ?? 'none'
-    if (network !== 'none' && network !== 'host') throw new TessError('TESS_E_INVALID', `unknown network "${String(network)}"`, 'use none or host')
-    for (const e of req.env ?? []) {
-      if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(e)) throw new TessError('TESS_E_INVALID', `bad environment entry "${e.slice(0, 100)}"`, 'write KEY=VALUE, KEY of letters, digits and _')
-    }
-    if (req.cpus !== undefined && (!Number.isFinite(req.cpus) || req.cpus < cpusMin)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.cpus} cpus: at least ${cpusMin}`, `e.g. --cpus 0.5 (at least ${cpusMin})`)
-    if (req.memoryBytes !== undefined && (!Number.isSafeInteger(req.memoryBytes) || req.memoryBytes < memoryLimitMinBytes)) throw new TessError('TESS_E_INVALID', `cannot give container "${name}" ${req.memoryBytes} bytes: at least ${mib(memoryLimitMinBytes)}`, `e.g. --memory 256M (at least ${mib(memoryLimitMinBytes)})`)
-    const mounts = checkMountList(req.volumes ?? [], `container "${name}"`).map((m) => ({ name: m.name, target: m.target, readOnly: m.readOnly }))
+    const mounts = (req.volumes ?? []).map((m) => ({ name: m.name, target: m.target, readOnly: m.readOnly }))
     const existing = await etcdCall('read the container', () => getJson<ContainerRecord>(this.etcd, keys.container(name)))
     if (existing !== undefined) throw new TessError('TESS_E_EXISTS', `cannot run container "${name}": a container of that name exists (in CSM ${existing.csm} on node ${existing.node})`, `remove it first: tess container remove ${name}`)
     const csm = await this.place(req, await this.containerRecords())
@@ -588,7 +552,7 @@ export class ContainerControl {
     let c: ContainerInfo
     try {
       const volumes = mounts.length > 0 ? await this.attachVolumes(name, csm, mounts) : []
-      c = await this.call<ContainerInfo>(csm.node, 'container.run', {
+      c = await this.call(csm.node, 'container.run', {
         csm: csm.name,
         spec: {
           name, image,
@@ -635,7 +599,7 @@ export class ContainerControl {
     const up = (await this.upNodes()).includes(r.node)
     if (!up) return ContainerControl.view(r, undefined, false)
     try {
-      const c = await this.call<ContainerInfo>(r.node, 'container.get', { csm: r.csm, id: r.id })
+      const c = await this.call(r.node, 'container.get', { csm: r.csm, id: r.id })
       return ContainerControl.view(r, c, true)
     } catch (e) {
       // the node's lease has not run out yet, but it does not answer: its state is unknown
@@ -646,7 +610,7 @@ export class ContainerControl {
 
   async containerOp(name: string, op: 'start' | 'stop' | 'pause' | 'resume', timeoutMs?: number): Promise<ContainerView> {
     const r = await this.target(name)
-    const c = await this.call<ContainerInfo>(r.node, 'container.op', { csm: r.csm, id: r.id, op, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, (timeoutMs ?? 10_000) + 60_000)
+    const c = await this.call(r.node, 'container.op', { csm: r.csm, id: r.id, op, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, (timeoutMs ?? 10_000) + 60_000)
     return ContainerControl.view(r, c, true)
   }
 
@@ -656,7 +620,7 @@ export class ContainerControl {
     if (r.id !== null) {
       if (up) {
         try {
-          await this.call(r.node, 'container.remove', { csm: r.csm, id: r.id, force }, 11 * 60_000)
+          await this.call(r.node, 'container.remove', { csm: r.csm, id: r.id, force }, csmCallTimeoutMs)
         } catch (e) {
           if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) throw e
         }
@@ -673,7 +637,7 @@ export class ContainerControl {
 
   async logs(name: string, offset?: number, tail?: number): Promise<LogChunk> {
     const r = await this.target(name)
-    const chunk = await this.call<{ data: string, offset: number, running: boolean }>(r.node, 'container.logs', {
+    const chunk = await this.call(r.node, 'container.logs', {
       csm: r.csm, id: r.id, ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}),
     })
     return { name, ...chunk }
@@ -692,7 +656,7 @@ export class ContainerControl {
     }
     const recs = await this.containerRecords()
     await Promise.all(nodes.map(async (n) => {
-      const answers = await this.call<Array<CsmStatsAnswer & { name: string }>>(n, 'stats', csmFilter !== undefined ? { csm: csmFilter } : {})
+      const answers = await this.call(n, 'stats', csmFilter !== undefined ? { csm: csmFilter } : {})
       for (const a of answers) {
         out.csms.push({ csm: a.name, node: n, readAt: a.readAt, ...a.csm })
         for (const c of a.containers) {
@@ -895,7 +859,7 @@ export class ContainerControl {
     const mine = (await this.containerRecords()).filter((r) => r.state === 'creating' && r.apiNode === this.self)
     for (const r of mine) {
       try {
-        const local = (await this.call<LocalCsm[]>(r.node, 'csm.status', {})).find((x) => x.name === r.csm)
+        const local = (await this.call(r.node, 'csm.status', {})).find((x) => x.name === r.csm)
         if (local === undefined || !local.up) continue
         const c = local.containers.find((x) => x.name === r.name)
         if (c !== undefined) await this.etcd.put(keys.container(r.name)).value(JSON.stringify({ ...r, id: c.id, image: c.image, state: 'created' }))

@@ -1,85 +1,53 @@
-import { TessError } from '../../lib/errors.js'
-import { checkName } from '../../lib/names.js'
-import { bool, int, str, type ApiServer } from '../../lib/http-server.js'
-import type { ContainerInfo } from '../../csm/runtime/containers.js'
-import { containerStopTimeoutMsMax, logTailLinesMax } from '../../csm/runtime/limits.js'
-import { csmCallTimeoutMs, type NodeAgent } from './agent.js'
+import type { NodeHandlers, NodeOp } from '../../lib/rpc/node-ops.js'
+import type { NodeAgent } from './agent.js'
 
-export type NodeOp = (body: Record<string, unknown>) => Promise<unknown>
-
-const idPattern = /^[a-f0-9]{12}$/
-
-function containerId(b: Record<string, unknown>): string {
-  const id = str(b, 'id')!
-  if (!idPattern.test(id)) throw new TessError('TESS_E_BAD_REQUEST', `bad container id "${id.slice(0, 40)}"`, '12 hex digits')
-  return id
-}
+/** The node operations of the container side: every one but the vDisk and cluster key ones. */
+export type ContainerNodeOp = Exclude<NodeOp, 'vdisk.release' | 'keys.unlock' | 'keys.get'>
 
 /**
  * What one node's agent does for the cluster: called in-process for this node, or by another
- * CVM over the API (POST /v1/node-ops/OP, with the cluster's token). Every body is checked.
+ * CVM over the API (POST /v1/node-ops/OP, for nodes only). Requests arrive checked
+ * (lib/rpc/node-ops.ts: nodeOpRequests); the CSM daemon checks a container spec again.
  */
-export function nodeOps(agent: NodeAgent): Record<string, NodeOp> {
-  const csm = (b: Record<string, unknown>) => checkName('CSM', str(b, 'csm')!)
-  const ops: Record<string, NodeOp> = {
+export function containerNodeOps(agent: NodeAgent): Pick<NodeHandlers, ContainerNodeOp> {
+  const ops: Pick<NodeHandlers, ContainerNodeOp> = {
     'node.capacity': async () => agent.capacity(),
-    'csm.ensure': async (b) => agent.ensure(checkName('CSM', str(b, 'name')!)),
-    'csm.remove': async (b) => ({ removed: await agent.removeLocal(checkName('CSM', str(b, 'name')!), bool(b, 'force')) }),
-    'csm.limits': async (b) => {
-      const cpus = b.cpus
-      if (typeof cpus !== 'number' || !Number.isFinite(cpus)) throw new TessError('TESS_E_BAD_REQUEST', 'field "cpus" must be a number', 'a CVM sent a bad node operation: are all nodes on the same tess version?')
-      await agent.setLimits(checkName('CSM', str(b, 'name')!), cpus, int(b, 'memoryBytes', 1, Number.MAX_SAFE_INTEGER)!)
+    'csm.ensure': async ({ name }) => agent.ensure(name),
+    'csm.remove': async ({ name, force }) => ({ removed: await agent.removeLocal(name, force) }),
+    'csm.limits': async ({ name, cpus, memoryBytes }) => {
+      await agent.setLimits(name, cpus, memoryBytes)
       return {}
     },
     'csm.status': async () => agent.status(),
-    'image.pull': async (b) => agent.pull(str(b, 'ref')!),
+    'image.pull': async ({ ref }) => agent.pull(ref),
     'image.list': async () => agent.images(),
-    'image.remove': async (b) => ({ removed: await agent.removeImage(str(b, 'ref')!) }),
-    'container.run': async (b) => {
-      const name = csm(b)
-      const spec = b.spec
-      if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) throw new TessError('TESS_E_BAD_REQUEST', 'field "spec" must be an object', 'a CVM sent a bad node operation: are all nodes on the same tess version?')
-      const s = spec as Record<string, unknown>
-      const image = await agent.ensureImage(str(s, 'image')!)
-      return agent.csm<ContainerInfo>(name, 'POST', '/v1/containers', { ...s, image }, csmCallTimeoutMs)
+    'image.remove': async ({ ref }) => ({ removed: await agent.removeImage(ref) }),
+    'container.run': async ({ csm, spec }) => {
+      const image = await agent.ensureImage(spec.image)
+      return agent.csm(csm).run({ ...spec, image })
     },
-    'container.get': async (b) => agent.csm<ContainerInfo>(csm(b), 'GET', `/v1/containers/${containerId(b)}`),
-    'container.op': async (b) => {
-      const op = str(b, 'op')!
-      if (!['start', 'stop', 'pause', 'resume'].includes(op)) throw new TessError('TESS_E_BAD_REQUEST', `unknown container operation "${op.slice(0, 40)}"`, 'one of start, stop, pause, resume')
-      const timeoutMs = int(b, 'timeoutMs', 0, containerStopTimeoutMsMax, false)
-      return agent.csm<ContainerInfo>(csm(b), 'POST', `/v1/containers/${containerId(b)}/${op}`, timeoutMs !== undefined ? { timeoutMs } : {}, csmCallTimeoutMs)
-    },
-    'container.remove': async (b) => agent.csm(csm(b), 'DELETE', `/v1/containers/${containerId(b)}${bool(b, 'force') ? '?force=true' : ''}`, undefined, csmCallTimeoutMs),
-    'container.logs': async (b) => {
-      const offset = int(b, 'offset', 0, Number.MAX_SAFE_INTEGER, false)
-      const tail = int(b, 'tail', 0, logTailLinesMax, false)
-      const q = new URLSearchParams()
-      if (offset !== undefined) q.set('offset', String(offset))
-      if (tail !== undefined) q.set('tail', String(tail))
-      return agent.csm(csm(b), 'GET', `/v1/containers/${containerId(b)}/logs?${q.toString()}`)
-    },
-    'stats': async (b) => agent.stats(b.csm !== undefined ? csm(b) : undefined),
+    'container.get': async ({ csm, id }) => agent.csm(csm).inspect(id),
+    'container.op': async ({ csm, id, op, timeoutMs }) => agent.csm(csm).op(id, op, timeoutMs),
+    'container.remove': async ({ csm, id, force }) => agent.csm(csm).remove(id, force),
+    'container.logs': async ({ csm, id, offset, tail }) => agent.csm(csm).logs(id, { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) }),
+    'stats': async ({ csm }) => agent.stats(csm),
   }
   // everything but the image store needs the container side (cgroups, the OCI runtime)
-  for (const [name, op] of Object.entries(ops)) {
-    const image = name.startsWith('image.')
-    ops[name] = async (b) => {
-      if (image) agent.requireImageStore()
-      else agent.requireContainers()
-      return op(b)
-    }
-  }
-  return ops
+  return guarded(ops, (op) => {
+    if (op.startsWith('image.')) agent.requireImageStore()
+    else agent.requireContainers()
+  })
 }
 
-/** Register the node-ops route: the way other CVMs reach this node's agent. */
-export function registerNodeOps(api: ApiServer, ops: Record<string, NodeOp>): void {
-  api.route('POST', '/v1/node-ops/:op', async (req) => {
-    const op = ops[req.params.op!]
-    if (op === undefined) throw new TessError('TESS_E_NOT_FOUND', `no node operation "${req.params.op!.slice(0, 40)}"`, 'are all nodes on the same tess version?')
-    const b = req.body
-    if (b === null || typeof b !== 'object' || Array.isArray(b)) throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', 'send a JSON object as the body')
-    return op(b as Record<string, unknown>)
-  }, 'node')
+/** The same handlers, each running `check(op)` first. */
+function guarded<T extends Partial<NodeHandlers>>(table: T, check: (op: string) => void): T {
+  type Untyped = (req: never) => Promise<unknown>
+  const out: Record<string, Untyped> = {}
+  for (const [op, h] of Object.entries(table) as Array<[string, Untyped]>) {
+    out[op] = async (req) => {
+      check(op)
+      return h(req)
+    }
+  }
+  return out as T
 }

@@ -1,5 +1,5 @@
 import type { NetworkMode, RuntimeName, VolumeAttachment } from '../../lib/csm-types.js'
-import type { VolumeMountSpec } from '../../csm/volumes/spec.js'
+import type { VolumeMount } from '../../lib/container-spec.js'
 
 /** Records of the container half of the cluster, as stored in etcd (keys in src/lib/etcd.ts). */
 
@@ -63,8 +63,7 @@ export interface ContainerRecord {
   createdAt: string
 }
 
-/** A volume as a container asks for it: `--volume NAME:/path[:ro]`. */
-export type VolumeMount = VolumeMountSpec
+export type { VolumeMount }
 
 export interface VolumeRecord {
   name: string

@@ -1,0 +1,173 @@
+import { TessError } from '../errors.js'
+import { parseContainerSpec, cpusField, memoryField, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
+import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
+import { bool, int, obj, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
+import { referenceLengthMax } from '../images/limits.js'
+import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
+import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs } from '../limits.js'
+import { checkName } from '../names.js'
+import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
+
+/**
+ * Node operations: what one CVM asks of another node's CVM (its CSMs, its image store, its vDisks
+ * and the cluster key), or of its own node in-process. Each operation has a request and a reply
+ * type (NodeOps), one check of its request (nodeOpRequests), a typed call on the asking side
+ * (NodeCall) and a typed handler table on the receiving side (NodeHandlers), so the compiler
+ * checks both ends. On the wire: POST /v1/node-ops/OP with the body as JSON, for nodes only.
+ */
+
+/** What the node's CSMs look like from the CVM of the node. */
+export interface LocalCsm {
+  name: string
+  pid: number | null
+  up: boolean
+  containers: ContainerInfo[]
+}
+
+/** One node's answer to an image pull. */
+export interface PullAnswer {
+  ref: string
+  digest: string
+  sizeBytes: number
+  layers: number
+  platform: string
+  downloadedBytes: number
+  seconds: number
+}
+
+/** A CSM's stats, named. */
+export type NamedCsmStats = CsmStatsAnswer & { name: string }
+
+type Empty = Record<string, never>
+interface CsmName { name: string }
+interface ContainerRef { csm: string, id: string }
+
+/** Every node operation: its request and its reply. */
+export interface NodeOps {
+  'node.capacity': { req: Empty, res: HostCapacity }
+  'csm.ensure': { req: CsmName, res: { pid: number | null } }
+  'csm.remove': { req: CsmName & { force: boolean }, res: { removed: string[] } }
+  'csm.limits': { req: CsmName & CsmQuota, res: Empty }
+  'csm.status': { req: Empty, res: LocalCsm[] }
+  'image.pull': { req: { ref: string }, res: PullAnswer }
+  'image.list': { req: Empty, res: ImageInfo[] }
+  'image.remove': { req: { ref: string }, res: { removed: boolean } }
+  'container.run': { req: { csm: string, spec: ContainerSpec }, res: ContainerInfo }
+  'container.get': { req: ContainerRef, res: ContainerInfo }
+  'container.op': { req: ContainerRef & { op: ContainerOpName, timeoutMs?: number }, res: ContainerInfo }
+  'container.remove': { req: ContainerRef & { force: boolean }, res: ContainerInfo }
+  'container.logs': { req: ContainerRef & { offset?: number, tail?: number }, res: CsmLogAnswer }
+  'stats': { req: { csm?: string }, res: NamedCsmStats[] }
+  'vdisk.release': { req: { name: string }, res: { released: boolean, reason?: string } }
+  'keys.unlock': { req: { key: string }, res: { unlocked: boolean } }
+  'keys.get': { req: Empty, res: { key: string | null } }
+}
+
+export type NodeOp = keyof NodeOps
+export type Req<K extends NodeOp> = NodeOps[K]['req']
+export type Res<K extends NodeOp> = NodeOps[K]['res']
+
+/** Calls one node's CVM: in this process for this node, over the API for another. */
+export type NodeCall = <K extends NodeOp>(node: string, op: K, req: Req<K>, timeoutMs?: number) => Promise<Res<K>>
+
+export type NodeHandler<K extends NodeOp> = (req: Req<K>) => Promise<Res<K>>
+/** What a CVM does for the others: one handler per operation (the compiler checks none is missing). */
+export type NodeHandlers = { [K in NodeOp]: NodeHandler<K> }
+
+const containerIdPattern = /^[a-f0-9]{12}$/
+/** a cluster key is 32 bytes: its base64 is far shorter than this */
+const clusterKeyLengthMax = 1024
+
+const csmField = (b: Record<string, unknown>, k = 'csm'): string => checkName('CSM', strMax(b, k, 63)!)
+
+/** A container's id as its CSM gave it: 12 hex digits. */
+export function containerIdField(b: Record<string, unknown>): string {
+  const id = str(b, 'id')!
+  if (!containerIdPattern.test(id)) throw new TessError('TESS_E_BAD_REQUEST', `bad container id ${shown(id, 40)}`, '12 hex digits')
+  return id
+}
+
+/** The cluster key, base64 (keys.unlock, and the public POST /v1/keys/unlock). */
+export function clusterKeyField(b: Record<string, unknown>): string {
+  const key = strMax(b, 'key', clusterKeyLengthMax)!
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key)) throw new TessError('TESS_E_INVALID', 'the cluster key must be base64', 'give the key file `tess vdisk create --encrypted` wrote')
+  return key
+}
+
+const containerRef = (b: Record<string, unknown>): ContainerRef => ({ csm: csmField(b), id: containerIdField(b) })
+const imageRef = (b: Record<string, unknown>) => ({ ref: strMax(b, 'ref', referenceLengthMax)! })
+const empty = (): Empty => ({})
+
+/** The check of each operation's request: a malformed one is a coded error naming the field. */
+export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Req<K> } = {
+  'node.capacity': empty,
+  'csm.ensure': (b) => ({ name: csmField(b, 'name') }),
+  'csm.remove': (b) => ({ name: csmField(b, 'name'), force: bool(b, 'force') }),
+  'csm.limits': (b) => ({ name: csmField(b, 'name'), cpus: cpusField(b, true)!, memoryBytes: memoryField(b, true)! }),
+  'csm.status': empty,
+  'image.pull': imageRef,
+  'image.list': empty,
+  'image.remove': imageRef,
+  'container.run': (b) => ({ csm: csmField(b), spec: parseContainerSpec(obj(b, 'spec'), 'field "spec"') }),
+  'container.get': containerRef,
+  'container.op': (b) => {
+    const timeoutMs = int(b, 'timeoutMs', 0, containerStopTimeoutMsMax, false)
+    return { ...containerRef(b), op: oneOf(b, 'op', containerOps)!, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }
+  },
+  'container.remove': (b) => ({ ...containerRef(b), force: bool(b, 'force') }),
+  'container.logs': (b) => {
+    const offset = int(b, 'offset', 0, Number.MAX_SAFE_INTEGER, false)
+    const tail = int(b, 'tail', 0, logTailLinesMax, false)
+    return { ...containerRef(b), ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) }
+  },
+  'stats': (b) => (b.csm !== undefined && b.csm !== null ? { csm: csmField(b) } : {}),
+  'vdisk.release': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
+  'keys.unlock': (b) => ({ key: clusterKeyField(b) }),
+  'keys.get': empty,
+}
+
+export function isNodeOp(op: string): op is NodeOp {
+  return Object.hasOwn(nodeOpRequests, op)
+}
+
+/** The path of an operation on another node's CVM. */
+export const nodeOpPath = (op: NodeOp): string => `/v1/node-ops/${op}`
+
+function handle<K extends NodeOp>(handlers: NodeHandlers, op: K, body: Record<string, unknown>): Promise<Res<K>> {
+  const req = within(`node operation ${op}`, () => nodeOpRequests[op](body))
+  return handlers[op](req)
+}
+
+/**
+ * Run one operation from a body that came from anywhere: an unknown operation is TESS_E_NOT_FOUND,
+ * a body that is not a JSON object or a malformed request TESS_E_BAD_REQUEST or TESS_E_INVALID.
+ */
+export async function dispatchNodeOp(handlers: NodeHandlers, op: string, body: unknown): Promise<unknown> {
+  if (!isNodeOp(op)) throw new TessError('TESS_E_NOT_FOUND', `no node operation ${shown(op, 40)}`, 'are all nodes on the same tess version?')
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', 'send a JSON object as the body')
+  return handle(handlers, op, body as Record<string, unknown>)
+}
+
+/** Register the node-ops route: the way other CVMs reach this node's handlers (node certificates only). */
+export function registerNodeOps(api: ApiServer, handlers: NodeHandlers): void {
+  api.route('POST', '/v1/node-ops/:op', async (req) => dispatchNodeOp(handlers, req.params.op!, req.body), 'node')
+}
+
+export interface NodeCallerOptions {
+  /** this node: its operations run in this process, checked as if they came over the wire */
+  self: string
+  handlers: NodeHandlers
+  /** how to reach another node's CVM (its address and this node's credentials) */
+  target: (node: string) => Promise<JsonTarget>
+  /** the JSON request (lib/jsonhttp.ts; tests inject one) */
+  request?: <T>(t: JsonTarget, method: string, path: string, body: unknown, timeoutMs: number) => Promise<T>
+}
+
+/** The typed call the container control uses to reach any node's CVM. */
+export function nodeCaller(o: NodeCallerOptions): NodeCall {
+  const request = o.request ?? jsonRequest
+  return async <K extends NodeOp>(node: string, op: K, req: Req<K>, timeoutMs = nodeCallTimeoutMs): Promise<Res<K>> => {
+    if (node === o.self) return await dispatchNodeOp(o.handlers, op, req) as Res<K>
+    return request<Res<K>>(await o.target(node), 'POST', nodeOpPath(op), req, timeoutMs)
+  }
+}
