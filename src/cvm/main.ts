@@ -23,7 +23,7 @@ import { AuditLog, UserDirectory, registerUserRoutes } from './api/users.js'
 import { keyNodeOps, registerKeyRoutes } from './api/keys-routes.js'
 import { KeyKeeper } from './vdisk/keykeeper.js'
 import { NodeAgent } from './control/agent.js'
-import { ContainerControl } from './control/cluster.js'
+import { containerControl } from './control/cluster.js'
 import { containerNodeOps } from './control/ops.js'
 import { nodeCaller, registerNodeOps, type NodeHandlers } from '../lib/rpc/node-ops.js'
 import { NbdServer } from './nbd/server.js'
@@ -152,11 +152,14 @@ async function main(): Promise<void> {
   })
   // the owner moves with the I/O: an idle owner elsewhere is asked to hand a vDisk over
   engine.requestRelease = async (owner, name) => (await call(owner, 'vdisk.release', { name }, 10_000)).released
-  const containers = new ContainerControl(etcd, cfg.nodeName, call, log, {
-    create: (name, sizeBytes, rf, encrypted) => vdisks.create(name, sizeBytes, rf, encrypted),
-    list: () => vdisks.list(),
-    delete: (name) => vdisks.delete(name, false),
-  }, readSecretsKey(paths.secretsKey))
+  const containers = containerControl({
+    etcd, self: cfg.nodeName, call, log, secretsKey: readSecretsKey(paths.secretsKey),
+    vdisks: {
+      create: (name, sizeBytes, rf, encrypted) => vdisks.create(name, sizeBytes, rf, encrypted),
+      list: () => vdisks.list(),
+      delete: (name) => vdisks.delete(name, false),
+    },
+  })
   registerCsmRoutes(api, containers)
   registerKeyRoutes(api, keeper, cfg.nodeName, otherUpNodes, async (n, key) => { await call(n, 'keys.unlock', { key }, 10_000) })
   registerNodeOps(api, handlers)
@@ -172,7 +175,7 @@ async function main(): Promise<void> {
   await api.listen(cfg.api.port, cfg.api.bind)
   node.startHeartbeat()
   spares.start(() => EgroupFile.ioCount)
-  void containers.recover().catch((e: unknown) => log.warn(`container recovery: ${errorMessage(e)}`))
+  void containers.containers.recover().catch((e: unknown) => log.warn(`container recovery: ${errorMessage(e)}`))
   log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}, data ${cfg.data.bind}:${cfg.data.port} (mode ${mode})`)
 
   let stopping = false

@@ -354,7 +354,7 @@ export function bodyObject(body: unknown): Record<string, unknown> {
 export function shown(v: unknown, max = 60): string {
   let text: string
   try {
-    text = Array.isArray(v) ? `an array of ${v.length}` : JSON.stringify(v) ?? String(v)
+    text = Array.isArray(v) ? `an array of ${v.length}` : typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v)
   } catch {
     text = String(v)
   }

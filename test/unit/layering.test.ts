@@ -64,6 +64,17 @@ describe('import direction between the process folders', () => {
     expect(violations(['lib'], ['cli', 'bootstrap', 'supervisor', 'cvm', 'csm'])).toEqual([])
   })
 
+  it('the CVM imports from the CSM only what its node agent needs: cgroups and the process probe; wire types and limits are in lib/', () => {
+    // NodeAgent (cvm/control/agent.ts) makes and removes its node's CSM cgroups (CgroupHost in
+    // csm/runtime/cgroups.ts) and waits for a deleted CSM's daemon to exit (isProcessAlive in
+    // csm/runtime/runc.ts). The container spec, the replies of the CSM daemon, its client and the
+    // limits both sides check are in lib/ (container-spec.ts, csm-types.ts, rpc/, limits.ts).
+    const allowed = ['cvm/control/agent.ts -> csm/runtime/cgroups.ts', 'cvm/control/agent.ts -> csm/runtime/runc.ts']
+    const fromCvm = violations(['cvm'], ['csm'])
+    expect(fromCvm).toContain(allowed[0])
+    expect(fromCvm.filter((e) => !allowed.includes(e))).toEqual([])
+  })
+
   it('the data path (NBD, vDisks, replication, pool) never imports the control plane, the API or image pulls', () => {
     expect(violations(['cvm/nbd', 'cvm/vdisk', 'cvm/replication', 'cvm/pool'], ['cvm/api', 'cvm/control', 'cvm/images', 'lib/images', 'bootstrap'])).toEqual([])
   })

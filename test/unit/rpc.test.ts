@@ -1,0 +1,307 @@
+import fs from 'node:fs'
+import type net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createCa, createNodeCert } from '../../src/bootstrap/pki.js'
+import { keyNodeOps } from '../../src/cvm/api/keys-routes.js'
+import type { NodeAgent } from '../../src/cvm/control/agent.js'
+import { containerNodeOps } from '../../src/cvm/control/ops.js'
+import type { KeyKeeper } from '../../src/cvm/vdisk/keykeeper.js'
+import type { ContainerInfo, ContainerSpec, CsmQuota } from '../../src/lib/container-spec.js'
+import { TessError } from '../../src/lib/errors.js'
+import { ApiServer } from '../../src/lib/http-server.js'
+import { jsonRequest, type JsonTarget } from '../../src/lib/jsonhttp.js'
+import type { Logger } from '../../src/lib/log.js'
+import { CsmClient, registerCsmApi, type CsmApi, type CsmLogQuery } from '../../src/lib/rpc/csm.js'
+import { dispatchNodeOp, nodeCaller, nodeOpRequests, registerNodeOps, type NodeCall, type NodeHandlers } from '../../src/lib/rpc/node-ops.js'
+
+/**
+ * The RPC layer with real sockets: node operations through the real route (HTTPS, node
+ * certificates) into the real handler table of the container side with a fake node agent, and
+ * the CSM daemon's API (unix socket) between CsmClient and registerCsmApi with a fake CSM. A
+ * typed request arrives typed at the other end; a malformed one is refused at the boundary with a
+ * code and never reaches a handler.
+ */
+const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-rpc-'))
+const token = 'operator-token-0123456789'
+
+const info = (name: string, spec: Partial<ContainerSpec> = {}): ContainerInfo => ({
+  id: '0123456789ab', name, csm: 'web', image: spec.image ?? 'img', imageDigest: 'sha256:00', runtime: 'runc', status: 'running',
+  createdAt: '2024-01-01T00:00:00.000Z', stopSignal: 'SIGTERM', layers: [],
+  spec: { image: spec.image ?? 'img', env: spec.env ?? [], pidsMax: 10, network: spec.network ?? 'none', rlimits: [], ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}) },
+})
+
+/** A CSM that records what it is asked. */
+class FakeCsm implements CsmApi {
+  calls: Array<[string, ...unknown[]]> = []
+  async health() {
+    this.calls.push(['health'])
+    return { csm: 'web', id: '1', pid: 1, containers: 0 }
+  }
+
+  async list() {
+    this.calls.push(['list'])
+    return [info('a')]
+  }
+
+  async run(spec: ContainerSpec) {
+    this.calls.push(['run', spec])
+    return info(spec.name ?? 'c-1', spec)
+  }
+
+  async inspect(ref: string) {
+    this.calls.push(['inspect', ref])
+    return info(ref)
+  }
+
+  async op(ref: string, op: string, timeoutMs?: number) {
+    this.calls.push(['op', ref, op, timeoutMs])
+    return info(ref)
+  }
+
+  async remove(ref: string, force: boolean) {
+    this.calls.push(['remove', ref, force])
+    return info(ref)
+  }
+
+  async logs(ref: string, q: CsmLogQuery) {
+    this.calls.push(['logs', ref, q])
+    return { data: Buffer.from('hi').toString('base64'), offset: 2, running: true }
+  }
+
+  async stats() {
+    this.calls.push(['stats'])
+    const u = { cpuUsageNs: 1, cpuCpus: 0.1, cpuThrottledPeriods: 0, cpuLimitCpus: 1, memoryUsageBytes: 1, memoryLimitBytes: 2, oomKills: 0, pidsCurrent: 1, pidsLimit: 10 }
+    return { csm: { ...u, containers: 1 }, containers: [{ ...u, id: '0123456789ab', name: 'a' }], readAt: 'now' }
+  }
+
+  async setLimits(q: CsmQuota) {
+    this.calls.push(['setLimits', q])
+    return { cpus: q.cpus, memoryBytes: q.memoryBytes }
+  }
+}
+
+/** The parts of a NodeAgent the node operations use. */
+function fakeAgent(csm: FakeCsm, state: { containers: boolean, images: boolean }) {
+  const seen: Array<[string, ...unknown[]]> = []
+  const agent = {
+    requireContainers() {
+      if (!state.containers) throw new TessError('TESS_E_PRECONDITION', 'containers are unavailable on node n2: no cgroups', 'fix it')
+    },
+    requireImageStore() {
+      if (!state.images) throw new TessError('TESS_E_PRECONDITION', 'the image store is unavailable', 'fix it')
+    },
+    capacity: async () => ({ cpus: 8, memoryBytes: 2 ** 34 }),
+    ensure: async (name: string) => {
+      seen.push(['ensure', name])
+      return { pid: 42 }
+    },
+    removeLocal: async (name: string, force: boolean) => {
+      seen.push(['removeLocal', name, force])
+      return ['a']
+    },
+    setLimits: async (name: string, cpus: number, memoryBytes: number) => { seen.push(['setLimits', name, cpus, memoryBytes]) },
+    status: async () => [{ name: 'web', pid: 7, up: true, containers: [info('a')] }],
+    pull: async (ref: string) => ({ ref, digest: 'sha256:1', sizeBytes: 1, layers: 1, platform: 'linux/amd64', downloadedBytes: 1, seconds: 0.1 }),
+    images: async () => [],
+    removeImage: async (ref: string) => ref.endsWith(':old'),
+    ensureImage: async (ref: string) => `docker.io/library/${ref}:latest`,
+    csm: (name: string) => {
+      seen.push(['csm', name])
+      return csm
+    },
+    stats: async (name?: string) => [{ name: name ?? 'web', ...await csm.stats() }],
+  }
+  return { agent: agent as unknown as NodeAgent, seen }
+}
+
+let creds: { cert: Buffer, key: Buffer, ca: Buffer }
+let server: ApiServer
+let port = 0
+const csm = new FakeCsm()
+const state = { containers: true, images: true }
+const { agent, seen } = fakeAgent(csm, state)
+const unlocked: string[] = []
+const keeper = { unlock: async (k: Buffer) => { unlocked.push(k.toString('base64')) }, current: Buffer.alloc(32, 7) } as unknown as KeyKeeper
+const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keeper), 'vdisk.release': async ({ name }) => ({ released: name === 'idle' }) }
+let target: JsonTarget
+let call: NodeCall
+
+beforeAll(async () => {
+  const ca = createCa(path.join(dir, 'pki'), 'rpc')
+  const n = createNodeCert(path.join(dir, 'pki'), ca, 'n1', ['127.0.0.1'])
+  creds = { cert: fs.readFileSync(n.cert), key: fs.readFileSync(n.key), ca: fs.readFileSync(ca.caCert) }
+  server = new ApiServer({ ...creds, token, log: quiet })
+  registerNodeOps(server, handlers)
+  await server.listen(0, '127.0.0.1')
+  port = ((server as unknown as { server: net.Server }).server.address() as net.AddressInfo).port
+  target = { endpoint: `https://127.0.0.1:${port}`, ca: creds.ca, cert: creds.cert, key: creds.key, what: 'the CVM of node n2' }
+  // this node is n1: calls to n2 go over the route
+  call = nodeCaller({ self: 'n1', handlers, target: async () => target })
+})
+afterAll(async () => {
+  await server.close()
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+/** The coded refusal of a promise. */
+async function refused(p: Promise<unknown>): Promise<TessError> {
+  const e = await p.then(() => undefined, (x: unknown) => x)
+  expect(e, 'refused').toBeInstanceOf(TessError)
+  return e as TessError
+}
+
+describe('node operations over the real route', () => {
+  it('a typed request arrives typed, and its typed reply comes back', async () => {
+    csm.calls.length = 0
+    const c = await call('n2', 'container.run', { csm: 'web', spec: { name: 'a', image: 'busybox', cpus: 0.5, env: ['A=1'], network: 'none' } })
+    expect(c.spec.cpus).toBe(0.5)
+    // the node pulled (here: named) the image and gave the CSM its canonical reference
+    expect(csm.calls).toEqual([['run', { name: 'a', image: 'docker.io/library/busybox:latest', cpus: 0.5, env: ['A=1'], network: 'none' }]])
+    expect(await call('n2', 'container.op', { csm: 'web', id: '0123456789ab', op: 'stop', timeoutMs: 2000 })).toMatchObject({ name: '0123456789ab' })
+    expect(csm.calls.at(-1)).toEqual(['op', '0123456789ab', 'stop', 2000])
+    expect(await call('n2', 'container.logs', { csm: 'web', id: '0123456789ab', tail: 5 })).toEqual({ data: 'aGk=', offset: 2, running: true })
+    expect(csm.calls.at(-1)).toEqual(['logs', '0123456789ab', { tail: 5 }])
+    await call('n2', 'container.remove', { csm: 'web', id: '0123456789ab', force: true })
+    expect(csm.calls.at(-1)).toEqual(['remove', '0123456789ab', true])
+    expect((await call('n2', 'csm.remove', { name: 'web', force: false })).removed).toEqual(['a'])
+    expect(await call('n2', 'csm.limits', { name: 'web', cpus: 1.5, memoryBytes: 2 ** 28 })).toEqual({})
+    expect(seen).toContainEqual(['setLimits', 'web', 1.5, 2 ** 28])
+    expect((await call('n2', 'stats', {}))[0]!.csm.containers).toBe(1)
+    expect((await call('n2', 'image.remove', { ref: 'x:old' })).removed).toBe(true)
+    expect((await call('n2', 'vdisk.release', { name: 'idle' })).released).toBe(true)
+    expect(await call('n2', 'keys.get', {})).toEqual({ key: Buffer.alloc(32, 7).toString('base64') })
+    expect(await call('n2', 'keys.unlock', { key: 'a2V5' })).toEqual({ unlocked: true })
+    expect(unlocked).toEqual(['a2V5'])
+  })
+
+  it('malformed requests are refused at the route with a code, and reach no handler', async () => {
+    const raw = (op: string, body: unknown) => jsonRequest(target, 'POST', `/v1/node-ops/${op}`, body, 10_000)
+    const before = [csm.calls.length, seen.length]
+    const cases: Array<[string, unknown, string, RegExp]> = [
+      ['no.such', {}, 'TESS_E_NOT_FOUND', /no node operation "no.such"/],
+      ['constructor', {}, 'TESS_E_NOT_FOUND', /no node operation/],
+      ['container.run', [], 'TESS_E_BAD_REQUEST', /request body must be a JSON object/],
+      ['container.run', { csm: 'web', spec: 'nope' }, 'TESS_E_BAD_REQUEST', /node operation container.run: field "spec" must be an object, got "nope"/],
+      ['container.run', { csm: 'web', spec: { image: 'x', cpus: 0 } }, 'TESS_E_INVALID', /field "spec": field "cpus" = 0 is out of range 0.01..4096/],
+      ['container.run', { csm: '../x', spec: { image: 'x' } }, 'TESS_E_INVALID', /invalid CSM name/],
+      ['container.logs', { csm: 'web', id: '../../etc' }, 'TESS_E_BAD_REQUEST', /bad container id "..\/..\/etc"/],
+      ['container.logs', { csm: 'web', id: '0123456789ab', tail: -1 }, 'TESS_E_INVALID', /field "tail" = -1 is out of range/],
+      ['container.op', { csm: 'web', id: '0123456789ab', op: 'explode' }, 'TESS_E_INVALID', /field "op" = "explode" is not one of start, stop, pause, resume/],
+      ['container.op', { csm: 'web', id: '0123456789ab', op: 'stop', timeoutMs: 1e12 }, 'TESS_E_INVALID', /field "timeoutMs"/],
+      ['csm.limits', { name: 'web', cpus: '1', memoryBytes: 2 ** 30 }, 'TESS_E_INVALID', /field "cpus" must be a number, got "1"/],
+      ['csm.limits', { name: 'web', cpus: 1, memoryBytes: 1 }, 'TESS_E_INVALID', /field "memoryBytes" = 1 is out of range/],
+      ['csm.remove', { name: 'web', force: 'yes' }, 'TESS_E_BAD_REQUEST', /field "force" must be true or false/],
+      ['image.pull', { ref: 'x'.repeat(5000) }, 'TESS_E_INVALID', /field "ref" is 5000 characters long/],
+      ['vdisk.release', { name: 'A B' }, 'TESS_E_INVALID', /invalid vDisk name/],
+      ['keys.unlock', { key: 'not base64!' }, 'TESS_E_INVALID', /the cluster key must be base64/],
+    ]
+    for (const [op, body, code, message] of cases) {
+      const e = await refused(raw(op, body))
+      expect([op, e.code], e.message).toEqual([op, code])
+      expect(e.message).toMatch(message)
+      expect(e.hint.length).toBeGreaterThan(0)
+    }
+    expect([csm.calls.length, seen.length]).toEqual(before)
+    expect(unlocked).toEqual(['a2V5'])
+  })
+
+  it('an operator token, even a valid one, cannot call node operations', async () => {
+    const e = await refused(jsonRequest({ endpoint: target.endpoint, ca: creds.ca, token, what: 'the CVM' }, 'POST', '/v1/node-ops/csm.status', {}, 10_000))
+    expect(e.code).toBe('TESS_E_FORBIDDEN')
+  })
+
+  it('a call to this node runs in-process, checked the same way', async () => {
+    expect((await call('n1', 'node.capacity', {})).cpus).toBe(8)
+    const e = await refused(call('n1', 'csm.limits', { name: 'web', cpus: 0, memoryBytes: 2 ** 30 }))
+    expect(e.message).toMatch(/^node operation csm.limits: field "cpus" = 0 is out of range/)
+  })
+
+  it('a node whose container side did not start refuses container operations, and still serves images when its store is up', async () => {
+    state.containers = false
+    try {
+      expect((await refused(call('n2', 'csm.status', {}))).code).toBe('TESS_E_PRECONDITION')
+      expect((await refused(call('n2', 'container.get', { csm: 'web', id: '0123456789ab' }))).message).toMatch(/containers are unavailable on node n2/)
+      expect(await call('n2', 'image.list', {})).toEqual([])
+      state.images = false
+      expect((await refused(call('n2', 'image.list', {}))).code).toBe('TESS_E_PRECONDITION')
+    } finally {
+      state.containers = true
+      state.images = true
+    }
+  })
+
+  it('random bodies for every operation: a value or a coded refusal, never a crash', async () => {
+    const atoms: unknown[] = [null, 0, -1, 1.5, 1e300, '', 'web', '0123456789ab', '../x', 'stop', true, [], {}, { image: 'x' }, ['a'], 'a'.repeat(300)]
+    const fields = ['name', 'csm', 'id', 'op', 'spec', 'force', 'cpus', 'memoryBytes', 'ref', 'offset', 'tail', 'timeoutMs', 'key']
+    let n = 7
+    const next = () => (n = (n * 1103515245 + 12345) % 2 ** 31) / 2 ** 31
+    for (const op of Object.keys(nodeOpRequests)) {
+      for (let i = 0; i < 200; i++) {
+        const body: Record<string, unknown> = {}
+        for (const f of fields) if (next() < 0.4) body[f] = atoms[Math.floor(next() * atoms.length)]
+        try {
+          await dispatchNodeOp(handlers, op, body)
+        } catch (e) {
+          if (!(e instanceof TessError) || e.hint === '') throw new Error(`${op}(${JSON.stringify(body)}) threw ${String(e)}`)
+        }
+      }
+    }
+  })
+})
+
+describe('the CSM daemon API: CsmClient against registerCsmApi on a unix socket', () => {
+  const sock = path.join(dir, 'csm.sock')
+  const daemon = new FakeCsm()
+  const api = new ApiServer({ log: quiet })
+  let client: CsmClient
+  beforeAll(async () => {
+    registerCsmApi(api, daemon, 'CSM "web"')
+    await api.listenUnix(sock)
+    client = CsmClient.over(sock, 'CSM "web" on node n1')
+  })
+  afterAll(() => api.close())
+
+  it('every call arrives typed at the daemon', async () => {
+    expect((await client.health(2000)).csm).toBe('web')
+    await client.list()
+    await client.run({ name: 'a', image: 'img', command: ['true'], volumes: [{ name: 'v', target: '/v', readOnly: true, formatted: true, nbd: { host: '::1', port: 10809, export: 'vol-v' } }] })
+    await client.inspect('a')
+    await client.op('0123456789ab', 'stop', 1500)
+    await client.op('0123456789ab', 'pause')
+    await client.remove('a', true)
+    await client.logs('a', { offset: 10, tail: 3 })
+    await client.stats()
+    expect(await client.setLimits({ cpus: 2, memoryBytes: 2 ** 30 })).toEqual({ cpus: 2, memoryBytes: 2 ** 30 })
+    expect(daemon.calls).toEqual([
+      ['health'], ['list'],
+      ['run', { name: 'a', image: 'img', command: ['true'], volumes: [{ name: 'v', target: '/v', readOnly: true, formatted: true, nbd: { host: '::1', port: 10809, export: 'vol-v' } }] }],
+      ['inspect', 'a'], ['op', '0123456789ab', 'stop', 1500], ['op', '0123456789ab', 'pause', undefined], ['remove', 'a', true],
+      ['logs', 'a', { offset: 10, tail: 3 }], ['stats'], ['setLimits', { cpus: 2, memoryBytes: 2 ** 30 }],
+    ])
+  })
+
+  it('the daemon refuses what does not fit the shared schema, with the same messages as the CVM', async () => {
+    const raw = (method: 'GET' | 'POST' | 'PUT' | 'DELETE', p: string, body?: unknown) => jsonRequest({ endpoint: sock, what: 'CSM "web"' }, method, p, body, 5000)
+    const before = daemon.calls.length
+    const cases: Array<[Promise<unknown>, string, RegExp]> = [
+      [raw('POST', '/v1/containers', { image: 'x', cpus: 5000 }), 'TESS_E_INVALID', /^CSM "web": cannot run the container: field "cpus" = 5000 is out of range 0.01..4096/],
+      [raw('POST', '/v1/containers', { image: 'x', volumes: [{ name: 'v', target: '/v' }] }), 'TESS_E_BAD_REQUEST', /field "nbd" is required/],
+      [raw('POST', '/v1/containers', 'x'), 'TESS_E_BAD_REQUEST', /body must be a JSON object/],
+      [raw('POST', '/v1/containers/0123456789ab/explode', {}), 'TESS_E_NOT_FOUND', /no container operation "explode"/],
+      [raw('POST', '/v1/containers/0123456789ab/stop', { timeoutMs: -5 }), 'TESS_E_INVALID', /field "timeoutMs" = -5/],
+      [raw('GET', '/v1/containers/..%2F..%2Fetc'), 'TESS_E_BAD_REQUEST', /bad container id or name "..\/..\/etc"/],
+      [raw('GET', '/v1/containers/a/logs?tail=-1'), 'TESS_E_INVALID', /query parameter "tail"/],
+      [raw('PUT', '/v1/limits', { cpus: 0.001, memoryBytes: 2 ** 30 }), 'TESS_E_INVALID', /cannot change its limits: field "cpus" = 0.001 is out of range/],
+      [raw('PUT', '/v1/limits', { cpus: 1 }), 'TESS_E_BAD_REQUEST', /field "memoryBytes" is required/],
+    ]
+    for (const [p, code, message] of cases) {
+      const e = await refused(p)
+      expect(e.code, e.message).toBe(code)
+      expect(e.message).toMatch(message)
+    }
+    expect(daemon.calls.length).toBe(before)
+  })
+})
