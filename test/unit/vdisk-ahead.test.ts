@@ -2,32 +2,10 @@ import { describe, expect, it } from 'vitest'
 import { egroupCreatesAheadMax, extentsPerEgroup } from '../../src/lib/limits.js'
 import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
 import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
-import type { Replica } from '../../src/cvm/vdisk/replica.js'
 import { Vdisk, type LoadedEgroup } from '../../src/cvm/vdisk/vdisk.js'
+import { memReplica } from '../helpers/memreplica.js'
 
 const MiB = 1024 * 1024
-
-function memReplica(): Replica {
-  const slots = new Map<number, Buffer>()
-  const slot = (s: number) => {
-    let b = slots.get(s)
-    if (!b) slots.set(s, b = Buffer.alloc(MiB))
-    return b
-  }
-  return {
-    node: 'n1', diskId: 'd0', local: true,
-    suspect: () => false,
-    open: async () => undefined,
-    read: async (s, off, len, out, outOff) => { slot(s).copy(out, outOff, off, off + len) },
-    write: async (s, off, data) => { data.copy(slot(s), off) },
-    clear: async (s, off, len) => { slot(s).fill(0, off, off + len) },
-    freeSlot: async (s) => { slots.delete(s) },
-    sync: async () => undefined,
-    readRaw: async () => undefined,
-    writeRaw: async () => undefined,
-    delete: async () => undefined,
-  }
-}
 
 const ticks = async (n: number) => { for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r)) }
 
