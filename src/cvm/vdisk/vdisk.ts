@@ -94,6 +94,12 @@ export class Vdisk {
   private readonly pendingMap = new Map<number, ExtentRef>()
   /** allocations whose map entry is on its way to etcd, and the commit carrying it */
   private readonly committing = new Map<number, { ref: ExtentRef, done: Promise<unknown> }>()
+  /**
+   * vBlocks whose entry in etcd is unknown: a put or delete of it failed, and a failed etcd call
+   * may still have applied (its answer lost). The next flush puts such an entry again (pending),
+   * and freeing it always deletes it in etcd, even while it is pending.
+   */
+  private readonly mapUnsure = new Set<number>()
   private backgroundFlush: Promise<void> | undefined
   /**
    * Extent groups changed since the flush that last took them: a FLUSH syncs only these (an RF 2
@@ -324,9 +330,15 @@ export class Vdisk {
       for (const [vb, ref] of now) this.committing.set(vb, { ref, done })
       try {
         await done
+        for (const [vb, ref] of now) if (this.map.get(vb) === ref) this.mapUnsure.delete(vb)
       } catch (e) {
         failed = e
-        for (const [vb, ref] of now) if (this.map.get(vb) === ref && !this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
+        for (const [vb, ref] of now) {
+          if (this.map.get(vb) !== ref) continue
+          // the put may have applied: a trim must delete the entry in etcd, not only drop it here
+          this.mapUnsure.add(vb)
+          if (!this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
+        }
         this.backend.log.error(`vDisk ${this.name}: cannot record ${now.length} new extent(s) in etcd: ${errorMessage(e)}`)
       } finally {
         for (const [vb, ref] of now) if (this.committing.get(vb)?.ref === ref) this.committing.delete(vb)
@@ -498,10 +510,19 @@ export class Vdisk {
     if (!ref) return
     const eg = this.egroupOf(ref)
     try {
-      // an allocation not yet handed to etcd has nothing there to delete
-      if (this.pendingMap.get(vb) === ref) this.pendingMap.delete(vb)
-      else await this.backend.mapWriter.delete(this.backend.mapKey(vb))
+      // an allocation never handed to etcd has nothing there to delete
+      if (this.pendingMap.get(vb) === ref && !this.mapUnsure.has(vb)) {
+        this.pendingMap.delete(vb)
+      } else {
+        await this.backend.mapWriter.delete(this.backend.mapKey(vb))
+        if (this.pendingMap.get(vb) === ref) this.pendingMap.delete(vb)
+        this.mapUnsure.delete(vb)
+      }
     } catch (e) {
+      // The delete may have applied (an answer lost): the extent stays mapped here, so the next
+      // flush puts its entry again, whatever etcd holds now.
+      this.mapUnsure.add(vb)
+      if (!this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
       this.backend.log.error(`vDisk ${this.name}: cannot remove extent of vBlock ${vb} from etcd: ${errorMessage(e)}`)
       throw new DeviceError(nbdErrno.EIO, 'cannot free the extent')
     }
