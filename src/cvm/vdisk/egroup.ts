@@ -136,6 +136,14 @@ export class EgroupFile {
   private active = 0
   /** writeGen covered by the last completed datasync */
   private syncedGen = 0
+  /**
+   * Set when a datasync failed: the kernel may have dropped the dirty pages it could not write
+   * (Linux marks them clean), so a later datasync that succeeds would vouch for writes that are no
+   * longer anywhere. Every sync fails from then on: the vDisk replaces this replica from a healthy
+   * one (or, with none, keeps failing flushes instead of acknowledging lost data); a fresh open
+   * (after a restart) starts from what the disk holds.
+   */
+  private syncFailed: string | undefined
   /** resolved when `active` drops to 0 (close waits: writes through the pool use the descriptor until they end) */
   private idleWaiters: Array<() => void> = []
   private cleanTimer: LaterHandle | undefined
@@ -601,12 +609,18 @@ export class EgroupFile {
 
   /** Make every write completed before the call durable. */
   async sync(): Promise<void> {
+    if (this.syncFailed !== undefined) throw new Error(`extent group ${this.id} (${this.file}): an earlier fsync failed (${this.syncFailed}); writes since the sync before it may be lost`)
     if (!this.dirty) return
     const gen = this.writeGen
     // Every write counted in syncedGen was complete before a datasync that has finished.
     if (gen !== this.syncedGen) {
       await this.writeEntries()
-      await this.fh.datasync()
+      try {
+        await this.fh.datasync()
+      } catch (e) {
+        this.syncFailed ??= errorMessage(e)
+        throw e
+      }
       if (gen > this.syncedGen) this.syncedGen = gen
     }
     this.scheduleClean()
@@ -641,7 +655,8 @@ export class EgroupFile {
 
   async close(): Promise<void> {
     await this.idle()
-    await this.sync()
+    // after a failed fsync nothing more can be made durable: the marker stays (the next open scrubs)
+    if (this.syncFailed === undefined) await this.sync()
     this.cleanTimer?.cancel()
     this.cleanTimer = undefined
     await this.clean()

@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest'
+import { ChecksumError, EgroupFile } from '../../src/cvm/vdisk/egroup.js'
+import { ReplicaStore } from '../../src/cvm/vdisk/replicastore.js'
+import type { DiskRecord } from '../../src/lib/types.js'
+import { MemFiles } from '../helpers/memfiles.js'
+
+/**
+ * The extent group file under faults the simulator (test/sim) found it mishandled, on in-memory
+ * files (test/helpers/memfiles.ts) whose unsynced writes a crash drops.
+ */
+const dir = '/mem/disk/egroups'
+const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined }
+const block = (v: number) => Buffer.alloc(4096, v)
+const tick = () => new Promise((r) => setImmediate(r))
+
+async function readBlock(eg: EgroupFile, slot: number, b: number): Promise<Buffer> {
+  const out = Buffer.alloc(4096)
+  await eg.read(slot, b * 4096, 4096, out, 0)
+  return out
+}
+
+describe('extent group files under faults', () => {
+  it('after an fsync failed, every later sync fails: the kernel dropped pages that a later sync would vouch for', async () => {
+    const m = new MemFiles()
+    const eg = await EgroupFile.create(dir, '1', '3', undefined, undefined, m)
+    await eg.write(0, 0, block(1))
+    await eg.sync()
+    await eg.write(0, 4096, block(2))
+    m.failDatasyncs = 1
+    await expect(eg.sync()).rejects.toThrow(/EIO/)
+    await eg.write(0, 8192, block(3))
+    // a sync that succeeded here would answer a FLUSH for the write the failed fsync dropped
+    await expect(eg.sync()).rejects.toThrow(/an earlier fsync failed/)
+    m.crash()
+    const again = await EgroupFile.open(dir, '1', new Set([0]), () => undefined, m)
+    expect((await readBlock(again, 0, 1)).equals(block(2))).toBe(false)
+  })
+})
