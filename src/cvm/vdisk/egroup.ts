@@ -357,11 +357,10 @@ export class EgroupFile {
     try {
       if (!this.dirty) await this.markDirty()
       const eo = this.entryOffset(slot, 0)
-      await Promise.all([
-        this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes),
-        this.fh.writeAll(entries, checksumRegionOffset + eo),
-      ])
+      await this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes)
+      // the entries reach the file with the next sync, as a write's do (see clear)
       entries.copy(this.entries, eo)
+      this.entriesChanged(eo, eo + entries.length)
     } finally {
       this.writeEnded()
     }
@@ -563,7 +562,13 @@ export class EgroupFile {
     }
   }
 
-  /** Make blocks read as zeros (trim, write-zeroes): reset their entries. */
+  /**
+   * Make blocks read as zeros (trim, write-zeroes): reset their entries. They reach the file with
+   * the next sync, like the entries of writes: written here at once, they could land before a
+   * sync's write of an older copy of the same span (both go through the thread pool), which would
+   * put the blocks back on disk while memory says they are gone, and a FLUSH would make that
+   * durable.
+   */
   async clear(slot: number, offset: number, length: number): Promise<void> {
     assert(offset % checksumBlockSizeBytes === 0 && length % checksumBlockSizeBytes === 0, 'egroup clear is block aligned')
     this.active++
@@ -572,7 +577,7 @@ export class EgroupFile {
       const from = this.entryOffset(slot, offset / checksumBlockSizeBytes)
       const to = this.entryOffset(slot, (offset + length) / checksumBlockSizeBytes)
       this.entries.fill(0, from, to)
-      await this.fh.writeAll(this.entries.subarray(from, to), checksumRegionOffset + from)
+      this.entriesChanged(from, to)
     } finally {
       this.writeEnded()
     }
