@@ -60,4 +60,21 @@ describe('extent group files under faults', () => {
     expect((await readBlock(again, 0, 0)).equals(block(0))).toBe(true)
     expect((await readBlock(again, 0, 1)).equals(block(2))).toBe(true)
   })
+
+  it('a checksum entry whose "written" flag rotted is reported, not read as a block of zeros', async () => {
+    const m = new MemFiles()
+    const eg = await EgroupFile.create(dir, '3', '3', undefined, undefined, m)
+    await eg.write(2, 7 * 4096, block(5))
+    await eg.sync()
+    await eg.close()
+    const flags = 4096 + (2 * 256 + 7) * 8 + 4
+    const disk = m.durable(EgroupFile.fileName(dir, '3'))
+    disk[flags] = disk[flags]! ^ 1
+    m.crash()
+    const again = await EgroupFile.open(dir, '3', new Set([2]), () => undefined, m)
+    await expect(readBlock(again, 2, 7)).rejects.toBeInstanceOf(ChecksumError)
+    await expect(readBlock(again, 2, 7)).rejects.toThrow(/corrupt checksum entry/)
+    // its neighbours still read
+    expect((await readBlock(again, 2, 6)).equals(block(0))).toBe(true)
+  })
 })

@@ -380,9 +380,15 @@ export class EgroupFile {
     let lo = -1
     let hi = -1
     for (let i = 0; i < count; i++) {
-      if (this.entries.readUInt32LE(this.entryOffset(slot, first + i) + 4) & flagWritten) {
+      const eo = this.entryOffset(slot, first + i)
+      const flags = this.entries.readUInt32LE(eo + 4)
+      if (flags === flagWritten) {
         if (lo < 0) lo = i
         hi = i
+      } else if (flags !== 0 || this.entries.readUInt32LE(eo) !== 0) {
+        // An entry is (checksum, written) or all zeros: anything else is a corrupt entry (a bit
+        // of the flag word rotted), never a block to read as zeros without a word.
+        throw this.corruptEntry(slot, first + i, eo)
       }
     }
     const dst = out.subarray(outOffset, outOffset + length)
@@ -412,6 +418,12 @@ export class EgroupFile {
         dst.fill(0, i * checksumBlockSizeBytes, (i + 1) * checksumBlockSizeBytes)
       }
     }
+  }
+
+  private corruptEntry(slot: number, block: number, eo: number): ChecksumError {
+    const e = new ChecksumError(this.id, this.file, slot, block, this.entries.readUInt32LE(eo), this.entries.readUInt32LE(eo + 4))
+    e.message = `corrupt checksum entry in extent group ${this.id} (${this.file}) slot ${slot} block ${block}: checksum ${this.entries.readUInt32LE(eo).toString(16)}, flags ${this.entries.readUInt32LE(eo + 4).toString(16)} (an unwritten block has neither)`
+    return e
   }
 
   /** Write block-aligned `data` at `offset` within the extent in `slot`: data first, then checksums. */
