@@ -77,4 +77,23 @@ describe('extent group files under faults', () => {
     // its neighbours still read
     expect((await readBlock(again, 2, 6)).equals(block(0))).toBe(true)
   })
+
+  it('opened again by a new owner whose block map does not use a slot: the slot is freed, as a fresh open frees it', async () => {
+    const m = new MemFiles()
+    const disk: DiskRecord = { id: 'd1', node: 'n1', path: '/mem/disk', addedAt: '' }
+    const store = new ReplicaStore({ localDisks: async () => [disk], log: quiet, files: m })
+    await store.openEgroup('9', 'd1', [], '7', true)
+    const eg = await store.get('9')
+    // the owner before allocated slot 3 and died before its map entry reached etcd
+    await eg.write(3, 0, block(6))
+    await eg.write(1, 0, block(7))
+    await eg.sync()
+    await store.openEgroup('9', 'd1', [1], '7', false)
+    expect(eg.writtenBlocks(3)).toBe(0)
+    expect(eg.writtenBlocks(1)).toBe(1)
+    // durably
+    m.crash()
+    const again = await EgroupFile.open(dir, '9', new Set([1, 3]), () => undefined, m)
+    expect(again.writtenBlocks(3)).toBe(0)
+  })
 })

@@ -313,6 +313,24 @@ export class EgroupFile {
     await this.files.remove(marker)
   }
 
+  /**
+   * The file is open already and a vDisk owner opens it again (it loaded the vDisk after the
+   * owner before it died, or it copies a replica here): the block map it loaded says which slots
+   * hold extents. A slot it does not use but that holds written blocks (an allocation the earlier
+   * owner made and never committed) is freed, durably, as a fresh open's recovery does: else the
+   * next allocation of that slot would show the old extent's blocks around what it writes.
+   */
+  async forgetSlots(inUse: Set<number>, log: (m: string) => void): Promise<void> {
+    let changed = false
+    for (let slot = 0; slot < extentsPerEgroup; slot++) {
+      if (inUse.has(slot) || this.writtenBlocks(slot) === 0) continue
+      log(`egroup ${this.id}: slot ${slot} is written but not in the block map of the vDisk's new owner (an allocation cut short by the crash of the owner before it): freeing it`)
+      await this.clear(slot, 0, vBlockSizeBytes)
+      changed = true
+    }
+    if (changed) await this.sync()
+  }
+
   private entryOffset(slot: number, block: number): number {
     return (slot * entriesPerSlot + block) * entryBytes
   }
