@@ -46,7 +46,7 @@ function peer() {
 
 const block = (v: number) => Buffer.alloc(4096, v)
 
-describe('a replica on a peer whose CVM restarts', () => {
+describe('a replica on another node: restarts and unreachable peers', () => {
   it('a sync of a group the peer does not have open is "not-open", never a success for writes it never saw', async () => {
     const p = peer()
     await serveReplicaOp(p.store, 3 /* egOpen */, { egid: '5', diskId: 'd1', vdiskId: '7', inUse: [], create: true }, Buffer.alloc(0))
@@ -81,5 +81,31 @@ describe('a replica on a peer whose CVM restarts', () => {
     expect(out.equals(block(3))).toBe(true)
     await r.write(0, 4096, block(4))
     await r.sync()
+  })
+
+  it('a peer the owner could not reach when it loaded: the open it missed (freeing the slots the map does not use) comes before the first operation that reaches it', async () => {
+    const p = peer()
+    // the owner before: slot 5 allocated and written, never committed; slot 1 committed
+    const before = new RemoteReplica('n2', 'd1', '8', '7', p.pool)
+    await before.open([])
+    await before.write(1, 0, block(1))
+    await before.write(5, 0, block(9))
+    await before.sync()
+    // it dies; the next owner loads with a map that uses slot 1, and cannot reach n2 then
+    p.reachable(false)
+    const r = new RemoteReplica('n2', 'd1', '8', '7', p.pool)
+    r.setInUse(() => [1, 5])
+    await expect(r.open([1])).rejects.toThrow(/connection refused/)
+    p.reachable(true)
+    // slot 5 went to another vBlock since, which writes one block of it
+    await r.write(5, 4096, block(2))
+    const out = Buffer.alloc(4096)
+    await r.read(5, 0, 4096, out, 0)
+    expect(out.equals(block(0))).toBe(true)
+    await r.read(1, 0, 4096, out, 0)
+    expect(out.equals(block(1))).toBe(true)
+    // the open came once, first, with the slots in use when the owner loaded
+    const opens = p.requests.filter((q) => q.op === 3 && q.json.egid === '8')
+    expect(opens.map((q) => q.json.inUse)).toEqual([[], [1], [1]])
   })
 })

@@ -98,11 +98,20 @@ export class RemoteReplica implements Replica {
   private syncedChanges = 0
   /** why this replica is no longer used, once its peer restarted with changes not synced */
   private lost: string | undefined
+  /**
+   * The slots in use when the owner opened this replica and could not reach it: the open (with
+   * its recovery, which frees the slots an earlier owner left) is done before the first operation
+   * that reaches it, with those slots. Until then the peer may hold the group open from an
+   * earlier owner, slots and all, and would serve it as it is.
+   */
+  private openPending: number[] | undefined
+  private opening: Promise<void> | undefined
 
   constructor(readonly node: string, readonly diskId: string, private readonly egid: string, private readonly vdiskId: string, private readonly peers: PeerPool) {}
 
   private async call(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer) {
     if (this.lost !== undefined) throw new PeerError('io', this.lost)
+    if (this.openPending !== undefined) await this.openLate()
     const peer = await this.peers.get(this.node)
     const params = { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, ...json }
     try {
@@ -139,8 +148,26 @@ export class RemoteReplica implements Replica {
   }
 
   async open(inUse: number[]): Promise<void> {
-    const peer = await this.peers.get(this.node)
-    await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse, create: inUse.length === 0 })
+    try {
+      const peer = await this.peers.get(this.node)
+      await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse, create: inUse.length === 0 })
+      this.openPending = undefined
+    } catch (e) {
+      this.openPending = inUse
+      throw e
+    }
+  }
+
+  /** the open that failed, once (concurrent operations wait for the same one) */
+  private openLate(): Promise<void> {
+    const inUse = this.openPending
+    if (inUse === undefined) return Promise.resolve()
+    this.opening ??= (async () => {
+      const peer = await this.peers.get(this.node)
+      await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse, create: inUse.length === 0 })
+      this.openPending = undefined
+    })().finally(() => { this.opening = undefined })
+    return this.opening
   }
 
   async read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
