@@ -271,6 +271,36 @@ describe('vDisk FLUSH syncs only changed extent groups', () => {
     expect(t.syncs.get('3')).toBe(1)
   })
 
+  it('a write still running when a flush took its extent group: the next flush syncs the group again', async () => {
+    let syncs = 0
+    let releaseWrite: (() => void) | undefined
+    const r: Replica = {
+      ...memReplica(),
+      write: () => new Promise<void>((resolve) => { releaseWrite = resolve }),
+      sync: async () => { syncs++ },
+    }
+    const eg: LoadedEgroup = { id: '1', replicas: [r], usedSlots: new Set([0]), freeSlots: [], lock: new KeyedRwLock() }
+    const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined }
+    const v = new Vdisk('8', 'w', 32 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]), {
+      mapWriter: heldMapWriter().writer,
+      mapKey: (vb) => `map/${vb}`,
+      newEgroups: async () => { throw new Error('no new extent groups in this test') },
+      replaceFailed: async () => { throw new Error('no replacement in this test') },
+      log: log as never,
+    })
+    const w = v.write(0, Buffer.alloc(4096, 1), false)
+    await tick()
+    // another connection's flush: it takes the group (marked when the write began) and syncs it
+    // before the write is in the file (it need not cover a write that had not completed)
+    await v.flush()
+    expect(syncs).toBe(1)
+    releaseWrite!()
+    await w
+    // this flush covers the write: it must sync the group again
+    await v.flush()
+    expect(syncs).toBe(2)
+  })
+
   it('a second flush waits for the sync the first one took over', async () => {
     const t = countingVdisk()
     await t.v.write(0, Buffer.alloc(4096, 1), false)

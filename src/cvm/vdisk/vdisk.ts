@@ -180,7 +180,9 @@ export class Vdisk {
 
   /** Run an operation on every replica in parallel; replace the ones that fail (keeping RF). */
   private async onAllReplicas(eg: LoadedEgroup, what: string, vb: number, fn: (r: Replica) => Promise<void>): Promise<void> {
-    // marked before the change starts: a flush that begins meanwhile syncs it too (harmless)
+    // Marked before the change starts (a flush that begins meanwhile syncs it too: harmless) and
+    // again once it ended: such a flush takes the group out of the set and may sync it before
+    // the change is in the file, and the next flush must still sync it.
     if (what !== 'flush') this.unsynced.add(eg)
     const release = await eg.lock.read(0)
     const replicas = [...eg.replicas]
@@ -199,6 +201,7 @@ export class Vdisk {
       }
     } finally {
       release()
+      if (what !== 'flush') this.unsynced.add(eg)
     }
     const failed = replicas.filter((_r, i) => results[i]!.status === 'rejected')
     if (failed.length === 0) return
