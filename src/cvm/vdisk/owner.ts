@@ -143,7 +143,15 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       replicas: [...er.replicas.filter((r) => !gone.has(`${r.node}/${r.diskId}`)), ...added],
       stale: [...(er.stale ?? []), ...er.replicas.filter((r) => gone.has(`${r.node}/${r.diskId}`))],
     }
-    await env.putEgroupRecords(rec, [nextRec])
+    try {
+      await env.putEgroupRecords(rec, [nextRec])
+    } catch (e) {
+      // The record may have been written all the same (etcd applied it, its answer was lost): the
+      // next load may take either set. Until a record is known, every write goes to the replicas of
+      // both (the ones kept and the copies just made), so whichever set loads holds all of them.
+      eg.replicas = [...eg.replicas, ...next.filter((r) => !eg.replicas.includes(r))].sort((a, b) => Number(b.local) - Number(a.local))
+      throw e
+    }
     next.sort((a, b) => Number(b.local) - Number(a.local))
     eg.replicas = next
   } finally {
