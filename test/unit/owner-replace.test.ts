@@ -92,4 +92,27 @@ describe('replacing failed replicas', () => {
     expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1', 'n3'])
     for (const r of records.get('1')!.replicas) expect(eg.replicas.map((x) => x.node)).toContain(r.node)
   })
+
+  it('two writes that failed on different replicas: a replacement never copies from a replica that missed the other write', async () => {
+    const replicas = new Map<string, MemReplica>()
+    // r1 misses the write to slot 1, r3 the write to slot 0 (once each)
+    let r1Fails = 1
+    let r3Fails = 1
+    replicas.set('r1', memReplica('r1', (s) => s === 1 && r1Fails-- > 0))
+    replicas.set('r2', memReplica('r2'))
+    replicas.set('r3', memReplica('r3', (s) => s === 0 && r3Fails-- > 0))
+    const { env: e, records } = env(['r1', 'r2', 'r3', 'n4', 'n5', 'n6'], replicas)
+    records.set('1', { id: '1', vdiskId: '7', replicas: ['r1', 'r2', 'r3'].map((n) => ({ node: n, diskId: `${n}-d` })), createdAt: '' })
+    const eg = egroup(['r1', 'r2', 'r3'].map((n) => replicas.get(n)!), [0, 1])
+    const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
+    const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }], [1, { egroupId: '1', slot: 1 }]]), new Map([['1', eg]]),
+      vdiskBackend(e, rec, mapWriter, (vb) => `map/${vb}`))
+    await Promise.all([v.write(0, Buffer.alloc(4096, 0xaa), false), v.write(MiB, Buffer.alloc(4096, 0xbb), false)])
+    // both writes were acknowledged: every replica of the group holds both
+    expect(eg.replicas.length).toBe(3)
+    for (const r of eg.replicas as MemReplica[]) {
+      expect(r.slots.get(0)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xaa)), `${r.node} slot 0`).toBe(true)
+      expect(r.slots.get(1)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xbb)), `${r.node} slot 1`).toBe(true)
+    }
+  })
 })

@@ -22,6 +22,13 @@ export interface LoadedEgroup {
   freeSlots: number[]
   /** shared by I/O, exclusive while a replica is replaced */
   lock: KeyedRwLock
+  /**
+   * Replicas that may miss a change the others made (an operation failed on them and not on all),
+   * with the operations they missed, until they are replaced. A replacement replaces them too and
+   * never copies from one that misses the operation it is made for; a copy misses what its source
+   * missed.
+   */
+  missed?: Map<Replica, Set<object>>
 }
 
 export interface VdiskBackend {
@@ -37,7 +44,7 @@ export interface VdiskBackend {
    * healthy replica to a node that has none, record the new set. Throws when it cannot keep RF
    * copies. Takes the egroup's lock exclusively.
    */
-  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate: boolean }): Promise<void>
+  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate?: boolean, op?: object }): Promise<void>
   log: Logger
   /** an encrypted vDisk's cipher: blocks are encrypted before they reach a replica and decrypted after a read */
   cipher?: BlockCipher
@@ -184,9 +191,11 @@ export class Vdisk {
     // again once it ended: such a flush takes the group out of the set and may sync it before
     // the change is in the file, and the next flush must still sync it.
     if (what !== 'flush') this.unsynced.add(eg)
+    const op = {}
     const release = await eg.lock.read(0)
     const replicas = [...eg.replicas]
     let results: PromiseSettledResult<void>[]
+    let failed: Replica[]
     try {
       if (replicas.length === 1) {
         // RF 1: no settling of a promise array
@@ -199,17 +208,28 @@ export class Vdisk {
       } else {
         results = await Promise.allSettled(replicas.map(fn))
       }
+      failed = replicas.filter((_r, i) => results[i]!.status === 'rejected')
+      // Noted before the lock goes: a replacement for another operation (it waits for the lock
+      // exclusively, and may run before this one's) must not copy from a replica that missed
+      // this one. (When every replica failed, none has what the others lack: nothing to note.)
+      if (failed.length > 0 && failed.length < replicas.length) {
+        eg.missed ??= new Map()
+        for (const r of failed) {
+          let s = eg.missed.get(r)
+          if (s === undefined) eg.missed.set(r, s = new Set())
+          s.add(op)
+        }
+      }
     } finally {
       release()
       if (what !== 'flush') this.unsynced.add(eg)
     }
-    const failed = replicas.filter((_r, i) => results[i]!.status === 'rejected')
     if (failed.length === 0) return
     const firstErr = (results.find((x) => x.status === 'rejected') as PromiseRejectedResult).reason
     for (const r of failed) this.logFailure(what, vb, eg, r, (results[replicas.indexOf(r)] as PromiseRejectedResult).reason)
     if (failed.length === replicas.length) throw firstErr
     try {
-      await this.backend.replaceFailed(eg, failed, firstErr)
+      await this.backend.replaceFailed(eg, failed, firstErr, { op })
     } catch (e) {
       this.backend.log.error(`vDisk ${this.name}: cannot keep RF copies of extent group ${eg.id}: ${errorMessage(e)}`)
       throw new DeviceError(nbdErrno.EIO, `${what} failed: not enough healthy replicas`)
