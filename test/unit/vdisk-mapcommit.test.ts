@@ -43,23 +43,38 @@ function heldMapWriter() {
   return { writer: writer as unknown as MapWriter, held, committed }
 }
 
-/** A block map writer over a map, whose next answers can be lost after the change applied (an etcd timeout). */
+/**
+ * A block map writer over a map, applying changes in the order asked (as MapWriter's queue does),
+ * whose next answers can be lost after the change applied (an etcd timeout), and whose changes can
+ * be held and then applied together.
+ */
 function lossyMapWriter() {
   const committed = new Map<string, string>()
   let lose = 0
-  const answer = (apply: () => void): Promise<void> => {
-    apply()
-    if (lose > 0) {
-      lose--
-      return Promise.reject(new Error('etcd: request timed out (the change applied)'))
+  let held: Array<() => void> | undefined
+  const answer = (apply: () => void): Promise<void> => new Promise<void>((resolve, reject) => {
+    const run = () => {
+      apply()
+      if (lose > 0) {
+        lose--
+        reject(new Error('etcd: request timed out (the change applied)'))
+      } else {
+        resolve()
+      }
     }
-    return Promise.resolve()
-  }
+    if (held !== undefined) held.push(run)
+    else run()
+  })
   const writer = {
     put: (key: string, value: string) => answer(() => committed.set(key, value)),
     delete: (key: string) => answer(() => committed.delete(key)),
   }
-  return { writer: writer as unknown as MapWriter, committed, loseNext: (n: number) => { lose = n } }
+  return {
+    writer: writer as unknown as MapWriter, committed,
+    loseNext: (n: number) => { lose = n },
+    hold: () => { held = [] },
+    release: () => { const h = held ?? []; held = undefined; for (const f of h) f() },
+  }
 }
 
 /** A replica that keeps nothing (for counting allocations only). */
@@ -211,6 +226,23 @@ describe('vDisk block map when etcd applied a change but its answer was lost', (
     // ...and after a flush in etcd too (a load would otherwise find no extent for it)
     await v.flush()
     expect(m.committed.has('map/3')).toBe(true)
+  })
+
+  it('a trim of such an entry while a flush is on its way: the flush does not put back what the trim deletes', async () => {
+    const m = lossyMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(5 * MiB, Buffer.alloc(4096, 6), false)
+    m.loseNext(1)
+    await expect(v.flush()).rejects.toThrow(/cannot record/)
+    m.hold()
+    // the flush takes the pending entry; the trim deletes it in etcd before the flush commits
+    const flushed = v.flush()
+    const trimmed = v.trim(5 * MiB, MiB)
+    for (let i = 0; i < 10; i++) await tick()
+    m.release()
+    await trimmed
+    await flushed
+    expect(m.committed.has('map/5')).toBe(false)
   })
 })
 

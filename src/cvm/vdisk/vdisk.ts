@@ -537,8 +537,10 @@ export class Vdisk {
       if (this.pendingMap.get(vb) === ref && !this.mapUnsure.has(vb)) {
         this.pendingMap.delete(vb)
       } else {
-        await this.backend.mapWriter.delete(this.backend.mapKey(vb))
+        // out of the pending set before the delete is queued: a flush from now on must not put
+        // the entry back after it
         if (this.pendingMap.get(vb) === ref) this.pendingMap.delete(vb)
+        await this.backend.mapWriter.delete(this.backend.mapKey(vb))
         this.mapUnsure.delete(vb)
       }
     } catch (e) {
