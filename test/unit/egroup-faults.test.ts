@@ -36,6 +36,20 @@ describe('extent group files under faults', () => {
     expect((await readBlock(again, 0, 1)).equals(block(2))).toBe(false)
   })
 
+  it('a sync running when the fsync of another failed fails too: its own fsync may succeed after the pages were dropped', async () => {
+    const m = new MemFiles()
+    const eg = await EgroupFile.create(dir, '4', '3', undefined, undefined, m)
+    await eg.write(0, 0, block(1))
+    await eg.sync()
+    await eg.write(0, 4096, block(2))
+    m.failDatasyncs = 1
+    // two connections flush at once (or a FUA write and a FLUSH): the first fsync fails
+    const first = eg.sync()
+    const second = eg.sync()
+    await expect(first).rejects.toThrow(/EIO/)
+    await expect(second).rejects.toThrow(/an earlier fsync failed/)
+  })
+
   it('a trim racing the checksum entries a sync writes is not undone by them (the two writes may land in either order)', async () => {
     const m = new MemFiles()
     const eg = await EgroupFile.create(dir, '2', '3', undefined, undefined, m)

@@ -656,6 +656,8 @@ export class EgroupFile {
         this.syncFailed ??= errorMessage(e)
         throw e
       }
+      // another sync's fsync failed meanwhile: the pages it dropped may be ones this one covers
+      if (this.syncFailed !== undefined) throw new Error(`extent group ${this.id} (${this.file}): an earlier fsync failed (${this.syncFailed}); writes since the sync before it may be lost`)
       if (gen > this.syncedGen) this.syncedGen = gen
     }
     this.scheduleClean()
