@@ -21,6 +21,40 @@ function heldMapWriter() {
   return { writer: writer as unknown as MapWriter, held, committed }
 }
 
+/**
+ * A block map writer over a map, applying changes in the order asked (as MapWriter's queue does),
+ * whose next answers can be lost after the change applied (an etcd timeout), and whose changes can
+ * be held and then applied together.
+ */
+function lossyMapWriter() {
+  const committed = new Map<string, string>()
+  let lose = 0
+  let held: Array<() => void> | undefined
+  const answer = (apply: () => void): Promise<void> => new Promise<void>((resolve, reject) => {
+    const run = () => {
+      apply()
+      if (lose > 0) {
+        lose--
+        reject(new Error('etcd: request timed out (the change applied)'))
+      } else {
+        resolve()
+      }
+    }
+    if (held !== undefined) held.push(run)
+    else run()
+  })
+  const writer = {
+    put: (key: string, value: string) => answer(() => committed.set(key, value)),
+    delete: (key: string) => answer(() => committed.delete(key)),
+  }
+  return {
+    writer: writer as unknown as MapWriter, committed,
+    loseNext: (n: number) => { lose = n },
+    hold: () => { held = [] },
+    release: () => { const h = held ?? []; held = undefined; for (const f of h) f() },
+  }
+}
+
 /** A replica that keeps nothing (for counting allocations only). */
 function nullReplica(): Replica {
   return { ...memReplica(), write: async () => undefined }
@@ -141,6 +175,55 @@ describe('vDisk block map commit at FLUSH', () => {
   })
 })
 
+describe('vDisk block map when etcd applied a change but its answer was lost', () => {
+  it('a commit that failed but applied: a trim deletes the entry in etcd (it is not only dropped from memory)', async () => {
+    const m = lossyMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(2 * MiB, Buffer.alloc(4096, 3), false)
+    m.loseNext(1)
+    await expect(v.flush()).rejects.toThrow(/cannot record/)
+    expect(m.committed.has('map/2')).toBe(true)
+    await v.trim(2 * MiB, MiB)
+    // else etcd keeps naming a slot that is free now, and the next load maps the vBlock to it again
+    expect(m.committed.has('map/2')).toBe(false)
+    await v.flush()
+    expect(m.committed.has('map/2')).toBe(false)
+  })
+
+  it('a delete that failed but applied: the extent stays mapped, and the next flush puts its entry back', async () => {
+    const m = lossyMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(3 * MiB, Buffer.alloc(4096, 4), false)
+    await v.flush()
+    expect(m.committed.has('map/3')).toBe(true)
+    m.loseNext(1)
+    await expect(v.trim(3 * MiB, MiB)).rejects.toThrow(/cannot free/)
+    expect(m.committed.has('map/3')).toBe(false)
+    // the trim failed: the data is still there and mapped in memory...
+    expect((await v.read(3 * MiB, 4096)).equals(Buffer.alloc(4096, 4))).toBe(true)
+    // ...and after a flush in etcd too (a load would otherwise find no extent for it)
+    await v.flush()
+    expect(m.committed.has('map/3')).toBe(true)
+  })
+
+  it('a trim of such an entry while a flush is on its way: the flush does not put back what the trim deletes', async () => {
+    const m = lossyMapWriter()
+    const v = vdisk(m.writer)
+    await v.write(5 * MiB, Buffer.alloc(4096, 6), false)
+    m.loseNext(1)
+    await expect(v.flush()).rejects.toThrow(/cannot record/)
+    m.hold()
+    // the flush takes the pending entry; the trim deletes it in etcd before the flush commits
+    const flushed = v.flush()
+    const trimmed = v.trim(5 * MiB, MiB)
+    for (let i = 0; i < 10; i++) await tick()
+    m.release()
+    await trimmed
+    await flushed
+    expect(m.committed.has('map/5')).toBe(false)
+  })
+})
+
 describe('vDisk FLUSH syncs only changed extent groups', () => {
   /** replicas that count their syncs and can hold one until the test says so */
   function countingVdisk() {
@@ -196,6 +279,36 @@ describe('vDisk FLUSH syncs only changed extent groups', () => {
     await t.v.trim(65 * MiB, MiB)
     await t.v.flush()
     expect(t.syncs.get('3')).toBe(1)
+  })
+
+  it('a write still running when a flush took its extent group: the next flush syncs the group again', async () => {
+    let syncs = 0
+    let releaseWrite: (() => void) | undefined
+    const r: Replica = {
+      ...memReplica(),
+      write: () => new Promise<void>((resolve) => { releaseWrite = resolve }),
+      sync: async () => { syncs++ },
+    }
+    const eg: LoadedEgroup = { id: '1', replicas: [r], usedSlots: new Set([0]), freeSlots: [], lock: new KeyedRwLock() }
+    const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined }
+    const v = new Vdisk('8', 'w', 32 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]), {
+      mapWriter: heldMapWriter().writer,
+      mapKey: (vb) => `map/${vb}`,
+      newEgroups: async () => { throw new Error('no new extent groups in this test') },
+      replaceFailed: async () => { throw new Error('no replacement in this test') },
+      log: log as never,
+    })
+    const w = v.write(0, Buffer.alloc(4096, 1), false)
+    await tick()
+    // another connection's flush: it takes the group (marked when the write began) and syncs it
+    // before the write is in the file (it need not cover a write that had not completed)
+    await v.flush()
+    expect(syncs).toBe(1)
+    releaseWrite!()
+    await w
+    // this flush covers the write: it must sync the group again
+    await v.flush()
+    expect(syncs).toBe(2)
   })
 
   it('a second flush waits for the sync the first one took over', async () => {

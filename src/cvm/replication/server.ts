@@ -376,7 +376,9 @@ export async function serveReplicaOp(st: ReplicaStore, code: number, j: Record<s
       await (await st.get(text(j, 'egid'))).freeSlot(num(j, 'slot'))
       return { json: {} }
     case ops.egSync:
-      if (st.isOpen(text(j, 'egid'))) await (await st.get(text(j, 'egid'))).sync()
+      // not open here (this CVM restarted since the owner's writes): 'not-open', never a sync that
+      // vouches for writes this process never saw through (the replica re-opens, or is replaced)
+      await (await st.get(text(j, 'egid'))).sync()
       return { json: {} }
     case ops.egDelete:
       await st.delete(text(j, 'egid'), text(j, 'diskId'), j.recycle === true)

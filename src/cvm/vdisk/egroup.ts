@@ -136,6 +136,14 @@ export class EgroupFile {
   private active = 0
   /** writeGen covered by the last completed datasync */
   private syncedGen = 0
+  /**
+   * Set when a datasync failed: the kernel may have dropped the dirty pages it could not write
+   * (Linux marks them clean), so a later datasync that succeeds would vouch for writes that are no
+   * longer anywhere. Every sync fails from then on: the vDisk replaces this replica from a healthy
+   * one (or, with none, keeps failing flushes instead of acknowledging lost data); a fresh open
+   * (after a restart) starts from what the disk holds.
+   */
+  private syncFailed: string | undefined
   /** resolved when `active` drops to 0 (close waits: writes through the pool use the descriptor until they end) */
   private idleWaiters: Array<() => void> = []
   private cleanTimer: LaterHandle | undefined
@@ -305,6 +313,24 @@ export class EgroupFile {
     await this.files.remove(marker)
   }
 
+  /**
+   * The file is open already and a vDisk owner opens it again (it loaded the vDisk after the
+   * owner before it died, or it copies a replica here): the block map it loaded says which slots
+   * hold extents. A slot it does not use but that holds written blocks (an allocation the earlier
+   * owner made and never committed) is freed, durably, as a fresh open's recovery does: else the
+   * next allocation of that slot would show the old extent's blocks around what it writes.
+   */
+  async forgetSlots(inUse: Set<number>, log: (m: string) => void): Promise<void> {
+    let changed = false
+    for (let slot = 0; slot < extentsPerEgroup; slot++) {
+      if (inUse.has(slot) || this.writtenBlocks(slot) === 0) continue
+      log(`egroup ${this.id}: slot ${slot} is written but not in the block map of the vDisk's new owner (an allocation cut short by the crash of the owner before it): freeing it`)
+      await this.clear(slot, 0, vBlockSizeBytes)
+      changed = true
+    }
+    if (changed) await this.sync()
+  }
+
   private entryOffset(slot: number, block: number): number {
     return (slot * entriesPerSlot + block) * entryBytes
   }
@@ -349,11 +375,10 @@ export class EgroupFile {
     try {
       if (!this.dirty) await this.markDirty()
       const eo = this.entryOffset(slot, 0)
-      await Promise.all([
-        this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes),
-        this.fh.writeAll(entries, checksumRegionOffset + eo),
-      ])
+      await this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes)
+      // the entries reach the file with the next sync, as a write's do (see clear)
       entries.copy(this.entries, eo)
+      this.entriesChanged(eo, eo + entries.length)
     } finally {
       this.writeEnded()
     }
@@ -373,9 +398,15 @@ export class EgroupFile {
     let lo = -1
     let hi = -1
     for (let i = 0; i < count; i++) {
-      if (this.entries.readUInt32LE(this.entryOffset(slot, first + i) + 4) & flagWritten) {
+      const eo = this.entryOffset(slot, first + i)
+      const flags = this.entries.readUInt32LE(eo + 4)
+      if (flags === flagWritten) {
         if (lo < 0) lo = i
         hi = i
+      } else if (flags !== 0 || this.entries.readUInt32LE(eo) !== 0) {
+        // An entry is (checksum, written) or all zeros: anything else is a corrupt entry (a bit
+        // of the flag word rotted), never a block to read as zeros without a word.
+        throw this.corruptEntry(slot, first + i, eo)
       }
     }
     const dst = out.subarray(outOffset, outOffset + length)
@@ -405,6 +436,12 @@ export class EgroupFile {
         dst.fill(0, i * checksumBlockSizeBytes, (i + 1) * checksumBlockSizeBytes)
       }
     }
+  }
+
+  private corruptEntry(slot: number, block: number, eo: number): ChecksumError {
+    const e = new ChecksumError(this.id, this.file, slot, block, this.entries.readUInt32LE(eo), this.entries.readUInt32LE(eo + 4))
+    e.message = `corrupt checksum entry in extent group ${this.id} (${this.file}) slot ${slot} block ${block}: checksum ${this.entries.readUInt32LE(eo).toString(16)}, flags ${this.entries.readUInt32LE(eo + 4).toString(16)} (an unwritten block has neither)`
+    return e
   }
 
   /** Write block-aligned `data` at `offset` within the extent in `slot`: data first, then checksums. */
@@ -555,7 +592,13 @@ export class EgroupFile {
     }
   }
 
-  /** Make blocks read as zeros (trim, write-zeroes): reset their entries. */
+  /**
+   * Make blocks read as zeros (trim, write-zeroes): reset their entries. They reach the file with
+   * the next sync, like the entries of writes: written here at once, they could land before a
+   * sync's write of an older copy of the same span (both go through the thread pool), which would
+   * put the blocks back on disk while memory says they are gone, and a FLUSH would make that
+   * durable.
+   */
   async clear(slot: number, offset: number, length: number): Promise<void> {
     assert(offset % checksumBlockSizeBytes === 0 && length % checksumBlockSizeBytes === 0, 'egroup clear is block aligned')
     this.active++
@@ -564,7 +607,7 @@ export class EgroupFile {
       const from = this.entryOffset(slot, offset / checksumBlockSizeBytes)
       const to = this.entryOffset(slot, (offset + length) / checksumBlockSizeBytes)
       this.entries.fill(0, from, to)
-      await this.fh.writeAll(this.entries.subarray(from, to), checksumRegionOffset + from)
+      this.entriesChanged(from, to)
     } finally {
       this.writeEnded()
     }
@@ -601,12 +644,20 @@ export class EgroupFile {
 
   /** Make every write completed before the call durable. */
   async sync(): Promise<void> {
+    if (this.syncFailed !== undefined) throw new Error(`extent group ${this.id} (${this.file}): an earlier fsync failed (${this.syncFailed}); writes since the sync before it may be lost`)
     if (!this.dirty) return
     const gen = this.writeGen
     // Every write counted in syncedGen was complete before a datasync that has finished.
     if (gen !== this.syncedGen) {
       await this.writeEntries()
-      await this.fh.datasync()
+      try {
+        await this.fh.datasync()
+      } catch (e) {
+        this.syncFailed ??= errorMessage(e)
+        throw e
+      }
+      // another sync's fsync failed meanwhile: the pages it dropped may be ones this one covers
+      if (this.syncFailed !== undefined) throw new Error(`extent group ${this.id} (${this.file}): an earlier fsync failed (${this.syncFailed}); writes since the sync before it may be lost`)
       if (gen > this.syncedGen) this.syncedGen = gen
     }
     this.scheduleClean()
@@ -641,7 +692,8 @@ export class EgroupFile {
 
   async close(): Promise<void> {
     await this.idle()
-    await this.sync()
+    // after a failed fsync nothing more can be made durable: the marker stays (the next open scrubs)
+    if (this.syncFailed === undefined) await this.sync()
     this.cleanTimer?.cancel()
     this.cleanTimer = undefined
     await this.clean()

@@ -105,14 +105,30 @@ export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: numbe
  * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
  * ones are recorded as stale so their files are removed later).
  */
-export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false): Promise<void> {
+export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false, op?: object): Promise<void> {
   const release = await eg.lock.write(0)
   try {
-    const still = failed.filter((f) => eg.replicas.includes(f))
+    // With the replicas that missed other operations meanwhile (Vdisk notes them in eg.missed):
+    // a copy from one of those would lack what it missed.
+    const missed = eg.missed ?? new Map<Replica, Set<object>>()
+    const lacks = (r: Replica) => !evacuate && (missed.get(r)?.size ?? 0) > 0
+    let still = eg.replicas.filter((r) => failed.includes(r) || lacks(r))
     if (still.length === 0) return // another writer replaced them already
-    const healthy = eg.replicas.filter((r) => !still.includes(r))
+    // the replicas kept, and the ones a copy may come from
+    let kept = eg.replicas.filter((r) => !still.includes(r))
+    let sources = kept
+    if (kept.length === 0 && !evacuate) {
+      // every replica misses some change (each of those operations fails): replace the ones that
+      // miss this operation's (it failed on them, or they were copied from one it failed on),
+      // from one that has it
+      const missesOp = (r: Replica) => failed.includes(r) || (op !== undefined && missed.get(r)?.has(op) === true)
+      still = eg.replicas.filter(missesOp)
+      if (still.length === 0) return
+      kept = eg.replicas.filter((r) => !still.includes(r))
+      sources = kept
+    }
     // An evacuated replica is healthy: it is the source when it is the only copy (RF 1).
-    const source = healthy[0] ?? (evacuate ? still[0] : undefined)
+    const source = sources[0] ?? (evacuate ? still[0] : undefined)
     if (!source) throw new Error('no healthy replica left')
     const er = await env.getEgroupRecord(rec.id, eg.id)
     if (!er) throw new Error(`extent group ${eg.id} has no record`)
@@ -121,7 +137,7 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
     }]))
     // waits for a healthy node (bounded); a PlacementError names the nodes and why each cannot be used
     const targets = await placeOnDisks(env, still.length, `${still.length} replacement replica(s) of extent group ${eg.id} of vDisk ${rec.name} (RF ${rec.rf})`, exclude)
-    const next: Replica[] = [...healthy]
+    const next: Replica[] = [...kept]
     const added: Array<{ node: string, diskId: string }> = []
     for (let i = 0; i < still.length; i++) {
       const { node, diskId } = targets[i]!
@@ -133,6 +149,9 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
         if (raw) await r.writeRaw(slot, raw)
       }
       await r.sync()
+      // a copy misses what its source missed
+      const inherited = missed.get(source)
+      if (inherited !== undefined && inherited.size > 0) (eg.missed ??= missed).set(r, new Set(inherited))
       next.push(r)
       added.push({ node, diskId })
       env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}; copied to ${node} disk ${diskId}`)
@@ -143,9 +162,18 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       replicas: [...er.replicas.filter((r) => !gone.has(`${r.node}/${r.diskId}`)), ...added],
       stale: [...(er.stale ?? []), ...er.replicas.filter((r) => gone.has(`${r.node}/${r.diskId}`))],
     }
-    await env.putEgroupRecords(rec, [nextRec])
+    try {
+      await env.putEgroupRecords(rec, [nextRec])
+    } catch (e) {
+      // The record may have been written all the same (etcd applied it, its answer was lost): the
+      // next load may take either set. Until a record is known, every write goes to the replicas of
+      // both (the ones kept and the copies just made), so whichever set loads holds all of them.
+      eg.replicas = [...eg.replicas, ...next.filter((r) => !eg.replicas.includes(r))].sort((a, b) => Number(b.local) - Number(a.local))
+      throw e
+    }
     next.sort((a, b) => Number(b.local) - Number(a.local))
     eg.replicas = next
+    for (const r of still) eg.missed?.delete(r)
   } finally {
     release()
   }
@@ -193,7 +221,7 @@ export function vdiskBackend(env: OwnerEnv, rec: VdiskIdentity, mapWriter: MapWr
     mapWriter,
     mapKey,
     newEgroups: (count) => newEgroups(env, rec, count),
-    replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o?.evacuate ?? false),
+    replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o?.evacuate ?? false, o?.op),
     log: env.log,
   }
 }

@@ -85,15 +85,33 @@ export class LocalReplica implements Replica {
 /**
  * A replica on another node, reached over the data port. If the peer restarted and lost its open
  * file table it answers 'not-open': the replica re-opens (recovery with the owner's slots) and
- * retries once.
+ * retries once. Unless changes this replica sent had not been synced when the peer restarted: the
+ * peer kept their checksum entries in memory (and a power loss drops their data too), so its copy
+ * may lack them. Such a replica fails this and every later operation, and the vDisk replaces it
+ * from a healthy copy, instead of trusting (and flushing, and reading) a copy that lost writes.
  */
 export class RemoteReplica implements Replica {
   readonly local = false
   private inUse: () => number[] = () => []
+  /** changes (writes, clears, raw copies) that have completed, and how many of them a sync covered */
+  private changes = 0
+  private syncedChanges = 0
+  /** why this replica is no longer used, once its peer restarted with changes not synced */
+  private lost: string | undefined
+  /**
+   * The slots in use when the owner opened this replica and could not reach it: the open (with
+   * its recovery, which frees the slots an earlier owner left) is done before the first operation
+   * that reaches it, with those slots. Until then the peer may hold the group open from an
+   * earlier owner, slots and all, and would serve it as it is.
+   */
+  private openPending: number[] | undefined
+  private opening: Promise<void> | undefined
 
   constructor(readonly node: string, readonly diskId: string, private readonly egid: string, private readonly vdiskId: string, private readonly peers: PeerPool) {}
 
   private async call(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer) {
+    if (this.lost !== undefined) throw new PeerError('io', this.lost)
+    if (this.openPending !== undefined) await this.openLate()
     const peer = await this.peers.get(this.node)
     const params = { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, ...json }
     try {
@@ -101,9 +119,22 @@ export class RemoteReplica implements Replica {
     } catch (e) {
       if (e instanceof PeerError && e.kind === 'not-open') {
         await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse: this.inUse(), create: false })
+        if (this.changes !== this.syncedChanges) {
+          this.lost = `node ${this.node} restarted before ${this.changes - this.syncedChanges} change(s) to its replica of extent group ${this.egid} were synced: that copy may lack them`
+          throw new PeerError('io', this.lost)
+        }
         return peer.request(op, params, data)
       }
       throw e
+    }
+  }
+
+  /** a change sent to the peer: counted once it ended (a failed one may have applied in part) */
+  private async change(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer): Promise<void> {
+    try {
+      await this.call(op, json, data)
+    } finally {
+      this.changes++
     }
   }
 
@@ -117,8 +148,26 @@ export class RemoteReplica implements Replica {
   }
 
   async open(inUse: number[]): Promise<void> {
-    const peer = await this.peers.get(this.node)
-    await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse, create: inUse.length === 0 })
+    try {
+      const peer = await this.peers.get(this.node)
+      await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse, create: inUse.length === 0 })
+      this.openPending = undefined
+    } catch (e) {
+      this.openPending = inUse
+      throw e
+    }
+  }
+
+  /** the open that failed, once (concurrent operations wait for the same one) */
+  private openLate(): Promise<void> {
+    const inUse = this.openPending
+    if (inUse === undefined) return Promise.resolve()
+    this.opening ??= (async () => {
+      const peer = await this.peers.get(this.node)
+      await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse, create: inUse.length === 0 })
+      this.openPending = undefined
+    })().finally(() => { this.opening = undefined })
+    return this.opening
   }
 
   async read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
@@ -128,19 +177,22 @@ export class RemoteReplica implements Replica {
   }
 
   async write(slot: number, offset: number, data: Buffer): Promise<void> {
-    await this.call(ops.egWrite, { slot, offset }, data)
+    await this.change(ops.egWrite, { slot, offset }, data)
   }
 
   async clear(slot: number, offset: number, length: number): Promise<void> {
-    await this.call(ops.egClear, { slot, offset, length })
+    await this.change(ops.egClear, { slot, offset, length })
   }
 
   async freeSlot(slot: number): Promise<void> {
-    await this.call(ops.egFreeSlot, { slot })
+    await this.change(ops.egFreeSlot, { slot })
   }
 
   async sync(): Promise<void> {
+    // covers the changes that ended before it was sent
+    const covered = this.changes
     await this.call(ops.egSync, {})
+    if (covered > this.syncedChanges) this.syncedChanges = covered
   }
 
   async readRaw(slot: number): Promise<RawSlot | undefined> {
@@ -153,7 +205,7 @@ export class RemoteReplica implements Replica {
   }
 
   async writeRaw(slot: number, raw: RawSlot): Promise<void> {
-    await this.call(ops.egWriteRaw, { slot, entriesBytes: raw.entries.length, version: raw.version }, Buffer.concat([raw.entries, raw.data]))
+    await this.change(ops.egWriteRaw, { slot, entriesBytes: raw.entries.length, version: raw.version }, Buffer.concat([raw.entries, raw.data]))
   }
 
   async delete(opts: { recycle?: boolean } = {}): Promise<void> {

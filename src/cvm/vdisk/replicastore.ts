@@ -96,12 +96,14 @@ export class ReplicaStore {
   }
 
   /**
-   * Open (and recover) an extent group, given the slots the owner's block map uses. Re-opening an
-   * open group is a no-op: recovery runs once per process.
+   * Open (and recover) an extent group, given the slots the owner's block map uses. Recovery runs
+   * once per process; re-opening an open group frees the slots that hold data but that the
+   * owner's map does not use (EgroupFile.forgetSlots: a new owner after a crash, or a copy made
+   * into a file that stayed open here).
    */
   async openEgroup(egid: string, diskId: string, inUse: number[], vdiskId: string, createIfMissing: boolean): Promise<void> {
     const existing = this.open.get(egid)
-    if (existing) return void (await existing)
+    if (existing) return (await existing).forgetSlots(new Set(inUse), (m) => this.opts.log.warn(m))
     const dir = await this.diskDir(diskId)
     const p = (async () => {
       const file = EgroupFile.fileName(dir, egid)

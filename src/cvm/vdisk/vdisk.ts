@@ -22,6 +22,13 @@ export interface LoadedEgroup {
   freeSlots: number[]
   /** shared by I/O, exclusive while a replica is replaced */
   lock: KeyedRwLock
+  /**
+   * Replicas that may miss a change the others made (an operation failed on them and not on all),
+   * with the operations they missed, until they are replaced. A replacement replaces them too and
+   * never copies from one that misses the operation it is made for; a copy misses what its source
+   * missed.
+   */
+  missed?: Map<Replica, Set<object>>
 }
 
 export interface VdiskBackend {
@@ -37,7 +44,7 @@ export interface VdiskBackend {
    * healthy replica to a node that has none, record the new set. Throws when it cannot keep RF
    * copies. Takes the egroup's lock exclusively.
    */
-  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate: boolean }): Promise<void>
+  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate?: boolean, op?: object }): Promise<void>
   log: Logger
   /** an encrypted vDisk's cipher: blocks are encrypted before they reach a replica and decrypted after a read */
   cipher?: BlockCipher
@@ -94,6 +101,12 @@ export class Vdisk {
   private readonly pendingMap = new Map<number, ExtentRef>()
   /** allocations whose map entry is on its way to etcd, and the commit carrying it */
   private readonly committing = new Map<number, { ref: ExtentRef, done: Promise<unknown> }>()
+  /**
+   * vBlocks whose entry in etcd is unknown: a put or delete of it failed, and a failed etcd call
+   * may still have applied (its answer lost). The next flush puts such an entry again (pending),
+   * and freeing it always deletes it in etcd, even while it is pending.
+   */
+  private readonly mapUnsure = new Set<number>()
   private backgroundFlush: Promise<void> | undefined
   /**
    * Extent groups changed since the flush that last took them: a FLUSH syncs only these (an RF 2
@@ -174,11 +187,15 @@ export class Vdisk {
 
   /** Run an operation on every replica in parallel; replace the ones that fail (keeping RF). */
   private async onAllReplicas(eg: LoadedEgroup, what: string, vb: number, fn: (r: Replica) => Promise<void>): Promise<void> {
-    // marked before the change starts: a flush that begins meanwhile syncs it too (harmless)
+    // Marked before the change starts (a flush that begins meanwhile syncs it too: harmless) and
+    // again once it ended: such a flush takes the group out of the set and may sync it before
+    // the change is in the file, and the next flush must still sync it.
     if (what !== 'flush') this.unsynced.add(eg)
+    const op = {}
     const release = await eg.lock.read(0)
     const replicas = [...eg.replicas]
     let results: PromiseSettledResult<void>[]
+    let failed: Replica[]
     try {
       if (replicas.length === 1) {
         // RF 1: no settling of a promise array
@@ -191,16 +208,28 @@ export class Vdisk {
       } else {
         results = await Promise.allSettled(replicas.map(fn))
       }
+      failed = replicas.filter((_r, i) => results[i]!.status === 'rejected')
+      // Noted before the lock goes: a replacement for another operation (it waits for the lock
+      // exclusively, and may run before this one's) must not copy from a replica that missed
+      // this one. (When every replica failed, none has what the others lack: nothing to note.)
+      if (failed.length > 0 && failed.length < replicas.length) {
+        eg.missed ??= new Map()
+        for (const r of failed) {
+          let s = eg.missed.get(r)
+          if (s === undefined) eg.missed.set(r, s = new Set())
+          s.add(op)
+        }
+      }
     } finally {
       release()
+      if (what !== 'flush') this.unsynced.add(eg)
     }
-    const failed = replicas.filter((_r, i) => results[i]!.status === 'rejected')
     if (failed.length === 0) return
     const firstErr = (results.find((x) => x.status === 'rejected') as PromiseRejectedResult).reason
     for (const r of failed) this.logFailure(what, vb, eg, r, (results[replicas.indexOf(r)] as PromiseRejectedResult).reason)
     if (failed.length === replicas.length) throw firstErr
     try {
-      await this.backend.replaceFailed(eg, failed, firstErr)
+      await this.backend.replaceFailed(eg, failed, firstErr, { op })
     } catch (e) {
       this.backend.log.error(`vDisk ${this.name}: cannot keep RF copies of extent group ${eg.id}: ${errorMessage(e)}`)
       throw new DeviceError(nbdErrno.EIO, `${what} failed: not enough healthy replicas`)
@@ -324,9 +353,15 @@ export class Vdisk {
       for (const [vb, ref] of now) this.committing.set(vb, { ref, done })
       try {
         await done
+        for (const [vb, ref] of now) if (this.map.get(vb) === ref) this.mapUnsure.delete(vb)
       } catch (e) {
         failed = e
-        for (const [vb, ref] of now) if (this.map.get(vb) === ref && !this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
+        for (const [vb, ref] of now) {
+          if (this.map.get(vb) !== ref) continue
+          // the put may have applied: a trim must delete the entry in etcd, not only drop it here
+          this.mapUnsure.add(vb)
+          if (!this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
+        }
         this.backend.log.error(`vDisk ${this.name}: cannot record ${now.length} new extent(s) in etcd: ${errorMessage(e)}`)
       } finally {
         for (const [vb, ref] of now) if (this.committing.get(vb)?.ref === ref) this.committing.delete(vb)
@@ -498,10 +533,21 @@ export class Vdisk {
     if (!ref) return
     const eg = this.egroupOf(ref)
     try {
-      // an allocation not yet handed to etcd has nothing there to delete
-      if (this.pendingMap.get(vb) === ref) this.pendingMap.delete(vb)
-      else await this.backend.mapWriter.delete(this.backend.mapKey(vb))
+      // an allocation never handed to etcd has nothing there to delete
+      if (this.pendingMap.get(vb) === ref && !this.mapUnsure.has(vb)) {
+        this.pendingMap.delete(vb)
+      } else {
+        // out of the pending set before the delete is queued: a flush from now on must not put
+        // the entry back after it
+        if (this.pendingMap.get(vb) === ref) this.pendingMap.delete(vb)
+        await this.backend.mapWriter.delete(this.backend.mapKey(vb))
+        this.mapUnsure.delete(vb)
+      }
     } catch (e) {
+      // The delete may have applied (an answer lost): the extent stays mapped here, so the next
+      // flush puts its entry again, whatever etcd holds now.
+      this.mapUnsure.add(vb)
+      if (!this.pendingMap.has(vb)) this.pendingMap.set(vb, ref)
       this.backend.log.error(`vDisk ${this.name}: cannot remove extent of vBlock ${vb} from etcd: ${errorMessage(e)}`)
       throw new DeviceError(nbdErrno.EIO, 'cannot free the extent')
     }

@@ -1,0 +1,118 @@
+import { describe, expect, it } from 'vitest'
+import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
+import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
+import { replaceFailed, vdiskBackend, type EgroupRecord, type OwnerEnv } from '../../src/cvm/vdisk/owner.js'
+import type { PlacementView } from '../../src/cvm/vdisk/placement.js'
+import type { Replica } from '../../src/cvm/vdisk/replica.js'
+import { Vdisk, type LoadedEgroup } from '../../src/cvm/vdisk/vdisk.js'
+
+/**
+ * Replacing failed replicas (owner.ts) with replicas in memory and records in a map: the cases
+ * the simulator (test/sim) found it got wrong.
+ */
+const MiB = 1024 * 1024
+const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined }
+const rec = { id: '7', name: 'v', rf: 3 }
+
+type MemReplica = Replica & { slots: Map<number, Buffer> }
+
+/** a replica in memory whose writes fail while `fail(slot)` says so */
+function memReplica(node: string, fail: (slot: number) => boolean = () => false): MemReplica {
+  const slots = new Map<number, Buffer>()
+  const slot = (s: number) => {
+    let b = slots.get(s)
+    if (!b) slots.set(s, b = Buffer.alloc(MiB))
+    return b
+  }
+  return {
+    node, diskId: `${node}-d`, local: false, slots,
+    suspect: () => false,
+    open: async () => undefined,
+    read: async (s, off, len, out, outOff) => { slot(s).copy(out, outOff, off, off + len) },
+    write: async (s, off, data) => {
+      if (fail(s)) throw new Error(`${node}: EIO`)
+      data.copy(slot(s), off)
+    },
+    clear: async (s, off, len) => { slot(s).fill(0, off, off + len) },
+    freeSlot: async (s) => { slots.delete(s) },
+    sync: async () => undefined,
+    readRaw: async (s) => (slots.has(s) ? { entries: Buffer.alloc(2048), data: Buffer.from(slots.get(s)!), version: 2 } : undefined),
+    writeRaw: async (s, raw) => { slots.set(s, Buffer.from(raw.data)) },
+    delete: async () => undefined,
+  }
+}
+
+/** an OwnerEnv over `nodes`: the first not excluded are placed, records in a map */
+function env(nodes: string[], replicas: Map<string, MemReplica>, opts: { loseRecordAnswers?: number } = {}) {
+  const records = new Map<string, EgroupRecord>()
+  let lose = opts.loseRecordAnswers ?? 0
+  const view = {
+    deadlineFromNow: () => 0,
+    place: async (rf: number, o: { exclude?: ReadonlyMap<string, unknown> }) => {
+      const ok = nodes.filter((n) => !o.exclude?.has(n))
+      if (ok.length < rf) throw new Error('too few nodes')
+      return ok.slice(0, rf)
+    },
+  } as unknown as PlacementView
+  const e: OwnerEnv = {
+    log: quiet,
+    view,
+    replicaFor: (_v, _eg, node) => {
+      let r = replicas.get(node)
+      if (!r) replicas.set(node, r = memReplica(node))
+      return r
+    },
+    pickDiskOn: async (node) => `${node}-d`,
+    newEgroupId: async () => '1',
+    getEgroupRecord: async (_v, egid) => records.get(egid),
+    putEgroupRecords: async (_rec, ers) => {
+      for (const er of ers) records.set(er.id, er)
+      if (lose > 0) {
+        lose--
+        throw new Error('etcd: request timed out (the record was written)')
+      }
+    },
+  }
+  return { env: e, records }
+}
+
+function egroup(replicas: Replica[], used: number[]): LoadedEgroup {
+  return { id: '1', replicas, usedSlots: new Set(used), freeSlots: [], lock: new KeyedRwLock() }
+}
+
+describe('replacing failed replicas', () => {
+  it('a new replica set whose record was written but whose answer was lost: writes go to the replicas of both sets', async () => {
+    const replicas = new Map<string, MemReplica>()
+    for (const n of ['n1', 'n2']) replicas.set(n, memReplica(n))
+    const { env: e, records } = env(['n1', 'n2', 'n3'], replicas, { loseRecordAnswers: 1 })
+    records.set('1', { id: '1', vdiskId: '7', replicas: [{ node: 'n1', diskId: 'n1-d' }, { node: 'n2', diskId: 'n2-d' }], createdAt: '' })
+    const eg = egroup([replicas.get('n1')!, replicas.get('n2')!], [0])
+    await expect(replaceFailed(e, { ...rec, rf: 2 }, eg, [replicas.get('n2')!], new Error('EIO'))).rejects.toThrow(/timed out/)
+    // the store names n1 and n3 now; memory must write to both (a load takes the store's set)
+    expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1', 'n3'])
+    for (const r of records.get('1')!.replicas) expect(eg.replicas.map((x) => x.node)).toContain(r.node)
+  })
+
+  it('two writes that failed on different replicas: a replacement never copies from a replica that missed the other write', async () => {
+    const replicas = new Map<string, MemReplica>()
+    // r1 misses the write to slot 1, r3 the write to slot 0 (once each)
+    let r1Fails = 1
+    let r3Fails = 1
+    replicas.set('r1', memReplica('r1', (s) => s === 1 && r1Fails-- > 0))
+    replicas.set('r2', memReplica('r2'))
+    replicas.set('r3', memReplica('r3', (s) => s === 0 && r3Fails-- > 0))
+    const { env: e, records } = env(['r1', 'r2', 'r3', 'n4', 'n5', 'n6'], replicas)
+    records.set('1', { id: '1', vdiskId: '7', replicas: ['r1', 'r2', 'r3'].map((n) => ({ node: n, diskId: `${n}-d` })), createdAt: '' })
+    const eg = egroup(['r1', 'r2', 'r3'].map((n) => replicas.get(n)!), [0, 1])
+    const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
+    const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }], [1, { egroupId: '1', slot: 1 }]]), new Map([['1', eg]]),
+      vdiskBackend(e, rec, mapWriter, (vb) => `map/${vb}`))
+    await Promise.all([v.write(0, Buffer.alloc(4096, 0xaa), false), v.write(MiB, Buffer.alloc(4096, 0xbb), false)])
+    // both writes were acknowledged: every replica of the group holds both
+    expect(eg.replicas.length).toBe(3)
+    for (const r of eg.replicas as MemReplica[]) {
+      expect(r.slots.get(0)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xaa)), `${r.node} slot 0`).toBe(true)
+      expect(r.slots.get(1)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xbb)), `${r.node} slot 1`).toBe(true)
+    }
+  })
+})
