@@ -10,7 +10,6 @@ export interface UnlockAnswer {
   failedNodes: Array<{ node: string, error: string }>
 }
 
-
 /**
  * `POST /v1/keys/unlock` (admin): the operator gives the cluster key; this CVM checks it against
  * the cluster's check value, keeps it in memory, and hands it to every other CVM that is up over
