@@ -18,14 +18,17 @@
 // rotates each round). Prints every round's figure, the medians and the ratios of the medians as
 // Markdown tables. fio runs with its cwd in the bench dir and --verify_state_save=0.
 // Usage: node scripts/bench/cluster.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M]
-//          [--prefix bench]   (root; --prefix names the test hosts, e.g. bench1..bench3)
+//          [--parts overwrite,first] [--prefix bench]   (root; --prefix names the test hosts, e.g.
+//          bench1..bench3; --parts runs only the parts named, default both)
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import {
-  apiClient, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, ratio, repoRoot, rotate, settledEtcd,
-  roundsCell, runFio, sh, sizeBytes, sleep, sparseFile, tess,
+  apiClient, checkArgs, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, ratio, repoRoot, rotate,
+  roundsCell, runFio, settledEtcd, sh, sizeBytes, sleep, sparseFile, tess,
 } from './common.mjs'
+
+checkArgs('usage: node scripts/bench/cluster.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M] [--parts overwrite,first] [--prefix bench]', ['size', 'runtime', 'rounds', 'rand-first-size', 'parts', 'prefix'], [])
 
 const size = opt('size', '1G')
 const runtime = Number(opt('runtime', '10'))
@@ -33,6 +36,9 @@ const rounds = Number(opt('rounds', '3'))
 const prefix = opt('prefix', 'bench')
 const bytes = sizeBytes(size)
 const randFirstBytes = Math.min(bytes, sizeBytes(opt('rand-first-size', '256M')))
+const partNames = ['overwrite', 'first']
+const parts = new Set(opt('parts', partNames.join(',')).split(',').map((p) => p.trim()).filter((p) => p !== ''))
+for (const p of parts) if (!partNames.includes(p)) throw new Error(`--parts: unknown part "${p}" (parts: ${partNames.join(', ')})`)
 const clusterName = 'bench'
 const th = path.join(repoRoot, 'scripts', 'testhosts.sh')
 const root = fs.mkdtempSync('/var/tmp/tess-bench-cluster-')
@@ -98,11 +104,11 @@ try {
   const raw = sparseFile(path.join(root, 'raw.img'), bytes)
   const targets = { 'RF 1': await vdisk('rf1', bytes, 1), 'RF 2': await vdisk('rf2', bytes, 2), 'raw file': fileArgs(raw) }
   // write every target once first: the overwrite jobs then measure overwrites, not extent allocation
-  for (const t of Object.values(targets)) runFio([...t, '--name=prefill', '--rw=write', '--bs=1M', '--iodepth=8', `--size=${size}`], work)
+  if (parts.has('overwrite')) for (const t of Object.values(targets)) runFio([...t, '--name=prefill', '--rw=write', '--bs=1M', '--iodepth=8', `--size=${size}`], work)
 
   // ---- overwrites
   const over = {}
-  for (const job of jobs) {
+  for (const job of parts.has('overwrite') ? jobs : []) {
     over[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     for (let r = 0; r < rounds; r++) {
       for (const t of rotate(targetNames, r)) {
@@ -130,7 +136,12 @@ try {
   const first = {}
   const again = {}
   const cost = {} // job -> target -> { first: [{delta, bytes}], over: [...] }
-  for (const job of jobs) {
+  // spare extent groups (written ahead, src/cvm/vdisk/spares.ts) on each host's disks before our first writes
+  const sparesReady = () => info.hosts.map((h) => Number(sh('bash', [th, 'exec', h.name, 'sh', '-c',
+    'ls /var/lib/tess/disks/*/spares 2>/dev/null | grep -c "^spare-.*\\.eg$" || true']).stdout.trim() || 0))
+  const sparesSeen = {} // job -> target -> [per round: spares per host]
+  for (const job of parts.has('first') ? jobs : []) {
+    sparesSeen[job.name] = { 'RF 1': [], 'RF 2': [] }
     first[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     again[job.name] = Object.fromEntries(targetNames.map((t) => [t, []]))
     cost[job.name] = { 'RF 1': { first: [], over: [] }, 'RF 2': { first: [], over: [] } }
@@ -140,6 +151,7 @@ try {
         try {
           for (const [pass, res] of [['first', first], ['over', again]]) {
             spawnSync('sync')
+            if (pass === 'first' && sparesSeen[job.name][t]) sparesSeen[job.name][t][r] = sparesReady()
             const m0 = cost[job.name][t] ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), 'write', job.unit)
             if (m0) cost[job.name][t][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })
@@ -165,30 +177,39 @@ try {
       out.push(`| ${job.name}${suffix} | ${job.unit} | ${roundsCell(x['RF 1'])} | ${fmt(a)} | ${roundsCell(x['RF 2'])} | ${fmt(b)} | ${roundsCell(x['raw file'])} | ${fmt(c)} | ${ratio(b, a)} | ${ratio(b, c / 2)} |`)
     }
   }
-  out.push(`Overwrites of a vDisk written once before (${size}, ${runtime} s per round after a 1 s ramp; medians of ${rounds} rounds, ratios of the medians):`, '')
-  table(over, '')
-  out.push('', `First writes into a fresh vDisk (a new sparse file for raw), each range written once (1M: ${mib(bytes)} MiB, 4k: ${mib(randFirstBytes)} MiB):`, '')
-  table(first, ' (first write)')
-  out.push('', 'First write / overwrite of the same range right after (ratio of the medians):', '')
-  out.push('| job | unit | RF 1 overwrite (rounds) | RF 2 overwrite (rounds) | RF 1 first/over | RF 2 first/over | raw first/over |', rule(7))
-  for (const job of jobs) {
-    const fo = (t) => ratio(md(first[job.name][t]), md(again[job.name][t]))
-    out.push(`| ${job.name} | ${job.unit} | ${roundsCell(again[job.name]['RF 1'])} | ${roundsCell(again[job.name]['RF 2'])} | ${fo('RF 1')} | ${fo('RF 2')} | ${fo('raw file')} |`)
+  if (parts.has('overwrite')) {
+    out.push(`Overwrites of a vDisk written once before (${size}, ${runtime} s per round after a 1 s ramp; medians of ${rounds} rounds, ratios of the medians):`, '')
+    table(over, '')
+    out.push('')
   }
-  out.push('', `etcd cost per GiB written (/metrics of the 3 members before and after each pass; calls and WAL fsyncs summed over the members; medians of ${rounds} rounds). Included in the figures, the idle background (the CVMs' heartbeats): ${
-    etcdCostColumns.slice(0, 5).map(([label, f]) => `${fmt(f(background, idleS))} ${label.replace(' / GiB', '')}`).join(', ')} per second.`, '')
-  out.push(`| job | vDisk | pass | MiB written | ${etcdCostColumns.map(([label]) => label).join(' | ')} |`, rule(4 + etcdCostColumns.length))
-  for (const job of jobs) {
-    for (const t of ['RF 1', 'RF 2']) {
-      for (const [pass, label] of [['first', 'first write'], ['over', 'overwrite']]) {
-        const rs = cost[job.name][t][pass]
-        const cells = etcdCostColumns.map(([, f]) => fmt(md(rs.map((x) => f(x.delta, x.bytes / GiB)))))
-        out.push(`| ${job.name} | ${t} | ${label} | ${mib(rs[0].bytes)} | ${cells.join(' | ')} |`)
+  if (parts.has('first')) firstTables()
+  out.push(`Bootstrap of 3 hosts (\`tess cluster create --hosts\`, bundle upload, etcd, CVMs, disks): ${bootstrapS.toFixed(1)} s`)
+  console.log(out.join('\n'))
+
+  function firstTables() {
+    out.push(`First writes into a fresh vDisk (a new sparse file for raw), each range written once (1M: ${mib(bytes)} MiB, 4k: ${mib(randFirstBytes)} MiB):`, '')
+    table(first, ' (first write)')
+    out.push('', 'First write / overwrite of the same range right after (ratio of the medians):', '')
+    out.push('| job | unit | RF 1 overwrite (rounds) | RF 2 overwrite (rounds) | RF 1 first/over | RF 2 first/over | raw first/over |', rule(7))
+    for (const job of jobs) {
+      const fo = (t) => ratio(md(first[job.name][t]), md(again[job.name][t]))
+      out.push(`| ${job.name} | ${job.unit} | ${roundsCell(again[job.name]['RF 1'])} | ${roundsCell(again[job.name]['RF 2'])} | ${fo('RF 1')} | ${fo('RF 2')} | ${fo('raw file')} |`)
+    }
+    out.push('', `etcd cost per GiB written (/metrics of the 3 members before and after each pass; calls and WAL fsyncs summed over the members; medians of ${rounds} rounds). Included in the figures, the idle background (the CVMs' heartbeats): ${
+      etcdCostColumns.slice(0, 5).map(([label, f]) => `${fmt(f(background, idleS))} ${label.replace(' / GiB', '')}`).join(', ')} per second.`, '')
+    out.push(`| job | vDisk | pass | MiB written | ${etcdCostColumns.map(([label]) => label).join(' | ')} |`, rule(4 + etcdCostColumns.length))
+    for (const job of jobs) {
+      for (const t of ['RF 1', 'RF 2']) {
+        for (const [pass, label] of [['first', 'first write'], ['over', 'overwrite']]) {
+          const rs = cost[job.name][t][pass]
+          const cells = etcdCostColumns.map(([, f]) => fmt(md(rs.map((x) => f(x.delta, x.bytes / GiB)))))
+          out.push(`| ${job.name} | ${t} | ${label} | ${mib(rs[0].bytes)} | ${cells.join(' | ')} |`)
+        }
       }
     }
+    out.push('', `Spare extent groups (32 MiB each, written ahead) ready on hosts 1 / 2 / 3 before each round's first write: ${
+      jobs.map((job) => ['RF 1', 'RF 2'].map((t) => `${job.name} ${t} ${sparesSeen[job.name][t].map((x) => x.join('+')).join(', ')}`).join('; ')).join('; ')}.`, '')
   }
-  out.push('', `Bootstrap of 3 hosts (\`tess cluster create --hosts\`, bundle upload, etcd, CVMs, disks): ${bootstrapS.toFixed(1)} s`)
-  console.log(out.join('\n'))
 } finally {
   if (clusterUp) {
     try {

@@ -13,6 +13,32 @@ import { fileURLToPath } from 'node:url'
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const tess = path.join(repoRoot, 'bin', 'run.js')
 
+/**
+ * Check the command line before a benchmark starts (a misspelt option must not run a long
+ * benchmark with the defaults): every argument is one of `valued` (`--name VALUE`) or `flags`
+ * (`--name`). `--help` or `-h` prints `usage` and exits 0; anything else unknown, or an option
+ * without its value, prints the error and `usage` to stderr and exits 2.
+ */
+export function checkArgs(usage, valued, flags = []) {
+  const argv = process.argv.slice(2)
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(usage)
+    process.exit(0)
+  }
+  const fail = (why) => {
+    console.error(`${why}\n${usage}`)
+    process.exit(2)
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    const name = a.startsWith('--') ? a.slice(2) : undefined
+    if (name !== undefined && flags.includes(name)) continue
+    if (name === undefined || !valued.includes(name)) fail(`unknown argument "${a}"`)
+    if (i + 1 >= argv.length || argv[i + 1].startsWith('--')) fail(`--${name} needs a value`)
+    i++
+  }
+}
+
 /** `--name VALUE` from the command line, or `def`. */
 export function opt(name, def) {
   const argv = process.argv.slice(2)

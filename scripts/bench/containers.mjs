@@ -23,7 +23,11 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { buildBenchImages, localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, stats, tess } from './common.mjs'
+import {
+  buildBenchImages, checkArgs, localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, stats, tess,
+} from './common.mjs'
+
+checkArgs('usage: node scripts/bench/containers.mjs [--runs 20] [--pull-runs 3] [--layer-mib 8] [--dir DIR]', ['runs', 'pull-runs', 'layer-mib', 'dir'], [])
 
 const runs = Number(opt('runs', '20'))
 const pullRuns = Number(opt('pull-runs', '3'))

@@ -13,7 +13,9 @@ import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
-import { opt, repoRoot } from './common.mjs'
+import { checkArgs, opt, repoRoot } from './common.mjs'
+
+checkArgs('usage: node scripts/bench/dataport.mjs [--mib 512] [--rounds 3] [--qd 8]', ['mib', 'rounds', 'qd'], [])
 
 const dist = (p) => path.join(repoRoot, 'dist', p)
 const { PeerClient } = await import(dist('cvm/replication/client.js'))

@@ -35,10 +35,10 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  apiClient, buildBenchImages, dropCaches, etcdCostColumns, etcdMetrics, settledEtcd, fioFigure, flag, fmt, localCluster,
-  median, metricsDelta, opt, ratio, rotate, roundsCell, runFio, sh, sizeBytes, sleep, sparseFile, startFio,
-  startRegistry, startServer, stats, timeCalls, waitSocket,
+  apiClient, buildBenchImages, checkArgs, dropCaches, etcdCostColumns, etcdMetrics, fioFigure, flag, fmt, localCluster, median, metricsDelta, opt, ratio, rotate, roundsCell, runFio, settledEtcd, sh, sizeBytes, sleep, sparseFile, startFio, startRegistry, startServer, stats, timeCalls, waitSocket,
 } from './common.mjs'
+
+checkArgs('usage: node scripts/bench/nbd.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M] [--probes 20] [--no-pull] [--layer-mib 8] [--parts overwrite,first,api,pull,encrypted] [--dir DIR]', ['size', 'runtime', 'rounds', 'rand-first-size', 'probes', 'layer-mib', 'parts', 'dir'], ['no-pull'])
 
 const size = opt('size', '1G')
 const runtime = Number(opt('runtime', '10'))

@@ -29,8 +29,10 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  dropCaches, fioJson, freePort, localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, startServer, waitPort,
+  checkArgs, dropCaches, fioJson, freePort, localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, startServer, waitPort,
 } from './common.mjs'
+
+checkArgs('usage: node scripts/bench/volumes.mjs [--size 512M] [--volume-size 1G] [--runtime 10] [--dir DIR] [--max-load 1] [--max-wait 240]', ['size', 'volume-size', 'runtime', 'dir', 'max-load', 'max-wait'], [])
 
 const size = opt('size', '512M')
 const volumeSize = opt('volume-size', '1G')

@@ -97,6 +97,8 @@ export class Vdisk {
   private creatingGroups = 0
   /** how many groups this vDisk makes ahead at once: doubled when an allocation had to wait for one */
   private aheadDepth = 1
+  /** allocations that waited for a new extent group since the last flush (logged there: the groups made ahead were late) */
+  private allocationWaits = 0
   /** allocations whose map entry is in memory only; committed by the next flush (or FUA) */
   private readonly pendingMap = new Map<number, ExtentRef>()
   /** allocations whose map entry is on its way to etcd, and the commit carrying it */
@@ -513,6 +515,7 @@ export class Vdisk {
         }
       }
       try {
+        this.allocationWaits++
         if (this.creating.size > 0) {
           // the groups made ahead were not ready in time: make more at once from now on
           this.aheadDepth = Math.min(egroupCreatesAheadMax, this.aheadDepth * 2)
@@ -662,6 +665,10 @@ export class Vdisk {
       this.syncing.delete(mine)
     }
     await this.commitMap(pending)
+    if (this.allocationWaits > 0) {
+      this.backend.log.info(`vDisk ${this.name}: ${this.allocationWaits} allocation(s) waited for a new extent group since the last flush (groups made ahead at once: ${this.aheadDepth})`)
+      this.allocationWaits = 0
+    }
   }
 
   /** fsync every replica of these egroups (a replica that cannot is replaced, and the new one synced). */
