@@ -447,6 +447,50 @@ async function promoteToEtcdMember(api: ApiClient, r: NonNullable<ClusterContext
   return initialCluster
 }
 
+/**
+ * The etcd members a new node's node.json names, and etcd's --initial-cluster for it. When etcd
+ * grows (`grow`), the existing nodes in `promote` become members one at a time, then the new
+ * node is registered as one.
+ */
+async function growEtcd(api: ApiClient, r: NonNullable<ClusterContext['remote']>, ports: typeof remotePortDefaults,
+  plan: { members: Array<ClusterStatus['nodes'][number]>, promote: Array<ClusterStatus['nodes'][number]>, want: number, grow: boolean }, node: { name: string, host: string },
+  progress: (host: string, step: string) => void): Promise<{ initialCluster: string, endpoints: string[] }> {
+  const { members, promote, want, grow } = plan
+  const { name, host } = node
+  let initialCluster = members.map((m) => `${m.name}=${etcdUrl(m.address, ports.etcdPeer)}`).join(',')
+  const endpoints = [...members, ...promote].map((m) => etcdUrl(m.address, ports.etcdClient))
+  if (grow) endpoints.push(etcdUrl(host, ports.etcdClient))
+  for (const p of promote) {
+    progress(p.address, `becoming an etcd member (${members.length + promote.indexOf(p) + 1} of ${want})`)
+    initialCluster = await promoteToEtcdMember(api, r, p, ports, endpoints)
+  }
+  if (grow) {
+    progress(host, `becoming an etcd member (${want} of ${want})`)
+    initialCluster = (await api.post<{ initialCluster: string }>('/v1/etcd/members', { name, peerUrl: etcdUrl(host, ports.etcdPeer) })).initialCluster
+  }
+  return { initialCluster, endpoints }
+}
+
+/**
+ * After a new node's disks are registered: wait for it to be a voting etcd member (when it is to
+ * be one: `etcdPeerUrl`) and for placement to see it, then return the cluster's status.
+ */
+async function waitJoined(context: ClusterContext, joined: { name: string, host: string }, etcdPeerUrl: string | undefined,
+  progress: (host: string, step: string) => void): Promise<ClusterStatus> {
+  const { name, host } = joined
+  let after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
+  if (etcdPeerUrl !== undefined) await waitEtcdMember(new ApiClient(context), name, etcdPeerUrl)
+  // The first write after this command returns, through any node, must be placeable with the
+  // new node too: wait until the CVM of every node that is up (and of the new one) sees all of
+  // them up with their disks.
+  const up = after.nodes.filter((x) => x.state === 'up' || x.name === name)
+  const hostOf = new Map(up.map((x) => [x.name, x.address]))
+  await waitPlacementReady(context, up.map((x) => ({ node: x.name, endpoint: `https://${x.address.includes(':') ? `[${x.address}]` : x.address}:${x.apiPort}` })),
+    up.map((x) => x.name), Math.min(rfMax, up.length), { what: `cannot add host ${host}`, progress: (node, step) => progress(hostOf.get(node) ?? node, step) })
+  after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
+  return after
+}
+
 export interface HostAdded { host: string, node: string, etcdMember: boolean, status: ClusterStatus }
 
 /**
@@ -496,32 +540,13 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: {
     const n: PlannedNode = { host, name, etcdMember: grow, disks, state: 'new' }
     const bundle = await buildBundle(repoRoot, path.join(configDir(), 'bundles'))
     const api = new ApiClient(ctx)
-    let initialCluster = members.map((m) => `${m.name}=${etcdUrl(m.address, ports.etcdPeer)}`).join(',')
-    const endpoints = [...members, ...promote].map((m) => etcdUrl(m.address, ports.etcdClient))
-    if (grow) endpoints.push(etcdUrl(host, ports.etcdClient))
-    for (const p of promote) {
-      progress(p.address, `becoming an etcd member (${members.length + promote.indexOf(p) + 1} of ${want})`)
-      initialCluster = await promoteToEtcdMember(api, r, p, ports, endpoints)
-    }
-    if (grow) {
-      progress(host, `becoming an etcd member (${want} of ${want})`)
-      initialCluster = (await api.post<{ initialCluster: string }>('/v1/etcd/members', { name, peerUrl: etcdUrl(host, ports.etcdPeer) })).initialCluster
-    }
+    const { initialCluster, endpoints } = await growEtcd(api, r, ports, { members, promote, want, grow }, { name, host }, progress)
     await provisionNode(t, n, { cluster: ctx.name, secrets, ports, endpoints, initialCluster, initialClusterState: grow ? 'existing' : 'new', bundle }, progress)
     const endpoint = `https://${host.includes(':') ? `[${host}]` : host}:${ports.api}`
     const context: ClusterContext = { ...ctx, endpoints: [...ctx.endpoints, endpoint], remote: { ...r, hosts: [...r.hosts, { name, address: host }] } }
     o.onJoined?.(context)
     await waitAndRegisterDisks(context, endpoint, n, t, progress)
-    let after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
-    if (grow) await waitEtcdMember(new ApiClient(context), name, etcdUrl(host, ports.etcdPeer))
-    // The first write after this command returns, through any node, must be placeable with the
-    // new node too: wait until the CVM of every node that is up (and of the new one) sees all of
-    // them up with their disks.
-    const up = after.nodes.filter((x) => x.state === 'up' || x.name === name)
-    const hostOf = new Map(up.map((x) => [x.name, x.address]))
-    await waitPlacementReady(context, up.map((x) => ({ node: x.name, endpoint: `https://${x.address.includes(':') ? `[${x.address}]` : x.address}:${x.apiPort}` })),
-      up.map((x) => x.name), Math.min(rfMax, up.length), { what: `cannot add host ${host}`, progress: (node, step) => progress(hostOf.get(node) ?? node, step) })
-    after = await new ApiClient(context).get<ClusterStatus>('/v1/cluster/status')
+    const after = await waitJoined(context, { name, host }, grow ? etcdUrl(host, ports.etcdPeer) : undefined, progress)
     return { added: { host, node: name, etcdMember: grow, status: after }, context }
   } finally {
     await t.close().catch(() => undefined) // closing SSH connections when done: nothing is lost if one is gone

@@ -19,7 +19,7 @@ import path from 'node:path'
 import ssh2 from 'ssh2'
 import type { ClientChannel, ConnectConfig, SFTPWrapper, ServerHostKeyAlgorithm, Stats } from 'ssh2'
 import { TessError, assert, errorMessage, isTessError, type ErrorCode } from '../lib/errors.js'
-import { KnownHosts, appendKnownHost, defaultKnownHostsFile, fingerprintSha256, hostKeyName, keyTypeOfBlob } from './knownhosts.js'
+import { KnownHosts, appendKnownHost, defaultKnownHostsFile, fingerprintSha256, hostKeyName, keyTypeOfBlob, type KnownKey } from './knownhosts.js'
 
 const { Client, utils: sshUtils } = ssh2
 type SshClient = InstanceType<typeof Client>
@@ -346,6 +346,41 @@ function readPrivateKey(key: string | Buffer, passphrase: string | undefined): {
 
 // ------------------------------------------------------------------------------------ transport
 
+/**
+ * The known_hosts files a connection consults (under accept-new and ask, the record file too),
+ * what they hold for this host, and the host key algorithms to ask the server for.
+ */
+function knownHostsFor(o: SshConnectOptions, host: string, port: number): {
+  recordFile: string, files: string[], known: KnownHosts, knownKeys: KnownKey[], knownTypes: string[], algorithms: ServerHostKeyAlgorithm[]
+} {
+  const recordFile = o.recordKnownHostsFile ?? defaultKnownHostsFile()
+  const files = o.knownHostsFile === undefined ? [recordFile] : typeof o.knownHostsFile === 'string' ? [o.knownHostsFile] : [...o.knownHostsFile]
+  if (o.hostKeyPolicy !== 'strict' && !files.includes(recordFile)) files.push(recordFile)
+  const known = KnownHosts.load(files)
+  const knownKeys = known.knownKeys(host, port)
+  const knownTypes = [...new Set(knownKeys.map((k) => k.keyType))]
+  const algorithms = hostKeyAlgorithmsFor(knownTypes)
+  return { recordFile, files, known, knownKeys, knownTypes, algorithms }
+}
+
+/** ssh2's options for a connection over `sock`: key authentication only, our own deadline, keepalives. */
+function sshConnectConfig(o: SshConnectOptions, sock: net.Socket, privateKey: Buffer, hostVerifier: (blob: Buffer, verify: (ok: boolean) => void) => void,
+  algorithms: ServerHostKeyAlgorithm[]): ConnectConfig {
+  const cfg: ConnectConfig = {
+    sock,
+    username: o.username,
+    privateKey,
+    passphrase: o.passphrase,
+    readyTimeout: 0, // our own deadline, paused while asking
+    keepaliveInterval: sshKeepaliveIntervalMs,
+    keepaliveCountMax: sshKeepaliveCountMax,
+    hostVerifier,
+    tryKeyboard: false,
+  }
+  if (algorithms.length > 0) cfg.algorithms = { serverHostKey: algorithms }
+  return cfg
+}
+
 interface Pending { reject: (e: TessError) => void }
 
 /** The deadline of an SSH handshake: it runs while we wait for the host, not while an operator answers a question. */
@@ -518,13 +553,7 @@ export class SshTransport implements RemoteExec {
     const now = o.now ?? Date.now
     const key = readPrivateKey(o.privateKey, o.passphrase)
 
-    const recordFile = o.recordKnownHostsFile ?? defaultKnownHostsFile()
-    const files = o.knownHostsFile === undefined ? [recordFile] : typeof o.knownHostsFile === 'string' ? [o.knownHostsFile] : [...o.knownHostsFile]
-    if (o.hostKeyPolicy !== 'strict' && !files.includes(recordFile)) files.push(recordFile)
-    const known = KnownHosts.load(files)
-    const knownKeys = known.knownKeys(host, port)
-    const knownTypes = [...new Set(knownKeys.map((k) => k.keyType))]
-    const algorithms = hostKeyAlgorithmsFor(knownTypes)
+    const { recordFile, files, known, knownKeys, knownTypes, algorithms } = knownHostsFor(o, host, port)
 
     return new Promise<SshTransport>((resolve, reject) => {
       const sock = new net.Socket()
@@ -574,18 +603,7 @@ export class SshTransport implements RemoteExec {
       deadline.start()
       sock.connect({ host, port }, () => {
         if (settled) return
-        const cfg: ConnectConfig = {
-          sock,
-          username: o.username,
-          privateKey: key.data,
-          passphrase: o.passphrase,
-          readyTimeout: 0, // our own deadline, paused while asking
-          keepaliveInterval: sshKeepaliveIntervalMs,
-          keepaliveCountMax: sshKeepaliveCountMax,
-          hostVerifier,
-          tryKeyboard: false,
-        }
-        if (algorithms.length > 0) cfg.algorithms = { serverHostKey: algorithms }
+        const cfg = sshConnectConfig(o, sock, key.data, hostVerifier, algorithms)
         try {
           client.connect(cfg)
         } catch (e) {
@@ -622,78 +640,90 @@ export class SshTransport implements RemoteExec {
   /** Run a command; never throws on a non-zero exit (see execOk). */
   async exec(cmd: RemoteCommand, opts: SshExecOptions = {}): Promise<SshExecResult> {
     const command = commandString(cmd)
-    const env = opts.env ?? {}
+    const full = this.envPrefix(opts.env ?? {}) + command
+    const timeoutMs = opts.timeoutMs ?? sshExecTimeoutMsDefault
+    const max = opts.maxOutputBytes ?? sshExecOutputMaxBytes
+    const release = await this.channels.acquire()
+    try {
+      return await this.guarded(() => this.execChannel(full, command, opts.input, timeoutMs, max))
+    } finally {
+      release()
+    }
+  }
+
+  /** `export NAME='value'; ` for each variable, for the front of a command line; a name that is not one throws. */
+  private envPrefix(env: Record<string, string>): string {
     let prefix = ''
     for (const [k, v] of Object.entries(env)) {
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TessError('TESS_E_INVALID', `bad environment variable name "${k}" for a command on ${this.label}`, 'use letters, digits and _')
       prefix += `export ${k}=${shellQuote(v)}; `
     }
-    const full = prefix + command
-    const timeoutMs = opts.timeoutMs ?? sshExecTimeoutMsDefault
-    const max = opts.maxOutputBytes ?? sshExecOutputMaxBytes
-    const release = await this.channels.acquire()
-    try {
-      return await this.guarded(() => new Promise<SshExecResult>((resolve, reject) => {
-        const out = new Capture(max, 'head')
-        const err = new Capture(max, 'tail')
-        let code: number | undefined
-        let signal: string | undefined
-        let done = false
-        let stream: ClientChannel | undefined
-        const timer = setTimeout(() => {
-          if (done) return
-          done = true
-          try {
-            stream?.signal('KILL')
-            stream?.close()
-          } catch { /* channel gone */ }
-          reject(new TessError('TESS_E_TIMEOUT', `command on ${this.label} did not finish within ${timeoutMs} ms: ${shortCmd(command)}`,
-            tailLines(err.text(), 3) || 'the command may be waiting for input or a lock'))
-        }, timeoutMs)
-        const finish = (f: () => void): void => {
-          if (done) return
-          done = true
-          clearTimeout(timer)
-          f()
-        }
+    return prefix
+  }
+
+  /**
+   * Run `full` (the command line; `command` is its part for messages) on one exec channel: its
+   * output captured up to `max` bytes each, killed after `timeoutMs`, `input` written to its stdin.
+   */
+  private execChannel(full: string, command: string, input: SshExecOptions['input'], timeoutMs: number, max: number): Promise<SshExecResult> {
+    return new Promise<SshExecResult>((resolve, reject) => {
+      const out = new Capture(max, 'head')
+      const err = new Capture(max, 'tail')
+      let code: number | undefined
+      let signal: string | undefined
+      let done = false
+      let stream: ClientChannel | undefined
+      const timer = setTimeout(() => {
+        if (done) return
+        done = true
         try {
-          this.client.exec(full, (e, s) => {
-            if (e) {
-              finish(() => reject(new TessError('TESS_E_UNREACHABLE', `cannot run a command on ${this.label}: ${e.message}`, `is sshd on ${this.host} limiting sessions (MaxSessions)?`)))
-              return
+          stream?.signal('KILL')
+          stream?.close()
+        } catch { /* channel gone */ }
+        reject(new TessError('TESS_E_TIMEOUT', `command on ${this.label} did not finish within ${timeoutMs} ms: ${shortCmd(command)}`,
+          tailLines(err.text(), 3) || 'the command may be waiting for input or a lock'))
+      }, timeoutMs)
+      const finish = (f: () => void): void => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        f()
+      }
+      try {
+        this.client.exec(full, (e, s) => {
+          if (e) {
+            finish(() => reject(new TessError('TESS_E_UNREACHABLE', `cannot run a command on ${this.label}: ${e.message}`, `is sshd on ${this.host} limiting sessions (MaxSessions)?`)))
+            return
+          }
+          stream = s
+          if (done) {
+            s.close()
+            return
+          }
+          s.on('data', (d: Buffer) => out.push(d))
+          s.stderr.on('data', (d: Buffer) => err.push(d))
+          s.on('exit', (c: number | null, sig?: string) => {
+            if (typeof c === 'number') code = c
+            else {
+              code = -1
+              signal = sig
             }
-            stream = s
-            if (done) {
-              s.close()
-              return
-            }
-            s.on('data', (d: Buffer) => out.push(d))
-            s.stderr.on('data', (d: Buffer) => err.push(d))
-            s.on('exit', (c: number | null, sig?: string) => {
-              if (typeof c === 'number') code = c
-              else {
-                code = -1
-                signal = sig
-              }
-            })
-            s.on('close', () => {
-              if (code === undefined) {
-                finish(() => reject(this.lostError(`while running: ${shortCmd(command)}`)))
-                return
-              }
-              finish(() => resolve({ code: code!, signal, stdout: out.text(), stderr: err.text(), truncated: out.truncated || err.truncated }))
-            })
-            s.on('error', () => { /* reported through close */ })
-            if (opts.input !== undefined) s.end(opts.input)
-            else s.end()
           })
-        } catch (e) {
-          finish(() => reject(this.lostError(errorMessage(e))))
-        }
-      }))
-    } finally {
-      release()
-    }
+          s.on('close', () => {
+            if (code === undefined) {
+              finish(() => reject(this.lostError(`while running: ${shortCmd(command)}`)))
+              return
+            }
+            finish(() => resolve({ code: code!, signal, stdout: out.text(), stderr: err.text(), truncated: out.truncated || err.truncated }))
+          })
+          s.on('error', () => { /* reported through close */ })
+          if (input !== undefined) s.end(input)
+          else s.end()
+        })
+      } catch (e) {
+        finish(() => reject(this.lostError(errorMessage(e))))
+      }
+    })
   }
 
   /**

@@ -3,19 +3,20 @@
  * and keeps this node's status in etcd. Started and restarted by the node's supervisor.
  */
 import fs from 'node:fs'
+import type { Etcd3 } from 'etcd3'
 import { readSecretsKey } from '../lib/secretbox.js'
 import { TessError, errorMessage } from '../lib/errors.js'
 import { connectEtcd, getJson, keys } from '../lib/etcd.js'
 import type { NodeRecord } from '../lib/types.js'
-import { PeerPool } from './replication/client.js'
-import { PeerError, dataPortMode } from './replication/protocol.js'
+import { PeerPool, type TlsCreds } from './replication/client.js'
+import { PeerError, dataPortMode, type DataPortMode } from './replication/protocol.js'
 import { DataServer } from './replication/server.js'
 import { ReplicaStore } from './vdisk/replicastore.js'
 import { SpareEgroups, spareEgroupsPerDisk } from './vdisk/spares.js'
 import { EgroupFile } from './vdisk/egroup.js'
 import { etcdStartTimeoutMs } from '../lib/limits.js'
 import { makeLogger } from '../lib/log.js'
-import { nodePaths, readNodeConfig } from '../lib/nodeconfig.js'
+import { nodePaths, readNodeConfig, type NodeConfig } from '../lib/nodeconfig.js'
 import { ApiServer } from '../lib/http-server.js'
 import { registerRoutes } from './api/routes.js'
 import { registerCsmRoutes } from './api/csm-routes.js'
@@ -23,9 +24,9 @@ import { AuditLog, UserDirectory, registerUserRoutes } from './api/users.js'
 import { keyNodeOps, registerKeyRoutes } from './api/keys-routes.js'
 import { KeyKeeper } from './vdisk/keykeeper.js'
 import { NodeAgent } from './control/agent.js'
-import { containerControl } from './control/cluster.js'
+import { containerControl, type ContainerControl } from './control/cluster.js'
 import { containerNodeOps } from './control/ops.js'
-import { nodeCaller, registerNodeOps, type NodeHandlers } from '../lib/rpc/node-ops.js'
+import { nodeCaller, registerNodeOps, type NodeCall, type NodeHandlers } from '../lib/rpc/node-ops.js'
 import { NbdServer } from './nbd/server.js'
 import { NodeService } from './node.js'
 import { DiskService } from './pool/disks.js'
@@ -41,7 +42,28 @@ function arg(name: string): string | undefined {
   return i >= 0 ? process.argv[i + 1] : undefined
 }
 
-async function main(): Promise<void> {
+/** What the CVM starts from: its node.json, the data port mode, the paths of its data dir and an etcd client. */
+interface Startup {
+  cfg: NodeConfig
+  mode: DataPortMode
+  paths: ReturnType<typeof nodePaths>
+  etcd: Etcd3
+}
+
+/** The parts the vDisk engine stands on: this node (its disks, record and credentials), the replica store, the peers and the placement view. */
+interface PoolParts {
+  disks: DiskService
+  node: NodeService
+  creds: TlsCreds
+  spares: SpareEgroups
+  store: ReplicaStore
+  peers: PeerPool
+  view: PlacementView
+  follower: EtcdViewFollower
+}
+
+/** The data dir (--data-dir or TESS_DATA_DIR; without one the process exits with status 2), its node.json and an etcd client. */
+function readStartup(): Startup {
   const dataDir = arg('--data-dir') ?? process.env.TESS_DATA_DIR
   if (!dataDir) {
     log.error('usage: cvm --data-dir DIR')
@@ -51,8 +73,11 @@ async function main(): Promise<void> {
   const mode = dataPortMode(cfg.data.mode, process.env.TESS_DATA_PORT_MODE)
   const paths = nodePaths(dataDir)
   const etcd = connectEtcd(cfg)
+  return { cfg, mode, paths, etcd }
+}
 
-  // etcd starts beside us: wait for it (bounded), else exit and let the supervisor retry.
+/** etcd starts beside us: wait for it (bounded), else exit and let the supervisor retry. */
+async function waitForEtcd({ cfg, etcd }: Startup): Promise<void> {
   const deadline = Date.now() + etcdStartTimeoutMs
   for (;;) {
     try {
@@ -66,9 +91,14 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 250))
     }
   }
+}
 
-  let engine: VdiskEngine | undefined
-  const disks = new DiskService(etcd, cfg.nodeName, cfg.clusterId, (id) => engine!.diskHoldsData(id))
+/**
+ * Register this node, read its certificates, load its spare extent groups and start following the
+ * placement view. holdsData: whether a disk holds data, asked of the vDisk engine (made after this).
+ */
+async function startPool({ cfg, mode, paths, etcd }: Startup, holdsData: (diskId: string) => Promise<boolean>): Promise<PoolParts> {
+  const disks = new DiskService(etcd, cfg.nodeName, cfg.clusterId, holdsData)
   const node = new NodeService(etcd, cfg, log, () => disks.localStats())
   await node.register()
   const creds = { cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: fs.readFileSync(paths.caCert) }
@@ -84,18 +114,20 @@ async function main(): Promise<void> {
   const view = new PlacementView({ self: cfg.nodeName, log, read: () => readViewRecords(etcd) })
   const follower = new EtcdViewFollower(etcd, view, log)
   await follower.start()
-  // the cluster key (encrypted vDisks): in memory only; from the operator, or asked of the other CVMs
-  const otherUpNodes = () => view.nodes().filter((n) => n.up && n.name !== cfg.nodeName).map((n) => n.name)
-  const keeper = new KeyKeeper(etcd, log, async () => {
-    for (const n of otherUpNodes()) {
-      const got = await call(n, 'keys.get', {}, 5_000).catch(() => undefined) // that node cannot give the key: the next one is asked
-      if (got?.key !== undefined && got.key !== null) return Buffer.from(got.key, 'base64')
-    }
-    return undefined
-  })
-  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view, clusterKey: () => keeper.current })
-  await engine.start()
-  const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
+  return { disks, node, creds, spares, store, peers, view, follower }
+}
+
+/** The cluster key from the first of these nodes that gives it (undefined when none does). */
+async function askPeersForKey(nodes: string[], call: NodeCall): Promise<Buffer | undefined> {
+  for (const n of nodes) {
+    const got = await call(n, 'keys.get', {}, 5_000).catch(() => undefined) // that node cannot give the key: the next one is asked
+    if (got?.key !== undefined && got.key !== null) return Buffer.from(got.key, 'base64')
+  }
+  return undefined
+}
+
+/** The NBD server (not yet listening) and the trust it checks client certificates against. */
+async function startNbd({ cfg, etcd }: Startup, creds: TlsCreds, engine: VdiskEngine): Promise<{ nbdTrust: NbdTrust, nbd: NbdServer }> {
   // TLS is required on TCP unless node.json says offer; the Unix socket (root only) needs none
   const nbdTls = cfg.nbd.tls ?? 'require'
   if (nbdTls !== 'offer' && nbdTls !== 'require') throw new Error(`node.json: nbd.tls is "${String(nbdTls)}", not offer or require`)
@@ -109,6 +141,11 @@ async function main(): Promise<void> {
     if (n > 0) log.info(`NBD: closed ${n} connection(s) whose credentials were revoked`)
   }
   engine.connectionsOf = (name) => nbd.connectionsFor(name)
+  return { nbdTrust, nbd }
+}
+
+/** The vDisk service, after finishing the deletes a crash cut short. */
+async function openVdisks({ cfg, etcd }: Startup, keeper: KeyKeeper, disks: DiskService, engine: VdiskEngine): Promise<VdiskService> {
   const vdisks = new VdiskService(etcd, {
     nbdAddress: cfg.address,
     nbdPort: cfg.nbd.port,
@@ -118,7 +155,13 @@ async function main(): Promise<void> {
   })
   const finished = await vdisks.finishDeletes()
   if (finished > 0) log.info(`completed ${finished} vDisk delete(s) cut short by a crash`)
+  return vdisks
+}
 
+/** The management API (not yet listening) with its users, audit log and the cluster, node, disk and vDisk routes. */
+async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService, engine: VdiskEngine, nbdTrust: NbdTrust }): Promise<{ api: ApiServer, users: UserDirectory }> {
+  const { cfg, paths, etcd } = s
+  const { creds } = p
   const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
   // operators: the bootstrap token (user root) and the users in etcd; other CVMs: their node certificates
   const users = new UserDirectory(etcd, log)
@@ -126,19 +169,28 @@ async function main(): Promise<void> {
   users.start()
   const audit = new AuditLog(etcd, cfg.nodeName, log)
   const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), rootRotated: () => users.rootRotated, audit: (e) => audit.record(e) })
-  registerRoutes(api, { cfg, node, disks, vdisks, engine, view, etcd, log, nbdTrust })
+  registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust })
   registerUserRoutes(api, users, audit)
+  return { api, users }
+}
 
-  // Containers: this node's agent (its CSMs and image store), and the cluster-wide control that
-  // reaches other nodes' agents through their CVMs' API.
+/**
+ * Containers: this node's agent (its CSMs and image store), and the cluster-wide control that
+ * reaches other nodes' agents through their CVMs' API. Also the node operations this CVM serves
+ * (containers, the cluster key, vDisk hand-over) and the caller of the other CVMs' ones.
+ */
+async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer, keeper: KeyKeeper, engine: VdiskEngine, vdisks: VdiskService, otherUpNodes: () => string[] }): Promise<{ agent: NodeAgent, containers: ContainerControl, call: NodeCall }> {
+  const { cfg, paths, etcd } = s
+  const { creds } = p
+  const { api, keeper, engine, vdisks } = parts
   const agent = new NodeAgent(cfg, etcd, log)
   await agent.start()
-  node.containersState = () => agent.containersState()
+  p.node.containersState = () => agent.containersState()
   // what this CVM does for the others (and for itself): one handler per node operation
   const handlers: NodeHandlers = {
     ...containerNodeOps(agent),
     ...keyNodeOps(keeper),
-    'vdisk.release': async ({ name }) => engine!.releaseIfIdle(name),
+    'vdisk.release': async ({ name }) => engine.releaseIfIdle(name),
   }
   const call = nodeCaller({
     self: cfg.nodeName,
@@ -161,8 +213,15 @@ async function main(): Promise<void> {
     },
   })
   registerCsmRoutes(api, containers)
-  registerKeyRoutes(api, keeper, cfg.nodeName, otherUpNodes, async (n, key) => { await call(n, 'keys.unlock', { key }, 10_000) })
+  registerKeyRoutes(api, keeper, cfg.nodeName, parts.otherUpNodes, async (n, key) => { await call(n, 'keys.unlock', { key }, 10_000) })
   registerNodeOps(api, handlers)
+  return { agent, containers, call }
+}
+
+/** Open the data port, NBD (TCP, and the Unix socket when its path allows) and the API; start the heartbeat, the spares and container recovery. */
+async function listen(s: Startup, p: PoolParts, parts: { keeper: KeyKeeper, dataServer: DataServer, nbd: NbdServer, api: ApiServer, containers: ContainerControl }): Promise<void> {
+  const { cfg, mode, paths } = s
+  const { keeper, dataServer, nbd, api, containers } = parts
   keeper.start()
   await dataServer.listen(cfg.data.port, cfg.data.bind)
   await nbd.listen(cfg.nbd.port, cfg.nbd.bind)
@@ -173,11 +232,14 @@ async function main(): Promise<void> {
     log.warn(`no NBD Unix socket: ${errorMessage(e)}`)
   }
   await api.listen(cfg.api.port, cfg.api.bind)
-  node.startHeartbeat()
-  spares.start(() => EgroupFile.ioCount)
+  p.node.startHeartbeat()
+  p.spares.start(() => EgroupFile.ioCount)
   void containers.containers.recover().catch((e: unknown) => log.warn(`container recovery: ${errorMessage(e)}`))
   log.info(`node ${cfg.nodeName} of cluster ${cfg.clusterName}: API https://${cfg.api.bind}:${cfg.api.port}, NBD ${cfg.nbd.bind}:${cfg.nbd.port}, data ${cfg.data.bind}:${cfg.data.port} (mode ${mode})`)
+}
 
+/** On SIGTERM or SIGINT: stop everything in order (at most 8 s, else exit 1), then exit 0. */
+function stopOnSignals(s: Startup, p: PoolParts, parts: { agent: NodeAgent, users: UserDirectory, keeper: KeyKeeper, api: ApiServer, nbdTrust: NbdTrust, nbd: NbdServer, dataServer: DataServer, engine: VdiskEngine }): void {
   let stopping = false
   const stop = async (sig: string) => {
     if (stopping) return
@@ -185,18 +247,18 @@ async function main(): Promise<void> {
     log.info(`stopping on ${sig}`)
     const force = setTimeout(() => process.exit(1), 8000)
     try {
-      spares.stop()
-      await agent.stop()
-      users.stop()
-      keeper.stop()
-      await api.close()
-      nbdTrust.stop()
-      await nbd.close()
-      await dataServer.close()
-      await engine!.stop()
-      await follower.stop()
-      await node.stop()
-      etcd.close()
+      p.spares.stop()
+      await parts.agent.stop()
+      parts.users.stop()
+      parts.keeper.stop()
+      await parts.api.close()
+      parts.nbdTrust.stop()
+      await parts.nbd.close()
+      await parts.dataServer.close()
+      await parts.engine.stop()
+      await p.follower.stop()
+      await p.node.stop()
+      s.etcd.close()
     } catch (e) {
       log.warn(`stop: ${errorMessage(e)}`)
     }
@@ -205,6 +267,28 @@ async function main(): Promise<void> {
   }
   process.on('SIGTERM', () => void stop('SIGTERM'))
   process.on('SIGINT', () => void stop('SIGINT'))
+}
+
+async function main(): Promise<void> {
+  const s = readStartup()
+  await waitForEtcd(s)
+  const { cfg, mode, etcd } = s
+
+  let engine: VdiskEngine | undefined
+  const p = await startPool(s, (id) => engine!.diskHoldsData(id))
+  const { disks, creds, store, peers, view } = p
+  // the cluster key (encrypted vDisks): in memory only; from the operator, or asked of the other CVMs
+  const otherUpNodes = () => view.nodes().filter((n) => n.up && n.name !== cfg.nodeName).map((n) => n.name)
+  const keeper = new KeyKeeper(etcd, log, async () => askPeersForKey(otherUpNodes(), call))
+  engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view, clusterKey: () => keeper.current })
+  await engine.start()
+  const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
+  const { nbdTrust, nbd } = await startNbd(s, creds, engine)
+  const vdisks = await openVdisks(s, keeper, disks, engine)
+  const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust })
+  const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, otherUpNodes })
+  await listen(s, p, { keeper, dataServer, nbd, api, containers })
+  stopOnSignals(s, p, { agent, users, keeper, api, nbdTrust, nbd, dataServer, engine })
 }
 
 main().catch((e) => {

@@ -1,5 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
+import ts from 'typescript'
 import { describe, expect, it } from 'vitest'
 import { repoRoot } from '../helpers/cluster.js'
 
@@ -81,5 +82,74 @@ describe('import direction between the process folders', () => {
 
   it('the supervisor imports only lib/', () => {
     expect(violations(['supervisor'], ['cli', 'bootstrap', 'cvm', 'csm'])).toEqual([])
+  })
+})
+
+/** Functions longer than this many lines (declaration to closing brace) need a `long-function:` comment. */
+const functionLinesMax = 70
+
+/**
+ * The functions of a source text longer than functionLinesMax lines whose line before the
+ * declaration has no comment `long-function: <reason>`: function declarations, methods,
+ * constructors and accessors, and the arrow functions and function expressions given a name
+ * (a variable, a property, an assignment). Counted from the line of the declaration (after its
+ * doc comment: the marker goes between the two) to the line of the closing brace.
+ */
+function longFunctions(file: string, text: string): string[] {
+  const sf = ts.createSourceFile(file, text, ts.ScriptTarget.ES2022, true)
+  const lines = text.split('\n')
+  const marked = (line: number) => /^\s*(\/\/|\/\*|\*).*long-function:\s*\S/.test(lines[line - 1] ?? '')
+  const out: string[] = []
+  const visit = (n: ts.Node): void => {
+    let decl: ts.Node | undefined
+    let name = ''
+    if ((ts.isFunctionDeclaration(n) || ts.isMethodDeclaration(n) || ts.isConstructorDeclaration(n) || ts.isGetAccessorDeclaration(n) || ts.isSetAccessorDeclaration(n)) && n.body !== undefined) {
+      decl = n
+      name = n.name?.getText(sf) ?? 'constructor'
+    } else if (ts.isArrowFunction(n) || ts.isFunctionExpression(n)) {
+      const p = n.parent
+      if (ts.isVariableDeclaration(p) && p.initializer === n) {
+        // `const f = () => {...}`: from the statement (its `export const`) when it declares only f
+        const list = p.parent
+        decl = ts.isVariableDeclarationList(list) && list.declarations.length === 1 && ts.isVariableStatement(list.parent) ? list.parent : p
+        name = p.name.getText(sf)
+      } else if ((ts.isPropertyAssignment(p) || ts.isPropertyDeclaration(p)) && p.initializer === n) {
+        decl = p
+        name = p.name.getText(sf)
+      } else if (ts.isBinaryExpression(p) && p.right === n && p.operatorToken.kind === ts.SyntaxKind.EqualsToken) {
+        decl = ts.isExpressionStatement(p.parent) ? p.parent : p
+        name = p.left.getText(sf)
+      }
+    }
+    if (decl !== undefined) {
+      const start = sf.getLineAndCharacterOfPosition(decl.getStart(sf)).line
+      const count = sf.getLineAndCharacterOfPosition(n.getEnd()).line - start + 1
+      if (count > functionLinesMax && !marked(start)) out.push(`${file}:${start + 1} ${name} (${count} lines)`)
+    }
+    ts.forEachChild(n, visit)
+  }
+  visit(sf)
+  return out
+}
+
+describe('function length', () => {
+  const body = (n: number) => Array.from({ length: n }, (_, i) => `  x += ${i}`).join('\n')
+
+  it('finds a long function of each kind, and takes a marked one (the check is not vacuous)', () => {
+    const long = body(69) // with its first and last line: 71 lines
+    const text = [
+      `function a() {\n${long}\n}`,
+      `class C {\n  m() {\n${long}\n  }\n  private f = () => {\n${long}\n  }\n}`,
+      `/** doc */\nexport const g = async () => {\n${long}\n}`,
+      `const o = { h: function () {\n${long}\n} }`,
+      `// long-function: one linear sequence, read in one place\nfunction marked() {\n${long}\n}`,
+      `function short() {\n${body(68)}\n}`,
+    ].join('\n')
+    expect(longFunctions('t.ts', text).map((s) => s.replace(/^t\.ts:\d+ /, ''))).toEqual(['a (71 lines)', 'm (71 lines)', 'f (71 lines)', 'g (71 lines)', 'h (71 lines)'])
+  })
+
+  it(`no function in src/ is over ${functionLinesMax} lines unless the line before it says why (// long-function: <reason>)`, () => {
+    const long = files(src).flatMap((f) => longFunctions(path.relative(src, f), fs.readFileSync(f, 'utf8')))
+    expect(long).toEqual([])
   })
 })

@@ -2,7 +2,7 @@ import { TessError, errorMessage } from '../../lib/errors.js'
 import { imageConfigSizeMaxBytes, layerPullConcurrencyMax, manifestSizeMaxBytes } from '../../lib/images/limits.js'
 import {
   defaultPlatform, formatPlatform, parseImageConfig, parseManifestDocument, selectPlatform,
-  type Descriptor, type ImageManifest, type Platform,
+  type Descriptor, type ImageConfig, type ImageManifest, type Platform,
 } from '../../lib/images/manifest.js'
 import { formatReference, parseReference, type ImageReference } from '../../lib/images/reference.js'
 import { RegistryClient, type RegistryClientOptions, type RegistryConfig } from './registry.js'
@@ -111,28 +111,14 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
     progress({ phase: 'resolved', ref: name, digest, ...(indexDigest !== undefined ? { indexDigest } : {}) })
 
     // 2. policy, before any blob is downloaded
-    if (opts.policy !== undefined) {
-      const input: PolicyInput = { ref: name, registry: ref.registry, repository: ref.repository, digest, ...(ref.tag !== undefined ? { tag: ref.tag } : {}), ...(indexDigest !== undefined ? { indexDigest } : {}) }
-      const rule = await opts.policy(input)
-      if (rule !== undefined) {
-        throw new TessError('TESS_E_FORBIDDEN', `cannot pull image ${name} (${digest}): refused by registry policy rule "${rule}"`,
-          'ask an operator to change the allow/deny list, or pull an allowed image')
-      }
-    }
+    if (opts.policy !== undefined) await checkPolicy(opts.policy, ref, name, digest, indexDigest)
 
     // 3. config (verified, in memory)
     const configBytes = await readConfig(client, opts.store, ref, manifest.config, progress)
     let downloadedBytes = (await opts.store.has(manifest.config.digest)) ? 0 : configBytes.length
     pending.push({ digest: manifest.config.digest, bytes: configBytes })
     const config = parseImageConfig(configBytes, `config ${manifest.config.digest} of ${name}`)
-    if (config.os !== platform.os || config.architecture !== platform.architecture) {
-      throw new TessError('TESS_E_INVALID', `cannot pull image ${name}: it is built for ${config.os}/${config.architecture}, not ${formatPlatform(platform)}`,
-        `pull an image built for ${formatPlatform(platform)}`)
-    }
-    if (config.diffIds.length !== manifest.layers.length) {
-      throw new TessError('TESS_E_INVALID', `cannot pull image ${name}: its manifest has ${manifest.layers.length} layers and its config ${config.diffIds.length} diff_ids`,
-        'the image is inconsistent; push it again')
-    }
+    checkImageConfig(config, manifest, name, platform)
 
     // 4. layers: fetch, verify, store, unpack; bounded parallelism; the first failure stops the rest
     const pulled = await pullLayers(client, ref, manifest, config.diffIds, opts)
@@ -144,17 +130,7 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
       await opts.store.putBytes(d.bytes, { digest: d.digest, size: d.bytes.length }, `${ref.registry}/${ref.repository}`)
     }
     const sizeBytes = manifestDoc.bytes.length + configBytes.length + manifest.layers.reduce((n, l) => n + l.size, 0)
-    const record: ImageRecord = {
-      ref: name,
-      digest,
-      ...(indexDigest !== undefined ? { indexDigest } : {}),
-      mediaType: manifest.mediaType,
-      configDigest: manifest.config.digest,
-      layers: layers.map((l) => ({ digest: l.digest, diffId: l.diffId, size: l.size, mediaType: l.mediaType })),
-      sizeBytes,
-      platform: formatPlatform(platform),
-      pulledAt: new Date().toISOString(),
-    }
+    const record = imageRecord(name, digest, indexDigest, manifest, layers, sizeBytes, platform)
     if (opts.recordImage !== false) await opts.store.putImage(record)
     progress({ phase: 'done', ref: name, digest })
     return {
@@ -170,6 +146,43 @@ export async function pullImage(reference: string | ImageReference, opts: PullOp
     }
   } finally {
     client.close()
+  }
+}
+
+/** Ask the registry policy about the image the manifest digest names; a rule that refuses it throws. */
+async function checkPolicy(policy: PullPolicy, ref: ImageReference, name: string, digest: string, indexDigest: string | undefined): Promise<void> {
+  const input: PolicyInput = { ref: name, registry: ref.registry, repository: ref.repository, digest, ...(ref.tag !== undefined ? { tag: ref.tag } : {}), ...(indexDigest !== undefined ? { indexDigest } : {}) }
+  const rule = await policy(input)
+  if (rule !== undefined) {
+    throw new TessError('TESS_E_FORBIDDEN', `cannot pull image ${name} (${digest}): refused by registry policy rule "${rule}"`,
+      'ask an operator to change the allow/deny list, or pull an allowed image')
+  }
+}
+
+/** The image config is for the platform pulled, and has a diff_id for each layer of the manifest; else throws. */
+function checkImageConfig(config: ImageConfig, manifest: ImageManifest, name: string, platform: Platform): void {
+  if (config.os !== platform.os || config.architecture !== platform.architecture) {
+    throw new TessError('TESS_E_INVALID', `cannot pull image ${name}: it is built for ${config.os}/${config.architecture}, not ${formatPlatform(platform)}`,
+      `pull an image built for ${formatPlatform(platform)}`)
+  }
+  if (config.diffIds.length !== manifest.layers.length) {
+    throw new TessError('TESS_E_INVALID', `cannot pull image ${name}: its manifest has ${manifest.layers.length} layers and its config ${config.diffIds.length} diff_ids`,
+      'the image is inconsistent; push it again')
+  }
+}
+
+/** The images.json record of a pulled image, dated now. */
+function imageRecord(name: string, digest: string, indexDigest: string | undefined, manifest: ImageManifest, layers: PulledLayer[], sizeBytes: number, platform: Platform): ImageRecord {
+  return {
+    ref: name,
+    digest,
+    ...(indexDigest !== undefined ? { indexDigest } : {}),
+    mediaType: manifest.mediaType,
+    configDigest: manifest.config.digest,
+    layers: layers.map((l) => ({ digest: l.digest, diffId: l.diffId, size: l.size, mediaType: l.mediaType })),
+    sizeBytes,
+    platform: formatPlatform(platform),
+    pulledAt: new Date().toISOString(),
   }
 }
 

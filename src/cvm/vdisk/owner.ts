@@ -101,6 +101,44 @@ export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: numbe
 }
 
 /**
+ * The replicas of an extent group that replaceFailed replaces (`still`), the ones it keeps, and the
+ * ones a copy may come from; undefined when there is none to replace. Reads only: called under the
+ * extent group's exclusive lock. `missed`: the operations each replica missed (eg.missed).
+ */
+function replicasToReplace(replicas: Replica[], failed: Replica[], missed: Map<Replica, Set<object>>, evacuate: boolean, op: object | undefined):
+  { still: Replica[], kept: Replica[], sources: Replica[] } | undefined {
+  // With the replicas that missed other operations meanwhile (Vdisk notes them in eg.missed):
+  // a copy from one of those would lack what it missed.
+  const lacks = (r: Replica) => !evacuate && (missed.get(r)?.size ?? 0) > 0
+  let still = replicas.filter((r) => failed.includes(r) || lacks(r))
+  if (still.length === 0) return undefined // another writer replaced them already
+  // the replicas kept, and the ones a copy may come from
+  let kept = replicas.filter((r) => !still.includes(r))
+  let sources = kept
+  if (kept.length === 0 && !evacuate) {
+    // every replica misses some change (each of those operations fails): replace the ones that
+    // miss this operation's (it failed on them, or they were copied from one it failed on),
+    // from one that has it
+    const missesOp = (r: Replica) => failed.includes(r) || (op !== undefined && missed.get(r)?.has(op) === true)
+    still = replicas.filter(missesOp)
+    if (still.length === 0) return undefined
+    kept = replicas.filter((r) => !still.includes(r))
+    sources = kept
+  }
+  return { still, kept, sources }
+}
+
+/** The extent group's record with the replicas in `still` replaced by `added`; the replaced ones are recorded as stale (their files are removed later). */
+function withReplacedReplicas(er: EgroupRecord, still: Replica[], added: Array<{ node: string, diskId: string }>): EgroupRecord {
+  const gone = new Set(still.map((s) => `${s.node}/${s.diskId}`))
+  return {
+    ...er,
+    replicas: [...er.replicas.filter((r) => !gone.has(`${r.node}/${r.diskId}`)), ...added],
+    stale: [...(er.stale ?? []), ...er.replicas.filter((r) => gone.has(`${r.node}/${r.diskId}`))],
+  }
+}
+
+/**
  * Keep RF copies after replicas failed: under the egroup's exclusive lock, copy every slot from a
  * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
  * ones are recorded as stale so their files are removed later).
@@ -108,25 +146,10 @@ export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: numbe
 export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false, op?: object): Promise<void> {
   const release = await eg.lock.write(0)
   try {
-    // With the replicas that missed other operations meanwhile (Vdisk notes them in eg.missed):
-    // a copy from one of those would lack what it missed.
     const missed = eg.missed ?? new Map<Replica, Set<object>>()
-    const lacks = (r: Replica) => !evacuate && (missed.get(r)?.size ?? 0) > 0
-    let still = eg.replicas.filter((r) => failed.includes(r) || lacks(r))
-    if (still.length === 0) return // another writer replaced them already
-    // the replicas kept, and the ones a copy may come from
-    let kept = eg.replicas.filter((r) => !still.includes(r))
-    let sources = kept
-    if (kept.length === 0 && !evacuate) {
-      // every replica misses some change (each of those operations fails): replace the ones that
-      // miss this operation's (it failed on them, or they were copied from one it failed on),
-      // from one that has it
-      const missesOp = (r: Replica) => failed.includes(r) || (op !== undefined && missed.get(r)?.has(op) === true)
-      still = eg.replicas.filter(missesOp)
-      if (still.length === 0) return
-      kept = eg.replicas.filter((r) => !still.includes(r))
-      sources = kept
-    }
+    const chosen = replicasToReplace(eg.replicas, failed, missed, evacuate, op)
+    if (chosen === undefined) return // another writer replaced them already
+    const { still, kept, sources } = chosen
     // An evacuated replica is healthy: it is the source when it is the only copy (RF 1).
     const source = sources[0] ?? (evacuate ? still[0] : undefined)
     if (!source) throw new Error('no healthy replica left')
@@ -156,12 +179,7 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       added.push({ node, diskId })
       env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}; copied to ${node} disk ${diskId}`)
     }
-    const gone = new Set(still.map((s) => `${s.node}/${s.diskId}`))
-    const nextRec: EgroupRecord = {
-      ...er,
-      replicas: [...er.replicas.filter((r) => !gone.has(`${r.node}/${r.diskId}`)), ...added],
-      stale: [...(er.stale ?? []), ...er.replicas.filter((r) => gone.has(`${r.node}/${r.diskId}`))],
-    }
+    const nextRec = withReplacedReplicas(er, still, added)
     try {
       await env.putEgroupRecords(rec, [nextRec])
     } catch (e) {

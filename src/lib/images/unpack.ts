@@ -282,32 +282,7 @@ export class LayerStore {
     const digester = new Digester(parseDigest(diffId).algorithm)
     const source = await openDecompressed(blobPath, what)
     const canonical = new PassThrough({ highWaterMark: canonicalBufferBytes })
-    // the file entry whose data is being copied out: its size (for the padding) and what is left
-    let copying: { size: number, left: number } | undefined
-    const reader = new TarReader((e) => {
-      copying = undefined
-      const p = normaliseEntryName(e.name, what)
-      const base = p.split('/').pop() ?? ''
-      // the root entry carries nothing to extract; whiteout markers become whiteouts later
-      if (p === '' || (e.type === 'file' && base.startsWith(whiteoutPrefix))) return
-      const xattrs: Record<string, Buffer> = {}
-      for (const [k, v] of e.xattrValues) if (keptXattr(k)) xattrs[k] = v
-      const out: Omit<TarWriteEntry, 'data'> = {
-        name: e.type === 'dir' ? `${p}/` : p, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, xattrs,
-        ...(e.type === 'hardlink' ? { linkname: normaliseEntryName(e.linkname, what) } : e.type === 'symlink' ? { linkname: e.linkname } : {}),
-      }
-      const size = e.type === 'file' ? e.size : 0
-      canonical.write(entryHeaders(out, size))
-      if (size > 0) copying = { size, left: size }
-    }, (chunk) => {
-      if (copying === undefined) return
-      canonical.write(Buffer.from(chunk)) // the reader lends views of its input
-      copying.left -= chunk.length
-      if (copying.left === 0) {
-        canonical.write(entryPadding(copying.size))
-        copying = undefined
-      }
-    })
+    const reader = canonicalRewriter(canonical, what)
     const feeding = pipeline(source, new Writable({
       write(chunk: Buffer, _enc, cb) {
         try {
@@ -410,6 +385,40 @@ export class LayerStore {
   }
 }
 
+/**
+ * A tar reader that writes every entry it reads anew to `canonical` (our headers, normalised
+ * names, the kept xattrs only, the file data and its padding); the root entry and whiteout
+ * markers are left out. The caller ends `canonical` (archiveEnd) after the reader.
+ */
+function canonicalRewriter(canonical: Writable, what: string): TarReader {
+  // the file entry whose data is being copied out: its size (for the padding) and what is left
+  let copying: { size: number, left: number } | undefined
+  return new TarReader((e) => {
+    copying = undefined
+    const p = normaliseEntryName(e.name, what)
+    const base = p.split('/').pop() ?? ''
+    // the root entry carries nothing to extract; whiteout markers become whiteouts later
+    if (p === '' || (e.type === 'file' && base.startsWith(whiteoutPrefix))) return
+    const xattrs: Record<string, Buffer> = {}
+    for (const [k, v] of e.xattrValues) if (keptXattr(k)) xattrs[k] = v
+    const out: Omit<TarWriteEntry, 'data'> = {
+      name: e.type === 'dir' ? `${p}/` : p, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, xattrs,
+      ...(e.type === 'hardlink' ? { linkname: normaliseEntryName(e.linkname, what) } : e.type === 'symlink' ? { linkname: e.linkname } : {}),
+    }
+    const size = e.type === 'file' ? e.size : 0
+    canonical.write(entryHeaders(out, size))
+    if (size > 0) copying = { size, left: size }
+  }, (chunk) => {
+    if (copying === undefined) return
+    canonical.write(Buffer.from(chunk)) // the reader lends views of its input
+    copying.left -= chunk.length
+    if (copying.left === 0) {
+      canonical.write(entryPadding(copying.size))
+      copying = undefined
+    }
+  })
+}
+
 /** Open a layer blob as its uncompressed tar stream (gzip or plain; other compressions refused). */
 export async function openDecompressed(blobPath: string, what: string): Promise<Readable> {
   const fh = await fsp.open(blobPath, 'r')
@@ -462,7 +471,7 @@ export async function scanLayer(blobPath: string, diffId: string, what: string, 
  * entry in `plan` (its type by path, whiteouts and opaque markers, the bytes to extract).
  */
 function layerEntryCheck(plan: LayerPlan, what: string): (e: TarEntry) => void {
-  const refuse = (e: TarEntry, why: string) => new TessError('TESS_E_INVALID', `cannot unpack ${what}: entry "${e.name}" ${why}`,
+  const refuse: EntryRefusal = (e, why) => new TessError('TESS_E_INVALID', `cannot unpack ${what}: entry "${e.name}" ${why}`,
     'the image is malformed or malicious; nothing of this layer was unpacked')
   /** no entry may be written through a symlink (or a non-directory) of the same layer */
   const checkParents = (e: TarEntry, p: string) => {
@@ -499,43 +508,57 @@ function layerEntryCheck(plan: LayerPlan, what: string): (e: TarEntry) => void {
         checkParents(e, target)
         break
       }
-      case 'symlink': {
-        if (e.linkname === '') throw refuse(e, 'is a symlink with an empty target')
-        if (!e.linkname.startsWith('/')) {
-          // relative targets resolve from the link's directory and must stay inside the layer root;
-          // absolute targets resolve against the container's root, which is the overlay itself
-          let depth = parts.length - 1
-          for (const c of e.linkname.split('/')) {
-            if (c === '..') depth--
-            else if (c !== '' && c !== '.') depth++
-            if (depth < 0) throw refuse(e, `is a symlink to "${e.linkname}", which leaves the layer directory`)
-          }
-        }
+      case 'symlink':
+        checkSymlinkTarget(e, parts, refuse)
         break
-      }
-      case 'file': {
+      case 'file':
         plan.sizeBytes += e.size
-        const base = parts[parts.length - 1] ?? ''
-        if (base.startsWith(whiteoutPrefix)) {
-          const dir = parts.slice(0, -1).join('/')
-          if (plan.markers.length >= tarWhiteoutsMax) throw refuse(e, `is whiteout number ${tarWhiteoutsMax + 1}: too many whiteouts`)
-          plan.markers.push(p)
-          if (base === opaqueMarker) {
-            plan.opaques.add(dir)
-          } else if (!base.startsWith(`${whiteoutPrefix}${whiteoutPrefix}`)) {
-            const name = base.slice(whiteoutPrefix.length)
-            if (name === '' || name === '.' || name === '..') throw refuse(e, 'is a whiteout of its own directory or parent')
-            plan.whiteouts.push({ dir, name })
-          }
-          return // markers are not content: not recorded as paths of the layer
-        }
+        if (recordWhiteoutMarker(plan, e, p, parts, refuse)) return // markers are not content: not recorded as paths of the layer
         break
-      }
       default:
         break
     }
     plan.types.set(p, e.type)
   }
+}
+
+/** How a layer entry is refused: the error, naming the layer (`what`) and the entry. */
+type EntryRefusal = (e: TarEntry, why: string) => TessError
+
+/** A symlink's target must not be empty, and a relative one must not climb above the layer root (`parts`: the link's path). */
+function checkSymlinkTarget(e: TarEntry, parts: string[], refuse: EntryRefusal): void {
+  if (e.linkname === '') throw refuse(e, 'is a symlink with an empty target')
+  if (!e.linkname.startsWith('/')) {
+    // relative targets resolve from the link's directory and must stay inside the layer root;
+    // absolute targets resolve against the container's root, which is the overlay itself
+    let depth = parts.length - 1
+    for (const c of e.linkname.split('/')) {
+      if (c === '..') depth--
+      else if (c !== '' && c !== '.') depth++
+      if (depth < 0) throw refuse(e, `is a symlink to "${e.linkname}", which leaves the layer directory`)
+    }
+  }
+}
+
+/**
+ * A file entry at `p` (`parts`: its components) named `.wh.*` is a whiteout marker: it is counted
+ * against tarWhiteoutsMax and recorded in `plan` (an opaque directory, a whiteout of a name, or
+ * aufs metadata that is only removed); returns whether it was one.
+ */
+function recordWhiteoutMarker(plan: LayerPlan, e: TarEntry, p: string, parts: string[], refuse: EntryRefusal): boolean {
+  const base = parts[parts.length - 1] ?? ''
+  if (!base.startsWith(whiteoutPrefix)) return false
+  const dir = parts.slice(0, -1).join('/')
+  if (plan.markers.length >= tarWhiteoutsMax) throw refuse(e, `is whiteout number ${tarWhiteoutsMax + 1}: too many whiteouts`)
+  plan.markers.push(p)
+  if (base === opaqueMarker) {
+    plan.opaques.add(dir)
+  } else if (!base.startsWith(`${whiteoutPrefix}${whiteoutPrefix}`)) {
+    const name = base.slice(whiteoutPrefix.length)
+    if (name === '' || name === '.' || name === '..') throw refuse(e, 'is a whiteout of its own directory or parent')
+    plan.whiteouts.push({ dir, name })
+  }
+  return true
 }
 
 /**
