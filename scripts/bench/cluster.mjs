@@ -9,7 +9,9 @@
 //   - first writes: the same two jobs into a FRESH RF 1 and RF 2 vDisk (created each round, deleted
 //     afterwards) and a fresh sparse raw file, size-limited so that every write is a first write
 //     (1M: --size, 4k: --rand-first-size, covered once: randrepeat, random map on); then the same
-//     job again on the same range (overwrite): first-write / overwrite ratio. etcd's counters
+//     job again on the same range (overwrite): first-write / overwrite ratio, and the spare
+//     extent groups ready on each host before our first writes (the script waits up to 30 s for
+//     the reserves, refilled while a node is idle, to be full). etcd's counters
 //     (/metrics of the 3 members, with a client certificate signed by the operator's cluster CA)
 //     before and after each pass: Txn and Put calls, mvcc puts, raft proposals, WAL fsyncs (all
 //     members), keys, db growth, per GiB written.
@@ -25,7 +27,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import {
   apiClient, checkArgs, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, ratio, repoRoot, rotate,
-  roundsCell, runFio, settledEtcd, sh, sizeBytes, sleep, sparseFile, tess,
+  roundsCell, runFio, settledEtcd, sparesSettled, sh, sizeBytes, sleep, sparseFile, tess,
 } from './common.mjs'
 
 checkArgs('usage: node scripts/bench/cluster.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M] [--parts overwrite,first] [--prefix bench]', ['size', 'runtime', 'rounds', 'rand-first-size', 'parts', 'prefix'], [])
@@ -151,7 +153,7 @@ try {
         try {
           for (const [pass, res] of [['first', first], ['over', again]]) {
             spawnSync('sync')
-            if (pass === 'first' && sparesSeen[job.name][t]) sparesSeen[job.name][t][r] = sparesReady()
+            if (pass === 'first' && sparesSeen[job.name][t]) sparesSeen[job.name][t][r] = await sparesSettled(sparesReady)
             const m0 = cost[job.name][t] ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), 'write', job.unit)
             if (m0) cost[job.name][t][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })
@@ -207,7 +209,7 @@ try {
         }
       }
     }
-    out.push('', `Spare extent groups (32 MiB each, written ahead) ready on hosts 1 / 2 / 3 before each round's first write: ${
+    out.push('', `Spare extent groups (32 MiB each, written ahead) ready on hosts 1 / 2 / 3 before each round's first write (the script waits up to 30 s for the reserves, refilled while a node's data path is idle, to be full or steady; a first write larger than a node's reserve continues on sparse files): ${
       jobs.map((job) => ['RF 1', 'RF 2'].map((t) => `${job.name} ${t} ${sparesSeen[job.name][t].map((x) => x.join('+')).join(', ')}`).join('; ')).join('; ')}.`, '')
   }
 } finally {

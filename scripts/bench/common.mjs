@@ -39,6 +39,25 @@ export function checkArgs(usage, valued, flags = []) {
   }
 }
 
+/**
+ * Wait for the spare extent groups (src/cvm/vdisk/spares.ts: written ahead while the node's data
+ * path is idle) to be refilled before a first write: `read()` gives the counts, per disk; returns
+ * them once each is at `full`, or once they have not changed for 5 s (a disk whose reserve is
+ * smaller), or after 30 s.
+ */
+export async function sparesSettled(read, full = 32) {
+  const t0 = Date.now()
+  let last = read()
+  let since = Date.now()
+  while (!last.every((n) => n >= full) && Date.now() - since < 5000 && Date.now() - t0 < 30000) {
+    await sleep(500)
+    const now = read()
+    if (now.join() !== last.join()) since = Date.now()
+    last = now
+  }
+  return last
+}
+
 /** `--name VALUE` from the command line, or `def`. */
 export function opt(name, def) {
   const argv = process.argv.slice(2)

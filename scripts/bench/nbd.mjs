@@ -13,7 +13,8 @@
 //    time-based: every write is a first write (the random job covers its range once: randrepeat,
 //    random map on). The same job again right after is the overwrite of the same range:
 //    first-write / overwrite ratio per target, and how many spare extent groups (written ahead,
-//    src/cvm/vdisk/spares.ts) ours had ready before each of its first writes. For ours, etcd's
+//    src/cvm/vdisk/spares.ts) ours had ready before each of its first writes (it waits up to
+//    30 s for the reserve, refilled while the data path is idle, to be full). For ours, etcd's
 //    counters (/metrics of the embedded etcd: gRPC Txn and Put calls, mvcc puts, raft proposals, WAL fsyncs, keys, db size)
 //    before and after each pass, per GiB written.
 // 3. Control plane: latency of --probes sequential `GET /v1/vdisks` (as the CLI calls it: a new TLS
@@ -35,7 +36,9 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  apiClient, buildBenchImages, checkArgs, dropCaches, etcdCostColumns, etcdMetrics, fioFigure, flag, fmt, localCluster, median, metricsDelta, opt, ratio, rotate, roundsCell, runFio, settledEtcd, sh, sizeBytes, sleep, sparseFile, startFio, startRegistry, startServer, stats, timeCalls, waitSocket,
+  apiClient, buildBenchImages, checkArgs, dropCaches, etcdCostColumns, etcdMetrics, fioFigure, flag, fmt, localCluster, median,
+  metricsDelta, opt, ratio, rotate, roundsCell, runFio, settledEtcd, sh, sizeBytes, sleep, sparesSettled, sparseFile, startFio,
+  startRegistry, startServer, stats, timeCalls, waitSocket,
 } from './common.mjs'
 
 checkArgs('usage: node scripts/bench/nbd.mjs [--size 1G] [--runtime 10] [--rounds 3] [--rand-first-size 256M] [--probes 20] [--no-pull] [--layer-mib 8] [--parts overwrite,first,api,pull,encrypted] [--dir DIR]', ['size', 'runtime', 'rounds', 'rand-first-size', 'probes', 'layer-mib', 'parts', 'dir'], ['no-pull'])
@@ -194,7 +197,7 @@ try {
         try {
           for (const [pass, res] of [['first', first], ['over', again]]) {
             settle(job)
-            if (t === 'ours' && pass === 'first') sparesSeen[job.name][r] = sparesReady()
+            if (t === 'ours' && pass === 'first') sparesSeen[job.name][r] = (await sparesSettled(() => [sparesReady()])).join('+')
             const m0 = t === 'ours' ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), job.key, job.unit)
             if (m0) cost[job.name][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })
@@ -324,7 +327,7 @@ try {
       const fo = (t) => ratio(md(first[job.name][t]), md(again[job.name][t]))
       out.push(`| ${job.name} | ${job.unit} | ${roundsCell(first[job.name].ours)} | ${roundsCell(again[job.name].ours)} | ${fo('ours')} | ${fo('nbdkit')} | ${fo('qemu-nbd')} | ${fo('raw')} |`)
     }
-    out.push('', `Spare extent groups (32 MiB each, written ahead) ready on ours before each round's first write: ${
+    out.push('', `Spare extent groups (32 MiB each, written ahead) ready on ours before each round's first write (the script waits up to 30 s for the reserve, refilled while the data path is idle, to be full or steady): ${
       firstJobs.map((job) => `${job.name} ${sparesSeen[job.name].join(' / ')}`).join('; ')} (a first write larger than the spares continues on sparse files).`)
 
     out.push('', `etcd cost of ours per GiB written (embedded etcd's /metrics before and after each pass; medians of ${rounds} rounds). Included in the figures, the idle background (the CVM's heartbeat): ${
