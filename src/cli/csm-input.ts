@@ -1,5 +1,9 @@
 import type { Readable } from 'node:stream'
 import { TessError } from '../lib/errors.js'
+import {
+  containerArgBytesMax, containerEnvMax, containerStopTimeoutMsMax, cpusMax, cpusMin, logTailLinesMax, memoryLimitMinBytes,
+  policyPatternLengthMax, registryPasswordLengthMax, registryUsernameLengthMax,
+} from '../lib/limits.js'
 import { namePattern } from '../lib/names.js'
 import { parseSize } from '../lib/units.js'
 import { parseReference, parseRegistryHost } from '../lib/images/reference.js'
@@ -7,7 +11,8 @@ import { parseReference, parseRegistryHost } from '../lib/images/reference.js'
 /**
  * Client-side checks and limits of the container commands (csm, csm-pool, registry, image,
  * container): pure functions, so every bad value is refused with a code and a hint before any
- * API call is made.
+ * API call is made. The bounds are the server's own (lib/limits.ts): a value the CLI lets through
+ * is not refused later by the API for being too large, and the other way round.
  */
 
 /** `csm create` waits for the CSM daemon to start on its node. */
@@ -17,17 +22,15 @@ export const imagePullTimeoutMs = 30 * 60_000
 /** `container stop`: the client waits this much longer than the stop timeout it asks for. */
 export const containerStopSlackMs = 60_000
 export const containerStopTimeoutDefault = '10s'
-export const containerStopTimeoutMaxMs = 60 * 60_000
+export const containerStopTimeoutMaxMs = containerStopTimeoutMsMax
 /** `container logs --follow` asks for more this often. */
 export const logsPollIntervalMs = 300
-export const logsTailMax = 1_000_000
+export const logsTailMax = logTailLinesMax
 /** A registry password read with --password-stdin. */
-export const passwordMaxBytes = 4096
-export const usernameMaxLength = 256
-export const cpusMax = 1024
-export const policyPatternLengthMax = 1024
-export const envEntriesMax = 1024
-export const envEntryMaxBytes = 128 * 1024
+export const passwordMaxBytes = registryPasswordLengthMax
+export const usernameMaxLength = registryUsernameLengthMax
+export const envEntriesMax = containerEnvMax
+export const envEntryMaxBytes = containerArgBytesMax
 
 const shown = (s: string, max = 80): string => (s.length > max ? `${s.slice(0, max)}...` : s)
 
@@ -41,6 +44,9 @@ export function parseCpus(input: string, what = '--cpus'): number {
   if (!Number.isFinite(n) || n <= 0) {
     throw new TessError('TESS_E_INVALID', `invalid ${what} "${input}": must be more than 0`, 'give a number of CPUs, fractions allowed, e.g. 0.5, 1 or 2.5')
   }
+  if (n < cpusMin) {
+    throw new TessError('TESS_E_INVALID', `invalid ${what} "${input}": less than ${cpusMin} CPU`, `give at least ${cpusMin} (the kernel cannot enforce a smaller share)`)
+  }
   if (n > cpusMax) {
     throw new TessError('TESS_E_INVALID', `invalid ${what} "${input}": more than ${cpusMax} CPUs`, `give at most ${cpusMax}`)
   }
@@ -51,6 +57,9 @@ export function parseCpus(input: string, what = '--cpus'): number {
 export function parseMemory(input: string, what = '--memory'): number {
   const n = parseSize(input, what)
   if (n <= 0) throw new TessError('TESS_E_INVALID', `invalid ${what} "${input}": must be more than 0`, 'give a size such as 256M or 2G (1G = 1 GiB)')
+  if (n < memoryLimitMinBytes) {
+    throw new TessError('TESS_E_INVALID', `invalid ${what} "${input}": less than ${memoryLimitMinBytes / 2 ** 20} MiB`, `give at least ${memoryLimitMinBytes / 2 ** 20}M (a smaller limit cannot start a shell)`)
+  }
   return n
 }
 

@@ -122,6 +122,11 @@ export const containerEnvMax = 4096
 /** the arguments of a container together, and so each argument or environment entry, take at most this */
 export const containerArgBytesMax = 128 * 1024
 export const containerRlimitsMax = 32
+/** a registry allow or deny pattern */
+export const policyPatternLengthMax = 512
+/** a registry user name and password (the password is read from stdin by the CLI) */
+export const registryUsernameLengthMax = 256
+export const registryPasswordLengthMax = 4096
 /** a user (`uid[:gid]` or names) or a working directory of a container */
 export const containerUserLengthMax = 256
 export const containerPathLengthMax = 4096

@@ -5,6 +5,8 @@ import {
   parseRegistryUrl, readPassword, shortDigest, splitNames, stripOneNewline,
 } from '../../src/cli/csm-input.js'
 import { TessError } from '../../src/lib/errors.js'
+import { cpusField, memoryField } from '../../src/lib/container-spec.js'
+import { cpusMax, cpusMin, memoryLimitMinBytes } from '../../src/lib/limits.js'
 
 function errorOf(fn: () => unknown): TessError {
   try {
@@ -48,6 +50,24 @@ describe('parseMemory', () => {
     expect(parseMemory('256M')).toBe(256 * 2 ** 20)
     expect(errorOf(() => parseMemory('0')).code).toBe('TESS_E_INVALID')
     expect(errorOf(() => parseMemory('lots')).message).toContain('--memory')
+  })
+})
+
+describe('the CLI takes what the server takes (the bounds of lib/limits.ts)', () => {
+  it('CPUs: the least and the most the server allows pass, one step beyond each is refused on both sides', () => {
+    for (const n of [cpusMin, cpusMax]) {
+      expect(parseCpus(String(n))).toBe(n)
+      expect(cpusField({ cpus: n }, true)).toBe(n)
+    }
+    for (const n of [cpusMin / 2, cpusMax + 1]) expect(() => cpusField({ cpus: n }, true)).toThrow(TessError)
+    expect(errorOf(() => parseCpus(String(cpusMin / 2))).hint).toContain(String(cpusMin))
+    expect(errorOf(() => parseCpus(String(cpusMax + 1))).hint).toContain(String(cpusMax))
+  })
+  it("memory: the server's least limit passes, one byte under is refused with the least in the hint", () => {
+    expect(parseMemory(`${memoryLimitMinBytes}`)).toBe(memoryLimitMinBytes)
+    expect(memoryField({ memoryBytes: memoryLimitMinBytes }, true)).toBe(memoryLimitMinBytes)
+    expect(() => memoryField({ memoryBytes: memoryLimitMinBytes - 1 }, true)).toThrow(TessError)
+    expect(errorOf(() => parseMemory(`${memoryLimitMinBytes - 1}`)).hint).toContain('4M')
   })
 })
 

@@ -1,4 +1,5 @@
 import { TessError } from '../../lib/errors.js'
+import { policyPatternLengthMax } from '../../lib/limits.js'
 import type { PolicyInput } from '../images/puller.js'
 import type { RegistryPolicyRecord } from './records.js'
 
@@ -8,7 +9,6 @@ import type { RegistryPolicyRecord } from './records.js'
  * within one path segment and `**` across segments. Deny rules are checked first; when any allow
  * rule exists, an image must match one of them.
  */
-export const policyPatternLengthMax = 512
 export const policyRulesMax = 1000
 
 const digestPattern = /^@sha256:[a-f0-9]{64}$/

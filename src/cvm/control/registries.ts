@@ -1,6 +1,7 @@
 import type { RegistryInfo, RegistryPolicyInfo } from '../../lib/csm-types.js'
 import { TessError } from '../../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
+import { registryPasswordLengthMax, registryUsernameLengthMax } from '../../lib/limits.js'
 import { parseRegistryHost } from '../../lib/images/reference.js'
 import { checkName } from '../../lib/names.js'
 import { sealSecret } from '../../lib/secretbox.js'
@@ -8,7 +9,6 @@ import type { ControlContext } from './context.js'
 import { checkPattern, policyRulesMax } from './policy.js'
 import type { RegistryPolicyRecord, RegistryRecord } from './records.js'
 
-const registryPasswordLengthMax = 4096
 
 export interface RegistryAddRequest {
   name: string
@@ -35,7 +35,7 @@ function registryUrl(url: string, insecure: boolean): URL {
 
 function checkCredentials(req: RegistryAddRequest): void {
   if ((req.username === undefined) !== (req.password === undefined)) throw new TessError('TESS_E_INVALID', 'give both a username and a password, or neither', '--username U --password-stdin')
-  if (req.username !== undefined && (req.username.length === 0 || req.username.length > 256 || /[\s:]/.test(req.username))) throw new TessError('TESS_E_INVALID', 'invalid registry username', '1-256 characters, no spaces or ":"')
+  if (req.username !== undefined && (req.username.length === 0 || req.username.length > registryUsernameLengthMax || /[\s:]/.test(req.username))) throw new TessError('TESS_E_INVALID', 'invalid registry username', `1-${registryUsernameLengthMax} characters, no spaces or ":"`)
   if (req.password !== undefined && (req.password.length === 0 || req.password.length > registryPasswordLengthMax)) throw new TessError('TESS_E_INVALID', `the registry password must be 1..${registryPasswordLengthMax} characters`, 'give the password on stdin with --password-stdin')
 }
 
