@@ -86,7 +86,7 @@ export class MemFiles implements FileLayer {
     return { cancel: () => undefined }
   }
 
-  freeBytes(): number {
+  freeBytes(_dir?: string): number {
     return 1024 ** 4
   }
 
