@@ -52,6 +52,9 @@ class Cluster {
   /** pairs of nodes that cannot reach each other over the data port */
   readonly cut = new Set<string>()
   poolFreeBytes = 100 * GiB
+  /** the cluster key (encrypted vDisks), held by the CVMs of the nodes in `keyOn` */
+  readonly clusterKey = Buffer.alloc(32, 0x5a)
+  readonly keyOn = new Set<string>()
 
   constructor(spec: Record<string, { free?: number, disks?: number }>) {
     let i = 0
@@ -104,6 +107,7 @@ class Cluster {
     n.engine = new VdiskEngine(n.etcd, {
       nodeName: name, log, localDisks: async () => n.disks, store: n.store, peers: this.peers(name), view: n.view,
       clock: this.clock, files: n.files, random: (bytes) => Buffer.alloc(bytes, incarnation),
+      clusterKey: () => (this.keyOn.has(name) ? this.clusterKey : undefined),
     })
     await n.engine.start()
     return n
@@ -127,7 +131,8 @@ class Cluster {
       const payload = data === undefined ? Buffer.alloc(0) : Buffer.from(data)
       try {
         if (op === ops.vdiskIo) {
-          const out = await target.engine.io(String(j.name), String(j.op), Number(j.offset), Number(j.length), { fua: j.fua === true, noHole: j.noHole === true }, payload)
+          // as DataServer.handle passes it
+          const out = await target.engine.io(String(j.name), String(j.op), Number(j.offset), Number(j.length), { fua: j.fua === true, noHole: j.noHole === true }, payload, typeof j.id === 'string' ? j.id : undefined)
           return { json: {}, data: out === undefined ? Buffer.alloc(0) : Buffer.from(out) }
         }
         if (op === ops.vdiskEvacuate) return { json: { moved: await target.engine.evacuate(String(j.name), String(j.node)) }, data: Buffer.alloc(0) }
@@ -149,7 +154,7 @@ class Cluster {
   service(name: string): VdiskService {
     const n = this.node(name)
     return new VdiskService(n.etcd, {
-      nbdAddress: '10.0.0.1', nbdPort: 10809, keys: { current: undefined },
+      nbdAddress: '10.0.0.1', nbdPort: 10809, keys: { current: this.keyOn.has(name) ? this.clusterKey : undefined },
       pool: async () => ({ capacityBytes: 4 * this.poolFreeBytes, usedBytes: 0, freeBytes: this.poolFreeBytes, disks: [] }),
       data: n.engine,
     })
@@ -381,6 +386,30 @@ describe('VdiskEngine: ownership', () => {
     expect(c.node('n1').lines.filter((l) => l.includes('loaded'))).toHaveLength(1)
   })
 
+  it('a client forwarded to a vDisk that was deleted does not reach a new vDisk of the same name', async () => {
+    const { c, id } = await cluster3(2)
+    const d1 = await openDev(c.node('n1'))
+    await d1.write(0, pattern(1), true)
+    await d1.close()
+    const d3 = await openDev(c.node('n3')) // forwards to n1
+    expect((await d3.read(0, MiB)).equals(pattern(1))).toBe(true)
+    // deleted through n1, whose CVM has no NBD client of it, and made again
+    await c.service('n1').delete('vd', false)
+    const again = await c.service('n2').create('vd', 64 * MiB, 2)
+    expect(again.id).not.toBe(id)
+    // the old client, before and after the new vDisk is loaded at n1
+    expect((await errnoOf(d3.write(0, pattern(3), true))).errno).toBe(nbdErrno.EINVAL)
+    expect(c.etcd.value(keys.vdiskOwner(again.id))).toBeUndefined()
+    const nd = await openDev(c.node('n1'))
+    await nd.write(0, pattern(2), true)
+    expect((await errnoOf(d3.write(0, pattern(3), true))).errno).toBe(nbdErrno.EINVAL)
+    expect((await errnoOf(d3.read(0, MiB))).errno).toBe(nbdErrno.EINVAL)
+    expect((await nd.read(0, MiB)).equals(pattern(2))).toBe(true)
+    // forwarders of the new one are served
+    const d2 = await openDev(c.node('n2'))
+    expect((await d2.read(0, MiB)).equals(pattern(2))).toBe(true)
+  })
+
   it('forwarded I/O: refused by a CVM that does not own the vDisk, EINVAL for a missing vDisk or past the end', async () => {
     const { c } = await cluster3(2)
     await openDev(c.node('n1'))
@@ -475,6 +504,35 @@ describe('VdiskEngine: ownership', () => {
     expect(err.errno).toBe(nbdErrno.EPERM)
     expect(err.message).toContain('holds no cluster key')
     expect(c.etcd.value(keys.vdiskOwner(id))).toBeUndefined()
+  })
+
+  it('an encrypted vDisk opens where the cluster key is: its replicas hold ciphertext, and a CVM without the key forwards', async () => {
+    const { c } = await cluster3(2)
+    c.keyOn.add('n1')
+    const { id } = await c.service('n1').create('secret', 64 * MiB, 2, true)
+    expect(c.etcd.json<VdiskRecord>(keys.vdisk(id))!.wrappedKey).toBeDefined()
+    const d1 = await openDev(c.node('n1'), 'secret')
+    await d1.write(0, pattern(9), true)
+    expect((await d1.read(0, MiB)).equals(pattern(9))).toBe(true)
+    const eg = c.egroups(id)[0]!
+    for (const r of eg.replicas) {
+      const bytes = c.node(r.node).files.files.get(c.fileOf(r.node, r.diskId, eg.id))!.data
+      expect(bytes.includes(pattern(9).subarray(0, 64))).toBe(false)
+    }
+    // n2 holds no key, but forwarding needs none
+    const d2 = await openDev(c.node('n2'), 'secret')
+    expect((await d2.read(0, MiB)).equals(pattern(9))).toBe(true)
+  })
+
+  it('a load that fails on etcd after taking the ownership is not cached: the open retries and loads it', async () => {
+    const { c, id } = await cluster3(2)
+    c.etcd.failWhen((x) => x.kind === 'range' && x.key === keys.egroupsOf(id))
+    const before = c.clock.sleeps.length
+    const dev = await openDev(c.node('n1'))
+    expect(c.clock.sleeps.slice(before)).toEqual([250])
+    expect(c.etcd.value(keys.vdiskOwner(id))?.startsWith('n1/')).toBe(true)
+    await dev.write(0, pattern(1), true)
+    expect((await dev.read(0, MiB)).equals(pattern(1))).toBe(true)
   })
 
   it('a lost lease stops I/O to every vDisk the CVM owns', async () => {
@@ -601,6 +659,31 @@ describe('VdiskEngine: placement of new extent groups', () => {
     await dev.write(0, pattern(1), true)
     expect(back).toBe(true)
     expect(c.egroups(id)[0]!.replicas.map((r) => r.node).sort()).toEqual(['n1', 'n2', 'n3'])
+  })
+
+  it('an etcd failure recording new extent groups fails the write with EIO, leaves no record and no file, and a later write succeeds', async () => {
+    const { c, id } = await cluster3(2)
+    const dev = await openDev(c.node('n1'))
+    c.etcd.failWhen((x) => x.kind === 'txn' && x.writes.some((k) => k.startsWith(keys.egroupsOf(id))))
+    const err = await errnoOf(dev.write(0, pattern(1), true))
+    expect(err.errno).toBe(nbdErrno.EIO)
+    expect(err.message).toContain('injected failure')
+    expect(c.egroups(id)).toEqual([])
+    for (const n of ['n1', 'n2', 'n3']) expect(c.egroupFiles(n)).toEqual([])
+    expect(c.etcd.keys(keys.vdiskMapPrefix(id))).toEqual([])
+    await dev.write(0, pattern(2), true)
+    expect((await dev.read(0, MiB)).equals(pattern(2))).toBe(true)
+    expect(c.egroups(id).length).toBeGreaterThan(0)
+  })
+
+  it('extent groups are recorded only while this CVM owns the vDisk: after another took the key, no record is written', async () => {
+    const { c, id } = await cluster3(2)
+    const dev = await openDev(c.node('n1'))
+    c.etcd.seed(keys.vdiskOwner(id), 'n3/abcd')
+    const err = await errnoOf(dev.write(0, pattern(1), true))
+    expect(err.errno).toBe(nbdErrno.EIO)
+    expect(err.message).toContain('no longer owned by this CVM')
+    expect(c.egroups(id)).toEqual([])
   })
 
   it('every disk full: the write fails with ENOSPC', async () => {

@@ -241,14 +241,19 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return { local: false, owner: ownerNode! }
   }
 
-  /** Forwarded I/O arriving on the data port: serve it if this CVM owns (or can own) the vDisk. */
-  async io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer): Promise<Buffer | undefined> {
+  /**
+   * Forwarded I/O arriving on the data port: serve it if this CVM owns (or can own) the vDisk.
+   * `vdiskId` (sent by forwarders that know it): the vDisk the client opened; one of the same
+   * name made after that one was deleted is not it.
+   */
+  async io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer, vdiskId?: string): Promise<Buffer | undefined> {
     // Hot path: a vDisk loaded here is served without asking etcd.
     let v = await this.loadedByName(name)
+    if (v !== undefined && vdiskId !== undefined && v.id !== vdiskId) v = undefined
     if (!v) {
       const id = await this.etcd.get(keys.vdiskName(name)).string()
       const rec = id === null ? undefined : await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
-      if (!rec || rec.state !== 'ready') throw new PeerError('errno', `vDisk ${name} does not exist`, nbdErrno.EINVAL)
+      if (!rec || rec.state !== 'ready' || (vdiskId !== undefined && rec.id !== vdiskId)) throw new PeerError('errno', `vDisk ${name} does not exist`, nbdErrno.EINVAL)
       const t = await this.route(rec)
       if (!t.local) throw new PeerError('not-owner', `vDisk ${name} is owned by ${t.owner}`)
       v = t.vdisk
@@ -477,9 +482,9 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
 
   // ---- used by ForwardingDevice ----
 
-  async forward(owner: string, name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
+  async forward(owner: string, rec: Pick<VdiskRecord, 'id' | 'name'>, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
     const peer = await this.opts.peers.get(owner)
-    const f = await peer.request(ops.vdiskIo, { name, op, offset, length, fua: flags.fua, noHole: flags.noHole }, data)
+    const f = await peer.request(ops.vdiskIo, { name: rec.name, id: rec.id, op, offset, length, fua: flags.fua, noHole: flags.noHole }, data)
     return f.data
   }
 
@@ -520,7 +525,7 @@ class ForwardingDevice implements BlockDevice {
       const t = this.target
       try {
         if (t.local) return (await localOp(t.vdisk, op, offset, length, flags, data)) ?? Buffer.alloc(0)
-        return await this.engine.forward(t.owner, this.name, op, offset, length, flags, data)
+        return await this.engine.forward(t.owner, this.rec, op, offset, length, flags, data)
       } catch (e) {
         if (!(e instanceof PeerError)) throw e
         if (e.kind === 'errno') throw new DeviceError(e.errno ?? nbdErrno.EIO, e.message)
