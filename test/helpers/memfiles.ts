@@ -62,6 +62,12 @@ export class MemFiles implements FileLayer {
     this.files.delete(file)
   }
 
+  async list(dir: string): Promise<string[]> {
+    const names = [...this.files.keys()].filter((k) => path.dirname(k) === dir).map((k) => path.basename(k)).sort()
+    if (names.length === 0) throw errno('ENOENT', dir)
+    return names
+  }
+
   async link(existing: string, newName: string): Promise<void> {
     this.files.set(newName, this.file(existing))
   }
@@ -80,7 +86,7 @@ export class MemFiles implements FileLayer {
     return { cancel: () => undefined }
   }
 
-  freeBytes(): number {
+  freeBytes(_dir?: string): number {
     return 1024 ** 4
   }
 

@@ -284,6 +284,14 @@ export class SimFiles implements FileLayer {
     })
   }
 
+  list(dir: string): Promise<string[]> {
+    return this.op(() => {
+      const names = [...this.disk.ns.keys()].filter((k) => path.dirname(k) === dir).map((k) => path.basename(k)).sort()
+      if (names.length === 0) throw errno('ENOENT', dir)
+      return names
+    })
+  }
+
   link(existing: string, newName: string): Promise<void> {
     return this.op(() => {
       const inode = this.disk.ns.get(existing)

@@ -19,7 +19,8 @@ import {
 
 /** Forwarded vDisk I/O (a non-owner relays NBD requests to the owner). */
 export interface VdiskIoHandler {
-  io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer): Promise<Buffer | undefined>
+  /** `vdiskId`: the id of the vDisk the forwarder's client opened (absent from older forwarders) */
+  io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer, vdiskId?: string): Promise<Buffer | undefined>
   /** move every replica of the vDisk off a node (this CVM owns the vDisk) */
   evacuate(name: string, node: string): Promise<number>
 }
@@ -330,7 +331,7 @@ export class DataServer {
       case ops.egWriteRaw:
         return serveReplicaOp(st, f.code, j, f.data)
       case ops.vdiskIo: {
-        const data = await this.opts.vdisks.io(text(j, 'name'), text(j, 'op'), num(j, 'offset'), num(j, 'length'), { fua: j.fua === true, noHole: j.noHole === true }, f.data)
+        const data = await this.opts.vdisks.io(text(j, 'name'), text(j, 'op'), num(j, 'offset'), num(j, 'length'), { fua: j.fua === true, noHole: j.noHole === true }, f.data, typeof j.id === 'string' ? j.id : undefined)
         return { json: {}, data }
       }
       case ops.bulkTicket:

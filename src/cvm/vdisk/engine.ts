@@ -1,7 +1,7 @@
 import crypto from 'node:crypto'
-import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
+import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../lib/limits.js'
@@ -16,6 +16,7 @@ import type { VdiskIoHandler } from '../replication/server.js'
 import type { VdiskDataHooks } from './service.js'
 import { BlockCipher, unwrapDataKey } from './crypt.js'
 import { EgroupFile } from './egroup.js'
+import { realFiles, type FileLayer } from './fileio.js'
 import { MapWriter } from './mapwriter.js'
 import { loadLayout, vdiskBackend, type EgroupRecord, type MapValue, type OwnerEnv, type VdiskIdentity } from './owner.js'
 import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
@@ -52,7 +53,10 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   private readonly egroupIds: IdAllocator
   private lease: Lease | undefined
   private leaseId = ''
-  private readonly session = crypto.randomBytes(8).toString('hex')
+  /** this CVM's incarnation: the owner key's value is node/session */
+  private readonly session: string
+  private readonly clock: Clock
+  private readonly files: FileLayer
   connectionsOf: (name: string) => number = () => 0
   /** Ask the CVM of `owner` to hand a vDisk over if it is idle there (set by the CVM; FIG. 9B). */
   requestRelease: ((owner: string, name: string) => Promise<boolean>) | undefined
@@ -71,7 +75,16 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     view: PlacementView
     /** the cluster key, which opens the data keys of encrypted vDisks (undefined: none here yet) */
     clusterKey?: () => Buffer | undefined
+    /** time for retries, deadlines and idleness (default: the real one; tests pass a fake) */
+    clock?: Clock
+    /** random bytes, of which the session (default: crypto.randomBytes) */
+    random?: (bytes: number) => Buffer
+    /** the file system under this node's disks, where orphan extent group files are removed (default: the real one) */
+    files?: FileLayer
   }) {
+    this.clock = opts.clock ?? realClock
+    this.files = opts.files ?? realFiles
+    this.session = (opts.random ?? ((n) => crypto.randomBytes(n)))(8).toString('hex')
     this.egroupIds = new IdAllocator(etcd, 'egroup', 64)
     this.env = {
       log: opts.log,
@@ -106,6 +119,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         v = await p
       } catch { continue /* load failed */ }
       // A clean stop keeps what clients wrote without flushing: the data and the allocations.
+      // (a real timer, not this.clock: it must not keep the process alive, and a fake clock must not cut the flush short)
       await Promise.race([v.flush(), new Promise((resolve) => setTimeout(resolve, stopFlushTimeoutMs).unref())])
         .catch((e: unknown) => this.opts.log.warn(`vDisk ${v.name}: flush at stop failed: ${errorMessage(e)}`))
       v.shut('stopping')
@@ -144,17 +158,17 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * its handshake and would otherwise be told the export does not exist.
    */
   async open(name: string): Promise<BlockDevice | undefined> {
-    const deadline = Date.now() + nbdOpenRetryMs
+    const deadline = this.clock.now() + nbdOpenRetryMs
     for (;;) {
       try {
         return await this.openOnce(name)
       } catch (e) {
-        if (e instanceof DeviceError || Date.now() >= deadline) {
+        if (e instanceof DeviceError || this.clock.now() >= deadline) {
           this.opts.log.warn(`NBD open of vDisk ${name} failed: ${errorMessage(e)}`)
           throw e
         }
         this.opts.log.warn(`NBD open of vDisk ${name}: ${errorMessage(e)}; retrying`)
-        await new Promise((resolve) => setTimeout(resolve, openRetryIntervalMs))
+        await this.clock.sleep(openRetryIntervalMs)
       }
     }
   }
@@ -227,19 +241,24 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return { local: false, owner: ownerNode! }
   }
 
-  /** Forwarded I/O arriving on the data port: serve it if this CVM owns (or can own) the vDisk. */
-  async io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer): Promise<Buffer | undefined> {
+  /**
+   * Forwarded I/O arriving on the data port: serve it if this CVM owns (or can own) the vDisk.
+   * `vdiskId` (sent by forwarders that know it): the vDisk the client opened; one of the same
+   * name made after that one was deleted is not it.
+   */
+  async io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer, vdiskId?: string): Promise<Buffer | undefined> {
     // Hot path: a vDisk loaded here is served without asking etcd.
     let v = await this.loadedByName(name)
+    if (v !== undefined && vdiskId !== undefined && v.id !== vdiskId) v = undefined
     if (!v) {
       const id = await this.etcd.get(keys.vdiskName(name)).string()
       const rec = id === null ? undefined : await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
-      if (!rec || rec.state !== 'ready') throw new PeerError('errno', `vDisk ${name} does not exist`, nbdErrno.EINVAL)
+      if (!rec || rec.state !== 'ready' || (vdiskId !== undefined && rec.id !== vdiskId)) throw new PeerError('errno', `vDisk ${name} does not exist`, nbdErrno.EINVAL)
       const t = await this.route(rec)
       if (!t.local) throw new PeerError('not-owner', `vDisk ${name} is owned by ${t.owner}`)
       v = t.vdisk
     }
-    this.lastForwardedIo.set(v.id, Date.now())
+    this.lastForwardedIo.set(v.id, this.clock.now())
     if (offset + length > v.sizeBytes) throw new PeerError('errno', 'request past the end', nbdErrno.EINVAL)
     switch (op) {
       case 'read': return v.read(offset, length)
@@ -261,7 +280,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     if (!v) return { released: true }
     if (this.connectionsOf(name) > 0 || v.connections > 0) return { released: false, reason: `NBD clients of node ${this.opts.nodeName} have it open` }
     const last = this.lastForwardedIo.get(v.id) ?? 0
-    if (Date.now() - last < handoverIdleMs) return { released: false, reason: `forwarded I/O for it arrived ${Date.now() - last} ms ago` }
+    const idleMs = this.clock.now() - last
+    if (idleMs < handoverIdleMs) return { released: false, reason: `forwarded I/O for it arrived ${idleMs} ms ago` }
     await v.flush()
     // from here, nothing new reaches it: it leaves the maps before the owner key goes
     this.loaded.delete(v.id)
@@ -385,13 +405,13 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       const dir = path.join(d.path, egroupDirName)
       let names: string[] = []
       try {
-        names = await fsp.readdir(dir)
+        names = await this.files.list(dir)
       } catch { continue }
       for (const n of names) {
         const m = /^(\d+)\.eg(\.dirty)?$/.exec(n)
         if (!m || known.has(m[1]!)) continue
         this.opts.log.warn(`removing orphan extent group file ${path.join(dir, n)}`)
-        await fsp.rm(path.join(dir, n), { force: true })
+        await this.files.remove(path.join(dir, n))
       }
     }
   }
@@ -436,7 +456,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         } catch (e) {
           // the owner may be the node being drained and going away: retry once ownership moved
           if (attempt >= 3) throw e
-          await new Promise((r) => setTimeout(r, 1000))
+          await this.clock.sleep(1000)
         }
       }
     }
@@ -462,9 +482,9 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
 
   // ---- used by ForwardingDevice ----
 
-  async forward(owner: string, name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
+  async forward(owner: string, rec: Pick<VdiskRecord, 'id' | 'name'>, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
     const peer = await this.opts.peers.get(owner)
-    const f = await peer.request(ops.vdiskIo, { name, op, offset, length, fua: flags.fua, noHole: flags.noHole }, data)
+    const f = await peer.request(ops.vdiskIo, { name: rec.name, id: rec.id, op, offset, length, fua: flags.fua, noHole: flags.noHole }, data)
     return f.data
   }
 
@@ -474,6 +494,11 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
 
   get log(): Logger {
     return this.opts.log
+  }
+
+  /** the engine's clock (ForwardingDevice waits by it) */
+  get time(): Clock {
+    return this.clock
   }
 }
 
@@ -494,21 +519,22 @@ class ForwardingDevice implements BlockDevice {
   }
 
   private async run(op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
-    const deadline = Date.now() + ownerFailoverWaitMs
+    const clock = this.engine.time
+    const deadline = clock.now() + ownerFailoverWaitMs
     for (;;) {
       const t = this.target
       try {
         if (t.local) return (await localOp(t.vdisk, op, offset, length, flags, data)) ?? Buffer.alloc(0)
-        return await this.engine.forward(t.owner, this.name, op, offset, length, flags, data)
+        return await this.engine.forward(t.owner, this.rec, op, offset, length, flags, data)
       } catch (e) {
         if (!(e instanceof PeerError)) throw e
         if (e.kind === 'errno') throw new DeviceError(e.errno ?? nbdErrno.EIO, e.message)
         if (e.kind !== 'unreachable' && e.kind !== 'timeout' && e.kind !== 'not-owner') throw new DeviceError(nbdErrno.EIO, e.message)
-        if (Date.now() > deadline) {
+        if (clock.now() > deadline) {
           this.engine.log.error(`vDisk ${this.name}: owner unreachable and its lease did not expire in ${ownerFailoverWaitMs} ms`)
           throw new DeviceError(nbdErrno.EIO, 'owner unreachable')
         }
-        await new Promise((r) => setTimeout(r, 500))
+        await clock.sleep(500)
         try {
           this.target = await this.engine.route(this.rec)
           if (this.target.local) this.engine.log.warn(`vDisk ${this.name}: owner ${t.local ? 'here' : t.owner} gone; this CVM took ownership`)

@@ -41,6 +41,8 @@ export interface FileLayer {
   touch(file: string): Promise<void>
   /** remove a file; no error when it does not exist */
   remove(file: string): Promise<void>
+  /** the names in a directory (throws when it cannot be read, e.g. it does not exist) */
+  list(dir: string): Promise<string[]>
   link(existing: string, newName: string): Promise<void>
   unlink(file: string): Promise<void>
   /** fsync a directory: entries created, linked or removed in it are durable after this */
@@ -60,6 +62,7 @@ export const realFiles: FileLayer = {
     await fh.close()
   },
   remove: (file) => fsp.rm(file, { force: true }),
+  list: (dir) => fsp.readdir(dir),
   link: (existing, newName) => fsp.link(existing, newName),
   unlink: (file) => fsp.unlink(file),
   syncDir: (dir) => fsyncDir(dir),
