@@ -152,8 +152,8 @@ try {
         const target = await fresh(t, `${job.tag}-${r + 1}`, job.bytes)
         try {
           for (const [pass, res] of [['first', first], ['over', again]]) {
-            spawnSync('sync')
             if (pass === 'first' && sparesSeen[job.name][t]) sparesSeen[job.name][t][r] = await sparesSettled(sparesReady)
+            spawnSync('sync')
             const m0 = cost[job.name][t] ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), 'write', job.unit)
             if (m0) cost[job.name][t][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })

@@ -196,8 +196,8 @@ try {
         const target = await fresh[t](`${job.tag}-${r + 1}`, job.bytes)
         try {
           for (const [pass, res] of [['first', first], ['over', again]]) {
-            settle(job)
             if (t === 'ours' && pass === 'first') sparesSeen[job.name][r] = (await sparesSettled(() => [sparesReady()])).join('+')
+            settle(job)
             const m0 = t === 'ours' ? await etcd() : undefined
             const f = fioFigure(runFio([...target.args, ...onceArgs(job)], work), job.key, job.unit)
             if (m0) cost[job.name][pass].push({ delta: metricsDelta(m0, await settledEtcd(etcd)), bytes: f.bytes })
