@@ -25,6 +25,13 @@ export class MemFiles implements FileLayer {
   private durableNames = new Map<string, MemFile>()
   /** datasyncs still to fail with EIO */
   failDatasyncs = 0
+  /**
+   * Which of the pages it had to write (4 KiB, by file offset) a failing datasync wrote before it
+   * failed, as a power loss during an fsync may leave them too; unset, it wrote none.
+   */
+  tornDatasync: ((position: number) => boolean) | undefined
+  /** datasyncs (and syncs) so far, failed ones too */
+  datasyncs = 0
   /** while set, writeAll calls wait in `held` until released */
   hold = false
   readonly held: Array<{ release: () => void }> = []
@@ -153,8 +160,20 @@ class MemFileIo implements FileIo {
   }
 
   async datasync(): Promise<void> {
+    this.layer.datasyncs++
     if (this.layer.failDatasyncs > 0) {
       this.layer.failDatasyncs--
+      const torn = this.layer.tornDatasync
+      if (torn !== undefined) {
+        // the pages it wrote before it failed
+        const durable = Buffer.alloc(Math.max(this.f.data.length, this.f.durable.length))
+        this.f.durable.copy(durable)
+        for (let at = 0; at < this.f.data.length; at += 4096) {
+          const page = this.f.data.subarray(at, at + 4096)
+          if (!page.equals(durable.subarray(at, at + page.length)) && torn(at)) page.copy(durable, at)
+        }
+        this.f.durable = durable
+      }
       // Linux: the dirty pages it could not write are marked clean and forgotten
       this.f.data = Buffer.from(this.f.durable)
       throw errno('EIO', 'fsync')

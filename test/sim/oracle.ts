@@ -80,8 +80,6 @@ export class Oracle {
   private nextId = 1
   private nextSeq = 1
   private readonly inflight = new Set<WriteRec>()
-  /** writes that failed (or were cut short by a crash): never acknowledged */
-  readonly unacknowledged = new Set<number>()
 
   constructor(readonly size: number) {
     this.segs = [{ start: 0, end: size, cell: { cur: 0, alts: [], base: [0], baseTick: 0, vol: [] } }]
@@ -166,7 +164,6 @@ export class Oracle {
 
   /** the write failed: some replicas or blocks may hold it */
   fail(w: WriteRec, off: number, len: number): void {
-    this.unacknowledged.add(w.id)
     this.inflight.delete(w)
     w.done = ++this.tick
     this.update(off, off + len, (c) => (c.cur === w.id || c.alts.includes(w.id) ? c : { ...c, alts: [...c.alts, w.id] }))
@@ -191,7 +188,6 @@ export class Oracle {
     const t = ++this.tick
     for (const w of this.inflight) {
       w.done = t
-      this.unacknowledged.add(w.id)
     }
     this.inflight.clear()
     this.update(0, this.size, (c) => ({ ...c, cur: undefined, alts: crashSet(c) }))
@@ -243,40 +239,6 @@ export class Oracle {
       }
     }
     return `the ${n} bytes from there match no write at that offset of any vBlock`
-  }
-
-  /**
-   * Does the 4 KiB block holding `at` (in `data`, read at `off`) show an earlier extent's data: a
-   * whole 512-byte sector of some write's bytes for the same place of some vBlock (this one or
-   * another), and every other byte either one it may be, that write's, or zero (what surrounded
-   * that write)? The write and vBlock, or undefined.
-   */
-  earlierExtent(off: number, data: Buffer, at: number, which: (c: Cell) => number[] = readSet): { id: number, vb: number } | undefined {
-    const a = at - (at % 4096)
-    if (a < off || a + 4096 > off + data.length) return undefined
-    const vbs = Math.ceil(this.size / 1048576)
-    let found: { id: number, vb: number } | undefined
-    for (let sct = a; sct < a + 4096 && found === undefined; sct += 512) {
-      const got = data.subarray(sct - off, sct - off + 512)
-      if (this.check(sct, got, which) === undefined) continue
-      for (let id = 1; id < this.nextId && found === undefined; id++) {
-        for (let vb = 0; vb < vbs; vb++) {
-          if (valuesAt(id, vb * 1048576 + (sct % 1048576), 512).equals(got)) {
-            found = { id, vb }
-            break
-          }
-        }
-      }
-    }
-    if (found === undefined) return undefined
-    const base = found.vb * 1048576 - (a - (a % 1048576))
-    for (let x = a; x < a + 4096; x++) {
-      const v = data[x - off]!
-      if (v === 0 || valuesAt(found.id, x + base, 1)[0] === v) continue
-      const ids = which(this.stateAt(x))
-      if (!ids.includes(anyValue) && !ids.some((id) => valuesAt(id, x, 1)[0] === v)) return undefined
-    }
-    return found
   }
 
   /** any value may be in [start, end) from now on, after a crash too, until it is written again */

@@ -71,7 +71,6 @@ class Violation extends Error {
  */
 export const knownFindings = {
   'scrub-accepts-rot': 'the scrub of a dirty extent group after a crash re-checksums a block whose bytes rotted on the disk (it cannot tell rot from a write cut short), so a flushed block comes back with a flipped bit',
-  'stale-block-after-crash': 'after a crash, a block of an unflushed write into a reused slot can read as the data of the extent that had the slot before (its checksum entry reached the disk, its data did not, and the scrub accepts the old bytes), where it should read as before the write or as the write',
 } as const
 export type KnownFinding = keyof typeof knownFindings
 
@@ -600,18 +599,6 @@ class Run {
         const bad = this.oracle.check(off, r.value, crashSet)
         if (bad === undefined) break
         if (this.acceptedRot(off, r.value, bad.at, crashSet, `${why}: ${bad.detail}`)) continue
-        // only where no acknowledged write is durable (never written, trimmed, or written by
-        // writes that failed: the slot's data region may hold anything from before) and an
-        // unflushed write came since: a durable write's bytes are on the disk, and anything
-        // older in their place is a loss
-        const cell = this.oracle.stateAt(bad.at)
-        const stale = cell.vol.length > 0 && cell.base.every((id) => id === 0 || this.oracle.unacknowledged.has(id)) ? this.oracle.earlierExtent(off, r.value, bad.at, crashSet) : undefined
-        if (stale !== undefined) {
-          this.knownHit('stale-block-after-crash', `${why}: ${bad.detail}: the block holds write ${stale.id}'s bytes for vBlock ${stale.vb}`)
-          const a = bad.at - (bad.at % checksumBlockSizeBytes)
-          this.oracle.forget(a, Math.min(this.config.sizeBytes, a + checksumBlockSizeBytes))
-          continue
-        }
         throw new Violation('no acknowledged and flushed write is lost; unflushed data is old or new', `${why}: ${bad.detail}; ${this.oracle.identify(off, r.value, bad.at)}; ${this.rotNote(off, r.value, bad.at, crashSet)}${await this.replicaReport(bad.at)}`)
       }
     }

@@ -19,6 +19,8 @@ function peer() {
   const files = new MemFiles()
   let store = new ReplicaStore({ localDisks: async () => [disk], log: quiet, files })
   let reachable = true
+  /** requests of these ops are done by the peer, and their answers lost */
+  let answersLost = new Set<Op>()
   const requests: Array<{ op: Op, json: Record<string, unknown> }> = []
   const client = {
     request: async (op: Op, json: Record<string, unknown>, data?: Buffer) => {
@@ -26,8 +28,10 @@ function peer() {
       if (!reachable) throw new PeerError('unreachable', 'node n2: connection refused')
       try {
         const r = await serveReplicaOp(store, op, json, data ?? Buffer.alloc(0))
+        if (answersLost.has(op)) throw new PeerError('unreachable', 'node n2: no answer within 10000 ms')
         return { json: r.json, data: r.data ?? Buffer.alloc(0) }
       } catch (e) {
+        if (e instanceof PeerError) throw e
         const body = errorBody(e, quiet)
         throw new PeerError(body.kind, `node n2: ${body.message}`, body.errno)
       }
@@ -41,6 +45,7 @@ function peer() {
     get store() { return store },
     restart: () => { store = new ReplicaStore({ localDisks: async () => [disk], log: quiet, files }) },
     reachable: (on: boolean) => { reachable = on },
+    loseAnswers: (ops: Op[]) => { answersLost = new Set(ops) },
   }
 }
 
@@ -66,6 +71,24 @@ describe('a replica on another node: restarts and unreachable peers', () => {
     await expect(r.sync()).rejects.toThrow(/restarted before 1 change/)
     // and every later operation, reads too: this copy lacks the write
     await expect(r.read(0, 4096, 4096, Buffer.alloc(4096), 0)).rejects.toThrow(/restarted/)
+  })
+
+  it('writes not yet synced when the peer restarted, and the answer to a re-open lost: the replica still fails (it does not trust the copy the peer opened)', async () => {
+    const p = peer()
+    const r = new RemoteReplica('n2', 'd1', '5', '7', p.pool)
+    r.setInUse(() => [0])
+    await r.open([])
+    await r.write(0, 0, block(1))
+    await r.sync()
+    await r.clear(0, 0, 4096)
+    // the peer's CVM dies before the trim is synced; the next request finds the group not open
+    p.restart()
+    p.loseAnswers([3 /* egOpen */])
+    await expect(r.write(0, 8192, block(2))).rejects.toThrow()
+    p.loseAnswers([])
+    // had the peer opened the group meanwhile, a sync would reach a copy that lacks the trim
+    await expect(r.sync()).rejects.toThrow(/restarted before/)
+    await expect(r.read(0, 0, 4096, Buffer.alloc(4096), 0)).rejects.toThrow(/restarted before/)
   })
 
   it('everything synced when the peer restarted: the replica re-opens it and goes on', async () => {

@@ -23,11 +23,20 @@ import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCachedReadMaxByt
  *
  * A block whose entry is not "written" reads as zeros without touching the data region, so a freed
  * slot only needs its entries reset, and stale bytes of an earlier extent are never returned.
- * Data and its checksum entries are written together. A `.dirty` marker beside the file exists (durably)
- * from the first write after a sync until the next sync completes; on open, a marked file is
- * scrubbed: a block whose checksum does not match was being written when the process died, and its
- * bytes (old or new data, or after a power loss torn at sector granularity, as any disk leaves an
- * unflushed write) are accepted.
+ * A write puts its data in the file at once and its checksum entries at the next sync. A `.dirty`
+ * marker beside the file exists (durably) from the first write after a sync until the next sync
+ * completes; on open, a marked file is scrubbed: a block whose checksum does not match was being
+ * written when the process died, and its bytes (old or new data, or after a power loss torn at
+ * sector granularity, as any disk leaves an unflushed write) are accepted.
+ *
+ * That acceptance is safe only where the data region holds bytes the block may read as: its own
+ * earlier data, or zeros where it was unwritten. A block whose entry in the file says unwritten may
+ * hold anything under it (an extent of a freed slot, the block before a trim, data of a write whose
+ * entry never reached the file, a recycled spare's old ciphertext), so a sync whose entries turn such
+ * a block into a written one makes the data durable first (fdatasync), then writes the entries,
+ * then fdatasyncs again (see takeEntries): an entry can then never reach the disk ahead of the data
+ * it vouches for. Overwrites of blocks written in the file, and first writes into a file made here
+ * sparse (its data region is zeros), keep one fdatasync per sync.
  */
 
 export const egroupMagic = Buffer.from('TESSEG01')
@@ -57,7 +66,45 @@ export const egroupFileBytes = dataRegionOffset + extentsPerEgroup * vBlockSizeB
 /** header and checksum entries: zeros in a spare file (spares.ts), so it shows no extent */
 export const egroupZeroPrefixBytes = dataRegionOffset
 const flagWritten = 1
+/** blocks of a file (slot-major, the order of the checksum entries) */
+const blocksPerFile = extentsPerEgroup * entriesPerSlot
 assert(checksumRegionOffset + checksumRegionBytes <= dataRegionOffset, 'egroup checksum region fits before data')
+
+/** one bit per block of a file */
+class BlockBits {
+  private readonly words = new Uint32Array(blocksPerFile / 32)
+
+  has(i: number): boolean {
+    return (this.words[i >>> 5]! & (1 << (i & 31))) !== 0
+  }
+
+  put(i: number, on: boolean): void {
+    if (on) this.words[i >>> 5]! |= 1 << (i & 31)
+    else this.words[i >>> 5]! &= ~(1 << (i & 31))
+  }
+
+  putRange(from: number, count: number, on: boolean): void {
+    for (let i = from; i < from + count; i++) this.put(i, on)
+  }
+
+  fill(on: boolean): this {
+    this.words.fill(on ? 0xffffffff : 0)
+    return this
+  }
+
+  /** clear here every bit set in `other`, and clear `other` */
+  takeFrom(other: BlockBits): void {
+    for (let w = 0; w < this.words.length; w++) {
+      this.words[w]! &= ~other.words[w]!
+      other.words[w] = 0
+    }
+  }
+
+  any(): boolean {
+    for (let w = 0; w < this.words.length; w++) if (this.words[w] !== 0) return true
+    return false
+  }
+}
 
 export class ChecksumError extends Error {
   constructor(readonly egroupId: string, readonly file: string, readonly slot: number, readonly block: number, readonly expected: number, readonly actual: number) {
@@ -152,6 +199,20 @@ export class EgroupFile {
   /** the span of `entries` changed since it was last written to the file (see entriesChanged) */
   private entriesDirty: { from: number, to: number } | undefined
   private entriesWriting: Promise<void> | undefined
+  /**
+   * Blocks whose entry, as the sync that took it last writes it to the file, says written (set when
+   * a sync takes the entries, in the order the syncs write them; cleared where a write of them
+   * failed). A block turning written that is not here needs its data durable before its entry.
+   */
+  private readonly fileWritten = new BlockBits()
+  /**
+   * Blocks whose data region is known to hold zeros or the data of writes made since the entries
+   * were last taken by a sync: only in a file made here sparse, until every block was written. A
+   * first write into such a block needs no ordering (cut short, it reads as zeros, as before it).
+   */
+  private zeroData: BlockBits | undefined
+  /** blocks data was written into since the entries were last taken (they leave zeroData then) */
+  private readonly touched = new BlockBits()
   /** the file opened with O_DIRECT (see writeDirect): undefined until needed, null where it cannot be */
   private direct: FileIo | null | undefined
   private directOpening: Promise<void> | undefined
@@ -203,7 +264,8 @@ export class EgroupFile {
         await fh.close()
         throw e
       }
-      return EgroupFile.born(id, file, fh, version, files)
+      // a spare's data region may be a recycled group's old bytes (spares.ts): not known zeros
+      return EgroupFile.born(id, file, fh, version, files, false)
     }
     const fh = await files.open(file, 'wx+', 0o600)
     try {
@@ -216,18 +278,20 @@ export class EgroupFile {
       await fh.close()
       throw e
     }
-    return EgroupFile.born(id, file, fh, version, files)
+    return EgroupFile.born(id, file, fh, version, files, true)
   }
 
   /**
    * A file just made, with its dirty marker: made with the file (one directory sync for both, off
    * the write path: a vDisk makes its groups ahead of need), so the first write into a new group
    * does not wait for a directory sync of its own. It goes like any marker, a while after the
-   * first sync (the scrub of a group with no extent in use costs nothing).
+   * first sync (the scrub of a group with no extent in use costs nothing). `zeroData`: its data
+   * region is zeros (a sparse file made here).
    */
-  private static born(id: string, file: string, fh: FileIo, version: number, files: FileLayer): EgroupFile {
+  private static born(id: string, file: string, fh: FileIo, version: number, files: FileLayer, zeroData: boolean): EgroupFile {
     const eg = new EgroupFile(id, file, fh, Buffer.alloc(checksumRegionBytes), version, files)
     eg.dirty = true
+    if (zeroData) eg.zeroData = new BlockBits().fill(true)
     return eg
   }
 
@@ -311,6 +375,8 @@ export class EgroupFile {
     }
     await this.fh.sync()
     await this.files.remove(marker)
+    // what the file holds now, durably (the data region under unwritten blocks is not known)
+    for (let i = 0; i < blocksPerFile; i++) this.fileWritten.put(i, (this.entries.readUInt32LE(i * entryBytes + 4) & flagWritten) !== 0)
   }
 
   /**
@@ -375,6 +441,7 @@ export class EgroupFile {
     try {
       if (!this.dirty) await this.markDirty()
       const eo = this.entryOffset(slot, 0)
+      this.touch(slot, 0, vBlockSizeBytes)
       await this.fh.writeAll(data, dataRegionOffset + slot * vBlockSizeBytes)
       // the entries reach the file with the next sync, as a write's do (see clear)
       entries.copy(this.entries, eo)
@@ -452,11 +519,17 @@ export class EgroupFile {
     this.active++
     try {
       if (!this.dirty) await this.markDirty()
+      this.touch(slot, offset, data.length)
       if (data.length <= egroupSyncWriteMaxBytes) this.writeBlocksSync(slot, offset, data)
       else await this.writeBlocks(slot, offset, data)
     } finally {
       this.writeEnded()
     }
+  }
+
+  /** data is about to be written into these blocks: noted before the write (one that fails may leave part of it) */
+  private touch(slot: number, offset: number, length: number): void {
+    if (this.zeroData !== undefined) this.touched.putRange(slot * entriesPerSlot + offset / checksumBlockSizeBytes, length / checksumBlockSizeBytes, true)
   }
 
   private entriesFor(data: Buffer, into: Buffer): Buffer {
@@ -511,25 +584,81 @@ export class EgroupFile {
     this.entriesDirty = d === undefined ? { from, to } : { from: Math.min(d.from, from), to: Math.max(d.to, to) }
   }
 
-  /** write the changed span of the entries (a copy: writes may change them meanwhile) */
+  /**
+   * Write the changed span of the entries (a copy: writes may change them meanwhile), after the
+   * data it vouches for where that must come first (see takeEntries). Spans reach the file in the
+   * order they were taken: an older copy landing after a newer one would undo a trim.
+   */
   private async writeEntries(): Promise<void> {
     // a span taken by an earlier sync must be in the file before this sync's datasync
     while (this.entriesWriting !== undefined) await this.entriesWriting.catch(() => undefined)
-    const d = this.entriesDirty
-    if (d === undefined) return
-    this.entriesDirty = undefined
-    const copy = Buffer.from(this.entries.subarray(d.from, d.to))
-    const writing = this.fh.writeAll(copy, checksumRegionOffset + d.from)
+    // nothing more reaches the file once an fsync failed: the data its entries vouch for may be gone
+    if (this.syncFailed !== undefined) throw this.failedSyncError()
+    const taken = this.takeEntries()
+    if (taken === undefined) return
+    const { from, to, copy, ordered } = taken
+    const writing = (async () => {
+      if (ordered) await this.datasync()
+      await this.fh.writeAll(copy, checksumRegionOffset + from)
+    })()
     this.entriesWriting = writing
     try {
       await writing
     } catch (e) {
-      // still to be written: by the next sync
-      this.entriesChanged(d.from, d.to)
+      // still to be written: by the next sync; what the file holds there is not known now
+      this.entriesChanged(from, to)
+      this.fileWritten.putRange(from / entryBytes, (to - from) / entryBytes, false)
       throw e
     } finally {
       this.entriesWriting = undefined
     }
+  }
+
+  /**
+   * Take the changed span of the entries for a sync to write, and tell whether its data must be
+   * durable before it is written: whether it turns a block written that the file has as unwritten
+   * (and whose data region is not known to be zeros). Such a block's data region may hold another
+   * extent's bytes, or its own from before a trim; were its entry to reach the disk without its
+   * data (a power loss during the fsync, or an fsync that fails half way), the scrub after the
+   * crash would accept those bytes. Blocks written in the file need no ordering: under them is
+   * their own earlier data, which an unflushed overwrite may leave.
+   */
+  private takeEntries(): { from: number, to: number, copy: Buffer, ordered: boolean } | undefined {
+    const d = this.entriesDirty
+    let taken: { from: number, to: number, copy: Buffer, ordered: boolean } | undefined
+    if (d !== undefined) {
+      this.entriesDirty = undefined
+      const copy = Buffer.from(this.entries.subarray(d.from, d.to))
+      let ordered = false
+      for (let at = 0, i = d.from / entryBytes; at < copy.length; at += entryBytes, i++) {
+        const written = (copy.readUInt32LE(at + 4) & flagWritten) !== 0
+        if (written && !this.fileWritten.has(i) && this.zeroData?.has(i) !== true) ordered = true
+        this.fileWritten.put(i, written)
+      }
+      taken = { from: d.from, to: d.to, copy, ordered }
+    }
+    // data written so far is no longer "since the entries were last taken"
+    if (this.zeroData !== undefined) {
+      this.zeroData.takeFrom(this.touched)
+      if (!this.zeroData.any()) this.zeroData = undefined
+    }
+    return taken
+  }
+
+  /** fdatasync; a failure is remembered (see syncFailed), and one beside this one fails it too */
+  private async datasync(): Promise<void> {
+    try {
+      await this.fh.datasync()
+    } catch (e) {
+      this.syncFailed ??= errorMessage(e)
+      throw e
+    }
+    // another sync's fsync failed meanwhile: the pages it dropped may be ones this one covers
+    if (this.syncFailed !== undefined) throw this.failedSyncError()
+  }
+
+  private failedSyncError(): Error {
+    return new Error(`extent group ${this.id} (${this.file}): an earlier fsync failed (${this.syncFailed}); writes since the sync before it may be lost`)
   }
 
   private async writeBlocks(slot: number, offset: number, data: Buffer): Promise<void> {
@@ -642,22 +771,19 @@ export class EgroupFile {
     return this.dirty
   }
 
-  /** Make every write completed before the call durable. */
+  /**
+   * Make every write completed before the call durable: the changed checksum entries are written
+   * and the file fdatasynced; where they make blocks written that the file has as unwritten, the
+   * data is fdatasynced before they are written (see takeEntries).
+   */
   async sync(): Promise<void> {
-    if (this.syncFailed !== undefined) throw new Error(`extent group ${this.id} (${this.file}): an earlier fsync failed (${this.syncFailed}); writes since the sync before it may be lost`)
+    if (this.syncFailed !== undefined) throw this.failedSyncError()
     if (!this.dirty) return
     const gen = this.writeGen
     // Every write counted in syncedGen was complete before a datasync that has finished.
     if (gen !== this.syncedGen) {
       await this.writeEntries()
-      try {
-        await this.fh.datasync()
-      } catch (e) {
-        this.syncFailed ??= errorMessage(e)
-        throw e
-      }
-      // another sync's fsync failed meanwhile: the pages it dropped may be ones this one covers
-      if (this.syncFailed !== undefined) throw new Error(`extent group ${this.id} (${this.file}): an earlier fsync failed (${this.syncFailed}); writes since the sync before it may be lost`)
+      await this.datasync()
       if (gen > this.syncedGen) this.syncedGen = gen
     }
     this.scheduleClean()

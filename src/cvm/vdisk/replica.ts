@@ -118,11 +118,14 @@ export class RemoteReplica implements Replica {
       return await peer.request(op, params, data)
     } catch (e) {
       if (e instanceof PeerError && e.kind === 'not-open') {
-        await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse: this.inUse(), create: false })
+        // Decided before the re-open, not after it: a re-open whose answer is lost (or that times
+        // out after the peer did it) leaves the group open there, and the next call would go
+        // through to a copy that lacks the changes.
         if (this.changes !== this.syncedChanges) {
           this.lost = `node ${this.node} restarted before ${this.changes - this.syncedChanges} change(s) to its replica of extent group ${this.egid} were synced: that copy may lack them`
           throw new PeerError('io', this.lost)
         }
+        await peer.request(ops.egOpen, { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, inUse: this.inUse(), create: false })
         return peer.request(op, params, data)
       }
       throw e
