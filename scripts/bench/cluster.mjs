@@ -140,7 +140,7 @@ try {
   const cost = {} // job -> target -> { first: [{delta, bytes}], over: [...] }
   // spare extent groups (written ahead, src/cvm/vdisk/spares.ts) on each host's disks before our first writes
   const sparesReady = () => info.hosts.map((h) => Number(sh('bash', [th, 'exec', h.name, 'sh', '-c',
-    'ls /var/lib/tess/disks/*/spares 2>/dev/null | grep -c "^spare-.*\\.eg$" || true']).stdout.trim() || 0))
+    'ls /var/lib/tess/disks/*/spares 2>/dev/null | grep -cE "^(spare|zero)-[0-9]+\\.eg$" || true']).stdout.trim() || 0))
   const sparesSeen = {} // job -> target -> [per round: spares per host]
   for (const job of parts.has('first') ? jobs : []) {
     sparesSeen[job.name] = { 'RF 1': [], 'RF 2': [] }

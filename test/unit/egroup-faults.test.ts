@@ -186,12 +186,32 @@ describe('extent group files: a checksum entry never reaches the disk ahead of t
     await fh.writeAll(Buffer.alloc(4 * 4096, 0xcc), dataRegionOffset)
     await fh.datasync()
     await m.syncDir('/mem/disk/spares')
-    const eg = await EgroupFile.create(dir, '23', '3', undefined, spare, m)
+    const eg = await EgroupFile.create(dir, '23', '3', undefined, { file: spare, zeroData: false }, m)
     await eg.write(0, 0, block(0x77))
     failEntriesOnly(m)
     await expect(eg.sync()).rejects.toThrow(/EIO/)
     const again = await reopen(m, '23', [0])
     expect((await readBlock(again, 0, 0)).equals(block(0))).toBe(true)
+  })
+
+  it('a group made from a spare the fill wrote with zeros: one fdatasync per sync, and a first write cut short reads as zeros', async () => {
+    const m = new MemFiles()
+    const spare = '/mem/disk/spares/zero-0.eg'
+    const fh = await m.open(spare, 'wx+')
+    await fh.writeAll(Buffer.alloc(dataRegionOffset + 8 * 4096), 0)
+    await fh.datasync()
+    await m.syncDir('/mem/disk/spares')
+    const eg = await EgroupFile.create(dir, '26', '3', undefined, { file: spare, zeroData: true }, m)
+    const before = m.datasyncs
+    await eg.write(0, 0, block(0x55))
+    await eg.sync()
+    expect(m.datasyncs - before).toBe(1)
+    await eg.write(0, 4096, block(0x66))
+    failEntriesOnly(m)
+    await expect(eg.sync()).rejects.toThrow(/EIO/)
+    const again = await reopen(m, '26', [0])
+    expect((await readBlock(again, 0, 0)).equals(block(0x55))).toBe(true)
+    expect((await readBlock(again, 0, 1)).equals(block(0))).toBe(true)
   })
 
   it('a first write into a new sparse file cut short reads as zeros (its data region is zeros)', async () => {

@@ -58,7 +58,7 @@ describe('spare extent groups (real files)', () => {
     expect(await sp.fillOnce(() => io)).toBe(false) // target reached
     expect(sp.count('d1')).toBe(2)
     const files = fs.readdirSync(path.join(root, spareDirName)).sort()
-    expect(files).toEqual(['spare-0.eg', 'spare-1.eg'])
+    expect(files).toEqual(['zero-0.eg', 'zero-1.eg'])
     for (const f of files) {
       const st = fs.statSync(path.join(root, spareDirName, f))
       expect(st.size).toBe(egroupFileBytes)
@@ -154,7 +154,10 @@ describe('spare extent groups (real files)', () => {
     expect(fs.readdirSync(dir)).toEqual(['spare-4.eg'])
     // the next spare gets a new number
     expect(await fillIdle(sp)).toBe(true)
-    expect(fs.readdirSync(dir).sort()).toEqual(['spare-4.eg', 'spare-6.eg'])
+    expect(fs.readdirSync(dir).sort()).toEqual(['spare-4.eg', 'zero-6.eg'])
+    // a recycled spare (spare-N) is taken as not known zeros, a filled one (zero-N) as zeros
+    expect(await sp.take('d1', root)).toEqual({ file: path.join(dir, 'zero-6.eg'), zeroData: true })
+    expect(await sp.take('d1', root)).toEqual({ file: blank, zeroData: false })
   })
 
   it('gives space back when the file system runs low, and does not fill again until there is room for the reserve', async () => {

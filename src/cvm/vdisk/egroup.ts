@@ -243,13 +243,14 @@ export class EgroupFile {
   /**
    * Create a new, empty extent group file durably (file and directory entry). With `spare` (a file
    * of spares.ts: every block written, header and entries zero), the spare gets the header and is
-   * linked into place, so the file appears under its name only once it is whole.
+   * linked into place, so the file appears under its name only once it is whole. `spare.zeroData`:
+   * its data region is zeros (the fill wrote it), not a recycled group's bytes.
    */
-  static async create(dir: string, id: string, vdiskId: string, version = egroupVersion, spare?: string, files: FileLayer = realFiles): Promise<EgroupFile> {
+  static async create(dir: string, id: string, vdiskId: string, version = egroupVersion, spare?: { file: string, zeroData: boolean }, files: FileLayer = realFiles): Promise<EgroupFile> {
     assert(egroupVersionsKnown.includes(version), `known extent group version ${version}`)
     const file = EgroupFile.fileName(dir, id)
     if (spare !== undefined) {
-      const fh = await files.open(spare, 'r+')
+      const fh = await files.open(spare.file, 'r+')
       try {
         await fh.writeAll(EgroupFile.header(id, vdiskId, version), 0)
         await fh.datasync()
@@ -257,15 +258,15 @@ export class EgroupFile {
         // a link, not a rename: it fails where a file of that name exists. A crash before the
         // unlink leaves the spare's name on this file too: spares.ts drops it at the next start
         // (its header is no longer zero).
-        await files.link(spare, file)
-        await files.unlink(spare)
+        await files.link(spare.file, file)
+        await files.unlink(spare.file)
         await files.syncDir(dir)
       } catch (e) {
         await fh.close()
         throw e
       }
-      // a spare's data region may be a recycled group's old bytes (spares.ts): not known zeros
-      return EgroupFile.born(id, file, fh, version, files, false)
+      // a recycled spare's data region holds a deleted group's old bytes (spares.ts): not known zeros
+      return EgroupFile.born(id, file, fh, version, files, spare.zeroData)
     }
     const fh = await files.open(file, 'wx+', 0o600)
     try {
@@ -286,7 +287,7 @@ export class EgroupFile {
    * the write path: a vDisk makes its groups ahead of need), so the first write into a new group
    * does not wait for a directory sync of its own. It goes like any marker, a while after the
    * first sync (the scrub of a group with no extent in use costs nothing). `zeroData`: its data
-   * region is zeros (a sparse file made here).
+   * region is zeros (a sparse file made here, or a spare the fill wrote with zeros).
    */
   private static born(id: string, file: string, fh: FileIo, version: number, files: FileLayer, zeroData: boolean): EgroupFile {
     const eg = new EgroupFile(id, file, fh, Buffer.alloc(checksumRegionBytes), version, files)

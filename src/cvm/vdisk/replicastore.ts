@@ -54,8 +54,8 @@ export class ReplicaStore {
       try {
         return await EgroupFile.create(dir, egid, vdiskId, undefined, spare, this.files)
       } catch (e) {
-        this.opts.log.warn(`extent group ${egid}: spare ${spare} could not be used (${String(e)}): creating a new file`)
-        await this.files.remove(spare)
+        this.opts.log.warn(`extent group ${egid}: spare ${spare.file} could not be used (${String(e)}): creating a new file`)
+        await this.files.remove(spare.file)
       }
     }
     return EgroupFile.create(dir, egid, vdiskId, undefined, undefined, this.files)

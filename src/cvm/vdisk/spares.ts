@@ -31,9 +31,28 @@ import { egroupFileBytes, egroupZeroPrefixBytes } from './egroup.js'
  * Spares are free space: the disk's free bytes include them (statDisk). Sparse extent groups grow
  * as they are written, so when the file system's own free space falls below
  * spareEgroupReleaseFreeGroups groups, spares are deleted (one per check, at any load) to give it
- * back; the fill starts again only with room for the whole reserve and 4 groups more. A spare is complete only under its final name
- * (`spare-N.eg`); a fill cut short leaves `*.tmp`, removed at the next start.
+ * back; the fill starts again only with room for the whole reserve and 4 groups more. A spare is complete only under its final name;
+ * a fill cut short leaves `*.tmp`, removed at the next start.
+ *
+ * Two names: `zero-N.eg` for a spare the fill wrote (its data region is zeros, durably), and
+ * `spare-N.eg` for a recycled one (its data region holds a deleted group's ciphertext). A group
+ * made from a zero spare knows its data region is zeros (EgroupFile: the first write into one of
+ * its blocks needs no data sync ahead of the checksum entries); a recycled one does not. Files of
+ * either name from before are taken as they are named; nothing else is assumed about them.
  */
+export interface Spare {
+  file: string
+  /** the data region is zeros (written by the fill), not a recycled group's bytes */
+  zeroData: boolean
+}
+
+const spareNamePattern = /^(spare|zero)-(\d+)\.eg$/
+
+/** Whether a spare file's name says its data region is zeros. */
+function isZeroSpare(file: string): boolean {
+  return path.basename(file).startsWith('zero-')
+}
+
 export class SpareEgroups {
   private readonly ready = new Map<string, string[]>()
   private timer: NodeJS.Timeout | undefined
@@ -114,12 +133,12 @@ export class SpareEgroups {
     } catch { /* no spares yet */ }
     for (const n of names) {
       const file = path.join(dir, n)
-      if (!/^spare-\d+\.eg$/.test(n)) {
+      const m = spareNamePattern.exec(n)
+      if (m === null) {
         await fsp.rm(file, { force: true })
         continue
       }
-      const m = /^spare-(\d+)\.eg$/.exec(n)
-      this.seq = Math.max(this.seq, Number(m![1]) + 1)
+      this.seq = Math.max(this.seq, Number(m[2]) + 1)
       try {
         const st = await fsp.stat(file)
         if (st.size !== egroupFileBytes || !(await zeroPrefix(file))) {
@@ -141,8 +160,9 @@ export class SpareEgroups {
   }
 
   /** A spare file of the disk for a new extent group to take (it leaves the reserve), or undefined. */
-  async take(diskId: string, diskPath: string): Promise<string | undefined> {
-    return (await this.loadDisk(diskId, diskPath)).pop()
+  async take(diskId: string, diskPath: string): Promise<Spare | undefined> {
+    const file = (await this.loadDisk(diskId, diskPath)).pop()
+    return file === undefined ? undefined : { file, zeroData: isZeroSpare(file) }
   }
 
   /**
@@ -238,7 +258,7 @@ export class SpareEgroups {
       const list = await this.loadDisk(best.id, best.path)
       const dir = SpareEgroups.dir(best.path)
       await fsp.mkdir(dir, { recursive: true, mode: 0o700 })
-      const name = `spare-${this.seq++}.eg`
+      const name = `zero-${this.seq++}.eg`
       const tmp = path.join(dir, `${name}.tmp`)
       await writeZeros(tmp, () => ioCount() !== io || this.stopped)
       const file = path.join(dir, name)
