@@ -191,6 +191,8 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     ...containerNodeOps(agent),
     ...keyNodeOps(keeper),
     'vdisk.release': async ({ name }) => engine.releaseIfIdle(name),
+    'vdisk.clients': async ({ name }) => ({ connections: engine.connections(name) }),
+    'vdisk.deleted': async ({ id }) => ({ shut: await engine.shutDeleted(id) }),
   }
   const call = nodeCaller({
     self: cfg.nodeName,
@@ -202,6 +204,8 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
       return { endpoint: `https://${host}:${rec.apiPort}`, ca: creds.ca, cert: creds.cert, key: creds.key, what: `the CVM of node ${nodeName}` }
     },
   })
+  // a delete asks the other nodes for their NBD clients of the vDisk and tells them it is gone
+  vdisks.others = { upNodes: parts.otherUpNodes, call }
   // the owner moves with the I/O: an idle owner elsewhere is asked to hand a vDisk over
   engine.requestRelease = async (owner, name) => (await call(owner, 'vdisk.release', { name }, 10_000)).released
   const containers = containerControl({

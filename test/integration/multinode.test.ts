@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -188,6 +189,41 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     const logs = await Promise.all([0, 1, 2].map(async (i) => (await th.exec(th.hosts[i]!, ['sh', '-c', 'cat /var/lib/tess/logs/cvm.log'])).stdout))
     expect(logs[0]).toMatch(/data port: bulk connection to node \S+ .* is up/)
     for (const l of logs) expect(l).not.toMatch(/no bulk connection|checksum mismatch/)
+  })
+
+  it('refuses to delete a vDisk through host 1 while an NBD client is connected through host 2; deletes it once the client is gone', async () => {
+    expect((await tess(['vdisk', 'create', 'held', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    const script = [
+      'import nbd, sys',
+      'h = nbd.NBD()',
+      'h.connect_uri(sys.argv[1])',
+      'h.pwrite(b"x" * 1048576, 0)',
+      'h.flush()',
+      'print("ready", flush=True)',
+      'sys.stdin.read()',
+    ].join('\n')
+    const child = spawn('/usr/bin/python3', ['-c', script, uri(1, 'held')], { stdio: ['pipe', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => { out += d })
+    child.stderr.on('data', (d) => { err += d })
+    const exited = new Promise<void>((resolve) => child.on('close', () => resolve()))
+    try {
+      await waitFor('the client connected through host 2', () => (out.includes('ready') ? true : undefined), 60_000, 20).catch((e: unknown) => {
+        throw new Error(`${String(e)}: ${err}`)
+      })
+      const d = await tess(['vdisk', 'delete', 'held', '--yes', '--json'])
+      expect(d.code, d.stdout + d.stderr).toBe(4)
+      expect(d.json.error.code).toBe('TESS_E_CONFLICT')
+      expect(d.json.error.message).toContain(`through node ${th.hosts[1]!.name}`)
+      expect((await tess(['vdisk', 'show', 'held', '--json'])).code).toBe(0)
+    } finally {
+      child.stdin.end()
+      await exited
+    }
+    // the client is gone: the delete goes through (its disconnect is seen by host 2 at once or soon after)
+    await waitFor('the delete once the client left', async () => ((await tess(['vdisk', 'delete', 'held', '--yes', '--json'])).code === 0 ? true : undefined), 30_000, 500)
+    expect((await tess(['vdisk', 'show', 'held', '--json'])).code).toBe(3)
   })
 
   it('repairs a corrupt replica from a good one on read', async () => {

@@ -125,7 +125,10 @@ const state = { containers: true, images: true }
 const { agent, seen } = fakeAgent(csm, state)
 const unlocked: string[] = []
 const keeper = { unlock: async (k: Buffer) => { unlocked.push(k.toString('base64')) }, current: Buffer.alloc(32, 7) } as unknown as KeyKeeper
-const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keeper), 'vdisk.release': async ({ name }) => ({ released: name === 'idle' }) }
+const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keeper), 'vdisk.release': async ({ name }) => ({ released: name === 'idle' }),
+  'vdisk.clients': async ({ name }) => ({ connections: name === 'busy' ? 2 : 0 }),
+  'vdisk.deleted': async ({ id }) => ({ shut: id === '7' }),
+}
 let target: JsonTarget
 let call: NodeCall
 
@@ -172,6 +175,8 @@ describe('node operations over the real route', () => {
     expect((await call('n2', 'stats', {}))[0]!.csm.containers).toBe(1)
     expect((await call('n2', 'image.remove', { ref: 'x:old' })).removed).toBe(true)
     expect((await call('n2', 'vdisk.release', { name: 'idle' })).released).toBe(true)
+    expect((await call('n2', 'vdisk.clients', { name: 'busy' })).connections).toBe(2)
+    expect((await call('n2', 'vdisk.deleted', { id: '7' })).shut).toBe(true)
     expect(await call('n2', 'keys.get', {})).toEqual({ key: Buffer.alloc(32, 7).toString('base64') })
     expect(await call('n2', 'keys.unlock', { key: 'a2V5' })).toEqual({ unlocked: true })
     expect(unlocked).toEqual(['a2V5'])
@@ -196,6 +201,9 @@ describe('node operations over the real route', () => {
       ['csm.remove', { name: 'web', force: 'yes' }, 'TESS_E_BAD_REQUEST', /field "force" must be true or false/],
       ['image.pull', { ref: 'x'.repeat(5000) }, 'TESS_E_INVALID', /field "ref" is 5000 characters long/],
       ['vdisk.release', { name: 'A B' }, 'TESS_E_INVALID', /invalid vDisk name/],
+      ['vdisk.clients', { name: '../x' }, 'TESS_E_INVALID', /invalid vDisk name/],
+      ['vdisk.deleted', { id: '1/../2' }, 'TESS_E_BAD_REQUEST', /bad vDisk id/],
+      ['vdisk.deleted', { id: 7 }, 'TESS_E_BAD_REQUEST', /field "id" must be a string/],
       ['keys.unlock', { key: 'not base64!' }, 'TESS_E_INVALID', /the cluster key must be base64/],
     ]
     for (const [op, body, code, message] of cases) {

@@ -10,6 +10,7 @@ import { VdiskEngine, ownerFailoverWaitMs, type EgroupRecord } from '../../src/c
 import { PlacementView, readViewRecords, viewKinds } from '../../src/cvm/vdisk/placement.js'
 import { ReplicaStore } from '../../src/cvm/vdisk/replicastore.js'
 import { VdiskService } from '../../src/cvm/vdisk/service.js'
+import type { NodeCall } from '../../src/lib/rpc/node-ops.js'
 import { TessError } from '../../src/lib/errors.js'
 import { keys } from '../../src/lib/etcd.js'
 import { nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../src/lib/limits.js'
@@ -153,11 +154,21 @@ class Cluster {
 
   service(name: string): VdiskService {
     const n = this.node(name)
-    return new VdiskService(n.etcd, {
+    const svc = new VdiskService(n.etcd, {
       nbdAddress: '10.0.0.1', nbdPort: 10809, keys: { current: this.keyOn.has(name) ? this.clusterKey : undefined },
       pool: async () => ({ capacityBytes: 4 * this.poolFreeBytes, usedBytes: 0, freeBytes: this.poolFreeBytes, disks: [] }),
       data: n.engine,
     })
+    // the node operations a delete calls, served by the other nodes' engines as main.ts wires them
+    const call = (async (to: string, op: string, req: { name?: string, id?: string }) => {
+      const target = this.nodes.get(to)
+      if (!target?.up || this.cut.has(`${name}>${to}`)) throw new TessError('TESS_E_UNREACHABLE', `the CVM of node ${to} does not answer`, 'check the node')
+      if (op === 'vdisk.clients') return { connections: target.engine.connections(req.name!) }
+      if (op === 'vdisk.deleted') return { shut: await target.engine.shutDeleted(req.id!) }
+      throw new Error(`node operation ${op} is not served in this test`)
+    }) as unknown as NodeCall
+    svc.others = { upNodes: () => [...this.nodes.keys()].filter((x) => x !== name && this.nodes.get(x)!.up), call }
+    return svc
   }
 
   /** the records of a vDisk's extent groups */
@@ -314,7 +325,7 @@ describe('VdiskEngine with VdiskService: create, list, resize, delete', () => {
     expect(egs.length).toBeGreaterThan(0)
     expect(c.etcd.keys(keys.vdiskMapPrefix(id))).toHaveLength(2)
     for (const eg of egs) for (const r of eg.replicas) expect(c.node(r.node).files.exists(c.fileOf(r.node, r.diskId, eg.id))).toBe(true)
-    // through the owner's control plane (a delete through another CVM leaves the owner's loaded copy alone)
+    // through the owner's control plane
     await c.service('n1').delete('vd', false)
     for (const n of ['n1', 'n2', 'n3']) expect(c.egroupFiles(n)).toEqual([])
     for (const prefix of [keys.egroupsOf(id), keys.vdiskMapPrefix(id), keys.vdiskOwner(id), keys.vdisk(id), keys.vdiskName('vd')]) expect(c.etcd.keys(prefix)).toEqual([])
@@ -355,6 +366,28 @@ describe('VdiskEngine with VdiskService: create, list, resize, delete', () => {
     expect(await c.node('n2').engine.open('vd')).toBeUndefined()
     expect(await c.service('n1').finishDeletes()).toBe(1)
     for (const prefix of [keys.egroupsOf(id), keys.vdiskMapPrefix(id), keys.vdiskOwner(id), keys.vdisk(id)]) expect(c.etcd.keys(prefix)).toEqual([])
+  })
+
+  it('delete through another node counts the NBD clients of every node and shuts the owner\'s copy', async () => {
+    const { c, id } = await cluster3(2)
+    const dev = await openDev(c.node('n2')) // n2 owns it: a client connected through n2
+    await dev.write(0, pattern(3), true)
+    c.node('n2').engine.connectionsOf = (name) => (name === 'vd' ? 1 : 0)
+    const refused: unknown = await c.service('n1').delete('vd', false).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(TessError)
+    expect([(refused as TessError).code, (refused as TessError).message]).toEqual(['TESS_E_CONFLICT', 'cannot delete vDisk "vd": 1 NBD connection is open (1 through node n2)'])
+    expect(c.etcd.json<VdiskRecord>(keys.vdisk(id))!.state).toBe('ready')
+    // a node that is up but does not answer: its clients are not known
+    c.node('n2').engine.connectionsOf = () => 0
+    c.cut.add('n1>n3')
+    expect(await codeOf(c.service('n1').delete('vd', false))).toBe('TESS_E_UNREACHABLE')
+    expect(c.etcd.json<VdiskRecord>(keys.vdisk(id))!.state).toBe('ready')
+    c.cut.delete('n1>n3')
+    await c.service('n1').delete('vd', false)
+    expect(c.etcd.keys(keys.vdisk(id))).toEqual([])
+    for (const n of ['n1', 'n2', 'n3']) expect(c.egroupFiles(n)).toEqual([])
+    // the owner on n2 was told: its client gets ESHUTDOWN, not errors from files gone under it
+    expect((await errnoOf(dev.read(0, 4096))).errno).toBe(nbdErrno.ESHUTDOWN)
   })
 
   it('delete refuses while NBD clients have the vDisk open, unless forced', async () => {

@@ -304,6 +304,17 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     if (p) void p.then((v) => { v.sizeBytes = rec.sizeBytes }).catch(() => undefined) // a vDisk that failed to load has no size to change
   }
 
+  /** A vDisk deleted through another CVM: shut it here if it is loaded (this CVM owned it). */
+  async shutDeleted(id: string): Promise<boolean> {
+    const p = this.loaded.get(id)
+    if (!p) return false
+    this.loaded.delete(id)
+    try {
+      (await p).shut('deleted')
+    } catch { /* its load had failed: nothing to shut */ }
+    return true
+  }
+
   async destroy(rec: VdiskRecord): Promise<void> {
     const p = this.loaded.get(rec.id)
     this.loaded.delete(rec.id)

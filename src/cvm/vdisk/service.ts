@@ -4,6 +4,8 @@ import { TessError } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { rfMax, vBlockSizeBytes, vdiskSizeMaxBytes, vdiskSizeMinBytes } from '../../lib/limits.js'
 import { checkName } from '../../lib/names.js'
+import { errorMessage } from '../../lib/errors.js'
+import type { NodeCall } from '../../lib/rpc/node-ops.js'
 import { formatBytes } from '../../lib/units.js'
 import type { NodeRecord, PoolInfo, VdiskInfo, VdiskRecord } from '../../lib/types.js'
 import { dataKeyBytes, wrapDataKey } from './crypt.js'
@@ -33,9 +35,18 @@ export function checkSize(sizeBytes: number): void {
   }
 }
 
+/** how long a delete waits for another node's CVM to say how many NBD clients it has, or to shut the vDisk */
+export const vdiskDeleteNodeCallMs = 5_000
+
 /** vDisk control plane: records in etcd, names unique, ids from the etcd counter. */
 export class VdiskService {
   private readonly ids: IdAllocator
+  /**
+   * The other CVMs, once node operations can be called (the CVM sets it when it starts its node
+   * operations): a delete asks each node that is up for its NBD clients of the vDisk, and tells
+   * them it is gone. Unset (tests of one node): this node only.
+   */
+  others: { upNodes: () => string[], call: NodeCall } | undefined
 
   constructor(private readonly etcd: Etcd3, private readonly opts: {
     nbdAddress: string
@@ -153,10 +164,7 @@ export class VdiskService {
 
   async delete(name: string, force: boolean): Promise<VdiskInfo> {
     const rec = await this.get(name)
-    const conns = this.opts.data.connections(name)
-    if (conns > 0 && !force) {
-      throw new TessError('TESS_E_CONFLICT', `cannot delete vDisk "${name}": ${conns} NBD connection${conns === 1 ? ' is' : 's are'} open`, 'disconnect the clients, or pass --force')
-    }
+    if (!force) await this.refuseWhileOpen(name)
     const info = await this.info(rec)
     // Mark it deleting and free the name in one transaction; the data goes next. A crash in
     // between leaves a 'deleting' record that finishDeletes() completes on the next start.
@@ -164,8 +172,43 @@ export class VdiskService {
     const res = await etcdCall('delete the vDisk', () => this.etcd.if(keys.vdisk(rec.id), 'Value', '==', JSON.stringify(rec))
       .then(this.etcd.put(keys.vdisk(rec.id)).value(JSON.stringify(dying)), this.etcd.delete().key(keys.vdiskName(name))).commit())
     if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `cannot delete vDisk "${name}": it changed meanwhile`, 'retry the command')
+    await this.tellOthersDeleted(dying)
     await this.finishDelete(dying)
     return info
+  }
+
+  /**
+   * Refuse a delete while NBD clients have the vDisk open on any node: this one, and every other
+   * node that is up (a client connected through another node is that node's). A node that is up
+   * but does not answer refuses it too: its clients are not known.
+   */
+  private async refuseWhileOpen(name: string): Promise<void> {
+    const open: Array<{ node: string | undefined, n: number }> = [{ node: undefined, n: this.opts.data.connections(name) }]
+    const others = this.others
+    if (others) {
+      await Promise.all(others.upNodes().map(async (node) => {
+        try {
+          open.push({ node, n: (await others.call(node, 'vdisk.clients', { name }, vdiskDeleteNodeCallMs)).connections })
+        } catch (e) {
+          throw new TessError('TESS_E_UNREACHABLE', `cannot delete vDisk "${name}": node ${node} did not say whether NBD clients have it open: ${errorMessage(e)}`,
+            'retry when the node answers, or pass --force (its clients of this vDisk then get errors)')
+        }
+      }))
+    }
+    const total = open.reduce((a, o) => a + o.n, 0)
+    if (total === 0) return
+    const where = open.filter((o) => o.n > 0 && o.node !== undefined).map((o) => `${o.n} through node ${o.node}`)
+    throw new TessError('TESS_E_CONFLICT', `cannot delete vDisk "${name}": ${total} NBD connection${total === 1 ? ' is' : 's are'} open${where.length > 0 ? ` (${where.join(', ')})` : ''}`,
+      'disconnect the clients, or pass --force')
+  }
+
+  /** Tell the other nodes that are up that the vDisk is gone: its owner, if another node, shuts it (best effort). */
+  private async tellOthersDeleted(rec: VdiskRecord): Promise<void> {
+    const others = this.others
+    if (!others) return
+    // best effort: a node not told keeps its loaded copy until it restarts or loses the owner key,
+    // and its clients get I/O errors once the files are gone (the delete itself must go on)
+    await Promise.all(others.upNodes().map((node) => others.call(node, 'vdisk.deleted', { id: rec.id }, vdiskDeleteNodeCallMs).catch(() => undefined)))
   }
 
   private async finishDelete(rec: VdiskRecord): Promise<void> {

@@ -59,6 +59,10 @@ export interface NodeOps {
   'container.logs': { req: ContainerRef & { offset?: number, tail?: number }, res: CsmLogAnswer }
   'stats': { req: { csm?: string }, res: NamedCsmStats[] }
   'vdisk.release': { req: { name: string }, res: { released: boolean, reason?: string } }
+  /** NBD connections this node's clients have open to a vDisk (a delete asks every node) */
+  'vdisk.clients': { req: { name: string }, res: { connections: number } }
+  /** a vDisk was deleted: a node that has it loaded (its owner) shuts it, so its clients get ESHUTDOWN */
+  'vdisk.deleted': { req: { id: string }, res: { shut: boolean } }
   'keys.unlock': { req: { key: string }, res: { unlocked: boolean } }
   'keys.get': { req: Empty, res: { key: string | null } }
 }
@@ -122,6 +126,12 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
   },
   'stats': (b) => (b.csm !== undefined && b.csm !== null ? { csm: csmField(b) } : {}),
   'vdisk.release': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
+  'vdisk.clients': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
+  'vdisk.deleted': (b) => {
+    const id = strMax(b, 'id', 20)!
+    if (!/^[1-9][0-9]*$/.test(id)) throw new TessError('TESS_E_BAD_REQUEST', `bad vDisk id ${shown(id, 40)}`, 'a vDisk id is a whole number')
+    return { id }
+  },
   'keys.unlock': (b) => ({ key: clusterKeyField(b) }),
   'keys.get': empty,
 }

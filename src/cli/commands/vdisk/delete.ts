@@ -7,7 +7,7 @@ import type { VdiskInfo } from '../../../lib/types.js'
 
 export default class VdiskDelete extends TessCommand<VdiskInfo> {
   static override summary = 'Delete a vDisk and free its space'
-  static override description = 'All data of the vDisk is deleted and its extents return to the pool. Refuses while NBD clients are connected unless --force. Asks first on a terminal; --yes skips the question.'
+  static override description = 'All data of the vDisk is deleted and its extents return to the pool. Refuses while NBD clients are connected through any node, or while a node that is up does not say whether it has any, unless --force. Asks first on a terminal; --yes skips the question.'
   static override aliases = ['vdisk:rm']
   static override examples = ['<%= config.bin %> <%= command.id %> db1 --yes', '<%= config.bin %> <%= command.id %> db1 --yes --force --json']
   static override args = {
