@@ -154,5 +154,15 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     // node 1 still runs containers
     expect((await ok(['container', 'run', image, '--name', 'local1', '--csm', 'near', '--', 'busybox', 'sleep', '100'])).node).toBe(node1)
     await ok(['container', 'remove', 'local1', '--force', '--yes'])
+
+    // the lost node cannot be removed while it has a CSM (its containers would be left on a node
+    // that is gone); once the CSM is deleted (marked: the node is down), the removal takes it along
+    const refusedRemove = await tess(['host', 'remove', node2, '--yes', '--json'])
+    expect(refusedRemove.code, refusedRemove.stdout + refusedRemove.stderr).toBe(4)
+    expect(refusedRemove.json.error.message).toBe(`cannot remove host "${node2}": it runs CSM(s) far`)
+    expect((await ok(['csm', 'delete', 'far', '--force', '--yes'])).node).toBe(node2)
+    const removed = await ok(['host', 'remove', node2, '--yes'])
+    expect(removed.node).toBe(node2)
+    expect((await tess(['csm', 'show', 'far', '--json'])).code).toBe(3)
   })
 })

@@ -9,6 +9,7 @@ import type { VdiskEngine } from '../vdisk/engine.js'
 import type { PlacementView } from '../vdisk/placement.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import type { DiskRecord, NodeRecord } from '../../lib/types.js'
+import type { CsmRecord } from '../control/records.js'
 import type { Etcd3 } from 'etcd3'
 import { bodyObject, bool, int, queryInt, str, type ApiServer } from '../../lib/http-server.js'
 import { checkName } from '../../lib/names.js'
@@ -118,9 +119,29 @@ function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
   // Host removal, step 1: no new extent group lands on the node, and every replica it holds is
   // copied elsewhere by the owners of the vDisks. Runs as a job on this CVM; GET shows its progress.
   const evacuations = new Map<string, EvacuationJob>()
+  /**
+   * A node's CSMs: refused while it has any that are not being deleted (their containers would
+   * be left on a node that is gone); the ones being deleted, which the node finishes when it is
+   * back, go with the node.
+   */
+  const csmsOf = async (name: string): Promise<{ live: string[], deleting: string[] }> => {
+    const csms = (await etcdCall('list CSMs', () => listJson<CsmRecord>(s.etcd, keys.csmsPrefix))).filter((c) => c.node === name)
+    return { live: csms.filter((c) => c.deleting !== true).map((c) => c.name).sort(), deleting: csms.filter((c) => c.deleting === true).map((c) => c.name) }
+  }
+  const refuseWithCsms = async (name: string): Promise<string[]> => {
+    const { live, deleting } = await csmsOf(name)
+    if (live.length > 0) {
+      throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it runs CSM(s) ${live.join(', ')}`,
+        `delete them first (\`tess csm delete NAME --force\` removes their containers; \`tess container move\` moves a container with its volumes to a CSM on another node)`)
+    }
+    return deleting
+  }
+
   api.route('POST', '/v1/nodes/:name/evacuate', async (req) => {
     const name = req.params.name!
     const rec = await nodeRecord(name)
+    // the data is moved only for a host that can then be removed
+    await refuseWithCsms(name)
     const running = evacuations.get(name)
     if (running && running.state === 'running') return running
     await etcdCall('mark the node draining', () => s.etcd.put(keys.node(name)).value(JSON.stringify({ ...rec, draining: true })))
@@ -149,13 +170,15 @@ function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
   api.route('DELETE', '/v1/nodes/:name', async (req) => {
     const name = req.params.name!
     const rec = await nodeRecord(name)
+    const deletingCsms = await refuseWithCsms(name)
     const only = await s.engine.onlyCopiesOn(name)
     if (only.length > 0) {
       throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it holds the only healthy copy of data of vDisk(s) ${only.join(', ')}`, `run \`tess host remove ${name} --evacuate\` to copy the data elsewhere first`)
     }
     const disks = (await etcdCall('list disks', () => listJson<DiskRecord>(s.etcd, keys.disksPrefix))).filter((d) => d.node === name)
     await etcdCall('remove the node', () => s.etcd.if(keys.node(name), 'Create', '>', 0)
-      .then(...disks.map((d) => s.etcd.delete().key(keys.disk(d.id))), s.etcd.delete().key(keys.node(name)), s.etcd.delete().key(keys.nodeStatus(name))).commit())
+      .then(...disks.map((d) => s.etcd.delete().key(keys.disk(d.id))), ...deletingCsms.map((c) => s.etcd.delete().key(keys.csm(c))),
+        s.etcd.delete().key(keys.node(name)), s.etcd.delete().key(keys.nodeStatus(name))).commit())
     return { node: name, address: rec.address, disksRemoved: disks.map((d) => d.path) }
   })
 }

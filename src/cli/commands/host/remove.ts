@@ -19,7 +19,7 @@ export interface HostRemoved {
 
 export default class HostRemove extends TessCommand<HostRemoved> {
   static override summary = 'Remove a host from the cluster'
-  static override description = `Refuses while the host holds the only healthy copy of any data. With --evacuate, first marks the host draining (no new data lands there) and has the owner of every vDisk copy each extent group the host holds to another node, then removes it.
+  static override description = `Refuses while the host holds the only healthy copy of any data, or runs CSMs (delete them first with \`tess csm delete NAME --force\`, or move their containers to CSMs on other nodes with \`tess container move\`; the CSMs of a host that is down, once deleted, go with it). With --evacuate, first marks the host draining (no new data lands there) and has the owner of every vDisk copy each extent group the host holds to another node, then removes it.
 
 A host running an etcd member leaves etcd too (refused while the members left would not have a quorum of live ones; an even member count is left as it is). Then the host's daemons are stopped and its data removed over SSH (an unreachable host is only forgotten), and the node and its disks are removed from the cluster. Asks first on a terminal; --yes skips the question.`
   static override aliases = ['host:rm']
