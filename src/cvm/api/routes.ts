@@ -108,6 +108,21 @@ function registerDiskRoutes(api: ApiServer, s: RouteServices): void {
   api.route('GET', '/v1/storage-pool', async () => s.disks.pool())
 }
 
+/**
+ * Host removal is refused while the node runs CSMs that are not being deleted (their containers
+ * would be left on a node that is gone). Returns the ones being deleted (a node that is down
+ * finishes their delete when it is back): they go with the node.
+ */
+async function refuseWithCsms(etcd: Etcd3, name: string): Promise<string[]> {
+  const csms = (await etcdCall('list CSMs', () => listJson<CsmRecord>(etcd, keys.csmsPrefix))).filter((c) => c.node === name)
+  const live = csms.filter((c) => c.deleting !== true).map((c) => c.name).sort()
+  if (live.length > 0) {
+    throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it runs CSM(s) ${live.join(', ')}`,
+      'delete them first (`tess csm delete NAME --force` removes their containers; `tess container move` moves a container with its volumes to a CSM on another node)')
+  }
+  return csms.filter((c) => c.deleting === true).map((c) => c.name)
+}
+
 /** host removal: evacuation of a node's replicas, then forgetting the node */
 function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
   const nodeRecord = async (name: string): Promise<NodeRecord> => {
@@ -119,29 +134,11 @@ function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
   // Host removal, step 1: no new extent group lands on the node, and every replica it holds is
   // copied elsewhere by the owners of the vDisks. Runs as a job on this CVM; GET shows its progress.
   const evacuations = new Map<string, EvacuationJob>()
-  /**
-   * A node's CSMs: refused while it has any that are not being deleted (their containers would
-   * be left on a node that is gone); the ones being deleted, which the node finishes when it is
-   * back, go with the node.
-   */
-  const csmsOf = async (name: string): Promise<{ live: string[], deleting: string[] }> => {
-    const csms = (await etcdCall('list CSMs', () => listJson<CsmRecord>(s.etcd, keys.csmsPrefix))).filter((c) => c.node === name)
-    return { live: csms.filter((c) => c.deleting !== true).map((c) => c.name).sort(), deleting: csms.filter((c) => c.deleting === true).map((c) => c.name) }
-  }
-  const refuseWithCsms = async (name: string): Promise<string[]> => {
-    const { live, deleting } = await csmsOf(name)
-    if (live.length > 0) {
-      throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it runs CSM(s) ${live.join(', ')}`,
-        `delete them first (\`tess csm delete NAME --force\` removes their containers; \`tess container move\` moves a container with its volumes to a CSM on another node)`)
-    }
-    return deleting
-  }
-
   api.route('POST', '/v1/nodes/:name/evacuate', async (req) => {
     const name = req.params.name!
     const rec = await nodeRecord(name)
     // the data is moved only for a host that can then be removed
-    await refuseWithCsms(name)
+    await refuseWithCsms(s.etcd, name)
     const running = evacuations.get(name)
     if (running && running.state === 'running') return running
     await etcdCall('mark the node draining', () => s.etcd.put(keys.node(name)).value(JSON.stringify({ ...rec, draining: true })))
@@ -170,7 +167,7 @@ function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
   api.route('DELETE', '/v1/nodes/:name', async (req) => {
     const name = req.params.name!
     const rec = await nodeRecord(name)
-    const deletingCsms = await refuseWithCsms(name)
+    const deletingCsms = await refuseWithCsms(s.etcd, name)
     const only = await s.engine.onlyCopiesOn(name)
     if (only.length > 0) {
       throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it holds the only healthy copy of data of vDisk(s) ${only.join(', ')}`, `run \`tess host remove ${name} --evacuate\` to copy the data elsewhere first`)
