@@ -19,9 +19,27 @@ export function keyValue(pairs: Array<[string, string | number | boolean | null 
 /** A spinner needs a terminal this wide: at 0 columns (some CI runners, serial consoles) ora's redraw never ends. */
 export const spinnerColumnsMin = 20
 
-/** Whether a spinner may draw: enabled, both stdout and stderr are terminals, stderr reports a usable width. */
-export function spinnerAllowed(enabled: boolean, out: { isTTY?: boolean } = process.stdout, err: { isTTY?: boolean, columns?: number } = process.stderr): boolean {
-  return enabled && out.isTTY === true && err.isTTY === true && (err.columns ?? 0) >= spinnerColumnsMin
+/** `--no-progress` was given (TessCommand sets it before the command runs). */
+let progressOff = false
+export function setProgressOff(off: boolean): void {
+  progressOff = off
+}
+
+/**
+ * Whether progress is turned off by the environment: `TERM=dumb` (no cursor movement), or `CI`
+ * set to anything but "false" or "0" (CI logs keep every redraw as a line).
+ */
+export function progressOffByEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  const ci = env.CI
+  return env.TERM === 'dumb' || (ci !== undefined && ci !== '' && ci !== 'false' && ci !== '0')
+}
+
+/**
+ * Whether a spinner may draw: enabled, not turned off (`--no-progress`, `TERM=dumb`, `CI`), both
+ * stdout and stderr are terminals, stderr reports a usable width.
+ */
+export function spinnerAllowed(enabled: boolean, out: { isTTY?: boolean } = process.stdout, err: { isTTY?: boolean, columns?: number } = process.stderr, env: NodeJS.ProcessEnv = process.env): boolean {
+  return enabled && !progressOff && !progressOffByEnv(env) && out.isTTY === true && err.isTTY === true && (err.columns ?? 0) >= spinnerColumnsMin
 }
 
 /**

@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-import { spinnerAllowed, spinnerColumnsMin } from '../../src/cli/output.js'
+import { setProgressOff, spinnerAllowed, spinnerColumnsMin } from '../../src/cli/output.js'
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
@@ -18,6 +18,23 @@ describe('spinner', () => {
     expect(spinnerAllowed(true, tty, { isTTY: true, columns: 0 })).toBe(false)
     expect(spinnerAllowed(true, tty, { isTTY: true })).toBe(false)
     expect(spinnerAllowed(true, tty, { isTTY: true, columns: spinnerColumnsMin - 1 })).toBe(false)
+  })
+
+  it('draws nothing with TERM=dumb, CI set, or --no-progress', () => {
+    const tty = { isTTY: true }
+    const wide = { isTTY: true, columns: 80 }
+    expect(spinnerAllowed(true, tty, wide, {})).toBe(true)
+    expect(spinnerAllowed(true, tty, wide, { TERM: 'dumb' })).toBe(false)
+    expect(spinnerAllowed(true, tty, wide, { CI: 'true' })).toBe(false)
+    expect(spinnerAllowed(true, tty, wide, { CI: '1' })).toBe(false)
+    expect(spinnerAllowed(true, tty, wide, { CI: 'false' })).toBe(true)
+    expect(spinnerAllowed(true, tty, wide, { CI: '' })).toBe(true)
+    setProgressOff(true)
+    try {
+      expect(spinnerAllowed(true, tty, wide, {})).toBe(false)
+    } finally {
+      setProgressOff(false)
+    }
   })
 
   it('on a real terminal that reports 0 columns, a command under a spinner ends and writes almost nothing', () => {
