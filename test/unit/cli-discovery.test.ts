@@ -1,0 +1,62 @@
+import { spawnSync } from 'node:child_process'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { describe, expect, it } from 'vitest'
+import { editDistance, suggestCommand } from '../../src/cli/hooks/not-found.js'
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** the built CLI (dist/), with no cluster context: these commands never reach one */
+const tess = (args: string[]) => {
+  const r = spawnSync(process.execPath, [path.join(repoRoot, 'bin', 'run.js'), ...args], {
+    encoding: 'utf8', timeout: 60_000, env: { ...process.env, TESS_CONFIG_DIR: path.join(repoRoot, 'no-such-config-dir'), NO_COLOR: '1' },
+  })
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+
+describe('suggestions for unknown commands', () => {
+  it('edit distance', () => {
+    expect(editDistance('vdsk', 'vdisk')).toBe(1)
+    expect(editDistance('', 'abc')).toBe(3)
+    expect(editDistance('list', 'list')).toBe(0)
+    expect(editDistance('kitten', 'sitting')).toBe(3)
+  })
+
+  it('the closest command over the words typed, or none when nothing is near', () => {
+    const cmds = ['vdisk list', 'vdisk create', 'volume list', 'csm list', 'container run', 'cluster status']
+    expect(suggestCommand('vdsk list', cmds)).toBe('vdisk list')
+    expect(suggestCommand('vdisk lst', cmds)).toBe('vdisk list')
+    expect(suggestCommand('contaner run', cmds)).toBe('container run')
+    expect(suggestCommand('vdsk', cmds)).toBe('vdisk')
+    expect(suggestCommand('zzzzzz', cmds)).toBeUndefined()
+    expect(suggestCommand('', cmds)).toBeUndefined()
+  })
+})
+
+describe('discovery through the built CLI', () => {
+  it('an unknown command is a usage error (exit 2) with a suggestion, as JSON under --json', () => {
+    const j = tess(['vdsk', 'list', '--json'])
+    expect(j.code).toBe(2)
+    const body = JSON.parse(j.stdout) as { error: { code: string, message: string, hint: string } }
+    expect(body.error).toEqual({ code: 'TESS_E_USAGE', message: 'unknown command "tess vdsk list"', hint: 'did you mean `tess vdisk list`? See `tess --help` for every command' })
+    const t = tess(['vdsk', 'list'])
+    expect(t.code).toBe(2)
+    expect(t.stdout).toBe('')
+    expect(t.stderr).toContain('did you mean `tess vdisk list`?')
+    expect(t.stderr).not.toContain('vdsk:list')
+  })
+
+  it('--version --json, tess help TOPIC and -h', () => {
+    const v = tess(['--version', '--json'])
+    expect(v.code).toBe(0)
+    expect(JSON.parse(v.stdout)).toMatchObject({ name: 'tessera', version: expect.stringMatching(/^\d+\.\d+\.\d+/), node: process.version })
+    const h = tess(['help', 'vdisk'])
+    expect(h.code).toBe(0)
+    expect(h.stdout).toContain('tess vdisk COMMAND')
+    const hv = tess(['help', 'vdisk', 'create'])
+    expect(hv.code).toBe(0)
+    expect(hv.stdout).toContain('Create a vDisk')
+    const short = tess(['vdisk', 'list', '-h'])
+    expect(short.code).toBe(0)
+    expect(short.stdout).toContain('tess vdisk list')
+  })
+})
