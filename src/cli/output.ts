@@ -3,8 +3,23 @@ import ora, { type Ora } from 'ora'
 
 const useColor = (): boolean => !process.env.NO_COLOR && process.stdout.isTTY === true
 
-/** A table for `list` commands (cli-table3); plain borders without colour when NO_COLOR or piped. */
-export function table(head: string[], rows: Array<Array<string | number>>): string {
+/** cli-table3 characters for a table without borders: columns apart by two spaces */
+const noBorders = {
+  'top': '', 'top-mid': '', 'top-left': '', 'top-right': '', 'bottom': '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '',
+  'left': '', 'left-mid': '', 'mid': '', 'mid-mid': '', 'right': '', 'right-mid': '', 'middle': '  ',
+}
+
+/**
+ * A table for `list` commands (cli-table3). On a terminal: boxed, coloured unless NO_COLOR. When
+ * stdout is not a terminal (a pipe, a file): plain columns aligned with spaces, a header line and
+ * one line per row, no box characters, so `awk`, `cut` and `grep` can use them.
+ */
+export function table(head: string[], rows: Array<Array<string | number>>, tty = process.stdout.isTTY === true): string {
+  if (!tty) {
+    const t = new Table({ head, chars: noBorders, style: { 'head': [], 'border': [], 'padding-left': 0, 'padding-right': 0 } })
+    for (const r of rows) t.push(r.map((c) => String(c)))
+    return t.toString().split('\n').map((l) => l.trimEnd()).join('\n')
+  }
   const t = new Table({ head, style: { head: useColor() ? ['cyan'] : [], border: useColor() ? ['grey'] : [] } })
   for (const r of rows) t.push(r.map((c) => String(c)))
   return t.toString()

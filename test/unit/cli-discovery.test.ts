@@ -3,6 +3,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { editDistance, suggestCommand } from '../../src/cli/hooks/not-found.js'
+import { table } from '../../src/cli/output.js'
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 /** the built CLI (dist/), with no cluster context: these commands never reach one */
@@ -58,5 +59,22 @@ describe('discovery through the built CLI', () => {
     const short = tess(['vdisk', 'list', '-h'])
     expect(short.code).toBe(0)
     expect(short.stdout).toContain('tess vdisk list')
+  })
+})
+
+describe('tables', () => {
+  it('piped: plain columns aligned with spaces, no box characters, no trailing blanks', () => {
+    const out = table(['name', 'size', 'owner'], [['db1', '10 GiB', 'node1'], ['a-longer-name', '512 MiB', '-']], false)
+    expect(out.split('\n')).toEqual([
+      'name           size     owner',
+      'db1            10 GiB   node1',
+      'a-longer-name  512 MiB  -',
+    ])
+    // what a script does with it
+    expect(out.split('\n').slice(1).map((l) => l.split(/\s+/)[1])).toEqual(['10', '512'])
+  })
+
+  it('on a terminal: boxed', () => {
+    expect(table(['name'], [['x']], true)).toMatch(/[┌│└]/)
   })
 })
