@@ -63,8 +63,8 @@ export function parseMemory(input: string, what = '--memory'): number {
   return n
 }
 
-/** A node name as `tess host list` shows it (for --host). */
-export function checkNodeName(name: string, what = '--host'): string {
+/** A node name as `tess host list` shows it (for --node). */
+export function checkNodeName(name: string, what = '--node'): string {
   if (!namePattern.test(name)) {
     throw new TessError('TESS_E_INVALID', `invalid ${what} "${shown(name)}": not a node name`, 'give the node name as `tess host list` shows it (lowercase letters, digits and "-")')
   }

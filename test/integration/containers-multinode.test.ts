@@ -77,7 +77,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
   it('runs a container on the other node through the first node\'s API; the scheduler spreads CSMs; a lost node is reported', async () => {
     await ok(['registry', 'add', 'local', `http://${reg!.host}`, '--insecure'])
     // the API answering is node 1 (first endpoint of the context); the CSM goes to node 2
-    const far = await ok(['csm', 'create', 'far', '--cpus', '0.5', '--memory', '128M', '--host', node2]) as CsmInfo
+    const far = await ok(['csm', 'create', 'far', '--cpus', '0.5', '--memory', '128M', '--node', node2]) as CsmInfo
     expect(far).toMatchObject({ node: node2, state: 'running' })
     // without --host the scheduler picks the node with the most free room: node 1 now
     const near = await ok(['csm', 'create', 'near', '--cpus', '0.5', '--memory', '128M']) as CsmInfo

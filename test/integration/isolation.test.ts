@@ -54,7 +54,7 @@ describe('a node without cgroups', () => {
     expect(csm.json.error.code).toBe('TESS_E_PRECONDITION')
     expect(csm.json.error.message).toMatch(/containers are unavailable on node \S+: .*cgroup/)
     expect(csm.json.error.hint.length).toBeGreaterThan(0)
-    // on that node by name: the same reason
+    // on that node by name (with --host, the old name of --node, kept as a deprecated alias): the same reason
     const named = await c.tess(['csm', 'create', 'web', '--cpus', '1', '--memory', '128M', '--host', node.name, '--json'])
     expect(named.code, named.stdout + named.stderr).toBe(5)
     expect(named.json.error.message).toMatch(/containers are unavailable on node \S+: .*cgroup/)

@@ -62,6 +62,18 @@ describe('discovery through the built CLI', () => {
   })
 })
 
+describe('one name for a node: --node', () => {
+  it('--node is the flag; --host still works for now, with a warning', () => {
+    const n = tess(['csm', 'create', 'x', '--cpus', '1', '--memory', '64M', '--node', 'Bad Name', '--json'])
+    expect(n.code).toBe(2)
+    expect(JSON.parse(n.stdout).error.message).toBe('invalid --node "Bad Name": not a node name')
+    const h = tess(['image', 'pull', 'busybox:1', '--host', 'Bad Name', '--json'])
+    expect(h.code).toBe(2)
+    expect(JSON.parse(h.stdout).error.message).toBe('invalid --node "Bad Name": not a node name')
+    expect(h.stderr).toContain('Use "--node" instead')
+  })
+})
+
 describe('tables', () => {
   it('piped: plain columns aligned with spaces, no box characters, no trailing blanks', () => {
     const out = table(['name', 'size', 'owner'], [['db1', '10 GiB', 'node1'], ['a-longer-name', '512 MiB', '-']], false)

@@ -10,10 +10,10 @@ export default class CsmCreate extends TessCommand<CsmInfo> {
   static override summary = 'Create a CSM: a resource-bounded container service machine on one node'
   static override description = `A CSM (container service machine) is a daemon on one node that hosts containers within the CPUs and memory given here. Containers run with \`tess container run --csm NAME\`, or in a CSM pool that holds it.
 
---cpus accepts fractions (0.5 = half a CPU). --memory accepts bytes or binary units: 512M, 2G, 1GiB (1G = 1 GiB). Without --host the cluster picks the node. The command waits until the CSM daemon has started.`
+--cpus accepts fractions (0.5 = half a CPU). --memory accepts bytes or binary units: 512M, 2G, 1GiB (1G = 1 GiB). Without --node the cluster picks the node. The command waits until the CSM daemon has started.`
   static override examples = [
     '<%= config.bin %> <%= command.id %> web --cpus 2 --memory 2G',
-    { description: 'Half a CPU on a chosen node, with crun', command: '<%= config.bin %> <%= command.id %> small --cpus 0.5 --memory 512M --host node2 --runtime crun' },
+    { description: 'Half a CPU on a chosen node, with crun', command: '<%= config.bin %> <%= command.id %> small --cpus 0.5 --memory 512M --node node2 --runtime crun' },
     '<%= config.bin %> <%= command.id %> batch --cpus 4 --memory 8G --json',
   ]
 
@@ -24,7 +24,7 @@ export default class CsmCreate extends TessCommand<CsmInfo> {
   static override flags = {
     cpus: Flags.string({ description: 'CPUs for the CSM and its containers: a number more than 0, fractions allowed (e.g. 0.5, 2).', required: true }),
     memory: Flags.string({ char: 'm', description: 'Memory for the CSM and its containers, e.g. 512M, 2G.', required: true }),
-    host: Flags.string({ description: 'Node to create the CSM on (default: the cluster picks one).' }),
+    node: Flags.string({ description: 'Node to create the CSM on (default: the cluster picks one).', aliases: ['host'], deprecateAliases: true }),
     runtime: Flags.option({ options: ['runc', 'crun'] as const, description: 'OCI runtime of its containers (default: runc).' })(),
   }
 
@@ -33,13 +33,13 @@ export default class CsmCreate extends TessCommand<CsmInfo> {
     checkName('CSM', args.name)
     const cpus = parseCpus(flags.cpus)
     const memoryBytes = parseMemory(flags.memory)
-    if (flags.host !== undefined) checkNodeName(flags.host)
+    if (flags.node !== undefined) checkNodeName(flags.node)
     const client = this.client(this.context(flags.cluster))
     const body = {
       name: args.name,
       cpus,
       memoryBytes,
-      ...(flags.host !== undefined ? { node: flags.host } : {}),
+      ...(flags.node !== undefined ? { node: flags.node } : {}),
       ...(flags.runtime !== undefined ? { runtime: flags.runtime } : {}),
     }
     return withSpinner(!this.jsonMode, `Creating CSM ${args.name}`, () => client.post<CsmInfo>('/v1/csms', body, { timeoutMs: csmCreateTimeoutMs }))

@@ -10,10 +10,10 @@ export default class ImagePull extends TessCommand<ImagePullResult> {
   static override summary = 'Pull an image from its registry onto the nodes'
   static override description = `REF is [HOST[:PORT]/]REPOSITORY[:TAG][@sha256:DIGEST]; without a tag or digest the tag is "latest". The registry is the host named in REF (see \`tess registry add\` for credentials and http registries); the pull is checked against the pull policy (\`tess registry policy\`).
 
-Without --csm or --host the image is pulled on every node that is up. Layers a node already holds are not downloaded again. The command waits until the pull is done (up to 30 minutes).`
+Without --csm or --node the image is pulled on every node that is up. Layers a node already holds are not downloaded again. The command waits until the pull is done (up to 30 minutes).`
   static override examples = [
     '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36',
-    '<%= config.bin %> <%= command.id %> registry.example.com/app/web:2.1 --host node2',
+    '<%= config.bin %> <%= command.id %> registry.example.com/app/web:2.1 --node node2',
     '<%= config.bin %> <%= command.id %> registry.example.com/app/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --csm web1 --json',
   ]
 
@@ -22,20 +22,20 @@ Without --csm or --host the image is pulled on every node that is up. Layers a n
   }
 
   static override flags = {
-    csm: Flags.string({ description: 'Pull only on the node of this CSM.', exclusive: ['host'] }),
-    host: Flags.string({ description: 'Pull only on this node.', exclusive: ['csm'] }),
+    csm: Flags.string({ description: 'Pull only on the node of this CSM.', exclusive: ['node'] }),
+    node: Flags.string({ description: 'Pull only on this node.', aliases: ['host'], deprecateAliases: true, exclusive: ['csm'] }),
   }
 
   protected async exec(): Promise<ImagePullResult> {
     const { flags, args } = await this.parseInput(ImagePull)
     const ref = checkImageRef(args.ref)
     if (flags.csm !== undefined) checkName('CSM', flags.csm)
-    if (flags.host !== undefined) checkNodeName(flags.host)
+    if (flags.node !== undefined) checkNodeName(flags.node)
     const client = this.client(this.context(flags.cluster))
     const body = {
       ref,
       ...(flags.csm !== undefined ? { csm: flags.csm } : {}),
-      ...(flags.host !== undefined ? { node: flags.host } : {}),
+      ...(flags.node !== undefined ? { node: flags.node } : {}),
     }
     return withSpinner(!this.jsonMode, `Pulling ${ref}`, () => client.post<ImagePullResult>('/v1/images', body, { timeoutMs: imagePullTimeoutMs }))
   }

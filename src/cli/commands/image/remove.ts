@@ -6,11 +6,11 @@ import type { ImageRemoveResult } from '../../../lib/csm-types.js'
 
 export default class ImageRemove extends TessCommand<ImageRemoveResult> {
   static override summary = 'Remove an image from the nodes'
-  static override description = 'Removes the image from every node that holds it, or from one node with --host. USED BY in `tess image list` shows the containers using it on each node. Asks first on a terminal; --yes skips the question.'
+  static override description = 'Removes the image from every node that holds it, or from one node with --node. USED BY in `tess image list` shows the containers using it on each node. Asks first on a terminal; --yes skips the question.'
   static override aliases = ['image:rm']
   static override examples = [
     '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --yes',
-    '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --host node2 --yes --json',
+    '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --node node2 --yes --json',
   ]
 
   static override args = {
@@ -18,17 +18,17 @@ export default class ImageRemove extends TessCommand<ImageRemoveResult> {
   }
 
   static override flags = {
-    host: Flags.string({ description: 'Remove it from this node only.' }),
+    node: Flags.string({ description: 'Remove it from this node only.', aliases: ['host'], deprecateAliases: true }),
     yes: Flags.boolean({ char: 'y', description: 'Do not ask for confirmation.' }),
   }
 
   protected async exec(): Promise<ImageRemoveResult> {
     const { flags, args } = await this.parseInput(ImageRemove)
     const ref = checkImageRef(args.ref)
-    if (flags.host !== undefined) checkNodeName(flags.host)
-    const where = flags.host !== undefined ? `node ${flags.host}` : 'every node'
+    if (flags.node !== undefined) checkNodeName(flags.node)
+    const where = flags.node !== undefined ? `node ${flags.node}` : 'every node'
     await this.confirm(`Remove image ${ref} from ${where}?`, flags.yes, `remove image ${ref}`)
-    const q = new URLSearchParams({ ref, ...(flags.host !== undefined ? { node: flags.host } : {}) })
+    const q = new URLSearchParams({ ref, ...(flags.node !== undefined ? { node: flags.node } : {}) })
     return this.client(this.context(flags.cluster)).delete<ImageRemoveResult>(`/v1/images?${q.toString()}`)
   }
 
