@@ -150,13 +150,23 @@ export function checkHost(h: string): Validation {
 }
 
 /** Split a list answer on commas and blanks; empty items dropped. */
-export function splitList(answer: string): string[] {
-  return answer.split(/[\s,]+/).map((s) => s.trim()).filter(Boolean)
+/**
+ * The items of a list answer: separated by commas (blanks around them dropped) when it holds a
+ * comma, else by blanks. With commas, an item with a blank inside is an error, not two items: in
+ * `127.0.0.2,bad host` the second host is a typo, not the hosts `bad` and `host`.
+ */
+export function splitList(answer: string): string[] | { error: string } {
+  if (!answer.includes(',')) return answer.split(/\s+/).filter(Boolean)
+  const items = answer.split(',').map((s) => s.trim()).filter(Boolean)
+  const spaced = items.find((s) => /\s/.test(s))
+  if (spaced !== undefined) return { error: `"${spaced}" has a blank in it: separate the hosts with commas (or give them separated by blanks only)` }
+  return items
 }
 
 /** The hosts answer: 1..wizardHostsMax valid hosts, none twice. */
 export function parseHosts(answer: string): { hosts: string[] } | { error: string } {
   const hosts = splitList(answer)
+  if (!Array.isArray(hosts)) return hosts
   if (hosts.length === 0) return { error: 'give at least one host (addresses or names, comma-separated)' }
   if (hosts.length > wizardHostsMax) return { error: `${hosts.length} hosts: the wizard takes at most ${wizardHostsMax} (use tess cluster create --hosts for more)` }
   const seen = new Set<string>()

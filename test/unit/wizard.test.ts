@@ -92,8 +92,12 @@ describe('known_hosts file', () => {
 })
 
 describe('hosts', () => {
-  it('splits on commas and blanks', () => {
-    expect(parseHosts('10.0.0.11, 10.0.0.12  node3.example.com,fe80::1')).toEqual({ hosts: ['10.0.0.11', '10.0.0.12', 'node3.example.com', 'fe80::1'] })
+  it('splits on commas (blanks around them dropped), or on blanks when there is no comma', () => {
+    expect(parseHosts('10.0.0.11, 10.0.0.12 ,node3.example.com,fe80::1')).toEqual({ hosts: ['10.0.0.11', '10.0.0.12', 'node3.example.com', 'fe80::1'] })
+    expect(parseHosts(' 10.0.0.11  10.0.0.12 ')).toEqual({ hosts: ['10.0.0.11', '10.0.0.12'] })
+  })
+  it('refuses a comma-separated list with a blank inside an item, naming it (not two hosts)', () => {
+    expect(parseHosts('127.0.0.2,bad host')).toEqual({ error: '"bad host" has a blank in it: separate the hosts with commas (or give them separated by blanks only)' })
   })
   it('refuses empty lists, duplicates, user@host, host:port and junk', () => {
     expect(parseHosts(' , ')).toHaveProperty('error')
