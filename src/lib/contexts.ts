@@ -72,6 +72,15 @@ export function resolveContext(name: string | undefined): ClusterContext {
   return ctx
 }
 
+/** Make a saved context the current one (the one commands use without --cluster or TESS_CLUSTER). */
+export function useContext(name: string): ClusterContext {
+  const ctx = resolveContext(name)
+  const s = store()
+  s.set('current', ctx.name)
+  fs.chmodSync(s.path, 0o600)
+  return ctx
+}
+
 export function saveContext(ctx: ClusterContext, makeCurrent = true): void {
   const s = store()
   const clusters = { ...s.get('clusters'), [ctx.name]: ctx }
