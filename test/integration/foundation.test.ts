@@ -148,10 +148,11 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(pool.json.disks).toHaveLength(2)
     // both disks share one filesystem: counted once
     expect(pool.json.capacityBytes).toBe(pool.json.disks[0].capacityBytes)
-    const rm = await c.tess(['disk', 'remove', extra, '--json'])
+    const rm = await c.tess(['disk', 'remove', extra, '--yes', '--json'])
     expect(rm.code).toBe(0)
     expect((await c.tess(['disk', 'list', '--json'])).json).toHaveLength(1)
-    expect((await c.tess(['disk', 'remove', extra, '--json'])).code).toBe(3)
+    expect((await c.tess(['disk', 'remove', extra, '--json'])).code).toBe(2) // no terminal to ask on, no --yes
+    expect((await c.tess(['disk', 'remove', extra, '--yes', '--json'])).code).toBe(3)
   })
 
   it('refuses unauthenticated, wrong-credential and malformed API requests', async () => {
