@@ -151,6 +151,7 @@ export function renderContainer(c: ContainerView): string {
     pairs.push(['exit code', c.exitCode], ['oom killed', yesNo(c.oomKilled)])
   }
   if (c.exitNote) pairs.push(['note', c.exitNote])
+  pairs.push(['volumes', c.volumes.length > 0 ? c.volumes.map((v) => `${v.name}:${v.target}${v.readOnly ? ':ro' : ''}`).join(', ') : '-'])
   const env = c.env.length > 0 ? `\nenv:\n${c.env.map((e) => `  ${e}`).join('\n')}` : ''
   return keyValue(pairs) + env
 }

@@ -3,6 +3,8 @@
  * images, containers), shared by the CVM and the CLI. Keys are stable: add, never rename.
  */
 
+import type { VolumeMount } from './container-spec.js'
+
 export type RuntimeName = 'runc' | 'crun'
 export type NetworkMode = 'none' | 'host'
 
@@ -109,6 +111,8 @@ export interface ContainerView {
   network: NetworkMode
   /** runs in a user namespace: its root is an unprivileged host user */
   userns: boolean
+  /** the volumes mounted into it (name, path inside, read-only) */
+  volumes: VolumeMount[]
 }
 
 export interface ContainerRemoveResult {

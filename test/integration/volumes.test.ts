@@ -96,6 +96,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     expect(fuse).toHaveLength(1)
     expect(fuse[0]).toContain(`nbd+unix:///vol-data?socket=${path.join(c.dataDir, 'run', 'nbd.sock')}`)
     expect((await ok(['volume', 'show', 'data']) as VolumeInfo)).toMatchObject({ formatted: true, attachments: [{ container: 'writer', readOnly: false, target: '/data' }] })
+    expect((await ok(['container', 'show', 'writer']) as ContainerView).volumes).toEqual([{ name: 'data', target: '/data', readOnly: false }])
     expect((await ok(['volume', 'show', 'data']) as VolumeInfo).allocatedBytes).toBeGreaterThan(8 * 2 ** 20)
     // a second read-write attach names the holder; read-only is refused too while a writer holds it
     const e = await fails(['container', 'run', image, '--name', 'second', '--csm', 'apps', '--volume', 'data:/data', '--', 'true'], 4, 'TESS_E_CONFLICT')

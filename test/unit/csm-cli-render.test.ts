@@ -30,6 +30,7 @@ const container: ContainerView = {
   cpus: 0.5,
   memoryBytes: 256 * 2 ** 20,
   network: 'none', userns: false,
+  volumes: [{ name: 'data', target: '/data', readOnly: false }, { name: 'conf', target: '/etc/app', readOnly: true }],
 }
 
 const registry: RegistryInfo = {
@@ -62,6 +63,8 @@ describe('container rendering', () => {
     expect(t).toMatch(/^oom killed: +yes$/m)
     expect(t).toContain('  A=1')
     expect(renderContainer({ ...container, status: 'running', cpus: null, memoryBytes: null, env: [] })).toMatch(/^cpus: +no limit$/m)
+    expect(t).toMatch(/^volumes: +data:\/data, conf:\/etc\/app:ro$/m)
+    expect(renderContainer({ ...container, volumes: [] })).toMatch(/^volumes: +-$/m)
   })
 })
 

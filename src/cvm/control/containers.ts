@@ -42,6 +42,7 @@ export function containerView(r: ContainerRecord, c: ContainerInfo | undefined, 
     memoryBytes: c?.spec.memoryBytes ?? r.memoryBytes,
     network: c?.spec.network ?? r.network,
     userns: c !== undefined ? c.spec.userns !== undefined : r.userns === true,
+    volumes: (r.volumes ?? []).map((v) => ({ name: v.name, target: v.target, readOnly: v.readOnly })),
   }
 }
 
