@@ -53,7 +53,8 @@ const hook: Hook<'command_not_found'> = async function (opts) {
   } else {
     process.stderr.write(`Error: ${err.message} [${err.code}]\nHint: ${err.hint}\n`)
   }
-  process.exit(err.exitCode)
+  // the hook's success ends the run (oclif returns its result as the command's): only the exit code is left to set
+  process.exitCode = err.exitCode
 }
 
 export default hook
