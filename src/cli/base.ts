@@ -107,6 +107,9 @@ export function usageMessage(message: string): string {
   const lines = message.split('\n').map((l) => l.trim().replace(/\s{2,}/g, ': ')).filter((l) => l !== '' && !/^See more help/i.test(l))
   const first = lines[0]
   if (first === undefined) return 'bad usage'
+  // "Parsing --tail" over "Expected an integer but received: abc": the flag and why, on one line
+  const parsing = /^Parsing (--\S+)$/.exec(first)
+  if (parsing !== null && lines[1] !== undefined) return `invalid ${parsing[1]}: ${lines[1].charAt(0).toLowerCase()}${lines[1].slice(1)}`
   if (lines.length === 1 || !first.endsWith(':')) return first
   const rest = lines.slice(1).join('; ')
   return /errors occurred:$/i.test(first) ? rest : `${first} ${rest}`

@@ -237,6 +237,7 @@ describe('usageMessage (oclif parse errors)', () => {
     expect(usageMessage('The following errors occurred:\n  --csm=a cannot also be provided when using --pool\n  Missing required flag name\nSee more help with --help'))
       .toBe('--csm=a cannot also be provided when using --pool; Missing required flag name')
     expect(usageMessage('Missing 2 required args:\nname  The name.\nurl   The URL.\nSee more help with --help')).toBe('Missing 2 required args: name: The name.; url: The URL.')
+    expect(usageMessage('Parsing --tail \n\tExpected an integer but received: abc\nSee more help with --help')).toBe('invalid --tail: expected an integer but received: abc')
     expect(usageMessage('')).toBe('bad usage')
   })
 })
