@@ -2,7 +2,7 @@ import { Command, Flags, Errors, type Interfaces } from '@oclif/core'
 import { TessError, errorMessage, isTessError } from '../lib/errors.js'
 import { ApiClient } from '../lib/apiclient.js'
 import { resolveContext, type ClusterContext } from '../lib/contexts.js'
-import { setProgressOff } from './output.js'
+import { setHeadersOff, setProgressOff } from './output.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof TessCommand)['baseFlags'] & T['flags']>
 
@@ -15,6 +15,7 @@ export abstract class TessCommand<R> extends Command {
   static override baseFlags = {
     json: Flags.boolean({ description: 'Print the result as JSON on stdout (errors too, as {"error": {...}}).', helpGroup: 'GLOBAL' }),
     cluster: Flags.string({ description: 'Cluster context to use (default: the last created).', env: 'TESS_CLUSTER', helpGroup: 'GLOBAL' }),
+    'no-headers': Flags.boolean({ description: 'Print tables without their header line (for scripts; text output only).', helpGroup: 'GLOBAL' }),
     'no-progress': Flags.boolean({ description: 'Draw no spinner or progress on stderr (also off with TERM=dumb, CI set, or stderr not a terminal).', helpGroup: 'GLOBAL' }),
   }
 
@@ -32,6 +33,7 @@ export abstract class TessCommand<R> extends Command {
     const own = dashdash < 0 ? this.argv : this.argv.slice(0, dashdash)
     this.jsonMode = own.includes('--json')
     setProgressOff(own.includes('--no-progress'))
+    setHeadersOff(own.includes('--no-headers'))
     const result = await this.exec()
     if (this.jsonMode) {
       process.stdout.write(JSON.stringify(result, null, 2) + '\n')

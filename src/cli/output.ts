@@ -3,6 +3,12 @@ import ora, { type Ora } from 'ora'
 
 const useColor = (): boolean => !process.env.NO_COLOR && process.stdout.isTTY === true
 
+/** `--no-headers` was given (TessCommand sets it before the command runs): tables print their rows only. */
+let headersOff = false
+export function setHeadersOff(off: boolean): void {
+  headersOff = off
+}
+
 /** cli-table3 characters for a table without borders: columns apart by two spaces */
 const noBorders = {
   'top': '', 'top-mid': '', 'top-left': '', 'top-right': '', 'bottom': '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '',
@@ -15,6 +21,7 @@ const noBorders = {
  * one line per row, no box characters, so `awk`, `cut` and `grep` can use them.
  */
 export function table(head: string[], rows: Array<Array<string | number>>, tty = process.stdout.isTTY === true): string {
+  if (headersOff) head = []
   if (!tty) {
     const t = new Table({ head, chars: noBorders, style: { 'head': [], 'border': [], 'padding-left': 0, 'padding-right': 0 } })
     for (const r of rows) t.push(r.map((c) => String(c)))
