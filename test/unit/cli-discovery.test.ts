@@ -1,15 +1,20 @@
 import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import { editDistance, suggestCommand } from '../../src/cli/hooks/not-found.js'
 import { setHeadersOff, table } from '../../src/cli/output.js'
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** a config dir of its own, empty: no cluster context (some commands create the directory) */
+const configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-cli-'))
+afterAll(() => fs.rmSync(configDir, { recursive: true, force: true }))
 /** the built CLI (dist/), with no cluster context: these commands never reach one */
 const tess = (args: string[]) => {
   const r = spawnSync(process.execPath, [path.join(repoRoot, 'bin', 'run.js'), ...args], {
-    encoding: 'utf8', timeout: 60_000, env: { ...process.env, TESS_CONFIG_DIR: path.join(repoRoot, 'no-such-config-dir'), NO_COLOR: '1' },
+    encoding: 'utf8', timeout: 60_000, env: { ...process.env, TESS_CONFIG_DIR: configDir, NO_COLOR: '1' },
   })
   return { code: r.status, stdout: r.stdout, stderr: r.stderr }
 }
