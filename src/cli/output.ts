@@ -66,18 +66,24 @@ export function spinnerAllowed(enabled: boolean, out: { isTTY?: boolean } = proc
 
 /**
  * Run `fn` under a spinner on stderr. The spinner shows only on a terminal of a usable width and
- * never in --json mode, so scripts see nothing but the result on stdout.
+ * never in --json mode, so scripts see nothing but the result on stdout. Where progress is turned
+ * off (`--no-progress`, `TERM=dumb`, `CI`) but stdout and stderr are terminals, nothing is redrawn:
+ * only the outcome is printed, one line (✔ or ✖ and the last text), as the spinner would end.
  */
 export async function withSpinner<T>(enabled: boolean, text: string, fn: (s: { text: (t: string) => void }) => Promise<T>): Promise<T> {
   const show = spinnerAllowed(enabled)
+  const outcomeOnly = !show && enabled && process.stdout.isTTY === true && process.stderr.isTTY === true
   let spinner: Ora | undefined
+  let last = text
   if (show) spinner = ora({ text, stream: process.stderr, color: useColor() ? 'cyan' : undefined }).start()
   try {
-    const r = await fn({ text: (t) => { if (spinner) spinner.text = t } })
+    const r = await fn({ text: (t) => { last = t; if (spinner) spinner.text = t } })
     spinner?.succeed()
+    if (outcomeOnly) process.stderr.write(`✔ ${last}\n`)
     return r
   } catch (e) {
     spinner?.fail()
+    if (outcomeOnly) process.stderr.write(`✖ ${last}\n`)
     throw e
   }
 }

@@ -196,6 +196,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     const script = [
       'import nbd, sys',
       'h = nbd.NBD()',
+      'h.set_uri_allow_local_file(True)', // the URI names the client certificate directory
       'h.connect_uri(sys.argv[1])',
       'h.pwrite(b"x" * 1048576, 0)',
       'h.flush()',

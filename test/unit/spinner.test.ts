@@ -11,13 +11,14 @@ const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..'
 describe('spinner', () => {
   it('draws only on terminals of a usable width', () => {
     const tty = { isTTY: true }
-    expect(spinnerAllowed(true, tty, { isTTY: true, columns: 80 })).toBe(true)
-    expect(spinnerAllowed(false, tty, { isTTY: true, columns: 80 })).toBe(false)
-    expect(spinnerAllowed(true, { isTTY: false }, { isTTY: true, columns: 80 })).toBe(false)
-    expect(spinnerAllowed(true, tty, { isTTY: false, columns: 80 })).toBe(false)
-    expect(spinnerAllowed(true, tty, { isTTY: true, columns: 0 })).toBe(false)
-    expect(spinnerAllowed(true, tty, { isTTY: true })).toBe(false)
-    expect(spinnerAllowed(true, tty, { isTTY: true, columns: spinnerColumnsMin - 1 })).toBe(false)
+    const env = {} // no CI, no TERM=dumb: what the terminal allows
+    expect(spinnerAllowed(true, tty, { isTTY: true, columns: 80 }, env)).toBe(true)
+    expect(spinnerAllowed(false, tty, { isTTY: true, columns: 80 }, env)).toBe(false)
+    expect(spinnerAllowed(true, { isTTY: false }, { isTTY: true, columns: 80 }, env)).toBe(false)
+    expect(spinnerAllowed(true, tty, { isTTY: false, columns: 80 }, env)).toBe(false)
+    expect(spinnerAllowed(true, tty, { isTTY: true, columns: 0 }, env)).toBe(false)
+    expect(spinnerAllowed(true, tty, { isTTY: true }, env)).toBe(false)
+    expect(spinnerAllowed(true, tty, { isTTY: true, columns: spinnerColumnsMin - 1 }, env)).toBe(false)
   })
 
   it('draws nothing with TERM=dumb, CI set, or --no-progress', () => {
