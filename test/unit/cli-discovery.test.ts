@@ -1,23 +1,16 @@
-import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { afterAll, describe, expect, it } from 'vitest'
 import { editDistance, suggestCommand } from '../../src/cli/hooks/not-found.js'
 import { setHeadersOff, table } from '../../src/cli/output.js'
+import { runTess } from '../helpers/cluster.js'
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 /** a config dir of its own, empty: no cluster context (some commands create the directory) */
 const configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-cli-'))
 afterAll(() => fs.rmSync(configDir, { recursive: true, force: true }))
 /** the built CLI (dist/), with no cluster context: these commands never reach one */
-const tess = (args: string[]) => {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, 'bin', 'run.js'), ...args], {
-    encoding: 'utf8', timeout: 60_000, env: { ...process.env, TESS_CONFIG_DIR: configDir, NO_COLOR: '1' },
-  })
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr }
-}
+const tess = (args: string[]) => runTess(args, { TESS_CONFIG_DIR: configDir })
 
 describe('suggestions for unknown commands', () => {
   it('edit distance', () => {
@@ -39,40 +32,40 @@ describe('suggestions for unknown commands', () => {
 })
 
 describe('discovery through the built CLI', () => {
-  it('an unknown command is a usage error (exit 2) with a suggestion, as JSON under --json', () => {
-    const j = tess(['vdsk', 'list', '--json'])
+  it('an unknown command is a usage error (exit 2) with a suggestion, as JSON under --json', async () => {
+    const j = await tess(['vdsk', 'list', '--json'])
     expect(j.code).toBe(2)
     const body = JSON.parse(j.stdout) as { error: { code: string, message: string, hint: string } }
     expect(body.error).toEqual({ code: 'TESS_E_USAGE', message: 'unknown command "tess vdsk list"', hint: 'did you mean `tess vdisk list`? See `tess --help` for every command' })
-    const t = tess(['vdsk', 'list'])
+    const t = await tess(['vdsk', 'list'])
     expect(t.code).toBe(2)
     expect(t.stdout).toBe('')
     expect(t.stderr).toContain('did you mean `tess vdisk list`?')
     expect(t.stderr).not.toContain('vdsk:list')
   })
 
-  it('--version --json, tess help TOPIC and -h', () => {
-    const v = tess(['--version', '--json'])
+  it('--version --json, tess help TOPIC and -h', async () => {
+    const v = await tess(['--version', '--json'])
     expect(v.code).toBe(0)
     expect(JSON.parse(v.stdout)).toMatchObject({ name: 'tessera', version: expect.stringMatching(/^\d+\.\d+\.\d+/), node: process.version })
-    const h = tess(['help', 'vdisk'])
+    const h = await tess(['help', 'vdisk'])
     expect(h.code).toBe(0)
     expect(h.stdout).toContain('tess vdisk COMMAND')
-    const hv = tess(['help', 'vdisk', 'create'])
+    const hv = await tess(['help', 'vdisk', 'create'])
     expect(hv.code).toBe(0)
     expect(hv.stdout).toContain('Create a vDisk')
-    const short = tess(['vdisk', 'list', '-h'])
+    const short = await tess(['vdisk', 'list', '-h'])
     expect(short.code).toBe(0)
     expect(short.stdout).toContain('tess vdisk list')
   })
 })
 
 describe('one name for a node: --node', () => {
-  it('--node is the flag; --host still works for now, with a warning', () => {
-    const n = tess(['csm', 'create', 'x', '--cpus', '1', '--memory', '64M', '--node', 'Bad Name', '--json'])
+  it('--node is the flag; --host still works for now, with a warning', async () => {
+    const n = await tess(['csm', 'create', 'x', '--cpus', '1', '--memory', '64M', '--node', 'Bad Name', '--json'])
     expect(n.code).toBe(2)
     expect(JSON.parse(n.stdout).error.message).toBe('invalid --node "Bad Name": not a node name')
-    const h = tess(['image', 'pull', 'busybox:1', '--host', 'Bad Name', '--json'])
+    const h = await tess(['image', 'pull', 'busybox:1', '--host', 'Bad Name', '--json'])
     expect(h.code).toBe(2)
     expect(JSON.parse(h.stdout).error.message).toBe('invalid --node "Bad Name": not a node name')
     expect(h.stderr).toContain('Use "--node" instead')
@@ -91,7 +84,7 @@ describe('tables', () => {
     expect(out.split('\n').slice(1).map((l) => l.split(/\s+/)[1])).toEqual(['10', '512'])
   })
 
-  it('--no-headers: the rows only', () => {
+  it('--no-headers: the rows only', async () => {
     setHeadersOff(true)
     try {
       expect(table(['name', 'size'], [['db1', '10 GiB'], ['a-longer-name', '1 GiB']], false).split('\n')).toEqual(['db1            10 GiB', 'a-longer-name  1 GiB'])
@@ -99,7 +92,7 @@ describe('tables', () => {
       setHeadersOff(false)
     }
     // the flag through the built CLI: accepted by a list command (no contexts saved here: its own message)
-    const r = tess(['cluster', 'list', '--no-headers'])
+    const r = await tess(['cluster', 'list', '--no-headers'])
     expect(r.code).toBe(0)
     expect(r.stderr).not.toContain('Nonexistent flag')
   })

@@ -5,6 +5,7 @@ import { replaceFailed, vdiskBackend, type EgroupRecord, type OwnerEnv } from '.
 import type { PlacementView } from '../../src/cvm/vdisk/placement.js'
 import type { Replica } from '../../src/cvm/vdisk/replica.js'
 import { Vdisk, type LoadedEgroup } from '../../src/cvm/vdisk/vdisk.js'
+import { memReplica as sharedMemReplica, type MemReplica } from '../helpers/memreplica.js'
 
 /**
  * Replacing failed replicas (owner.ts) with replicas in memory and records in a map: the cases
@@ -14,33 +15,9 @@ const MiB = 1024 * 1024
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined }
 const rec = { id: '7', name: 'v', rf: 3 }
 
-type MemReplica = Replica & { slots: Map<number, Buffer> }
-
-/** a replica in memory whose writes fail while `fail(slot)` says so */
-function memReplica(node: string, fail: (slot: number) => boolean = () => false): MemReplica {
-  const slots = new Map<number, Buffer>()
-  const slot = (s: number) => {
-    let b = slots.get(s)
-    if (!b) slots.set(s, b = Buffer.alloc(MiB))
-    return b
-  }
-  return {
-    node, diskId: `${node}-d`, local: false, slots,
-    suspect: () => false,
-    open: async () => undefined,
-    read: async (s, off, len, out, outOff) => { slot(s).copy(out, outOff, off, off + len) },
-    write: async (s, off, data) => {
-      if (fail(s)) throw new Error(`${node}: EIO`)
-      data.copy(slot(s), off)
-    },
-    clear: async (s, off, len) => { slot(s).fill(0, off, off + len) },
-    freeSlot: async (s) => { slots.delete(s) },
-    sync: async () => undefined,
-    readRaw: async (s) => (slots.has(s) ? { entries: Buffer.alloc(2048), data: Buffer.from(slots.get(s)!), version: 2 } : undefined),
-    writeRaw: async (s, raw) => { slots.set(s, Buffer.from(raw.data)) },
-    delete: async () => undefined,
-  }
-}
+/** a remote replica in memory whose writes fail while `fail(slot)` says so, with raw copies */
+const memReplica = (node: string, fail?: (slot: number) => boolean): MemReplica =>
+  sharedMemReplica({ node, diskId: `${node}-d`, local: false, raw: true, ...(fail ? { fail } : {}) })
 
 /** an OwnerEnv over `nodes`: the first not excluded are placed, records in a map */
 function env(nodes: string[], replicas: Map<string, MemReplica>, opts: { loseRecordAnswers?: number } = {}) {
