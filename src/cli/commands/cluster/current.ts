@@ -1,6 +1,6 @@
 import { TessCommand } from '../../base.js'
 import { keyValue } from '../../output.js'
-import type { ClusterCurrentInfo } from './use.js'
+import { currentInfo, type ClusterCurrentInfo } from './use.js'
 
 export default class ClusterCurrent extends TessCommand<ClusterCurrentInfo> {
   static override summary = 'Show the cluster context that commands use'
@@ -9,8 +9,7 @@ export default class ClusterCurrent extends TessCommand<ClusterCurrentInfo> {
 
   protected async exec(): Promise<ClusterCurrentInfo> {
     const { flags } = await this.parseInput(ClusterCurrent)
-    const ctx = this.context(flags.cluster)
-    return { name: ctx.name, endpoints: ctx.endpoints, local: ctx.local !== undefined }
+    return currentInfo(this.context(flags.cluster))
   }
 
   protected render(r: ClusterCurrentInfo): string {

@@ -1,12 +1,17 @@
 import { Args } from '@oclif/core'
 import { TessCommand } from '../../base.js'
-import { useContext } from '../../../lib/contexts.js'
+import { useContext, type ClusterContext } from '../../../lib/contexts.js'
 import { keyValue } from '../../output.js'
 
 export interface ClusterCurrentInfo {
   name: string
   endpoints: string[]
   local: boolean
+}
+
+/** What `cluster use` and `cluster current` show of a context (never its credentials). */
+export function currentInfo(ctx: ClusterContext): ClusterCurrentInfo {
+  return { name: ctx.name, endpoints: ctx.endpoints, local: ctx.local !== undefined }
 }
 
 export default class ClusterUse extends TessCommand<ClusterCurrentInfo> {
@@ -19,8 +24,7 @@ export default class ClusterUse extends TessCommand<ClusterCurrentInfo> {
 
   protected async exec(): Promise<ClusterCurrentInfo> {
     const { args } = await this.parseInput(ClusterUse)
-    const ctx = useContext(args.name)
-    return { name: ctx.name, endpoints: ctx.endpoints, local: ctx.local !== undefined }
+    return currentInfo(useContext(args.name))
   }
 
   protected render(r: ClusterCurrentInfo): string {
