@@ -26,7 +26,7 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import {
-  apiClient, checkArgs, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, ratio, repoRoot, rotate,
+  apiClient, checkArgs, etcdCostColumns, etcdMetrics, fioFigure, fmt, median, metricsDelta, opt, partsArg, ratio, repoRoot, rotate,
   roundsCell, runFio, settledEtcd, sparesSettled, sh, sizeBytes, sleep, sparseFile, tess,
 } from './common.mjs'
 
@@ -38,9 +38,7 @@ const rounds = Number(opt('rounds', '3'))
 const prefix = opt('prefix', 'bench')
 const bytes = sizeBytes(size)
 const randFirstBytes = Math.min(bytes, sizeBytes(opt('rand-first-size', '256M')))
-const partNames = ['overwrite', 'first']
-const parts = new Set(opt('parts', partNames.join(',')).split(',').map((p) => p.trim()).filter((p) => p !== ''))
-for (const p of parts) if (!partNames.includes(p)) throw new Error(`--parts: unknown part "${p}" (parts: ${partNames.join(', ')})`)
+const parts = partsArg(['overwrite', 'first'])
 const clusterName = 'bench'
 const th = path.join(repoRoot, 'scripts', 'testhosts.sh')
 const root = fs.mkdtempSync('/var/tmp/tess-bench-cluster-')

@@ -58,6 +58,13 @@ export async function sparesSettled(read, full = 32) {
   return last
 }
 
+/** `--parts a,b` from the command line, as a set of the names given (default: every one); an unknown name throws. */
+export function partsArg(names) {
+  const parts = new Set(opt('parts', names.join(',')).split(',').map((p) => p.trim()).filter((p) => p !== ''))
+  for (const p of parts) if (!names.includes(p)) throw new Error(`--parts: unknown part "${p}" (parts: ${names.join(', ')})`)
+  return parts
+}
+
 /** `--name VALUE` from the command line, or `def`. */
 export function opt(name, def) {
   const argv = process.argv.slice(2)

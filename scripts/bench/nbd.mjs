@@ -37,7 +37,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {
   apiClient, buildBenchImages, checkArgs, dropCaches, etcdCostColumns, etcdMetrics, fioFigure, flag, fmt, localCluster, median,
-  metricsDelta, opt, ratio, rotate, roundsCell, runFio, settledEtcd, sh, sizeBytes, sleep, sparesSettled, sparseFile, startFio,
+  metricsDelta, opt, partsArg, ratio, rotate, roundsCell, runFio, settledEtcd, sh, sizeBytes, sleep, sparesSettled, sparseFile, startFio,
   startRegistry, startServer, stats, timeCalls, waitSocket,
 } from './common.mjs'
 
@@ -50,9 +50,7 @@ const probes = Number(opt('probes', '20'))
 const layerMiB = Number(opt('layer-mib', '8'))
 const base = opt('dir', '/var/tmp')
 const bytes = sizeBytes(size)
-const partNames = ['overwrite', 'first', 'api', 'pull', 'encrypted']
-const parts = new Set(opt('parts', partNames.join(',')).split(',').map((p) => p.trim()).filter((p) => p !== ''))
-for (const p of parts) if (!partNames.includes(p)) throw new Error(`--parts: unknown part "${p}" (parts: ${partNames.join(', ')})`)
+const parts = partsArg(['overwrite', 'first', 'api', 'pull', 'encrypted'])
 const randFirstBytes = Math.min(bytes, sizeBytes(opt('rand-first-size', '256M')))
 const root = fs.mkdtempSync(path.join(base, 'tess-bench-'))
 const work = path.join(root, 'fio') // fio's working directory
