@@ -16,7 +16,14 @@
  *     onDone is called on the event loop with the number of batches written so far (cumulative),
  *     the errno of a failed write or 0 (nothing queued is written after a failure), and whether
  *     the thread has ended: only then may the buffers of batches not reported written be let go
- *   senderWrite(handle, buffers: Uint8Array[]): void   one batch, written after every earlier one
+ *   senderWrite(handle, buffers: Uint8Array[], inline: boolean): boolean   one batch, written
+ *     after every earlier one. true: inline was allowed, the batch was small (up to
+ *     SENDER_INLINE_MAX_BYTES), nothing was queued or being written, and the socket took all of it
+ *     at once, on the calling thread: it is out, it counts
+ *     in no report, and its buffers may be let go now. A write acknowledgement is a few bytes:
+ *     waking the thread for it (a futex wake, a context switch, and on a busy machine a wait for a
+ *     core) costs more than the write itself. false: the batch (or what the socket did not take of
+ *     it) is queued for the thread and reported as usual.
  *   senderClose(handle): void   stop: batches not written yet are dropped, the thread exits,
  *     closes its descriptor and reports finished (a handle is also closed when it is collected)
  */
@@ -43,6 +50,8 @@
 #endif
 /* iovecs in one batch; the server's batches are a tick's replies, far below this */
 #define SENDER_BATCH_IOV_MAX 4096
+/* a batch up to this size is written on the calling thread when the sender is idle */
+#define SENDER_INLINE_MAX_BYTES (16 * 1024)
 
 typedef struct batch {
   struct batch* next;
@@ -60,6 +69,7 @@ typedef struct sender {
   batch* tail;
   int closing;
   int failed;
+  int writing; /* the thread is writing a batch it took off the queue */
   int exited; /* the thread closed its descriptors */
   atomic_uint_fast64_t done; /* batches written */
   atomic_int err;            /* the errno of the write that failed */
@@ -141,9 +151,13 @@ static void* run(void* arg) {
     batch* b = s->head;
     s->head = b->next;
     if (s->head == NULL) s->tail = NULL;
+    s->writing = 1;
     pthread_mutex_unlock(&s->mu);
     int err = write_batch(s, b);
     free(b);
+    pthread_mutex_lock(&s->mu);
+    s->writing = 0;
+    pthread_mutex_unlock(&s->mu);
     if (err == ECANCELED) break;
     if (err != 0) {
       pthread_mutex_lock(&s->mu);
@@ -288,9 +302,37 @@ static napi_value js_sender_open(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+/*
+ * A small batch on the calling thread, with s->mu held and the thread idle (nothing queued or
+ * being written, so nothing can come between this batch and the ones before it): one
+ * non-blocking writev. 1: all of it is out. 0: what is left (b's iovecs advanced past what the
+ * socket took) is for the thread, which also reports an error the write met.
+ */
+static int write_inline(sender* s, batch* b) {
+  size_t total = 0;
+  for (int i = 0; i < b->count; i++) total += b->iov[i].iov_len;
+  if (total > SENDER_INLINE_MAX_BYTES || b->count > IOV_MAX) return 0;
+  ssize_t w = writev(s->fd, b->iov, b->count);
+  if (w <= 0) return 0;
+  if ((size_t)w == total) return 1;
+  size_t rest = (size_t)w;
+  int first = 0;
+  while (rest >= b->iov[first].iov_len) rest -= b->iov[first++].iov_len;
+  b->iov[first].iov_base = (uint8_t*)b->iov[first].iov_base + rest;
+  b->iov[first].iov_len -= rest;
+  memmove(b->iov, b->iov + first, (size_t)(b->count - first) * sizeof(struct iovec));
+  b->count -= first;
+  return 0;
+}
+
 static napi_value js_sender_write(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  if (!get_args(env, info, 2, argv, "senderWrite: 2 arguments expected (handle, buffers)")) return NULL;
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv, "senderWrite: 3 arguments expected (handle, buffers, inline)")) return NULL;
+  bool may_inline = false;
+  if (napi_get_value_bool(env, argv[2], &may_inline) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "senderWrite: inline must be a boolean");
+    return NULL;
+  }
   sender* s = get_sender(env, argv[0]);
   if (s == NULL) return NULL;
   bool is_array;
@@ -336,12 +378,21 @@ static napi_value js_sender_write(napi_env env, napi_callback_info info) {
     free(b);
     return NULL;
   }
+  if (may_inline && s->head == NULL && !s->writing && write_inline(s, b)) {
+    pthread_mutex_unlock(&s->mu);
+    free(b);
+    napi_value yes;
+    napi_get_boolean(env, true, &yes);
+    return yes;
+  }
   if (s->tail != NULL) s->tail->next = b;
   else s->head = b;
   s->tail = b;
   pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&s->mu);
-  return NULL;
+  napi_value no;
+  napi_get_boolean(env, false, &no);
+  return no;
 }
 
 static napi_value js_sender_close(napi_env env, napi_callback_info info) {

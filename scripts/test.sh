@@ -14,9 +14,9 @@ bash scripts/install-deps.sh test
 # the tests are TypeScript too: typecheck them with the sources (strict)
 npx tsc -p tsconfig.test.json
 npx vitest run "$@"
-# the CRC-32C module, page cache reads, the extent group files, the NBD server and the vDisk cipher again without the native addons
+# the CRC-32C module, page cache reads, the extent group files, the NBD server, the vDisk cipher and the data port's writers again without the native addons
 # (the pure-JS CRC-32C, reads through the thread pool only, replies written by the event loop, XTS through node:crypto); the run above used the addons
-if [[ $# -eq 0 ]]; then TESS_CRC32C=js TESS_IO=pool npx vitest run test/unit/crc32c.test.ts test/unit/nativeio.test.ts test/unit/egroup.test.ts test/unit/nbd-server.test.ts test/unit/vdisk-crypt.test.ts; fi
+if [[ $# -eq 0 ]]; then TESS_CRC32C=js TESS_IO=pool npx vitest run test/unit/crc32c.test.ts test/unit/nativeio.test.ts test/unit/egroup.test.ts test/unit/nbd-server.test.ts test/unit/vdisk-crypt.test.ts test/unit/tickwriter.test.ts test/unit/dataport-bulk.test.ts; fi
 if [[ -n "$in_git" && -z "$before" ]]; then
   after=$(git status --porcelain)
   if [[ -n "$after" ]]; then

@@ -111,7 +111,7 @@ export function pagesCached(fd: number, offset: number, length: number): number 
 
 interface SenderBinding {
   senderOpen(fd: number, onDone: (batchesDone: number, errno: number, finished: boolean) => void): unknown
-  senderWrite(handle: unknown, buffers: Uint8Array[]): void
+  senderWrite(handle: unknown, buffers: Uint8Array[], inline: boolean): boolean
   senderClose(handle: unknown): void
 }
 
@@ -141,20 +141,22 @@ export class SocketSender {
     private readonly handle: unknown,
     private readonly onProgress: () => void,
     private readonly onError: (err: Error) => void,
+    /** small batches may be written on the calling thread while the sender is idle (sender.c) */
+    private readonly inline: boolean,
   ) {}
 
   /**
    * A sender on the socket's descriptor, or undefined without the addon (or TESS_IO=pool), or when
    * the socket exposes no descriptor: the caller writes through the socket then.
    */
-  static open(socket: { _handle?: { fd?: unknown } | null }, onProgress: () => void, onError: (err: Error) => void): SocketSender | undefined {
+  static open(socket: { _handle?: { fd?: unknown } | null }, onProgress: () => void, onError: (err: Error) => void, opts: { inline: boolean } = { inline: true }): SocketSender | undefined {
     const native = binding as unknown as Partial<SenderBinding> | undefined
     if (native?.senderOpen === undefined || native.senderWrite === undefined || native.senderClose === undefined) return undefined
     const fd = socket._handle?.fd
     if (typeof fd !== 'number' || fd < 0) return undefined
     let sender: SocketSender | undefined
     const handle = native.senderOpen(fd, (done, errno, finished) => sender?.progress(done, errno, finished))
-    sender = new SocketSender(native as SenderBinding, handle, onProgress, onError)
+    sender = new SocketSender(native as SenderBinding, handle, onProgress, onError, opts.inline)
     return sender
   }
 
@@ -165,11 +167,15 @@ export class SocketSender {
       for (const cb of sent) cb(err)
       return
     }
+    // a small batch while the thread is idle goes out at once on this thread (sender.c says why)
+    if (this.native.senderWrite(this.handle, buffers, this.inline) === true) {
+      for (const cb of sent) cb(null)
+      return
+    }
     let bytes = 0
     for (const b of buffers) bytes += b.length
     this.queue.push({ buffers, bytes, sent })
     this.queuedBytes += bytes
-    this.native.senderWrite(this.handle, buffers)
   }
 
   get idle(): boolean {

@@ -141,8 +141,22 @@ async function onPair(fn: (p: { server: net.Socket; client: net.Socket }) => Pro
   }
 }
 
-const openSender = (s: net.Socket, onError: (e: Error) => void = () => undefined) =>
-  SocketSender.open(s as unknown as { _handle?: { fd?: unknown } | null }, () => undefined, onError)
+const openSender = (s: net.Socket, onError: (e: Error) => void = () => undefined, inline = true) =>
+  SocketSender.open(s as unknown as { _handle?: { fd?: unknown } | null }, () => undefined, onError, { inline })
+
+/** resolves once `n` bytes arrived at `sock`, with them */
+const receive = (sock: net.Socket, n: number) => new Promise<Buffer>((resolve) => {
+  const got: Buffer[] = []
+  let have = 0
+  const on = (d: Buffer) => {
+    got.push(d)
+    have += d.length
+    if (have < n) return
+    sock.off('data', on)
+    resolve(Buffer.concat(got))
+  }
+  sock.on('data', on)
+})
 
 /** queue one batch; resolves with what its callback got once it is out (null) or failed */
 const written = (sender: SocketSender, parts: Buffer[], onSent?: () => void) =>
@@ -163,14 +177,15 @@ describe('socket sender (writes on a thread of its own)', () => {
       const sender = openSender(p.server)!
       const batches: Buffer[][] = []
       for (let i = 0; i < 300; i++) {
-        const parts = Array.from({ length: 1 + (i % 4) }, () => crypto.randomBytes(1 + crypto.randomInt(200_000)))
+        // small batches (written at once while the thread is idle) between large ones
+        const parts = Array.from({ length: 1 + (i % 4) }, () => crypto.randomBytes(1 + crypto.randomInt(i % 3 === 0 ? 2000 : 200_000)))
         batches.push(parts)
       }
       const expected = Buffer.concat(batches.flat())
       const order: number[] = []
       const results = batches.map((parts, i) => written(sender, parts, () => order.push(i)))
       // nothing is read for a while: the socket fills and the thread blocks in poll
-      expect(sender.queuedBytes).toBe(expected.length)
+      expect(sender.queuedBytes).toBeGreaterThan(expected.length / 2)
       await new Promise((resolve) => setTimeout(resolve, 100))
       expect(sender.idle).toBe(false)
       const received: Buffer[] = []
@@ -186,6 +201,45 @@ describe('socket sender (writes on a thread of its own)', () => {
       expect(Buffer.concat(received).equals(expected)).toBe(true)
       expect(sender.queuedBytes).toBe(0)
       await new Promise<void>((resolve) => sender.whenIdle(resolve))
+      sender.close()
+    })
+  })
+
+  it('a small batch while the sender is idle is written at once on the calling thread, unless inline is off', async () => {
+    if (nativeIoEngine !== 'native') return
+    await onPair(async (p) => {
+      const sender = openSender(p.server)!
+      const small = crypto.randomBytes(300)
+      const big = crypto.randomBytes(8 * 1024 * 1024)
+      const arrived = receive(p.client, small.length + big.length + small.length)
+      let sent: Error | null | undefined
+      sender.write([small.subarray(0, 100), small.subarray(100)], [(err) => (sent = err)])
+      // out before write() returned: no thread, no report, nothing queued
+      expect(sent).toBe(null)
+      expect(sender.queuedBytes).toBe(0)
+      expect(sender.idle).toBe(true)
+      // a large batch goes to the thread; a small one right behind it waits its turn there
+      const bigOut = written(sender, [big])
+      let behind: Error | null | undefined
+      sender.write([small], [(err) => (behind = err)])
+      expect(behind).toBe(undefined)
+      expect((await arrived).equals(Buffer.concat([small, big, small]))).toBe(true)
+      expect(await bigOut).toBe(null)
+      await new Promise<void>((resolve) => sender.whenIdle(resolve))
+      expect(behind).toBe(null)
+      sender.close()
+    })
+    await onPair(async (p) => {
+      const sender = openSender(p.server, () => undefined, false)!
+      const small = crypto.randomBytes(100)
+      const arrived = receive(p.client, small.length)
+      let sent: Error | null | undefined
+      sender.write([small], [(err) => (sent = err)])
+      expect(sent).toBe(undefined)
+      expect(sender.queuedBytes).toBe(small.length)
+      expect((await arrived).equals(small)).toBe(true)
+      await new Promise<void>((resolve) => sender.whenIdle(resolve))
+      expect(sent).toBe(null)
       sender.close()
     })
   })
@@ -230,11 +284,13 @@ describe('socket sender (writes on a thread of its own)', () => {
     expect(() => b.senderOpen!(-1, () => undefined)).toThrow(/fd/)
     expect(() => b.senderOpen!(1 << 30, () => undefined)).toThrow(/descriptor/)
     expect(() => b.senderOpen!(0, 'x')).toThrow(/function/)
-    expect(() => b.senderWrite!({}, [Buffer.alloc(1)])).toThrow(/handle/)
+    expect(() => b.senderWrite!({}, [Buffer.alloc(1)], false)).toThrow(/handle/)
     const h = b.senderOpen!(1, () => undefined)
-    expect(() => b.senderWrite!(h, 'x')).toThrow(/array/)
-    expect(() => b.senderWrite!(h, [])).toThrow(/1 to 4096/)
-    expect(() => b.senderWrite!(h, ['x'])).toThrow(/Uint8Array/)
+    expect(() => b.senderWrite!(h, [Buffer.alloc(1)])).toThrow(/3 arguments/)
+    expect(() => b.senderWrite!(h, [Buffer.alloc(1)], 'yes')).toThrow(/boolean/)
+    expect(() => b.senderWrite!(h, 'x', false)).toThrow(/array/)
+    expect(() => b.senderWrite!(h, [], false)).toThrow(/1 to 4096/)
+    expect(() => b.senderWrite!(h, ['x'], false)).toThrow(/Uint8Array/)
     b.senderClose!(h)
   })
 })

@@ -2,6 +2,7 @@ import net from 'node:net'
 import tls from 'node:tls'
 import { assert, errorMessage } from '../../lib/errors.js'
 import type { Logger } from '../../lib/log.js'
+import { TickWriter } from '../../lib/tickwriter.js'
 import {
   FrameParser, PeerError, bulkAcceptMagic, bulkHelloMagic, bulkOps, bulkRetryAfterFailureMs, bulkTicketBytes, dataPortModeDefault,
   encodeFrame, ops, peerConnectTimeoutMs, peerDownBackoffMs, peerInFlightMax, peerRequestTimeoutMs, statusOk,
@@ -45,10 +46,13 @@ const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () 
 class Channel {
   readonly pending = new Map<number, Pending>()
   private readonly parser: FrameParser
+  private readonly out: TickWriter
   private reason: string | undefined
 
   constructor(readonly sock: net.Socket, readonly bulk: boolean, node: string, onClose: (c: Channel) => void, onAnswer: () => void) {
     this.parser = new FrameParser(bulk)
+    // bulk frames (plain TCP) are written by a thread of their own; TLS ones corked per tick
+    this.out = new TickWriter(sock, { thread: bulk })
     sock.setNoDelay(true)
     sock.setTimeout(0)
     sock.on('error', (e) => { this.reason ??= e.message })
@@ -59,6 +63,7 @@ class Channel {
         p.reject(err)
         this.pending.delete(id)
       }
+      this.out.close()
       onClose(this)
     })
     sock.on('data', (chunk: Buffer) => {
@@ -86,9 +91,7 @@ class Channel {
 
   send(id: number, op: Op, json: Record<string, unknown>, data: Buffer | undefined): void {
     const parts = encodeFrame(id, op, json, data, this.bulk)
-    this.sock.cork()
-    for (const p of parts) this.sock.write(p)
-    this.sock.uncork()
+    this.out.write(parts) // the frames of this tick leave in one write
   }
 }
 

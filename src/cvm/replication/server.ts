@@ -10,6 +10,7 @@ import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { TlsCreds } from './client.js'
+import { TickWriter } from '../../lib/tickwriter.js'
 import {
   FrameParser, PeerError, bulkAcceptMagic, bulkConnectionsPerPeerMax, bulkHelloBytes, bulkHelloMagic, bulkOps, bulkTicketBytes,
   bulkTicketTtlMs, bulkTicketsPendingMax, bulkTicketsPendingPerPeerMax, dataPortConnectionsMax, dataPortHelloTimeoutMs,
@@ -268,6 +269,9 @@ export class DataServer {
   private serve(s: net.Socket, session: Session, onBytes: (on: (chunk: Buffer) => void) => void = (on) => s.on('data', on)): void {
     s.setNoDelay(true)
     const parser = new FrameParser(session.bulk, this.pool)
+    // replies on a bulk connection (plain TCP) are written by a thread of their own; TLS ones corked per tick
+    const out = new TickWriter(s, { thread: session.bulk })
+    s.on('close', () => out.close())
     let inFlight = 0
     // A peer that goes quiet (or never finishes a frame) is dropped when nothing of its is being
     // served (a long evacuation is); owners reconnect on demand.
@@ -292,9 +296,9 @@ export class DataServer {
           ({ json, data }) => {
             // the store is done with the frame's data once the op resolved
             f.release()
-            this.reply(s, session, f.id, statusOk, json, data)
+            this.reply(s, out, session, f.id, statusOk, json, data)
           },
-          (e: unknown) => this.reply(s, session, f.id, statusError, errorBody(e, this.opts.log)),
+          (e: unknown) => this.reply(s, out, session, f.id, statusError, errorBody(e, this.opts.log)),
         ).finally(() => {
           inFlight--
           if (inFlight < peerInFlightMax && s.isPaused()) s.resume()
@@ -303,11 +307,9 @@ export class DataServer {
     })
   }
 
-  private reply(s: net.Socket, session: Session, id: number, status: number, json: unknown, data?: Buffer): void {
+  private reply(s: net.Socket, out: TickWriter, session: Session, id: number, status: number, json: unknown, data?: Buffer): void {
     if (s.destroyed) return
-    s.cork()
-    for (const p of encodeFrame(id, status, json, data, session.bulk)) s.write(p)
-    s.uncork()
+    out.write(encodeFrame(id, status, json, data, session.bulk)) // the replies of this tick leave in one write
   }
 
   private async handle(f: Frame, session: Session): Promise<{ json: Record<string, unknown>, data?: Buffer }> {
