@@ -119,8 +119,10 @@ export class SimNet {
   }
 
   /** the PeerPool a process's RemoteReplicas use */
-  pool(from: Proc): { get(node: string): Promise<{ request(op: Op, json: Record<string, unknown>, data?: Buffer, timeoutMs?: number): Promise<Reply> }>, suspect(node: string): boolean, closeAll(): void } {
+  pool(from: Proc): { peek(node: string): undefined, get(node: string): Promise<{ request(op: Op, json: Record<string, unknown>, data?: Buffer, timeoutMs?: number): Promise<Reply> }>, suspect(node: string): boolean, closeAll(): void } {
     return {
+      // every call goes through get (a turn of the simulated network's scheduler), as before
+      peek: () => undefined,
       get: async (node) => ({ request: (op, json, data, timeoutMs) => this.request(from, node, op, json, data, timeoutMs) }),
       suspect: (node) => this.suspect(from, node),
       closeAll: () => undefined,

@@ -127,6 +127,28 @@ describe('data port', () => {
     c.close()
   })
 
+  it('fails a request the peer never answers with a timeout, and the connection stays usable', async () => {
+    // a peer that completes TLS and reads, but answers only the second request it gets
+    let seen = 0
+    const mute = tls.createServer({ cert: creds.cert, key: creds.key, ca: creds.ca, requestCert: true }, (s) => {
+      const parser = new FrameParser(false)
+      s.on('data', (d: Buffer) => {
+        for (const f of parser.push(d)) if (++seen === 2) s.write(Buffer.concat(encodeFrame(f.id, 0, { pong: true })))
+      })
+    })
+    await new Promise<void>((resolve) => mute.listen(0, '127.0.0.1', resolve))
+    const c = new PeerClient('n1', '127.0.0.1', (mute.address() as net.AddressInfo).port, creds, { mode: 'tls' })
+    try {
+      const err = await c.request(ops.ping, {}, undefined, 200).catch((e: unknown) => e)
+      expect(err).toBeInstanceOf(PeerError)
+      expect((err as PeerError).kind).toBe('timeout')
+      expect((await c.request(ops.ping, {}, undefined, 5000)).json.pong).toBe(true)
+    } finally {
+      c.close()
+      mute.close()
+    }
+  })
+
   it('refuses a peer whose certificate names another node (the client checks who answers)', async () => {
     // the server is n1; a client that meant n2 at this address must not talk to it
     const pool = new PeerPool(creds, async () => ({ address: '127.0.0.1', dataPort: port }))

@@ -37,7 +37,7 @@ function peer() {
       }
     },
   }
-  const pool = { get: async () => client, suspect: () => false } as unknown as PeerPool
+  const pool = { peek: () => client, get: async () => client, suspect: () => false } as unknown as PeerPool
   return {
     files,
     pool,

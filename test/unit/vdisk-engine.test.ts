@@ -145,6 +145,7 @@ class Cluster {
       }
     }
     const pool = {
+      peek: () => undefined,
       get: async (to: string) => ({ request: (op: Op, json: Record<string, unknown>, data?: Buffer) => request(to, op, json, data) }),
       suspect: (to: string) => !(this.nodes.get(to)?.up ?? false),
       closeAll: () => undefined,

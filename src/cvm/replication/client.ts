@@ -33,8 +33,17 @@ export interface PeerClientOptions {
 interface Pending {
   resolve: (f: Frame) => void
   reject: (e: Error) => void
-  timer: NodeJS.Timeout
+  /** Date.now() after which it fails with 'timeout' */
+  deadline: number
+  timeoutMs: number
 }
+
+/**
+ * How often a channel looks for requests past their deadline: one timer per connection instead of
+ * one per request (a timer made and cleared per 4 KiB write was a measurable share of the owner's
+ * event loop). A request fails at most this much after its timeout.
+ */
+const pendingSweepMs = 250
 
 const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined }
 
@@ -49,17 +58,20 @@ class Channel {
   private readonly out: TickWriter
   private reason: string | undefined
 
-  constructor(readonly sock: net.Socket, readonly bulk: boolean, node: string, onClose: (c: Channel) => void, onAnswer: () => void) {
+  private readonly sweep: NodeJS.Timeout
+
+  constructor(readonly sock: net.Socket, readonly bulk: boolean, readonly node: string, onClose: (c: Channel) => void, onAnswer: () => void) {
     this.parser = new FrameParser(bulk)
     // bulk frames (plain TCP) are written by a thread of their own; TLS ones corked per tick
     this.out = new TickWriter(sock, { thread: bulk })
     sock.setNoDelay(true)
     sock.setTimeout(0)
     sock.on('error', (e) => { this.reason ??= e.message })
+    this.sweep = setInterval(() => this.expire(Date.now()), pendingSweepMs).unref()
     sock.on('close', () => {
+      clearInterval(this.sweep)
       const err = new PeerError('unreachable', `node ${node}: ${bulk ? 'bulk ' : ''}connection closed${this.reason ? ` (${this.reason})` : ''}`)
       for (const [id, p] of this.pending) {
-        clearTimeout(p.timer)
         p.reject(err)
         this.pending.delete(id)
       }
@@ -78,7 +90,6 @@ class Channel {
         const p = this.pending.get(f.id)
         if (!p) continue // answered after its timeout
         this.pending.delete(f.id)
-        clearTimeout(p.timer)
         p.resolve(f)
         onAnswer()
       }
@@ -87,6 +98,15 @@ class Channel {
 
   get up(): boolean {
     return !this.sock.destroyed
+  }
+
+  /** fail the requests past their deadline (the answer, should it come, is dropped) */
+  expire(now: number): void {
+    for (const [id, p] of this.pending) {
+      if (p.deadline > now) continue
+      this.pending.delete(id)
+      p.reject(new PeerError('timeout', `node ${this.node}: no answer in ${p.timeoutMs} ms`))
+    }
   }
 
   send(id: number, op: Op, json: Record<string, unknown>, data: Buffer | undefined): void {
@@ -242,7 +262,10 @@ export class PeerClient {
     while (this.inFlight >= peerInFlightMax) await new Promise<void>((r) => this.waiters.push(r))
     this.inFlight++
     try {
-      const ch = bulkOps.has(op) ? await this.bulkChannel() : await this.connect()
+      // a channel that is up is used without a turn of the event loop
+      const ch = bulkOps.has(op)
+        ? (this.mode !== 'tls' && this.bulk?.up === true ? this.bulk : await this.bulkChannel())
+        : (this.tls?.up === true ? this.tls : await this.connect())
       return await this.exchange(ch, op, json, data, timeoutMs)
     } finally {
       this.inFlight--
@@ -259,13 +282,9 @@ export class PeerClient {
         reject(new PeerError('unreachable', `node ${this.node}: connection closed`))
         return
       }
-      const timer = setTimeout(() => {
-        ch.pending.delete(id)
-        reject(new PeerError('timeout', `node ${this.node}: no answer in ${timeoutMs} ms`))
-      }, timeoutMs)
       // ids are unique per channel while in flight: an answer must find exactly its request
       assert(!ch.pending.has(id), `data port request id ${id} is not in flight twice`)
-      ch.pending.set(id, { resolve, reject, timer })
+      ch.pending.set(id, { resolve, reject, deadline: Date.now() + timeoutMs, timeoutMs })
       ch.send(id, op, json, data)
     })
     if (frame.code !== statusOk) {
@@ -292,6 +311,11 @@ export class PeerPool {
   /** Is this node believed down right now (a connect to it failed moments ago)? */
   suspect(node: string): boolean {
     return this.clients.get(node)?.suspect ?? false
+  }
+
+  /** the client of a node, if one was made (callers fall back to get) */
+  peek(node: string): PeerClient | undefined {
+    return this.clients.get(node)
   }
 
   async get(node: string): Promise<PeerClient> {

@@ -112,7 +112,7 @@ export class RemoteReplica implements Replica {
   private async call(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer) {
     if (this.lost !== undefined) throw new PeerError('io', this.lost)
     if (this.openPending !== undefined) await this.openLate()
-    const peer = await this.peers.get(this.node)
+    const peer = this.peers.peek(this.node) ?? await this.peers.get(this.node)
     const params = { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, ...json }
     try {
       return await peer.request(op, params, data)
