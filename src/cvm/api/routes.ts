@@ -9,7 +9,7 @@ import type { VdiskEngine } from '../vdisk/engine.js'
 import type { PlacementView } from '../vdisk/placement.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import type { DiskRecord, NodeRecord } from '../../lib/types.js'
-import type { CsmRecord } from '../control/records.js'
+import { listCsmRecords } from '../control/records.js'
 import type { Etcd3 } from 'etcd3'
 import { bodyObject, bool, int, queryInt, str, type ApiServer } from '../../lib/http-server.js'
 import { checkName } from '../../lib/names.js'
@@ -114,7 +114,7 @@ function registerDiskRoutes(api: ApiServer, s: RouteServices): void {
  * finishes their delete when it is back): they go with the node.
  */
 async function refuseWithCsms(etcd: Etcd3, name: string): Promise<string[]> {
-  const csms = (await etcdCall('list CSMs', () => listJson<CsmRecord>(etcd, keys.csmsPrefix))).filter((c) => c.node === name)
+  const csms = await listCsmRecords(etcd, name)
   const live = csms.filter((c) => c.deleting !== true).map((c) => c.name).sort()
   if (live.length > 0) {
     throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it runs CSM(s) ${live.join(', ')}`,

@@ -19,7 +19,7 @@ import { ImageWorker } from '../images/worker.js'
 import { CgroupHost } from '../../csm/runtime/cgroups.js'
 import { isProcessAlive } from '../../csm/runtime/runc.js'
 import { refusingRule } from './policy.js'
-import type { ContainerRecord, CsmRecord, RegistryPolicyRecord, RegistryRecord } from './records.js'
+import { listCsmRecords, type ContainerRecord, type CsmRecord, type RegistryPolicyRecord, type RegistryRecord } from './records.js'
 
 /** how long a new (or restarted) CSM daemon may take to answer */
 export const csmStartTimeoutMs = 30_000
@@ -167,7 +167,7 @@ export class NodeAgent {
    */
   reconcile(): Promise<void> {
     const run = (this.reconciling ?? Promise.resolve()).then(async () => {
-      const recs = (await etcdCall('list CSMs', () => listJson<CsmRecord>(this.etcd, keys.csmsPrefix))).filter((r) => r.node === this.node)
+      const recs = await listCsmRecords(this.etcd, this.node)
       const byName = new Map(recs.map((r) => [r.name, r]))
       for (const r of recs) if (r.deleting !== true) await this.writeSpec(r)
       for (const name of this.localNames()) {

@@ -5,7 +5,7 @@ import type { Logger } from '../../lib/log.js'
 import { checkName } from '../../lib/names.js'
 import type { LocalCsm, NodeCall } from '../../lib/rpc/node-ops.js'
 import type { NodeRecord, NodeStatusRecord } from '../../lib/types.js'
-import type { ContainerRecord, CsmPoolRecord, CsmRecord, VolumeRecord } from './records.js'
+import { listCsmRecords, type ContainerRecord, type CsmPoolRecord, type CsmRecord, type VolumeRecord } from './records.js'
 
 /** a node that does not tell its CSMs' state within this is shown down */
 const nodeStatusTimeoutMs = 10_000
@@ -49,7 +49,7 @@ export class ControlContext {
 
   /** Every CSM record, those being deleted too. */
   csmRecords(): Promise<CsmRecord[]> {
-    return etcdCall('list CSMs', () => listJson<CsmRecord>(this.etcd, keys.csmsPrefix))
+    return listCsmRecords(this.etcd)
   }
 
   async poolRecord(name: string): Promise<CsmPoolRecord> {

@@ -1,5 +1,7 @@
 import type { NetworkMode, RuntimeName, VolumeAttachment } from '../../lib/csm-types.js'
 import type { VolumeMount } from '../../lib/container-spec.js'
+import type { Etcd3 } from 'etcd3'
+import { etcdCall, keys, listJson } from '../../lib/etcd.js'
 
 /** Records of the container half of the cluster, as stored in etcd (keys in src/lib/etcd.ts). */
 
@@ -74,4 +76,10 @@ export interface VolumeRecord {
   formatted: boolean
   attachments: VolumeAttachment[]
   createdAt: string
+}
+
+/** every CSM record in the cluster, or those of one node (the API, the control context and the node agent) */
+export async function listCsmRecords(etcd: Etcd3, node?: string): Promise<CsmRecord[]> {
+  const all = await etcdCall('list CSMs', () => listJson<CsmRecord>(etcd, keys.csmsPrefix))
+  return node === undefined ? all : all.filter((c) => c.node === node)
 }
