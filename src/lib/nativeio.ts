@@ -167,8 +167,9 @@ export class SocketSender {
       for (const cb of sent) cb(err)
       return
     }
-    // a small batch while the thread is idle goes out at once on this thread (sender.c says why)
-    if (this.native.senderWrite(this.handle, buffers, this.inline) === true) {
+    // A small batch while the thread is idle goes out at once on this thread (sender.c says why);
+    // only when every earlier batch was reported too, so the callbacks still run in batch order.
+    if (this.native.senderWrite(this.handle, buffers, this.inline && this.queue.length === 0) === true) {
       for (const cb of sent) cb(null)
       return
     }
