@@ -3,6 +3,7 @@ import { TessError, errorMessage, isTessError } from '../lib/errors.js'
 import { ApiClient } from '../lib/apiclient.js'
 import { resolveContext, type ClusterContext } from '../lib/contexts.js'
 import { setHeadersOff, setProgressOff } from './output.js'
+import { formatResult, names, outputFormatOf, outputFormats } from './format.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof TessCommand)['baseFlags'] & T['flags']>
 
@@ -17,6 +18,8 @@ export abstract class TessCommand<R> extends Command {
     cluster: Flags.string({ description: 'Cluster context to use (default: the last created).', env: 'TESS_CLUSTER', helpGroup: 'GLOBAL' }),
     'no-headers': Flags.boolean({ description: 'Print tables without their header line (for scripts; text output only).', helpGroup: 'GLOBAL' }),
     'no-progress': Flags.boolean({ description: 'Draw no spinner or progress on stderr (also off with TERM=dumb, CI set, or stderr not a terminal).', helpGroup: 'GLOBAL' }),
+    output: Flags.string({ char: 'o', description: 'Print the result as json (same as --json), yaml, wide (every field, nested ones as JSON) or name (one name per line).', options: [...outputFormats], helpGroup: 'GLOBAL' }),
+    quiet: Flags.boolean({ char: 'q', description: 'Print only the names of a list, one per line; other commands print nothing but errors.', helpGroup: 'GLOBAL' }),
   }
 
   protected jsonMode = false
@@ -32,13 +35,16 @@ export abstract class TessCommand<R> extends Command {
     const dashdash = this.argv.indexOf('--')
     const own = dashdash < 0 ? this.argv : this.argv.slice(0, dashdash)
     this.jsonMode = own.includes('--json')
+    const format = outputFormatOf(own) // an unknown format is refused before anything is done
+    if (format === 'json') this.jsonMode = true
+    const quiet = own.includes('-q') || own.includes('--quiet')
     setProgressOff(own.includes('--no-progress'))
     setHeadersOff(own.includes('--no-headers'))
     const result = await this.exec()
-    if (this.jsonMode) {
+    if (this.jsonMode || format === 'json') {
       process.stdout.write(JSON.stringify(result, null, 2) + '\n')
     } else {
-      const text = this.render(result)
+      const text = format !== undefined ? formatResult(result, format) : quiet ? (Array.isArray(result) ? names(result) : '') : this.render(result)
       if (text) process.stdout.write(text.endsWith('\n') ? text : text + '\n')
     }
   }
