@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what tess needs on this machine: Debian packages (only when missing), npm packages, the build.
-#   scripts/install-deps.sh runtime   etcd + openssl (enough to run the embedded cluster)
+#   scripts/install-deps.sh runtime   etcd + openssl (enough to run the embedded cluster), man
 #   scripts/install-deps.sh test      + the real NBD clients, fio, nbdkit, man (what the tests use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,10 +8,11 @@ kind="${1:-runtime}"
 
 # binary -> Debian package
 # g++ and make build the native addons (CRC-32C; page cache reads, the socket sender and aligned memory for direct writes) during npm ci (without them the slower fallbacks are used)
-declare -A pkgs=([etcd]=etcd-server [etcdctl]=etcd-client [openssl]=openssl [g++]=g++ [make]=make)
+# man-db: `man tess` after the quick start
+declare -A pkgs=([etcd]=etcd-server [etcdctl]=etcd-client [openssl]=openssl [g++]=g++ [make]=make [man]=man-db)
 if [[ "$kind" == test ]]; then
   pkgs+=([qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils [nbdinfo]=libnbd-bin [nbdcopy]=libnbd-bin
-         [fio]=fio [nbdkit]=nbdkit [man]=man-db [groff]=groff-base [hyperfine]=hyperfine
+         [fio]=fio [nbdkit]=nbdkit [groff]=groff-base [hyperfine]=hyperfine
          [sshd]=openssh-server [ssh]=openssh-client [ip]=iproute2 [tmux]=tmux
          [docker-registry]=docker-registry [umoci]=umoci [skopeo]=skopeo [busybox]=busybox-static
          [runc]=runc [crun]=crun [stress-ng]=stress-ng)

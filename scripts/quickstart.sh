@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh runtime
 npm link --no-audit --no-fund --loglevel=error >/dev/null   # puts `tess` on PATH
+bash scripts/link-man.sh                                   # `man tess`, `man tess-vdisk-create`, ...
 if ! tess cluster status --cluster local >/dev/null 2>&1; then
   tess cluster create --local
 fi
