@@ -34,13 +34,20 @@ export interface DiskInfo {
   capacityBytes: number
   usedBytes: number
   freeBytes: number
+  /** the filesystem's blocks only root may use (not free for the pool) */
+  reservedBytes: number
+  /** everything else on the disk's filesystem: other files, other disks on the same filesystem, metadata */
+  otherBytes: number
   addedAt: string
 }
 
+/** capacityBytes = usedBytes + freeBytes + reservedBytes + otherBytes, each counted once per filesystem */
 export interface PoolInfo {
   capacityBytes: number
   usedBytes: number
   freeBytes: number
+  reservedBytes: number
+  otherBytes: number
   disks: DiskInfo[]
 }
 
@@ -113,7 +120,8 @@ export interface NodeStatusRecord {
   name: string
   at: string
   daemons: DaemonInfo[]
-  disks: Record<string, { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number }>
+  /** reservedBytes is absent in records of older CVMs */
+  disks: Record<string, { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number, reservedBytes?: number }>
   /** absent in records of older CVMs */
   containers?: ContainersState
 }

@@ -148,6 +148,15 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(pool.json.disks).toHaveLength(2)
     // both disks share one filesystem: counted once
     expect(pool.json.capacityBytes).toBe(pool.json.disks[0].capacityBytes)
+    // the numbers add up: capacity = used + free + reserved + other (a spare written between the
+    // statfs and the count of spares can be counted twice for a moment: one spare at most)
+    const j = pool.json
+    expect(j.reservedBytes).toBeGreaterThanOrEqual(0)
+    expect(j.otherBytes).toBeGreaterThanOrEqual(0)
+    expect(Math.abs(j.usedBytes + j.freeBytes + j.reservedBytes + j.otherBytes - j.capacityBytes)).toBeLessThanOrEqual(33 * 1024 * 1024)
+    const text = await c.tess(['storage-pool', 'show'])
+    expect(text.stdout).toMatch(/^reserved: /m)
+    expect(text.stdout).toMatch(/^other: .*other files/m)
     const rm = await c.tess(['disk', 'remove', extra, '--yes', '--json'])
     expect(rm.code).toBe(0)
     expect((await c.tess(['disk', 'list', '--json'])).json).toHaveLength(1)

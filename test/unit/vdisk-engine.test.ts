@@ -157,7 +157,7 @@ class Cluster {
     const n = this.node(name)
     const svc = new VdiskService(n.etcd, {
       nbdAddress: '10.0.0.1', nbdPort: 10809, keys: { current: this.keyOn.has(name) ? this.clusterKey : undefined },
-      pool: async () => ({ capacityBytes: 4 * this.poolFreeBytes, usedBytes: 0, freeBytes: this.poolFreeBytes, disks: [] }),
+      pool: async () => ({ capacityBytes: 4 * this.poolFreeBytes, usedBytes: 0, freeBytes: this.poolFreeBytes, reservedBytes: 0, otherBytes: 3 * this.poolFreeBytes, disks: [] }),
       data: n.engine,
     })
     // the node operations a delete calls, served by the other nodes' engines as main.ts wires them

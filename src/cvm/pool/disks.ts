@@ -12,7 +12,7 @@ export const egroupDirName = 'egroups'
 /** spare extent group files of a disk (vdisk/spares.ts) */
 export const spareDirName = 'spares'
 
-export interface DiskStat { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number }
+export interface DiskStat { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number, reservedBytes?: number }
 
 /** Capacity and free space of the filesystem under a disk; used = bytes held by our extent groups. */
 export function statDisk(diskPath: string): DiskStat {
@@ -29,7 +29,16 @@ export function statDisk(diskPath: string): DiskStat {
       used += fs.statSync(path.join(egDir, n)).blocks * 512
     } catch { /* removed meanwhile */ }
   }
-  return { capacityBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize + spareBytes(diskPath), usedBytes: used, dev: st.dev }
+  return { capacityBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize + spareBytes(diskPath), usedBytes: used, dev: st.dev, reservedBytes: (s.bfree - s.bavail) * s.bsize }
+}
+
+/**
+ * What a filesystem holds besides the pool's extent groups, its free space and its reserved
+ * blocks: other files, and the filesystem's own metadata. Never below 0 (used is counted in
+ * allocated blocks, which can exceed what statfs saw a moment earlier).
+ */
+export function otherBytesOf(capacityBytes: number, usedBytes: number, freeBytes: number, reservedBytes: number): number {
+  return Math.max(0, capacityBytes - usedBytes - freeBytes - reservedBytes)
 }
 
 /** Bytes of a disk's spare extent group files (vdisk/spares.ts): free space the pool has already written. */
@@ -171,7 +180,7 @@ export class DiskService {
         fs.rmdirSync(path.join(d.path, egroupDirName))
       } catch { /* not empty or gone: leave it */ }
     }
-    return info ?? { ...d, state: 'offline', capacityBytes: 0, usedBytes: 0, freeBytes: 0 }
+    return info ?? { ...d, state: 'offline', capacityBytes: 0, usedBytes: 0, freeBytes: 0, reservedBytes: 0, otherBytes: 0 }
   }
 
   /** Disks with capacity: this node's measured now, other nodes' from their status records. */
@@ -196,6 +205,8 @@ export class DiskService {
         capacityBytes: st?.capacityBytes ?? 0,
         usedBytes: st?.usedBytes ?? 0,
         freeBytes: st?.freeBytes ?? 0,
+        reservedBytes: st?.reservedBytes ?? 0,
+        otherBytes: st ? otherBytesOf(st.capacityBytes, st.usedBytes, st.freeBytes, st.reservedBytes ?? 0) : 0,
         addedAt: r.addedAt,
       }
     })
@@ -217,19 +228,27 @@ export class DiskService {
         } catch { /* offline */ }
       }
     }
-    const seen = new Set<string>()
-    let capacityBytes = 0
-    let freeBytes = 0
+    // per (node, filesystem): its capacity, free and reserved space once, the groups of all its disks
+    const filesystems = new Map<string, { capacityBytes: number, freeBytes: number, reservedBytes: number, usedBytes: number }>()
     let usedBytes = 0
     for (const d of disks) {
       usedBytes += d.usedBytes
       if (d.state !== 'online') continue
       const fsKey = `${d.node}:${devOf.get(d.id) ?? d.id}`
-      if (seen.has(fsKey)) continue
-      seen.add(fsKey)
-      capacityBytes += d.capacityBytes
-      freeBytes += d.freeBytes
+      const f = filesystems.get(fsKey)
+      if (f === undefined) filesystems.set(fsKey, { capacityBytes: d.capacityBytes, freeBytes: d.freeBytes, reservedBytes: d.reservedBytes, usedBytes: d.usedBytes })
+      else f.usedBytes += d.usedBytes
     }
-    return { capacityBytes, usedBytes, freeBytes, disks }
+    let capacityBytes = 0
+    let freeBytes = 0
+    let reservedBytes = 0
+    let otherBytes = 0
+    for (const f of filesystems.values()) {
+      capacityBytes += f.capacityBytes
+      freeBytes += f.freeBytes
+      reservedBytes += f.reservedBytes
+      otherBytes += otherBytesOf(f.capacityBytes, f.usedBytes, f.freeBytes, f.reservedBytes)
+    }
+    return { capacityBytes, usedBytes, freeBytes, reservedBytes, otherBytes, disks }
   }
 }
