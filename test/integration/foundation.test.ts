@@ -81,8 +81,16 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(grow.json.sizeBytes).toBe(1024 ** 3)
     const table = await c.tess(['vdisk', 'list'])
     expect(table.stdout).toMatch(/v1.*1 GiB/)
+    // --dry-run: no question (no terminal here, no --yes), the vDisk as it would go, nothing deleted
+    const dry = await c.tess(['vdisk', 'delete', 'v2', '--dry-run', '--json'])
+    expect(dry.code, dry.stdout + dry.stderr).toBe(0)
+    expect(dry.json).toMatchObject({ name: 'v2', dryRun: true })
+    expect((await c.tess(['vdisk', 'delete', 'v2', '--dry-run'])).stdout).toMatch(/^would delete vDisk: v2$/m)
+    expect((await c.tess(['vdisk', 'show', 'v2', '--json'])).code).toBe(0)
+    expect((await c.tess(['vdisk', 'delete', 'nope', '--dry-run', '--json'])).code).toBe(3)
     const del = await c.tess(['vdisk', 'delete', 'v2', '--yes', '--json'])
     expect(del.code).toBe(0)
+    expect(del.json.dryRun).toBe(false)
     expect((await c.tess(['vdisk', 'show', 'v2', '--json'])).code).toBe(3)
   })
 

@@ -217,6 +217,10 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       expect(d.code, d.stdout + d.stderr).toBe(4)
       expect(d.json.error.code).toBe('TESS_E_CONFLICT')
       expect(d.json.error.message).toContain(`through node ${th.hosts[1]!.name}`)
+      // --dry-run makes the same check and is refused the same way
+      const dry = await tess(['vdisk', 'delete', 'held', '--dry-run', '--json'])
+      expect(dry.code, dry.stdout + dry.stderr).toBe(4)
+      expect(dry.json.error.message).toContain(`through node ${th.hosts[1]!.name}`)
       expect((await tess(['vdisk', 'show', 'held', '--json'])).code).toBe(0)
     } finally {
       child.stdin.end()

@@ -263,5 +263,5 @@ function registerVdiskRoutes(api: ApiServer, s: RouteServices): void {
     const b = bodyObject(req.body)
     return s.vdisks.resize(req.params.name!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!)
   }, 'operator')
-  api.route('DELETE', '/v1/vdisks/:name', async (req) => s.vdisks.delete(req.params.name!, req.query.get('force') === 'true'), 'operator')
+  api.route('DELETE', '/v1/vdisks/:name', async (req) => s.vdisks.delete(req.params.name!, req.query.get('force') === 'true', req.query.get('dryRun') === 'true'), 'operator')
 }

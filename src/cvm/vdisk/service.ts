@@ -161,10 +161,12 @@ export class VdiskService {
     return this.info(next)
   }
 
-  async delete(name: string, force: boolean): Promise<VdiskInfo> {
+  /** `dryRun`: every check a delete makes, and the vDisk as it would be deleted; nothing changes */
+  async delete(name: string, force: boolean, dryRun = false): Promise<VdiskInfo> {
     const rec = await this.get(name)
     if (!force) await this.refuseWhileOpen(name)
     const info = await this.info(rec)
+    if (dryRun) return info
     // Mark it deleting and free the name in one transaction; the data goes next. A crash in
     // between leaves a 'deleting' record that finishDeletes() completes on the next start.
     const dying: VdiskRecord = { ...rec, state: 'deleting' }
