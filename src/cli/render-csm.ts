@@ -52,7 +52,7 @@ export function renderCsmPool(p: CsmPoolInfo): string {
 
 export function renderCsmPoolList(list: CsmPoolInfo[]): string {
   if (list.length === 0) return 'No CSM pools. Create one with: tess csm-pool create NAME --csm CSM1,CSM2'
-  return table(['name', 'csms', 'created'], list.map((p) => [p.name, p.csms.join(', ') || '-', p.createdAt]))
+  return table(['name', 'csms', 'created'], list.map((p) => [p.name, p.csms.join(', ') || '-', formatAge(p.createdAt)]))
 }
 
 // registries
@@ -78,7 +78,7 @@ export function renderRegistry(r: RegistryInfo): string {
 export function renderRegistryList(list: RegistryInfo[]): string {
   if (list.length === 0) return 'No registries. Add one with: tess registry add NAME https://registry.example.com'
   return table(['name', 'url', 'host', 'insecure', 'credentials', 'created'],
-    list.map((r) => [r.name, r.url, r.host, yesNo(r.insecure), registryCredentials(r), r.createdAt]))
+    list.map((r) => [r.name, r.url, r.host, yesNo(r.insecure), registryCredentials(r), formatAge(r.createdAt)]))
 }
 
 export function renderPolicy(p: RegistryPolicyInfo): string {

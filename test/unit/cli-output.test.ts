@@ -57,6 +57,11 @@ describe('the built CLI with -o and -q', () => {
     expect(YAML.parse((await tess(['cluster', 'list', '-o', 'yaml'])).stdout)).toEqual(json)
     expect(JSON.parse((await tess(['cluster', 'list', '-o', 'json'])).stdout)).toEqual(json)
     expect((await tess(['cluster', 'list', '--output=wide'])).stdout.split('\n')[0]).toMatch(/^name\s+current\s+endpoints/)
+    // tables show relative times; JSON and yaml keep ISO 8601
+    const text = (await tess(['cluster', 'list'])).stdout
+    expect(text).toMatch(/^\s*lab\s.*\d+s ago$/m)
+    expect(text).not.toMatch(/\d{4}-\d\d-\d\dT/)
+    expect(json[0].createdAt).toMatch(/^\d{4}-\d\d-\d\dT/)
     // not a list: -q prints nothing, and the exit code says it worked
     const quiet = await tess(['cluster', 'use', 'lab', '-q'])
     expect(quiet.code).toBe(0)

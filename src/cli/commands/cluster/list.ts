@@ -1,6 +1,7 @@
 import { TessCommand } from '../../base.js'
 import { listContexts } from '../../../lib/contexts.js'
 import { table } from '../../output.js'
+import { formatAge } from '../../csm-input.js'
 
 export interface ClusterContextInfo {
   name: string
@@ -32,6 +33,6 @@ export default class ClusterList extends TessCommand<ClusterContextInfo[]> {
 
   protected render(r: ClusterContextInfo[]): string {
     if (r.length === 0) return 'No cluster contexts. Create one with: tess cluster create --local'
-    return table(['', 'name', 'endpoints', 'local data dir', 'created'], r.map((c) => [c.current ? '*' : '', c.name, c.endpoints.join(', '), c.dataDir ?? '-', c.createdAt]))
+    return table(['', 'name', 'endpoints', 'local data dir', 'created'], r.map((c) => [c.current ? '*' : '', c.name, c.endpoints.join(', '), c.dataDir ?? '-', formatAge(c.createdAt)]))
   }
 }

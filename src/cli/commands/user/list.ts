@@ -1,5 +1,6 @@
 import { TessCommand } from '../../base.js'
 import { table } from '../../output.js'
+import { formatAge } from '../../csm-input.js'
 import type { UserInfo } from '../../../lib/user-types.js'
 
 export default class UserList extends TessCommand<UserInfo[]> {
@@ -15,6 +16,6 @@ export default class UserList extends TessCommand<UserInfo[]> {
 
   protected render(us: UserInfo[]): string {
     if (us.length === 0) return 'No users (the bootstrap token is user root). Create one with: tess user create NAME --role viewer|operator|admin'
-    return table(['NAME', 'ROLE', 'CREATED', 'TOKEN ROTATED'], us.map((u) => [u.name, u.role, u.createdAt, u.rotatedAt ?? '-']))
+    return table(['NAME', 'ROLE', 'CREATED', 'TOKEN ROTATED'], us.map((u) => [u.name, u.role, formatAge(u.createdAt), formatAge(u.rotatedAt)]))
   }
 }
