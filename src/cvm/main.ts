@@ -213,7 +213,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     vdisks: {
       create: (name, sizeBytes, rf, encrypted) => vdisks.create(name, sizeBytes, rf, encrypted),
       list: () => vdisks.list(),
-      delete: (name) => vdisks.delete(name, false),
+      delete: (name, dryRun) => vdisks.delete(name, false, dryRun === true),
     },
   })
   registerCsmRoutes(api, containers)

@@ -104,6 +104,7 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await fails(['container', 'run', image, '--name', 'second', '--csm', 'apps', '--volume', 'data:/data:ro', '--', 'true'], 4, 'TESS_E_CONFLICT')
     await fails(['container', 'show', 'second'], 3, 'TESS_E_NOT_FOUND')
     await fails(['volume', 'delete', 'data', '--yes'], 4, 'TESS_E_CONFLICT')
+    await fails(['volume', 'delete', 'data', '--dry-run'], 4, 'TESS_E_CONFLICT') // the same check
 
     await ok(['container', 'remove', 'writer', '--force', '--yes'])
     await noLeftovers()
@@ -242,6 +243,9 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await ok(['volume', 'create', 'scratch', '--size', '64M'])
     await ok(['container', 'run', image, '--name', 'last', '--csm', 'apps', '--volume', 'scratch:/s', '--', 'busybox', 'sleep', '1000'])
     await ok(['container', 'remove', 'last', '--force', '--yes'])
+    // --dry-run: no question, nothing deleted
+    expect(await ok(['volume', 'delete', 'scratch', '--dry-run'])).toMatchObject({ name: 'scratch', dryRun: true })
+    await ok(['vdisk', 'show', 'vol-scratch'])
     expect((await ok(['volume', 'delete', 'scratch', '--yes'])).name).toBe('scratch')
     await fails(['vdisk', 'show', 'vol-scratch'], 3, 'TESS_E_NOT_FOUND')
     // a CSM deleted with --force takes its containers' attachments with them

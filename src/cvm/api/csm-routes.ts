@@ -110,5 +110,5 @@ function volumeRoutes(api: ApiServer, r: Volumes): void {
     return r.create({ name: str(b, 'name')!, sizeBytes: int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, rf: int(b, 'rf', 1, rfMax, false) ?? 1, encrypted: bool(b, 'encrypted') })
   }, 'operator')
   api.route('GET', '/v1/volumes/:name', async (req) => r.show(req.params.name!))
-  api.route('DELETE', '/v1/volumes/:name', async (req) => r.delete(req.params.name!), 'operator')
+  api.route('DELETE', '/v1/volumes/:name', async (req) => r.delete(req.params.name!, req.query.get('dryRun') === 'true'), 'operator')
 }

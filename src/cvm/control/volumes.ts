@@ -12,7 +12,8 @@ import type { CsmRecord, VolumeRecord } from './records.js'
 export interface VdiskOps {
   create(name: string, sizeBytes: number, rf: number, encrypted?: boolean): Promise<VdiskInfo>
   list(): Promise<VdiskInfo[]>
-  delete(name: string): Promise<VdiskInfo>
+  /** `dryRun`: its checks only (NBD clients connected), nothing deleted */
+  delete(name: string, dryRun?: boolean): Promise<VdiskInfo>
 }
 
 /** a volume's vDisk is `vol-<name>`: the name leaves room for the prefix */
@@ -70,7 +71,8 @@ export class Volumes {
     return volumeInfo(r, await this.vdisks.list())
   }
 
-  async delete(name: string): Promise<VolumeInfo> {
+  /** `dryRun`: every check a delete makes (attachments, then its vDisk's), and the volume as it would go; nothing changes */
+  async delete(name: string, dryRun = false): Promise<VolumeInfo> {
     const { etcd } = this.ctx
     checkName('volume', name)
     const got = await etcdCall('read the volume', () => etcd.get(keys.volume(name)).exec())
@@ -82,6 +84,12 @@ export class Volumes {
       throw new TessError('TESS_E_CONFLICT', `cannot delete volume "${name}": it is attached to container "${a.container}" on node ${a.node}${r.attachments.length > 1 ? ` and ${r.attachments.length - 1} more` : ''}`, `remove the container first: tess container remove ${a.container}`)
     }
     const info = volumeInfo(r, await this.vdisks.list())
+    if (dryRun) {
+      await this.vdisks.delete(r.vdisk, true).catch((e: unknown) => {
+        if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) throw e
+      })
+      return info
+    }
     const res = await etcdCall('delete the volume record', () => etcd.if(keys.volume(name), 'Mod', '==', kv.mod_revision).then(etcd.delete().key(keys.volume(name))).commit())
     if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `volume "${name}" changed while it was being deleted (attached?)`, 'look at it again: tess volume show')
     try {
