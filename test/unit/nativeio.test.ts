@@ -9,6 +9,7 @@ import net from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
 import { SocketSender, nativeIoEngine, readCached } from '../../src/lib/nativeio.js'
 import { RawFile } from '../../src/cvm/vdisk/rawfile.js'
+import { onPair, receive } from '../helpers/sockets.js'
 
 /**
  * Reads from the page cache on the calling thread (native/io.c: preadv2 with RWF_NOWAIT) and the
@@ -108,55 +109,8 @@ describe('native page cache reads', () => {
   })
 })
 
-/** a connected TCP pair on loopback: the server's end (to send on) and the client's */
-async function tcpPair(): Promise<{ server: net.Socket; client: net.Socket; close: () => void }> {
-  let accepted!: (s: net.Socket) => void
-  const got = new Promise<net.Socket>((resolve) => (accepted = resolve))
-  const listener = net.createServer((s) => accepted(s))
-  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve))
-  const client = net.connect((listener.address() as net.AddressInfo).port, '127.0.0.1')
-  const server = await got
-  // a reset peer is expected in one test
-  server.on('error', () => undefined)
-  client.on('error', () => undefined)
-  await new Promise<void>((resolve) => (client.connecting ? client.once('connect', () => resolve()) : resolve()))
-  return {
-    server,
-    client,
-    close: () => {
-      client.destroy()
-      server.destroy()
-      listener.close()
-    },
-  }
-}
-
-/** run `fn` on a fresh pair, closed afterwards whatever happens */
-async function onPair(fn: (p: { server: net.Socket; client: net.Socket }) => Promise<void>): Promise<void> {
-  const p = await tcpPair()
-  try {
-    await fn(p)
-  } finally {
-    p.close()
-  }
-}
-
 const openSender = (s: net.Socket, onError: (e: Error) => void = () => undefined, inline = true) =>
   SocketSender.open(s as unknown as { _handle?: { fd?: unknown } | null }, () => undefined, onError, { inline })
-
-/** resolves once `n` bytes arrived at `sock`, with them */
-const receive = (sock: net.Socket, n: number) => new Promise<Buffer>((resolve) => {
-  const got: Buffer[] = []
-  let have = 0
-  const on = (d: Buffer) => {
-    got.push(d)
-    have += d.length
-    if (have < n) return
-    sock.off('data', on)
-    resolve(Buffer.concat(got))
-  }
-  sock.on('data', on)
-})
 
 /** queue one batch; resolves with what its callback got once it is out (null) or failed */
 const written = (sender: SocketSender, parts: Buffer[], onSent?: () => void) =>

@@ -1,38 +1,17 @@
 import crypto from 'node:crypto'
-import net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { TickWriter, tickWriterFlushBytes } from '../../src/lib/tickwriter.js'
+import { onPair, receive } from '../helpers/sockets.js'
 
 /**
  * The per-tick batching of the data port (src/lib/tickwriter.ts): everything arrives, in order,
  * with or without a sender thread, and a batch leaves early once it holds tickWriterFlushBytes.
  */
 
-async function pair(): Promise<{ server: net.Socket, client: net.Socket, close: () => void }> {
-  const listener = net.createServer()
-  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve))
-  const accepted = new Promise<net.Socket>((resolve) => listener.once('connection', resolve))
-  const client = net.connect((listener.address() as net.AddressInfo).port, '127.0.0.1')
-  const server = await accepted
-  await new Promise<void>((resolve) => (client.connecting ? client.once('connect', () => resolve()) : resolve()))
-  return { server, client, close: () => { client.destroy(); server.destroy(); listener.close() } }
-}
-
-const receive = (sock: net.Socket, n: number) => new Promise<Buffer>((resolve) => {
-  const got: Buffer[] = []
-  let have = 0
-  sock.on('data', (d: Buffer) => {
-    got.push(d)
-    have += d.length
-    if (have >= n) resolve(Buffer.concat(got))
-  })
-})
-
 describe('TickWriter', () => {
   for (const thread of [false, true]) {
     it(`delivers every message in order (${thread ? 'sender thread where the addon is' : 'corked socket'})`, async () => {
-      const p = await pair()
-      try {
+      await onPair(async (p) => {
         const w = new TickWriter(p.server, { thread })
         // small frames (written at once or corked), 4 KiB ones (early flushes) and 1 MiB ones (the thread)
         const msgs = Array.from({ length: 200 }, (_, i) => [crypto.randomBytes(32), crypto.randomBytes(i % 10 === 0 ? 1024 * 1024 : i % 2 === 0 ? 4096 : 0)])
@@ -45,15 +24,12 @@ describe('TickWriter', () => {
         }
         expect((await arrived).equals(expected)).toBe(true)
         w.close()
-      } finally {
-        p.close()
-      }
+      })
     })
   }
 
   it('corks the socket for the tick and lets a batch go once it holds the flush size', async () => {
-    const p = await pair()
-    try {
+    await onPair(async (p) => {
       const w = new TickWriter(p.server, { thread: false })
       w.write([Buffer.alloc(100)])
       expect(p.server.writableCorked).toBe(1)
@@ -65,20 +41,15 @@ describe('TickWriter', () => {
       await new Promise((resolve) => process.nextTick(resolve))
       expect(p.server.writableCorked).toBe(0)
       expect((await arrived).length).toBe(110 + tickWriterFlushBytes)
-    } finally {
-      p.close()
-    }
+    })
   })
 
   it('ignores writes once the socket is destroyed', async () => {
-    const p = await pair()
-    try {
+    await onPair(async (p) => {
       const w = new TickWriter(p.server, { thread: true })
       p.server.destroy()
       expect(() => w.write([Buffer.alloc(10)])).not.toThrow()
       w.close()
-    } finally {
-      p.close()
-    }
+    })
   })
 })
