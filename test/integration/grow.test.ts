@@ -75,10 +75,15 @@ describe('host add grows etcd from 1 to 3 members', () => {
     const r = await run('nbdcopy', [uri(1, 'g'), out], { timeoutMs: 120_000 })
     expect(r.code, r.stderr).toBe(0)
     expect(fs.readFileSync(out).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    let lastAnswer = ''
     const v = await waitFor('a vDisk created after the loss', async () => {
       const x = await tess(['vdisk', 'create', 'after', '--size', '16M', '--rf', '2', '--json'])
+      lastAnswer = `exit ${x.code}: ${x.stdout}${x.stderr}`
       return x.code === 0 ? x : undefined
-    }, 60_000, 2000)
+    }, 60_000, 2000).catch((e: unknown) => {
+      // the last refusal says why (a timeout alone does not)
+      throw new Error(`${String(e)}; last answer: ${lastAnswer}`)
+    })
     expect(v.json.name).toBe('after')
     const down = await waitFor('node 1 shown down', async () => {
       const s = await tess(['cluster', 'status', '--json'])
