@@ -34,6 +34,8 @@ import { VdiskEngine } from './vdisk/engine.js'
 import { NbdTrust } from './nbd/trust.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
+import { Curator } from './curator/curator.js'
+import { curatorRepairCallTimeoutMs } from '../lib/limits.js'
 
 const log = makeLogger('cvm')
 
@@ -159,7 +161,7 @@ async function openVdisks({ cfg, etcd }: Startup, keeper: KeyKeeper, disks: Disk
 }
 
 /** The management API (not yet listening) with its users, audit log and the cluster, node, disk and vDisk routes. */
-async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService, engine: VdiskEngine, nbdTrust: NbdTrust }): Promise<{ api: ApiServer, users: UserDirectory }> {
+async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService, engine: VdiskEngine, nbdTrust: NbdTrust, curator: Curator }): Promise<{ api: ApiServer, users: UserDirectory }> {
   const { cfg, paths, etcd } = s
   const { creds } = p
   const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
@@ -169,7 +171,7 @@ async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService,
   users.start()
   const audit = new AuditLog(etcd, cfg.nodeName, log)
   const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), rootRotated: () => users.rootRotated, audit: (e) => audit.record(e) })
-  registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust })
+  registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust, curator: parts.curator })
   registerUserRoutes(api, users, audit)
   return { api, users }
 }
@@ -193,6 +195,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     'vdisk.release': async ({ name }) => engine.releaseIfIdle(name),
     'vdisk.clients': async ({ name }) => ({ connections: engine.connections(name) }),
     'vdisk.deleted': async ({ id }) => ({ shut: await engine.shutDeleted(id) }),
+    'vdisk.repair': async ({ id, down }) => engine.repair(id, down),
   }
   const call = nodeCaller({
     self: cfg.nodeName,
@@ -243,7 +246,7 @@ async function listen(s: Startup, p: PoolParts, parts: { keeper: KeyKeeper, data
 }
 
 /** On SIGTERM or SIGINT: stop everything in order (at most 8 s, else exit 1), then exit 0. */
-function stopOnSignals(s: Startup, p: PoolParts, parts: { agent: NodeAgent, users: UserDirectory, keeper: KeyKeeper, api: ApiServer, nbdTrust: NbdTrust, nbd: NbdServer, dataServer: DataServer, engine: VdiskEngine }): void {
+function stopOnSignals(s: Startup, p: PoolParts, parts: { curator: Curator, agent: NodeAgent, users: UserDirectory, keeper: KeyKeeper, api: ApiServer, nbdTrust: NbdTrust, nbd: NbdServer, dataServer: DataServer, engine: VdiskEngine }): void {
   let stopping = false
   const stop = async (sig: string) => {
     if (stopping) return
@@ -252,6 +255,8 @@ function stopOnSignals(s: Startup, p: PoolParts, parts: { agent: NodeAgent, user
     const force = setTimeout(() => process.exit(1), 8000)
     try {
       p.spares.stop()
+      // another CVM's campaign wins at once, instead of after the election lease's TTL
+      await parts.curator.stop()
       await parts.agent.stop()
       parts.users.stop()
       parts.keeper.stop()
@@ -289,10 +294,19 @@ async function main(): Promise<void> {
   const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
   const { nbdTrust, nbd } = await startNbd(s, creds, engine)
   const vdisks = await openVdisks(s, keeper, disks, engine)
-  const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust })
+  // the curator: elected master re-protects extent groups, each vDisk's repair at its owner
+  const curator = new Curator(etcd, {
+    nodeName: cfg.nodeName,
+    log,
+    repair: (node, id, down) => call(node, 'vdisk.repair', { id, down }, curatorRepairCallTimeoutMs),
+    nodesChanged: () => view.changed(),
+    nodesUp: () => view.nodes().filter((n) => n.up).map((n) => n.name),
+  })
+  const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator })
   const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, otherUpNodes })
   await listen(s, p, { keeper, dataServer, nbd, api, containers })
-  stopOnSignals(s, p, { agent, users, keeper, api, nbdTrust, nbd, dataServer, engine })
+  curator.start()
+  stopOnSignals(s, p, { curator, agent, users, keeper, api, nbdTrust, nbd, dataServer, engine })
 }
 
 main().catch((e) => {

@@ -46,6 +46,8 @@ export const keys = {
   auditPrefix: '/tess/audit/',
   /** HMAC of the cluster key (encrypted vDisks): proves a key given later is the cluster's */
   clusterKeyCheck: '/tess/cluster-key-check',
+  /** the curator master's last report (CuratorStatus); its election lives under /tess/election/curator/ */
+  curatorStatus: '/tess/curator/status',
   /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
   nbdUserCa: '/tess/nbd-user-ca',
   /** `/tess/nbd-revocations/<user>`: NBD user certificates of that user issued until then are refused */

@@ -106,6 +106,18 @@ export const clusterReadyTimeoutMs = 60_000
 /** ... and how often each CVM is asked meanwhile */
 export const clusterReadyPollMs = 200
 
+// the curator (cvm/curator): one elected master re-protects extent groups
+/** names in one request that lists nodes (a cluster has far fewer) */
+export const nodesMax = 256
+/** how long a node must have been down before the curator copies its replicas elsewhere (a restart or a short partition is not worth a full copy) */
+export const curatorNodeDownGraceMs = 30_000
+/** a full scan of every extent group this often, besides the scans a node loss triggers */
+export const curatorScanIntervalMs = 60_000
+/** the lease TTL of the curator's election: a dead master is replaced after at most this */
+export const curatorElectionTtlSec = 10
+/** one vDisk's repair at its owner: a call bounded by this (a large vDisk copies many groups) */
+export const curatorRepairCallTimeoutMs = 30 * 60_000
+
 // containers: the bounds of a container spec and of a CSM's quota, the same at every boundary that
 // receives one (the public API, the node operations between CVMs, the CSM daemon: lib/container-spec.ts)
 /** the least CPU a CSM or a container may be given (the kernel refuses a CFS quota under 1 ms of 100) */

@@ -113,6 +113,76 @@ export interface HealthInfo {
   version: string
 }
 
+/** One vDisk's protection (GET /v1/cluster/health): its extent groups by how many healthy copies they have. */
+export interface VdiskHealth {
+  name: string
+  id: string
+  rf: number
+  egroups: number
+  /** RF replicas on nodes that are up */
+  healthy: number
+  /** fewer than RF replicas on nodes that are up, at least one */
+  underReplicated: number
+  /** no replica on a node that is up: unreadable until one comes back */
+  lost: number
+  /** the extents (1 MiB each) in under-replicated groups */
+  bytesToReprotect: number
+  /** the extents in groups with no replica up */
+  bytesLost: number
+  /** nodes that are down and hold replicas of this vDisk */
+  nodesDown: string[]
+}
+
+/** What the curator's master writes after each scan and repair (etcd key /tess/curator/status). */
+export interface CuratorStatus {
+  master: string
+  masterSince: string
+  lastScanAt: string | null
+  /** extent groups found under-replicated and lost by the last scan */
+  lastScanFound: { underReplicated: number, lost: number }
+  repairing: boolean
+  /** extent groups re-protected and their bytes, since this master was elected */
+  repairedEgroups: number
+  repairedBytes: number
+  /** bytes re-protected per second in the last repair run (0 before any) */
+  repairBytesPerSec: number
+  nodeDownGraceMs: number
+  /** nodes down for less than the grace: their replicas are copied elsewhere at `at` if still down */
+  repairsDueAt: Array<{ node: string, at: string }>
+  /** under-replicated vDisks no repair can help now, and why (too few nodes for their RF) */
+  waiting: string[]
+  lastError: string | null
+}
+
+/** `tess cluster health` */
+export interface ClusterHealth {
+  /** data-unavailable: some extent group has no copy on a node that is up; degraded: some have fewer than RF */
+  state: 'healthy' | 'degraded' | 'data-unavailable'
+  nodesUp: string[]
+  nodesDown: string[]
+  total: Omit<VdiskHealth, 'name' | 'id' | 'rf'>
+  vdisks: VdiskHealth[]
+  curator: {
+    /** the node whose CVM is the elected curator master (null: no election won yet) */
+    master: string | null
+    lastScanAt: string | null
+    repairing: boolean
+    repairedEgroups: number
+    repairedBytes: number
+    repairBytesPerSec: number
+    /** seconds left at the last repair rate (null: nothing to re-protect, or no rate yet) */
+    etaSec: number | null
+    nodeDownGraceMs: number | null
+    repairsDueAt: Array<{ node: string, at: string }>
+    /** under-replicated vDisks no repair can help now, and why (too few nodes for their RF) */
+    waiting: string[]
+    lastError: string | null
+    /** the background checksum scrub (not run yet: null) */
+    lastScrubAt: string | null
+    lastScrubFound: { blocksChecked: number, badCopies: number, repaired: number } | null
+  }
+}
+
 /** Records as stored in etcd. */
 export interface ClusterRecord { name: string, id: string, createdAt: string }
 export interface NodeRecord { name: string, address: string, apiPort: number, nbdPort: number, dataPort: number, joinedAt: string, draining?: boolean }

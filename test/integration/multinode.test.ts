@@ -345,5 +345,46 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect(st.json.nodes.map((n: any) => n.state)).toEqual(['up', 'up', 'down'])
     const h = await tess(['cluster', 'status'])
     expect(h.stdout).toMatch(/down/)
-  })
+
+    // degraded writes: "three" (RF 3) has only two hosts left, RF - 1 = 2 copies are enough to go on
+    const threeSrc = path.join(root, 'three.bin')
+    fs.writeFileSync(threeSrc, crypto.randomBytes(16 * MiB))
+    const tw = await run('nbdcopy', ['--flush', threeSrc, uri(0, 'three')], { timeoutMs: 180_000 })
+    expect(tw.code, tw.stderr).toBe(0)
+    const threeOut = path.join(root, 'three-out.bin')
+    expect((await run('nbdcopy', [uri(1, 'three'), threeOut], { timeoutMs: 120_000 })).code).toBe(0)
+    expect(fs.readFileSync(threeOut).subarray(0, 16 * MiB).equals(fs.readFileSync(threeSrc))).toBe(true)
+
+    // The curator re-protects what host 3 held once it has been down for the grace (30 s), with no
+    // client I/O: "orphan" and "pair" were only read (or not touched) since the loss. "three" (RF 3)
+    // cannot get a third copy on two hosts: it waits, said so.
+    const reprotected = ['orphan', 'pair', 'data']
+    const health = await waitFor('RF 2 vDisks re-protected by the curator', async () => {
+      const r = await tess(['cluster', 'health', '--json'])
+      const ok = reprotected.every((n) => {
+        const v = r.json?.vdisks?.find((x: any) => x.name === n)
+        return v !== undefined && v.underReplicated === 0 && v.lost === 0 && v.healthy === v.egroups
+      })
+      return ok ? r : undefined
+    }, 240_000, 2000)
+    expect(health.json.nodesDown).toEqual([th.hosts[2]!.name])
+    expect([th.hosts[0]!.name, th.hosts[1]!.name]).toContain(health.json.curator.master)
+    expect(health.json.curator.repairedEgroups).toBeGreaterThan(0)
+    expect(health.json.vdisks.find((x: any) => x.name === 'three').underReplicated).toBeGreaterThan(0)
+    await waitFor('three shown waiting for nodes', async () => {
+      const r = await tess(['cluster', 'health', '--json'])
+      return r.json?.curator?.waiting?.some((w: string) => w.includes('three')) ? true : undefined
+    }, 90_000, 2000)
+    const text = await tess(['cluster', 'health'])
+    expect(text.code, text.stderr).toBe(0)
+    // "solo" (RF 1) may have a group on host 3: unavailable until it is back
+    expect(text.stdout).toMatch(/state:\s+(degraded|data-unavailable)/)
+    expect(text.stdout).toMatch(/waiting:\s+vDisk three: RF 3 needs 3 nodes up, 2 are/)
+    expect(text.stdout).toMatch(/curator master:\s+\S+/)
+    // the copies hold the data: read through host 2, with host 3 gone
+    const again = path.join(root, 'orphan-again.bin')
+    const rr = await run('nbdcopy', [uri(1, 'orphan'), again], { timeoutMs: 120_000 })
+    expect(rr.code, rr.stderr).toBe(0)
+    expect(fs.readFileSync(again).subarray(0, 16 * MiB).equals(fs.readFileSync(src))).toBe(true)
+  }, 600_000)
 })

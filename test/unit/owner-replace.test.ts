@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
 import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
 import { replaceFailed, vdiskBackend, type EgroupRecord, type OwnerEnv } from '../../src/cvm/vdisk/owner.js'
-import type { PlacementView } from '../../src/cvm/vdisk/placement.js'
+import { PlacementError, type PlacementView } from '../../src/cvm/vdisk/placement.js'
 import type { Replica } from '../../src/cvm/vdisk/replica.js'
 import { Vdisk, type LoadedEgroup } from '../../src/cvm/vdisk/vdisk.js'
 import { memReplica as sharedMemReplica, type MemReplica } from '../helpers/memreplica.js'
@@ -27,7 +27,7 @@ function env(nodes: string[], replicas: Map<string, MemReplica>, opts: { loseRec
     deadlineFromNow: () => 0,
     place: async (rf: number, o: { exclude?: ReadonlyMap<string, unknown> }) => {
       const ok = nodes.filter((n) => !o.exclude?.has(n))
-      if (ok.length < rf) throw new Error('too few nodes')
+      if (ok.length < rf) throw new PlacementError(`needs ${rf} healthy nodes, ${ok.length} available`, 'bring nodes back', false)
       return ok.slice(0, rf)
     },
   } as unknown as PlacementView
@@ -91,5 +91,70 @@ describe('replacing failed replicas', () => {
       expect(r.slots.get(0)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xaa)), `${r.node} slot 0`).toBe(true)
       expect(r.slots.get(1)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xbb)), `${r.node} slot 1`).toBe(true)
     }
+  })
+
+  it('degraded write: RF 2 on two nodes, one fails and no node can take a copy: the group goes on with one replica, recorded, and the write succeeds', async () => {
+    const replicas = new Map<string, MemReplica>()
+    for (const n of ['n1', 'n2']) replicas.set(n, memReplica(n, n === 'n2' ? () => true : undefined))
+    const { env: e, records } = env(['n1', 'n2'], replicas)
+    records.set('1', { id: '1', vdiskId: '7', replicas: [{ node: 'n1', diskId: 'n1-d' }, { node: 'n2', diskId: 'n2-d' }], createdAt: '' })
+    const eg = egroup([replicas.get('n1')!, replicas.get('n2')!], [0])
+    const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
+    const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]),
+      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+    await v.write(0, Buffer.alloc(4096, 0xcc), false)
+    expect(eg.replicas.map((r) => r.node)).toEqual(['n1'])
+    expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1'])
+    expect(records.get('1')!.stale?.map((r) => r.node)).toEqual(['n2'])
+    expect(replicas.get('n1')!.slots.get(0)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xcc))).toBe(true)
+
+    // the curator's repair, once a node (n3) can take a copy: back to 2 replicas, with the data
+    const { env: e2, records: r2 } = env(['n1', 'n3'], replicas)
+    r2.set('1', records.get('1')!)
+    const v2 = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]),
+      vdiskBackend(e2, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+    expect(await v2.repair(new Set())).toEqual({ egroups: 1, bytes: MiB })
+    expect(eg.replicas.map((r) => r.node).sort()).toEqual(['n1', 'n3'])
+    expect(r2.get('1')!.replicas.map((r) => r.node).sort()).toEqual(['n1', 'n3'])
+    expect(replicas.get('n3')!.slots.get(0)?.subarray(0, 4096).equals(Buffer.alloc(4096, 0xcc))).toBe(true)
+    // nothing left to do
+    expect(await v2.repair(new Set())).toEqual({ egroups: 0, bytes: 0 })
+  })
+
+  it('RF 3 with one node left: a failed write is refused (fewer than RF - 1 copies kept), never acknowledged by one replica', async () => {
+    const replicas = new Map<string, MemReplica>()
+    for (const n of ['n1', 'n2', 'n3']) replicas.set(n, memReplica(n, n === 'n1' ? undefined : () => true))
+    const { env: e, records } = env(['n1', 'n2', 'n3'], replicas)
+    records.set('1', { id: '1', vdiskId: '7', replicas: ['n1', 'n2', 'n3'].map((n) => ({ node: n, diskId: `${n}-d` })), createdAt: '' })
+    const eg = egroup(['n1', 'n2', 'n3'].map((n) => replicas.get(n)!), [0])
+    const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
+    const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]),
+      vdiskBackend(e, rec, mapWriter, (vb) => `map/${vb}`))
+    await expect(v.write(0, Buffer.alloc(4096, 1), false)).rejects.toThrow()
+    expect(records.get('1')!.replicas.length).toBe(3)
+  })
+
+  it('the curator repair replaces replicas on a node that is down, from a healthy one, and an evacuation or a repair never goes on degraded', async () => {
+    const replicas = new Map<string, MemReplica>()
+    for (const n of ['n1', 'n2']) replicas.set(n, memReplica(n))
+    replicas.get('n1')!.slots.set(3, Buffer.alloc(MiB, 7))
+    const { env: e, records } = env(['n1', 'n2'], replicas)
+    records.set('1', { id: '1', vdiskId: '7', replicas: [{ node: 'n1', diskId: 'n1-d' }, { node: 'n2', diskId: 'n2-d' }], createdAt: '' })
+    const eg = egroup([replicas.get('n1')!, replicas.get('n2')!], [3])
+    const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
+    const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 3 }]]), new Map([['1', eg]]),
+      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+    // n2 down and no third node: the repair fails (and changes nothing) rather than dropping a copy
+    await expect(v.repair(new Set(['n2']))).rejects.toThrow(/healthy node/)
+    expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1', 'n2'])
+    // a third node: the copy is made from n1
+    const { env: e2, records: r2 } = env(['n1', 'n2', 'n3'], replicas)
+    r2.set('1', records.get('1')!)
+    const v2 = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 3 }]]), new Map([['1', eg]]),
+      vdiskBackend(e2, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+    expect(await v2.repair(new Set(['n2']))).toEqual({ egroups: 1, bytes: MiB })
+    expect(r2.get('1')!.replicas.map((r) => r.node)).toEqual(['n1', 'n3'])
+    expect(r2.get('1')!.stale?.map((r) => r.node)).toEqual(['n2'])
+    expect(replicas.get('n3')!.slots.get(3)?.equals(Buffer.alloc(MiB, 7))).toBe(true)
   })
 })

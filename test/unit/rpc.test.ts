@@ -128,6 +128,7 @@ const keeper = { unlock: async (k: Buffer) => { unlocked.push(k.toString('base64
 const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keeper), 'vdisk.release': async ({ name }) => ({ released: name === 'idle' }),
   'vdisk.clients': async ({ name }) => ({ connections: name === 'busy' ? 2 : 0 }),
   'vdisk.deleted': async ({ id }) => ({ shut: id === '7' }),
+  'vdisk.repair': async ({ id, down }) => ({ egroups: down.length, bytes: Number(id) }),
 }
 let target: JsonTarget
 let call: NodeCall
@@ -177,6 +178,7 @@ describe('node operations over the real route', () => {
     expect((await call('n2', 'vdisk.release', { name: 'idle' })).released).toBe(true)
     expect((await call('n2', 'vdisk.clients', { name: 'busy' })).connections).toBe(2)
     expect((await call('n2', 'vdisk.deleted', { id: '7' })).shut).toBe(true)
+    expect(await call('n2', 'vdisk.repair', { id: '9', down: ['n3', 'n4'] })).toEqual({ egroups: 2, bytes: 9 })
     expect(await call('n2', 'keys.get', {})).toEqual({ key: Buffer.alloc(32, 7).toString('base64') })
     expect(await call('n2', 'keys.unlock', { key: 'a2V5' })).toEqual({ unlocked: true })
     expect(unlocked).toEqual(['a2V5'])
@@ -204,6 +206,10 @@ describe('node operations over the real route', () => {
       ['vdisk.clients', { name: '../x' }, 'TESS_E_INVALID', /invalid vDisk name/],
       ['vdisk.deleted', { id: '1/../2' }, 'TESS_E_BAD_REQUEST', /bad vDisk id/],
       ['vdisk.deleted', { id: 7 }, 'TESS_E_BAD_REQUEST', /field "id" must be a string/],
+      ['vdisk.repair', { id: '3', down: 'n3' }, 'TESS_E_BAD_REQUEST', /field "down" must be a list/],
+      ['vdisk.repair', { id: '3', down: ['n3', 4] }, 'TESS_E_BAD_REQUEST', /field "down" must be a list/],
+      ['vdisk.repair', { id: '3', down: ['../n3'] }, 'TESS_E_INVALID', /invalid node name/],
+      ['vdisk.repair', { id: 'x', down: [] }, 'TESS_E_BAD_REQUEST', /bad vDisk id/],
       ['keys.unlock', { key: 'not base64!' }, 'TESS_E_INVALID', /the cluster key must be base64/],
     ]
     for (const [op, body, code, message] of cases) {

@@ -664,18 +664,30 @@ describe('VdiskEngine: placement of new extent groups', () => {
     }
   })
 
-  it('too few healthy nodes: the write fails with EIO naming the node that is down, and no extent group is recorded', async () => {
+  it('too few healthy nodes even for a degraded group: the write fails with EIO naming the nodes that are down, and no extent group is recorded', async () => {
     const { c, id } = await cluster3(3)
     await c.kill('n3')
+    await c.kill('n2')
     const dev = await openDev(c.node('n1'))
     const t0 = c.clock.now()
     const err = await errnoOf(dev.write(0, pattern(1), true))
     expect(err.errno).toBe(nbdErrno.EIO)
-    expect(err.message).toContain('needs 3 healthy nodes, 2 available')
+    expect(err.message).toContain('needs 3 healthy nodes, 1 available')
     expect(err.message).toMatch(/n3 \(down/)
     expect(c.clock.now() - t0).toBeGreaterThanOrEqual(10_000) // it waited placementWaitMs for a node to come back
     expect(c.egroups(id)).toEqual([])
     expect(c.etcd.keys(keys.vdiskMapPrefix(id))).toEqual([])
+  })
+
+  it('RF 3 with a node down: a new extent group is made degraded with 2 copies at once (no wait), recorded so, and the data reads back', async () => {
+    const { c, id } = await cluster3(3)
+    await c.kill('n3')
+    const dev = await openDev(c.node('n1'))
+    const t0 = c.clock.now()
+    await dev.write(0, pattern(1), true)
+    expect(c.clock.now() - t0).toBeLessThan(10_000)
+    expect(c.egroups(id).map((e) => e.replicas.map((r) => r.node).sort())).toEqual([['n1', 'n2']])
+    expect((await dev.read(0, 4096)).equals(pattern(1).subarray(0, 4096))).toBe(true)
   })
 
   it('a node that comes back while a placement waits is used', async () => {

@@ -14,6 +14,8 @@ import type { Etcd3 } from 'etcd3'
 import { bodyObject, bool, int, queryInt, str, type ApiServer } from '../../lib/http-server.js'
 import { checkName } from '../../lib/names.js'
 import { rfMax, vdiskSizeMaxBytes } from '../../lib/limits.js'
+import { clusterHealth } from '../curator/health.js'
+import type { Curator } from '../curator/curator.js'
 
 export const apiVersion = '0.1.0'
 
@@ -30,7 +32,7 @@ interface EvacuationJob {
 const etcdReconfigWaitMs = 30_000
 
 /** what the management API routes use */
-export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust }
+export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust, curator: Curator }
 
 /** The management API routes (see the README's API section), one function per kind of resource. */
 export function registerRoutes(api: ApiServer, s: RouteServices): void {
@@ -56,6 +58,9 @@ function registerClusterRoutes(api: ApiServer, s: RouteServices): void {
     const [pool, vdisks] = await Promise.all([s.disks.pool(), s.vdisks.list()])
     return s.node.status(pool, vdisks.length)
   })
+
+  // how well the data is protected (extent groups healthy, under-replicated, lost) and the curator
+  api.route('GET', '/v1/cluster/health', async () => clusterHealth(s.etcd, () => s.curator.master()))
 
   // This CVM's placement view (nodes up, draining, with disks) and whether it can place an extent
   // group at RF `rf` now: `cluster create` and `host add` wait until every CVM says so.

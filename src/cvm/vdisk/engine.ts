@@ -474,6 +474,25 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return moved
   }
 
+  /**
+   * The curator's repair of one vDisk (Vdisk.repair): here if this CVM owns it or nobody does (it
+   * takes the vDisk for the repair and hands it back after, when no client uses it here).
+   */
+  async repair(id: string, down: string[]): Promise<{ egroups: number, bytes: number }> {
+    const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+    if (!rec || rec.state !== 'ready') return { egroups: 0, bytes: 0 }
+    const wasLoaded = this.loaded.has(id)
+    const t = await this.route(rec)
+    if (!t.local) throw new PeerError('not-owner', `vDisk ${rec.name} is owned by ${t.owner}`)
+    try {
+      return await t.vdisk.repair(new Set(down))
+    } finally {
+      if (!wasLoaded) {
+        await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its repair: ${errorMessage(e)}`))
+      }
+    }
+  }
+
   /** vDisks that would lose their last healthy copy of some extent group if `node` went away. */
   async onlyCopiesOn(node: string): Promise<string[]> {
     const [recs, egs, live] = await Promise.all([

@@ -5,7 +5,7 @@ import type { VdiskRecord } from '../../lib/types.js'
 import type { BlockCipher } from './crypt.js'
 import { KeyedRwLock } from './locks.js'
 import type { MapWriter } from './mapwriter.js'
-import { isNoSpace, placementDeviceError, type Exclusion, type PlacementView } from './placement.js'
+import { PlacementError, isNoSpace, placementDeviceError, type Exclusion, type PlacementView } from './placement.js'
 import { RemoteReplica, type Replica } from './replica.js'
 import type { ExtentRef, LoadedEgroup, VdiskBackend } from './vdisk.js'
 
@@ -52,8 +52,7 @@ export interface OwnerEnv {
  * (down since the view last heard of it, or full) is left out and others are tried, by the
  * same deadline. Throws a PlacementError that names the nodes.
  */
-export async function placeOnDisks(env: OwnerEnv, rf: number, what: string, exclude: Map<string, Exclusion>): Promise<Array<{ node: string, diskId: string }>> {
-  const deadline = env.view.deadlineFromNow()
+export async function placeOnDisks(env: OwnerEnv, rf: number, what: string, exclude: Map<string, Exclusion>, deadline = env.view.deadlineFromNow()): Promise<Array<{ node: string, diskId: string }>> {
   for (;;) {
     const nodes = await env.view.place(rf, { what, exclude, deadline })
     const picks = await Promise.allSettled(nodes.map((n) => env.pickDiskOn(n)))
@@ -72,6 +71,32 @@ export async function placeOnDisks(env: OwnerEnv, rf: number, what: string, excl
   }
 }
 
+/**
+ * The nodes and disks of a new extent group. While a member node is down, a group that cannot get
+ * RF copies now is made with writeMinReplicas(RF) (degraded: the curator adds the missing copies
+ * when a node can take them) instead of waiting; otherwise (a cluster starting, a node's disk
+ * being registered) placement waits for RF nodes as long as placementWaitMs.
+ */
+async function placeNewEgroup(env: OwnerEnv, rec: VdiskIdentity): Promise<Array<{ node: string, diskId: string }>> {
+  const what = `a new extent group of vDisk ${rec.name}`
+  const min = writeMinReplicas(rec.rf)
+  if (min < rec.rf && env.view.nodes().some((n) => !n.up && !n.draining)) {
+    try {
+      return await placeOnDisks(env, rec.rf, what, new Map(), 0)
+    } catch (e) {
+      if (!(e instanceof PlacementError)) throw e
+    }
+    try {
+      const placed = await placeOnDisks(env, min, `${what} (degraded)`, new Map(), 0)
+      env.log.warn(`vDisk ${rec.name}: a new extent group made degraded with ${placed.length} of ${rec.rf} copies (on ${placed.map((p) => p.node).join(', ')}) while a node is down; the curator adds the missing copies when a node can take them`)
+      return placed
+    } catch (e) {
+      if (!(e instanceof PlacementError)) throw e
+    }
+  }
+  return placeOnDisks(env, rec.rf, what, new Map())
+}
+
 /** `count` new extent groups (at most egroupCreatesAheadMax), recorded in one transaction */
 export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: number): Promise<LoadedEgroup[]> {
   assert(Number.isInteger(count) && count >= 1 && count <= egroupCreatesAheadMax, `a batch of 1-${egroupCreatesAheadMax} extent groups (${count} asked)`)
@@ -79,7 +104,7 @@ export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: numbe
   for (let i = 0; i < count; i++) {
     let placed: Array<{ node: string, diskId: string }>
     try {
-      placed = await placeOnDisks(env, rec.rf, `a new extent group of vDisk ${rec.name}`, new Map())
+      placed = await placeNewEgroup(env, rec)
     } catch (e) {
       // EIO when too few nodes are healthy, ENOSPC only when disks are full; the message names the nodes
       throw placementDeviceError(e)
@@ -105,13 +130,15 @@ export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: numbe
  * ones a copy may come from; undefined when there is none to replace. Reads only: called under the
  * extent group's exclusive lock. `missed`: the operations each replica missed (eg.missed).
  */
-function replicasToReplace(replicas: Replica[], failed: Replica[], missed: Map<Replica, Set<object>>, evacuate: boolean, op: object | undefined):
-  { still: Replica[], kept: Replica[], sources: Replica[] } | undefined {
+function replicasToReplace(replicas: Replica[], failed: Replica[], missed: Map<Replica, Set<object>>, evacuate: boolean, op: object | undefined, rf: number):
+  { still: Replica[], kept: Replica[], sources: Replica[], want: number } | undefined {
   // With the replicas that missed other operations meanwhile (Vdisk notes them in eg.missed):
   // a copy from one of those would lack what it missed.
   const lacks = (r: Replica) => !evacuate && (missed.get(r)?.size ?? 0) > 0
   let still = replicas.filter((r) => failed.includes(r) || lacks(r))
-  if (still.length === 0) return undefined // another writer replaced them already
+  // nothing to replace: another writer replaced them already, unless the group has fewer than RF
+  // copies (it went on degraded) and a repair adds the missing ones
+  if (still.length === 0 && (evacuate || replicas.length >= rf)) return undefined
   // the replicas kept, and the ones a copy may come from
   let kept = replicas.filter((r) => !still.includes(r))
   let sources = kept
@@ -125,7 +152,18 @@ function replicasToReplace(replicas: Replica[], failed: Replica[], missed: Map<R
     kept = replicas.filter((r) => !still.includes(r))
     sources = kept
   }
-  return { still, kept, sources }
+  // an evacuation moves copies one for one; otherwise the group gets back to RF copies
+  const want = evacuate ? still.length : Math.max(0, rf - kept.length)
+  return { still, kept, sources, want }
+}
+
+/**
+ * The fewest healthy replicas an extent group may go on with when a replica fails and no node can
+ * take a replacement now (like Ceph's min_size): RF - 1, at least 1. Writes are then acknowledged
+ * by the replicas kept; the curator adds the missing copies once a node is available.
+ */
+export function writeMinReplicas(rf: number): number {
+  return Math.max(1, rf - 1)
 }
 
 /** The extent group's record with the replicas in `still` replaced by `added`; the replaced ones are recorded as stale (their files are removed later). */
@@ -141,15 +179,19 @@ function withReplacedReplicas(er: EgroupRecord, still: Replica[], added: Array<{
 /**
  * Keep RF copies after replicas failed: under the egroup's exclusive lock, copy every slot from a
  * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
- * ones are recorded as stale so their files are removed later).
+ * ones are recorded as stale so their files are removed later). A group with fewer than RF copies
+ * gets the missing ones too. When no node can take a copy now, a write (not an evacuation or a
+ * repair) goes on with the replicas kept if they are at least writeMinReplicas(RF): the record
+ * then names fewer than RF replicas, which the curator sees as under-replicated and repairs
+ * (`repair`: the curator's call, which waits for a node like an evacuation and never degrades).
  */
-export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false, op?: object): Promise<void> {
+export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false, op?: object, repair = false): Promise<void> {
   const release = await eg.lock.write(0)
   try {
     const missed = eg.missed ?? new Map<Replica, Set<object>>()
-    const chosen = replicasToReplace(eg.replicas, failed, missed, evacuate, op)
+    const chosen = replicasToReplace(eg.replicas, failed, missed, evacuate, op, rec.rf)
     if (chosen === undefined) return // another writer replaced them already
-    const { still, kept, sources } = chosen
+    const { still, kept, sources, want } = chosen
     // An evacuated replica is healthy: it is the source when it is the only copy (RF 1).
     const source = sources[0] ?? (evacuate ? still[0] : undefined)
     if (!source) throw new Error('no healthy replica left')
@@ -158,12 +200,22 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
     const exclude = new Map<string, Exclusion>(eg.replicas.map((r) => [r.node, {
       reason: !still.includes(r) ? 'holds a replica of this extent group' : evacuate ? 'being evacuated' : `its replica failed (${errorMessage(why)})`,
     }]))
-    // waits for a healthy node (bounded); a PlacementError names the nodes and why each cannot be used
-    const targets = await placeOnDisks(env, still.length, `${still.length} replacement replica(s) of extent group ${eg.id} of vDisk ${rec.name} (RF ${rec.rf})`, exclude)
+    const what = `${want} replacement replica(s) of extent group ${eg.id} of vDisk ${rec.name} (RF ${rec.rf})`
+    // A write whose group keeps enough healthy copies does not wait for a node: it goes on
+    // degraded (below) and the curator re-protects the group later.
+    const degradable = !evacuate && !repair && kept.length >= writeMinReplicas(rec.rf)
+    let targets: Array<{ node: string, diskId: string }>
+    try {
+      // waits for a healthy node (bounded); a PlacementError names the nodes and why each cannot be used
+      targets = want === 0 ? [] : await placeOnDisks(env, want, what, exclude, degradable ? 0 : env.view.deadlineFromNow())
+    } catch (e) {
+      if (!degradable || !(e instanceof PlacementError)) throw e
+      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id} goes on degraded with ${kept.length} of ${rec.rf} copies (on ${kept.map((r) => r.node).join(', ')}): ${errorMessage(e)}; the curator adds the missing copies when a node can take them`)
+      targets = []
+    }
     const next: Replica[] = [...kept]
     const added: Array<{ node: string, diskId: string }> = []
-    for (let i = 0; i < still.length; i++) {
-      const { node, diskId } = targets[i]!
+    for (const [i, { node, diskId }] of targets.entries()) {
       const r = env.replicaFor(rec.id, eg.id, node, diskId)
       if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
       await r.open([])
@@ -177,7 +229,8 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       if (inherited !== undefined && inherited.size > 0) (eg.missed ??= missed).set(r, new Set(inherited))
       next.push(r)
       added.push({ node, diskId })
-      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: replica on ${still[i]!.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}; copied to ${node} disk ${diskId}`)
+      const replaced = still[i]
+      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: ${replaced === undefined ? 'missing copy' : `replica on ${replaced.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}`}; copied to ${node} disk ${diskId}`)
     }
     const nextRec = withReplacedReplicas(er, still, added)
     try {
@@ -239,7 +292,8 @@ export function vdiskBackend(env: OwnerEnv, rec: VdiskIdentity, mapWriter: MapWr
     mapWriter,
     mapKey,
     newEgroups: (count) => newEgroups(env, rec, count),
-    replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o?.evacuate ?? false, o?.op),
+    replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o?.evacuate ?? false, o?.op, o?.repair ?? false),
+    rf: rec.rf,
     log: env.log,
   }
 }

@@ -44,7 +44,9 @@ export interface VdiskBackend {
    * healthy replica to a node that has none, record the new set. Throws when it cannot keep RF
    * copies. Takes the egroup's lock exclusively.
    */
-  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate?: boolean, op?: object }): Promise<void>
+  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate?: boolean, op?: object, repair?: boolean }): Promise<void>
+  /** the vDisk's replication factor (default: as many copies as each group has) */
+  rf?: number
   log: Logger
   /** an encrypted vDisk's cipher: blocks are encrypted before they reach a replica and decrypted after a read */
   cipher?: BlockCipher
@@ -640,6 +642,27 @@ export class Vdisk {
       progress(++done, todo.length)
     }
     return done
+  }
+
+  /**
+   * The curator's repair: every extent group with a replica on one of the `down` nodes, or with
+   * fewer than RF replicas (it went on degraded), gets copies from its healthy replicas on nodes
+   * that hold none, until it has RF again. Client I/O goes on meanwhile (each group is locked only
+   * while it is copied). Returns the groups repaired and the bytes of the extents they hold.
+   */
+  async repair(down: ReadonlySet<string>, progress: (egroups: number, bytes: number) => void = () => undefined): Promise<{ egroups: number, bytes: number }> {
+    this.check()
+    let egroups = 0
+    let bytes = 0
+    for (const eg of [...this.egroups.values()]) {
+      const failed = eg.replicas.filter((r) => down.has(r.node))
+      if (failed.length === 0 && eg.replicas.length >= (this.backend.rf ?? 0)) continue
+      await this.backend.replaceFailed(eg, failed, new Error(`node ${[...new Set(failed.map((r) => r.node))].join(', ') || '(none)'} down`), { repair: true })
+      egroups++
+      bytes += eg.usedSlots.size * vBlockSizeBytes
+      progress(egroups, bytes)
+    }
+    return { egroups, bytes }
   }
 
   /**

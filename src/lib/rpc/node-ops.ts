@@ -4,7 +4,7 @@ import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
 import { bool, int, obj, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
-import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs } from '../limits.js'
+import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax } from '../limits.js'
 import { checkName } from '../names.js'
 import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
 
@@ -63,6 +63,11 @@ export interface NodeOps {
   'vdisk.clients': { req: { name: string }, res: { connections: number } }
   /** a vDisk was deleted: a node that has it loaded (its owner) shuts it, so its clients get ESHUTDOWN */
   'vdisk.deleted': { req: { id: string }, res: { shut: boolean } }
+  /**
+   * the curator's repair of one vDisk at its owner (or at a node that takes it when nobody owns it):
+   * copies of its extent groups with replicas on the `down` nodes, or with fewer than RF
+   */
+  'vdisk.repair': { req: { id: string, down: string[] }, res: { egroups: number, bytes: number } }
   'keys.unlock': { req: { key: string }, res: { unlocked: boolean } }
   'keys.get': { req: Empty, res: { key: string | null } }
 }
@@ -127,13 +132,22 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
   'stats': (b) => (b.csm !== undefined && b.csm !== null ? { csm: csmField(b) } : {}),
   'vdisk.release': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
   'vdisk.clients': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
-  'vdisk.deleted': (b) => {
-    const id = strMax(b, 'id', 20)!
-    if (!/^[1-9][0-9]*$/.test(id)) throw new TessError('TESS_E_BAD_REQUEST', `bad vDisk id ${shown(id, 40)}`, 'a vDisk id is a whole number')
-    return { id }
+  'vdisk.deleted': (b) => ({ id: vdiskIdField(b) }),
+  'vdisk.repair': (b) => {
+    const down = b.down
+    if (!Array.isArray(down) || down.length > nodesMax || !down.every((n) => typeof n === 'string')) {
+      throw new TessError('TESS_E_BAD_REQUEST', 'field "down" must be a list of node names', `at most ${nodesMax} names`)
+    }
+    return { id: vdiskIdField(b), down: down.map((n: string) => checkName('node', n)) }
   },
   'keys.unlock': (b) => ({ key: clusterKeyField(b) }),
   'keys.get': empty,
+}
+
+function vdiskIdField(b: Record<string, unknown>): string {
+  const id = strMax(b, 'id', 20)!
+  if (!/^[1-9][0-9]*$/.test(id)) throw new TessError('TESS_E_BAD_REQUEST', `bad vDisk id ${shown(id, 40)}`, 'a vDisk id is a whole number')
+  return id
 }
 
 export function isNodeOp(op: string): op is NodeOp {

@@ -1,0 +1,55 @@
+import { TessCommand } from '../../base.js'
+import { formatAge } from '../../csm-input.js'
+import { keyValue, table } from '../../output.js'
+import { formatBytes } from '../../../lib/units.js'
+import type { ClusterHealth } from '../../../lib/types.js'
+
+function duration(sec: number): string {
+  if (sec < 90) return `${sec}s`
+  if (sec < 5400) return `${Math.round(sec / 60)}m`
+  return `${(sec / 3600).toFixed(1)}h`
+}
+
+export default class ClusterHealthCommand extends TessCommand<ClusterHealth> {
+  static override summary = 'Show how well the data is protected: extent groups healthy, under-replicated and lost, per vDisk and in total, and the curator'
+  static override description = [
+    'An extent group is healthy when it has RF copies on nodes that are up, under-replicated when it has fewer (a node holding a copy is down, or a write went on degraded while no node could take a copy), and lost when no node holding a copy is up: its data cannot be read until one comes back.',
+    'The curator (one CVM, elected) copies under-replicated groups to other nodes with no client I/O needed: groups on a node that has been down for longer than the grace period (30 s) and groups with fewer than RF copies. "to re-protect" is the data in under-replicated groups; the repair rate and time left are those of its current run.',
+    'State: healthy, degraded (some groups under-replicated) or data-unavailable (some lost). The exit code is 0 in every state: scripts read "state" from --json.',
+  ].join('\n\n')
+
+  static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
+
+  protected async exec(): Promise<ClusterHealth> {
+    const { flags } = await this.parseInput(ClusterHealthCommand)
+    return this.client(this.context(flags.cluster)).get<ClusterHealth>('/v1/cluster/health')
+  }
+
+  protected render(h: ClusterHealth): string {
+    const t = h.total
+    const c = h.curator
+    const pairs: Array<[string, string | number]> = [
+      ['state', h.state],
+      ['nodes up', h.nodesUp.join(', ') || '-'],
+      ['nodes down', h.nodesDown.join(', ') || '-'],
+      ['extent groups', `${t.egroups} (${t.healthy} healthy, ${t.underReplicated} under-replicated, ${t.lost} lost)`],
+      ['to re-protect', formatBytes(t.bytesToReprotect)],
+    ]
+    if (t.bytesLost > 0) pairs.push(['unavailable', `${formatBytes(t.bytesLost)} (no copy on a node that is up)`])
+    pairs.push(
+      ['curator master', c.master ?? '- (no election won yet)'],
+      ['last scan', c.lastScanAt === null ? 'never' : formatAge(c.lastScanAt)],
+      ['repair', c.repairing ? `running at ${formatBytes(c.repairBytesPerSec)}/s${c.etaSec !== null ? `, about ${duration(c.etaSec)} left` : ''}` : 'idle'],
+      ['re-protected', `${c.repairedEgroups} extent group(s), ${formatBytes(c.repairedBytes)} (since the master was elected)`],
+    )
+    for (const d of c.repairsDueAt) pairs.push([`repair of ${d.node}`, `at ${d.at} if it is still down`])
+    for (const w of c.waiting) pairs.push(['waiting', w])
+    if (c.lastError !== null) pairs.push(['last error', c.lastError])
+    pairs.push(['last scrub', c.lastScrubAt === null ? 'never (the checksum scrub is not run yet)' : formatAge(c.lastScrubAt)])
+    return [
+      keyValue(pairs),
+      table(['vdisk', 'rf', 'egroups', 'healthy', 'under-replicated', 'lost', 'to re-protect', 'nodes down'],
+        h.vdisks.map((v) => [v.name, v.rf, v.egroups, v.healthy, v.underReplicated, v.lost, formatBytes(v.bytesToReprotect), v.nodesDown.join(', ') || '-'])),
+    ].join('\n')
+  }
+}

@@ -1,0 +1,285 @@
+import type { Campaign, Election, Etcd3 } from 'etcd3'
+import { realClock, type Clock } from '../../lib/clock.js'
+import { errorMessage } from '../../lib/errors.js'
+import { etcdCall, keys, listJson } from '../../lib/etcd.js'
+import { curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs } from '../../lib/limits.js'
+import type { Logger } from '../../lib/log.js'
+import type { CuratorStatus, NodeRecord, VdiskRecord } from '../../lib/types.js'
+import type { EgroupRecord } from '../vdisk/owner.js'
+import { upNodes } from './health.js'
+
+/** a failed repair is tried again after this */
+const curatorRetryMs = 5000
+
+/** what the master asks of a vDisk's owner (through the node operation vdisk.repair) */
+export type RepairCall = (node: string, id: string, down: string[]) => Promise<{ egroups: number, bytes: number }>
+
+export interface CuratorOptions {
+  nodeName: string
+  log: Logger
+  /** run one vDisk's repair at `node` (this node: in this process) */
+  repair: RepairCall
+  /** resolves at the next change of the nodes this CVM follows (the placement view): a scan may be due */
+  nodesChanged: () => Promise<void>
+  /** the nodes that are up in that view */
+  nodesUp: () => string[]
+  clock?: Clock
+  nodeDownGraceMs?: number
+  scanIntervalMs?: number
+  electionTtlSec?: number
+}
+
+/** A vDisk with extent groups to re-protect, and the nodes whose replicas are to be replaced. */
+export interface RepairWork {
+  vdisk: VdiskRecord
+  /** the nodes down for longer than the grace that hold replicas of its groups */
+  down: string[]
+  egroups: number
+}
+
+/**
+ * The extent groups that need copies now, per vDisk: those with a replica on a node down for
+ * longer than the grace (`due`) or on a node that is no longer a member (removed while down), and
+ * those with fewer than RF replicas (they went on degraded). Groups with no replica on a node that
+ * is up are left alone (nothing to copy from).
+ */
+export function repairWork(vdisks: VdiskRecord[], egroups: EgroupRecord[], up: ReadonlySet<string>, due: ReadonlySet<string>, members: ReadonlySet<string>): RepairWork[] {
+  const byId = new Map(vdisks.filter((v) => v.state === 'ready').map((v) => [v.id, v]))
+  const work = new Map<string, RepairWork>()
+  for (const eg of egroups) {
+    const v = byId.get(eg.vdiskId)
+    if (v === undefined) continue
+    const live = eg.replicas.filter((r) => up.has(r.node))
+    if (live.length === 0) continue
+    const onDue = eg.replicas.filter((r) => due.has(r.node) || !members.has(r.node)).map((r) => r.node)
+    if (onDue.length === 0 && eg.replicas.length >= v.rf) continue
+    let w = work.get(v.id)
+    if (w === undefined) work.set(v.id, w = { vdisk: v, down: [], egroups: 0 })
+    w.egroups++
+    for (const n of onDue) if (!w.down.includes(n)) w.down.push(n)
+  }
+  return [...work.values()].sort((a, b) => a.vdisk.name.localeCompare(b.vdisk.name))
+}
+
+/**
+ * The curator: every CVM campaigns in an etcd election; the one elected (the master) scans every
+ * extent group on a schedule and whenever the set of nodes that are up changes, and has each
+ * under-replicated vDisk repaired by its owner (or by itself when nobody owns it), with no client
+ * I/O needed. A node that is down is given a grace period before its replicas are copied elsewhere.
+ * The master writes what it found and did to /tess/curator/status after every scan. When the
+ * master's node dies its election lease expires and another CVM's campaign wins.
+ */
+export class Curator {
+  private readonly clock: Clock
+  private readonly graceMs: number
+  private readonly intervalMs: number
+  private election: Election | undefined
+  private campaign: Campaign | undefined
+  private leading = false
+  private stopped = false
+  private timer: NodeJS.Timeout | undefined
+  private scanning: Promise<void> | undefined
+  private again = false
+  /** when the scan that runs wants the next one (a node's grace ends, a repair to retry) */
+  private nextDelayMs = 0
+  /** when this master first saw each node down */
+  private readonly downSince = new Map<string, number>()
+  private lastUp = ''
+  private status: CuratorStatus | undefined
+
+  constructor(private readonly etcd: Etcd3, private readonly opts: CuratorOptions) {
+    this.clock = opts.clock ?? realClock
+    this.graceMs = opts.nodeDownGraceMs ?? curatorNodeDownGraceMs
+    this.intervalMs = opts.scanIntervalMs ?? curatorScanIntervalMs
+  }
+
+  /** Join the election (under /tess/election/curator/). */
+  start(): void {
+    this.election = this.etcd.namespace('/tess/').election('curator', this.opts.electionTtlSec ?? curatorElectionTtlSec)
+    this.campaignOnce()
+  }
+
+  /** the node whose CVM is master now, from the election */
+  async master(): Promise<string | undefined> {
+    return this.election?.leader()
+  }
+
+  get isMaster(): boolean {
+    return this.leading
+  }
+
+  private campaignOnce(): void {
+    if (this.stopped || this.election === undefined) return
+    const c = this.election.campaign(this.opts.nodeName)
+    this.campaign = c
+    c.on('elected', () => {
+      if (this.stopped) return
+      this.opts.log.info(`curator: elected master on ${this.opts.nodeName}`)
+      this.lead()
+    })
+    c.on('error', (e: Error) => {
+      // the campaign's lease was lost (etcd unreachable for longer than its TTL): lead no more, campaign again
+      this.opts.log.warn(`curator: election campaign failed: ${errorMessage(e)}; campaigning again`)
+      this.leading = false
+      if (this.campaign === c) this.campaign = undefined
+      if (!this.stopped) setTimeout(() => this.campaignOnce(), 1000).unref()
+    })
+  }
+
+  private lead(): void {
+    this.leading = true
+    this.downSince.clear()
+    this.status = {
+      master: this.opts.nodeName,
+      masterSince: new Date(this.clock.now()).toISOString(),
+      lastScanAt: null,
+      lastScanFound: { underReplicated: 0, lost: 0 },
+      repairing: false,
+      repairedEgroups: 0,
+      repairedBytes: 0,
+      repairBytesPerSec: 0,
+      nodeDownGraceMs: this.graceMs,
+      repairsDueAt: [],
+      waiting: [],
+      lastError: null,
+    }
+    this.requestScan()
+    void this.followNodes()
+  }
+
+  /** A scan whenever the nodes that are up change (a loss starts the grace; a return may let degraded groups get their copies). */
+  private async followNodes(): Promise<void> {
+    while (this.leading && !this.stopped) {
+      await Promise.race([this.opts.nodesChanged(), this.clock.sleep(this.intervalMs)])
+      if (!this.leading || this.stopped) return
+      if ([...this.opts.nodesUp()].sort().join(',') !== this.lastUp) this.requestScan()
+    }
+  }
+
+  /** Scan now (or right after the scan that runs); the next scheduled scan follows it. */
+  requestScan(): void {
+    if (!this.leading || this.stopped) return
+    if (this.scanning) {
+      this.again = true
+      return
+    }
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+    this.scanning = this.scan().catch((e: unknown) => {
+      this.opts.log.warn(`curator: scan failed: ${errorMessage(e)}`)
+      if (this.status) this.status.lastError = `scan: ${errorMessage(e)}`
+    }).finally(() => {
+      this.scanning = undefined
+      if (this.again) {
+        this.again = false
+        this.requestScan()
+      } else {
+        this.schedule(this.nextDelayMs)
+      }
+    })
+  }
+
+  private schedule(ms: number): void {
+    if (!this.leading || this.stopped) return
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = setTimeout(() => this.requestScan(), Math.max(0, ms))
+    this.timer.unref()
+  }
+
+  /** One scan: which groups need copies, then each vDisk's repair at its owner, one at a time. */
+  private async scan(): Promise<void> {
+    const st = this.status!
+    this.nextDelayMs = this.intervalMs
+    const [vdisks, egroups, nodes, up] = await Promise.all([
+      etcdCall('list vDisks', () => listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)),
+      etcdCall('list extent groups', () => listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)),
+      etcdCall('list nodes', () => listJson<NodeRecord>(this.etcd, keys.nodesPrefix)),
+      upNodes(this.etcd),
+    ])
+    this.lastUp = [...up].sort().join(',')
+    const now = this.clock.now()
+    const members = new Set(nodes.map((n) => n.name))
+    for (const n of [...this.downSince.keys()]) if (up.has(n) || !members.has(n)) this.downSince.delete(n)
+    for (const n of members) if (!up.has(n) && !this.downSince.has(n)) this.downSince.set(n, now)
+    const due = new Set([...this.downSince].filter(([, t]) => now - t >= this.graceMs).map(([n]) => n))
+    const pending = [...this.downSince].filter(([n]) => !due.has(n))
+    st.repairsDueAt = pending.map(([node, t]) => ({ node, at: new Date(t + this.graceMs).toISOString() }))
+    let under = 0
+    let lost = 0
+    const byId = new Map(vdisks.map((v) => [v.id, v]))
+    for (const eg of egroups) {
+      const v = byId.get(eg.vdiskId)
+      if (v === undefined || v.state !== 'ready') continue
+      const live = eg.replicas.filter((r) => up.has(r.node)).length
+      if (live === 0) lost++
+      else if (live < v.rf) under++
+    }
+    st.lastScanAt = new Date(now).toISOString()
+    st.lastScanFound = { underReplicated: under, lost }
+    // a vDisk whose RF is more than the nodes that can hold a copy waits for a node (no repair can succeed)
+    const usable = nodes.filter((n) => up.has(n.name) && n.draining !== true).map((n) => n.name).sort()
+    const all = repairWork(vdisks, egroups, up, due, members)
+    const work = all.filter((w) => w.vdisk.rf <= usable.length)
+    st.waiting = all.filter((w) => w.vdisk.rf > usable.length).map((w) => `vDisk ${w.vdisk.name}: RF ${w.vdisk.rf} needs ${w.vdisk.rf} nodes up, ${usable.length} are (${usable.join(', ') || 'none'})`)
+    await this.writeStatus()
+    if (work.length > 0) await this.repairAll(work, up)
+    // scan again when the first node still in its grace becomes due
+    if (pending.length > 0) {
+      const next = Math.min(...pending.map(([, t]) => t + this.graceMs)) - this.clock.now()
+      this.nextDelayMs = Math.min(this.nextDelayMs, Math.max(0, next) + 100)
+    }
+  }
+
+  private async repairAll(work: RepairWork[], up: ReadonlySet<string>): Promise<void> {
+    const st = this.status!
+    st.repairing = true
+    st.lastError = null
+    const start = this.clock.now()
+    let bytes = 0
+    try {
+      for (const w of work) {
+        if (!this.leading || this.stopped) return
+        const owner = await etcdCall('read a vDisk owner', () => this.etcd.get(keys.vdiskOwner(w.vdisk.id)).string())
+        const ownerNode = owner?.split('/')[0]
+        // the owner repairs what it serves; nobody (or a dead node) owns it: this node takes it for the repair
+        const at = ownerNode !== undefined && up.has(ownerNode) ? ownerNode : this.opts.nodeName
+        this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}; repair at ${at}`)
+        try {
+          const r = await this.opts.repair(at, w.vdisk.id, w.down)
+          st.repairedEgroups += r.egroups
+          st.repairedBytes += r.bytes
+          bytes += r.bytes
+          const secs = (this.clock.now() - start) / 1000
+          if (secs > 0 && bytes > 0) st.repairBytesPerSec = Math.round(bytes / secs)
+          this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${r.egroups} extent group(s) re-protected (${r.bytes} bytes)`)
+        } catch (e) {
+          st.lastError = `vDisk ${w.vdisk.name}: ${errorMessage(e)}`
+          this.opts.log.warn(`curator: repair of vDisk ${w.vdisk.name} at ${at} failed: ${errorMessage(e)}; the next scan tries again`)
+          this.nextDelayMs = Math.min(this.nextDelayMs, curatorRetryMs)
+        }
+        await this.writeStatus()
+      }
+    } finally {
+      st.repairing = false
+      await this.writeStatus()
+    }
+  }
+
+  private async writeStatus(): Promise<void> {
+    if (!this.status || !this.leading) return
+    const rec = JSON.stringify(this.status)
+    await etcdCall('write the curator status', () => this.etcd.put(keys.curatorStatus).value(rec)).catch((e: unknown) => {
+      this.opts.log.warn(`curator: cannot write its status: ${errorMessage(e)}`)
+    })
+  }
+
+  /** Leave the election (another CVM takes over at once) and stop scanning. */
+  async stop(): Promise<void> {
+    this.stopped = true
+    this.leading = false
+    if (this.timer) clearTimeout(this.timer)
+    try {
+      await this.campaign?.resign()
+    } catch { /* etcd may be gone: the lease expires */ }
+  }
+}

@@ -1,0 +1,114 @@
+import type { Etcd3 } from 'etcd3'
+import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
+import { vBlockSizeBytes } from '../../lib/limits.js'
+import type { CuratorStatus, ClusterHealth, NodeRecord, NodeStatusRecord, VdiskHealth, VdiskRecord } from '../../lib/types.js'
+import type { EgroupRecord, MapValue } from '../vdisk/owner.js'
+
+/**
+ * How well every vDisk is protected, from the records alone: an extent group is healthy when it
+ * has RF replicas on nodes that are up, under-replicated when it has fewer (some on nodes that are
+ * down, or it went on degraded), lost when none of its replicas is on a node that is up. The
+ * bytes to re-protect are those of the extents (1 MiB each) in the groups that are not healthy.
+ */
+export function assessHealth(vdisks: VdiskRecord[], egroups: EgroupRecord[], up: ReadonlySet<string>, extentsPerEgroup: ReadonlyMap<string, number>): { vdisks: VdiskHealth[], total: Omit<VdiskHealth, 'name' | 'id' | 'rf'> } {
+  const byVdisk = new Map<string, EgroupRecord[]>()
+  for (const eg of egroups) {
+    let l = byVdisk.get(eg.vdiskId)
+    if (l === undefined) byVdisk.set(eg.vdiskId, l = [])
+    l.push(eg)
+  }
+  const out: VdiskHealth[] = []
+  for (const v of vdisks) {
+    if (v.state !== 'ready') continue
+    const h: VdiskHealth = { name: v.name, id: v.id, rf: v.rf, egroups: 0, healthy: 0, underReplicated: 0, lost: 0, bytesToReprotect: 0, bytesLost: 0, nodesDown: [] }
+    const down = new Set<string>()
+    for (const eg of byVdisk.get(v.id) ?? []) {
+      h.egroups++
+      const live = eg.replicas.filter((r) => up.has(r.node)).length
+      for (const r of eg.replicas) if (!up.has(r.node)) down.add(r.node)
+      const bytes = (extentsPerEgroup.get(eg.id) ?? 0) * vBlockSizeBytes
+      if (live === 0) {
+        h.lost++
+        h.bytesLost += bytes
+      } else if (live < v.rf) {
+        h.underReplicated++
+        h.bytesToReprotect += bytes
+      } else {
+        h.healthy++
+      }
+    }
+    h.nodesDown = [...down].sort()
+    out.push(h)
+  }
+  out.sort((a, b) => a.name.localeCompare(b.name))
+  const total = { egroups: 0, healthy: 0, underReplicated: 0, lost: 0, bytesToReprotect: 0, bytesLost: 0, nodesDown: [] as string[] }
+  const down = new Set<string>()
+  for (const h of out) {
+    total.egroups += h.egroups
+    total.healthy += h.healthy
+    total.underReplicated += h.underReplicated
+    total.lost += h.lost
+    total.bytesToReprotect += h.bytesToReprotect
+    total.bytesLost += h.bytesLost
+    for (const n of h.nodesDown) down.add(n)
+  }
+  total.nodesDown = [...down].sort()
+  return { vdisks: out, total }
+}
+
+/** the number of extents each extent group holds, from every vDisk's block map */
+export async function extentsPerEgroupOf(etcd: Etcd3): Promise<Map<string, number>> {
+  const all = await etcdCall('read the block maps', () => etcd.getAll().prefix('/tess/vdisk-map/').strings())
+  const n = new Map<string, number>()
+  for (const v of Object.values(all)) {
+    const eg = (JSON.parse(v) as MapValue).eg
+    n.set(eg, (n.get(eg) ?? 0) + 1)
+  }
+  return n
+}
+
+/** the nodes whose status record exists (their CVM heartbeats) */
+export async function upNodes(etcd: Etcd3): Promise<Set<string>> {
+  return new Set((await etcdCall('read node status', () => listJson<NodeStatusRecord>(etcd, keys.nodeStatusPrefix))).map((s) => s.name))
+}
+
+/**
+ * The cluster's health as `tess cluster health` shows it: per vDisk and in total, with the
+ * curator's master (the election's leader) and what it last reported.
+ */
+export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | undefined>): Promise<ClusterHealth> {
+  const [vdisks, egroups, up, nodes, extents, status, leader] = await Promise.all([
+    etcdCall('list vDisks', () => listJson<VdiskRecord>(etcd, keys.vdisksPrefix)),
+    etcdCall('list extent groups', () => listJson<EgroupRecord>(etcd, keys.egroupsPrefix)),
+    upNodes(etcd),
+    etcdCall('list nodes', () => listJson<NodeRecord>(etcd, keys.nodesPrefix)),
+    extentsPerEgroupOf(etcd),
+    etcdCall('read the curator status', () => getJson<CuratorStatus>(etcd, keys.curatorStatus)),
+    etcdCall('ask who the curator master is', master),
+  ])
+  const { vdisks: per, total } = assessHealth(vdisks, egroups, up, extents)
+  const rate = status?.repairBytesPerSec ?? 0
+  const state: ClusterHealth['state'] = total.lost > 0 ? 'data-unavailable' : total.underReplicated > 0 ? 'degraded' : 'healthy'
+  return {
+    state,
+    nodesUp: nodes.filter((n) => up.has(n.name)).map((n) => n.name).sort(),
+    nodesDown: nodes.filter((n) => !up.has(n.name)).map((n) => n.name).sort(),
+    total,
+    vdisks: per,
+    curator: {
+      master: leader ?? null,
+      lastScanAt: status?.lastScanAt ?? null,
+      repairing: status?.repairing ?? false,
+      repairedEgroups: status?.repairedEgroups ?? 0,
+      repairedBytes: status?.repairedBytes ?? 0,
+      repairBytesPerSec: rate,
+      etaSec: total.bytesToReprotect > 0 && rate > 0 ? Math.ceil(total.bytesToReprotect / rate) : null,
+      nodeDownGraceMs: status?.nodeDownGraceMs ?? null,
+      repairsDueAt: status?.repairsDueAt ?? [],
+      waiting: status?.waiting ?? [],
+      lastError: status?.lastError ?? null,
+      lastScrubAt: null,
+      lastScrubFound: null,
+    },
+  }
+}

@@ -1,0 +1,164 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Etcd3, type Lease } from 'etcd3'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Curator } from '../../src/cvm/curator/curator.js'
+import { clusterHealth } from '../../src/cvm/curator/health.js'
+import type { EgroupRecord } from '../../src/cvm/vdisk/owner.js'
+import { getJson, keys } from '../../src/lib/etcd.js'
+import type { Logger } from '../../src/lib/log.js'
+import type { CuratorStatus, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../src/lib/types.js'
+import { freePort, waitFor } from '../helpers/cluster.js'
+
+const MiB = 1024 * 1024
+const names = ['n1', 'n2', 'n3']
+const node = (name: string): NodeRecord => ({ name, address: '127.0.0.1', apiPort: 1, nbdPort: 2, dataPort: 3, joinedAt: '2026-01-01T00:00:00Z' })
+const status = (name: string): NodeStatusRecord => ({ name, at: '2026-01-01T00:00:00Z', daemons: [], disks: {} })
+const eg = (id: string, nodes: string[]): EgroupRecord => ({ id, vdiskId: '1', replicas: nodes.map((n) => ({ node: n, diskId: `${n}-d` })), createdAt: '' })
+
+/**
+ * The curator's election and scans against a real etcd (one member on loopback), three CVMs' curators
+ * each with its own client: one master; a node whose status goes is repaired after the grace, at the
+ * vDisk's owner; the master's death (its client gone, its election lease expiring) elects another,
+ * which repairs a group left with fewer than RF copies. The repair itself is the test's: it moves
+ * the group's record as a CVM's repair would (the copies are Vdisk.repair's, tested with replicas).
+ */
+describe('curator election and scans on a real etcd', () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-curator-'))
+  let etcdProc: ChildProcess | undefined
+  let clientUrl = ''
+  const clients: Etcd3[] = []
+  const curators = new Map<string, Curator>()
+  const lines: string[] = []
+  const log = (n: string): Logger => ({ info: (m) => lines.push(`${n} ${m}`), warn: (m) => lines.push(`${n} ${m}`), error: (m) => lines.push(`${n} ${m}`) })
+  const connect = () => {
+    const c = new Etcd3({ hosts: clientUrl, defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 2000 }) })
+    clients.push(c)
+    return c
+  }
+  let etcd: Etcd3
+
+  beforeAll(async () => {
+    clientUrl = `http://127.0.0.1:${await freePort()}`
+    const peerUrl = `http://127.0.0.1:${await freePort()}`
+    etcdProc = spawn('etcd', ['--name', 'c', '--data-dir', path.join(root, 'etcd'), '--listen-client-urls', clientUrl, '--advertise-client-urls', clientUrl,
+      '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl, '--initial-cluster', `c=${peerUrl}`], { stdio: ['ignore', 'ignore', fs.openSync(path.join(root, 'etcd.log'), 'a')] })
+    etcd = connect()
+    await waitFor('etcd', async () => (await etcd.get('x').string().then(() => true, () => false)) || undefined, 20_000, 200)
+  }, 30_000)
+
+  afterAll(async () => {
+    for (const c of curators.values()) await c.stop()
+    for (const c of clients) c.close()
+    if (etcdProc && etcdProc.exitCode === null) {
+      const exited = new Promise((r) => etcdProc!.once('exit', r))
+      etcdProc.kill('SIGTERM')
+      await exited
+    }
+    fs.rmSync(root, { recursive: true, force: true })
+  })
+
+  it('elects one master, repairs after the grace at the owner, fails over when the master dies, repairs degraded groups', async () => {
+    const put = (k: string, v: unknown) => etcd.put(k).value(JSON.stringify(v)).exec()
+    const leases = new Map<string, Lease>()
+    for (const n of names) {
+      await put(keys.node(n), node(n))
+      const l = etcd.lease(30)
+      leases.set(n, l)
+      await l.put(keys.nodeStatus(n)).value(JSON.stringify(status(n)))
+    }
+    const v: VdiskRecord = { id: '1', name: 'a', sizeBytes: 64 * MiB, rf: 2, createdAt: '', state: 'ready' }
+    await put(keys.vdisk('1'), v)
+    await put(keys.egroup('1', '10'), eg('10', ['n1', 'n3']))
+    await put(keys.egroup('1', '11'), eg('11', ['n1', 'n2']))
+    await put(keys.vdiskMap('1', 0), { eg: '10', s: 0 })
+    await put(keys.vdiskMap('1', 1), { eg: '10', s: 1 })
+    await etcd.put(keys.vdiskOwner('1')).value('n2/s1').exec()
+
+    // what each curator is told about nodes (its placement view, in a CVM)
+    let upNow = [...names]
+    let wake: Array<() => void> = []
+    const bump = () => { const w = wake; wake = []; for (const f of w) f() }
+    const calls: Array<{ by: string, at: string, id: string, down: string[], ms: number }> = []
+    let downAt = 0
+    for (const n of names) {
+      const c = new Curator(connect(), {
+        nodeName: n, log: log(n), nodeDownGraceMs: 1500, scanIntervalMs: 60_000, electionTtlSec: 2,
+        nodesUp: () => upNow,
+        nodesChanged: () => new Promise<void>((r) => wake.push(r)),
+        repair: async (at, id, down) => {
+          calls.push({ by: n, at, id, down, ms: Date.now() - downAt })
+          // as the owner's repair would: the groups on the down nodes (or short of RF) get a copy on n2
+          const egs = [await getJson<EgroupRecord>(etcd, keys.egroup(id, '10')), await getJson<EgroupRecord>(etcd, keys.egroup(id, '11'))]
+          let moved = 0
+          for (const e of egs) {
+            if (e === undefined) continue
+            const keep = e.replicas.filter((r) => !down.includes(r.node))
+            if (keep.length === e.replicas.length && keep.length >= 2) continue
+            const next = [...keep, ...(keep.some((r) => r.node === 'n2') ? [{ node: 'n1', diskId: 'n1-d' }] : [{ node: 'n2', diskId: 'n2-d' }])]
+            await put(keys.egroup(id, e.id), { ...e, replicas: next })
+            moved++
+          }
+          return { egroups: moved, bytes: moved * 2 * MiB }
+        },
+      })
+      curators.set(n, c)
+      c.start()
+    }
+
+    // one master, which has scanned and found nothing to do
+    const first = await waitFor('a master', async () => (await curators.get('n1')!.master()) ?? undefined, 20_000, 100)
+    expect(names).toContain(first)
+    await waitFor('the master scanned', async () => ((await getJson<CuratorStatus>(etcd, keys.curatorStatus))?.lastScanAt ? true : undefined), 10_000, 100)
+    expect([...curators.values()].filter((c) => c.isMaster).length).toBe(1)
+    expect(curators.get(first)!.isMaster).toBe(true)
+    const st0 = (await getJson<CuratorStatus>(etcd, keys.curatorStatus))!
+    expect(st0).toMatchObject({ master: first, lastScanFound: { underReplicated: 0, lost: 0 }, repairing: false })
+    expect(calls).toEqual([])
+
+    // n3 goes down: its status record goes (lease revoked); after the grace, the owner (n2) repairs
+    downAt = Date.now()
+    await leases.get('n3')!.revoke()
+    upNow = ['n1', 'n2']
+    bump()
+    const h1 = await clusterHealth(etcd, () => curators.get('n1')!.master())
+    expect(h1).toMatchObject({ state: 'degraded', nodesDown: ['n3'], total: { underReplicated: 1, lost: 0, bytesToReprotect: 2 * MiB } })
+    await waitFor('the repair at the owner', () => calls.length > 0 || undefined, 20_000, 50)
+    expect(calls[0]).toMatchObject({ by: first, at: 'n2', id: '1', down: ['n3'] })
+    // not before the grace (1.5 s) ran from the moment the master saw n3 down
+    expect(calls[0]!.ms).toBeGreaterThanOrEqual(1400)
+    const h2 = await waitFor('healthy after the repair', async () => {
+      const h = await clusterHealth(etcd, () => curators.get('n1')!.master())
+      return h.state === 'healthy' && h.curator.repairedEgroups === 1 && !h.curator.repairing ? h : undefined
+    }, 10_000, 100)
+    expect(h2.curator).toMatchObject({ master: first, repairedBytes: 2 * MiB, lastError: null })
+    expect(h2.curator.repairBytesPerSec).toBeGreaterThan(0)
+
+    // the master dies: its client goes without resigning; its election lease expires (2 s) and another wins
+    const dead = curators.get(first)!
+    const deadClient = clients[names.indexOf(first) + 1]!
+    deadClient.close()
+    await dead.stop()
+    curators.delete(first)
+    const second = await waitFor('another master', async () => {
+      const m = await curators.values().next().value!.master().catch(() => undefined)
+      return m !== undefined && m !== first ? m : undefined
+    }, 30_000, 200)
+    await waitFor('the new master reports', async () => ((await getJson<CuratorStatus>(etcd, keys.curatorStatus))?.master === second ? true : undefined), 10_000, 100)
+    expect(curators.get(second)!.isMaster).toBe(true)
+
+    // a group that went on degraded (one copy of RF 2) is repaired with no node down
+    calls.length = 0
+    await put(keys.egroup('1', '11'), eg('11', ['n1']))
+    curators.get(second)!.requestScan()
+    await waitFor('the degraded group repaired', () => calls.length > 0 || undefined, 10_000, 50)
+    expect(calls[0]).toMatchObject({ by: second, id: '1', down: [] })
+    const h3 = await waitFor('healthy again', async () => {
+      const h = await clusterHealth(etcd, () => curators.get(second)!.master())
+      return h.state === 'healthy' ? h : undefined
+    }, 10_000, 100)
+    expect(h3.curator.master).toBe(second)
+  }, 90_000)
+})
