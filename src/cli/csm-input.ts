@@ -5,7 +5,7 @@ import {
   policyPatternLengthMax, registryPasswordLengthMax, registryUsernameLengthMax,
 } from '../lib/limits.js'
 import { namePattern } from '../lib/names.js'
-import { parseSize } from '../lib/units.js'
+import { parseDuration, parseSize } from '../lib/units.js'
 import { parseReference, parseRegistryHost } from '../lib/images/reference.js'
 
 /**
@@ -275,6 +275,15 @@ export function formatAge(iso: string | null | undefined, now: number = Date.now
 }
 
 /** A duration for people: `500ms`, `10s`, `1.5s`, `2m`, `1h`. */
+/** A container stop's `--timeout` (SIGTERM, then SIGKILL after it): a duration of at most containerStopTimeoutMaxMs. */
+export function parseStopTimeout(input: string): number {
+  const ms = parseDuration(input, '--timeout')
+  if (ms > containerStopTimeoutMaxMs) {
+    throw new TessError('TESS_E_INVALID', `invalid --timeout "${input}": more than ${formatMs(containerStopTimeoutMaxMs)}`, `give at most ${formatMs(containerStopTimeoutMaxMs)}`)
+  }
+  return ms
+}
+
 export function formatMs(ms: number): string {
   if (ms < 1000) return `${ms}ms`
   if (ms < 60_000) return `${Number((ms / 1000).toFixed(1))}s`

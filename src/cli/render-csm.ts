@@ -142,6 +142,7 @@ export function renderContainer(c: ContainerView): string {
     ['memory', c.memoryBytes === null ? 'no limit' : `${formatBytes(c.memoryBytes)} (${c.memoryBytes} bytes)`],
     ['network', c.network],
     ['user namespace', c.userns ? `yes (root is host uid ${usernsHostIdBase})` : 'no'],
+    ['restart', `${c.restartPolicy}${c.restartPolicy !== 'no' ? ` (restarted ${c.restartCount} time(s)${c.nextRestartAt !== null ? `, next at ${c.nextRestartAt}` : ''})` : ''}`],
     ['pid', c.pid],
     ['created', c.createdAt],
     ['started', c.startedAt],

@@ -56,6 +56,8 @@ async function main(): Promise<void> {
   registerCsmRoutes(api, { manager, cgroup, spec, log })
   await api.listenUnix(paths.csmSocket(name))
   log.info(`CSM ${name} (${spec.cpus} cpus, ${spec.memoryBytes} bytes) of node ${cfg.nodeName}: ${report.adopted.length} container(s) adopted, ${report.exited.length} exited meanwhile, ${report.cleaned.length} cleaned`)
+  // containers whose restart policy asks are started again after they exit (also those that exited while this daemon was down)
+  manager.superviseRestarts()
 
   let stopping = false
   const stop = async (sig: string) => {
@@ -63,6 +65,7 @@ async function main(): Promise<void> {
     stopping = true
     log.info(`stopping on ${sig}; containers keep running`)
     const force = setTimeout(() => process.exit(1), 5000)
+    manager.stopSupervising()
     await api.close().catch(() => undefined) // stopping: the process exits next
     fs.rmSync(paths.csmSocket(name), { force: true })
     clearTimeout(force)

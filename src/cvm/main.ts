@@ -6,8 +6,8 @@ import fs from 'node:fs'
 import type { Etcd3 } from 'etcd3'
 import { readSecretsKey } from '../lib/secretbox.js'
 import { TessError, errorMessage } from '../lib/errors.js'
-import { connectEtcd, getJson, keys } from '../lib/etcd.js'
-import type { NodeRecord } from '../lib/types.js'
+import { connectEtcd, etcdCall, getJson, keys } from '../lib/etcd.js'
+import type { CuratorConfig, NodeRecord, ScrubStart } from '../lib/types.js'
 import { PeerPool, type TlsCreds } from './replication/client.js'
 import { PeerError, dataPortMode, type DataPortMode } from './replication/protocol.js'
 import { DataServer } from './replication/server.js'
@@ -35,7 +35,7 @@ import { NbdTrust } from './nbd/trust.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
 import { Curator } from './curator/curator.js'
-import { curatorRepairCallTimeoutMs } from '../lib/limits.js'
+import { curatorRepairCallTimeoutMs, scrubBytesPerSecDefault, scrubCallTimeoutMs } from '../lib/limits.js'
 
 const log = makeLogger('cvm')
 
@@ -161,7 +161,7 @@ async function openVdisks({ cfg, etcd }: Startup, keeper: KeyKeeper, disks: Disk
 }
 
 /** The management API (not yet listening) with its users, audit log and the cluster, node, disk and vDisk routes. */
-async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService, engine: VdiskEngine, nbdTrust: NbdTrust, curator: Curator }): Promise<{ api: ApiServer, users: UserDirectory }> {
+async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService, engine: VdiskEngine, nbdTrust: NbdTrust, curator: Curator, scrubNow: (bytesPerSec?: number) => Promise<ScrubStart> }): Promise<{ api: ApiServer, users: UserDirectory }> {
   const { cfg, paths, etcd } = s
   const { creds } = p
   const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
@@ -171,7 +171,7 @@ async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService,
   users.start()
   const audit = new AuditLog(etcd, cfg.nodeName, log)
   const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), rootRotated: () => users.rootRotated, audit: (e) => audit.record(e) })
-  registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust, curator: parts.curator })
+  registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust, curator: parts.curator, scrubNow: parts.scrubNow })
   registerUserRoutes(api, users, audit)
   return { api, users }
 }
@@ -181,7 +181,7 @@ async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService,
  * reaches other nodes' agents through their CVMs' API. Also the node operations this CVM serves
  * (containers, the cluster key, vDisk hand-over) and the caller of the other CVMs' ones.
  */
-async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer, keeper: KeyKeeper, engine: VdiskEngine, vdisks: VdiskService, otherUpNodes: () => string[] }): Promise<{ agent: NodeAgent, containers: ContainerControl, call: NodeCall }> {
+async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer, keeper: KeyKeeper, engine: VdiskEngine, vdisks: VdiskService, curator: Curator, otherUpNodes: () => string[] }): Promise<{ agent: NodeAgent, containers: ContainerControl, call: NodeCall }> {
   const { cfg, paths, etcd } = s
   const { creds } = p
   const { api, keeper, engine, vdisks } = parts
@@ -196,6 +196,8 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     'vdisk.clients': async ({ name }) => ({ connections: engine.connections(name) }),
     'vdisk.deleted': async ({ id }) => ({ shut: await engine.shutDeleted(id) }),
     'vdisk.repair': async ({ id, down }) => engine.repair(id, down),
+    'vdisk.scrub': async ({ id, bytesPerSec }) => engine.scrub(id, bytesPerSec),
+    'curator.scrub': async () => ({ started: parts.curator.scrubNow(), master: cfg.nodeName }),
   }
   const call = nodeCaller({
     self: cfg.nodeName,
@@ -301,9 +303,24 @@ async function main(): Promise<void> {
     repair: (node, id, down) => call(node, 'vdisk.repair', { id, down }, curatorRepairCallTimeoutMs),
     nodesChanged: () => view.changed(),
     nodesUp: () => view.nodes().filter((n) => n.up).map((n) => n.name),
+    // CSMs of lost nodes, with the containers that have a restart policy, move to live nodes
+    failover: (down) => containers.csms.failover(down, containers.containers),
+    scrub: (node, id, bytesPerSec) => call(node, 'vdisk.scrub', { id, bytesPerSec }, scrubCallTimeoutMs),
   })
-  const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator })
-  const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, otherUpNodes })
+  // `tess cluster scrub`: the rate is stored for every later pass; the master runs the pass
+  const scrubNow = async (bytesPerSec?: number): Promise<ScrubStart> => {
+    if (bytesPerSec !== undefined) {
+      const cur = await etcdCall('read the curator settings', () => getJson<CuratorConfig>(etcd, keys.curatorConfig))
+      await etcdCall('store the scrub rate', () => etcd.put(keys.curatorConfig).value(JSON.stringify({ ...cur, scrubBytesPerSec: bytesPerSec })))
+    }
+    const master = await etcdCall('ask who the curator master is', () => curator.master())
+    if (master === undefined) throw new TessError('TESS_E_UNREACHABLE', 'no curator master is elected yet', 'wait a few seconds and try again')
+    const r = await call(master, 'curator.scrub', {}, 10_000)
+    const rate = bytesPerSec ?? (await getJson<CuratorConfig>(etcd, keys.curatorConfig))?.scrubBytesPerSec ?? scrubBytesPerSecDefault
+    return { ...r, bytesPerSec: rate }
+  }
+  const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator, scrubNow })
+  const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, curator, otherUpNodes })
   await listen(s, p, { keeper, dataServer, nbd, api, containers })
   curator.start()
   stopOnSignals(s, p, { curator, agent, users, keeper, api, nbdTrust, nbd, dataServer, engine })

@@ -4,7 +4,7 @@ import type { NetworkMode, RuntimeName } from './csm-types.js'
 import { bodyObject, bool, int, num, objList, obj, oneOf, shown, str, strList, strMax, within } from './http-server.js'
 import { referenceLengthMax } from './images/limits.js'
 import {
-  containerArgBytesMax, containerArgsMax, containerEnvMax, containerPathLengthMax, containerRlimitsMax, containerUserLengthMax, cpusMax, cpusMin,
+  containerArgBytesMax, containerArgsMax, containerEnvMax, containerPathLengthMax, containerRestartRetriesMax, containerRlimitsMax, containerUserLengthMax, cpusMax, cpusMin,
   memoryLimitMaxBytes, memoryLimitMinBytes, pidsMaxLimit, volumeHostLengthMax, volumesPerContainerMax, volumeTargetLengthMax,
 } from './limits.js'
 import { checkName } from './names.js'
@@ -19,6 +19,44 @@ import { checkName } from './names.js'
 
 export const networkModes: readonly NetworkMode[] = ['none', 'host']
 export const runtimeNames: readonly RuntimeName[] = ['runc', 'crun']
+export const restartPolicyNames = ['no', 'on-failure', 'always'] as const
+
+/**
+ * When a CSM starts a container again after it exits (`--restart`): never (no), after a non-zero
+ * exit at most `maxRetries` times (on-failure; no limit without it), or after every exit (always).
+ * A container stopped by a user is not restarted. The failover of a lost node starts the
+ * containers that have one (other than no) on another node.
+ */
+export interface RestartPolicy {
+  policy: typeof restartPolicyNames[number]
+  maxRetries?: number
+}
+
+/** `no`, `always`, `on-failure` or `on-failure:N`, as `container show` prints it and `--restart` takes it. */
+export function formatRestartPolicy(p: RestartPolicy | undefined): string {
+  if (p === undefined) return 'no'
+  return p.policy === 'on-failure' && p.maxRetries !== undefined ? `on-failure:${p.maxRetries}` : p.policy
+}
+
+/** The policy of `--restart VALUE`; a coded error names the value otherwise. */
+export function parseRestartPolicy(v: string): RestartPolicy {
+  const m = /^(no|always|on-failure)(?::([0-9]{1,7}))?$/.exec(v)
+  if (m === null || (m[2] !== undefined && m[1] !== 'on-failure') || (m[2] !== undefined && (Number(m[2]) < 1 || Number(m[2]) > containerRestartRetriesMax))) {
+    throw new TessError('TESS_E_INVALID', `invalid restart policy ${shown(v, 40)}`, `give no, always, on-failure, or on-failure:N with N from 1 to ${containerRestartRetriesMax}`)
+  }
+  return { policy: m[1] as RestartPolicy['policy'], ...(m[2] !== undefined ? { maxRetries: Number(m[2]) } : {}) }
+}
+
+function restartField(o: Record<string, unknown>): RestartPolicy | undefined {
+  if (o.restart === undefined || o.restart === null) return undefined
+  const r = obj(o, 'restart')
+  return within('field "restart"', () => {
+    const policy = oneOf(r, 'policy', restartPolicyNames)!
+    const maxRetries = int(r, 'maxRetries', 1, containerRestartRetriesMax, false)
+    if (maxRetries !== undefined && policy !== 'on-failure') throw new TessError('TESS_E_INVALID', `maxRetries is for policy on-failure, not ${policy}`, 'leave it out')
+    return { policy, ...(maxRetries !== undefined ? { maxRetries } : {}) }
+  })
+}
 
 /** A volume as a container asks for it: `--volume NAME:/path[:ro]`. */
 export interface VolumeMount {
@@ -81,6 +119,8 @@ export interface ContainerSpec {
   volumes?: VolumeSpec[]
   /** a user namespace: the container's root is an unprivileged host user (csm/runtime/userns.ts) */
   userns?: boolean
+  /** when the CSM starts it again after it exits (default: never) */
+  restart?: RestartPolicy
 }
 
 export type ContainerStatus = 'creating' | 'running' | 'paused' | 'exited' | 'removing'
@@ -101,6 +141,8 @@ export interface NormalisedSpec {
   volumes?: VolumeSpec[]
   /** the id mapping of its user namespace (with --userns) */
   userns?: IdMapping
+  /** absent: never restarted */
+  restart?: RestartPolicy
 }
 
 /** One container as its CSM knows it: its state file, and the answer of run, inspect and list. */
@@ -129,6 +171,14 @@ export interface ContainerInfo {
   layers: string[]
   shimPid?: number
   shimStartTime?: string
+  /** times its CSM started it again after an exit (its restart policy) */
+  restartCount?: number
+  /** stopped by a user: not restarted whatever its policy, until started again */
+  stoppedByUser?: boolean
+  /** exits in a row that each ran shorter than containerRestartResetAfterMs (the backoff's exponent) */
+  restartStreak?: number
+  /** when the CSM starts it again (its policy asked, the backoff runs) */
+  nextRestartAt?: string
 }
 
 /** `POST /v1/containers` of the public API: a container spec and where it may go. */
@@ -145,6 +195,7 @@ export interface RunRequest {
   command?: string[]
   volumes?: VolumeMount[]
   userns?: boolean
+  restart?: RestartPolicy
 }
 
 /** What a CSM is given: CPUs and memory, for all its containers together. */
@@ -162,16 +213,22 @@ export interface CsmSpec extends CsmQuota {
   name: string
   id: string
   runtime: RuntimeName
-  /** cgroup under which every CSM of this cluster on this node has its subtree (`/tess-<cluster id>`) */
+  /** cgroup under which every CSM of this cluster on this node has its subtree (`/tess-<cluster id>-<node>`) */
   cgroupParent: string
 }
 
-/** The cgroup parent of a cluster's CSMs on a node: one per cluster, so test clusters sharing a machine never meet. */
-export function cgroupParentFor(clusterId: string): string {
-  return `/tess-${clusterId.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}`
+/**
+ * The cgroup parent of a cluster's CSMs on a node: one per cluster and node, so test clusters
+ * sharing a machine never meet, and neither do the test hosts of one cluster (they share the
+ * machine's cgroup file system): a CSM moved from one to another must not lose its cgroup when
+ * the first removes its copy.
+ */
+export function cgroupParentFor(clusterId: string, nodeName: string): string {
+  return `/tess-${clusterId.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}-${checkName('node', nodeName)}`
 }
 
-const cgroupParentPattern = /^\/tess-[a-zA-Z0-9]{0,12}$/
+// (specs written before the node's name was part of it have none)
+const cgroupParentPattern = /^\/tess-[a-zA-Z0-9]{0,12}(-[a-z0-9][a-z0-9-]{0,62})?$/
 const envKeyPattern = /^[A-Za-z_][A-Za-z0-9_]*$/
 const rlimitTypeLengthMax = 32
 
@@ -231,6 +288,7 @@ function commonSpecFields(o: Record<string, unknown>): Omit<RunRequest, 'name' |
   const cpus = cpusField(o, false)
   const memoryBytes = memoryField(o, false)
   const network = oneOf(o, 'network', networkModes, false)
+  const restart = restartField(o)
   return {
     image: imageField(o),
     ...(command !== undefined ? { command } : {}),
@@ -239,6 +297,7 @@ function commonSpecFields(o: Record<string, unknown>): Omit<RunRequest, 'name' |
     ...(memoryBytes !== undefined ? { memoryBytes } : {}),
     ...(network !== undefined ? { network } : {}),
     ...(bool(o, 'userns') ? { userns: true } : {}),
+    ...(restart !== undefined ? { restart } : {}),
   }
 }
 
@@ -398,7 +457,7 @@ export function parseCsmSpec(body: unknown, what: string): CsmSpec {
     const o = bodyObject(body)
     if (o.version !== 1) throw new TessError('TESS_E_INVALID', `unknown version ${shown(o.version)}`, 'upgrade tess')
     const cgroupParent = str(o, 'cgroupParent')!
-    if (!cgroupParentPattern.test(cgroupParent)) throw new TessError('TESS_E_INVALID', `field "cgroupParent" = ${shown(cgroupParent)} is not /tess-<cluster id>`, 'the node\'s CVM writes it: delete the CSM and create it again')
+    if (!cgroupParentPattern.test(cgroupParent)) throw new TessError('TESS_E_INVALID', `field "cgroupParent" = ${shown(cgroupParent)} is not /tess-<cluster id>-<node>`, 'the node\'s CVM writes it: delete the CSM and create it again')
     return {
       version: 1,
       name: nameField(o, 'name', 'CSM', true)!,

@@ -33,6 +33,19 @@ export interface CsmDeleteResult {
   containersRemoved: string[]
 }
 
+/** `tess csm move`: where the CSM went, and its containers (run again there, or not: why) */
+export interface CsmMoveResult {
+  name: string
+  from: string
+  node: string
+  /** containers that run in the CSM on its new node */
+  containers: string[]
+  /** containers that were removed from the old node but could not run on the new one */
+  notStarted: Array<{ name: string, error: { code: string, message: string, hint: string } }>
+  /** a failover's: containers with no restart policy, removed with their lost node and not run again */
+  dropped: string[]
+}
+
 export interface CsmPoolInfo {
   name: string
   csms: string[]
@@ -113,6 +126,12 @@ export interface ContainerView {
   userns: boolean
   /** the volumes mounted into it (name, path inside, read-only) */
   volumes: VolumeMount[]
+  /** no, always, on-failure or on-failure:N (`--restart`) */
+  restartPolicy: string
+  /** times its CSM started it again after an exit (on this node: a failover starts from 0) */
+  restartCount: number
+  /** when it is started again (its policy waits the backoff), else null */
+  nextRestartAt: string | null
 }
 
 export interface ContainerRemoveResult {

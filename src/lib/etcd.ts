@@ -48,6 +48,8 @@ export const keys = {
   clusterKeyCheck: '/tess/cluster-key-check',
   /** the curator master's last report (CuratorStatus); its election lives under /tess/election/curator/ */
   curatorStatus: '/tess/curator/status',
+  /** the curator's settings (CuratorConfig) */
+  curatorConfig: '/tess/curator/config',
   /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
   nbdUserCa: '/tess/nbd-user-ca',
   /** `/tess/nbd-revocations/<user>`: NBD user certificates of that user issued until then are refused */

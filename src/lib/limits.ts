@@ -117,6 +117,14 @@ export const curatorScanIntervalMs = 60_000
 export const curatorElectionTtlSec = 10
 /** one vDisk's repair at its owner: a call bounded by this (a large vDisk copies many groups) */
 export const curatorRepairCallTimeoutMs = 30 * 60_000
+/** the background scrub reads every replica of every extent at most this fast (all vDisks together: one at a time) */
+export const scrubBytesPerSecDefault = 64 * 1024 * 1024
+export const scrubBytesPerSecMin = 1024 * 1024
+export const scrubBytesPerSecMax = 64 * 1024 * 1024 * 1024
+/** a full scrub starts this long after the last one ended (or on `tess cluster scrub`) */
+export const scrubIntervalMs = 7 * 24 * 3600_000
+/** one vDisk's scrub at its owner: a call bounded by this (1 TiB at the slowest rate would take longer: it goes on at the next pass) */
+export const scrubCallTimeoutMs = 24 * 3600_000
 
 // containers: the bounds of a container spec and of a CSM's quota, the same at every boundary that
 // receives one (the public API, the node operations between CVMs, the CSM daemon: lib/container-spec.ts)
@@ -143,6 +151,8 @@ export const registryPasswordLengthMax = 4096
 export const containerUserLengthMax = 256
 export const containerPathLengthMax = 4096
 export const containerStopTimeoutMsMax = 10 * 60_000
+/** `--restart on-failure:N`: at most this many restarts */
+export const containerRestartRetriesMax = 1_000_000
 export const logTailLinesMax = 100_000
 /** most volumes one container may have */
 export const volumesPerContainerMax = 16

@@ -133,6 +133,49 @@ export interface VdiskHealth {
   nodesDown: string[]
 }
 
+/** One CSM moved off a lost node by the failover (the curator master's), or why it could not be. */
+export interface CsmFailover {
+  csm: string
+  from: string
+  /** null: it could not move (see error); tried again at the next scan */
+  to: string | null
+  at: string
+  /** containers with a restart policy, running on the new node */
+  containers: string[]
+  /** containers with no restart policy, removed with the lost node */
+  dropped: string[]
+  /** containers that did not start on the new node */
+  notStarted: string[]
+  error: string | null
+}
+
+/** What a scrub pass found, over every vDisk. */
+export interface ScrubFound {
+  vdisks: number
+  extents: number
+  /** bytes read from every replica */
+  bytesChecked: number
+  /** 4 KiB blocks whose copy on a replica did not match its checksum */
+  badBlocks: number
+  /** of those, rewritten from a good copy */
+  repairedBlocks: number
+  /** replica reads that failed otherwise (a node down), and vDisks whose scrub failed */
+  unreadable: number
+  failedVdisks: string[]
+}
+
+/** `tess cluster scrub`: whether a pass started now (false: one runs already), at which master, at what rate. */
+export interface ScrubStart {
+  started: boolean
+  master: string
+  bytesPerSec: number
+}
+
+/** The curator's settings (etcd key /tess/curator/config; `tess cluster scrub --rate` sets the rate). */
+export interface CuratorConfig {
+  scrubBytesPerSec?: number
+}
+
 /** What the curator's master writes after each scan and repair (etcd key /tess/curator/status). */
 export interface CuratorStatus {
   master: string
@@ -151,6 +194,12 @@ export interface CuratorStatus {
   repairsDueAt: Array<{ node: string, at: string }>
   /** under-replicated vDisks no repair can help now, and why (too few nodes for their RF) */
   waiting: string[]
+  /** the newest CSM failovers (at most curatorFailoversKept), newest last */
+  failovers: CsmFailover[]
+  scrubbing: boolean
+  scrubBytesPerSec: number
+  lastScrubAt: string | null
+  lastScrubFound: ScrubFound | null
   lastError: string | null
 }
 
@@ -176,10 +225,14 @@ export interface ClusterHealth {
     repairsDueAt: Array<{ node: string, at: string }>
     /** under-replicated vDisks no repair can help now, and why (too few nodes for their RF) */
     waiting: string[]
+    /** the newest CSM failovers off lost nodes, newest last */
+    failovers: CsmFailover[]
     lastError: string | null
-    /** the background checksum scrub (not run yet: null) */
+    /** the checksum scrub: running now, the rate, when the last full pass ended and what it found (null: none yet) */
+    scrubbing: boolean
+    scrubBytesPerSec: number
     lastScrubAt: string | null
-    lastScrubFound: { blocksChecked: number, badCopies: number, repaired: number } | null
+    lastScrubFound: ScrubFound | null
   }
 }
 

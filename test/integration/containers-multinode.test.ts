@@ -10,8 +10,10 @@ import { createTestHosts, type TestHosts } from '../helpers/testhosts.js'
 /**
  * Containers on a 3-node cluster of test hosts: every CVM serves the container API and routes
  * each operation to the node that holds the CSM; a volume moves with its container; the loss of a
- * node is survived (RF 2 needs a third node to re-replicate writes to). The registry listens on the
- * hosts' bridge.
+ * node is survived (RF 2 needs a third node to re-replicate writes to); a CSM moves with its
+ * containers and volumes (`csm move`, and `host remove --evacuate` of a 5th host), and fails over
+ * with its restartable container when its node (a 4th) is lost. The registry listens on the hosts'
+ * bridge.
  */
 const missing = haveCommands('docker-registry', 'umoci', 'skopeo', 'busybox', 'runc', 'etcd', 'sshd')
 
@@ -29,20 +31,22 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
   let image: string
   let node1: string
   let node2: string
+  let node3: string
   let clusterId: string | undefined
 
   beforeAll(async () => {
-    th = await createTestHosts(3)
+    th = await createTestHosts(5) // 3 bootstrapped; the 4th and 5th are added (the 5th removed with --evacuate, the 4th lost)
     reg = await startDockerRegistry(th.bridgeAddress)
     image = `${reg.host}/test/busybox:v1`
     await pushImage(await buildBusyboxImage(path.join(root, 'build'), 'v1'), image)
-    const hosts = th.hosts.map((h) => h.address).join(',')
+    const hosts = th.hosts.slice(0, 3).map((h) => h.address).join(',')
     const c = await tess(['cluster', 'create', '--name', 'ctrmn', '--hosts', hosts, '--ssh-key', th.keyFile, '--known-hosts', th.knownHostsFile, '--json'])
     if (c.code !== 0) throw new Error(`cluster create: ${c.stdout} ${c.stderr}`)
     clusterId = c.json.id as string
     const names = (c.json.nodes as Array<{ name: string, address: string }>)
     node1 = names.find((n) => n.address === th.hosts[0]!.address)!.name
     node2 = names.find((n) => n.address === th.hosts[1]!.address)!.name
+    node3 = names.find((n) => n.address === th.hosts[2]!.address)!.name
   }, 180_000)
 
   afterAll(async () => {
@@ -56,10 +60,14 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     // A killed test host cannot clean up like a power loss would: the cgroups of its CSM (empty:
     // every process of the host was killed) are removed here, deepest first.
     if (clusterId !== undefined) {
-      const parent = `tess-${clusterId.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}`
-      for (const h of fs.readdirSync('/sys/fs/cgroup')) {
-        const top = path.join('/sys/fs/cgroup', h, parent)
-        if (!fs.existsSync(top)) continue
+      // one parent per node: tess-<cluster id>-<node>
+      const prefix = `tess-${clusterId.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}-`
+      const tops = fs.readdirSync('/sys/fs/cgroup').flatMap((h) => {
+        const d = path.join('/sys/fs/cgroup', h)
+        return fs.statSync(d).isDirectory() ? fs.readdirSync(d).filter((n) => n.startsWith(prefix)).map((n) => path.join(d, n)) : []
+      })
+      for (const top of tops) {
+        if (!fs.existsSync(top)) continue // the same hierarchy under another name (cpu and cpu,cpuacct), removed already
         const dirs: string[] = []
         const walk = (d: string) => {
           for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(path.join(d, e.name))
@@ -165,4 +173,72 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     expect(removed.node).toBe(node2)
     expect((await tess(['csm', 'show', 'far', '--json'])).code).toBe(3)
   })
+
+  it('moves a CSM with its container and volume to another node and off a host removed with --evacuate; fails it over when its node is lost', async () => {
+    // two more hosts: node 4 becomes the third etcd member (node 2 was removed), node 5 is not one
+    const node4 = (await ok(['host', 'add', th.hosts[3]!.address])).node as string
+    const node5 = (await ok(['host', 'add', th.hosts[4]!.address])).node as string
+    await ok(['csm', 'create', 'edge', '--cpus', '0.5', '--memory', '128M', '--node', node5])
+    await ok(['volume', 'create', 'kv', '--size', '64M', '--rf', '2'])
+    // writes a blob once (fsync), prints its checksum at every start, and ends at once on SIGTERM
+    const script = 'trap "exit 0" TERM; busybox test -f /data/blob || busybox dd if=/dev/urandom of=/data/blob bs=1M count=4 conv=fsync 2>/dev/null; busybox sha256sum /data/blob; busybox sleep 1000 & wait'
+    const run = await ok(['container', 'run', image, '--name', 'keeper', '--csm', 'edge', '--volume', 'kv:/data', '--restart', 'always', '--', 'sh', '-c', script]) as ContainerView
+    expect(run).toMatchObject({ node: node5, restartPolicy: 'always', restartCount: 0 })
+    const shaOf = async (): Promise<string> => waitFor('the blob\'s checksum', async () => {
+      const m = /^([a-f0-9]{64}) {2}\/data\/blob$/m.exec((await tess(['container', 'logs', 'keeper'])).stdout)
+      return m?.[1]
+    }, 60_000, 300)
+    const sum = await shaOf()
+
+    // tess csm move: the CSM, its container and the container's volume go to node 1
+    const mv = await ok(['csm', 'move', 'edge', '--node', node1, '--timeout', '5s'])
+    expect(mv).toMatchObject({ name: 'edge', from: node5, node: node1, containers: ['keeper'], notStarted: [] })
+    expect(await ok(['csm', 'show', 'edge'])).toMatchObject({ node: node1, containers: 1 })
+    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: node1, csm: 'edge', status: 'running', restartPolicy: 'always' })
+    expect(await shaOf()).toBe(sum)
+    expect((await ok(['volume', 'show', 'kv'])).attachments).toMatchObject([{ container: 'keeper', node: node1 }])
+    // a move to where it is, to a node that does not exist, or of a CSM that does not exist is refused
+    expect((await tess(['csm', 'move', 'edge', '--node', node1, '--json'])).json.error.code).toBe('TESS_E_INVALID')
+    expect((await tess(['csm', 'move', 'edge', '--node', 'no-such-node', '--json'])).code).toBe(3)
+    expect((await tess(['csm', 'move', 'no-such-csm', '--json'])).code).toBe(3)
+
+    // back to node 5, which is then removed with --evacuate: the CSM and its container move off it
+    // (the scheduler's pick) with the volume, and its data is copied away
+    expect((await ok(['csm', 'move', 'edge', '--node', node5, '--timeout', '5s'])).node).toBe(node5)
+    expect(await shaOf()).toBe(sum)
+    const refused = await tess(['host', 'remove', node5, '--yes', '--json'])
+    expect(refused.code, refused.stdout).toBe(4)
+    expect(refused.json.error.hint).toContain('--evacuate')
+    const rm = await ok(['host', 'remove', node5, '--evacuate', '--yes'])
+    expect(rm.csmsMoved).toHaveLength(1)
+    expect(rm.csmsMoved[0]).toMatchObject({ name: 'edge', from: node5, containers: ['keeper'], notStarted: [] })
+    expect([node1, node3, node4]).toContain(rm.csmsMoved[0].node)
+    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: rm.csmsMoved[0].node, status: 'running' })
+    expect(await shaOf()).toBe(sum)
+    expect((await ok(['host', 'list'])).map((h: { name: string }) => h.name)).not.toContain(node5)
+
+    // failover: on node 4, beside a container with no restart policy; node 4 is lost. After the
+    // grace (30 s) the curator master moves the CSM to a live node and runs keeper there, with
+    // every fsynced byte of its volume; the other container goes with its node
+    if (rm.csmsMoved[0].node !== node4) expect((await ok(['csm', 'move', 'edge', '--node', node4, '--timeout', '5s'])).node).toBe(node4)
+    expect(await shaOf()).toBe(sum)
+    await ok(['container', 'run', image, '--name', 'plain', '--csm', 'edge', '--', 'busybox', 'sleep', '1000'])
+    await th.kill(th.hosts[3]!)
+    const t0 = Date.now()
+    const back = await waitFor('keeper running on a live node', async () => {
+      const c = await tess(['container', 'show', 'keeper', '--json'])
+      return c.code === 0 && c.json.node !== node4 && c.json.status === 'running' ? c.json as ContainerView : undefined
+    }, 240_000, 2000)
+    console.log(`failover: keeper ran again on ${back.node} ${Date.now() - t0} ms after its node was lost`)
+    expect([node1, node3]).toContain(back.node)
+    expect(await shaOf()).toBe(sum)
+    expect((await ok(['csm', 'show', 'edge'])).node).toBe(back.node)
+    expect((await tess(['container', 'show', 'plain', '--json'])).code).toBe(3)
+    const health = await ok(['cluster', 'health'])
+    expect(health.curator.failovers).toContainEqual(expect.objectContaining({ csm: 'edge', from: node4, to: back.node, containers: ['keeper'], dropped: ['plain'] }))
+    // the lost node is forgotten: it holds no CSM any more
+    expect((await ok(['host', 'remove', node4, '--yes'])).node).toBe(node4)
+    await ok(['container', 'remove', 'keeper', '--force', '--yes'])
+    await ok(['csm', 'delete', 'edge', '--yes'])
+  }, 600_000)
 })

@@ -67,8 +67,8 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     await pushImage(built, `${reg.host}/test/denied:v1`)
     await pushImage(await buildBusyboxImage(path.join(work, 'build'), 'big', { name: 'etc/big', content: crypto.randomBytes(3 * MiB).toString('base64') }), `${reg.host}/test/big:v1`)
     await c.create()
-    const id = (JSON.parse(fs.readFileSync(path.join(c.dataDir, 'node.json'), 'utf8')) as { clusterId: string }).clusterId
-    cgroupParent = `/tess-${id.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}`
+    const nodeCfg = JSON.parse(fs.readFileSync(path.join(c.dataDir, 'node.json'), 'utf8')) as { clusterId: string, nodeName: string }
+    cgroupParent = `/tess-${nodeCfg.clusterId.replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}-${nodeCfg.nodeName}`
   }, 180_000)
 
   afterAll(async () => {

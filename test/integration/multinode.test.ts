@@ -260,6 +260,34 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     fs.rmSync(after)
   })
 
+  it('the scrub finds bad copies that no read touches (host 2 holds second copies) and rewrites them from good ones', async () => {
+    const egDir = '/var/lib/tess/disks/d0/egroups'
+    const files = (await th.exec(th.hosts[1]!, ['sh', '-c', `ls ${egDir} | grep '\\.eg$'`])).stdout.split('\n').filter(Boolean)
+    expect(files.length).toBeGreaterThan(0)
+    // one byte of block 7 of slot 0 in every extent group file of host 2
+    for (const f of files) {
+      const at = 128 * 1024 + 4096 * 7 + 5
+      const flip = `python3 -c "import sys; f=open(sys.argv[1],'r+b'); f.seek(${at}); b=f.read(1); f.seek(${at}); f.write(bytes([b[0]^0xff])) if b else None; f.close()" ${egDir}/${f}`
+      expect((await th.exec(th.hosts[1]!, ['sh', '-c', flip])).code).toBe(0)
+    }
+    const s1 = await tess(['cluster', 'scrub', '--rate', '1G', '--wait', '--json'])
+    expect(s1.code, s1.stdout + s1.stderr).toBe(0)
+    expect(s1.json).toMatchObject({ started: true, bytesPerSec: 1024 ** 3 })
+    expect(s1.json.found.badBlocks).toBeGreaterThan(0)
+    expect(s1.json.found.repairedBlocks).toBe(s1.json.found.badBlocks)
+    expect(s1.json.found.failedVdisks).toEqual([])
+    // a second pass finds every copy good: the bad blocks were rewritten
+    const s2 = await tess(['cluster', 'scrub', '--wait', '--json'])
+    expect(s2.code, s2.stdout + s2.stderr).toBe(0)
+    expect(s2.json.bytesPerSec).toBe(1024 ** 3) // the rate was kept
+    expect(s2.json.found).toMatchObject({ badBlocks: 0, repairedBlocks: 0 })
+    const h = await tess(['cluster', 'health', '--json'])
+    expect(h.json.curator).toMatchObject({ scrubbing: false, lastScrubFound: { badBlocks: 0 } })
+    expect((await tess(['cluster', 'health'])).stdout).toMatch(/scrub found:\s+0 bad block copies/)
+    const bad = await tess(['cluster', 'scrub', '--rate', '10', '--json'])
+    expect(bad.code).toBe(2)
+  })
+
   it('adds a 4th host, refuses to remove it while it holds the only copy, and removes it with --evacuate', async () => {
     const add = await tess(['host', 'add', addr(3), '--json'])
     expect(add.code, add.stdout + add.stderr).toBe(0)

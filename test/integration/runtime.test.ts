@@ -12,6 +12,7 @@ import { CgroupHost, type CgroupLimits, type CsmCgroup } from '../../src/csm/run
 import { ContainerManager, type ContainerInfo, type ContainerManagerOptions } from '../../src/csm/runtime/containers.js'
 import { isProcessAlive, type RuntimeName } from '../../src/csm/runtime/runc.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { waitFor } from '../helpers/cluster.js'
 
 /**
  * The container runtime against the real thing: runc on this host's cgroups (v1 hybrid here),
@@ -369,6 +370,48 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     await expect(main.run({ image: `${reg!.host}/test/nothing:v1`, command: ['true'] })).rejects.toMatchObject({ code: 'TESS_E_NOT_FOUND' })
     await expect(main.run({ image, command: ['/bin/missing'] })).rejects.toMatchObject({ code: 'TESS_E_NOT_FOUND' })
     expect(fs.readdirSync(containers)).toEqual(before)
+  })
+
+  it('restart policies: on-failure:2 starts a failing container twice more, never after a clean exit; always restarts; a stop holds it off until a start', async () => {
+    main.superviseRestarts()
+    const made: string[] = []
+    try {
+      const failing = await run(main, { name: 'failing', image, command: ['sh', '-c', 'echo run; exit 3'], restart: { policy: 'on-failure', maxRetries: 2 } })
+      const clean = await run(main, { name: 'clean', image, command: ['sh', '-c', 'echo run; exit 0'], restart: { policy: 'on-failure' } })
+      const looping = await run(main, { name: 'looping', image, command: ['sh', '-c', 'echo run; busybox sleep 0.2'], restart: { policy: 'always' } })
+      made.push(failing.id, clean.id, looping.id)
+      // the first run and two restarts, then it stays exited with its code
+      const f = await waitFor('two restarts of the failing container', async () => {
+        const c = await main.inspect(failing.id)
+        return c.restartCount === 2 && c.status === 'exited' && c.nextRestartAt === undefined ? c : undefined
+      }, 30_000, 100)
+      expect(f.exitCode).toBe(3)
+      expect((await main.logText(failing.id)).split('run\n')).toHaveLength(4)
+      const l = await waitFor('looping restarted three times', async () => {
+        const c = await main.inspect(looping.id)
+        return (c.restartCount ?? 0) >= 3 ? c : undefined
+      }, 30_000, 100)
+      expect(l.spec.restart).toEqual({ policy: 'always' })
+      // a clean exit under on-failure is final; retries used up stay used up
+      await sleep(1500)
+      expect((await main.inspect(clean.id)).restartCount ?? 0).toBe(0)
+      expect((await main.inspect(clean.id)).exitCode).toBe(0)
+      expect((await main.inspect(failing.id)).restartCount).toBe(2)
+      // a stop holds the policy off (also a restart waiting its backoff), a start lifts the hold
+      const stopped = await main.stop(looping.id, 1000)
+      expect(stopped.stoppedByUser).toBe(true)
+      const count = (await main.inspect(looping.id)).restartCount
+      await sleep(1500)
+      const held = await main.inspect(looping.id)
+      expect(held.status).toBe('exited')
+      expect(held.restartCount).toBe(count)
+      await main.start(looping.id)
+      expect((await main.inspect(looping.id)).stoppedByUser).toBeUndefined()
+      await waitFor('looping restarted after the start', async () => ((await main.inspect(looping.id)).restartCount ?? 0) > (count ?? 0) || undefined, 30_000, 100)
+    } finally {
+      main.stopSupervising()
+      for (const id of made) await main.remove(id, { force: true }).catch(() => undefined)
+    }
   })
 
   it('containers keep running across a manager restart and are adopted; ones that ended meanwhile report their status', async () => {

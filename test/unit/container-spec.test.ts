@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
-  parseContainerSpec, parseCsmCreateRequest, parseCsmQuota, parseCsmSpec, parseCsmUpdateRequest, parseRunRequest, parseVolumeMounts, parseVolumeSpecs,
+  formatRestartPolicy, parseContainerSpec, parseCsmCreateRequest, parseCsmQuota, parseCsmSpec, parseCsmUpdateRequest, parseRestartPolicy, parseRunRequest, parseVolumeMounts, parseVolumeSpecs,
 } from '../../src/lib/container-spec.js'
 import { TessError } from '../../src/lib/errors.js'
 import {
@@ -143,6 +143,24 @@ describe('parseRunRequest: the public API run', () => {
     expect(refusal(() => parseRunRequest({ name: 'web', image: 'x', volumes: [{ name: 'd', target: '/proc/x' }] }, 't')).message).toMatch(/a volume cannot be mounted at \/proc\/x/)
     expect(refusal(() => parseRunRequest({ name: 'web', image: 'x', volumes: [{ name: 'd', target: '/a' }, { name: 'e', target: '/a/b' }] }, 't')).message).toMatch(/volume targets overlap at \/a\/b/)
     expect(refusal(() => parseRunRequest({ name: 'web', image: 'x', volumes: [{ name: 'd', target: '/a' }, { name: 'd', target: '/b' }] }, 't')).message).toMatch(/volume "d" is given twice/)
+  })
+
+  it('a restart policy: no, always, on-failure with an optional retry count; anything else is refused with the field named', () => {
+    expect(parseRunRequest({ name: 'w', image: 'x', restart: { policy: 'always' } }, 't').restart).toEqual({ policy: 'always' })
+    expect(parseRunRequest({ name: 'w', image: 'x', restart: { policy: 'on-failure', maxRetries: 3 } }, 't').restart).toEqual({ policy: 'on-failure', maxRetries: 3 })
+    expect(parseContainerSpec({ image: 'x', restart: { policy: 'on-failure' } }, 't').restart).toEqual({ policy: 'on-failure' })
+    expect(parseRunRequest({ name: 'w', image: 'x' }, 't').restart).toBeUndefined()
+    expect(refusal(() => parseRunRequest({ name: 'w', image: 'x', restart: { policy: 'sometimes' } }, 't')).message).toMatch(/field "restart".*policy/)
+    expect(refusal(() => parseRunRequest({ name: 'w', image: 'x', restart: { policy: 'always', maxRetries: 2 } }, 't')).message).toMatch(/maxRetries is for policy on-failure/)
+    expect(refusal(() => parseRunRequest({ name: 'w', image: 'x', restart: { policy: 'on-failure', maxRetries: 0 } }, 't')).message).toMatch(/maxRetries/)
+    expect(refusal(() => parseRunRequest({ name: 'w', image: 'x', restart: 'always' }, 't')).code).toBe('TESS_E_BAD_REQUEST')
+  })
+
+  it('--restart values: parsed and printed back the same', () => {
+    for (const v of ['no', 'always', 'on-failure', 'on-failure:5']) expect(formatRestartPolicy(parseRestartPolicy(v))).toBe(v)
+    for (const v of ['', 'yes', 'always:3', 'on-failure:0', 'on-failure:x', 'on-failure:12345678', 'no:1']) {
+      expect(refusal(() => parseRestartPolicy(v)).code, v).toBe('TESS_E_INVALID')
+    }
   })
 })
 

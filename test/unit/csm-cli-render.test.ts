@@ -31,6 +31,7 @@ const container: ContainerView = {
   memoryBytes: 256 * 2 ** 20,
   network: 'none', userns: false,
   volumes: [{ name: 'data', target: '/data', readOnly: false }, { name: 'conf', target: '/etc/app', readOnly: true }],
+  restartPolicy: 'no', restartCount: 0, nextRestartAt: null,
 }
 
 const registry: RegistryInfo = {
@@ -65,6 +66,9 @@ describe('container rendering', () => {
     expect(renderContainer({ ...container, status: 'running', cpus: null, memoryBytes: null, env: [] })).toMatch(/^cpus: +no limit$/m)
     expect(t).toMatch(/^volumes: +data:\/data, conf:\/etc\/app:ro$/m)
     expect(renderContainer({ ...container, volumes: [] })).toMatch(/^volumes: +-$/m)
+    expect(t).toMatch(/^restart: +no$/m)
+    expect(renderContainer({ ...container, restartPolicy: 'on-failure:3', restartCount: 2, nextRestartAt: '2025-01-01T00:00:03Z' }))
+      .toMatch(/^restart: +on-failure:3 \(restarted 2 time\(s\), next at 2025-01-01T00:00:03Z\)$/m)
   })
 })
 

@@ -10,7 +10,7 @@ import { checkName } from '../../lib/names.js'
 import { imageConfigSizeMaxBytes } from '../../lib/images/limits.js'
 import { writeFileAtomic } from '../../lib/images/store.js'
 import type { ImageRecord } from '../../lib/images/store.js'
-import { parseVolumeSpecs, type ContainerInfo, type ContainerSpec, type ContainerStatus, type NormalisedSpec } from '../../lib/container-spec.js'
+import { formatRestartPolicy, parseVolumeSpecs, type ContainerInfo, type ContainerSpec, type ContainerStatus, type NormalisedSpec } from '../../lib/container-spec.js'
 import type { VolumeAttacher } from '../volumes/attach.js'
 import {
   buildOciSpec, clampRlimits, hostsFile, imageRuntimeConfig, isMountPoint, mountOverlay, overlayMountPlan, readHostRlimits, resolvConf,
@@ -19,6 +19,7 @@ import {
 import { checkLimitsAgainst, type CgroupStats, type CsmCgroup } from './cgroups.js'
 import {
   containerKillWaitMs, containerPidsMaxDefault, containerPollMs, containersPerCsmMax, containerStartTimeoutMs, containerStopTimeoutMsDefault,
+  containerRestartBackoffMaxMs, containerRestartBackoffMinMs, containerRestartCheckMs, containerRestartResetAfterMs,
   containerStopTimeoutMsMax, logFollowPollMs, logChunkBytesMax, logReadChunkBytes, logTailBytesMax, logTailLinesMax, shimExitGraceMs, stateFileSizeMaxBytes,
 } from './limits.js'
 import {
@@ -118,6 +119,23 @@ export interface ContainerManagerOptions {
 
 const idPattern = /^[a-f0-9]{12}$/
 
+/**
+ * What a container's restart policy asks now: nothing (no policy, running, stopped by a user,
+ * on-failure after a clean exit or its retries used), to schedule its start after the backoff
+ * (100 ms doubling with each exit in a row, up to 30 s; back to 100 ms after a run of 10 s), or to
+ * start it (its time has come).
+ */
+export function restartDecision(rec: ContainerInfo, now: number): { action: 'none' } | { action: 'schedule', at: number, streak: number } | { action: 'start' } {
+  const p = rec.spec.restart
+  if (p === undefined || p.policy === 'no' || rec.stoppedByUser === true || rec.status !== 'exited') return { action: 'none' }
+  if (p.policy === 'on-failure' && (rec.exitCode === 0 || (p.maxRetries !== undefined && (rec.restartCount ?? 0) >= p.maxRetries))) return { action: 'none' }
+  if (rec.nextRestartAt !== undefined) return Date.parse(rec.nextRestartAt) <= now ? { action: 'start' } : { action: 'none' }
+  const ranMs = rec.startedAt !== undefined && rec.finishedAt !== undefined ? Date.parse(rec.finishedAt) - Date.parse(rec.startedAt) : 0
+  const streak = ranMs >= containerRestartResetAfterMs ? 0 : (rec.restartStreak ?? 0)
+  const wait = Math.min(containerRestartBackoffMaxMs, containerRestartBackoffMinMs * 2 ** Math.min(streak, 20))
+  return { action: 'schedule', at: now + wait, streak: streak + 1 }
+}
+
 export class ContainerManager {
   readonly csm: string
   readonly stateDir: string
@@ -134,6 +152,7 @@ export class ContainerManager {
   private readonly records = new Map<string, ContainerInfo>()
   private loaded: Promise<void> | undefined
   private readonly locks = new KeyedMutex()
+  private restartTimer: NodeJS.Timeout | undefined
 
   constructor(opts: ContainerManagerOptions) {
     this.csm = checkName('CSM', opts.csm)
@@ -249,13 +268,23 @@ export class ContainerManager {
     })
   }
 
-  /** Start an exited container again (same rootfs, same config). */
+  /** Start an exited container again (same rootfs, same config); a user's start ends a stop's hold on its restart policy. */
   async start(idOrName: string): Promise<ContainerInfo> {
     const rec0 = await this.find(idOrName)
     return this.locks.run(rec0.id, async () => {
       const rec = await this.refresh(this.get(rec0.id))
       if (rec.status === 'running' || rec.status === 'paused') return rec
       if (rec.status !== 'exited') throw this.conflict(rec, 'start', `it is ${rec.status}`)
+      delete rec.stoppedByUser
+      delete rec.restartStreak
+      delete rec.nextRestartAt
+      return this.startExited(rec)
+    })
+  }
+
+  /** Start an exited container; the caller holds its lock. */
+  private async startExited(rec: ContainerInfo): Promise<ContainerInfo> {
+    {
       try {
         await this.mountRootfs(rec)
         await this.attachVolumes(rec)
@@ -267,7 +296,63 @@ export class ContainerManager {
         throw e
       }
       return this.refresh(rec)
-    })
+    }
+  }
+
+  /**
+   * Restart policies (the CSM daemon calls this after adopting its containers): every
+   * containerRestartCheckMs, a container with a policy whose exit file appeared is brought up to
+   * date, and an exited one that its policy restarts is started again after its backoff.
+   */
+  superviseRestarts(): void {
+    if (this.restartTimer !== undefined) return
+    const tick = () => {
+      void this.restartTick().catch((e: unknown) => this.log.warn(`restart check: ${errorMessage(e)}`)).finally(() => {
+        if (this.restartTimer !== undefined) this.restartTimer = setTimeout(tick, containerRestartCheckMs)
+      })
+    }
+    this.restartTimer = setTimeout(tick, containerRestartCheckMs)
+  }
+
+  stopSupervising(): void {
+    if (this.restartTimer !== undefined) clearTimeout(this.restartTimer)
+    this.restartTimer = undefined
+  }
+
+  private async restartTick(): Promise<void> {
+    for (const id of [...this.records.keys()]) {
+      const r0 = this.records.get(id)
+      if (r0 === undefined || r0.spec.restart === undefined || r0.stoppedByUser === true) continue
+      // a running container is asked about only once its exit file is there (no runtime call per tick)
+      if ((r0.status === 'running' || r0.status === 'paused') && !fs.existsSync(this.files(id).exit)) continue
+      if (r0.status !== 'running' && r0.status !== 'paused' && r0.status !== 'exited') continue
+      await this.locks.run(id, async () => {
+        const rec = this.records.get(id)
+        if (rec === undefined) return
+        await this.refresh(rec)
+        const d = restartDecision(rec, this.clock.now())
+        if (d.action === 'none') return
+        if (d.action === 'schedule') {
+          rec.nextRestartAt = new Date(d.at).toISOString()
+          rec.restartStreak = d.streak
+          await this.save(rec)
+          this.log.info(`container ${rec.id} (${rec.name}) exited ${rec.exitCode ?? '(status unknown)'}; restart policy ${formatRestartPolicy(rec.spec.restart)}: starting it again in ${d.at - this.clock.now()} ms`)
+          return
+        }
+        delete rec.nextRestartAt
+        rec.restartCount = (rec.restartCount ?? 0) + 1
+        try {
+          await this.startExited(rec)
+          this.log.info(`container ${rec.id} (${rec.name}) started again (restart ${rec.restartCount})`)
+        } catch (e) {
+          // counted as a restart that ended at once: the next try waits longer
+          rec.finishedAt = new Date(this.clock.now()).toISOString()
+          rec.exitNote = `restart ${rec.restartCount} failed: ${errorMessage(e)}`
+          await this.save(rec)
+          this.log.warn(`container ${rec.id} (${rec.name}): restart ${rec.restartCount} failed: ${errorMessage(e)}`)
+        }
+      })
+    }
   }
 
   /**
@@ -281,6 +366,12 @@ export class ContainerManager {
     const rec0 = await this.find(idOrName)
     return this.locks.run(rec0.id, async () => {
       let rec = await this.refresh(this.get(rec0.id))
+      // a stop holds the restart policy off until a start (also a restart waiting its backoff)
+      if (rec.spec.restart !== undefined && rec.stoppedByUser !== true) {
+        rec.stoppedByUser = true
+        delete rec.nextRestartAt
+        await this.save(rec)
+      }
       if (rec.status !== 'running' && rec.status !== 'paused') return rec
       await this.kill(rec, timeoutMs)
       rec = await this.refresh(rec)
@@ -560,6 +651,7 @@ export class ContainerManager {
       if (this.volumes === undefined) throw new TessError('TESS_E_PRECONDITION', `cannot run ${what}: this CSM cannot attach volumes`, 'run it in a CSM daemon')
       n.volumes = parseVolumeSpecs(spec.volumes, `cannot run ${what}`)
     }
+    if (spec.restart !== undefined && spec.restart.policy !== 'no') n.restart = { ...spec.restart }
     if (spec.userns !== undefined && typeof spec.userns !== 'boolean') throw new TessError('TESS_E_INVALID', `cannot run ${what}: userns must be true or false`, 'leave it out, or give true or false')
     if (spec.userns === true) {
       const support = usernsSupport()

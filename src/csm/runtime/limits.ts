@@ -8,6 +8,15 @@ export {
   containerArgBytesMax, containerArgsMax, containerEnvMax, containerStopTimeoutMsMax, cpusMin, logTailLinesMax, memoryLimitMinBytes, pidsMaxLimit,
 } from '../../lib/limits.js'
 
+// restart policies (ContainerManager.superviseRestarts)
+/** a container to restart waits this long after its first exit, doubling at each exit in a row, up to the max */
+export const containerRestartBackoffMinMs = 100
+export const containerRestartBackoffMaxMs = 30_000
+/** a container that ran this long before it exited restarts after the shortest wait again */
+export const containerRestartResetAfterMs = 10_000
+/** how often a CSM looks for containers to restart */
+export const containerRestartCheckMs = 500
+
 // cgroups
 /** CFS period used for every quota we write (the kernel default) */
 export const cpuPeriodUs = 100_000

@@ -13,7 +13,7 @@ import { containerStopTimeoutMsMax, logTailLinesMax, rfMax, vdiskSizeMaxBytes } 
 
 /** The container half of the management API: CSMs, pools, registries, images, containers, volumes (one resource object each: control/cluster.ts). */
 export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
-  csmRoutes(api, c.csms)
+  csmRoutes(api, c.csms, c.containers)
   poolRoutes(api, c.pools)
   registryRoutes(api, c.registries)
   imageRoutes(api, c.images)
@@ -21,13 +21,23 @@ export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
   volumeRoutes(api, c.volumes)
 }
 
-/** CSMs: create, list, show, update (the quota), delete */
-function csmRoutes(api: ApiServer, r: Csms): void {
+/** CSMs: create, list, show, update (the quota), delete, move */
+function csmRoutes(api: ApiServer, r: Csms, containers: Containers): void {
   api.route('GET', '/v1/csms', async () => r.list())
   api.route('POST', '/v1/csms', async (req) => r.create(parseCsmCreateRequest(req.body, 'cannot create the CSM')), 'operator')
   api.route('GET', '/v1/csms/:name', async (req) => r.show(req.params.name!))
   api.route('PATCH', '/v1/csms/:name', async (req) => r.update(req.params.name!, parseCsmUpdateRequest(req.body, `cannot update CSM "${req.params.name!.slice(0, 63)}"`)), 'operator')
   api.route('DELETE', '/v1/csms/:name', async (req) => r.delete(req.params.name!, req.query.get('force') === 'true'), 'operator')
+  // with its containers, to `node` or the scheduler's pick
+  api.route('POST', '/v1/csms/:name/move', async (req) => {
+    const b = bodyObject(req.body)
+    const node = str(b, 'node', false)
+    return r.move(req.params.name!, containers, {
+      ...(node !== undefined ? { node: checkName('node', node) } : {}),
+      timeoutMs: int(b, 'timeoutMs', 0, containerStopTimeoutMsMax, false) ?? 10_000,
+      force: bool(b, 'force'),
+    })
+  }, 'operator')
 }
 
 /** CSM pools */

@@ -8,12 +8,12 @@ import type { VdiskService } from '../vdisk/service.js'
 import type { VdiskEngine } from '../vdisk/engine.js'
 import type { PlacementView } from '../vdisk/placement.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import type { DiskRecord, NodeRecord } from '../../lib/types.js'
+import type { DiskRecord, NodeRecord, ScrubStart } from '../../lib/types.js'
 import { listCsmRecords } from '../control/records.js'
 import type { Etcd3 } from 'etcd3'
 import { bodyObject, bool, int, queryInt, str, type ApiServer } from '../../lib/http-server.js'
 import { checkName } from '../../lib/names.js'
-import { rfMax, vdiskSizeMaxBytes } from '../../lib/limits.js'
+import { rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
 import { clusterHealth } from '../curator/health.js'
 import type { Curator } from '../curator/curator.js'
 
@@ -32,7 +32,7 @@ interface EvacuationJob {
 const etcdReconfigWaitMs = 30_000
 
 /** what the management API routes use */
-export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust, curator: Curator }
+export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust, curator: Curator, scrubNow: (bytesPerSec?: number) => Promise<ScrubStart> }
 
 /** The management API routes (see the README's API section), one function per kind of resource. */
 export function registerRoutes(api: ApiServer, s: RouteServices): void {
@@ -61,6 +61,11 @@ function registerClusterRoutes(api: ApiServer, s: RouteServices): void {
 
   // how well the data is protected (extent groups healthy, under-replicated, lost) and the curator
   api.route('GET', '/v1/cluster/health', async () => clusterHealth(s.etcd, () => s.curator.master()))
+  // a full checksum scrub now, at the master (bytesPerSec: the rate from now on)
+  api.route('POST', '/v1/cluster/scrub', async (req) => {
+    const b = bodyObject(req.body)
+    return s.scrubNow(int(b, 'bytesPerSec', scrubBytesPerSecMin, scrubBytesPerSecMax, false))
+  }, 'operator')
 
   // This CVM's placement view (nodes up, draining, with disks) and whether it can place an extent
   // group at RF `rf` now: `cluster create` and `host add` wait until every CVM says so.
@@ -123,7 +128,7 @@ async function refuseWithCsms(etcd: Etcd3, name: string): Promise<string[]> {
   const live = csms.filter((c) => c.deleting !== true).map((c) => c.name).sort()
   if (live.length > 0) {
     throw new TessError('TESS_E_CONFLICT', `cannot remove host "${name}": it runs CSM(s) ${live.join(', ')}`,
-      'delete them first (`tess csm delete NAME --force` removes their containers; `tess container move` moves a container with its volumes to a CSM on another node)')
+      `move them with their containers to other nodes (\`tess host remove ${name} --evacuate\`, or \`tess csm move NAME\`), or delete them (\`tess csm delete NAME --force\` removes their containers)`)
   }
   return csms.filter((c) => c.deleting === true).map((c) => c.name)
 }

@@ -59,7 +59,7 @@ export class NodeAgent {
   }
 
   get cgroupParent(): string {
-    return cgroupParentFor(this.cfg.clusterId)
+    return cgroupParentFor(this.cfg.clusterId, this.cfg.nodeName)
   }
 
   /**

@@ -1,5 +1,5 @@
-import type { ContainerInfo, ContainerSpec, RunRequest, VolumeMount } from '../../lib/container-spec.js'
-import type { ContainerMoveResult, ContainerRemoveResult, ContainerView, LogChunk, StatsResult } from '../../lib/csm-types.js'
+import { formatRestartPolicy, type ContainerInfo, type ContainerSpec, type RunRequest, type VolumeMount } from '../../lib/container-spec.js'
+import type { ContainerMoveResult, ContainerRemoveResult, ContainerView, CsmMoveResult, LogChunk, StatsResult } from '../../lib/csm-types.js'
 import { TessError, assert, errorMessage, isTessError } from '../../lib/errors.js'
 import { etcdCall, getJson, keys } from '../../lib/etcd.js'
 import { csmCallTimeoutMs } from '../../lib/limits.js'
@@ -43,6 +43,9 @@ export function containerView(r: ContainerRecord, c: ContainerInfo | undefined, 
     network: c?.spec.network ?? r.network,
     userns: c !== undefined ? c.spec.userns !== undefined : r.userns === true,
     volumes: (r.volumes ?? []).map((v) => ({ name: v.name, target: v.target, readOnly: v.readOnly })),
+    restartPolicy: formatRestartPolicy(c?.spec.restart ?? r.restart),
+    restartCount: c?.restartCount ?? 0,
+    nextRestartAt: c?.nextRestartAt ?? null,
   }
 }
 
@@ -57,6 +60,7 @@ function specOf(req: RunRequest, image: string, volumes: ContainerSpec['volumes'
     network: req.network ?? 'none',
     ...(volumes !== undefined && volumes.length > 0 ? { volumes } : {}),
     ...(req.userns === true ? { userns: true } : {}),
+    ...(req.restart !== undefined && req.restart.policy !== 'no' ? { restart: req.restart } : {}),
   }
 }
 
@@ -118,6 +122,7 @@ export class Containers {
       ...(req.env !== undefined ? this.sealEnv(name, req.env) : {}),
       ...(mounts.length > 0 ? { volumes: mounts } : {}),
       ...(req.userns === true ? { userns: true } : {}),
+      ...(req.restart !== undefined && req.restart.policy !== 'no' ? { restart: req.restart } : {}),
       state: 'creating', apiNode: self, createdAt: new Date().toISOString(),
     }
     const res = await etcdCall('reserve the container name', () => etcd.if(keys.container(name), 'Create', '==', 0).then(etcd.put(keys.container(name)).value(JSON.stringify(rec))).commit())
@@ -273,6 +278,74 @@ export class Containers {
     }
   }
 
+  /**
+   * Move a CSM with its containers to another node (`tess csm move`, `host remove --evacuate`,
+   * failover): its containers are stopped where they run (when that node is up), the CSM's record
+   * names the new node and that node starts it, then each container is made again there from its
+   * record (image, command, environment, limits, volumes: their vDisks go with them). The old
+   * node removes its copy of the CSM when its agent next reconciles (at once if up, else when it is
+   * back). `force`: go on when the old node is down or a container does not stop.
+   */
+  async moveCsm(csm: CsmRecord, toNode: string, timeoutMs: number, force: boolean, runAgain: (c: ContainerRecord) => boolean = () => true): Promise<CsmMoveResult> {
+    const { etcd, log } = this.ctx
+    const from = csm.node
+    const mine = (await this.ctx.containerRecords()).filter((c) => c.csm === csm.name)
+    const fromUp = (await this.ctx.upNodes()).includes(from)
+    if (!fromUp && !force) {
+      throw new TessError('TESS_E_UNREACHABLE', `cannot move CSM "${csm.name}": its node ${from} is down, so its containers cannot be stopped cleanly`, 'move it with --force: what their volumes hold is what was flushed before the node went down')
+    }
+    // opened first: a record whose environment does not open stops the move before anything changes
+    const requests = mine.map((c) => ({ rec: c, req: this.runRequestOf(c, csm.name, this.openEnv(c)), again: runAgain(c) }))
+    // Stopped and removed where they run while the CSM is still there (their volumes are detached
+    // there before any other node attaches them); on a node that is down, the records and the
+    // attachments go now, and the node removes the containers when it is back.
+    for (const { rec } of requests) {
+      if (fromUp && rec.id !== null) {
+        await this.op(rec.name, 'stop', timeoutMs).catch((e: unknown) => {
+          if (!force) throw e
+          log.warn(`move of CSM ${csm.name}: container ${rec.name} did not stop (${errorMessage(e)}); going on (--force)`)
+        })
+      }
+      await this.remove(rec.name, true)
+    }
+    const moved: CsmRecord = { ...csm, node: toNode }
+    const res = await etcdCall('move the CSM record', () => etcd.if(keys.csm(csm.name), 'Value', '==', JSON.stringify(csm)).then(etcd.put(keys.csm(csm.name)).value(JSON.stringify(moved))).commit())
+    let at = toNode
+    if (!res.succeeded) {
+      at = from
+      log.warn(`move of CSM ${csm.name}: its record changed meanwhile; its containers run again where it is`)
+    } else {
+      try {
+        await this.ctx.call(toNode, 'csm.ensure', { name: csm.name })
+        log.info(`CSM ${csm.name} moved from node ${from} to ${toNode}; running its ${requests.length} container(s) there`)
+      } catch (e) {
+        // back where it was: its containers run again there
+        log.warn(`move of CSM ${csm.name}: node ${toNode} did not start it (${errorMessage(e)}); it stays on ${from}`)
+        await etcd.put(keys.csm(csm.name)).value(JSON.stringify(csm)).catch((pe: unknown) => log.warn(`CSM ${csm.name}: its record stays on ${toNode}: ${errorMessage(pe)}`))
+        at = from
+      }
+    }
+    const out: CsmMoveResult = { name: csm.name, from, node: at, containers: [], notStarted: [], dropped: [] }
+    for (const { rec, req, again } of requests) {
+      if (!again) {
+        out.dropped.push(rec.name)
+        continue
+      }
+      try {
+        out.containers.push((await this.run(req)).name)
+      } catch (e) {
+        const again = `run it again: tess container run ${rec.image} --name ${rec.name} --csm ${csm.name} ...`
+        const t = isTessError(e) ? e : new TessError('TESS_E_IO', errorMessage(e), again)
+        log.warn(`move of CSM ${csm.name}: container ${rec.name} did not start on ${at}: ${t.message}`)
+        out.notStarted.push({ name: rec.name, error: { code: t.code, message: t.message, hint: t.hint || again } })
+      }
+    }
+    if (at !== toNode) {
+      throw new TessError('TESS_E_IO', `cannot move CSM "${csm.name}" to node ${toNode}: it stays on ${from}${out.notStarted.length > 0 ? `; container(s) ${out.notStarted.map((c) => c.name).join(', ')} did not start again` : ' with its containers'}`, 'see the CVM log of that node; `tess csm show` shows where it is')
+    }
+    return out
+  }
+
   /** The run request that makes a container again from its record, in CSM `csm`. */
   private runRequestOf(r: ContainerRecord, csm: string, env: string[] | undefined): RunRequest {
     return {
@@ -281,6 +354,7 @@ export class Containers {
       ...(r.command !== undefined ? { command: r.command } : {}), ...(env !== undefined ? { env } : {}),
       ...(r.volumes !== undefined ? { volumes: r.volumes } : {}),
       ...(r.userns === true ? { userns: true } : {}),
+      ...(r.restart !== undefined ? { restart: r.restart } : {}),
     }
   }
 

@@ -1,10 +1,12 @@
 import type { CsmCreateRequest, CsmQuota } from '../../lib/container-spec.js'
-import type { CsmDeleteResult, CsmInfo } from '../../lib/csm-types.js'
+import type { CsmDeleteResult, CsmInfo, CsmMoveResult } from '../../lib/csm-types.js'
+import type { CsmFailover } from '../../lib/types.js'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keys } from '../../lib/etcd.js'
 import { csmCallTimeoutMs } from '../../lib/limits.js'
 import type { LocalCsm } from '../../lib/rpc/node-ops.js'
 import { round2 } from '../../lib/units.js'
+import type { Containers } from './containers.js'
 import type { ControlContext } from './context.js'
 import type { CsmPools } from './pools.js'
 import type { ContainerRecord, CsmRecord } from './records.js'
@@ -106,6 +108,58 @@ export class Csms {
     await this.ctx.call(r.node, 'csm.limits', { name, cpus, memoryBytes })
     await etcdCall('update the CSM record', () => this.ctx.etcd.put(keys.csm(name)).value(JSON.stringify({ ...r, cpus, memoryBytes })))
     return this.show(name)
+  }
+
+  /**
+   * Move a CSM and its containers to another node (`node`, or the scheduler's pick of the nodes that
+   * are up, not draining and not its own): checked for room first, then Containers.moveCsm.
+   */
+  async move(name: string, containers: Containers, opts: { node?: string, timeoutMs: number, force: boolean, runAgain?: (c: ContainerRecord) => boolean }): Promise<CsmMoveResult> {
+    const r = await this.ctx.csmRecord(name)
+    if (r.deleting === true) throw new TessError('TESS_E_CONFLICT', `CSM "${name}" is being deleted`, 'wait for the delete to finish')
+    const csms = await this.ctx.csmRecords()
+    const up = await this.ctx.upNodes()
+    let to: string
+    if (opts.node !== undefined) {
+      const rec = await this.ctx.nodeRecord(opts.node)
+      if (rec.name === r.node) throw new TessError('TESS_E_INVALID', `CSM "${name}" is on node ${rec.name} already`, 'name another node, or leave out --node')
+      if (!up.includes(rec.name)) throw new TessError('TESS_E_UNREACHABLE', `cannot move CSM "${name}" to node ${rec.name}: the node is down`, 'see `tess cluster status`')
+      const err = roomError(name, rec.name, r.cpus, r.memoryBytes, await nodeRoom(this.ctx.call, rec.name, csms))
+      if (err) throw err
+      to = rec.name
+    } else {
+      const candidates = (await this.ctx.nodeRecords()).filter((n) => up.includes(n.name) && n.draining !== true && n.name !== r.node).map((n) => n.name)
+      if (candidates.length === 0) throw new TessError('TESS_E_PRECONDITION', `cannot move CSM "${name}": no other node is up`, 'add a host, or bring one back (see `tess cluster status`)')
+      to = await pickCsmNode(this.ctx.call, r, candidates, csms)
+    }
+    return containers.moveCsm(r, to, opts.timeoutMs, opts.force, opts.runAgain)
+  }
+
+  /**
+   * Failover (the curator master calls this with the nodes down for longer than its grace): each
+   * CSM of those nodes that holds a container with a restart policy moves to a node that is up and
+   * has room, and those containers run there (their volumes' vDisks are owned by whoever serves
+   * them next: the lost node's ownership lease ran out long before the grace). Its containers with
+   * no restart policy are removed with their node. CSMs with none to restart stay where they are
+   * (shown down). The lost node removes its copies when it is back (its agent's reconcile).
+   */
+  async failover(down: string[], containers: Containers): Promise<CsmFailover[]> {
+    const out: CsmFailover[] = []
+    const all = await this.ctx.containerRecords()
+    for (const r of (await this.ctx.csmRecords()).filter((c) => down.includes(c.node) && c.deleting !== true)) {
+      const mine = all.filter((c) => c.csm === r.name)
+      if (!mine.some((c) => c.restart !== undefined)) continue
+      const at = new Date().toISOString()
+      try {
+        const m = await this.move(r.name, containers, { timeoutMs: 0, force: true, runAgain: (c) => c.restart !== undefined })
+        this.ctx.log.warn(`failover: CSM ${r.name} of lost node ${r.node} moved to ${m.node}; containers running there: ${m.containers.join(', ') || 'none'}${m.dropped.length > 0 ? `; removed (no restart policy): ${m.dropped.join(', ')}` : ''}`)
+        out.push({ csm: r.name, from: r.node, to: m.node, at, containers: m.containers, dropped: m.dropped, notStarted: m.notStarted.map((x) => x.name), error: null })
+      } catch (e) {
+        this.ctx.log.warn(`failover: CSM ${r.name} of lost node ${r.node} could not move: ${errorMessage(e)}; tried again at the next scan`)
+        out.push({ csm: r.name, from: r.node, to: null, at, containers: [], dropped: [], notStarted: [], error: errorMessage(e) })
+      }
+    }
+    return out
   }
 
   /**

@@ -1,5 +1,5 @@
 import type { NetworkMode, RuntimeName, VolumeAttachment } from '../../lib/csm-types.js'
-import type { VolumeMount } from '../../lib/container-spec.js'
+import type { RestartPolicy, VolumeMount } from '../../lib/container-spec.js'
 import type { Etcd3 } from 'etcd3'
 import { etcdCall, keys, listJson } from '../../lib/etcd.js'
 
@@ -59,6 +59,8 @@ export interface ContainerRecord {
   volumes?: VolumeMount[]
   /** runs in a user namespace (csm/runtime/userns.ts) */
   userns?: boolean
+  /** started again after it exits, and on another node when its node is lost (absent: no) */
+  restart?: RestartPolicy
   /** creating: the name is reserved and the run is under way (by `apiNode`) */
   state: 'creating' | 'created'
   apiNode: string

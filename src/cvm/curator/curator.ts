@@ -1,15 +1,18 @@
 import type { Campaign, Election, Etcd3 } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
-import { etcdCall, keys, listJson } from '../../lib/etcd.js'
-import { curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs } from '../../lib/limits.js'
+import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
+import { curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs, scrubBytesPerSecDefault, scrubIntervalMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
-import type { CuratorStatus, NodeRecord, VdiskRecord } from '../../lib/types.js'
+import type { CsmFailover, CuratorConfig, CuratorStatus, NodeRecord, ScrubFound, VdiskRecord } from '../../lib/types.js'
+import type { ScrubResult } from '../vdisk/vdisk.js'
 import type { EgroupRecord } from '../vdisk/owner.js'
 import { upNodes } from './health.js'
 
 /** a failed repair is tried again after this */
 const curatorRetryMs = 5000
+/** the newest failovers kept in the status */
+const curatorFailoversKept = 20
 
 /** what the master asks of a vDisk's owner (through the node operation vdisk.repair) */
 export type RepairCall = (node: string, id: string, down: string[]) => Promise<{ egroups: number, bytes: number }>
@@ -23,6 +26,12 @@ export interface CuratorOptions {
   nodesChanged: () => Promise<void>
   /** the nodes that are up in that view */
   nodesUp: () => string[]
+  /** the container failover (control/csms.ts): called with the nodes down for longer than the grace */
+  failover?: (down: string[]) => Promise<CsmFailover[]>
+  /** run one vDisk's scrub at `node` at most bytesPerSec (node operation vdisk.scrub) */
+  scrub?: (node: string, id: string, bytesPerSec: number) => Promise<ScrubResult>
+  /** the time between full scrubs (default scrubIntervalMs) */
+  scrubIntervalMs?: number
   clock?: Clock
   nodeDownGraceMs?: number
   scanIntervalMs?: number
@@ -86,6 +95,8 @@ export class Curator {
   private readonly downSince = new Map<string, number>()
   private lastUp = ''
   private status: CuratorStatus | undefined
+  private scrubbing: Promise<void> | undefined
+  private scrubTimer: NodeJS.Timeout | undefined
 
   constructor(private readonly etcd: Etcd3, private readonly opts: CuratorOptions) {
     this.clock = opts.clock ?? realClock
@@ -141,9 +152,26 @@ export class Curator {
       nodeDownGraceMs: this.graceMs,
       repairsDueAt: [],
       waiting: [],
+      failovers: [],
+      scrubbing: false,
+      scrubBytesPerSec: scrubBytesPerSecDefault,
+      lastScrubAt: null,
+      lastScrubFound: null,
       lastError: null,
     }
-    this.requestScan()
+    // what an earlier master reported stays: its failovers and its last scrub (the next is due an interval after it)
+    void getJson<CuratorStatus>(this.etcd, keys.curatorStatus).then((prev) => {
+      const st = this.status
+      if (prev === undefined || st === undefined) return
+      if (prev.failovers !== undefined && st.failovers.length === 0) st.failovers = prev.failovers.slice(-curatorFailoversKept)
+      if (prev.lastScrubAt !== undefined && st.lastScrubAt === null) {
+        st.lastScrubAt = prev.lastScrubAt
+        st.lastScrubFound = prev.lastScrubFound ?? null
+      }
+    }).catch(() => undefined).finally(() => {
+      this.requestScan()
+      this.scheduleScrub()
+    })
     void this.followNodes()
   }
 
@@ -219,6 +247,17 @@ export class Curator {
     // a vDisk whose RF is more than the nodes that can hold a copy waits for a node (no repair can succeed)
     const usable = nodes.filter((n) => up.has(n.name) && n.draining !== true).map((n) => n.name).sort()
     const all = repairWork(vdisks, egroups, up, due, members)
+    // containers first: a CSM of a lost node with containers to restart moves to a live node
+    if (due.size > 0 && this.opts.failover !== undefined) {
+      const moved = await this.opts.failover([...due].sort()).catch((e: unknown) => {
+        this.opts.log.warn(`curator: failover: ${errorMessage(e)}`)
+        return [] as CsmFailover[]
+      })
+      if (moved.length > 0) {
+        st.failovers = [...st.failovers, ...moved].slice(-curatorFailoversKept)
+        if (moved.some((m) => m.to === null)) this.nextDelayMs = Math.min(this.nextDelayMs, curatorRetryMs)
+      }
+    }
     const work = all.filter((w) => w.vdisk.rf <= usable.length)
     st.waiting = all.filter((w) => w.vdisk.rf > usable.length).map((w) => `vDisk ${w.vdisk.name}: RF ${w.vdisk.rf} needs ${w.vdisk.rf} nodes up, ${usable.length} are (${usable.join(', ') || 'none'})`)
     await this.writeStatus()
@@ -273,11 +312,88 @@ export class Curator {
     })
   }
 
+  /** The next full scrub: an interval after the last one ended (a cluster's first: an interval after its master was elected). */
+  private scheduleScrub(): void {
+    if (!this.leading || this.stopped || this.opts.scrub === undefined) return
+    const last = this.status?.lastScrubAt ? Date.parse(this.status.lastScrubAt) : this.clock.now()
+    this.scrubAt(last + (this.opts.scrubIntervalMs ?? scrubIntervalMs))
+  }
+
+  private scrubAt(dueAt: number): void {
+    if (this.scrubTimer) clearTimeout(this.scrubTimer)
+    // setTimeout waits at most 2^31-1 ms: a later scrub waits again when that ends
+    const wait = Math.min(2 ** 31 - 1, Math.max(0, dueAt - this.clock.now()))
+    this.scrubTimer = setTimeout(() => {
+      if (!this.leading || this.stopped) return
+      if (this.clock.now() + 1000 >= dueAt) this.scrubNow()
+      else this.scrubAt(dueAt)
+    }, wait)
+    this.scrubTimer.unref()
+  }
+
+  /**
+   * A full scrub now (on its schedule, or `tess cluster scrub`): every vDisk at its owner (or here
+   * when nobody owns it), one at a time, at the rate in /tess/curator/config. Answers false when
+   * this CVM is not the master or a scrub runs already.
+   */
+  scrubNow(): boolean {
+    if (!this.leading || this.stopped || this.opts.scrub === undefined || this.scrubbing !== undefined) return false
+    this.scrubbing = this.scrubPass().catch((e: unknown) => {
+      this.opts.log.warn(`curator: scrub failed: ${errorMessage(e)}`)
+      if (this.status) this.status.lastError = `scrub: ${errorMessage(e)}`
+    }).finally(() => {
+      this.scrubbing = undefined
+      if (this.status) this.status.scrubbing = false
+      void this.writeStatus()
+      this.scheduleScrub()
+    })
+    return true
+  }
+
+  private async scrubPass(): Promise<void> {
+    const st = this.status!
+    const scrub = this.opts.scrub!
+    const cfg = await etcdCall('read the curator settings', () => getJson<CuratorConfig>(this.etcd, keys.curatorConfig))
+    const rate = cfg?.scrubBytesPerSec ?? scrubBytesPerSecDefault
+    const [vdisks, up] = await Promise.all([
+      etcdCall('list vDisks', () => listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)),
+      upNodes(this.etcd),
+    ])
+    st.scrubbing = true
+    st.scrubBytesPerSec = rate
+    await this.writeStatus()
+    const found: ScrubFound = { vdisks: 0, extents: 0, bytesChecked: 0, badBlocks: 0, repairedBlocks: 0, unreadable: 0, failedVdisks: [] }
+    this.opts.log.info(`curator: scrub of ${vdisks.length} vDisk(s) at ${rate} bytes/s`)
+    for (const v of vdisks.filter((x) => x.state === 'ready').sort((a, b) => a.name.localeCompare(b.name))) {
+      if (!this.leading || this.stopped) return
+      const owner = (await etcdCall('read a vDisk owner', () => this.etcd.get(keys.vdiskOwner(v.id)).string()))?.split('/')[0]
+      const at = owner !== undefined && up.has(owner) ? owner : this.opts.nodeName
+      try {
+        const r = await scrub(at, v.id, rate)
+        found.vdisks++
+        found.extents += r.extents
+        found.bytesChecked += r.bytesChecked
+        found.badBlocks += r.badBlocks
+        found.repairedBlocks += r.repairedBlocks
+        found.unreadable += r.unreadable
+        if (r.badBlocks > 0) this.opts.log.warn(`curator: scrub of vDisk ${v.name}: ${r.badBlocks} bad block copies, ${r.repairedBlocks} rewritten from good copies`)
+      } catch (e) {
+        found.failedVdisks.push(v.name)
+        found.unreadable++
+        this.opts.log.warn(`curator: scrub of vDisk ${v.name} at ${at} failed: ${errorMessage(e)}`)
+      }
+    }
+    st.lastScrubAt = new Date(this.clock.now()).toISOString()
+    st.lastScrubFound = found
+    this.opts.log.info(`curator: scrub done: ${found.vdisks} vDisk(s), ${found.bytesChecked} bytes checked, ${found.badBlocks} bad block copies, ${found.repairedBlocks} repaired`)
+  }
+
   /** Leave the election (another CVM takes over at once) and stop scanning. */
   async stop(): Promise<void> {
     this.stopped = true
     this.leading = false
     if (this.timer) clearTimeout(this.timer)
+    if (this.scrubTimer) clearTimeout(this.scrubTimer)
     try {
       await this.campaign?.resign()
     } catch { /* etcd may be gone: the lease expires */ }

@@ -1,6 +1,6 @@
 import type { Etcd3 } from 'etcd3'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import { vBlockSizeBytes } from '../../lib/limits.js'
+import { scrubBytesPerSecDefault, vBlockSizeBytes } from '../../lib/limits.js'
 import type { CuratorStatus, ClusterHealth, NodeRecord, NodeStatusRecord, VdiskHealth, VdiskRecord } from '../../lib/types.js'
 import type { EgroupRecord, MapValue } from '../vdisk/owner.js'
 
@@ -106,9 +106,12 @@ export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | 
       nodeDownGraceMs: status?.nodeDownGraceMs ?? null,
       repairsDueAt: status?.repairsDueAt ?? [],
       waiting: status?.waiting ?? [],
+      failovers: status?.failovers ?? [],
       lastError: status?.lastError ?? null,
-      lastScrubAt: null,
-      lastScrubFound: null,
+      scrubbing: status?.scrubbing ?? false,
+      scrubBytesPerSec: status?.scrubBytesPerSec ?? scrubBytesPerSecDefault,
+      lastScrubAt: status?.lastScrubAt ?? null,
+      lastScrubFound: status?.lastScrubFound ?? null,
     },
   }
 }

@@ -21,7 +21,7 @@ import { MapWriter } from './mapwriter.js'
 import { loadLayout, vdiskBackend, type EgroupRecord, type MapValue, type OwnerEnv, type VdiskIdentity } from './owner.js'
 import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
 import type { ReplicaStore } from './replicastore.js'
-import { Vdisk } from './vdisk.js'
+import { Vdisk, type ScrubResult } from './vdisk.js'
 
 export interface EvacuationProgress {
   egroupsMoved: number
@@ -489,6 +489,32 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     } finally {
       if (!wasLoaded) {
         await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its repair: ${errorMessage(e)}`))
+      }
+    }
+  }
+
+  /**
+   * The curator's scrub of one vDisk (Vdisk.scrub) at `bytesPerSec` at most, here if this CVM owns
+   * it or nobody does (taken for the scrub and handed back after, when no client uses it here).
+   */
+  async scrub(id: string, bytesPerSec: number): Promise<ScrubResult> {
+    const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+    if (!rec || rec.state !== 'ready') return { extents: 0, bytesChecked: 0, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }
+    const wasLoaded = this.loaded.has(id)
+    const t = await this.route(rec)
+    if (!t.local) throw new PeerError('not-owner', `vDisk ${rec.name} is owned by ${t.owner}`)
+    const start = this.clock.now()
+    let total = 0
+    const pace = async (bytes: number) => {
+      total += bytes
+      const ahead = (total / bytesPerSec) * 1000 - (this.clock.now() - start)
+      if (ahead > 0) await this.clock.sleep(ahead)
+    }
+    try {
+      return await t.vdisk.scrub(pace)
+    } finally {
+      if (!wasLoaded) {
+        await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its scrub: ${errorMessage(e)}`))
       }
     }
   }

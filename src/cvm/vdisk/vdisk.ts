@@ -31,6 +31,19 @@ export interface LoadedEgroup {
   missed?: Map<Replica, Set<object>>
 }
 
+/** What a scrub of a vDisk found (Vdisk.scrub). */
+export interface ScrubResult {
+  extents: number
+  /** bytes read from every replica */
+  bytesChecked: number
+  /** 4 KiB blocks whose copy on some replica did not match its checksum */
+  badBlocks: number
+  /** of those, rewritten from a good copy */
+  repairedBlocks: number
+  /** replica reads that failed for another reason (a node down) */
+  unreadable: number
+}
+
 export interface VdiskBackend {
   mapWriter: MapWriter
   mapKey(vblock: number): string
@@ -663,6 +676,76 @@ export class Vdisk {
       progress(egroups, bytes)
     }
     return { egroups, bytes }
+  }
+
+  /**
+   * The curator's scrub: every extent in use is read from every replica, each 4 KiB block checked
+   * against its checksum by the replica that holds it; a block whose checksum does not match is
+   * rewritten (and synced) with the bytes of a replica whose copy is good. `pace(bytes)` waits as
+   * long as the scrub's rate asks. Client I/O goes on: each extent is locked as a read is, only
+   * while it is checked. A replica that cannot be read (its node down) is counted, not repaired:
+   * that is the repair's job.
+   */
+  async scrub(pace: (bytes: number) => Promise<void> = async () => undefined): Promise<ScrubResult> {
+    this.check()
+    const out: ScrubResult = { extents: 0, bytesChecked: 0, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }
+    for (const [vb, ref] of [...this.map]) {
+      this.check()
+      const eg = this.egroups.get(ref.egroupId)
+      if (eg === undefined) continue
+      let bytes = 0
+      const release = await this.locks.read(vb)
+      try {
+        const now = this.map.get(vb)
+        if (now === undefined || now.egroupId !== ref.egroupId || now.slot !== ref.slot) continue // freed or moved meanwhile
+        const egRelease = await eg.lock.read(0)
+        try {
+          let good: Buffer | undefined
+          const bad: Replica[] = []
+          for (const r of eg.replicas) {
+            const b = Buffer.allocUnsafe(vBlockSizeBytes)
+            try {
+              await r.read(ref.slot, 0, vBlockSizeBytes, b, 0)
+              good ??= b
+            } catch (e) {
+              if (isChecksumFailure(e)) bad.push(r)
+              else out.unreadable++
+            }
+            bytes += vBlockSizeBytes
+          }
+          for (const r of bad) {
+            // block by block: only the blocks whose checksum fails are rewritten
+            const block = Buffer.allocUnsafe(checksumBlockSizeBytes)
+            for (let off = 0; off < vBlockSizeBytes; off += checksumBlockSizeBytes) {
+              try {
+                await r.read(ref.slot, off, checksumBlockSizeBytes, block, 0)
+                continue
+              } catch (e) {
+                if (!isChecksumFailure(e)) break
+              }
+              out.badBlocks++
+              this.backend.log.error(`vDisk ${this.name} vBlock ${vb}: scrub found a bad copy of block ${off / checksumBlockSizeBytes} in extent group ${eg.id} on ${r.node} disk ${r.diskId}${good !== undefined ? '; rewriting it from a good copy' : ' and no good copy'}`)
+              if (good === undefined) continue
+              try {
+                await r.write(ref.slot, off, good.subarray(off, off + checksumBlockSizeBytes))
+                out.repairedBlocks++
+              } catch (e) {
+                this.backend.log.error(`vDisk ${this.name}: repair of extent group ${eg.id} on ${r.node} failed: ${errorMessage(e)}`)
+              }
+            }
+            await r.sync().catch((e: unknown) => this.backend.log.error(`vDisk ${this.name}: sync of the repaired extent group ${eg.id} on ${r.node} failed: ${errorMessage(e)}`))
+          }
+        } finally {
+          egRelease()
+        }
+      } finally {
+        release()
+      }
+      out.extents++
+      out.bytesChecked += bytes
+      await pace(bytes)
+    }
+    return out
   }
 
   /**

@@ -4,7 +4,7 @@ import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
 import { bool, int, obj, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
-import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax } from '../limits.js'
+import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
 import { checkName } from '../names.js'
 import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
 
@@ -68,6 +68,10 @@ export interface NodeOps {
    * copies of its extent groups with replicas on the `down` nodes, or with fewer than RF
    */
   'vdisk.repair': { req: { id: string, down: string[] }, res: { egroups: number, bytes: number } }
+  /** the curator's scrub of one vDisk at its owner, at most bytesPerSec */
+  'vdisk.scrub': { req: { id: string, bytesPerSec: number }, res: { extents: number, bytesChecked: number, badBlocks: number, repairedBlocks: number, unreadable: number } }
+  /** to the curator master: run a full scrub now */
+  'curator.scrub': { req: Empty, res: { started: boolean, master: string } }
   'keys.unlock': { req: { key: string }, res: { unlocked: boolean } }
   'keys.get': { req: Empty, res: { key: string | null } }
 }
@@ -140,6 +144,8 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
     }
     return { id: vdiskIdField(b), down: down.map((n: string) => checkName('node', n)) }
   },
+  'vdisk.scrub': (b) => ({ id: vdiskIdField(b), bytesPerSec: int(b, 'bytesPerSec', scrubBytesPerSecMin, scrubBytesPerSecMax)! }),
+  'curator.scrub': empty,
   'keys.unlock': (b) => ({ key: clusterKeyField(b) }),
   'keys.get': empty,
 }

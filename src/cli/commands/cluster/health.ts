@@ -15,6 +15,7 @@ export default class ClusterHealthCommand extends TessCommand<ClusterHealth> {
   static override description = [
     'An extent group is healthy when it has RF copies on nodes that are up, under-replicated when it has fewer (a node holding a copy is down, or a write went on degraded while no node could take a copy), and lost when no node holding a copy is up: its data cannot be read until one comes back.',
     'The curator (one CVM, elected) copies under-replicated groups to other nodes with no client I/O needed: groups on a node that has been down for longer than the grace period (30 s) and groups with fewer than RF copies. "to re-protect" is the data in under-replicated groups; the repair rate and time left are those of its current run.',
+    'The same master fails containers over: a CSM of a node down for longer than the grace moves to a node with room, with its containers that have a restart policy (`tess container run --restart`); the newest failovers are listed. It also runs the checksum scrub (`tess cluster scrub`, and weekly): the last pass and what it found are shown.',
     'State: healthy, degraded (some groups under-replicated) or data-unavailable (some lost). The exit code is 0 in every state: scripts read "state" from --json.',
   ].join('\n\n')
 
@@ -44,8 +45,15 @@ export default class ClusterHealthCommand extends TessCommand<ClusterHealth> {
     )
     for (const d of c.repairsDueAt) pairs.push([`repair of ${d.node}`, `at ${d.at} if it is still down`])
     for (const w of c.waiting) pairs.push(['waiting', w])
+    for (const f of c.failovers.slice(-5)) {
+      pairs.push([`failover ${formatAge(f.at)}`, f.to === null
+        ? `CSM ${f.csm} of ${f.from} could not move: ${f.error ?? 'unknown'}`
+        : `CSM ${f.csm} from ${f.from} to ${f.to}: running ${f.containers.join(', ') || 'none'}${f.dropped.length > 0 ? `; removed (no restart policy) ${f.dropped.join(', ')}` : ''}${f.notStarted.length > 0 ? `; not started ${f.notStarted.join(', ')}` : ''}`])
+    }
     if (c.lastError !== null) pairs.push(['last error', c.lastError])
-    pairs.push(['last scrub', c.lastScrubAt === null ? 'never (the checksum scrub is not run yet)' : formatAge(c.lastScrubAt)])
+    const f = c.lastScrubFound
+    pairs.push(['last scrub', c.scrubbing ? `running now at ${formatBytes(c.scrubBytesPerSec)}/s` : c.lastScrubAt === null ? 'never (`tess cluster scrub` runs one; every week otherwise)' : formatAge(c.lastScrubAt)])
+    if (f !== null) pairs.push(['scrub found', `${f.badBlocks} bad block copies in ${formatBytes(f.bytesChecked)} checked, ${f.repairedBlocks} repaired${f.unreadable > 0 ? `, ${f.unreadable} unreadable` : ''}`])
     return [
       keyValue(pairs),
       table(['vdisk', 'rf', 'egroups', 'healthy', 'under-replicated', 'lost', 'to re-protect', 'nodes down'],

@@ -1,11 +1,9 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../base.js'
-import { containerStopSlackMs, containerStopTimeoutMaxMs, formatMs, imagePullTimeoutMs } from '../../csm-input.js'
+import { containerStopSlackMs, imagePullTimeoutMs, parseStopTimeout } from '../../csm-input.js'
 import { withSpinner } from '../../output.js'
 import { renderContainer } from '../../render-csm.js'
-import { TessError } from '../../../lib/errors.js'
 import { checkName } from '../../../lib/names.js'
-import { parseDuration } from '../../../lib/units.js'
 import type { ContainerMoveResult } from '../../../lib/csm-types.js'
 
 export default class ContainerMove extends TessCommand<ContainerMoveResult> {
@@ -32,10 +30,7 @@ When the container's node is down it cannot be stopped cleanly: --force moves it
     const { flags, args } = await this.parseInput(ContainerMove)
     checkName('container', args.name)
     checkName('CSM', flags.csm)
-    const timeoutMs = parseDuration(flags.timeout, '--timeout')
-    if (timeoutMs > containerStopTimeoutMaxMs) {
-      throw new TessError('TESS_E_INVALID', `invalid --timeout "${flags.timeout}": more than ${formatMs(containerStopTimeoutMaxMs)}`, `give at most ${formatMs(containerStopTimeoutMaxMs)}`)
-    }
+    const timeoutMs = parseStopTimeout(flags.timeout)
     const client = this.client(this.context(flags.cluster))
     return withSpinner(!this.jsonMode, `Moving container ${args.name} to CSM ${flags.csm}`, () =>
       client.post<ContainerMoveResult>(`/v1/containers/${encodeURIComponent(args.name)}/move`, { csm: flags.csm, timeoutMs, force: flags.force },

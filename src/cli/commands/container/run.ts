@@ -5,6 +5,7 @@ import { withSpinner } from '../../output.js'
 import { renderContainer } from '../../render-csm.js'
 import { TessError } from '../../../lib/errors.js'
 import { checkName } from '../../../lib/names.js'
+import { parseRestartPolicy } from '../../../lib/container-spec.js'
 import type { ContainerView } from '../../../lib/csm-types.js'
 
 export default class ContainerRun extends TessCommand<ContainerView> {
@@ -17,12 +18,15 @@ The command and its arguments go after "--"; without them the image's default co
 
 --cpus and --memory bound the container (fractions of CPUs allowed; sizes like 256M, 1G); without them it is bounded only by its CSM. --env KEY=VALUE sets a variable (repeat the flag for several). --network none (the default) gives the container only a loopback interface; host shares the node's network.
 
---userns runs the container in a user namespace: its root (and every uid and gid 0-65535 in it) is the unprivileged host id 100000 and up, so what it reaches of the host (a device, a file, another process) it reaches as nobody special. Its image and volumes appear as its own through idmapped mounts (nothing is copied or chowned): on a volume, files keep the ids the container sees (its root writes uid 0), so the same volume serves containers with and without --userns. It needs a kernel with idmapped mounts (Linux 5.19 or later).`
-  static override usage = '<%= command.id %> IMAGE --name NAME [--csm CSM | --pool POOL] [--cpus N] [--memory SIZE] [--env KEY=VALUE]... [--volume NAME:/PATH[:ro]]... [--network none|host] [--userns] [-- COMMAND [ARG...]]'
+--userns runs the container in a user namespace: its root (and every uid and gid 0-65535 in it) is the unprivileged host id 100000 and up, so what it reaches of the host (a device, a file, another process) it reaches as nobody special. Its image and volumes appear as its own through idmapped mounts (nothing is copied or chowned): on a volume, files keep the ids the container sees (its root writes uid 0), so the same volume serves containers with and without --userns. It needs a kernel with idmapped mounts (Linux 5.19 or later).
+
+--restart says when the CSM starts the container again after it exits: no (the default), always, on-failure (after a non-zero exit) or on-failure:N (at most N times). It waits 100 ms after an exit, doubling with each exit in a row up to 30 s, and back to 100 ms once the container ran 10 s. \`tess container stop\` holds the policy off until \`tess container start\`. When the container's node has been down longer than the failover grace, a container with a policy other than no is started on another node (see the README's "Failover"). \`tess container show\` prints the policy and the restarts.`
+  static override usage = '<%= command.id %> IMAGE --name NAME [--csm CSM | --pool POOL] [--cpus N] [--memory SIZE] [--env KEY=VALUE]... [--volume NAME:/PATH[:ro]]... [--network none|host] [--userns] [--restart no|always|on-failure[:N]] [-- COMMAND [ARG...]]'
   static override examples = [
     '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name hello -- echo hello',
     { description: 'Bounded, in a CSM pool, with variables', command: '<%= config.bin %> <%= command.id %> registry.example.com/app/web:2.1 --name web1 --pool web --cpus 0.5 --memory 256M --env PORT=8080 --env LOG_LEVEL=info --network host' },
     { description: 'In a user namespace: root inside is an unprivileged user on the node', command: '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name isolated --userns -- id' },
+    { description: 'Started again whenever it exits, also on another node if its node is lost', command: '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name worker --restart always -- sh -c \'work; sleep 5\'' },
     { description: 'A shell command with its own flags', command: '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36 --name ticker --csm small -- sh -c \'while true; do date; sleep 1; done\'' },
   ]
 
@@ -43,6 +47,7 @@ The command and its arguments go after "--"; without them the image's default co
     volume: Flags.string({ char: 'v', description: 'Attach a volume: NAME:/path (read-write) or NAME:/path:ro (repeat for several).', multiple: true, multipleNonGreedy: true }),
     network: Flags.option({ options: ['none', 'host'] as const, description: 'none: loopback only; host: the node\'s network.', default: 'none' as const })(),
     userns: Flags.boolean({ description: 'Run it in a user namespace: its root is an unprivileged user (host ids 100000 and up).', default: false }),
+    restart: Flags.string({ description: 'When to start it again after it exits: no, always, on-failure or on-failure:N (at most N times).', default: 'no' }),
   }
 
   protected async exec(): Promise<ContainerView> {
@@ -63,6 +68,7 @@ The command and its arguments go after "--"; without them the image's default co
     const memoryBytes = flags.memory !== undefined ? parseMemory(flags.memory) : undefined
     const env = parseEnv(flags.env)
     const volumes = (flags.volume ?? []).map((v) => parseVolumeFlag(v))
+    const restart = parseRestartPolicy(flags.restart)
     const body = {
       name: flags.name,
       image,
@@ -75,6 +81,7 @@ The command and its arguments go after "--"; without them the image's default co
       ...(command.length > 0 ? { command } : {}),
       ...(volumes.length > 0 ? { volumes } : {}),
       ...(flags.userns ? { userns: true } : {}),
+      ...(restart.policy !== 'no' ? { restart } : {}),
     }
     const client = this.client(this.context(flags.cluster))
     return withSpinner(!this.jsonMode, `Running container ${flags.name} (${image})`,

@@ -1,11 +1,9 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../base.js'
-import { containerStopSlackMs, containerStopTimeoutDefault, containerStopTimeoutMaxMs, formatMs } from '../../csm-input.js'
+import { containerStopSlackMs, containerStopTimeoutDefault, parseStopTimeout } from '../../csm-input.js'
 import { withSpinner } from '../../output.js'
 import { renderContainer } from '../../render-csm.js'
-import { TessError } from '../../../lib/errors.js'
 import { checkName } from '../../../lib/names.js'
-import { parseDuration } from '../../../lib/units.js'
 import type { ContainerView } from '../../../lib/csm-types.js'
 
 export default class ContainerStop extends TessCommand<ContainerView> {
@@ -30,10 +28,7 @@ export default class ContainerStop extends TessCommand<ContainerView> {
   protected async exec(): Promise<ContainerView> {
     const { flags, args } = await this.parseInput(ContainerStop)
     checkName('container', args.name)
-    const timeoutMs = parseDuration(flags.timeout, '--timeout')
-    if (timeoutMs > containerStopTimeoutMaxMs) {
-      throw new TessError('TESS_E_INVALID', `invalid --timeout "${flags.timeout}": more than ${formatMs(containerStopTimeoutMaxMs)}`, `give at most ${formatMs(containerStopTimeoutMaxMs)}`)
-    }
+    const timeoutMs = parseStopTimeout(flags.timeout)
     const client = this.client(this.context(flags.cluster))
     return withSpinner(!this.jsonMode, `Stopping container ${args.name}`, () =>
       client.post<ContainerView>(`/v1/containers/${encodeURIComponent(args.name)}/stop`, { timeoutMs }, { timeoutMs: timeoutMs + containerStopSlackMs }))
