@@ -7,7 +7,7 @@ import type { Etcd3 } from 'etcd3'
 import { readSecretsKey } from '../lib/secretbox.js'
 import { TessError, errorMessage } from '../lib/errors.js'
 import { connectEtcd, etcdCall, getJson, keys } from '../lib/etcd.js'
-import type { CuratorConfig, NodeRecord, ScrubStart } from '../lib/types.js'
+import type { NodeRecord, ScrubStart } from '../lib/types.js'
 import { PeerPool, type TlsCreds } from './replication/client.js'
 import { PeerError, dataPortMode, type DataPortMode } from './replication/protocol.js'
 import { DataServer } from './replication/server.js'
@@ -35,7 +35,8 @@ import { NbdTrust } from './nbd/trust.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
 import { Curator } from './curator/curator.js'
-import { curatorRepairCallTimeoutMs, scrubBytesPerSecDefault, scrubCallTimeoutMs } from '../lib/limits.js'
+import { curatorRepairCallTimeoutMs, scrubCallTimeoutMs } from '../lib/limits.js'
+import { readSettings, updateSettings } from './curator/settings.js'
 
 const log = makeLogger('cvm')
 
@@ -195,7 +196,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     'vdisk.release': async ({ name }) => engine.releaseIfIdle(name),
     'vdisk.clients': async ({ name }) => ({ connections: engine.connections(name) }),
     'vdisk.deleted': async ({ id }) => ({ shut: await engine.shutDeleted(id) }),
-    'vdisk.repair': async ({ id, down }) => engine.repair(id, down),
+    'vdisk.repair': async ({ id, down, bytesPerSec }) => engine.repair(id, down, bytesPerSec),
     'vdisk.scrub': async ({ id, bytesPerSec }) => engine.scrub(id, bytesPerSec),
     'curator.scrub': async () => ({ started: parts.curator.scrubNow(), master: cfg.nodeName }),
   }
@@ -300,7 +301,7 @@ async function main(): Promise<void> {
   const curator = new Curator(etcd, {
     nodeName: cfg.nodeName,
     log,
-    repair: (node, id, down) => call(node, 'vdisk.repair', { id, down }, curatorRepairCallTimeoutMs),
+    repair: (node, id, down, bytesPerSec) => call(node, 'vdisk.repair', { id, down, ...(bytesPerSec !== undefined ? { bytesPerSec } : {}) }, curatorRepairCallTimeoutMs),
     nodesChanged: () => view.changed(),
     nodesUp: () => view.nodes().filter((n) => n.up).map((n) => n.name),
     // CSMs of lost nodes, with the containers that have a restart policy, move to live nodes
@@ -309,15 +310,11 @@ async function main(): Promise<void> {
   })
   // `tess cluster scrub`: the rate is stored for every later pass; the master runs the pass
   const scrubNow = async (bytesPerSec?: number): Promise<ScrubStart> => {
-    if (bytesPerSec !== undefined) {
-      const cur = await etcdCall('read the curator settings', () => getJson<CuratorConfig>(etcd, keys.curatorConfig))
-      await etcdCall('store the scrub rate', () => etcd.put(keys.curatorConfig).value(JSON.stringify({ ...cur, scrubBytesPerSec: bytesPerSec })))
-    }
+    const settings = bytesPerSec !== undefined ? await updateSettings(etcd, { scrubBytesPerSec: bytesPerSec }) : await readSettings(etcd)
     const master = await etcdCall('ask who the curator master is', () => curator.master())
     if (master === undefined) throw new TessError('TESS_E_UNREACHABLE', 'no curator master is elected yet', 'wait a few seconds and try again')
     const r = await call(master, 'curator.scrub', {}, 10_000)
-    const rate = bytesPerSec ?? (await getJson<CuratorConfig>(etcd, keys.curatorConfig))?.scrubBytesPerSec ?? scrubBytesPerSecDefault
-    return { ...r, bytesPerSec: rate }
+    return { ...r, bytesPerSec: settings.scrubBytesPerSec }
   }
   const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator, scrubNow })
   const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, curator, otherUpNodes })

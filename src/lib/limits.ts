@@ -117,6 +117,12 @@ export const curatorScanIntervalMs = 60_000
 export const curatorElectionTtlSec = 10
 /** one vDisk's repair at its owner: a call bounded by this (a large vDisk copies many groups) */
 export const curatorRepairCallTimeoutMs = 30 * 60_000
+/** `tess cluster update --repair-rate`: the bounds of the curator's copy rate (none by default: as fast as disks and network go) */
+export const repairBytesPerSecMin = 1024 * 1024
+export const repairBytesPerSecMax = 64 * 1024 * 1024 * 1024
+/** `--node-down-grace`: the bounds of the wait before a lost node's replicas are copied and its CSMs moved */
+export const curatorNodeDownGraceMsMin = 5_000
+export const curatorNodeDownGraceMsMax = 7 * 24 * 3600_000
 /** the background scrub reads every replica of every extent at most this fast (all vDisks together: one at a time) */
 export const scrubBytesPerSecDefault = 64 * 1024 * 1024
 export const scrubBytesPerSecMin = 1024 * 1024

@@ -171,9 +171,22 @@ export interface ScrubStart {
   bytesPerSec: number
 }
 
-/** The curator's settings (etcd key /tess/curator/config; `tess cluster scrub --rate` sets the rate). */
+/** The curator's settings (etcd key /tess/curator/config; `tess cluster update`, and `tess cluster scrub --rate`). Absent: the default. */
 export interface CuratorConfig {
+  /** how long a node is down before its replicas are copied elsewhere and its CSMs moved (default 30 s) */
+  nodeDownGraceMs?: number
+  /** the repair copies at most this fast (default: no limit) */
+  repairBytesPerSec?: number
+  /** the scrub reads at most this fast (default 64 MiB/s) */
   scrubBytesPerSec?: number
+}
+
+/** `tess cluster update` and GET /v1/cluster/config: the curator's settings with their defaults filled in. */
+export interface ClusterSettings {
+  nodeDownGraceMs: number
+  /** null: no limit */
+  repairBytesPerSec: number | null
+  scrubBytesPerSec: number
 }
 
 /** What the curator's master writes after each scan and repair (etcd key /tess/curator/status). */

@@ -20,6 +20,17 @@ export function freePort(): Promise<number> {
   })
 }
 
+/** `n` distinct free ports: freePort() may hand out a port again once it was closed (a cluster create refuses one port for two services). */
+export async function freePorts(n: number): Promise<number[]> {
+  const out: number[] = []
+  for (let tries = 0; out.length < n; tries++) {
+    if (tries > 100 * n) throw new Error(`cannot find ${n} distinct free ports`)
+    const p = await freePort()
+    if (!out.includes(p)) out.push(p)
+  }
+  return out
+}
+
 export interface TessResult {
   code: number
   stdout: string
@@ -94,7 +105,8 @@ export class TestCluster {
 
   /** `wrap`: run `cluster create` (and so every daemon it starts) under this command line */
   async create(extra: string[] = [], wrap?: string[]): Promise<TessResult> {
-    this.ports = { api: await freePort(), nbd: await freePort(), etcdClient: await freePort(), etcdPeer: await freePort(), data: await freePort() }
+    const [api, nbd, etcdClient, etcdPeer, data] = await freePorts(5) as [number, number, number, number, number]
+    this.ports = { api, nbd, etcdClient, etcdPeer, data }
     const r = await this.tess(['cluster', 'create', '--local', '--name', this.name, '--data-dir', this.dataDir,
       '--api-port', String(this.ports.api), '--nbd-port', String(this.ports.nbd),
       '--etcd-client-port', String(this.ports.etcdClient), '--etcd-peer-port', String(this.ports.etcdPeer), '--data-port', String(this.ports.data), '--json', ...extra],

@@ -6,11 +6,12 @@ import { Etcd3, type Lease } from 'etcd3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Curator } from '../../src/cvm/curator/curator.js'
 import { clusterHealth } from '../../src/cvm/curator/health.js'
+import { parseSettingsPatch, readSettings, updateSettings } from '../../src/cvm/curator/settings.js'
 import type { EgroupRecord } from '../../src/cvm/vdisk/owner.js'
 import { getJson, keys } from '../../src/lib/etcd.js'
 import type { Logger } from '../../src/lib/log.js'
 import type { CuratorStatus, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../src/lib/types.js'
-import { freePort, waitFor } from '../helpers/cluster.js'
+import { freePorts, waitFor } from '../helpers/cluster.js'
 
 const MiB = 1024 * 1024
 const names = ['n1', 'n2', 'n3']
@@ -41,8 +42,9 @@ describe('curator election and scans on a real etcd', () => {
   let etcd: Etcd3
 
   beforeAll(async () => {
-    clientUrl = `http://127.0.0.1:${await freePort()}`
-    const peerUrl = `http://127.0.0.1:${await freePort()}`
+    const [clientPort, peerPort] = await freePorts(2)
+    clientUrl = `http://127.0.0.1:${clientPort}`
+    const peerUrl = `http://127.0.0.1:${peerPort}`
     etcdProc = spawn('etcd', ['--name', 'c', '--data-dir', path.join(root, 'etcd'), '--listen-client-urls', clientUrl, '--advertise-client-urls', clientUrl,
       '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl, '--initial-cluster', `c=${peerUrl}`], { stdio: ['ignore', 'ignore', fs.openSync(path.join(root, 'etcd.log'), 'a')] })
     etcd = connect()
@@ -81,15 +83,15 @@ describe('curator election and scans on a real etcd', () => {
     let upNow = [...names]
     let wake: Array<() => void> = []
     const bump = () => { const w = wake; wake = []; for (const f of w) f() }
-    const calls: Array<{ by: string, at: string, id: string, down: string[], ms: number }> = []
+    const calls: Array<{ by: string, at: string, id: string, down: string[], ms: number, rate: number | undefined }> = []
     let downAt = 0
     for (const n of names) {
       const c = new Curator(connect(), {
         nodeName: n, log: log(n), nodeDownGraceMs: 1500, scanIntervalMs: 60_000, electionTtlSec: 2,
         nodesUp: () => upNow,
         nodesChanged: () => new Promise<void>((r) => wake.push(r)),
-        repair: async (at, id, down) => {
-          calls.push({ by: n, at, id, down, ms: Date.now() - downAt })
+        repair: async (at, id, down, rate) => {
+          calls.push({ by: n, at, id, down, ms: Date.now() - downAt, rate })
           // as the owner's repair would: the groups on the down nodes (or short of RF) get a copy on n2
           const egs = [await getJson<EgroupRecord>(etcd, keys.egroup(id, '10')), await getJson<EgroupRecord>(etcd, keys.egroup(id, '11'))]
           let moved = 0
@@ -149,16 +151,22 @@ describe('curator election and scans on a real etcd', () => {
     await waitFor('the new master reports', async () => ((await getJson<CuratorStatus>(etcd, keys.curatorStatus))?.master === second ? true : undefined), 10_000, 100)
     expect(curators.get(second)!.isMaster).toBe(true)
 
-    // a group that went on degraded (one copy of RF 2) is repaired with no node down
+    // a group that went on degraded (one copy of RF 2) is repaired with no node down, at the
+    // repair rate set meanwhile (tess cluster update --repair-rate)
+    expect(await updateSettings(etcd, { repairBytesPerSec: 2 * MiB })).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: 2 * MiB, scrubBytesPerSec: 64 * MiB })
+    expect(await updateSettings(etcd, parseSettingsPatch({ scrubBytesPerSec: 8 * MiB }))).toMatchObject({ repairBytesPerSec: 2 * MiB, scrubBytesPerSec: 8 * MiB })
     calls.length = 0
     await put(keys.egroup('1', '11'), eg('11', ['n1']))
     curators.get(second)!.requestScan()
     await waitFor('the degraded group repaired', () => calls.length > 0 || undefined, 10_000, 50)
-    expect(calls[0]).toMatchObject({ by: second, id: '1', down: [] })
+    expect(calls[0]).toMatchObject({ by: second, id: '1', down: [], rate: 2 * MiB })
     const h3 = await waitFor('healthy again', async () => {
       const h = await clusterHealth(etcd, () => curators.get(second)!.master())
       return h.state === 'healthy' ? h : undefined
     }, 10_000, 100)
     expect(h3.curator.master).toBe(second)
+    // null lifts the repair's limit; the others stay
+    expect(await updateSettings(etcd, parseSettingsPatch({ repairBytesPerSec: null }))).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })
+    expect(await readSettings(etcd)).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })
   }, 90_000)
 })

@@ -8,7 +8,7 @@ import { keys } from '../../src/lib/etcd.js'
 import type { Logger } from '../../src/lib/log.js'
 import type { DiskRecord, NodeRecord, NodeStatusRecord } from '../../src/lib/types.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from '../../src/cvm/vdisk/placement.js'
-import { freePort, waitFor } from '../helpers/cluster.js'
+import { freePorts, waitFor } from '../helpers/cluster.js'
 
 const node = (name: string, extra: Partial<NodeRecord> = {}): NodeRecord => ({ name, address: '127.0.0.1', apiPort: 1, nbdPort: 2, dataPort: 3, joinedAt: '2026-01-01T00:00:00Z', ...extra })
 const status = (name: string): NodeStatusRecord => ({ name, at: '2026-01-01T00:00:00Z', daemons: [], disks: {} })
@@ -41,8 +41,9 @@ describe('placement view follows etcd', () => {
   }
 
   beforeAll(async () => {
-    clientUrl = `http://127.0.0.1:${await freePort()}`
-    peerUrl = `http://127.0.0.1:${await freePort()}`
+    const [clientPort, peerPort] = await freePorts(2)
+    clientUrl = `http://127.0.0.1:${clientPort}`
+    peerUrl = `http://127.0.0.1:${peerPort}`
     await startEtcd()
     etcd = new Etcd3({ hosts: clientUrl, defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 2000 }) })
     await waitFor('etcd', async () => (await etcd.get('x').string().then(() => true, () => false)) || undefined, 20_000, 200)

@@ -50,3 +50,16 @@ describe('curator: health and repair work from the records', () => {
     expect(repairWork(vdisks, egroups.filter((e) => e.id !== '12'), all, new Set(), all)).toEqual([])
   })
 })
+
+describe('curator settings from a request body', () => {
+  it('takes each setting within its bounds, null to lift the repair limit, nothing else', async () => {
+    const { parseSettingsPatch, settingsOf } = await import('../../src/cvm/curator/settings.js')
+    expect(parseSettingsPatch({ nodeDownGraceMs: 60_000, repairBytesPerSec: 2 ** 27 })).toEqual({ nodeDownGraceMs: 60_000, repairBytesPerSec: 2 ** 27 })
+    expect(parseSettingsPatch({ repairBytesPerSec: null })).toEqual({ repairUnlimited: true })
+    expect(() => parseSettingsPatch({ nodeDownGraceMs: 100 })).toThrow(/nodeDownGraceMs/)
+    expect(() => parseSettingsPatch({ scrubBytesPerSec: 10 })).toThrow(/scrubBytesPerSec/)
+    expect(() => parseSettingsPatch({ graceMs: 1 })).toThrow(/unknown setting "graceMs"/)
+    expect(() => parseSettingsPatch([])).toThrow()
+    expect(settingsOf(undefined)).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 64 * 2 ** 20 })
+  })
+})

@@ -15,6 +15,7 @@ import { bodyObject, bool, int, queryInt, str, type ApiServer } from '../../lib/
 import { checkName } from '../../lib/names.js'
 import { rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
 import { clusterHealth } from '../curator/health.js'
+import { parseSettingsPatch, readSettings, updateSettings } from '../curator/settings.js'
 import type { Curator } from '../curator/curator.js'
 
 export const apiVersion = '0.1.0'
@@ -61,6 +62,9 @@ function registerClusterRoutes(api: ApiServer, s: RouteServices): void {
 
   // how well the data is protected (extent groups healthy, under-replicated, lost) and the curator
   api.route('GET', '/v1/cluster/health', async () => clusterHealth(s.etcd, () => s.curator.master()))
+  // the curator's settings: the grace before a lost node's data and CSMs move, the repair and scrub rates
+  api.route('GET', '/v1/cluster/config', async () => readSettings(s.etcd))
+  api.route('PATCH', '/v1/cluster/config', async (req) => updateSettings(s.etcd, parseSettingsPatch(req.body)), 'admin')
   // a full checksum scrub now, at the master (bytesPerSec: the rate from now on)
   api.route('POST', '/v1/cluster/scrub', async (req) => {
     const b = bodyObject(req.body)

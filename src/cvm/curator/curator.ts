@@ -15,7 +15,7 @@ const curatorRetryMs = 5000
 const curatorFailoversKept = 20
 
 /** what the master asks of a vDisk's owner (through the node operation vdisk.repair) */
-export type RepairCall = (node: string, id: string, down: string[]) => Promise<{ egroups: number, bytes: number }>
+export type RepairCall = (node: string, id: string, down: string[], bytesPerSec?: number) => Promise<{ egroups: number, bytes: number }>
 
 export interface CuratorOptions {
   nodeName: string
@@ -80,7 +80,11 @@ export function repairWork(vdisks: VdiskRecord[], egroups: EgroupRecord[], up: R
  */
 export class Curator {
   private readonly clock: Clock
-  private readonly graceMs: number
+  /** the default grace (opts, else curatorNodeDownGraceMs); /tess/curator/config may set another */
+  private readonly defaultGraceMs: number
+  private graceMs: number
+  /** the repair's rate from /tess/curator/config (undefined: no limit) */
+  private repairBytesPerSec: number | undefined
   private readonly intervalMs: number
   private election: Election | undefined
   private campaign: Campaign | undefined
@@ -100,7 +104,8 @@ export class Curator {
 
   constructor(private readonly etcd: Etcd3, private readonly opts: CuratorOptions) {
     this.clock = opts.clock ?? realClock
-    this.graceMs = opts.nodeDownGraceMs ?? curatorNodeDownGraceMs
+    this.defaultGraceMs = opts.nodeDownGraceMs ?? curatorNodeDownGraceMs
+    this.graceMs = this.defaultGraceMs
     this.intervalMs = opts.scanIntervalMs ?? curatorScanIntervalMs
   }
 
@@ -218,13 +223,17 @@ export class Curator {
   private async scan(): Promise<void> {
     const st = this.status!
     this.nextDelayMs = this.intervalMs
-    const [vdisks, egroups, nodes, up] = await Promise.all([
+    const [vdisks, egroups, nodes, up, cfg] = await Promise.all([
       etcdCall('list vDisks', () => listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)),
       etcdCall('list extent groups', () => listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)),
       etcdCall('list nodes', () => listJson<NodeRecord>(this.etcd, keys.nodesPrefix)),
       upNodes(this.etcd),
+      etcdCall('read the curator settings', () => getJson<CuratorConfig>(this.etcd, keys.curatorConfig)),
     ])
     this.lastUp = [...up].sort().join(',')
+    this.graceMs = cfg?.nodeDownGraceMs ?? this.defaultGraceMs
+    this.repairBytesPerSec = cfg?.repairBytesPerSec
+    st.nodeDownGraceMs = this.graceMs
     const now = this.clock.now()
     const members = new Set(nodes.map((n) => n.name))
     for (const n of [...this.downSince.keys()]) if (up.has(n) || !members.has(n)) this.downSince.delete(n)
@@ -284,7 +293,7 @@ export class Curator {
         const at = ownerNode !== undefined && up.has(ownerNode) ? ownerNode : this.opts.nodeName
         this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}; repair at ${at}`)
         try {
-          const r = await this.opts.repair(at, w.vdisk.id, w.down)
+          const r = await this.opts.repair(at, w.vdisk.id, w.down, this.repairBytesPerSec)
           st.repairedEgroups += r.egroups
           st.repairedBytes += r.bytes
           bytes += r.bytes

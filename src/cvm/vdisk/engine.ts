@@ -478,14 +478,14 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * The curator's repair of one vDisk (Vdisk.repair): here if this CVM owns it or nobody does (it
    * takes the vDisk for the repair and hands it back after, when no client uses it here).
    */
-  async repair(id: string, down: string[]): Promise<{ egroups: number, bytes: number }> {
+  async repair(id: string, down: string[], bytesPerSec?: number): Promise<{ egroups: number, bytes: number }> {
     const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
     if (!rec || rec.state !== 'ready') return { egroups: 0, bytes: 0 }
     const wasLoaded = this.loaded.has(id)
     const t = await this.route(rec)
     if (!t.local) throw new PeerError('not-owner', `vDisk ${rec.name} is owned by ${t.owner}`)
     try {
-      return await t.vdisk.repair(new Set(down))
+      return await t.vdisk.repair(new Set(down), bytesPerSec !== undefined ? pacer(this.clock, bytesPerSec) : undefined)
     } finally {
       if (!wasLoaded) {
         await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its repair: ${errorMessage(e)}`))
@@ -503,15 +503,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     const wasLoaded = this.loaded.has(id)
     const t = await this.route(rec)
     if (!t.local) throw new PeerError('not-owner', `vDisk ${rec.name} is owned by ${t.owner}`)
-    const start = this.clock.now()
-    let total = 0
-    const pace = async (bytes: number) => {
-      total += bytes
-      const ahead = (total / bytesPerSec) * 1000 - (this.clock.now() - start)
-      if (ahead > 0) await this.clock.sleep(ahead)
-    }
     try {
-      return await t.vdisk.scrub(pace)
+      return await t.vdisk.scrub(pacer(this.clock, bytesPerSec))
     } finally {
       if (!wasLoaded) {
         await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its scrub: ${errorMessage(e)}`))
@@ -555,6 +548,17 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   /** the engine's clock (ForwardingDevice waits by it) */
   get time(): Clock {
     return this.clock
+  }
+}
+
+/** A pace of at most `bytesPerSec` on average: called with the bytes just done, it waits until they are due. */
+export function pacer(clock: Clock, bytesPerSec: number): (bytes: number) => Promise<void> {
+  const start = clock.now()
+  let total = 0
+  return async (bytes) => {
+    total += bytes
+    const ahead = (total / bytesPerSec) * 1000 - (clock.now() - start)
+    if (ahead > 0) await clock.sleep(ahead)
   }
 }
 

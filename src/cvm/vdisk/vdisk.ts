@@ -661,9 +661,10 @@ export class Vdisk {
    * The curator's repair: every extent group with a replica on one of the `down` nodes, or with
    * fewer than RF replicas (it went on degraded), gets copies from its healthy replicas on nodes
    * that hold none, until it has RF again. Client I/O goes on meanwhile (each group is locked only
-   * while it is copied). Returns the groups repaired and the bytes of the extents they hold.
+   * while it is copied); `pace(bytes)` after each group holds the repair to its rate.
+   * Returns the groups repaired and the bytes of the extents they hold.
    */
-  async repair(down: ReadonlySet<string>, progress: (egroups: number, bytes: number) => void = () => undefined): Promise<{ egroups: number, bytes: number }> {
+  async repair(down: ReadonlySet<string>, pace?: (bytes: number) => Promise<void>): Promise<{ egroups: number, bytes: number }> {
     this.check()
     let egroups = 0
     let bytes = 0
@@ -672,8 +673,10 @@ export class Vdisk {
       if (failed.length === 0 && eg.replicas.length >= (this.backend.rf ?? 0)) continue
       await this.backend.replaceFailed(eg, failed, new Error(`node ${[...new Set(failed.map((r) => r.node))].join(', ') || '(none)'} down`), { repair: true })
       egroups++
-      bytes += eg.usedSlots.size * vBlockSizeBytes
-      progress(egroups, bytes)
+      const copied = eg.usedSlots.size * vBlockSizeBytes
+      bytes += copied
+      // between groups, outside the group's lock: its writes never wait for the pace
+      await pace?.(copied)
     }
     return { egroups, bytes }
   }

@@ -4,7 +4,7 @@ import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
 import { bool, int, obj, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
-import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
+import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
 import { checkName } from '../names.js'
 import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
 
@@ -67,7 +67,7 @@ export interface NodeOps {
    * the curator's repair of one vDisk at its owner (or at a node that takes it when nobody owns it):
    * copies of its extent groups with replicas on the `down` nodes, or with fewer than RF
    */
-  'vdisk.repair': { req: { id: string, down: string[] }, res: { egroups: number, bytes: number } }
+  'vdisk.repair': { req: { id: string, down: string[], bytesPerSec?: number }, res: { egroups: number, bytes: number } }
   /** the curator's scrub of one vDisk at its owner, at most bytesPerSec */
   'vdisk.scrub': { req: { id: string, bytesPerSec: number }, res: { extents: number, bytesChecked: number, badBlocks: number, repairedBlocks: number, unreadable: number } }
   /** to the curator master: run a full scrub now */
@@ -142,7 +142,8 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
     if (!Array.isArray(down) || down.length > nodesMax || !down.every((n) => typeof n === 'string')) {
       throw new TessError('TESS_E_BAD_REQUEST', 'field "down" must be a list of node names', `at most ${nodesMax} names`)
     }
-    return { id: vdiskIdField(b), down: down.map((n: string) => checkName('node', n)) }
+    const bytesPerSec = int(b, 'bytesPerSec', repairBytesPerSecMin, repairBytesPerSecMax, false)
+    return { id: vdiskIdField(b), down: down.map((n: string) => checkName('node', n)), ...(bytesPerSec !== undefined ? { bytesPerSec } : {}) }
   },
   'vdisk.scrub': (b) => ({ id: vdiskIdField(b), bytesPerSec: int(b, 'bytesPerSec', scrubBytesPerSecMin, scrubBytesPerSecMax)! }),
   'curator.scrub': empty,

@@ -1,0 +1,125 @@
+#!/usr/bin/env node
+// Re-protection after a node loss (issue 15), on 4 test hosts (scripts/testhosts.sh), in one run:
+//   - an RF 2 vDisk "data" of --size written once through host 1 (fio, 1 MiB), and a small RF 2
+//     RF 1 vDisk "fg" on host 1 (256 MiB, written once) for the foreground job
+//   - the foreground alone: fio 4k random writes QD16 on "fg" inside host 1, --runtime s
+//   - a plain copy of the same bytes: on host 1, its extent group files read (page cache dropped)
+//     and written to a new file with one fsync at the end (cat | head -c BYTES > file; sync), the
+//     bytes being those the curator is to re-protect after the first loss
+//   - for each repair rate in turn (unlimited, then --throttle): `tess cluster update
+//     --repair-rate`, one host killed (host 4, then host 3: their etcd members are not needed for
+//     quorum), and as soon as `tess cluster health` shows the curator repairing, the same
+//     foreground job; the repair's rate (bytes re-protected / time, as the curator measures its
+//     run) and the foreground's figure during the repair against the one alone
+// The node-down grace is set to 5 s (`tess cluster update --node-down-grace`), so a repair starts
+// about 15 s after a kill (the node's lease, 10 s, then the grace). Every host's disk is this
+// machine's one disk, so a repair copy reads and writes the same disk, as the plain copy does.
+// Usage: node scripts/bench/repair.mjs [--size 4G] [--runtime 10] [--throttle 100M] [--prefix rep]   (root)
+import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { checkArgs, fioFigure, fioJson, fmt, opt, ratio, repoRoot, runFio, sh, sizeBytes, sleep, tess } from './common.mjs'
+
+checkArgs('usage: node scripts/bench/repair.mjs [--size 4G] [--runtime 10] [--throttle 100M] [--prefix rep]', ['size', 'runtime', 'throttle', 'prefix'], [])
+
+const size = opt('size', '4G')
+const runtime = Number(opt('runtime', '10'))
+const throttle = opt('throttle', '100M')
+const prefix = opt('prefix', 'rep')
+const bytes = sizeBytes(size)
+const clusterName = 'repair'
+const th = path.join(repoRoot, 'scripts', 'testhosts.sh')
+const root = fs.mkdtempSync('/var/tmp/tess-bench-repair-')
+const work = path.join(root, 'fio')
+const env = { ...process.env, TESS_CONFIG_DIR: path.join(root, 'config'), NO_COLOR: '1' }
+const MiB = 2 ** 20
+const run = (args) => {
+  const r = spawnSync(process.execPath, [tess, ...args, '--json'], { encoding: 'utf8', env })
+  if (r.status !== 0) throw new Error(`tess ${args.join(' ')}: ${r.stdout}${r.stderr}`)
+  return JSON.parse(r.stdout)
+}
+const health = () => run(['cluster', 'health'])
+
+let hostsUp = false
+let clusterUp = false
+try {
+  fs.mkdirSync(work)
+  sh('bash', [th, 'up', '4', '--prefix', prefix])
+  hostsUp = true
+  const info = JSON.parse(sh('bash', [th, 'list', '--prefix', prefix, '--json']).stdout)
+  clusterUp = true
+  run(['cluster', 'create', '--name', clusterName, '--hosts', info.hosts.map((h) => h.address).join(','), '--ssh-key', info.keyFile, '--known-hosts', info.knownHostsFile])
+  run(['cluster', 'update', '--node-down-grace', '5s'])
+  const inHost1 = ['bash', th, 'exec', info.hosts[0].name]
+  const nbd = (name) => [`--ioengine=nbd`, `--uri=nbd+unix:///${name}?socket=/var/lib/tess/run/nbd.sock`]
+  run(['vdisk', 'create', 'data', '--size', size, '--rf', '2'])
+  // the foreground's vDisk is RF 1 on host 1 (placement puts the first copy on the node asked):
+  // no host killed holds a copy of it, so what it loses is what the repair's traffic takes
+  run(['vdisk', 'create', 'fg', '--size', '256M', '--rf', '1'])
+  console.error(`writing ${size} at RF 2 through host 1`)
+  runFio([inHost1, ...nbd('data'), '--name=fill', '--rw=write', '--bs=1M', '--iodepth=8', `--size=${size}`], work)
+  runFio([inHost1, ...nbd('fg'), '--name=fill', '--rw=write', '--bs=1M', '--iodepth=8', '--size=256M'], work)
+  const fgArgs = [...nbd('fg'), '--name=fg', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=256M', `--runtime=${runtime}`, '--time_based=1', '--randrepeat=0', '--norandommap=1']
+  spawnSync('sync')
+  const alone = fioFigure(runFio([inHost1, ...fgArgs], work), 'write', 'iops').value
+  console.error(`foreground alone: ${alone.toFixed(0)} IOPS`)
+
+  const rounds = []
+  for (const [i, rate] of [['unlimited'], [throttle]].map((x, k) => [k, x[0]])) {
+    run(['cluster', 'update', '--repair-rate', rate])
+    const victim = info.hosts[3 - i]
+    const before = health().curator
+    spawnSync('sync')
+    console.error(`repair rate ${rate}: killing ${victim.name}`)
+    sh('bash', [th, 'kill', victim.name])
+    // wait for the repair to start (the lease, then the grace), then the foreground job beside it
+    let h = health()
+    const deadline = Date.now() + 120_000
+    while (!h.curator.repairing && h.curator.repairedBytes === before.repairedBytes) {
+      if (Date.now() > deadline) throw new Error(`no repair started: ${JSON.stringify(h.curator)}`)
+      await sleep(200)
+      h = health()
+    }
+    const toReprotect = h.total.bytesToReprotect
+    const t0 = Date.now()
+    const fio = spawn(inHost1[0], [...inHost1.slice(1), 'fio', '--verify_state_save=0', '--output-format=json', ...fgArgs], { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] })
+    let fioOut = ''
+    fio.stdout.on('data', (d) => { fioOut += d })
+    const fioDone = new Promise((resolve) => fio.once('exit', resolve))
+    let repairS = 0
+    for (;;) {
+      h = health()
+      if (!h.curator.repairing && h.total.underReplicated === 0) break
+      if (Date.now() - t0 > 30 * 60_000) throw new Error('the repair did not end within 30 min')
+      await sleep(250)
+    }
+    repairS = (Date.now() - t0) / 1000
+    await fioDone
+    const during = fioFigure(fioJson(fioOut), 'write', 'iops').value
+    const repaired = h.curator.repairedBytes - before.repairedBytes
+    rounds.push({ rate, victim: victim.name, toReprotect, repaired, curatorRate: h.curator.repairBytesPerSec, wallS: repairS, during, overlap: Math.min(1, repairS / runtime) })
+    console.error(`repair rate ${rate}: ${(repaired / MiB).toFixed(0)} MiB re-protected at ${(h.curator.repairBytesPerSec / MiB).toFixed(0)} MiB/s (curator), ${repairS.toFixed(1)} s seen; foreground ${during.toFixed(0)} IOPS`)
+  }
+
+  // a plain copy of the bytes the first repair re-protected: host 1's extent group files, read
+  // after dropping the page cache, into one new file, synced
+  const copyBytes = rounds[0].repaired
+  sh('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'])
+  const c0 = Date.now()
+  sh('bash', [th, 'exec', info.hosts[0].name, 'sh', '-c', `cat /var/lib/tess/disks/d0/egroups/*.eg | head -c ${copyBytes} > /var/lib/tess/copy.bin && sync && rm -f /var/lib/tess/copy.bin`])
+  const copyRate = copyBytes / ((Date.now() - c0) / 1000)
+
+  const out = []
+  out.push(`Re-protection after a node loss (RF 2, ${size} written; 4 test hosts, one killed per round; node-down grace 5 s; foreground: fio 4k random writes QD16 on an RF 1 vDisk of host 1, ${runtime} s):`, '')
+  out.push('| repair rate setting | host killed | MiB re-protected | curator MiB/s | / plain copy | repair seen (s) | foreground IOPS during | / alone | foreground overlap |', `|${'---|'.repeat(9)}`)
+  for (const r of rounds) {
+    out.push(`| ${r.rate} | ${r.victim} | ${fmt(r.repaired / MiB)} | ${fmt(r.curatorRate / MiB)} | ${ratio(r.curatorRate, copyRate)} | ${r.wallS.toFixed(1)} | ${fmt(r.during)} | ${ratio(r.during, alone)} | ${(r.overlap * 100).toFixed(0)} % |`)
+  }
+  out.push('', `Plain copy of ${fmt(copyBytes / MiB)} MiB (host 1's extent group files, page cache dropped, into one file, synced): ${fmt(copyRate / MiB)} MiB/s. Foreground alone: ${fmt(alone)} IOPS.`)
+  out.push('"foreground overlap": the share of the foreground job that ran while the repair did (a repair shorter than the job leaves the rest of it unloaded).')
+  console.log(out.join('\n'))
+} finally {
+  if (clusterUp) spawnSync(process.execPath, [tess, 'cluster', 'destroy', '--name', clusterName, '--yes'], { env, stdio: 'inherit' })
+  if (hostsUp) spawnSync('bash', [th, 'down', '--prefix', prefix], { stdio: 'inherit' })
+  fs.rmSync(root, { recursive: true, force: true })
+}
