@@ -14,15 +14,15 @@
 // The node-down grace is set to 5 s (`tess cluster update --node-down-grace`), so a repair starts
 // about 15 s after a kill (the node's lease, 10 s, then the grace). Every host's disk is this
 // machine's one disk, so a repair copy reads and writes the same disk, as the plain copy does.
-// Usage: node scripts/bench/repair.mjs [--size 4G] [--runtime 10] [--throttle 100M] [--prefix rep]   (root)
+// Usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep]   (root)
 import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { checkArgs, fioFigure, fioJson, fmt, opt, ratio, repoRoot, runFio, sh, sizeBytes, sleep, tess } from './common.mjs'
 
-checkArgs('usage: node scripts/bench/repair.mjs [--size 4G] [--runtime 10] [--throttle 100M] [--prefix rep]', ['size', 'runtime', 'throttle', 'prefix'], [])
+checkArgs('usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep]', ['size', 'runtime', 'throttle', 'prefix'], [])
 
-const size = opt('size', '4G')
+const size = opt('size', '8G')
 const runtime = Number(opt('runtime', '10'))
 const throttle = opt('throttle', '100M')
 const prefix = opt('prefix', 'rep')
@@ -75,13 +75,14 @@ try {
     // wait for the repair to start (the lease, then the grace), then the foreground job beside it
     let h = health()
     const deadline = Date.now() + 120_000
-    while (!h.curator.repairing && h.curator.repairedBytes === before.repairedBytes) {
+    while (!h.curator.repairing && h.curator.repairStartedAt === before.repairStartedAt) {
       if (Date.now() > deadline) throw new Error(`no repair started: ${JSON.stringify(h.curator)}`)
       await sleep(200)
       h = health()
     }
     const toReprotect = h.total.bytesToReprotect
-    const t0 = Date.now()
+    // the curator's start of the run (a master elected meanwhile may not have reported one yet: then now)
+    const t0 = Date.parse(h.curator.repairStartedAt ?? '') || Date.now()
     const fio = spawn(inHost1[0], [...inHost1.slice(1), 'fio', '--verify_state_save=0', '--output-format=json', ...fgArgs], { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] })
     let fioOut = ''
     fio.stdout.on('data', (d) => { fioOut += d })
@@ -93,7 +94,7 @@ try {
       if (Date.now() - t0 > 30 * 60_000) throw new Error('the repair did not end within 30 min')
       await sleep(250)
     }
-    repairS = (Date.now() - t0) / 1000
+    repairS = (Date.now() - t0) / 1000 // from the curator's start of the run to the poll that saw it end
     await fioDone
     const during = fioFigure(fioJson(fioOut), 'write', 'iops').value
     const repaired = h.curator.repairedBytes - before.repairedBytes
@@ -119,7 +120,7 @@ try {
   out.push('"foreground overlap": the share of the foreground job that ran while the repair did (a repair shorter than the job leaves the rest of it unloaded).')
   console.log(out.join('\n'))
 } finally {
-  if (clusterUp) spawnSync(process.execPath, [tess, 'cluster', 'destroy', '--name', clusterName, '--yes'], { env, stdio: 'inherit' })
+  if (clusterUp) spawnSync(process.execPath, [tess, 'cluster', 'destroy', '--cluster', clusterName, '--yes'], { env, stdio: 'inherit' })
   if (hostsUp) spawnSync('bash', [th, 'down', '--prefix', prefix], { stdio: 'inherit' })
   fs.rmSync(root, { recursive: true, force: true })
 }

@@ -23,6 +23,8 @@ export const localDiskRecordsCacheMs = 1_000
 export const egroupPrecreateFreeSlotsMin = 16
 /** extent groups a streaming vDisk makes ahead at once, at most (see Vdisk: the depth grows when allocations wait) */
 export const egroupCreatesAheadMax = 4
+/** a replica copied to another node (repair, replacement, evacuation): slots read and written at once (1 MiB each) */
+export const egroupCopyInFlightMax = 4
 /** spare extent group files (spares.ts) a disk keeps at most: 32 of 32 MiB, a 1 GiB burst of first writes */
 export const spareEgroupsPerDiskMax = 32
 /** ...and at most this share of the disk's size */

@@ -197,6 +197,8 @@ export interface CuratorStatus {
   /** extent groups found under-replicated and lost by the last scan */
   lastScanFound: { underReplicated: number, lost: number }
   repairing: boolean
+  /** when the running (or the last) repair run began */
+  repairStartedAt: string | null
   /** extent groups re-protected and their bytes, since this master was elected */
   repairedEgroups: number
   repairedBytes: number
@@ -229,6 +231,8 @@ export interface ClusterHealth {
     master: string | null
     lastScanAt: string | null
     repairing: boolean
+    /** when the running (or the last) repair run began */
+    repairStartedAt: string | null
     repairedEgroups: number
     repairedBytes: number
     repairBytesPerSec: number

@@ -151,6 +151,7 @@ export class Curator {
       lastScanAt: null,
       lastScanFound: { underReplicated: 0, lost: 0 },
       repairing: false,
+      repairStartedAt: null,
       repairedEgroups: 0,
       repairedBytes: 0,
       repairBytesPerSec: 0,
@@ -282,6 +283,8 @@ export class Curator {
     const st = this.status!
     st.repairing = true
     st.lastError = null
+    st.repairStartedAt = new Date(this.clock.now()).toISOString()
+    await this.writeStatus()
     const start = this.clock.now()
     let bytes = 0
     try {

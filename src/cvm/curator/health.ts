@@ -99,6 +99,7 @@ export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | 
       master: leader ?? null,
       lastScanAt: status?.lastScanAt ?? null,
       repairing: status?.repairing ?? false,
+      repairStartedAt: status?.repairStartedAt ?? null,
       repairedEgroups: status?.repairedEgroups ?? 0,
       repairedBytes: status?.repairedBytes ?? 0,
       repairBytesPerSec: rate,

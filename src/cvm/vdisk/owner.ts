@@ -1,5 +1,5 @@
 import { assert, errorMessage } from '../../lib/errors.js'
-import { egroupCreatesAheadMax, extentsPerEgroup } from '../../lib/limits.js'
+import { egroupCopyInFlightMax, egroupCreatesAheadMax, extentsPerEgroup } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { VdiskRecord } from '../../lib/types.js'
 import type { BlockCipher } from './crypt.js'
@@ -166,6 +166,23 @@ export function writeMinReplicas(rf: number): number {
   return Math.max(1, rf - 1)
 }
 
+/**
+ * Copy every slot that holds data from `source` to `target`, up to egroupCopyInFlightMax slots at
+ * once (a read from one while the write of another is on its way: a copy over the data port is
+ * otherwise a round trip per extent, well below what the disks and the network carry).
+ */
+async function copySlots(source: Replica, target: Replica): Promise<void> {
+  let next = 0
+  const worker = async () => {
+    while (next < extentsPerEgroup) {
+      const slot = next++
+      const raw = await source.readRaw(slot)
+      if (raw) await target.writeRaw(slot, raw)
+    }
+  }
+  await Promise.all(Array.from({ length: egroupCopyInFlightMax }, worker))
+}
+
 /** The extent group's record with the replicas in `still` replaced by `added`; the replaced ones are recorded as stale (their files are removed later). */
 function withReplacedReplicas(er: EgroupRecord, still: Replica[], added: Array<{ node: string, diskId: string }>): EgroupRecord {
   const gone = new Set(still.map((s) => `${s.node}/${s.diskId}`))
@@ -219,10 +236,7 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       const r = env.replicaFor(rec.id, eg.id, node, diskId)
       if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
       await r.open([])
-      for (let slot = 0; slot < extentsPerEgroup; slot++) {
-        const raw = await source.readRaw(slot)
-        if (raw) await r.writeRaw(slot, raw)
-      }
+      await copySlots(source, r)
       await r.sync()
       // a copy misses what its source missed
       const inherited = missed.get(source)
