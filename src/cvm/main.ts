@@ -303,7 +303,7 @@ async function main(): Promise<void> {
     log,
     repair: (node, id, down, bytesPerSec) => call(node, 'vdisk.repair', { id, down, ...(bytesPerSec !== undefined ? { bytesPerSec } : {}) }, curatorRepairCallTimeoutMs),
     nodesChanged: () => view.changed(),
-    nodesUp: () => view.nodes().filter((n) => n.up).map((n) => n.name),
+    nodesUp: () => view.nodes().map((n) => ({ name: n.name, up: n.up })),
     // CSMs of lost nodes, with the containers that have a restart policy, move to live nodes
     failover: (down) => containers.csms.failover(down, containers.containers),
     scrub: (node, id, bytesPerSec) => call(node, 'vdisk.scrub', { id, bytesPerSec }, scrubCallTimeoutMs),

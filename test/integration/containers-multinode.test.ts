@@ -175,9 +175,9 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
   })
 
   it('moves a CSM with its container and volume to another node and off a host removed with --evacuate; fails it over when its node is lost', async () => {
-    // two more hosts: node 4 becomes the third etcd member (node 2 was removed), node 5 is not one
     // the curator heals around a lost node after 5 s instead of 30
     expect(await ok(['cluster', 'update', '--node-down-grace', '5s'])).toMatchObject({ nodeDownGraceMs: 5000 })
+    // two more hosts: node 4 becomes the third etcd member (node 2 was removed), node 5 is not one
     const node4 = (await ok(['host', 'add', th.hosts[3]!.address])).node as string
     const node5 = (await ok(['host', 'add', th.hosts[4]!.address])).node as string
     await ok(['csm', 'create', 'edge', '--cpus', '0.5', '--memory', '128M', '--node', node5])
@@ -192,22 +192,8 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     }, 60_000, 300)
     const sum = await shaOf()
 
-    // tess csm move: the CSM, its container and the container's volume go to node 1
-    const mv = await ok(['csm', 'move', 'edge', '--node', node1, '--timeout', '5s'])
-    expect(mv).toMatchObject({ name: 'edge', from: node5, node: node1, containers: ['keeper'], notStarted: [] })
-    expect(await ok(['csm', 'show', 'edge'])).toMatchObject({ node: node1, containers: 1 })
-    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: node1, csm: 'edge', status: 'running', restartPolicy: 'always' })
-    expect(await shaOf()).toBe(sum)
-    expect((await ok(['volume', 'show', 'kv'])).attachments).toMatchObject([{ container: 'keeper', node: node1 }])
-    // a move to where it is, to a node that does not exist, or of a CSM that does not exist is refused
-    expect((await tess(['csm', 'move', 'edge', '--node', node1, '--json'])).json.error.code).toBe('TESS_E_INVALID')
-    expect((await tess(['csm', 'move', 'edge', '--node', 'no-such-node', '--json'])).code).toBe(3)
-    expect((await tess(['csm', 'move', 'no-such-csm', '--json'])).code).toBe(3)
-
-    // back to node 5, which is then removed with --evacuate: the CSM and its container move off it
-    // (the scheduler's pick) with the volume, and its data is copied away
-    expect((await ok(['csm', 'move', 'edge', '--node', node5, '--timeout', '5s'])).node).toBe(node5)
-    expect(await shaOf()).toBe(sum)
+    // node 5 is removed with --evacuate: the CSM and its container move off it (the scheduler's
+    // pick) with the volume, and its data is copied away; without --evacuate it is refused
     const refused = await tess(['host', 'remove', node5, '--yes', '--json'])
     expect(refused.code, refused.stdout).toBe(4)
     expect(refused.json.error.hint).toContain('--evacuate')
@@ -215,15 +201,27 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     expect(rm.csmsMoved).toHaveLength(1)
     expect(rm.csmsMoved[0]).toMatchObject({ name: 'edge', from: node5, containers: ['keeper'], notStarted: [] })
     expect([node1, node3, node4]).toContain(rm.csmsMoved[0].node)
-    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: rm.csmsMoved[0].node, status: 'running' })
+    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: rm.csmsMoved[0].node, status: 'running', restartPolicy: 'always' })
     expect(await shaOf()).toBe(sum)
     expect((await ok(['host', 'list'])).map((h: { name: string }) => h.name)).not.toContain(node5)
+
+    // tess csm move: the CSM, its container and the container's volume go to the node named
+    const to = rm.csmsMoved[0].node === node4 ? node1 : node4
+    const mv = await ok(['csm', 'move', 'edge', '--node', to, '--timeout', '5s'])
+    expect(mv).toMatchObject({ name: 'edge', from: rm.csmsMoved[0].node, node: to, containers: ['keeper'], notStarted: [] })
+    expect(await ok(['csm', 'show', 'edge'])).toMatchObject({ node: to, containers: 1 })
+    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: to, csm: 'edge', status: 'running' })
+    expect(await shaOf()).toBe(sum)
+    expect((await ok(['volume', 'show', 'kv'])).attachments).toMatchObject([{ container: 'keeper', node: to }])
+    // a move to where it is, to a node that does not exist, or of a CSM that does not exist is refused
+    expect((await tess(['csm', 'move', 'edge', '--node', to, '--json'])).json.error.code).toBe('TESS_E_INVALID')
+    expect((await tess(['csm', 'move', 'edge', '--node', 'no-such-node', '--json'])).code).toBe(3)
+    expect((await tess(['csm', 'move', 'no-such-csm', '--json'])).code).toBe(3)
 
     // failover: on node 4, beside a container with no restart policy; node 4 is lost. After the
     // grace (5 s) the curator master moves the CSM to a live node and runs keeper there, with
     // every fsynced byte of its volume; the other container goes with its node
-    if (rm.csmsMoved[0].node !== node4) expect((await ok(['csm', 'move', 'edge', '--node', node4, '--timeout', '5s'])).node).toBe(node4)
-    expect(await shaOf()).toBe(sum)
+    if (to !== node4) expect((await ok(['csm', 'move', 'edge', '--node', node4, '--timeout', '5s'])).node).toBe(node4)
     await ok(['container', 'run', image, '--name', 'plain', '--csm', 'edge', '--', 'busybox', 'sleep', '1000'])
     await th.kill(th.hosts[3]!)
     const t0 = Date.now()

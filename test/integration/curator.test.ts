@@ -88,7 +88,7 @@ describe('curator election and scans on a real etcd', () => {
     for (const n of names) {
       const c = new Curator(connect(), {
         nodeName: n, log: log(n), nodeDownGraceMs: 1500, scanIntervalMs: 60_000, electionTtlSec: 2,
-        nodesUp: () => upNow,
+        nodesUp: () => names.map((x) => ({ name: x, up: upNow.includes(x) })),
         nodesChanged: () => new Promise<void>((r) => wake.push(r)),
         repair: async (at, id, down, rate) => {
           calls.push({ by: n, at, id, down, ms: Date.now() - downAt, rate })

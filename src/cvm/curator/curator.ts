@@ -24,8 +24,8 @@ export interface CuratorOptions {
   repair: RepairCall
   /** resolves at the next change of the nodes this CVM follows (the placement view): a scan may be due */
   nodesChanged: () => Promise<void>
-  /** the nodes that are up in that view */
-  nodesUp: () => string[]
+  /** the nodes in that view and whether each is up (a change of either starts a scan) */
+  nodesUp: () => Array<{ name: string, up: boolean }>
   /** the container failover (control/csms.ts): called with the nodes down for longer than the grace */
   failover?: (down: string[]) => Promise<CsmFailover[]>
   /** run one vDisk's scrub at `node` at most bytesPerSec (node operation vdisk.scrub) */
@@ -97,7 +97,8 @@ export class Curator {
   private nextDelayMs = 0
   /** when this master first saw each node down */
   private readonly downSince = new Map<string, number>()
-  private lastUp = ''
+  /** the nodes (and which are up) as the view showed them at the last check */
+  private lastSeen = ''
   private status: CuratorStatus | undefined
   private scrubbing: Promise<void> | undefined
   private scrubTimer: NodeJS.Timeout | undefined
@@ -178,7 +179,12 @@ export class Curator {
       this.requestScan()
       this.scheduleScrub()
     })
+    this.lastSeen = this.nodesSeen()
     void this.followNodes()
+  }
+
+  private nodesSeen(): string {
+    return this.opts.nodesUp().map((n) => `${n.name}${n.up ? '+' : '-'}`).sort().join(',')
   }
 
   /** A scan whenever the nodes that are up change (a loss starts the grace; a return may let degraded groups get their copies). */
@@ -186,7 +192,12 @@ export class Curator {
     while (this.leading && !this.stopped) {
       await Promise.race([this.opts.nodesChanged(), this.clock.sleep(this.intervalMs)])
       if (!this.leading || this.stopped) return
-      if ([...this.opts.nodesUp()].sort().join(',') !== this.lastUp) this.requestScan()
+      // a node lost or back, added or removed (a removed node's replicas are repaired at once)
+      const seen = this.nodesSeen()
+      if (seen !== this.lastSeen) {
+        this.lastSeen = seen
+        this.requestScan()
+      }
     }
   }
 
@@ -231,7 +242,6 @@ export class Curator {
       upNodes(this.etcd),
       etcdCall('read the curator settings', () => getJson<CuratorConfig>(this.etcd, keys.curatorConfig)),
     ])
-    this.lastUp = [...up].sort().join(',')
     this.graceMs = cfg?.nodeDownGraceMs ?? this.defaultGraceMs
     this.repairBytesPerSec = cfg?.repairBytesPerSec
     st.nodeDownGraceMs = this.graceMs
