@@ -7,7 +7,8 @@ import type { Logger } from '../../lib/log.js'
 import type { CsmFailover, CuratorConfig, CuratorStatus, NodeRecord, ScrubFound, VdiskRecord } from '../../lib/types.js'
 import type { ScrubResult } from '../vdisk/vdisk.js'
 import type { EgroupRecord } from '../vdisk/owner.js'
-import { upNodes } from './health.js'
+import { assessHealth, upNodes } from './health.js'
+import { readSettings } from './settings.js'
 
 /** a failed repair is tried again after this */
 const curatorRetryMs = 5000
@@ -190,7 +191,8 @@ export class Curator {
   /** A scan whenever the nodes that are up change (a loss starts the grace; a return may let degraded groups get their copies). */
   private async followNodes(): Promise<void> {
     while (this.leading && !this.stopped) {
-      await Promise.race([this.opts.nodesChanged(), this.clock.sleep(this.intervalMs)])
+      // the scheduled scans need no wake-up here: only a change of the view counts
+      await this.opts.nodesChanged()
       if (!this.leading || this.stopped) return
       // a node lost or back, added or removed (a removed node's replicas are repaired at once)
       const seen = this.nodesSeen()
@@ -252,18 +254,10 @@ export class Curator {
     const due = new Set([...this.downSince].filter(([, t]) => now - t >= this.graceMs).map(([n]) => n))
     const pending = [...this.downSince].filter(([n]) => !due.has(n))
     st.repairsDueAt = pending.map(([node, t]) => ({ node, at: new Date(t + this.graceMs).toISOString() }))
-    let under = 0
-    let lost = 0
-    const byId = new Map(vdisks.map((v) => [v.id, v]))
-    for (const eg of egroups) {
-      const v = byId.get(eg.vdiskId)
-      if (v === undefined || v.state !== 'ready') continue
-      const live = eg.replicas.filter((r) => up.has(r.node)).length
-      if (live === 0) lost++
-      else if (live < v.rf) under++
-    }
+    // the counts `tess cluster health` shows (no extent counts: bytes are not needed here)
+    const { total } = assessHealth(vdisks, egroups, up, new Map())
     st.lastScanAt = new Date(now).toISOString()
-    st.lastScanFound = { underReplicated: under, lost }
+    st.lastScanFound = { underReplicated: total.underReplicated, lost: total.lost }
     // a vDisk whose RF is more than the nodes that can hold a copy waits for a node (no repair can succeed)
     const usable = nodes.filter((n) => up.has(n.name) && n.draining !== true).map((n) => n.name).sort()
     const all = repairWork(vdisks, egroups, up, due, members)
@@ -300,10 +294,7 @@ export class Curator {
     try {
       for (const w of work) {
         if (!this.leading || this.stopped) return
-        const owner = await etcdCall('read a vDisk owner', () => this.etcd.get(keys.vdiskOwner(w.vdisk.id)).string())
-        const ownerNode = owner?.split('/')[0]
-        // the owner repairs what it serves; nobody (or a dead node) owns it: this node takes it for the repair
-        const at = ownerNode !== undefined && up.has(ownerNode) ? ownerNode : this.opts.nodeName
+        const at = await this.workerFor(w.vdisk.id, up)
         this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}; repair at ${at}`)
         try {
           const r = await this.opts.repair(at, w.vdisk.id, w.down, this.repairBytesPerSec)
@@ -324,6 +315,12 @@ export class Curator {
       st.repairing = false
       await this.writeStatus()
     }
+  }
+
+  /** Where a vDisk's repair or scrub runs: at its owner, which serves it; when nobody (or a dead node) owns it, here (this node takes it for the work). */
+  private async workerFor(vdiskId: string, up: ReadonlySet<string>): Promise<string> {
+    const owner = (await etcdCall('read a vDisk owner', () => this.etcd.get(keys.vdiskOwner(vdiskId)).string()))?.split('/')[0]
+    return owner !== undefined && up.has(owner) ? owner : this.opts.nodeName
   }
 
   private async writeStatus(): Promise<void> {
@@ -375,8 +372,7 @@ export class Curator {
   private async scrubPass(): Promise<void> {
     const st = this.status!
     const scrub = this.opts.scrub!
-    const cfg = await etcdCall('read the curator settings', () => getJson<CuratorConfig>(this.etcd, keys.curatorConfig))
-    const rate = cfg?.scrubBytesPerSec ?? scrubBytesPerSecDefault
+    const rate = (await readSettings(this.etcd)).scrubBytesPerSec
     const [vdisks, up] = await Promise.all([
       etcdCall('list vDisks', () => listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)),
       upNodes(this.etcd),
@@ -388,8 +384,7 @@ export class Curator {
     this.opts.log.info(`curator: scrub of ${vdisks.length} vDisk(s) at ${rate} bytes/s`)
     for (const v of vdisks.filter((x) => x.state === 'ready').sort((a, b) => a.name.localeCompare(b.name))) {
       if (!this.leading || this.stopped) return
-      const owner = (await etcdCall('read a vDisk owner', () => this.etcd.get(keys.vdiskOwner(v.id)).string()))?.split('/')[0]
-      const at = owner !== undefined && up.has(owner) ? owner : this.opts.nodeName
+      const at = await this.workerFor(v.id, up)
       try {
         const r = await scrub(at, v.id, rate)
         found.vdisks++

@@ -475,39 +475,33 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   }
 
   /**
-   * The curator's repair of one vDisk (Vdisk.repair): here if this CVM owns it or nobody does (it
-   * takes the vDisk for the repair and hands it back after, when no client uses it here).
+   * The curator's repair of one vDisk (Vdisk.repair), at most `bytesPerSec` when given: see onOwned.
    */
   async repair(id: string, down: string[], bytesPerSec?: number): Promise<{ egroups: number, bytes: number }> {
-    const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
-    if (!rec || rec.state !== 'ready') return { egroups: 0, bytes: 0 }
-    const wasLoaded = this.loaded.has(id)
-    const t = await this.route(rec)
-    if (!t.local) throw new PeerError('not-owner', `vDisk ${rec.name} is owned by ${t.owner}`)
-    try {
-      return await t.vdisk.repair(new Set(down), bytesPerSec !== undefined ? pacer(this.clock, bytesPerSec) : undefined)
-    } finally {
-      if (!wasLoaded) {
-        await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its repair: ${errorMessage(e)}`))
-      }
-    }
+    return this.onOwned(id, 'repair', { egroups: 0, bytes: 0 }, (v) => v.repair(new Set(down), bytesPerSec !== undefined ? pacer(this.clock, bytesPerSec) : undefined))
+  }
+
+  /** The curator's scrub of one vDisk (Vdisk.scrub) at `bytesPerSec` at most: see onOwned. */
+  async scrub(id: string, bytesPerSec: number): Promise<ScrubResult> {
+    return this.onOwned(id, 'scrub', { extents: 0, bytesChecked: 0, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }, (v) => v.scrub(pacer(this.clock, bytesPerSec)))
   }
 
   /**
-   * The curator's scrub of one vDisk (Vdisk.scrub) at `bytesPerSec` at most, here if this CVM owns
-   * it or nobody does (taken for the scrub and handed back after, when no client uses it here).
+   * The curator's work on one vDisk, here if this CVM owns it or nobody does: it takes the vDisk
+   * for the work and hands it back after, when no client uses it here. A vDisk that is gone (or
+   * being deleted) answers `none`; one another CVM owns is refused (not-owner).
    */
-  async scrub(id: string, bytesPerSec: number): Promise<ScrubResult> {
+  private async onOwned<T>(id: string, what: string, none: T, work: (v: Vdisk) => Promise<T>): Promise<T> {
     const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
-    if (!rec || rec.state !== 'ready') return { extents: 0, bytesChecked: 0, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }
+    if (!rec || rec.state !== 'ready') return none
     const wasLoaded = this.loaded.has(id)
     const t = await this.route(rec)
     if (!t.local) throw new PeerError('not-owner', `vDisk ${rec.name} is owned by ${t.owner}`)
     try {
-      return await t.vdisk.scrub(pacer(this.clock, bytesPerSec))
+      return await work(t.vdisk)
     } finally {
       if (!wasLoaded) {
-        await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its scrub: ${errorMessage(e)}`))
+        await this.releaseIfIdle(rec.name).catch((e: unknown) => this.opts.log.warn(`vDisk ${rec.name}: kept after its ${what}: ${errorMessage(e)}`))
       }
     }
   }
