@@ -35,7 +35,7 @@ import { NbdTrust } from './nbd/trust.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
 import { Curator } from './curator/curator.js'
-import { curatorRepairCallTimeoutMs, scrubCallTimeoutMs } from '../lib/limits.js'
+import { curatorRepairCallTimeoutMs, gcCallTimeoutMs, scrubCallTimeoutMs } from '../lib/limits.js'
 import { readSettings, updateSettings } from './curator/settings.js'
 
 const log = makeLogger('cvm')
@@ -196,8 +196,9 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     'vdisk.release': async ({ name }) => engine.releaseIfIdle(name),
     'vdisk.clients': async ({ name }) => ({ connections: engine.connections(name) }),
     'vdisk.deleted': async ({ id }) => ({ shut: await engine.shutDeleted(id) }),
-    'vdisk.repair': async ({ id, down, bytesPerSec }) => engine.repair(id, down, bytesPerSec),
+    'vdisk.repair': async ({ id, down, bytesPerSec, lostDisks }) => engine.repair(id, down, bytesPerSec, lostDisks),
     'vdisk.scrub': async ({ id, bytesPerSec }) => engine.scrub(id, bytesPerSec),
+    'pool.gc': async ({ minAgeMs }) => engine.collectGarbage(minAgeMs),
     'curator.scrub': async () => ({ started: parts.curator.scrubNow(), master: cfg.nodeName }),
   }
   const call = nodeCaller({
@@ -301,12 +302,13 @@ async function main(): Promise<void> {
   const curator = new Curator(etcd, {
     nodeName: cfg.nodeName,
     log,
-    repair: (node, id, down, bytesPerSec) => call(node, 'vdisk.repair', { id, down, ...(bytesPerSec !== undefined ? { bytesPerSec } : {}) }, curatorRepairCallTimeoutMs),
+    repair: (node, id, down, bytesPerSec, lostDisks) => call(node, 'vdisk.repair', { id, down, ...(bytesPerSec !== undefined ? { bytesPerSec } : {}), ...(lostDisks !== undefined && lostDisks.length > 0 ? { lostDisks } : {}) }, curatorRepairCallTimeoutMs),
     nodesChanged: () => view.changed(),
-    nodesUp: () => view.nodes().map((n) => ({ name: n.name, up: n.up })),
+    nodesUp: () => view.nodes().map((n) => ({ name: n.name, up: n.up, disks: n.disks, disksOnline: n.disksOnline })),
     // CSMs of lost nodes, with the containers that have a restart policy, move to live nodes
     failover: (down) => containers.csms.failover(down, containers.containers),
     scrub: (node, id, bytesPerSec) => call(node, 'vdisk.scrub', { id, bytesPerSec }, scrubCallTimeoutMs),
+    collectGarbage: (node, minAgeMs) => call(node, 'pool.gc', { minAgeMs }, gcCallTimeoutMs),
   })
   // `tess cluster scrub`: the rate is stored for every later pass; the master runs the pass
   const scrubNow = async (bytesPerSec?: number): Promise<ScrubStart> => {

@@ -4,7 +4,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import https from 'node:https'
 import type { TLSSocket } from 'node:tls'
 import { TessError, errorMessage } from './errors.js'
-import { apiBodyMaxBytes, apiConnectionsMax, apiHandshakeTimeoutMs, apiHeadersTimeoutMs, apiKeepAliveTimeoutMs, apiRefusedBodyDrainMaxBytes, apiRequestTimeoutMs, apiTimeoutCheckIntervalMs } from './limits.js'
+import { apiBodyMaxBytes, apiConnectionsMax, apiHandshakeTimeoutMs, apiHeadersTimeoutMs, apiKeepAliveTimeoutMs, apiRefusedBodyDrainMaxBytes, apiRefusedBodyDrainMs, apiRequestTimeoutMs, apiTimeoutCheckIntervalMs } from './limits.js'
 import type { Logger } from './log.js'
 
 /** What an operator may do: viewer reads; operator also changes workloads and vDisks; admin everything. */
@@ -292,7 +292,19 @@ function refuse(req: IncomingMessage, res: ServerResponse): void {
     dropped += c.length
     if (dropped > apiRefusedBodyDrainMaxBytes) req.socket.destroy()
   })
-  res.on('finish', () => setImmediate(() => req.socket.destroy()))
+  // Closing with the client's bytes still unread makes the kernel answer with a reset, which can
+  // reach the client before it reads the answer: close once its body is in (or the drain's bounds
+  // are reached), not at once.
+  res.on('finish', () => {
+    if (req.complete) return void setImmediate(() => req.socket.destroy())
+    const timer = setTimeout(() => req.socket.destroy(), apiRefusedBodyDrainMs)
+    timer.unref()
+    req.once('end', () => {
+      clearTimeout(timer)
+      setImmediate(() => req.socket.destroy())
+    })
+    req.resume()
+  })
 }
 
 function tooLarge(maxBytes: number): TessError {

@@ -76,8 +76,13 @@ export const apiHeadersTimeoutMs = 10_000
 export const apiKeepAliveTimeoutMs = 5_000
 /** how often the HTTP server checks the timeouts above (Node's default is 30 s) */
 export const apiTimeoutCheckIntervalMs = 1_000
-/** the body of a refused request (bad token, too large) that is read and dropped before the connection closes */
-export const apiRefusedBodyDrainMaxBytes = 64 * 1024
+/**
+ * the body of a refused request (bad token, too large) that is read and dropped before the
+ * connection closes, and how long that may take: a client still sending gets the answer, not a
+ * reset (more than this, or slower: a reset)
+ */
+export const apiRefusedBodyDrainMaxBytes = 8 * 1024 * 1024
+export const apiRefusedBodyDrainMs = 2_000
 
 // etcd
 export const etcdClientPortDefault = 2379
@@ -111,6 +116,8 @@ export const clusterReadyPollMs = 200
 // the curator (cvm/curator): one elected master re-protects extent groups
 /** names in one request that lists nodes (a cluster has far fewer) */
 export const nodesMax = 256
+/** disk ids in one request that lists disks */
+export const disksMax = 4096
 /** how long a node must have been down before the curator copies its replicas elsewhere (a restart or a short partition is not worth a full copy) */
 export const curatorNodeDownGraceMs = 30_000
 /** a full scan of every extent group this often, besides the scans a node loss triggers */
@@ -131,6 +138,13 @@ export const scrubBytesPerSecMin = 1024 * 1024
 export const scrubBytesPerSecMax = 64 * 1024 * 1024 * 1024
 /** a full scrub starts this long after the last one ended (or on `tess cluster scrub`) */
 export const scrubIntervalMs = 7 * 24 * 3600_000
+/** the curator's garbage collection of extent group files runs on every node this often (and right after a master is elected) */
+export const gcIntervalMs = 10 * 60_000
+/** a file changed less than this long ago is never garbage yet (a copy in progress, a group whose record is about to be written) */
+export const gcMinAgeMs = 10 * 60_000
+export const gcMinAgeMsMax = 7 * 24 * 3600_000
+/** one node's garbage collection: a call bounded by this */
+export const gcCallTimeoutMs = 10 * 60_000
 /** one vDisk's scrub at its owner: a call bounded by this (1 TiB at the slowest rate would take longer: it goes on at the next pass) */
 export const scrubCallTimeoutMs = 24 * 3600_000
 

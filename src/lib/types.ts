@@ -83,6 +83,8 @@ export interface PlacementNodeInfo {
   draining: boolean
   /** disks registered for the node */
   disks: number
+  /** of those, the disks its last status record reports (readable); 0 while it is down */
+  disksOnline: number
   /** free bytes of its disks, from its last status record */
   freeBytes: number
   /** a new extent group may get a replica there */
@@ -164,6 +166,16 @@ export interface ScrubFound {
   failedVdisks: string[]
 }
 
+/** What a garbage collection pass removed (one node's, or the sum over the nodes). */
+export interface GcFound {
+  /** extent group files (and lone dirty markers) removed */
+  files: number
+  /** the disk space they took */
+  bytes: number
+  /** stale replica entries dropped from extent group records */
+  staleEntries: number
+}
+
 /** `tess cluster scrub`: whether a pass started now (false: one runs already), at which master, at what rate. */
 export interface ScrubStart {
   started: boolean
@@ -206,7 +218,7 @@ export interface CuratorStatus {
   repairBytesPerSec: number
   nodeDownGraceMs: number
   /** nodes down for less than the grace: their replicas are copied elsewhere at `at` if still down */
-  repairsDueAt: Array<{ node: string, at: string }>
+  repairsDueAt: Array<{ node: string, disk?: string, at: string }>
   /** under-replicated vDisks no repair can help now, and why (too few nodes for their RF) */
   waiting: string[]
   /** the newest CSM failovers (at most curatorFailoversKept), newest last */
@@ -215,6 +227,9 @@ export interface CuratorStatus {
   scrubBytesPerSec: number
   lastScrubAt: string | null
   lastScrubFound: ScrubFound | null
+  /** the garbage collection of extent group files: when the last pass over the nodes ended and what it removed (absent in older records) */
+  lastGcAt?: string | null
+  lastGcFound?: GcFound | null
   lastError: string | null
 }
 
@@ -224,6 +239,8 @@ export interface ClusterHealth {
   state: 'healthy' | 'degraded' | 'data-unavailable'
   nodesUp: string[]
   nodesDown: string[]
+  /** disks of nodes that are up which their CVM cannot read: their replicas count as missing and are re-protected after the grace */
+  disksOffline: Array<{ id: string, node: string, path: string }>
   total: Omit<VdiskHealth, 'name' | 'id' | 'rf'>
   vdisks: VdiskHealth[]
   curator: {
@@ -239,7 +256,7 @@ export interface ClusterHealth {
     /** seconds left at the last repair rate (null: nothing to re-protect, or no rate yet) */
     etaSec: number | null
     nodeDownGraceMs: number | null
-    repairsDueAt: Array<{ node: string, at: string }>
+    repairsDueAt: Array<{ node: string, disk?: string, at: string }>
     /** under-replicated vDisks no repair can help now, and why (too few nodes for their RF) */
     waiting: string[]
     /** the newest CSM failovers off lost nodes, newest last */
@@ -250,6 +267,9 @@ export interface ClusterHealth {
     scrubBytesPerSec: number
     lastScrubAt: string | null
     lastScrubFound: ScrubFound | null
+    /** the garbage collection of extent group files (stale replicas, files no record names): when the last pass ended and what it removed (null: none yet) */
+    lastGcAt: string | null
+    lastGcFound: GcFound | null
   }
 }
 

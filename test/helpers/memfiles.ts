@@ -75,6 +75,12 @@ export class MemFiles implements FileLayer {
     return names
   }
 
+  /** no change times are kept here: every file is as old as can be */
+  async stat(file: string): Promise<{ allocatedBytes: number, changedAtMs: number } | undefined> {
+    const f = this.files.get(file)
+    return f === undefined ? undefined : { allocatedBytes: f.data.length, changedAtMs: 0 }
+  }
+
   async link(existing: string, newName: string): Promise<void> {
     this.files.set(newName, this.file(existing))
   }

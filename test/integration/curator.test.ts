@@ -1,8 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { Etcd3, type Lease } from 'etcd3'
+import type { Etcd3, Lease } from 'etcd3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Curator } from '../../src/cvm/curator/curator.js'
 import { clusterHealth } from '../../src/cvm/curator/health.js'
@@ -11,7 +10,8 @@ import type { EgroupRecord } from '../../src/cvm/vdisk/owner.js'
 import { getJson, keys } from '../../src/lib/etcd.js'
 import type { Logger } from '../../src/lib/log.js'
 import type { CuratorStatus, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../src/lib/types.js'
-import { freePorts, waitFor } from '../helpers/cluster.js'
+import { waitFor } from '../helpers/cluster.js'
+import { startTestEtcd, type TestEtcd } from '../helpers/etcd.js'
 
 const MiB = 1024 * 1024
 const names = ['n1', 'n2', 'n3']
@@ -28,37 +28,26 @@ const eg = (id: string, nodes: string[]): EgroupRecord => ({ id, vdiskId: '1', r
  */
 describe('curator election and scans on a real etcd', () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-curator-'))
-  let etcdProc: ChildProcess | undefined
-  let clientUrl = ''
+  let testEtcd: TestEtcd
   const clients: Etcd3[] = []
   const curators = new Map<string, Curator>()
   const lines: string[] = []
   const log = (n: string): Logger => ({ info: (m) => lines.push(`${n} ${m}`), warn: (m) => lines.push(`${n} ${m}`), error: (m) => lines.push(`${n} ${m}`) })
   const connect = () => {
-    const c = new Etcd3({ hosts: clientUrl, defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 2000 }) })
+    const c = testEtcd.connect()
     clients.push(c)
     return c
   }
   let etcd: Etcd3
 
   beforeAll(async () => {
-    const [clientPort, peerPort] = await freePorts(2)
-    clientUrl = `http://127.0.0.1:${clientPort}`
-    const peerUrl = `http://127.0.0.1:${peerPort}`
-    etcdProc = spawn('etcd', ['--name', 'c', '--data-dir', path.join(root, 'etcd'), '--listen-client-urls', clientUrl, '--advertise-client-urls', clientUrl,
-      '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl, '--initial-cluster', `c=${peerUrl}`], { stdio: ['ignore', 'ignore', fs.openSync(path.join(root, 'etcd.log'), 'a')] })
+    testEtcd = await startTestEtcd(root)
     etcd = connect()
-    await waitFor('etcd', async () => (await etcd.get('x').string().then(() => true, () => false)) || undefined, 20_000, 200)
   }, 30_000)
 
   afterAll(async () => {
     for (const c of curators.values()) await c.stop()
-    for (const c of clients) c.close()
-    if (etcdProc && etcdProc.exitCode === null) {
-      const exited = new Promise((r) => etcdProc!.once('exit', r))
-      etcdProc.kill('SIGTERM')
-      await exited
-    }
+    await testEtcd?.stop()
     fs.rmSync(root, { recursive: true, force: true })
   })
 
@@ -83,15 +72,21 @@ describe('curator election and scans on a real etcd', () => {
     let upNow = [...names]
     let wake: Array<() => void> = []
     const bump = () => { const w = wake; wake = []; for (const f of w) f() }
-    const calls: Array<{ by: string, at: string, id: string, down: string[], ms: number, rate: number | undefined }> = []
+    const calls: Array<{ by: string, at: string, id: string, down: string[], ms: number, rate: number | undefined, lostDisks?: string[] }> = []
     let downAt = 0
+    // the garbage collection each master runs on the nodes that are up right after its election
+    const gcCalls: Array<{ by: string, node: string, minAgeMs: number }> = []
     for (const n of names) {
       const c = new Curator(connect(), {
-        nodeName: n, log: log(n), nodeDownGraceMs: 1500, scanIntervalMs: 60_000, electionTtlSec: 2,
+        nodeName: n, log: log(n), nodeDownGraceMs: 1500, scanIntervalMs: 60_000, electionTtlSec: 2, gcIntervalMs: 3_600_000, gcMinAgeMs: 1234,
+        collectGarbage: async (node, minAgeMs) => {
+          gcCalls.push({ by: n, node, minAgeMs })
+          return { files: node === 'n2' ? 3 : 1, bytes: 64 * MiB, staleEntries: 1 }
+        },
         nodesUp: () => names.map((x) => ({ name: x, up: upNow.includes(x) })),
         nodesChanged: () => new Promise<void>((r) => wake.push(r)),
-        repair: async (at, id, down, rate) => {
-          calls.push({ by: n, at, id, down, ms: Date.now() - downAt, rate })
+        repair: async (at, id, down, rate, lostDisks) => {
+          calls.push({ by: n, at, id, down, ms: Date.now() - downAt, rate, ...(lostDisks !== undefined && lostDisks.length > 0 ? { lostDisks } : {}) })
           // as the owner's repair would: the groups on the down nodes (or short of RF) get a copy on n2
           const egs = [await getJson<EgroupRecord>(etcd, keys.egroup(id, '10')), await getJson<EgroupRecord>(etcd, keys.egroup(id, '11'))]
           let moved = 0
@@ -119,6 +114,15 @@ describe('curator election and scans on a real etcd', () => {
     const st0 = (await getJson<CuratorStatus>(etcd, keys.curatorStatus))!
     expect(st0).toMatchObject({ master: first, lastScanFound: { underReplicated: 0, lost: 0 }, repairing: false })
     expect(calls).toEqual([])
+    // its first scan ran the garbage collection on every node, one at a time, and summed what they removed
+    const gc0 = await waitFor('the first garbage collection', async () => {
+      const st = await getJson<CuratorStatus>(etcd, keys.curatorStatus)
+      return st?.lastGcAt ? st : undefined
+    }, 10_000, 100)
+    expect(gcCalls).toEqual(names.map((node) => ({ by: first, node, minAgeMs: 1234 })))
+    expect(gc0.lastGcFound).toEqual({ files: 5, bytes: 3 * 64 * MiB, staleEntries: 3 })
+    expect((await clusterHealth(etcd, () => curators.get('n1')!.master())).curator).toMatchObject({ lastGcAt: gc0.lastGcAt, lastGcFound: gc0.lastGcFound })
+    gcCalls.length = 0
 
     // n3 goes down: its status record goes (lease revoked); after the grace, the owner (n2) repairs
     downAt = Date.now()
@@ -150,6 +154,10 @@ describe('curator election and scans on a real etcd', () => {
     }, 30_000, 200)
     await waitFor('the new master reports', async () => ((await getJson<CuratorStatus>(etcd, keys.curatorStatus))?.master === second ? true : undefined), 10_000, 100)
     expect(curators.get(second)!.isMaster).toBe(true)
+    // the new master collects garbage at once, on the nodes that are up (n3 is not); not again at its later scans (the interval is an hour)
+    await waitFor('the new master\'s garbage collection', () => gcCalls.length >= 2 || undefined, 10_000, 100)
+    expect(gcCalls.every((c) => c.by === second && c.node !== 'n3')).toBe(true)
+    expect(gcCalls.map((c) => c.node)).toEqual(['n1', 'n2'])
 
     // a group that went on degraded (one copy of RF 2) is repaired with no node down, at the
     // repair rate set meanwhile (tess cluster update --repair-rate)
@@ -165,6 +173,32 @@ describe('curator election and scans on a real etcd', () => {
       return h.state === 'healthy' ? h : undefined
     }, 10_000, 100)
     expect(h3.curator.master).toBe(second)
+    expect(gcCalls).toHaveLength(2)
+
+    // a disk of n2 goes offline (n2 is up, but its status no longer reports the disk): its replicas
+    // count as missing at once; after the grace the owner repairs them, told which disk is lost
+    calls.length = 0
+    downAt = Date.now()
+    await put(keys.disk('n2-d'), { id: 'n2-d', node: 'n2', path: '/srv/n2', addedAt: '' })
+    curators.get(second)!.requestScan()
+    const h4 = await clusterHealth(etcd, () => curators.get(second)!.master())
+    expect(h4).toMatchObject({ state: 'degraded', nodesDown: ['n3'], disksOffline: [{ id: 'n2-d', node: 'n2', path: '/srv/n2' }] })
+    expect(h4.total.underReplicated).toBe(2)
+    await waitFor('the lost disk\'s repair due', async () => {
+      const st = await getJson<CuratorStatus>(etcd, keys.curatorStatus)
+      return st?.repairsDueAt.some((d) => d.node === 'n2' && d.disk === '/srv/n2') ? true : undefined
+    }, 10_000, 50)
+    await waitFor('the lost disk repaired at the owner', () => calls.length > 0 || undefined, 10_000, 50)
+    expect(calls[0]).toMatchObject({ by: second, at: 'n2', id: '1', down: [], lostDisks: ['n2-d'] })
+    expect(calls[0]!.ms).toBeGreaterThanOrEqual(1400)
+    // the disk is reported again (here: its record goes, as after `tess disk remove`): healthy, nothing due
+    await etcd.delete().key(keys.disk('n2-d')).exec()
+    curators.get(second)!.requestScan()
+    await waitFor('healthy with the disk gone', async () => {
+      const h = await clusterHealth(etcd, () => curators.get(second)!.master())
+      const st = await getJson<CuratorStatus>(etcd, keys.curatorStatus)
+      return h.state === 'healthy' && h.disksOffline.length === 0 && st?.repairsDueAt.length === 0 ? true : undefined
+    }, 10_000, 100)
     // null lifts the repair's limit; the others stay
     expect(await updateSettings(etcd, parseSettingsPatch({ repairBytesPerSec: null }))).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })
     expect(await readSettings(etcd)).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })

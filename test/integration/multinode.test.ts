@@ -290,10 +290,57 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect(s2.json.found).toMatchObject({ badBlocks: 0, repairedBlocks: 0 })
     const h = await tess(['cluster', 'health', '--json'])
     expect(h.json.curator).toMatchObject({ scrubbing: false, lastScrubFound: { badBlocks: 0 } })
-    expect((await tess(['cluster', 'health'])).stdout).toMatch(/scrub found:\s+0 bad block copies/)
+    // the master's garbage collection ran on every node when it was elected (node operation pool.gc)
+    expect(h.json.curator.lastGcAt).not.toBeNull()
+    expect(h.json.curator.lastGcFound).toMatchObject({ files: expect.any(Number), bytes: expect.any(Number), staleEntries: expect.any(Number) })
+    const healthText = (await tess(['cluster', 'health'])).stdout
+    expect(healthText).toMatch(/scrub found:\s+0 bad block copies/)
+    expect(healthText).toMatch(/last gc:\s+.*file\(s\) removed/)
     const bad = await tess(['cluster', 'scrub', '--rate', '10', '--json'])
     expect(bad.code).toBe(2)
   })
+
+  it('a disk that goes offline on a host (its directory moved away) has its replicas copied to another host after the grace; the data reads back', async () => {
+    const count = async (i: number) => Number((await th.exec(th.hosts[i]!, ['sh', '-c', 'ls /var/lib/tess/disks/d0/egroups 2>/dev/null | grep -c "\\.eg$" || true'])).stdout.trim())
+    const health = async () => (await tess(['cluster', 'health', '--json'])).json
+    const before = await Promise.all([1, 2].map(count))
+    expect((await tess(['vdisk', 'create', 'diskloss', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    const src = path.join(root, 'diskloss.bin')
+    fs.writeFileSync(src, crypto.randomBytes(24 * MiB))
+    const w = await run('nbdcopy', ['--flush', src, uri(0, 'diskloss')])
+    expect(w.code, w.stderr).toBe(0)
+    // host 1 owns it (first copies); the second copies went to host 2 or 3: that host loses its disk
+    const after = await Promise.all([1, 2].map(count))
+    const x = after[0]! > before[0]! ? 1 : 2
+    const y = x === 1 ? 2 : 1
+    expect(after[x - 1]!).toBeGreaterThan(before[x - 1]!)
+    const onY = after[y - 1]!
+    // root reads a directory whatever its mode: moving it away is what makes it unreadable to the CVM
+    expect((await th.exec(th.hosts[x]!, ['mv', '/var/lib/tess/disks/d0', '/var/lib/tess/disks/d0.away'])).code).toBe(0)
+    try {
+      const lost = await waitFor('the disk reported offline', async () => {
+        const h = await health()
+        return h?.disksOffline?.some((d: any) => d.node === th.hosts[x]!.name) ? h : undefined
+      }, 30_000, 1000)
+      expect(lost.vdisks.find((v: any) => v.name === 'diskloss').underReplicated).toBeGreaterThan(0)
+      expect(lost.nodesDown).toEqual([])
+      // after the grace (5 s here) the owner copies them to the host that has none
+      await waitFor('diskloss re-protected', async () => {
+        const v = (await health())?.vdisks?.find((d: any) => d.name === 'diskloss')
+        return v !== undefined && v.underReplicated === 0 && v.lost === 0 && v.healthy === v.egroups ? true : undefined
+      }, 120_000, 2000)
+      expect(await count(y)).toBeGreaterThan(onY)
+      const out = path.join(root, 'diskloss-out.bin')
+      const r = await run('nbdcopy', [uri(y, 'diskloss'), out], { timeoutMs: 120_000 })
+      expect(r.code, r.stderr).toBe(0)
+      expect(fs.readFileSync(out).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    } finally {
+      await th.exec(th.hosts[x]!, ['mv', '/var/lib/tess/disks/d0.away', '/var/lib/tess/disks/d0'])
+    }
+    // back: reported again (its groups of RF 3 vDisks are whole again; the copies it held of diskloss are garbage now)
+    await waitFor('the disk back online', async () => ((await health())?.disksOffline?.length === 0 ? true : undefined), 30_000, 1000)
+    expect((await tess(['vdisk', 'delete', 'diskloss', '--yes', '--json'])).code).toBe(0)
+  }, 300_000)
 
   it('adds a 4th host, refuses to remove it while it holds the only copy, and removes it with --evacuate', async () => {
     const add = await tess(['host', 'add', addr(3), '--json'])

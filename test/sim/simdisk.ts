@@ -292,6 +292,14 @@ export class SimFiles implements FileLayer {
     })
   }
 
+  /** no change times are simulated (the simulation runs no garbage collection): every file is as old as can be */
+  stat(file: string): Promise<{ allocatedBytes: number, changedAtMs: number } | undefined> {
+    return this.op(() => {
+      const inode = this.disk.ns.get(file)
+      return inode === undefined ? undefined : { allocatedBytes: inode.size, changedAtMs: 0 }
+    })
+  }
+
   link(existing: string, newName: string): Promise<void> {
     return this.op(() => {
       const inode = this.disk.ns.get(existing)

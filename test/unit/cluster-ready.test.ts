@@ -8,7 +8,7 @@ import { fakeClock } from '../helpers/clock.js'
 describe('cluster create / host add: wait until every CVM can place data', () => {
   const info = (node: string, placeable: string[], extra: Partial<PlacementInfo> = {}): PlacementInfo => ({
     node, rf: 2, ready: placeable.length >= 2, placeable, watching: true,
-    nodes: ['n1', 'n2', 'n3'].map((n) => ({ name: n, up: placeable.includes(n), draining: false, disks: 1, freeBytes: 0, placeable: placeable.includes(n), reason: placeable.includes(n) ? null : 'down: no status record, its CVM is not running or its lease expired' })),
+    nodes: ['n1', 'n2', 'n3'].map((n) => ({ name: n, up: placeable.includes(n), draining: false, disks: 1, disksOnline: placeable.includes(n) ? 1 : 0, freeBytes: 0, placeable: placeable.includes(n), reason: placeable.includes(n) ? null : 'down: no status record, its CVM is not running or its lease expired' })),
     ...extra,
   })
   const targets: ReadyTarget[] = ['n1', 'n2', 'n3'].map((n) => ({ node: n, endpoint: `https://${n}:9440` }))

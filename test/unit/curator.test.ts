@@ -19,7 +19,10 @@ const egroups = [
   eg('31', '3', ['n2']),
   eg('40', '4', ['n3']), // a vDisk being deleted: not counted
 ]
-const up = new Set(['n1', 'n2'])
+const upNodes = new Set(['n1', 'n2'])
+const up = { up: upNodes, offlineDisks: new Map() }
+/** every node up, or those named, with no disk offline */
+const live = (nodes: string[]) => ({ up: new Set(nodes), offlineDisks: new Map() })
 const extents = new Map([['10', 2], ['11', 3], ['12', 1], ['20', 4], ['30', 5]])
 
 describe('curator: health and repair work from the records', () => {
@@ -44,10 +47,23 @@ describe('curator: health and repair work from the records', () => {
   })
 
   it('a cluster with every copy up needs nothing', () => {
-    const all = new Set(['n1', 'n2', 'n3'])
-    const h = assessHealth(vdisks, egroups.filter((e) => e.id !== '12'), all, extents)
+    const all = ['n1', 'n2', 'n3']
+    const h = assessHealth(vdisks, egroups.filter((e) => e.id !== '12'), live(all), extents)
     expect(h.total.underReplicated + h.total.lost).toBe(0)
-    expect(repairWork(vdisks, egroups.filter((e) => e.id !== '12'), all, new Set(), all)).toEqual([])
+    expect(repairWork(vdisks, egroups.filter((e) => e.id !== '12'), live(all), new Set(), new Set(all))).toEqual([])
+  })
+
+  it('a disk offline on a node that is up: its replicas count as missing at once and are repaired once it is past its grace, named as lost disks', () => {
+    const all = ['n1', 'n2', 'n3']
+    const withDiskLost = { up: new Set(all), offlineDisks: new Map([['n2-d', { id: 'n2-d', node: 'n2', path: '/srv/d', addedAt: '' }]]) }
+    const rest = egroups.filter((e) => e.id !== '12')
+    const h = assessHealth(vdisks, rest, withDiskLost, extents)
+    // 10 (n1, n2) and 20 (n1, n2, n3) lose a copy; 31 (RF 1 on n2) is unreadable
+    expect([h.total.healthy, h.total.underReplicated, h.total.lost]).toEqual([2, 2, 1])
+    expect(h.total.nodesDown).toEqual([])
+    // in its grace: nothing to do; past it: a and b, with the disk named, no node down
+    expect(repairWork(vdisks, rest, withDiskLost, new Set(), new Set(all))).toEqual([])
+    expect(repairWork(vdisks, rest, withDiskLost, new Set(), new Set(all), new Set(['n2-d'])).map((w) => [w.vdisk.name, w.down, w.lostDisks, w.egroups])).toEqual([['a', [], ['n2-d'], 1], ['b', [], ['n2-d'], 1]])
   })
 })
 

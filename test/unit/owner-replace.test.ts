@@ -157,4 +157,23 @@ describe('replacing failed replicas', () => {
     expect(r2.get('1')!.stale?.map((r) => r.node)).toEqual(['n2'])
     expect(replicas.get('n3')!.slots.get(3)?.equals(Buffer.alloc(MiB, 7))).toBe(true)
   })
+
+  it('the curator repair replaces a replica on a lost disk of a node that is up; groups on its other disks stay', async () => {
+    const replicas = new Map<string, MemReplica>()
+    for (const n of ['n1', 'n2']) replicas.set(n, memReplica(n))
+    replicas.get('n2')!.slots.set(1, Buffer.alloc(MiB, 9))
+    const { env: e, records } = env(['n1', 'n2', 'n3'], replicas)
+    records.set('1', { id: '1', vdiskId: '7', replicas: [{ node: 'n1', diskId: 'n1-d' }, { node: 'n2', diskId: 'n2-d' }], createdAt: '' })
+    const eg = egroup([replicas.get('n1')!, replicas.get('n2')!], [1])
+    const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
+    const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 1 }]]), new Map([['1', eg]]),
+      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+    // another disk of n1 is lost: nothing here is on it
+    expect(await v.repair(new Set(), undefined, new Set(['n1-other']))).toEqual({ egroups: 0, bytes: 0 })
+    // n1's disk is lost (n1 is up): the copy comes from n2 and goes to n3, the lost one is recorded stale
+    expect(await v.repair(new Set(), undefined, new Set(['n1-d']))).toEqual({ egroups: 1, bytes: MiB })
+    expect(records.get('1')!.replicas).toEqual([{ node: 'n2', diskId: 'n2-d' }, { node: 'n3', diskId: 'n3-d' }])
+    expect(records.get('1')!.stale).toEqual([{ node: 'n1', diskId: 'n1-d' }])
+    expect(replicas.get('n3')!.slots.get(1)?.equals(Buffer.alloc(MiB, 9))).toBe(true)
+  })
 })

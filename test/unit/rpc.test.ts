@@ -130,6 +130,7 @@ const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keepe
   'vdisk.deleted': async ({ id }) => ({ shut: id === '7' }),
   'vdisk.repair': async ({ id, down }) => ({ egroups: down.length, bytes: Number(id) }),
   'vdisk.scrub': async ({ id, bytesPerSec }) => ({ extents: Number(id), bytesChecked: bytesPerSec, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }),
+  'pool.gc': async ({ minAgeMs }) => ({ files: 1, bytes: minAgeMs, staleEntries: 2 }),
   'curator.scrub': async () => ({ started: true, master: 'n2' }),
 }
 let target: JsonTarget
@@ -183,6 +184,7 @@ describe('node operations over the real route', () => {
     expect(await call('n2', 'vdisk.repair', { id: '9', down: ['n3', 'n4'] })).toEqual({ egroups: 2, bytes: 9 })
     expect((await call('n2', 'vdisk.scrub', { id: '4', bytesPerSec: 2 ** 20 })).bytesChecked).toBe(2 ** 20)
     expect(await call('n2', 'curator.scrub', {})).toEqual({ started: true, master: 'n2' })
+    expect(await call('n2', 'pool.gc', { minAgeMs: 600_000 })).toEqual({ files: 1, bytes: 600_000, staleEntries: 2 })
     expect(await call('n2', 'keys.get', {})).toEqual({ key: Buffer.alloc(32, 7).toString('base64') })
     expect(await call('n2', 'keys.unlock', { key: 'a2V5' })).toEqual({ unlocked: true })
     expect(unlocked).toEqual(['a2V5'])
@@ -216,6 +218,8 @@ describe('node operations over the real route', () => {
       ['vdisk.repair', { id: 'x', down: [] }, 'TESS_E_BAD_REQUEST', /bad vDisk id/],
       ['vdisk.scrub', { id: '3', bytesPerSec: 10 }, 'TESS_E_INVALID', /bytesPerSec/],
       ['vdisk.scrub', { id: '3' }, 'TESS_E_BAD_REQUEST', /bytesPerSec/],
+      ['pool.gc', { minAgeMs: -1 }, 'TESS_E_INVALID', /minAgeMs/],
+      ['pool.gc', {}, 'TESS_E_BAD_REQUEST', /minAgeMs/],
       ['keys.unlock', { key: 'not base64!' }, 'TESS_E_INVALID', /the cluster key must be base64/],
     ]
     for (const [op, body, code, message] of cases) {

@@ -349,8 +349,8 @@ describe('VdiskEngine with VdiskService: create, list, resize, delete', () => {
     expect(c.node('n1').lines.some((l) => l.includes('stays until that node is back'))).toBe(true)
     await c.start('n2')
     expect(c.egroupFiles('n2')).toEqual([])
-    const removed = c.node('n2').lines.filter((l) => l.includes('removing orphan extent group file'))
-    for (const f of onN2) expect(removed.some((l) => l.endsWith(f))).toBe(true)
+    const removed = c.node('n2').lines.filter((l) => l.includes('gc: removed extent group file'))
+    for (const f of onN2) expect(removed.some((l) => l.includes(`${f}: no record names it`))).toBe(true)
   })
 
   it('an etcd failure in the middle of a delete is TESS_E_UNREACHABLE; the record stays \'deleting\' and finishDeletes completes it', async () => {

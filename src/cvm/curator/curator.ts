@@ -2,12 +2,12 @@ import type { Campaign, Election, Etcd3 } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import { curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs, scrubBytesPerSecDefault, scrubIntervalMs } from '../../lib/limits.js'
+import { curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs, gcIntervalMs, gcMinAgeMs, scrubBytesPerSecDefault, scrubIntervalMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
-import type { CsmFailover, CuratorConfig, CuratorStatus, NodeRecord, ScrubFound, VdiskRecord } from '../../lib/types.js'
+import type { CsmFailover, CuratorConfig, CuratorStatus, GcFound, NodeRecord, ScrubFound, VdiskRecord } from '../../lib/types.js'
 import type { ScrubResult } from '../vdisk/vdisk.js'
 import type { EgroupRecord } from '../vdisk/owner.js'
-import { assessHealth, upNodes } from './health.js'
+import { assessHealth, liveness, replicaUp, upNodes, type Liveness } from './health.js'
 import { readSettings } from './settings.js'
 
 /** a failed repair is tried again after this */
@@ -16,7 +16,7 @@ const curatorRetryMs = 5000
 const curatorFailoversKept = 20
 
 /** what the master asks of a vDisk's owner (through the node operation vdisk.repair) */
-export type RepairCall = (node: string, id: string, down: string[], bytesPerSec?: number) => Promise<{ egroups: number, bytes: number }>
+export type RepairCall = (node: string, id: string, down: string[], bytesPerSec?: number, lostDisks?: string[]) => Promise<{ egroups: number, bytes: number }>
 
 export interface CuratorOptions {
   nodeName: string
@@ -25,14 +25,19 @@ export interface CuratorOptions {
   repair: RepairCall
   /** resolves at the next change of the nodes this CVM follows (the placement view): a scan may be due */
   nodesChanged: () => Promise<void>
-  /** the nodes in that view and whether each is up (a change of either starts a scan) */
-  nodesUp: () => Array<{ name: string, up: boolean }>
+  /** the nodes in that view, whether each is up, and its disks registered and reported (a change of any starts a scan: a node or disk lost, back, added or removed) */
+  nodesUp: () => Array<{ name: string, up: boolean, disks?: number, disksOnline?: number }>
   /** the container failover (control/csms.ts): called with the nodes down for longer than the grace */
   failover?: (down: string[]) => Promise<CsmFailover[]>
   /** run one vDisk's scrub at `node` at most bytesPerSec (node operation vdisk.scrub) */
   scrub?: (node: string, id: string, bytesPerSec: number) => Promise<ScrubResult>
   /** the time between full scrubs (default scrubIntervalMs) */
   scrubIntervalMs?: number
+  /** run the garbage collection of `node`'s disks (node operation pool.gc): after a scan, every gcIntervalMs */
+  collectGarbage?: (node: string, minAgeMs: number) => Promise<GcFound>
+  /** default gcIntervalMs, gcMinAgeMs */
+  gcIntervalMs?: number
+  gcMinAgeMs?: number
   clock?: Clock
   nodeDownGraceMs?: number
   scanIntervalMs?: number
@@ -44,6 +49,8 @@ export interface RepairWork {
   vdisk: VdiskRecord
   /** the nodes down for longer than the grace that hold replicas of its groups */
   down: string[]
+  /** the disks (ids) offline for longer than the grace, on nodes that are up, that hold replicas of its groups */
+  lostDisks: string[]
   egroups: number
 }
 
@@ -53,20 +60,21 @@ export interface RepairWork {
  * those with fewer than RF replicas (they went on degraded). Groups with no replica on a node that
  * is up are left alone (nothing to copy from).
  */
-export function repairWork(vdisks: VdiskRecord[], egroups: EgroupRecord[], up: ReadonlySet<string>, due: ReadonlySet<string>, members: ReadonlySet<string>): RepairWork[] {
+export function repairWork(vdisks: VdiskRecord[], egroups: EgroupRecord[], live: Liveness, due: ReadonlySet<string>, members: ReadonlySet<string>, dueDisks: ReadonlySet<string> = new Set()): RepairWork[] {
   const byId = new Map(vdisks.filter((v) => v.state === 'ready').map((v) => [v.id, v]))
   const work = new Map<string, RepairWork>()
   for (const eg of egroups) {
     const v = byId.get(eg.vdiskId)
     if (v === undefined) continue
-    const live = eg.replicas.filter((r) => up.has(r.node))
-    if (live.length === 0) continue
+    if (!eg.replicas.some((r) => replicaUp(live, r))) continue
     const onDue = eg.replicas.filter((r) => due.has(r.node) || !members.has(r.node)).map((r) => r.node)
-    if (onDue.length === 0 && eg.replicas.length >= v.rf) continue
+    const onLostDisk = eg.replicas.filter((r) => dueDisks.has(r.diskId) && !due.has(r.node)).map((r) => r.diskId)
+    if (onDue.length === 0 && onLostDisk.length === 0 && eg.replicas.length >= v.rf) continue
     let w = work.get(v.id)
-    if (w === undefined) work.set(v.id, w = { vdisk: v, down: [], egroups: 0 })
+    if (w === undefined) work.set(v.id, w = { vdisk: v, down: [], lostDisks: [], egroups: 0 })
     w.egroups++
     for (const n of onDue) if (!w.down.includes(n)) w.down.push(n)
+    for (const d of onLostDisk) if (!w.lostDisks.includes(d)) w.lostDisks.push(d)
   }
   return [...work.values()].sort((a, b) => a.vdisk.name.localeCompare(b.vdisk.name))
 }
@@ -98,11 +106,15 @@ export class Curator {
   private nextDelayMs = 0
   /** when this master first saw each node down */
   private readonly downSince = new Map<string, number>()
+  /** ... and each disk offline (on a node that is up) */
+  private readonly diskDownSince = new Map<string, number>()
   /** the nodes (and which are up) as the view showed them at the last check */
   private lastSeen = ''
   private status: CuratorStatus | undefined
   private scrubbing: Promise<void> | undefined
   private scrubTimer: NodeJS.Timeout | undefined
+  /** the next garbage collection is due at the first scan from this time (0: the first scan of this master) */
+  private gcDueAt = 0
 
   constructor(private readonly etcd: Etcd3, private readonly opts: CuratorOptions) {
     this.clock = opts.clock ?? realClock
@@ -147,6 +159,7 @@ export class Curator {
   private lead(): void {
     this.leading = true
     this.downSince.clear()
+    this.diskDownSince.clear()
     this.status = {
       master: this.opts.nodeName,
       masterSince: new Date(this.clock.now()).toISOString(),
@@ -165,8 +178,11 @@ export class Curator {
       scrubBytesPerSec: scrubBytesPerSecDefault,
       lastScrubAt: null,
       lastScrubFound: null,
+      lastGcAt: null,
+      lastGcFound: null,
       lastError: null,
     }
+    this.gcDueAt = 0
     // what an earlier master reported stays: its failovers and its last scrub (the next is due an interval after it)
     void getJson<CuratorStatus>(this.etcd, keys.curatorStatus).then((prev) => {
       const st = this.status
@@ -185,7 +201,7 @@ export class Curator {
   }
 
   private nodesSeen(): string {
-    return this.opts.nodesUp().map((n) => `${n.name}${n.up ? '+' : '-'}`).sort().join(',')
+    return this.opts.nodesUp().map((n) => `${n.name}${n.up ? '+' : '-'}${n.disksOnline ?? ''}/${n.disks ?? ''}`).sort().join(',')
   }
 
   /** A scan whenever the nodes that are up change (a loss starts the grace; a return may let degraded groups get their copies). */
@@ -237,13 +253,14 @@ export class Curator {
   private async scan(): Promise<void> {
     const st = this.status!
     this.nextDelayMs = this.intervalMs
-    const [vdisks, egroups, nodes, up, cfg] = await Promise.all([
+    const [vdisks, egroups, nodes, live, cfg] = await Promise.all([
       etcdCall('list vDisks', () => listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)),
       etcdCall('list extent groups', () => listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)),
       etcdCall('list nodes', () => listJson<NodeRecord>(this.etcd, keys.nodesPrefix)),
-      upNodes(this.etcd),
+      liveness(this.etcd),
       etcdCall('read the curator settings', () => getJson<CuratorConfig>(this.etcd, keys.curatorConfig)),
     ])
+    const up = live.up
     this.graceMs = cfg?.nodeDownGraceMs ?? this.defaultGraceMs
     this.repairBytesPerSec = cfg?.repairBytesPerSec
     st.nodeDownGraceMs = this.graceMs
@@ -252,15 +269,26 @@ export class Curator {
     for (const n of [...this.downSince.keys()]) if (up.has(n) || !members.has(n)) this.downSince.delete(n)
     for (const n of members) if (!up.has(n) && !this.downSince.has(n)) this.downSince.set(n, now)
     const due = new Set([...this.downSince].filter(([, t]) => now - t >= this.graceMs).map(([n]) => n))
+    // a disk that went offline on a node that is up: its replicas are copied elsewhere after the same grace
+    for (const d of [...this.diskDownSince.keys()]) if (!live.offlineDisks.has(d)) this.diskDownSince.delete(d)
+    for (const d of live.offlineDisks.keys()) if (!this.diskDownSince.has(d)) this.diskDownSince.set(d, now)
+    const dueDisks = new Set([...this.diskDownSince].filter(([, t]) => now - t >= this.graceMs).map(([d]) => d))
     const pending = [...this.downSince].filter(([n]) => !due.has(n))
-    st.repairsDueAt = pending.map(([node, t]) => ({ node, at: new Date(t + this.graceMs).toISOString() }))
+    const pendingDisks = [...this.diskDownSince].filter(([d]) => !dueDisks.has(d))
+    st.repairsDueAt = [
+      ...pending.map(([node, t]) => ({ node, at: new Date(t + this.graceMs).toISOString() })),
+      ...pendingDisks.map(([d, t]) => {
+        const rec = live.offlineDisks.get(d)!
+        return { node: rec.node, disk: rec.path, at: new Date(t + this.graceMs).toISOString() }
+      }),
+    ]
     // the counts `tess cluster health` shows (no extent counts: bytes are not needed here)
-    const { total } = assessHealth(vdisks, egroups, up, new Map())
+    const { total } = assessHealth(vdisks, egroups, live, new Map())
     st.lastScanAt = new Date(now).toISOString()
     st.lastScanFound = { underReplicated: total.underReplicated, lost: total.lost }
     // a vDisk whose RF is more than the nodes that can hold a copy waits for a node (no repair can succeed)
     const usable = nodes.filter((n) => up.has(n.name) && n.draining !== true).map((n) => n.name).sort()
-    const all = repairWork(vdisks, egroups, up, due, members)
+    const all = repairWork(vdisks, egroups, live, due, members, dueDisks)
     // containers first: a CSM of a lost node with containers to restart moves to a live node
     if (due.size > 0 && this.opts.failover !== undefined) {
       const moved = await this.opts.failover([...due].sort()).catch((e: unknown) => {
@@ -276,9 +304,10 @@ export class Curator {
     st.waiting = all.filter((w) => w.vdisk.rf > usable.length).map((w) => `vDisk ${w.vdisk.name}: RF ${w.vdisk.rf} needs ${w.vdisk.rf} nodes up, ${usable.length} are (${usable.join(', ') || 'none'})`)
     await this.writeStatus()
     if (work.length > 0) await this.repairAll(work, up)
-    // scan again when the first node still in its grace becomes due
-    if (pending.length > 0) {
-      const next = Math.min(...pending.map(([, t]) => t + this.graceMs)) - this.clock.now()
+    if (this.opts.collectGarbage !== undefined && this.clock.now() >= this.gcDueAt) await this.gcPass([...up].filter((n) => members.has(n)).sort())
+    // scan again when the first node (or disk) still in its grace becomes due
+    if (pending.length > 0 || pendingDisks.length > 0) {
+      const next = Math.min(...[...pending, ...pendingDisks].map(([, t]) => t + this.graceMs)) - this.clock.now()
       this.nextDelayMs = Math.min(this.nextDelayMs, Math.max(0, next) + 100)
     }
   }
@@ -295,9 +324,9 @@ export class Curator {
       for (const w of work) {
         if (!this.leading || this.stopped) return
         const at = await this.workerFor(w.vdisk.id, up)
-        this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}; repair at ${at}`)
+        this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}${w.lostDisks.length > 0 ? ` (replicas on offline disk(s) ${w.lostDisks.join(', ')})` : ''}; repair at ${at}`)
         try {
-          const r = await this.opts.repair(at, w.vdisk.id, w.down, this.repairBytesPerSec)
+          const r = await this.opts.repair(at, w.vdisk.id, w.down, this.repairBytesPerSec, w.lostDisks)
           st.repairedEgroups += r.egroups
           st.repairedBytes += r.bytes
           bytes += r.bytes
@@ -315,6 +344,33 @@ export class Curator {
       st.repairing = false
       await this.writeStatus()
     }
+  }
+
+  /**
+   * The garbage collection of every node that is up, one at a time (gc.ts: stale replicas and files
+   * no record names). A node that fails is tried again at the next pass.
+   */
+  private async gcPass(nodes: string[]): Promise<void> {
+    const st = this.status!
+    const collect = this.opts.collectGarbage!
+    this.gcDueAt = this.clock.now() + (this.opts.gcIntervalMs ?? gcIntervalMs)
+    const found: GcFound = { files: 0, bytes: 0, staleEntries: 0 }
+    for (const n of nodes) {
+      if (!this.leading || this.stopped) return
+      try {
+        const r = await collect(n, this.opts.gcMinAgeMs ?? gcMinAgeMs)
+        found.files += r.files
+        found.bytes += r.bytes
+        found.staleEntries += r.staleEntries
+        if (r.files > 0 || r.staleEntries > 0) this.opts.log.info(`curator: garbage on ${n}: ${r.files} file(s) removed (${r.bytes} bytes), ${r.staleEntries} stale replica entries dropped`)
+      } catch (e) {
+        st.lastError = `gc on ${n}: ${errorMessage(e)}`
+        this.opts.log.warn(`curator: garbage collection on ${n} failed: ${errorMessage(e)}; the next pass tries again`)
+      }
+    }
+    st.lastGcAt = new Date(this.clock.now()).toISOString()
+    st.lastGcFound = found
+    await this.writeStatus()
   }
 
   /** Where a vDisk's repair or scrub runs: at its owner, which serves it; when nobody (or a dead node) owns it, here (this node takes it for the work). */

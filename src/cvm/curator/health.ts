@@ -1,16 +1,30 @@
 import type { Etcd3 } from 'etcd3'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { scrubBytesPerSecDefault, vBlockSizeBytes } from '../../lib/limits.js'
-import type { CuratorStatus, ClusterHealth, NodeRecord, NodeStatusRecord, VdiskHealth, VdiskRecord } from '../../lib/types.js'
+import type { CuratorStatus, ClusterHealth, DiskRecord, NodeRecord, NodeStatusRecord, VdiskHealth, VdiskRecord } from '../../lib/types.js'
 import type { EgroupRecord, MapValue } from '../vdisk/owner.js'
+
+/** Which nodes are up (their status record exists) and which disks of those nodes are offline. */
+export interface Liveness {
+  up: ReadonlySet<string>
+  /** disks registered on a node that is up whose CVM no longer reports them (the directory cannot be read) */
+  offlineDisks: ReadonlyMap<string, DiskRecord>
+}
+
+/** Is this replica readable now: its node up and its disk reported by that node? */
+export function replicaUp(l: Liveness, r: { node: string, diskId: string }): boolean {
+  return l.up.has(r.node) && !l.offlineDisks.has(r.diskId)
+}
 
 /**
  * How well every vDisk is protected, from the records alone: an extent group is healthy when it
- * has RF replicas on nodes that are up, under-replicated when it has fewer (some on nodes that are
- * down, or it went on degraded), lost when none of its replicas is on a node that is up. The
- * bytes to re-protect are those of the extents (1 MiB each) in the groups that are not healthy.
+ * has RF replicas on nodes that are up (on disks they report), under-replicated when it has fewer
+ * (some on nodes that are down or on disks that are offline, or it went on degraded), lost when
+ * none of its replicas is readable. The bytes to re-protect are those of the extents (1 MiB each)
+ * in the groups that are not healthy.
  */
-export function assessHealth(vdisks: VdiskRecord[], egroups: EgroupRecord[], up: ReadonlySet<string>, extentsPerEgroup: ReadonlyMap<string, number>): { vdisks: VdiskHealth[], total: Omit<VdiskHealth, 'name' | 'id' | 'rf'> } {
+export function assessHealth(vdisks: VdiskRecord[], egroups: EgroupRecord[], l: Liveness, extentsPerEgroup: ReadonlyMap<string, number>): { vdisks: VdiskHealth[], total: Omit<VdiskHealth, 'name' | 'id' | 'rf'> } {
+  const up = l.up
   const byVdisk = new Map<string, EgroupRecord[]>()
   for (const eg of egroups) {
     let l = byVdisk.get(eg.vdiskId)
@@ -24,7 +38,7 @@ export function assessHealth(vdisks: VdiskRecord[], egroups: EgroupRecord[], up:
     const down = new Set<string>()
     for (const eg of byVdisk.get(v.id) ?? []) {
       h.egroups++
-      const live = eg.replicas.filter((r) => up.has(r.node)).length
+      const live = eg.replicas.filter((r) => replicaUp(l, r)).length
       for (const r of eg.replicas) if (!up.has(r.node)) down.add(r.node)
       const bytes = (extentsPerEgroup.get(eg.id) ?? 0) * vBlockSizeBytes
       if (live === 0) {
@@ -69,7 +83,22 @@ export async function extentsPerEgroupOf(etcd: Etcd3): Promise<Map<string, numbe
 
 /** the nodes whose status record exists (their CVM heartbeats) */
 export async function upNodes(etcd: Etcd3): Promise<Set<string>> {
-  return new Set((await etcdCall('read node status', () => listJson<NodeStatusRecord>(etcd, keys.nodeStatusPrefix))).map((s) => s.name))
+  return (await liveness(etcd)).up
+}
+
+/** The nodes that are up and the offline disks of those nodes, from the status and disk records. */
+export async function liveness(etcd: Etcd3): Promise<{ up: Set<string>, offlineDisks: Map<string, DiskRecord> }> {
+  const [statuses, disks] = await Promise.all([
+    etcdCall('read node status', () => listJson<NodeStatusRecord>(etcd, keys.nodeStatusPrefix)),
+    etcdCall('list disks', () => listJson<DiskRecord>(etcd, keys.disksPrefix)),
+  ])
+  const byNode = new Map(statuses.map((s) => [s.name, s]))
+  const offlineDisks = new Map<string, DiskRecord>()
+  for (const d of disks) {
+    const st = byNode.get(d.node)
+    if (st !== undefined && st.disks[d.id] === undefined) offlineDisks.set(d.id, d)
+  }
+  return { up: new Set(byNode.keys()), offlineDisks }
 }
 
 /**
@@ -77,22 +106,24 @@ export async function upNodes(etcd: Etcd3): Promise<Set<string>> {
  * curator's master (the election's leader) and what it last reported.
  */
 export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | undefined>): Promise<ClusterHealth> {
-  const [vdisks, egroups, up, nodes, extents, status, leader] = await Promise.all([
+  const [vdisks, egroups, live, nodes, extents, status, leader] = await Promise.all([
     etcdCall('list vDisks', () => listJson<VdiskRecord>(etcd, keys.vdisksPrefix)),
     etcdCall('list extent groups', () => listJson<EgroupRecord>(etcd, keys.egroupsPrefix)),
-    upNodes(etcd),
+    liveness(etcd),
     etcdCall('list nodes', () => listJson<NodeRecord>(etcd, keys.nodesPrefix)),
     extentsPerEgroupOf(etcd),
     etcdCall('read the curator status', () => getJson<CuratorStatus>(etcd, keys.curatorStatus)),
     etcdCall('ask who the curator master is', master),
   ])
-  const { vdisks: per, total } = assessHealth(vdisks, egroups, up, extents)
+  const up = live.up
+  const { vdisks: per, total } = assessHealth(vdisks, egroups, live, extents)
   const rate = status?.repairBytesPerSec ?? 0
   const state: ClusterHealth['state'] = total.lost > 0 ? 'data-unavailable' : total.underReplicated > 0 ? 'degraded' : 'healthy'
   return {
     state,
     nodesUp: nodes.filter((n) => up.has(n.name)).map((n) => n.name).sort(),
     nodesDown: nodes.filter((n) => !up.has(n.name)).map((n) => n.name).sort(),
+    disksOffline: [...live.offlineDisks.values()].map((d) => ({ id: d.id, node: d.node, path: d.path })).sort((a, b) => a.node.localeCompare(b.node) || a.path.localeCompare(b.path)),
     total,
     vdisks: per,
     curator: {
@@ -113,6 +144,8 @@ export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | 
       scrubBytesPerSec: status?.scrubBytesPerSec ?? scrubBytesPerSecDefault,
       lastScrubAt: status?.lastScrubAt ?? null,
       lastScrubFound: status?.lastScrubFound ?? null,
+      lastGcAt: status?.lastGcAt ?? null,
+      lastGcFound: status?.lastGcFound ?? null,
     },
   }
 }

@@ -1,12 +1,11 @@
 import crypto from 'node:crypto'
-import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
-import type { DiskRecord, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../lib/types.js'
+import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../lib/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
 import { egroupDirName } from '../pool/disks.js'
 import type { PeerPool } from '../replication/client.js'
@@ -17,6 +16,7 @@ import type { VdiskDataHooks } from './service.js'
 import { BlockCipher, unwrapDataKey } from './crypt.js'
 import { EgroupFile } from './egroup.js'
 import { realFiles, type FileLayer } from './fileio.js'
+import { collectGarbage } from './gc.js'
 import { MapWriter } from './mapwriter.js'
 import { loadLayout, vdiskBackend, type EgroupRecord, type MapValue, type OwnerEnv, type VdiskIdentity } from './owner.js'
 import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
@@ -109,7 +109,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       for (const p of this.loaded.values()) void p.then((v) => v.shut('no longer owned by this CVM')).catch(() => undefined) // a vDisk that failed to load has nothing to shut
       this.loaded.clear()
     })
-    await this.removeOrphanFiles()
+    await this.collectGarbage(0)
   }
 
   async stop(): Promise<void> {
@@ -325,7 +325,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     }
     const egroups = await etcdCall('list extent groups', () => listJson<EgroupRecord>(this.etcd, keys.egroupsOf(rec.id)))
     // Files first, records after: a node that is down keeps its files until it comes back and
-    // finds no record for them (removeOrphanFiles).
+    // finds no record for them (collectGarbage).
     await Promise.all(egroups.flatMap((eg) => [...eg.replicas, ...(eg.stale ?? [])].map(async (r) => {
       try {
         // an encrypted vDisk's groups may become spares: their ciphertext goes with its key
@@ -408,23 +408,23 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     if (!res.succeeded) throw new DeviceError(nbdErrno.EIO, `vDisk ${rec.name} is no longer owned by this CVM`)
   }
 
-  /** Extent group files on this node's disks that no record names (a crash mid-delete): remove. */
-  private async removeOrphanFiles(): Promise<void> {
-    const recs = await listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)
-    const known = new Set(recs.flatMap((r) => r.replicas.filter((x) => x.node === this.opts.nodeName).map(() => r.id)))
-    for (const d of await this.opts.localDisks()) {
-      const dir = path.join(d.path, egroupDirName)
-      let names: string[] = []
-      try {
-        names = await this.files.list(dir)
-      } catch { continue }
-      for (const n of names) {
-        const m = /^(\d+)\.eg(\.dirty)?$/.exec(n)
-        if (!m || known.has(m[1]!)) continue
-        this.opts.log.warn(`removing orphan extent group file ${path.join(dir, n)}`)
-        await this.files.remove(path.join(dir, n))
-      }
-    }
+  /**
+   * The garbage of this node's disks (gc.ts): stale replicas' files and their record entries, and
+   * extent group files no record names here, changed at least minAgeMs ago. At start (minAgeMs 0,
+   * before the data port listens) nothing is in flight, so every such file goes.
+   */
+  async collectGarbage(minAgeMs: number): Promise<GcFound> {
+    const store = this.opts.store
+    return collectGarbage({
+      etcd: this.etcd,
+      nodeName: this.opts.nodeName,
+      log: this.opts.log,
+      localDisks: this.opts.localDisks,
+      files: this.files,
+      isOpen: (egid) => store.isOpen(egid),
+      remove: (egid, diskId) => store.delete(egid, diskId),
+      now: () => Date.now(),
+    }, minAgeMs)
   }
 
   // ---- host removal ----
@@ -477,8 +477,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   /**
    * The curator's repair of one vDisk (Vdisk.repair), at most `bytesPerSec` when given: see onOwned.
    */
-  async repair(id: string, down: string[], bytesPerSec?: number): Promise<{ egroups: number, bytes: number }> {
-    return this.onOwned(id, 'repair', { egroups: 0, bytes: 0 }, (v) => v.repair(new Set(down), bytesPerSec !== undefined ? pacer(this.clock, bytesPerSec) : undefined))
+  async repair(id: string, down: string[], bytesPerSec?: number, lostDisks: string[] = []): Promise<{ egroups: number, bytes: number }> {
+    return this.onOwned(id, 'repair', { egroups: 0, bytes: 0 }, (v) => v.repair(new Set(down), bytesPerSec !== undefined ? pacer(this.clock, bytesPerSec) : undefined, new Set(lostDisks)))
   }
 
   /** The curator's scrub of one vDisk (Vdisk.scrub) at `bytesPerSec` at most: see onOwned. */

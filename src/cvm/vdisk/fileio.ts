@@ -43,6 +43,8 @@ export interface FileLayer {
   remove(file: string): Promise<void>
   /** the names in a directory (throws when it cannot be read, e.g. it does not exist) */
   list(dir: string): Promise<string[]>
+  /** the bytes a file takes on disk and when its data or inode last changed (mtime or ctime, the later), or undefined when it does not exist */
+  stat(file: string): Promise<{ allocatedBytes: number, changedAtMs: number } | undefined>
   link(existing: string, newName: string): Promise<void>
   unlink(file: string): Promise<void>
   /** fsync a directory: entries created, linked or removed in it are durable after this */
@@ -63,6 +65,15 @@ export const realFiles: FileLayer = {
   },
   remove: (file) => fsp.rm(file, { force: true }),
   list: (dir) => fsp.readdir(dir),
+  stat: async (file) => {
+    try {
+      const st = await fsp.stat(file)
+      return { allocatedBytes: st.blocks * 512, changedAtMs: Math.max(st.mtimeMs, st.ctimeMs) }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw e
+    }
+  },
   link: (existing, newName) => fsp.link(existing, newName),
   unlink: (file) => fsp.unlink(file),
   syncDir: (dir) => fsyncDir(dir),

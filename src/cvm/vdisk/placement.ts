@@ -60,7 +60,8 @@ export function describeNodes(r: ViewRecords, self: string): PlacementNodeInfo[]
     else if (!up) reason = 'down: no status record, its CVM is not running or its lease expired'
     else if (draining) reason = 'draining: being removed'
     else if (disks === 0) reason = 'no disk registered'
-    return { name, up, draining, disks, freeBytes, placeable: reason === null, reason }
+    const disksOnline = st ? Object.keys(st.disks).length : 0
+    return { name, up, draining, disks, disksOnline, freeBytes, placeable: reason === null, reason }
   })
 }
 

@@ -664,14 +664,17 @@ export class Vdisk {
    * while it is copied); `pace(bytes)` after each group holds the repair to its rate.
    * Returns the groups repaired and the bytes of the extents they hold.
    */
-  async repair(down: ReadonlySet<string>, pace?: (bytes: number) => Promise<void>): Promise<{ egroups: number, bytes: number }> {
+  async repair(down: ReadonlySet<string>, pace?: (bytes: number) => Promise<void>, lostDisks: ReadonlySet<string> = new Set()): Promise<{ egroups: number, bytes: number }> {
     this.check()
     let egroups = 0
     let bytes = 0
     for (const eg of [...this.egroups.values()]) {
-      const failed = eg.replicas.filter((r) => down.has(r.node))
+      const failed = eg.replicas.filter((r) => down.has(r.node) || lostDisks.has(r.diskId))
       if (failed.length === 0 && eg.replicas.length >= (this.backend.rf ?? 0)) continue
-      await this.backend.replaceFailed(eg, failed, new Error(`node ${[...new Set(failed.map((r) => r.node))].join(', ') || '(none)'} down`), { repair: true })
+      const onNodes = [...new Set(failed.filter((r) => down.has(r.node)).map((r) => r.node))]
+      const onDisks = [...new Set(failed.filter((r) => !down.has(r.node)).map((r) => `${r.node}:${r.diskId}`))]
+      const why = [...(onNodes.length > 0 ? [`node ${onNodes.join(', ')} down`] : []), ...(onDisks.length > 0 ? [`disk ${onDisks.join(', ')} offline`] : [])].join('; ') || 'fewer than RF copies'
+      await this.backend.replaceFailed(eg, failed, new Error(why), { repair: true })
       egroups++
       const copied = eg.usedSlots.size * vBlockSizeBytes
       bytes += copied

@@ -1,10 +1,11 @@
 import { TessError } from '../errors.js'
 import { parseContainerSpec, cpusField, memoryField, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
 import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
+import type { GcFound } from '../types.js'
 import { bool, int, obj, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
-import { containerStopTimeoutMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
+import { containerStopTimeoutMsMax, disksMax, gcMinAgeMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
 import { checkName } from '../names.js'
 import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
 
@@ -67,9 +68,11 @@ export interface NodeOps {
    * the curator's repair of one vDisk at its owner (or at a node that takes it when nobody owns it):
    * copies of its extent groups with replicas on the `down` nodes, or with fewer than RF
    */
-  'vdisk.repair': { req: { id: string, down: string[], bytesPerSec?: number }, res: { egroups: number, bytes: number } }
+  'vdisk.repair': { req: { id: string, down: string[], bytesPerSec?: number, lostDisks?: string[] }, res: { egroups: number, bytes: number } }
   /** the curator's scrub of one vDisk at its owner, at most bytesPerSec */
   'vdisk.scrub': { req: { id: string, bytesPerSec: number }, res: { extents: number, bytesChecked: number, badBlocks: number, repairedBlocks: number, unreadable: number } }
+  /** the curator's garbage collection on one node: stale replicas' files and files no record names, changed at least minAgeMs ago */
+  'pool.gc': { req: { minAgeMs: number }, res: GcFound }
   /** to the curator master: run a full scrub now */
   'curator.scrub': { req: Empty, res: { started: boolean, master: string } }
   'keys.unlock': { req: { key: string }, res: { unlocked: boolean } }
@@ -143,9 +146,14 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
       throw new TessError('TESS_E_BAD_REQUEST', 'field "down" must be a list of node names', `at most ${nodesMax} names`)
     }
     const bytesPerSec = int(b, 'bytesPerSec', repairBytesPerSecMin, repairBytesPerSecMax, false)
-    return { id: vdiskIdField(b), down: down.map((n: string) => checkName('node', n)), ...(bytesPerSec !== undefined ? { bytesPerSec } : {}) }
+    const lost = b.lostDisks
+    if (lost !== undefined && (!Array.isArray(lost) || lost.length > disksMax || !lost.every((d) => typeof d === 'string' && /^[1-9][0-9]{0,19}$/.test(d)))) {
+      throw new TessError('TESS_E_BAD_REQUEST', 'field "lostDisks" must be a list of disk ids', `at most ${disksMax} ids, each a whole number`)
+    }
+    return { id: vdiskIdField(b), down: down.map((n: string) => checkName('node', n)), ...(bytesPerSec !== undefined ? { bytesPerSec } : {}), ...(lost !== undefined ? { lostDisks: lost as string[] } : {}) }
   },
   'vdisk.scrub': (b) => ({ id: vdiskIdField(b), bytesPerSec: int(b, 'bytesPerSec', scrubBytesPerSecMin, scrubBytesPerSecMax)! }),
+  'pool.gc': (b) => ({ minAgeMs: int(b, 'minAgeMs', 0, gcMinAgeMsMax)! }),
   'curator.scrub': empty,
   'keys.unlock': (b) => ({ key: clusterKeyField(b) }),
   'keys.get': empty,
