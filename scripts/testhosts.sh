@@ -12,6 +12,8 @@
 #   testhosts.sh pids HOST                pids of every process in the host (namespace membership)
 #   testhosts.sh kill HOST                node loss: kill every process in the host, take its link down
 #   testhosts.sh revive HOST              link up again and restart the host's sshd
+#   testhosts.sh partition HOST           network partition: take its link down, its processes go on
+#   testhosts.sh heal HOST                end the partition: link up
 #
 # Environment: TESS_TESTHOSTS_SUBNET (a private a.b.c.0/24; default: the first free 10.77.K.0/24),
 #              TESS_TESTHOSTS_DIR (state, default /tmp/tess-testhosts), TESS_TESTHOSTS_KEEP=1 (keep
@@ -36,7 +38,7 @@ die() { echo "$PROG: $*" >&2; exit 1; }
 warn() { echo "$PROG: warning: $*" >&2; }
 
 usage() { # exit-code
-  sed -n '7,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '7,16p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit "${1:-2}"
 }
 
@@ -669,6 +671,24 @@ cmd_revive() {
   echo "$PROG: $h is back: link $(link_of "$h") up, sshd running" >&2
 }
 
+cmd_partition() {
+  (($# == 1)) || die "usage: $PROG partition HOST"
+  local h=$1
+  split_host "$h"; need_root "partition $h"; not_inside_host
+  holder_or_die "$h" >/dev/null
+  ip link set "$(link_of "$h")" down 2>/dev/null || die "cannot take link $(link_of "$h") of $h down"
+  echo "$PROG: $h partitioned: link $(link_of "$h") is down, its processes go on (heal: $PROG heal $h)" >&2
+}
+
+cmd_heal() {
+  (($# == 1)) || die "usage: $PROG heal HOST"
+  local h=$1
+  split_host "$h"; need_root "heal $h"; not_inside_host
+  holder_or_die "$h" >/dev/null
+  ip link set "$(link_of "$h")" up 2>/dev/null || die "cannot take link $(link_of "$h") of $h up"
+  echo "$PROG: $h healed: link $(link_of "$h") is up" >&2
+}
+
 # ------------------------------------------------------------------------------------------- main
 
 (($# >= 1)) || usage
@@ -682,6 +702,8 @@ case $cmd in
   pids) cmd_pids "$@" ;;
   kill) cmd_kill "$@" ;;
   revive) cmd_revive "$@" ;;
+  partition) cmd_partition "$@" ;;
+  heal) cmd_heal "$@" ;;
   -h|--help|help) usage 0 ;;
   *) echo "$PROG: unknown command \"$cmd\"" >&2; usage ;;
 esac

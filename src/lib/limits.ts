@@ -60,6 +60,8 @@ export const nbdHandshakeTimeoutMs = 10_000
  * handshake meanwhile (the handshake timeout does not run while we are the ones working).
  */
 export const nbdOpenRetryMs = 30_000
+/** a CVM whose ownership lease was lost asks for a new one this often until etcd answers */
+export const leaseRegrantIntervalMs = 1_000
 
 // management API
 export const apiPortDefault = 9440
@@ -129,6 +131,16 @@ export const curatorRepairCallTimeoutMs = 30 * 60_000
 /** `tess cluster update --repair-rate`: the bounds of the curator's copy rate (none by default: as fast as disks and network go) */
 export const repairBytesPerSecMin = 1024 * 1024
 export const repairBytesPerSecMax = 64 * 1024 * 1024 * 1024
+/**
+ * While clients do I/O on the node that runs a repair (the vDisks' owner), the repair copies at
+ * most this fast, whatever its own limit: it yields to foreground I/O by itself (measured on this
+ * machine: a repair at about 30 MiB/s left a foreground job on the same node all of its speed,
+ * an unthrottled one 0.37-0.45). Idle, it copies as fast as its limit (none by default) allows.
+ */
+export const repairBusyBytesPerSec = 32 * 1024 * 1024
+/** client I/O this recent makes the node busy for the repair; and how often a waiting repair looks again */
+export const repairBusyWindowMs = 500
+export const repairBusyCheckMs = 100
 /** `--node-down-grace`: the bounds of the wait before a lost node's replicas are copied and its CSMs moved */
 export const curatorNodeDownGraceMsMin = 5_000
 export const curatorNodeDownGraceMsMax = 7 * 24 * 3600_000

@@ -65,6 +65,23 @@ export function runTess(args: string[], env: Record<string, string>, opts: { inp
 }
 
 /** Add --json to tess arguments, before a "--" (after it, it would be part of a container's command). */
+/**
+ * fn over every item, at most `limit` at a time; the results in the items' order. For independent
+ * CLI calls whose order does not matter (each `tess` start costs a few hundred ms of CPU).
+ */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length)
+  let next = 0
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++
+      out[i] = await fn(items[i]!)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
+  return out
+}
+
 export function withJson(args: string[]): string[] {
   const i = args.indexOf('--')
   return i < 0 ? [...args, '--json'] : [...args.slice(0, i), '--json', ...args.slice(i)]

@@ -72,6 +72,10 @@ export interface TestHosts {
   kill(host: HostRef): Promise<void>
   /** Undo kill(): link up, sshd restarted (the host's /var/lib/tess etc. are kept). */
   revive(host: HostRef): Promise<void>
+  /** Network partition: the host's link down, its processes untouched. */
+  partition(host: HostRef): Promise<void>
+  /** End a partition: link up. */
+  heal(host: HostRef): Promise<void>
   /** Fresh state from the script (pids, link states). */
   info(): Promise<TestHostsInfo>
   /** Remove everything (processes, namespaces, links, bridge, state dir). Idempotent. */
@@ -150,6 +154,8 @@ export async function createTestHosts(n: number, opts: { prefix?: string, subnet
     },
     kill: async (host) => { await script(['kill', find(host).name]) },
     revive: async (host) => { await script(['revive', find(host).name]) },
+    partition: async (host) => { await script(['partition', find(host).name]) },
+    heal: async (host) => { await script(['heal', find(host).name]) },
     info: () => readInfo(prefix),
     destroy: () => destroyTestHosts(prefix),
   }

@@ -11,7 +11,8 @@ const MiB = 1024 * 1024
 
 /**
  * `host add` growing etcd: a 2-node cluster (1 etcd member) gets a third host, after which the
- * second and third nodes are members too (3 members), and the cluster survives losing the first.
+ * second and third nodes are members too (3 members); the third comes back by itself from a
+ * network partition, and the cluster survives losing the first.
  */
 describe('host add grows etcd from 1 to 3 members', () => {
   let th: TestHosts
@@ -68,6 +69,38 @@ describe('host add grows etcd from 1 to 3 members', () => {
       return ok ? s : undefined
     }, 60_000, 1000)
     expect(st.json.nodes.map((n: any) => n.state)).toEqual(['up', 'up', 'up'])
+
+    // a network partition of host 3 (its link down, its processes go on): writes through host 2
+    // to a new RF 2 vDisk succeed meanwhile (host 1 takes the copies); when the link is back, host 3
+    // rejoins by itself (its etcd member and its CVM), serves the data, and nothing is under-replicated
+    await th.partition(th.hosts[2]!)
+    const during = path.join(root, 'part.bin')
+    fs.writeFileSync(during, crypto.randomBytes(16 * MiB))
+    try {
+      await waitFor('host 3 shown down', async () => {
+        const s = await tess(['cluster', 'status', '--json'])
+        return s.json?.nodes?.[2]?.state === 'down' ? true : undefined
+      }, 60_000, 1000)
+      expect((await tess(['vdisk', 'create', 'part', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+      const w = await nbdBurstInHost(th, th.hosts[1]!, during, 'part')
+      expect(w.code, w.stderr).toBe(0)
+    } finally {
+      await th.heal(th.hosts[2]!)
+    }
+    await waitFor('host 3 back with its etcd member', async () => {
+      const s = await tess(['cluster', 'status', '--json'])
+      const ok = s.json?.nodes?.length === 3 && s.json.nodes.every((n: any) => n.state === 'up' && n.daemons.some((d: any) => d.name === 'etcd' && d.healthy))
+      return ok ? true : undefined
+    }, 120_000, 1000)
+    const pout = path.join(root, 'part-out.bin')
+    const pr = await run('nbdcopy', [uri(2, 'part'), pout], { timeoutMs: 120_000 })
+    if (pr.code !== 0) pr.stderr += `\n--- CVM log of host 3 ---\n${(await th.exec(th.hosts[2]!, ['sh', '-c', 'tail -n 60 /var/lib/tess/logs/cvm.log'])).stdout}`
+    expect(pr.code, pr.stderr).toBe(0)
+    expect(fs.readFileSync(pout).subarray(0, 16 * MiB).equals(fs.readFileSync(during))).toBe(true)
+    await waitFor('healthy after the partition', async () => {
+      const h = await tess(['cluster', 'health', '--json'])
+      return h.json?.state === 'healthy' ? true : undefined
+    }, 120_000, 2000)
 
     const master0 = (await tess(['cluster', 'health', '--json'])).json?.curator?.master
     expect(th.hosts.map((h) => h.name)).toContain(master0)

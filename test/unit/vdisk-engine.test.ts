@@ -17,6 +17,7 @@ import { nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../src/lib/limits.js'
 import type { Logger } from '../../src/lib/log.js'
 import type { DiskRecord, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../src/lib/types.js'
 import { fakeClock } from '../helpers/clock.js'
+import { waitFor } from '../helpers/cluster.js'
 import { MemEtcd } from '../helpers/memetcd.js'
 import { MemFiles } from '../helpers/memfiles.js'
 
@@ -579,6 +580,11 @@ describe('VdiskEngine: ownership', () => {
     const err = await errnoOf(dev.read(0, 4096))
     expect(err.errno).toBe(nbdErrno.ESHUTDOWN)
     expect(c.node('n1').lines.some((l) => l.includes('ownership lease lost'))).toBe(true)
+    // a new lease is granted (etcd answers again): the CVM owns and serves the vDisk again, under a new owner value
+    await waitFor('the lease granted again', () => c.node('n1').lines.some((l) => l.includes('ownership lease granted again')) || undefined, 5000, 10)
+    const again = await openDev(c.node('n1'))
+    expect((await again.read(0, MiB)).equals(pattern(1))).toBe(true)
+    expect(c.etcd.value(keys.vdiskOwner(id))).toMatch(/^n1\/.+\.1$/)
   })
 
   it('stop revokes the lease: the owner keys go at once, and another node takes the vDisk without waiting', async () => {

@@ -3,7 +3,7 @@ import type { Etcd3, Lease } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import { nbdOpenRetryMs, nodeHeartbeatTtlSec } from '../../lib/limits.js'
+import { leaseRegrantIntervalMs, nbdOpenRetryMs, nodeHeartbeatTtlSec, repairBusyBytesPerSec, repairBusyCheckMs, repairBusyWindowMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../lib/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
@@ -21,7 +21,7 @@ import { MapWriter } from './mapwriter.js'
 import { loadLayout, vdiskBackend, type EgroupRecord, type MapValue, type OwnerEnv, type VdiskIdentity } from './owner.js'
 import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
 import type { ReplicaStore } from './replicastore.js'
-import { Vdisk, type ScrubResult } from './vdisk.js'
+import { IoActivity, Vdisk, type ScrubResult } from './vdisk.js'
 
 export interface EvacuationProgress {
   egroupsMoved: number
@@ -53,9 +53,14 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   private readonly egroupIds: IdAllocator
   private lease: Lease | undefined
   private leaseId = ''
+  /** leases lost so far (each new one makes a new owner value) */
+  private leaseGeneration = 0
+  private stopped = false
   /** this CVM's incarnation: the owner key's value is node/session */
   private readonly session: string
   private readonly clock: Clock
+  /** client I/O of every vDisk this CVM serves: the curator's repair here yields to it */
+  private readonly activity = new IoActivity()
   private readonly files: FileLayer
   connectionsOf: (name: string) => number = () => 0
   /** Ask the CVM of `owner` to hand a vDisk over if it is idle there (set by the CVM; FIG. 9B). */
@@ -97,22 +102,53 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     }
   }
 
+  /** node/session, and the lease's generation after a lost lease: what an earlier lease fenced is never taken for this one's */
   private get ownerValue(): string {
-    return `${this.opts.nodeName}/${this.session}`
+    return `${this.opts.nodeName}/${this.session}${this.leaseGeneration > 0 ? `.${this.leaseGeneration}` : ''}`
   }
 
   async start(): Promise<void> {
-    this.lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: true })
-    this.leaseId = await this.lease.grant()
-    this.lease.on('lost', (e) => {
-      this.opts.log.error(`ownership lease lost (${errorMessage(e)}): stopping I/O to owned vDisks`)
-      for (const p of this.loaded.values()) void p.then((v) => v.shut('no longer owned by this CVM')).catch(() => undefined) // a vDisk that failed to load has nothing to shut
-      this.loaded.clear()
-    })
+    await this.grantLease()
     await this.collectGarbage(0)
   }
 
+  /**
+   * The lease every owner key of this CVM is bound to. When it is lost (etcd did not hear from
+   * this CVM for its TTL: a partition, a long pause), the owner keys are gone: I/O to the vDisks
+   * owned here stops, and a new lease is granted as soon as etcd answers again, so that this CVM
+   * can own vDisks again (it could not before: every open failed on the dead lease).
+   */
+  private async grantLease(): Promise<void> {
+    const lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: true })
+    const id = await lease.grant()
+    this.lease = lease
+    this.leaseId = id
+    lease.on('lost', (e) => {
+      if (this.lease !== lease || this.stopped) return
+      this.opts.log.error(`ownership lease lost (${errorMessage(e)}): stopping I/O to owned vDisks; a new lease is asked for until etcd answers`)
+      for (const p of this.loaded.values()) void p.then((v) => v.shut('no longer owned by this CVM')).catch(() => undefined) // a vDisk that failed to load has nothing to shut
+      this.loaded.clear()
+      this.leaseId = ''
+      this.leaseGeneration++
+      void this.regrantLease()
+    })
+  }
+
+  private async regrantLease(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        await this.grantLease()
+        this.opts.log.info('ownership lease granted again: vDisks can be owned here again')
+        return
+      } catch (e) {
+        this.opts.log.warn(`ownership lease: cannot grant a new one yet (${errorMessage(e)}); trying again`)
+        await new Promise((r) => setTimeout(r, leaseRegrantIntervalMs).unref())
+      }
+    }
+  }
+
   async stop(): Promise<void> {
+    this.stopped = true
     for (const p of this.loaded.values()) {
       let v: Vdisk
       try {
@@ -360,6 +396,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   private async acquireOwnership(rec: VdiskRecord): Promise<void> {
     const key = keys.vdiskOwner(rec.id)
     const mine = this.ownerValue
+    // no lease (lost, the new one not granted yet): an owner key without one would never expire
+    if (this.leaseId === '') throw new Error('no ownership lease: etcd has not answered since the last one was lost')
     const created = await this.etcd.if(key, 'Create', '==', 0).then(this.etcd.put(key).value(mine).lease(this.leaseId)).commit()
     if (created.succeeded) return
     const cur = await this.etcd.get(key).string()
@@ -394,7 +432,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     const { map, egroups } = await loadLayout(this.env, rec, egRecs, entries)
     const mapWriter = new MapWriter(this.etcd, keys.vdiskOwner(id), () => this.ownerValue)
     const cipher = rec.wrappedKey !== undefined ? new BlockCipher(unwrapDataKey(kek!, rec.wrappedKey, id)) : undefined
-    const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, vdiskBackend(this.env, rec, mapWriter, (vb) => keys.vdiskMap(id, vb), cipher))
+    const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, vdiskBackend(this.env, rec, mapWriter, (vb) => keys.vdiskMap(id, vb), cipher), this.activity)
     this.opts.log.info(`vDisk ${rec.name} (${id}) loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)`)
     return v
   }
@@ -478,7 +516,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * The curator's repair of one vDisk (Vdisk.repair), at most `bytesPerSec` when given: see onOwned.
    */
   async repair(id: string, down: string[], bytesPerSec?: number, lostDisks: string[] = []): Promise<{ egroups: number, bytes: number }> {
-    return this.onOwned(id, 'repair', { egroups: 0, bytes: 0 }, (v) => v.repair(new Set(down), bytesPerSec !== undefined ? pacer(this.clock, bytesPerSec) : undefined, new Set(lostDisks)))
+    const pace = repairPacer(this.clock, { ...(bytesPerSec !== undefined ? { limitBytesPerSec: bytesPerSec } : {}), busy: () => this.activity.busy(this.clock.now(), repairBusyWindowMs) })
+    return this.onOwned(id, 'repair', { egroups: 0, bytes: 0 }, (v) => v.repair(new Set(down), pace, new Set(lostDisks)))
   }
 
   /** The curator's scrub of one vDisk (Vdisk.scrub) at `bytesPerSec` at most: see onOwned. */
@@ -542,6 +581,25 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   /** the engine's clock (ForwardingDevice waits by it) */
   get time(): Clock {
     return this.clock
+  }
+}
+
+/**
+ * The repair's pace, called after each extent group it copied: at most `limitBytesPerSec` on
+ * average when set, and while `busy()` (clients do I/O on this node) at most
+ * repairBusyBytesPerSec for the group just copied, its copy time included: the copy goes on in
+ * bursts of one group with pauses between them that leave the disk and the cores to the clients.
+ * The pause ends early when the clients stop.
+ */
+export function repairPacer(clock: Clock, o: { limitBytesPerSec?: number, busyBytesPerSec?: number, busy: () => boolean }): (bytes: number) => Promise<void> {
+  const limit = o.limitBytesPerSec !== undefined ? pacer(clock, o.limitBytesPerSec) : undefined
+  const busyRate = o.busyBytesPerSec ?? repairBusyBytesPerSec
+  let since = clock.now()
+  return async (bytes) => {
+    if (limit !== undefined) await limit(bytes)
+    const due = since + (bytes / busyRate) * 1000
+    while (o.busy() && clock.now() < due) await clock.sleep(Math.min(repairBusyCheckMs, due - clock.now()))
+    since = clock.now()
   }
 }
 

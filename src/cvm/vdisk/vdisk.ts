@@ -84,6 +84,25 @@ function alignUp(n: number): number {
 }
 
 /**
+ * Client I/O on a node, counted (one increment per request, nothing else on the hot path): the
+ * curator's repair looks at the count between extent groups and slows down while it moves.
+ */
+export class IoActivity {
+  ops = 0
+  private seen = 0
+  private busyAt = -Infinity
+
+  /** has a client request arrived within `windowMs` before `now` (as far as the calls to this tell)? */
+  busy(now: number, windowMs: number): boolean {
+    if (this.ops !== this.seen) {
+      this.seen = this.ops
+      this.busyAt = now
+    }
+    return now - this.busyAt < windowMs
+  }
+}
+
+/**
  * A vDisk as its owner CVM serves it: the block map in memory, extents in extent groups. Writes
  * to a vBlock are serialized by a per-vBlock lock (reads share it), so a read never sees data
  * without its checksum and two writes never allocate the same vBlock twice.
@@ -142,6 +161,8 @@ export class Vdisk {
     private readonly map: Map<number, ExtentRef>,
     private readonly egroups: Map<string, LoadedEgroup>,
     private readonly backend: VdiskBackend,
+    /** client I/O of the node (every vDisk it serves counts here), which the curator's repair yields to */
+    private readonly activity: IoActivity = new IoActivity(),
   ) {}
 
   get allocatedExtents(): number {
@@ -278,6 +299,7 @@ export class Vdisk {
   }
 
   async readInto(offset: number, out: Buffer): Promise<void> {
+    this.activity.ops++
     this.check()
     const vb = Math.floor(offset / vBlockSizeBytes)
     if (offset + out.length <= (vb + 1) * vBlockSizeBytes) {
@@ -324,6 +346,7 @@ export class Vdisk {
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    this.activity.ops++
     this.check()
     const touched = new Set<LoadedEgroup>()
     const vb = Math.floor(offset / vBlockSizeBytes)
@@ -582,6 +605,7 @@ export class Vdisk {
   }
 
   async trim(offset: number, length: number): Promise<void> {
+    this.activity.ops++
     this.check()
     await Promise.all([...this.pieces(offset, length)].map(async (p) => {
       if (!this.map.has(p.vb)) return
@@ -625,6 +649,7 @@ export class Vdisk {
   }
 
   async writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {
+    this.activity.ops++
     this.check()
     if (!noHole) {
       await this.trim(offset, length)
