@@ -671,22 +671,24 @@ cmd_revive() {
   echo "$PROG: $h is back: link $(link_of "$h") up, sshd running" >&2
 }
 
-cmd_partition() {
-  (($# == 1)) || die "usage: $PROG partition HOST"
+# the link of one host up or down, its processes untouched (partition, heal)
+set_host_link() { # command state HOST
+  local cmd=$1 state=$2; shift 2
+  (($# == 1)) || die "usage: $PROG $cmd HOST"
   local h=$1
-  split_host "$h"; need_root "partition $h"; not_inside_host
+  split_host "$h"; need_root "$cmd $h"; not_inside_host
   holder_or_die "$h" >/dev/null
-  ip link set "$(link_of "$h")" down 2>/dev/null || die "cannot take link $(link_of "$h") of $h down"
-  echo "$PROG: $h partitioned: link $(link_of "$h") is down, its processes go on (heal: $PROG heal $h)" >&2
+  ip link set "$(link_of "$h")" "$state" 2>/dev/null || die "cannot take link $(link_of "$h") of $h $state"
+}
+
+cmd_partition() {
+  set_host_link partition down "$@"
+  echo "$PROG: $1 partitioned: link $(link_of "$1") is down, its processes go on (heal: $PROG heal $1)" >&2
 }
 
 cmd_heal() {
-  (($# == 1)) || die "usage: $PROG heal HOST"
-  local h=$1
-  split_host "$h"; need_root "heal $h"; not_inside_host
-  holder_or_die "$h" >/dev/null
-  ip link set "$(link_of "$h")" up 2>/dev/null || die "cannot take link $(link_of "$h") of $h up"
-  echo "$PROG: $h healed: link $(link_of "$h") is up" >&2
+  set_host_link heal up "$@"
+  echo "$PROG: $1 healed: link $(link_of "$1") is up" >&2
 }
 
 # ------------------------------------------------------------------------------------------- main
