@@ -220,8 +220,8 @@ export class ApiServer {
     try {
       who = this.principal(req)
       if (who === undefined) {
-        // the body of a stranger is never read beyond a little: the connection closes after the answer
-        refuse(req, res)
+        // a stranger's body is dropped unread (within bounds) and the connection closes after the answer
+        await refuse(req, res)
         throw new TessError('TESS_E_AUTH', 'request refused: missing or wrong API credentials', 'use the credentials saved in the cluster context (tess cluster create saves them), or a user\'s token in TESS_TOKEN')
       }
       const url = new URL(req.url ?? '/', 'https://localhost')
@@ -233,7 +233,7 @@ export class ApiServer {
         if (r.method !== method) continue
         if (method !== 'GET') auditPath = url.pathname
         if (!allowed(who, r.role)) {
-          refuse(req, res)
+          await refuse(req, res)
           throw new TessError('TESS_E_FORBIDDEN', `${who.kind} ${who.name} (role ${who.role}) may not ${method} ${url.pathname}: it needs ${r.role === 'node' ? 'a node certificate' : `role ${r.role}`}`,
             r.role === 'node' ? 'node operations are for the CVMs of the cluster only' : `ask an admin for a user with role ${r.role} (tess user create)`)
         }
@@ -251,7 +251,7 @@ export class ApiServer {
         this.audit(who, method, auditPath, method === 'POST' ? 201 : 200)
         return
       }
-      refuse(req, res)
+      await refuse(req, res)
       if (matchedPath) throw new TessError('TESS_E_BAD_REQUEST', `method ${method} not allowed on ${url.pathname}`, 'see the API reference in the README')
       throw new TessError('TESS_E_NOT_FOUND', `no API route ${method} ${url.pathname}`, 'see the API reference in the README')
     } catch (e) {
@@ -281,29 +281,29 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 }
 
 /**
- * A request that is answered without its body (bad token, body too large): read and drop at most a
- * little of what the client is still sending, so that it receives the answer instead of a reset,
- * and close the connection after the answer.
+ * A request that is answered without its body (bad token, no route, body too large): the answer
+ * goes out once the client's body is in, read and dropped within bounds, and the connection closes
+ * after it. Answering first and closing with the client's bytes still unread makes the kernel
+ * reset the connection, and the client sees a reset or a broken pipe instead of the answer.
  */
-function refuse(req: IncomingMessage, res: ServerResponse): void {
+function refuse(req: IncomingMessage, res: ServerResponse): Promise<void> {
   res.setHeader('connection', 'close')
-  let dropped = 0
-  req.on('data', (c: Buffer) => {
-    dropped += c.length
-    if (dropped > apiRefusedBodyDrainMaxBytes) req.socket.destroy()
-  })
-  // Closing with the client's bytes still unread makes the kernel answer with a reset, which can
-  // reach the client before it reads the answer: close once its body is in (or the drain's bounds
-  // are reached), not at once.
-  res.on('finish', () => {
-    if (req.complete) return void setImmediate(() => req.socket.destroy())
-    const timer = setTimeout(() => req.socket.destroy(), apiRefusedBodyDrainMs)
-    timer.unref()
-    req.once('end', () => {
+  if (req.complete) return Promise.resolve()
+  return new Promise((resolve) => {
+    let dropped = 0
+    const done = (): void => {
       clearTimeout(timer)
-      setImmediate(() => req.socket.destroy())
+      resolve()
+    }
+    const timer = setTimeout(done, apiRefusedBodyDrainMs)
+    req.on('data', (c: Buffer) => {
+      dropped += c.length
+      if (dropped <= apiRefusedBodyDrainMaxBytes) return
+      req.socket.destroy()
+      done()
     })
-    req.resume()
+    req.once('end', done)
+    req.once('close', done)
   })
 }
 
@@ -315,8 +315,7 @@ function readBody(req: IncomingMessage, res: ServerResponse, maxBytes: number): 
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length'] ?? '0')
     if (Number.isFinite(declared) && declared > maxBytes) {
-      refuse(req, res)
-      reject(tooLarge(maxBytes))
+      void refuse(req, res).then(() => reject(tooLarge(maxBytes)))
       return
     }
     const chunks: Buffer[] = []
@@ -328,8 +327,7 @@ function readBody(req: IncomingMessage, res: ServerResponse, maxBytes: number): 
       if (size > maxBytes) {
         over = true
         chunks.length = 0
-        refuse(req, res)
-        reject(tooLarge(maxBytes))
+        void refuse(req, res).then(() => reject(tooLarge(maxBytes)))
         return
       }
       chunks.push(c)

@@ -45,7 +45,7 @@ async function start(limits: Partial<ApiLimits> = {}): Promise<void> {
 }
 
 /** one request; resolves with the status and JSON body, or rejects on a reset */
-function request(opts: { auth?: boolean, body?: Buffer, chunked?: boolean }): Promise<{ status: number, json: any }> {
+function request(opts: { auth?: boolean, body?: Buffer, chunked?: boolean, paced?: boolean }): Promise<{ status: number, json: any, bodySent: boolean }> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { 'content-type': 'application/json' }
     if (opts.auth !== false) headers.authorization = `Bearer ${token}`
@@ -53,9 +53,20 @@ function request(opts: { auth?: boolean, body?: Buffer, chunked?: boolean }): Pr
     const req = https.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/echo', ca: creds.ca, headers, agent: false }, (res) => {
       let text = ''
       res.on('data', (d) => { text += d })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(text) }))
+      const bodySent = sent
+      res.on('end', () => { answer = { status: res.statusCode ?? 0, json: JSON.parse(text), bodySent } })
     })
-    req.on('error', reject)
+    // settled when the request is over, so that an error after the answer (a reset or a broken
+    // pipe while the body is still being sent) fails the call too
+    let answer: { status: number, json: any, bodySent: boolean } | undefined
+    let sent = !opts.paced
+    let failed: Error | undefined
+    req.on('error', (e) => { failed = e })
+    req.on('close', () => {
+      if (failed !== undefined) reject(failed)
+      else if (answer !== undefined) resolve(answer)
+      else reject(new Error('request closed without an answer'))
+    })
     if (opts.chunked && opts.body) {
       // stream in pieces without a length
       const b = opts.body
@@ -69,6 +80,19 @@ function request(opts: { auth?: boolean, body?: Buffer, chunked?: boolean }): Pr
         req.end()
       }
       more()
+    } else if (opts.paced && opts.body) {
+      // with its length, in pieces a little apart: the answer comes while the body is still on its way
+      const b = opts.body
+      let at = 0
+      const next = (): void => {
+        if (req.destroyed) return
+        if (at >= b.length) return void req.end()
+        req.write(b.subarray(at, at + 131072))
+        at += 131072
+        sent = at >= b.length
+        setTimeout(next, 10)
+      }
+      next()
     } else {
       req.end(opts.body)
     }
@@ -87,7 +111,7 @@ describe('management API bounds', () => {
   it('answers a body over the limit with a coded 413, by its length and when streamed', async () => {
     await start({ bodyMaxBytes: 1024 })
     const small = await request({ body: Buffer.from(JSON.stringify({ a: 1 })) })
-    expect(small).toEqual({ status: 201, json: { got: 1 } })
+    expect(small).toMatchObject({ status: 201, json: { got: 1 } })
     const big = Buffer.from(JSON.stringify({ a: 'x'.repeat(4096) }))
     const byLength = await request({ body: big })
     expect(byLength.status).toBe(413)
@@ -102,6 +126,10 @@ describe('management API bounds', () => {
       const huge = await request({ body: Buffer.alloc(3 * 1024 * 1024, 0x20) })
       expect(huge.status).toBe(413)
     }
+    // the same with the body sent in paced pieces: answered only once it is in, then closed
+    const paced = await request({ body: Buffer.alloc(2 * 1024 * 1024, 0x20), paced: true })
+    expect(paced).toMatchObject({ status: 413, bodySent: true })
+    expect(paced.json.error.code).toBe('TESS_E_TOO_LARGE')
   })
 
   it('refuses a request without the token with 401, without reading its body', async () => {
@@ -110,6 +138,9 @@ describe('management API bounds', () => {
     const r = await request({ auth: false, body: Buffer.alloc(512 * 1024, 0x20) })
     expect(r.status).toBe(401)
     expect(r.json.error.code).toBe('TESS_E_AUTH')
+    expect(bodiesSeen).toBe(before)
+    const paced = await request({ auth: false, body: Buffer.alloc(2 * 1024 * 1024, 0x20), paced: true })
+    expect(paced).toMatchObject({ status: 401, bodySent: true })
     expect(bodiesSeen).toBe(before)
   })
 
