@@ -197,6 +197,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     'vdisk.clients': async ({ name }) => ({ connections: engine.connections(name) }),
     'vdisk.deleted': async ({ id }) => ({ shut: await engine.shutDeleted(id) }),
     'vdisk.repair': async ({ id, down, bytesPerSec, lostDisks }) => engine.repair(id, down, bytesPerSec, lostDisks),
+    'vdisk.move': async ({ id, moves, bytesPerSec }) => engine.move(id, moves, bytesPerSec),
     'vdisk.scrub': async ({ id, bytesPerSec }) => engine.scrub(id, bytesPerSec),
     'pool.gc': async ({ minAgeMs }) => engine.collectGarbage(minAgeMs),
     'curator.scrub': async () => ({ started: parts.curator.scrubNow(), master: cfg.nodeName }),
@@ -308,6 +309,7 @@ async function main(): Promise<void> {
     // CSMs of lost nodes, with the containers that have a restart policy, move to live nodes
     failover: (down) => containers.csms.failover(down, containers.containers),
     scrub: (node, id, bytesPerSec) => call(node, 'vdisk.scrub', { id, bytesPerSec }, scrubCallTimeoutMs),
+    move: (node, id, moves, bytesPerSec) => call(node, 'vdisk.move', { id, moves, ...(bytesPerSec !== undefined ? { bytesPerSec } : {}) }, curatorRepairCallTimeoutMs),
     collectGarbage: (node, minAgeMs) => call(node, 'pool.gc', { minAgeMs }, gcCallTimeoutMs),
   })
   // `tess cluster scrub`: the rate is stored for every later pass; the master runs the pass

@@ -120,6 +120,12 @@ export const clusterReadyPollMs = 200
 export const nodesMax = 256
 /** disk ids in one request that lists disks */
 export const disksMax = 4096
+/** replica moves the curator's balancing plans per pass (and sends in one request): a pass moves at most this many extent groups, the next scan plans again */
+export const balanceMovesMax = 64
+/** the balancing starts when a disk holds this share more (or less) than its fair share of the replicas (by capacity) ... */
+export const balanceToleranceShare = 0.1
+/** ... and at least this many replicas more: a few groups more or less is no reason to copy */
+export const balanceToleranceEgroups = 2
 /** how long a node must have been down before the curator copies its replicas elsewhere (a restart or a short partition is not worth a full copy) */
 export const curatorNodeDownGraceMs = 30_000
 /** a full scan of every extent group this often, besides the scans a node loss triggers */

@@ -230,7 +230,19 @@ export interface CuratorStatus {
   /** the garbage collection of extent group files: when the last pass over the nodes ended and what it removed (absent in older records) */
   lastGcAt?: string | null
   lastGcFound?: GcFound | null
+  /** the disk balancing: running now, when the last pass that moved replicas ended, and what it moved (absent in older records) */
+  balancing?: boolean
+  lastBalanceAt?: string | null
+  lastBalanceMoved?: BalanceMoved | null
   lastError: string | null
+}
+
+/** what one pass of the curator's disk balancing moved */
+export interface BalanceMoved {
+  /** replica moves planned, and those done (the others found their group changed, or failed) */
+  planned: number
+  egroups: number
+  bytes: number
 }
 
 /** `tess cluster health` */
@@ -270,6 +282,10 @@ export interface ClusterHealth {
     /** the garbage collection of extent group files (stale replicas, files no record names): when the last pass ended and what it removed (null: none yet) */
     lastGcAt: string | null
     lastGcFound: GcFound | null
+    /** the disk balancing (replicas moved to disks holding less than their share): running now, when the last pass that moved any ended and what it moved (null: none yet) */
+    balancing: boolean
+    lastBalanceAt: string | null
+    lastBalanceMoved: BalanceMoved | null
   }
 }
 
@@ -286,6 +302,10 @@ export interface NodeStatusRecord {
   containers?: ContainersState
 }
 export interface DiskRecord { id: string, node: string, path: string, addedAt: string }
+/** one replica's place: a disk of a node */
+export interface ReplicaPlace { node: string, diskId: string }
+/** a move of one replica of one extent group to another disk (of the same node or another one): the curator's balancing */
+export interface ReplicaMove { egroupId: string, from: ReplicaPlace, to: ReplicaPlace }
 export interface VdiskRecord {
   id: string
   name: string

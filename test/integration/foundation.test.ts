@@ -1,8 +1,13 @@
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import https from 'node:https'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { egroupDirName } from '../../src/cvm/pool/disks.js'
 import { TestCluster, alive, mapLimit, ownedBy, waitFor } from '../helpers/cluster.js'
+import { run } from '../helpers/run.js'
+
+const MiB = 1024 * 1024
 
 /**
  * The foundation against the real thing: a real etcd, supervisor and CVM started by
@@ -171,6 +176,45 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect((await c.tess(['disk', 'list', '--json'])).json).toHaveLength(1)
     expect((await c.tess(['disk', 'remove', extra, '--json'])).code).toBe(2) // no terminal to ask on, no --yes
     expect((await c.tess(['disk', 'remove', extra, '--yes', '--json'])).code).toBe(3)
+  })
+
+  it('balances the disks after a disk add: the new disk gets its share of the extent groups, the data reads back', async () => {
+    const src = path.join(c.root, 'bal.bin')
+    fs.writeFileSync(src, crypto.randomBytes(256 * MiB))
+    expect((await c.tess(['vdisk', 'create', 'bal', '--size', '512M', '--json'])).code).toBe(0)
+    const w = await run('nbdcopy', [src, c.nbdUri('bal')], { timeoutMs: 120_000 })
+    expect(w.code, w.stderr).toBe(0)
+    const groups = (disk: string) => fs.readdirSync(path.join(disk, egroupDirName)).filter((f) => f.endsWith('.eg')).length
+    const disks = (await c.tess(['disk', 'list', '--json'])).json
+    expect(disks).toHaveLength(1)
+    const first = disks[0].path as string
+    const n = groups(first)
+    expect(n).toBeGreaterThanOrEqual(8) // 32 extents of 1 MiB per group
+    const extra = path.join(c.root, 'disk3')
+    fs.mkdirSync(extra)
+    expect((await c.tess(['disk', 'add', extra, '--json'])).code).toBe(0)
+    // the disk add starts a scan; the curator master moves groups to the new disk (within the node)
+    const h = await waitFor('the curator to balance the disks', async () => {
+      const r = await c.tess(['cluster', 'health', '--json'])
+      return (r.json?.curator?.lastBalanceMoved?.egroups ?? 0) > 0 && r.json.curator.balancing === false ? r : undefined
+    }, 90_000, 1000)
+    expect(h.json.state).toBe('healthy')
+    expect(h.json.curator.lastBalanceMoved.planned).toBe(h.json.curator.lastBalanceMoved.egroups)
+    const [a, b] = [groups(first), groups(extra)]
+    expect(a + b, 'every group once: the old file goes after each move').toBe(n)
+    expect(Math.abs(a - b), `${a} and ${b} groups on the two disks`).toBeLessThanOrEqual(1)
+    expect((await c.tess(['cluster', 'health'])).stdout).toMatch(/disk balance:\s+last moved .*extent group replica/)
+    const out = path.join(c.root, 'bal-out.bin')
+    const r = await run('nbdcopy', [c.nbdUri('bal'), out], { timeoutMs: 120_000 })
+    expect(r.code, r.stderr).toBe(0)
+    expect(fs.readFileSync(out).subarray(0, 256 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    fs.rmSync(out)
+    fs.rmSync(src)
+    // the new disk holds data now: its removal is refused
+    const rm = await c.tess(['disk', 'remove', extra, '--yes', '--json'])
+    expect(rm.code).toBe(4)
+    expect(rm.json.error.code).toBe('TESS_E_CONFLICT')
+    expect((await c.tess(['vdisk', 'delete', 'bal', '--yes', '--json'])).code).toBe(0)
   })
 
   it('refuses unauthenticated, wrong-credential and malformed API requests', async () => {

@@ -93,7 +93,7 @@ describe('garbage collection of extent group files', () => {
 
     const env = (now: number): GcEnv => ({
       etcd, nodeName: 'n1', log, localDisks: async () => disks, files: realFiles,
-      isOpen: (egid) => store.isOpen(egid), remove: (egid, diskId) => store.delete(egid, diskId), now: () => now,
+      isOpen: (egid, diskId) => store.isOpen(egid, diskId), remove: (egid, diskId) => store.delete(egid, diskId), now: () => now,
     })
 
     // a pass as of minAgeMs after t1: what changed before t1 is old enough
@@ -116,7 +116,7 @@ describe('garbage collection of extent group files', () => {
     expect(second).toMatchObject({ files: 2, staleEntries: 1 })
     expect(present()).toEqual(['10.eg', '12.eg', '15.eg', 'notes.txt'])
     expect(await stale('16')).toBeUndefined()
-    expect(store.isOpen('15')).toBe(true)
+    expect(store.isOpen('15', 'd1')).toBe(true)
 
     // nothing left to do
     expect(await collectGarbage(env(t1 + 100 * minAgeMs), minAgeMs)).toEqual({ files: 0, bytes: 0, staleEntries: 0 })

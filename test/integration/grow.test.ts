@@ -146,5 +146,34 @@ describe('host add grows etcd from 1 to 3 members', () => {
     const out2 = path.join(root, 'g-out2.bin')
     expect((await run('nbdcopy', [uri(2, 'g'), out2], { timeoutMs: 120_000 })).code).toBe(0)
     expect(fs.readFileSync(out2).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
-  }, 540_000)
+
+    // a second disk on host 2: the curator moves half of host 2's replicas to it (a move within a
+    // node, through the data port when the vDisk's owner is host 3); every byte reads back after
+    const groupsOn = async (dir: string) => Number((await th.exec(th.hosts[1]!, ['sh', '-c', `ls ${dir}/egroups 2>/dev/null | grep -c "\\.eg$" || true`])).stdout.trim())
+    const fill = path.join(root, 'fill.bin')
+    fs.writeFileSync(fill, crypto.randomBytes(192 * MiB))
+    expect((await tess(['vdisk', 'create', 'fill', '--size', '256M', '--rf', '2', '--json'])).code).toBe(0)
+    const fw = await run('nbdcopy', ['--flush', fill, uri(2, 'fill')], { timeoutMs: 120_000 })
+    expect(fw.code, fw.stderr).toBe(0)
+    const n = await groupsOn('/var/lib/tess/disks/d0')
+    expect(n).toBeGreaterThanOrEqual(8) // 6 of fill (32 MiB each) and those of g, joined, part
+    expect((await th.exec(th.hosts[1]!, ['mkdir', '-p', '/var/lib/tess/disks/d1'])).code).toBe(0)
+    const add2 = await tess(['disk', 'add', '/var/lib/tess/disks/d1', '--node', th.hosts[1]!.name, '--json'])
+    expect(add2.code, add2.stdout + add2.stderr).toBe(0)
+    await waitFor('host 2\'s disks balanced', async () => {
+      const h = await tess(['cluster', 'health', '--json'])
+      return (h.json?.curator?.lastBalanceMoved?.egroups ?? 0) > 0 && h.json.curator.balancing === false && h.json.state === 'healthy' ? true : undefined
+    }, 120_000, 2000)
+    const [a, b] = [await groupsOn('/var/lib/tess/disks/d0'), await groupsOn('/var/lib/tess/disks/d1')]
+    expect(a + b, 'each group once on host 2').toBe(n)
+    expect(Math.abs(a - b), `${a} and ${b} groups on host 2's disks`).toBeLessThanOrEqual(1)
+    for (const v of ['g', 'part', 'joined', 'fill']) {
+      const bout = path.join(root, `${v}-balanced.bin`)
+      const want = v === 'part' ? during : v === 'fill' ? fill : src
+      const size = v === 'part' ? 16 * MiB : v === 'fill' ? 192 * MiB : 24 * MiB
+      const br = await run('nbdcopy', [uri(1, v), bout], { timeoutMs: 120_000 })
+      expect(br.code, br.stderr).toBe(0)
+      expect(fs.readFileSync(bout).subarray(0, size).equals(fs.readFileSync(want)), `vDisk ${v} through host 2`).toBe(true)
+    }
+  }, 600_000)
 })

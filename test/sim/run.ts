@@ -479,9 +479,9 @@ class Run {
   }
 
   /** a node's open extent group file, or undefined while it is still being opened (that runs on the scheduler) */
-  private async openFile(node: SimNode, egid: string): Promise<EgroupFile | undefined> {
+  private async openFile(node: SimNode, egid: string, diskId: string): Promise<EgroupFile | undefined> {
     let file: EgroupFile | undefined
-    node.store!.get(egid).then((f) => { file = f }, () => undefined)
+    node.store!.get(egid, diskId).then((f) => { file = f }, () => undefined)
     await new Promise((resolve) => setImmediate(resolve))
     return file
   }
@@ -499,14 +499,14 @@ class Run {
     for (const r of eg.replicas) {
       const node = this.cluster.nodes.get(r.node)!
       const lost = (r as unknown as { lost?: string }).lost
-      if (!node.up || node.store === undefined || node.files === undefined || !node.store.isOpen(eg.id)) {
+      if (!node.up || node.store === undefined || node.files === undefined || !node.store.isOpen(eg.id, r.diskId)) {
         out.push(`${r.node}: not open${lost !== undefined ? ' (known lost)' : ''}`)
         continue
       }
       node.files.peek = true
       try {
         const buf = Buffer.alloc(checksumBlockSizeBytes)
-        const file = await this.openFile(node, eg.id)
+        const file = await this.openFile(node, eg.id, r.diskId)
         if (file === undefined) {
           out.push(`${r.node}: being opened`)
           continue
@@ -690,13 +690,13 @@ class Run {
           continue
         }
         const node = this.cluster.nodes.get(r.node)!
-        if (!node.up || node.store === undefined || node.files === undefined || !node.store.isOpen(eg.id)) {
+        if (!node.up || node.store === undefined || node.files === undefined || !node.store.isOpen(eg.id, r.diskId)) {
           this.count('replica checks skipped (node down or group not open)')
           continue
         }
         node.files.peek = true
         try {
-          const file = await this.openFile(node, eg.id)
+          const file = await this.openFile(node, eg.id, r.diskId)
           if (file === undefined) {
             this.count('replica checks skipped (node down or group not open)')
             continue

@@ -97,7 +97,7 @@ describe('extent group files under faults', () => {
     const disk: DiskRecord = { id: 'd1', node: 'n1', path: '/mem/disk', addedAt: '' }
     const store = new ReplicaStore({ localDisks: async () => [disk], log: quiet, files: m })
     await store.openEgroup('9', 'd1', [], '7', true)
-    const eg = await store.get('9')
+    const eg = await store.get('9', 'd1')
     // the owner before allocated slot 3 and died before its map entry reached etcd
     await eg.write(3, 0, block(6))
     await eg.write(1, 0, block(7))

@@ -176,4 +176,33 @@ describe('replacing failed replicas', () => {
     expect(records.get('1')!.stale).toEqual([{ node: 'n1', diskId: 'n1-d' }])
     expect(replicas.get('n3')!.slots.get(1)?.equals(Buffer.alloc(MiB, 9))).toBe(true)
   })
+
+  it('a move to another disk of the same node copies the group there and records the new place; a move next to another copy is refused', async () => {
+    // replicas by node and disk: a node holds two files of the group while it moves between its disks
+    const replicas = new Map<string, MemReplica>()
+    const at = (node: string, diskId: string) => {
+      let r = replicas.get(`${node}/${diskId}`)
+      if (!r) replicas.set(`${node}/${diskId}`, r = sharedMemReplica({ node, diskId, local: false, raw: true }))
+      return r
+    }
+    const { env: base, records } = env(['n1', 'n2', 'n3'], new Map())
+    const e: OwnerEnv = { ...base, replicaFor: (_v, _eg, node, diskId) => at(node, diskId) }
+    const a = at('n1', 'd1')
+    const b = at('n2', 'd2')
+    await a.write(0, 0, Buffer.alloc(MiB, 7))
+    await b.write(0, 0, Buffer.alloc(MiB, 7))
+    records.set('1', { id: '1', vdiskId: '7', replicas: [{ node: 'n1', diskId: 'd1' }, { node: 'n2', diskId: 'd2' }], createdAt: '' })
+    const eg = egroup([a, b], [0])
+    await replaceFailed(e, { ...rec, rf: 2 }, eg, [a], new Error('balancing'), { evacuate: true, target: { node: 'n1', diskId: 'd9' } })
+    expect(records.get('1')!.replicas).toEqual([{ node: 'n2', diskId: 'd2' }, { node: 'n1', diskId: 'd9' }])
+    expect(records.get('1')!.stale).toEqual([{ node: 'n1', diskId: 'd1' }])
+    expect(eg.replicas.map((r) => `${r.node}/${r.diskId}`).sort()).toEqual(['n1/d9', 'n2/d2'])
+    expect(at('n1', 'd9').slots.get(0)!.equals(Buffer.alloc(MiB, 7))).toBe(true)
+    // to n2, which holds the other copy: refused, nothing changes
+    const moved = at('n1', 'd9')
+    await expect(replaceFailed(e, { ...rec, rf: 2 }, eg, [moved], new Error('balancing'), { evacuate: true, target: { node: 'n2', diskId: 'd3' } }))
+      .rejects.toMatchObject({ code: 'TESS_E_CONFLICT' })
+    expect(records.get('1')!.replicas).toEqual([{ node: 'n2', diskId: 'd2' }, { node: 'n1', diskId: 'd9' }])
+    expect(replicas.has('n2/d3')).toBe(false)
+  })
 })

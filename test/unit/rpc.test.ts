@@ -131,6 +131,7 @@ const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keepe
   'vdisk.repair': async ({ id, down }) => ({ egroups: down.length, bytes: Number(id) }),
   'vdisk.scrub': async ({ id, bytesPerSec }) => ({ extents: Number(id), bytesChecked: bytesPerSec, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }),
   'pool.gc': async ({ minAgeMs }) => ({ files: 1, bytes: minAgeMs, staleEntries: 2 }),
+  'vdisk.move': async ({ id, moves, bytesPerSec }) => ({ egroups: moves.length, bytes: bytesPerSec ?? 0, skipped: Number(id) + (moves[0]?.to.diskId === '12' && moves[0].from.node === 'n1' ? 100 : 0) }),
   'curator.scrub': async () => ({ started: true, master: 'n2' }),
 }
 let target: JsonTarget
@@ -185,6 +186,8 @@ describe('node operations over the real route', () => {
     expect((await call('n2', 'vdisk.scrub', { id: '4', bytesPerSec: 2 ** 20 })).bytesChecked).toBe(2 ** 20)
     expect(await call('n2', 'curator.scrub', {})).toEqual({ started: true, master: 'n2' })
     expect(await call('n2', 'pool.gc', { minAgeMs: 600_000 })).toEqual({ files: 1, bytes: 600_000, staleEntries: 2 })
+    const move = { egroupId: '31', from: { node: 'n1', diskId: '11' }, to: { node: 'n1', diskId: '12' } }
+    expect(await call('n2', 'vdisk.move', { id: '4', moves: [move, move], bytesPerSec: 1048576 })).toEqual({ egroups: 2, bytes: 1048576, skipped: 104 })
     expect(await call('n2', 'keys.get', {})).toEqual({ key: Buffer.alloc(32, 7).toString('base64') })
     expect(await call('n2', 'keys.unlock', { key: 'a2V5' })).toEqual({ unlocked: true })
     expect(unlocked).toEqual(['a2V5'])
@@ -220,6 +223,12 @@ describe('node operations over the real route', () => {
       ['vdisk.scrub', { id: '3' }, 'TESS_E_BAD_REQUEST', /bytesPerSec/],
       ['pool.gc', { minAgeMs: -1 }, 'TESS_E_INVALID', /minAgeMs/],
       ['pool.gc', {}, 'TESS_E_BAD_REQUEST', /minAgeMs/],
+      ['vdisk.move', { id: '3' }, 'TESS_E_BAD_REQUEST', /"moves" is required/],
+      ['vdisk.move', { id: '3', moves: [{ egroupId: '1', from: { node: 'n1', diskId: '2' } }] }, 'TESS_E_BAD_REQUEST', /"to" is required/],
+      ['vdisk.move', { id: '3', moves: [{ egroupId: '1', from: { node: 'n1', diskId: '2' }, to: { node: 'n2', diskId: 'x/..' } }] }, 'TESS_E_BAD_REQUEST', /to.diskId/],
+      ['vdisk.move', { id: '3', moves: [{ egroupId: '1', from: { node: '../n1', diskId: '2' }, to: { node: 'n2', diskId: '3' } }] }, 'TESS_E_INVALID', /invalid node name/],
+      ['vdisk.move', { id: '3', moves: [{ egroupId: 'abc', from: { node: 'n1', diskId: '2' }, to: { node: 'n2', diskId: '3' } }] }, 'TESS_E_BAD_REQUEST', /extent group id/],
+      ['vdisk.move', { id: '3', moves: Array.from({ length: 65 }, () => ({ egroupId: '1', from: { node: 'n1', diskId: '2' }, to: { node: 'n2', diskId: '3' } })) }, 'TESS_E_INVALID', /at most 64/],
       ['keys.unlock', { key: 'not base64!' }, 'TESS_E_INVALID', /the cluster key must be base64/],
     ]
     for (const [op, body, code, message] of cases) {

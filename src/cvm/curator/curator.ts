@@ -4,9 +4,10 @@ import { errorMessage } from '../../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs, gcIntervalMs, gcMinAgeMs, scrubBytesPerSecDefault, scrubIntervalMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
-import type { CsmFailover, CuratorConfig, CuratorStatus, GcFound, NodeRecord, ScrubFound, VdiskRecord } from '../../lib/types.js'
+import type { BalanceMoved, CsmFailover, CuratorConfig, CuratorStatus, GcFound, NodeRecord, ReplicaMove, ScrubFound, VdiskRecord } from '../../lib/types.js'
 import type { ScrubResult } from '../vdisk/vdisk.js'
 import type { EgroupRecord } from '../vdisk/owner.js'
+import { planBalance } from './balance.js'
 import { assessHealth, liveness, replicaUp, upNodes, type Liveness } from './health.js'
 import { readSettings } from './settings.js'
 
@@ -14,6 +15,8 @@ import { readSettings } from './settings.js'
 const curatorRetryMs = 5000
 /** the newest failovers kept in the status */
 const curatorFailoversKept = 20
+/** after a balancing pass that moved replicas, the next scan (and pass) comes this soon */
+const balanceRescanMs = 1000
 
 /** what the master asks of a vDisk's owner (through the node operation vdisk.repair) */
 export type RepairCall = (node: string, id: string, down: string[], bytesPerSec?: number, lostDisks?: string[]) => Promise<{ egroups: number, bytes: number }>
@@ -35,6 +38,8 @@ export interface CuratorOptions {
   scrubIntervalMs?: number
   /** run the garbage collection of `node`'s disks (node operation pool.gc): after a scan, every gcIntervalMs */
   collectGarbage?: (node: string, minAgeMs: number) => Promise<GcFound>
+  /** move replicas of one vDisk to other disks at `node` (node operation vdisk.move): the disk balancing */
+  move?: (node: string, id: string, moves: ReplicaMove[], bytesPerSec?: number) => Promise<{ egroups: number, bytes: number, skipped: number }>
   /** default gcIntervalMs, gcMinAgeMs */
   gcIntervalMs?: number
   gcMinAgeMs?: number
@@ -180,6 +185,9 @@ export class Curator {
       lastScrubFound: null,
       lastGcAt: null,
       lastGcFound: null,
+      balancing: false,
+      lastBalanceAt: null,
+      lastBalanceMoved: null,
       lastError: null,
     }
     this.gcDueAt = 0
@@ -305,6 +313,9 @@ export class Curator {
     await this.writeStatus()
     if (work.length > 0) await this.repairAll(work, up)
     if (this.opts.collectGarbage !== undefined && this.clock.now() >= this.gcDueAt) await this.gcPass([...up].filter((n) => members.has(n)).sort())
+    // with every node and disk up, none being removed, and nothing to re-protect: the disks' shares of the replicas
+    const whole = nodes.every((n) => up.has(n.name) && n.draining !== true) && live.offlineDisks.size === 0 && all.length === 0 && total.underReplicated === 0 && total.lost === 0
+    if (whole && this.opts.move !== undefined) await this.balance(vdisks, egroups, nodes, live, up)
     // scan again when the first node (or disk) still in its grace becomes due
     if (pending.length > 0 || pendingDisks.length > 0) {
       const next = Math.min(...[...pending, ...pendingDisks].map(([, t]) => t + this.graceMs)) - this.clock.now()
@@ -342,6 +353,48 @@ export class Curator {
       }
     } finally {
       st.repairing = false
+      await this.writeStatus()
+    }
+  }
+
+  /**
+   * The disk balancing (balance.ts): replicas move from disks that hold more than their share to
+   * disks that hold less (after a disk add, or a node that joined), each vDisk's moves at its
+   * owner, at the repair's pace (yielding to client I/O). A pass moves at most balanceMovesMax;
+   * when it moved any, the next scan comes soon and plans the rest.
+   */
+  private async balance(vdisks: VdiskRecord[], egroups: EgroupRecord[], nodes: NodeRecord[], live: Liveness, up: ReadonlySet<string>): Promise<void> {
+    const st = this.status!
+    const draining = new Set(nodes.filter((n) => n.draining === true).map((n) => n.name))
+    const disks = (live.onlineDisks ?? []).filter((d) => up.has(d.node) && !draining.has(d.node))
+    const plan = planBalance(disks, egroups, vdisks)
+    if (plan.length === 0) return
+    const byId = new Map(vdisks.map((v) => [v.id, v]))
+    const moved: BalanceMoved = { planned: plan.reduce((a, w) => a + w.moves.length, 0), egroups: 0, bytes: 0 }
+    st.balancing = true
+    await this.writeStatus()
+    try {
+      for (const w of plan) {
+        if (!this.leading || this.stopped) return
+        const name = byId.get(w.vdiskId)?.name ?? w.vdiskId
+        const at = await this.workerFor(w.vdiskId, up)
+        try {
+          const r = await this.opts.move!(at, w.vdiskId, w.moves, this.repairBytesPerSec)
+          moved.egroups += r.egroups
+          moved.bytes += r.bytes
+          this.opts.log.info(`curator: vDisk ${name}: ${r.egroups} of ${w.moves.length} replica(s) moved to balance the disks (${r.bytes} bytes)${r.skipped > 0 ? `, ${r.skipped} skipped (changed since the plan)` : ''}`)
+        } catch (e) {
+          st.lastError = `balance vDisk ${name}: ${errorMessage(e)}`
+          this.opts.log.warn(`curator: balancing of vDisk ${name} at ${at} failed: ${errorMessage(e)}; the next scan plans again`)
+        }
+      }
+    } finally {
+      st.balancing = false
+      if (moved.egroups > 0) {
+        st.lastBalanceAt = new Date(this.clock.now()).toISOString()
+        st.lastBalanceMoved = moved
+        this.nextDelayMs = Math.min(this.nextDelayMs, balanceRescanMs)
+      }
       await this.writeStatus()
     }
   }

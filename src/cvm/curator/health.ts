@@ -3,12 +3,15 @@ import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { scrubBytesPerSecDefault, vBlockSizeBytes } from '../../lib/limits.js'
 import type { CuratorStatus, ClusterHealth, DiskRecord, NodeRecord, NodeStatusRecord, VdiskHealth, VdiskRecord } from '../../lib/types.js'
 import type { EgroupRecord, MapValue } from '../vdisk/owner.js'
+import type { BalanceDisk } from './balance.js'
 
 /** Which nodes are up (their status record exists) and which disks of those nodes are offline. */
 export interface Liveness {
   up: ReadonlySet<string>
   /** disks registered on a node that is up whose CVM no longer reports them (the directory cannot be read) */
   offlineDisks: ReadonlyMap<string, DiskRecord>
+  /** the disks that node reports, with their file system's capacity and device (what the balancing weighs) */
+  onlineDisks?: BalanceDisk[]
 }
 
 /** Is this replica readable now: its node up and its disk reported by that node? */
@@ -86,19 +89,23 @@ export async function upNodes(etcd: Etcd3): Promise<Set<string>> {
   return (await liveness(etcd)).up
 }
 
-/** The nodes that are up and the offline disks of those nodes, from the status and disk records. */
-export async function liveness(etcd: Etcd3): Promise<{ up: Set<string>, offlineDisks: Map<string, DiskRecord> }> {
+/** The nodes that are up and the online and offline disks of those nodes, from the status and disk records. */
+export async function liveness(etcd: Etcd3): Promise<{ up: Set<string>, offlineDisks: Map<string, DiskRecord>, onlineDisks: BalanceDisk[] }> {
   const [statuses, disks] = await Promise.all([
     etcdCall('read node status', () => listJson<NodeStatusRecord>(etcd, keys.nodeStatusPrefix)),
     etcdCall('list disks', () => listJson<DiskRecord>(etcd, keys.disksPrefix)),
   ])
   const byNode = new Map(statuses.map((s) => [s.name, s]))
   const offlineDisks = new Map<string, DiskRecord>()
+  const onlineDisks: BalanceDisk[] = []
   for (const d of disks) {
     const st = byNode.get(d.node)
-    if (st !== undefined && st.disks[d.id] === undefined) offlineDisks.set(d.id, d)
+    if (st === undefined) continue
+    const reported = st.disks[d.id]
+    if (reported === undefined) offlineDisks.set(d.id, d)
+    else onlineDisks.push({ id: d.id, node: d.node, capacityBytes: reported.capacityBytes, dev: reported.dev })
   }
-  return { up: new Set(byNode.keys()), offlineDisks }
+  return { up: new Set(byNode.keys()), offlineDisks, onlineDisks }
 }
 
 /**
@@ -146,6 +153,9 @@ export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | 
       lastScrubFound: status?.lastScrubFound ?? null,
       lastGcAt: status?.lastGcAt ?? null,
       lastGcFound: status?.lastGcFound ?? null,
+      balancing: status?.balancing ?? false,
+      lastBalanceAt: status?.lastBalanceAt ?? null,
+      lastBalanceMoved: status?.lastBalanceMoved ?? null,
     },
   }
 }

@@ -366,28 +366,28 @@ export async function serveReplicaOp(st: ReplicaStore, code: number, j: Record<s
     case ops.egRead: {
       const length = num(j, 'length')
       const out = Buffer.allocUnsafe(length)
-      await (await st.get(text(j, 'egid'))).read(num(j, 'slot'), num(j, 'offset'), length, out, 0)
+      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).read(num(j, 'slot'), num(j, 'offset'), length, out, 0)
       return { json: {}, data: out }
     }
     case ops.egWrite:
-      await (await st.get(text(j, 'egid'))).write(num(j, 'slot'), num(j, 'offset'), data)
+      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).write(num(j, 'slot'), num(j, 'offset'), data)
       return { json: {} }
     case ops.egClear:
-      await (await st.get(text(j, 'egid'))).clear(num(j, 'slot'), num(j, 'offset'), num(j, 'length'))
+      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).clear(num(j, 'slot'), num(j, 'offset'), num(j, 'length'))
       return { json: {} }
     case ops.egFreeSlot:
-      await (await st.get(text(j, 'egid'))).freeSlot(num(j, 'slot'))
+      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).freeSlot(num(j, 'slot'))
       return { json: {} }
     case ops.egSync:
       // not open here (this CVM restarted since the owner's writes): 'not-open', never a sync that
       // vouches for writes this process never saw through (the replica re-opens, or is replaced)
-      await (await st.get(text(j, 'egid'))).sync()
+      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).sync()
       return { json: {} }
     case ops.egDelete:
       await st.delete(text(j, 'egid'), text(j, 'diskId'), j.recycle === true)
       return { json: {} }
     case ops.egReadRaw: {
-      const raw = await (await st.get(text(j, 'egid'))).readRaw(num(j, 'slot'))
+      const raw = await (await st.get(text(j, 'egid'), text(j, 'diskId'))).readRaw(num(j, 'slot'))
       if (!raw) return { json: { entriesBytes: 0 } }
       return { json: { entriesBytes: raw.entries.length, version: raw.version }, data: Buffer.concat([raw.entries, raw.data]) }
     }
@@ -397,7 +397,7 @@ export async function serveReplicaOp(st: ReplicaStore, code: number, j: Record<s
       // the source's format version says which checksum the entries hold (absent: the first, CRC-32)
       const version = j.version === undefined ? 1 : num(j, 'version')
       if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `unknown extent group format version ${version}`)
-      await (await st.get(text(j, 'egid'))).writeRaw(num(j, 'slot'), data.subarray(0, eb), data.subarray(eb), version)
+      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).writeRaw(num(j, 'slot'), data.subarray(0, eb), data.subarray(eb), version)
       return { json: {} }
     }
     default:

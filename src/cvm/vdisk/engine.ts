@@ -5,7 +5,7 @@ import { errorMessage } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { leaseRegrantIntervalMs, nbdOpenRetryMs, nodeHeartbeatTtlSec, repairBusyBytesPerSec, repairBusyCheckMs, repairBusyWindowMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
-import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, VdiskRecord } from '../../lib/types.js'
+import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, ReplicaMove, VdiskRecord } from '../../lib/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
 import { egroupDirName } from '../pool/disks.js'
 import type { PeerPool } from '../replication/client.js'
@@ -41,6 +41,8 @@ const openRetryIntervalMs = 250
 const stopFlushTimeoutMs = 5000
 /** moving every extent group of one vDisk off a node */
 const evacuateTimeoutMs = 30 * 60_000
+/** passes over the vDisks of a node being evacuated until no record names it */
+const evacuateRoundsMax = 3
 
 /**
  * The vDisk data engine of one CVM. It owns vDisks (a key bound to this CVM's lease in etcd),
@@ -459,7 +461,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       log: this.opts.log,
       localDisks: this.opts.localDisks,
       files: this.files,
-      isOpen: (egid) => store.isOpen(egid),
+      isOpen: (egid, diskId) => store.isOpen(egid, diskId),
       remove: (egid, diskId) => store.delete(egid, diskId),
       now: () => Date.now(),
     }, minAgeMs)
@@ -482,34 +484,38 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * lands there): each vDisk's owner copies its extent groups elsewhere. Returns the groups moved.
    */
   async evacuateNode(node: string, progress: (p: EvacuationProgress) => void): Promise<number> {
-    const recs = (await listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)).filter((r) => r.state === 'ready')
-    const all = await listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)
-    const total = all.filter((e) => e.replicas.some((r) => r.node === node)).length
     let moved = 0
-    progress({ egroupsMoved: 0, egroupsTotal: total, vdisk: null })
-    for (const rec of recs) {
-      const egs = await listJson<EgroupRecord>(this.etcd, keys.egroupsOf(rec.id))
-      if (!egs.some((e) => e.replicas.some((r) => r.node === node))) continue
-      progress({ egroupsMoved: moved, egroupsTotal: total, vdisk: rec.name })
-      for (let attempt = 0; ; attempt++) {
-        try {
-          const t = await this.route(rec)
-          if (t.local) {
-            moved += await t.vdisk.evacuate(node)
-          } else {
-            const f = await (await this.opts.peers.get(t.owner)).request(ops.vdiskEvacuate, { name: rec.name, node }, undefined, evacuateTimeoutMs)
-            moved += Number(f.json.moved ?? 0)
-          }
-          progress({ egroupsMoved: moved, egroupsTotal: total, vdisk: rec.name })
-          break
-        } catch (e) {
-          // the owner may be the node being drained and going away: retry once ownership moved
-          if (attempt >= 3) throw e
-          await this.clock.sleep(1000)
-        }
+    // a replica the curator's balancing was moving to the node when it was marked draining lands
+    // after its vDisk was passed: a further round moves it (the balancing no longer picks the node)
+    for (let round = 0; round < evacuateRoundsMax; round++) {
+      const all = await listJson<EgroupRecord>(this.etcd, keys.egroupsPrefix)
+      const left = all.filter((e) => e.replicas.some((r) => r.node === node))
+      if (left.length === 0) break
+      const recs = (await listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)).filter((r) => r.state === 'ready' && left.some((e) => e.vdiskId === r.id))
+      const total = moved + left.length
+      progress({ egroupsMoved: moved, egroupsTotal: total, vdisk: null })
+      for (const rec of recs) {
+        moved += await this.evacuateVdisk(rec, node)
+        progress({ egroupsMoved: moved, egroupsTotal: total, vdisk: rec.name })
       }
     }
     return moved
+  }
+
+  /** One vDisk's replicas off `node`, at its owner (retried when the owner is the node going away). */
+  private async evacuateVdisk(rec: VdiskRecord, node: string): Promise<number> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const t = await this.route(rec)
+        if (t.local) return await t.vdisk.evacuate(node)
+        const f = await (await this.opts.peers.get(t.owner)).request(ops.vdiskEvacuate, { name: rec.name, node }, undefined, evacuateTimeoutMs)
+        return Number(f.json.moved ?? 0)
+      } catch (e) {
+        // the owner may be the node being drained and going away: retry once ownership moved
+        if (attempt >= 3) throw e
+        await this.clock.sleep(1000)
+      }
+    }
   }
 
   /**
@@ -518,6 +524,14 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   async repair(id: string, down: string[], bytesPerSec?: number, lostDisks: string[] = []): Promise<{ egroups: number, bytes: number }> {
     const pace = repairPacer(this.clock, { ...(bytesPerSec !== undefined ? { limitBytesPerSec: bytesPerSec } : {}), busy: () => this.activity.busy(this.clock.now(), repairBusyWindowMs) })
     return this.onOwned(id, 'repair', { egroups: 0, bytes: 0 }, (v) => v.repair(new Set(down), pace, new Set(lostDisks)))
+  }
+
+  /** The curator's balancing of one vDisk's replicas (Vdisk.move), yielding to client I/O like the repair: see onOwned. */
+  async move(id: string, moves: ReplicaMove[], bytesPerSec?: number): Promise<{ egroups: number, bytes: number, skipped: number }> {
+    const pace = repairPacer(this.clock, { ...(bytesPerSec !== undefined ? { limitBytesPerSec: bytesPerSec } : {}), busy: () => this.activity.busy(this.clock.now(), repairBusyWindowMs) })
+    // a node marked draining since the plan (being removed) takes no replica
+    const takes = (node: string) => this.opts.view.nodes().find((n) => n.name === node)?.draining !== true
+    return this.onOwned(id, 'balancing', { egroups: 0, bytes: 0, skipped: moves.length }, (v) => v.move(moves, pace, takes))
   }
 
   /** The curator's scrub of one vDisk (Vdisk.scrub) at `bytesPerSec` at most: see onOwned. */

@@ -1,7 +1,7 @@
-import { assert, errorMessage } from '../../lib/errors.js'
+import { TessError, assert, errorMessage } from '../../lib/errors.js'
 import { egroupCopyInFlightMax, egroupCreatesAheadMax, extentsPerEgroup } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
-import type { VdiskRecord } from '../../lib/types.js'
+import type { ReplicaPlace, VdiskRecord } from '../../lib/types.js'
 import type { BlockCipher } from './crypt.js'
 import { KeyedRwLock } from './locks.js'
 import type { MapWriter } from './mapwriter.js'
@@ -193,6 +193,25 @@ function withReplacedReplicas(er: EgroupRecord, still: Replica[], added: Array<{
   }
 }
 
+/** how replaceFailed replaces: see there */
+export interface ReplaceOptions {
+  /** the replicas are healthy and move one for one (host removal, balancing) */
+  evacuate?: boolean
+  /** the operation that failed on them (a write), so that a copy never comes from a replica that missed it */
+  op?: object
+  /** the curator's repair: waits for a node, never goes on degraded */
+  repair?: boolean
+  /** the disk the one copy goes to (the curator's balancing), instead of one placement picks */
+  target?: ReplicaPlace
+}
+
+/** A move's target: never a node that holds another replica of the group (copies on distinct nodes). */
+function checkedTarget(eg: LoadedEgroup, moving: Replica[], t: ReplicaPlace): ReplicaPlace {
+  const other = eg.replicas.find((r) => r.node === t.node && !moving.includes(r))
+  if (other !== undefined) throw new TessError('TESS_E_CONFLICT', `cannot move a replica of extent group ${eg.id} to node ${t.node}: it holds another replica of the group`, 'copies of a group are on distinct nodes: pick a disk of a node that holds none')
+  return t
+}
+
 /**
  * Keep RF copies after replicas failed: under the egroup's exclusive lock, copy every slot from a
  * healthy replica to a node that holds none, sync it, and record the new replica set (the failed
@@ -202,7 +221,8 @@ function withReplacedReplicas(er: EgroupRecord, still: Replica[], added: Array<{
  * then names fewer than RF replicas, which the curator sees as under-replicated and repairs
  * (`repair`: the curator's call, which waits for a node like an evacuation and never degrades).
  */
-export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, evacuate = false, op?: object, repair = false): Promise<void> {
+export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: LoadedEgroup, failed: Replica[], why: unknown, o: ReplaceOptions = {}): Promise<void> {
+  const { evacuate = false, op, repair = false, target } = o
   const release = await eg.lock.write(0)
   try {
     const missed = eg.missed ?? new Map<Replica, Set<object>>()
@@ -224,7 +244,7 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
     let targets: Array<{ node: string, diskId: string }>
     try {
       // waits for a healthy node (bounded); a PlacementError names the nodes and why each cannot be used
-      targets = want === 0 ? [] : await placeOnDisks(env, want, what, exclude, degradable ? 0 : env.view.deadlineFromNow())
+      targets = want === 0 ? [] : target !== undefined ? [checkedTarget(eg, still, target)] : await placeOnDisks(env, want, what, exclude, degradable ? 0 : env.view.deadlineFromNow())
     } catch (e) {
       if (!degradable || !(e instanceof PlacementError)) throw e
       env.log.warn(`vDisk ${rec.name}: extent group ${eg.id} goes on degraded with ${kept.length} of ${rec.rf} copies (on ${kept.map((r) => r.node).join(', ')}): ${errorMessage(e)}; the curator adds the missing copies when a node can take them`)
@@ -244,7 +264,8 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       next.push(r)
       added.push({ node, diskId })
       const replaced = still[i]
-      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: ${replaced === undefined ? 'missing copy' : `replica on ${replaced.node} ${evacuate ? 'evacuated' : `failed (${errorMessage(why)})`}`}; copied to ${node} disk ${diskId}`)
+      const how = target !== undefined ? `moved (${errorMessage(why)})` : evacuate ? 'evacuated' : `failed (${errorMessage(why)})`
+      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: ${replaced === undefined ? 'missing copy' : `replica on ${replaced.node} disk ${replaced.diskId} ${how}`}; copied to ${node} disk ${diskId}`)
     }
     const nextRec = withReplacedReplicas(er, still, added)
     try {
@@ -306,7 +327,7 @@ export function vdiskBackend(env: OwnerEnv, rec: VdiskIdentity, mapWriter: MapWr
     mapWriter,
     mapKey,
     newEgroups: (count) => newEgroups(env, rec, count),
-    replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o?.evacuate ?? false, o?.op, o?.repair ?? false),
+    replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o),
     rf: rec.rf,
     log: env.log,
   }

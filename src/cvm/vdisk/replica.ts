@@ -49,32 +49,32 @@ export class LocalReplica implements Replica {
   }
 
   async read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
-    await (await this.store.get(this.egid)).read(slot, offset, length, out, outOffset)
+    await (await this.store.get(this.egid, this.diskId)).read(slot, offset, length, out, outOffset)
   }
 
   async write(slot: number, offset: number, data: Buffer): Promise<void> {
-    await (await this.store.get(this.egid)).write(slot, offset, data)
+    await (await this.store.get(this.egid, this.diskId)).write(slot, offset, data)
   }
 
   async clear(slot: number, offset: number, length: number): Promise<void> {
-    await (await this.store.get(this.egid)).clear(slot, offset, length)
+    await (await this.store.get(this.egid, this.diskId)).clear(slot, offset, length)
   }
 
   async freeSlot(slot: number): Promise<void> {
-    await (await this.store.get(this.egid)).freeSlot(slot)
+    await (await this.store.get(this.egid, this.diskId)).freeSlot(slot)
   }
 
   async sync(): Promise<void> {
-    if (!this.store.isOpen(this.egid)) return
-    await (await this.store.get(this.egid)).sync()
+    if (!this.store.isOpen(this.egid, this.diskId)) return
+    await (await this.store.get(this.egid, this.diskId)).sync()
   }
 
   async readRaw(slot: number): Promise<RawSlot | undefined> {
-    return (await this.store.get(this.egid)).readRaw(slot)
+    return (await this.store.get(this.egid, this.diskId)).readRaw(slot)
   }
 
   async writeRaw(slot: number, raw: RawSlot): Promise<void> {
-    await (await this.store.get(this.egid)).writeRaw(slot, raw.entries, raw.data, raw.version)
+    await (await this.store.get(this.egid, this.diskId)).writeRaw(slot, raw.entries, raw.data, raw.version)
   }
 
   delete(opts: { recycle?: boolean } = {}): Promise<void> {

@@ -22,6 +22,7 @@ export class NotOpenError extends Error {
  * paths share one open file (and one checksum cache) per extent group.
  */
 export class ReplicaStore {
+  /** open extent group files by disk and id (a group may have a file on two disks of this node while the curator moves it between them) */
   private readonly open = new Map<string, Promise<EgroupFile>>()
   private readonly files: FileLayer
 
@@ -82,7 +83,8 @@ export class ReplicaStore {
 
   async create(vdiskId: string, egid: string, diskId: string): Promise<void> {
     const dir = await this.diskDir(diskId)
-    const existing = this.open.get(egid)
+    const key = fileKey(egid, diskId)
+    const existing = this.open.get(key)
     if (existing) return void (await existing)
     const p = (async () => {
       const file = EgroupFile.fileName(dir, egid)
@@ -90,8 +92,8 @@ export class ReplicaStore {
       if (this.files.exists(file)) return EgroupFile.open(dir, egid, new Set(), (m) => this.opts.log.warn(m), this.files)
       return this.createFile(diskId, egid, vdiskId)
     })().then((eg) => this.adopt(eg))
-    this.open.set(egid, p)
-    p.catch(() => this.open.delete(egid))
+    this.open.set(key, p)
+    p.catch(() => this.open.delete(key))
     await p
   }
 
@@ -102,7 +104,8 @@ export class ReplicaStore {
    * into a file that stayed open here).
    */
   async openEgroup(egid: string, diskId: string, inUse: number[], vdiskId: string, createIfMissing: boolean): Promise<void> {
-    const existing = this.open.get(egid)
+    const key = fileKey(egid, diskId)
+    const existing = this.open.get(key)
     if (existing) return (await existing).forgetSlots(new Set(inUse), (m) => this.opts.log.warn(m))
     const dir = await this.diskDir(diskId)
     const p = (async () => {
@@ -113,8 +116,8 @@ export class ReplicaStore {
       }
       return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m), this.files)
     })().then((eg) => this.adopt(eg))
-    this.open.set(egid, p)
-    p.catch(() => this.open.delete(egid))
+    this.open.set(key, p)
+    p.catch(() => this.open.delete(key))
     await p
   }
 
@@ -123,20 +126,22 @@ export class ReplicaStore {
     return eg
   }
 
-  async get(egid: string): Promise<EgroupFile> {
-    const p = this.open.get(egid)
+  async get(egid: string, diskId: string): Promise<EgroupFile> {
+    const p = this.open.get(fileKey(egid, diskId))
     if (!p) throw new NotOpenError(egid)
     return p
   }
 
-  isOpen(egid: string): boolean {
-    return this.open.has(egid)
+  /** is the group's file on this disk open (being written, copied into or read)? */
+  isOpen(egid: string, diskId: string): boolean {
+    return this.open.has(fileKey(egid, diskId))
   }
 
   /** Remove an extent group's file; `recycle`: it may become a spare as it is (an encrypted vDisk's: see Replica.delete). */
   async delete(egid: string, diskId: string, recycle = false): Promise<void> {
-    const p = this.open.get(egid)
-    this.open.delete(egid)
+    const key = fileKey(egid, diskId)
+    const p = this.open.get(key)
+    this.open.delete(key)
     if (p) {
       try {
         await (await p).discard()
@@ -162,4 +167,9 @@ export class ReplicaStore {
     }
     this.open.clear()
   }
+}
+
+/** the key of an open file: a group's files on two disks of this node are two files */
+function fileKey(egid: string, diskId: string): string {
+  return `${diskId}/${egid}`
 }

@@ -1,6 +1,7 @@
 import { assert, errorMessage } from '../../lib/errors.js'
 import { checksumBlockSizeBytes, egroupCreatesAheadMax, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, vBlockSizeBytes } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
+import type { ReplicaMove, ReplicaPlace } from '../../lib/types.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError } from './egroup.js'
 import type { BlockCipher } from './crypt.js'
@@ -55,9 +56,10 @@ export interface VdiskBackend {
   /**
    * Replace replicas that failed an operation: mark them stale, copy the extent group from a
    * healthy replica to a node that has none, record the new set. Throws when it cannot keep RF
-   * copies. Takes the egroup's lock exclusively.
+   * copies. Takes the egroup's lock exclusively. `target`: the one disk the copy goes to (a move
+   * by the curator's balancing, with `evacuate`), instead of one placement picks.
    */
-  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate?: boolean, op?: object, repair?: boolean }): Promise<void>
+  replaceFailed(eg: LoadedEgroup, failed: Replica[], why: unknown, opts?: { evacuate?: boolean, op?: object, repair?: boolean, target?: ReplicaPlace }): Promise<void>
   /** the vDisk's replication factor (default: as many copies as each group has) */
   rf?: number
   log: Logger
@@ -680,6 +682,43 @@ export class Vdisk {
       progress(++done, todo.length)
     }
     return done
+  }
+
+  /**
+   * The curator's balancing: each replica in `moves` is copied to its new disk under its group's
+   * lock, the group's record names the new place, and the old file is deleted. A move whose group
+   * or replica is no longer there (a change since the plan), whose target node holds another
+   * replica of the group, or that `takes` refuses now (a node draining) is skipped, and so is one
+   * that fails (logged). `pace(bytes)` between groups, as for the repair.
+   */
+  async move(moves: ReplicaMove[], pace?: (bytes: number) => Promise<void>, takes: (node: string) => boolean = () => true): Promise<{ egroups: number, bytes: number, skipped: number }> {
+    this.check()
+    const out = { egroups: 0, bytes: 0, skipped: 0 }
+    for (const m of moves) {
+      const eg = this.egroups.get(m.egroupId)
+      const r = eg?.replicas.find((x) => x.node === m.from.node && x.diskId === m.from.diskId)
+      const taken = eg?.replicas.some((x) => x.node === m.to.node && x !== r) ?? true
+      if (eg === undefined || r === undefined || taken || !takes(m.to.node) || (m.to.node === m.from.node && m.to.diskId === m.from.diskId)) {
+        out.skipped++
+        continue
+      }
+      try {
+        await this.backend.replaceFailed(eg, [r], new Error(`moved to ${m.to.node} disk ${m.to.diskId} to balance the disks`), { evacuate: true, target: m.to })
+      } catch (e) {
+        // the group keeps its replicas (a copy left half-made is garbage the collection removes)
+        this.backend.log.warn(`vDisk ${this.name}: move of extent group ${eg.id} from ${m.from.node} disk ${m.from.diskId} to ${m.to.node} disk ${m.to.diskId} failed: ${errorMessage(e)}`)
+      }
+      if (eg.replicas.includes(r)) {
+        out.skipped++
+        continue
+      }
+      await r.delete().catch((e: unknown) => this.backend.log.warn(`vDisk ${this.name}: moved replica of extent group ${eg.id} on ${r.node} disk ${r.diskId} stays until the garbage collection removes it: ${errorMessage(e)}`))
+      out.egroups++
+      const copied = eg.usedSlots.size * vBlockSizeBytes
+      out.bytes += copied
+      await pace?.(copied)
+    }
+    return out
   }
 
   /**

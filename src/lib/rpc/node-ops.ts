@@ -1,11 +1,11 @@
 import { TessError } from '../errors.js'
 import { parseContainerSpec, cpusField, memoryField, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
 import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
-import type { GcFound } from '../types.js'
-import { bool, int, obj, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
+import type { GcFound, ReplicaMove } from '../types.js'
+import { bool, int, obj, objList, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
-import { containerStopTimeoutMsMax, disksMax, gcMinAgeMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
+import { balanceMovesMax, containerStopTimeoutMsMax, disksMax, gcMinAgeMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
 import { checkName } from '../names.js'
 import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
 
@@ -69,6 +69,8 @@ export interface NodeOps {
    * copies of its extent groups with replicas on the `down` nodes, or with fewer than RF
    */
   'vdisk.repair': { req: { id: string, down: string[], bytesPerSec?: number, lostDisks?: string[] }, res: { egroups: number, bytes: number } }
+  /** the curator's balancing: move replicas of one vDisk's extent groups to other disks, at its owner */
+  'vdisk.move': { req: { id: string, moves: ReplicaMove[], bytesPerSec?: number }, res: { egroups: number, bytes: number, skipped: number } }
   /** the curator's scrub of one vDisk at its owner, at most bytesPerSec */
   'vdisk.scrub': { req: { id: string, bytesPerSec: number }, res: { extents: number, bytesChecked: number, badBlocks: number, repairedBlocks: number, unreadable: number } }
   /** the curator's garbage collection on one node: stale replicas' files and files no record names, changed at least minAgeMs ago */
@@ -95,6 +97,22 @@ const containerIdPattern = /^[a-f0-9]{12}$/
 const clusterKeyLengthMax = 1024
 
 const csmField = (b: Record<string, unknown>, k = 'csm'): string => checkName('CSM', strMax(b, k, 63)!)
+
+const wholeNumberPattern = /^[1-9][0-9]{0,19}$/
+
+function placeField(b: Record<string, unknown>, k: string): { node: string, diskId: string } {
+  const p = obj(b, k)!
+  const diskId = str(p, 'diskId')!
+  if (!wholeNumberPattern.test(diskId)) throw new TessError('TESS_E_BAD_REQUEST', `field "${k}.diskId" must be a disk id, got ${shown(diskId, 30)}`, 'a whole number')
+  return { node: checkName('node', strMax(p, 'node', 63)!), diskId }
+}
+
+/** One replica move of the curator's balancing: an extent group id and two places (node, disk id). */
+function replicaMoveField(b: Record<string, unknown>): ReplicaMove {
+  const egroupId = str(b, 'egroupId')!
+  if (!wholeNumberPattern.test(egroupId)) throw new TessError('TESS_E_BAD_REQUEST', `field "egroupId" must be an extent group id, got ${shown(egroupId, 30)}`, 'a whole number')
+  return { egroupId, from: placeField(b, 'from'), to: placeField(b, 'to') }
+}
 
 /** A container's id as its CSM gave it: 12 hex digits. */
 export function containerIdField(b: Record<string, unknown>): string {
@@ -151,6 +169,12 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
       throw new TessError('TESS_E_BAD_REQUEST', 'field "lostDisks" must be a list of disk ids', `at most ${disksMax} ids, each a whole number`)
     }
     return { id: vdiskIdField(b), down: down.map((n: string) => checkName('node', n)), ...(bytesPerSec !== undefined ? { bytesPerSec } : {}), ...(lost !== undefined ? { lostDisks: lost as string[] } : {}) }
+  },
+  'vdisk.move': (b) => {
+    const bytesPerSec = int(b, 'bytesPerSec', repairBytesPerSecMin, repairBytesPerSecMax, false)
+    const moves = objList(b, 'moves', balanceMovesMax, replicaMoveField)
+    if (moves === undefined) throw new TessError('TESS_E_BAD_REQUEST', 'field "moves" is required', 'add "moves": [{"egroupId", "from", "to"}, ...]')
+    return { id: vdiskIdField(b), moves, ...(bytesPerSec !== undefined ? { bytesPerSec } : {}) }
   },
   'vdisk.scrub': (b) => ({ id: vdiskIdField(b), bytesPerSec: int(b, 'bytesPerSec', scrubBytesPerSecMin, scrubBytesPerSecMax)! }),
   'pool.gc': (b) => ({ minAgeMs: int(b, 'minAgeMs', 0, gcMinAgeMsMax)! }),

@@ -17,6 +17,7 @@ export default class ClusterHealthCommand extends TessCommand<ClusterHealth> {
     'The curator (one CVM, elected) copies under-replicated groups to other nodes with no client I/O needed: groups on a node that has been down, or on a disk that has been offline, for longer than the grace period (30 s), and groups with fewer than RF copies. A node or disk lost, back, added or removed starts a scan at once. "to re-protect" is the data in under-replicated groups; the repair rate and time left are those of its current run.',
     'The same master fails containers over: a CSM of a node down for longer than the grace moves to a node with room, with its containers that have a restart policy (`tess container run --restart`); the newest failovers are listed. It also runs the checksum scrub (`tess cluster scrub`, and weekly): the last pass and what it found are shown.',
     'Garbage: every 10 minutes (and when a master is elected) each node that is up removes the extent group files no record names there (a vDisk deleted while the node was down, a replica replaced while it was away) and the files of replicas recorded as stale, once they are 10 minutes old; "last gc" shows when the last pass ended and what it removed.',
+    'Disk balancing: when every node and disk is up and nothing is under-replicated, replicas move between the disks of a node until each holds its share of the node\'s replicas by capacity (after `tess disk add`, the new disk gets its share); "disk balance" shows the last pass that moved any.',
     'State: healthy, degraded (some groups under-replicated) or data-unavailable (some lost). The exit code is 0 in every state: scripts read "state" from --json.',
   ].join('\n\n')
 
@@ -58,6 +59,8 @@ export default class ClusterHealthCommand extends TessCommand<ClusterHealth> {
     if (f !== null) pairs.push(['scrub found', `${f.badBlocks} bad block copies in ${formatBytes(f.bytesChecked)} checked, ${f.repairedBlocks} repaired${f.unreadable > 0 ? `, ${f.unreadable} unreadable` : ''}`])
     const g = c.lastGcFound
     pairs.push(['last gc', c.lastGcAt === null ? 'never' : `${formatAge(c.lastGcAt)}${g !== null ? `: ${g.files} file(s) removed (${formatBytes(g.bytes)}), ${g.staleEntries} stale replica entries dropped` : ''}`])
+    const b = c.lastBalanceMoved
+    pairs.push(['disk balance', c.balancing ? 'moving replicas now' : c.lastBalanceAt === null ? 'balanced (nothing moved yet)' : `last moved ${formatAge(c.lastBalanceAt)}${b !== null ? `: ${b.egroups} of ${b.planned} extent group replica(s) planned (${formatBytes(b.bytes)})` : ''}`])
     return [
       keyValue(pairs),
       table(['vdisk', 'rf', 'egroups', 'healthy', 'under-replicated', 'lost', 'to re-protect', 'nodes down'],
