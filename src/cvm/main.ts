@@ -18,7 +18,7 @@ import { etcdStartTimeoutMs } from '../lib/limits.js'
 import { makeLogger } from '../lib/log.js'
 import { nodePaths, readNodeConfig, type NodeConfig } from '../lib/nodeconfig.js'
 import { ApiServer } from '../lib/http-server.js'
-import { registerRoutes } from './api/routes.js'
+import { registerRoutes, type RouteServices } from './api/routes.js'
 import { registerCsmRoutes } from './api/csm-routes.js'
 import { AuditLog, UserDirectory, registerUserRoutes } from './api/users.js'
 import { keyNodeOps, registerKeyRoutes } from './api/keys-routes.js'
@@ -162,7 +162,7 @@ async function openVdisks({ cfg, etcd }: Startup, keeper: KeyKeeper, disks: Disk
 }
 
 /** The management API (not yet listening) with its users, audit log and the cluster, node, disk and vDisk routes. */
-async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService, engine: VdiskEngine, nbdTrust: NbdTrust, curator: Curator, scrubNow: (bytesPerSec?: number) => Promise<ScrubStart> }): Promise<{ api: ApiServer, users: UserDirectory }> {
+async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService, engine: VdiskEngine, nbdTrust: NbdTrust, curator: Curator, scrubNow: (bytesPerSec?: number) => Promise<ScrubStart>, moveAt: RouteServices['moveAt'] }): Promise<{ api: ApiServer, users: UserDirectory }> {
   const { cfg, paths, etcd } = s
   const { creds } = p
   const token = fs.readFileSync(paths.apiToken, 'utf8').trim()
@@ -172,7 +172,7 @@ async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService,
   users.start()
   const audit = new AuditLog(etcd, cfg.nodeName, log)
   const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), rootRotated: () => users.rootRotated, audit: (e) => audit.record(e) })
-  registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust, curator: parts.curator, scrubNow: parts.scrubNow })
+  registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust, curator: parts.curator, scrubNow: parts.scrubNow, moveAt: parts.moveAt })
   registerUserRoutes(api, users, audit)
   return { api, users }
 }
@@ -283,6 +283,12 @@ function stopOnSignals(s: Startup, p: PoolParts, parts: { curator: Curator, agen
   process.on('SIGINT', () => void stop('SIGINT'))
 }
 
+/** the node whose CVM owns a vDisk when it is up, else this node (which takes the vDisk for the work) */
+async function ownerOrSelf(s: Startup, view: PlacementView, vdiskId: string): Promise<string> {
+  const owner = (await etcdCall('read a vDisk owner', () => s.etcd.get(keys.vdiskOwner(vdiskId)).string()))?.split('/')[0]
+  return owner !== undefined && view.nodes().some((n) => n.name === owner && n.up) ? owner : s.cfg.nodeName
+}
+
 async function main(): Promise<void> {
   const s = readStartup()
   await waitForEtcd(s)
@@ -320,7 +326,9 @@ async function main(): Promise<void> {
     const r = await call(master, 'curator.scrub', {}, 10_000)
     return { ...r, bytesPerSec: settings.scrubBytesPerSec }
   }
-  const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator, scrubNow })
+  // `disk remove --evacuate`: one vDisk's replica moves at its owner (here when nobody up owns it)
+  const moveAt: RouteServices['moveAt'] = async (id, moves) => call(await ownerOrSelf(s, view, id), 'vdisk.move', { id, moves }, curatorRepairCallTimeoutMs)
+  const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator, scrubNow, moveAt })
   const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, curator, otherUpNodes })
   await listen(s, p, { keeper, dataServer, nbd, api, containers })
   curator.start()

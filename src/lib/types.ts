@@ -39,6 +39,8 @@ export interface DiskInfo {
   /** everything else on the disk's filesystem: other files, other disks on the same filesystem, metadata */
   otherBytes: number
   addedAt: string
+  /** being evacuated: no new extent group lands on it (absent: not) */
+  draining?: boolean
 }
 
 /** capacityBytes = usedBytes + freeBytes + reservedBytes + otherBytes, each counted once per filesystem */
@@ -301,7 +303,14 @@ export interface NodeStatusRecord {
   /** absent in records of older CVMs */
   containers?: ContainersState
 }
-export interface DiskRecord { id: string, node: string, path: string, addedAt: string }
+export interface DiskRecord {
+  id: string
+  node: string
+  path: string
+  addedAt: string
+  /** being evacuated (`tess disk remove --evacuate`): no new extent group lands on it */
+  draining?: boolean
+}
 /** one replica's place: a disk of a node */
 export interface ReplicaPlace { node: string, diskId: string }
 /** a move of one replica of one extent group to another disk (of the same node or another one): the curator's balancing */

@@ -178,7 +178,7 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect((await c.tess(['disk', 'remove', extra, '--yes', '--json'])).code).toBe(3)
   })
 
-  it('balances the disks after a disk add: the new disk gets its share of the extent groups, the data reads back', async () => {
+  it('balances the disks after a disk add: the new disk gets its share of the extent groups; disk remove --evacuate moves them back; the data reads back', async () => {
     const src = path.join(c.root, 'bal.bin')
     fs.writeFileSync(src, crypto.randomBytes(256 * MiB))
     expect((await c.tess(['vdisk', 'create', 'bal', '--size', '512M', '--json'])).code).toBe(0)
@@ -204,16 +204,31 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(a + b, 'every group once: the old file goes after each move').toBe(n)
     expect(Math.abs(a - b), `${a} and ${b} groups on the two disks`).toBeLessThanOrEqual(1)
     expect((await c.tess(['cluster', 'health'])).stdout).toMatch(/disk balance:\s+last moved .*extent group replica/)
-    const out = path.join(c.root, 'bal-out.bin')
-    const r = await run('nbdcopy', [c.nbdUri('bal'), out], { timeoutMs: 120_000 })
-    expect(r.code, r.stderr).toBe(0)
-    expect(fs.readFileSync(out).subarray(0, 256 * MiB).equals(fs.readFileSync(src))).toBe(true)
-    fs.rmSync(out)
-    fs.rmSync(src)
-    // the new disk holds data now: its removal is refused
+    const readBack = async () => {
+      const out = path.join(c.root, 'bal-out.bin')
+      const r = await run('nbdcopy', [c.nbdUri('bal'), out], { timeoutMs: 120_000 })
+      expect(r.code, r.stderr).toBe(0)
+      expect(fs.readFileSync(out).subarray(0, 256 * MiB).equals(fs.readFileSync(src))).toBe(true)
+      fs.rmSync(out)
+    }
+    await readBack()
+    // the new disk holds data now: its removal is refused, with --evacuate it moves the data back first
     const rm = await c.tess(['disk', 'remove', extra, '--yes', '--json'])
     expect(rm.code).toBe(4)
     expect(rm.json.error.code).toBe('TESS_E_CONFLICT')
+    expect(rm.json.error.hint).toContain('--evacuate')
+    const ev = await c.tess(['disk', 'remove', extra, '--evacuate', '--yes', '--json'])
+    expect(ev.code, ev.stdout + ev.stderr).toBe(0)
+    expect(ev.json).toMatchObject({ path: extra, egroupsMoved: b })
+    expect(groups(first)).toBe(n)
+    expect((await c.tess(['disk', 'list', '--json'])).json.map((d: any) => d.path)).toEqual([first])
+    await readBack()
+    // the only disk of the node: nothing can take its data, refused before anything changes
+    const only = await c.tess(['disk', 'remove', first, '--evacuate', '--yes', '--json'])
+    expect(only.code).toBe(5)
+    expect(only.json.error.code).toBe('TESS_E_PRECONDITION')
+    expect((await c.tess(['disk', 'list', '--json'])).json[0].draining).toBeUndefined()
+    fs.rmSync(src)
     expect((await c.tess(['vdisk', 'delete', 'bal', '--yes', '--json'])).code).toBe(0)
   })
 

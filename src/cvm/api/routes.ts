@@ -1,4 +1,4 @@
-import { TessError } from '../../lib/errors.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
 import { checkCaPem, nbdTrustRefreshMs, waitForNbdTrustAcks, type NbdRevocation, type NbdTrust } from '../nbd/trust.js'
 import type { NodeConfig } from '../../lib/nodeconfig.js'
 import type { HealthInfo } from '../../lib/types.js'
@@ -8,13 +8,14 @@ import type { VdiskService } from '../vdisk/service.js'
 import type { VdiskEngine } from '../vdisk/engine.js'
 import type { PlacementView } from '../vdisk/placement.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import type { DiskRecord, NodeRecord, ScrubStart } from '../../lib/types.js'
+import type { DiskRecord, NodeRecord, ReplicaMove, ScrubStart } from '../../lib/types.js'
 import { listCsmRecords } from '../control/records.js'
 import type { Etcd3 } from 'etcd3'
-import { bodyObject, bool, int, queryInt, str, type ApiServer } from '../../lib/http-server.js'
+import { bodyObject, bool, int, queryInt, str, type ApiRequest, type ApiServer } from '../../lib/http-server.js'
 import { checkName } from '../../lib/names.js'
 import { rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
-import { clusterHealth } from '../curator/health.js'
+import { evacuateDisk, evacuationTargets, type DiskEvacuationEnv, type DiskEvacuationJob } from '../curator/disk-evacuation.js'
+import { clusterHealth, liveness } from '../curator/health.js'
 import { parseSettingsPatch, readSettings, updateSettings } from '../curator/settings.js'
 import type { Curator } from '../curator/curator.js'
 
@@ -33,7 +34,9 @@ interface EvacuationJob {
 const etcdReconfigWaitMs = 30_000
 
 /** what the management API routes use */
-export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust, curator: Curator, scrubNow: (bytesPerSec?: number) => Promise<ScrubStart> }
+export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust, curator: Curator, scrubNow: (bytesPerSec?: number) => Promise<ScrubStart>,
+  /** run one vDisk's replica moves at its owner (node operation vdisk.move) */
+  moveAt: (vdiskId: string, moves: ReplicaMove[]) => Promise<{ egroups: number, bytes: number, skipped: number }> }
 
 /** The management API routes (see the README's API section), one function per kind of resource. */
 export function registerRoutes(api: ApiServer, s: RouteServices): void {
@@ -120,6 +123,46 @@ function registerDiskRoutes(api: ApiServer, s: RouteServices): void {
     return d
   })
   api.route('GET', '/v1/storage-pool', async () => s.disks.pool())
+  registerDiskEvacuation(api, s)
+}
+
+/**
+ * `tess disk remove --evacuate`, step 1: the disk is marked draining (no new extent group lands
+ * on it) and its replicas move to its node's other disks, through each vDisk's owner. Runs as a
+ * job on this CVM; GET shows its progress. Step 2 is the DELETE above.
+ */
+function registerDiskEvacuation(api: ApiServer, s: RouteServices): void {
+  const jobs = new Map<string, DiskEvacuationJob>()
+  const env: DiskEvacuationEnv = { etcd: s.etcd, onlineDisks: async () => (await liveness(s.etcd)).onlineDisks, move: s.moveAt }
+  const diskOf = (req: ApiRequest) => {
+    const p = req.query.get('path')
+    if (!p) throw new TessError('TESS_E_BAD_REQUEST', 'query parameter "path" is required', 'POST /v1/disks/evacuate?path=/the/disk')
+    return s.disks.find(p, req.query.get('node') ?? undefined)
+  }
+  api.route('POST', '/v1/disks/evacuate', async (req) => {
+    const found = await diskOf(req)
+    const running = jobs.get(found.id)
+    if (running && running.state === 'running') return running
+    await evacuationTargets(env, found) // refused before anything changes when no other disk can take the data
+    const d = await s.disks.drain(found.id, found.node)
+    const job: DiskEvacuationJob = { disk: d.id, node: d.node, path: d.path, state: 'running', egroupsMoved: 0, egroupsTotal: 0, vdisk: null, error: null }
+    jobs.set(d.id, job)
+    void evacuateDisk(env, d, (p) => Object.assign(job, p)).then((moved) => {
+      job.egroupsMoved = moved
+      job.state = 'done'
+      s.log.info(`disk ${d.path} on ${d.node}: ${moved} extent group(s) moved to the node's other disks`)
+    }, (e: unknown) => {
+      job.state = 'failed'
+      job.error = e instanceof TessError ? e.toBody() : { code: 'TESS_E_IO', message: `evacuation of disk ${d.path} failed: ${errorMessage(e)}`, hint: 'see the CVM log; run the command again to resume' }
+    })
+    return job
+  })
+  api.route('GET', '/v1/disks/evacuate', async (req) => {
+    const d = await diskOf(req)
+    const job = jobs.get(d.id)
+    if (!job) throw new TessError('TESS_E_NOT_FOUND', `no evacuation of disk "${d.path}" started on this CVM`, 'start one with POST')
+    return job
+  })
 }
 
 /**

@@ -9,6 +9,8 @@ export interface BalanceDisk {
   capacityBytes: number
   /** the device of its file system on its node: disks of one node on one device share its capacity */
   dev: number
+  /** being evacuated (`disk remove --evacuate`): takes nothing, and its groups are the evacuation's */
+  draining?: boolean
 }
 
 /** the moves of one vDisk (they run at its owner, in one request) */
@@ -41,7 +43,8 @@ function weights(disks: BalanceDisk[]): Map<string, number> {
  * repair's). At most `movesMax` moves in all; the next scan plans again from the records the moves
  * wrote.
  */
-export function planBalance(disks: BalanceDisk[], egroups: EgroupRecord[], vdisks: VdiskRecord[], o: BalanceOptions = {}): BalanceWork[] {
+export function planBalance(all: BalanceDisk[], egroups: EgroupRecord[], vdisks: VdiskRecord[], o: BalanceOptions = {}): BalanceWork[] {
+  const disks = all.filter((d) => d.draining !== true)
   const usable = new Map(disks.map((d) => [d.id, d]))
   const ready = new Set(vdisks.filter((v) => v.state === 'ready').map((v) => v.id))
   // the groups that may move (every replica on a usable disk), as copies the plan changes

@@ -103,7 +103,7 @@ export async function liveness(etcd: Etcd3): Promise<{ up: Set<string>, offlineD
     if (st === undefined) continue
     const reported = st.disks[d.id]
     if (reported === undefined) offlineDisks.set(d.id, d)
-    else onlineDisks.push({ id: d.id, node: d.node, capacityBytes: reported.capacityBytes, dev: reported.dev })
+    else onlineDisks.push({ id: d.id, node: d.node, capacityBytes: reported.capacityBytes, dev: reported.dev, ...(d.draining === true ? { draining: true } : {}) })
   }
   return { up: new Set(byNode.keys()), offlineDisks, onlineDisks }
 }

@@ -164,10 +164,20 @@ export class DiskService {
     return matches[0] as DiskRecord
   }
 
+  /** Mark a disk draining (`disk remove --evacuate`): placement picks it no more; answers its record. */
+  async drain(diskPath: string, node: string | undefined): Promise<DiskRecord> {
+    const d = await this.find(diskPath, node)
+    if (d.draining === true) return d
+    const next: DiskRecord = { ...d, draining: true }
+    await etcdCall('mark the disk draining', () => this.etcd.put(keys.disk(d.id)).value(JSON.stringify(next)))
+    this.localCache = undefined
+    return next
+  }
+
   async remove(diskPath: string, node: string | undefined): Promise<DiskInfo> {
     const d = await this.find(diskPath, node)
     if (await this.holdsData(d.id)) {
-      throw new TessError('TESS_E_CONFLICT', `cannot remove disk "${d.path}" on ${d.node}: it holds extent groups`, 'delete the vDisks stored on it, or wait for evacuation to move them')
+      throw new TessError('TESS_E_CONFLICT', `cannot remove disk "${d.path}" on ${d.node}: it holds extent groups`, 'move its data to the node\'s other disks first: `tess disk remove PATH --evacuate`')
     }
     const info = (await this.list()).find((x) => x.id === d.id)
     await etcdCall('remove the disk', () => this.etcd.delete().key(keys.disk(d.id)))
@@ -208,6 +218,7 @@ export class DiskService {
         reservedBytes: st?.reservedBytes ?? 0,
         otherBytes: st ? otherBytesOf(st.capacityBytes, st.usedBytes, st.freeBytes, st.reservedBytes ?? 0) : 0,
         addedAt: r.addedAt,
+        ...(r.draining === true ? { draining: true } : {}),
       }
     })
   }

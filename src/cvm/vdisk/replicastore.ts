@@ -62,11 +62,12 @@ export class ReplicaStore {
     return EgroupFile.create(dir, egid, vdiskId, undefined, undefined, this.files)
   }
 
-  /** The local disk with the most free space that fits a whole extent group. */
+  /** The local disk with the most free space that fits a whole extent group (never one being evacuated). */
   async pickDisk(): Promise<string> {
     let best: DiskRecord | undefined
     let bestFree = -1
     for (const d of await this.opts.localDisks()) {
+      if (d.draining === true) continue
       try {
         const free = this.files.freeBytes(d.path) + (this.opts.spares?.bytes(d.id) ?? 0)
         if (free > bestFree) {
