@@ -13,7 +13,15 @@ fi
 bash scripts/install-deps.sh test
 # the tests are TypeScript too: typecheck them with the sources (strict)
 npx tsc -p tsconfig.test.json
-npx vitest run "$@"
+if [[ $# -eq 0 ]]; then
+  # unit tests and the simulator two files at a time (each uses its own temporary dirs and ports
+  # chosen by the kernel); the integration tests one file at a time (vitest.config.ts): they start
+  # daemons, test hosts and clusters that would compete for the 2 cores
+  npx vitest run test/unit test/sim --fileParallelism --maxWorkers=2 --minWorkers=1
+  npx vitest run test/integration
+else
+  npx vitest run "$@"
+fi
 # the CRC-32C module, page cache reads, the extent group files, the NBD server, the vDisk cipher and the data port's writers again without the native addons
 # (the pure-JS CRC-32C, reads through the thread pool only, replies written by the event loop, XTS through node:crypto); the run above used the addons
 if [[ $# -eq 0 ]]; then TESS_CRC32C=js TESS_IO=pool npx vitest run test/unit/crc32c.test.ts test/unit/nativeio.test.ts test/unit/egroup.test.ts test/unit/nbd-server.test.ts test/unit/vdisk-crypt.test.ts test/unit/tickwriter.test.ts test/unit/dataport-bulk.test.ts; fi

@@ -17,6 +17,8 @@ const curatorRetryMs = 5000
 const curatorFailoversKept = 20
 /** after a balancing pass that moved replicas, the next scan (and pass) comes this soon */
 const balanceRescanMs = 1000
+/** replica moves per vdisk.move call: between calls the pass stops when a scan was asked for */
+const balanceMovesPerCall = 8
 
 /** what the master asks of a vDisk's owner (through the node operation vdisk.repair) */
 export type RepairCall = (node: string, id: string, down: string[], bytesPerSec?: number, lostDisks?: string[]) => Promise<{ egroups: number, bytes: number }>
@@ -360,7 +362,8 @@ export class Curator {
   /**
    * The disk balancing (balance.ts): replicas move from disks that hold more than their share to
    * disks that hold less (after a disk add, or a node that joined), each vDisk's moves at its
-   * owner, at the repair's pace (yielding to client I/O). A pass moves at most balanceMovesMax;
+   * owner, at the repair's pace (yielding to client I/O), a few at a time; a scan asked for
+   * meanwhile (a node or disk lost or back) ends the pass. A pass moves at most balanceMovesMax;
    * when it moved any, the next scan comes soon and plans the rest.
    */
   private async balance(vdisks: VdiskRecord[], egroups: EgroupRecord[], nodes: NodeRecord[], live: Liveness, up: ReadonlySet<string>): Promise<void> {
@@ -375,17 +378,22 @@ export class Curator {
     await this.writeStatus()
     try {
       for (const w of plan) {
-        if (!this.leading || this.stopped) return
         const name = byId.get(w.vdiskId)?.name ?? w.vdiskId
         const at = await this.workerFor(w.vdiskId, up)
-        try {
-          const r = await this.opts.move!(at, w.vdiskId, w.moves, this.repairBytesPerSec)
-          moved.egroups += r.egroups
-          moved.bytes += r.bytes
-          this.opts.log.info(`curator: vDisk ${name}: ${r.egroups} of ${w.moves.length} replica(s) moved to balance the disks (${r.bytes} bytes)${r.skipped > 0 ? `, ${r.skipped} skipped (changed since the plan)` : ''}`)
-        } catch (e) {
-          st.lastError = `balance vDisk ${name}: ${errorMessage(e)}`
-          this.opts.log.warn(`curator: balancing of vDisk ${name} at ${at} failed: ${errorMessage(e)}; the next scan plans again`)
+        // a few moves per call: a scan asked for meanwhile (a node or disk lost) is not kept waiting
+        for (let i = 0; i < w.moves.length; i += balanceMovesPerCall) {
+          if (!this.leading || this.stopped || this.again) return
+          const batch = w.moves.slice(i, i + balanceMovesPerCall)
+          try {
+            const r = await this.opts.move!(at, w.vdiskId, batch, this.repairBytesPerSec)
+            moved.egroups += r.egroups
+            moved.bytes += r.bytes
+            this.opts.log.info(`curator: vDisk ${name}: ${r.egroups} of ${batch.length} replica(s) moved to balance the disks (${r.bytes} bytes)${r.skipped > 0 ? `, ${r.skipped} skipped (changed since the plan, or failed)` : ''}`)
+          } catch (e) {
+            st.lastError = `balance vDisk ${name}: ${errorMessage(e)}`
+            this.opts.log.warn(`curator: balancing of vDisk ${name} at ${at} failed: ${errorMessage(e)}; the next scan plans again`)
+            break
+          }
         }
       }
     } finally {
