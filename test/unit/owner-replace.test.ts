@@ -189,8 +189,9 @@ describe('replacing failed replicas', () => {
     const e: OwnerEnv = { ...base, replicaFor: (_v, _eg, node, diskId) => at(node, diskId) }
     const a = at('n1', 'd1')
     const b = at('n2', 'd2')
+    // the copy comes from the replica that moves (its bytes differ from the other copy's here, to tell them apart)
     await a.write(0, 0, Buffer.alloc(MiB, 7))
-    await b.write(0, 0, Buffer.alloc(MiB, 7))
+    await b.write(0, 0, Buffer.alloc(MiB, 8))
     records.set('1', { id: '1', vdiskId: '7', replicas: [{ node: 'n1', diskId: 'd1' }, { node: 'n2', diskId: 'd2' }], createdAt: '' })
     const eg = egroup([a, b], [0])
     await replaceFailed(e, { ...rec, rf: 2 }, eg, [a], new Error('balancing'), { evacuate: true, target: { node: 'n1', diskId: 'd9' } })

@@ -229,8 +229,11 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
     const chosen = replicasToReplace(eg.replicas, failed, missed, evacuate, op, rec.rf)
     if (chosen === undefined) return // another writer replaced them already
     const { still, kept, sources, want } = chosen
-    // An evacuated replica is healthy: it is the source when it is the only copy (RF 1).
-    const source = sources[0] ?? (evacuate ? still[0] : undefined)
+    // An evacuated replica is healthy: it is the source when it is the only copy (RF 1), and the
+    // source of a move that holds every operation (the copy stays on its node when it moves
+    // between the node's disks).
+    const mover = target !== undefined && still[0] !== undefined && (missed.get(still[0])?.size ?? 0) === 0 ? still[0] : undefined
+    const source = mover ?? sources[0] ?? (evacuate ? still[0] : undefined)
     if (!source) throw new Error('no healthy replica left')
     const er = await env.getEgroupRecord(rec.id, eg.id)
     if (!er) throw new Error(`extent group ${eg.id} has no record`)

@@ -69,6 +69,17 @@ export interface VdiskBackend {
 
 const blocksPerVblock = vBlockSizeBytes / checksumBlockSizeBytes
 
+/**
+ * May replica `r` of `eg` move to `to`: a place other than its own, on a node that holds no other
+ * copy of the group, and `r` holds every operation (one that missed a write is the write path's
+ * to replace, and a move copies from it)?
+ */
+function movable(eg: LoadedEgroup, r: Replica, to: ReplicaPlace): boolean {
+  if (to.node === r.node && to.diskId === r.diskId) return false
+  if (eg.replicas.some((x) => x.node === to.node && x !== r)) return false
+  return (eg.missed?.get(r)?.size ?? 0) === 0
+}
+
 /** the number in the vDisk of the 4 KiB block at `off` in vBlock `vb` (the encryption tweak) */
 function blockNumber(vb: number, off: number): number {
   return vb * blocksPerVblock + off / checksumBlockSizeBytes
@@ -697,8 +708,7 @@ export class Vdisk {
     for (const m of moves) {
       const eg = this.egroups.get(m.egroupId)
       const r = eg?.replicas.find((x) => x.node === m.from.node && x.diskId === m.from.diskId)
-      const taken = eg?.replicas.some((x) => x.node === m.to.node && x !== r) ?? true
-      if (eg === undefined || r === undefined || taken || !takes(m.to.node) || (m.to.node === m.from.node && m.to.diskId === m.from.diskId)) {
+      if (eg === undefined || r === undefined || !movable(eg, r, m.to) || !takes(m.to.node)) {
         out.skipped++
         continue
       }
