@@ -122,4 +122,40 @@ describe('garbage collection of extent group files', () => {
     expect(await collectGarbage(env(t1 + 100 * minAgeMs), minAgeMs)).toEqual({ files: 0, bytes: 0, staleEntries: 0 })
     expect(lines.filter((l) => l.startsWith('gc: removed'))).toHaveLength(5)
   }, 60_000)
+
+  it('a node with two disks: a group moved between them keeps the file its record names and loses the other; what is open counts per disk', async () => {
+    // node n5 with disks d5 and d6 (its own directories and store: the groups above are not its)
+    const d5 = path.join(root, 'd5')
+    const d6 = path.join(root, 'd6')
+    const two: DiskRecord[] = [{ id: 'd5', node: 'n5', path: d5, addedAt: '' }, { id: 'd6', node: 'n5', path: d6, addedAt: '' }]
+    for (const d of [d5, d6]) fs.mkdirSync(path.join(d, egroupDirName), { recursive: true })
+    const store5 = new ReplicaStore({ localDisks: async () => two, log })
+    const fileOn = (d: string, id: string) => EgroupFile.fileName(path.join(d, egroupDirName), id)
+    const make = async (d: string, id: string) => {
+      const eg = await EgroupFile.create(path.join(d, egroupDirName), id, '8')
+      await eg.close()
+      fs.appendFileSync(fileOn(d, id), crypto.randomBytes(64 * 1024))
+    }
+    // 30: moved from d5 to d6 (the record names d6, d5 as stale); 31: recorded on d5, a leftover
+    // copy on d6 that no record names; 32: no record, open on d6 (a copy being made), not on d5
+    for (const [d, id] of [[d5, '30'], [d6, '30'], [d5, '31'], [d6, '31'], [d5, '32'], [d6, '32']] as const) await make(d, id)
+    const put = (id: string, replicas: string[], stale?: string[]) => etcd.put(keys.egroup('8', id)).value(JSON.stringify({
+      id, vdiskId: '8', createdAt: '',
+      replicas: replicas.map((r) => ({ node: r.split('/')[0]!, diskId: r.split('/')[1]! })),
+      ...(stale !== undefined ? { stale: stale.map((r) => ({ node: r.split('/')[0]!, diskId: r.split('/')[1]! })) } : {}),
+    })).exec()
+    await put('30', ['n5/d6', 'n2/d2'], ['n5/d5'])
+    await put('31', ['n5/d5', 'n2/d2'])
+    await store5.openEgroup('32', 'd6', [], '8', false)
+    const found = await collectGarbage({
+      etcd, nodeName: 'n5', log, localDisks: async () => two, files: realFiles,
+      isOpen: (egid, diskId) => store5.isOpen(egid, diskId), remove: (egid, diskId) => store5.delete(egid, diskId), now: () => Date.now() + 100 * minAgeMs,
+    }, minAgeMs)
+    expect(found).toMatchObject({ files: 3, staleEntries: 1 })
+    const names = (d: string) => fs.readdirSync(path.join(d, egroupDirName)).sort()
+    expect(names(d5)).toEqual(['31.eg'])
+    expect(names(d6)).toEqual(['30.eg', '32.eg'])
+    expect((await getJson<EgroupRecord>(etcd, keys.egroup('8', '30')))?.stale).toBeUndefined()
+    await store5.closeAll()
+  }, 60_000)
 })
