@@ -25,7 +25,8 @@ const logKeep = 400
 /** One node: its disk (outlives its processes) and the CVM process running now, if any. */
 export class SimNode {
   readonly disk: SimDisk
-  readonly diskRec: DiskRecord
+  /** two disks (directories on the one simulated device): the curator's balancing moves replicas between them */
+  readonly diskRecs: DiskRecord[]
   proc: Proc | undefined
   files: SimFiles | undefined
   store: ReplicaStore | undefined
@@ -33,10 +34,14 @@ export class SimNode {
   readonly freeBytes: number
 
   constructor(readonly name: string, prng: Prng) {
-    const root = `/sim/${name}/disk0`
-    this.disk = new SimDisk(name, root)
-    this.diskRec = { id: `${name}-d0`, node: name, path: root, addedAt: '2024-01-01T00:00:00.000Z' }
+    this.disk = new SimDisk(name, `/sim/${name}`)
+    this.diskRecs = [0, 1].map((i) => ({ id: `${name}-d${i}`, node: name, path: `/sim/${name}/disk${i}`, addedAt: '2024-01-01T00:00:00.000Z' }))
     this.freeBytes = prng.range(100, 900) * 1024 * 1024 * 1024
+  }
+
+  /** the first disk, where new extent groups go (both report the same free space: placement takes the first) */
+  get diskRec(): DiskRecord {
+    return this.diskRecs[0]!
   }
 
   get up(): boolean {
@@ -85,7 +90,7 @@ export class SimCluster {
       this.nodes.set(n, node)
       const nr: NodeRecord = { name: n, address: `10.0.0.${this.nodes.size}`, apiPort: 9440, nbdPort: 10809, dataPort: 10810, joinedAt: '2024-01-01T00:00:00.000Z' }
       this.etcd.seed(keys.node(n), JSON.stringify(nr))
-      this.etcd.seed(keys.disk(node.diskRec.id), JSON.stringify(node.diskRec))
+      for (const d of node.diskRecs) this.etcd.seed(keys.disk(d.id), JSON.stringify(d))
     }
     this.etcd.seed(keys.vdisk(rec.id), JSON.stringify(rec))
     this.etcd.onChange = (key, value, revision) => this.watch(key, value, revision)
@@ -117,10 +122,10 @@ export class SimCluster {
     const proc = new Proc(name, ++node.gen)
     node.proc = proc
     node.files = new SimFiles(node.disk, proc, this.sched, this.diskPrng)
-    node.store = new ReplicaStore({ localDisks: async () => [node.diskRec], log: this.logger(proc), files: node.files })
+    node.store = new ReplicaStore({ localDisks: async () => [...node.diskRecs], log: this.logger(proc), files: node.files })
     const st: NodeStatusRecord = {
       name, at: '2024-01-01T00:00:00.000Z', daemons: [],
-      disks: { [node.diskRec.id]: { capacityBytes: 1024 ** 4, freeBytes: node.freeBytes, usedBytes: 0, dev: 1 } },
+      disks: Object.fromEntries(node.diskRecs.map((d) => [d.id, { capacityBytes: 1024 ** 4, freeBytes: node.freeBytes, usedBytes: 0, dev: 1 }])),
     }
     this.etcd.seed(keys.nodeStatus(name), JSON.stringify(st), proc)
     this.log(proc, 'SIM', 'process started')
@@ -296,7 +301,9 @@ export class SimCluster {
     return out
   }
 
-  egroupFile(node: string, egid: string): string {
-    return path.join(this.nodes.get(node)!.diskRec.path, egroupDirName, `${egid}.eg`)
+  egroupFile(node: string, egid: string, diskId: string): string {
+    const n = this.nodes.get(node)!
+    const d = n.diskRecs.find((x) => x.id === diskId) ?? n.diskRec
+    return path.join(d.path, egroupDirName, `${egid}.eg`)
   }
 }

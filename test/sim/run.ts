@@ -12,6 +12,8 @@ const MiB = 1024 * 1024
 const traceKeep = 60
 /** simulated time one round of client operations may take before it counts as hung */
 const roundLimitMs = 10 * 60_000
+/** the chance per round that the balancing moves a replica between its node's disks */
+const replicaMoveRate = 0.08
 const dataRegionOffset = 128 * 1024
 const checksumRegionOffset = 4096
 
@@ -126,6 +128,8 @@ class Run {
   readonly oracle: Oracle
   private readonly wl: Prng
   private readonly faults: Prng
+  /** the curator's balancing: replica moves between a node's two disks, while the client runs (its own stream: the others draw as before) */
+  private readonly moves: Prng
   private readonly trace: string[] = []
   readonly stats: Record<string, number> = {}
   private step = 0
@@ -141,6 +145,7 @@ class Run {
     this.oracle = new Oracle(this.config.sizeBytes)
     this.wl = root.fork('workload')
     this.faults = root.fork('faults')
+    this.moves = root.fork('moves')
     this.hot = this.wl.int(this.config.sizeBytes)
     this.out = opts.out ?? ((l) => process.stdout.write(`${l}\n`))
     if (opts.verbose) this.cluster.echo = this.out
@@ -370,20 +375,47 @@ class Run {
       })
     }
     for (const op of ops) this.start(op)
+    const move = this.moves.chance(replicaMoveRate) ? this.startMove() : undefined
     const limit = this.sched.now + roundLimitMs
-    await this.sched.run(() => this.violation !== undefined || (!crashPending && (!owner.proc.alive || ops.every((o) => o.settled))), limit)
+    await this.sched.run(() => this.violation !== undefined || (!crashPending && (!owner.proc.alive || (ops.every((o) => o.settled) && move?.settled !== false))), limit)
     this.throwIfViolated()
     if (!owner.proc.alive) {
       for (const o of ops) if (!o.settled) this.note(`${o.desc} → cut short by the crash`)
       await this.recoverOwner(owner.node)
-    } else if (!ops.every((o) => o.settled)) {
-      throw new Violation('every operation ends', `still running after ${roundLimitMs} ms of simulated time: ${ops.filter((o) => !o.settled).map((o) => o.desc).join(', ')}`)
+    } else if (!ops.every((o) => o.settled) || move?.settled === false) {
+      throw new Violation('every operation ends', `still running after ${roundLimitMs} ms of simulated time: ${[...ops.filter((o) => !o.settled).map((o) => o.desc), ...(move?.settled === false ? [move.desc] : [])].join(', ')}`)
     }
     // the client thinks a little (background work runs: groups made ahead, dirty markers removed)
     const think = this.wl.chance(0.05) ? this.wl.range(2000, 4000) : this.wl.range(0, 30)
     await this.sched.run(() => this.violation !== undefined || this.cluster.owner === undefined, this.sched.now + think)
     this.throwIfViolated()
     if (this.cluster.owner === undefined) await this.recoverOwner(owner.node)
+  }
+
+  /**
+   * The curator's balancing during the round: one replica of a random extent group moves to the
+   * other disk of its node (Vdisk.move, under the group's lock, beside the client's operations).
+   */
+  private startMove(): { settled: boolean, desc: string } {
+    const v = this.owner.vdisk
+    const groups = [...CLUSTER.egroupsOf(v).values()].filter((g) => g.replicas.length > 0)
+    const state = { settled: true, desc: 'no replica move (no extent group yet)' }
+    if (groups.length === 0) return state
+    const eg = this.moves.pick(groups)
+    const r = this.moves.pick(eg.replicas)
+    const to = this.cluster.nodes.get(r.node)!.diskRecs.find((d) => d.id !== r.diskId)!
+    state.settled = false
+    state.desc = `move of extent group ${eg.id}'s replica on ${r.node} from disk ${r.diskId} to ${to.id}`
+    this.note(state.desc)
+    v.move([{ egroupId: eg.id, from: { node: r.node, diskId: r.diskId }, to: { node: r.node, diskId: to.id } }]).then((res) => {
+      this.count(res.egroups > 0 ? 'replica moves' : 'replica moves skipped')
+      this.note(`${state.desc} → ${res.egroups > 0 ? 'moved' : 'skipped'}`)
+    }, (e: unknown) => {
+      if (internalError(e)) this.violation ??= new Violation('no bug in a replica move', describeError(e))
+      this.count('replica moves cut short')
+      this.note(`${state.desc} → ${describeError(e)}`)
+    }).finally(() => { state.settled = true })
+    return state
   }
 
   // ---- faults ----
@@ -534,7 +566,7 @@ class Run {
       const eg = CLUSTER.egroupsOf(v).get(ref.egroupId)
       if (eg === undefined || eg.replicas.length === 0) continue
       const r = this.faults.pick(eg.replicas)
-      const inode = this.cluster.nodes.get(r.node)!.disk.ns.get(this.cluster.egroupFile(r.node, eg.id))
+      const inode = this.cluster.nodes.get(r.node)!.disk.ns.get(this.cluster.egroupFile(r.node, eg.id, r.diskId))
       if (inode === undefined) continue
       const block = this.faults.int(vBlockSizeBytes / checksumBlockSizeBytes)
       const inEntries = this.faults.chance(0.2)
