@@ -1,6 +1,7 @@
 /**
- * npm run sim -- --seed N [--steps S] [--verbose]
- * npm run sim -- --seeds A-B [--steps S]       (a range of seeds, one line each)
+ * npm run sim -- --seed N [--steps S] [--verbose] [--no-moves]
+ * npm run sim -- --seeds A-B [--steps S] [--no-moves]   (a range of seeds, one line each)
+ * --no-moves: without the curator's replica moves between disks (as the fixed seeds were recorded)
  *
  * Runs the storage simulator (test/sim/run.ts) and prints the seed, the configuration it chose and
  * the result; on a failure, the step, the invariant broken, the tail of the operation trace and of
@@ -9,7 +10,7 @@
 import { formatFailure, runSim } from './run.js'
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run sim -- --seed N [--steps S] [--verbose] | --seeds A-B [--steps S]\n`)
+  process.stderr.write(`${msg}\nusage: npm run sim -- --seed N [--steps S] [--verbose] [--no-moves] | --seeds A-B [--steps S] [--no-moves]\n`)
   process.exit(2)
 }
 
@@ -17,6 +18,7 @@ const args = process.argv.slice(2).filter((a) => a !== '--')
 let seeds: number[] = []
 let steps: number | undefined
 let verbose = false
+let replicaMoves = true
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!
   const val = () => {
@@ -37,6 +39,8 @@ for (let i = 0; i < args.length; i++) {
     if (!Number.isInteger(steps) || steps < 1) usage('--steps takes a positive integer')
   } else if (a === '--verbose') {
     verbose = true
+  } else if (a === '--no-moves') {
+    replicaMoves = false
   } else {
     usage(`unknown argument ${a}`)
   }
@@ -54,7 +58,7 @@ process.on('exit', () => {
 })
 for (const seed of seeds) {
   process.stdout.write(`seed ${seed}\n`)
-  const r = await runSim({ seed, ...(steps !== undefined ? { steps } : {}), verbose })
+  const r = await runSim({ seed, ...(steps !== undefined ? { steps } : {}), verbose, replicaMoves })
   const c = r.config
   process.stdout.write(`  RF ${c.rf} on ${c.nodes.length} nodes, ${c.sizeBytes / 1048576} MiB, ${c.faulty ? 'faults' : 'no faults'}; ${r.steps} steps, ${r.events} events, ${(r.simMs / 1000).toFixed(1)} s simulated, ${(r.wallMs / 1000).toFixed(1)} s\n`)
   if (verbose || !r.ok) process.stdout.write(`  ${Object.entries(r.stats).map(([k, v]) => `${k}: ${v}`).join(', ')}\n`)

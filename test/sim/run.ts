@@ -23,6 +23,8 @@ export interface SimOptions {
   steps?: number
   /** every trace line as it happens */
   verbose?: boolean
+  /** the curator's replica moves between a node's disks during the rounds (default true; false: the runs as they were before moves, which the fixed seeds were recorded with) */
+  replicaMoves?: boolean
   out?: (line: string) => void
 }
 
@@ -58,6 +60,8 @@ export interface SimResult {
   failure?: SimFailure
   /** open findings the run met (and went on past), and how often */
   known: Partial<Record<KnownFinding, number>>
+  /** whether the run had the replica moves (SimOptions.replicaMoves) */
+  replicaMoves: boolean
 }
 
 class Violation extends Error {
@@ -200,7 +204,7 @@ class Run {
     return {
       seed: this.opts.seed, ok: failure === undefined, config: this.config, steps: this.step, simMs: Math.round(this.sched.now),
       events: this.sched.events, wallMs: Date.now() - started, stats: this.stats, ...(failure !== undefined ? { failure } : {}),
-      known: this.known,
+      known: this.known, replicaMoves: this.opts.replicaMoves !== false,
     }
   }
 
@@ -375,7 +379,7 @@ class Run {
       })
     }
     for (const op of ops) this.start(op)
-    const move = this.moves.chance(replicaMoveRate) ? this.startMove() : undefined
+    const move = this.opts.replicaMoves !== false && this.moves.chance(replicaMoveRate) ? this.startMove() : undefined
     const limit = this.sched.now + roundLimitMs
     await this.sched.run(() => this.violation !== undefined || (!crashPending && (!owner.proc.alive || (ops.every((o) => o.settled) && move?.settled !== false))), limit)
     this.throwIfViolated()
@@ -801,6 +805,6 @@ export function formatFailure(r: SimResult): string {
     ...f.trace.map((l) => `    ${l}`),
     '  storage code log (last lines):',
     ...f.logs.map((l) => `    ${l}`),
-    `  replay: npm run sim -- --seed ${r.seed} --steps ${f.step} --verbose`,
+    `  replay: npm run sim -- --seed ${r.seed} --steps ${f.step} --verbose${r.replicaMoves ? '' : ' --no-moves'}`,
   ].join('\n')
 }

@@ -32,15 +32,16 @@ const randomSeeds = process.env.TESS_SIM_SEEDS !== undefined
   ? process.env.TESS_SIM_SEEDS.split(',').map((s) => Number(s.trim()))
   : Array.from({ length: Number(process.env.TESS_SIM_RANDOM ?? 10) }, () => crypto.randomInt(2 ** 31))
 
-async function ok(seed: number): Promise<void> {
-  const r = await runSim({ seed, out: () => undefined })
+async function ok(seed: number, replicaMoves = true): Promise<void> {
+  const r = await runSim({ seed, out: () => undefined, replicaMoves })
   // the whole report (step, invariant, trace tail, log tail, the replay command) on a failure
   if (!r.ok) throw new Error(formatFailure(r))
 }
 
 describe('storage simulator', () => {
+  // as they were recorded: without the replica moves between disks (added later), which change the run
   it.each(fixedSeeds)('seed %i (fixed list)', async (seed) => {
-    await ok(seed)
+    await ok(seed, false)
   })
 
   // printed so that a failure of a random seed can be replayed
@@ -50,7 +51,7 @@ describe('storage simulator', () => {
   })
 
   it.each(Object.entries(findingSeeds))('open finding %s is still met (seed %i)', async (finding, seed) => {
-    const r = await runSim({ seed, out: () => undefined })
+    const r = await runSim({ seed, out: () => undefined, replicaMoves: false })
     if (!r.ok) throw new Error(formatFailure(r))
     expect(r.known[finding as KnownFinding] ?? 0, `${knownFindings[finding as KnownFinding]}: not met any more by seed ${seed}`).toBeGreaterThan(0)
   })
