@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import { cleanNodeContainers } from '../csm/cleanup.js'
@@ -10,7 +10,8 @@ import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPo
 import { checkName } from '../lib/names.js'
 import { nodePaths, readNodeConfig, writeFileAtomic, type NodeConfig } from '../lib/nodeconfig.js'
 import type { ClusterStatus, DiskInfo, HealthInfo } from '../lib/types.js'
-import { etcdUrl, supervisorScript } from '../supervisor/services.js'
+import { etcdUrl } from '../supervisor/services.js'
+import { spawnSupervisor } from '../supervisor/running.js'
 import { ApiClient } from '../lib/apiclient.js'
 import { findContext, type ClusterContext } from '../lib/contexts.js'
 import { dataPortDefault } from '../cvm/replication/protocol.js'
@@ -183,10 +184,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
     writeFileAtomic(p.nodeConfig, JSON.stringify(cfg, null, 2) + '\n', 0o600)
 
     progress('starting the supervisor, etcd and the CVM')
-    const out = fs.openSync(p.logFile('supervisor'), 'a', 0o600)
-    const child = spawn(process.execPath, [supervisorScript(), '--data-dir', o.dataDir], { detached: true, stdio: ['ignore', out, out] })
-    fs.closeSync(out)
-    child.unref()
+    const supervisorPid = spawnSupervisor(o.dataDir)
 
     const context: ClusterContext = {
       name: o.name,
@@ -198,7 +196,7 @@ export async function createLocalCluster(o: LocalClusterOptions, progress: (step
     }
     const client = new ApiClient(context)
     progress('waiting for the CVM to answer')
-    await waitForCvm(client, child.pid, o.name, p)
+    await waitForCvm(client, supervisorPid, o.name, p)
     progress('registering the default disk')
     const disk = await client.post<DiskInfo>('/v1/disks', { path: path.join(p.disks, 'd0') }, { retryMs: 0 })
     // the first write after this command returns must find the disk in the CVM's placement view

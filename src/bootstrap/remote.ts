@@ -12,7 +12,7 @@ import type { ClusterStatus, DiskInfo, HealthInfo } from '../lib/types.js'
 import { ApiClient } from '../lib/apiclient.js'
 import { configDir, type ClusterContext } from '../lib/contexts.js'
 import { dataPortDefault } from '../cvm/replication/protocol.js'
-import { etcdUrl } from '../supervisor/services.js'
+import { etcdUrl, nodeUnit, nodeUnitName, nodeUnitPath } from '../supervisor/services.js'
 import { buildBundle, installBundle } from './bundle.js'
 import { createCa, createNodeCert } from './pki.js'
 import { waitPlacementReady } from './ready.js'
@@ -139,9 +139,22 @@ async function provisionNode(t: SshTransport, n: PlannedNode, c: ProvisionContex
   await startSupervisor(t)
 }
 
+/** Shell test: systemd is PID 1 on the host (its runtime directory exists) and systemctl is there. */
+const systemdShell = '[ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1'
+
+/**
+ * Start the node: where systemd is PID 1, install and enable `tess-node.service` (it starts at
+ * every boot and is restarted if it fails); elsewhere run the bundle's boot entry point, the same
+ * command the README gives for starting a node at boot. Both do nothing if it is running.
+ */
 async function startSupervisor(t: SshTransport): Promise<void> {
   const node = (await t.execOk('command -v node')).stdout.trim()
-  await t.execOk(`cd / && setsid -f ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/supervisor/supervisor.js --data-dir ${remoteDataDir} >>${remoteDataDir}/logs/supervisor.log 2>&1 </dev/null`, { what: 'start the supervisor' })
+  if ((await t.exec(systemdShell)).code === 0) {
+    await t.writeFile(nodeUnitPath, nodeUnit(node, remoteDataDir), 0o644)
+    await t.execOk(`systemctl daemon-reload && systemctl enable --now ${nodeUnitName}`, { what: `enable and start ${nodeUnitName}` })
+    return
+  }
+  await t.execOk(`cd / && ${shellQuote(node)} ${remoteDataDir}/bundle/current/dist/supervisor/boot.js --data-dir ${remoteDataDir}`, { what: 'start the supervisor (boot entry point)' })
 }
 
 /** Shell test: the pid in `pidFile` (left in $p) is alive and its command line names the data dir. */
@@ -150,7 +163,7 @@ function pidIsOursShell(pidFile: string): string {
 }
 
 /** Shell: stop the node's supervisor (and with it its daemons), SIGTERM then SIGKILL after 30 s. */
-const stopSupervisorShell = `if ${pidIsOursShell(`${remoteDataDir}/run/supervisor.pid`)}; then kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; fi; true`
+const stopSupervisorShell = `if ${systemdShell} && [ -f ${nodeUnitPath} ]; then systemctl stop ${nodeUnitName} || true; fi; if ${pidIsOursShell(`${remoteDataDir}/run/supervisor.pid`)}; then kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; fi; true`
 
 /** Stop a node's supervisor (and with it its daemons) by the pid in its pidfile, checked against /proc. */
 async function stopSupervisor(t: SshTransport): Promise<void> {
@@ -413,6 +426,7 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
         ...(clusterId === undefined ? [] : (diskPaths.get(h.name) ?? []).filter((p) => !p.startsWith(d + '/')).map((p) =>
           `if grep -qF ${q(clusterId)} ${q(`${p}/tess-disk.json`)} 2>/dev/null; then rm -rf ${q(`${p}/egroups`)} ${q(`${p}/tess-disk.json`)}; fi`)),
         `find ${q(d)} -mindepth 1 -maxdepth 1 -exec rm -rf {} +`,
+        `if [ -f ${nodeUnitPath} ]; then systemctl disable ${nodeUnitName} >/dev/null 2>&1; rm -f ${nodeUnitPath}; systemctl daemon-reload >/dev/null 2>&1; fi; true`,
       ].join('\n')
       await t.execOk(script, { what: 'stop the daemons and remove the data', timeoutMs: 120_000 })
       progress(h.address, 'done')

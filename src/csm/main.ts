@@ -56,8 +56,12 @@ async function main(): Promise<void> {
   registerCsmRoutes(api, { manager, cgroup, spec, log })
   await api.listenUnix(paths.csmSocket(name))
   log.info(`CSM ${name} (${spec.cpus} cpus, ${spec.memoryBytes} bytes) of node ${cfg.nodeName}: ${report.adopted.length} container(s) adopted, ${report.exited.length} exited meanwhile, ${report.cleaned.length} cleaned`)
-  // containers whose restart policy asks are started again after they exit (also those that exited while this daemon was down)
+  // containers whose restart policy asks are started again after they exit (also those that exited
+  // while this daemon was down), once the node's CVM confirms this CSM is still placed here: after a
+  // node loss it may have been failed over to another node with its containers and volumes
+  manager.holdRestarts()
   manager.superviseRestarts()
+  log.info('restarts held until the node\'s CVM confirms this CSM is placed on this node')
 
   let stopping = false
   const stop = async (sig: string) => {

@@ -59,6 +59,11 @@ export function csmService(s: { manager: ContainerManager, cgroup: CsmCgroup, sp
       return { data: r.data.toString('base64'), offset: r.offset, running: r.running }
     },
     stats: () => stats(m, s.cgroup),
+    confirmPlacement: async () => {
+      const wasHeld = m.releaseRestarts()
+      if (wasHeld) s.log.info('the node\'s CVM confirmed this CSM is placed on this node: containers to restart are started again')
+      return { wasHeld }
+    },
     setLimits: async ({ cpus, memoryBytes }) => {
       // a CSM may not be squeezed below what its containers were given
       const biggest = (await m.list()).filter((c) => c.status !== 'exited').reduce((acc, c) => ({

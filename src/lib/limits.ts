@@ -132,6 +132,8 @@ export const curatorNodeDownGraceMs = 30_000
 export const curatorScanIntervalMs = 60_000
 /** the lease TTL of the curator's election: a dead master is replaced after at most this */
 export const curatorElectionTtlSec = 10
+/** a campaign for the curator's election that failed (its lease lost) is started again after this */
+export const curatorCampaignRetryMs = 1000
 /** one vDisk's repair at its owner: a call bounded by this (a large vDisk copies many groups) */
 export const curatorRepairCallTimeoutMs = 30 * 60_000
 /** `tess cluster update --repair-rate`: the bounds of the curator's copy rate (none by default: as fast as disks and network go) */

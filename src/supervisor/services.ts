@@ -70,6 +70,38 @@ export function servicesFor(cfg: NodeConfig): ServiceSpec[] {
   return cfg.etcd.member === false ? [cvmService(cfg)] : [etcdService(cfg), cvmService(cfg)]
 }
 
-export function supervisorScript(): string {
-  return path.join(distDir, 'supervisor', 'supervisor.js')
+/** The systemd unit of a node (installed by bootstrap where systemd is PID 1). */
+export const nodeUnitName = 'tess-node.service'
+export const nodeUnitPath = `/etc/systemd/system/${nodeUnitName}`
+
+/**
+ * The unit's text: the supervisor in the foreground, after the network and local file systems,
+ * restarted when it fails, started at boot. KillMode=process: on stop, systemd signals the
+ * supervisor only; it stops its daemons itself, in order (CSMs, CVM, etcd), and containers keep
+ * running across a restart of their CSM daemon, as they do without systemd.
+ */
+export function nodeUnit(node: string, dataDir: string): string {
+  const log = nodePaths(dataDir).logFile('supervisor')
+  return [
+    '[Unit]',
+    'Description=Tessera node: etcd member, CVM and CSM daemons, kept by the tess supervisor',
+    'Wants=network-online.target',
+    'After=network-online.target local-fs.target',
+    `RequiresMountsFor=${dataDir}`,
+    '',
+    '[Service]',
+    'Type=simple',
+    `ExecStart=${node} ${path.join(dataDir, 'bundle', 'current', 'dist', 'supervisor', 'supervisor.js')} --data-dir ${dataDir}`,
+    'WorkingDirectory=/',
+    'Restart=on-failure',
+    'RestartSec=2',
+    'KillMode=process',
+    'TimeoutStopSec=60',
+    `StandardOutput=append:${log}`,
+    `StandardError=append:${log}`,
+    '',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
+  ].join('\n')
 }

@@ -9,6 +9,7 @@ import fs from 'node:fs'
 import { nodePaths, readNodeConfig, writeFileAtomic } from '../lib/nodeconfig.js'
 import { supervisorRestartBackoffMaxMs, supervisorRestartBackoffMinMs, supervisorStopTimeoutMs } from '../lib/limits.js'
 import { csmService, servicesFor, type ServiceSpec } from './services.js'
+import { runningSupervisor } from './running.js'
 import type { DaemonState, SupervisorState } from '../lib/supervisor-state.js'
 
 function arg(name: string): string | undefined {
@@ -171,7 +172,36 @@ process.on('SIGTERM', () => void stopAll('SIGTERM'))
 process.on('SIGINT', () => void stopAll('SIGINT'))
 process.on('SIGHUP', () => { /* detached: ignore */ })
 
-writeFileAtomic(paths.supervisorPid, `${process.pid}\n`, 0o644)
+/**
+ * One supervisor per data dir (two boots at once, a manual start beside the unit): the pidfile is
+ * claimed with a hard link, which fails when it exists; one whose process is gone is replaced.
+ */
+function claimPidfile(): number | undefined {
+  const tmp = `${paths.supervisorPid}.${process.pid}`
+  fs.writeFileSync(tmp, `${process.pid}\n`, { mode: 0o644 })
+  try {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        fs.linkSync(tmp, paths.supervisorPid)
+        return undefined
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+        const other = runningSupervisor(dataDir!)
+        if (other !== undefined) return other
+        fs.rmSync(paths.supervisorPid, { force: true }) // left by a power loss or a kill -9
+      }
+    }
+    return runningSupervisor(dataDir!) ?? -1
+  } finally {
+    fs.rmSync(tmp, { force: true })
+  }
+}
+
+const other = claimPidfile()
+if (other !== undefined) {
+  log(`the supervisor of ${dataDir} is already running (pid ${other}); this one exits`)
+  process.exit(1)
+}
 log(`supervising ${managed.map((m) => m.spec.name).join(', ')} for node ${cfg.nodeName}`)
 for (const m of managed) start(m)
 saveState()

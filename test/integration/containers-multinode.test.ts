@@ -236,6 +236,27 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     expect((await tess(['container', 'show', 'plain', '--json'])).code).toBe(3)
     const health = await ok(['cluster', 'health'])
     expect(health.curator.failovers).toContainEqual(expect.objectContaining({ csm: 'edge', from: node4, to: back.node, containers: ['keeper'], dropped: ['plain'] }))
+    // node 4 powers on again (its boot entry point, as an init script runs it): its supervisor
+    // starts the daemon of CSM "edge" from the spec left on its disk, but that CSM holds its
+    // restarts until its CVM confirms the placement; the CVM finds "edge" on another node in etcd
+    // and removes it here. keeper never runs twice: it keeps running where it failed over to.
+    await th.revive(th.hosts[3]!)
+    const on = await th.ssh(th.hosts[3]!, 'node /var/lib/tess/bundle/current/dist/supervisor/boot.js --data-dir /var/lib/tess')
+    expect(on.code, on.stdout + on.stderr).toBe(0)
+    await waitFor('node 4 up again', async () => {
+      const s = await tess(['cluster', 'status', '--json'])
+      return s.json?.nodes?.find((n: { name: string }) => n.name === node4)?.state === 'up' ? true : undefined
+    }, 120_000, 1000)
+    const edgeDirGone = await waitFor('the CSM that moved away removed from node 4', async () => {
+      const r = await th.exec(th.hosts[3]!, ['sh', '-c', 'test -e /var/lib/tess/csms/edge && echo present || echo gone'])
+      return r.stdout.trim() === 'gone' ? true : undefined
+    }, 90_000, 1000)
+    expect(edgeDirGone).toBe(true)
+    const csmLog = (await th.exec(th.hosts[3]!, ['sh', '-c', 'cat /var/lib/tess/logs/csm-edge.log 2>/dev/null; true'])).stdout
+    expect(csmLog).toContain('restarts held until')
+    expect(csmLog).not.toMatch(/started again \(restart/)
+    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: back.node, status: 'running' })
+    expect(await shaOf()).toBe(sum)
     // the lost node is forgotten: it holds no CSM any more
     expect((await ok(['host', 'remove', node4, '--yes'])).node).toBe(node4)
     await ok(['container', 'remove', 'keeper', '--force', '--yes'])

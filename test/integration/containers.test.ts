@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, CsmInfo, StatsResult } from '../../src/lib/csm-types.js'
 import { openSecret, readSecretsKey } from '../../src/lib/secretbox.js'
 import { run } from '../helpers/run.js'
-import { TestCluster, alive, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
+import { TestCluster, alive, ownedBy, repoRoot, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
@@ -456,6 +456,47 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     })
     expect((await show('hello')).status).toBe('running')
   })
+
+  it('power loss: every daemon and container of the node killed; the boot entry point brings the node back and the container with a restart policy runs again once the CVM confirmed its CSM', async () => {
+    const v = await ok(['container', 'run', image, '--name', 'phoenix', '--csm', 'web', '--restart', 'always', '--', 'sh', '-c', 'echo risen; busybox sleep 1000']) as ContainerView
+    await waitLog('phoenix', 'risen')
+    // "power off": the supervisor first (so nothing is restarted), then every process of the node:
+    // the daemons and helpers (their command lines name the data dir) and the containers (in the
+    // node's cgroups)
+    const procsUnder = (d: string): number[] => !fs.existsSync(d) ? [] : [
+      ...fs.readFileSync(path.join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number),
+      ...fs.readdirSync(d, { withFileTypes: true }).filter((e) => e.isDirectory()).flatMap((e) => procsUnder(path.join(d, e.name))),
+    ]
+    const sup = c.pid('supervisor')!
+    process.kill(sup, 'SIGKILL')
+    const ours = fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number).filter((p) => p !== process.pid && ownedBy(p, c.dataDir))
+    const victims = [...new Set([...ours, ...procsUnder(cgroupDir('memory'))])]
+    expect(victims).toContain(v.pid)
+    expect(victims).toContain(Number(fs.readFileSync(path.join(c.dataDir, 'run', 'csm-web.pid'), 'utf8')))
+    for (const p of victims) {
+      try {
+        process.kill(p, 'SIGKILL')
+      } catch { /* gone already */ }
+    }
+    for (const p of [sup, ...victims]) await waitFor(`pid ${p} gone`, () => (alive(p) ? undefined : true), 15_000, 50)
+    // "power on"
+    const on = await run(process.execPath, [path.join(repoRoot, 'dist', 'supervisor', 'boot.js'), '--data-dir', c.dataDir])
+    expect(on.code, on.stdout + on.stderr).toBe(0)
+    const back = await waitFor('phoenix running again', async () => {
+      const r = await tess(['container', 'show', 'phoenix', '--json'])
+      return r.code === 0 && r.json.status === 'running' && r.json.pid !== v.pid ? r.json as ContainerView : undefined
+    }, 90_000, 500)
+    expect(back.restartCount).toBeGreaterThanOrEqual(1)
+    expect(await logsOf('phoenix')).toMatch(/risen\n[^]*risen\n/)
+    const csmLog = fs.readFileSync(path.join(c.dataDir, 'logs', 'csm-web.log'), 'utf8')
+    expect(csmLog).toMatch(/restarts held until the node's CVM confirms/)
+    expect(csmLog).toMatch(/confirmed this CSM is placed on this node/)
+    // a container without a policy stays exited until it is started
+    const hello = await show('hello')
+    expect(hello.status).toBe('exited')
+    expect((await ok(['container', 'start', 'hello'])).status).toBe('running')
+    await ok(['container', 'remove', 'phoenix', '--force', '--yes'])
+  }, 180_000)
 
   it('destroy removes every container, cgroup, mount and daemon', async () => {
     const pid = (await show('hello')).pid!

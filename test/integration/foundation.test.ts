@@ -4,7 +4,7 @@ import https from 'node:https'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { egroupDirName } from '../../src/cvm/pool/disks.js'
-import { TestCluster, alive, mapLimit, ownedBy, waitFor } from '../helpers/cluster.js'
+import { TestCluster, alive, mapLimit, ownedBy, repoRoot, waitFor } from '../helpers/cluster.js'
 import { run } from '../helpers/run.js'
 
 const MiB = 1024 * 1024
@@ -297,6 +297,47 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(cvm.pid).toBe(newPid)
     expect(cvm.restarts).toBeGreaterThanOrEqual(1)
   })
+
+  it('power loss: every process of the node killed at once; the boot entry point brings it back with the data (and only once)', async () => {
+    const src = path.join(c.root, 'boot.bin')
+    fs.writeFileSync(src, crypto.randomBytes(24 * MiB))
+    expect((await c.tess(['vdisk', 'create', 'boot', '--size', '64M', '--json'])).code).toBe(0)
+    const w = await run('nbdcopy', ['--flush', src, c.nbdUri('boot')], { timeoutMs: 120_000 })
+    expect(w.code, w.stderr).toBe(0)
+    // "power off": SIGKILL to the supervisor first (so nothing is restarted), then to its daemons
+    const before = c.pids()
+    expect(before).toHaveLength(3)
+    for (const p of before) process.kill(p, 'SIGKILL')
+    for (const p of before) await waitFor(`pid ${p} gone`, () => (alive(p) ? undefined : true))
+    const boot = path.join(repoRoot, 'dist', 'supervisor', 'boot.js')
+    // "power on": the one command the README gives for starting a node at boot; its pidfiles are stale
+    const on = await run(process.execPath, [boot, '--data-dir', c.dataDir])
+    expect(on.code, on.stdout + on.stderr).toBe(0)
+    expect(on.stdout).toMatch(/removed stale pidfiles: .*supervisor\.pid/)
+    expect(on.stdout).toMatch(/started the supervisor/)
+    const st = await waitFor('etcd and the CVM healthy again', async () => {
+      const r = await c.tess(['cluster', 'status', '--json'])
+      return r.code === 0 && r.json.nodes[0].daemons.every((d: any) => d.healthy) ? r : undefined
+    }, 60_000, 500)
+    const sup = c.pid('supervisor')!
+    expect(before).not.toContain(sup)
+    expect(st.json.nodes[0].daemons.map((d: any) => d.pid)).not.toContain(before[1])
+    // a second run finds it running and starts nothing
+    const again = await run(process.execPath, [boot, '--data-dir', c.dataDir])
+    expect(again.code, again.stderr).toBe(0)
+    expect(again.stdout).toContain(`already running (pid ${sup})`)
+    // what was flushed before the power loss is there
+    const out = path.join(c.root, 'boot-out.bin')
+    const r = await run('nbdcopy', [c.nbdUri('boot'), out], { timeoutMs: 120_000 })
+    expect(r.code, r.stderr).toBe(0)
+    expect(fs.readFileSync(out).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    fs.rmSync(out)
+    // a directory that holds no node, and no directory: clear errors
+    const none = await run(process.execPath, [boot, '--data-dir', path.join(c.root, 'no-node')])
+    expect(none.code).toBe(3)
+    expect(none.stderr).toMatch(/holds no node/)
+    expect((await run(process.execPath, [boot])).code).toBe(2)
+  }, 180_000)
 
   it('destroy stops every process it started and removes the data dir', async () => {
     const pids = c.pids()

@@ -60,6 +60,25 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect(d.code, d.stdout + d.stderr).toBe(0)
   }
 
+  /**
+   * A fault during writes: a new RF 2 vDisk `v` of 256 MiB takes random data through host `via`
+   * (one nbdcopy with FLUSH), and `fault` strikes while the copy is in flight. The copy must
+   * succeed: every write acknowledged. Returns the file written, to compare with what reads back.
+   */
+  const writeDuring = async (v: string, via: number, fault: () => Promise<void>): Promise<string> => {
+    expect((await tess(['vdisk', 'create', v, '--size', '256M', '--rf', '2', '--json'])).code).toBe(0)
+    const file = path.join(root, `${v}.bin`)
+    fs.writeFileSync(file, crypto.randomBytes(256 * MiB))
+    let written = false
+    const writing = run('nbdcopy', ['--flush', file, uri(via, v)], { timeoutMs: 300_000 }).finally(() => { written = true })
+    await new Promise((r) => setTimeout(r, 200))
+    expect(written, 'the write was still in flight when the fault struck').toBe(false)
+    await fault()
+    const w = await writing
+    expect(w.code, w.code === 0 ? '' : w.stderr + await cvmLog(via)).toBe(0)
+    return file
+  }
+
   beforeAll(async () => {
     th = await createTestHosts(4) // 3 bootstrapped; the 4th is added and removed
     fs.writeFileSync(big, crypto.randomBytes(256 * MiB))
@@ -382,7 +401,36 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     }
   })
 
-  it('survives the loss of host 3: data reads back through hosts 1 and 2, new writes succeed, status shows it down', async () => {
+  it('a network partition of host 2 during writes through host 1, and its end: every acknowledged write is there, RF is restored, host 2 serves again', async () => {
+    // host 2's link goes down while 256 MiB are written through host 1; its processes go on (its
+    // CVM still holds leases it cannot renew)
+    const file = await writeDuring('split', 0, () => th.partition(th.hosts[1]!))
+    await waitFor('host 2 shown down', async () => {
+      const st = await tess(['cluster', 'status', '--json'])
+      return st.json?.nodes?.[1]?.state === 'down' ? true : undefined
+    }, 60_000, 1000)
+    await th.heal(th.hosts[1]!)
+    // host 2 rejoins: up again, every vDisk healthy (what it missed is re-protected)
+    let last = ''
+    await waitFor('every vDisk healthy with host 2 back', async () => {
+      const r = await tess(['cluster', 'health', '--json'])
+      const v = r.json?.vdisks
+      last = r.stdout
+      return r.json?.nodesDown?.length === 0 && Array.isArray(v) && v.length > 0 && v.every((x: any) => x.underReplicated === 0 && x.lost === 0 && x.healthy === x.egroups) ? r : undefined
+    }, 240_000, 2000).catch(async (e: unknown) => {
+      throw new Error(`${String(e)}; the last health: ${last}${await cvmLog(0)}${await cvmLog(1)}`)
+    })
+    // every acknowledged byte reads back through host 2, which serves again (forwarding to the owner)
+    const out = path.join(root, 'split-out.bin')
+    const r = await run('nbdcopy', [uri(1, 'split'), out], { timeoutMs: 300_000 })
+    expect(r.code, r.code === 0 ? '' : r.stderr + await cvmLog(1)).toBe(0)
+    expect(fs.readFileSync(out).equals(fs.readFileSync(file))).toBe(true)
+    fs.rmSync(out)
+    fs.rmSync(file)
+    expect((await tess(['vdisk', 'delete', 'split', '--yes', '--json'])).code).toBe(0)
+  }, 600_000)
+
+  it('survives the loss of host 3 during writes: acknowledged writes are there, data reads back through hosts 1 and 2, new writes succeed, status shows it down', async () => {
     // a vDisk owned by host 3, so its owner dies too
     expect((await tess(['vdisk', 'create', 'orphan', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
     const src = path.join(root, 'orphan.bin')
@@ -390,7 +438,14 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect((await run('nbdcopy', ['--flush', src, uri(2, 'orphan')])).code).toBe(0)
     expect((await tess(['vdisk', 'show', 'orphan', '--json'])).json.owner).toBe(th.hosts[2]!.name)
 
-    await th.kill(th.hosts[2]!)
+    // host 3 dies while a client writes through host 2: every write is acknowledged (the replicas
+    // on host 3 are replaced on the write path) and every byte is there after
+    const inflight = await writeDuring('inflight', 1, () => th.kill(th.hosts[2]!))
+    const inflightOut = path.join(root, 'inflight-out.bin')
+    const ir = await run('nbdcopy', [uri(0, 'inflight'), inflightOut], { timeoutMs: 300_000 })
+    expect(ir.code, ir.stderr).toBe(0)
+    expect(fs.readFileSync(inflightOut).equals(fs.readFileSync(inflight))).toBe(true)
+    fs.rmSync(inflightOut)
 
     for (const i of [0, 1]) {
       const out = path.join(root, `after-${i}.bin`)
@@ -468,5 +523,47 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     const rr = await run('nbdcopy', [uri(1, 'orphan'), again], { timeoutMs: 120_000 })
     expect(rr.code, rr.stderr).toBe(0)
     expect(fs.readFileSync(again).subarray(0, 16 * MiB).equals(fs.readFileSync(src))).toBe(true)
+  }, 600_000)
+
+  it('host 3 powers on: its boot entry point brings the node back; its etcd member catches up, its CVM serves again and what was written meanwhile is re-protected on it', async () => {
+    const h3 = th.hosts[2]!
+    // more writes while it is down: "pair" (RF 2) through host 1
+    const meanwhile = path.join(root, 'meanwhile.bin')
+    fs.writeFileSync(meanwhile, crypto.randomBytes(16 * MiB))
+    expect((await run('nbdcopy', ['--flush', meanwhile, uri(0, 'pair')], { timeoutMs: 180_000 })).code).toBe(0)
+    // power on: the link and sshd come back; then what an init script runs at boot, over SSH as an
+    // operator would. The pidfiles of the killed daemons are still in the host's /run.
+    await th.revive(h3)
+    const boot = 'node /var/lib/tess/bundle/current/dist/supervisor/boot.js --data-dir /var/lib/tess'
+    const on = await th.ssh(h3, boot)
+    expect(on.code, on.stdout + on.stderr).toBe(0)
+    expect(on.stdout).toMatch(/removed stale pidfiles: .*supervisor\.pid/)
+    expect(on.stdout).toMatch(/started the supervisor/)
+    const st = await waitFor('host 3 up with its etcd member and CVM healthy', async () => {
+      const s = await tess(['cluster', 'status', '--json'])
+      const nodes = s.json?.nodes
+      return Array.isArray(nodes) && nodes.every((n: any) => n.state === 'up') && nodes[2].daemons.every((d: any) => d.healthy) ? s : undefined
+    }, 120_000, 1000)
+    expect(st.json.nodes[2].daemons.map((d: any) => d.name)).toEqual(['supervisor', 'etcd', 'cvm'])
+    // a second boot finds the supervisor running and starts nothing
+    const again = await th.ssh(h3, boot)
+    expect(again.code, again.stderr).toBe(0)
+    expect(again.stdout).toMatch(/already running/)
+    // the curator re-protects everything, "three" (RF 3) now with its third copy on host 3
+    const health = await waitFor('every vDisk healthy with host 3 back', async () => {
+      const r = await tess(['cluster', 'health', '--json'])
+      const v = r.json?.vdisks
+      return r.json?.nodesDown?.length === 0 && Array.isArray(v) && v.every((x: any) => x.underReplicated === 0 && x.lost === 0 && x.healthy === x.egroups) ? r : undefined
+    }, 300_000, 2000)
+    // healthy means RF copies on distinct up nodes: for "three" (RF 3 on 3 hosts) one is on host 3
+    expect(health.json.vdisks.find((x: any) => x.name === 'three').egroups).toBeGreaterThan(0)
+    // host 3 serves the data again: reads through it (its CVM forwards to the owners, reads its replicas)
+    for (const [v, file, bytes] of [['three', path.join(root, 'three.bin'), 16 * MiB], ['pair', meanwhile, 16 * MiB]] as const) {
+      const out = path.join(root, `${v}-via3.bin`)
+      const r = await run('nbdcopy', [uri(2, v), out], { timeoutMs: 180_000 })
+      expect(r.code, r.code === 0 ? '' : r.stderr + await cvmLog(2)).toBe(0)
+      expect(fs.readFileSync(out).subarray(0, bytes).equals(fs.readFileSync(file))).toBe(true)
+      fs.rmSync(out)
+    }
   }, 600_000)
 })

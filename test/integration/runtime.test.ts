@@ -373,6 +373,8 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
   })
 
   it('restart policies: on-failure:2 starts a failing container twice more, never after a clean exit; always restarts; a stop holds it off until a start', async () => {
+    // as the daemon starts: restarts held until the node's CVM confirms the CSM is placed here
+    main.holdRestarts()
     main.superviseRestarts()
     const made: string[] = []
     try {
@@ -380,6 +382,13 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
       const clean = await run(main, { name: 'clean', image, command: ['sh', '-c', 'echo run; exit 0'], restart: { policy: 'on-failure' } })
       const looping = await run(main, { name: 'looping', image, command: ['sh', '-c', 'echo run; busybox sleep 0.2'], restart: { policy: 'always' } })
       made.push(failing.id, clean.id, looping.id)
+      // held: they exit and stay exited
+      await waitFor('the failing container exited', async () => ((await main.inspect(failing.id)).status === 'exited' ? true : undefined), 30_000, 100)
+      await sleep(1500)
+      expect((await main.inspect(failing.id)).restartCount ?? 0).toBe(0)
+      expect((await main.inspect(looping.id)).restartCount ?? 0).toBe(0)
+      expect(main.releaseRestarts()).toBe(true)
+      expect(main.releaseRestarts()).toBe(false)
       // the first run and two restarts, then it stays exited with its code
       const f = await waitFor('two restarts of the failing container', async () => {
         const c = await main.inspect(failing.id)

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { KeyedRwLock } from '../../src/cvm/vdisk/locks.js'
 import type { MapWriter } from '../../src/cvm/vdisk/mapwriter.js'
-import { replaceFailed, vdiskBackend, type EgroupRecord, type OwnerEnv } from '../../src/cvm/vdisk/owner.js'
+import { newEgroups, replaceFailed, vdiskBackend, type EgroupRecord, type OwnerEnv } from '../../src/cvm/vdisk/owner.js'
 import { PlacementError, type PlacementView } from '../../src/cvm/vdisk/placement.js'
 import type { Replica } from '../../src/cvm/vdisk/replica.js'
 import { Vdisk, type LoadedEgroup } from '../../src/cvm/vdisk/vdisk.js'
@@ -25,6 +25,7 @@ function env(nodes: string[], replicas: Map<string, MemReplica>, opts: { loseRec
   let lose = opts.loseRecordAnswers ?? 0
   const view = {
     deadlineFromNow: () => 0,
+    nodes: () => nodes.map((name) => ({ name, up: true, draining: false })),
     place: async (rf: number, o: { exclude?: ReadonlyMap<string, unknown> }) => {
       const ok = nodes.filter((n) => !o.exclude?.has(n))
       if (ok.length < rf) throw new PlacementError(`needs ${rf} healthy nodes, ${ok.length} available`, 'bring nodes back', false)
@@ -56,6 +57,39 @@ function env(nodes: string[], replicas: Map<string, MemReplica>, opts: { loseRec
 function egroup(replicas: Replica[], used: number[]): LoadedEgroup {
   return { id: '1', replicas, usedSlots: new Set(used), freeSlots: [], lock: new KeyedRwLock() }
 }
+
+describe('new extent groups when a node does not answer', () => {
+  /** replicas in memory; the one on `dead` never opens (a node cut off a moment ago) */
+  const withDead = (dead: string[]) => {
+    const replicas = new Map<string, MemReplica>()
+    for (const n of ['n1', 'n2', 'n3']) {
+      const r = memReplica(n)
+      if (dead.includes(n)) r.open = async () => { throw new Error(`node ${n}: no answer in 10000 ms`) }
+      replicas.set(n, r)
+    }
+    return replicas
+  }
+
+  it('RF 2 with one node silent: the group is made degraded on the other, its record names only that one', async () => {
+    const { env: e, records } = env(['n1', 'n2', 'n3'], withDead(['n2']))
+    const [eg] = await newEgroups(e, { ...rec, rf: 2 }, 1)
+    expect(eg!.replicas.map((r) => r.node)).toEqual(['n1'])
+    expect(eg!.freeSlots).toHaveLength(32)
+    expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1'])
+  })
+
+  it('RF 3 with two nodes silent: fewer copies than a write needs (2): EIO, as before', async () => {
+    const { env: e } = env(['n1', 'n2', 'n3'], withDead(['n2', 'n3']))
+    await expect(newEgroups(e, { ...rec, rf: 3 }, 1)).rejects.toMatchObject({ errno: 5 })
+  })
+
+  it('every node answers: RF copies, the record as placed', async () => {
+    const { env: e, records } = env(['n1', 'n2', 'n3'], withDead([]))
+    const [eg] = await newEgroups(e, { ...rec, rf: 3 }, 1)
+    expect(eg!.replicas.map((r) => r.node)).toEqual(['n1', 'n2', 'n3'])
+    expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1', 'n2', 'n3'])
+  })
+})
 
 describe('replacing failed replicas', () => {
   it('a new replica set whose record was written but whose answer was lost: writes go to the replicas of both sets', async () => {

@@ -81,6 +81,14 @@ class FakeCsm implements CsmApi {
     this.calls.push(['setLimits', q])
     return { cpus: q.cpus, memoryBytes: q.memoryBytes }
   }
+
+  held = true
+  async confirmPlacement() {
+    this.calls.push(['confirmPlacement'])
+    const wasHeld = this.held
+    this.held = false
+    return { wasHeld }
+  }
 }
 
 /** The parts of a NodeAgent the node operations use. */
@@ -308,11 +316,13 @@ describe('the CSM daemon API: CsmClient against registerCsmApi on a unix socket'
     await client.logs('a', { offset: 10, tail: 3 })
     await client.stats()
     expect(await client.setLimits({ cpus: 2, memoryBytes: 2 ** 30 })).toEqual({ cpus: 2, memoryBytes: 2 ** 30 })
+    expect(await client.confirmPlacement()).toEqual({ wasHeld: true })
+    expect(await client.confirmPlacement()).toEqual({ wasHeld: false })
     expect(daemon.calls).toEqual([
       ['health'], ['list'],
       ['run', { name: 'a', image: 'img', command: ['true'], volumes: [{ name: 'v', target: '/v', readOnly: true, formatted: true, nbd: { host: '::1', port: 10809, export: 'vol-v' } }] }],
       ['inspect', 'a'], ['op', '0123456789ab', 'stop', 1500], ['op', '0123456789ab', 'pause', undefined], ['remove', 'a', true],
-      ['logs', 'a', { offset: 10, tail: 3 }], ['stats'], ['setLimits', { cpus: 2, memoryBytes: 2 ** 30 }],
+      ['logs', 'a', { offset: 10, tail: 3 }], ['stats'], ['setLimits', { cpus: 2, memoryBytes: 2 ** 30 }], ['confirmPlacement'], ['confirmPlacement'],
     ])
   })
 

@@ -153,6 +153,8 @@ export class ContainerManager {
   private loaded: Promise<void> | undefined
   private readonly locks = new KeyedMutex()
   private restartTimer: NodeJS.Timeout | undefined
+  /** restarts wait until the node's CVM confirms this CSM is still placed on this node (holdRestarts) */
+  private restartsHeld = false
 
   constructor(opts: ContainerManagerOptions) {
     this.csm = checkName('CSM', opts.csm)
@@ -314,12 +316,30 @@ export class ContainerManager {
     this.restartTimer = setTimeout(tick, containerRestartCheckMs)
   }
 
+  /**
+   * Hold restarts (the daemon's start): a container of this CSM is not started again until
+   * releaseRestarts(). After a node was lost and comes back, its CSMs may have been failed over
+   * to other nodes, their containers and volumes running there: the node's CVM, which reads the
+   * CSM records in etcd, releases the hold only for a CSM still placed here, and removes the others.
+   */
+  holdRestarts(): void {
+    this.restartsHeld = true
+  }
+
+  /** Let restarts go on; whether they were held. */
+  releaseRestarts(): boolean {
+    const was = this.restartsHeld
+    this.restartsHeld = false
+    return was
+  }
+
   stopSupervising(): void {
     if (this.restartTimer !== undefined) clearTimeout(this.restartTimer)
     this.restartTimer = undefined
   }
 
   private async restartTick(): Promise<void> {
+    if (this.restartsHeld) return
     for (const id of [...this.records.keys()]) {
       const r0 = this.records.get(id)
       if (r0 === undefined || r0.spec.restart === undefined || r0.stoppedByUser === true) continue

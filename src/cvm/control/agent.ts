@@ -169,7 +169,11 @@ export class NodeAgent {
     const run = (this.reconciling ?? Promise.resolve()).then(async () => {
       const recs = await listCsmRecords(this.etcd, this.node)
       const byName = new Map(recs.map((r) => [r.name, r]))
-      for (const r of recs) if (r.deleting !== true) await this.writeSpec(r)
+      for (const r of recs) {
+        if (r.deleting === true) continue
+        await this.writeSpec(r)
+        await this.confirmPlacement(r.name)
+      }
       for (const name of this.localNames()) {
         const r = byName.get(name)
         if (r === undefined || r.deleting === true) {
@@ -185,6 +189,21 @@ export class NodeAgent {
     })
     this.reconciling = run.catch(() => undefined) // run logs its own failures; the next reconcile starts clean
     return run
+  }
+
+  /**
+   * Tell a CSM daemon of this node that its record in etcd still places it here, so that it may
+   * restart its containers (it holds restarts from its start until then: csm/main.ts). A daemon
+   * not up yet is told at the next reconcile.
+   */
+  private async confirmPlacement(name: string): Promise<void> {
+    if (!fs.existsSync(this.paths.csmSocket(name))) return
+    try {
+      const r = await this.csm(name).confirmPlacement()
+      if (r.wasHeld) this.log.info(`CSM ${name}: placed on this node (etcd): its held restarts go on`)
+    } catch (e) {
+      this.log.warn(`CSM ${name}: its placement could not be confirmed to it (retried at the next reconcile): ${errorMessage(e)}`)
+    }
   }
 
   /**

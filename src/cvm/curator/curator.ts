@@ -2,7 +2,7 @@ import type { Campaign, Election, Etcd3 } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import { curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs, gcIntervalMs, gcMinAgeMs, scrubBytesPerSecDefault, scrubIntervalMs } from '../../lib/limits.js'
+import { curatorCampaignRetryMs, curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs, gcIntervalMs, gcMinAgeMs, scrubBytesPerSecDefault, scrubIntervalMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { BalanceMoved, CsmFailover, CuratorConfig, CuratorStatus, GcFound, NodeRecord, ReplicaMove, ScrubFound, VdiskRecord } from '../../lib/types.js'
 import type { ScrubResult } from '../vdisk/vdisk.js'
@@ -155,11 +155,16 @@ export class Curator {
       this.lead()
     })
     c.on('error', (e: Error) => {
+      // A campaign reports errors for as long as its lease keeps failing: only its first one counts
+      // (each one starting a new campaign made their number double every second while etcd was
+      // out of reach, a storm that kept the CVM from coming back after a partition).
+      if (this.campaign !== c) return
       // the campaign's lease was lost (etcd unreachable for longer than its TTL): lead no more, campaign again
-      this.opts.log.warn(`curator: election campaign failed: ${errorMessage(e)}; campaigning again`)
+      this.opts.log.warn(`curator: election campaign failed: ${errorMessage(e)}; campaigning again in ${curatorCampaignRetryMs} ms`)
       this.leading = false
-      if (this.campaign === c) this.campaign = undefined
-      if (!this.stopped) setTimeout(() => this.campaignOnce(), 1000).unref()
+      this.campaign = undefined
+      void c.resign().catch(() => undefined) // its lease is gone or going: stop its keep-alives; nothing to undo if that fails
+      if (!this.stopped) setTimeout(() => this.campaignOnce(), curatorCampaignRetryMs).unref()
     })
   }
 
@@ -435,9 +440,8 @@ export class Curator {
   }
 
   /** Where a vDisk's repair or scrub runs: at its owner, which serves it; when nobody (or a dead node) owns it, here (this node takes it for the work). */
-  private async workerFor(vdiskId: string, up: ReadonlySet<string>): Promise<string> {
-    const owner = (await etcdCall('read a vDisk owner', () => this.etcd.get(keys.vdiskOwner(vdiskId)).string()))?.split('/')[0]
-    return owner !== undefined && up.has(owner) ? owner : this.opts.nodeName
+  private workerFor(vdiskId: string, up: ReadonlySet<string>): Promise<string> {
+    return ownerOrSelf(this.etcd, vdiskId, (n) => up.has(n), this.opts.nodeName)
   }
 
   private async writeStatus(): Promise<void> {
@@ -532,4 +536,13 @@ export class Curator {
       await this.campaign?.resign()
     } catch { /* etcd may be gone: the lease expires */ }
   }
+}
+
+/**
+ * Where work on a vDisk's extent groups runs: the node whose CVM owns the vDisk when that node is
+ * up, else `self` (which takes the vDisk for the work).
+ */
+export async function ownerOrSelf(etcd: Etcd3, vdiskId: string, isUp: (node: string) => boolean, self: string): Promise<string> {
+  const owner = (await etcdCall('read a vDisk owner', () => etcd.get(keys.vdiskOwner(vdiskId)).string()))?.split('/')[0]
+  return owner !== undefined && isUp(owner) ? owner : self
 }

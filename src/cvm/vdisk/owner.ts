@@ -116,13 +116,31 @@ export async function newEgroups(env: OwnerEnv, rec: VdiskIdentity, count: numbe
   // next load creates (extent groups with no extents).
   await env.putEgroupRecords(rec, ers)
   return await Promise.all(ers.map(async (er) => {
-    const replicas = er.replicas.map((p) => env.replicaFor(rec.id, er.id, p.node, p.diskId))
-    await Promise.all(replicas.map((r) => r.open([]))).catch((e: unknown) => { throw placementDeviceError(e) })
+    const replicas = await openNewReplicas(env, rec, er)
     const eg: LoadedEgroup = { id: er.id, replicas, usedSlots: new Set(), freeSlots: [], lock: new KeyedRwLock() }
     for (const r of replicas) if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
     for (let s = 0; s < extentsPerEgroup; s++) eg.freeSlots.push(s)
     return eg
   }))
+}
+
+/**
+ * Open (create) the files of a new extent group on its nodes. A node that does not answer (cut
+ * off a moment ago: the view still has it up) or fails leaves the group degraded when enough
+ * copies opened for a write (writeMinReplicas): its record then names only those, and the curator
+ * adds the missing copies; with fewer, the write that needed the group fails (EIO).
+ */
+async function openNewReplicas(env: OwnerEnv, rec: VdiskIdentity, er: EgroupRecord): Promise<Replica[]> {
+  const replicas = er.replicas.map((p) => env.replicaFor(rec.id, er.id, p.node, p.diskId))
+  const opened = await Promise.allSettled(replicas.map((r) => r.open([])))
+  const failed = opened.flatMap((o, i) => (o.status === 'rejected' ? [{ node: er.replicas[i]!.node, reason: o.reason as unknown }] : []))
+  if (failed.length === 0) return replicas
+  const kept = er.replicas.filter((_, i) => opened[i]!.status === 'fulfilled')
+  if (kept.length < writeMinReplicas(rec.rf)) throw placementDeviceError(failed[0]!.reason)
+  await env.putEgroupRecords(rec, [{ ...er, replicas: kept }])
+  env.log.warn(`vDisk ${rec.name}: new extent group ${er.id} made degraded with ${kept.length} of ${rec.rf} copies (on ${kept.map((p) => p.node).join(', ')}): ` +
+    `${failed.map((f) => `node ${f.node}: ${errorMessage(f.reason)}`).join('; ')}; the curator adds the missing copies`)
+  return replicas.filter((_, i) => opened[i]!.status === 'fulfilled')
 }
 
 /**

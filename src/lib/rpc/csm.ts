@@ -42,6 +42,11 @@ export interface CsmLimitsAnswer {
   pidsMax?: number
 }
 
+/** The answer to the CVM's confirmation that a CSM is placed on its node: whether restarts were held until then. */
+export interface CsmPlacementAnswer {
+  wasHeld: boolean
+}
+
 /** One CSM daemon. `ref` is a container's id (12 hex digits) or its name. */
 export interface CsmApi {
   health(): Promise<CsmHealth>
@@ -55,6 +60,8 @@ export interface CsmApi {
   logs(ref: string, q: CsmLogQuery): Promise<CsmLogAnswer>
   stats(): Promise<CsmStatsAnswer>
   setLimits(q: CsmQuota): Promise<CsmLimitsAnswer>
+  /** the node's CVM saw this CSM's record on this node: restarts held since the daemon started go on */
+  confirmPlacement(): Promise<CsmPlacementAnswer>
 }
 
 const containerIdPattern = /^[a-f0-9]{12}$/
@@ -87,6 +94,7 @@ export function registerCsmApi(api: ApiServer, csm: CsmApi, what: string): void 
   })
   api.route('GET', '/v1/stats', async () => csm.stats())
   api.route('PUT', '/v1/limits', async (req) => csm.setLimits(parseCsmQuota(req.body, `${what}: cannot change its limits`)))
+  api.route('POST', '/v1/placement/confirm', async () => csm.confirmPlacement())
 }
 
 /** One JSON request to a CSM daemon. */
@@ -142,5 +150,9 @@ export class CsmClient implements CsmApi {
 
   setLimits(q: CsmQuota): Promise<CsmLimitsAnswer> {
     return this.request('PUT', '/v1/limits', { cpus: q.cpus, memoryBytes: q.memoryBytes }, csmQuickCallTimeoutMs)
+  }
+
+  confirmPlacement(): Promise<CsmPlacementAnswer> {
+    return this.request('POST', '/v1/placement/confirm', {}, csmQuickCallTimeoutMs)
   }
 }

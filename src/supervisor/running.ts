@@ -1,0 +1,105 @@
+/**
+ * Is a node's supervisor running, and starting one detached: shared by the supervisor (which
+ * refuses to run twice for one data dir), the boot entry point (boot.ts) and the embedded
+ * cluster's create. Only lib/ below (the supervisor imports nothing else).
+ */
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { nodePaths } from '../lib/nodeconfig.js'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+
+/** dist/supervisor/supervisor.js */
+export function supervisorScript(): string {
+  return path.join(here, 'supervisor.js')
+}
+
+/** dist/supervisor/boot.js: the node's boot entry point */
+export function bootScript(): string {
+  return path.join(here, 'boot.js')
+}
+
+function readPidFile(file: string): number | undefined {
+  try {
+    const n = Number(fs.readFileSync(file, 'utf8').trim())
+    return Number.isInteger(n) && n > 1 ? n : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function mountNamespace(pid: number | 'self'): string | undefined {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/ns/mnt`)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Is `pid` a live process of this node's data dir? Its command line must name the data dir and
+ * it must see the same mounts as we do: a pid recycled by another program, or by a daemon of
+ * another node on this machine with the same data dir path in its own mount namespace (test
+ * hosts), is not ours.
+ */
+export function isNodeProcess(pid: number, dataDir: string): boolean {
+  let args: string[]
+  try {
+    args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean)
+    if (/ Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''))) return false
+  } catch {
+    return false
+  }
+  if (!args.some((a) => a === dataDir || a.startsWith(dataDir + '/'))) return false
+  const mine = mountNamespace('self')
+  return mine === undefined || mountNamespace(pid) === mine
+}
+
+/** The pid of the supervisor running for `dataDir` (other than this process), if there is one. */
+export function runningSupervisor(dataDir: string): number | undefined {
+  const pid = readPidFile(nodePaths(dataDir).supervisorPid)
+  return pid !== undefined && pid !== process.pid && isNodeProcess(pid, dataDir) ? pid : undefined
+}
+
+/**
+ * Pidfiles in run/ whose process is gone or is not ours (left by a power loss or a kill -9): they
+ * are removed so that nothing later signals a pid that was recycled.
+ */
+export function removeStalePidfiles(dataDir: string): string[] {
+  const run = nodePaths(dataDir).run
+  const removed: string[] = []
+  let names: string[] = []
+  try {
+    names = fs.readdirSync(run).filter((n) => n.endsWith('.pid'))
+  } catch {
+    return removed
+  }
+  for (const n of names) {
+    const pid = readPidFile(path.join(run, n))
+    if (pid !== undefined && isNodeProcess(pid, dataDir)) continue
+    fs.rmSync(path.join(run, n), { force: true })
+    removed.push(n)
+  }
+  return removed
+}
+
+/**
+ * Start the supervisor of `dataDir` detached: in a session of its own (setsid), cwd /, output
+ * appended to logs/supervisor.log, not waited for. Returns its pid.
+ */
+export function spawnSupervisor(dataDir: string): number {
+  const p = nodePaths(dataDir)
+  fs.mkdirSync(p.logs, { recursive: true, mode: 0o700 })
+  const out = fs.openSync(p.logFile('supervisor'), 'a', 0o600)
+  try {
+    const child = spawn(process.execPath, [supervisorScript(), '--data-dir', dataDir], { detached: true, cwd: '/', stdio: ['ignore', out, out] })
+    child.on('error', () => undefined) // an exec failure shows as a missing pid below
+    child.unref()
+    if (child.pid === undefined) throw new Error(`cannot start ${process.execPath} ${supervisorScript()}`)
+    return child.pid
+  } finally {
+    fs.closeSync(out)
+  }
+}
