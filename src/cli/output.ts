@@ -1,5 +1,7 @@
 import Table from 'cli-table3'
 import ora, { type Ora } from 'ora'
+import { TessError } from '../lib/errors.js'
+import type { EvacuationProgress } from '../lib/types.js'
 
 const useColor = (): boolean => !process.env.NO_COLOR && process.stdout.isTTY === true
 
@@ -40,6 +42,8 @@ export function keyValue(pairs: Array<[string, string | number | boolean | null 
 
 /** A spinner needs a terminal this wide: at 0 columns (some CI runners, serial consoles) ora's redraw never ends. */
 export const spinnerColumnsMin = 20
+/** how often a running evacuation's progress is read */
+const evacuationPollMs = 1000
 
 /** `--no-progress` was given (TessCommand sets it before the command runs). */
 let progressOff = false
@@ -86,4 +90,23 @@ export async function withSpinner<T>(enabled: boolean, text: string, fn: (s: { t
     if (outcomeOnly) process.stderr.write(`✖ ${last}\n`)
     throw e
   }
+}
+
+/**
+ * Follow an evacuation that runs on the CVM (a host's or a disk's): `start` begins it, `poll` reads
+ * its progress once a second, shown on a spinner as "<what>: moved/total extent groups"; returns
+ * the finished job, or throws its error when it failed.
+ */
+export async function followEvacuation(enabled: boolean, what: string, start: () => Promise<EvacuationProgress>, poll: () => Promise<EvacuationProgress>): Promise<EvacuationProgress> {
+  const job = await withSpinner(enabled, what, async (s) => {
+    let j = await start()
+    for (;;) {
+      s.text(`${what}: ${j.egroupsMoved}/${j.egroupsTotal} extent groups${j.vdisk ? ` (vDisk ${j.vdisk})` : ''}`)
+      if (j.state !== 'running') return j
+      await new Promise((r) => setTimeout(r, evacuationPollMs))
+      j = await poll()
+    }
+  })
+  if (job.state === 'failed') throw TessError.fromBody({ error: job.error }, `${what} failed`)
+  return job
 }

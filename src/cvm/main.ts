@@ -34,7 +34,7 @@ import { VdiskEngine } from './vdisk/engine.js'
 import { NbdTrust } from './nbd/trust.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
-import { Curator } from './curator/curator.js'
+import { Curator, ownerOrSelf } from './curator/curator.js'
 import { curatorRepairCallTimeoutMs, gcCallTimeoutMs, scrubCallTimeoutMs } from '../lib/limits.js'
 import { readSettings, updateSettings } from './curator/settings.js'
 
@@ -283,12 +283,6 @@ function stopOnSignals(s: Startup, p: PoolParts, parts: { curator: Curator, agen
   process.on('SIGINT', () => void stop('SIGINT'))
 }
 
-/** the node whose CVM owns a vDisk when it is up, else this node (which takes the vDisk for the work) */
-async function ownerOrSelf(s: Startup, view: PlacementView, vdiskId: string): Promise<string> {
-  const owner = (await etcdCall('read a vDisk owner', () => s.etcd.get(keys.vdiskOwner(vdiskId)).string()))?.split('/')[0]
-  return owner !== undefined && view.nodes().some((n) => n.name === owner && n.up) ? owner : s.cfg.nodeName
-}
-
 async function main(): Promise<void> {
   const s = readStartup()
   await waitForEtcd(s)
@@ -327,7 +321,7 @@ async function main(): Promise<void> {
     return { ...r, bytesPerSec: settings.scrubBytesPerSec }
   }
   // `disk remove --evacuate`: one vDisk's replica moves at its owner (here when nobody up owns it)
-  const moveAt: RouteServices['moveAt'] = async (id, moves) => call(await ownerOrSelf(s, view, id), 'vdisk.move', { id, moves }, curatorRepairCallTimeoutMs)
+  const moveAt: RouteServices['moveAt'] = async (id, moves) => call(await ownerOrSelf(etcd, id, (n) => view.nodes().some((x) => x.name === n && x.up), cfg.nodeName), 'vdisk.move', { id, moves }, curatorRepairCallTimeoutMs)
   const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator, scrubNow, moveAt })
   const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, curator, otherUpNodes })
   await listen(s, p, { keeper, dataServer, nbd, api, containers })

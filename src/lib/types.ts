@@ -325,3 +325,13 @@ export interface VdiskRecord {
   /** encrypted vDisks: the data key wrapped by the cluster key (vdisk/crypt.ts) */
   wrappedKey?: string
 }
+
+/** An evacuation's progress as the API answers it (a node's or a disk's), polled by the CLI. */
+export interface EvacuationProgress {
+  state: 'running' | 'done' | 'failed'
+  egroupsMoved: number
+  egroupsTotal: number
+  /** the vDisk being moved now */
+  vdisk: string | null
+  error: { code: string, message: string, hint: string } | null
+}

@@ -8,7 +8,7 @@ import type { VdiskService } from '../vdisk/service.js'
 import type { VdiskEngine } from '../vdisk/engine.js'
 import type { PlacementView } from '../vdisk/placement.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
-import type { DiskRecord, NodeRecord, ReplicaMove, ScrubStart } from '../../lib/types.js'
+import type { DiskRecord, EvacuationProgress, NodeRecord, ReplicaMove, ScrubStart } from '../../lib/types.js'
 import { listCsmRecords } from '../control/records.js'
 import type { Etcd3 } from 'etcd3'
 import { bodyObject, bool, int, queryInt, str, type ApiRequest, type ApiServer } from '../../lib/http-server.js'
@@ -21,13 +21,8 @@ import type { Curator } from '../curator/curator.js'
 
 export const apiVersion = '0.1.0'
 
-interface EvacuationJob {
+interface EvacuationJob extends EvacuationProgress {
   node: string
-  state: 'running' | 'done' | 'failed'
-  egroupsMoved: number
-  egroupsTotal: number
-  vdisk: string | null
-  error: { code: string, message: string, hint: string } | null
   onlyCopies: string[]
 }
 /** how long an etcd member add waits for the cluster to be ready for a reconfiguration */

@@ -2,7 +2,7 @@ import type { Etcd3 } from 'etcd3'
 import { TessError } from '../../lib/errors.js'
 import { etcdCall, keys, listJson } from '../../lib/etcd.js'
 import { balanceMovesMax } from '../../lib/limits.js'
-import type { DiskRecord, ReplicaMove, VdiskRecord } from '../../lib/types.js'
+import type { DiskRecord, EvacuationProgress, ReplicaMove, VdiskRecord } from '../../lib/types.js'
 import type { EgroupRecord } from '../vdisk/owner.js'
 import type { BalanceDisk } from './balance.js'
 
@@ -10,15 +10,10 @@ import type { BalanceDisk } from './balance.js'
 const diskEvacuationRoundsMax = 5
 
 /** `tess disk remove --evacuate`: how far the move of a disk's replicas is (GET /v1/disks/evacuate) */
-export interface DiskEvacuationJob {
+export interface DiskEvacuationJob extends EvacuationProgress {
   disk: string
   node: string
   path: string
-  state: 'running' | 'done' | 'failed'
-  egroupsMoved: number
-  egroupsTotal: number
-  vdisk: string | null
-  error: { code: string, message: string, hint: string } | null
 }
 
 export interface DiskEvacuationEnv {

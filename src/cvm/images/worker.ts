@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
-import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { TessError, errorCodes, errorMessage, type ErrorCode } from '../../lib/errors.js'
 import type { Logger } from '../../lib/log.js'

@@ -7,7 +7,6 @@ import { leaseRegrantIntervalMs, nbdOpenRetryMs, nodeHeartbeatTtlSec, repairBusy
 import type { Logger } from '../../lib/log.js'
 import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, ReplicaMove, VdiskRecord } from '../../lib/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
-import { egroupDirName } from '../pool/disks.js'
 import type { PeerPool } from '../replication/client.js'
 import { PeerError, ops } from '../replication/protocol.js'
 import type { PlacementView } from './placement.js'

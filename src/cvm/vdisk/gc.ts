@@ -8,6 +8,7 @@ import { egroupDirName } from '../pool/disks.js'
 import { EgroupFile } from './egroup.js'
 import type { FileLayer } from './fileio.js'
 import type { EgroupRecord } from './owner.js'
+import { egroupFileKey } from './replicastore.js'
 
 /** an extent group file name: `<id>.eg`, and its dirty marker `<id>.eg.dirty` */
 const egroupFilePattern = /^(\d+)\.eg(\.dirty)?$/
@@ -47,7 +48,7 @@ export async function collectGarbage(env: GcEnv, minAgeMs: number): Promise<GcFo
   const staleHere: StaleHere[] = []
   for (const [key, raw] of Object.entries(all)) {
     const rec = JSON.parse(raw) as EgroupRecord
-    for (const r of rec.replicas) if (r.node === me) live.add(fileKey(r.diskId, rec.id))
+    for (const r of rec.replicas) if (r.node === me) live.add(egroupFileKey(r.diskId, rec.id))
     if ((rec.stale ?? []).some((r) => r.node === me)) staleHere.push({ key, raw, rec })
   }
   const disks = new Map((await env.localDisks()).map((d) => [d.id, d]))
@@ -76,14 +77,14 @@ async function removeStale(sw: Sweep, { key, raw, rec }: StaleHere): Promise<voi
   const mine = (rec.stale ?? []).filter((r) => r.node === me)
   let young = false
   for (const r of mine) {
-    if (sw.live.has(fileKey(r.diskId, rec.id))) continue
+    if (sw.live.has(egroupFileKey(r.diskId, rec.id))) continue
     const d = sw.disks.get(r.diskId)
     if (d === undefined) continue // the disk was removed: its files went with it
     const file = EgroupFile.fileName(path.join(d.path, egroupDirName), rec.id)
     const age = await oldEnough(sw, file)
     if (age === undefined) {
       young = true
-      sw.keep.add(fileKey(r.diskId, rec.id))
+      sw.keep.add(egroupFileKey(r.diskId, rec.id))
       continue
     }
     if (age === 'gone') continue
@@ -113,7 +114,7 @@ async function removeUnrecorded(sw: Sweep, diskId: string, dir: string): Promise
     const m = egroupFilePattern.exec(n)
     if (!m) continue
     const egid = m[1]!
-    const key = fileKey(diskId, egid)
+    const key = egroupFileKey(diskId, egid)
     if (sw.live.has(key) || sw.keep.has(key) || env.isOpen(egid, diskId)) continue
     const file = path.join(dir, n)
     // a marker goes with its group file (removed below), or alone when that file is gone
@@ -134,7 +135,3 @@ async function removeUnrecorded(sw: Sweep, diskId: string, dir: string): Promise
   }
 }
 
-/** one file: a group on one disk */
-function fileKey(diskId: string, egid: string): string {
-  return `${diskId}/${egid}`
-}

@@ -84,7 +84,7 @@ export class ReplicaStore {
 
   async create(vdiskId: string, egid: string, diskId: string): Promise<void> {
     const dir = await this.diskDir(diskId)
-    const key = fileKey(egid, diskId)
+    const key = egroupFileKey(diskId, egid)
     const existing = this.open.get(key)
     if (existing) return void (await existing)
     const p = (async () => {
@@ -105,7 +105,7 @@ export class ReplicaStore {
    * into a file that stayed open here).
    */
   async openEgroup(egid: string, diskId: string, inUse: number[], vdiskId: string, createIfMissing: boolean): Promise<void> {
-    const key = fileKey(egid, diskId)
+    const key = egroupFileKey(diskId, egid)
     const existing = this.open.get(key)
     if (existing) return (await existing).forgetSlots(new Set(inUse), (m) => this.opts.log.warn(m))
     const dir = await this.diskDir(diskId)
@@ -128,19 +128,19 @@ export class ReplicaStore {
   }
 
   async get(egid: string, diskId: string): Promise<EgroupFile> {
-    const p = this.open.get(fileKey(egid, diskId))
+    const p = this.open.get(egroupFileKey(diskId, egid))
     if (!p) throw new NotOpenError(egid)
     return p
   }
 
   /** is the group's file on this disk open (being written, copied into or read)? */
   isOpen(egid: string, diskId: string): boolean {
-    return this.open.has(fileKey(egid, diskId))
+    return this.open.has(egroupFileKey(diskId, egid))
   }
 
   /** Remove an extent group's file; `recycle`: it may become a spare as it is (an encrypted vDisk's: see Replica.delete). */
   async delete(egid: string, diskId: string, recycle = false): Promise<void> {
-    const key = fileKey(egid, diskId)
+    const key = egroupFileKey(diskId, egid)
     const p = this.open.get(key)
     this.open.delete(key)
     if (p) {
@@ -170,7 +170,7 @@ export class ReplicaStore {
   }
 }
 
-/** the key of an open file: a group's files on two disks of this node are two files */
-function fileKey(egid: string, diskId: string): string {
+/** the key of one extent group file: a group's files on two disks of this node are two files (also the garbage collector's key) */
+export function egroupFileKey(diskId: string, egid: string): string {
   return `${diskId}/${egid}`
 }

@@ -1,14 +1,12 @@
 import path from 'node:path'
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../base.js'
-import { keyValue, withSpinner } from '../../output.js'
-import { TessError } from '../../../lib/errors.js'
-import type { DiskInfo } from '../../../lib/types.js'
+import { followEvacuation, keyValue } from '../../output.js'
+import type { DiskInfo, EvacuationProgress } from '../../../lib/types.js'
 
 /** `tess disk remove`: the disk as it was, and the extent groups --evacuate moved off it first */
 export type DiskRemoved = DiskInfo & { egroupsMoved: number }
 
-type EvacuationJob = { state: 'running' | 'done' | 'failed', egroupsMoved: number, egroupsTotal: number, vdisk: string | null, error: { code: string, message: string, hint: string } | null }
 
 export default class DiskRemove extends TessCommand<DiskRemoved> {
   static override summary = 'Remove a disk from the storage pool'
@@ -35,16 +33,8 @@ export default class DiskRemove extends TessCommand<DiskRemoved> {
     let moved = 0
     if (flags.evacuate) {
       // the evacuation runs on the CVM; its progress is polled (the first endpoint answers both calls)
-      const job = await withSpinner(!this.jsonMode, `Moving the data off disk ${p}`, async (s) => {
-        let j = await client.post<EvacuationJob>(`/v1/disks/evacuate?${q.toString()}`, {})
-        for (;;) {
-          s.text(`Moving the data off disk ${p}: ${j.egroupsMoved}/${j.egroupsTotal} extent groups${j.vdisk ? ` (vDisk ${j.vdisk})` : ''}`)
-          if (j.state !== 'running') return j
-          await new Promise((r) => setTimeout(r, 1000))
-          j = await client.get<EvacuationJob>(`/v1/disks/evacuate?${q.toString()}`)
-        }
-      })
-      if (job.state === 'failed') throw TessError.fromBody({ error: job.error }, `evacuation of disk ${p} failed`)
+      const job = await followEvacuation(!this.jsonMode, `Moving the data off disk ${p}`,
+        () => client.post<EvacuationProgress>(`/v1/disks/evacuate?${q.toString()}`, {}), () => client.get<EvacuationProgress>(`/v1/disks/evacuate?${q.toString()}`))
       moved = job.egroupsMoved
     }
     const d = await client.delete<DiskInfo>(`/v1/disks?${q.toString()}`)

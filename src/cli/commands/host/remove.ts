@@ -1,11 +1,11 @@
 import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../base.js'
 import { saveContext } from '../../../lib/contexts.js'
-import { keyValue, withSpinner } from '../../output.js'
+import { followEvacuation, keyValue, withSpinner } from '../../output.js'
 import { cleanRemoteHost, remotePortDefaults } from '../../../bootstrap/remote.js'
 import { etcdUrl } from '../../../supervisor/services.js'
 import { TessError } from '../../../lib/errors.js'
-import type { ClusterStatus } from '../../../lib/types.js'
+import type { ClusterStatus, EvacuationProgress } from '../../../lib/types.js'
 import type { CsmInfo, CsmMoveResult } from '../../../lib/csm-types.js'
 import { containerStopSlackMs, imagePullTimeoutMs } from '../../csm-input.js'
 
@@ -64,18 +64,8 @@ A host running an etcd member leaves etcd too (refused while the members left wo
         }
       }
       // The evacuation runs on the CVM; progress is polled (the first endpoint answers both calls).
-      type Job = { state: 'running' | 'done' | 'failed', egroupsMoved: number, egroupsTotal: number, vdisk: string | null, error: { code: string, message: string, hint: string } | null }
       const path = `/v1/nodes/${encodeURIComponent(node.name)}/evacuate`
-      const job = await withSpinner(!this.jsonMode, `Moving the data off ${node.name}`, async (s) => {
-        let j = await others.post<Job>(path, {})
-        for (;;) {
-          s.text(`Moving the data off ${node.name}: ${j.egroupsMoved}/${j.egroupsTotal} extent groups${j.vdisk ? ` (vDisk ${j.vdisk})` : ''}`)
-          if (j.state !== 'running') return j
-          await new Promise((r) => setTimeout(r, 1000))
-          j = await others.get<Job>(path)
-        }
-      })
-      if (job.state === 'failed') throw TessError.fromBody({ error: job.error }, `evacuation of ${node.name} failed`)
+      const job = await followEvacuation(!this.jsonMode, `Moving the data off ${node.name}`, () => others.post<EvacuationProgress>(path, {}), () => others.get<EvacuationProgress>(path))
       moved = job.egroupsMoved
     }
     // Refused (with the vDisks named) while the node holds the only healthy copy of data.
