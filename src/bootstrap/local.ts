@@ -17,7 +17,7 @@ import { findContext, type ClusterContext } from '../lib/contexts.js'
 import { dataPortDefault } from '../cvm/replication/protocol.js'
 import { createCa, createNodeCert, createToken } from './pki.js'
 import { createSecretsKey } from '../lib/secretbox.js'
-import { pidAlive, pidIsOurs, readPid, waitForExit } from './process.js'
+import { logTail, pidAlive, pidIsOurs, readPid, waitForExit } from '../lib/process.js'
 import { waitPlacementReady } from './ready.js'
 
 export interface LocalClusterOptions {
@@ -56,14 +56,6 @@ function haveBinary(name: string): boolean {
     return true
   } catch {
     return false
-  }
-}
-
-function tail(file: string, lines = 15): string {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
-  } catch {
-    return ''
   }
 }
 
@@ -149,11 +141,11 @@ async function waitForCvm(client: ApiClient, supervisorPid: number | undefined, 
       if (!(e instanceof TessError) || e.code !== 'TESS_E_UNREACHABLE') throw e
     }
     if (supervisorPid !== undefined && !pidAlive(supervisorPid)) {
-      throw new TessError('TESS_E_PRECONDITION', `cannot create cluster "${name}": the supervisor exited`, `supervisor log:\n${tail(p.logFile('supervisor'))}`)
+      throw new TessError('TESS_E_PRECONDITION', `cannot create cluster "${name}": the supervisor exited`, `supervisor log:\n${logTail(p.logFile('supervisor'), 15)}`)
     }
     if (Date.now() > deadline) {
       throw new TessError('TESS_E_TIMEOUT', `cannot create cluster "${name}": the CVM did not answer within ${daemonStartTimeoutMs / 1000} s`,
-        `etcd log:\n${tail(p.logFile('etcd'))}\ncvm log:\n${tail(p.logFile('cvm'))}`)
+        `etcd log:\n${logTail(p.logFile('etcd'), 15)}\ncvm log:\n${logTail(p.logFile('cvm'), 15)}`)
     }
     await new Promise((r) => setTimeout(r, 200))
   }

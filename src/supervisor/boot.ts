@@ -10,8 +10,8 @@
  * Exit codes: 0 started or already running; 1 the supervisor did not start (its log's tail is
  * printed); 2 usage; 3 DIR holds no node (no node.json).
  */
-import fs from 'node:fs'
 import { nodePaths, readNodeConfig } from '../lib/nodeconfig.js'
+import { logTail } from '../lib/process.js'
 import { isNodeProcess, removeStalePidfiles, runningSupervisor, spawnSupervisor } from './running.js'
 
 /** how long the supervisor has to write its pidfile */
@@ -20,14 +20,6 @@ const bootStartTimeoutMs = 10_000
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(name)
   return i >= 0 ? process.argv[i + 1] : undefined
-}
-
-function tail(file: string, lines = 20): string {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
-  } catch {
-    return '(no log)'
-  }
 }
 
 async function main(): Promise<number> {
@@ -62,7 +54,7 @@ async function main(): Promise<number> {
     if (!isNodeProcess(pid, dataDir)) break
     await new Promise((r) => setTimeout(r, 50))
   }
-  process.stderr.write(`boot: the supervisor of ${dataDir} did not start; the end of ${p.logFile('supervisor')}:\n${tail(p.logFile('supervisor'))}\n`)
+  process.stderr.write(`boot: the supervisor of ${dataDir} did not start; the end of ${p.logFile('supervisor')}:\n${logTail(p.logFile('supervisor'), 20) || '(no log)'}\n`)
   return 1
 }
 

@@ -8,26 +8,13 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { nodePaths } from '../lib/nodeconfig.js'
+import { isZombie, pidIsOurs, readPid } from '../lib/process.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 
 /** dist/supervisor/supervisor.js */
 export function supervisorScript(): string {
   return path.join(here, 'supervisor.js')
-}
-
-/** dist/supervisor/boot.js: the node's boot entry point */
-export function bootScript(): string {
-  return path.join(here, 'boot.js')
-}
-
-function readPidFile(file: string): number | undefined {
-  try {
-    const n = Number(fs.readFileSync(file, 'utf8').trim())
-    return Number.isInteger(n) && n > 1 ? n : undefined
-  } catch {
-    return undefined
-  }
 }
 
 function mountNamespace(pid: number | 'self'): string | undefined {
@@ -39,27 +26,19 @@ function mountNamespace(pid: number | 'self'): string | undefined {
 }
 
 /**
- * Is `pid` a live process of this node's data dir? Its command line must name the data dir and
- * it must see the same mounts as we do: a pid recycled by another program, or by a daemon of
- * another node on this machine with the same data dir path in its own mount namespace (test
- * hosts), is not ours.
+ * Is `pid` a live process of this node's data dir? Ours by its command line (pidIsOurs), not a
+ * zombie, and it must see the same mounts as we do: a daemon of another node on this machine with
+ * the same data dir path in its own mount namespace (test hosts) is not ours.
  */
 export function isNodeProcess(pid: number, dataDir: string): boolean {
-  let args: string[]
-  try {
-    args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean)
-    if (/ Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''))) return false
-  } catch {
-    return false
-  }
-  if (!args.some((a) => a === dataDir || a.startsWith(dataDir + '/'))) return false
+  if (!pidIsOurs(pid, dataDir) || isZombie(pid)) return false
   const mine = mountNamespace('self')
   return mine === undefined || mountNamespace(pid) === mine
 }
 
 /** The pid of the supervisor running for `dataDir` (other than this process), if there is one. */
 export function runningSupervisor(dataDir: string): number | undefined {
-  const pid = readPidFile(nodePaths(dataDir).supervisorPid)
+  const pid = readPid(nodePaths(dataDir).supervisorPid)
   return pid !== undefined && pid !== process.pid && isNodeProcess(pid, dataDir) ? pid : undefined
 }
 
@@ -77,7 +56,7 @@ export function removeStalePidfiles(dataDir: string): string[] {
     return removed
   }
   for (const n of names) {
-    const pid = readPidFile(path.join(run, n))
+    const pid = readPid(path.join(run, n))
     if (pid !== undefined && isNodeProcess(pid, dataDir)) continue
     fs.rmSync(path.join(run, n), { force: true })
     removed.push(n)

@@ -47,10 +47,20 @@ export async function waitForExit(pid: number, timeoutMs: number): Promise<boole
   return !pidAlive(pid)
 }
 
-function isZombie(pid: number): boolean {
+/** Has `pid` exited, waiting for its parent to reap it? */
+export function isZombie(pid: number): boolean {
   try {
     return / Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''))
   } catch {
     return false
+  }
+}
+
+/** The last `lines` lines of a log file ('' when it cannot be read), for an error message. */
+export function logTail(file: string, lines: number): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
   }
 }
