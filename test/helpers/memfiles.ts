@@ -145,6 +145,12 @@ class MemFileIo implements FileIo {
     return this.read(buf, offset, length, position)
   }
 
+  readCached(buf: Buffer, offset: number, length: number, position: number): number {
+    const n = Math.max(0, Math.min(length, this.f.data.length - position))
+    this.f.data.copy(buf, offset, position, position + n)
+    return n
+  }
+
   async writeAll(buf: Buffer, position: number): Promise<void> {
     const copy = Buffer.from(buf)
     if (this.layer.hold) await new Promise<void>((resolve) => this.layer.held.push({ release: resolve }))

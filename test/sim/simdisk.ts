@@ -358,6 +358,12 @@ class SimFileIo implements FileIo {
     return this.read(buf, offset, length, position)
   }
 
+  /** the simulated page cache holds everything; a read fault sends the caller to read() */
+  readCached(buf: Buffer, offset: number, length: number, position: number): number {
+    if (this.closed || this.files.fault('readEio')) return 0
+    return this.inode.read(buf, offset, length, position)
+  }
+
   /** a write that fails writes a random prefix of its pages first */
   private writeNow(buf: Buffer, position: number): void {
     this.check()

@@ -50,6 +50,33 @@ describe('extent group files (real files)', () => {
     await eg2.discard()
   })
 
+  it('readIfCached copies cached, verified blocks on the calling thread and declines a bad checksum or a closed file', async () => {
+    const eg = await EgroupFile.create(dir, '10', '3')
+    const data = crypto.randomBytes(64 * 1024)
+    await eg.write(3, 8192, data)
+    const out = Buffer.alloc(16 * 1024, 0xff)
+    // blocks 0-1 unwritten (zeros), 2-3 written: one span of what the write left in the page cache
+    const hit = eg.readIfCached(3, 0, 16 * 1024, out, 0)
+    // without the addon nothing is copied without waiting: read() does it all
+    expect(hit).toBe(nativeIoEngine === 'native')
+    if (hit) expect(out.equals(Buffer.concat([Buffer.alloc(8192), data.subarray(0, 8192)]))).toBe(true)
+    await eg.sync()
+    await eg.close()
+    expect(eg.readIfCached(3, 8192, 4096, out, 0)).toBe(false)
+    // a flipped byte: declined, and read() names it
+    const fd = fs.openSync(EgroupFile.fileName(dir, '10'), 'r+')
+    const b = Buffer.alloc(1)
+    fs.readSync(fd, b, 0, 1, dataRegionOffset + 3 * MiB + 8192 + 7)
+    b[0] = b[0]! ^ 0x01
+    fs.writeSync(fd, b, 0, 1, dataRegionOffset + 3 * MiB + 8192 + 7)
+    fs.closeSync(fd)
+    const eg2 = await EgroupFile.open(dir, '10', new Set([3]), () => undefined)
+    await expect(eg2.read(3, 8192, 4096, out, 0)).rejects.toBeInstanceOf(ChecksumError)
+    expect(eg2.readIfCached(3, 8192, 4096, out, 0)).toBe(false)
+    expect(eg2.readIfCached(3, 12288, 4096, out, 0)).toBe(nativeIoEngine === 'native')
+    await eg2.discard()
+  })
+
   it('frees slots not in the block map on open, and clears blocks', async () => {
     const eg = await EgroupFile.create(dir, '9', '3')
     await eg.write(1, 0, crypto.randomBytes(MiB))

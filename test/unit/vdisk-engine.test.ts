@@ -645,6 +645,88 @@ describe('VdiskEngine: ownership', () => {
   })
 })
 
+/** run `during` while `write` waits in the node's store (its files hold writes), then let it finish */
+async function whileWriteHeld(n: TestNode, write: () => Promise<void>, during: () => void): Promise<void> {
+  n.files.hold = true
+  const writing = write()
+  await waitFor('the write reaches the store', () => n.files.held.length > 0)
+  during()
+  n.files.hold = false
+  for (const h of n.files.held.splice(0)) h.release()
+  await writing
+}
+
+describe('VdiskEngine: reads and writes answered without waiting (readIfCached, writeIfQuick)', () => {
+  it('gives what read gives, zeros where nothing is written; declines unaligned or two-vBlock reads, a write in progress, a bad checksum and a forwarded device', async () => {
+    const { c, id } = await cluster3(2)
+    const n1 = c.node('n1')
+    const d1 = await openDev(n1)
+    expect(d1.readIfCached).toBeDefined()
+    await d1.write(0, pattern(1), true)
+    const out = Buffer.alloc(64 * 1024)
+    expect(d1.readIfCached!(4096, out)).toBe(true)
+    expect(out.equals(pattern(1).subarray(4096, 4096 + out.length))).toBe(true)
+    out.fill(1)
+    expect(d1.readIfCached!(8 * MiB, out)).toBe(true)
+    expect(out.equals(Buffer.alloc(out.length))).toBe(true)
+    expect(d1.readIfCached!(100, Buffer.alloc(4096))).toBe(false)
+    expect(d1.readIfCached!(MiB - 4096, Buffer.alloc(8192))).toBe(false)
+
+    // a write of the vBlock waiting in the store: the fast path declines until it finished
+    await whileWriteHeld(n1, () => d1.write(0, pattern(2), false), () => expect(d1.readIfCached!(0, out)).toBe(false))
+    expect(d1.readIfCached!(0, out)).toBe(true)
+    expect(out.equals(pattern(2).subarray(0, out.length))).toBe(true)
+
+    // a flipped byte in the local copy: declined; read() serves the other copy and repairs this one
+    const eg = c.egroups(id)[0]!
+    const local = eg.replicas.find((r) => r.node === 'n1')!
+    const file = n1.files.files.get(c.fileOf('n1', local.diskId, eg.id))!
+    const at = file.data.indexOf(pattern(2).subarray(0, 64))
+    expect(at).toBeGreaterThan(0)
+    file.data[at + 10] = file.data[at + 10]! ^ 0x20
+    expect(d1.readIfCached!(0, out)).toBe(false)
+    expect((await d1.read(0, out.length)).equals(pattern(2).subarray(0, out.length))).toBe(true)
+    expect(d1.readIfCached!(0, out)).toBe(true)
+    expect(out.equals(pattern(2).subarray(0, out.length))).toBe(true)
+
+    // another node forwards to the owner: no fast path there
+    const d2 = await openDev(c.node('n2'))
+    expect(d2.readIfCached).toBeUndefined()
+  })
+
+  it('writeIfQuick writes an allocated, aligned range of an RF 1 vDisk at once; it declines a first write, RF 2, unaligned ranges and a vBlock with a write waiting, and a flush makes it durable', async () => {
+    const { c } = await cluster3(1)
+    const n1 = c.node('n1')
+    const d1 = await openDev(n1)
+    const block = pattern(7, 8192)
+    expect(d1.writeIfQuick!(0, block)).toBe(false) // no extent yet: the allocation is write()'s
+    await d1.write(0, pattern(1), false)
+    expect(d1.writeIfQuick!(4096, block)).toBe(true)
+    expect(d1.writeIfQuick!(4096 + 1, block)).toBe(false)
+    expect(d1.writeIfQuick!(MiB - 4096, block)).toBe(false)
+    const want = Buffer.from(pattern(1))
+    block.copy(want, 4096)
+    expect((await d1.read(0, MiB)).equals(want)).toBe(true)
+
+    await whileWriteHeld(n1, () => d1.write(0, pattern(2), false), () => expect(d1.writeIfQuick!(4096, block)).toBe(false))
+
+    // the flush syncs the group the quick write went to: it survives a crash of the node's files
+    expect(d1.writeIfQuick!(8192, block)).toBe(true)
+    await d1.flush()
+    const after = Buffer.from(pattern(2))
+    block.copy(after, 8192)
+    n1.files.crash()
+    await c.start('n1')
+    const again = await openDev(c.node('n1'))
+    expect((await again.read(0, MiB)).equals(after)).toBe(true)
+
+    const { c: c2 } = await cluster3(2)
+    const r2 = await openDev(c2.node('n1'))
+    await r2.write(0, pattern(1), false)
+    expect(r2.writeIfQuick!(4096, block)).toBe(false)
+  })
+})
+
 describe('VdiskEngine: placement of new extent groups', () => {
   it('RF 2: this node and the other with the most free space; RF 3: three distinct nodes; each replica on a disk of its node', async () => {
     const spec = { n1: { free: 5 * GiB, disks: 2 }, n2: { free: 9 * GiB, disks: 2 }, n3: { free: 7 * GiB }, n4: { free: 1 * GiB } }

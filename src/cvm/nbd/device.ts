@@ -44,10 +44,21 @@ export interface BlockDevice {
    */
   readInto?(offset: number, out: Buffer): Promise<void>
   /**
+   * Optional: readInto() on the calling thread when that needs no waiting (data in memory or the
+   * page cache). True when `out` holds the range; false when the server must call read or
+   * readInto instead (which then report any error). The server's fast path for small reads.
+   */
+  readIfCached?(offset: number, out: Buffer): boolean
+  /**
    * With fua, returns only when the bytes (and any map change they made) are durable. `data` is
    * lent for the call: once the promise resolves the server reuses it, so copy what you keep.
    */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>
+  /**
+   * Optional: write() without FUA on the calling thread when that needs no waiting. True when
+   * done; false (nothing written) when the server must call write(). The fast path for small writes.
+   */
+  writeIfQuick?(offset: number, data: Buffer): boolean
   /** returns when every write completed before the call is durable */
   flush(): Promise<void>
   /** the range may read back as zeros or as its old contents afterwards (we give zeros) */

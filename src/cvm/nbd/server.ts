@@ -67,6 +67,12 @@ const replyBufferedMaxBytes = 8 * 1024 * 1024
  * cut; well inside the few seconds a daemon gets to stop before it is killed.
  */
 const closeDrainTimeoutMsDefault = 5_000
+/**
+ * READs and WRITEs (without FUA) up to this size are first tried on the calling thread
+ * (BlockDevice.readIfCached, writeIfQuick): a cached 4 KiB read or a 4 KiB write into the page
+ * cache costs a few microseconds that way against several promise hops.
+ */
+const ioNowMaxBytes = 256 * 1024
 /** WRITE payloads at least this large that span socket chunks are assembled in pooled blocks */
 const payloadPoolBlockMinBytes = 64 * 1024
 /** the smallest pooled block: a payload copied out of the receive buffer is at least a page */
@@ -1012,6 +1018,10 @@ class Connection {
   private start(req: Request, payload: Buffer | undefined, block: Buffer | undefined): void {
     const device = this.device
     assert(device !== undefined, 'a request runs only in the transmission phase')
+    if (req.length <= ioNowMaxBytes) {
+      if (req.type === NbdCmd.READ && this.readNow(req, device)) return
+      if (req.type === NbdCmd.WRITE && (req.flags & NbdCmdFlag.FUA) === 0 && this.writeNow(req, device, payload, block)) return
+    }
     const bytes = req.type === NbdCmd.READ || req.type === NbdCmd.WRITE ? req.length : 0
     this.inFlight++
     this.inFlightBytes += bytes
@@ -1027,6 +1037,35 @@ class Connection {
         this.inFlightBytes -= bytes
         this.settled()
       })
+  }
+
+  /**
+   * Answer a READ at once when the device can do it without waiting (a cached extent): no promise,
+   * and the reply's memory comes from the pool. False when the ordinary path must run it.
+   */
+  private readNow(req: Request, device: BlockDevice): boolean {
+    if (device.readIfCached === undefined) return false
+    const pool = this.config.pool
+    const block = pool.take(req.length)
+    const data = block.subarray(0, req.length)
+    if (!device.readIfCached(req.offset, data)) {
+      pool.give(block)
+      return false
+    }
+    this.replyData(req, data, (err) => {
+      if (!err) pool.give(block)
+    })
+    return true
+  }
+
+  /** Do a WRITE (no FUA) at once when the device can without waiting, and acknowledge it; false when the ordinary path must run it. */
+  private writeNow(req: Request, device: BlockDevice, payload: Buffer | undefined, block: Buffer | undefined): boolean {
+    assert(payload !== undefined, 'a WRITE runs with its payload')
+    if (device.writeIfQuick === undefined || !device.writeIfQuick(req.offset, payload)) return false
+    this.dirty = true
+    if (block) this.config.pool.give(block)
+    this.replyDone(req)
+    return true
   }
 
   private async execute(req: Request, device: BlockDevice, payload: Buffer | undefined): Promise<void> {

@@ -457,12 +457,51 @@ export class EgroupFile {
    * of the checksum block size. Verifies every written block; unwritten blocks read as zeros.
    */
   async read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void> {
+    const dst = out.subarray(outOffset, outOffset + length)
+    const plan = this.readPlan(slot, offset, length, dst, true)
+    if (!plan) return
+    const { lo, hi, spanBytes, at } = plan
+    const bytesRead = spanBytes <= egroupCachedReadMaxBytes
+      ? await this.fh.readFullCached(dst, lo * checksumBlockSizeBytes, spanBytes, at)
+      : await this.fh.readFull(dst, lo * checksumBlockSizeBytes, spanBytes, at)
+    if (bytesRead < spanBytes) dst.fill(0, lo * checksumBlockSizeBytes + bytesRead, (hi + 1) * checksumBlockSizeBytes)
+    const bad = this.verifySpan(dst, slot, offset, lo, hi)
+    if (bad >= 0) {
+      const eo = this.entryOffset(slot, offset / checksumBlockSizeBytes + bad)
+      const actual = this.checksum.one(dst.subarray(bad * checksumBlockSizeBytes, (bad + 1) * checksumBlockSizeBytes))
+      throw new ChecksumError(this.id, this.file, slot, offset / checksumBlockSizeBytes + bad, this.entries.readUInt32LE(eo), actual)
+    }
+  }
+
+  /**
+   * read() without waiting: true when every written block of the range was in the page cache and
+   * matched its checksum, so `out` holds the range. False (with `out` partly written) when read()
+   * must do it: a block not cached, a checksum that does not match, a corrupt entry, a short file.
+   * read() then reports what it finds; this never throws for what the data holds.
+   */
+  readIfCached(slot: number, offset: number, length: number, out: Buffer, outOffset: number): boolean {
+    if (this.closed) return false
+    const dst = out.subarray(outOffset, outOffset + length)
+    const plan = this.readPlan(slot, offset, length, dst, false)
+    if (plan === false) return false
+    if (plan === undefined) return true
+    const { lo, spanBytes, at } = plan
+    if (spanBytes > egroupCachedReadMaxBytes) return false
+    if (this.fh.readCached(dst, lo * checksumBlockSizeBytes, spanBytes, at) < spanBytes) return false
+    return this.verifySpan(dst, slot, offset, lo, plan.hi) < 0
+  }
+
+  /**
+   * The span from the first to the last written block of a read (read in one call), with the
+   * unwritten blocks around it zero-filled in `dst`; undefined when no block is written (`dst` is
+   * all zeros). A corrupt entry throws, or gives false when `strict` is off.
+   */
+  private readPlan(slot: number, offset: number, length: number, dst: Buffer, strict: boolean): { lo: number, hi: number, spanBytes: number, at: number } | undefined | false {
     assert(offset % checksumBlockSizeBytes === 0 && length % checksumBlockSizeBytes === 0, 'egroup read is block aligned')
     assert(offset + length <= vBlockSizeBytes && slot >= 0 && slot < extentsPerEgroup, 'egroup read within the extent')
     EgroupFile.ioCount++
     const first = offset / checksumBlockSizeBytes
     const count = length / checksumBlockSizeBytes
-    // Read the span from the first to the last written block in one call.
     let lo = -1
     let hi = -1
     for (let i = 0; i < count; i++) {
@@ -474,36 +513,36 @@ export class EgroupFile {
       } else if (flags !== 0 || this.entries.readUInt32LE(eo) !== 0) {
         // An entry is (checksum, written) or all zeros: anything else is a corrupt entry (a bit
         // of the flag word rotted), never a block to read as zeros without a word.
+        if (!strict) return false
         throw this.corruptEntry(slot, first + i, eo)
       }
     }
-    const dst = out.subarray(outOffset, outOffset + length)
     if (lo < 0) {
       dst.fill(0)
-      return
+      return undefined
     }
     if (lo > 0) dst.fill(0, 0, lo * checksumBlockSizeBytes)
     if (hi < count - 1) dst.fill(0, (hi + 1) * checksumBlockSizeBytes)
     const spanBytes = (hi - lo + 1) * checksumBlockSizeBytes
-    const at = dataRegionOffset + slot * vBlockSizeBytes + offset + lo * checksumBlockSizeBytes
-    const bytesRead = spanBytes <= egroupCachedReadMaxBytes
-      ? await this.fh.readFullCached(dst, lo * checksumBlockSizeBytes, spanBytes, at)
-      : await this.fh.readFull(dst, lo * checksumBlockSizeBytes, spanBytes, at)
-    if (bytesRead < spanBytes) dst.fill(0, lo * checksumBlockSizeBytes + bytesRead, (hi + 1) * checksumBlockSizeBytes)
+    return { lo, hi, spanBytes, at: dataRegionOffset + slot * vBlockSizeBytes + offset + lo * checksumBlockSizeBytes }
+  }
+
+  /**
+   * Check the span [lo, hi] of a read against its checksums: the index (from the read's first
+   * block) of the first bad block, or -1; then zero the unwritten blocks inside the span,
+   * whatever the file holds there.
+   */
+  private verifySpan(dst: Buffer, slot: number, offset: number, lo: number, hi: number): number {
+    const first = offset / checksumBlockSizeBytes
     const span = dst.subarray(lo * checksumBlockSizeBytes, (hi + 1) * checksumBlockSizeBytes)
-    const spanEntries = this.entryOffset(slot, first + lo)
-    const bad = this.checksum.verify(span, this.entries, spanEntries, entryBytes)
-    if (bad >= 0) {
-      const eo = spanEntries + bad * entryBytes
-      const actual = this.checksum.one(span.subarray(bad * checksumBlockSizeBytes, (bad + 1) * checksumBlockSizeBytes))
-      throw new ChecksumError(this.id, this.file, slot, first + lo + bad, this.entries.readUInt32LE(eo), actual)
-    }
-    // unwritten blocks between written ones read as zeros, whatever the file holds there
+    const bad = this.checksum.verify(span, this.entries, this.entryOffset(slot, first + lo), entryBytes)
+    if (bad >= 0) return lo + bad
     for (let i = lo + 1; i < hi; i++) {
       if ((this.entries.readUInt32LE(this.entryOffset(slot, first + i) + 4) & flagWritten) === 0) {
         dst.fill(0, i * checksumBlockSizeBytes, (i + 1) * checksumBlockSizeBytes)
       }
     }
+    return -1
   }
 
   private corruptEntry(slot: number, block: number, eo: number): ChecksumError {
@@ -526,6 +565,26 @@ export class EgroupFile {
     } finally {
       this.writeEnded()
     }
+  }
+
+  /**
+   * write() on the calling thread when that needs no waiting: a small write (into the page cache,
+   * as write() does it) to a file whose dirty marker is already made. True when written; false
+   * when write() must do it (nothing was written). A pwrite that fails throws, as in write().
+   */
+  writeIfQuick(slot: number, offset: number, data: Buffer): boolean {
+    if (this.closed || !this.dirty || data.length > egroupSyncWriteMaxBytes) return false
+    assert(offset % checksumBlockSizeBytes === 0 && data.length % checksumBlockSizeBytes === 0 && data.length > 0, 'egroup write is block aligned')
+    assert(offset + data.length <= vBlockSizeBytes && slot >= 0 && slot < extentsPerEgroup, 'egroup write within the extent')
+    EgroupFile.ioCount++
+    this.active++
+    try {
+      this.touch(slot, offset, data.length)
+      this.writeBlocksSync(slot, offset, data)
+    } finally {
+      this.writeEnded()
+    }
+    return true
   }
 
   /** data is about to be written into these blocks: noted before the write (one that fails may leave part of it) */

@@ -236,6 +236,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         get sizeBytes() { return v.sizeBytes },
         read: (o, l) => v.read(o, l),
         readInto: (o, out) => v.readInto(o, out),
+        readIfCached: (o, out) => v.readIfCached(o, out),
+        writeIfQuick: (o, d) => v.writeIfQuick(o, d),
         write: (o, d, f) => v.write(o, d, f),
         flush: () => v.flush(),
         trim: (o, l) => v.trim(o, l),

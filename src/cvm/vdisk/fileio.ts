@@ -18,6 +18,12 @@ export interface FileIo {
   readFull(buf: Buffer, offset: number, length: number, position: number): Promise<number>
   /** readFull that copies what the page cache holds on the calling thread first (rawfile.ts) */
   readFullCached(buf: Buffer, offset: number, length: number, position: number): Promise<number>
+  /**
+   * Bytes copied into buf[offset, ...) on the calling thread from what the page cache holds at
+   * `position`, never waiting for the disk: fewer than `length` (0 where this cannot be done) when
+   * part is not cached, or at the end of the file.
+   */
+  readCached(buf: Buffer, offset: number, length: number, position: number): number
   /** pages of [offset, offset + length) the page cache holds, or undefined where that cannot be told */
   pagesCached(offset: number, length: number): number | undefined
   truncate(len: number): Promise<void>

@@ -31,6 +31,20 @@ export class KeyedRwLock {
     return () => this.release(key, false)
   }
 
+  /**
+   * Could a reader take the lock right now? Code that reads and finishes without yielding may
+   * skip taking it when this is true: nothing can change what the lock protects meanwhile.
+   */
+  readable(key: number): boolean {
+    const s = this.locks.get(key)
+    return s === undefined || (!s.writer && s.queue.length === 0)
+  }
+
+  /** Is the lock neither held nor awaited? (A writer that finishes without yielding may then skip taking it.) */
+  idle(key: number): boolean {
+    return !this.locks.has(key)
+  }
+
   async write(key: number): Promise<() => void> {
     const s = this.state(key)
     if (!s.writer && s.readers === 0 && s.queue.length === 0) {

@@ -72,6 +72,10 @@ export class RawFile implements FileIo {
     return cached + await this.readFull(buf, offset + cached, length - cached, position + cached)
   }
 
+  readCached(buf: Buffer, offset: number, length: number, position: number): number {
+    return readCached(this.fd, buf, offset, length, position)
+  }
+
   /** cachestat(2) of the range (lib/nativeio.ts): undefined where the kernel or the addon cannot tell */
   pagesCached(offset: number, length: number): number | undefined {
     return pagesCached(this.fd, offset, length)

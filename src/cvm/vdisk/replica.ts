@@ -16,7 +16,15 @@ export interface Replica {
   /** open (and recover) the replica, given the slots the block map uses */
   open(inUse: number[]): Promise<void>
   read(slot: number, offset: number, length: number, out: Buffer, outOffset: number): Promise<void>
+  /**
+   * Optional: read() done on the calling thread when it needs no waiting (a local file open, the
+   * range in the page cache, every checksum good): true when `out` holds the range; false when
+   * read() must be used (and then reports whatever went wrong).
+   */
+  readIfCached?(slot: number, offset: number, length: number, out: Buffer, outOffset: number): boolean
   write(slot: number, offset: number, data: Buffer): Promise<void>
+  /** Optional: write() done on the calling thread when it needs no waiting; false (nothing written) when write() must do it */
+  writeIfQuick?(slot: number, offset: number, data: Buffer): boolean
   clear(slot: number, offset: number, length: number): Promise<void>
   freeSlot(slot: number): Promise<void>
   sync(): Promise<void>
@@ -52,8 +60,18 @@ export class LocalReplica implements Replica {
     await (await this.store.get(this.egid, this.diskId)).read(slot, offset, length, out, outOffset)
   }
 
+  readIfCached(slot: number, offset: number, length: number, out: Buffer, outOffset: number): boolean {
+    const f = this.store.peek(this.egid, this.diskId)
+    return f !== undefined && f.readIfCached(slot, offset, length, out, outOffset)
+  }
+
   async write(slot: number, offset: number, data: Buffer): Promise<void> {
     await (await this.store.get(this.egid, this.diskId)).write(slot, offset, data)
+  }
+
+  writeIfQuick(slot: number, offset: number, data: Buffer): boolean {
+    const f = this.store.peek(this.egid, this.diskId)
+    return f !== undefined && f.writeIfQuick(slot, offset, data)
   }
 
   async clear(slot: number, offset: number, length: number): Promise<void> {

@@ -24,6 +24,8 @@ export class NotOpenError extends Error {
 export class ReplicaStore {
   /** open extent group files by disk and id (a group may have a file on two disks of this node while the curator moves it between them) */
   private readonly open = new Map<string, Promise<EgroupFile>>()
+  /** the files of `open` whose opening finished */
+  private readonly ready = new Map<string, EgroupFile>()
   private readonly files: FileLayer
 
   constructor(private readonly opts: {
@@ -93,8 +95,7 @@ export class ReplicaStore {
       if (this.files.exists(file)) return EgroupFile.open(dir, egid, new Set(), (m) => this.opts.log.warn(m), this.files)
       return this.createFile(diskId, egid, vdiskId)
     })().then((eg) => this.adopt(eg))
-    this.open.set(key, p)
-    p.catch(() => this.open.delete(key))
+    this.track(key, p)
     await p
   }
 
@@ -117,9 +118,21 @@ export class ReplicaStore {
       }
       return EgroupFile.open(dir, egid, new Set(inUse), (m) => this.opts.log.warn(m), this.files)
     })().then((eg) => this.adopt(eg))
-    this.open.set(key, p)
-    p.catch(() => this.open.delete(key))
+    this.track(key, p)
     await p
+  }
+
+  /** an opening file: in `open` at once, in `ready` once open (unless deleted meanwhile), out of both if it fails */
+  private track(key: string, p: Promise<EgroupFile>): void {
+    this.open.set(key, p)
+    p.then(
+      (eg) => {
+        if (this.open.get(key) === p) this.ready.set(key, eg)
+      },
+      () => {
+        if (this.open.get(key) === p) this.open.delete(key)
+      },
+    )
   }
 
   private adopt(eg: EgroupFile): EgroupFile {
@@ -133,6 +146,11 @@ export class ReplicaStore {
     return p
   }
 
+  /** the group's file on this disk if it is open and ready now, without waiting (the read fast path) */
+  peek(egid: string, diskId: string): EgroupFile | undefined {
+    return this.ready.get(egroupFileKey(diskId, egid))
+  }
+
   /** is the group's file on this disk open (being written, copied into or read)? */
   isOpen(egid: string, diskId: string): boolean {
     return this.open.has(egroupFileKey(diskId, egid))
@@ -143,6 +161,7 @@ export class ReplicaStore {
     const key = egroupFileKey(diskId, egid)
     const p = this.open.get(key)
     this.open.delete(key)
+    this.ready.delete(key)
     if (p) {
       try {
         await (await p).discard()
@@ -161,6 +180,7 @@ export class ReplicaStore {
   }
 
   async closeAll(): Promise<void> {
+    this.ready.clear()
     for (const p of this.open.values()) {
       try {
         await (await p).close()

@@ -322,6 +322,63 @@ export class Vdisk {
     await Promise.all([...this.pieces(offset, out.length)].map((p) => this.readPiece(p.vb, p.off, p.len, out, p.pos)))
   }
 
+  /**
+   * readInto() on the calling thread, for the NBD server's fast path: true when `out` holds the
+   * range (one vBlock, block aligned, unwritten or on a local replica whose pages are cached and
+   * whose checksums match, with no write of the vBlock or change of the group's replicas in
+   * progress or waiting); false when readInto() must do it. Nothing here yields, so the locks are
+   * only found free, not taken.
+   */
+  readIfCached(offset: number, out: Buffer): boolean {
+    if (this.closedReason) return false
+    const vb = Math.floor(offset / vBlockSizeBytes)
+    const off = offset - vb * vBlockSizeBytes
+    if (off + out.length > vBlockSizeBytes || !this.locks.readable(vb)) return false
+    const ref = this.map.get(vb)
+    if (ref === undefined) {
+      out.fill(0)
+    } else {
+      if (alignDown(off) !== off || alignUp(off + out.length) !== off + out.length) return false
+      const eg = this.egroups.get(ref.egroupId)
+      const r = eg?.replicas[0]
+      if (eg === undefined || r?.readIfCached === undefined || r.suspect() || !eg.lock.readable(0)) return false
+      if (!r.readIfCached(ref.slot, off, out.length, out, 0)) return false
+      this.backend.cipher?.decryptInPlace(out, blockNumber(vb, off))
+    }
+    this.activity.ops++
+    return true
+  }
+
+  /**
+   * write() without FUA on the calling thread, for the NBD server's fast path: true when written
+   * (one vBlock that has its extent, block aligned, RF 1 on a local replica that takes it without
+   * waiting, no other I/O of the vBlock or change of the group's replicas in progress or waiting);
+   * false, with nothing written, when write() must do it. A failing write also gives false:
+   * write() then meets the failure and handles it as always.
+   */
+  writeIfQuick(offset: number, data: Buffer): boolean {
+    if (this.closedReason) return false
+    const vb = Math.floor(offset / vBlockSizeBytes)
+    const off = offset - vb * vBlockSizeBytes
+    if (off + data.length > vBlockSizeBytes || alignDown(off) !== off || alignUp(off + data.length) !== off + data.length) return false
+    const ref = this.map.get(vb)
+    if (ref === undefined || !this.locks.idle(vb)) return false
+    const eg = this.egroups.get(ref.egroupId)
+    const r = eg?.replicas.length === 1 ? eg.replicas[0] : undefined
+    if (eg === undefined || r?.writeIfQuick === undefined || !eg.lock.readable(0)) return false
+    const sealed = this.backend.cipher?.encryptPooled(data, blockNumber(vb, off))
+    try {
+      if (!r.writeIfQuick(ref.slot, off, sealed?.data ?? data)) return false
+    } catch {
+      return false
+    } finally {
+      sealed?.done()
+    }
+    this.unsynced.add(eg)
+    this.activity.ops++
+    return true
+  }
+
   private async readPiece(vb: number, off: number, len: number, out: Buffer, pos: number): Promise<void> {
     const release = await this.locks.read(vb)
     try {
