@@ -2,6 +2,7 @@ import fs from 'node:fs'
 import type { Etcd3, Lease } from 'etcd3'
 import { errorMessage } from '../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../lib/etcd.js'
+import { CertificateFiles, certificateWarnings } from '../lib/certexpiry.js'
 import { nodeHeartbeatTtlSec } from '../lib/limits.js'
 import type { Logger } from '../lib/log.js'
 import { nodePaths, type NodeConfig } from '../lib/nodeconfig.js'
@@ -31,7 +32,13 @@ export class NodeService {
   private beating: Promise<void> = Promise.resolve()
 
   constructor(private readonly etcd: Etcd3, private readonly cfg: NodeConfig, private readonly log: Logger,
-    private readonly diskStats: () => Promise<NodeStatusRecord['disks']>) {}
+    private readonly diskStats: () => Promise<NodeStatusRecord['disks']>) {
+    const p = nodePaths(cfg.dataDir)
+    this.certificates = new CertificateFiles([{ name: 'node', file: p.nodeCert }, { name: 'CA', file: p.caCert }], (m) => log.warn(m))
+  }
+
+  /** this node's certificates (node and CA), reported in its status record */
+  private readonly certificates: CertificateFiles
 
   /** this node's container subsystem, reported in its status record (set once the agent started) */
   containersState: () => ContainersState | undefined = () => undefined
@@ -102,6 +109,7 @@ export class NodeService {
       at: new Date().toISOString(),
       daemons: this.localDaemons(true),
       disks: await this.diskStats(),
+      certificates: this.certificates.read(),
     }
     const containers = this.containersState()
     if (containers !== undefined) rec.containers = containers
@@ -156,6 +164,7 @@ export class NodeService {
         nbdPort: n.nbdPort,
         lastSeenAt: local ? new Date().toISOString() : st?.at ?? null,
         containers: (local ? this.containersState() : st?.containers) ?? null,
+        certificates: (local ? this.certificates.read() : st?.certificates) ?? null,
       }
     })
     return {
@@ -165,6 +174,7 @@ export class NodeService {
       nodes: infos,
       pool,
       vdiskCount,
+      warnings: certificateWarnings(infos, Date.now()),
     }
   }
 }

@@ -17,6 +17,8 @@ export interface NodeInfo {
   lastSeenAt: string | null
   /** whether the node can run containers (its storage works either way); null when unknown (down) */
   containers: ContainersState | null
+  /** the certificates the node uses and when they expire; null when unknown (down, or a CVM too old to say) */
+  certificates: CertificateInfo[] | null
 }
 
 /** A node's container subsystem: it may fail to start (no cgroups, say) while storage runs on. */
@@ -75,6 +77,17 @@ export interface ClusterStatus {
   nodes: NodeInfo[]
   pool: PoolInfo
   vdiskCount: number
+  /** what an operator should act on: certificates of nodes that expire within 30 days (or did) */
+  warnings: string[]
+}
+
+/** A certificate a node uses (its TLS identity for the API, etcd and the data port, or the cluster CA). */
+export interface CertificateInfo {
+  /** "node" or "CA" */
+  name: string
+  subject: string
+  /** ISO 8601 */
+  notAfter: string
 }
 
 /** One node as a CVM's placement view sees it (part of `GET /v1/placement`). */
@@ -302,6 +315,8 @@ export interface NodeStatusRecord {
   disks: Record<string, { capacityBytes: number, freeBytes: number, usedBytes: number, dev: number, reservedBytes?: number }>
   /** absent in records of older CVMs */
   containers?: ContainersState
+  /** absent in records of older CVMs */
+  certificates?: CertificateInfo[]
 }
 export interface DiskRecord {
   id: string

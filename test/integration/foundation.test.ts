@@ -44,6 +44,10 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(r.json.pool.capacityBytes).toBeGreaterThan(0)
     expect(r.json.pool.freeBytes).toBeGreaterThan(0)
     expect(r.json.pool.usedBytes).toBeGreaterThanOrEqual(0)
+    // the node's certificates (node and CA, made for 10 years) and when they expire: nothing to warn about
+    expect(node.certificates.map((x: { name: string }) => x.name)).toEqual(['node', 'CA'])
+    for (const cert of node.certificates) expect(Date.parse(cert.notAfter) - Date.now()).toBeGreaterThan(3600 * 24 * 3600 * 1000)
+    expect(r.json.warnings).toEqual([])
     // human output is a table and key: value lines
     const h = await c.tess(['cluster', 'status'])
     expect(h.code).toBe(0)

@@ -4,7 +4,7 @@ import { formatBytes } from '../../../lib/units.js'
 import type { ClusterStatus } from '../../../lib/types.js'
 
 export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
-  static override summary = 'Show the cluster: nodes, the health and pid of each daemon, pool capacity, nodes that cannot run containers and why'
+  static override summary = 'Show the cluster: nodes, the health and pid of each daemon, pool capacity, nodes that cannot run containers and why, certificates about to expire'
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json', '<%= config.bin %> <%= command.id %> --cluster dev']
 
   protected async exec(): Promise<ClusterStatus> {
@@ -20,6 +20,8 @@ export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
       table(['node', 'address', 'state', 'daemon', 'pid', 'health', 'restarts'], rows),
       // a node whose container side did not start still serves storage: say why it runs no containers
       ...r.nodes.filter((n) => n.containers?.available === false).map((n) => `containers unavailable on ${n.name}: ${n.containers!.reason ?? 'unknown reason'}`),
+      // certificates that expire within 30 days (or did); absent in answers of older CVMs
+      ...(r.warnings ?? []).map((w) => `warning: ${w}`),
     ].join('\n')
   }
 }
