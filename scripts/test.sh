@@ -15,13 +15,10 @@ bash scripts/install-deps.sh test
 npx tsc -p tsconfig.test.json
 if [[ $# -eq 0 ]]; then
   # unit tests and the simulator two files at a time (each uses its own temporary dirs and ports
-  # chosen by the kernel)
+  # chosen by the kernel); the integration tests one file at a time (vitest.config.ts): they start
+  # daemons, test hosts and clusters that would compete for the 2 cores
   npx vitest run test/unit test/sim --fileParallelism --maxWorkers=2 --minWorkers=1
-  # the integration tests in two lanes side by side, each one file at a time (vitest.config.ts):
-  # the files that make test hosts (network namespaces on one private /24, one set at a time) and
-  # the others (embedded clusters on ports the kernel picks, data dirs of their own); every test
-  # must pass on a busy machine anyway
-  bash scripts/integration-lanes.sh
+  npx vitest run test/integration
 else
   npx vitest run "$@"
 fi
