@@ -44,6 +44,15 @@ export interface VolumeAttacher {
 /** how long nbdfuse may take to connect and mount */
 export const nbdfuseStartTimeoutMs = 15_000
 const volumeToolTimeoutMs = 120_000
+/**
+ * How long a detach waits, after the unmount, for the loop device to be released. The unmount of
+ * the CSM's mount returns at once even while the container's mount namespace (being torn down
+ * after its last process exited) still holds the file system; ext4 writes its final state (the
+ * journal checkpoint, the clean superblock) only when that last mount goes, and the loop device
+ * (autoclear) is released after that. nbdfuse must carry those writes to the CVM: it is not
+ * stopped before the loop device is gone.
+ */
+const loopReleaseWaitMs = 30_000
 
 export function volumePaths(containerDir: string, name: string) {
   const dir = path.join(containerDir, 'volumes', name)
@@ -179,8 +188,11 @@ export class NbdVolumeAttacher implements VolumeAttacher {
         errors.push(`${what}: ${errorMessage(e)}`)
       }
     }
-    // in order: the filesystem, the loop device (autoclear: normally gone with the mount), the FUSE mount, the nbdfuse process
+    // in order: the filesystem, the loop device (autoclear: gone once the file system is), the FUSE
+    // mount, the nbdfuse process; the last two only once the loop device is gone (they carry its
+    // last writes)
     await step('unmount the filesystem', () => unmount(p.mnt))
+    const loopErrors = errors.length
     await step('detach the loop device', async () => {
       const loops = new Set(await loopsOf(p.file))
       // with the FUSE file gone, losetup -j cannot find it: the recorded device, if it still names the file
@@ -188,16 +200,20 @@ export class NbdVolumeAttacher implements VolumeAttacher {
         const r = await execCommand('losetup', ['-n', '-O', 'BACK-FILE', st.loop], { timeoutMs: volumeToolTimeoutMs })
         if (r.code === 0 && r.stdout.includes(p.file)) loops.add(st.loop)
       }
-      // autoclear releases it shortly after the unmount: give it a moment, then detach what is left
-      const deadline = Date.now() + 2000
+      // autoclear releases it once the file system is gone (see loopReleaseWaitMs), then detach what is left
+      const deadline = Date.now() + loopReleaseWaitMs
       const bound = async (l: string) => (await execCommand('losetup', ['-n', '-O', 'BACK-FILE', l], { timeoutMs: volumeToolTimeoutMs })).stdout.includes(p.file)
       for (const l of loops) {
         while (await bound(l) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
         if (!(await bound(l))) continue
         const r = await execCommand('losetup', ['-d', l], { timeoutMs: volumeToolTimeoutMs })
-        if (r.code !== 0 && await bound(l)) throw new TessError('TESS_E_IO', `cannot detach ${l}: ${(r.stderr || r.stdout).trim()}`, 'losetup -l shows what holds it')
+        if (await bound(l)) throw new TessError('TESS_E_IO', `cannot detach ${l}: ${(r.stderr || r.stdout).trim() || 'still in use'}`, 'losetup -l shows what holds it')
       }
     })
+    if (errors.length > loopErrors) {
+      // the file system may still have writes to make through nbdfuse: leave it running
+      throw new TessError('TESS_E_IO', `cannot detach volume "${name}" yet: ${errors.join('; ')}; nbdfuse is left running so that nothing written is lost`, 'the next stop or remove tries again; see the CSM log')
+    }
     await step('unmount the NBD file', () => unmount(p.fuse))
     await step('stop nbdfuse', async () => {
       const pid = st.fusePid

@@ -146,7 +146,7 @@ export class ReplicaStore {
     return p
   }
 
-  /** the group's file on this disk if it is open and ready now, without waiting (the read fast path) */
+  /** the group's file on this disk if it is open and ready now, without waiting (the synchronous read and write paths) */
   peek(egid: string, diskId: string): EgroupFile | undefined {
     return this.ready.get(egroupFileKey(diskId, egid))
   }
