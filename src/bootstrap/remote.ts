@@ -5,7 +5,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { TessError, errorMessage } from '../lib/errors.js'
-import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, nbdPortDefault, rfMax } from '../lib/limits.js'
+import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, etcdReconfigCallTimeoutMs, nbdPortDefault, rfMax } from '../lib/limits.js'
 import { checkName } from '../lib/names.js'
 import type { NodeConfig } from '../lib/nodeconfig.js'
 import type { ClusterStatus, DiskInfo, HealthInfo } from '../lib/types.js'
@@ -445,7 +445,7 @@ export async function destroyRemoteCluster(ctx: ClusterContext, diskPaths: Map<s
  * and wait until it is a voting member. Returns etcd's --initial-cluster after the addition.
  */
 async function promoteToEtcdMember(api: ApiClient, r: NonNullable<ClusterContext['remote']>, p: { name: string, address: string }, ports: typeof remotePortDefaults, endpoints: string[]): Promise<string> {
-  const added = await api.post<{ initialCluster: string }>('/v1/etcd/members', { name: p.name, peerUrl: etcdUrl(p.address, ports.etcdPeer) })
+  const added = await api.post<{ initialCluster: string }>('/v1/etcd/members', { name: p.name, peerUrl: etcdUrl(p.address, ports.etcdPeer) }, { timeoutMs: etcdReconfigCallTimeoutMs })
   const initialCluster = added.initialCluster
   const pt = await SshTransport.connect({ host: p.address, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: 'strict', ...(r.knownHostsFile ? { knownHostsFile: r.knownHostsFile } : {}) })
   try {
@@ -480,7 +480,7 @@ async function growEtcd(api: ApiClient, r: NonNullable<ClusterContext['remote']>
   }
   if (grow) {
     progress(host, `becoming an etcd member (${want} of ${want})`)
-    initialCluster = (await api.post<{ initialCluster: string }>('/v1/etcd/members', { name, peerUrl: etcdUrl(host, ports.etcdPeer) })).initialCluster
+    initialCluster = (await api.post<{ initialCluster: string }>('/v1/etcd/members', { name, peerUrl: etcdUrl(host, ports.etcdPeer) }, { timeoutMs: etcdReconfigCallTimeoutMs })).initialCluster
   }
   return { initialCluster, endpoints }
 }

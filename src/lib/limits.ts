@@ -68,6 +68,10 @@ export const apiPortDefault = 9440
 export const apiBodyMaxBytes = 1024 * 1024
 export const apiRequestTimeoutMs = 30_000
 export const apiClientTimeoutMs = 30_000
+/** how long an etcd membership change (host add or remove) waits for etcd to accept one (its leader in touch with every member for a few seconds) */
+export const etcdReconfigWaitMs = 30_000
+/** the API client's timeout for a call that may wait that long */
+export const etcdReconfigCallTimeoutMs = etcdReconfigWaitMs + apiClientTimeoutMs
 /** API connections open at once (TLS handshakes included); more are closed at once */
 export const apiConnectionsMax = 512
 /** a connection must finish its TLS handshake within this (a TCP connection that never starts TLS is closed) */

@@ -13,7 +13,7 @@ import { listCsmRecords } from '../control/records.js'
 import type { Etcd3 } from 'etcd3'
 import { bodyObject, bool, int, queryInt, str, type ApiRequest, type ApiServer } from '../../lib/http-server.js'
 import { checkName } from '../../lib/names.js'
-import { rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
+import { etcdReconfigWaitMs, rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
 import { evacuateDisk, evacuationTargets, type DiskEvacuationEnv, type DiskEvacuationJob } from '../curator/disk-evacuation.js'
 import { clusterHealth, liveness } from '../curator/health.js'
 import { parseSettingsPatch, readSettings, updateSettings } from '../curator/settings.js'
@@ -25,8 +25,6 @@ interface EvacuationJob extends EvacuationProgress {
   node: string
   onlyCopies: string[]
 }
-/** how long an etcd member add waits for the cluster to be ready for a reconfiguration */
-const etcdReconfigWaitMs = 30_000
 
 /** what the management API routes use */
 export type RouteServices = { cfg: NodeConfig, node: NodeService, disks: DiskService, vdisks: VdiskService, engine: VdiskEngine, view: PlacementView, etcd: Etcd3, log: { info(m: string): void, warn(m: string): void }, nbdTrust: NbdTrust, curator: Curator, scrubNow: (bytesPerSec?: number) => Promise<ScrubStart>,
@@ -232,6 +230,25 @@ function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
   })
 }
 
+/**
+ * A change of etcd's membership. etcd refuses one until its leader has been in touch with every
+ * voting member for a few seconds ("unhealthy cluster": right after a promotion, or after a member
+ * came back from a power loss or a partition): retried every 6 s up to etcdReconfigWaitMs.
+ */
+async function etcdReconfig<T>(action: string, fn: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + etcdReconfigWaitMs
+  for (;;) {
+    try {
+      return await fn()
+    } catch (e) {
+      if (Date.now() > deadline || !/unhealthy|circuit breaker/i.test(String(e))) {
+        throw new TessError('TESS_E_UNREACHABLE', `cannot ${action}: etcd: ${e instanceof Error ? e.message : String(e)}`, 'check `tess cluster status`; every etcd member must be up')
+      }
+      await new Promise((r) => setTimeout(r, 6000))
+    }
+  }
+}
+
 /** etcd membership as hosts are added and removed */
 function registerEtcdMemberRoutes(api: ApiServer, s: RouteServices): void {
   // Growing etcd (host add): register a new member as a learner (it does not count for quorum
@@ -244,21 +261,8 @@ function registerEtcdMemberRoutes(api: ApiServer, s: RouteServices): void {
     const list = await etcdCall('list etcd members', () => s.etcd.cluster.memberList({}))
     let members = list.members ?? []
     if (!members.some((m) => (m.peerURLs ?? []).includes(peerUrl))) {
-      // etcd refuses a reconfiguration until its leader has been in touch with every voting member
-      // for a few seconds ("unhealthy cluster", e.g. right after a promotion): retry, bounded.
-      const deadline = Date.now() + etcdReconfigWaitMs
-      for (;;) {
-        try {
-          const res = await s.etcd.cluster.memberAdd({ peerURLs: [peerUrl], isLearner: true })
-          members = res.members ?? []
-          break
-        } catch (e) {
-          if (Date.now() > deadline || !/unhealthy|circuit breaker/i.test(String(e))) {
-            throw new TessError('TESS_E_UNREACHABLE', `cannot add an etcd member: ${e instanceof Error ? e.message : String(e)}`, 'check `tess cluster status`; every etcd member must be up')
-          }
-          await new Promise((r) => setTimeout(r, 6000))
-        }
-      }
+      const res = await etcdReconfig('add an etcd member', () => s.etcd.cluster.memberAdd({ peerURLs: [peerUrl], isLearner: true }))
+      members = res.members ?? []
     }
     const initialCluster = members.map((m) => `${m.name || ((m.peerURLs ?? []).includes(peerUrl) ? name : '')}=${(m.peerURLs ?? [])[0] ?? ''}`)
     if (initialCluster.some((x) => x.startsWith('='))) {
@@ -283,7 +287,7 @@ function registerEtcdMemberRoutes(api: ApiServer, s: RouteServices): void {
     if (voters.length === 0 || liveVoters < Math.floor(voters.length / 2) + 1) {
       throw new TessError('TESS_E_PRECONDITION', `cannot remove etcd member ${m.name}: ${liveVoters} of the ${voters.length} members left are up, a quorum needs ${Math.floor(voters.length / 2) + 1}`, 'bring the other members up first')
     }
-    await etcdCall('remove the etcd member', () => s.etcd.cluster.memberRemove({ ID: m.ID }))
+    await etcdReconfig('remove the etcd member', () => s.etcd.cluster.memberRemove({ ID: m.ID }))
     return { removed: true, members: all.length - 1 }
   })
 

@@ -5,6 +5,7 @@ import { followEvacuation, keyValue, withSpinner } from '../../output.js'
 import { cleanRemoteHost, remotePortDefaults } from '../../../bootstrap/remote.js'
 import { etcdUrl } from '../../../supervisor/services.js'
 import { TessError } from '../../../lib/errors.js'
+import { etcdReconfigCallTimeoutMs } from '../../../lib/limits.js'
 import type { ClusterStatus, EvacuationProgress } from '../../../lib/types.js'
 import type { CsmInfo, CsmMoveResult } from '../../../lib/csm-types.js'
 import { containerStopSlackMs, imagePullTimeoutMs } from '../../csm-input.js'
@@ -74,7 +75,7 @@ A host running an etcd member leaves etcd too (refused while the members left wo
     if (node.daemons.some((d) => d.name === 'etcd')) {
       // Refused (exit 5) if the members left would not have a quorum of live ones.
       const ports = ctx.remote?.ports ?? remotePortDefaults
-      const r = await others.post<{ removed: boolean }>('/v1/etcd/members/remove', { peerUrl: etcdUrl(node.address, ports.etcdPeer) })
+      const r = await others.post<{ removed: boolean }>('/v1/etcd/members/remove', { peerUrl: etcdUrl(node.address, ports.etcdPeer) }, { timeoutMs: etcdReconfigCallTimeoutMs })
       etcdMemberRemoved = r.removed
     }
     let cleaned = false
