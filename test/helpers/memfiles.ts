@@ -132,9 +132,7 @@ class MemFileIo implements FileIo {
   }
 
   async read(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-    const n = Math.max(0, Math.min(length, this.f.data.length - position))
-    this.f.data.copy(buf, offset, position, position + n)
-    return n
+    return this.readCached(buf, offset, length, position)
   }
 
   readFull(buf: Buffer, offset: number, length: number, position: number): Promise<number> {

@@ -100,7 +100,7 @@ function registerNbdTrustRoutes(api: ApiServer, s: RouteServices): void {
 function registerDiskRoutes(api: ApiServer, s: RouteServices): void {
   // The node's status record shows a disk's capacity as soon as the disk is added or removed,
   // not at the next heartbeat (the pool, `vdisk create`'s capacity check and placement read it).
-  const statusNow = () => s.node.heartbeat().catch((e: unknown) => s.log.warn(`status update after a disk change: ${e instanceof Error ? e.message : String(e)}`))
+  const statusNow = () => s.node.heartbeat().catch((e: unknown) => s.log.warn(`status update after a disk change: ${errorMessage(e)}`))
   api.route('GET', '/v1/disks', async () => s.disks.list())
   api.route('POST', '/v1/disks', async (req) => {
     const b = bodyObject(req.body)
@@ -203,7 +203,7 @@ function registerNodeRoutes(api: ApiServer, s: RouteServices): void {
       job.state = 'done'
     }, (e: unknown) => {
       job.state = 'failed'
-      job.error = e instanceof TessError ? e.toBody() : { code: 'TESS_E_IO', message: `evacuation of ${name} failed: ${e instanceof Error ? e.message : String(e)}`, hint: 'see the CVM log; run the command again to resume' }
+      job.error = e instanceof TessError ? e.toBody() : { code: 'TESS_E_IO', message: `evacuation of ${name} failed: ${errorMessage(e)}`, hint: 'see the CVM log; run the command again to resume' }
     })
     return job
   })
@@ -242,7 +242,7 @@ async function etcdReconfig<T>(action: string, fn: () => Promise<T>): Promise<T>
       return await fn()
     } catch (e) {
       if (Date.now() > deadline || !/unhealthy|circuit breaker/i.test(String(e))) {
-        throw new TessError('TESS_E_UNREACHABLE', `cannot ${action}: etcd: ${e instanceof Error ? e.message : String(e)}`, 'check `tess cluster status`; every etcd member must be up')
+        throw new TessError('TESS_E_UNREACHABLE', `cannot ${action}: etcd: ${errorMessage(e)}`, 'check `tess cluster status`; every etcd member must be up')
       }
       await new Promise((r) => setTimeout(r, 6000))
     }
@@ -301,7 +301,7 @@ function registerEtcdMemberRoutes(api: ApiServer, s: RouteServices): void {
       try {
         await s.etcd.cluster.memberPromote({ ID: m.ID })
       } catch (e) {
-        throw new TessError('TESS_E_CONFLICT', `etcd member ${m.name || peerUrl} cannot be promoted yet: ${e instanceof Error ? e.message : String(e)}`, 'it is still catching up: retry')
+        throw new TessError('TESS_E_CONFLICT', `etcd member ${m.name || peerUrl} cannot be promoted yet: ${errorMessage(e)}`, 'it is still catching up: retry')
       }
     }
     return { promoted: true, name: m.name }

@@ -67,7 +67,7 @@ export class RawFile implements FileIo {
    * microseconds this way instead of a round trip through the pool.
    */
   async readFullCached(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-    const cached = readCached(this.fd, buf, offset, length, position)
+    const cached = this.readCached(buf, offset, length, position)
     if (cached >= length) return cached
     return cached + await this.readFull(buf, offset + cached, length - cached, position + cached)
   }
