@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict'
 import net from 'node:net'
 
 /**
@@ -14,13 +15,19 @@ import net from 'node:net'
  * accepted socket (created paused by a server with `pauseOnConnect`) gives its handle to a new
  * socket made with `onread`. When the handle is not what this expects (another Node version, a
  * TLS socket), the socket is resumed unchanged and `undefined` is returned: the caller reads 'data'.
+ *
+ * `nextInto`, asked after every read, may name memory for the next read instead of the buffer: the
+ * rest of a large payload being assembled (the kernel then copies it from the socket straight to
+ * where it goes, one copy less). It must be non-empty, and no longer than the bytes that belong
+ * there, since a read fills what it can. `onData` is told which one a read went into.
  */
 export function withReceiveBuffer(
   accepted: net.Socket,
   buffer: Buffer,
-  onData: (view: Buffer) => void,
-  opts: { allowHalfOpen: boolean },
+  onData: (view: Buffer, into: 'buffer' | 'nextInto') => void,
+  opts: { allowHalfOpen: boolean, nextInto?: () => Buffer | undefined },
 ): net.Socket | undefined {
+  const nextInto = opts.nextInto
   const internal = accepted as unknown as { _handle?: { useUserBuffer?: unknown } | null }
   const handle = internal._handle
   if (handle === null || handle === undefined || typeof handle.useUserBuffer !== 'function' || accepted.readableFlowing === true) {
@@ -36,9 +43,13 @@ export function withReceiveBuffer(
     readable: true,
     writable: true,
     onread: {
-      buffer,
+      buffer: nextInto === undefined ? buffer : (): Buffer => {
+        const into = nextInto()
+        assert(into === undefined || into.length > 0, 'a read into an empty buffer fails with ENOBUFS')
+        return into ?? buffer
+      },
       callback: (nread: number, buf: Uint8Array): boolean => {
-        onData((buf as Buffer).subarray(0, nread))
+        onData((buf as Buffer).subarray(0, nread), buf === buffer ? 'buffer' : 'nextInto')
         return true
       },
     },

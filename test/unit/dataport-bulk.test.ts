@@ -25,6 +25,8 @@ function recordingLog(): Logger & { lines: string[] } {
   return { lines, info: (m) => lines.push(`INFO ${m}`), warn: (m) => lines.push(`WARN ${m}`), error: (m) => lines.push(`ERROR ${m}`) }
 }
 
+const MiB = 1024 * 1024
+
 describe('bulk frames', () => {
   it('round-trip with checksums, and any flipped byte is caught', () => {
     const data = crypto.randomBytes(5000)
@@ -59,6 +61,44 @@ describe('bulk frames', () => {
     // an empty frame has checksums too
     const empty = Buffer.concat(encodeFrame(3, 0, {}, undefined, true))
     expect(new FrameParser(true).push(empty)[0]!.data.length).toBe(0)
+  })
+
+  it('the rest of a frame\'s data may be received straight into it, and is checked like any other', () => {
+    const data = crypto.randomBytes(MiB)
+    const bytes = Buffer.concat(encodeFrame(4, ops.egWrite, { egid: 'e2', slot: 1 }, data, true))
+    const dataAt = bytes.length - data.length
+    const viaRest = (frame: Buffer): Frame[] => {
+      const p = new FrameParser(true)
+      // header, parameters and 1000 bytes of data through push(): nothing is offered before the parameters are in
+      expect(p.push(frame.subarray(0, dataAt - 5))).toEqual([])
+      expect(p.dataRest(64 * 1024)).toBeUndefined()
+      expect(p.push(frame.subarray(dataAt - 5, dataAt + 1000))).toEqual([])
+      const out: Frame[] = []
+      for (let at = dataAt + 1000; at < frame.length;) {
+        const rest = p.dataRest(1)!
+        // exactly what is missing of the data, never more
+        expect(rest.length).toBe(frame.length - at)
+        const n = Math.min(rest.length, 200_000)
+        frame.copy(rest, 0, at, at + n)
+        out.push(...p.receivedData(n))
+        at += n
+      }
+      expect(p.dataRest(1)).toBeUndefined()
+      return out
+    }
+    const out = viaRest(bytes)
+    expect(out).toHaveLength(1)
+    expect(out[0]!.json).toEqual({ egid: 'e2', slot: 1 })
+    expect(out[0]!.data.equals(data)).toBe(true)
+    // a byte flipped in the data that arrives this way is caught by the frame's checksum
+    const bad = Buffer.from(bytes)
+    bad[bytes.length - 10]! ^= 0x01
+    expect(() => viaRest(bad)).toThrow(FrameChecksumError)
+    // less missing than asked for: nothing offered (the buffer takes the end and the next header)
+    const p = new FrameParser(true)
+    p.push(bytes.subarray(0, bytes.length - 100))
+    expect(p.dataRest(64 * 1024)).toBeUndefined()
+    expect(p.dataRest(100)!.length).toBe(100)
   })
 
   it('mode: crc by default, node.json, the environment wins, nonsense refused', () => {

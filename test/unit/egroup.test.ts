@@ -226,6 +226,18 @@ describe('extent group files (real files)', () => {
         part.copy(first!, 128 * 1024)
         await eg.write(4, 0, first!)
         expect(cachedPages(4)).toBe(0)
+        // a second overwrite of the extent while it is not cached: it is being rewritten, so the
+        // write is buffered and the page cache keeps it for the overwrites to come
+        crypto.randomFillSync(first!)
+        await eg.write(4, 0, first!)
+        expect(cachedPages(4)).toBe(256)
+        // an overwrite of another extent not cached is direct again (its first)
+        const other = alignedBuffer(MiB)!
+        crypto.randomFillSync(other)
+        await eg.write(6, 0, other)
+        expect(cachedPages(6)).toBe(0)
+        await eg.write(6, 0, other)
+        expect(cachedPages(6)).toBe(0)
         // a large write over cached pages (written buffered from unaligned memory) stays buffered
         const unaligned = Buffer.from(crypto.randomBytes(MiB + 1).subarray(1))
         await eg.write(5, 0, unaligned)

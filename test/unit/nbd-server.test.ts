@@ -780,6 +780,36 @@ describe('transmission', () => {
     expect(h.provider.get('disk').data.subarray(4097, 4097 + data.length).equals(data)).toBe(true)
   })
 
+  test('large WRITE payloads sent in pieces, each ending mid-payload or with the next request, read back as written', async () => {
+    // the rest of a large payload is read from the socket straight into its block: those reads
+    // must stop where the payload ends, whatever the client sends after it in the same write
+    const h = await start()
+    const c = await RawClient.open(h.port, 'disk')
+    const a = randomBytes(MiB)
+    const b = randomBytes(3 * MiB + 4096)
+    const first = requestFrame(NbdCmd.WRITE, { offset: 0, payload: a, handle: 1n })
+    const second = requestFrame(NbdCmd.WRITE, { offset: 2 * MiB, payload: b, handle: 2n })
+    const read = requestFrame(NbdCmd.READ, { offset: 0, length: 2 * MiB + b.length, handle: 3n })
+    const tick = () => new Promise((resolve) => setTimeout(resolve, 20))
+    c.write(first.subarray(0, 28 + 1000)) // a header and a little of its payload
+    await tick()
+    c.write(first.subarray(28 + 1000, 28 + 300_000))
+    await tick()
+    // the end of the first payload, the second request and a part of its payload, at once
+    c.write(Buffer.concat([first.subarray(28 + 300_000), second.subarray(0, 28 + 70_000)]))
+    await tick()
+    // the rest of the second payload and the READ in one write
+    c.write(Buffer.concat([second.subarray(28 + 70_000), read]))
+    const r1 = await c.simpleReply()
+    const r2 = await c.simpleReply()
+    expect([r1.error, r1.handle, r2.error, r2.handle]).toEqual([0, 1n, 0, 2n])
+    const r3 = await c.simpleReply(2 * MiB + b.length)
+    expect([r3.error, r3.handle]).toEqual([0, 3n])
+    const want = Buffer.concat([a, Buffer.alloc(MiB), b])
+    expect(r3.data.equals(want)).toBe(true)
+    expect(h.provider.get('disk').data.subarray(0, want.length).equals(want)).toBe(true)
+  })
+
   test('structured replies: OFFSET_DATA with DONE, NONE for the rest, ERROR chunks with a message', async () => {
     const h = await start()
     const c = await RawClient.open(h.port, 'disk', { structured: true })

@@ -95,4 +95,63 @@ describe('receive buffer', () => {
     socket!.destroy()
     server.close()
   })
+
+  it('nextInto: reads go straight into the memory it names, never past its end, then back to the buffer', async () => {
+    // a 100-byte header, then a 1 MiB body read straight into `body`, then a trailer
+    const header = crypto.randomBytes(100)
+    const bodyData = crypto.randomBytes(1024 * 1024)
+    const trailer = crypto.randomBytes(5000)
+    const buffer = Buffer.alloc(4096)
+    const body = Buffer.alloc(bodyData.length)
+    let bodyFilled = -1 // -1: header not yet complete
+    const viaBuffer: Buffer[] = []
+    let intoReads = 0
+    let intoBytes = 0
+    let outside = false
+    let ended!: () => void
+    const done = new Promise<void>((resolve) => (ended = resolve))
+    const server = net.createServer({ pauseOnConnect: true }, (accepted) => {
+      const socket = withReceiveBuffer(accepted, buffer, (view, into) => {
+        if (into === 'nextInto') {
+          intoReads++
+          intoBytes += view.length
+          if (view.buffer !== body.buffer || view.byteOffset !== body.byteOffset + bodyFilled) outside = true
+          bodyFilled += view.length
+          return
+        }
+        viaBuffer.push(Buffer.from(view))
+        const got = Buffer.concat(viaBuffer).length
+        if (bodyFilled < 0 && got >= header.length) {
+          // whatever came after the header in this read belongs to the body
+          const extra = Buffer.concat(viaBuffer).subarray(header.length)
+          extra.copy(body, 0, 0, Math.min(extra.length, body.length))
+          bodyFilled = Math.min(extra.length, body.length)
+        }
+      }, {
+        allowHalfOpen: false,
+        nextInto: () => bodyFilled >= 0 && bodyFilled < body.length ? body.subarray(bodyFilled) : undefined,
+      })
+      socket!.on('end', () => ended())
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1')
+    await new Promise<void>((resolve) => client.once('connect', resolve))
+    client.write(header)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    // the body's end and the trailer in one write: the read into the body must stop at its end
+    client.end(Buffer.concat([bodyData, trailer]))
+    await done
+    server.close()
+    expect(outside).toBe(false)
+    expect(intoReads).toBeGreaterThan(0)
+    expect(body.equals(bodyData)).toBe(true)
+    const all = Buffer.concat(viaBuffer)
+    expect(all.subarray(0, header.length).equals(header)).toBe(true)
+    // the buffer saw the header, possibly the body's first bytes, and the whole trailer after it
+    expect(all.subarray(all.length - trailer.length).equals(trailer)).toBe(true)
+    // every body byte came exactly once: through the buffer (right after the header) or straight in
+    const bodyViaBuffer = all.subarray(header.length, all.length - trailer.length)
+    expect(bodyViaBuffer.equals(bodyData.subarray(0, bodyViaBuffer.length))).toBe(true)
+    expect(bodyViaBuffer.length + intoBytes).toBe(body.length)
+  })
 })

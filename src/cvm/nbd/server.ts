@@ -75,6 +75,8 @@ const closeDrainTimeoutMsDefault = 5_000
 const ioNowMaxBytes = 256 * 1024
 /** WRITE payloads at least this large that span socket chunks are assembled in pooled blocks */
 const payloadPoolBlockMinBytes = 64 * 1024
+/** the rest of a WRITE payload at least this large is read from the socket straight into its block */
+const payloadDirectReceiveMinBytes = 64 * 1024
 /** the smallest pooled block: a payload copied out of the receive buffer is at least a page */
 const payloadPoolBlockSmallestBytes = 4096
 /** idle pooled payload blocks kept per server; beyond this, released blocks are left to the GC */
@@ -461,7 +463,10 @@ class Connection {
     })
     if (!local) socket.setNoDelay(true)
     // plain TCP and Unix sockets read into one buffer of the connection's own (see recvbuffer.ts)
-    const own = withReceiveBuffer(socket, Buffer.allocUnsafe(nbdReceiveBufferBytes), (view) => this.received(view), { allowHalfOpen: true })
+    const own = withReceiveBuffer(socket, Buffer.allocUnsafe(nbdReceiveBufferBytes), (view, into) => this.received(view, into), {
+      allowHalfOpen: true,
+      nextInto: () => this.payloadRest(),
+    })
     this.socket = own ?? socket
     this.listen(this.socket, own !== undefined)
     this.armHandshakeTimer()
@@ -473,11 +478,35 @@ class Connection {
     this.send(greeting)
   }
 
-  /** bytes read into the receive buffer: parsed now, and what is left copied out before the next read */
-  private received(view: Buffer): void {
-    this.queue.push(view, true)
+  /**
+   * Bytes read into the receive buffer (parsed now, and what is left copied out before the next
+   * read), or straight into the rest of a WRITE payload being assembled (see payloadRest).
+   */
+  private received(view: Buffer, into: 'buffer' | 'nextInto'): void {
+    if (into === 'nextInto') {
+      const filling = this.filling
+      assert(filling !== undefined && view.byteOffset === filling.payload.byteOffset + filling.filled, 'a direct read lands where the payload goes on')
+      filling.filled += view.length
+    } else {
+      this.queue.push(view, true)
+    }
     this.pump()
     this.queue.own()
+  }
+
+  /**
+   * Where the next socket read goes when a large WRITE payload is being assembled and every byte
+   * received so far is parsed: the rest of the payload itself, so the kernel copies it there at
+   * once instead of into the receive buffer and then out of it (a copy of every byte of a large
+   * write, a tenth of the CVM's time in 1 MiB writes). The read cannot go past the payload: the
+   * view handed to the socket ends where the payload ends, and the next header is read into the
+   * receive buffer again.
+   */
+  private payloadRest(): Buffer | undefined {
+    const filling = this.filling
+    if (filling === undefined || this.queue.length > 0 || this.dead) return undefined
+    const rest = filling.payload.length - filling.filled
+    return rest >= payloadDirectReceiveMinBytes ? filling.payload.subarray(filling.filled) : undefined
   }
 
   private listen(socket: net.Socket, ownBuffer = false): void {

@@ -29,6 +29,8 @@ export interface VdiskIoHandler {
 const checksumEntriesBytes = 2048
 /** each bulk connection reads into a buffer of this size that it reuses */
 const dataPortReceiveBufferBytes = 256 * 1024
+/** the rest of a bulk frame's data at least this large is read from the socket straight into its block */
+const dataPortDirectReceiveMinBytes = 64 * 1024
 /** idle pooled frame bodies kept per data server */
 const dataPortPoolIdleMaxBytes = 64 * 1024 * 1024
 /** refused strangers are summed up in one log line at most this often */
@@ -244,8 +246,15 @@ export class DataServer {
   private serveBulk(raw: net.Socket, session: Session): void {
     // the peer sends no frame before it has our accept, so nothing was read past the hello
     raw.pause()
-    let received: (view: Buffer) => void = () => undefined
-    const own = raw.readableLength === 0 ? withReceiveBuffer(raw, Buffer.allocUnsafe(dataPortReceiveBufferBytes), (view) => received(view), { allowHalfOpen: false }) : undefined
+    let received: (view: Buffer, into: 'buffer' | 'nextInto') => void = () => undefined
+    const parser = new FrameParser(true, this.pool)
+    const own = raw.readableLength === 0
+      ? withReceiveBuffer(raw, Buffer.allocUnsafe(dataPortReceiveBufferBytes), (view, into) => received(view, into), {
+        allowHalfOpen: false,
+        // the rest of a large frame's data is read straight into its block
+        nextInto: () => parser.dataRest(dataPortDirectReceiveMinBytes),
+      })
+      : undefined
     const s = own ?? raw
     if (own !== undefined) {
       // the handle moved to `own` (`raw` is closed): it is tracked in its place
@@ -259,16 +268,20 @@ export class DataServer {
     })
     s.write(bulkAcceptMagic)
     if (own === undefined) {
-      this.serve(raw, session)
+      this.serve(raw, session, parser)
       raw.resume()
     } else {
-      this.serve(own, session, (on) => (received = on))
+      this.serve(own, session, parser, (on) => (received = on))
     }
   }
 
-  private serve(s: net.Socket, session: Session, onBytes: (on: (chunk: Buffer) => void) => void = (on) => s.on('data', on)): void {
+  private serve(
+    s: net.Socket,
+    session: Session,
+    parser = new FrameParser(session.bulk, this.pool),
+    onBytes: (on: (chunk: Buffer, into: 'buffer' | 'nextInto') => void) => void = (on) => s.on('data', (chunk: Buffer) => on(chunk, 'buffer')),
+  ): void {
     s.setNoDelay(true)
-    const parser = new FrameParser(session.bulk, this.pool)
     // replies on a bulk connection (plain TCP) are written by a thread of their own; TLS ones corked per tick
     const out = new TickWriter(s, { thread: session.bulk })
     s.on('close', () => out.close())
@@ -279,11 +292,11 @@ export class DataServer {
       if (inFlight === 0) s.destroy()
     })
     s.on('error', () => undefined)
-    onBytes((chunk: Buffer) => {
+    onBytes((chunk: Buffer, into: 'buffer' | 'nextInto') => {
       if (s.destroyed) return
       let frames: Frame[]
       try {
-        frames = parser.push(chunk)
+        frames = into === 'nextInto' ? parser.receivedData(chunk.length) : parser.push(chunk)
       } catch (e) {
         this.opts.log.warn(`data port: dropping ${session.bulk ? 'bulk' : 'TLS'} connection of node ${session.peer} (${s.remoteAddress}): ${errorMessage(e)}`)
         s.destroy()
