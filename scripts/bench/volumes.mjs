@@ -19,24 +19,27 @@
 // Jobs, each its own container run, on one file of --size written once before them (untimed):
 // 4k random write and read at QD16, 1M sequential write and read at QD4, libaio with direct=1
 // (psync with 4 jobs if libaio fails in a container), --runtime s after a 1 s ramp, time_based,
-// end_fsync=1 for writes. The page cache is dropped before every read job. Targets take turns
-// for each job. Prints IOPS (4k) and MiB/s (1M) with the ratios of ours to each peer, as a
-// Markdown table, and what it saw of the machine's load.
-// Usage: node scripts/bench/volumes.mjs [--size 512M] [--volume-size 1G] [--runtime 10] [--dir DIR]
-//        [--max-load 1] [--max-wait 240]   (root)
+// end_fsync=1 for writes. The page cache is dropped before every read job. Every job runs
+// --rounds times; within a round the targets take turns, the order rotating by one each round.
+// Prints every round's IOPS (4k) or MiB/s (1M), the medians and the ratios of ours' median to
+// each peer's, as a Markdown table, and what it saw of the machine's load.
+// Usage: node scripts/bench/volumes.mjs [--size 512M] [--volume-size 1G] [--runtime 10] [--rounds 3]
+//        [--dir DIR] [--max-load 1] [--max-wait 240]   (root)
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  checkArgs, dropCaches, fioJson, freePort, localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, startServer, waitPort,
+  checkArgs, dropCaches, fmt, median, roundsCell, rotate, fioJson, freePort, localCluster, opt, ratio, runcBundle, sh, sleep, startRegistry, startServer, waitPort,
 } from './common.mjs'
 
-checkArgs('usage: node scripts/bench/volumes.mjs [--size 512M] [--volume-size 1G] [--runtime 10] [--dir DIR] [--max-load 1] [--max-wait 240]', ['size', 'volume-size', 'runtime', 'dir', 'max-load', 'max-wait'], [])
+checkArgs('usage: node scripts/bench/volumes.mjs [--size 512M] [--volume-size 1G] [--runtime 10] [--rounds 3] [--dir DIR] [--max-load 1] [--max-wait 240]', ['size', 'volume-size', 'runtime', 'rounds', 'dir', 'max-load', 'max-wait'], [])
 
 const size = opt('size', '512M')
 const volumeSize = opt('volume-size', '1G')
 const runtime = Number(opt('runtime', '10'))
+const rounds = Number(opt('rounds', '3'))
+if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds ${opt('rounds', '3')}: a whole number of at least 1`)
 const base = opt('dir', '/var/tmp')
 const maxLoad = Number(opt('max-load', '1'))
 const maxWaitS = Number(opt('max-wait', '240'))
@@ -313,22 +316,26 @@ try {
   const loads = []
   const others = []
   for (const job of jobs) {
-    results[job.name] = {}
-    for (const [name, run] of Object.entries(targets)) {
-      if (job.key === 'read') dropCaches()
-      loads.push(os.loadavg()[0])
-      others.push(otherCvms(root))
-      results[job.name][name] = figure(job, await run(fioArgs(job, engine)))
-      console.error(`${job.name.padEnd(18)} ${name.padEnd(7)} ${results[job.name][name].toFixed(1)} ${job.unit}`)
+    results[job.name] = Object.fromEntries(Object.keys(targets).map((name) => [name, []]))
+    for (let r = 0; r < rounds; r++) {
+      for (const name of rotate(Object.keys(targets), r)) {
+        if (job.key === 'read') dropCaches()
+        loads.push(os.loadavg()[0])
+        others.push(otherCvms(root))
+        const v = figure(job, await targets[name](fioArgs(job, engine)))
+        results[job.name][name].push(v)
+        console.error(`${job.name.padEnd(18)} round ${r + 1} ${name.padEnd(7)} ${v.toFixed(1)} ${job.unit}`)
+      }
     }
   }
 
   const lines = []
-  lines.push(`| job (fio in a container, ${size} file) | unit | ours (volume) | nbdkit chain | plain dir | ours/nbdkit | ours/plain |`)
-  lines.push('|---|---|---|---|---|---|---|')
+  lines.push(`| job (fio in a container, ${size} file) | unit | ours (volume, ${rounds} rounds) | ours median | nbdkit chain (rounds) | nbdkit median | plain dir (rounds) | plain median | ours/nbdkit | ours/plain |`)
+  lines.push('|---|---|---|---|---|---|---|---|---|---|')
   for (const job of jobs) {
     const r = results[job.name]
-    lines.push(`| ${job.name} | ${job.unit} | ${r.ours.toFixed(0)} | ${r.nbdkit.toFixed(0)} | ${r.plain.toFixed(0)} | ${ratio(r.ours, r.nbdkit)} | ${ratio(r.ours, r.plain)} |`)
+    const m = Object.fromEntries(Object.entries(r).map(([name, xs]) => [name, median(xs)]))
+    lines.push(`| ${job.name} | ${job.unit} | ${roundsCell(r.ours)} | ${fmt(m.ours)} | ${roundsCell(r.nbdkit)} | ${fmt(m.nbdkit)} | ${roundsCell(r.plain)} | ${fmt(m.plain)} | ${ratio(m.ours, m.nbdkit)} | ${ratio(m.ours, m.plain)} |`)
   }
   lines.push('')
   lines.push(`ioengine ${engine}${engine === 'libaio' ? ', direct=1' : ', direct=1, 4 jobs'}; loop devices, direct I/O: ours ${ourLoops.map((l) => `${l.name} dio=${l.dio}`).join(', ') || 'not seen'}, `

@@ -12,9 +12,10 @@ export const rfMax = 3
 export const egroupSyncWriteMaxBytes = 256 * 1024
 /**
  * extent group reads up to this size copy what the page cache holds on the event loop first (never
- * waiting for a disk: lib/nativeio.ts); larger ones, and what was not cached, go through the pool
+ * waiting for a disk: lib/nativeio.ts); larger ones, and what was not cached, go through the pool.
+ * 512 KiB: the requests a volume's chain sends (nbdfuse under a loop device) are that size.
  */
-export const egroupCachedReadMaxBytes = 256 * 1024
+export const egroupCachedReadMaxBytes = 512 * 1024
 /** an extent group's dirty marker is removed this long after a sync that left it clean */
 export const egroupCleanMarkerDelayMs = 2_000
 /** a CVM reads its own disks' records from etcd at most this often (the data path asks at every extent group it makes) */
