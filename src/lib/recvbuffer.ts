@@ -1,5 +1,5 @@
-import assert from 'node:assert/strict'
 import net from 'node:net'
+import { assert } from './errors.js'
 
 /**
  * Receive into one buffer per connection instead of a fresh one per read.

@@ -789,10 +789,11 @@ export class EgroupFile {
 
   /**
    * A large write whose pages the page cache does not hold (every first write of an extent, and
-   * the first overwrite of an extent that is not cached: see bypassCache) bypasses the page cache. A buffered write into pages
-   * the cache must first allocate costs several times the copy on these machines (a VM whose fresh
-   * memory is slow to touch: plain buffered writes into a new file run at about a third of
-   * overwrites), while the disk takes the same bytes directly at its own speed. Writes into cached
+   * the first overwrite of an extent that is not cached: see bypassCache) bypasses the page cache.
+   * A buffered write into pages the cache must first allocate costs several times the copy on
+   * these machines (a VM whose fresh memory is slow to touch: plain buffered writes into a new file
+   * run at about a third of overwrites), while the disk takes the same bytes directly at its own
+   * speed. Writes into cached
    * pages stay buffered: copying into pages that exist is the fastest write there is. Durability
    * is unchanged: sync() (fdatasync of the same file) covers these writes and their block
    * allocation too. Any dirty cached pages of the range are written first and dropped by the
