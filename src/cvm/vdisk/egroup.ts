@@ -749,9 +749,12 @@ export class EgroupFile {
    * overwrites held steady 1 MiB overwrites to the disk's speed, 0.4-0.5x of `nbdkit file`).
    */
   private bypassCache(slot: number, offset: number, at: number, data: Buffer): boolean {
-    if (!directWritesEnabled || !directIoReady(data) || this.cached(at, data.length)) return false
-    if (!this.anyWritten(slot, offset, data.length)) return true
-    if (this.rewritten[slot] === 1) return false
+    if (!directWritesEnabled || !directIoReady(data)) return false
+    const first = !this.anyWritten(slot, offset, data.length)
+    // an extent being rewritten is buffered whether or not it is cached: no cachestat call for it
+    if (!first && this.rewritten[slot] === 1) return false
+    if (this.cached(at, data.length)) return false
+    if (first) return true
     this.rewritten[slot] = 1
     return true
   }
