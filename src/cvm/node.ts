@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import type { Etcd3, Lease } from 'etcd3'
 import { errorMessage } from '../lib/errors.js'
-import { etcdCall, getJson, keys, listJson } from '../lib/etcd.js'
+import { etcdCall, getJson, keepLeaseAlive, keys, listJson } from '../lib/etcd.js'
 import { CertificateFiles, certificateWarnings } from '../lib/certexpiry.js'
 import { nodeHeartbeatTtlSec } from '../lib/limits.js'
 import type { Logger } from '../lib/log.js'
@@ -27,6 +27,7 @@ function alive(pid: number | null | undefined): boolean {
  */
 export class NodeService {
   private lease: Lease | undefined
+  private stopKeepalive: () => void = () => undefined
   private timer: NodeJS.Timeout | undefined
   private stopped = false
   private beating: Promise<void> = Promise.resolve()
@@ -114,9 +115,11 @@ export class NodeService {
     const containers = this.containersState()
     if (containers !== undefined) rec.containers = containers
     if (!this.lease) {
-      this.lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: true })
-      this.lease.on('lost', () => {
-        this.log.warn('node status lease lost; will grant a new one')
+      const lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: false })
+      this.lease = lease
+      this.stopKeepalive = keepLeaseAlive(lease, nodeHeartbeatTtlSec, (e) => {
+        if (this.lease !== lease) return
+        this.log.warn(`node status lease lost (${errorMessage(e)}); will grant a new one`)
         this.lease = undefined
       })
     }
@@ -136,6 +139,7 @@ export class NodeService {
     this.stopped = true
     if (this.timer) clearTimeout(this.timer)
     // Revoke explicitly: the status vanishes at once instead of after the TTL.
+    this.stopKeepalive()
     try {
       await this.lease?.revoke()
     } catch { /* etcd may be gone already */ }

@@ -1,7 +1,7 @@
 import fs from 'node:fs'
-import { Etcd3, type IOptions } from 'etcd3'
+import { Etcd3, EtcdLeaseInvalidError, type IOptions, type Lease } from 'etcd3'
 import { TessError, errorMessage } from './errors.js'
-import { etcdCallTimeoutMs, idCasRetriesMax } from './limits.js'
+import { etcdCallTimeoutMs, idCasRetriesMax, leaseGiveUpMarginMs, leaseKeepaliveRetryMs, leaseKeepaliveTimeoutMs, leaseKeepalivesPerTtl } from './limits.js'
 import { nodePaths, type NodeConfig } from './nodeconfig.js'
 
 /** The etcd key space. Everything of ours lives under /tess/. */
@@ -76,6 +76,60 @@ export function etcdOptionsFor(cfg: NodeConfig): IOptions {
 
 export function connectEtcd(cfg: NodeConfig): Etcd3 {
   return new Etcd3(etcdOptionsFor(cfg))
+}
+
+/**
+ * Keeps an etcd lease alive (made with `autoKeepAlive: false`) through the loss of any one member.
+ * etcd3's own keepalive holds one stream to one member, chosen at random, and notices a member
+ * that stopped answering (a partition) only when the lease's TTL has passed: by then etcd let the
+ * lease expire, although the other members answered all along. Here every keepalive is a call of
+ * its own with a deadline: one that gets no answer is sent again at once, the connection pool
+ * picks a member again and its circuit breaker soon stops picking the silent one. The lease is
+ * given up (`onLost`, once) when etcd says it expired, or when no keepalive was answered for the
+ * TTL less a margin since the last answered one was sent: etcd cannot have let it go before then
+ * (it counts the TTL from when it got that keepalive), so whatever the lease fenced stops here
+ * before another process can take it. Returns a function that stops the keepalives (it does not
+ * revoke the lease).
+ */
+export function keepLeaseAlive(lease: Lease, ttlSec: number, onLost: (e: Error) => void): () => void {
+  const ttlMs = ttlSec * 1000
+  let done = false
+  let timer: NodeJS.Timeout | undefined
+  let expiry: NodeJS.Timeout | undefined
+  let lastError = 'none'
+  const finish = (e: Error | undefined) => {
+    if (done) return
+    done = true
+    clearTimeout(timer)
+    clearTimeout(expiry)
+    if (e === undefined) return
+    lease.release() // nothing more goes out for it
+    onLost(e)
+  }
+  /** the lease is given up the margin before etcd could let it go, counted from when the last answered keepalive was sent */
+  const answered = (sentAt: number) => {
+    clearTimeout(expiry)
+    expiry = setTimeout(() => finish(new Error(`no keepalive of the lease was answered for ${(ttlMs - leaseGiveUpMarginMs) / 1000} s of its ${ttlSec} s (the last error: ${lastError})`)),
+      Math.max(0, sentAt + ttlMs - leaseGiveUpMarginMs - Date.now())).unref()
+  }
+  const schedule = (ms: number) => { if (!done) timer = setTimeout(() => void beat(), ms).unref() }
+  const beat = async () => {
+    const sentAt = Date.now()
+    try {
+      await lease.keepaliveOnce({ deadline: sentAt + leaseKeepaliveTimeoutMs })
+      if (done) return
+      answered(sentAt)
+      schedule(ttlMs / leaseKeepalivesPerTtl)
+    } catch (e) {
+      if (e instanceof EtcdLeaseInvalidError) return finish(e)
+      lastError = errorMessage(e)
+      schedule(leaseKeepaliveRetryMs)
+    }
+  }
+  lease.on('lost', (e) => finish(e))
+  answered(Date.now()) // granted now or later: the TTL runs from no earlier than this
+  void lease.grant().then(() => schedule(ttlMs / leaseKeepalivesPerTtl), () => undefined) // a failed grant fires 'lost'
+  return () => finish(undefined)
 }
 
 export async function getJson<T>(etcd: Etcd3, key: string): Promise<T | undefined> {

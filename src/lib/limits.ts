@@ -98,6 +98,14 @@ export const etcdCallTimeoutMs = 2_000
 export const etcdTxnOpsMax = 100
 export const etcdStartTimeoutMs = 30_000
 export const idCasRetriesMax = 50
+/** keepalives of a lease per TTL (keepLeaseAlive): several, so that one unanswered is tried again in time */
+export const leaseKeepalivesPerTtl = 5
+/** a keepalive not answered in this is given up and sent again (to a member the pool picks again) */
+export const leaseKeepaliveTimeoutMs = 1_500
+/** the pause before a failed keepalive is sent again */
+export const leaseKeepaliveRetryMs = 100
+/** a lease whose keepalives go unanswered is given up this long before etcd could let it go */
+export const leaseGiveUpMarginMs = 1_000
 
 // daemons
 export const supervisorRestartBackoffMinMs = 200

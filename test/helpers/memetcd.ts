@@ -1,4 +1,4 @@
-import type { Etcd3 } from 'etcd3'
+import { EtcdLeaseInvalidError, type Etcd3 } from 'etcd3'
 import type { Clock } from '../../src/lib/clock.js'
 
 /** One call a client made (what fault rules and hooks match on). */
@@ -241,12 +241,25 @@ export class MemEtcd {
       lease: (ttlSec: number) => {
         let state: LeaseState | undefined
         const onLost: Array<(e: Error) => void> = []
+        let granted: Promise<string> | undefined
         return {
-          grant: () => store.call({ holder, kind: 'lease', key: '', writes: [] }, () => {
-            state = { id: String(store.nextLease++), holder, ttlMs: ttlSec * 1000, deadAt: undefined, gone: false, onLost }
-            store.leases.set(state.id, state)
-            return state.id
-          }),
+          // one grant per lease object, as etcd3's (its grant() returns the same id every time)
+          grant: () => {
+            granted ??= store.call({ holder, kind: 'lease', key: '', writes: [] }, () => {
+              state = { id: String(store.nextLease++), holder, ttlMs: ttlSec * 1000, deadAt: undefined, gone: false, onLost }
+              store.leases.set(state.id, state)
+              return state.id
+            })
+            return granted
+          },
+          // a lease here lives until its holder died() or loseLeases(): a keepalive only finds out which
+          keepaliveOnce: async () => {
+            if (state === undefined || !state.gone) return { TTL: String(ttlSec) }
+            const e = new EtcdLeaseInvalidError(state.id)
+            for (const f of onLost) f(e)
+            throw e
+          },
+          release: () => undefined,
           on: (ev: string, f: (e: Error) => void) => {
             if (ev === 'lost') onLost.push(f)
           },

@@ -404,12 +404,16 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
   it('a network partition of host 2 during writes through host 1, and its end: every acknowledged write is there, RF is restored, host 2 serves again', async () => {
     // host 2's link goes down while 256 MiB are written through host 1; its processes go on (its
     // CVM still holds leases it cannot renew)
-    const file = await writeDuring('split', 0, () => th.partition(th.hosts[1]!))
-    await waitFor('host 2 shown down', async () => {
-      const st = await tess(['cluster', 'status', '--json'])
-      return st.json?.nodes?.[1]?.state === 'down' ? true : undefined
-    }, 60_000, 1000)
-    await th.heal(th.hosts[1]!)
+    let file: string
+    try {
+      file = await writeDuring('split', 0, () => th.partition(th.hosts[1]!))
+      await waitFor('host 2 shown down', async () => {
+        const st = await tess(['cluster', 'status', '--json'])
+        return st.json?.nodes?.[1]?.state === 'down' ? true : undefined
+      }, 60_000, 1000)
+    } finally {
+      await th.heal(th.hosts[1]!) // whatever failed, the tests after this one get host 2 back
+    }
     // host 2 rejoins: up again, every vDisk healthy (what it missed is re-protected)
     let last = ''
     await waitFor('every vDisk healthy with host 2 back', async () => {

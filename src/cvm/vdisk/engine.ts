@@ -2,7 +2,7 @@ import crypto from 'node:crypto'
 import type { Etcd3, Lease } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
-import { IdAllocator, etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
+import { IdAllocator, etcdCall, getJson, keepLeaseAlive, keys, listJson } from '../../lib/etcd.js'
 import { leaseRegrantIntervalMs, nbdOpenRetryMs, nodeHeartbeatTtlSec, repairBusyBytesPerSec, repairBusyCheckMs, repairBusyWindowMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, ReplicaMove, VdiskRecord } from '../../lib/types.js'
@@ -53,6 +53,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   private readonly loaded = new Map<string, Promise<Vdisk>>()
   private readonly egroupIds: IdAllocator
   private lease: Lease | undefined
+  private stopKeepalive: () => void = () => undefined
   private leaseId = ''
   /** leases lost so far (each new one makes a new owner value) */
   private leaseGeneration = 0
@@ -120,11 +121,11 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * can own vDisks again (it could not before: every open failed on the dead lease).
    */
   private async grantLease(): Promise<void> {
-    const lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: true })
+    const lease = this.etcd.lease(nodeHeartbeatTtlSec, { autoKeepAlive: false })
     const id = await lease.grant()
     this.lease = lease
     this.leaseId = id
-    lease.on('lost', (e) => {
+    this.stopKeepalive = keepLeaseAlive(lease, nodeHeartbeatTtlSec, (e) => {
       if (this.lease !== lease || this.stopped) return
       this.opts.log.error(`ownership lease lost (${errorMessage(e)}): stopping I/O to owned vDisks; a new lease is asked for until etcd answers`)
       for (const p of this.loaded.values()) void p.then((v) => v.shut('no longer owned by this CVM')).catch(() => undefined) // a vDisk that failed to load has nothing to shut
@@ -164,6 +165,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     this.loaded.clear()
     await this.opts.store.closeAll()
     this.opts.peers.closeAll()
+    this.stopKeepalive()
     try {
       await this.lease?.revoke()
     } catch { /* etcd may be gone */ }
