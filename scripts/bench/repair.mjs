@@ -8,11 +8,12 @@
 //     bytes being those the curator is to re-protect after the first loss
 //   - for each repair rate in turn (unlimited, then --throttle): `tess cluster update
 //     --repair-rate`, one host killed (host 4, then host 3: their etcd members are not needed for
-//     quorum), and as soon as `tess cluster health` shows the curator repairing, the same
-//     foreground job; the repair's rate (bytes re-protected / time, as the curator measures its
-//     run) and the foreground's figure during the repair against the one alone
-// The node-down grace is set to 5 s (`tess cluster update --node-down-grace`), so a repair starts
-// about 15 s after a kill (the node's lease, 10 s, then the grace). Every host's disk is this
+//     quorum) with the node-down grace at 1 h, the foreground job once with the host down and no
+//     repair (the round's baseline), then the grace set to 5 s (the curator scans at once) and, as
+//     soon as `tess cluster health` shows it repairing, the same foreground job; the repair's rate
+//     (bytes re-protected / time, as the curator measures its run) and the foreground's figure
+//     during the repair against the round's baseline and against the one with every host up
+// Every host's disk is this
 // machine's one disk, so a repair copy reads and writes the same disk, as the plain copy does.
 // Usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep]   (root)
 import { spawn, spawnSync } from 'node:child_process'
@@ -70,9 +71,21 @@ try {
     const victim = info.hosts[3 - i]
     const before = health().curator
     spawnSync('sync')
+    // the grace is long while the host is dead and the foreground runs without a repair: that
+    // figure is the baseline (a dead host costs the others something of its own: reconnects,
+    // etcd with a member gone); then a grace of 5 s lets the curator start at once
+    run(['cluster', 'update', '--node-down-grace', '1h'])
     console.error(`repair rate ${rate}: killing ${victim.name}`)
     sh('bash', [th, 'kill', victim.name])
-    // wait for the repair to start (the lease, then the grace), then the foreground job beside it
+    for (const deadline = Date.now() + 120_000; !health().nodesDown.includes(victim.name);) {
+      if (Date.now() > deadline) throw new Error(`${victim.name} not shown down`)
+      await sleep(500)
+    }
+    spawnSync('sync')
+    const aloneDown = fioFigure(runFio([inHost1, ...fgArgs], work), 'write', 'iops').value
+    console.error(`repair rate ${rate}: foreground with ${victim.name} down, before the repair: ${aloneDown.toFixed(0)} IOPS`)
+    run(['cluster', 'update', '--node-down-grace', '5s'])
+    // wait for the repair to start (a settings change makes the curator scan), then the foreground job beside it
     let h = health()
     const deadline = Date.now() + 120_000
     while (!h.curator.repairing && h.curator.repairStartedAt === before.repairStartedAt) {
@@ -98,7 +111,7 @@ try {
     await fioDone
     const during = fioFigure(fioJson(fioOut), 'write', 'iops').value
     const repaired = h.curator.repairedBytes - before.repairedBytes
-    rounds.push({ rate, victim: victim.name, toReprotect, repaired, curatorRate: h.curator.repairBytesPerSec, wallS: repairS, during, overlap: Math.min(1, repairS / runtime) })
+    rounds.push({ rate, victim: victim.name, toReprotect, repaired, curatorRate: h.curator.repairBytesPerSec, wallS: repairS, aloneDown, during, overlap: Math.min(1, repairS / runtime) })
     console.error(`repair rate ${rate}: ${(repaired / MiB).toFixed(0)} MiB re-protected at ${(h.curator.repairBytesPerSec / MiB).toFixed(0)} MiB/s (curator), ${repairS.toFixed(1)} s seen; foreground ${during.toFixed(0)} IOPS`)
   }
 
@@ -112,12 +125,13 @@ try {
 
   const out = []
   out.push(`Re-protection after a node loss (RF 2, ${size} written; 4 test hosts, one killed per round; node-down grace 5 s; foreground: fio 4k random writes QD16 on an RF 1 vDisk of host 1, ${runtime} s):`, '')
-  out.push('| repair rate setting | host killed | MiB re-protected | curator MiB/s | / plain copy | repair seen (s) | foreground IOPS during | / alone | foreground overlap |', `|${'---|'.repeat(9)}`)
+  out.push('| repair rate setting | host killed | MiB re-protected | curator MiB/s | / plain copy | repair seen (s) | foreground IOPS, host down, no repair | foreground IOPS during | / host down, no repair | / alone | foreground overlap |', `|${'---|'.repeat(11)}`)
   for (const r of rounds) {
-    out.push(`| ${r.rate} | ${r.victim} | ${fmt(r.repaired / MiB)} | ${fmt(r.curatorRate / MiB)} | ${ratio(r.curatorRate, copyRate)} | ${r.wallS.toFixed(1)} | ${fmt(r.during)} | ${ratio(r.during, alone)} | ${(r.overlap * 100).toFixed(0)} % |`)
+    out.push(`| ${r.rate} | ${r.victim} | ${fmt(r.repaired / MiB)} | ${fmt(r.curatorRate / MiB)} | ${ratio(r.curatorRate, copyRate)} | ${r.wallS.toFixed(1)} | ${fmt(r.aloneDown)} | ${fmt(r.during)} | ${ratio(r.during, r.aloneDown)} | ${ratio(r.during, alone)} | ${(r.overlap * 100).toFixed(0)} % |`)
   }
   out.push('', `Plain copy of ${fmt(copyBytes / MiB)} MiB (host 1's extent group files, page cache dropped, into one file, synced): ${fmt(copyRate / MiB)} MiB/s. Foreground alone: ${fmt(alone)} IOPS.`)
   out.push('"foreground overlap": the share of the foreground job that ran while the repair did (a repair shorter than the job leaves the rest of it unloaded).')
+  out.push('"host down, no repair": the same job with the host already dead and its repair held back (a node-down grace of 1 h), right before the grace was set to 5 s.')
   console.log(out.join('\n'))
 } finally {
   if (clusterUp) spawnSync(process.execPath, [tess, 'cluster', 'destroy', '--cluster', clusterName, '--yes'], { env, stdio: 'inherit' })

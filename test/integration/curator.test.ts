@@ -202,5 +202,13 @@ describe('curator election and scans on a real etcd', () => {
     // null lifts the repair's limit; the others stay
     expect(await updateSettings(etcd, parseSettingsPatch({ repairBytesPerSec: null }))).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })
     expect(await readSettings(etcd)).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })
+    // a change of the settings takes effect at once: the master scans and reports the new grace
+    // (its next scheduled scan is a minute away; no other scan is due)
+    expect(await updateSettings(etcd, { nodeDownGraceMs: 20_000 })).toMatchObject({ nodeDownGraceMs: 20_000 })
+    const after = await waitFor('a scan with the new grace', async () => {
+      const st = await getJson<CuratorStatus>(etcd, keys.curatorStatus)
+      return st?.nodeDownGraceMs === 20_000 ? st : undefined
+    }, 10_000, 100)
+    expect(after.master).toBe(second)
   }, 90_000)
 })

@@ -1,4 +1,4 @@
-import type { Campaign, Election, Etcd3 } from 'etcd3'
+import type { Campaign, Election, Etcd3, Watcher } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
@@ -103,6 +103,8 @@ export class Curator {
   private repairBytesPerSec: number | undefined
   private readonly intervalMs: number
   private election: Election | undefined
+  /** while master: the watch of /tess/curator/config (a change of the settings scans at once) */
+  private settingsWatch: Promise<Watcher | undefined> | undefined
   private campaign: Campaign | undefined
   private leading = false
   private stopped = false
@@ -162,6 +164,7 @@ export class Curator {
       // the campaign's lease was lost (etcd unreachable for longer than its TTL): lead no more, campaign again
       this.opts.log.warn(`curator: election campaign failed: ${errorMessage(e)}; campaigning again in ${curatorCampaignRetryMs} ms`)
       this.leading = false
+      this.unwatchSettings()
       this.campaign = undefined
       void c.resign().catch(() => undefined) // its lease is gone or going: stop its keep-alives; nothing to undo if that fails
       if (!this.stopped) setTimeout(() => this.campaignOnce(), curatorCampaignRetryMs).unref()
@@ -213,6 +216,32 @@ export class Curator {
     })
     this.lastSeen = this.nodesSeen()
     void this.followNodes()
+    this.watchSettings()
+  }
+
+  /**
+   * A change of the settings (`tess cluster update`: a shorter node-down grace, a new repair rate)
+   * takes effect at once: the master scans when the key changes, instead of at its next scheduled
+   * scan up to a minute later.
+   */
+  private watchSettings(): void {
+    this.unwatchSettings()
+    const w = this.etcd.watch().key(keys.curatorConfig).create().then((watcher) => {
+      watcher.on('put', () => this.requestScan())
+      // etcd3 re-establishes a watch that failed by itself: nothing to do here
+      watcher.on('error', () => undefined)
+      return watcher
+    }, (e: unknown) => {
+      this.opts.log.warn(`curator: cannot watch the settings (a change takes effect at the next scan): ${errorMessage(e)}`)
+      return undefined
+    })
+    this.settingsWatch = w
+  }
+
+  private unwatchSettings(): void {
+    const w = this.settingsWatch
+    this.settingsWatch = undefined
+    void w?.then((watcher) => watcher?.cancel()).catch(() => undefined) // a watch that cannot be cancelled ends with the client
   }
 
   private nodesSeen(): string {
@@ -530,6 +559,7 @@ export class Curator {
   async stop(): Promise<void> {
     this.stopped = true
     this.leading = false
+    this.unwatchSettings()
     if (this.timer) clearTimeout(this.timer)
     if (this.scrubTimer) clearTimeout(this.scrubTimer)
     try {

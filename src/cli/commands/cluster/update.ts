@@ -14,7 +14,7 @@ export default class ClusterUpdate extends TessCommand<ClusterSettings> {
 
 --scrub-rate: the most the checksum scrub reads per second, over all replicas (default 64M).
 
-Without flags, prints the settings. Every CVM reads them at its next scan; nothing restarts.`
+Without flags, prints the settings. The curator master scans as soon as they change (a shorter grace can start a repair at once); nothing restarts.`
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --node-down-grace 2m --repair-rate 200M', '<%= config.bin %> <%= command.id %> --repair-rate unlimited --json']
 
   static override flags = {
