@@ -177,7 +177,7 @@ export async function localCluster(root, name = 'bench') {
 }
 
 export function ratio(a, b) {
-  if (!b) return 'n/a'
+  if (!b || Number.isNaN(a)) return 'n/a'
   return (a / b).toFixed(2)
 }
 

@@ -15,16 +15,19 @@
 //     during the repair against the round's baseline and against the one with every host up
 // Every host's disk is this
 // machine's one disk, so a repair copy reads and writes the same disk, as the plain copy does.
-// Usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep]   (root)
+// Usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep] [--no-foreground]   (root)
+// --no-foreground: no foreground job in the rounds, the repair alone (its rate against the plain copy)
 import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { checkArgs, fioFigure, fioJson, fmt, opt, ratio, repoRoot, runFio, sh, sizeBytes, sleep, tess } from './common.mjs'
+import { apiClient, checkArgs, fioFigure, fioJson, flag, fmt, opt, ratio, repoRoot, runFio, sh, sizeBytes, sleep, tess } from './common.mjs'
 
-checkArgs('usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep]', ['size', 'runtime', 'throttle', 'prefix'], [])
+checkArgs('usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep] [--no-foreground]', ['size', 'runtime', 'throttle', 'prefix'], ['no-foreground'])
 
 const size = opt('size', '8G')
 const runtime = Number(opt('runtime', '10'))
+/** the repair alone: no foreground job in the rounds (the repair's own rate against the plain copy) */
+const noForeground = flag('no-foreground')
 const throttle = opt('throttle', '100M')
 const prefix = opt('prefix', 'rep')
 const bytes = sizeBytes(size)
@@ -51,6 +54,10 @@ try {
   clusterUp = true
   run(['cluster', 'create', '--name', clusterName, '--hosts', info.hosts.map((h) => h.address).join(','), '--ssh-key', info.keyFile, '--known-hosts', info.knownHostsFile])
   run(['cluster', 'update', '--node-down-grace', '5s'])
+  // while the foreground job runs, the health is read through the API from this process: a CLI
+  // process per poll (a Node start, about 0.3 s of CPU) would take a core from the job it measures
+  const api = await apiClient(path.join(root, 'config'), clusterName)
+  const quietHealth = () => api.get('/v1/cluster/health')
   const inHost1 = ['bash', th, 'exec', info.hosts[0].name]
   const nbd = (name) => [`--ioengine=nbd`, `--uri=nbd+unix:///${name}?socket=/var/lib/tess/run/nbd.sock`]
   run(['vdisk', 'create', 'data', '--size', size, '--rf', '2'])
@@ -82,8 +89,8 @@ try {
       await sleep(500)
     }
     spawnSync('sync')
-    const aloneDown = fioFigure(runFio([inHost1, ...fgArgs], work), 'write', 'iops').value
-    console.error(`repair rate ${rate}: foreground with ${victim.name} down, before the repair: ${aloneDown.toFixed(0)} IOPS`)
+    const aloneDown = noForeground ? NaN : fioFigure(runFio([inHost1, ...fgArgs], work), 'write', 'iops').value
+    if (!noForeground) console.error(`repair rate ${rate}: foreground with ${victim.name} down, before the repair: ${aloneDown.toFixed(0)} IOPS`)
     run(['cluster', 'update', '--node-down-grace', '5s'])
     // wait for the repair to start (a settings change makes the curator scan), then the foreground job beside it
     let h = health()
@@ -96,20 +103,20 @@ try {
     const toReprotect = h.total.bytesToReprotect
     // the curator's start of the run (a master elected meanwhile may not have reported one yet: then now)
     const t0 = Date.parse(h.curator.repairStartedAt ?? '') || Date.now()
-    const fio = spawn(inHost1[0], [...inHost1.slice(1), 'fio', '--verify_state_save=0', '--output-format=json', ...fgArgs], { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] })
+    const fio = spawn(noForeground ? 'true' : inHost1[0], noForeground ? [] : [...inHost1.slice(1), 'fio', '--verify_state_save=0', '--output-format=json', ...fgArgs], { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] })
     let fioOut = ''
     fio.stdout.on('data', (d) => { fioOut += d })
     const fioDone = new Promise((resolve) => fio.once('exit', resolve))
     let repairS = 0
     for (;;) {
-      h = health()
+      h = await quietHealth()
       if (!h.curator.repairing && h.total.underReplicated === 0) break
       if (Date.now() - t0 > 30 * 60_000) throw new Error('the repair did not end within 30 min')
       await sleep(250)
     }
     repairS = (Date.now() - t0) / 1000 // from the curator's start of the run to the poll that saw it end
     await fioDone
-    const during = fioFigure(fioJson(fioOut), 'write', 'iops').value
+    const during = noForeground ? NaN : fioFigure(fioJson(fioOut), 'write', 'iops').value
     const repaired = h.curator.repairedBytes - before.repairedBytes
     rounds.push({ rate, victim: victim.name, toReprotect, repaired, curatorRate: h.curator.repairBytesPerSec, wallS: repairS, aloneDown, during, overlap: Math.min(1, repairS / runtime) })
     console.error(`repair rate ${rate}: ${(repaired / MiB).toFixed(0)} MiB re-protected at ${(h.curator.repairBytesPerSec / MiB).toFixed(0)} MiB/s (curator), ${repairS.toFixed(1)} s seen; foreground ${during.toFixed(0)} IOPS`)

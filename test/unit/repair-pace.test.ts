@@ -38,6 +38,14 @@ describe('the repair\'s pace', () => {
     expect(clock.now() - t1).toBe(2000)
   })
 
+  it('groups copied at once take their busy pauses one after the other: the busy rate holds for all of them', async () => {
+    const clock = fakeClock()
+    const pace = repairPacer(clock, { busyBytesPerSec: 32 * MiB, busy: () => true })
+    const t0 = clock.now()
+    await Promise.all([pace(32 * MiB), pace(32 * MiB), pace(32 * MiB)])
+    expect(clock.now() - t0).toBe(3000)
+  })
+
   it('client requests make a node busy for the window after the last one', () => {
     const a = new IoActivity()
     expect(a.busy(1000, 500)).toBe(false)

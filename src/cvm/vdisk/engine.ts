@@ -612,11 +612,17 @@ export function repairPacer(clock: Clock, o: { limitBytesPerSec?: number, busyBy
   const limit = o.limitBytesPerSec !== undefined ? pacer(clock, o.limitBytesPerSec) : undefined
   const busyRate = o.busyBytesPerSec ?? repairBusyBytesPerSec
   let since = clock.now()
+  // groups copied at once (Vdisk.repair) take their busy pauses one after the other, so the busy rate holds for all of them
+  let turns: Promise<void> = Promise.resolve()
   return async (bytes) => {
     if (limit !== undefined) await limit(bytes)
-    const due = since + (bytes / busyRate) * 1000
-    while (o.busy() && clock.now() < due) await clock.sleep(Math.min(repairBusyCheckMs, due - clock.now()))
-    since = clock.now()
+    const turn = turns.then(async () => {
+      const due = since + (bytes / busyRate) * 1000
+      while (o.busy() && clock.now() < due) await clock.sleep(Math.min(repairBusyCheckMs, due - clock.now()))
+      since = clock.now()
+    })
+    turns = turn
+    await turn
   }
 }
 

@@ -1,5 +1,5 @@
 import { assert, errorMessage } from '../../lib/errors.js'
-import { checksumBlockSizeBytes, egroupCreatesAheadMax, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, vBlockSizeBytes } from '../../lib/limits.js'
+import { checksumBlockSizeBytes, egroupCreatesAheadMax, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, repairEgroupsInFlightMax, vBlockSizeBytes } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { ReplicaMove, ReplicaPlace } from '../../lib/types.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
@@ -799,19 +799,34 @@ export class Vdisk {
     this.check()
     let egroups = 0
     let bytes = 0
-    for (const eg of [...this.egroups.values()]) {
-      const failed = eg.replicas.filter((r) => down.has(r.node) || lostDisks.has(r.diskId))
-      if (failed.length === 0 && eg.replicas.length >= (this.backend.rf ?? 0)) continue
-      const onNodes = [...new Set(failed.filter((r) => down.has(r.node)).map((r) => r.node))]
-      const onDisks = [...new Set(failed.filter((r) => !down.has(r.node)).map((r) => `${r.node}:${r.diskId}`))]
-      const why = [...(onNodes.length > 0 ? [`node ${onNodes.join(', ')} down`] : []), ...(onDisks.length > 0 ? [`disk ${onDisks.join(', ')} offline`] : [])].join('; ') || 'fewer than RF copies'
-      await this.backend.replaceFailed(eg, failed, new Error(why), { repair: true })
-      egroups++
-      const copied = eg.usedSlots.size * vBlockSizeBytes
-      bytes += copied
-      // between groups, outside the group's lock: its writes never wait for the pace
-      await pace?.(copied)
+    const all = [...this.egroups.values()]
+    let next = 0
+    let failure: { e: unknown } | undefined
+    // Several groups at once: one group's copy goes on while another's target syncs and its
+    // record is written (one group at a time left the disks idle for both).
+    const worker = async () => {
+      while (failure === undefined && next < all.length) {
+        const eg = all[next++]!
+        const failed = eg.replicas.filter((r) => down.has(r.node) || lostDisks.has(r.diskId))
+        if (failed.length === 0 && eg.replicas.length >= (this.backend.rf ?? 0)) continue
+        const onNodes = [...new Set(failed.filter((r) => down.has(r.node)).map((r) => r.node))]
+        const onDisks = [...new Set(failed.filter((r) => !down.has(r.node)).map((r) => `${r.node}:${r.diskId}`))]
+        const why = [...(onNodes.length > 0 ? [`node ${onNodes.join(', ')} down`] : []), ...(onDisks.length > 0 ? [`disk ${onDisks.join(', ')} offline`] : [])].join('; ') || 'fewer than RF copies'
+        try {
+          await this.backend.replaceFailed(eg, failed, new Error(why), { repair: true })
+        } catch (e) {
+          failure ??= { e } // the other workers stop at their next group; the first failure is the repair's
+          return
+        }
+        egroups++
+        const copied = eg.usedSlots.size * vBlockSizeBytes
+        bytes += copied
+        // between groups, outside the group's lock: its writes never wait for the pace
+        await pace?.(copied)
+      }
     }
+    await Promise.all(Array.from({ length: repairEgroupsInFlightMax }, worker))
+    if (failure !== undefined) throw failure.e
     return { egroups, bytes }
   }
 
