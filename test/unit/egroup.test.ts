@@ -238,6 +238,11 @@ describe('extent group files (real files)', () => {
         expect(cachedPages(6)).toBe(0)
         await eg.write(6, 0, other)
         expect(cachedPages(6)).toBe(0)
+        // a freed slot starts over: the first uncached overwrite of its next extent is direct again
+        await eg.freeSlot(6)
+        await eg.write(6, 0, other)
+        await eg.write(6, 0, other)
+        expect(cachedPages(6)).toBe(0)
         // a large write over cached pages (written buffered from unaligned memory) stays buffered
         const unaligned = Buffer.from(crypto.randomBytes(MiB + 1).subarray(1))
         await eg.write(5, 0, unaligned)

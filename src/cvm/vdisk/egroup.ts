@@ -830,6 +830,8 @@ export class EgroupFile {
       const to = this.entryOffset(slot, (offset + length) / checksumBlockSizeBytes)
       this.entries.fill(0, from, to)
       this.entriesChanged(from, to)
+      // a whole extent cleared (its slot freed, or trimmed): the next extent there starts over
+      if (offset === 0 && length === vBlockSizeBytes) this.rewritten[slot] = 0
     } finally {
       this.writeEnded()
     }
