@@ -1,9 +1,9 @@
 /** `node cleanup-main.js --data-dir DIR`: remove a stopped node's containers and CSM cgroups (run by cluster destroy). */
 import { makeLogger } from '../lib/log.js'
+import { argValue } from '../lib/process.js'
 import { cleanNodeContainers } from './cleanup.js'
 
-const i = process.argv.indexOf('--data-dir')
-const dataDir = i >= 0 ? process.argv[i + 1] : undefined
+const dataDir = argValue('--data-dir')
 if (dataDir === undefined) {
   process.stderr.write('usage: cleanup-main --data-dir DIR\n')
   process.exit(2)

@@ -17,15 +17,11 @@ import { ContainerManager } from './runtime/containers.js'
 import { NbdVolumeAttacher } from './volumes/attach.js'
 import { registerCsmRoutes } from './routes.js'
 import { readCsmSpec } from './spec.js'
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name)
-  return i >= 0 ? process.argv[i + 1] : undefined
-}
+import { argValue } from '../lib/process.js'
 
 async function main(): Promise<void> {
-  const dataDir = arg('--data-dir') ?? process.env.TESS_DATA_DIR
-  const name = arg('--csm')
+  const dataDir = argValue('--data-dir') ?? process.env.TESS_DATA_DIR
+  const name = argValue('--csm')
   if (!dataDir || !name) {
     process.stderr.write('usage: csm --data-dir DIR --csm NAME\n')
     process.exit(2)

@@ -37,13 +37,9 @@ import { VdiskService } from './vdisk/service.js'
 import { Curator, ownerOrSelf } from './curator/curator.js'
 import { curatorRepairCallTimeoutMs, gcCallTimeoutMs, scrubCallTimeoutMs } from '../lib/limits.js'
 import { readSettings, updateSettings } from './curator/settings.js'
+import { argValue } from '../lib/process.js'
 
 const log = makeLogger('cvm')
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name)
-  return i >= 0 ? process.argv[i + 1] : undefined
-}
 
 /** What the CVM starts from: its node.json, the data port mode, the paths of its data dir and an etcd client. */
 interface Startup {
@@ -67,7 +63,7 @@ interface PoolParts {
 
 /** The data dir (--data-dir or TESS_DATA_DIR; without one the process exits with status 2), its node.json and an etcd client. */
 function readStartup(): Startup {
-  const dataDir = arg('--data-dir') ?? process.env.TESS_DATA_DIR
+  const dataDir = argValue('--data-dir') ?? process.env.TESS_DATA_DIR
   if (!dataDir) {
     log.error('usage: cvm --data-dir DIR')
     process.exit(2)

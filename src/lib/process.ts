@@ -64,3 +64,9 @@ export function logTail(file: string, lines: number): string {
     return ''
   }
 }
+
+/** The value after `name` on this process's command line (`--data-dir DIR`), if it is there: the daemons' one way of reading their flags. */
+export function argValue(name: string): string | undefined {
+  const i = process.argv.indexOf(name)
+  return i >= 0 ? process.argv[i + 1] : undefined
+}

@@ -11,19 +11,14 @@
  * printed); 2 usage; 3 DIR holds no node (no node.json).
  */
 import { nodePaths, readNodeConfig } from '../lib/nodeconfig.js'
-import { logTail } from '../lib/process.js'
+import { argValue, logTail } from '../lib/process.js'
 import { isNodeProcess, removeStalePidfiles, runningSupervisor, spawnSupervisor } from './running.js'
 
 /** how long the supervisor has to write its pidfile */
 const bootStartTimeoutMs = 10_000
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name)
-  return i >= 0 ? process.argv[i + 1] : undefined
-}
-
 async function main(): Promise<number> {
-  const dataDir = arg('--data-dir')
+  const dataDir = argValue('--data-dir')
   if (dataDir === undefined || !dataDir.startsWith('/')) {
     process.stderr.write('usage: node boot.js --data-dir /ABSOLUTE/DATA/DIR\n')
     return 2

@@ -11,13 +11,9 @@ import { supervisorRestartBackoffMaxMs, supervisorRestartBackoffMinMs, superviso
 import { csmService, servicesFor, type ServiceSpec } from './services.js'
 import { runningSupervisor } from './running.js'
 import type { DaemonState, SupervisorState } from '../lib/supervisor-state.js'
+import { argValue } from '../lib/process.js'
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name)
-  return i >= 0 ? process.argv[i + 1] : undefined
-}
-
-const dataDir = arg('--data-dir')
+const dataDir = argValue('--data-dir')
 if (!dataDir) {
   console.error('usage: supervisor --data-dir DIR')
   process.exit(2)

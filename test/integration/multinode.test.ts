@@ -11,6 +11,8 @@ import { qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
 import { createTestHosts, nbdBurstInHost, type TestHosts } from '../helpers/testhosts.js'
 
 const MiB = 1024 * 1024
+/** a vDisk of `tess cluster health --json` with every extent group at RF copies */
+const wholeVdisk = (v: any): boolean => v.underReplicated === 0 && v.lost === 0 && v.healthy === v.egroups
 
 function sha(file: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex')
@@ -346,7 +348,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       // after the grace (5 s here) the owner copies them to the host that has none
       await waitFor('diskloss re-protected', async () => {
         const v = (await health())?.vdisks?.find((d: any) => d.name === 'diskloss')
-        return v !== undefined && v.underReplicated === 0 && v.lost === 0 && v.healthy === v.egroups ? true : undefined
+        return v !== undefined && wholeVdisk(v) ? true : undefined
       }, 120_000, 2000)
       expect(await count(y)).toBeGreaterThan(onY)
       const out = path.join(root, 'diskloss-out.bin')
@@ -420,7 +422,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       const r = await tess(['cluster', 'health', '--json'])
       const v = r.json?.vdisks
       last = r.stdout
-      return r.json?.nodesDown?.length === 0 && Array.isArray(v) && v.length > 0 && v.every((x: any) => x.underReplicated === 0 && x.lost === 0 && x.healthy === x.egroups) ? r : undefined
+      return r.json?.nodesDown?.length === 0 && Array.isArray(v) && v.length > 0 && v.every(wholeVdisk) ? r : undefined
     }, 240_000, 2000).catch(async (e: unknown) => {
       throw new Error(`${String(e)}; the last health: ${last}${await cvmLog(0)}${await cvmLog(1)}`)
     })
@@ -504,7 +506,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       const r = await tess(['cluster', 'health', '--json'])
       const ok = reprotected.every((n) => {
         const v = r.json?.vdisks?.find((x: any) => x.name === n)
-        return v !== undefined && v.underReplicated === 0 && v.lost === 0 && v.healthy === v.egroups
+        return v !== undefined && wholeVdisk(v)
       })
       return ok ? r : undefined
     }, 240_000, 2000)
@@ -557,7 +559,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     const health = await waitFor('every vDisk healthy with host 3 back', async () => {
       const r = await tess(['cluster', 'health', '--json'])
       const v = r.json?.vdisks
-      return r.json?.nodesDown?.length === 0 && Array.isArray(v) && v.every((x: any) => x.underReplicated === 0 && x.lost === 0 && x.healthy === x.egroups) ? r : undefined
+      return r.json?.nodesDown?.length === 0 && Array.isArray(v) && v.every(wholeVdisk) ? r : undefined
     }, 300_000, 2000)
     // healthy means RF copies on distinct up nodes: for "three" (RF 3 on 3 hosts) one is on host 3
     expect(health.json.vdisks.find((x: any) => x.name === 'three').egroups).toBeGreaterThan(0)

@@ -66,6 +66,10 @@ export const egroupFileBytes = dataRegionOffset + extentsPerEgroup * vBlockSizeB
 /** header and checksum entries: zeros in a spare file (spares.ts), so it shows no extent */
 export const egroupZeroPrefixBytes = dataRegionOffset
 const flagWritten = 1
+/** whether the checksum entry at byte `eo` of `entries` marks its block as written */
+function entryWritten(entries: Buffer, eo: number): boolean {
+  return (entries.readUInt32LE(eo + 4) & flagWritten) !== 0
+}
 /** blocks of a file (slot-major, the order of the checksum entries) */
 const blocksPerFile = extentsPerEgroup * entriesPerSlot
 assert(checksumRegionOffset + checksumRegionBytes <= dataRegionOffset, 'egroup checksum region fits before data')
@@ -140,7 +144,7 @@ const crc32Checksum: BlockChecksum = {
   verify(data, entries, entriesOffset, stride) {
     for (let i = 0, at = 0; at < data.length; i++, at += checksumBlockSizeBytes) {
       const eo = entriesOffset + i * stride
-      if ((entries.readUInt32LE(eo + 4) & flagWritten) === 0) continue
+      if (!entryWritten(entries, eo)) continue
       if ((zlib.crc32(data.subarray(at, at + checksumBlockSizeBytes), 0) >>> 0) !== entries.readUInt32LE(eo)) return i
     }
     return -1
@@ -362,7 +366,7 @@ export class EgroupFile {
         buf.fill(0, got)
         for (let b = 0; b < entriesPerSlot; b++) {
           const off = this.entryOffset(slot, b)
-          if ((this.entries.readUInt32LE(off + 4) & flagWritten) === 0) continue
+          if (!entryWritten(this.entries, off)) continue
           const actual = this.checksum.one(buf.subarray(b * checksumBlockSizeBytes, (b + 1) * checksumBlockSizeBytes))
           if (actual !== this.entries.readUInt32LE(off)) {
             this.entries.writeUInt32LE(actual, off)
@@ -379,7 +383,7 @@ export class EgroupFile {
     await this.fh.sync()
     await this.files.remove(marker)
     // what the file holds now, durably (the data region under unwritten blocks is not known)
-    for (let i = 0; i < blocksPerFile; i++) this.fileWritten.put(i, (this.entries.readUInt32LE(i * entryBytes + 4) & flagWritten) !== 0)
+    for (let i = 0; i < blocksPerFile; i++) this.fileWritten.put(i, entryWritten(this.entries, i * entryBytes))
   }
 
   /**
@@ -407,7 +411,7 @@ export class EgroupFile {
   /** Slots with at least one written block (for tests and diagnostics). */
   writtenBlocks(slot: number): number {
     let n = 0
-    for (let b = 0; b < entriesPerSlot; b++) if (this.entries.readUInt32LE(this.entryOffset(slot, b) + 4) & flagWritten) n++
+    for (let b = 0; b < entriesPerSlot; b++) if (entryWritten(this.entries, this.entryOffset(slot, b))) n++
     return n
   }
 
@@ -438,7 +442,7 @@ export class EgroupFile {
       entries = Buffer.from(entriesIn)
       this.checksum.blocks(data, entries, 0, entryBytes)
       // unwritten blocks keep an all-zero entry
-      for (let b = 0; b < entriesPerSlot; b++) if ((entries.readUInt32LE(b * entryBytes + 4) & flagWritten) === 0) entries.writeUInt32LE(0, b * entryBytes)
+      for (let b = 0; b < entriesPerSlot; b++) if (!entryWritten(entries, b * entryBytes)) entries.writeUInt32LE(0, b * entryBytes)
     }
     this.active++
     try {
@@ -540,7 +544,7 @@ export class EgroupFile {
     const bad = this.checksum.verify(span, this.entries, this.entryOffset(slot, first + lo), entryBytes)
     if (bad >= 0) return lo + bad
     for (let i = lo + 1; i < hi; i++) {
-      if ((this.entries.readUInt32LE(this.entryOffset(slot, first + i) + 4) & flagWritten) === 0) {
+      if (!entryWritten(this.entries, this.entryOffset(slot, first + i))) {
         dst.fill(0, i * checksumBlockSizeBytes, (i + 1) * checksumBlockSizeBytes)
       }
     }
@@ -693,7 +697,7 @@ export class EgroupFile {
       const copy = Buffer.from(this.entries.subarray(d.from, d.to))
       let ordered = false
       for (let at = 0, i = d.from / entryBytes; at < copy.length; at += entryBytes, i++) {
-        const written = (copy.readUInt32LE(at + 4) & flagWritten) !== 0
+        const written = entryWritten(copy, at)
         if (written && !this.fileWritten.has(i) && this.zeroData?.has(i) !== true) ordered = true
         this.fileWritten.put(i, written)
       }
@@ -763,7 +767,7 @@ export class EgroupFile {
   private anyWritten(slot: number, offset: number, length: number): boolean {
     const from = this.entryOffset(slot, offset / checksumBlockSizeBytes)
     const to = this.entryOffset(slot, (offset + length) / checksumBlockSizeBytes)
-    for (let eo = from; eo < to; eo += entryBytes) if ((this.entries.readUInt32LE(eo + 4) & flagWritten) !== 0) return true
+    for (let eo = from; eo < to; eo += entryBytes) if (entryWritten(this.entries, eo)) return true
     return false
   }
 
