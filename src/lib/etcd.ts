@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import { Etcd3, EtcdLeaseInvalidError, type IOptions, type Lease } from 'etcd3'
 import { TessError, errorMessage } from './errors.js'
-import { etcdCallTimeoutMs, idCasRetriesMax, leaseGiveUpMarginMs, leaseKeepaliveRetryMs, leaseKeepaliveTimeoutMs, leaseKeepalivesPerTtl } from './limits.js'
+import { etcdCallTimeoutMs, etcdStreamPingIntervalMs, etcdStreamPingTimeoutMs, idCasRetriesMax, leaseGiveUpMarginMs, leaseKeepaliveRetryMs, leaseKeepaliveTimeoutMs, leaseKeepalivesPerTtl } from './limits.js'
 import { nodePaths, type NodeConfig } from './nodeconfig.js'
 
 /** The etcd key space. Everything of ours lives under /tess/. */
@@ -59,6 +59,9 @@ export const keys = {
   nbdUserCaAck: '/tess/nbd-user-ca-ack/',
 }
 
+/** Streams have no deadline: pings find a member that went silent under a watch (etcdStreamPingIntervalMs). */
+export const etcdGrpcOptions = { 'grpc.keepalive_time_ms': etcdStreamPingIntervalMs, 'grpc.keepalive_timeout_ms': etcdStreamPingTimeoutMs }
+
 export function etcdOptionsFor(cfg: NodeConfig): IOptions {
   const p = nodePaths(cfg.dataDir)
   return {
@@ -71,6 +74,7 @@ export function etcdOptionsFor(cfg: NodeConfig): IOptions {
     dialTimeout: etcdCallTimeoutMs,
     // Every unary call gets a deadline: a leader change must not stall a call for long.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + etcdCallTimeoutMs }),
+    grpcOptions: etcdGrpcOptions,
   }
 }
 

@@ -108,6 +108,16 @@ export const leaseKeepaliveTimeoutMs = 1_500
 export const leaseKeepaliveRetryMs = 100
 /** a lease whose keepalives go unanswered is given up this long before etcd could let it go */
 export const leaseGiveUpMarginMs = 1_000
+/**
+ * HTTP/2 pings on an etcd connection that carries a stream (a watch, etcd3's lease keepalive of an
+ * election): a member that goes silent (its node cut off) is noticed after about interval +
+ * timeout and the stream starts again on a member that answers. Without them a watch on a silent
+ * member waits forever, and whatever follows it (the view of which nodes are up) stays as it was.
+ */
+export const etcdStreamPingIntervalMs = 3_000
+export const etcdStreamPingTimeoutMs = 2_000
+/** etcd accepts pings this often (its default of 5 s is longer than etcdStreamPingIntervalMs) */
+export const etcdPingMinIntervalSec = 1
 
 // daemons
 export const supervisorRestartBackoffMinMs = 200

@@ -1,6 +1,7 @@
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { nodePaths, type NodeConfig } from '../lib/nodeconfig.js'
+import { etcdPingMinIntervalSec } from '../lib/limits.js'
 
 /** How each daemon of a node is started. The supervisor runs these, in this order. */
 export interface ServiceSpec {
@@ -36,6 +37,10 @@ export function etcdService(cfg: NodeConfig): ServiceSpec {
       '--initial-cluster-token', cfg.clusterId,
       '--cert-file', p.nodeCert, '--key-file', p.nodeKey, '--trusted-ca-file', p.caCert, '--client-cert-auth',
       '--peer-cert-file', p.nodeCert, '--peer-key-file', p.nodeKey, '--peer-trusted-ca-file', p.caCert, '--peer-client-cert-auth',
+      // a member back from a partition asks before it calls an election: it does not depose a leader that the others still follow
+      '--pre-vote',
+      // the CVMs' clients ping their streams more often than etcd's default allows (etcdStreamPingIntervalMs)
+      '--grpc-keepalive-min-time', `${etcdPingMinIntervalSec}s`,
       '--log-level', 'warn', '--logger', 'zap',
       '--quota-backend-bytes', String(4 * 1024 * 1024 * 1024),
     ],

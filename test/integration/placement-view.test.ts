@@ -1,10 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { Etcd3 } from 'etcd3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { keys } from '../../src/lib/etcd.js'
+import { etcdGrpcOptions, keys } from '../../src/lib/etcd.js'
 import type { Logger } from '../../src/lib/log.js'
 import type { DiskRecord, NodeRecord, NodeStatusRecord } from '../../src/lib/types.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from '../../src/cvm/vdisk/placement.js'
@@ -103,6 +104,49 @@ describe('placement view follows etcd', () => {
       expect(view.info(2).placeable).toEqual(['n1', 'n2'])
     } finally {
       await follower.stop()
+    }
+  }, 90_000)
+
+  it('notices a member that goes silent under its watch (its node cut off) and follows again when it answers', async () => {
+    // a proxy to etcd that can go silent: it keeps its connections open and passes nothing on, as a
+    // member behind a link that went down; when it answers again, the connections it held are cut
+    let silent = false
+    const held = new Set<net.Socket>()
+    const target = new URL(clientUrl)
+    const proxy = net.createServer((c) => {
+      held.add(c)
+      c.on('error', () => undefined) // the client side went away: its pair is closed below
+      c.on('close', () => held.delete(c))
+      if (silent) return c.pause() // accepted, never answered
+      const u = net.connect(Number(target.port), target.hostname)
+      u.on('error', () => c.destroy())
+      u.on('close', () => c.destroy())
+      c.on('close', () => u.destroy())
+      c.on('data', (d) => { if (!silent) u.write(d) })
+      u.on('data', (d) => { if (!silent) c.write(d) })
+    })
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r))
+    const port = (proxy.address() as net.AddressInfo).port
+    const viaProxy = new Etcd3({ hosts: `http://127.0.0.1:${port}`, grpcOptions: etcdGrpcOptions, defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 2000 }) })
+    const view = new PlacementView({ self: 'n1', log, read: async () => readViewRecords(viaProxy) })
+    const follower = new EtcdViewFollower(viaProxy, view, log)
+    try {
+      await follower.start()
+      await etcd.put(keys.node('n3')).value(JSON.stringify(node('n3'))).exec()
+      await waitFor('n3 seen', () => view.nodes().some((n) => n.name === 'n3') || undefined, 5_000, 20)
+      silent = true
+      // the watches' pings go unanswered: the view knows it is no longer following (a watch
+      // without pings would wait here for ever, showing what it saw last as current)
+      await waitFor('the silent member noticed', () => !view.watching || undefined, 20_000, 50)
+      await etcd.delete().key(keys.node('n3')).exec()
+      silent = false
+      for (const c of held) c.destroy()
+      await waitFor('following again, with what changed meanwhile', () => (view.watching && !view.nodes().some((n) => n.name === 'n3')) || undefined, 30_000, 50)
+    } finally {
+      await follower.stop()
+      viaProxy.close()
+      proxy.close()
+      for (const c of held) c.destroy()
     }
   }, 90_000)
 })
