@@ -1,7 +1,7 @@
 import fs from 'node:fs'
-import { Etcd3, EtcdLeaseInvalidError, type IOptions, type Lease } from 'etcd3'
+import { Etcd3, EtcdLeaseInvalidError, GRPCUnavailableError, Range, isRecoverableError, type IOptions, type Lease } from 'etcd3'
 import { TessError, errorMessage } from './errors.js'
-import { etcdCallTimeoutMs, etcdStreamPingIntervalMs, etcdStreamPingTimeoutMs, idCasRetriesMax, leaseGiveUpMarginMs, leaseKeepaliveRetryMs, leaseKeepaliveTimeoutMs, leaseKeepalivesPerTtl } from './limits.js'
+import { etcdCallTimeoutMs, etcdTransientRetryMs, etcdTransientWaitMs, etcdStreamPingIntervalMs, etcdStreamPingTimeoutMs, idCasRetriesMax, leaseGiveUpMarginMs, leaseKeepaliveRetryMs, leaseKeepaliveTimeoutMs, leaseKeepalivesPerTtl } from './limits.js'
 import { nodePaths, type NodeConfig } from './nodeconfig.js'
 
 /** The etcd key space. Everything of ours lives under /tess/. */
@@ -147,6 +147,36 @@ export async function listJson<T>(etcd: Etcd3, prefix: string): Promise<T[]> {
 }
 
 /** Wrap etcd failures as TESS_E_UNREACHABLE with the action named. */
+/**
+ * An etcd failure that passes by itself: no leader for a moment (a member was lost or came back),
+ * a member that did not answer in time, or etcd3's circuit breaker resting a member that did not.
+ * Not: a refused comparison, a bad request, a lost lease.
+ */
+export function isTransientEtcdError(e: unknown): boolean {
+  if (e instanceof TessError) return e.code === 'TESS_E_UNREACHABLE' && /etcd: .*(DEADLINE_EXCEEDED|Deadline exceeded|UNAVAILABLE|circuit breaker is open)/.test(e.message)
+  if (!(e instanceof Error)) return false
+  // etcd3's circuit breaker (cockatiel's BrokenCircuitError) says so in its message
+  return e instanceof GRPCUnavailableError || isRecoverableError(e) || /circuit breaker is open/.test(e.message)
+}
+
+/**
+ * Run an etcd operation of the data path again while it fails transiently (isTransientEtcdError),
+ * for up to etcdTransientWaitMs: a client's write waits through an etcd leader change instead of
+ * getting EIO. The operation must be safe to repeat (a transaction whose answer was lost may have
+ * been applied). Other failures, and the last one past the wait, are thrown.
+ */
+export async function retryTransientEtcd<T>(fn: () => Promise<T>, waitMs = etcdTransientWaitMs): Promise<T> {
+  const deadline = Date.now() + waitMs
+  for (;;) {
+    try {
+      return await fn()
+    } catch (e) {
+      if (!isTransientEtcdError(e) || Date.now() + etcdTransientRetryMs > deadline) throw e
+      await new Promise((r) => setTimeout(r, etcdTransientRetryMs))
+    }
+  }
+}
+
 export async function etcdCall<T>(action: string, fn: () => PromiseLike<T>): Promise<T> {
   try {
     return await fn()
@@ -170,7 +200,8 @@ export class IdAllocator {
 
   async allocate(): Promise<string> {
     while (this.next >= this.end) {
-      if (!this.pending) this.pending = this.reserve().finally(() => { this.pending = undefined })
+      // a range reserved by an answer that was lost is skipped, never handed out twice
+      if (!this.pending) this.pending = retryTransientEtcd(() => this.reserve()).finally(() => { this.pending = undefined })
       await this.pending
     }
     const id = this.next

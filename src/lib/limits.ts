@@ -116,6 +116,10 @@ export const leaseGiveUpMarginMs = 1_000
  */
 export const etcdStreamPingIntervalMs = 3_000
 export const etcdStreamPingTimeoutMs = 2_000
+/** how long the data path waits through transient etcd failures (a leader change) before it fails a client's I/O */
+export const etcdTransientWaitMs = 15_000
+/** the pause between two tries of such an operation */
+export const etcdTransientRetryMs = 250
 /** etcd accepts pings this often (its default of 5 s is longer than etcdStreamPingIntervalMs) */
 export const etcdPingMinIntervalSec = 1
 

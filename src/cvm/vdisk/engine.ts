@@ -2,7 +2,7 @@ import crypto from 'node:crypto'
 import type { Etcd3, Lease } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
-import { IdAllocator, etcdCall, getJson, keepLeaseAlive, keys, listJson } from '../../lib/etcd.js'
+import { IdAllocator, etcdCall, getJson, keepLeaseAlive, keys, listJson, retryTransientEtcd } from '../../lib/etcd.js'
 import { leaseRegrantIntervalMs, nbdOpenRetryMs, nodeHeartbeatTtlSec, repairBusyBytesPerSec, repairBusyCheckMs, repairBusyWindowMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, ReplicaMove, VdiskRecord } from '../../lib/types.js'
@@ -446,8 +446,9 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     // Fenced on ownership: a CVM that lost the vDisk cannot change its extent groups. One
     // transaction for a batch: a streaming vDisk makes its groups several at a time, and each etcd
     // transaction is a WAL sync on a disk that is busy with the stream.
-    const res = await this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue)
-      .then(...ers.map((er) => this.etcd.put(keys.egroup(rec.id, er.id)).value(JSON.stringify(er)))).commit()
+    // (the same transaction again while etcd has no leader for a moment: it puts the same records)
+    const res = await retryTransientEtcd(() => this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue)
+      .then(...ers.map((er) => this.etcd.put(keys.egroup(rec.id, er.id)).value(JSON.stringify(er)))).commit())
     if (!res.succeeded) throw new DeviceError(nbdErrno.EIO, `vDisk ${rec.name} is no longer owned by this CVM`)
   }
 

@@ -1,4 +1,5 @@
 import type { Etcd3 } from 'etcd3'
+import { retryTransientEtcd } from '../../lib/etcd.js'
 import { etcdTxnOpsMax } from '../../lib/limits.js'
 
 interface Op {
@@ -53,8 +54,9 @@ export class MapWriter {
         const last = new Map<string, Op>()
         for (const op of batch) last.set(op.key, op)
         try {
-          const ops = [...last.values()].map((op) => (op.kind === 'put' ? this.etcd.put(op.key).value(op.value) : this.etcd.delete().key(op.key)))
-          const res = await this.etcd.if(this.ownerKey, 'Value', '==', this.ownerValue()).then(...ops).commit()
+          const ops = () => [...last.values()].map((op) => (op.kind === 'put' ? this.etcd.put(op.key).value(op.value) : this.etcd.delete().key(op.key)))
+          // a transient failure (no etcd leader for a moment) is tried again: the same fenced puts and deletes
+          const res = await retryTransientEtcd(() => this.etcd.if(this.ownerKey, 'Value', '==', this.ownerValue()).then(...ops()).commit())
           if (!res.succeeded) {
             const e = new FencedError('block map update refused')
             for (const op of batch) op.reject(e)
