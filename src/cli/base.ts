@@ -5,6 +5,42 @@ import { resolveContext, type ClusterContext } from '../lib/contexts.js'
 import { setHeadersOff, setProgressOff } from './output.js'
 import { formatResult, names, outputFormatOf, outputFormats } from './format.js'
 
+/** how often `--watch` prints a list, stats or status again */
+export const watchIntervalMs = 2000
+
+/** `--watch` of the list, stats and status commands (those with `static watchable = true`); the base command runs the loop */
+export const watchFlag = Flags.boolean({ char: 'w', description: `Print the result again every ${watchIntervalMs / 1000} s until Ctrl-C (with --json: one JSON document per line).` })
+
+/**
+ * A loop that Ctrl-C ends (a --watch): `stopped` turns true on SIGINT or when stdout goes away
+ * (`| head`: quietly; another stdout error sets exit code 1), and `pause` returns at once then.
+ * `end()` takes the SIGINT handler away.
+ */
+export function untilInterrupted(): { readonly stopped: boolean, pause(ms: number): Promise<void>, end(): void } {
+  let stopped = false
+  let wake: (() => void) | undefined
+  const stop = () => {
+    stopped = true
+    wake?.()
+  }
+  const onStdoutError = (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') process.exitCode = 1
+    stop()
+  }
+  process.on('SIGINT', stop)
+  process.stdout.on('error', onStdoutError)
+  return {
+    get stopped() { return stopped },
+    pause: (ms) => new Promise<void>((resolve) => {
+      if (stopped) return resolve()
+      const t = setTimeout(resolve, ms)
+      wake = () => { clearTimeout(t); resolve() }
+    }),
+    // the stdout error listener stays: an EPIPE may still be reported after the loop
+    end: () => { process.off('SIGINT', stop) },
+  }
+}
+
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof TessCommand)['baseFlags'] & T['flags']>
 
 /**
@@ -22,7 +58,12 @@ export abstract class TessCommand<R> extends Command {
     quiet: Flags.boolean({ char: 'q', description: 'Print only the names of a list, one per line; other commands print nothing but errors.', helpGroup: 'GLOBAL' }),
   }
 
+  /** the command takes --watch (watchFlag): the base command prints its result again every watchIntervalMs */
+  static watchable = false
+
   protected jsonMode = false
+  /** set by a command that printed its result as it came (a --watch): nothing more is printed */
+  protected streamed = false
 
   /** Do the work; return the result that --json prints. */
   protected abstract exec(): Promise<R>
@@ -40,12 +81,44 @@ export abstract class TessCommand<R> extends Command {
     const quiet = own.includes('-q') || own.includes('--quiet')
     setProgressOff(own.includes('--no-progress'))
     setHeadersOff(own.includes('--no-headers'))
+    if ((this.constructor as typeof TessCommand).watchable && (own.includes('--watch') || own.includes('-w'))) return this.watch(format, quiet)
     const result = await this.exec()
+    if (this.streamed) return
     if (this.jsonMode || format === 'json') {
       process.stdout.write(JSON.stringify(result, null, 2) + '\n')
     } else {
-      const text = format !== undefined ? formatResult(result, format) : quiet ? (Array.isArray(result) ? names(result) : '') : this.render(result)
+      const text = this.textOf(result, format, quiet)
       if (text) process.stdout.write(text.endsWith('\n') ? text : text + '\n')
+    }
+  }
+
+  private textOf(result: R, format: Exclude<ReturnType<typeof outputFormatOf>, 'json'>, quiet: boolean): string {
+    return format !== undefined ? formatResult(result, format) : quiet ? (Array.isArray(result) ? names(result) : '') : this.render(result)
+  }
+
+  /**
+   * `--watch`: the command's work and output again every watchIntervalMs until Ctrl-C (exit 0)
+   * or an error (its code). On a terminal each print replaces the last, under a line with the
+   * time; otherwise prints follow each other, a blank line between them, and with --json each is
+   * one line of JSON.
+   */
+  private async watch(format: ReturnType<typeof outputFormatOf>, quiet: boolean): Promise<void> {
+    const loop = untilInterrupted()
+    const redraw = !this.jsonMode && process.stdout.isTTY === true
+    try {
+      for (let n = 0; !loop.stopped; n++) {
+        const result = await this.exec()
+        if (loop.stopped) break
+        if (this.jsonMode || format === 'json') {
+          process.stdout.write(JSON.stringify(result) + '\n')
+        } else {
+          const text = this.textOf(result, format, quiet).replace(/\n?$/, '\n')
+          process.stdout.write(redraw ? `\x1b[H\x1b[2J${new Date().toISOString()}  every ${watchIntervalMs / 1000} s, Ctrl-C stops\n\n${text}` : `${n > 0 ? '\n' : ''}${text}`)
+        }
+        await loop.pause(watchIntervalMs)
+      }
+    } finally {
+      loop.end()
     }
   }
 

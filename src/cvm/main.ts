@@ -17,10 +17,12 @@ import { EgroupFile } from './vdisk/egroup.js'
 import { etcdStartTimeoutMs } from '../lib/limits.js'
 import { makeLogger } from '../lib/log.js'
 import { nodePaths, readNodeConfig, type NodeConfig } from '../lib/nodeconfig.js'
-import { ApiServer } from '../lib/http-server.js'
+import { ApiServer, type AuditEntry } from '../lib/http-server.js'
 import { registerRoutes, type RouteServices } from './api/routes.js'
 import { registerCsmRoutes } from './api/csm-routes.js'
 import { AuditLog, UserDirectory, registerUserRoutes } from './api/users.js'
+import { registerEventRoutes } from './api/events-routes.js'
+import { EventLog } from './events.js'
 import { keyNodeOps, registerKeyRoutes } from './api/keys-routes.js'
 import { KeyKeeper } from './vdisk/keykeeper.js'
 import { NodeAgent } from './control/agent.js'
@@ -47,6 +49,8 @@ interface Startup {
   mode: DataPortMode
   paths: ReturnType<typeof nodePaths>
   etcd: Etcd3
+  /** the cluster's events (`tess events`): what this CVM saw and did */
+  events: EventLog
 }
 
 /** The parts the vDisk engine stands on: this node (its disks, record and credentials), the replica store, the peers and the placement view. */
@@ -72,7 +76,7 @@ function readStartup(): Startup {
   const mode = dataPortMode(cfg.data.mode, process.env.TESS_DATA_PORT_MODE)
   const paths = nodePaths(dataDir)
   const etcd = connectEtcd(cfg)
-  return { cfg, mode, paths, etcd }
+  return { cfg, mode, paths, etcd, events: new EventLog(etcd, cfg.nodeName, log) }
 }
 
 /** etcd starts beside us: wait for it (bounded), else exit and let the supervisor retry. */
@@ -167,9 +171,15 @@ async function startApi(s: Startup, p: PoolParts, parts: { vdisks: VdiskService,
   await users.refresh().catch((e: unknown) => log.warn(`users: cannot read them yet: ${errorMessage(e)}`))
   users.start()
   const audit = new AuditLog(etcd, cfg.nodeName, log)
-  const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), rootRotated: () => users.rootRotated, audit: (e) => audit.record(e) })
+  const audited = (e: AuditEntry): void => {
+    audit.record(e)
+    // an operator's change is an event too (who did what); the nodes' calls to each other are not
+    if (e.kind === 'user') s.events.record({ kind: 'change', severity: e.status >= 400 ? 'warning' : 'info', subject: e.who, message: `${e.method} ${e.path}: ${e.status}${e.code !== undefined ? ` ${e.code}` : ''}` })
+  }
+  const api = new ApiServer({ cert: creds.cert, key: creds.key, ca: creds.ca, token, log, users: (h) => users.lookup(h), rootRotated: () => users.rootRotated, audit: audited })
   registerRoutes(api, { cfg, node: p.node, disks: p.disks, vdisks: parts.vdisks, engine: parts.engine, view: p.view, etcd, log, nbdTrust: parts.nbdTrust, curator: parts.curator, scrubNow: parts.scrubNow, moveAt: parts.moveAt })
   registerUserRoutes(api, users, audit)
+  registerEventRoutes(api, s.events)
   return { api, users }
 }
 
@@ -182,7 +192,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
   const { cfg, paths, etcd } = s
   const { creds } = p
   const { api, keeper, engine, vdisks } = parts
-  const agent = new NodeAgent(cfg, etcd, log)
+  const agent = new NodeAgent(cfg, etcd, log, s.events)
   await agent.start()
   p.node.containersState = () => agent.containersState()
   // what this CVM does for the others (and for itself): one handler per node operation
@@ -299,6 +309,7 @@ async function main(): Promise<void> {
   const curator = new Curator(etcd, {
     nodeName: cfg.nodeName,
     log,
+    events: s.events,
     repair: (node, id, down, bytesPerSec, lostDisks) => call(node, 'vdisk.repair', { id, down, ...(bytesPerSec !== undefined ? { bytesPerSec } : {}), ...(lostDisks !== undefined && lostDisks.length > 0 ? { lostDisks } : {}) }, curatorRepairCallTimeoutMs),
     nodesChanged: () => view.changed(),
     nodesUp: () => view.nodes().map((n) => ({ name: n.name, up: n.up, disks: n.disks, disksOnline: n.disksOnline })),

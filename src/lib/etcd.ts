@@ -44,6 +44,8 @@ export const keys = {
   usersPrefix: '/tess/users/',
   /** `/tess/audit/<ISO time>-<node>-<seq>`: sorted by time */
   auditPrefix: '/tess/audit/',
+  /** `/tess/events/<ISO time>-<node>-<seq>`: the cluster's events, sorted by time */
+  eventsPrefix: '/tess/events/',
   /** HMAC of the cluster key (encrypted vDisks): proves a key given later is the cluster's */
   clusterKeyCheck: '/tess/cluster-key-check',
   /** the curator master's last report (CuratorStatus); its election lives under /tess/election/curator/ */
@@ -175,6 +177,14 @@ export async function retryTransientEtcd<T>(fn: () => Promise<T>, waitMs = etcdT
       await new Promise((r) => setTimeout(r, etcdTransientRetryMs))
     }
   }
+}
+
+/** Delete the oldest keys under `prefix` (in key order) beyond the newest `keep`: the bound of a log kept in etcd. */
+export async function trimOldest(etcd: Etcd3, prefix: string, keep: number): Promise<void> {
+  const ks = await etcd.getAll().prefix(prefix).sort('Key', 'Ascend').keys()
+  const extra = ks.length - keep
+  if (extra <= 0) return
+  await etcd.delete().range(new Range(prefix, `${ks[extra - 1]!}\0`))
 }
 
 export async function etcdCall<T>(action: string, fn: () => PromiseLike<T>): Promise<T> {

@@ -236,6 +236,10 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     expect((await tess(['container', 'show', 'plain', '--json'])).code).toBe(3)
     const health = await ok(['cluster', 'health'])
     expect(health.curator.failovers).toContainEqual(expect.objectContaining({ csm: 'edge', from: node4, to: back.node, containers: ['keeper'], dropped: ['plain'] }))
+    // tess events: the master saw node 4 go down and moved the CSM (any node's API shows the whole cluster's)
+    const evs = await ok(['events', '--kind', 'node-down', '--kind', 'failover', '--since', '10m']) as Array<{ kind: string, subject: string, message: string }>
+    expect(evs).toContainEqual(expect.objectContaining({ kind: 'node-down', subject: node4 }))
+    expect(evs).toContainEqual(expect.objectContaining({ kind: 'failover', subject: 'edge', message: expect.stringContaining(`to ${back.node}; running there: keeper`) }))
     // node 4 powers on again (its boot entry point, as an init script runs it): its supervisor
     // starts the daemon of CSM "edge" from the spec left on its disk, but that CSM holds its
     // restarts until its CVM confirms the placement; the CVM finds "edge" on another node in etcd

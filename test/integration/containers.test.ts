@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
@@ -6,9 +6,10 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, CsmInfo, StatsResult } from '../../src/lib/csm-types.js'
+import type { EventInfo } from '../../src/lib/event-types.js'
 import { openSecret, readSecretsKey } from '../../src/lib/secretbox.js'
 import { run } from '../helpers/run.js'
-import { TestCluster, alive, ownedBy, repoRoot, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
+import { TestCluster, alive, ownedBy, repoRoot, tessBin, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
 import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
@@ -344,7 +345,31 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     expect(done.oomKilled).toBe(true)
     expect(done.exitCode).toBe(137)
     expect((await tess(['container', 'list'])).stdout).toMatch(/hog.*OOM/)
-    await ok(['container', 'remove', 'hog', '--yes'])
+    // tess events: the node reports the OOM kill (within its reconcile of a few seconds), and the
+    // run as a change (who did what); --watch prints the remove as it happens, one JSON per line
+    const oom = await waitFor('the OOM kill among the events', async () => {
+      const es = await ok(['events', '--kind', 'container-oom', '--since', '10m']) as EventInfo[]
+      return es.find((e) => e.subject === 'web/hog')
+    }, 30_000, 500)
+    expect(oom).toMatchObject({ kind: 'container-oom', severity: 'error' })
+    expect(oom.message).toContain('code 137')
+    const changes = await ok(['events', '--kind', 'change', '--since', '10m']) as EventInfo[]
+    expect(changes.some((e) => e.subject === 'root' && e.message.startsWith('POST /v1/containers: 20'))).toBe(true)
+    expect((await tess(['events', '--since', 'yesterday', '--json'])).json.error.code).toBe('TESS_E_USAGE')
+    const watch = spawn(process.execPath, [tessBin, 'events', '--watch', '--json', '--kind', 'change'], { env: { ...process.env, ...c.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const closed = new Promise((r) => watch.once('close', r))
+    let lines = ''
+    watch.stdout.on('data', (d) => { lines += d })
+    try {
+      await sleep(2000) // its first page is printed: what comes next is new
+      await ok(['container', 'remove', 'hog', '--yes'])
+      const removed = await waitFor('the remove printed by tess events --watch', async () => lines.split('\n').filter(Boolean).map((l) => JSON.parse(l) as EventInfo)
+        .find((e) => e.message.startsWith('DELETE /v1/containers/hog')), 15_000, 200)
+      expect(removed).toMatchObject({ kind: 'change', subject: 'root' })
+    } finally {
+      watch.kill('SIGINT')
+    }
+    expect(await closed).toBe(0)
   })
 
   it('a CPU cap throttles; stop honours its timeout; remove refuses a running container without --force', async () => {

@@ -4,6 +4,8 @@ import path from 'node:path'
 import type { Etcd3, Lease } from 'etcd3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Curator } from '../../src/cvm/curator/curator.js'
+import { EventLog, parseEventQuery } from '../../src/cvm/events.js'
+import { eventKinds } from '../../src/lib/event-types.js'
 import { clusterHealth } from '../../src/cvm/curator/health.js'
 import { parseSettingsPatch, readSettings, updateSettings } from '../../src/cvm/curator/settings.js'
 import type { EgroupRecord } from '../../src/cvm/vdisk/owner.js'
@@ -77,7 +79,9 @@ describe('curator election and scans on a real etcd', () => {
     // the garbage collection each master runs on the nodes that are up right after its election
     const gcCalls: Array<{ by: string, node: string, minAgeMs: number }> = []
     for (const n of names) {
-      const c = new Curator(connect(), {
+      const client = connect()
+      const c = new Curator(client, {
+        events: new EventLog(client, n, log(n)),
         nodeName: n, log: log(n), nodeDownGraceMs: 1500, scanIntervalMs: 60_000, electionTtlSec: 2, gcIntervalMs: 3_600_000, gcMinAgeMs: 1234,
         collectGarbage: async (node, minAgeMs) => {
           gcCalls.push({ by: n, node, minAgeMs })
@@ -140,6 +144,23 @@ describe('curator election and scans on a real etcd', () => {
       return h.state === 'healthy' && h.curator.repairedEgroups === 1 && !h.curator.repairing ? h : undefined
     }, 10_000, 100)
     expect(h2.curator).toMatchObject({ master: first, repairedBytes: 2 * MiB, lastError: null })
+    // the master's events (tess events): n3 lost, then the repair started and finished, oldest first
+    const events = new EventLog(etcd, 'reader', log('reader'))
+    const seen = await waitFor('the repair\'s events', async () => {
+      const es = await events.list({ limit: 100, kinds: ['node-down', 'repair-started', 'repair-finished'] })
+      return es.length >= 3 ? es : undefined
+    }, 10_000, 100)
+    expect(seen.map((e) => [e.kind, e.subject, e.node])).toEqual([['node-down', 'n3', first], ['repair-started', 'a', first], ['repair-finished', 'a', first]])
+    expect(seen[2]!.message).toContain('1 extent group(s) re-protected')
+    // after one, since a time, the newest of a limit; a bad query is refused with the value named
+    expect((await events.list({ limit: 100, after: seen[0]!.id, kinds: ['node-down', 'repair-started', 'repair-finished'] })).map((e) => e.id)).toEqual([seen[1]!.id, seen[2]!.id])
+    expect((await events.list({ limit: 100, since: seen[1]!.at, kinds: ['repair-finished'] })).map((e) => e.id)).toEqual([seen[2]!.id])
+    expect((await events.list({ limit: 1, kinds: ['node-down', 'repair-started', 'repair-finished'] })).map((e) => e.id)).toEqual([seen[2]!.id])
+    expect(() => parseEventQuery(new URLSearchParams('kind=nope'), eventKinds)).toThrow(/unknown event kind "nope"/)
+    expect(() => parseEventQuery(new URLSearchParams('limit=0'), eventKinds)).toThrow(/bad limit/)
+    expect(() => parseEventQuery(new URLSearchParams('since=yesterday'), eventKinds)).toThrow(/bad since/)
+    expect(() => parseEventQuery(new URLSearchParams('after=../x'), eventKinds)).toThrow(/bad after/)
+    expect(parseEventQuery(new URLSearchParams('since=2026-12-06T10:00:00%2B01:00&kind=failover'), eventKinds)).toEqual({ limit: 100, since: '2026-12-06T09:00:00.000Z', kinds: ['failover'] })
     expect(h2.curator.repairBytesPerSec).toBeGreaterThan(0)
 
     // the master dies: its client goes without resigning; its election lease expires (2 s) and another wins
@@ -189,6 +210,7 @@ describe('curator election and scans on a real etcd', () => {
       return st?.repairsDueAt.some((d) => d.node === 'n2' && d.disk === '/srv/n2') ? true : undefined
     }, 10_000, 50)
     await waitFor('the lost disk repaired at the owner', () => calls.length > 0 || undefined, 10_000, 50)
+    expect((await events.list({ limit: 10, kinds: ['disk-offline'] })).map((e) => [e.subject, e.node])).toEqual([['n2:/srv/n2', second]])
     expect(calls[0]).toMatchObject({ by: second, at: 'n2', id: '1', down: [], lostDisks: ['n2-d'] })
     expect(calls[0]!.ms).toBeGreaterThanOrEqual(1400)
     // the disk is reported again (here: its record goes, as after `tess disk remove`): healthy, nothing due

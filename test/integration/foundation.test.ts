@@ -1,10 +1,11 @@
+import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import https from 'node:https'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { egroupDirName } from '../../src/cvm/pool/disks.js'
-import { TestCluster, alive, mapLimit, ownedBy, repoRoot, waitFor } from '../helpers/cluster.js'
+import { TestCluster, alive, mapLimit, ownedBy, repoRoot, tessBin, waitFor } from '../helpers/cluster.js'
 import { run } from '../helpers/run.js'
 
 const MiB = 1024 * 1024
@@ -101,6 +102,38 @@ describe('embedded cluster, disks, pool and vDisk control plane', () => {
     expect(del.code).toBe(0)
     expect(del.json.dryRun).toBe(false)
     expect((await c.tess(['vdisk', 'show', 'v2', '--json'])).code).toBe(3)
+  })
+
+  it('--watch prints a list again as it changes until Ctrl-C: one JSON document per line, or texts a blank line apart', async () => {
+    const watch = (args: string[]) => {
+      const p = spawn(process.execPath, [tessBin, ...args], { env: { ...process.env, ...c.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+      const closed = new Promise<number | null>((r) => p.once('close', r))
+      const out = { text: '' }
+      p.stdout.on('data', (d) => { out.text += d })
+      return { p, closed, out }
+    }
+    const json = watch(['vdisk', 'list', '--watch', '--json'])
+    const text = watch(['vdisk', 'list', '-w'])
+    try {
+      await waitFor('a first list', () => json.out.text.includes('\n') || undefined, 30_000, 100)
+      expect((await c.tess(['vdisk', 'create', 'watched', '--size', '1G', '--json'])).code).toBe(0)
+      const lines = await waitFor('the new vDisk in a later list', () => {
+        const ls = json.out.text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Array<{ name: string }>)
+        return ls.some((l) => l.some((v) => v.name === 'watched')) ? ls : undefined
+      }, 30_000, 100)
+      expect(lines[0]!.some((v) => v.name === 'watched')).toBe(false)
+      await waitFor('two texts', () => (text.out.text.match(/watched/g)?.length ?? 0) >= 2 || undefined, 30_000, 100)
+      expect(text.out.text).toMatch(/\n\n.*name/i) // one print after another, a blank line between
+      expect(text.out.text).not.toContain('\x1b[') // no screen redraw when stdout is not a terminal
+    } finally {
+      json.p.kill('SIGINT')
+      text.p.kill('SIGINT')
+    }
+    expect(await json.closed).toBe(0)
+    expect(await text.closed).toBe(0)
+    // a command that changes something takes no --watch
+    expect((await c.tess(['vdisk', 'create', 'w2', '--size', '1G', '--watch', '--json'])).json.error.code).toBe('TESS_E_USAGE')
+    expect((await c.tess(['vdisk', 'delete', 'watched', '--yes', '--json'])).code).toBe(0)
   })
 
   it('rejects bad input with codes, hints and exit codes', async () => {

@@ -1,7 +1,7 @@
 import crypto from 'node:crypto'
-import { Range, type Etcd3 } from 'etcd3'
+import type { Etcd3 } from 'etcd3'
 import { TessError, errorMessage } from '../../lib/errors.js'
-import { etcdCall, followEtcd, getJson, keys, listJson } from '../../lib/etcd.js'
+import { etcdCall, followEtcd, getJson, keys, listJson, trimOldest } from '../../lib/etcd.js'
 import type { Logger } from '../../lib/log.js'
 import { checkName } from '../../lib/names.js'
 import { roles, type ApiServer, type AuditEntry, type Principal, type Role } from '../../lib/http-server.js'
@@ -190,15 +190,7 @@ export class AuditLog {
 
   /** drop the oldest entries beyond auditRecordsMax */
   private async trim(): Promise<void> {
-    try {
-      const ks = await this.etcd.getAll().prefix(keys.auditPrefix).sort('Key', 'Ascend').keys()
-      const extra = ks.length - auditRecordsMax
-      if (extra <= 0) return
-      const last = ks[extra - 1]!
-      await this.etcd.delete().range(new Range(keys.auditPrefix, `${last}\0`))
-    } catch (e) {
-      this.log.warn(`audit: cannot trim the log: ${errorMessage(e)}`)
-    }
+    await trimOldest(this.etcd, keys.auditPrefix, auditRecordsMax).catch((e: unknown) => this.log.warn(`audit: cannot trim the log: ${errorMessage(e)}`))
   }
 }
 

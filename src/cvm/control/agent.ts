@@ -11,6 +11,7 @@ import { cgroupParentFor, type ContainerInfo, type CsmSpec } from '../../lib/con
 import { CsmClient } from '../../lib/rpc/csm.js'
 import type { LocalCsm, NamedCsmStats, PullAnswer } from '../../lib/rpc/node-ops.js'
 import type { ContainersState } from '../../lib/types.js'
+import type { EventSink } from '../../lib/event-types.js'
 import { formatReference, parseReference } from '../../lib/images/reference.js'
 import type { RegistryConfig } from '../images/registry.js'
 import { ContentStore } from '../../lib/images/store.js'
@@ -49,7 +50,11 @@ export class NodeAgent {
   /** why this node cannot run containers (its container subsystem did not start); undefined when it can */
   private unavailable: string | undefined
 
-  constructor(private readonly cfg: NodeConfig, private readonly etcd: Etcd3, private readonly log: Logger) {
+  /** what each container looked like at the last reconcile (its exits and restarts become events) */
+  private readonly lastSeen = new Map<string, { finishedAt?: string, restartCount: number }>()
+  private readonly startedAtMs = Date.now()
+
+  constructor(private readonly cfg: NodeConfig, private readonly etcd: Etcd3, private readonly log: Logger, private readonly events?: EventSink) {
     this.paths = nodePaths(cfg.dataDir)
     this.imageWorker = new ImageWorker({ log })
   }
@@ -185,7 +190,9 @@ export class NodeAgent {
           }
         }
       }
-      await this.removeOrphans()
+      const local = await this.status()
+      this.reportContainers(local)
+      await this.removeOrphans(local)
     })
     this.reconciling = run.catch(() => undefined) // run logs its own failures; the next reconcile starts clean
     return run
@@ -211,10 +218,10 @@ export class NodeAgent {
    * moved on) is removed here. A run writes the record before the container exists, so a
    * container without one is never a run in progress; the age check is a second guard.
    */
-  private async removeOrphans(): Promise<void> {
+  private async removeOrphans(local: LocalCsm[]): Promise<void> {
     const records = await etcdCall('list containers', () => listJson<ContainerRecord>(this.etcd, keys.containersPrefix))
     const known = new Set(records.map((r) => `${r.csm}/${r.name}`))
-    for (const s of await this.status()) {
+    for (const s of local) {
       if (!s.up) continue
       for (const c of s.containers) {
         if (known.has(`${s.name}/${c.name}`) || Date.now() - Date.parse(c.createdAt) < orphanAgeMinMs) continue
@@ -222,6 +229,34 @@ export class NodeAgent {
         await this.csm(s.name).remove(c.id, true).catch((e: unknown) => this.log.warn(`remove ${c.name}: ${errorMessage(e)}`))
       }
     }
+  }
+
+  /**
+   * Events for what the containers of this node did since the last reconcile: exits (OOM kills
+   * apart) and restarts by their policy. What ended before this CVM started is not reported again.
+   */
+  private reportContainers(local: LocalCsm[]): void {
+    const ids = new Set<string>()
+    for (const s of local) {
+      for (const c of s.containers) {
+        ids.add(c.id)
+        const before = this.lastSeen.get(c.id)
+        const restarts = c.restartCount ?? 0
+        this.lastSeen.set(c.id, { ...(c.finishedAt !== undefined ? { finishedAt: c.finishedAt } : {}), restartCount: restarts })
+        const fresh = before === undefined && Date.parse(c.createdAt) >= this.startedAtMs
+        if (before === undefined && !fresh) continue
+        const subject = `${s.name}/${c.name}`
+        if (c.finishedAt !== undefined && c.finishedAt !== before?.finishedAt) {
+          const code = c.exitCode !== undefined ? `code ${c.exitCode}` : `an unknown status${c.exitNote !== undefined ? ` (${c.exitNote})` : ''}`
+          if (c.oomKilled === true) this.events?.record({ kind: 'container-oom', severity: 'error', subject, message: `container ${c.name} of CSM ${s.name} on ${this.node}: a process was killed by the OOM killer; it exited with ${code} (memory limit ${c.spec.memoryBytes ?? 'none'} bytes)` })
+          else this.events?.record({ kind: 'container-exited', severity: c.stoppedByUser === true || c.exitCode === 0 ? 'info' : 'warning', subject, message: `container ${c.name} of CSM ${s.name} on ${this.node} exited with ${code}${c.stoppedByUser === true ? ' (stopped by a user)' : ''}` })
+        }
+        if (before !== undefined && restarts > before.restartCount) {
+          this.events?.record({ kind: 'container-restarted', severity: 'warning', subject, message: `container ${c.name} of CSM ${s.name} on ${this.node} started again by its restart policy (restart ${restarts})` })
+        }
+      }
+    }
+    for (const id of [...this.lastSeen.keys()]) if (!ids.has(id)) this.lastSeen.delete(id)
   }
 
   /** Make sure a CSM of this node runs and answers; its pid. */

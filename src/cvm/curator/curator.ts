@@ -1,6 +1,7 @@
 import type { Campaign, Election, Etcd3, Watcher } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
 import { errorMessage } from '../../lib/errors.js'
+import type { EventSink, NewEvent } from '../../lib/event-types.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import { curatorCampaignRetryMs, curatorElectionTtlSec, curatorNodeDownGraceMs, curatorScanIntervalMs, gcIntervalMs, gcMinAgeMs, scrubBytesPerSecDefault, scrubIntervalMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
@@ -49,6 +50,8 @@ export interface CuratorOptions {
   nodeDownGraceMs?: number
   scanIntervalMs?: number
   electionTtlSec?: number
+  /** where the master reports what it saw and did (`tess events`): nodes and disks lost and back, repairs, failovers, scrubs */
+  events?: EventSink
 }
 
 /** A vDisk with extent groups to re-protect, and the nodes whose replicas are to be replaced. */
@@ -310,6 +313,7 @@ export class Curator {
     st.nodeDownGraceMs = this.graceMs
     const now = this.clock.now()
     const members = new Set(nodes.map((n) => n.name))
+    this.reportChanges(up, members, live.offlineDisks)
     for (const n of [...this.downSince.keys()]) if (up.has(n) || !members.has(n)) this.downSince.delete(n)
     for (const n of members) if (!up.has(n) && !this.downSince.has(n)) this.downSince.set(n, now)
     const due = new Set([...this.downSince].filter(([, t]) => now - t >= this.graceMs).map(([n]) => n))
@@ -339,6 +343,11 @@ export class Curator {
         this.opts.log.warn(`curator: failover: ${errorMessage(e)}`)
         return [] as CsmFailover[]
       })
+      for (const m of moved) {
+        this.event(m.to === null
+          ? { kind: 'failover', severity: 'error', subject: m.csm, message: `CSM ${m.csm} of lost node ${m.from} could not move: ${m.error ?? 'no node has room'}; tried again at the next scan` }
+          : { kind: 'failover', severity: 'warning', subject: m.csm, message: `CSM ${m.csm} moved from lost node ${m.from} to ${m.to}${m.containers.length > 0 ? `; running there: ${m.containers.join(', ')}` : ''}${m.dropped.length > 0 ? `; removed (no restart policy): ${m.dropped.join(', ')}` : ''}${m.notStarted.length > 0 ? `; not started: ${m.notStarted.join(', ')}` : ''}` })
+      }
       if (moved.length > 0) {
         st.failovers = [...st.failovers, ...moved].slice(-curatorFailoversKept)
         if (moved.some((m) => m.to === null)) this.nextDelayMs = Math.min(this.nextDelayMs, curatorRetryMs)
@@ -359,6 +368,27 @@ export class Curator {
     }
   }
 
+  private event(e: NewEvent): void {
+    this.opts.events?.record(e)
+  }
+
+  /** Events for the nodes and disks lost and back since the last scan (before the scan updates what it has seen). */
+  private reportChanges(up: ReadonlySet<string>, members: ReadonlySet<string>, offlineDisks: Liveness['offlineDisks']): void {
+    const grace = `${Math.round(this.graceMs / 1000)} s`
+    for (const n of members) {
+      if (!up.has(n) && !this.downSince.has(n)) this.event({ kind: 'node-down', severity: 'warning', subject: n, message: `node ${n} is down (its etcd status expired); its replicas are copied elsewhere and its CSMs fail over after ${grace} unless it comes back` })
+    }
+    for (const n of this.downSince.keys()) {
+      if (up.has(n)) this.event({ kind: 'node-up', severity: 'info', subject: n, message: `node ${n} is up again` })
+    }
+    for (const [d, rec] of offlineDisks) {
+      if (!this.diskDownSince.has(d)) this.event({ kind: 'disk-offline', severity: 'warning', subject: `${rec.node}:${rec.path}`, message: `disk ${rec.path} of node ${rec.node} is offline; its replicas are copied elsewhere after ${grace} unless it comes back` })
+    }
+    for (const d of this.diskDownSince.keys()) {
+      if (!offlineDisks.has(d)) this.event({ kind: 'disk-online', severity: 'info', subject: d, message: `disk ${d} is online again (or was removed)` })
+    }
+  }
+
   private async repairAll(work: RepairWork[], up: ReadonlySet<string>): Promise<void> {
     const st = this.status!
     st.repairing = true
@@ -371,7 +401,9 @@ export class Curator {
       for (const w of work) {
         if (!this.leading || this.stopped) return
         const at = await this.workerFor(w.vdisk.id, up)
-        this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}${w.lostDisks.length > 0 ? ` (replicas on offline disk(s) ${w.lostDisks.join(', ')})` : ''}; repair at ${at}`)
+        const what = `${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}${w.lostDisks.length > 0 ? ` (replicas on offline disk(s) ${w.lostDisks.join(', ')})` : ''}`
+        this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${what}; repair at ${at}`)
+        this.event({ kind: 'repair-started', severity: 'info', subject: w.vdisk.name, message: `${what}; the repair runs on ${at}` })
         try {
           const r = await this.opts.repair(at, w.vdisk.id, w.down, this.repairBytesPerSec, w.lostDisks)
           st.repairedEgroups += r.egroups
@@ -380,9 +412,11 @@ export class Curator {
           const secs = (this.clock.now() - start) / 1000
           if (secs > 0 && bytes > 0) st.repairBytesPerSec = Math.round(bytes / secs)
           this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${r.egroups} extent group(s) re-protected (${r.bytes} bytes)`)
+          this.event({ kind: 'repair-finished', severity: 'info', subject: w.vdisk.name, message: `${r.egroups} extent group(s) re-protected (${r.bytes} bytes)` })
         } catch (e) {
           st.lastError = `vDisk ${w.vdisk.name}: ${errorMessage(e)}`
           this.opts.log.warn(`curator: repair of vDisk ${w.vdisk.name} at ${at} failed: ${errorMessage(e)}; the next scan tries again`)
+          this.event({ kind: 'repair-failed', severity: 'error', subject: w.vdisk.name, message: `the repair on ${at} failed: ${errorMessage(e)}; the next scan tries again` })
           this.nextDelayMs = Math.min(this.nextDelayMs, curatorRetryMs)
         }
         await this.writeStatus()
@@ -543,7 +577,10 @@ export class Curator {
         found.badBlocks += r.badBlocks
         found.repairedBlocks += r.repairedBlocks
         found.unreadable += r.unreadable
-        if (r.badBlocks > 0) this.opts.log.warn(`curator: scrub of vDisk ${v.name}: ${r.badBlocks} bad block copies, ${r.repairedBlocks} rewritten from good copies`)
+        if (r.badBlocks > 0) {
+          this.opts.log.warn(`curator: scrub of vDisk ${v.name}: ${r.badBlocks} bad block copies, ${r.repairedBlocks} rewritten from good copies`)
+          this.event({ kind: 'scrub', severity: 'warning', subject: v.name, message: `the scrub found ${r.badBlocks} bad block copies and rewrote ${r.repairedBlocks} from good copies` })
+        }
       } catch (e) {
         found.failedVdisks.push(v.name)
         found.unreadable++

@@ -1,15 +1,17 @@
 import { Flags } from '@oclif/core'
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { table } from '../../output.js'
 import type { AuditInfo } from '../../../lib/user-types.js'
 
 export default class AuditList extends TessCommand<AuditInfo[]> {
   static override summary = 'Show the newest changes made through the API: who, what, when, and how each ended'
+  static override watchable = true
   static override description = 'Every request that changes something (anything but a read) is recorded once answered, refused ones included (403: the role was too small), whichever node received it. The log keeps the newest 10000 changes. Needs role admin.'
   static override aliases = ['audit:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --user alice --limit 20', '<%= config.bin %> <%= command.id %> --json']
 
   static override flags = {
+    watch: watchFlag,
     limit: Flags.integer({ description: 'How many changes, newest first (1 to 1000).', default: 50, min: 1, max: 1000 }),
     user: Flags.string({ description: 'Only this user\'s changes (root: the bootstrap token).' }),
   }

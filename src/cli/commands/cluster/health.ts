@@ -1,4 +1,4 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { formatAge } from '../../csm-input.js'
 import { keyValue, table } from '../../output.js'
 import { formatBytes } from '../../../lib/units.js'
@@ -12,6 +12,8 @@ function duration(sec: number): string {
 
 export default class ClusterHealthCommand extends TessCommand<ClusterHealth> {
   static override summary = 'Show how well the data is protected: extent groups healthy, under-replicated and lost, per vDisk and in total, and the curator'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override description = [
     'An extent group is healthy when it has RF copies on nodes that are up, under-replicated when it has fewer (a node holding a copy is down, a disk holding one is offline: its node cannot read the directory, or a write went on degraded while no node could take a copy), and lost when no copy can be read: its data is unavailable until a node or disk comes back.',
     'The curator (one CVM, elected) copies under-replicated groups to other nodes with no client I/O needed: groups on a node that has been down, or on a disk that has been offline, for longer than the grace period (30 s), and groups with fewer than RF copies. A node or disk lost, back, added or removed starts a scan at once. "to re-protect" is the data in under-replicated groups; the repair rate and time left are those of its current run.',

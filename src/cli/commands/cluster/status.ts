@@ -1,10 +1,12 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { keyValue, table } from '../../output.js'
 import { formatBytes } from '../../../lib/units.js'
 import type { ClusterStatus } from '../../../lib/types.js'
 
 export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
   static override summary = 'Show the cluster: nodes, the health and pid of each daemon, pool capacity, nodes that cannot run containers and why, certificates about to expire'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json', '<%= config.bin %> <%= command.id %> --cluster dev']
 
   protected async exec(): Promise<ClusterStatus> {

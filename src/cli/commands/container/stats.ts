@@ -1,11 +1,13 @@
 import { Args } from '@oclif/core'
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { renderStats } from '../../render-csm.js'
 import { checkName } from '../../../lib/names.js'
 import type { StatsResult } from '../../../lib/csm-types.js'
 
 export default class ContainerStats extends TessCommand<StatsResult> {
   static override summary = 'Show CPU, memory and process usage of containers and CSMs'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override description = `Reads the cgroup counters of every container (or of the one named) and of every CSM. CPU% is the CPU used over the last sampling window (100% = one CPU busy; "-" until a second sample exists); CPU LIMIT and MEMORY / LIMIT show the bounds ("-" = none); OOM KILLS counts processes the kernel killed for lack of memory; THROTTLED counts the CPU periods in which the limit held the container back.`
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> web1', '<%= config.bin %> <%= command.id %> --json']
   static override args = {

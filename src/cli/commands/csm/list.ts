@@ -1,9 +1,11 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { renderCsmList } from '../../render-csm.js'
 import type { CsmInfo } from '../../../lib/csm-types.js'
 
 export default class CsmList extends TessCommand<CsmInfo[]> {
   static override summary = 'List CSMs with their node, state, size and what their containers reserve'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override description = 'RESERVED is what the containers of a CSM ask for together (their --cpus and --memory), out of the CSM\'s CPUS and MEMORY.'
   static override aliases = ['csm:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']

@@ -1,10 +1,12 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { table } from '../../output.js'
 import { formatBytes } from '../../../lib/units.js'
 import type { DiskInfo } from '../../../lib/types.js'
 
 export default class DiskList extends TessCommand<DiskInfo[]> {
   static override summary = 'List the disks of the storage pool'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override aliases = ['disk:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
 

@@ -1,4 +1,4 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { table } from '../../output.js'
 import { formatBytes } from '../../../lib/units.js'
 import type { ClusterStatus, DaemonInfo, DiskInfo } from '../../../lib/types.js'
@@ -17,6 +17,8 @@ export interface HostInfo {
 
 export default class HostList extends TessCommand<HostInfo[]> {
   static override summary = 'List the hosts (nodes) of the cluster: address, state, daemons, disks, capacity'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override aliases = ['host:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
 

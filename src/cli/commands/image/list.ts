@@ -1,9 +1,11 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { renderImageList } from '../../render-csm.js'
 import type { ImageInfo } from '../../../lib/csm-types.js'
 
 export default class ImageList extends TessCommand<ImageInfo[]> {
   static override summary = 'List the images stored on each node and the containers using them'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override description = 'One row per image per node. DIGEST is the manifest digest, shortened (the full one is in --json).'
   static override aliases = ['image:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']

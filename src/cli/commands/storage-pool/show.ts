@@ -1,10 +1,12 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { keyValue, table } from '../../output.js'
 import { formatBytes } from '../../../lib/units.js'
 import type { PoolInfo } from '../../../lib/types.js'
 
 export default class StoragePoolShow extends TessCommand<PoolInfo> {
   static override summary = 'Show the storage pool: capacity, used and free, per disk and in total'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override description = 'Capacity and free space are those of the filesystems under the disks (counted once per filesystem and node when several disks share one); used is what Tessera\'s extent groups occupy; free includes the spare extent groups written ahead (they hold no data). The rest of the capacity is reserved (the filesystem\'s blocks for root only) and other (other files on those filesystems, and their metadata): capacity = used + free + reserved + other.'
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
 

@@ -1,10 +1,12 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { table } from '../../output.js'
 import { formatAge } from '../../csm-input.js'
 import type { UserInfo } from '../../../lib/user-types.js'
 
 export default class UserList extends TessCommand<UserInfo[]> {
   static override summary = 'List the users and their roles'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override description = 'Tokens are never shown (the cluster keeps only their SHA-256). The bootstrap token saved by `tess cluster create` is user root (admin); it is listed once it was rotated (`tess user rotate root`).'
   static override aliases = ['user:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']

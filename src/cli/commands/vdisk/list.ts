@@ -1,10 +1,12 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { table } from '../../output.js'
 import { formatBytes } from '../../../lib/units.js'
 import type { VdiskInfo } from '../../../lib/types.js'
 
 export default class VdiskList extends TessCommand<VdiskInfo[]> {
   static override summary = 'List vDisks with their provisioned and allocated size'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override aliases = ['vdisk:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
 

@@ -1,9 +1,11 @@
-import { TessCommand } from '../../base.js'
+import { TessCommand, watchFlag } from '../../base.js'
 import { renderVolumeList } from '../../render-csm.js'
 import type { VolumeInfo } from '../../../lib/csm-types.js'
 
 export default class VolumeList extends TessCommand<VolumeInfo[]> {
   static override summary = 'List volumes: size, space written, and the containers they are attached to'
+  static override watchable = true
+  static override flags = { watch: watchFlag }
   static override aliases = ['volume:ls']
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json']
 
