@@ -241,6 +241,29 @@ export function missingPackagesOnly(result: PreflightResult): Map<string, string
   return out.size > 0 ? out : undefined
 }
 
+/** The embedded cluster's data directory: an absolute path (after `~` is expanded), not `/`, no control character. */
+export function validateDataDir(answer: string): Validation {
+  if (answer.trim() === '') return 'give the directory for the node\'s state, logs, certificates and first disk'
+  if (/[\0\n\r]/.test(answer)) return 'the path holds a control character'
+  const p = expandPath(answer)
+  if (p === '/') return 'the root directory / cannot be the data directory: give a directory under it'
+  return true
+}
+
+/** `tess cluster create --local ...` doing what the wizard does for the embedded cluster. */
+export function equivalentLocalCommand(name: string, dataDir: string, bin = 'tess'): string {
+  return [bin, 'cluster', 'create', '--local', '--name', name, '--data-dir', dataDir].map(shellQuote).join(' ')
+}
+
+/** The embedded cluster's plan, as lines for people. */
+export function formatLocalPlan(o: { name: string, dataDir: string, bind: string, apiPort: number, nbdPort: number, dataPort: number, etcdClientPort: number, etcdPeerPort: number }): string {
+  return [
+    `Plan for cluster "${o.name}" on this machine (nothing has been changed yet):`,
+    `  one node: an etcd member, the node supervisor and the CVM, run from ${o.dataDir}; its first disk ${path.posix.join(o.dataDir, 'disks', 'd0')}`,
+    `  RF 1 (one copy: add hosts later with tess host add); listening on ${o.bind}: API ${o.apiPort}, NBD ${o.nbdPort}, data ${o.dataPort}, etcd ${o.etcdClientPort}/${o.etcdPeerPort}`,
+  ].join('\n')
+}
+
 /** `tess cluster create ...` doing what the wizard does with these answers (for scripts, and to resume). */
 export function equivalentCreateCommand(a: WizardAnswers, bin = 'tess'): string {
   const args = ['cluster', 'create', '--name', a.name, '--hosts', a.hosts.join(','), '--ssh-user', a.sshUser, '--ssh-key', a.sshKey]

@@ -99,10 +99,11 @@ afterAll(async () => {
     if (tmux('has-session').code === 0) tmux('kill-server')
   }
   try {
-    // a failed run may have left a cluster: stop its daemons before the hosts go
-    if (configDir && fs.existsSync(path.join(configDir, 'contexts.json'))) {
-      const l = await runTess(['cluster', 'list', '--json'], env())
-      if (Array.isArray(l.json) && l.json.length > 0) await runTess(['cluster', 'destroy', '--yes'], env(), { timeoutMs: 60_000 })
+    // a failed run may have left a cluster (on the hosts, or the embedded one here): stop its daemons before the hosts go
+    for (const cfg of configDir ? [configDir, path.join(tmp, 'config-solo')] : []) {
+      if (!fs.existsSync(path.join(cfg, 'contexts.json'))) continue
+      const l = await runTess(['cluster', 'list', '--json'], { TESS_CONFIG_DIR: cfg })
+      if (Array.isArray(l.json) && l.json.length > 0) await runTess(['cluster', 'destroy', '--yes'], { TESS_CONFIG_DIR: cfg }, { timeoutMs: 60_000 })
     }
   } finally {
     await th?.destroy()
@@ -143,6 +144,9 @@ describe('tess setup', () => {
     await waitFor(/invalid cluster name "Bad_Name!"/)
     key('C-u')
     type(name)
+    // where: hosts over SSH (the first choice)
+    await waitFor(/\? Where does the cluster run\?/)
+    type('')
 
     await waitFor(/\? SSH user on the hosts/)
     type('root')
@@ -218,6 +222,8 @@ describe('tess setup', () => {
     startWizard('tess-setup-cancel', cfg)
     await waitFor(/\? Cluster name/)
     type('cancelled')
+    await waitFor(/\? Where does the cluster run\?/)
+    type('')
     await waitFor(/\? SSH user on the hosts/)
     type('root')
     await waitFor(/\? SSH private key file/)
@@ -237,4 +243,44 @@ describe('tess setup', () => {
     expect((await runTess(['cluster', 'list', '--json'], { TESS_CONFIG_DIR: cfg })).json).toEqual([])
     endWizard()
   })
+
+  it('creates the embedded cluster on this machine: a data directory that holds something is refused with the reason, then the plan, then the cluster', async () => {
+    const name = 'solo'
+    const cfg = path.join(tmp, 'config-solo')
+    const busy = path.join(tmp, 'busy')
+    fs.mkdirSync(busy, { recursive: true })
+    fs.writeFileSync(path.join(busy, 'something'), 'x')
+    const dataDir = path.join(tmp, 'solo-data')
+    startWizard('tess-setup-solo', cfg)
+    await waitFor(/\? Cluster name/)
+    type(name)
+    await waitFor(/\? Where does the cluster run\?/)
+    key('Down')
+    type('')
+    await waitFor(/\? Data directory/)
+    type(busy)
+    await waitFor(new RegExp(`data dir ${esc(busy)} exists and is not empty`), preflightTimeoutMs)
+    await waitFor(/\? What now\?/)
+    type('')
+    await waitFor(new RegExp(`\\? Data directory.*\\(${esc(busy)}\\)`)) // asked again, the last answer as its default
+    key('C-u')
+    type(dataDir)
+    const plan = await waitFor(/\? Create the cluster\?/, preflightTimeoutMs)
+    expect(plan).toContain(`Plan for cluster "${name}" on this machine (nothing has been changed yet):`)
+    expect(plan).toContain(`its first disk ${dataDir}/disks/d0`)
+    expect(plan).toContain(`tess cluster create --local --name ${name} --data-dir ${dataDir}`)
+    expect((await runTess(['cluster', 'list', '--json'], { TESS_CONFIG_DIR: cfg })).json).toEqual([])
+    expect(fs.existsSync(dataDir)).toBe(false)
+    type('y')
+    const done = await waitFor(/EXIT=\d+/, createTimeoutMs)
+    expect(done, done).toContain('EXIT=0')
+    expect(done).toContain(`Cluster "${name}" is running and is now the current context.`)
+    expect(done).toMatch(new RegExp(`data dir:\\s+${esc(dataDir)}`))
+    const st = await runTess(['cluster', 'status', '--json'], { TESS_CONFIG_DIR: cfg })
+    expect(st.code, st.stderr).toBe(0)
+    expect(st.json).toMatchObject({ name, nodes: [{ state: 'up' }] })
+    const d = await runTess(['cluster', 'destroy', '--yes'], { TESS_CONFIG_DIR: cfg }, { timeoutMs: 60_000 })
+    expect(d.code, d.stderr).toBe(0)
+    endWizard()
+  }, 170_000)
 })

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { PreflightCheck, PreflightResult } from '../../src/bootstrap/preflight.js'
 import type { RemotePlan } from '../../src/bootstrap/remote.js'
 import {
+  equivalentLocalCommand, formatLocalPlan, validateDataDir,
   checkHost, equivalentCreateCommand, expandPath, formatPlan, hostCheckHint, missingPackagesOnly, parseDisks, parseHosts, rfBounds,
   validateClusterName, validateKnownHostsFile, validatePrivateKeyFile, validateRf, validateSshUser, wizardHostsMax, type WizardAnswers,
 } from '../../src/cli/wizard.js'
@@ -177,5 +178,24 @@ describe('pre-flight, plan, equivalent command', () => {
     expect(hostCheckHint('refusing h: its host key ssh-ed25519 SHA256:x is not in known_hosts ("/k")', 'pass --accept-new-host-keys', '/k')).toMatch(/add the key to \/k/)
     expect(hostCheckHint('refusing h: its host key ... was not accepted', 'x', '')).toMatch(/fingerprint/)
     expect(hostCheckHint('other', 'is h up?', '')).toBe('is h up?')
+  })
+})
+
+describe('the embedded cluster', () => {
+  it('takes an absolute data directory (~ expanded), not / and not empty', () => {
+    expect(validateDataDir('/var/lib/tess')).toBe(true)
+    expect(validateDataDir('~/tess')).toBe(true)
+    expect(validateDataDir('relative/dir')).toBe(true) // made absolute against the working directory
+    expect(validateDataDir('')).toMatch(/give the directory/)
+    expect(validateDataDir('/')).toMatch(/root directory/)
+    expect(validateDataDir('/tmp/a\nb')).toMatch(/control character/)
+  })
+  it('says what it will do, and the command that does the same', () => {
+    const plan = formatLocalPlan({ name: 'solo', dataDir: '/srv/tess', bind: '127.0.0.1', apiPort: 9540, nbdPort: 10809, dataPort: 10810, etcdClientPort: 2379, etcdPeerPort: 2380 })
+    expect(plan).toContain('Plan for cluster "solo" on this machine (nothing has been changed yet):')
+    expect(plan).toContain('its first disk /srv/tess/disks/d0')
+    expect(plan).toContain('RF 1')
+    expect(plan).toContain('API 9540, NBD 10809, data 10810, etcd 2379/2380')
+    expect(equivalentLocalCommand('solo', '/srv/my tess')).toBe("tess cluster create --local --name solo --data-dir '/srv/my tess'")
   })
 })

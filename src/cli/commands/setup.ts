@@ -4,11 +4,12 @@ import { TessCommand } from '../base.js'
 import { findContext, saveContext } from '../../lib/contexts.js'
 import { keyValue, table, withSpinner } from '../output.js'
 import {
-  defaultPrivateKey, equivalentCreateCommand, expandPath, formatPlan, hostCheckHint, missingPackagesOnly, parseDisks, parseHosts, rfBounds,
-  validateClusterName, validateDisks, validateHosts, validateKnownHostsFile, validatePrivateKeyFile, validateRf, validateSshUser,
+  defaultPrivateKey, equivalentCreateCommand, equivalentLocalCommand, expandPath, formatLocalPlan, formatPlan, hostCheckHint, missingPackagesOnly, parseDisks,
+  parseHosts, rfBounds, validateClusterName, validateDataDir, validateDisks, validateHosts, validateKnownHostsFile, validatePrivateKeyFile, validateRf, validateSshUser,
   wizardDiskDefault, type WizardAnswers,
 } from '../wizard.js'
 import { defaultKnownHostsFile } from '../../bootstrap/knownhosts.js'
+import { createLocalCluster, localDefaults, preflightLocal, type LocalClusterOptions } from '../../bootstrap/local.js'
 import { formatPreflight, type PreflightResult } from '../../bootstrap/preflight.js'
 import { PreflightFailed, clusterStateDir, createRemoteCluster, remotePortDefaults, type RemoteCreated, type RemotePlan } from '../../bootstrap/remote.js'
 import { SshTransport } from '../../bootstrap/ssh.js'
@@ -24,7 +25,11 @@ const clusterNameSuggested = 'tess'
 
 export interface SetupResult extends ClusterStatus {
   endpoint: string
-  plan: RemotePlan
+  /** the embedded cluster on this machine (no SSH), and its data dir */
+  local: boolean
+  dataDir: string | null
+  /** the plan of a cluster on hosts (null for the embedded one: RF 1) */
+  plan: RemotePlan | null
   /** the `tess cluster create` command that does the same without questions */
   equivalentCommand: string
   /** Debian packages installed during the pre-flight, by host */
@@ -48,6 +53,8 @@ interface WizardState {
   /** the real bootstrap has started: hosts may be changed */
   creating: boolean
   answers?: WizardAnswers
+  /** the embedded cluster's `tess cluster create --local` command, once it is being created */
+  localCommand?: string
 }
 
 type WizardStep = 'ssh' | 'hosts' | 'layout' | 'preflight' | 'confirm' | 'create'
@@ -74,7 +81,9 @@ function say(text = ''): void {
 
 export default class Setup extends TessCommand<SetupResult> {
   static override summary = 'Set up a cluster interactively'
-  static override description = `A wizard for a first cluster on hosts you reach over SSH. It asks for the cluster name, the SSH user, the private key, an optional known_hosts file and the hosts; right after you give the hosts it logs in to each of them (showing every new host key's fingerprint for you to accept, unless you gave a known_hosts file) and asks again if one fails. Then it asks for the disk directories on every host, the replication factor (1 to min(3, hosts); default min(2, hosts)) and whether to install missing Debian packages with apt-get.
+  static override description = `A wizard for a first cluster. It asks for the cluster name and where the cluster runs: on hosts you reach over SSH, or on this machine only (the embedded cluster: one node, RF 1, as \`<%= config.bin %> cluster create --local\`; it asks for the data directory, checks this machine, shows the plan and asks before it creates anything).
+
+For hosts, it asks for the SSH user, the private key, an optional known_hosts file and the hosts; right after you give the hosts it logs in to each of them (showing every new host key's fingerprint for you to accept, unless you gave a known_hosts file) and asks again if one fails. Then it asks for the disk directories on every host, the replication factor (1 to min(3, hosts); default min(2, hosts)) and whether to install missing Debian packages with apt-get.
 
 It runs the pre-flight checks on every host (the same code as \`<%= config.bin %> cluster create --dry-run\`), shows the plan, and asks before it changes anything; on yes it bootstraps the hosts as \`<%= config.bin %> cluster create --hosts\` does, saves the cluster context (it becomes the current one) and prints the cluster status. It also prints that \`cluster create\` command, for scripts or to resume after a failure.
 
@@ -123,7 +132,7 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
   private async wizard(sshPort: number, st: WizardState): Promise<SetupResult> {
     const prompts = await import('@inquirer/prompts')
     const out = { output: process.stderr }
-    say('Tessera setup: create a cluster on hosts you reach over SSH.')
+    say('Tessera setup: create a cluster on hosts you reach over SSH, or the embedded one on this machine.')
     say('Every host is checked as you go; nothing is changed until you confirm the plan. Ctrl-C quits.')
     say()
 
@@ -134,6 +143,14 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
       validate: (v) => validateClusterName(v, exists),
     }, out)).trim()
     st.name = name
+    const where = await prompts.select({
+      message: 'Where does the cluster run?',
+      choices: [
+        { name: 'On hosts I reach over SSH (several nodes, every extent group copied to RF of them)', value: 'hosts' as const },
+        { name: 'On this machine only (the embedded cluster: one node, RF 1, no SSH)', value: 'local' as const },
+      ],
+    }, out)
+    if (where === 'local') return await this.embedded(prompts, out, name, st)
 
     const a: WizardAnswers = { name, sshUser: 'root', sshKey: defaultPrivateKey() ?? '', sshPort, knownHostsFile: '', hosts: [], disks: [wizardDiskDefault], rf: 0, installDeps: false }
     st.answers = a
@@ -253,6 +270,39 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
     return 'create'
   }
 
+  /**
+   * The embedded cluster: its data directory (asked again while the pre-flight finds a problem
+   * there), the plan, a confirmation, then the same code path as `tess cluster create --local`.
+   */
+  private async embedded(prompts: WizardRun['prompts'], out: WizardRun['out'], name: string, st: WizardState): Promise<SetupResult> {
+    let o: LocalClusterOptions = { ...localDefaults, name }
+    for (;;) {
+      o = { ...o, dataDir: expandPath(await prompts.input({ message: 'Data directory (the node\'s state, logs, certificates and first disk)', default: o.dataDir, validate: validateDataDir }, out)) }
+      try {
+        await withSpinner(true, 'Checking this machine', () => preflightLocal(o))
+        break
+      } catch (e) {
+        if (!isTessError(e)) throw e
+        say(`${e.message}\n  hint: ${e.hint}`)
+        const next = await prompts.select({ message: 'What now?', choices: [{ name: 'Give another data directory (or fix the problem, then give the same)', value: 'again' as const }, { name: 'Quit', value: 'quit' as const }] }, out)
+        if (next === 'quit') throw new Cancelled('setup cancelled')
+      }
+    }
+    const command = equivalentLocalCommand(name, o.dataDir, this.config.bin)
+    say()
+    say(formatLocalPlan(o))
+    say()
+    say('The same without questions:')
+    say(`  ${command}`)
+    say()
+    if (!(await prompts.confirm({ message: 'Create the cluster?', default: true }, out))) throw new Cancelled('setup cancelled: the cluster was not created')
+    st.localCommand = command
+    st.creating = true
+    const created = await withSpinner(true, `Creating cluster "${name}"`, (s) => createLocalCluster(o, (step) => s.text(`Creating cluster "${name}": ${step}`)))
+    saveContext(created.context)
+    return { ...created.status, endpoint: created.context.endpoints[0]!, local: true, dataDir: o.dataDir, plan: null, equivalentCommand: command, packagesInstalled: {} }
+  }
+
   /** create it: the same code path as `tess cluster create --hosts` */
   private async create({ a, st }: WizardRun): Promise<SetupResult> {
     st.creating = true
@@ -276,6 +326,8 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
     return {
       ...r.status,
       endpoint: r.context.endpoints[0]!,
+      local: false,
+      dataDir: null,
       plan: r.plan,
       equivalentCommand: equivalentCreateCommand(a, this.config.bin),
       packagesInstalled: Object.fromEntries(st.installed),
@@ -393,7 +445,7 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
   }
 
   private resumeHint(st: WizardState): string {
-    const cmd = st.answers ? equivalentCreateCommand(st.answers, this.config.bin) : 'tess cluster create --hosts ...'
+    const cmd = st.localCommand ?? (st.answers ? equivalentCreateCommand(st.answers, this.config.bin) : 'tess cluster create --hosts ...')
     return `run \`tess setup\` again with the same answers, or resume with: ${cmd}`
   }
 
@@ -405,7 +457,7 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
   /** Ctrl-C outside a question (SSH checks, pre-flight, bootstrap). */
   private interrupted(st: WizardState): void {
     if (st.creating) {
-      say(`\nInterrupted: cluster "${st.name ?? '?'}" may be partly set up on the hosts.`)
+      say(`\nInterrupted: cluster "${st.name ?? '?'}" may be partly set up ${st.localCommand !== undefined ? 'on this machine' : 'on the hosts'}.`)
       say(`Hint: ${this.resumeHint(st)}`)
       process.exit(130)
     }
@@ -425,7 +477,8 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
         ['id', r.id],
         ['endpoint', r.endpoint],
         ['nodes', r.nodes.length],
-        ['RF', r.plan.rf],
+        ['RF', r.plan?.rf ?? 1],
+        ...(r.dataDir !== null ? [['data dir', r.dataDir] as [string, string]] : []),
         ['pool capacity', formatBytes(r.pool.capacityBytes)],
         ['pool free', formatBytes(r.pool.freeBytes)],
       ]),
