@@ -249,6 +249,12 @@ export interface CuratorStatus {
   balancing?: boolean
   lastBalanceAt?: string | null
   lastBalanceMoved?: BalanceMoved | null
+  /**
+   * since when each node (and each disk, by id) has been seen down: a new master takes these over,
+   * so a change of master neither restarts a grace nor reports a loss again (absent in older records)
+   */
+  nodesDownSince?: Record<string, string>
+  disksDownSince?: Record<string, string>
   lastError: string | null
 }
 

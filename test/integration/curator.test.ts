@@ -76,6 +76,8 @@ describe('curator election and scans on a real etcd', () => {
     const bump = () => { const w = wake; wake = []; for (const f of w) f() }
     const calls: Array<{ by: string, at: string, id: string, down: string[], ms: number, rate: number | undefined, lostDisks?: string[] }> = []
     let downAt = 0
+    /** the repairs that fail before one succeeds */
+    let failRepairs = 0
     // the garbage collection each master runs on the nodes that are up right after its election
     const gcCalls: Array<{ by: string, node: string, minAgeMs: number }> = []
     for (const n of names) {
@@ -91,6 +93,10 @@ describe('curator election and scans on a real etcd', () => {
         nodesChanged: () => new Promise<void>((r) => wake.push(r)),
         repair: async (at, id, down, rate, lostDisks) => {
           calls.push({ by: n, at, id, down, ms: Date.now() - downAt, rate, ...(lostDisks !== undefined && lostDisks.length > 0 ? { lostDisks } : {}) })
+          if (failRepairs > 0) {
+            failRepairs--
+            throw new Error('no node can take a copy now')
+          }
           // as the owner's repair would: the groups on the down nodes (or short of RF) get a copy on n2
           const egs = [await getJson<EgroupRecord>(etcd, keys.egroup(id, '10')), await getJson<EgroupRecord>(etcd, keys.egroup(id, '11'))]
           let moved = 0
@@ -179,6 +185,10 @@ describe('curator election and scans on a real etcd', () => {
     await waitFor('the new master\'s garbage collection', () => gcCalls.length >= 2 || undefined, 10_000, 100)
     expect(gcCalls.every((c) => c.by === second && c.node !== 'n3')).toBe(true)
     expect(gcCalls.map((c) => c.node)).toEqual(['n1', 'n2'])
+    // it took over since when n3 is down: the loss is not reported a second time, and the status keeps the time
+    const st2 = (await getJson<CuratorStatus>(etcd, keys.curatorStatus))!
+    expect(Date.parse(st2.nodesDownSince?.n3 ?? '')).toBeLessThanOrEqual(Date.parse(seen[0]!.at) + 1000)
+    expect((await events.list({ limit: 100, kinds: ['node-down'] })).map((e) => [e.subject, e.node])).toEqual([['n3', first]])
 
     // a group that went on degraded (one copy of RF 2) is repaired with no node down, at the
     // repair rate set meanwhile (tess cluster update --repair-rate)
@@ -232,5 +242,23 @@ describe('curator election and scans on a real etcd', () => {
       return st?.nodeDownGraceMs === 20_000 ? st : undefined
     }, 10_000, 100)
     expect(after.master).toBe(second)
+
+    // a repair that keeps failing (tried again every 5 s) is one event until it succeeds
+    const mark = (await events.list({ limit: 1 }))[0]!.id
+    failRepairs = 2
+    calls.length = 0
+    await put(keys.egroup('1', '11'), eg('11', ['n1']))
+    curators.get(second)!.requestScan()
+    await waitFor('the repair that failed twice done', async () => {
+      const h = await clusterHealth(etcd, () => curators.get(second)!.master())
+      return calls.length >= 3 && h.state === 'healthy' ? true : undefined
+    }, 30_000, 200)
+    const kinds = ['repair-started', 'repair-failed', 'repair-finished'] as const
+    const tried = await waitFor('the three events', async () => {
+      const es = await events.list({ limit: 100, after: mark, kinds: [...kinds] })
+      return es.some((e) => e.kind === 'repair-finished') ? es : undefined
+    }, 5_000, 100)
+    expect(tried.map((e) => e.kind)).toEqual([...kinds])
+    expect(tried[1]!.message).toContain('no node can take a copy now')
   }, 90_000)
 })

@@ -116,6 +116,10 @@ export class Curator {
   private again = false
   /** when the scan that runs wants the next one (a node's grace ends, a repair to retry) */
   private nextDelayMs = 0
+  /** per vDisk, why its last repair failed: a repair that keeps failing (tried every 5 s) is one event until it succeeds or fails otherwise */
+  private readonly repairFailing = new Map<string, string>()
+  /** ... and per CSM, why its failover could not move it */
+  private readonly failoverFailing = new Map<string, string>()
   /** when this master first saw each node down */
   private readonly downSince = new Map<string, number>()
   /** ... and each disk offline (on a node that is up) */
@@ -213,6 +217,16 @@ export class Curator {
         st.lastScrubAt = prev.lastScrubAt
         st.lastScrubFound = prev.lastScrubFound ?? null
       }
+      // the losses the last master saw, since when: their grace goes on (the first scan drops those back or gone)
+      const takeOver = (into: Map<string, number>, from: Record<string, string> | undefined) => {
+        for (const [k, at] of Object.entries(from ?? {})) {
+          const t = Date.parse(at)
+          const cur = into.get(k)
+          if (!Number.isNaN(t) && (cur === undefined || t < cur)) into.set(k, t)
+        }
+      }
+      takeOver(this.downSince, prev.nodesDownSince)
+      takeOver(this.diskDownSince, prev.disksDownSince)
     }).catch(() => undefined).finally(() => {
       this.requestScan()
       this.scheduleScrub()
@@ -323,6 +337,9 @@ export class Curator {
     const dueDisks = new Set([...this.diskDownSince].filter(([, t]) => now - t >= this.graceMs).map(([d]) => d))
     const pending = [...this.downSince].filter(([n]) => !due.has(n))
     const pendingDisks = [...this.diskDownSince].filter(([d]) => !dueDisks.has(d))
+    const iso = (m: Map<string, number>) => Object.fromEntries([...m].map(([k, t]) => [k, new Date(t).toISOString()]))
+    st.nodesDownSince = iso(this.downSince)
+    st.disksDownSince = iso(this.diskDownSince)
     st.repairsDueAt = [
       ...pending.map(([node, t]) => ({ node, at: new Date(t + this.graceMs).toISOString() })),
       ...pendingDisks.map(([d, t]) => {
@@ -343,11 +360,7 @@ export class Curator {
         this.opts.log.warn(`curator: failover: ${errorMessage(e)}`)
         return [] as CsmFailover[]
       })
-      for (const m of moved) {
-        this.event(m.to === null
-          ? { kind: 'failover', severity: 'error', subject: m.csm, message: `CSM ${m.csm} of lost node ${m.from} could not move: ${m.error ?? 'no node has room'}; tried again at the next scan` }
-          : { kind: 'failover', severity: 'warning', subject: m.csm, message: `CSM ${m.csm} moved from lost node ${m.from} to ${m.to}${m.containers.length > 0 ? `; running there: ${m.containers.join(', ')}` : ''}${m.dropped.length > 0 ? `; removed (no restart policy): ${m.dropped.join(', ')}` : ''}${m.notStarted.length > 0 ? `; not started: ${m.notStarted.join(', ')}` : ''}` })
-      }
+      for (const m of moved) this.reportFailover(m)
       if (moved.length > 0) {
         st.failovers = [...st.failovers, ...moved].slice(-curatorFailoversKept)
         if (moved.some((m) => m.to === null)) this.nextDelayMs = Math.min(this.nextDelayMs, curatorRetryMs)
@@ -366,6 +379,19 @@ export class Curator {
       const next = Math.min(...[...pending, ...pendingDisks].map(([, t]) => t + this.graceMs)) - this.clock.now()
       this.nextDelayMs = Math.min(this.nextDelayMs, Math.max(0, next) + 100)
     }
+  }
+
+  /** A failover's event; one that could not move its CSM is reported again only when it fails otherwise. */
+  private reportFailover(m: CsmFailover): void {
+    if (m.to === null) {
+      const why = m.error ?? 'no node has room'
+      if (this.failoverFailing.get(m.csm) === why) return
+      this.failoverFailing.set(m.csm, why)
+      this.event({ kind: 'failover', severity: 'error', subject: m.csm, message: `CSM ${m.csm} of lost node ${m.from} could not move: ${why}; tried again at the next scan` })
+      return
+    }
+    this.failoverFailing.delete(m.csm)
+    this.event({ kind: 'failover', severity: 'warning', subject: m.csm, message: `CSM ${m.csm} moved from lost node ${m.from} to ${m.to}${m.containers.length > 0 ? `; running there: ${m.containers.join(', ')}` : ''}${m.dropped.length > 0 ? `; removed (no restart policy): ${m.dropped.join(', ')}` : ''}${m.notStarted.length > 0 ? `; not started: ${m.notStarted.join(', ')}` : ''}` })
   }
 
   private event(e: NewEvent): void {
@@ -403,7 +429,7 @@ export class Curator {
         const at = await this.workerFor(w.vdisk.id, up)
         const what = `${w.egroups} extent group(s) to re-protect${w.down.length > 0 ? ` (replicas on ${w.down.join(', ')}, down for over ${this.graceMs} ms)` : ''}${w.lostDisks.length > 0 ? ` (replicas on offline disk(s) ${w.lostDisks.join(', ')})` : ''}`
         this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${what}; repair at ${at}`)
-        this.event({ kind: 'repair-started', severity: 'info', subject: w.vdisk.name, message: `${what}; the repair runs on ${at}` })
+        if (!this.repairFailing.has(w.vdisk.id)) this.event({ kind: 'repair-started', severity: 'info', subject: w.vdisk.name, message: `${what}; the repair runs on ${at}` })
         try {
           const r = await this.opts.repair(at, w.vdisk.id, w.down, this.repairBytesPerSec, w.lostDisks)
           st.repairedEgroups += r.egroups
@@ -412,11 +438,13 @@ export class Curator {
           const secs = (this.clock.now() - start) / 1000
           if (secs > 0 && bytes > 0) st.repairBytesPerSec = Math.round(bytes / secs)
           this.opts.log.info(`curator: vDisk ${w.vdisk.name}: ${r.egroups} extent group(s) re-protected (${r.bytes} bytes)`)
+          this.repairFailing.delete(w.vdisk.id)
           this.event({ kind: 'repair-finished', severity: 'info', subject: w.vdisk.name, message: `${r.egroups} extent group(s) re-protected (${r.bytes} bytes)` })
         } catch (e) {
           st.lastError = `vDisk ${w.vdisk.name}: ${errorMessage(e)}`
           this.opts.log.warn(`curator: repair of vDisk ${w.vdisk.name} at ${at} failed: ${errorMessage(e)}; the next scan tries again`)
-          this.event({ kind: 'repair-failed', severity: 'error', subject: w.vdisk.name, message: `the repair on ${at} failed: ${errorMessage(e)}; the next scan tries again` })
+          if (this.repairFailing.get(w.vdisk.id) !== errorMessage(e)) this.event({ kind: 'repair-failed', severity: 'error', subject: w.vdisk.name, message: `the repair on ${at} failed: ${errorMessage(e)}; it is tried again every ${curatorRetryMs / 1000} s (reported again when it fails otherwise)` })
+          this.repairFailing.set(w.vdisk.id, errorMessage(e))
           this.nextDelayMs = Math.min(this.nextDelayMs, curatorRetryMs)
         }
         await this.writeStatus()
