@@ -6,23 +6,25 @@
 //   - a plain copy of the same bytes: on host 1, its extent group files read (page cache dropped)
 //     and written to a new file with one fsync at the end (cat | head -c BYTES > file; sync), the
 //     bytes being those the curator is to re-protect after the first loss
-//   - for each repair rate in turn (unlimited, then --throttle): `tess cluster update
-//     --repair-rate`, one host killed (host 4, then host 3: their etcd members are not needed for
-//     quorum) with the node-down grace at 1 h, the foreground job once with the host down and no
+//   - --rounds rounds (default 2), the repair rate unlimited and --throttle in turn (`--throttle
+//     unlimited`: every round unlimited): `tess cluster update --repair-rate`, host 4 or host 3 in
+//     turn killed (quorum holds: host 4 runs no etcd member, hosts 1 and 2 do) with the node-down grace at 1 h, the foreground job once with the host down and no
 //     repair (the round's baseline), then the grace set to 5 s (the curator scans at once) and, as
 //     soon as `tess cluster health` shows it repairing, the same foreground job; the repair's rate
 //     (bytes re-protected / time, as the curator measures its run) and the foreground's figure
-//     during the repair against the round's baseline and against the one with every host up
+//     during the repair against the round's baseline and against the one with every host up;
+//     after the round the killed host powers on again (its boot entry point) and rejoins before
+//     the next one (which kills the other: the repair moved the copies off the first)
 // Every host's disk is this
 // machine's one disk, so a repair copy reads and writes the same disk, as the plain copy does.
-// Usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep] [--no-foreground]   (root)
+// Usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--rounds 2] [--prefix rep] [--no-foreground]   (root)
 // --no-foreground: no foreground job in the rounds, the repair alone (its rate against the plain copy)
 import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { apiClient, checkArgs, fioFigure, fioJson, flag, fmt, opt, ratio, repoRoot, runFio, sh, sizeBytes, sleep, tess } from './common.mjs'
 
-checkArgs('usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--prefix rep] [--no-foreground]', ['size', 'runtime', 'throttle', 'prefix'], ['no-foreground'])
+checkArgs('usage: node scripts/bench/repair.mjs [--size 8G] [--runtime 10] [--throttle 100M] [--rounds 2] [--prefix rep] [--no-foreground]', ['size', 'runtime', 'throttle', 'rounds', 'prefix'], ['no-foreground'])
 
 const size = opt('size', '8G')
 const runtime = Number(opt('runtime', '10'))
@@ -30,6 +32,8 @@ const runtime = Number(opt('runtime', '10'))
 const noForeground = flag('no-foreground')
 const throttle = opt('throttle', '100M')
 const prefix = opt('prefix', 'rep')
+const roundCount = Number(opt('rounds', '2'))
+if (!Number.isInteger(roundCount) || roundCount < 1 || roundCount > 20) throw new Error('--rounds is 1 to 20')
 const bytes = sizeBytes(size)
 const clusterName = 'repair'
 const th = path.join(repoRoot, 'scripts', 'testhosts.sh')
@@ -43,9 +47,16 @@ const run = (args) => {
   return JSON.parse(r.stdout)
 }
 const health = () => run(['cluster', 'health'])
+/** a killed test host powers on: link up, sshd, and its boot entry point (the supervisor and its daemons) */
+const powerOn = (host) => {
+  sh('bash', [th, 'revive', host.name])
+  sh('bash', [th, 'exec', host.name, 'node', '/var/lib/tess/bundle/current/dist/supervisor/boot.js', '--data-dir', '/var/lib/tess'])
+}
 
 let hostsUp = false
 let clusterUp = false
+/** the host killed by the last round, still down */
+let dead
 try {
   fs.mkdirSync(work)
   sh('bash', [th, 'up', '4', '--prefix', prefix])
@@ -73,9 +84,10 @@ try {
   console.error(`foreground alone: ${alone.toFixed(0)} IOPS`)
 
   const rounds = []
-  for (const [i, rate] of [['unlimited'], [throttle]].map((x, k) => [k, x[0]])) {
+  for (let i = 0; i < roundCount; i++) {
+    const rate = i % 2 === 0 ? 'unlimited' : throttle
+    const victim = info.hosts[3 - (i % 2)]
     run(['cluster', 'update', '--repair-rate', rate])
-    const victim = info.hosts[3 - i]
     const before = health().curator
     spawnSync('sync')
     // the grace is long while the host is dead and the foreground runs without a repair: that
@@ -84,6 +96,7 @@ try {
     run(['cluster', 'update', '--node-down-grace', '1h'])
     console.error(`repair rate ${rate}: killing ${victim.name}`)
     sh('bash', [th, 'kill', victim.name])
+    dead = victim
     for (const deadline = Date.now() + 120_000; !health().nodesDown.includes(victim.name);) {
       if (Date.now() > deadline) throw new Error(`${victim.name} not shown down`)
       await sleep(500)
@@ -120,6 +133,18 @@ try {
     const repaired = h.curator.repairedBytes - before.repairedBytes
     rounds.push({ rate, victim: victim.name, toReprotect, repaired, curatorRate: h.curator.repairBytesPerSec, wallS: repairS, aloneDown, during, overlap: Math.min(1, repairS / runtime) })
     console.error(`repair rate ${rate}: ${(repaired / MiB).toFixed(0)} MiB re-protected at ${(h.curator.repairBytesPerSec / MiB).toFixed(0)} MiB/s (curator), ${repairS.toFixed(1)} s seen; foreground ${during.toFixed(0)} IOPS`)
+    if (i + 1 < roundCount) {
+      // the host powers on again and rejoins: the next round starts with every host up
+      powerOn(victim)
+      dead = undefined
+      for (const deadline = Date.now() + 180_000; ;) {
+        const hb = health()
+        if (hb.nodesDown.length === 0 && hb.total.underReplicated === 0 && !hb.curator.repairing) break
+        if (Date.now() > deadline) throw new Error(`${victim.name} did not rejoin: ${JSON.stringify(hb.nodesDown)}`)
+        await sleep(1000)
+      }
+      console.error(`${victim.name} is back`)
+    }
   }
 
   // a plain copy of the bytes the first repair re-protected: host 1's extent group files, read
@@ -141,6 +166,14 @@ try {
   out.push('"host down, no repair": the same job with the host already dead and its repair held back (a node-down grace of 1 h), right before the grace was set to 5 s.')
   console.log(out.join('\n'))
 } finally {
+  // the last round's host powers on again, so that the cluster's destroy reaches every host
+  if (dead !== undefined) {
+    try {
+      powerOn(dead)
+    } catch (e) {
+      console.error(`cannot power ${dead.name} on again: ${e instanceof Error ? e.message : String(e)}`)
+    }
+  }
   if (clusterUp) spawnSync(process.execPath, [tess, 'cluster', 'destroy', '--cluster', clusterName, '--yes'], { env, stdio: 'inherit' })
   if (hostsUp) spawnSync('bash', [th, 'down', '--prefix', prefix], { stdio: 'inherit' })
   fs.rmSync(root, { recursive: true, force: true })
