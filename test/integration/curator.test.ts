@@ -231,6 +231,8 @@ describe('curator election and scans on a real etcd', () => {
       const st = await getJson<CuratorStatus>(etcd, keys.curatorStatus)
       return h.state === 'healthy' && h.disksOffline.length === 0 && st?.repairsDueAt.length === 0 ? true : undefined
     }, 10_000, 100)
+    // its events name it as the offline one did
+    await waitFor('the disk\'s online event', async () => ((await events.list({ limit: 10, kinds: ['disk-online'] })).some((e) => e.subject === 'n2:/srv/n2') ? true : undefined), 5_000, 100)
     // null lifts the repair's limit; the others stay
     expect(await updateSettings(etcd, parseSettingsPatch({ repairBytesPerSec: null }))).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })
     expect(await readSettings(etcd)).toEqual({ nodeDownGraceMs: 30_000, repairBytesPerSec: null, scrubBytesPerSec: 8 * MiB })

@@ -7,6 +7,11 @@ import { parseDuration } from '../../lib/units.js'
 
 /** how often --watch asks for new events */
 export const eventsPollIntervalMs = 1000
+/**
+ * --watch asks again from this long before the newest event it printed: an event another node
+ * stamped a moment earlier may reach etcd a moment later (each is printed once all the same)
+ */
+export const eventsLateMs = 10_000
 /** the most events one request answers (the API's bound) */
 const eventsPageMax = 1000
 
@@ -28,7 +33,7 @@ export default class Events extends TessCommand<EventInfo[]> {
   static override summary = 'Show what happened in the cluster: nodes and disks lost and back, repairs, failovers, container exits, changes'
   static override description = `Events are recorded by every node and kept in etcd (the newest 10000), so any node shows the whole cluster's, oldest first. Kinds: node-down, node-up, disk-offline, disk-online (seen by the curator master), repair-started, repair-finished, repair-failed, failover, scrub (bad copies found), container-exited, container-oom, container-restarted (seen by the container's node within a few seconds), and change: a change made through the API, who did what (shown to admins only, as in tess audit list).
 
---watch keeps printing new events as they are recorded until Ctrl-C. With --json the result is an array; with --json and --watch, one JSON object per line, as each event comes.`
+--watch keeps printing new events as they are recorded until Ctrl-C, each once (it asks again from 10 s before the newest it printed, so an event another node stamped a moment earlier but stored a moment later is not missed). With --json the result is an array; with --json and --watch, one JSON object per line, as each event comes.`
   static override examples = [
     '<%= config.bin %> <%= command.id %>',
     '<%= config.bin %> <%= command.id %> --since 1h --kind node-down --kind failover',
@@ -57,16 +62,21 @@ export default class Events extends TessCommand<EventInfo[]> {
     this.streamed = true
     const loop = untilInterrupted()
     try {
-      let last = first.at(-1)?.id
+      // the ids printed in the last eventsLateMs before the newest one (what a later ask returns again)
+      let printed = new Map(first.map((e) => [e.id, e.at]))
+      let newest = first.at(-1)?.at ?? startedAt
       this.print(first)
       while (!loop.stopped) {
         await loop.pause(eventsPollIntervalMs)
         if (loop.stopped) break
-        // after the last one printed; without one yet, what comes from now on
-        const fresh = await api.get<EventInfo[]>(query(last !== undefined ? { after: last } : { since: startedAt }, eventsPageMax))
+        const since = new Date(Date.parse(newest) - eventsLateMs).toISOString()
+        const fresh = (await api.get<EventInfo[]>(query({ since }, eventsPageMax))).filter((e) => !printed.has(e.id))
         if (fresh.length === 0) continue
-        last = fresh.at(-1)!.id
         this.print(fresh)
+        for (const e of fresh) printed.set(e.id, e.at)
+        newest = [newest, ...fresh.map((e) => e.at)].sort().at(-1)!
+        const keep = new Date(Date.parse(newest) - eventsLateMs).toISOString()
+        printed = new Map([...printed].filter(([, at]) => at >= keep))
       }
     } finally {
       loop.end()

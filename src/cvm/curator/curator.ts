@@ -124,6 +124,8 @@ export class Curator {
   private readonly downSince = new Map<string, number>()
   /** ... and each disk offline (on a node that is up) */
   private readonly diskDownSince = new Map<string, number>()
+  /** `node:path` of the disks seen offline (the subject of their events, also once they are back) */
+  private readonly diskNames = new Map<string, string>()
   /** the nodes (and which are up) as the view showed them at the last check */
   private lastSeen = ''
   private status: CuratorStatus | undefined
@@ -408,10 +410,14 @@ export class Curator {
       if (up.has(n)) this.event({ kind: 'node-up', severity: 'info', subject: n, message: `node ${n} is up again` })
     }
     for (const [d, rec] of offlineDisks) {
+      this.diskNames.set(d, `${rec.node}:${rec.path}`)
       if (!this.diskDownSince.has(d)) this.event({ kind: 'disk-offline', severity: 'warning', subject: `${rec.node}:${rec.path}`, message: `disk ${rec.path} of node ${rec.node} is offline; its replicas are copied elsewhere after ${grace} unless it comes back` })
     }
     for (const d of this.diskDownSince.keys()) {
-      if (!offlineDisks.has(d)) this.event({ kind: 'disk-online', severity: 'info', subject: d, message: `disk ${d} is online again (or was removed)` })
+      if (offlineDisks.has(d)) continue
+      const name = this.diskNames.get(d) ?? d
+      this.diskNames.delete(d)
+      this.event({ kind: 'disk-online', severity: 'info', subject: name, message: `disk ${name} is online again (or was removed)` })
     }
   }
 
