@@ -66,8 +66,9 @@ try {
   run(['cluster', 'create', '--name', clusterName, '--hosts', info.hosts.map((h) => h.address).join(','), '--ssh-key', info.keyFile, '--known-hosts', info.knownHostsFile])
   run(['cluster', 'update', '--node-down-grace', '5s'])
   // while the foreground job runs, the health is read through the API from this process: a CLI
-  // process per poll (a Node start, about 0.3 s of CPU) would take a core from the job it measures
-  const api = await apiClient(path.join(root, 'config'), clusterName)
+  // process per poll (a Node start, about 0.3 s of CPU) would take a core from the job it measures;
+  // through host 2's API, not host 1's (whose CVM serves the foreground job and runs the repair)
+  const api = await apiClient(path.join(root, 'config'), clusterName, info.hosts[1].address)
   const quietHealth = () => api.get('/v1/cluster/health')
   const inHost1 = ['bash', th, 'exec', info.hosts[0].name]
   const nbd = (name) => [`--ioengine=nbd`, `--uri=nbd+unix:///${name}?socket=/var/lib/tess/run/nbd.sock`]

@@ -479,7 +479,11 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     // bounded: the owner's lease TTL (10 s) plus the forwarder's retry, well under its 18 s limit
     console.log(`owner failover: a new connection read the data ${Date.now() - t0} ms after the first try`)
     expect(Date.now() - t0).toBeLessThan(60_000)
-    expect((await tess(['vdisk', 'show', 'orphan', '--json'])).json.owner).toBe(th.hosts[0]!.name)
+    // the dead host's ownership is gone: host 1 took the vDisk for the read, or the curator master
+    // took it for its repair of what host 3 held (after the 5 s grace) and hands it back once no
+    // client uses it, which may be before this reads the owner (then nobody owns it)
+    const ownerNow = (await tess(['vdisk', 'show', 'orphan', '--json'])).json.owner as string | null
+    expect(ownerNow, `owner of orphan: ${ownerNow}`).not.toBe(th.hosts[2]!.name)
 
     const st = await waitFor('host 3 shown down', async () => {
       const s = await tess(['cluster', 'status', '--json'])
