@@ -1,11 +1,13 @@
 import https from 'node:https'
 import { TessError, errorMessage } from './errors.js'
 import { jsonAnswer } from './jsonhttp.js'
-import { apiClientTimeoutMs } from './limits.js'
+import { apiClientTimeoutMs, apiConnectTimeoutMs } from './limits.js'
 import type { ClusterContext } from './contexts.js'
 
 /** How long to keep retrying a refused connection (a CVM being restarted by its supervisor). */
 const connectRetryMs = 15_000
+/** the error code of an endpoint whose TLS handshake did not complete within apiConnectTimeoutMs */
+const notConnected = 'ETESSNOTCONNECTED'
 
 export interface RequestOptions {
   /** keep retrying connection refusals for this long (default connectRetryMs) */
@@ -48,8 +50,8 @@ export class ApiClient {
           if (e instanceof TessError) throw e
           lastErr = e
           const code = (e as NodeJS.ErrnoException).code
-          // Only a refused connection is safe to retry for any method: nothing was sent.
-          if (code !== 'ECONNREFUSED' && code !== 'EHOSTUNREACH' && code !== 'ENETUNREACH') {
+          // Only a connection that was refused or never made is safe to retry for any method: nothing was sent.
+          if (code !== 'ECONNREFUSED' && code !== 'EHOSTUNREACH' && code !== 'ENETUNREACH' && code !== notConnected) {
             throw this.unreachable(endpoint, e)
           }
         }
@@ -98,6 +100,13 @@ export class ApiClient {
         })
       })
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
+      // a handshake that does not complete in time: the request was never sent (the next endpoint may answer)
+      let connected = false
+      const connectTimer = setTimeout(() => {
+        if (!connected) req.destroy(Object.assign(new Error(`no TLS connection within ${apiConnectTimeoutMs / 1000} s`), { code: notConnected }))
+      }, Math.min(apiConnectTimeoutMs, timeoutMs))
+      req.on('socket', (s) => s.once('secureConnect', () => { connected = true }))
+      req.on('close', () => clearTimeout(connectTimer))
       req.on('error', reject)
       req.end(data)
     })

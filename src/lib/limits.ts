@@ -71,6 +71,12 @@ export const apiPortDefault = 9440
 export const apiBodyMaxBytes = 1024 * 1024
 export const apiRequestTimeoutMs = 30_000
 export const apiClientTimeoutMs = 30_000
+/**
+ * the API client gives an endpoint this long to complete its TLS handshake; past it nothing was
+ * sent, so the next endpoint (another CVM) is tried: a node whose link is down answers nothing,
+ * not even a refusal
+ */
+export const apiConnectTimeoutMs = 10_000
 /** how long an etcd membership change (host add or remove) waits for etcd to accept one (its leader in touch with every member for a few seconds) */
 export const etcdReconfigWaitMs = 30_000
 /** the API client's timeout for a call that may wait that long */
