@@ -199,7 +199,10 @@ export class Containers {
         try {
           await this.ctx.call(r.node, 'container.remove', { csm: r.csm, id: r.id, force }, csmCallTimeoutMs)
         } catch (e) {
-          if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) throw e
+          // --force: a node that is lost but not yet seen down (its status not expired) is passed
+          // over like a node that is down; it removes the container when it is back
+          const lost = isTessError(e) && (e.code === 'TESS_E_UNREACHABLE' || e.code === 'TESS_E_TIMEOUT')
+          if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND') && !(force && lost)) throw e
         }
       } else if (!force) {
         throw new TessError('TESS_E_UNREACHABLE', `cannot remove container "${name}": node ${r.node} is down`, 'remove it with --force: its record goes now, and the node removes the container when it is back')
