@@ -148,7 +148,6 @@ export async function listJson<T>(etcd: Etcd3, prefix: string): Promise<T[]> {
   return Object.keys(all).sort().map((k) => JSON.parse(all[k] as string) as T)
 }
 
-/** Wrap etcd failures as TESS_E_UNREACHABLE with the action named. */
 /**
  * An etcd failure that passes by itself: no leader for a moment (a member was lost or came back),
  * a member that did not answer in time, or etcd3's circuit breaker resting a member that did not.
@@ -187,6 +186,7 @@ export async function trimOldest(etcd: Etcd3, prefix: string, keep: number): Pro
   await etcd.delete().range(new Range(prefix, `${ks[extra - 1]!}\0`))
 }
 
+/** Wrap etcd failures as TESS_E_UNREACHABLE with the action named. */
 export async function etcdCall<T>(action: string, fn: () => PromiseLike<T>): Promise<T> {
   try {
     return await fn()
