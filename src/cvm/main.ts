@@ -37,7 +37,7 @@ import { NbdTrust } from './nbd/trust.js'
 import { EtcdViewFollower, PlacementView, readViewRecords } from './vdisk/placement.js'
 import { VdiskService } from './vdisk/service.js'
 import { Curator, ownerOrSelf } from './curator/curator.js'
-import { curatorRepairCallTimeoutMs, gcCallTimeoutMs, scrubCallTimeoutMs } from '../lib/limits.js'
+import { curatorRepairCallTimeoutMs, gcCallTimeoutMs, scrubCallTimeoutMs, vdiskSnapshotCallMs } from '../lib/limits.js'
 import { readSettings, updateSettings } from './curator/settings.js'
 import { argValue } from '../lib/process.js'
 
@@ -202,6 +202,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     'vdisk.release': async ({ name }) => engine.releaseIfIdle(name),
     'vdisk.clients': async ({ name }) => ({ connections: engine.connections(name) }),
     'vdisk.deleted': async ({ id }) => ({ shut: await engine.shutDeleted(id) }),
+    'vdisk.snapshot': async ({ id, name, op }) => engine.snapshotHere(id, name, op),
     'vdisk.repair': async ({ id, down, bytesPerSec, lostDisks }) => engine.repair(id, down, bytesPerSec, lostDisks),
     'vdisk.move': async ({ id, moves, bytesPerSec }) => engine.move(id, moves, bytesPerSec),
     'vdisk.scrub': async ({ id, bytesPerSec }) => engine.scrub(id, bytesPerSec),
@@ -222,6 +223,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
   vdisks.others = { upNodes: parts.otherUpNodes, call }
   // the owner moves with the I/O: an idle owner elsewhere is asked to hand a vDisk over
   engine.requestRelease = async (owner, name) => (await call(owner, 'vdisk.release', { name }, 10_000)).released
+  engine.snapshotOnOwner = async (owner, req) => call(owner, 'vdisk.snapshot', req, vdiskSnapshotCallMs)
   const containers = containerControl({
     etcd, self: cfg.nodeName, call, log, secretsKey: readSecretsKey(paths.secretsKey),
     vdisks: {

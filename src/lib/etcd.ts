@@ -21,6 +21,15 @@ export const keys = {
   /** block map of one vDisk: one key per allocated vBlock */
   vdiskMapPrefix: (id: string) => `/tess/vdisk-map/${id}/`,
   vdiskMap: (id: string, vblock: number) => `/tess/vdisk-map/${id}/${vblock.toString(16).padStart(12, '0')}`,
+  /** history entries of one vDisk (extents only its snapshots see): `<vblock>/<epoch written>` */
+  vdiskHistPrefix: (id: string) => `/tess/vdisk-hist/${id}/`,
+  vdiskHist: (id: string, vblock: number, epoch: number) => `/tess/vdisk-hist/${id}/${vblock.toString(16).padStart(12, '0')}/${epoch.toString(16).padStart(8, '0')}`,
+  /** snapshots of one vDisk, by name */
+  vdiskSnapshotsPrefix: (id: string) => `/tess/vdisk-snapshots/${id}/`,
+  vdiskSnapshot: (id: string, name: string) => `/tess/vdisk-snapshots/${id}/${name}`,
+  allSnapshotsPrefix: '/tess/vdisk-snapshots/',
+  /** the epoch a vDisk's writes go into (history.ts): never goes back, so a deleted snapshot's epoch is never reused */
+  vdiskEpoch: (id: string) => `/tess/vdisk-epochs/${id}`,
   /** extent groups of one vDisk: `/tess/egroups/<vdiskId>/<egroupId>` */
   egroup: (vdiskId: string, id: string) => `/tess/egroups/${vdiskId}/${id}`,
   egroupsOf: (vdiskId: string) => `/tess/egroups/${vdiskId}/`,

@@ -250,3 +250,8 @@ export const usernsHostIdBase = 100_000
 export const usernsIdsCount = 65_536
 /** how long making the short-lived namespace that carries the id mapping may take */
 export const usernsSetupTimeoutMs = 5_000
+
+/** how long a node waits for the owner of a vDisk to take or delete a snapshot (a flush; a delete frees the extents only that snapshot kept) */
+export const vdiskSnapshotCallMs = 120_000
+/** history entries a snapshot's delete drops at once (their etcd deletes go out in batches) */
+export const historyPruneBatch = 64

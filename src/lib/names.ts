@@ -9,3 +9,12 @@ export function checkName(kind: string, name: string): string {
   }
   return name
 }
+
+/** An NBD export name: a vDisk's name, or VDISK@SNAPSHOT for one of its snapshots. */
+export function checkExportName(name: string): string {
+  const [vdisk, snapshot, ...rest] = name.split('@')
+  if (rest.length > 0) throw new TessError('TESS_E_INVALID', `invalid export name "${name}"`, 'an export is VDISK or VDISK@SNAPSHOT')
+  checkName('vDisk', vdisk!)
+  if (snapshot !== undefined) checkName('snapshot', snapshot)
+  return name
+}

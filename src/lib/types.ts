@@ -70,6 +70,31 @@ export interface VdiskInfo {
   locked: boolean
 }
 
+/** a snapshot as stored (etcd value of keys.vdiskSnapshot) */
+export interface SnapshotRecord {
+  name: string
+  /** the epoch it froze (history.ts) */
+  epoch: number
+  createdAt: string
+  /** in the answer to a restore: the vBlocks whose extent changed */
+  changedExtents?: number
+}
+
+/** what a vDisk's owner does with a snapshot (node operation vdisk.snapshot) */
+export type SnapshotOp = 'create' | 'delete' | 'restore'
+
+/** a snapshot of a vDisk (read-only, readable over NBD as the export VDISK@SNAPSHOT) */
+export interface SnapshotInfo {
+  vdisk: string
+  name: string
+  createdAt: string
+  /** the epoch it froze: a later snapshot of the same vDisk has a larger one */
+  epoch: number
+  nbdUri: string
+  /** after a restore: the 1 MiB extents that changed */
+  changedExtents?: number
+}
+
 export interface ClusterStatus {
   name: string
   id: string

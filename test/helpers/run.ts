@@ -49,3 +49,37 @@ export function qemuImgFromNbdTls(creds: string, host: string, port: number, exp
   const t = qemuNbdTls(creds, host, port, exportName)
   return run('qemu-img', ['convert', '-O', 'raw', ...t.object, '--image-opts', t.image, file], { timeoutMs })
 }
+
+/**
+ * Run `fn` while an NBD client (libnbd's Python binding) holds a connection to `uri` (a URI with
+ * `tls-certificates` too: local files are allowed). `write`: it writes 1 MiB at offset 0 and
+ * flushes first. The client is gone when this returns.
+ */
+export async function holdingNbdClient(uri: string, fn: () => Promise<void>, opts: { write?: boolean, timeoutMs?: number } = {}): Promise<void> {
+  const script = [
+    'import nbd, sys',
+    'h = nbd.NBD()',
+    'h.set_uri_allow_local_file(True)', // the URI may name the client certificate directory
+    'h.connect_uri(sys.argv[1])',
+    ...(opts.write === true ? ['h.pwrite(b"x" * 1048576, 0)', 'h.flush()'] : []),
+    'print("ready", flush=True)',
+    'sys.stdin.read()',
+  ].join('\n')
+  const child = spawn('/usr/bin/python3', ['-c', script, uri], { stdio: ['pipe', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d) => { out += d })
+  child.stderr.on('data', (d) => { err += d })
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()))
+  try {
+    const deadline = Date.now() + (opts.timeoutMs ?? 60_000)
+    while (!out.includes('ready')) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the NBD client did not connect to ${uri}: ${err}`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    await fn()
+  } finally {
+    child.stdin.end()
+    await exited
+  }
+}

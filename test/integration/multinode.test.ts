@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -7,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { TessError } from '../../src/lib/errors.js'
 import { jsonRequest } from '../../src/lib/jsonhttp.js'
 import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
-import { qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
+import { holdingNbdClient, qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
 import { createTestHosts, nbdBurstInHost, type TestHosts } from '../helpers/testhosts.js'
 
 const MiB = 1024 * 1024
@@ -219,28 +218,47 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     for (const l of logs) expect(l).not.toMatch(/no bulk connection|checksum mismatch/)
   })
 
+  it('snapshots of an RF 2 vDisk owned by host 1: taken through host 2, read through hosts 2 and 3 (forwarded to the owner), deleted through host 3', async () => {
+    expect((await tess(['vdisk', 'create', 'snapped', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    const first = path.join(root, 'snap-first.bin')
+    fs.writeFileSync(first, crypto.randomBytes(32 * MiB))
+    expect((await run('nbdcopy', ['--flush', first, uri(0, 'snapped')], { timeoutMs: 120_000 })).code).toBe(0)
+    expect((await tess(['vdisk', 'show', 'snapped', '--json'])).json.owner).toBe(th.hosts[0]!.name)
+    // the API of hosts 2 and 3 with an operator's token: the snapshot is made by the owner (host 1)
+    const made = await tess(['user', 'create', 'snapper', '--role', 'operator', '--json'])
+    expect(made.code, made.stdout + made.stderr).toBe(0)
+    const ca = Buffer.from((await th.exec(th.hosts[0]!, ['cat', '/var/lib/tess/pki/ca.crt'])).stdout)
+    const apiPort = (JSON.parse((await th.exec(th.hosts[0]!, ['cat', '/var/lib/tess/node.json'])).stdout) as { api: { port: number } }).api.port
+    const at = (i: number) => ({ endpoint: `https://${addr(i)}:${apiPort}`, ca, token: made.json.token as string, what: `host ${i + 1}` })
+    await waitFor('host 2 to know user snapper', async () => jsonRequest(at(1), 'GET', '/v1/vdisks', undefined, 10_000).then(() => true, () => undefined), 15_000, 200)
+    const snap = await jsonRequest<{ name: string, nbdUri: string }>(at(1), 'POST', '/v1/vdisks/snapped/snapshots', { name: 's1' }, 60_000)
+    expect(snap.name).toBe('s1')
+    // new data through host 2 (forwarded to the owner), copy-on-write on host 1
+    const second = path.join(root, 'snap-second.bin')
+    fs.writeFileSync(second, crypto.randomBytes(8 * MiB))
+    expect((await run('nbdcopy', ['--flush', second, uri(1, 'snapped')], { timeoutMs: 120_000 })).code).toBe(0)
+    const now = Buffer.from(fs.readFileSync(first))
+    fs.readFileSync(second).copy(now, 0)
+    for (const [i, name, want] of [[1, 'snapped@s1', fs.readFileSync(first)], [2, 'snapped@s1', fs.readFileSync(first)], [0, 'snapped', now]] as const) {
+      const out = path.join(root, 'snap-out.bin')
+      const r = await run('nbdcopy', [uri(i, name), out], { timeoutMs: 120_000 })
+      expect(r.code, r.code === 0 ? '' : r.stderr + await cvmLog(i)).toBe(0)
+      expect(fs.readFileSync(out).subarray(0, 32 * MiB).equals(want), `${name} through host ${i + 1}`).toBe(true)
+      fs.rmSync(out)
+    }
+    await jsonRequest(at(2), 'DELETE', '/v1/vdisks/snapped/snapshots/s1', undefined, 60_000)
+    expect((await tess(['vdisk', 'snapshot', 'list', 'snapped', '--json'])).json).toEqual([])
+    expect((await run('nbdinfo', [uri(0, 'snapped@s1')])).code).not.toBe(0)
+    expect((await tess(['vdisk', 'delete', 'snapped', '--yes', '--json'])).code).toBe(0)
+    expect((await tess(['user', 'delete', 'snapper', '--yes', '--json'])).code).toBe(0)
+    fs.rmSync(first)
+    fs.rmSync(second)
+  })
+
   it('refuses to delete a vDisk through host 1 while an NBD client is connected through host 2; deletes it once the client is gone', async () => {
     expect((await tess(['vdisk', 'create', 'held', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
-    const script = [
-      'import nbd, sys',
-      'h = nbd.NBD()',
-      'h.set_uri_allow_local_file(True)', // the URI names the client certificate directory
-      'h.connect_uri(sys.argv[1])',
-      'h.pwrite(b"x" * 1048576, 0)',
-      'h.flush()',
-      'print("ready", flush=True)',
-      'sys.stdin.read()',
-    ].join('\n')
-    const child = spawn('/usr/bin/python3', ['-c', script, uri(1, 'held')], { stdio: ['pipe', 'pipe', 'pipe'] })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d) => { out += d })
-    child.stderr.on('data', (d) => { err += d })
-    const exited = new Promise<void>((resolve) => child.on('close', () => resolve()))
-    try {
-      await waitFor('the client connected through host 2', () => (out.includes('ready') ? true : undefined), 60_000, 20).catch((e: unknown) => {
-        throw new Error(`${String(e)}: ${err}`)
-      })
+    // a client that wrote and flushed through host 2 holds its connection meanwhile
+    await holdingNbdClient(uri(1, 'held'), async () => {
       const d = await tess(['vdisk', 'delete', 'held', '--yes', '--json'])
       expect(d.code, d.stdout + d.stderr).toBe(4)
       expect(d.json.error.code).toBe('TESS_E_CONFLICT')
@@ -250,10 +268,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       expect(dry.code, dry.stdout + dry.stderr).toBe(4)
       expect(dry.json.error.message).toContain(`through node ${th.hosts[1]!.name}`)
       expect((await tess(['vdisk', 'show', 'held', '--json'])).code).toBe(0)
-    } finally {
-      child.stdin.end()
-      await exited
-    }
+    }, { write: true })
     // the client is gone: the delete goes through (its disconnect is seen by host 2 at once or soon after)
     await waitFor('the delete once the client left', async () => ((await tess(['vdisk', 'delete', 'held', '--yes', '--json'])).code === 0 ? true : undefined), 30_000, 500)
     expect((await tess(['vdisk', 'show', 'held', '--json'])).code).toBe(3)

@@ -264,7 +264,7 @@ export class SimCluster {
         const env = this.ownerEnv(node, proc, value, view)
         const { map, egroups } = await loadLayout(env, this.rec, egRecs, entries)
         const mapWriter = new MapWriter(this.etcd.client(proc), keys.vdiskOwner(this.rec.id), () => value)
-        const vdisk = new Vdisk(this.rec.id, this.rec.name, this.rec.sizeBytes, map, egroups, vdiskBackend(env, this.rec, mapWriter, (vb) => keys.vdiskMap(this.rec.id, vb)))
+        const vdisk = new Vdisk(this.rec.id, this.rec.name, this.rec.sizeBytes, map, egroups, vdiskBackend(env, this.rec, mapWriter, (vb) => keys.vdiskMap(this.rec.id, vb), (vb, e) => keys.vdiskHist(this.rec.id, vb, e)))
         log.info(`vDisk ${this.rec.name} loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)`)
         this.owner = { node: nodeName, proc, value, view, vdisk }
         return this.owner

@@ -117,7 +117,7 @@ describe('replacing failed replicas', () => {
     const eg = egroup(['r1', 'r2', 'r3'].map((n) => replicas.get(n)!), [0, 1])
     const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
     const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }], [1, { egroupId: '1', slot: 1 }]]), new Map([['1', eg]]),
-      vdiskBackend(e, rec, mapWriter, (vb) => `map/${vb}`))
+      vdiskBackend(e, rec, mapWriter, (vb) => `map/${vb}`, (vb, e) => `hist/${vb}/${e}`))
     await Promise.all([v.write(0, Buffer.alloc(4096, 0xaa), false), v.write(MiB, Buffer.alloc(4096, 0xbb), false)])
     // both writes were acknowledged: every replica of the group holds both
     expect(eg.replicas.length).toBe(3)
@@ -135,7 +135,7 @@ describe('replacing failed replicas', () => {
     const eg = egroup([replicas.get('n1')!, replicas.get('n2')!], [0])
     const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
     const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]),
-      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`, (vb, e) => `hist/${vb}/${e}`))
     await v.write(0, Buffer.alloc(4096, 0xcc), false)
     expect(eg.replicas.map((r) => r.node)).toEqual(['n1'])
     expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1'])
@@ -146,7 +146,7 @@ describe('replacing failed replicas', () => {
     const { env: e2, records: r2 } = env(['n1', 'n3'], replicas)
     r2.set('1', records.get('1')!)
     const v2 = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]),
-      vdiskBackend(e2, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+      vdiskBackend(e2, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`, (vb, e) => `hist/${vb}/${e}`))
     expect(await v2.repair(new Set())).toEqual({ egroups: 1, bytes: MiB })
     expect(eg.replicas.map((r) => r.node).sort()).toEqual(['n1', 'n3'])
     expect(r2.get('1')!.replicas.map((r) => r.node).sort()).toEqual(['n1', 'n3'])
@@ -163,7 +163,7 @@ describe('replacing failed replicas', () => {
     const eg = egroup(['n1', 'n2', 'n3'].map((n) => replicas.get(n)!), [0])
     const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
     const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 0 }]]), new Map([['1', eg]]),
-      vdiskBackend(e, rec, mapWriter, (vb) => `map/${vb}`))
+      vdiskBackend(e, rec, mapWriter, (vb) => `map/${vb}`, (vb, e) => `hist/${vb}/${e}`))
     await expect(v.write(0, Buffer.alloc(4096, 1), false)).rejects.toThrow()
     expect(records.get('1')!.replicas.length).toBe(3)
   })
@@ -177,7 +177,7 @@ describe('replacing failed replicas', () => {
     const eg = egroup([replicas.get('n1')!, replicas.get('n2')!], [3])
     const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
     const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 3 }]]), new Map([['1', eg]]),
-      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`, (vb, e) => `hist/${vb}/${e}`))
     // n2 down and no third node: the repair fails (and changes nothing) rather than dropping a copy
     await expect(v.repair(new Set(['n2']))).rejects.toThrow(/healthy node/)
     expect(records.get('1')!.replicas.map((r) => r.node)).toEqual(['n1', 'n2'])
@@ -185,7 +185,7 @@ describe('replacing failed replicas', () => {
     const { env: e2, records: r2 } = env(['n1', 'n2', 'n3'], replicas)
     r2.set('1', records.get('1')!)
     const v2 = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 3 }]]), new Map([['1', eg]]),
-      vdiskBackend(e2, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+      vdiskBackend(e2, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`, (vb, e) => `hist/${vb}/${e}`))
     expect(await v2.repair(new Set(['n2']))).toEqual({ egroups: 1, bytes: MiB })
     expect(r2.get('1')!.replicas.map((r) => r.node)).toEqual(['n1', 'n3'])
     expect(r2.get('1')!.stale?.map((r) => r.node)).toEqual(['n2'])
@@ -201,7 +201,7 @@ describe('replacing failed replicas', () => {
     const eg = egroup([replicas.get('n1')!, replicas.get('n2')!], [1])
     const mapWriter = { put: async () => undefined, delete: async () => undefined } as unknown as MapWriter
     const v = new Vdisk('7', 'v', 4 * MiB, new Map([[0, { egroupId: '1', slot: 1 }]]), new Map([['1', eg]]),
-      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`))
+      vdiskBackend(e, { ...rec, rf: 2 }, mapWriter, (vb) => `map/${vb}`, (vb, e) => `hist/${vb}/${e}`))
     // another disk of n1 is lost: nothing here is on it
     expect(await v.repair(new Set(), undefined, new Set(['n1-other']))).toEqual({ egroups: 0, bytes: 0 })
     // n1's disk is lost (n1 is up): the copy comes from n2 and goes to n3, the lost one is recorded stale

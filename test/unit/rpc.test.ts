@@ -134,7 +134,8 @@ const { agent, seen } = fakeAgent(csm, state)
 const unlocked: string[] = []
 const keeper = { unlock: async (k: Buffer) => { unlocked.push(k.toString('base64')) }, current: Buffer.alloc(32, 7) } as unknown as KeyKeeper
 const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keeper), 'vdisk.release': async ({ name }) => ({ released: name === 'idle' }),
-  'vdisk.clients': async ({ name }) => ({ connections: name === 'busy' ? 2 : 0 }),
+  'vdisk.clients': async ({ name }) => ({ connections: name === 'busy' ? 2 : name === 'busy@s1' ? 1 : 0 }),
+  'vdisk.snapshot': async ({ id, name, op }) => ({ name, epoch: op === 'create' ? Number(id) : -1, createdAt: '2026-12-07T00:00:00.000Z' }),
   'vdisk.deleted': async ({ id }) => ({ shut: id === '7' }),
   'vdisk.repair': async ({ id, down }) => ({ egroups: down.length, bytes: Number(id) }),
   'vdisk.scrub': async ({ id, bytesPerSec }) => ({ extents: Number(id), bytesChecked: bytesPerSec, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }),
@@ -189,6 +190,8 @@ describe('node operations over the real route', () => {
     expect((await call('n2', 'image.remove', { ref: 'x:old' })).removed).toBe(true)
     expect((await call('n2', 'vdisk.release', { name: 'idle' })).released).toBe(true)
     expect((await call('n2', 'vdisk.clients', { name: 'busy' })).connections).toBe(2)
+    expect((await call('n2', 'vdisk.clients', { name: 'busy@s1' })).connections).toBe(1)
+    expect((await call('n2', 'vdisk.snapshot', { id: '5', name: 's1', op: 'create' })).epoch).toBe(5)
     expect((await call('n2', 'vdisk.deleted', { id: '7' })).shut).toBe(true)
     expect(await call('n2', 'vdisk.repair', { id: '9', down: ['n3', 'n4'] })).toEqual({ egroups: 2, bytes: 9 })
     expect((await call('n2', 'vdisk.scrub', { id: '4', bytesPerSec: 2 ** 20 })).bytesChecked).toBe(2 ** 20)
@@ -221,6 +224,11 @@ describe('node operations over the real route', () => {
       ['image.pull', { ref: 'x'.repeat(5000) }, 'TESS_E_INVALID', /field "ref" is 5000 characters long/],
       ['vdisk.release', { name: 'A B' }, 'TESS_E_INVALID', /invalid vDisk name/],
       ['vdisk.clients', { name: '../x' }, 'TESS_E_INVALID', /invalid vDisk name/],
+      ['vdisk.clients', { name: 'x@../s' }, 'TESS_E_INVALID', /invalid snapshot name/],
+      ['vdisk.clients', { name: 'x@s@t' }, 'TESS_E_INVALID', /invalid export name/],
+      ['vdisk.snapshot', { id: '3', name: 'S!', op: 'create' }, 'TESS_E_INVALID', /invalid snapshot name/],
+      ['vdisk.snapshot', { id: '3', name: 's1', op: 'rollback' }, 'TESS_E_INVALID', /not one of create, delete, restore/],
+      ['vdisk.snapshot', { id: '../3', name: 's1', op: 'create' }, 'TESS_E_BAD_REQUEST', /bad vDisk id/],
       ['vdisk.deleted', { id: '1/../2' }, 'TESS_E_BAD_REQUEST', /bad vDisk id/],
       ['vdisk.deleted', { id: 7 }, 'TESS_E_BAD_REQUEST', /field "id" must be a string/],
       ['vdisk.repair', { id: '3', down: 'n3' }, 'TESS_E_BAD_REQUEST', /field "down" must be a list/],

@@ -320,4 +320,12 @@ function registerVdiskRoutes(api: ApiServer, s: RouteServices): void {
     return s.vdisks.resize(req.params.name!, int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!)
   }, 'operator')
   api.route('DELETE', '/v1/vdisks/:name', async (req) => s.vdisks.delete(req.params.name!, req.query.get('force') === 'true', req.query.get('dryRun') === 'true'), 'operator')
+  api.route('GET', '/v1/snapshots', async () => s.vdisks.snapshots())
+  api.route('GET', '/v1/vdisks/:name/snapshots', async (req) => s.vdisks.snapshots(req.params.name!))
+  api.route('POST', '/v1/vdisks/:name/snapshots', async (req) => s.vdisks.createSnapshot(req.params.name!, str(bodyObject(req.body), 'name')!), 'operator')
+  api.route('POST', '/v1/vdisks/:name/restore', async (req) => {
+    const b = bodyObject(req.body)
+    return s.vdisks.restoreSnapshot(req.params.name!, str(b, 'snapshot')!, bool(b, 'force'))
+  }, 'operator')
+  api.route('DELETE', '/v1/vdisks/:name/snapshots/:snapshot', async (req) => s.vdisks.deleteSnapshot(req.params.name!, req.params.snapshot!, req.query.get('force') === 'true'), 'operator')
 }

@@ -75,9 +75,13 @@ export function assessHealth(vdisks: VdiskRecord[], egroups: EgroupRecord[], l: 
 
 /** the number of extents each extent group holds, from every vDisk's block map */
 export async function extentsPerEgroupOf(etcd: Etcd3): Promise<Map<string, number>> {
-  const all = await etcdCall('read the block maps', () => etcd.getAll().prefix('/tess/vdisk-map/').strings())
+  const [all, hist] = await Promise.all([
+    etcdCall('read the block maps', () => etcd.getAll().prefix('/tess/vdisk-map/').strings()),
+    // extents only snapshots see (history.ts) are data to protect as much
+    etcdCall('read the snapshots\' extents', () => etcd.getAll().prefix('/tess/vdisk-hist/').strings()),
+  ])
   const n = new Map<string, number>()
-  for (const v of Object.values(all)) {
+  for (const v of [...Object.values(all), ...Object.values(hist)]) {
     const eg = (JSON.parse(v) as MapValue).eg
     n.set(eg, (n.get(eg) ?? 0) + 1)
   }

@@ -37,6 +37,8 @@ export interface BlockDevice {
   readonly name: string
   /** current size; may grow between connections (resize), never during one */
   readonly sizeBytes: number
+  /** advertised with NBD_FLAG_READ_ONLY; writes, trims and zeroings get EPERM without reaching the device */
+  readonly readOnly?: boolean
   read(offset: number, length: number): Promise<Buffer>
   /**
    * Optional: read into a buffer the server lends (out.length bytes at offset), so large replies

@@ -786,6 +786,9 @@ class Connection {
     if (req.type === NbdCmd.FLUSH) {
       return req.offset !== 0 || req.length !== 0 ? { errno: nbdErrno.EINVAL, message: 'flush with a nonzero offset or length' } : undefined
     }
+    if (this.device?.readOnly === true && (req.type === NbdCmd.WRITE || req.type === NbdCmd.TRIM || req.type === NbdCmd.WRITE_ZEROES)) {
+      return { errno: nbdErrno.EPERM, message: `${name} on a read-only export` }
+    }
     if (req.length === 0) return { errno: nbdErrno.EINVAL, message: `${name} of 0 bytes` }
     // the maximum block size does not bind TRIM (no payload, and the spec leaves it out)
     if (req.type !== NbdCmd.TRIM && req.length > blockSizeMaxBytes) {
@@ -863,7 +866,7 @@ class Connection {
     }
     if (device === undefined) return this.drop(`EXPORT_NAME "${name}": no such export`)
     if (this.dead) return device.close()
-    const flags = this.flagsFor()
+    const flags = this.flagsFor(device)
     const reply = Buffer.alloc(nbdExportNameReplyBytes + (this.noZeroes ? 0 : nbdExportNameZeroesBytes))
     writeU64(reply, device.sizeBytes, 0)
     reply.writeUInt16BE(flags, 8)
@@ -914,7 +917,7 @@ class Connection {
     if (device === undefined) return this.optionReplyError(code, NbdRep.ERR_UNKNOWN, `export "${name}" does not exist`)
     if (this.dead) return device.close()
 
-    const flags = this.flagsFor()
+    const flags = this.flagsFor(device)
     const exportInfo = Buffer.allocUnsafe(2 + 8 + 2)
     exportInfo.writeUInt16BE(NbdInfo.EXPORT, 0)
     writeU64(exportInfo, device.sizeBytes, 2)
@@ -1010,9 +1013,10 @@ class Connection {
     return fallback
   }
 
-  private flagsFor(): number {
+  private flagsFor(device: BlockDevice): number {
     return (
       transmissionFlagsBase |
+      (device.readOnly === true ? NbdFlag.READ_ONLY : 0) |
       (this.config.multiConn ? NbdFlag.CAN_MULTI_CONN : 0) |
       // every read is answered in one chunk, so DF costs nothing once chunks exist at all
       (this.structured ? NbdFlag.SEND_DF : 0)

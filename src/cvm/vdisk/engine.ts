@@ -1,11 +1,11 @@
 import crypto from 'node:crypto'
 import type { Etcd3, Lease } from 'etcd3'
 import { realClock, type Clock } from '../../lib/clock.js'
-import { errorMessage } from '../../lib/errors.js'
+import { TessError, errorMessage } from '../../lib/errors.js'
 import { IdAllocator, etcdCall, getJson, keepLeaseAlive, keys, listJson, retryTransientEtcd } from '../../lib/etcd.js'
 import { leaseRegrantIntervalMs, nbdOpenRetryMs, nodeHeartbeatTtlSec, repairBusyBytesPerSec, repairBusyCheckMs, repairBusyWindowMs } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
-import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, ReplicaMove, VdiskRecord } from '../../lib/types.js'
+import type { DiskRecord, GcFound, NodeRecord, NodeStatusRecord, ReplicaMove, SnapshotOp, SnapshotRecord, VdiskRecord } from '../../lib/types.js'
 import { DeviceError, nbdErrno, type BlockDevice, type ExportInfo, type ExportProvider } from '../nbd/device.js'
 import type { PeerPool } from '../replication/client.js'
 import { PeerError, ops } from '../replication/protocol.js'
@@ -16,6 +16,7 @@ import { BlockCipher, unwrapDataKey } from './crypt.js'
 import { EgroupFile } from './egroup.js'
 import { realFiles, type FileLayer } from './fileio.js'
 import { collectGarbage } from './gc.js'
+import { parseHistValue, SnapshotHistory, type HistEntry } from './history.js'
 import { MapWriter } from './mapwriter.js'
 import { loadLayout, vdiskBackend, type EgroupRecord, type MapValue, type OwnerEnv, type VdiskIdentity } from './owner.js'
 import { LocalReplica, RemoteReplica, type Replica } from './replica.js'
@@ -67,6 +68,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   connectionsOf: (name: string) => number = () => 0
   /** Ask the CVM of `owner` to hand a vDisk over if it is idle there (set by the CVM; FIG. 9B). */
   requestRelease: ((owner: string, name: string) => Promise<boolean>) | undefined
+  /** Ask the CVM of `owner` to take or delete a snapshot of a vDisk it owns (set by the CVM). */
+  snapshotOnOwner: ((owner: string, req: { id: string, name: string, op: SnapshotOp }) => Promise<SnapshotRecord>) | undefined
   /** when forwarded I/O for a vDisk (by id) was last served here */
   private readonly lastForwardedIo = new Map<string, number>()
   /** what loading, making and repairing extent groups (owner.ts) needs: etcd, the data port, the view */
@@ -187,8 +190,16 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   // ---- ExportProvider (NBD) ----
 
   async list(): Promise<ExportInfo[]> {
-    const recs = await listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix)
-    return recs.filter((r) => r.state === 'ready').map((r) => ({ name: r.name, description: `Tessera vDisk ${r.name} (id ${r.id}, RF ${r.rf})` }))
+    const [recs, snaps] = await Promise.all([listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix), this.etcd.getAll().prefix(keys.allSnapshotsPrefix).keys()])
+    const ready = recs.filter((r) => r.state === 'ready')
+    const byId = new Map(ready.map((r) => [r.id, r]))
+    const out = ready.map((r) => ({ name: r.name, description: `Tessera vDisk ${r.name} (id ${r.id}, RF ${r.rf})` }))
+    for (const k of snaps) {
+      const [id, snap] = k.slice(keys.allSnapshotsPrefix.length).split('/')
+      const r = byId.get(id ?? '')
+      if (r !== undefined && snap !== undefined) out.push({ name: `${r.name}@${snap}`, description: `Tessera snapshot ${snap} of vDisk ${r.name} (read-only)` })
+    }
+    return out
   }
 
   /**
@@ -213,6 +224,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   }
 
   private async openOnce(name: string): Promise<BlockDevice | undefined> {
+    if (name.includes('@')) return this.openSnapshot(name)
     const id = await this.etcd.get(keys.vdiskName(name)).string()
     if (id === null) return undefined
     const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
@@ -254,6 +266,30 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return new ForwardingDevice(rec, target.owner, this)
   }
 
+  /** The export `VDISK@SNAPSHOT`: read-only, served by the vDisk's owner (here, or forwarded to it). */
+  private async openSnapshot(exportName: string): Promise<BlockDevice | undefined> {
+    const [vdiskName, snap] = exportName.split('@') as [string, string]
+    const id = await this.etcd.get(keys.vdiskName(vdiskName)).string()
+    const rec = id === null ? undefined : await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+    if (!rec || rec.state !== 'ready') return undefined
+    if (await this.etcd.get(keys.vdiskSnapshot(rec.id, snap)).string() === null) return undefined
+    const t = await this.route(rec)
+    if (!t.local) return readOnly(new ForwardingDevice({ ...rec, name: exportName }, t.owner, this))
+    const v = t.vdisk
+    return readOnly({
+      name: exportName,
+      get sizeBytes() { return v.sizeBytes },
+      read: async (o, l) => {
+        const out = Buffer.allocUnsafe(l)
+        await v.readSnapshotInto(snap, o, out)
+        return out
+      },
+      readInto: (o, out) => v.readSnapshotInto(snap, o, out),
+      write: refuseWrite, flush: async () => undefined, trim: refuseWrite, writeZeroes: refuseWrite,
+      close: async () => undefined,
+    })
+  }
+
   private readonly idsByName = new Map<string, string>()
 
   private async loadedByName(name: string): Promise<Vdisk | undefined> {
@@ -276,7 +312,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     const ownerNode = cur?.split('/')[0]
     if (cur === null || ownerNode === this.opts.nodeName) {
       const v = await this.load(rec.id)
-      this.idsByName.set(rec.name, rec.id)
+      if (!rec.name.includes('@')) this.idsByName.set(rec.name, rec.id)
       return { local: true, vdisk: v }
     }
     return { local: false, owner: ownerNode! }
@@ -287,7 +323,9 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
    * `vdiskId` (sent by forwarders that know it): the vDisk the client opened; one of the same
    * name made after that one was deleted is not it.
    */
-  async io(name: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer, vdiskId?: string): Promise<Buffer | undefined> {
+  async io(exportName: string, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data: Buffer, vdiskId?: string): Promise<Buffer | undefined> {
+    // a snapshot's export, VDISK@SNAPSHOT: reads (and flushes, which have nothing to do) only
+    const [name, snap] = exportName.split('@') as [string, string | undefined]
     // Hot path: a vDisk loaded here is served without asking etcd.
     let v = await this.loadedByName(name)
     if (v !== undefined && vdiskId !== undefined && v.id !== vdiskId) v = undefined
@@ -301,6 +339,14 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     }
     this.lastForwardedIo.set(v.id, this.clock.now())
     if (offset + length > v.sizeBytes) throw new PeerError('errno', 'request past the end', nbdErrno.EINVAL)
+    if (snap !== undefined) {
+      if (op === 'flush') return undefined
+      if (op !== 'read') throw new PeerError('errno', `snapshot ${exportName} is read-only`, nbdErrno.EPERM)
+      if (!v.snapshots.has(snap)) throw new PeerError('errno', `snapshot ${exportName} does not exist`, nbdErrno.EINVAL)
+      const out = Buffer.allocUnsafe(length)
+      await v.readSnapshotInto(snap, offset, out)
+      return out
+    }
     switch (op) {
       case 'read': return v.read(offset, length)
       case 'write': await v.write(offset, data, flags.fua); return undefined
@@ -376,6 +422,9 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       }
     })))
     await etcdCall('delete the block map', () => this.etcd.delete().prefix(keys.vdiskMapPrefix(rec.id)))
+    await etcdCall('delete the snapshots', () => this.etcd.delete().prefix(keys.vdiskHistPrefix(rec.id)))
+    await etcdCall('delete the snapshots', () => this.etcd.delete().prefix(keys.vdiskSnapshotsPrefix(rec.id)))
+    await etcdCall('delete the snapshots', () => this.etcd.delete().key(keys.vdiskEpoch(rec.id)))
     await etcdCall('delete extent group records', () => this.etcd.delete().prefix(keys.egroupsOf(rec.id)))
     await etcdCall('delete the owner record', () => this.etcd.delete().key(keys.vdiskOwner(rec.id)))
   }
@@ -428,18 +477,108 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       throw new DeviceError(nbdErrno.EPERM, `vDisk ${rec.name} is encrypted and this CVM holds no cluster key: run tess cluster unlock`)
     }
     await this.acquireOwnership(rec)
-    const [egRecs, mapAll] = await Promise.all([
+    const [egRecs, mapAll, snapshots, history] = await Promise.all([
       listJson<EgroupRecord>(this.etcd, keys.egroupsOf(id)),
       this.etcd.getAll().prefix(keys.vdiskMapPrefix(id)).strings(),
+      listJson<SnapshotRecord>(this.etcd, keys.vdiskSnapshotsPrefix(id)),
+      this.loadHistory(id),
     ])
     const prefix = keys.vdiskMapPrefix(id)
     const entries = Object.entries(mapAll).map(([k, v]): [number, MapValue] => [parseInt(k.slice(prefix.length), 16), JSON.parse(v) as MapValue])
-    const { map, egroups } = await loadLayout(this.env, rec, egRecs, entries)
+    const epoch = Math.max(history.epoch, ...entries.map(([, mv]) => (mv.e ?? 0) + 1))
+    const hist = new SnapshotHistory(epoch, snapshots.map((sr) => sr.epoch), history.entries)
+    const { map, egroups } = await loadLayout(this.env, rec, egRecs, entries, hist.slotsInUse())
     const mapWriter = new MapWriter(this.etcd, keys.vdiskOwner(id), () => this.ownerValue)
     const cipher = rec.wrappedKey !== undefined ? new BlockCipher(unwrapDataKey(kek!, rec.wrappedKey, id)) : undefined
-    const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, vdiskBackend(this.env, rec, mapWriter, (vb) => keys.vdiskMap(id, vb), cipher), this.activity)
-    this.opts.log.info(`vDisk ${rec.name} (${id}) loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)`)
+    const backend = vdiskBackend(this.env, rec, mapWriter, (vb) => keys.vdiskMap(id, vb), (vb, e) => keys.vdiskHist(id, vb, e), cipher)
+    const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, backend, this.activity, hist, new Map(snapshots.map((sr) => [sr.name, sr.epoch])))
+    // history entries no snapshot sees (a crash during a snapshot's delete): their extents go
+    const pruned = await v.pruneHistory()
+    this.opts.log.info(`vDisk ${rec.name} (${id}) loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)` +
+      `${snapshots.length > 0 ? `, ${snapshots.length} snapshot(s) keeping ${[...hist.entries.values()].reduce((a, l) => a + l.length, 0)} more` : ''}` +
+      `${pruned.extentsFreed > 0 ? `; freed ${pruned.extentsFreed} extent(s) no snapshot sees` : ''}`)
     return v
+  }
+
+  /** a vDisk's history entries and the epoch its writes go into, as stored */
+  private async loadHistory(id: string): Promise<{ epoch: number, entries: Array<[number, HistEntry]> }> {
+    const [raw, epoch] = await Promise.all([
+      this.etcd.getAll().prefix(keys.vdiskHistPrefix(id)).strings(),
+      this.etcd.get(keys.vdiskEpoch(id)).string(),
+    ])
+    const prefix = keys.vdiskHistPrefix(id)
+    const entries = Object.entries(raw).map(([k, v]): [number, HistEntry] => [parseInt(k.slice(prefix.length).split('/')[0]!, 16), parseHistValue(v)])
+    return { epoch: epoch === null ? 0 : Number(epoch), entries }
+  }
+
+  // ---- snapshots (history.ts): made and deleted by the vDisk's owner ----
+
+  /**
+   * Take a snapshot of a vDisk on its owner: here (loading it if no CVM owns it), or on the node
+   * that owns it. The record is written fenced on ownership, with the vDisk's next epoch.
+   */
+  async snapshotCreate(rec: VdiskRecord, name: string): Promise<SnapshotRecord> {
+    const t = await this.route(rec)
+    if (!t.local) return this.ownerCall(t.owner, rec, name, 'create')
+    const createdAt = new Date().toISOString()
+    const epoch = await t.vdisk.snapshot(name, async (e) => {
+      const snapKey = keys.vdiskSnapshot(rec.id, name)
+      const res = await etcdCall('record the snapshot', () => this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue).and(snapKey, 'Create', '==', 0)
+        .then(this.etcd.put(snapKey).value(JSON.stringify({ name, epoch: e, createdAt } satisfies SnapshotRecord)), this.etcd.put(keys.vdiskEpoch(rec.id)).value(String(e + 1)))
+        .commit())
+      if (!res.succeeded) {
+        if (await this.etcd.get(snapKey).string() !== null) throw new TessError('TESS_E_EXISTS', `vDisk "${rec.name}" has a snapshot "${name}"`, 'pick another name, or delete the old snapshot')
+        throw new TessError('TESS_E_CONFLICT', `vDisk "${rec.name}" moved to another owner while the snapshot was taken`, 'retry the command')
+      }
+    })
+    this.opts.log.info(`vDisk ${rec.name}: snapshot ${name} taken (epoch ${epoch})`)
+    return { name, epoch, createdAt }
+  }
+
+  /** Delete a snapshot on the vDisk's owner; the extents only it saw are freed. */
+  async snapshotDelete(rec: VdiskRecord, name: string): Promise<SnapshotRecord> {
+    const snapKey = keys.vdiskSnapshot(rec.id, name)
+    const sr = await this.snapshotRecord(rec, name)
+    const t = await this.route(rec)
+    if (!t.local) return this.ownerCall(t.owner, rec, name, 'delete')
+    const { extentsFreed } = await t.vdisk.deleteSnapshot(name, async () => {
+      const res = await etcdCall('delete the snapshot', () => this.etcd.if(keys.vdiskOwner(rec.id), 'Value', '==', this.ownerValue)
+        .then(this.etcd.delete().key(snapKey)).commit())
+      if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `vDisk "${rec.name}" moved to another owner while the snapshot was deleted`, 'retry the command')
+    })
+    this.opts.log.info(`vDisk ${rec.name}: snapshot ${name} deleted; ${extentsFreed} extent(s) freed`)
+    return sr
+  }
+
+  /** A snapshot asked of this node as the vDisk's owner (node operation vdisk.snapshot): never passed on again. */
+  async snapshotHere(id: string, name: string, op: SnapshotOp): Promise<SnapshotRecord> {
+    const rec = await getJson<VdiskRecord>(this.etcd, keys.vdisk(id))
+    if (!rec || rec.state !== 'ready') throw new TessError('TESS_E_NOT_FOUND', `vDisk ${id} does not exist`, 'see `tess vdisk list`')
+    const t = await this.route(rec)
+    if (!t.local) throw new TessError('TESS_E_CONFLICT', `vDisk "${rec.name}" is owned by node ${t.owner} now`, 'retry the command')
+    return op === 'create' ? this.snapshotCreate(rec, name) : op === 'delete' ? this.snapshotDelete(rec, name) : this.snapshotRestore(rec, name)
+  }
+
+  private async snapshotRecord(rec: VdiskRecord, name: string): Promise<SnapshotRecord> {
+    const sr = await getJson<SnapshotRecord>(this.etcd, keys.vdiskSnapshot(rec.id, name))
+    if (sr === undefined) throw new TessError('TESS_E_NOT_FOUND', `vDisk "${rec.name}" has no snapshot "${name}"`, `see \`tess vdisk snapshot list ${rec.name}\``)
+    return sr
+  }
+
+  /** Roll a vDisk back to a snapshot, on its owner. */
+  async snapshotRestore(rec: VdiskRecord, name: string): Promise<SnapshotRecord> {
+    const sr = await this.snapshotRecord(rec, name)
+    const t = await this.route(rec)
+    if (!t.local) return this.ownerCall(t.owner, rec, name, 'restore')
+    const { changedExtents } = await t.vdisk.restore(name)
+    this.opts.log.info(`vDisk ${rec.name}: rolled back to snapshot ${name}; ${changedExtents} extent(s) changed`)
+    return { ...sr, changedExtents }
+  }
+
+  /** the same on the node that owns the vDisk (which may have handed it over meanwhile: then the caller retries) */
+  private async ownerCall(owner: string, rec: VdiskRecord, name: string, op: SnapshotOp): Promise<SnapshotRecord> {
+    if (this.snapshotOnOwner === undefined) throw new TessError('TESS_E_CONFLICT', `vDisk "${rec.name}" is owned by node ${owner}`, 'retry through that node')
+    return this.snapshotOnOwner(owner, { id: rec.id, name, op })
   }
 
   private async putEgroupRecords(rec: VdiskIdentity, ers: EgroupRecord[]): Promise<void> {
@@ -652,7 +791,11 @@ class ForwardingDevice implements BlockDevice {
     this.name = rec.name
     this.sizeBytes = rec.sizeBytes
     this.target = { local: false, owner }
+    this.snapshot = rec.name.split('@')[1]
   }
+
+  /** the snapshot this device reads (export VDISK@SNAPSHOT), if it is one */
+  private readonly snapshot: string | undefined
 
   private async run(op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer> {
     const clock = this.engine.time
@@ -660,7 +803,7 @@ class ForwardingDevice implements BlockDevice {
     for (;;) {
       const t = this.target
       try {
-        if (t.local) return (await localOp(t.vdisk, op, offset, length, flags, data)) ?? Buffer.alloc(0)
+        if (t.local) return (await localOp(t.vdisk, op, offset, length, flags, data, this.snapshot)) ?? Buffer.alloc(0)
         return await this.engine.forward(t.owner, this.rec, op, offset, length, flags, data)
       } catch (e) {
         if (!(e instanceof PeerError)) throw e
@@ -706,7 +849,22 @@ class ForwardingDevice implements BlockDevice {
   async close(): Promise<void> { /* nothing held */ }
 }
 
-async function localOp(v: Vdisk, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer): Promise<Buffer | undefined> {
+async function refuseWrite(): Promise<never> {
+  throw new DeviceError(nbdErrno.EPERM, 'a snapshot is read-only')
+}
+
+/** a device that only reads: the NBD server advertises it read-only and refuses writes to it */
+function readOnly(d: BlockDevice): BlockDevice {
+  return Object.assign(d, { readOnly: true, write: refuseWrite, trim: refuseWrite, writeZeroes: refuseWrite, writeIfQuick: undefined })
+}
+
+async function localOp(v: Vdisk, op: string, offset: number, length: number, flags: { fua: boolean, noHole: boolean }, data?: Buffer, snapshot?: string): Promise<Buffer | undefined> {
+  if (snapshot !== undefined) {
+    if (op !== 'read') return refuseWrite()
+    const out = Buffer.allocUnsafe(length)
+    await v.readSnapshotInto(snapshot, offset, out)
+    return out
+  }
   switch (op) {
     case 'read': return v.read(offset, length)
     case 'write': await v.write(offset, data ?? Buffer.alloc(0), flags.fua); return undefined

@@ -26,7 +26,7 @@ export interface EgroupRecord {
 }
 
 /** a block map entry as stored (etcd value of keys.vdiskMap) */
-export interface MapValue { eg: string, s: number }
+export interface MapValue { eg: string, s: number, /** the epoch it was written in (absent: 0; history.ts) */ e?: number }
 
 export type VdiskIdentity = Pick<VdiskRecord, 'id' | 'name' | 'rf'>
 
@@ -311,11 +311,12 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
  * recovered, given the slots the map uses); one that cannot be reached now is replaced on the
  * first write that fails on it, and skipped by reads.
  */
-export async function loadLayout(env: OwnerEnv, rec: VdiskIdentity, egRecs: EgroupRecord[], mapEntries: Iterable<[number, MapValue]>): Promise<{ map: Map<number, ExtentRef>, egroups: Map<string, LoadedEgroup> }> {
+export async function loadLayout(env: OwnerEnv, rec: VdiskIdentity, egRecs: EgroupRecord[], mapEntries: Iterable<[number, MapValue]>, historySlots: Map<string, Set<number>> = new Map()): Promise<{ map: Map<number, ExtentRef>, egroups: Map<string, LoadedEgroup> }> {
   const map = new Map<number, ExtentRef>()
-  const inUse = new Map<string, Set<number>>()
+  // the extents of history entries (snapshots) are in use as much as the map's
+  const inUse = new Map<string, Set<number>>([...historySlots].map(([eg, slots]) => [eg, new Set(slots)]))
   for (const [vb, mv] of mapEntries) {
-    map.set(vb, { egroupId: mv.eg, slot: mv.s })
+    map.set(vb, mv.e !== undefined && mv.e > 0 ? { egroupId: mv.eg, slot: mv.s, e: mv.e } : { egroupId: mv.eg, slot: mv.s })
     let s = inUse.get(mv.eg)
     if (!s) inUse.set(mv.eg, s = new Set())
     s.add(mv.s)
@@ -342,11 +343,12 @@ export async function loadLayout(env: OwnerEnv, rec: VdiskIdentity, egRecs: Egro
 }
 
 /** The backend a loaded Vdisk runs on: its map writer, and the functions above for its extent groups. */
-export function vdiskBackend(env: OwnerEnv, rec: VdiskIdentity, mapWriter: MapWriter, mapKey: (vb: number) => string, cipher?: BlockCipher): VdiskBackend {
+export function vdiskBackend(env: OwnerEnv, rec: VdiskIdentity, mapWriter: MapWriter, mapKey: (vb: number) => string, histKey: (vb: number, e: number) => string, cipher?: BlockCipher): VdiskBackend {
   return {
     ...(cipher !== undefined ? { cipher } : {}),
     mapWriter,
     mapKey,
+    histKey,
     newEgroups: (count) => newEgroups(env, rec, count),
     replaceFailed: (eg, failed, why, o) => replaceFailed(env, rec, eg, failed, why, o),
     rf: rec.rf,

@@ -6,7 +6,7 @@ import { rfMax, vBlockSizeBytes, vdiskSizeMaxBytes, vdiskSizeMinBytes } from '..
 import { checkName } from '../../lib/names.js'
 import type { NodeCall } from '../../lib/rpc/node-ops.js'
 import { formatBytes } from '../../lib/units.js'
-import type { NodeRecord, PoolInfo, VdiskInfo, VdiskRecord } from '../../lib/types.js'
+import type { NodeRecord, PoolInfo, SnapshotInfo, SnapshotRecord, VdiskInfo, VdiskRecord } from '../../lib/types.js'
 import { dataKeyBytes, wrapDataKey } from './crypt.js'
 import type { KeyKeeper } from './keykeeper.js'
 
@@ -20,6 +20,12 @@ export interface VdiskDataHooks {
   resized(rec: VdiskRecord): void
   /** open NBD connections to a vDisk on this CVM */
   connections(name: string): number
+  /** take a snapshot (on the vDisk's owner) */
+  snapshotCreate(rec: VdiskRecord, name: string): Promise<SnapshotRecord>
+  /** delete a snapshot (on the vDisk's owner), freeing what only it kept */
+  snapshotDelete(rec: VdiskRecord, name: string): Promise<SnapshotRecord>
+  /** roll the vDisk back to a snapshot (on its owner) */
+  snapshotRestore(rec: VdiskRecord, name: string): Promise<SnapshotRecord>
 }
 
 export function checkSize(sizeBytes: number): void {
@@ -161,10 +167,72 @@ export class VdiskService {
     return this.info(next)
   }
 
+  // ---- snapshots ----
+
+  private snapshotInfo(rec: VdiskRecord, sr: SnapshotRecord): SnapshotInfo {
+    return { vdisk: rec.name, name: sr.name, createdAt: sr.createdAt, epoch: sr.epoch, nbdUri: `nbd://${this.opts.nbdAddress}:${this.opts.nbdPort}/${rec.name}@${sr.name}` }
+  }
+
+  private async snapshotRecords(rec: VdiskRecord): Promise<SnapshotRecord[]> {
+    const all = await etcdCall('list snapshots', () => listJson<SnapshotRecord>(this.etcd, keys.vdiskSnapshotsPrefix(rec.id)))
+    return all.sort((a, b) => a.epoch - b.epoch)
+  }
+
+  /** the snapshots of one vDisk, or of every vDisk; oldest first */
+  async snapshots(name?: string): Promise<SnapshotInfo[]> {
+    const recs = name !== undefined ? [await this.get(name)] : (await this.records()).filter((r) => r.state === 'ready').sort((a, b) => a.name.localeCompare(b.name))
+    const lists = await Promise.all(recs.map(async (r) => (await this.snapshotRecords(r)).map((sr) => this.snapshotInfo(r, sr))))
+    return lists.flat()
+  }
+
+  async createSnapshot(name: string, snapshot: string): Promise<SnapshotInfo> {
+    checkName('snapshot', snapshot)
+    const rec = await this.get(name)
+    if (await etcdCall('look up the snapshot', () => this.etcd.get(keys.vdiskSnapshot(rec.id, snapshot)).string()) !== null) {
+      throw new TessError('TESS_E_EXISTS', `vDisk "${name}" has a snapshot "${snapshot}"`, 'pick another name, or delete the old snapshot')
+    }
+    return this.snapshotInfo(rec, await this.opts.data.snapshotCreate(rec, snapshot))
+  }
+
+  /** a vDisk and one of its snapshots (TESS_E_NOT_FOUND when either does not exist) */
+  private async snapshotOf(name: string, snapshot: string): Promise<VdiskRecord> {
+    checkName('snapshot', snapshot)
+    const rec = await this.get(name)
+    const sr = await etcdCall('read the snapshot', () => this.etcd.get(keys.vdiskSnapshot(rec.id, snapshot)).string())
+    if (sr === null) throw new TessError('TESS_E_NOT_FOUND', `vDisk "${name}" has no snapshot "${snapshot}"`, `see \`tess vdisk snapshot list ${name}\``)
+    return rec
+  }
+
+  /** Refused while NBD clients read the snapshot's export through any node (unless `force`). */
+  async deleteSnapshot(name: string, snapshot: string, force: boolean): Promise<SnapshotInfo> {
+    const rec = await this.snapshotOf(name, snapshot)
+    if (!force) await this.refuseWhileOpen(`${name}@${snapshot}`, 'snapshot')
+    return this.snapshotInfo(rec, await this.opts.data.snapshotDelete(rec, snapshot))
+  }
+
+  /**
+   * Roll a vDisk back to a snapshot. Refused while NBD clients have the vDisk open through any
+   * node (a writer, or a volume attached to a container), unless `force`: their caches would no
+   * longer match it.
+   */
+  async restoreSnapshot(name: string, snapshot: string, force: boolean): Promise<SnapshotInfo> {
+    const rec = await this.snapshotOf(name, snapshot)
+    if (!force) await this.refuseWhileOpen(name, 'vDisk', 'restore')
+    const done = await this.opts.data.snapshotRestore(rec, snapshot)
+    return { ...this.snapshotInfo(rec, done), changedExtents: done.changedExtents ?? 0 }
+  }
+
   /** `dryRun`: every check a delete makes, and the vDisk as it would be deleted; nothing changes */
   async delete(name: string, force: boolean, dryRun = false): Promise<VdiskInfo> {
     const rec = await this.get(name)
-    if (!force) await this.refuseWhileOpen(name)
+    if (!force) {
+      const snaps = await this.snapshotRecords(rec)
+      if (snaps.length > 0) {
+        throw new TessError('TESS_E_CONFLICT', `cannot delete vDisk "${name}": it has ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'} (${snaps.map((s) => s.name).join(', ')})`,
+          `delete them first (tess vdisk snapshot delete ${name} SNAPSHOT), or pass --force to delete the vDisk with its snapshots`)
+      }
+      await this.refuseWhileOpen(name)
+    }
     const info = await this.info(rec)
     if (dryRun) return info
     // Mark it deleting and free the name in one transaction; the data goes next. A crash in
@@ -183,7 +251,7 @@ export class VdiskService {
    * node that is up (a client connected through another node is that node's). A node that is up
    * but does not answer refuses it too: its clients are not known.
    */
-  private async refuseWhileOpen(name: string): Promise<void> {
+  private async refuseWhileOpen(name: string, what = 'vDisk', verb = 'delete'): Promise<void> {
     const open: Array<{ node: string | undefined, n: number }> = [{ node: undefined, n: this.opts.data.connections(name) }]
     const others = this.others
     if (others) {
@@ -191,7 +259,7 @@ export class VdiskService {
         try {
           open.push({ node, n: (await others.call(node, 'vdisk.clients', { name }, vdiskDeleteNodeCallMs)).connections })
         } catch (e) {
-          throw new TessError('TESS_E_UNREACHABLE', `cannot delete vDisk "${name}": node ${node} did not say whether NBD clients have it open: ${errorMessage(e)}`,
+          throw new TessError('TESS_E_UNREACHABLE', `cannot ${verb} ${what} "${name}": node ${node} did not say whether NBD clients have it open: ${errorMessage(e)}`,
             'retry when the node answers, or pass --force (its clients of this vDisk then get errors)')
         }
       }))
@@ -199,7 +267,7 @@ export class VdiskService {
     const total = open.reduce((a, o) => a + o.n, 0)
     if (total === 0) return
     const where = open.filter((o) => o.n > 0 && o.node !== undefined).map((o) => `${o.n} through node ${o.node}`)
-    throw new TessError('TESS_E_CONFLICT', `cannot delete vDisk "${name}": ${total} NBD connection${total === 1 ? ' is' : 's are'} open${where.length > 0 ? ` (${where.join(', ')})` : ''}`,
+    throw new TessError('TESS_E_CONFLICT', `cannot ${verb} ${what} "${name}": ${total} NBD connection${total === 1 ? ' is' : 's are'} open${where.length > 0 ? ` (${where.join(', ')})` : ''}`,
       'disconnect the clients, or pass --force')
   }
 

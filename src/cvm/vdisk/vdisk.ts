@@ -1,10 +1,11 @@
 import { assert, errorMessage } from '../../lib/errors.js'
-import { checksumBlockSizeBytes, egroupCreatesAheadMax, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, repairEgroupsInFlightMax, vBlockSizeBytes } from '../../lib/limits.js'
+import { checksumBlockSizeBytes, egroupCreatesAheadMax, historyPruneBatch, egroupPrecreateFreeSlotsMin, extentsPerEgroup, pendingAllocationsMax, repairEgroupsInFlightMax, vBlockSizeBytes } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { ReplicaMove, ReplicaPlace } from '../../lib/types.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError } from './egroup.js'
 import type { BlockCipher } from './crypt.js'
+import { histValue, SnapshotHistory, type HistEntry } from './history.js'
 import { KeyedRwLock } from './locks.js'
 import type { MapWriter } from './mapwriter.js'
 import { isChecksumFailure, type Replica } from './replica.js'
@@ -13,6 +14,8 @@ import { isChecksumFailure, type Replica } from './replica.js'
 export interface ExtentRef {
   egroupId: string
   slot: number
+  /** the epoch it was written in (history.ts; absent: 0) */
+  e?: number
 }
 
 export interface LoadedEgroup {
@@ -48,6 +51,8 @@ export interface ScrubResult {
 export interface VdiskBackend {
   mapWriter: MapWriter
   mapKey(vblock: number): string
+  /** the etcd key of a history entry (history.ts) of `vblock` written in epoch `e` */
+  histKey?(vblock: number, e: number): string
   /**
    * `count` (1..egroupCreatesAheadMax) new egroups with every slot free, durably recorded (in one
    * etcd transaction) and created on RF nodes each
@@ -94,6 +99,11 @@ function alignDown(n: number): number {
 function alignUp(n: number): number {
   const r = n % checksumBlockSizeBytes
   return r === 0 ? n : n + checksumBlockSizeBytes - r
+}
+
+/** a block map entry as stored (etcd value of the map key; the epoch only once snapshots exist) */
+function mapValue(ref: ExtentRef): string {
+  return JSON.stringify(ref.e !== undefined && ref.e > 0 ? { eg: ref.egroupId, s: ref.slot, e: ref.e } : { eg: ref.egroupId, s: ref.slot })
 }
 
 /**
@@ -176,7 +186,23 @@ export class Vdisk {
     private readonly backend: VdiskBackend,
     /** client I/O of the node (every vDisk it serves counts here), which the curator's repair yields to */
     private readonly activity: IoActivity = new IoActivity(),
+    /** its snapshots and the extents only they still see */
+    readonly history: SnapshotHistory = new SnapshotHistory(),
+    /** snapshot name -> epoch */
+    private readonly snapshotEpochs: Map<string, number> = new Map(),
   ) {}
+
+  /** writes, trims and zeroings in progress (a snapshot waits until none is) */
+  private writers = 0
+  private drained: (() => void) | undefined
+  /** set while a snapshot is taken: writes wait for it */
+  private gate: Promise<void> | undefined
+  /** what each snapshot sees (by epoch), made at its first read */
+  private readonly views = new Map<number, Map<number, ExtentRef>>()
+
+  private leave(): void {
+    if (--this.writers === 0) this.drained?.()
+  }
 
   get allocatedExtents(): number {
     return this.map.size
@@ -362,7 +388,7 @@ export class Vdisk {
     const off = offset - vb * vBlockSizeBytes
     if (off + data.length > vBlockSizeBytes || alignDown(off) !== off || alignUp(off + data.length) !== off + data.length) return false
     const ref = this.map.get(vb)
-    if (ref === undefined || !this.locks.idle(vb)) return false
+    if (ref === undefined || this.gate !== undefined || this.history.frozen(ref) || !this.locks.idle(vb)) return false
     const eg = this.egroups.get(ref.egroupId)
     const r = eg?.replicas.length === 1 ? eg.replicas[0] : undefined
     if (eg === undefined || r?.writeIfQuick === undefined || !eg.lock.readable(0)) return false
@@ -382,7 +408,15 @@ export class Vdisk {
   private async readPiece(vb: number, off: number, len: number, out: Buffer, pos: number): Promise<void> {
     const release = await this.locks.read(vb)
     try {
-      const ref = this.map.get(vb)
+      await this.readRef(this.map.get(vb), vb, off, len, out, pos)
+    } finally {
+      release()
+    }
+  }
+
+  /** Read part of vBlock `vb` from extent `ref` (none: zeros); the caller holds the vBlock's lock. */
+  private async readRef(ref: ExtentRef | undefined, vb: number, off: number, len: number, out: Buffer, pos: number): Promise<void> {
+    {
       if (!ref) {
         out.fill(0, pos, pos + len)
         return
@@ -404,8 +438,6 @@ export class Vdisk {
       } catch (e) {
         throw this.ioError(e)
       }
-    } finally {
-      release()
     }
   }
 
@@ -418,6 +450,17 @@ export class Vdisk {
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.activity.ops++
     this.check()
+    // (no await at all unless a snapshot is being taken: the hot path stays as it was)
+    while (this.gate !== undefined) await this.gate
+    this.writers++
+    try {
+      await this.writeIn(offset, data, fua)
+    } finally {
+      this.leave()
+    }
+  }
+
+  private async writeIn(offset: number, data: Buffer, fua: boolean): Promise<void> {
     const touched = new Set<LoadedEgroup>()
     const vb = Math.floor(offset / vBlockSizeBytes)
     if (offset + data.length <= (vb + 1) * vBlockSizeBytes) {
@@ -459,7 +502,7 @@ export class Vdisk {
       // Out of the pending set before the puts are queued: a trim from here on deletes the key in
       // etcd, queued after the put, instead of dropping an entry that is already on its way.
       for (const [vb] of now) this.pendingMap.delete(vb)
-      const done = Promise.all(now.map(([vb, ref]) => this.backend.mapWriter.put(this.backend.mapKey(vb), JSON.stringify({ eg: ref.egroupId, s: ref.slot }))))
+      const done = Promise.all(now.map(([vb, ref]) => this.backend.mapWriter.put(this.backend.mapKey(vb), mapValue(ref))))
       for (const [vb, ref] of now) this.committing.set(vb, { ref, done })
       try {
         await done
@@ -515,12 +558,13 @@ export class Vdisk {
       const sealed = this.backend.cipher?.encryptPooled(buf, blockNumber(vb, a))
       if (sealed !== undefined) buf = sealed.data
       try {
-        if (ref) {
+        if (ref && !this.history.frozen(ref)) {
           const eg = this.egroupOf(ref)
           await this.onAllReplicas(eg, 'write', vb, (r) => r.write(ref.slot, a, buf))
           touched.add(eg)
         } else {
-          touched.add(await this.allocate(vb, a, buf))
+          // a new extent; for one a snapshot sees, a copy of it with the write laid over it
+          touched.add(await this.allocate(vb, a, buf, ref))
         }
       } finally {
         sealed?.done()
@@ -530,21 +574,40 @@ export class Vdisk {
     }
   }
 
-  /** Called with the vBlock's write lock held. */
-  private async allocate(vb: number, off: number, buf: Buffer): Promise<LoadedEgroup> {
+  /**
+   * Called with the vBlock's write lock held. `replacing`: the vBlock's extent, which a snapshot
+   * sees (copy-on-write): the new extent gets its bytes as stored (an encrypted vDisk's
+   * ciphertext: the tweak is the block's place in the vDisk, the same in both) with `buf` laid
+   * over them, and the old one becomes a history entry, in etcd before the new one can be.
+   */
+  private async allocate(vb: number, off: number, buf: Buffer, replacing?: ExtentRef): Promise<LoadedEgroup> {
+    let data = buf
+    let at = off
+    // (a write of the whole extent needs nothing of the old one)
+    if (replacing !== undefined && buf.length < vBlockSizeBytes) {
+      data = Buffer.allocUnsafe(vBlockSizeBytes)
+      try {
+        await this.readReplicas(this.egroupOf(replacing), vb, replacing.slot, 0, vBlockSizeBytes, data, 0)
+      } catch (e) {
+        throw this.ioError(e)
+      }
+      buf.copy(data, off)
+      at = 0
+    }
+    if (replacing !== undefined) await this.retire(vb, replacing)
     const { eg, slot } = await this.takeSlot()
     try {
-      await this.onAllReplicas(eg, 'write', vb, (r) => r.write(slot, off, buf))
+      await this.onAllReplicas(eg, 'write', vb, (r) => r.write(slot, at, data))
     } catch (e) {
       // The slot may hold part of the data on some replica: reset it before reuse (or, if that
       // fails, the next load resets it, as no map entry names it).
       void this.resetSlot(eg, slot).then(() => eg.freeSlots.push(slot), () => undefined)
       throw this.ioError(e)
     }
-    const ref: ExtentRef = { egroupId: eg.id, slot }
+    const ref: ExtentRef = this.history.epoch > 0 ? { egroupId: eg.id, slot, e: this.history.epoch } : { egroupId: eg.id, slot }
     // the vBlock's write lock is held: nothing else can have given it an extent meanwhile, and a
     // free slot is never one the map uses (two vBlocks in one slot would mix their data)
-    assert(!this.map.has(vb), `vBlock ${vb} of vDisk ${this.name} is allocated once`)
+    assert(this.map.get(vb) === replacing, `vBlock ${vb} of vDisk ${this.name} is allocated once`)
     assert(!eg.usedSlots.has(slot), `slot ${slot} of extent group ${eg.id} is not in use when taken`)
     eg.usedSlots.add(slot)
     this.map.set(vb, ref)
@@ -643,6 +706,9 @@ export class Vdisk {
     const ref = this.map.get(vb)
     if (!ref) return
     const eg = this.egroupOf(ref)
+    // an extent a snapshot sees stays: it becomes (or is already) a history entry
+    const kept = this.history.frozen(ref)
+    await this.retire(vb, ref)
     try {
       // an allocation never handed to etcd has nothing there to delete
       if (this.pendingMap.get(vb) === ref && !this.mapUnsure.has(vb)) {
@@ -663,6 +729,13 @@ export class Vdisk {
       throw new DeviceError(nbdErrno.EIO, 'cannot free the extent')
     }
     this.map.delete(vb)
+    if (kept) return
+    await this.freeSlot(eg, vb, ref.slot)
+  }
+
+  /** Give a slot no entry names back to its extent group. */
+  private async freeSlot(eg: LoadedEgroup, vb: number, slot: number): Promise<void> {
+    const ref = { slot }
     eg.usedSlots.delete(ref.slot)
     try {
       await this.onAllReplicas(eg, 'free', vb, (r) => r.freeSlot(ref.slot))
@@ -677,6 +750,16 @@ export class Vdisk {
   async trim(offset: number, length: number): Promise<void> {
     this.activity.ops++
     this.check()
+    while (this.gate !== undefined) await this.gate
+    this.writers++
+    try {
+      await this.trimIn(offset, length)
+    } finally {
+      this.leave()
+    }
+  }
+
+  private async trimIn(offset: number, length: number): Promise<void> {
     await Promise.all([...this.pieces(offset, length)].map(async (p) => {
       if (!this.map.has(p.vb)) return
       if (p.off === 0 && p.len === vBlockSizeBytes) {
@@ -696,19 +779,23 @@ export class Vdisk {
   private async zeroPiece(vb: number, off: number, len: number): Promise<void> {
     const innerA = alignUp(off)
     const innerB = alignDown(off + len)
+    const touched = new Set<LoadedEgroup>()
     if (innerA < innerB) {
+      let copy = false
       const release = await this.locks.write(vb)
       try {
         const ref = this.map.get(vb)
-        if (ref) {
+        // an extent a snapshot sees is not cleared in place: zeros are written into its copy
+        if (ref && this.history.frozen(ref)) copy = true
+        else if (ref) {
           const eg = this.egroupOf(ref)
           await this.onAllReplicas(eg, 'clear', vb, (r) => r.clear(ref.slot, innerA, innerB - innerA))
         }
       } finally {
         release()
       }
+      if (copy) await this.writePiece(vb, innerA, zeroExtent.subarray(0, innerB - innerA), touched)
     }
-    const touched = new Set<LoadedEgroup>()
     if (innerA > innerB) {
       // the whole range is inside one block
       await this.writePiece(vb, off, zeroExtent.subarray(0, len), touched)
@@ -721,8 +808,18 @@ export class Vdisk {
   async writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {
     this.activity.ops++
     this.check()
+    while (this.gate !== undefined) await this.gate
+    this.writers++
+    try {
+      await this.writeZeroesIn(offset, length, noHole, fua)
+    } finally {
+      this.leave()
+    }
+  }
+
+  private async writeZeroesIn(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {
     if (!noHole) {
-      await this.trim(offset, length)
+      await this.trimIn(offset, length)
       if (fua) await this.flush()
       return
     }
@@ -841,15 +938,17 @@ export class Vdisk {
   async scrub(pace: (bytes: number) => Promise<void> = async () => undefined): Promise<ScrubResult> {
     this.check()
     const out: ScrubResult = { extents: 0, bytesChecked: 0, badBlocks: 0, repairedBlocks: 0, unreadable: 0 }
-    for (const [vb, ref] of [...this.map]) {
+    // the live extents, and those only snapshots see (history entries)
+    const all: Array<[number, ExtentRef]> = [...this.map]
+    for (const [vb, list] of this.history.entries) for (const h of list) all.push([vb, h.ref])
+    for (const [vb, ref] of all) {
       this.check()
       const eg = this.egroups.get(ref.egroupId)
       if (eg === undefined) continue
       let bytes = 0
       const release = await this.locks.read(vb)
       try {
-        const now = this.map.get(vb)
-        if (now === undefined || now.egroupId !== ref.egroupId || now.slot !== ref.slot) continue // freed or moved meanwhile
+        if (!this.names(vb, ref)) continue // freed or moved meanwhile
         const egRelease = await eg.lock.read(0)
         try {
           let good: Buffer | undefined
@@ -898,6 +997,192 @@ export class Vdisk {
       await pace(bytes)
     }
     return out
+  }
+
+  // ---- snapshots (history.ts) ----
+
+  /** is `ref` still an extent of vBlock `vb`: its live one, or one a history entry names? */
+  private names(vb: number, ref: ExtentRef): boolean {
+    const same = (r: ExtentRef | undefined) => r !== undefined && r.egroupId === ref.egroupId && r.slot === ref.slot
+    return same(this.map.get(vb)) || (this.history.entries.get(vb)?.some((h) => same(h.ref)) ?? false)
+  }
+
+  /**
+   * The extent `old` of vBlock `vb` stops being its live extent: if a snapshot sees it, it becomes
+   * a history entry, durably in etcd before this returns (a crash later finds it named there).
+   */
+  private async retire(vb: number, old: ExtentRef): Promise<void> {
+    if (!this.history.seen(old)) return
+    const h = { ref: old, e: old.e ?? 0, u: this.history.epoch }
+    const key = this.backend.histKey
+    assert(key !== undefined, 'a vDisk with snapshots has history keys')
+    try {
+      await this.backend.mapWriter.put(key(vb, h.e), histValue(h))
+    } catch (e) {
+      this.backend.log.error(`vDisk ${this.name}: cannot record the extent of vBlock ${vb} that a snapshot keeps: ${errorMessage(e)}`)
+      throw new DeviceError(nbdErrno.EIO, 'cannot record the extent a snapshot keeps')
+    }
+    this.history.add(vb, h)
+  }
+
+  /** the snapshots' names and epochs */
+  get snapshots(): ReadonlyMap<string, number> {
+    return this.snapshotEpochs
+  }
+
+  /**
+   * Take a snapshot: writes wait, the ones in progress end, everything written is made durable
+   * (flush), then the current epoch is frozen and `persist(epoch)` records the snapshot; writes go
+   * on in the next epoch. Crash-consistent: it holds every write completed before the call.
+   */
+  async snapshot(name: string, persist: (epoch: number) => Promise<void>): Promise<number> {
+    return this.quiesced(async () => {
+      const epoch = this.history.epoch
+      this.history.addSnapshot(epoch)
+      try {
+        await persist(epoch)
+      } catch (e) {
+        this.history.removeSnapshot(epoch)
+        throw e
+      }
+      this.snapshotEpochs.set(name, epoch)
+      return epoch
+    })
+  }
+
+  /** Run `fn` with writes held back: the ones in progress ended and everything written flushed. */
+  private async quiesced<T>(fn: () => Promise<T>): Promise<T> {
+    this.check()
+    while (this.gate !== undefined) await this.gate
+    let open = (): void => undefined
+    this.gate = new Promise<void>((resolve) => { open = resolve })
+    try {
+      if (this.writers > 0) await new Promise<void>((resolve) => { this.drained = resolve })
+      this.drained = undefined
+      await this.flush()
+      return await fn()
+    } finally {
+      this.gate = undefined
+      open()
+    }
+  }
+
+  /**
+   * Roll the vDisk back to snapshot `name`: every vBlock whose extent is not the one the snapshot
+   * sees gets it back (as a write in the current epoch would: the extent it had becomes a history
+   * entry if a snapshot sees it, or is freed). Writes wait meanwhile; the new entries are in etcd
+   * when this returns. Snapshots stay as they were (those taken after `name` too). Returns the
+   * vBlocks changed.
+   */
+  async restore(name: string): Promise<{ changedExtents: number }> {
+    return this.quiesced(async () => {
+      const epoch = this.snapshotEpochs.get(name)
+      if (epoch === undefined) throw new DeviceError(nbdErrno.EINVAL, `vDisk ${this.name} has no snapshot ${name}`)
+      const view = this.viewOf(epoch)
+      const vbs = [...new Set([...this.map.keys(), ...view.keys()])]
+      let changedExtents = 0
+      for (let i = 0; i < vbs.length; i += historyPruneBatch) {
+        const changed = await Promise.all(vbs.slice(i, i + historyPruneBatch).map((vb) => this.restoreVblock(vb, view.get(vb))))
+        changedExtents += changed.filter(Boolean).length
+      }
+      return { changedExtents }
+    })
+  }
+
+  /** vBlock `vb` gets extent `to` (none: unmapped) back; true when it changed. */
+  private async restoreVblock(vb: number, to: ExtentRef | undefined): Promise<boolean> {
+    const release = await this.locks.write(vb)
+    try {
+      const now = this.map.get(vb)
+      if (now === to || (now !== undefined && to !== undefined && now.egroupId === to.egroupId && now.slot === to.slot)) return false
+      // the extent it has now: a history entry if a snapshot sees it, else freed (as a trim)
+      if (now !== undefined) await this.freeExtent(vb)
+      if (to === undefined) return true
+      // named again by the live map, from this epoch on; a history entry names it too (the
+      // snapshot's), so it is copied on the next write, never changed in place
+      const ref: ExtentRef = { egroupId: to.egroupId, slot: to.slot, e: this.history.epoch }
+      try {
+        await this.backend.mapWriter.put(this.backend.mapKey(vb), mapValue(ref))
+      } catch (e) {
+        this.backend.log.error(`vDisk ${this.name}: cannot record the restored extent of vBlock ${vb}: ${errorMessage(e)}`)
+        throw new DeviceError(nbdErrno.EIO, 'cannot record the restored extent')
+      }
+      this.map.set(vb, ref)
+      return true
+    } finally {
+      release()
+    }
+  }
+
+  /** Delete a snapshot: `persist()` removes its record, then the extents only it saw are freed. */
+  async deleteSnapshot(name: string, persist: () => Promise<void>): Promise<{ extentsFreed: number }> {
+    this.check()
+    const epoch = this.snapshotEpochs.get(name)
+    if (epoch === undefined) return { extentsFreed: 0 }
+    await persist()
+    this.snapshotEpochs.delete(name)
+    this.history.removeSnapshot(epoch)
+    this.views.delete(epoch)
+    return this.pruneHistory()
+  }
+
+  /**
+   * Drop the history entries no snapshot sees (after a snapshot's delete, or left by a crash) and
+   * free their extents unless another entry names them.
+   */
+  async pruneHistory(): Promise<{ extentsFreed: number }> {
+    let extentsFreed = 0
+    const unneeded = this.history.unneeded()
+    // a batch at once: their etcd deletes go out together (MapWriter)
+    for (let i = 0; i < unneeded.length; i += historyPruneBatch) {
+      const freed = await Promise.all(unneeded.slice(i, i + historyPruneBatch).map(([vb, h]) => this.dropHistoryEntry(vb, h)))
+      extentsFreed += freed.filter(Boolean).length
+    }
+    return { extentsFreed }
+  }
+
+  /** One history entry no snapshot sees: gone from etcd, then its extent freed unless named elsewhere. True when freed. */
+  private async dropHistoryEntry(vb: number, h: HistEntry): Promise<boolean> {
+    const key = this.backend.histKey
+    assert(key !== undefined, 'a vDisk with history has history keys')
+    const release = await this.locks.write(vb)
+    try {
+      if (this.history.needed(h) || this.history.entries.get(vb)?.includes(h) !== true) return false
+      await this.backend.mapWriter.delete(key(vb, h.e))
+      this.history.remove(vb, h)
+      const live = this.map.get(vb)
+      if (this.history.shares(h.ref) || (live !== undefined && live.egroupId === h.ref.egroupId && live.slot === h.ref.slot)) return false
+      const eg = this.egroups.get(h.ref.egroupId)
+      if (eg === undefined) return false
+      await this.freeSlot(eg, vb, h.ref.slot)
+      return true
+    } finally {
+      release()
+    }
+  }
+
+  private viewOf(epoch: number): Map<number, ExtentRef> {
+    let v = this.views.get(epoch)
+    if (v === undefined) this.views.set(epoch, v = this.history.view(epoch, this.map))
+    return v
+  }
+
+  /** Read from the snapshot `name` (as it was when taken). */
+  async readSnapshotInto(name: string, offset: number, out: Buffer): Promise<void> {
+    this.activity.ops++
+    this.check()
+    const epoch = this.snapshotEpochs.get(name)
+    if (epoch === undefined) throw new DeviceError(nbdErrno.ESHUTDOWN, `snapshot ${this.name}@${name} was deleted`)
+    await Promise.all([...this.pieces(offset, out.length)].map(async (p) => {
+      const release = await this.locks.read(p.vb)
+      try {
+        // its extents are freed only under the vBlock's write lock, after it is gone
+        if (this.snapshotEpochs.get(name) !== epoch) throw new DeviceError(nbdErrno.ESHUTDOWN, `snapshot ${this.name}@${name} was deleted`)
+        await this.readRef(this.viewOf(epoch).get(p.vb), p.vb, p.off, p.len, out, p.pos)
+      } finally {
+        release()
+      }
+    }))
   }
 
   /**

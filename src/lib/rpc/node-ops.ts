@@ -1,12 +1,12 @@
 import { TessError } from '../errors.js'
 import { parseContainerSpec, cpusField, memoryField, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
 import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
-import type { GcFound, ReplicaMove } from '../types.js'
+import type { GcFound, ReplicaMove, SnapshotOp, SnapshotRecord } from '../types.js'
 import { bool, int, obj, objList, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
 import { balanceMovesMax, containerStopTimeoutMsMax, disksMax, gcMinAgeMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
-import { checkName } from '../names.js'
+import { checkExportName, checkName } from '../names.js'
 import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
 
 /**
@@ -62,6 +62,8 @@ export interface NodeOps {
   'vdisk.release': { req: { name: string }, res: { released: boolean, reason?: string } }
   /** NBD connections this node's clients have open to a vDisk (a delete asks every node) */
   'vdisk.clients': { req: { name: string }, res: { connections: number } }
+  /** take, delete or restore a snapshot of a vDisk this node owns (its owner does all three) */
+  'vdisk.snapshot': { req: { id: string, name: string, op: SnapshotOp }, res: SnapshotRecord }
   /** a vDisk was deleted: a node that has it loaded (its owner) shuts it, so its clients get ESHUTDOWN */
   'vdisk.deleted': { req: { id: string }, res: { shut: boolean } }
   /**
@@ -156,7 +158,9 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
   },
   'stats': (b) => (b.csm !== undefined && b.csm !== null ? { csm: csmField(b) } : {}),
   'vdisk.release': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
-  'vdisk.clients': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
+  // a vDisk's export, or a snapshot's (VDISK@SNAPSHOT)
+  'vdisk.clients': (b) => ({ name: checkExportName(strMax(b, 'name', 127)!) }),
+  'vdisk.snapshot': (b) => ({ id: vdiskIdField(b), name: checkName('snapshot', strMax(b, 'name', 63)!), op: oneOf(b, 'op', ['create', 'delete', 'restore'] as const)! }),
   'vdisk.deleted': (b) => ({ id: vdiskIdField(b) }),
   'vdisk.repair': (b) => {
     const down = b.down

@@ -10,7 +10,7 @@ export type VdiskDeleteResult = VdiskInfo & { dryRun: boolean }
 
 export default class VdiskDelete extends TessCommand<VdiskDeleteResult> {
   static override summary = 'Delete a vDisk and free its space'
-  static override description = 'All data of the vDisk is deleted and its extents return to the pool. Refuses while NBD clients are connected through any node, or while a node that is up does not say whether it has any, unless --force. Asks first on a terminal; --yes skips the question. --dry-run makes every check (the same refusals) and prints what would be deleted, changing nothing.'
+  static override description = 'All data of the vDisk is deleted and its extents return to the pool. Refuses while the vDisk has snapshots, while NBD clients are connected through any node, or while a node that is up does not say whether it has any, unless --force (which deletes its snapshots with it). Asks first on a terminal; --yes skips the question. --dry-run makes every check (the same refusals) and prints what would be deleted, changing nothing.'
   static override aliases = ['vdisk:rm']
   static override examples = ['<%= config.bin %> <%= command.id %> db1 --yes', '<%= config.bin %> <%= command.id %> db1 --yes --force --json', '<%= config.bin %> <%= command.id %> db1 --dry-run']
   static override args = {
@@ -19,7 +19,7 @@ export default class VdiskDelete extends TessCommand<VdiskDeleteResult> {
 
   static override flags = {
     yes: Flags.boolean({ char: 'y', description: 'Do not ask for confirmation.' }),
-    force: Flags.boolean({ description: 'Delete even while NBD clients are connected (their I/O then fails).' }),
+    force: Flags.boolean({ description: 'Delete even while NBD clients are connected (their I/O then fails), and with its snapshots.' }),
     'dry-run': Flags.boolean({ description: 'Check and print what would be deleted; delete nothing (no question asked).' }),
   }
 
