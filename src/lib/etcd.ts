@@ -61,6 +61,8 @@ export const keys = {
   curatorStatus: '/tess/curator/status',
   /** the curator's settings (CuratorConfig) */
   curatorConfig: '/tess/curator/config',
+  /** the pool's settings (PoolConfig: the overcommit limit) */
+  poolConfig: '/tess/pool/config',
   /** the CA certificate (PEM, public) of NBD users' client certificates; its key stays with the operator */
   nbdUserCa: '/tess/nbd-user-ca',
   /** `/tess/nbd-revocations/<user>`: NBD user certificates of that user issued until then are refused */

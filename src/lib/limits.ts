@@ -255,3 +255,14 @@ export const usernsSetupTimeoutMs = 5_000
 export const vdiskSnapshotCallMs = 120_000
 /** history entries a snapshot's delete drops at once (their etcd deletes go out in batches) */
 export const historyPruneBatch = 64
+
+/** thin provisioning: the default overcommit limit (provisioned <= usable space x this) and its bounds */
+export const overcommitMaxDefault = 1
+export const overcommitMaxMin = 0.1
+export const overcommitMaxMax = 100
+/**
+ * free space a disk keeps when extent groups are placed (replicastore.ts pickDisk): a node makes
+ * no new group on a disk with less than a group plus this free, so the groups already made can
+ * fill their sparse extents and etcd and the logs on the same filesystem keep room
+ */
+export const diskFreeReserveBytes = 256 * 1024 * 1024

@@ -53,6 +53,17 @@ export interface PoolInfo {
   reservedBytes: number
   otherBytes: number
   disks: DiskInfo[]
+  /** what the vDisks promise: every vDisk's size times its RF (thin provisioning; absent in answers of older CVMs) */
+  provisionedBytes?: number
+  /** the most that may be provisioned: (used + free) x overcommitMax */
+  provisionLimitBytes?: number
+  overcommitMax?: number
+}
+
+/** the pool's settings as stored (keys.poolConfig) */
+export interface PoolConfig {
+  /** provisioned bytes may reach (used + free) times this */
+  overcommitMax?: number
 }
 
 export interface VdiskInfo {

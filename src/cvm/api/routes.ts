@@ -17,6 +17,7 @@ import { etcdReconfigWaitMs, rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vd
 import { evacuateDisk, evacuationTargets, type DiskEvacuationEnv, type DiskEvacuationJob } from '../curator/disk-evacuation.js'
 import { clusterHealth, liveness } from '../curator/health.js'
 import { parseSettingsPatch, readSettings, updateSettings } from '../curator/settings.js'
+import { parsePoolPatch, updatePoolConfig } from '../pool/provisioning.js'
 import type { Curator } from '../curator/curator.js'
 
 export const apiVersion = '0.1.0'
@@ -52,7 +53,7 @@ function registerClusterRoutes(api: ApiServer, s: RouteServices): void {
   }))
 
   api.route('GET', '/v1/cluster/status', async () => {
-    const [pool, vdisks] = await Promise.all([s.disks.pool(), s.vdisks.list()])
+    const [pool, vdisks] = await Promise.all([s.vdisks.pool(), s.vdisks.list()])
     return s.node.status(pool, vdisks.length)
   })
 
@@ -115,7 +116,11 @@ function registerDiskRoutes(api: ApiServer, s: RouteServices): void {
     await statusNow()
     return d
   })
-  api.route('GET', '/v1/storage-pool', async () => s.disks.pool())
+  api.route('GET', '/v1/storage-pool', async () => s.vdisks.pool())
+  api.route('PATCH', '/v1/storage-pool', async (req) => {
+    await updatePoolConfig(s.etcd, parsePoolPatch(req.body))
+    return s.vdisks.pool()
+  }, 'admin')
   registerDiskEvacuation(api, s)
 }
 

@@ -1,6 +1,6 @@
 import path from 'node:path'
 import { TessError } from '../../lib/errors.js'
-import { extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
+import { diskFreeReserveBytes, extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
 import type { Logger } from '../../lib/log.js'
 import type { DiskRecord } from '../../lib/types.js'
 import { egroupDirName } from '../pool/disks.js'
@@ -64,7 +64,10 @@ export class ReplicaStore {
     return EgroupFile.create(dir, egid, vdiskId, undefined, undefined, this.files)
   }
 
-  /** The local disk with the most free space that fits a whole extent group (never one being evacuated). */
+  /**
+   * The local disk with the most free space that fits a whole extent group and keeps
+   * `diskFreeReserveBytes` free besides (never one being evacuated).
+   */
   async pickDisk(): Promise<string> {
     let best: DiskRecord | undefined
     let bestFree = -1
@@ -78,7 +81,9 @@ export class ReplicaStore {
         }
       } catch { /* offline disk */ }
     }
-    if (!best || bestFree < (extentsPerEgroup + 1) * vBlockSizeBytes) {
+    // the reserve: room for the groups already made whose extents are not all written yet (sparse
+    // files), and for etcd and the logs when they share the disk's filesystem
+    if (!best || bestFree < (extentsPerEgroup + 1) * vBlockSizeBytes + diskFreeReserveBytes) {
       throw new TessError('TESS_E_CAPACITY', 'no disk of this node has room for a new extent group', 'add disks with `tess disk add`')
     }
     return best.id

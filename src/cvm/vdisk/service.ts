@@ -7,6 +7,7 @@ import { checkName } from '../../lib/names.js'
 import type { NodeCall } from '../../lib/rpc/node-ops.js'
 import { formatBytes } from '../../lib/units.js'
 import type { NodeRecord, PoolInfo, SnapshotInfo, SnapshotRecord, VdiskInfo, VdiskRecord } from '../../lib/types.js'
+import { checkProvision, readPoolConfig, withProvisioning } from '../pool/provisioning.js'
 import { dataKeyBytes, wrapDataKey } from './crypt.js'
 import type { KeyKeeper } from './keykeeper.js'
 
@@ -84,6 +85,12 @@ export class VdiskService {
     }
   }
 
+  /** The storage pool with what the vDisks promise (thin provisioning: provisioning.ts). */
+  async pool(): Promise<PoolInfo> {
+    const [pool, recs, cfg] = await Promise.all([this.opts.pool(), this.records(), readPoolConfig(this.etcd)])
+    return withProvisioning(pool, recs, cfg)
+  }
+
   async records(): Promise<VdiskRecord[]> {
     return etcdCall('list vDisks', () => listJson<VdiskRecord>(this.etcd, keys.vdisksPrefix))
   }
@@ -124,11 +131,7 @@ export class VdiskService {
       throw new TessError('TESS_E_TOO_FEW_NODES', `cannot create vDisk "${name}" with RF ${rf}: the cluster has ${nodes.length} node${nodes.length === 1 ? '' : 's'}`,
         `use --rf ${Math.max(1, Math.min(nodes.length, rfMax))} or add nodes with \`tess host add\``)
     }
-    const pool = await this.opts.pool()
-    if (sizeBytes * rf > pool.freeBytes) {
-      throw new TessError('TESS_E_CAPACITY', `cannot create vDisk "${name}": pool has ${formatBytes(pool.freeBytes)} free, ${formatBytes(sizeBytes * rf)} asked (${formatBytes(sizeBytes)} x RF ${rf})`,
-        'add disks with `tess disk add`, or ask for less')
-    }
+    checkProvision(`cannot create vDisk "${name}" (${formatBytes(sizeBytes)} x RF ${rf})`, sizeBytes * rf, await this.pool())
     if (await etcdCall('look up the vDisk', () => this.etcd.get(keys.vdiskName(name)).string()) !== null) {
       throw new TessError('TESS_E_EXISTS', `cannot create vDisk "${name}": a vDisk of that name exists`, 'pick another name, or delete the old one')
     }
@@ -154,11 +157,7 @@ export class VdiskService {
         'give a size at least the current one; to shrink, copy the data to a new smaller vDisk')
     }
     if (sizeBytes === rec.sizeBytes) return this.info(rec)
-    const grow = (sizeBytes - rec.sizeBytes) * rec.rf
-    const pool = await this.opts.pool()
-    if (grow > pool.freeBytes) {
-      throw new TessError('TESS_E_CAPACITY', `cannot resize vDisk "${name}": pool has ${formatBytes(pool.freeBytes)} free, ${formatBytes(grow)} more asked`, 'add disks with `tess disk add`')
-    }
+    checkProvision(`cannot resize vDisk "${name}" to ${formatBytes(sizeBytes)}`, (sizeBytes - rec.sizeBytes) * rec.rf, await this.pool())
     const next: VdiskRecord = { ...rec, sizeBytes }
     const res = await etcdCall('resize the vDisk', () => this.etcd.if(keys.vdisk(rec.id), 'Value', '==', JSON.stringify(rec))
       .then(this.etcd.put(keys.vdisk(rec.id)).value(JSON.stringify(next))).commit())

@@ -7,6 +7,7 @@ import { ChecksumError } from './egroup.js'
 import type { BlockCipher } from './crypt.js'
 import { histValue, SnapshotHistory, type HistEntry } from './history.js'
 import { KeyedRwLock } from './locks.js'
+import { placementErrno } from './placement.js'
 import type { MapWriter } from './mapwriter.js'
 import { isChecksumFailure, type Replica } from './replica.js'
 
@@ -309,7 +310,8 @@ export class Vdisk {
       await this.backend.replaceFailed(eg, failed, firstErr, { op })
     } catch (e) {
       this.backend.log.error(`vDisk ${this.name}: cannot keep RF copies of extent group ${eg.id}: ${errorMessage(e)}`)
-      throw new DeviceError(nbdErrno.EIO, `${what} failed: not enough healthy replicas`)
+      const full = placementErrno(e) === nbdErrno.ENOSPC || placementErrno(firstErr) === nbdErrno.ENOSPC
+      throw new DeviceError(full ? nbdErrno.ENOSPC : nbdErrno.EIO, `${what} failed: ${full ? 'no space left on the disks' : 'not enough healthy replicas'}`)
     }
   }
 
@@ -444,6 +446,8 @@ export class Vdisk {
   /** Failures were logged where they happened (with vDisk, vBlock, egroup, node, disk): EIO for the client. */
   private ioError(e: unknown): DeviceError {
     if (e instanceof DeviceError) return e
+    // a disk that is full (here, or a replica's node said so) is ENOSPC for the client, not EIO
+    if (placementErrno(e) === nbdErrno.ENOSPC) return new DeviceError(nbdErrno.ENOSPC, 'no space left on the disks')
     return new DeviceError(nbdErrno.EIO, 'I/O error')
   }
 

@@ -11,7 +11,7 @@ export default class VdiskCreate extends TessCommand<VdiskInfo> {
   static override summary = 'Create a vDisk'
   static override description = `A vDisk is a thin-provisioned block device: no space is used until data is written. It is served over NBD at the URI shown (export name = vDisk name).
 
-SIZE accepts bytes or binary units: 512M, 10G, 1T, 1GiB (1G = 1 GiB); it must be a multiple of 512 bytes. The pool must have SIZE x RF bytes free.
+SIZE accepts bytes or binary units: 512M, 10G, 1T, 1GiB (1G = 1 GiB); it must be a multiple of 512 bytes. SIZE x RF counts against the pool's provisioning limit: what all vDisks promise may reach the pool's used + free space times the overcommit limit (1 unless set with \`tess storage-pool update --overcommit-max\`), so a vDisk may be larger than the free space.
 
 --encrypted: every 4 KiB block is encrypted on the disks (AES-256-XTS) with a key of the vDisk's own, which the cluster key wraps. The cluster key is made on first use and kept by this CLI (cluster.key in the cluster's state directory, mode 0600); the CVMs hold it in memory only. After all CVMs were restarted, encrypted vDisks open again once \`tess cluster unlock\` gave it back; a single CVM that restarts gets it from the others.`
   static override examples = [
