@@ -15,6 +15,7 @@ export function renderVdisk(v: VdiskInfo): string {
     ['allocated', `${formatBytes(v.allocatedBytes)} (${v.allocatedBytes} bytes)`],
     ['rf', v.rf],
     ['encrypted', v.encrypted ? (v.locked ? 'yes (locked on this node: tess cluster unlock)' : 'yes') : 'no'],
+    ...(v.parent !== undefined ? [['clone of', `${v.parent} (reads it where it has not written; tess vdisk flatten makes it stand alone)`] as [string, string]] : []),
     ['owner', v.owner ?? '-'],
     ['nbd uri', v.nbdUri],
     ['over tls', `${tlsUri(v)}  (DIR from: tess vdisk credentials --user NAME --out DIR)`],

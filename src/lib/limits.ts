@@ -266,3 +266,5 @@ export const overcommitMaxMax = 100
  * fill their sparse extents and etcd and the logs on the same filesystem keep room
  */
 export const diskFreeReserveBytes = 256 * 1024 * 1024
+/** how long `tess vdisk flatten` waits for the copy (and a node for its owner's) */
+export const vdiskFlattenTimeoutMs = 3_600_000

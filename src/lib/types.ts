@@ -79,6 +79,8 @@ export interface VdiskInfo {
   encrypted: boolean
   /** encrypted, and the CVM that answered holds no cluster key: it cannot be opened there (tess cluster unlock) */
   locked: boolean
+  /** a clone: VDISK@SNAPSHOT it reads through to (absent: it stands alone) */
+  parent?: string
 }
 
 /** a snapshot as stored (etcd value of keys.vdiskSnapshot) */
@@ -92,7 +94,7 @@ export interface SnapshotRecord {
 }
 
 /** what a vDisk's owner does with a snapshot (node operation vdisk.snapshot) */
-export type SnapshotOp = 'create' | 'delete' | 'restore'
+export type SnapshotOp = 'create' | 'delete' | 'restore' | 'flatten'
 
 /** a snapshot of a vDisk (read-only, readable over NBD as the export VDISK@SNAPSHOT) */
 export interface SnapshotInfo {
@@ -381,6 +383,8 @@ export interface VdiskRecord {
   state: 'ready' | 'deleting'
   /** encrypted vDisks: the data key wrapped by the cluster key (vdisk/crypt.ts) */
   wrappedKey?: string
+  /** a clone: the vDisk and snapshot it reads through to where it has not written itself */
+  parent?: { id: string, snapshot: string }
 }
 
 /** An evacuation's progress as the API answers it (a node's or a disk's), polled by the CLI. */

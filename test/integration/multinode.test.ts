@@ -218,7 +218,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     for (const l of logs) expect(l).not.toMatch(/no bulk connection|checksum mismatch/)
   })
 
-  it('snapshots of an RF 2 vDisk owned by host 1: taken through host 2, read through hosts 2 and 3 (forwarded to the owner), deleted through host 3', async () => {
+  it('snapshots of an RF 2 vDisk owned by host 1: taken through host 2, read through hosts 2 and 3 (forwarded to the owner), cloned (the clone on host 2 reads its parent from host 1), deleted through host 3', async () => {
     expect((await tess(['vdisk', 'create', 'snapped', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
     const first = path.join(root, 'snap-first.bin')
     fs.writeFileSync(first, crypto.randomBytes(32 * MiB))
@@ -246,7 +246,34 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       expect(fs.readFileSync(out).subarray(0, 32 * MiB).equals(want), `${name} through host ${i + 1}`).toBe(true)
       fs.rmSync(out)
     }
+    // a clone of it, RF 2, written through host 2 (which takes the clone): it reads its parent
+    // from host 1 (forwarded) and is read through host 3 (forwarded to host 2)
+    const cl = await tess(['vdisk', 'clone', 'snapped@s1', 'snapclone', '--rf', '2', '--json'])
+    expect(cl.code, cl.stdout + cl.stderr).toBe(0)
+    const third = path.join(root, 'snap-third.bin')
+    fs.writeFileSync(third, crypto.randomBytes(4 * MiB))
+    expect((await run('nbdcopy', ['--flush', third, uri(1, 'snapclone')], { timeoutMs: 120_000 })).code).toBe(0)
+    expect((await tess(['vdisk', 'show', 'snapclone', '--json'])).json).toMatchObject({ owner: th.hosts[1]!.name, parent: 'snapped@s1' })
+    const cloned = Buffer.from(fs.readFileSync(first))
+    fs.readFileSync(third).copy(cloned, 0)
+    const cout = path.join(root, 'snapclone-out.bin')
+    const cr = await run('nbdcopy', [uri(2, 'snapclone'), cout], { timeoutMs: 120_000 })
+    expect(cr.code, cr.code === 0 ? '' : cr.stderr + await cvmLog(1)).toBe(0)
+    expect(fs.readFileSync(cout).subarray(0, 32 * MiB).equals(cloned)).toBe(true)
+    fs.rmSync(cout)
+    // its parent snapshot stays while it reads from it; flattened (by its owner, asked through host 1), it stands alone
+    const refused = await jsonRequest(at(2), 'DELETE', '/v1/vdisks/snapped/snapshots/s1', undefined, 60_000).catch((e: unknown) => e as TessError)
+    expect((refused as TessError).code).toBe('TESS_E_CONFLICT')
+    const flat = await tess(['vdisk', 'flatten', 'snapclone', '--json'])
+    expect(flat.code, flat.stdout + flat.stderr).toBe(0)
+    expect(flat.json.parent).toBeUndefined()
     await jsonRequest(at(2), 'DELETE', '/v1/vdisks/snapped/snapshots/s1', undefined, 60_000)
+    const fr = await run('nbdcopy', [uri(0, 'snapclone'), cout], { timeoutMs: 120_000 })
+    expect(fr.code, fr.stderr).toBe(0)
+    expect(fs.readFileSync(cout).subarray(0, 32 * MiB).equals(cloned)).toBe(true)
+    fs.rmSync(cout)
+    expect((await tess(['vdisk', 'delete', 'snapclone', '--yes', '--json'])).code).toBe(0)
+    fs.rmSync(third)
     expect((await tess(['vdisk', 'snapshot', 'list', 'snapped', '--json'])).json).toEqual([])
     expect((await run('nbdinfo', [uri(0, 'snapped@s1')])).code).not.toBe(0)
     expect((await tess(['vdisk', 'delete', 'snapped', '--yes', '--json'])).code).toBe(0)

@@ -328,6 +328,11 @@ function registerVdiskRoutes(api: ApiServer, s: RouteServices): void {
   api.route('GET', '/v1/snapshots', async () => s.vdisks.snapshots())
   api.route('GET', '/v1/vdisks/:name/snapshots', async (req) => s.vdisks.snapshots(req.params.name!))
   api.route('POST', '/v1/vdisks/:name/snapshots', async (req) => s.vdisks.createSnapshot(req.params.name!, str(bodyObject(req.body), 'name')!), 'operator')
+  api.route('POST', '/v1/vdisks/:name/clones', async (req) => {
+    const b = bodyObject(req.body)
+    return s.vdisks.clone(req.params.name!, str(b, 'snapshot', false), str(b, 'name')!, int(b, 'rf', 1, rfMax, false))
+  }, 'operator')
+  api.route('POST', '/v1/vdisks/:name/flatten', async (req) => s.vdisks.flatten(req.params.name!), 'operator')
   api.route('POST', '/v1/vdisks/:name/restore', async (req) => {
     const b = bodyObject(req.body)
     return s.vdisks.restoreSnapshot(req.params.name!, str(b, 'snapshot')!, bool(b, 'force'))

@@ -492,6 +492,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     const cipher = rec.wrappedKey !== undefined ? new BlockCipher(unwrapDataKey(kek!, rec.wrappedKey, id)) : undefined
     const backend = vdiskBackend(this.env, rec, mapWriter, (vb) => keys.vdiskMap(id, vb), (vb, e) => keys.vdiskHist(id, vb, e), cipher)
     const v = new Vdisk(id, rec.name, rec.sizeBytes, map, egroups, backend, this.activity, hist, new Map(snapshots.map((sr) => [sr.name, sr.epoch])))
+    v.parentReader = this.parentReader(rec)
     // history entries no snapshot sees (a crash during a snapshot's delete): their extents go
     const pruned = await v.pruneHistory()
     this.opts.log.info(`vDisk ${rec.name} (${id}) loaded: ${map.size} extent(s) in ${egroups.size} extent group(s)` +
@@ -556,6 +557,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     if (!rec || rec.state !== 'ready') throw new TessError('TESS_E_NOT_FOUND', `vDisk ${id} does not exist`, 'see `tess vdisk list`')
     const t = await this.route(rec)
     if (!t.local) throw new TessError('TESS_E_CONFLICT', `vDisk "${rec.name}" is owned by node ${t.owner} now`, 'retry the command')
+    if (op === 'flatten') return this.flatten(rec)
     return op === 'create' ? this.snapshotCreate(rec, name) : op === 'delete' ? this.snapshotDelete(rec, name) : this.snapshotRestore(rec, name)
   }
 
@@ -563,6 +565,53 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     const sr = await getJson<SnapshotRecord>(this.etcd, keys.vdiskSnapshot(rec.id, name))
     if (sr === undefined) throw new TessError('TESS_E_NOT_FOUND', `vDisk "${rec.name}" has no snapshot "${name}"`, `see \`tess vdisk snapshot list ${rec.name}\``)
     return sr
+  }
+
+  /**
+   * How a clone reads its parent snapshot: from the parent's owner, here when this CVM owns it (or
+   * nobody does: then it takes it), else forwarded like a client's read of VDISK@SNAPSHOT, with
+   * the same failover when that owner dies.
+   */
+  private parentReader(rec: VdiskRecord): ((offset: number, out: Buffer) => Promise<void>) | undefined {
+    const p = rec.parent
+    if (p === undefined) return undefined
+    let remote: ForwardingDevice | undefined
+    // read once: a parent is not deleted while a clone reads from it, and its snapshot has no
+    // extent past the size it had when this clone was made
+    let parent: VdiskRecord | undefined
+    return async (offset, out) => {
+      if (out.length === 0) return
+      const prec = parent ??= await getJson<VdiskRecord>(this.etcd, keys.vdisk(p.id))
+      if (!prec || prec.state !== 'ready') throw new DeviceError(nbdErrno.EIO, `the parent of vDisk ${rec.name} (vDisk ${p.id}) is gone`)
+      const n = Math.max(0, Math.min(out.length, prec.sizeBytes - offset))
+      out.fill(0, n)
+      if (n === 0) return
+      if (remote === undefined) {
+        const t = await this.route(prec)
+        if (t.local) return t.vdisk.readSnapshotInto(p.snapshot, offset, out.subarray(0, n))
+        remote = new ForwardingDevice({ ...prec, name: `${prec.name}@${p.snapshot}` }, t.owner, this)
+      }
+      ;(await remote.read(offset, n)).copy(out)
+    }
+  }
+
+  /** Make a clone stand alone (on its owner): copy what it reads from its parents, then drop the reference. */
+  async flatten(rec: VdiskRecord): Promise<SnapshotRecord> {
+    const t = await this.route(rec)
+    if (!t.local) return this.ownerCall(t.owner, rec, '', 'flatten')
+    const { copiedExtents } = await t.vdisk.flatten()
+    const key = keys.vdisk(rec.id)
+    for (let attempt = 0; ; attempt++) {
+      const cur = await etcdCall('read the vDisk', () => this.etcd.get(key).string())
+      if (cur === null) throw new TessError('TESS_E_NOT_FOUND', `vDisk "${rec.name}" was deleted meanwhile`, 'see `tess vdisk list`')
+      const { parent: _dropped, ...alone } = JSON.parse(cur) as VdiskRecord
+      const res = await etcdCall('drop the parent reference', () => this.etcd.if(key, 'Value', '==', cur).then(this.etcd.put(key).value(JSON.stringify(alone))).commit())
+      if (res.succeeded) break
+      if (attempt >= 9) throw new TessError('TESS_E_CONFLICT', `vDisk "${rec.name}" kept changing while it was flattened`, 'run the command again')
+    }
+    t.vdisk.parentReader = undefined
+    this.opts.log.info(`vDisk ${rec.name}: flattened (${copiedExtents} extent(s) copied from its parents); it stands alone`)
+    return { name: '', epoch: 0, createdAt: rec.createdAt, changedExtents: copiedExtents }
   }
 
   /** Roll a vDisk back to a snapshot, on its owner. */

@@ -27,6 +27,8 @@ export interface VdiskDataHooks {
   snapshotDelete(rec: VdiskRecord, name: string): Promise<SnapshotRecord>
   /** roll the vDisk back to a snapshot (on its owner) */
   snapshotRestore(rec: VdiskRecord, name: string): Promise<SnapshotRecord>
+  /** copy into a clone what it reads from its parents and drop the reference (on its owner) */
+  flatten(rec: VdiskRecord): Promise<SnapshotRecord>
 }
 
 export function checkSize(sizeBytes: number): void {
@@ -66,9 +68,10 @@ export class VdiskService {
   }
 
   async info(rec: VdiskRecord): Promise<VdiskInfo> {
-    const [count, owner] = await Promise.all([
+    const [count, owner, parent] = await Promise.all([
       etcdCall('count vDisk extents', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).count()),
       etcdCall('read vDisk owner', () => this.etcd.get(keys.vdiskOwner(rec.id)).string()),
+      this.parentName(rec),
     ])
     return {
       id: rec.id,
@@ -82,7 +85,49 @@ export class VdiskService {
       createdAt: rec.createdAt,
       encrypted: rec.wrappedKey !== undefined,
       locked: rec.wrappedKey !== undefined && this.opts.keys.current === undefined,
+      ...(parent !== undefined ? { parent } : {}),
     }
+  }
+
+  /** a clone's parent as VDISK@SNAPSHOT */
+  private async parentName(rec: VdiskRecord): Promise<string | undefined> {
+    if (rec.parent === undefined) return undefined
+    const p = await etcdCall('read the parent vDisk', () => getJson<VdiskRecord>(this.etcd, keys.vdisk(rec.parent!.id)))
+    return `${p?.name ?? `(vDisk ${rec.parent.id})`}@${rec.parent.snapshot}`
+  }
+
+  /** the clones that read from vDisk `id` (from its snapshot `snapshot`, if given) */
+  private async clonesOf(id: string, snapshot?: string): Promise<string[]> {
+    return (await this.records()).filter((r) => r.state === 'ready' && r.parent?.id === id && (snapshot === undefined || r.parent.snapshot === snapshot)).map((r) => r.name).sort()
+  }
+
+  /**
+   * A clone of `source`'s snapshot `snapshot` (taken first, named after the clone, when not given):
+   * a new vDisk of the source's size that reads through to the snapshot where it has not written.
+   */
+  async clone(source: string, snapshot: string | undefined, name: string, rf?: number): Promise<VdiskInfo> {
+    checkName('vDisk', name)
+    const src = await this.get(source)
+    if (src.wrappedKey !== undefined) throw new TessError('TESS_E_PRECONDITION', `cannot clone vDisk "${source}": it is encrypted, and encrypted clones are not supported yet`, 'copy it into a new encrypted vDisk instead (e.g. with nbdcopy)')
+    if (await etcdCall('look up the vDisk', () => this.etcd.get(keys.vdiskName(name)).string()) !== null) {
+      throw new TessError('TESS_E_EXISTS', `cannot create vDisk "${name}": a vDisk of that name exists`, 'pick another name, or delete the old one')
+    }
+    let snap = snapshot
+    if (snap === undefined) {
+      snap = name
+      await this.createSnapshot(source, snap)
+    } else {
+      await this.snapshotOf(source, snap)
+    }
+    return this.create(name, src.sizeBytes, rf ?? src.rf, false, { id: src.id, snapshot: snap })
+  }
+
+  /** Make a clone stand alone (its owner copies what it reads from its parents). */
+  async flatten(name: string): Promise<VdiskInfo> {
+    const rec = await this.get(name)
+    if (rec.parent === undefined) return this.info(rec)
+    await this.opts.data.flatten(rec)
+    return this.info(await this.get(name))
   }
 
   /** The storage pool with what the vDisks promise (thin provisioning: provisioning.ts). */
@@ -115,7 +160,7 @@ export class VdiskService {
     return this.info(await this.get(name))
   }
 
-  async create(name: string, sizeBytes: number, rf: number, encrypted = false): Promise<VdiskInfo> {
+  async create(name: string, sizeBytes: number, rf: number, encrypted = false, parent?: VdiskRecord['parent']): Promise<VdiskInfo> {
     checkName('vDisk', name)
     const kek = this.opts.keys.current
     if (encrypted && kek === undefined) {
@@ -139,6 +184,7 @@ export class VdiskService {
     const rec: VdiskRecord = {
       id, name, sizeBytes, rf, createdAt: new Date().toISOString(), state: 'ready',
       ...(encrypted && kek !== undefined ? { wrappedKey: wrapDataKey(kek, crypto.randomBytes(dataKeyBytes), id) } : {}),
+      ...(parent !== undefined ? { parent } : {}),
     }
     const res = await etcdCall('create the vDisk', () => this.etcd.if(keys.vdiskName(name), 'Create', '==', 0)
       .then(this.etcd.put(keys.vdiskName(name)).value(id), this.etcd.put(keys.vdisk(id)).value(JSON.stringify(rec)))
@@ -205,6 +251,7 @@ export class VdiskService {
   /** Refused while NBD clients read the snapshot's export through any node (unless `force`). */
   async deleteSnapshot(name: string, snapshot: string, force: boolean): Promise<SnapshotInfo> {
     const rec = await this.snapshotOf(name, snapshot)
+    await this.refuseWhileCloned(rec, `cannot delete snapshot "${name}@${snapshot}"`, snapshot)
     if (!force) await this.refuseWhileOpen(`${name}@${snapshot}`, 'snapshot')
     return this.snapshotInfo(rec, await this.opts.data.snapshotDelete(rec, snapshot))
   }
@@ -224,6 +271,8 @@ export class VdiskService {
   /** `dryRun`: every check a delete makes, and the vDisk as it would be deleted; nothing changes */
   async delete(name: string, force: boolean, dryRun = false): Promise<VdiskInfo> {
     const rec = await this.get(name)
+    // never with --force: a clone's data is never lost by deleting its parent
+    await this.refuseWhileCloned(rec, `cannot delete vDisk "${name}"`)
     if (!force) {
       const snaps = await this.snapshotRecords(rec)
       if (snaps.length > 0) {
@@ -268,6 +317,13 @@ export class VdiskService {
     const where = open.filter((o) => o.n > 0 && o.node !== undefined).map((o) => `${o.n} through node ${o.node}`)
     throw new TessError('TESS_E_CONFLICT', `cannot ${verb} ${what} "${name}": ${total} NBD connection${total === 1 ? ' is' : 's are'} open${where.length > 0 ? ` (${where.join(', ')})` : ''}`,
       'disconnect the clients, or pass --force')
+  }
+
+  private async refuseWhileCloned(rec: VdiskRecord, what: string, snapshot?: string): Promise<void> {
+    const clones = await this.clonesOf(rec.id, snapshot)
+    if (clones.length === 0) return
+    throw new TessError('TESS_E_CONFLICT', `${what}: clone${clones.length === 1 ? '' : 's'} ${clones.join(', ')} read${clones.length === 1 ? 's' : ''} from it`,
+      `flatten ${clones.length === 1 ? 'it' : 'them'} first (tess vdisk flatten ${clones[0]}), or delete ${clones.length === 1 ? 'it' : 'them'}`)
   }
 
   /** Tell the other nodes that are up that the vDisk is gone: its owner, if another node, shuts it (best effort). */

@@ -193,6 +193,12 @@ export class Vdisk {
     private readonly snapshotEpochs: Map<string, number> = new Map(),
   ) {}
 
+  /**
+   * A clone's parent: reads `out.length` bytes at `offset` of the snapshot it was made from (and,
+   * through it, its parents). Set by the engine; undefined for a vDisk that stands alone.
+   */
+  parentReader: ((offset: number, out: Buffer) => Promise<void>) | undefined
+
   /** writes, trims and zeroings in progress (a snapshot waits until none is) */
   private writers = 0
   private drained: (() => void) | undefined
@@ -364,6 +370,7 @@ export class Vdisk {
     if (off + out.length > vBlockSizeBytes || !this.locks.readable(vb)) return false
     const ref = this.map.get(vb)
     if (ref === undefined) {
+      if (this.parentReader !== undefined) return false
       out.fill(0)
     } else {
       if (alignDown(off) !== off || alignUp(off + out.length) !== off + out.length) return false
@@ -420,7 +427,9 @@ export class Vdisk {
   private async readRef(ref: ExtentRef | undefined, vb: number, off: number, len: number, out: Buffer, pos: number): Promise<void> {
     {
       if (!ref) {
-        out.fill(0, pos, pos + len)
+        // a clone reads what it has not written from its parent
+        if (this.parentReader !== undefined) await this.readParent(vb * vBlockSizeBytes + off, out.subarray(pos, pos + len))
+        else out.fill(0, pos, pos + len)
         return
       }
       const eg = this.egroupOf(ref)
@@ -538,6 +547,14 @@ export class Vdisk {
     const release = await this.locks.write(vb)
     try {
       const ref = this.map.get(vb)
+      if (ref === undefined && this.parentReader !== undefined && data.length < vBlockSizeBytes) {
+        // a clone's first write to a vBlock: its new extent starts as a copy of the parent's
+        const full = Buffer.allocUnsafe(vBlockSizeBytes)
+        await this.readParent(vb * vBlockSizeBytes, full)
+        data.copy(full, off)
+        touched.add(await this.allocate(vb, 0, full))
+        return
+      }
       const a = alignDown(off)
       const b = alignUp(off + data.length)
       let buf = data
@@ -584,7 +601,7 @@ export class Vdisk {
    * ciphertext: the tweak is the block's place in the vDisk, the same in both) with `buf` laid
    * over them, and the old one becomes a history entry, in etcd before the new one can be.
    */
-  private async allocate(vb: number, off: number, buf: Buffer, replacing?: ExtentRef): Promise<LoadedEgroup> {
+  private async allocate(vb: number, off: number, buf: Buffer, replacing?: ExtentRef, epoch = this.history.epoch): Promise<LoadedEgroup> {
     let data = buf
     let at = off
     // (a write of the whole extent needs nothing of the old one)
@@ -599,21 +616,9 @@ export class Vdisk {
       at = 0
     }
     if (replacing !== undefined) await this.retire(vb, replacing)
-    const { eg, slot } = await this.takeSlot()
-    try {
-      await this.onAllReplicas(eg, 'write', vb, (r) => r.write(slot, at, data))
-    } catch (e) {
-      // The slot may hold part of the data on some replica: reset it before reuse (or, if that
-      // fails, the next load resets it, as no map entry names it).
-      void this.resetSlot(eg, slot).then(() => eg.freeSlots.push(slot), () => undefined)
-      throw this.ioError(e)
-    }
-    const ref: ExtentRef = this.history.epoch > 0 ? { egroupId: eg.id, slot, e: this.history.epoch } : { egroupId: eg.id, slot }
-    // the vBlock's write lock is held: nothing else can have given it an extent meanwhile, and a
-    // free slot is never one the map uses (two vBlocks in one slot would mix their data)
+    const { eg, ref } = await this.newExtent(vb, at, data, epoch)
+    // the vBlock's write lock is held: nothing else can have given it an extent meanwhile
     assert(this.map.get(vb) === replacing, `vBlock ${vb} of vDisk ${this.name} is allocated once`)
-    assert(!eg.usedSlots.has(slot), `slot ${slot} of extent group ${eg.id} is not in use when taken`)
-    eg.usedSlots.add(slot)
     this.map.set(vb, ref)
     this.pendingMap.set(vb, ref)
     if (this.pendingMap.size >= pendingAllocationsMax && !this.backgroundFlush) {
@@ -623,6 +628,23 @@ export class Vdisk {
         .finally(() => { this.backgroundFlush = undefined })
     }
     return eg
+  }
+
+  /** A free slot with `data` written at `at` (of epoch `epoch`), in use from now on; no entry names it yet. */
+  private async newExtent(vb: number, at: number, data: Buffer, epoch: number): Promise<{ eg: LoadedEgroup, ref: ExtentRef }> {
+    const { eg, slot } = await this.takeSlot()
+    try {
+      await this.onAllReplicas(eg, 'write', vb, (r) => r.write(slot, at, data))
+    } catch (e) {
+      // The slot may hold part of the data on some replica: reset it before reuse (or, if that
+      // fails, the next load resets it, as no map entry names it).
+      void this.resetSlot(eg, slot).then(() => eg.freeSlots.push(slot), () => undefined)
+      throw this.ioError(e)
+    }
+    // a free slot is never one an entry names (two vBlocks in one slot would mix their data)
+    assert(!eg.usedSlots.has(slot), `slot ${slot} of extent group ${eg.id} is not in use when taken`)
+    eg.usedSlots.add(slot)
+    return { eg, ref: epoch > 0 ? { egroupId: eg.id, slot, e: epoch } : { egroupId: eg.id, slot } }
   }
 
   private async resetSlot(eg: LoadedEgroup, slot: number): Promise<void> {
@@ -765,6 +787,8 @@ export class Vdisk {
 
   private async trimIn(offset: number, length: number): Promise<void> {
     await Promise.all([...this.pieces(offset, length)].map(async (p) => {
+      // a clone's vBlock without an extent reads its parent's bytes: it gets zeros of its own
+      if (this.parentReader !== undefined) return this.zeroPiece(p.vb, p.off, p.len)
       if (!this.map.has(p.vb)) return
       if (p.off === 0 && p.len === vBlockSizeBytes) {
         const release = await this.locks.write(p.vb)
@@ -790,7 +814,7 @@ export class Vdisk {
       try {
         const ref = this.map.get(vb)
         // an extent a snapshot sees is not cleared in place: zeros are written into its copy
-        if (ref && this.history.frozen(ref)) copy = true
+        if ((ref && this.history.frozen(ref)) || (!ref && this.parentReader !== undefined)) copy = true
         else if (ref) {
           const eg = this.egroupOf(ref)
           await this.onAllReplicas(eg, 'clear', vb, (r) => r.clear(ref.slot, innerA, innerB - innerA))
@@ -1169,6 +1193,92 @@ export class Vdisk {
     let v = this.views.get(epoch)
     if (v === undefined) this.views.set(epoch, v = this.history.view(epoch, this.map))
     return v
+  }
+
+  /** Read from the parent (a clone's): an error is the client's EIO (the parent's owner logged why). */
+  private async readParent(offset: number, out: Buffer): Promise<void> {
+    const n = Math.max(0, Math.min(out.length, this.sizeBytes - offset))
+    try {
+      await this.parentReader!(offset, out.subarray(0, n))
+    } catch (e) {
+      this.backend.log.error(`vDisk ${this.name}: read of its parent at ${offset} failed: ${errorMessage(e)}`)
+      throw e instanceof DeviceError ? e : new DeviceError(nbdErrno.EIO, 'the parent could not be read')
+    }
+    out.fill(0, n)
+  }
+
+  /**
+   * Make a clone stand alone: every vBlock it has not written gets a copy of its parent's extent
+   * (none where the parent reads zeros), then a flush makes them durable. The caller drops the
+   * parent reference after. Writes go on meanwhile. Returns the extents copied. The copies are of
+   * epoch 0: a snapshot of the clone taken before sees them where it read through to the parent
+   * (the same bytes), and a history entry still wins where it had an extent of its own.
+   */
+  async flatten(): Promise<{ copiedExtents: number }> {
+    this.check()
+    let copiedExtents = 0
+    const vblocks = Math.ceil(this.sizeBytes / vBlockSizeBytes)
+    const older: Array<{ vb: number, ref: ExtentRef, gaps: Array<[number, number]> }> = []
+    for (let vb = 0; vb < vblocks && this.parentReader !== undefined; vb++) {
+      if (this.map.has(vb) && !this.history.entries.has(vb) && this.history.snapEpoch < 0) continue
+      const release = await this.locks.write(vb)
+      try {
+        const gaps = this.parentGaps(vb)
+        if (gaps.length === 0) continue
+        const full = Buffer.allocUnsafe(vBlockSizeBytes)
+        await this.readParent(vb * vBlockSizeBytes, full)
+        if (full.equals(zeroExtent)) continue // no extent reads as zeros too
+        const live = gaps.find(([, until]) => until === Infinity)
+        let ref: ExtentRef
+        if (live !== undefined) {
+          // the live map's entry, of the epoch it starts reading the copy in
+          await this.allocate(vb, 0, full, undefined, live[0])
+          ref = this.map.get(vb)!
+        } else {
+          ref = (await this.newExtent(vb, 0, full, 0)).ref
+        }
+        copiedExtents++
+        const past = gaps.filter(([, until]) => until !== Infinity)
+        if (past.length > 0) older.push({ vb, ref, gaps: past })
+      } finally {
+        release()
+      }
+    }
+    await this.flush()
+    // the snapshots that read through to the parent where the vDisk has an extent now: history
+    // entries name the copies for their epochs (the copies are synced by the flush above)
+    const key = this.backend.histKey
+    for (const { vb, ref, gaps } of older) {
+      assert(key !== undefined, 'a vDisk with snapshots has history keys')
+      for (const [from, until] of gaps) {
+        const h = { ref: { egroupId: ref.egroupId, slot: ref.slot, ...(from > 0 ? { e: from } : {}) }, e: from, u: until }
+        await this.backend.mapWriter.put(key(vb, from), histValue(h))
+        this.history.add(vb, h)
+      }
+    }
+    // what the snapshots see is made again from the entries: where a view had no extent (its
+    // parent's bytes), it has the copy now
+    this.views.clear()
+    return { copiedExtents }
+  }
+
+  /**
+   * The epochs in which vBlock `vb` has no extent (it reads its parent) that the live map (the
+   * last span, up to Infinity) or a snapshot reads: [from, until) each.
+   */
+  private parentGaps(vb: number): Array<[number, number]> {
+    const spans = (this.history.entries.get(vb) ?? []).map((h): [number, number] => [h.e, h.u])
+    const live = this.map.get(vb)
+    if (live !== undefined) spans.push([live.e ?? 0, Infinity])
+    spans.sort((a, b) => a[0] - b[0])
+    const gaps: Array<[number, number]> = []
+    let t = 0
+    for (const [from, until] of spans) {
+      if (from > t) gaps.push([t, from])
+      t = Math.max(t, until)
+    }
+    if (t !== Infinity) gaps.push([t, Infinity])
+    return gaps.filter(([from, until]) => until === Infinity || this.history.snapshotEpochs.some((s) => from <= s && s < until))
   }
 
   /** Read from the snapshot `name` (as it was when taken). */

@@ -62,7 +62,7 @@ export interface NodeOps {
   'vdisk.release': { req: { name: string }, res: { released: boolean, reason?: string } }
   /** NBD connections this node's clients have open to a vDisk (a delete asks every node) */
   'vdisk.clients': { req: { name: string }, res: { connections: number } }
-  /** take, delete or restore a snapshot of a vDisk this node owns (its owner does all three) */
+  /** take, delete or restore a snapshot of a vDisk this node owns, or flatten a clone it owns (its owner does all four) */
   'vdisk.snapshot': { req: { id: string, name: string, op: SnapshotOp }, res: SnapshotRecord }
   /** a vDisk was deleted: a node that has it loaded (its owner) shuts it, so its clients get ESHUTDOWN */
   'vdisk.deleted': { req: { id: string }, res: { shut: boolean } }
@@ -160,7 +160,11 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
   'vdisk.release': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
   // a vDisk's export, or a snapshot's (VDISK@SNAPSHOT)
   'vdisk.clients': (b) => ({ name: checkExportName(strMax(b, 'name', 127)!) }),
-  'vdisk.snapshot': (b) => ({ id: vdiskIdField(b), name: checkName('snapshot', strMax(b, 'name', 63)!), op: oneOf(b, 'op', ['create', 'delete', 'restore'] as const)! }),
+  'vdisk.snapshot': (b) => {
+    const op = oneOf(b, 'op', ['create', 'delete', 'restore', 'flatten'] as const)!
+    // a flatten names no snapshot
+    return { id: vdiskIdField(b), name: op === 'flatten' ? '' : checkName('snapshot', strMax(b, 'name', 63)!), op }
+  },
   'vdisk.deleted': (b) => ({ id: vdiskIdField(b) }),
   'vdisk.repair': (b) => {
     const down = b.down
