@@ -12,15 +12,16 @@
 //   4. the cost of copy-on-write: fio 4k random writes QD16 and 1M random writes QD4 for --runtime s
 //      over the written range with no snapshot (in place), then right after one (the first write
 //      to each 1 MiB extent copies it; a whole-extent write needs no read of the old one)
-// Prints Markdown tables. Usage: node scripts/bench/snapshot.mjs [--size 64G] [--written 4G]
+// The pool's overcommit limit is set to 4 first, so the vDisk may be larger than the pool.
+// Prints Markdown tables. Usage: node scripts/bench/snapshot.mjs [--size 100G] [--written 4G]
 //   [--churn 256M] [--rounds 5] [--runtime 10] [--dir DIR]   (root: drops the page cache)
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { apiClient, checkArgs, dropCaches, fioFigure, fmt, localCluster, opt, runFio, sizeBytes, stats, tess } from './common.mjs'
 
-checkArgs('usage: node scripts/bench/snapshot.mjs [--size 64G] [--written 4G] [--churn 256M] [--rounds 5] [--runtime 10] [--dir DIR]', ['size', 'written', 'churn', 'rounds', 'runtime', 'dir'])
-const size = opt('size', '64G')
+checkArgs('usage: node scripts/bench/snapshot.mjs [--size 100G] [--written 4G] [--churn 256M] [--rounds 5] [--runtime 10] [--dir DIR]', ['size', 'written', 'churn', 'rounds', 'runtime', 'dir'])
+const size = opt('size', '100G')
 const written = opt('written', '4G')
 const churn = opt('churn', '256M')
 const rounds = Number(opt('rounds', '5'))
@@ -36,6 +37,8 @@ try {
   console.error(`bench dir ${root}: a ${size} vDisk, ${written} written, ${rounds} snapshots with ${churn} written before each`)
   cluster = await localCluster(root, name)
   const api = await apiClient(path.join(root, 'config'), name)
+  // thin provisioning: a vDisk larger than the pool's usable space needs overcommit (a throwaway cluster)
+  await api.patch('/v1/storage-pool', { overcommitMax: 4 })
   await api.post('/v1/vdisks', { name: 'vd', sizeBytes: sizeBytes(size), rf: 1 })
   const target = ['--ioengine=nbd', `--uri=${cluster.uri('vd')}`]
   runFio([...target, '--name=fill', '--rw=write', '--bs=1M', '--iodepth=8', `--size=${written}`], work)

@@ -81,6 +81,8 @@ export interface VdiskInfo {
   locked: boolean
   /** a clone: VDISK@SNAPSHOT it reads through to (absent: it stands alone) */
   parent?: string
+  /** what its snapshots alone keep: extents the vDisk replaced or trimmed since (absent in answers of older CVMs) */
+  snapshotBytes?: number
 }
 
 /** a snapshot as stored (etcd value of keys.vdiskSnapshot) */

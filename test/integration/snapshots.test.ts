@@ -67,6 +67,8 @@ describe('vDisk snapshots', () => {
     b.fill(0x33, 15 * MiB, 16 * MiB)
     expect((await readAll('db')).equals(b)).toBe(true)
     expect((await readAll('db@s1')).equals(a)).toBe(true)
+    // the extents only s1 keeps: the 6 changed since (0, 2, 4, 5, 8 and 15)
+    expect((await c.tess(['vdisk', 'show', 'db', '--json'])).json).toMatchObject({ allocatedBytes: 15 * MiB, snapshotBytes: 6 * MiB })
 
     // read-only: advertised so, and writes are refused
     const info = await run('nbdinfo', ['--json', c.nbdUri('db@s1')])

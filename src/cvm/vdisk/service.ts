@@ -68,10 +68,11 @@ export class VdiskService {
   }
 
   async info(rec: VdiskRecord): Promise<VdiskInfo> {
-    const [count, owner, parent] = await Promise.all([
+    const [count, owner, parent, kept] = await Promise.all([
       etcdCall('count vDisk extents', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).count()),
       etcdCall('read vDisk owner', () => this.etcd.get(keys.vdiskOwner(rec.id)).string()),
       this.parentName(rec),
+      this.snapshotExtents(rec),
     ])
     return {
       id: rec.id,
@@ -86,7 +87,20 @@ export class VdiskService {
       encrypted: rec.wrappedKey !== undefined,
       locked: rec.wrappedKey !== undefined && this.opts.keys.current === undefined,
       ...(parent !== undefined ? { parent } : {}),
+      snapshotBytes: kept * vBlockSizeBytes,
     }
+  }
+
+  /** the extents only the vDisk's snapshots keep: named by history entries, not by the block map */
+  private async snapshotExtents(rec: VdiskRecord): Promise<number> {
+    const hist = await etcdCall('read the snapshots\' extents', () => this.etcd.getAll().prefix(keys.vdiskHistPrefix(rec.id)).strings())
+    if (Object.keys(hist).length === 0) return 0
+    const slot = (v: string) => {
+      const x = JSON.parse(v) as { eg: string, s: number }
+      return `${x.eg}:${x.s}`
+    }
+    const live = new Set(Object.values(await etcdCall('read the block map', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).strings())).map(slot))
+    return new Set(Object.values(hist).map(slot).filter((k) => !live.has(k))).size
   }
 
   /** a clone's parent as VDISK@SNAPSHOT */
