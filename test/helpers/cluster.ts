@@ -1,9 +1,11 @@
 import { spawn } from 'node:child_process'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { run } from './run.js'
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const tessBin = path.join(repoRoot, 'bin', 'run.js')
@@ -114,6 +116,22 @@ export class TestCluster {
   /** an NBD URI of an export on the Unix socket; without a name, the server (for --list) */
   nbdUri(name = ''): string {
     return `nbd+unix:///${name}?socket=${this.nbdSocket}`
+  }
+
+  /** An export's whole content, read with nbdcopy over the Unix socket (throws when the copy fails). */
+  async readExport(exportName: string): Promise<Buffer> {
+    const out = path.join(this.root, `read-${crypto.randomBytes(4).toString('hex')}.bin`)
+    const r = await run('nbdcopy', [this.nbdUri(exportName), out])
+    if (r.code !== 0) throw new Error(`nbdcopy of ${exportName} failed (${r.code}): ${r.stderr}`)
+    const b = fs.readFileSync(out)
+    fs.rmSync(out)
+    return b
+  }
+
+  /** qemu-io commands on an export, then a flush (throws when qemu-io fails or reports a failed command). */
+  async qemuIo(exportName: string, ...cmds: string[]): Promise<void> {
+    const q = await run('qemu-io', ['-f', 'raw', ...cmds.flatMap((x) => ['-c', x]), '-c', 'flush', this.nbdUri(exportName)])
+    if (q.code !== 0 || /failed|error/i.test(q.stdout + q.stderr)) throw new Error(`qemu-io ${cmds.join('; ')} on ${exportName} (${q.code}): ${q.stderr}${q.stdout}`)
   }
 
   tess(args: string[], opts?: { input?: string, timeoutMs?: number, wrap?: string[] }): Promise<TessResult> {

@@ -24,21 +24,6 @@ describe('vDisk clones', () => {
     await c.destroy()
   })
 
-  async function readAll(exportName: string): Promise<Buffer> {
-    const out = path.join(c.root, `read-${crypto.randomBytes(4).toString('hex')}.bin`)
-    const r = await run('nbdcopy', [c.nbdUri(exportName), out])
-    expect(r.code, r.stderr).toBe(0)
-    const b = fs.readFileSync(out)
-    fs.rmSync(out)
-    return b
-  }
-
-  async function qemuIo(exportName: string, ...cmds: string[]): Promise<void> {
-    const q = await run('qemu-io', ['-f', 'raw', ...cmds.flatMap((x) => ['-c', x]), '-c', 'flush', c.nbdUri(exportName)])
-    expect(q.code, q.stderr + q.stdout).toBe(0)
-    expect(q.stdout + q.stderr).not.toMatch(/failed|error/i)
-  }
-
   it('reads the parent at once, writes only itself, chains, and keeps its parents until flattened', async () => {
     expect((await c.tess(['vdisk', 'create', 'golden', '--size', '16M', '--json'])).code).toBe(0)
     const a = crypto.randomBytes(16 * MiB)
@@ -50,29 +35,29 @@ describe('vDisk clones', () => {
     const web1 = await c.tess(['vdisk', 'clone', 'golden@v1', 'web1', '--json'])
     expect(web1.code, web1.stdout + web1.stderr).toBe(0)
     expect(web1.json).toMatchObject({ name: 'web1', sizeBytes: 16 * MiB, parent: 'golden@v1', allocatedBytes: 0 })
-    expect((await readAll('web1')).equals(a)).toBe(true)
+    expect((await c.readExport('web1')).equals(a)).toBe(true)
     // writes to the clone: unaligned, 4 KiB, a trim; the parent and its snapshot do not change
-    await qemuIo('web1', 'write -P 0x21 1000 5000', 'write -P 0x22 3M 4k', 'discard 8M 1M')
+    await c.qemuIo('web1', 'write -P 0x21 1000 5000', 'write -P 0x22 3M 4k', 'discard 8M 1M')
     const b = Buffer.from(a)
     b.fill(0x21, 1000, 6000)
     b.fill(0x22, 3 * MiB, 3 * MiB + 4096)
     b.fill(0, 8 * MiB, 9 * MiB)
-    expect((await readAll('web1')).equals(b)).toBe(true)
-    expect((await readAll('golden')).equals(a)).toBe(true)
-    expect((await readAll('golden@v1')).equals(a)).toBe(true)
+    expect((await c.readExport('web1')).equals(b)).toBe(true)
+    expect((await c.readExport('golden')).equals(a)).toBe(true)
+    expect((await c.readExport('golden@v1')).equals(a)).toBe(true)
     // the parent changes after the snapshot: the clone does not see it
-    await qemuIo('golden', 'write -P 0x77 0 2M')
-    expect((await readAll('web1')).equals(b)).toBe(true)
+    await c.qemuIo('golden', 'write -P 0x77 0 2M')
+    expect((await c.readExport('web1')).equals(b)).toBe(true)
 
     // a clone of the clone (a snapshot of web1 named web2 is taken first)
     const web2 = await c.tess(['vdisk', 'clone', 'web1', 'web2', '--json'])
     expect(web2.code, web2.stdout + web2.stderr).toBe(0)
     expect(web2.json.parent).toBe('web1@web2')
-    await qemuIo('web2', 'write -P 0x23 10M 1M')
+    await c.qemuIo('web2', 'write -P 0x23 10M 1M')
     const c2 = Buffer.from(b)
     c2.fill(0x23, 10 * MiB, 11 * MiB)
-    expect((await readAll('web2')).equals(c2)).toBe(true)
-    expect((await readAll('web1')).equals(b)).toBe(true)
+    expect((await c.readExport('web2')).equals(c2)).toBe(true)
+    expect((await c.readExport('web1')).equals(b)).toBe(true)
 
     // parents that clones read from stay, even with --force
     for (const args of [['vdisk', 'delete', 'golden', '--yes', '--force'], ['vdisk', 'snapshot', 'delete', 'golden', 'v1', '--yes', '--force'], ['vdisk', 'delete', 'web1', '--yes', '--force']]) {
@@ -90,8 +75,8 @@ describe('vDisk clones', () => {
       return p !== undefined && p !== pid && alive(p) ? p : undefined
     })
     await waitFor('the API', async () => (await c.tess(['vdisk', 'list', '--json'])).code === 0 || undefined, 30_000, 200)
-    expect((await readAll('web2')).equals(c2)).toBe(true)
-    expect((await readAll('web1')).equals(b)).toBe(true)
+    expect((await c.readExport('web2')).equals(c2)).toBe(true)
+    expect((await c.readExport('web1')).equals(b)).toBe(true)
 
     // flattened, web1 stands alone: golden and its snapshot may go; web2 still reads through web1
     const flat = await c.tess(['vdisk', 'flatten', 'web1', '--json'])
@@ -99,11 +84,11 @@ describe('vDisk clones', () => {
     expect(flat.json.parent).toBeUndefined()
     expect(flat.json.allocatedBytes).toBe(16 * MiB) // its 3 own extents (the trimmed one holds zeros of its own) and the 13 it read
     expect((await c.tess(['vdisk', 'delete', 'golden', '--yes', '--force', '--json'])).code).toBe(0)
-    expect((await readAll('web1')).equals(b)).toBe(true)
-    expect((await readAll('web2')).equals(c2)).toBe(true)
+    expect((await c.readExport('web1')).equals(b)).toBe(true)
+    expect((await c.readExport('web2')).equals(c2)).toBe(true)
     expect((await c.tess(['vdisk', 'flatten', 'web2', '--json'])).code).toBe(0)
     expect((await c.tess(['vdisk', 'delete', 'web1', '--yes', '--force', '--json'])).code).toBe(0)
-    expect((await readAll('web2')).equals(c2)).toBe(true)
+    expect((await c.readExport('web2')).equals(c2)).toBe(true)
   }, 240_000)
 
   it('refuses bad sources with coded errors', async () => {

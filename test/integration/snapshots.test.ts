@@ -24,22 +24,6 @@ describe('vDisk snapshots', () => {
     await c.destroy()
   })
 
-  /** the whole export as bytes */
-  async function readAll(exportName: string): Promise<Buffer> {
-    const out = path.join(c.root, `read-${crypto.randomBytes(4).toString('hex')}.bin`)
-    const r = await run('nbdcopy', [c.nbdUri(exportName), out])
-    expect(r.code, r.stderr).toBe(0)
-    const b = fs.readFileSync(out)
-    fs.rmSync(out)
-    return b
-  }
-
-  async function qemuIo(exportName: string, ...cmds: string[]): Promise<void> {
-    const q = await run('qemu-io', ['-f', 'raw', ...cmds.flatMap((x) => ['-c', x]), '-c', 'flush', c.nbdUri(exportName)])
-    expect(q.code, q.stderr + q.stdout).toBe(0)
-    expect(q.stdout + q.stderr).not.toMatch(/failed|error/i)
-  }
-
   it('keeps what the vDisk held, through overwrites, trims, zeroes and a CVM crash', async () => {
     expect((await c.tess(['vdisk', 'create', 'db', '--size', '16M', '--json'])).code).toBe(0)
     const a = crypto.randomBytes(16 * MiB)
@@ -59,14 +43,14 @@ describe('vDisk snapshots', () => {
     const patch = crypto.randomBytes(10_000)
     const patchFile = path.join(c.root, 'patch.bin')
     fs.writeFileSync(patchFile, patch)
-    await qemuIo('db', `write -s ${patchFile} 1000 ${patch.length}`, 'write -P 0x5a 2M 4k', 'discard 4M 1536k', 'write -z 8M 64k', 'write -P 0x33 15M 1M')
+    await c.qemuIo('db', `write -s ${patchFile} 1000 ${patch.length}`, 'write -P 0x5a 2M 4k', 'discard 4M 1536k', 'write -z 8M 64k', 'write -P 0x33 15M 1M')
     patch.copy(b, 1000)
     b.fill(0x5a, 2 * MiB, 2 * MiB + 4096)
     b.fill(0, 4 * MiB, 5.5 * MiB)
     b.fill(0, 8 * MiB, 8 * MiB + 65536)
     b.fill(0x33, 15 * MiB, 16 * MiB)
-    expect((await readAll('db')).equals(b)).toBe(true)
-    expect((await readAll('db@s1')).equals(a)).toBe(true)
+    expect((await c.readExport('db')).equals(b)).toBe(true)
+    expect((await c.readExport('db@s1')).equals(a)).toBe(true)
     // the extents only s1 keeps: the 6 changed since (0, 2, 4, 5, 8 and 15)
     expect((await c.tess(['vdisk', 'show', 'db', '--json'])).json).toMatchObject({ allocatedBytes: 15 * MiB, snapshotBytes: 6 * MiB })
 
@@ -76,7 +60,7 @@ describe('vDisk snapshots', () => {
     expect(JSON.parse(info.stdout).exports[0]).toMatchObject({ 'export-name': 'db@s1', is_read_only: true })
     const denied = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', c.nbdUri('db@s1')])
     expect(denied.code !== 0 || /fail|denied|read-only|not permitted/i.test(denied.stdout + denied.stderr), denied.stdout + denied.stderr).toBe(true)
-    expect((await readAll('db@s1')).equals(a)).toBe(true)
+    expect((await c.readExport('db@s1')).equals(a)).toBe(true)
     const listed = await run('nbdinfo', ['--list', '--json', c.nbdUri()])
     expect(JSON.parse(listed.stdout).exports.map((e: { 'export-name': string }) => e['export-name'])).toEqual(expect.arrayContaining(['db', 'db@s1']))
 
@@ -96,17 +80,17 @@ describe('vDisk snapshots', () => {
       return p !== undefined && p !== pid && alive(p) ? p : undefined
     })
     await waitFor('the API', async () => (await c.tess(['vdisk', 'list', '--json'])).code === 0 || undefined, 30_000, 200)
-    expect((await readAll('db@s1')).equals(a)).toBe(true)
-    expect((await readAll('db')).equals(b)).toBe(true)
+    expect((await c.readExport('db@s1')).equals(a)).toBe(true)
+    expect((await c.readExport('db')).equals(b)).toBe(true)
 
     // a second snapshot, more writes, then the first goes: the second and the vDisk keep theirs
     expect((await c.tess(['vdisk', 'snapshot', 'create', 'db', 's2', '--json'])).code).toBe(0)
-    await qemuIo('db', 'write -P 0x77 0 3M')
+    await c.qemuIo('db', 'write -P 0x77 0 3M')
     const c3 = Buffer.from(b)
     c3.fill(0x77, 0, 3 * MiB)
     const list = await c.tess(['vdisk', 'snapshot', 'list', 'db', '--json'])
     expect(list.json.map((s: { name: string }) => s.name)).toEqual(['s1', 's2'])
-    expect((await readAll('db')).equals(c3)).toBe(true)
+    expect((await c.readExport('db')).equals(c3)).toBe(true)
 
     // a rollback is refused while a client has the vDisk open, then done: the vDisk reads as s1
     await holdingNbdClient(c.nbdUri('db'), async () => {
@@ -120,23 +104,23 @@ describe('vDisk snapshots', () => {
     // the extents written since s1: 0, 1 and 2 (the patch, the 4 KiB write, s2's 3 MiB), 4 and 5
     // (the discard), 8 (the zeroes) and 15
     expect(back.json.changedExtents).toBe(7)
-    expect((await readAll('db')).equals(a)).toBe(true)
-    expect((await readAll('db@s2')).equals(b)).toBe(true)
+    expect((await c.readExport('db')).equals(a)).toBe(true)
+    expect((await c.readExport('db@s2')).equals(b)).toBe(true)
     // the snapshot it came from goes: the vDisk keeps the extents it names again
     expect((await c.tess(['vdisk', 'snapshot', 'delete', 'db', 's1', '--yes', '--json'])).code).toBe(0)
-    expect((await readAll('db@s2')).equals(b)).toBe(true)
-    expect((await readAll('db')).equals(a)).toBe(true)
+    expect((await c.readExport('db@s2')).equals(b)).toBe(true)
+    expect((await c.readExport('db')).equals(a)).toBe(true)
     const gone = await run('nbdinfo', [c.nbdUri('db@s1')])
     expect(gone.code).not.toBe(0)
     // and a write after the rollback does not reach s2
-    await qemuIo('db', 'write -P 0x66 4M 1M')
+    await c.qemuIo('db', 'write -P 0x66 4M 1M')
     const a2 = Buffer.from(a)
     a2.fill(0x66, 4 * MiB, 5 * MiB)
-    expect((await readAll('db')).equals(a2)).toBe(true)
-    expect((await readAll('db@s2')).equals(b)).toBe(true)
+    expect((await c.readExport('db')).equals(a2)).toBe(true)
+    expect((await c.readExport('db@s2')).equals(b)).toBe(true)
     expect((await c.tess(['vdisk', 'snapshot', 'delete', 'db', 's2', '--yes', '--json'])).code).toBe(0)
     expect((await c.tess(['vdisk', 'snapshot', 'list', '--json'])).json).toEqual([])
-    expect((await readAll('db')).equals(a2)).toBe(true)
+    expect((await c.readExport('db')).equals(a2)).toBe(true)
     // with no snapshot left the vDisk is deleted as before
     expect((await c.tess(['vdisk', 'delete', 'db', '--yes', '--json'])).code).toBe(0)
   }, 180_000)

@@ -425,30 +425,28 @@ export class Vdisk {
 
   /** Read part of vBlock `vb` from extent `ref` (none: zeros); the caller holds the vBlock's lock. */
   private async readRef(ref: ExtentRef | undefined, vb: number, off: number, len: number, out: Buffer, pos: number): Promise<void> {
-    {
-      if (!ref) {
-        // a clone reads what it has not written from its parent
-        if (this.parentReader !== undefined) await this.readParent(vb * vBlockSizeBytes + off, out.subarray(pos, pos + len))
-        else out.fill(0, pos, pos + len)
-        return
+    if (!ref) {
+      // a clone reads what it has not written from its parent
+      if (this.parentReader !== undefined) await this.readParent(vb * vBlockSizeBytes + off, out.subarray(pos, pos + len))
+      else out.fill(0, pos, pos + len)
+      return
+    }
+    const eg = this.egroupOf(ref)
+    const a = alignDown(off)
+    const b = alignUp(off + len)
+    const cipher = this.backend.cipher
+    try {
+      if (a === off && b === off + len) {
+        await this.readReplicas(eg, vb, ref.slot, a, b - a, out, pos)
+        cipher?.decryptInPlace(out.subarray(pos, pos + len), blockNumber(vb, a))
+      } else {
+        const tmp = Buffer.allocUnsafe(b - a)
+        await this.readReplicas(eg, vb, ref.slot, a, b - a, tmp, 0)
+        cipher?.decryptInPlace(tmp, blockNumber(vb, a))
+        tmp.copy(out, pos, off - a, off - a + len)
       }
-      const eg = this.egroupOf(ref)
-      const a = alignDown(off)
-      const b = alignUp(off + len)
-      const cipher = this.backend.cipher
-      try {
-        if (a === off && b === off + len) {
-          await this.readReplicas(eg, vb, ref.slot, a, b - a, out, pos)
-          cipher?.decryptInPlace(out.subarray(pos, pos + len), blockNumber(vb, a))
-        } else {
-          const tmp = Buffer.allocUnsafe(b - a)
-          await this.readReplicas(eg, vb, ref.slot, a, b - a, tmp, 0)
-          cipher?.decryptInPlace(tmp, blockNumber(vb, a))
-          tmp.copy(out, pos, off - a, off - a + len)
-        }
-      } catch (e) {
-        throw this.ioError(e)
-      }
+    } catch (e) {
+      throw this.ioError(e)
     }
   }
 
