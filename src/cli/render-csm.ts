@@ -195,6 +195,7 @@ export function renderVolume(v: VolumeInfo): string {
     ['allocated', formatBytes(v.allocatedBytes)],
     ['formatted', v.formatted ? 'ext4' : 'not yet (on the first read-write attach)'],
     ['attached', v.attachments.length === 0 ? '-' : v.attachments.map((a) => `${a.container} on ${a.node} at ${a.target} (${a.readOnly ? 'ro' : 'rw'})`).join(', ')],
+    ...(v.parent !== undefined ? [['clone of', v.parent] as [string, string]] : []),
     ['created', v.createdAt],
   ])
 }

@@ -14,6 +14,7 @@ export function renderVdisk(v: VdiskInfo): string {
     ['size', `${formatBytes(v.sizeBytes)} (${v.sizeBytes} bytes)`],
     ['allocated', `${formatBytes(v.allocatedBytes)} (${v.allocatedBytes} bytes)`],
     ...((v.snapshotBytes ?? 0) > 0 ? [['kept by snapshots', `${formatBytes(v.snapshotBytes!)} (extents written over or trimmed since a snapshot)`] as [string, string]] : []),
+    ...(v.sharedBytes !== undefined ? [['shared with parents', `${formatBytes(v.sharedBytes)} (read from the parents' snapshots, stored once; "allocated" is the clone's own)`] as [string, string]] : []),
     ['rf', v.rf],
     ['encrypted', v.encrypted ? (v.locked ? 'yes (locked on this node: tess cluster unlock)' : 'yes') : 'no'],
     ...(v.parent !== undefined ? [['clone of', `${v.parent} (reads it where it has not written; tess vdisk flatten makes it stand alone)`] as [string, string]] : []),

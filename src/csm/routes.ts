@@ -56,7 +56,7 @@ export function csmService(s: { manager: ContainerManager, cgroup: CsmCgroup, sp
     },
     logs: async (ref, q) => {
       const r = await m.readLog(ref, q)
-      return { data: r.data.toString('base64'), offset: r.offset, running: r.running }
+      return { data: r.data.toString('base64'), offset: r.offset, running: r.running, sizeBytes: r.sizeBytes }
     },
     stats: () => stats(m, s.cgroup),
     confirmPlacement: async () => {
@@ -64,6 +64,7 @@ export function csmService(s: { manager: ContainerManager, cgroup: CsmCgroup, sp
       if (wasHeld) s.log.info('the node\'s CVM confirmed this CSM is placed on this node: containers to restart are started again')
       return { wasHeld }
     },
+    freezeVolume: (ref, volume, frozen) => m.freezeVolume(ref, volume, frozen),
     setLimits: async ({ cpus, memoryBytes }) => {
       // a CSM may not be squeezed below what its containers were given
       const biggest = (await m.list()).filter((c) => c.status !== 'exited').reduce((acc, c) => ({

@@ -229,7 +229,12 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     vdisks: {
       create: (name, sizeBytes, rf, encrypted) => vdisks.create(name, sizeBytes, rf, encrypted),
       list: () => vdisks.list(),
-      delete: (name, dryRun) => vdisks.delete(name, false, dryRun === true),
+      delete: (name, dryRun, force) => vdisks.delete(name, force === true, dryRun === true),
+      snapshots: (name) => vdisks.snapshots(name),
+      createSnapshot: (name, snapshot) => vdisks.createSnapshot(name, snapshot),
+      deleteSnapshot: (name, snapshot) => vdisks.deleteSnapshot(name, snapshot, false),
+      restoreSnapshot: (name, snapshot) => vdisks.restoreSnapshot(name, snapshot, false),
+      clone: (source, snapshot, name, rf) => vdisks.clone(source, snapshot, name, rf),
     },
   })
   registerCsmRoutes(api, containers)

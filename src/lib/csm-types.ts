@@ -149,6 +149,8 @@ export interface LogChunk {
   offset: number
   /** the container still runs: more may come */
   running: boolean
+  /** the log's size when it was read: a reader that is not following stops there (absent from older CSMs) */
+  sizeBytes?: number
 }
 
 export interface UsageStats {
@@ -209,6 +211,25 @@ export interface VolumeInfo {
   formatted: boolean
   attachments: VolumeAttachment[]
   createdAt: string
+  /** a clone: the volume snapshot it was made from (VOLUME@SNAPSHOT), until it is deleted */
+  parent?: string
+}
+
+/** A snapshot of a volume (of its vDisk): the filesystem as it was when it was frozen for it. */
+export interface VolumeSnapshotInfo {
+  volume: string
+  name: string
+  /** the volume's vDisk; the snapshot is readable over NBD as VDISK@NAME */
+  vdisk: string
+  createdAt: string
+  epoch: number
+  /**
+   * (create only) the container whose mounted filesystem was frozen for the instant of the
+   * snapshot; null when no container had it mounted read-write (nothing to freeze)
+   */
+  frozen?: { container: string, node: string } | null
+  /** (restore only) the 1 MiB extents that changed */
+  changedExtents?: number
 }
 
 export interface ContainerMoveResult extends ContainerView {

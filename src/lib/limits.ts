@@ -241,6 +241,13 @@ export const volumeHostLengthMax = 255
 export const csmCallTimeoutMs = 11 * 60_000
 /** any other CSM request */
 export const csmQuickCallTimeoutMs = 15_000
+/**
+ * How long a volume's freeze may take (fsfreeze writes out everything the filesystem holds dirty
+ * first), and how long a CSM keeps it frozen before it thaws it by itself (a snapshot whose thaw
+ * never came: the CVM that asked died); a snapshot takes well under a second of it.
+ */
+export const volumeFreezeCallTimeoutMs = 60_000
+export const volumeFrozenMaxMs = 30_000
 /** a node operation on another node's CVM, unless the operation asks for longer */
 export const nodeCallTimeoutMs = 20_000
 

@@ -83,6 +83,11 @@ export interface VdiskInfo {
   parent?: string
   /** what its snapshots alone keep: extents the vDisk replaced or trimmed since (absent in answers of older CVMs) */
   snapshotBytes?: number
+  /**
+   * a clone: the bytes it reads from its parents (extents it shares with them, stored once);
+   * `allocatedBytes` are its own (exclusive)
+   */
+  sharedBytes?: number
 }
 
 /** a snapshot as stored (etcd value of keys.vdiskSnapshot) */

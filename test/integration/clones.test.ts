@@ -34,7 +34,7 @@ describe('vDisk clones', () => {
 
     const web1 = await c.tess(['vdisk', 'clone', 'golden@v1', 'web1', '--json'])
     expect(web1.code, web1.stdout + web1.stderr).toBe(0)
-    expect(web1.json).toMatchObject({ name: 'web1', sizeBytes: 16 * MiB, parent: 'golden@v1', allocatedBytes: 0 })
+    expect(web1.json).toMatchObject({ name: 'web1', sizeBytes: 16 * MiB, parent: 'golden@v1', allocatedBytes: 0, sharedBytes: 16 * MiB })
     expect((await c.readExport('web1')).equals(a)).toBe(true)
     // writes to the clone: unaligned, 4 KiB, a trim; the parent and its snapshot do not change
     await c.qemuIo('web1', 'write -P 0x21 1000 5000', 'write -P 0x22 3M 4k', 'discard 8M 1M')
@@ -45,6 +45,9 @@ describe('vDisk clones', () => {
     expect((await c.readExport('web1')).equals(b)).toBe(true)
     expect((await c.readExport('golden')).equals(a)).toBe(true)
     expect((await c.readExport('golden@v1')).equals(a)).toBe(true)
+    // space: 3 extents of its own (exclusive), the 13 others read from golden@v1 (shared)
+    expect((await c.tess(['vdisk', 'show', 'web1', '--json'])).json).toMatchObject({ allocatedBytes: 3 * MiB, sharedBytes: 13 * MiB })
+    expect((await c.tess(['vdisk', 'show', 'web1'])).stdout).toMatch(/shared with parents:\s+13 MiB/)
     // the parent changes after the snapshot: the clone does not see it
     await c.qemuIo('golden', 'write -P 0x77 0 2M')
     expect((await c.readExport('web1')).equals(b)).toBe(true)
@@ -58,6 +61,8 @@ describe('vDisk clones', () => {
     c2.fill(0x23, 10 * MiB, 11 * MiB)
     expect((await c.readExport('web2')).equals(c2)).toBe(true)
     expect((await c.readExport('web1')).equals(b)).toBe(true)
+    // its own extent, and 15 read through the chain: 3 from web1@web2, 12 from golden@v1
+    expect((await c.tess(['vdisk', 'show', 'web2', '--json'])).json).toMatchObject({ allocatedBytes: 1 * MiB, sharedBytes: 15 * MiB })
 
     // parents that clones read from stay, even with --force
     for (const args of [['vdisk', 'delete', 'golden', '--yes', '--force'], ['vdisk', 'snapshot', 'delete', 'golden', 'v1', '--yes', '--force'], ['vdisk', 'delete', 'web1', '--yes', '--force']]) {
@@ -82,6 +87,7 @@ describe('vDisk clones', () => {
     const flat = await c.tess(['vdisk', 'flatten', 'web1', '--json'])
     expect(flat.code, flat.stdout + flat.stderr).toBe(0)
     expect(flat.json.parent).toBeUndefined()
+    expect(flat.json.sharedBytes).toBeUndefined()
     expect(flat.json.allocatedBytes).toBe(16 * MiB) // its 3 own extents (the trimmed one holds zeros of its own) and the 13 it read
     expect((await c.tess(['vdisk', 'delete', 'golden', '--yes', '--force', '--json'])).code).toBe(0)
     expect((await c.readExport('web1')).equals(b)).toBe(true)

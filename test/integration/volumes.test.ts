@@ -153,6 +153,70 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await noLeftovers()
   })
 
+  it('snapshots while a container writes: its filesystem frozen for the instant; a clone mounts elsewhere with the data; restore and delete are refused while it is in use', async () => {
+    const marker = `unsynced-${Math.random().toString(36).slice(2)}`
+    await ok(['volume', 'create', 'snapvol', '--size', '128M'])
+    // /data/a is written and never synced: only the freeze puts it on the vDisk before the
+    // snapshot (the page cache would hold it for up to 30 s); /data/count grows all the time
+    await ok(['container', 'run', image, '--name', 'sw', '--csm', 'apps', '--volume', 'snapvol:/data', '--',
+      'sh', '-c', `echo ${marker} > /data/a && echo written; i=0; while true; do i=$((i+1)); echo $i >> /data/count; echo tick $i; busybox usleep 20000; done`])
+    await waitFor('the writer', async () => (await logs('sw')).includes('written'), 30_000, 200)
+    const snap = await ok(['volume', 'snapshot', 'create', 'snapvol', 's1'])
+    expect(snap).toMatchObject({ volume: 'snapvol', name: 's1', vdisk: 'vol-snapvol', frozen: { container: 'sw', node: expect.any(String) } })
+    // thawed: the writer goes on. (`container logs` without --follow of a container that never
+    // stops writing ends at the size the log had when it was asked: it once read on and on)
+    const ticks = async () => (await logs('sw')).split('\n').filter((l) => l.startsWith('tick')).length
+    const t0 = await ticks()
+    await waitFor('writes after the snapshot', async () => (await ticks()) > t0 + 5, 30_000, 200)
+    expect((await ok(['volume', 'snapshot', 'list', 'snapvol'])).map((x: any) => x.name)).toEqual(['s1'])
+    expect((await ok(['volume', 'snapshot', 'list'])).map((x: any) => `${x.volume}@${x.name}`)).toEqual(['snapvol@s1'])
+    await fails(['volume', 'snapshot', 'create', 'snapvol', 's1'], 4, 'TESS_E_EXISTS')
+    await fails(['volume', 'snapshot', 'create', 'nope', 's1'], 3, 'TESS_E_NOT_FOUND')
+
+    // a clone of the snapshot, read-write in another container: the unsynced file is there
+    const cl = await ok(['volume', 'clone', 'snapvol@s1', 'snapclone']) as VolumeInfo
+    expect(cl).toMatchObject({ name: 'snapclone', vdisk: 'vol-snapclone', sizeBytes: 128 * 2 ** 20, parent: 'snapvol@s1', attachments: [] })
+    await ok(['container', 'run', image, '--name', 'cr', '--csm', 'apps', '--volume', 'snapclone:/data', '--',
+      'sh', '-c', 'busybox cat /data/a; echo "lines=$(busybox cat /data/count | busybox wc -l)"; echo mine > /data/b && busybox sync && echo clone-written; busybox sleep 1000'])
+    await waitFor('the clone\'s reader', async () => (await logs('cr')).includes('clone-written'), 30_000, 200)
+    const clText = await logs('cr')
+    expect(clText).toContain(`${marker}\n`)
+    const lines = Number(/lines=(\d+)/.exec(clText)?.[1])
+    expect(lines).toBeGreaterThan(0)
+    // a clone without @SNAP takes a frozen snapshot named after it first
+    const cl2 = await ok(['volume', 'clone', 'snapvol', 'snapclone2']) as VolumeInfo
+    expect(cl2.parent).toBe('snapvol@snapclone2')
+
+    // refusals while in use, each naming what holds it
+    expect((await fails(['volume', 'snapshot', 'delete', 'snapvol', 's1', '--yes'], 4, 'TESS_E_CONFLICT')).message).toContain('vol-snapclone')
+    expect((await fails(['volume', 'restore', 'snapvol', 's1', '--yes'], 4, 'TESS_E_CONFLICT')).message).toContain('container "sw"')
+    await ok(['container', 'remove', 'cr', '--force', '--yes'])
+    await ok(['volume', 'delete', 'snapclone', '--yes'])
+    await ok(['volume', 'delete', 'snapclone2', '--yes'])
+    await ok(['volume', 'snapshot', 'delete', 'snapvol', 'snapclone2', '--yes'])
+
+    // stopped, its volume is unmounted: the restore goes through, and the volume holds what s1 held
+    await ok(['container', 'stop', 'sw', '--timeout', '0'])
+    const snap2 = await ok(['volume', 'snapshot', 'create', 'snapvol', 's2'])
+    expect(snap2.frozen).toBeNull()
+    const back = await ok(['volume', 'restore', 'snapvol', 's1', '--yes'])
+    expect(back.changedExtents).toBeGreaterThan(0)
+    await ok(['container', 'remove', 'sw', '--yes'])
+    await ok(['container', 'run', image, '--name', 'rr', '--csm', 'apps', '--volume', 'snapvol:/data:ro', '--',
+      'sh', '-c', 'busybox cat /data/a; echo "lines=$(busybox cat /data/count | busybox wc -l)"'])
+    await waitExit('rr')
+    expect(await logs('rr')).toBe(`${marker}\nlines=${lines}\n`)
+    await ok(['container', 'remove', 'rr', '--yes'])
+    const del = await fails(['volume', 'delete', 'snapvol', '--yes'], 4, 'TESS_E_CONFLICT')
+    expect(del.message).toContain('2 snapshots (s1, s2)')
+    expect(del.hint).toContain('--force')
+    expect((await ok(['volume', 'show', 'snapvol']) as VolumeInfo).name).toBe('snapvol') // the refusal kept it whole
+    await ok(['volume', 'delete', 'snapvol', '--force', '--yes'])
+    expect((await ok(['vdisk', 'list'])).map((v: any) => v.name)).not.toContain('vol-snapvol')
+    expect(await ok(['volume', 'snapshot', 'list'])).toEqual([])
+    await noLeftovers()
+  })
+
   it('--userns: the container writes its volume as its own root (an unprivileged user on the node); start again re-attaches; nothing leaks', async () => {
     await ok(['volume', 'create', 'uns', '--size', '64M'])
     const cmd = 'echo "uid=$(busybox id -u)"; echo mine > /data/mine && busybox stat -c "owner=%u" /data/mine; busybox cat /proc/self/uid_map; busybox sync; echo run >> /data/runs; busybox cat /data/runs | busybox wc -l; busybox sleep 1000'

@@ -82,6 +82,11 @@ class FakeCsm implements CsmApi {
     return { cpus: q.cpus, memoryBytes: q.memoryBytes }
   }
 
+  async freezeVolume(ref: string, volume: string, frozen: boolean) {
+    this.calls.push(['freezeVolume', ref, volume, frozen])
+    return { mounted: true, frozen }
+  }
+
   held = true
   async confirmPlacement() {
     this.calls.push(['confirmPlacement'])
@@ -181,6 +186,8 @@ describe('node operations over the real route', () => {
     expect(csm.calls.at(-1)).toEqual(['op', '0123456789ab', 'stop', 2000])
     expect(await call('n2', 'container.logs', { csm: 'web', id: '0123456789ab', tail: 5 })).toEqual({ data: 'aGk=', offset: 2, running: true })
     expect(csm.calls.at(-1)).toEqual(['logs', '0123456789ab', { tail: 5 }])
+    expect(await call('n2', 'container.freeze', { csm: 'web', id: '0123456789ab', volume: 'data', frozen: true })).toEqual({ mounted: true, frozen: true })
+    expect(csm.calls.at(-1)).toEqual(['freezeVolume', '0123456789ab', 'data', true])
     await call('n2', 'container.remove', { csm: 'web', id: '0123456789ab', force: true })
     expect(csm.calls.at(-1)).toEqual(['remove', '0123456789ab', true])
     expect((await call('n2', 'csm.remove', { name: 'web', force: false })).removed).toEqual(['a'])
@@ -215,6 +222,8 @@ describe('node operations over the real route', () => {
       ['container.run', { csm: 'web', spec: { image: 'x', cpus: 0 } }, 'TESS_E_INVALID', /field "spec": field "cpus" = 0 is out of range 0.01..4096/],
       ['container.run', { csm: '../x', spec: { image: 'x' } }, 'TESS_E_INVALID', /invalid CSM name/],
       ['container.logs', { csm: 'web', id: '../../etc' }, 'TESS_E_BAD_REQUEST', /bad container id "..\/..\/etc"/],
+      ['container.freeze', { csm: 'web', id: '0123456789ab', volume: '../x', frozen: true }, 'TESS_E_INVALID', /invalid volume name/],
+      ['container.freeze', { csm: 'web', id: '0123456789ab', volume: 'data', frozen: 'yes' }, 'TESS_E_BAD_REQUEST', /field "frozen" must be true or false/],
       ['container.logs', { csm: 'web', id: '0123456789ab', tail: -1 }, 'TESS_E_INVALID', /field "tail" = -1 is out of range/],
       ['container.op', { csm: 'web', id: '0123456789ab', op: 'explode' }, 'TESS_E_INVALID', /field "op" = "explode" is not one of start, stop, pause, resume/],
       ['container.op', { csm: 'web', id: '0123456789ab', op: 'stop', timeoutMs: 1e12 }, 'TESS_E_INVALID', /field "timeoutMs"/],
@@ -326,11 +335,14 @@ describe('the CSM daemon API: CsmClient against registerCsmApi on a unix socket'
     expect(await client.setLimits({ cpus: 2, memoryBytes: 2 ** 30 })).toEqual({ cpus: 2, memoryBytes: 2 ** 30 })
     expect(await client.confirmPlacement()).toEqual({ wasHeld: true })
     expect(await client.confirmPlacement()).toEqual({ wasHeld: false })
+    expect(await client.freezeVolume('db', 'data', true)).toEqual({ mounted: true, frozen: true })
+    expect(await client.freezeVolume('db', 'data', false)).toEqual({ mounted: true, frozen: false })
     expect(daemon.calls).toEqual([
       ['health'], ['list'],
       ['run', { name: 'a', image: 'img', command: ['true'], volumes: [{ name: 'v', target: '/v', readOnly: true, formatted: true, nbd: { host: '::1', port: 10809, export: 'vol-v' } }] }],
       ['inspect', 'a'], ['op', '0123456789ab', 'stop', 1500], ['op', '0123456789ab', 'pause', undefined], ['remove', 'a', true],
       ['logs', 'a', { offset: 10, tail: 3 }], ['stats'], ['setLimits', { cpus: 2, memoryBytes: 2 ** 30 }], ['confirmPlacement'], ['confirmPlacement'],
+      ['freezeVolume', 'db', 'data', true], ['freezeVolume', 'db', 'data', false],
     ])
   })
 
@@ -347,6 +359,8 @@ describe('the CSM daemon API: CsmClient against registerCsmApi on a unix socket'
       [raw('GET', '/v1/containers/a/logs?tail=-1'), 'TESS_E_INVALID', /query parameter "tail"/],
       [raw('PUT', '/v1/limits', { cpus: 0.001, memoryBytes: 2 ** 30 }), 'TESS_E_INVALID', /cannot change its limits: field "cpus" = 0.001 is out of range/],
       [raw('PUT', '/v1/limits', { cpus: 1 }), 'TESS_E_BAD_REQUEST', /field "memoryBytes" is required/],
+      [raw('POST', '/v1/containers/db/volumes/..%2Fx/freeze', { frozen: true }), 'TESS_E_INVALID', /invalid volume name/],
+      [raw('POST', '/v1/containers/db/volumes/data/freeze', { frozen: 1 }), 'TESS_E_BAD_REQUEST', /field "frozen" must be true or false/],
     ]
     for (const [p, code, message] of cases) {
       const e = await refused(p)

@@ -7,6 +7,7 @@ import { KeyedMutex } from '../../lib/mutex.js'
 import { TessError, assert, errorMessage, isTessError } from '../../lib/errors.js'
 import { makeLogger, type Logger } from '../../lib/log.js'
 import { checkName } from '../../lib/names.js'
+import { volumeFrozenMaxMs } from '../../lib/limits.js'
 import { imageConfigSizeMaxBytes } from '../../lib/images/limits.js'
 import { writeFileAtomic } from '../../lib/images/store.js'
 import type { ImageRecord } from '../../lib/images/store.js'
@@ -155,6 +156,8 @@ export class ContainerManager {
   private restartTimer: NodeJS.Timeout | undefined
   /** restarts wait until the node's CVM confirms this CSM is still placed on this node (holdRestarts) */
   private restartsHeld = false
+  /** volumes frozen for a snapshot (`id/volume`): each thaws by itself after volumeFrozenMaxMs */
+  private readonly frozen = new Map<string, NodeJS.Timeout>()
 
   constructor(opts: ContainerManagerOptions) {
     this.csm = checkName('CSM', opts.csm)
@@ -444,6 +447,35 @@ export class ContainerManager {
     })
   }
 
+  /**
+   * Freeze or thaw a volume a container has attached read-write, for a snapshot of it (the node's
+   * CVM thaws it once the snapshot is taken; if that never comes, it thaws after
+   * volumeFrozenMaxMs). Not under the container's lock: a stop waiting for a writer that the
+   * freeze holds must not keep the thaw out. `mounted`: false when the volume is not mounted now
+   * (the container is stopped): there was nothing to freeze.
+   */
+  async freezeVolume(idOrName: string, volume: string, frozen: boolean): Promise<{ mounted: boolean, frozen: boolean }> {
+    const c = await this.find(idOrName)
+    const v = (c.spec?.volumes ?? []).find((x) => x.name === volume)
+    if (v === undefined) throw new TessError('TESS_E_NOT_FOUND', `container "${c.name}" has no volume "${volume}"`, 'see `tess container show`')
+    if (v.readOnly || this.volumes === undefined) return { mounted: false, frozen: false }
+    const key = `${c.id}/${volume}`
+    clearTimeout(this.frozen.get(key))
+    this.frozen.delete(key)
+    const dir = this.files(c.id).dir
+    const mounted = await this.volumes.freeze(dir, volume, frozen)
+    if (mounted && frozen) {
+      const t = setTimeout(() => {
+        this.frozen.delete(key)
+        this.log.warn(`volume ${volume} of container ${c.name}: frozen for ${volumeFrozenMaxMs} ms with no thaw from the CVM; thawing it`)
+        this.volumes?.freeze(dir, volume, false).catch((e: unknown) => this.log.warn(`volume ${volume}: ${errorMessage(e)}`))
+      }, volumeFrozenMaxMs)
+      t.unref()
+      this.frozen.set(key, t)
+    }
+    return { mounted, frozen: mounted && frozen }
+  }
+
   /** One container, its status brought up to date. */
   async inspect(idOrName: string): Promise<ContainerInfo> {
     const rec0 = await this.find(idOrName)
@@ -546,7 +578,7 @@ export class ContainerManager {
    * lines when `tail` is given, else from byte `offset` (default 0), at most `maxBytes`. `offset` in the answer is where
    * the next read starts; `running` says more may come.
    */
-  async readLog(idOrName: string, opts: { offset?: number, tail?: number, maxBytes?: number } = {}): Promise<{ data: Buffer, offset: number, running: boolean }> {
+  async readLog(idOrName: string, opts: { offset?: number, tail?: number, maxBytes?: number } = {}): Promise<{ data: Buffer, offset: number, running: boolean, sizeBytes: number }> {
     const rec = await this.inspect(idOrName)
     const f = this.files(rec.id)
     const maxBytes = Math.min(opts.maxBytes ?? logChunkBytesMax, logChunkBytesMax)
@@ -561,7 +593,7 @@ export class ContainerManager {
     try {
       fh = await fsp.open(f.log, 'r')
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { data: Buffer.alloc(0), offset: opts.offset ?? 0, running }
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { data: Buffer.alloc(0), offset: opts.offset ?? 0, running, sizeBytes: 0 }
       throw e
     }
     try {
@@ -572,7 +604,7 @@ export class ContainerManager {
       const data = Buffer.alloc(n)
       const { bytesRead } = n > 0 ? await fh.read(data, 0, n, pos) : { bytesRead: 0 }
       // still running, or more is in the file than one chunk: the reader comes back
-      return { data: data.subarray(0, bytesRead), offset: pos + bytesRead, running: running || pos + bytesRead < size }
+      return { data: data.subarray(0, bytesRead), offset: pos + bytesRead, running: running || pos + bytesRead < size, sizeBytes: size }
     } finally {
       await fh.close()
     }
@@ -617,6 +649,9 @@ export class ContainerManager {
           for (const v of r.spec?.volumes ?? []) {
             if (this.volumes !== undefined && !(await this.volumes.healthy(this.files(id).dir, v.name))) {
               this.log.warn(`container ${r.name}: volume ${v.name} is not whole (nbdfuse or a mount is gone): its I/O fails until the container is restarted`)
+            } else if (this.volumes !== undefined && !v.readOnly) {
+              // frozen for a snapshot when the daemon before this one died: its thaw timer died with it
+              await this.volumes.freeze(this.files(id).dir, v.name, false).catch((e: unknown) => this.log.warn(`container ${r.name}: volume ${v.name}: ${errorMessage(e)}`))
             }
           }
         }

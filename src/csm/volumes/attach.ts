@@ -39,6 +39,11 @@ export interface VolumeAttacher {
   detach(containerDir: string, name: string): Promise<void>
   /** Is the chain of a volume whole (for adopt after a restart)? */
   healthy(containerDir: string, name: string): Promise<boolean>
+  /**
+   * Freeze (`frozen`) or thaw the volume's mounted filesystem (fsfreeze: writes wait, everything
+   * written before is on the vDisk). Answers false when it is not mounted (nothing to freeze).
+   */
+  freeze(containerDir: string, name: string, frozen: boolean): Promise<boolean>
 }
 
 /** how long nbdfuse may take to connect and mount */
@@ -188,6 +193,8 @@ export class NbdVolumeAttacher implements VolumeAttacher {
         errors.push(`${what}: ${errorMessage(e)}`)
       }
     }
+    // a frozen filesystem (a snapshot cut short) is thawed first: its unmount would wait for it
+    await this.freeze(containerDir, name, false).catch((e: unknown) => this.log.warn(`volume ${name}: ${errorMessage(e)}`))
     // in order: the filesystem, the loop device (autoclear: gone once the file system is), the FUSE
     // mount, the nbdfuse process; the last two only once the loop device is gone (they carry its
     // last writes)
@@ -234,6 +241,18 @@ export class NbdVolumeAttacher implements VolumeAttacher {
     }
     await fsp.rm(p.dir, { recursive: true, force: true })
     this.log.info(`volume ${name}: detached from ${containerDir}`)
+  }
+
+  async freeze(containerDir: string, name: string, frozen: boolean): Promise<boolean> {
+    const p = volumePaths(containerDir, name)
+    if (!(await isMountPoint(p.mnt))) return false
+    const r = await execCommand('fsfreeze', [frozen ? '--freeze' : '--unfreeze', p.mnt], { timeoutMs: volumeToolTimeoutMs })
+    // thawing a filesystem that is not frozen is EINVAL: it is thawed, as asked
+    if (r.code !== 0 && !(!frozen && /invalid argument/i.test(r.stderr))) {
+      throw new TessError('TESS_E_IO', `cannot ${frozen ? 'freeze' : 'thaw'} volume "${name}": fsfreeze: ${(r.stderr || r.stdout).trim()}`, 'see the CSM log')
+    }
+    if (r.code === 0) this.log.info(`volume ${name}: ${frozen ? 'frozen' : 'thawed'} (${containerDir})`)
+    return true
   }
 
   async healthy(containerDir: string, name: string): Promise<boolean> {

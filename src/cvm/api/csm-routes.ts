@@ -120,5 +120,14 @@ function volumeRoutes(api: ApiServer, r: Volumes): void {
     return r.create({ name: str(b, 'name')!, sizeBytes: int(b, 'sizeBytes', 1, vdiskSizeMaxBytes)!, rf: int(b, 'rf', 1, rfMax, false) ?? 1, encrypted: bool(b, 'encrypted') })
   }, 'operator')
   api.route('GET', '/v1/volumes/:name', async (req) => r.show(req.params.name!))
-  api.route('DELETE', '/v1/volumes/:name', async (req) => r.delete(req.params.name!, req.query.get('dryRun') === 'true'), 'operator')
+  api.route('DELETE', '/v1/volumes/:name', async (req) => r.delete(req.params.name!, req.query.get('dryRun') === 'true', req.query.get('force') === 'true'), 'operator')
+  api.route('GET', '/v1/volume-snapshots', async () => r.snapshots())
+  api.route('GET', '/v1/volumes/:name/snapshots', async (req) => r.snapshots(req.params.name!))
+  api.route('POST', '/v1/volumes/:name/snapshots', async (req) => r.createSnapshot(req.params.name!, str(bodyObject(req.body), 'name')!), 'operator')
+  api.route('DELETE', '/v1/volumes/:name/snapshots/:snapshot', async (req) => r.deleteSnapshot(req.params.name!, req.params.snapshot!), 'operator')
+  api.route('POST', '/v1/volumes/:name/restore', async (req) => r.restoreSnapshot(req.params.name!, str(bodyObject(req.body), 'snapshot')!), 'operator')
+  api.route('POST', '/v1/volumes/:name/clones', async (req) => {
+    const b = bodyObject(req.body)
+    return r.clone(req.params.name!, str(b, 'snapshot', false), str(b, 'name')!, int(b, 'rf', 1, rfMax, false))
+  }, 'operator')
 }

@@ -30,6 +30,7 @@ export function containerNodeOps(agent: NodeAgent): Pick<NodeHandlers, Container
     'container.op': async ({ csm, id, op, timeoutMs }) => agent.csm(csm).op(id, op, timeoutMs),
     'container.remove': async ({ csm, id, force }) => agent.csm(csm).remove(id, force),
     'container.logs': async ({ csm, id, offset, tail }) => agent.csm(csm).logs(id, { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) }),
+    'container.freeze': async ({ csm, id, volume, frozen }) => agent.csm(csm).freezeVolume(id, volume, frozen),
     'stats': async ({ csm }) => agent.stats(csm),
   }
   // everything but the image store needs the container side (cgroups, the OCI runtime)

@@ -78,6 +78,8 @@ export interface VolumeRecord {
   formatted: boolean
   attachments: VolumeAttachment[]
   createdAt: string
+  /** a clone's volume and snapshot (shown only: the reference that counts is its vDisk's) */
+  parent?: { volume: string, snapshot: string }
 }
 
 /** every CSM record in the cluster, or those of one node (the API, the control context and the node agent) */

@@ -1,9 +1,10 @@
 import type { VolumeMount, VolumeSpec } from '../../lib/container-spec.js'
-import type { VolumeInfo } from '../../lib/csm-types.js'
+import type { VolumeInfo, VolumeSnapshotInfo } from '../../lib/csm-types.js'
 import { TessError, errorMessage, isTessError } from '../../lib/errors.js'
 import { etcdCall, getJson, keys } from '../../lib/etcd.js'
 import { checkName } from '../../lib/names.js'
-import type { VdiskInfo } from '../../lib/types.js'
+import { csmQuickCallTimeoutMs, volumeFreezeCallTimeoutMs, volumeFrozenMaxMs } from '../../lib/limits.js'
+import type { SnapshotInfo, VdiskInfo } from '../../lib/types.js'
 import { mib } from '../../lib/units.js'
 import type { ControlContext } from './context.js'
 import type { CsmRecord, VolumeRecord } from './records.js'
@@ -12,8 +13,17 @@ import type { CsmRecord, VolumeRecord } from './records.js'
 export interface VdiskOps {
   create(name: string, sizeBytes: number, rf: number, encrypted?: boolean): Promise<VdiskInfo>
   list(): Promise<VdiskInfo[]>
-  /** `dryRun`: its checks only (NBD clients connected), nothing deleted */
-  delete(name: string, dryRun?: boolean): Promise<VdiskInfo>
+  /**
+   * `dryRun`: its checks only (NBD clients connected, snapshots, clones), nothing deleted;
+   * `force`: its snapshots go with it (never while a clone reads from it)
+   */
+  delete(name: string, dryRun?: boolean, force?: boolean): Promise<VdiskInfo>
+  snapshots(name: string): Promise<SnapshotInfo[]>
+  createSnapshot(name: string, snapshot: string): Promise<SnapshotInfo>
+  deleteSnapshot(name: string, snapshot: string): Promise<SnapshotInfo>
+  /** refused while NBD clients have the vDisk open */
+  restoreSnapshot(name: string, snapshot: string): Promise<SnapshotInfo>
+  clone(source: string, snapshot: string, name: string, rf?: number): Promise<VdiskInfo>
 }
 
 /** a volume's vDisk is `vol-<name>`: the name leaves room for the prefix */
@@ -23,9 +33,27 @@ export const vdiskOfVolume = (name: string): string => `vol-${name}`
 /** compare-and-swap rounds on volume records before a change gives up */
 const volumeCasRetriesMax = 10
 
+/** the node operation that freezes a volume may take the freeze's time and a little more */
+const freezeCallSlackMs = 5_000
+
 function volumeInfo(r: VolumeRecord, vds: VdiskInfo[]): VolumeInfo {
   const vd = vds.find((v) => v.name === r.vdisk)
-  return { name: r.name, vdisk: r.vdisk, sizeBytes: vd?.sizeBytes ?? r.sizeBytes, rf: r.rf, allocatedBytes: vd?.allocatedBytes ?? 0, encrypted: vd?.encrypted ?? false, formatted: r.formatted, attachments: r.attachments, createdAt: r.createdAt }
+  return {
+    name: r.name, vdisk: r.vdisk, sizeBytes: vd?.sizeBytes ?? r.sizeBytes, rf: r.rf, allocatedBytes: vd?.allocatedBytes ?? 0, encrypted: vd?.encrypted ?? false,
+    formatted: r.formatted, attachments: r.attachments, createdAt: r.createdAt, ...(r.parent !== undefined ? { parent: `${r.parent.volume}@${r.parent.snapshot}` } : {}),
+  }
+}
+
+function volumeSnapshotInfo(r: VolumeRecord, s: SnapshotInfo): VolumeSnapshotInfo {
+  return { volume: r.name, name: s.name, vdisk: r.vdisk, createdAt: s.createdAt, epoch: s.epoch, ...(s.changedExtents !== undefined ? { changedExtents: s.changedExtents } : {}) }
+}
+
+/** A refusal of the volume's vDisk, said of the volume (its snapshots are the volume's). */
+function volumeRefusal(e: unknown, name: string): unknown {
+  if (!isTessError(e) || e.code !== 'TESS_E_CONFLICT') return e
+  const m = /it has (\d+) snapshots? \(([^)]*)\)/.exec(e.message)
+  if (m !== null) return new TessError('TESS_E_CONFLICT', `cannot delete volume "${name}": it has ${m[1]} snapshot${m[1] === '1' ? '' : 's'} (${m[2]})`, `delete them first (tess volume snapshot delete ${name} SNAPSHOT), or pass --force to delete the volume with its snapshots`)
+  return new TessError(e.code, `cannot delete volume "${name}": ${e.message}`, e.hint)
 }
 
 /**
@@ -42,23 +70,117 @@ export class Volumes {
     return r
   }
 
-  async create(req: { name: string, sizeBytes: number, rf: number, encrypted?: boolean }): Promise<VolumeInfo> {
-    const { etcd, log } = this.ctx
-    const name = checkName('volume', req.name)
+  /** A new volume's name, refused when it is taken or too long. */
+  private async newName(name: string, what: string): Promise<string> {
+    checkName('volume', name)
     if (name.length > volumeNameLengthMax) throw new TessError('TESS_E_INVALID', `invalid volume name "${name}": at most ${volumeNameLengthMax} characters`, 'its vDisk is named vol-NAME')
-    if (req.sizeBytes < volumeSizeMinBytes) throw new TessError('TESS_E_INVALID', `cannot create volume "${name}" of ${req.sizeBytes} bytes: at least ${mib(volumeSizeMinBytes)}`, 'ext4 needs room for its journal: e.g. --size 1G')
-    if (await etcdCall('read the volume', () => getJson<VolumeRecord>(etcd, keys.volume(name))) !== undefined) {
-      throw new TessError('TESS_E_EXISTS', `cannot create volume "${name}": a volume of that name exists`, 'choose another name, or delete it first')
+    if (await etcdCall('read the volume', () => getJson<VolumeRecord>(this.ctx.etcd, keys.volume(name))) !== undefined) {
+      throw new TessError('TESS_E_EXISTS', `cannot ${what} volume "${name}": a volume of that name exists`, 'choose another name, or delete it first')
     }
+    return name
+  }
+
+  async create(req: { name: string, sizeBytes: number, rf: number, encrypted?: boolean }): Promise<VolumeInfo> {
+    checkName('volume', req.name)
+    if (req.sizeBytes < volumeSizeMinBytes) throw new TessError('TESS_E_INVALID', `cannot create volume "${req.name}" of ${req.sizeBytes} bytes: at least ${mib(volumeSizeMinBytes)}`, 'ext4 needs room for its journal: e.g. --size 1G')
+    const name = await this.newName(req.name, 'create')
     const vd = await this.vdisks.create(vdiskOfVolume(name), req.sizeBytes, req.rf, req.encrypted === true)
-    const rec: VolumeRecord = { name, vdisk: vd.name, sizeBytes: vd.sizeBytes, rf: vd.rf, formatted: false, attachments: [], createdAt: new Date().toISOString() }
-    const res = await etcdCall('create the volume record', () => etcd.if(keys.volume(name), 'Create', '==', 0).then(etcd.put(keys.volume(name)).value(JSON.stringify(rec))).commit())
+    return this.recordNew({ name, vdisk: vd.name, sizeBytes: vd.sizeBytes, rf: vd.rf, formatted: false, attachments: [], createdAt: new Date().toISOString() }, vd)
+  }
+
+  /** Store a new volume's record for its vDisk `vd` (deleted again if the name was taken meanwhile). */
+  private async recordNew(rec: VolumeRecord, vd: VdiskInfo): Promise<VolumeInfo> {
+    const { etcd, log } = this.ctx
+    const res = await etcdCall('create the volume record', () => etcd.if(keys.volume(rec.name), 'Create', '==', 0).then(etcd.put(keys.volume(rec.name)).value(JSON.stringify(rec))).commit())
     if (!res.succeeded) {
-      await this.vdisks.delete(vd.name).catch((de: unknown) => log.warn(`volume ${name}: its vDisk ${vd.name} stays: ${errorMessage(de)}`))
-      throw new TessError('TESS_E_EXISTS', `cannot create volume "${name}": a volume of that name was just created`, 'choose another name')
+      await this.vdisks.delete(vd.name).catch((de: unknown) => log.warn(`volume ${rec.name}: its vDisk ${vd.name} stays: ${errorMessage(de)}`))
+      throw new TessError('TESS_E_EXISTS', `cannot create volume "${rec.name}": a volume of that name was just created`, 'choose another name')
     }
-    log.info(`volume ${name} created (vDisk ${vd.name}, ${vd.sizeBytes} bytes, RF ${vd.rf})`)
+    log.info(`volume ${rec.name} created (vDisk ${vd.name}, ${vd.sizeBytes} bytes, RF ${vd.rf}${rec.parent !== undefined ? `, a clone of ${rec.parent.volume}@${rec.parent.snapshot}` : ''})`)
     return volumeInfo(rec, [vd])
+  }
+
+  // ---- snapshots and clones (of the volume's vDisk; vdisk/history.ts)
+
+  /** the snapshots of one volume, or of every volume; oldest first */
+  async snapshots(name?: string): Promise<VolumeSnapshotInfo[]> {
+    const recs = name !== undefined ? [await this.record(name)] : (await this.ctx.volumeRecords()).sort((a, b) => a.name.localeCompare(b.name))
+    const lists = await Promise.all(recs.map(async (r) => (await this.vdisks.snapshots(r.vdisk)).map((s) => volumeSnapshotInfo(r, s))))
+    return lists.flat()
+  }
+
+  /**
+   * A consistent snapshot: when a container has the volume mounted read-write, the CSM freezes its
+   * filesystem (everything written before is on the vDisk, new writes wait), the vDisk's snapshot is
+   * taken, and the filesystem is thawed. Refused when the freeze cannot be made (the snapshot would
+   * hold only what reached the vDisk): nothing is taken then.
+   */
+  async createSnapshot(name: string, snapshot: string): Promise<VolumeSnapshotInfo> {
+    checkName('snapshot', snapshot)
+    const r = await this.record(name)
+    const rw = r.attachments.find((a) => !a.readOnly)
+    // the CSM knows its containers by id: a container still being created has none, and nothing mounted yet
+    const id = rw !== undefined ? (await this.ctx.containerRecord(rw.container).catch(() => undefined))?.id ?? undefined : undefined
+    const req = rw !== undefined && id !== undefined ? { csm: rw.csm, id, volume: r.name } : undefined
+    let frozen: VolumeSnapshotInfo['frozen'] = null
+    if (rw !== undefined && req !== undefined) {
+      const a = await this.ctx.call(rw.node, 'container.freeze', { ...req, frozen: true }, volumeFreezeCallTimeoutMs + freezeCallSlackMs).catch((e: unknown) => {
+        throw new TessError(isTessError(e) ? e.code : 'TESS_E_IO', `cannot snapshot volume "${name}": its filesystem in container "${rw.container}" on node ${rw.node} could not be frozen: ${errorMessage(e)}`,
+          'no snapshot was taken; stop the container to snapshot its volume unmounted, or retry when its node answers')
+      })
+      if (a.frozen) frozen = { container: rw.container, node: rw.node }
+    }
+    try {
+      return { ...volumeSnapshotInfo(r, await this.vdisks.createSnapshot(r.vdisk, snapshot)), frozen }
+    } finally {
+      if (frozen !== null && rw !== undefined && req !== undefined) {
+        await this.ctx.call(rw.node, 'container.freeze', { ...req, frozen: false }, csmQuickCallTimeoutMs + freezeCallSlackMs)
+          .catch((e: unknown) => this.ctx.log.warn(`volume ${name}: thaw in container ${rw.container} on ${rw.node} failed (its CSM thaws it within ${volumeFrozenMaxMs} ms): ${errorMessage(e)}`))
+      }
+    }
+  }
+
+  async deleteSnapshot(name: string, snapshot: string): Promise<VolumeSnapshotInfo> {
+    checkName('snapshot', snapshot)
+    const r = await this.record(name)
+    try {
+      return volumeSnapshotInfo(r, await this.vdisks.deleteSnapshot(r.vdisk, snapshot))
+    } catch (e) {
+      // a clone reads from it: its vDisk is named, and the volume it belongs to (vol-NAME)
+      if (isTessError(e) && e.code === 'TESS_E_CONFLICT') throw new TessError(e.code, `cannot delete snapshot "${name}@${snapshot}" of volume "${name}": ${e.message}`, `${e.hint} (the vDisk of volume NAME is vol-NAME)`)
+      throw e
+    }
+  }
+
+  /** Roll a volume back: refused while a container has it mounted (its vDisk open over NBD). */
+  async restoreSnapshot(name: string, snapshot: string): Promise<VolumeSnapshotInfo> {
+    checkName('snapshot', snapshot)
+    const r = await this.record(name)
+    try {
+      return volumeSnapshotInfo(r, await this.vdisks.restoreSnapshot(r.vdisk, snapshot))
+    } catch (e) {
+      const a = r.attachments[0]
+      if (isTessError(e) && e.code === 'TESS_E_CONFLICT' && a !== undefined) {
+        throw new TessError('TESS_E_CONFLICT', `cannot restore volume "${name}": it is mounted in container "${a.container}" on node ${a.node}`, `stop the container first (tess container stop ${a.container}), restore, then start it again`)
+      }
+      throw e
+    }
+  }
+
+  /**
+   * A new volume from a snapshot of another (`snapshot` undefined: one named after the clone is
+   * taken first, frozen like any other): its vDisk is a clone, so it holds the snapshot's
+   * filesystem at once and stores only what it writes.
+   */
+  async clone(source: string, snapshot: string | undefined, name: string, rf?: number): Promise<VolumeInfo> {
+    if (snapshot !== undefined) checkName('snapshot', snapshot)
+    const src = await this.record(source)
+    await this.newName(name, 'create')
+    const snap = snapshot ?? (await this.createSnapshot(source, name)).name
+    const vd = await this.vdisks.clone(src.vdisk, snap, vdiskOfVolume(name), rf)
+    // `formatted` comes from its first read-write attach: the CSM finds the snapshot's filesystem
+    // (a snapshot taken before the first attach has none, and the clone is formatted then)
+    return this.recordNew({ name, vdisk: vd.name, sizeBytes: vd.sizeBytes, rf: vd.rf, formatted: false, attachments: [], createdAt: new Date().toISOString(), parent: { volume: source, snapshot: snap } }, vd)
   }
 
   async list(): Promise<VolumeInfo[]> {
@@ -71,8 +193,11 @@ export class Volumes {
     return volumeInfo(r, await this.vdisks.list())
   }
 
-  /** `dryRun`: every check a delete makes (attachments, then its vDisk's), and the volume as it would go; nothing changes */
-  async delete(name: string, dryRun = false): Promise<VolumeInfo> {
+  /**
+   * `dryRun`: every check a delete makes (attachments, then its vDisk's), and the volume as it
+   * would go; nothing changes. `force`: its snapshots go with it (never while a clone reads one).
+   */
+  async delete(name: string, dryRun = false, force = false): Promise<VolumeInfo> {
     const { etcd } = this.ctx
     checkName('volume', name)
     const got = await etcdCall('read the volume', () => etcd.get(keys.volume(name)).exec())
@@ -84,16 +209,15 @@ export class Volumes {
       throw new TessError('TESS_E_CONFLICT', `cannot delete volume "${name}": it is attached to container "${a.container}" on node ${a.node}${r.attachments.length > 1 ? ` and ${r.attachments.length - 1} more` : ''}`, `remove the container first: tess container remove ${a.container}`)
     }
     const info = volumeInfo(r, await this.vdisks.list())
-    if (dryRun) {
-      await this.vdisks.delete(r.vdisk, true).catch((e: unknown) => {
-        if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) throw e
-      })
-      return info
-    }
+    // the vDisk's checks (clients, snapshots, clones) before the record goes: a refusal leaves both
+    await this.vdisks.delete(r.vdisk, true, force).catch((e: unknown) => {
+      if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) throw volumeRefusal(e, name)
+    })
+    if (dryRun) return info
     const res = await etcdCall('delete the volume record', () => etcd.if(keys.volume(name), 'Mod', '==', kv.mod_revision).then(etcd.delete().key(keys.volume(name))).commit())
     if (!res.succeeded) throw new TessError('TESS_E_CONFLICT', `volume "${name}" changed while it was being deleted (attached?)`, 'look at it again: tess volume show')
     try {
-      await this.vdisks.delete(r.vdisk)
+      await this.vdisks.delete(r.vdisk, false, force)
     } catch (e) {
       if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) {
         throw new TessError(isTessError(e) ? e.code : 'TESS_E_IO', `volume "${name}" is gone but its vDisk ${r.vdisk} was not deleted: ${errorMessage(e)}`, `delete it: tess vdisk delete ${r.vdisk} --yes`)

@@ -68,11 +68,12 @@ export class VdiskService {
   }
 
   async info(rec: VdiskRecord): Promise<VdiskInfo> {
-    const [count, owner, parent, kept] = await Promise.all([
+    const [count, owner, parent, kept, shared] = await Promise.all([
       etcdCall('count vDisk extents', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).count()),
       etcdCall('read vDisk owner', () => this.etcd.get(keys.vdiskOwner(rec.id)).string()),
       this.parentName(rec),
       this.snapshotExtents(rec),
+      this.sharedExtents(rec),
     ])
     return {
       id: rec.id,
@@ -88,7 +89,47 @@ export class VdiskService {
       locked: rec.wrappedKey !== undefined && this.opts.keys.current === undefined,
       ...(parent !== undefined ? { parent } : {}),
       snapshotBytes: kept * vBlockSizeBytes,
+      ...(rec.parent !== undefined ? { sharedBytes: shared * vBlockSizeBytes } : {}),
     }
+  }
+
+  /**
+   * A clone's vBlocks that it reads from its parents (the extents it shares with them): those it
+   * has not written itself where a parent's snapshot, or one further up the chain, has an extent.
+   */
+  private async sharedExtents(rec: VdiskRecord): Promise<number> {
+    if (rec.parent === undefined) return 0
+    const blocks = Math.ceil(rec.sizeBytes / vBlockSizeBytes)
+    const vbOf = (key: string, prefix: string) => parseInt(key.slice(prefix.length).split('/')[0]!, 16)
+    // vBlocks answered by a level closer to the clone (its own map first)
+    const answered = new Set(Object.keys(await etcdCall('read the block map', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).strings())).map((k) => vbOf(k, keys.vdiskMapPrefix(rec.id))))
+    let shared = 0
+    const visited = new Set<string>([rec.id]) // a chain never loops; if a record said so, stop there
+    for (let at: VdiskRecord['parent'] = rec.parent; at !== undefined && !visited.has(at.id);) {
+      const { id, snapshot }: { id: string, snapshot: string } = at
+      visited.add(id)
+      const [p, snap, map, hist]: [VdiskRecord | undefined, SnapshotRecord | undefined, Record<string, string>, Record<string, string>] = await Promise.all([
+        etcdCall('read the parent vDisk', () => getJson<VdiskRecord>(this.etcd, keys.vdisk(id))),
+        etcdCall('read the parent snapshot', () => getJson<SnapshotRecord>(this.etcd, keys.vdiskSnapshot(id, snapshot))),
+        etcdCall('read the parent block map', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(id)).strings()),
+        etcdCall('read the parent history', () => this.etcd.getAll().prefix(keys.vdiskHistPrefix(id)).strings()),
+      ])
+      if (p === undefined || snap === undefined) break
+      // what the snapshot sees (history.ts: SnapshotHistory.view)
+      const seen = new Set<number>()
+      for (const [k, v] of Object.entries(map)) if (((JSON.parse(v) as { e?: number }).e ?? 0) <= snap.epoch) seen.add(vbOf(k, keys.vdiskMapPrefix(id)))
+      for (const [k, v] of Object.entries(hist)) {
+        const h = JSON.parse(v) as { e: number, u: number }
+        if (h.e <= snap.epoch && snap.epoch < h.u) seen.add(vbOf(k, keys.vdiskHistPrefix(id)))
+      }
+      for (const vb of seen) {
+        if (vb >= blocks || answered.has(vb)) continue
+        answered.add(vb)
+        shared++
+      }
+      at = p.parent
+    }
+    return shared
   }
 
   /** the extents only the vDisk's snapshots keep: named by history entries, not by the block map */

@@ -1,10 +1,10 @@
 import { TessError } from '../errors.js'
 import { parseContainerSpec, parseCsmQuota, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
 import type { CsmStatsAnswer } from '../csm-types.js'
-import { bodyObject, int, queryInt, shown, type ApiServer } from '../http-server.js'
+import { bodyObject, bool, int, queryInt, shown, type ApiServer } from '../http-server.js'
 import { jsonRequest } from '../jsonhttp.js'
-import { containerStopTimeoutMsMax, csmCallTimeoutMs, csmQuickCallTimeoutMs, logTailLinesMax } from '../limits.js'
-import { namePattern } from '../names.js'
+import { containerStopTimeoutMsMax, csmCallTimeoutMs, csmQuickCallTimeoutMs, logTailLinesMax, volumeFreezeCallTimeoutMs } from '../limits.js'
+import { checkName, namePattern } from '../names.js'
 
 /**
  * The API of one CSM daemon, on its unix socket, for the CVM of its node only: what the daemon
@@ -28,6 +28,8 @@ export interface CsmLogAnswer {
   data: string
   offset: number
   running: boolean
+  /** the log's size when it was read: a reader that is not following stops there (absent from older CSMs) */
+  sizeBytes?: number
 }
 
 export interface CsmLogQuery {
@@ -47,6 +49,12 @@ export interface CsmPlacementAnswer {
   wasHeld: boolean
 }
 
+/** A volume frozen or thawed for a snapshot: `mounted` false when there was nothing to freeze (its container is stopped). */
+export interface VolumeFreezeAnswer {
+  mounted: boolean
+  frozen: boolean
+}
+
 /** One CSM daemon. `ref` is a container's id (12 hex digits) or its name. */
 export interface CsmApi {
   health(): Promise<CsmHealth>
@@ -62,6 +70,8 @@ export interface CsmApi {
   setLimits(q: CsmQuota): Promise<CsmLimitsAnswer>
   /** the node's CVM saw this CSM's record on this node: restarts held since the daemon started go on */
   confirmPlacement(): Promise<CsmPlacementAnswer>
+  /** freeze (or thaw) a volume the container has attached read-write, for a consistent snapshot */
+  freezeVolume(ref: string, volume: string, frozen: boolean): Promise<VolumeFreezeAnswer>
 }
 
 const containerIdPattern = /^[a-f0-9]{12}$/
@@ -95,6 +105,10 @@ export function registerCsmApi(api: ApiServer, csm: CsmApi, what: string): void 
   api.route('GET', '/v1/stats', async () => csm.stats())
   api.route('PUT', '/v1/limits', async (req) => csm.setLimits(parseCsmQuota(req.body, `${what}: cannot change its limits`)))
   api.route('POST', '/v1/placement/confirm', async () => csm.confirmPlacement())
+  api.route('POST', '/v1/containers/:id/volumes/:volume/freeze', async (req) => {
+    const frozen = bool(bodyObject(req.body), 'frozen')
+    return csm.freezeVolume(containerRef(req.params.id!), checkName('volume', req.params.volume!), frozen)
+  })
 }
 
 /** One JSON request to a CSM daemon. */
@@ -154,5 +168,9 @@ export class CsmClient implements CsmApi {
 
   confirmPlacement(): Promise<CsmPlacementAnswer> {
     return this.request('POST', '/v1/placement/confirm', {}, csmQuickCallTimeoutMs)
+  }
+
+  freezeVolume(ref: string, volume: string, frozen: boolean): Promise<VolumeFreezeAnswer> {
+    return this.request('POST', containerPath(ref, `/volumes/${encodeURIComponent(volume)}/freeze`), { frozen }, frozen ? volumeFreezeCallTimeoutMs : csmQuickCallTimeoutMs)
   }
 }

@@ -7,7 +7,7 @@ import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
 import { balanceMovesMax, containerStopTimeoutMsMax, disksMax, gcMinAgeMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
 import { checkExportName, checkName } from '../names.js'
-import { containerOps, type ContainerOpName, type CsmLogAnswer } from './csm.js'
+import { containerOps, type ContainerOpName, type CsmLogAnswer, type VolumeFreezeAnswer } from './csm.js'
 
 /**
  * Node operations: what one CVM asks of another node's CVM (its CSMs, its image store, its vDisks
@@ -58,6 +58,8 @@ export interface NodeOps {
   'container.op': { req: ContainerRef & { op: ContainerOpName, timeoutMs?: number }, res: ContainerInfo }
   'container.remove': { req: ContainerRef & { force: boolean }, res: ContainerInfo }
   'container.logs': { req: ContainerRef & { offset?: number, tail?: number }, res: CsmLogAnswer }
+  /** freeze or thaw a volume a container has attached read-write (a volume snapshot) */
+  'container.freeze': { req: ContainerRef & { volume: string, frozen: boolean }, res: VolumeFreezeAnswer }
   'stats': { req: { csm?: string }, res: NamedCsmStats[] }
   'vdisk.release': { req: { name: string }, res: { released: boolean, reason?: string } }
   /** NBD connections this node's clients have open to a vDisk (a delete asks every node) */
@@ -156,6 +158,7 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
     const tail = int(b, 'tail', 0, logTailLinesMax, false)
     return { ...containerRef(b), ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) }
   },
+  'container.freeze': (b) => ({ ...containerRef(b), volume: checkName('volume', strMax(b, 'volume', 63)!), frozen: bool(b, 'frozen') }),
   'stats': (b) => (b.csm !== undefined && b.csm !== null ? { csm: csmField(b) } : {}),
   'vdisk.release': (b) => ({ name: checkName('vDisk', strMax(b, 'name', 63)!) }),
   // a vDisk's export, or a snapshot's (VDISK@SNAPSHOT)

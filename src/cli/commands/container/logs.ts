@@ -44,10 +44,8 @@ With --json the result is {"name", "logs"} with the output as UTF-8 text (not to
     }
     const client = this.client(this.context(flags.cluster))
     const base = `/v1/containers/${encodeURIComponent(args.name)}/logs`
-    const read = (offset: number, tail?: number): Promise<LogChunk> => {
-      const q = new URLSearchParams({ offset: String(offset), ...(tail !== undefined ? { tail: String(tail) } : {}) })
-      return client.get<LogChunk>(`${base}?${q.toString()}`)
-    }
+    const read = (offset: number, tail?: number): Promise<LogChunk> =>
+      client.get<LogChunk>(`${base}?${new URLSearchParams({ offset: String(offset), ...(tail !== undefined ? { tail: String(tail) } : {}) }).toString()}`)
 
     let stopped = false
     let wake: (() => void) | undefined
@@ -74,6 +72,7 @@ With --json the result is {"name", "logs"} with the output as UTF-8 text (not to
     if (!this.jsonMode) process.stdout.on('error', onStdoutError)
     try {
       let chunk = await read(0, flags.tail)
+      const end = flags.follow ? undefined : chunk.sizeBytes
       for (let reads = 1; ; reads++) {
         name = chunk.name || name
         const bytes = Buffer.from(chunk.data, 'base64')
@@ -87,9 +86,10 @@ With --json the result is {"name", "logs"} with the output as UTF-8 text (not to
           break
         }
         if (stopped) break
-        // Without --follow: read until caught up (a chunk may be capped). With it: until the
-        // container has exited and everything it wrote has been read.
-        const more = bytes.length > 0 || (flags.follow && chunk.running)
+        // Without --follow: read until caught up (a chunk may be capped) with what the log held at
+        // the first read, however fast the container writes. With it: until the container has
+        // exited and everything it wrote has been read.
+        const more = (bytes.length > 0 && (end === undefined || chunk.offset < end)) || (flags.follow && chunk.running)
         if (!more || reads >= logsReadsMax) break
         if (bytes.length === 0) {
           await sleep(logsPollIntervalMs)

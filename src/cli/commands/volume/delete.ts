@@ -10,7 +10,7 @@ export type VolumeDeleteResult = VolumeInfo & { dryRun: boolean }
 
 export default class VolumeDelete extends TessCommand<VolumeDeleteResult> {
   static override summary = 'Delete a volume and all its data'
-  static override description = 'Refused while the volume is attached to a container (remove the container first). Asks first on a terminal; --yes skips the question. --dry-run makes every check (the same refusals) and prints what would be deleted, changing nothing.'
+  static override description = 'Refused while the volume is attached to a container (remove the container first), while it has snapshots unless --force (which deletes them with it), and, even with --force, while a cloned volume reads from one of its snapshots. Asks first on a terminal; --yes skips the question. --dry-run makes every check (the same refusals) and prints what would be deleted, changing nothing.'
   static override aliases = ['volume:rm']
   static override examples = ['<%= config.bin %> <%= command.id %> data --yes', '<%= config.bin %> <%= command.id %> data --yes --json', '<%= config.bin %> <%= command.id %> data --dry-run']
   static override args = {
@@ -20,6 +20,7 @@ export default class VolumeDelete extends TessCommand<VolumeDeleteResult> {
   static override flags = {
     yes: Flags.boolean({ char: 'y', description: 'Do not ask for confirmation.' }),
     'dry-run': Flags.boolean({ description: 'Check and print what would be deleted; delete nothing (no question asked).' }),
+    force: Flags.boolean({ description: 'Delete the volume\'s snapshots with it.' }),
   }
 
   protected async exec(): Promise<VolumeDeleteResult> {
@@ -27,10 +28,11 @@ export default class VolumeDelete extends TessCommand<VolumeDeleteResult> {
     checkName('volume', args.name)
     const client = this.client(this.context(flags.cluster))
     const path = `/v1/volumes/${encodeURIComponent(args.name)}`
-    if (flags['dry-run']) return { ...await client.delete<VolumeInfo>(`${path}?dryRun=true`), dryRun: true }
+    const force = flags.force ? '&force=true' : ''
+    if (flags['dry-run']) return { ...await client.delete<VolumeInfo>(`${path}?dryRun=true${force}`), dryRun: true }
     const v = await client.get<VolumeInfo>(path)
-    await this.confirm(`Delete volume "${v.name}" (${formatBytes(v.sizeBytes)}, ${formatBytes(v.allocatedBytes)} written) and all its data?`, flags.yes, `delete volume "${v.name}"`)
-    return { ...await client.delete<VolumeInfo>(path), dryRun: false }
+    await this.confirm(`Delete volume "${v.name}" (${formatBytes(v.sizeBytes)}, ${formatBytes(v.allocatedBytes)} written)${flags.force ? ' with its snapshots' : ''} and all its data?`, flags.yes, `delete volume "${v.name}"`)
+    return { ...await client.delete<VolumeInfo>(`${path}?dryRun=false${force}`), dryRun: false }
   }
 
   protected render(v: VolumeDeleteResult): string {
