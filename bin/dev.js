@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Development entry point: same as run.js (the project is compiled with tsc; run `npm run build` first).
-import { execute } from '@oclif/core'
 import { versionJson } from './version.js'
 
-if (!versionJson(process.argv.slice(2))) await execute({ development: true, dir: import.meta.url })
+if (!versionJson(process.argv.slice(2))) {
+  const { execute } = await import('@oclif/core')
+  await execute({ development: true, dir: import.meta.url })
+}

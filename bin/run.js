@@ -1,6 +1,9 @@
 #!/usr/bin/env node
-import { execute } from '@oclif/core'
 import { versionJson } from './version.js'
 
-// `tess --version --json`: the version as JSON, like every other command's result under --json
-if (!versionJson(process.argv.slice(2))) await execute({ dir: import.meta.url })
+// `tess --version` (and --version --json) is answered before the framework is loaded: oclif is
+// imported only for every other command line
+if (!versionJson(process.argv.slice(2))) {
+  const { execute } = await import('@oclif/core')
+  await execute({ dir: import.meta.url })
+}

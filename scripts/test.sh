@@ -15,10 +15,32 @@ bash scripts/install-deps.sh test
 npx tsc -p tsconfig.test.json
 if [[ $# -eq 0 ]]; then
   # unit tests and the simulator two files at a time (each uses its own temporary dirs and ports
-  # chosen by the kernel); the integration tests one file at a time (vitest.config.ts): they start
-  # daemons, test hosts and clusters that would compete for the 2 cores
+  # chosen by the kernel)
   npx vitest run test/unit test/sim --fileParallelism --maxWorkers=2 --minWorkers=1
-  npx vitest run test/integration
+  # the integration tests in two lanes side by side, each one file at a time (vitest.config.ts):
+  # the files that build clusters of test hosts (network namespaces, each its own sshd and
+  # daemons: scripts/testhosts.sh), and the others (the embedded cluster on this machine, etcd,
+  # runc and registries on loopback, ports chosen by the kernel). Nothing is shared between the
+  # lanes (test hosts are found by namespace, embedded clusters by their own temporary dirs), and
+  # each lane is the other's load: the suite must pass on a busy machine anyway.
+  # TESS_TEST_LANES=1 runs them one file at a time in one lane.
+  mapfile -t hosted < <(grep -l 'createTestHosts' test/integration/*.test.ts)
+  mapfile -t local < <(grep -L 'createTestHosts' test/integration/*.test.ts)
+  if [[ ${TESS_TEST_LANES:-2} == 1 ]]; then
+    npx vitest run test/integration
+  else
+    lane() { # label files...: one vitest run, its lines prefixed with the label
+      local label=$1; shift
+      set -o pipefail
+      npx vitest run "$@" 2>&1 | sed -u "s/^/[$label] /"
+    }
+    lane hosts "${hosted[@]}" & hosts_pid=$!
+    lane local "${local[@]}" & local_pid=$!
+    rc=0
+    wait "$hosts_pid" || rc=$?
+    wait "$local_pid" || rc=$?
+    if (( rc != 0 )); then echo "test.sh: an integration lane failed (see the [hosts] and [local] lines above)" >&2; exit "$rc"; fi
+  fi
 else
   npx vitest run "$@"
 fi

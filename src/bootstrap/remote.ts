@@ -516,7 +516,7 @@ export interface HostAdded { host: string, node: string, etcdMember: boolean, st
 export async function addRemoteHost(ctx: ClusterContext, host: string, o: {
   disks: string[], installDeps: boolean, hostKeyPolicy: HostKeyPolicy, ask?: RemoteClusterOptions['ask'],
   /** called with the context that includes the new host once its daemons are started (save it: a later step may fail) */
-  onJoined?: (context: ClusterContext) => void
+  onJoined?: (context: ClusterContext) => void | Promise<void>
 }, progress: (host: string, step: string) => void): Promise<{ added: HostAdded, context: ClusterContext }> {
   const r = ctx.remote
   if (!r) throw new TessError('TESS_E_USAGE', `cluster "${ctx.name}" was not bootstrapped over SSH`, 'hosts can be added to clusters made with `tess cluster create --hosts`')
@@ -558,7 +558,7 @@ export async function addRemoteHost(ctx: ClusterContext, host: string, o: {
     await provisionNode(t, n, { cluster: ctx.name, secrets, ports, endpoints, initialCluster, initialClusterState: grow ? 'existing' : 'new', bundle }, progress)
     const endpoint = `https://${host.includes(':') ? `[${host}]` : host}:${ports.api}`
     const context: ClusterContext = { ...ctx, endpoints: [...ctx.endpoints, endpoint], remote: { ...r, hosts: [...r.hosts, { name, address: host }] } }
-    o.onJoined?.(context)
+    await o.onJoined?.(context)
     await waitAndRegisterDisks(context, endpoint, n, t, progress)
     const after = await waitJoined(context, { name, host }, grow ? etcdUrl(host, ports.etcdPeer) : undefined, progress)
     return { added: { host, node: name, etcdMember: grow, status: after }, context }

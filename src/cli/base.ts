@@ -3,7 +3,7 @@ import { TessError, errorMessage, isTessError } from '../lib/errors.js'
 import { ApiClient } from '../lib/apiclient.js'
 import { resolveContext, type ClusterContext } from '../lib/contexts.js'
 import { setHeadersOff, setProgressOff } from './output.js'
-import { formatResult, names, outputFormatOf, outputFormats } from './format.js'
+import { formatResult, loadFormat, names, outputFormatOf, outputFormats } from './format.js'
 
 /** how often `--watch` prints a list, stats or status again */
 export const watchIntervalMs = 2000
@@ -77,6 +77,7 @@ export abstract class TessCommand<R> extends Command {
     const own = dashdash < 0 ? this.argv : this.argv.slice(0, dashdash)
     this.jsonMode = own.includes('--json')
     const format = outputFormatOf(own) // an unknown format is refused before anything is done
+    await loadFormat(format)
     if (format === 'json') this.jsonMode = true
     const quiet = own.includes('-q') || own.includes('--quiet')
     setProgressOff(own.includes('--no-progress'))

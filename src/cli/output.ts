@@ -1,5 +1,5 @@
 import Table from 'cli-table3'
-import ora, { type Ora } from 'ora'
+import type { Ora } from 'ora'
 import { TessError } from '../lib/errors.js'
 import type { EvacuationProgress } from '../lib/types.js'
 
@@ -79,7 +79,11 @@ export async function withSpinner<T>(enabled: boolean, text: string, fn: (s: { t
   const outcomeOnly = !show && enabled && process.stdout.isTTY === true && process.stderr.isTTY === true
   let spinner: Ora | undefined
   let last = text
-  if (show) spinner = ora({ text, stream: process.stderr, color: useColor() ? 'cyan' : undefined }).start()
+  if (show) {
+    // loaded only when a spinner is drawn: most commands (and every one in a script) never draw one
+    const { default: ora } = await import('ora')
+    spinner = ora({ text, stream: process.stderr, color: useColor() ? 'cyan' : undefined }).start()
+  }
   try {
     const r = await fn({ text: (t) => { last = t; if (spinner) spinner.text = t } })
     spinner?.succeed()

@@ -48,6 +48,10 @@ describe('discovery through the built CLI', () => {
     const v = await tess(['--version', '--json'])
     expect(v.code).toBe(0)
     expect(JSON.parse(v.stdout)).toMatchObject({ name: 'tessera', version: expect.stringMatching(/^\d+\.\d+\.\d+/), node: process.version })
+    // answered before the framework loads, in the framework's words
+    const t = await tess(['--version'])
+    expect(t.code).toBe(0)
+    expect(t.stdout).toBe(`tessera/${JSON.parse(v.stdout).version} ${process.platform}-${process.arch} node-${process.version}\n`)
     const h = await tess(['help', 'vdisk'])
     expect(h.code).toBe(0)
     expect(h.stdout).toContain('tess vdisk COMMAND')

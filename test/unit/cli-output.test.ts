@@ -3,7 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import YAML from 'yaml'
-import { formatResult, names, outputFormatOf, wide } from '../../src/cli/format.js'
+import { formatResult, loadFormat, names, outputFormatOf, wide } from '../../src/cli/format.js'
 import { runTess } from '../helpers/cluster.js'
 
 describe('-o/--output and --quiet: formats of a typed result', () => {
@@ -32,7 +32,8 @@ describe('-o/--output and --quiet: formats of a typed result', () => {
     expect(wide({ name: 'a', replicas: [1, 2] })).toBe('name:     a\nreplicas: [1,2]')
   })
 
-  it('yaml: the same data as JSON', () => {
+  it('yaml: the same data as JSON', async () => {
+    await loadFormat('yaml')
     const r = [{ name: 'a', sizeBytes: 1073741824, owner: null, endpoints: ['x', 'y'] }]
     expect(YAML.parse(formatResult(r, 'yaml'))).toEqual(r)
   })
@@ -47,7 +48,7 @@ describe('the built CLI with -o and -q', () => {
     const { saveContext } = await import('../../src/lib/contexts.js')
     process.env.TESS_CONFIG_DIR = dir
     try {
-      for (const name of ['lab', 'prod']) saveContext({ name, endpoints: ['https://10.0.0.1:9440'], caCert: 'CA', token: 'secret-token', createdAt: new Date().toISOString() })
+      for (const name of ['lab', 'prod']) await saveContext({ name, endpoints: ['https://10.0.0.1:9440'], caCert: 'CA', token: 'secret-token', createdAt: new Date().toISOString() })
     } finally {
       delete process.env.TESS_CONFIG_DIR
     }

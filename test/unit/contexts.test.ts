@@ -17,8 +17,8 @@ describe('cluster use and cluster current', () => {
     process.env.TESS_CONFIG_DIR = dir
     try {
       const ctx = (name: string, at: string) => ({ name, endpoints: [`https://10.0.0.${name.length}:9440`], caCert: 'CA', token: 'secret-token', createdAt: at })
-      saveContext(ctx('lab', '2026-01-01T00:00:00.000Z'))
-      saveContext(ctx('prod', '2026-01-02T00:00:00.000Z')) // the last created is current
+      await saveContext(ctx('lab', '2026-01-01T00:00:00.000Z'))
+      await saveContext(ctx('prod', '2026-01-02T00:00:00.000Z')) // the last created is current
     } finally {
       delete process.env.TESS_CONFIG_DIR
     }
@@ -38,5 +38,17 @@ describe('cluster use and cluster current', () => {
     // no secret in any output
     expect((await tess(['cluster', 'current'])).stdout).not.toContain('secret-token')
     expect(fs.statSync(path.join(dir, 'contexts.json')).mode & 0o777).toBe(0o600)
+  })
+
+  it('a contexts file that is not JSON is a coded error naming the file, and it is left as it is', async () => {
+    const bad = fs.mkdtempSync(path.join(dir, 'bad-'))
+    fs.writeFileSync(path.join(bad, 'contexts.json'), '{"clusters": {', { mode: 0o600 })
+    const r = await runTess(['cluster', 'current', '--json'], { TESS_CONFIG_DIR: bad, TESS_CLUSTER: '' })
+    expect(r.code).toBe(2)
+    const e = JSON.parse(r.stdout).error
+    expect(e.code).toBe('TESS_E_INVALID')
+    expect(e.message).toContain(path.join(bad, 'contexts.json'))
+    expect(e.hint).toContain('move it away')
+    expect(fs.readFileSync(path.join(bad, 'contexts.json'), 'utf8')).toBe('{"clusters": {')
   })
 })

@@ -299,7 +299,7 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
     st.localCommand = command
     st.creating = true
     const created = await withSpinner(true, `Creating cluster "${name}"`, (s) => createLocalCluster(o, (step) => s.text(`Creating cluster "${name}": ${step}`)))
-    saveContext(created.context)
+    await saveContext(created.context)
     return { ...created.status, endpoint: created.context.endpoints[0]!, local: true, dataDir: o.dataDir, plan: null, equivalentCommand: command, packagesInstalled: {} }
   }
 
@@ -322,7 +322,7 @@ The wizard needs a terminal. Without one, and for --json output, use \`<%= confi
     })
     if ('dryRun' in created) throw new TessError('TESS_E_INTERNAL', 'the bootstrap returned a plan instead of a cluster', 'this is a bug')
     const r = created as RemoteCreated
-    saveContext(r.context)
+    await saveContext(r.context)
     return {
       ...r.status,
       endpoint: r.context.endpoints[0]!,

@@ -75,7 +75,7 @@ The daemons keep running after the command returns; stop them with \`<%= config.
         etcdPeerPort: flags['etcd-peer-port'],
         dataPort: flags['data-port'],
       }, (step) => s.text(`Creating cluster "${flags.name}": ${step}`)))
-      saveContext(created.context)
+      await saveContext(created.context)
       return { ...created.status, local: true, dataDir: created.context.local!.dataDir, endpoint: created.context.endpoints[0]!, dryRun: false }
     }
     const hosts = flags.hosts!.split(',').map((h) => h.trim()).filter(Boolean)
@@ -114,7 +114,7 @@ The daemons keep running after the command returns; stop them with \`<%= config.
       }
     })
     if ('dryRun' in result) return { name: flags.name, local: false, dataDir: null, endpoint: null, plan: result.plan, dryRun: true }
-    saveContext(result.context)
+    await saveContext(result.context)
     return { ...result.status, local: false, dataDir: null, endpoint: result.context.endpoints[0]!, plan: result.plan, dryRun: false }
   }
 

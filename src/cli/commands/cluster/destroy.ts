@@ -37,7 +37,7 @@ export default class ClusterDestroy extends TessCommand<ClusterDestroyResult> {
     } catch { /* the cluster may be down already: destroy what can be reached */ }
     if (ctx.local) {
       const stopped = await withSpinner(!this.jsonMode, `Destroying cluster "${ctx.name}"`, () => destroyLocalCluster(ctx.local!.dataDir, disks.map((d) => d.path)))
-      deleteContext(ctx.name)
+      await deleteContext(ctx.name)
       // the operator's state of the cluster (its cluster key, if encrypted vDisks were made)
       fs.rmSync(clusterStateDir(ctx.name), { recursive: true, force: true })
       return { name: ctx.name, dataDir: ctx.local.dataDir, stopped, hosts: [] }
@@ -50,7 +50,7 @@ export default class ClusterDestroy extends TessCommand<ClusterDestroyResult> {
     if (failed.length > 0) {
       throw new TessError('TESS_E_UNREACHABLE', `cluster "${ctx.name}" destroyed on ${hosts.length - failed.length} of ${hosts.length} hosts; not on ${failed.map((f) => `${f.host} (${f.message})`).join('; ')}`, 'bring those hosts back and run the command again (the context is kept)')
     }
-    deleteContext(ctx.name)
+    await deleteContext(ctx.name)
     fs.rmSync(clusterStateDir(ctx.name), { recursive: true, force: true })
     return { name: ctx.name, dataDir: null, stopped: [], hosts }
   }

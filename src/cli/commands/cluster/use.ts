@@ -24,7 +24,7 @@ export default class ClusterUse extends TessCommand<ClusterCurrentInfo> {
 
   protected async exec(): Promise<ClusterCurrentInfo> {
     const { args } = await this.parseInput(ClusterUse)
-    return currentInfo(useContext(args.name))
+    return currentInfo(await useContext(args.name))
   }
 
   protected render(r: ClusterCurrentInfo): string {

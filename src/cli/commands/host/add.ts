@@ -46,7 +46,7 @@ The command returns when the cluster takes writes with the new node: the CVM of 
         throw e
       }
     })
-    saveContext(r.context, false)
+    await saveContext(r.context, false)
     return r.added
   }
 

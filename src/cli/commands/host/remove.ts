@@ -84,7 +84,7 @@ A host running an etcd member leaves etcd too (refused while the members left wo
       const res = await withSpinner(!this.jsonMode, `Stopping ${node.name}`, (s) => cleanRemoteHost(ctx, node.name, (h, st) => s.text(`Stopping ${h}: ${st}`)))
       cleaned = res?.ok ?? false
       message = res?.message ?? 'host not in the context'
-      saveContext({
+      await saveContext({
         ...ctx,
         endpoints: ctx.endpoints.filter((e) => !e.includes(`//${node.address}:`)),
         remote: { ...ctx.remote, hosts: ctx.remote.hosts.filter((h) => h.name !== node.name) },

@@ -21,7 +21,7 @@ export default class UserRotate extends TessCommand<UserWithTokenInfo> {
     const viaEnv = (process.env.TESS_TOKEN ?? '').trim() !== ''
     if (args.name === 'root' && !viaEnv) {
       // the context held root's old token: it would be refused from now on
-      saveContext({ ...ctx, token: u.token }, false)
+      await saveContext({ ...ctx, token: u.token }, false)
       if (!this.jsonMode) process.stderr.write(`The cluster context "${ctx.name}" now holds root's new token.\n`)
     } else if (!this.jsonMode) {
       process.stderr.write('Store the token now: it is not shown again.\n')
