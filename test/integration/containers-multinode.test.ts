@@ -222,6 +222,12 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0)('containers and 
     // grace (5 s) the curator master moves the CSM to a live node and runs keeper there, with
     // every fsynced byte of its volume; the other container goes with its node
     if (to !== node4) expect((await ok(['csm', 'move', 'edge', '--node', node4, '--timeout', '5s'])).node).toBe(node4)
+    // a volume snapshot through node 1's API freezes the filesystem where keeper runs, on node 4
+    // (node operation container.freeze there), and keeper goes on after the thaw
+    const snap = await ok(['volume', 'snapshot', 'create', 'kv', 'moved'])
+    expect(snap).toMatchObject({ volume: 'kv', name: 'moved', frozen: { container: 'keeper', node: node4 } })
+    expect(await ok(['container', 'show', 'keeper'])).toMatchObject({ node: node4, status: 'running' })
+    await ok(['volume', 'snapshot', 'delete', 'kv', 'moved', '--yes'])
     await ok(['container', 'run', image, '--name', 'plain', '--csm', 'edge', '--', 'busybox', 'sleep', '1000'])
     await th.kill(th.hosts[3]!)
     const t0 = Date.now()
