@@ -23,11 +23,16 @@ export function untilInterrupted(): { readonly stopped: boolean, pause(ms: numbe
     stopped = true
     wake?.()
   }
+  // a second Ctrl-C while a request is still in flight ends the process at once
+  const onSigint = () => {
+    if (stopped) process.exit(130)
+    stop()
+  }
   const onStdoutError = (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') process.exitCode = 1
     stop()
   }
-  process.on('SIGINT', stop)
+  process.on('SIGINT', onSigint)
   process.stdout.on('error', onStdoutError)
   return {
     get stopped() { return stopped },
@@ -37,7 +42,7 @@ export function untilInterrupted(): { readonly stopped: boolean, pause(ms: numbe
       wake = () => { clearTimeout(t); resolve() }
     }),
     // the stdout error listener stays: an EPIPE may still be reported after the loop
-    end: () => { process.off('SIGINT', stop) },
+    end: () => { process.off('SIGINT', onSigint) },
   }
 }
 

@@ -1,5 +1,5 @@
 import { Args, Flags } from '@oclif/core'
-import { TessCommand } from '../../base.js'
+import { TessCommand, untilInterrupted } from '../../base.js'
 import { logsPollIntervalMs, logsTailMax } from '../../csm-input.js'
 import { TessError } from '../../../lib/errors.js'
 import { checkName } from '../../../lib/names.js'
@@ -47,29 +47,11 @@ With --json the result is {"name", "logs"} with the output as UTF-8 text (not to
     const read = (offset: number, tail?: number): Promise<LogChunk> =>
       client.get<LogChunk>(`${base}?${new URLSearchParams({ offset: String(offset), ...(tail !== undefined ? { tail: String(tail) } : {}) }).toString()}`)
 
-    let stopped = false
-    let wake: (() => void) | undefined
-    const onSigint = (): void => {
-      if (stopped) process.exit(130) // a second Ctrl-C while a read is in flight
-      stopped = true
-      wake?.()
-    }
-    const onStdoutError = (e: NodeJS.ErrnoException): void => {
-      // The reader went away (`| head`): stop quietly; anything else is an error too, but nowhere to print it.
-      if (e.code !== 'EPIPE') process.exitCode = 1
-      stopped = true
-      wake?.()
-    }
-    const sleep = (ms: number): Promise<void> => new Promise((resolve) => {
-      const t = setTimeout(resolve, ms)
-      wake = () => { clearTimeout(t); resolve() }
-    })
-
+    // Ctrl-C (a second one ends the process at once) or the reader gone (`| head`) stop it
+    const loop = untilInterrupted()
     const json: Buffer[] = []
     let jsonBytes = 0
     let name = args.name
-    if (flags.follow) process.on('SIGINT', onSigint)
-    if (!this.jsonMode) process.stdout.on('error', onStdoutError)
     try {
       let chunk = await read(0, flags.tail)
       const end = flags.follow ? undefined : chunk.sizeBytes
@@ -85,22 +67,22 @@ With --json the result is {"name", "logs"} with the output as UTF-8 text (not to
         } else if (bytes.length > 0 && !(await writeOut(bytes))) {
           break
         }
-        if (stopped) break
+        if (loop.stopped) break
         // Without --follow: read until caught up (a chunk may be capped) with what the log held at
         // the first read, however fast the container writes. With it: until the container has
         // exited and everything it wrote has been read.
         const more = (bytes.length > 0 && (end === undefined || chunk.offset < end)) || (flags.follow && chunk.running)
         if (!more || reads >= logsReadsMax) break
         if (bytes.length === 0) {
-          await sleep(logsPollIntervalMs)
-          if (stopped) break
+          await loop.pause(logsPollIntervalMs)
+          if (loop.stopped) break
         }
         const next = chunk.offset
         chunk = await read(next)
         if (chunk.offset < next) break // the server went backwards: do not loop over the same bytes
       }
     } finally {
-      process.off('SIGINT', onSigint)
+      loop.end()
       // The stdout error listener stays: an EPIPE may still be reported after we return.
     }
     return { name, logs: Buffer.concat(json).toString('utf8') }
