@@ -163,7 +163,6 @@ export class VdiskService {
   async clone(source: string, snapshot: string | undefined, name: string, rf?: number): Promise<VdiskInfo> {
     checkName('vDisk', name)
     const src = await this.get(source)
-    if (src.wrappedKey !== undefined) throw new TessError('TESS_E_PRECONDITION', `cannot clone vDisk "${source}": it is encrypted, and encrypted clones are not supported yet`, 'copy it into a new encrypted vDisk instead (e.g. with nbdcopy)')
     if (await etcdCall('look up the vDisk', () => this.etcd.get(keys.vdiskName(name)).string()) !== null) {
       throw new TessError('TESS_E_EXISTS', `cannot create vDisk "${name}": a vDisk of that name exists`, 'pick another name, or delete the old one')
     }
@@ -174,7 +173,8 @@ export class VdiskService {
     } else {
       await this.snapshotOf(source, snap)
     }
-    return this.create(name, src.sizeBytes, rf ?? src.rf, false, { id: src.id, snapshot: snap })
+    // a clone of an encrypted vDisk is encrypted too, with a data key of its own
+    return this.create(name, src.sizeBytes, rf ?? src.rf, src.wrappedKey !== undefined, { id: src.id, snapshot: snap })
   }
 
   /** Make a clone stand alone (its owner copies what it reads from its parents). */

@@ -550,7 +550,13 @@ export class Vdisk {
         const full = Buffer.allocUnsafe(vBlockSizeBytes)
         await this.readParent(vb * vBlockSizeBytes, full)
         data.copy(full, off)
-        touched.add(await this.allocate(vb, 0, full))
+        // the parent's bytes come as plaintext: an encrypted clone stores them under its own key
+        const sealed = this.backend.cipher?.encryptPooled(full, blockNumber(vb, 0))
+        try {
+          touched.add(await this.allocate(vb, 0, sealed?.data ?? full))
+        } finally {
+          sealed?.done()
+        }
         return
       }
       const a = alignDown(off)
@@ -1228,12 +1234,18 @@ export class Vdisk {
         if (full.equals(zeroExtent)) continue // no extent reads as zeros too
         const live = gaps.find(([, until]) => until === Infinity)
         let ref: ExtentRef
-        if (live !== undefined) {
-          // the live map's entry, of the epoch it starts reading the copy in
-          await this.allocate(vb, 0, full, undefined, live[0])
-          ref = this.map.get(vb)!
-        } else {
-          ref = (await this.newExtent(vb, 0, full, 0)).ref
+        // plaintext from the parent: an encrypted clone stores it under its own key
+        const sealed = this.backend.cipher?.encryptPooled(full, blockNumber(vb, 0))
+        try {
+          if (live !== undefined) {
+            // the live map's entry, of the epoch it starts reading the copy in
+            await this.allocate(vb, 0, sealed?.data ?? full, undefined, live[0])
+            ref = this.map.get(vb)!
+          } else {
+            ref = (await this.newExtent(vb, 0, sealed?.data ?? full, 0)).ref
+          }
+        } finally {
+          sealed?.done()
         }
         copiedExtents++
         const past = gaps.filter(([, until]) => until !== Infinity)
