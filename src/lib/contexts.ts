@@ -36,15 +36,15 @@ export function configDir(): string {
   return path.join(base, 'tess')
 }
 
-/** the file conf keeps the contexts in (plain JSON) */
-const contextsFileName = 'contexts.json'
+/** conf keeps the contexts in `<configName>.json` (plain JSON) */
+const contextsConfigName = 'contexts'
 
 /**
  * The contexts as stored, read without conf: every command reads them, few change them, and
  * loading conf (and its schema validator) costs more than the rest of a command's start.
  */
 function readStore(): Store {
-  const file = path.join(configDir(), contextsFileName)
+  const file = path.join(configDir(), `${contextsConfigName}.json`)
   let text: string
   try {
     text = fs.readFileSync(file, 'utf8')
@@ -69,7 +69,7 @@ async function store(): Promise<Conf<Store>> {
   const dir = configDir()
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
   const { default: ConfClass } = await import('conf')
-  const conf = new ConfClass<Store>({ cwd: dir, configName: 'contexts', configFileMode: 0o600, defaults: { clusters: {} } })
+  const conf = new ConfClass<Store>({ cwd: dir, configName: contextsConfigName, configFileMode: 0o600, defaults: { clusters: {} } })
   // conf writes with the mode only when it creates the file: enforce it on every open.
   try {
     fs.chmodSync(conf.path, 0o600)

@@ -48,11 +48,9 @@ function volumeSnapshotInfo(r: VolumeRecord, s: SnapshotInfo): VolumeSnapshotInf
   return { volume: r.name, name: s.name, vdisk: r.vdisk, createdAt: s.createdAt, epoch: s.epoch, ...(s.changedExtents !== undefined ? { changedExtents: s.changedExtents } : {}) }
 }
 
-/** A refusal of the volume's vDisk, said of the volume (its snapshots are the volume's). */
+/** A refusal of the volume's vDisk (in use, cloned), said of the volume. */
 function volumeRefusal(e: unknown, name: string): unknown {
   if (!isTessError(e) || e.code !== 'TESS_E_CONFLICT') return e
-  const m = /it has (\d+) snapshots? \(([^)]*)\)/.exec(e.message)
-  if (m !== null) return new TessError('TESS_E_CONFLICT', `cannot delete volume "${name}": it has ${m[1]} snapshot${m[1] === '1' ? '' : 's'} (${m[2]})`, `delete them first (tess volume snapshot delete ${name} SNAPSHOT), or pass --force to delete the volume with its snapshots`)
   return new TessError(e.code, `cannot delete volume "${name}": ${e.message}`, e.hint)
 }
 
@@ -209,7 +207,18 @@ export class Volumes {
       throw new TessError('TESS_E_CONFLICT', `cannot delete volume "${name}": it is attached to container "${a.container}" on node ${a.node}${r.attachments.length > 1 ? ` and ${r.attachments.length - 1} more` : ''}`, `remove the container first: tess container remove ${a.container}`)
     }
     const info = volumeInfo(r, await this.vdisks.list())
-    // the vDisk's checks (clients, snapshots, clones) before the record goes: a refusal leaves both
+    if (!force) {
+      // its snapshots are the volume's: said in the volume's words (the vDisk would refuse too)
+      const snaps = await this.vdisks.snapshots(r.vdisk).catch((e: unknown) => {
+        if (isTessError(e) && e.code === 'TESS_E_NOT_FOUND') return []
+        throw e
+      })
+      if (snaps.length > 0) {
+        throw new TessError('TESS_E_CONFLICT', `cannot delete volume "${name}": it has ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'} (${snaps.map((x) => x.name).join(', ')})`,
+          `delete them first (tess volume snapshot delete ${name} SNAPSHOT), or pass --force to delete the volume with its snapshots`)
+      }
+    }
+    // the vDisk's checks (clients, clones) before the record goes: a refusal leaves both
     await this.vdisks.delete(r.vdisk, true, force).catch((e: unknown) => {
       if (!(isTessError(e) && e.code === 'TESS_E_NOT_FOUND')) throw volumeRefusal(e, name)
     })

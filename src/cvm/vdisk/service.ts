@@ -9,9 +9,30 @@ import { formatBytes } from '../../lib/units.js'
 import type { NodeRecord, PoolInfo, SnapshotInfo, SnapshotRecord, VdiskInfo, VdiskRecord } from '../../lib/types.js'
 import { checkProvision, readPoolConfig, withProvisioning } from '../pool/provisioning.js'
 import { dataKeyBytes, wrapDataKey } from './crypt.js'
+import { parseHistValue, SnapshotHistory, type HistEntry } from './history.js'
 import type { KeyKeeper } from './keykeeper.js'
+import { parseMapValue, type ExtentRef } from './vdisk.js'
 
 export const sectorSizeBytes = 512
+
+/** A vDisk's block map and history entries as stored (VdiskService.storedLayout reads them). */
+interface StoredLayout {
+  live: Map<number, ExtentRef>
+  history: Array<[number, HistEntry]>
+}
+
+/** the vBlock of a block map or history key (hex, after the vDisk's prefix) */
+function vBlockOfKey(key: string, prefix: string): number {
+  return parseInt(key.slice(prefix.length).split('/')[0]!, 16)
+}
+
+/** the extents only the vDisk's snapshots keep: named by history entries, not by the block map */
+function snapshotExtents(own: StoredLayout): number {
+  if (own.history.length === 0) return 0
+  const slot = (r: ExtentRef) => `${r.egroupId}:${r.slot}`
+  const live = new Set([...own.live.values()].map(slot))
+  return new Set(own.history.map(([, h]) => slot(h.ref)).filter((k) => !live.has(k))).size
+}
 
 /** What the control plane needs from the data path (the vDisk engine). */
 export interface VdiskDataHooks {
@@ -68,13 +89,14 @@ export class VdiskService {
   }
 
   async info(rec: VdiskRecord): Promise<VdiskInfo> {
-    const [count, owner, parent, kept, shared] = await Promise.all([
+    const [count, owner, parent, own] = await Promise.all([
       etcdCall('count vDisk extents', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).count()),
       etcdCall('read vDisk owner', () => this.etcd.get(keys.vdiskOwner(rec.id)).string()),
       this.parentName(rec),
-      this.snapshotExtents(rec),
-      this.sharedExtents(rec),
+      // its block map is read only when the space its snapshots keep, or shares with its parents, needs it
+      this.storedLayout(rec.id, rec.parent !== undefined),
     ])
+    const shared = rec.parent !== undefined ? await this.sharedExtents(rec, own.live) : 0
     return {
       id: rec.id,
       name: rec.name,
@@ -88,41 +110,47 @@ export class VdiskService {
       encrypted: rec.wrappedKey !== undefined,
       locked: rec.wrappedKey !== undefined && this.opts.keys.current === undefined,
       ...(parent !== undefined ? { parent } : {}),
-      snapshotBytes: kept * vBlockSizeBytes,
+      snapshotBytes: snapshotExtents(own) * vBlockSizeBytes,
       ...(rec.parent !== undefined ? { sharedBytes: shared * vBlockSizeBytes } : {}),
     }
   }
 
   /**
-   * A clone's vBlocks that it reads from its parents (the extents it shares with them): those it
-   * has not written itself where a parent's snapshot, or one further up the chain, has an extent.
+   * A vDisk's history entries and block map as stored in etcd. The map is read only when there are
+   * history entries or `withMap` (it can be large; with neither, no one needs it).
    */
-  private async sharedExtents(rec: VdiskRecord): Promise<number> {
-    if (rec.parent === undefined) return 0
+  private async storedLayout(id: string, withMap: boolean): Promise<StoredLayout> {
+    const histPrefix = keys.vdiskHistPrefix(id)
+    const hist = await etcdCall('read the snapshots\' extents', () => this.etcd.getAll().prefix(histPrefix).strings())
+    const history = Object.entries(hist).map(([k, v]): [number, HistEntry] => [vBlockOfKey(k, histPrefix), parseHistValue(v)])
+    if (history.length === 0 && !withMap) return { live: new Map(), history }
+    const mapPrefix = keys.vdiskMapPrefix(id)
+    const map = await etcdCall('read the block map', () => this.etcd.getAll().prefix(mapPrefix).strings())
+    return { live: new Map(Object.entries(map).map(([k, v]) => [vBlockOfKey(k, mapPrefix), parseMapValue(v)])), history }
+  }
+
+  /**
+   * A clone's vBlocks that it reads from its parents (the extents it shares with them): those it
+   * has not written itself (`own`: its block map) where a parent's snapshot, or one further up the
+   * chain, has an extent.
+   */
+  private async sharedExtents(rec: VdiskRecord, own: ReadonlyMap<number, ExtentRef>): Promise<number> {
     const blocks = Math.ceil(rec.sizeBytes / vBlockSizeBytes)
-    const vbOf = (key: string, prefix: string) => parseInt(key.slice(prefix.length).split('/')[0]!, 16)
     // vBlocks answered by a level closer to the clone (its own map first)
-    const answered = new Set(Object.keys(await etcdCall('read the block map', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).strings())).map((k) => vbOf(k, keys.vdiskMapPrefix(rec.id))))
+    const answered = new Set(own.keys())
     let shared = 0
     const visited = new Set<string>([rec.id]) // a chain never loops; if a record said so, stop there
     for (let at: VdiskRecord['parent'] = rec.parent; at !== undefined && !visited.has(at.id);) {
       const { id, snapshot }: { id: string, snapshot: string } = at
       visited.add(id)
-      const [p, snap, map, hist]: [VdiskRecord | undefined, SnapshotRecord | undefined, Record<string, string>, Record<string, string>] = await Promise.all([
+      const [p, snap, layout]: [VdiskRecord | undefined, SnapshotRecord | undefined, StoredLayout] = await Promise.all([
         etcdCall('read the parent vDisk', () => getJson<VdiskRecord>(this.etcd, keys.vdisk(id))),
         etcdCall('read the parent snapshot', () => getJson<SnapshotRecord>(this.etcd, keys.vdiskSnapshot(id, snapshot))),
-        etcdCall('read the parent block map', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(id)).strings()),
-        etcdCall('read the parent history', () => this.etcd.getAll().prefix(keys.vdiskHistPrefix(id)).strings()),
+        this.storedLayout(id, true),
       ])
       if (p === undefined || snap === undefined) break
-      // what the snapshot sees (history.ts: SnapshotHistory.view)
-      const seen = new Set<number>()
-      for (const [k, v] of Object.entries(map)) if (((JSON.parse(v) as { e?: number }).e ?? 0) <= snap.epoch) seen.add(vbOf(k, keys.vdiskMapPrefix(id)))
-      for (const [k, v] of Object.entries(hist)) {
-        const h = JSON.parse(v) as { e: number, u: number }
-        if (h.e <= snap.epoch && snap.epoch < h.u) seen.add(vbOf(k, keys.vdiskHistPrefix(id)))
-      }
-      for (const vb of seen) {
+      // what the snapshot sees, as its owner sees it
+      for (const vb of new SnapshotHistory(0, [], layout.history).view(snap.epoch, layout.live).keys()) {
         if (vb >= blocks || answered.has(vb)) continue
         answered.add(vb)
         shared++
@@ -130,18 +158,6 @@ export class VdiskService {
       at = p.parent
     }
     return shared
-  }
-
-  /** the extents only the vDisk's snapshots keep: named by history entries, not by the block map */
-  private async snapshotExtents(rec: VdiskRecord): Promise<number> {
-    const hist = await etcdCall('read the snapshots\' extents', () => this.etcd.getAll().prefix(keys.vdiskHistPrefix(rec.id)).strings())
-    if (Object.keys(hist).length === 0) return 0
-    const slot = (v: string) => {
-      const x = JSON.parse(v) as { eg: string, s: number }
-      return `${x.eg}:${x.s}`
-    }
-    const live = new Set(Object.values(await etcdCall('read the block map', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(rec.id)).strings())).map(slot))
-    return new Set(Object.values(hist).map(slot).filter((k) => !live.has(k))).size
   }
 
   /** a clone's parent as VDISK@SNAPSHOT */

@@ -107,6 +107,12 @@ function mapValue(ref: ExtentRef): string {
   return JSON.stringify(ref.e !== undefined && ref.e > 0 ? { eg: ref.egroupId, s: ref.slot, e: ref.e } : { eg: ref.egroupId, s: ref.slot })
 }
 
+/** a block map entry as read back (the inverse of mapValue) */
+export function parseMapValue(raw: string): ExtentRef {
+  const v = JSON.parse(raw) as { eg: string, s: number, e?: number }
+  return v.e !== undefined ? { egroupId: v.eg, slot: v.s, e: v.e } : { egroupId: v.eg, slot: v.s }
+}
+
 /**
  * Client I/O on a node, counted (one increment per request, nothing else on the hot path): the
  * curator's repair looks at the count between extent groups and slows down while it moves.
@@ -551,12 +557,7 @@ export class Vdisk {
         await this.readParent(vb * vBlockSizeBytes, full)
         data.copy(full, off)
         // the parent's bytes come as plaintext: an encrypted clone stores them under its own key
-        const sealed = this.backend.cipher?.encryptPooled(full, blockNumber(vb, 0))
-        try {
-          touched.add(await this.allocate(vb, 0, sealed?.data ?? full))
-        } finally {
-          sealed?.done()
-        }
+        touched.add(await this.asStored(full, vb, 0, (stored) => this.allocate(vb, 0, stored)))
         return
       }
       const a = alignDown(off)
@@ -579,23 +580,31 @@ export class Vdisk {
         }
         data.copy(buf, off - a)
       }
-      // encrypted: the ciphertext goes to the replicas (a pooled block, back once they wrote it)
-      const sealed = this.backend.cipher?.encryptPooled(buf, blockNumber(vb, a))
-      if (sealed !== undefined) buf = sealed.data
-      try {
+      await this.asStored(buf, vb, a, async (stored) => {
         if (ref && !this.history.frozen(ref)) {
           const eg = this.egroupOf(ref)
-          await this.onAllReplicas(eg, 'write', vb, (r) => r.write(ref.slot, a, buf))
+          await this.onAllReplicas(eg, 'write', vb, (r) => r.write(ref.slot, a, stored))
           touched.add(eg)
         } else {
           // a new extent; for one a snapshot sees, a copy of it with the write laid over it
-          touched.add(await this.allocate(vb, a, buf, ref))
+          touched.add(await this.allocate(vb, a, stored, ref))
         }
-      } finally {
-        sealed?.done()
-      }
+      })
     } finally {
       release()
+    }
+  }
+
+  /**
+   * `fn` with `plain` as the replicas store it at byte `off` of vBlock `vb`: an encrypted vDisk's
+   * ciphertext (a pooled block, given back once `fn` is done), else `plain` itself.
+   */
+  private async asStored<T>(plain: Buffer, vb: number, off: number, fn: (stored: Buffer) => Promise<T>): Promise<T> {
+    const sealed = this.backend.cipher?.encryptPooled(plain, blockNumber(vb, off))
+    try {
+      return await fn(sealed?.data ?? plain)
+    } finally {
+      sealed?.done()
     }
   }
 
@@ -1233,20 +1242,13 @@ export class Vdisk {
         await this.readParent(vb * vBlockSizeBytes, full)
         if (full.equals(zeroExtent)) continue // no extent reads as zeros too
         const live = gaps.find(([, until]) => until === Infinity)
-        let ref: ExtentRef
         // plaintext from the parent: an encrypted clone stores it under its own key
-        const sealed = this.backend.cipher?.encryptPooled(full, blockNumber(vb, 0))
-        try {
-          if (live !== undefined) {
-            // the live map's entry, of the epoch it starts reading the copy in
-            await this.allocate(vb, 0, sealed?.data ?? full, undefined, live[0])
-            ref = this.map.get(vb)!
-          } else {
-            ref = (await this.newExtent(vb, 0, sealed?.data ?? full, 0)).ref
-          }
-        } finally {
-          sealed?.done()
-        }
+        const ref = await this.asStored(full, vb, 0, async (stored): Promise<ExtentRef> => {
+          if (live === undefined) return (await this.newExtent(vb, 0, stored, 0)).ref
+          // the live map's entry, of the epoch it starts reading the copy in
+          await this.allocate(vb, 0, stored, undefined, live[0])
+          return this.map.get(vb)!
+        })
         copiedExtents++
         const past = gaps.filter(([, until]) => until !== Infinity)
         if (past.length > 0) older.push({ vb, ref, gaps: past })
