@@ -117,8 +117,14 @@ export class Volumes {
     checkName('snapshot', snapshot)
     const r = await this.record(name)
     const rw = r.attachments.find((a) => !a.readOnly)
-    // the CSM knows its containers by id: a container still being created has none, and nothing mounted yet
-    const id = rw !== undefined ? (await this.ctx.containerRecord(rw.container).catch(() => undefined))?.id ?? undefined : undefined
+    // the CSM knows its containers by id: a container still being created has none, and nothing
+    // mounted yet; one removed meanwhile has no record. Any other failure refuses the snapshot:
+    // taking it unfrozen would not be what was asked
+    const record = rw !== undefined ? await this.ctx.containerRecord(rw.container).catch((e: unknown) => {
+      if (isTessError(e) && e.code === 'TESS_E_NOT_FOUND') return undefined
+      throw e
+    }) : undefined
+    const id = record?.id ?? undefined
     const req = rw !== undefined && id !== undefined ? { csm: rw.csm, id, volume: r.name } : undefined
     let frozen: VolumeSnapshotInfo['frozen'] = null
     if (rw !== undefined && req !== undefined) {
