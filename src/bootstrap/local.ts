@@ -131,7 +131,7 @@ function localNodeConfig(o: LocalClusterOptions, nodeName: string): NodeConfig {
 }
 
 /** Wait until the new CVM answers with etcd healthy; fail early with the logs if the supervisor exits. */
-async function waitForCvm(client: ApiClient, supervisorPid: number | undefined, name: string, p: ReturnType<typeof nodePaths>): Promise<void> {
+export async function waitForCvm(client: ApiClient, supervisorPid: number | undefined, name: string, p: ReturnType<typeof nodePaths>, what = `cannot create cluster "${name}"`): Promise<void> {
   const deadline = Date.now() + daemonStartTimeoutMs
   for (;;) {
     try {
@@ -141,10 +141,10 @@ async function waitForCvm(client: ApiClient, supervisorPid: number | undefined, 
       if (!(e instanceof TessError) || e.code !== 'TESS_E_UNREACHABLE') throw e
     }
     if (supervisorPid !== undefined && !pidAlive(supervisorPid)) {
-      throw new TessError('TESS_E_PRECONDITION', `cannot create cluster "${name}": the supervisor exited`, `supervisor log:\n${logTail(p.logFile('supervisor'), 15)}`)
+      throw new TessError('TESS_E_PRECONDITION', `${what}: the supervisor exited`, `supervisor log:\n${logTail(p.logFile('supervisor'), 15)}`)
     }
     if (Date.now() > deadline) {
-      throw new TessError('TESS_E_TIMEOUT', `cannot create cluster "${name}": the CVM did not answer within ${daemonStartTimeoutMs / 1000} s`,
+      throw new TessError('TESS_E_TIMEOUT', `${what}: the CVM did not answer within ${daemonStartTimeoutMs / 1000} s`,
         `etcd log:\n${logTail(p.logFile('etcd'), 15)}\ncvm log:\n${logTail(p.logFile('cvm'), 15)}`)
     }
     await new Promise((r) => setTimeout(r, 200))

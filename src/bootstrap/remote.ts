@@ -139,6 +139,11 @@ async function provisionNode(t: SshTransport, n: PlannedNode, c: ProvisionContex
   await startSupervisor(t)
 }
 
+/** An SSH connection to a host of the cluster, its host key checked against the pinned ones. */
+export function connectHost(r: NonNullable<ClusterContext['remote']>, address: string): Promise<SshTransport> {
+  return SshTransport.connect({ host: address, port: r.sshPort, username: r.sshUser, privateKey: r.sshKey, hostKeyPolicy: 'strict', ...(r.knownHostsFile ? { knownHostsFile: r.knownHostsFile } : {}) })
+}
+
 /** Shell test: systemd is PID 1 on the host (its runtime directory exists) and systemctl is there. */
 const systemdShell = '[ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1'
 
@@ -147,7 +152,7 @@ const systemdShell = '[ -d /run/systemd/system ] && command -v systemctl >/dev/n
  * every boot and is restarted if it fails); elsewhere run the bundle's boot entry point, the same
  * command the README gives for starting a node at boot. Both do nothing if it is running.
  */
-async function startSupervisor(t: SshTransport): Promise<void> {
+export async function startSupervisor(t: SshTransport): Promise<void> {
   const node = (await t.execOk('command -v node')).stdout.trim()
   if ((await t.exec(systemdShell)).code === 0) {
     await t.writeFile(nodeUnitPath, nodeUnit(node, remoteDataDir), 0o644)
@@ -166,7 +171,7 @@ function pidIsOursShell(pidFile: string): string {
 const stopSupervisorShell = `if ${systemdShell} && [ -f ${nodeUnitPath} ]; then systemctl stop ${nodeUnitName} || true; fi; if ${pidIsOursShell(`${remoteDataDir}/run/supervisor.pid`)}; then kill -TERM $p; for i in $(seq 150); do kill -0 $p 2>/dev/null || break; sleep 0.2; done; kill -KILL $p 2>/dev/null; fi; true`
 
 /** Stop a node's supervisor (and with it its daemons) by the pid in its pidfile, checked against /proc. */
-async function stopSupervisor(t: SshTransport): Promise<void> {
+export async function stopSupervisor(t: SshTransport): Promise<void> {
   await t.execOk(stopSupervisorShell, { what: 'stop the supervisor', timeoutMs: 60_000 })
 }
 

@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import type { Etcd3 } from 'etcd3'
 import { readSecretsKey } from '../lib/secretbox.js'
 import { TessError, errorMessage } from '../lib/errors.js'
-import { connectEtcd, etcdCall, getJson, keys } from '../lib/etcd.js'
+import { connectEtcd, etcdCall, getJson, keys, raiseIdCounter } from '../lib/etcd.js'
 import type { NodeRecord, ScrubStart } from '../lib/types.js'
 import { PeerPool, type TlsCreds } from './replication/client.js'
 import { PeerError, dataPortMode, type DataPortMode } from './replication/protocol.js'
@@ -104,6 +104,7 @@ async function startPool({ cfg, mode, paths, etcd }: Startup, holdsData: (diskId
   const disks = new DiskService(etcd, cfg.nodeName, cfg.clusterId, holdsData)
   const node = new NodeService(etcd, cfg, log, () => disks.localStats())
   await node.register()
+  await applyRestoreFloors(etcd, paths.restoreFloors)
   const creds = { cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: fs.readFileSync(paths.caCert) }
   const spares = new SpareEgroups({ disks: () => disks.localRecords(), log, perDisk: spareEgroupsPerDisk(cfg.pool?.spareEgroupsPerDisk, process.env.TESS_SPARE_EGROUPS) })
   await spares.load()
@@ -118,6 +119,26 @@ async function startPool({ cfg, mode, paths, etcd }: Startup, holdsData: (diskId
   const follower = new EtcdViewFollower(etcd, view, log)
   await follower.start()
   return { disks, node, creds, spares, store, peers, view, follower }
+}
+
+/**
+ * After a metadata restore (bootstrap/restore-node.ts left the file): raise etcd's id counters past
+ * every id the cluster's disks still hold, before anything here allocates one; then drop the file.
+ */
+async function applyRestoreFloors(etcd: Etcd3, file: string): Promise<void> {
+  let floors: Record<string, string>
+  try {
+    floors = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, string>
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return
+    throw new Error(`${file}: ${errorMessage(e)} (written by tess cluster restore; run the restore again)`)
+  }
+  for (const [kind, max] of Object.entries(floors)) {
+    if (!/^\d+$/.test(max)) throw new Error(`${file}: the ${kind} floor "${max}" is not a number (run the restore again)`)
+    if (max === '0') continue // no id of that kind on any disk
+    if (await raiseIdCounter(etcd, kind, BigInt(max))) log.info(`restore: the ${kind} id counter now starts after ${max}, the highest id on this node's disks or in the restored cluster`)
+  }
+  fs.rmSync(file, { force: true })
 }
 
 /** The cluster key from the first of these nodes that gives it (undefined when none does). */
@@ -344,6 +365,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((e) => {
-  log.error(`fatal: ${e instanceof Error ? e.stack : errorMessage(e)}`)
+  log.error(`fatal: ${e instanceof TessError ? `${e.message} [${e.code}]; ${e.hint}` : e instanceof Error ? e.stack : errorMessage(e)}`)
   process.exit(1)
 })

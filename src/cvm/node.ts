@@ -1,11 +1,11 @@
 import fs from 'node:fs'
 import type { Etcd3, Lease } from 'etcd3'
-import { errorMessage } from '../lib/errors.js'
+import { TessError, errorMessage } from '../lib/errors.js'
 import { etcdCall, getJson, keepLeaseAlive, keys, listJson } from '../lib/etcd.js'
 import { CertificateFiles, certificateWarnings } from '../lib/certexpiry.js'
 import { nodeHeartbeatTtlSec } from '../lib/limits.js'
 import type { Logger } from '../lib/log.js'
-import { nodePaths, type NodeConfig } from '../lib/nodeconfig.js'
+import { nodePaths, writeFileAtomic, type NodeConfig } from '../lib/nodeconfig.js'
 import type { ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../lib/types.js'
 import type { SupervisorState } from '../lib/supervisor-state.js'
 
@@ -44,10 +44,29 @@ export class NodeService {
   /** this node's container subsystem, reported in its status record (set once the agent started) */
   containersState: () => ContainersState | undefined = () => undefined
 
+  /**
+   * Find (or, on the cluster's first start, make) the cluster's record in etcd, then this node's.
+   * An etcd without the record, on a node that has seen it before (its `joined` file), has lost its
+   * data: the CVM refuses to start rather than run as a new, empty cluster beside disks full of
+   * data; so does one whose record names another cluster.
+   */
   async register(): Promise<void> {
     const cluster: ClusterRecord = { name: this.cfg.clusterName, id: this.cfg.clusterId, createdAt: this.cfg.createdAt }
-    await etcdCall('create the cluster record', () => this.etcd.if(keys.cluster, 'Create', '==', 0)
-      .then(this.etcd.put(keys.cluster).value(JSON.stringify(cluster))).commit())
+    const joined = nodePaths(this.cfg.dataDir).joined
+    let found = await etcdCall('read the cluster record', () => getJson<ClusterRecord>(this.etcd, keys.cluster))
+    if (found === undefined) {
+      if (fs.existsSync(joined)) {
+        throw new TessError('TESS_E_PRECONDITION', `etcd holds no record of cluster "${this.cfg.clusterName}" (${this.cfg.clusterId}), which node ${this.cfg.nodeName} is a member of: etcd's data was lost (or the node reaches another etcd), so this CVM does not start`,
+          'restore the metadata from a backup with `tess cluster restore FILE` (README: Backup and restore); every vDisk\'s data is still on the disks')
+      }
+      await etcdCall('create the cluster record', () => this.etcd.if(keys.cluster, 'Create', '==', 0)
+        .then(this.etcd.put(keys.cluster).value(JSON.stringify(cluster))).commit())
+      found = await etcdCall('read the cluster record', () => getJson<ClusterRecord>(this.etcd, keys.cluster))
+    }
+    if (found?.id !== this.cfg.clusterId) {
+      throw new TessError('TESS_E_CONFLICT', `etcd holds cluster ${found?.id ?? '(none)'}, not ${this.cfg.clusterId} of node.json: this CVM does not start`, 'check the etcd endpoints in node.json')
+    }
+    if (!fs.existsSync(joined)) writeFileAtomic(joined, `${this.cfg.clusterId}\n`, 0o600)
     const existing = await getJson<NodeRecord>(this.etcd, keys.node(this.cfg.nodeName))
     const rec: NodeRecord = {
       name: this.cfg.nodeName,

@@ -1,3 +1,4 @@
+import fs from 'node:fs'
 import https from 'node:https'
 import { TessError, errorMessage } from './errors.js'
 import { jsonAnswer } from './jsonhttp.js'
@@ -39,13 +40,21 @@ export class ApiClient {
     return this.request<T>('DELETE', path, undefined)
   }
 
-  async request<T>(method: string, path: string, body: unknown, opts: RequestOptions = {}): Promise<T> {
+  /**
+   * GET a file answer (application/octet-stream) into `file` (created with mode 0600, replaced if
+   * there); an error answer is JSON and thrown as for any request. Returns the bytes written.
+   */
+  download(path: string, file: string, opts?: RequestOptions): Promise<number> {
+    return this.request<number>('GET', path, undefined, opts, file)
+  }
+
+  async request<T>(method: string, path: string, body: unknown, opts: RequestOptions = {}, file?: string): Promise<T> {
     const deadline = Date.now() + (opts.retryMs ?? connectRetryMs)
     let lastErr: unknown
     for (;;) {
       for (const endpoint of this.ctx.endpoints) {
         try {
-          return await this.once<T>(endpoint, method, path, body, opts.timeoutMs ?? apiClientTimeoutMs)
+          return await this.once<T>(endpoint, method, path, body, opts.timeoutMs ?? apiClientTimeoutMs, file)
         } catch (e) {
           if (e instanceof TessError) throw e
           lastErr = e
@@ -73,7 +82,7 @@ export class ApiClient {
       'is the cluster running? `tess cluster status`; for a local cluster, see the logs in <data-dir>/logs')
   }
 
-  private once<T>(endpoint: string, method: string, path: string, body: unknown, timeoutMs: number): Promise<T> {
+  private once<T>(endpoint: string, method: string, path: string, body: unknown, timeoutMs: number, file?: string): Promise<T> {
     const url = new URL(path, endpoint)
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
     return new Promise<T>((resolve, reject) => {
@@ -88,6 +97,24 @@ export class ApiClient {
           ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}),
         },
       }, (res) => {
+        if (file !== undefined && res.statusCode === 200 && res.headers['content-type'] === 'application/octet-stream') {
+          const out = fs.createWriteStream(file, { mode: 0o600 })
+          let bytes = 0
+          res.on('data', (c: Buffer) => { bytes += c.length })
+          res.on('error', (e) => out.destroy(e))
+          res.on('aborted', () => out.destroy(new Error('the answer was cut short')))
+          out.on('error', (e) => {
+            res.destroy()
+            reject(e instanceof TessError ? e : new TessError('TESS_E_IO', `cannot write ${file}: ${errorMessage(e)}`, 'check the path and the free space'))
+          })
+          out.on('finish', () => {
+            const want = Number(res.headers['content-length'])
+            if (Number.isFinite(want) && bytes !== want) reject(new TessError('TESS_E_IO', `the answer from ${endpoint} was cut short: ${bytes} of ${want} bytes`, 'run the command again'))
+            else resolve(bytes as T)
+          })
+          res.pipe(out)
+          return
+        }
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))
         res.on('error', reject)

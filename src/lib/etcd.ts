@@ -251,6 +251,23 @@ export class IdAllocator {
 }
 
 /**
+ * Raise the counter of `kind` so that every id it hands out from now on is above `atLeast` (a
+ * metadata restore: ids of objects made after the backup are still on the disks). Never lowers it.
+ */
+export async function raiseIdCounter(etcd: Etcd3, kind: string, atLeast: bigint): Promise<boolean> {
+  const key = keys.idCounter(kind)
+  const want = atLeast + 1n
+  for (let attempt = 0; attempt < idCasRetriesMax; attempt++) {
+    const cur = await etcdCall(`read the ${kind} id counter`, () => etcd.get(key).string())
+    if (cur !== null && BigInt(cur) >= want) return false
+    const cmp = cur === null ? etcd.if(key, 'Create', '==', 0) : etcd.if(key, 'Value', '==', cur)
+    const res = await etcdCall(`raise the ${kind} id counter`, () => cmp.then(etcd.put(key).value(want.toString())).commit())
+    if (res.succeeded) return true
+  }
+  throw new TessError('TESS_E_CONFLICT', `cannot raise the ${kind} id counter: too much contention`, 'the CVM tries again at its next start')
+}
+
+/**
  * Follow something in etcd: `refresh` runs whenever the key (or any key under the prefix) is put
  * or deleted, through a watch, and with `pollMs` also now and every pollMs after, because a watch
  * can be lost. Failures are logged (`what` names the thing), never thrown.

@@ -45,6 +45,14 @@ export interface ApiRequest {
 
 export type Handler = (req: ApiRequest) => Promise<unknown>
 
+/**
+ * An answer that is a file, not JSON (`GET /v1/cluster/backup`): `head` then the file's bytes, as
+ * application/octet-stream with its length; `done` runs once the answer is sent or abandoned.
+ */
+export class FileAnswer {
+  constructor(readonly head: Buffer, readonly file: string, readonly done: () => void) {}
+}
+
 /** Bounds of the API server (defaults in lib/limits.ts; tests pass small ones) */
 export interface ApiLimits {
   bodyMaxBytes: number
@@ -247,7 +255,8 @@ export class ApiServer {
         })
         const body = await readBody(req, res, this.limits.bodyMaxBytes)
         const result = await r.handler({ method, path: url.pathname, params, query: url.searchParams, body, principal: who })
-        send(res, method === 'POST' ? 201 : 200, result ?? {})
+        if (result instanceof FileAnswer) sendFile(res, result)
+        else send(res, method === 'POST' ? 201 : 200, result ?? {})
         this.audit(who, method, auditPath, method === 'POST' ? 201 : 200)
         return
       }
@@ -271,6 +280,27 @@ export class ApiServer {
     if (path === undefined || who.kind === 'node' || !('audit' in this.opts) || this.opts.audit === undefined) return
     this.opts.audit({ at: new Date().toISOString(), who: who.name, kind: who.kind, role: who.role, method, path, status, ...(code !== undefined ? { code } : {}) })
   }
+}
+
+function sendFile(res: ServerResponse, a: FileAnswer): void {
+  let size: number
+  try {
+    size = fs.statSync(a.file).size
+  } catch (e) {
+    a.done()
+    throw e
+  }
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': a.head.length + size })
+  res.write(a.head)
+  const r = fs.createReadStream(a.file)
+  // a client that goes away ends the answer; the file is its owner's to remove either way
+  const finished = (): void => {
+    r.destroy()
+    a.done()
+  }
+  res.once('close', finished)
+  r.once('error', () => res.destroy())
+  r.pipe(res)
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {

@@ -59,6 +59,10 @@ export const nodePaths = (dataDir: string) => ({
   /** the key that seals secrets stored in etcd (lib/secretbox.ts); the same on every node */
   secretsKey: path.join(dataDir, 'pki', 'secrets.key'),
   etcdData: path.join(dataDir, 'etcd'),
+  /** written once the CVM found (or made) the cluster's record in etcd: from then on, an etcd without it has lost its data */
+  joined: path.join(dataDir, 'joined'),
+  /** left by a metadata restore (bootstrap/restore-node.ts): ids the CVM raises etcd's counters past at its next start */
+  restoreFloors: path.join(dataDir, 'restore-floors.json'),
   run: path.join(dataDir, 'run'),
   /** NBD for local clients (root): no TLS, the file's mode is the authentication */
   nbdSocket: path.join(dataDir, 'run', 'nbd.sock'),

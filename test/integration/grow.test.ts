@@ -21,6 +21,10 @@ describe('host add grows etcd from 1 to 3 members', () => {
   const tess = (args: string[]): Promise<TessResult> => runTess(args, env, { timeoutMs: 240_000 })
   // NBD on TCP requires TLS: a client certificate from `tess vdisk credentials`, made after create
   const creds = path.join(root, 'nbd-creds')
+  // the data written to the vDisks g (and joined, late, fresh: 24 MiB), part (16 MiB) and fill (192 MiB)
+  const src = path.join(root, 'g.bin')
+  const during = path.join(root, 'part.bin')
+  const fill = path.join(root, 'fill.bin')
   const uri = (i: number, v: string) => `nbds://${th.hosts[i]!.address}:10809/${v}?tls-certificates=${creds}`
 
   beforeAll(async () => {
@@ -44,7 +48,6 @@ describe('host add grows etcd from 1 to 3 members', () => {
     expect(c.code, c.stdout + c.stderr).toBe(0)
     expect(c.json.plan.etcdMembers).toEqual([th.hosts[0]!.name])
     expect((await tess(['vdisk', 'create', 'g', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
-    const src = path.join(root, 'g.bin')
     fs.writeFileSync(src, crypto.randomBytes(24 * MiB))
     // first contact (issue 20): right after create, 64 writes in flight through host 2 all succeed
     const first = await nbdBurstInHost(th, th.hosts[1]!, src, 'g')
@@ -74,7 +77,6 @@ describe('host add grows etcd from 1 to 3 members', () => {
     // to a new RF 2 vDisk succeed meanwhile (host 1 takes the copies); when the link is back, host 3
     // rejoins by itself (its etcd member and its CVM), serves the data, and nothing is under-replicated
     await th.partition(th.hosts[2]!)
-    const during = path.join(root, 'part.bin')
     fs.writeFileSync(during, crypto.randomBytes(16 * MiB))
     try {
       await waitFor('host 3 shown down', async () => {
@@ -150,7 +152,6 @@ describe('host add grows etcd from 1 to 3 members', () => {
     // a second disk on host 2: the curator moves half of host 2's replicas to it (a move within a
     // node, through the data port when the vDisk's owner is host 3); every byte reads back after
     const groupsOn = async (dir: string) => Number((await th.exec(th.hosts[1]!, ['sh', '-c', `ls ${dir}/egroups 2>/dev/null | grep -c "\\.eg$" || true`])).stdout.trim())
-    const fill = path.join(root, 'fill.bin')
     fs.writeFileSync(fill, crypto.randomBytes(192 * MiB))
     expect((await tess(['vdisk', 'create', 'fill', '--size', '256M', '--rf', '2', '--json'])).code).toBe(0)
     const fw = await run('nbdcopy', ['--flush', fill, uri(2, 'fill')], { timeoutMs: 120_000 })
@@ -176,4 +177,53 @@ describe('host add grows etcd from 1 to 3 members', () => {
       expect(fs.readFileSync(bout).subarray(0, size).equals(fs.readFileSync(want)), `vDisk ${v} through host 2`).toBe(true)
     }
   }, 600_000)
+
+  // the cluster left by the test above: hosts 2 and 3, both etcd members, RF 2 vDisks on 3 disks
+  it('restores the metadata from a backup after every etcd member lost its data', async () => {
+    const [h2, h3] = [th.hosts[1]!, th.hosts[2]!]
+    const file = path.join(root, 'grow.tbk')
+    const bk = await tess(['cluster', 'backup', file, '--json'])
+    expect(bk.code, bk.stdout + bk.stderr).toBe(0)
+    expect(bk.json.etcdMembers.sort()).toEqual([h2.name, h3.name].sort())
+    const names = (await tess(['vdisk', 'list', '--json'])).json.map((v: { name: string }) => v.name).sort()
+    expect(bk.json.counts.vdisks).toBe(names.length)
+    // after the backup: a vDisk that the restore forgets
+    expect((await tess(['vdisk', 'create', 'late', '--size', '32M', '--rf', '2', '--json'])).code).toBe(0)
+    expect((await nbdBurstInHost(th, h2, src, 'late')).code).toBe(0)
+
+    // every member loses its data at once (etcd and the CVM killed, etcd's data dir removed)
+    const lose = 'kill -9 $(cat /var/lib/tess/run/etcd.pid) $(cat /var/lib/tess/run/cvm.pid); rm -rf /var/lib/tess/etcd'
+    await Promise.all([h2, h3].map((h) => th.exec(h, ['sh', '-c', lose])))
+    await waitFor('the cluster to stop answering', async () => (await tess(['vdisk', 'list', '--json'])).code === 6 || undefined, 90_000, 1000)
+
+    const r = await tess(['cluster', 'restore', file, '--yes', '--json'])
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    expect(r.json.nodes.map((n: { node: string, etcdMember: boolean }) => [n.node, n.etcdMember]).sort()).toEqual([[h2.name, true], [h3.name, true]].sort())
+    expect(r.json.vdisks).toBe(names.length)
+    const st = await waitFor('2 healthy etcd members', async () => {
+      const s = await tess(['cluster', 'status', '--json'])
+      return s.json?.nodes?.length === 2 && s.json.nodes.every((n: any) => n.state === 'up' && n.daemons.some((d: any) => d.name === 'etcd' && d.healthy)) ? s : undefined
+    }, 120_000, 1000)
+    expect(st.json.nodes.map((n: any) => n.name).sort()).toEqual([h2.name, h3.name].sort())
+    expect((await tess(['vdisk', 'list', '--json'])).json.map((v: { name: string }) => v.name).sort()).toEqual(names)
+    // every byte of the backup's vDisks, through both hosts
+    for (const [v, i] of [['g', 1], ['fill', 2], ['part', 1], ['joined', 2]] as const) {
+      const want = v === 'part' ? during : v === 'fill' ? fill : src
+      const size = v === 'part' ? 16 * MiB : v === 'fill' ? 192 * MiB : 24 * MiB
+      const out = path.join(root, `${v}-restored.bin`)
+      const rr = await run('nbdcopy', [uri(i, v), out], { timeoutMs: 120_000 })
+      expect(rr.code, rr.stderr).toBe(0)
+      expect(fs.readFileSync(out).subarray(0, size).equals(fs.readFileSync(want)), `vDisk ${v} through host ${i + 1}`).toBe(true)
+    }
+    // new vDisks and extent groups after the restore, and the cluster healthy again
+    expect((await tess(['vdisk', 'create', 'fresh', '--size', '32M', '--rf', '2', '--json'])).code).toBe(0)
+    expect((await nbdBurstInHost(th, h3, src, 'fresh')).code).toBe(0)
+    const fo = path.join(root, 'fresh-out.bin')
+    expect((await run('nbdcopy', [uri(1, 'fresh'), fo], { timeoutMs: 120_000 })).code).toBe(0)
+    expect(fs.readFileSync(fo).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
+    await waitFor('healthy after the restore', async () => {
+      const h = await tess(['cluster', 'health', '--json'])
+      return h.json?.state === 'healthy' ? true : undefined
+    }, 120_000, 2000)
+  }, 420_000)
 })

@@ -1,3 +1,4 @@
+import fs from 'node:fs'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import { checkCaPem, nbdTrustRefreshMs, waitForNbdTrustAcks, type NbdRevocation, type NbdTrust } from '../nbd/trust.js'
 import type { NodeConfig } from '../../lib/nodeconfig.js'
@@ -11,7 +12,8 @@ import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import type { DiskRecord, EvacuationProgress, NodeRecord, ReplicaMove, ScrubStart } from '../../lib/types.js'
 import { listCsmRecords } from '../control/records.js'
 import type { Etcd3 } from 'etcd3'
-import { bodyObject, bool, int, queryInt, str, type ApiRequest, type ApiServer } from '../../lib/http-server.js'
+import { FileAnswer, bodyObject, bool, int, queryInt, str, type ApiRequest, type ApiServer } from '../../lib/http-server.js'
+import { takeBackup } from '../control/backup.js'
 import { checkName } from '../../lib/names.js'
 import { etcdReconfigWaitMs, rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
 import { evacuateDisk, evacuationTargets, type DiskEvacuationEnv, type DiskEvacuationJob } from '../curator/disk-evacuation.js'
@@ -59,6 +61,26 @@ function registerClusterRoutes(api: ApiServer, s: RouteServices): void {
 
   // how well the data is protected (extent groups healthy, under-replicated, lost) and the curator
   api.route('GET', '/v1/cluster/health', async () => clusterHealth(s.etcd, () => s.curator.master()))
+
+  // the cluster's metadata backup (tess cluster backup): etcd's snapshot and what a restore needs, one at a time per CVM
+  let backupRunning = false
+  api.route('GET', '/v1/cluster/backup', async () => {
+    if (backupRunning) throw new TessError('TESS_E_CONFLICT', `a backup is being taken through node ${s.cfg.nodeName} already`, 'wait for it to finish, or ask another node')
+    backupRunning = true
+    let b
+    try {
+      b = await takeBackup(s.etcd, s.cfg, apiVersion)
+    } catch (e) {
+      backupRunning = false
+      throw e
+    }
+    const file = b.file
+    s.log.info(`backup: etcd snapshot of ${b.manifest.snapshotBytes} bytes at revision ${b.manifest.revision} taken`)
+    return new FileAnswer(b.head, file, () => {
+      fs.rmSync(file, { force: true })
+      backupRunning = false
+    })
+  }, 'admin')
   // the curator's settings: the grace before a lost node's data and CSMs move, the repair and scrub rates
   api.route('GET', '/v1/cluster/config', async () => readSettings(s.etcd))
   api.route('PATCH', '/v1/cluster/config', async (req) => updateSettings(s.etcd, parseSettingsPatch(req.body)), 'admin')
