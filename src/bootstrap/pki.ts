@@ -31,8 +31,11 @@ export function createCa(dir: string, clusterName: string, commonName = `tessera
   return { caCert, caKey }
 }
 
+/** how long a node certificate is valid unless asked otherwise (10 years, as the CA) */
+export const nodeCertDaysDefault = 3650
+
 /** A certificate for one node, valid as TLS server and client (API, etcd peer/client, data port). */
-export function createNodeCert(dir: string, ca: CaFiles, nodeName: string, addresses: string[]): { cert: string, key: string } {
+export function createNodeCert(dir: string, ca: CaFiles, nodeName: string, addresses: string[], days = nodeCertDaysDefault): { cert: string, key: string } {
   const key = path.join(dir, 'node.key')
   const cert = path.join(dir, 'node.crt')
   const csr = path.join(dir, 'node.csr')
@@ -44,7 +47,7 @@ export function createNodeCert(dir: string, ca: CaFiles, nodeName: string, addre
   const dns = new Set(['localhost', nodeName, os.hostname(), ...addresses.filter((a) => !/^[\d.]+$/.test(a) && !a.includes(':'))])
   const san = [...[...dns].map((d) => `DNS:${d}`), ...[...ips].map((i) => `IP:${i}`)].join(',')
   fs.writeFileSync(ext, `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=${san}\n`)
-  openssl(['x509', '-req', '-in', csr, '-CA', ca.caCert, '-CAkey', ca.caKey, '-CAcreateserial', '-days', '3650', '-sha256', '-extfile', ext, '-out', cert], dir)
+  openssl(['x509', '-req', '-in', csr, '-CA', ca.caCert, '-CAkey', ca.caKey, '-CAcreateserial', '-days', String(days), '-sha256', '-extfile', ext, '-out', cert], dir)
   fs.rmSync(csr, { force: true })
   fs.rmSync(ext, { force: true })
   fs.rmSync(path.join(dir, 'ca.srl'), { force: true })

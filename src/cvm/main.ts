@@ -31,6 +31,8 @@ import { containerNodeOps } from './control/ops.js'
 import { nodeCaller, registerNodeOps, type NodeCall, type NodeHandlers } from '../lib/rpc/node-ops.js'
 import { NbdServer } from './nbd/server.js'
 import { NodeService } from './node.js'
+import { NodeCredentials } from './credentials.js'
+import { checkName } from '../lib/names.js'
 import { DiskService } from './pool/disks.js'
 import { VdiskEngine } from './vdisk/engine.js'
 import { NbdTrust } from './nbd/trust.js'
@@ -58,6 +60,8 @@ interface PoolParts {
   disks: DiskService
   node: NodeService
   creds: TlsCreds
+  /** the node certificate and key, taken up again by tess cluster rotate-certs */
+  nodeCreds: NodeCredentials
   spares: SpareEgroups
   store: ReplicaStore
   peers: PeerPool
@@ -105,7 +109,9 @@ async function startPool({ cfg, mode, paths, etcd }: Startup, holdsData: (diskId
   const node = new NodeService(etcd, cfg, log, () => disks.localStats())
   await node.register()
   await applyRestoreFloors(etcd, paths.restoreFloors)
-  const creds = { cert: fs.readFileSync(paths.nodeCert), key: fs.readFileSync(paths.nodeKey), ca: fs.readFileSync(paths.caCert) }
+  const nodeCreds = new NodeCredentials(cfg.dataDir, cfg.nodeName, log)
+  const creds = nodeCreds.creds
+  node.moreCertificates = () => { const c = nodeCreds.heldByEtcdClient(); return c === undefined ? [] : [c] }
   const spares = new SpareEgroups({ disks: () => disks.localRecords(), log, perDisk: spareEgroupsPerDisk(cfg.pool?.spareEgroupsPerDisk, process.env.TESS_SPARE_EGROUPS) })
   await spares.load()
   const store = new ReplicaStore({ localDisks: () => disks.localRecords(), log, spares })
@@ -118,7 +124,7 @@ async function startPool({ cfg, mode, paths, etcd }: Startup, holdsData: (diskId
   const view = new PlacementView({ self: cfg.nodeName, log, read: () => readViewRecords(etcd) })
   const follower = new EtcdViewFollower(etcd, view, log)
   await follower.start()
-  return { disks, node, creds, spares, store, peers, view, follower }
+  return { disks, node, creds, nodeCreds, spares, store, peers, view, follower }
 }
 
 /**
@@ -229,6 +235,7 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
     'vdisk.scrub': async ({ id, bytesPerSec }) => engine.scrub(id, bytesPerSec),
     'pool.gc': async ({ minAgeMs }) => engine.collectGarbage(minAgeMs),
     'curator.scrub': async () => ({ started: parts.curator.scrubNow(), master: cfg.nodeName }),
+    'pki.reload': async () => p.nodeCreds.reload(),
   }
   const call = nodeCaller({
     self: cfg.nodeName,
@@ -260,6 +267,8 @@ async function startContainers(s: Startup, p: PoolParts, parts: { api: ApiServer
   })
   registerCsmRoutes(api, containers)
   registerKeyRoutes(api, keeper, cfg.nodeName, parts.otherUpNodes, async (n, key) => { await call(n, 'keys.unlock', { key }, 10_000) })
+  // tess cluster rotate-certs: the node takes up the certificate just written to its pki/
+  api.route('POST', '/v1/nodes/:name/certificates/reload', async (req) => call(checkName('node', req.params.name!), 'pki.reload', {}), 'admin')
   registerNodeOps(api, handlers)
   return { agent, containers, call }
 }
@@ -360,6 +369,11 @@ async function main(): Promise<void> {
   const { api, users } = await startApi(s, p, { vdisks, engine, nbdTrust, curator, scrubNow, moveAt })
   const { agent, containers, call } = await startContainers(s, p, { api, keeper, engine, vdisks, curator, otherUpNodes })
   await listen(s, p, { keeper, dataServer, nbd, api, containers })
+  p.nodeCreds.onReload((c) => {
+    api.setCredentials(c.cert, c.key)
+    dataServer.setCredentials()
+    nbdTrust.rebuild()
+  })
   curator.start()
   stopOnSignals(s, p, { curator, agent, users, keeper, api, nbdTrust, nbd, dataServer, engine })
 }

@@ -6,7 +6,7 @@ import { CertificateFiles, certificateWarnings } from '../lib/certexpiry.js'
 import { nodeHeartbeatTtlSec } from '../lib/limits.js'
 import type { Logger } from '../lib/log.js'
 import { nodePaths, writeFileAtomic, type NodeConfig } from '../lib/nodeconfig.js'
-import type { ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../lib/types.js'
+import type { CertificateInfo, ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../lib/types.js'
 import type { SupervisorState } from '../lib/supervisor-state.js'
 
 export const daemonNames = ['supervisor', 'etcd', 'cvm'] as const
@@ -40,6 +40,9 @@ export class NodeService {
 
   /** this node's certificates (node and CA), reported in its status record */
   private readonly certificates: CertificateFiles
+
+  /** certificates in use that are not files of pki/ (the etcd client's after a rotation), reported with them */
+  moreCertificates: () => CertificateInfo[] = () => []
 
   /** this node's container subsystem, reported in its status record (set once the agent started) */
   containersState: () => ContainersState | undefined = () => undefined
@@ -129,7 +132,7 @@ export class NodeService {
       at: new Date().toISOString(),
       daemons: this.localDaemons(true),
       disks: await this.diskStats(),
-      certificates: this.certificates.read(),
+      certificates: [...this.certificates.read(), ...this.moreCertificates()],
     }
     const containers = this.containersState()
     if (containers !== undefined) rec.containers = containers
@@ -187,7 +190,7 @@ export class NodeService {
         nbdPort: n.nbdPort,
         lastSeenAt: local ? new Date().toISOString() : st?.at ?? null,
         containers: (local ? this.containersState() : st?.containers) ?? null,
-        certificates: (local ? this.certificates.read() : st?.certificates) ?? null,
+        certificates: (local ? [...this.certificates.read(), ...this.moreCertificates()] : st?.certificates) ?? null,
       }
     })
     return {

@@ -54,7 +54,7 @@ export function certificateWarnings(nodes: Array<Pick<NodeInfo, 'name' | 'certif
       const left = Date.parse(c.notAfter) - nowMs
       const day = c.notAfter.slice(0, 10)
       if (left <= 0) out.push(`the ${c.name} certificate of node ${n.name} expired on ${day}: TLS to that node fails until it is renewed`)
-      else if (left <= certificateWarnDays * dayMs) out.push(`the ${c.name} certificate of node ${n.name} expires on ${day}, in ${Math.ceil(left / dayMs)} day(s): renew it before then`)
+      else if (left <= certificateWarnDays * dayMs) out.push(`the ${c.name} certificate of node ${n.name} expires on ${day}, in ${Math.ceil(left / dayMs)} day(s): ${c.name.startsWith('etcd client') ? 'restart the node\'s CVM before then (it takes up the renewed one)' : 'renew it before then (tess cluster rotate-certs)'}`)
     }
   }
   return out

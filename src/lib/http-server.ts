@@ -139,6 +139,15 @@ export class ApiServer {
     return this
   }
 
+  /** A new certificate and key for connections from now on (those open go on with theirs). */
+  setCredentials(cert: Buffer, key: Buffer): void {
+    const o = this.opts
+    if (!('token' in o)) throw new Error('a unix socket listener has no TLS credentials')
+    o.cert = cert
+    o.key = key
+    if (this.server instanceof https.Server) this.server.setSecureContext({ cert, key, ca: o.ca })
+  }
+
   /** Every route with the role it asks (tests and the README's API table). */
   routeRoles(): Array<{ method: string, path: string, role: RouteRole }> {
     return this.routes.map((r) => ({ method: r.method, path: r.path, role: r.role }))

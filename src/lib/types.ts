@@ -135,6 +135,17 @@ export interface CertificateInfo {
   notAfter: string
 }
 
+/** A node certificate a CVM took up without a restart (`POST /v1/nodes/NAME/certificates/reload`, tess cluster rotate-certs). */
+export interface ReloadedCertificate {
+  node: string
+  subject: string
+  /** ISO 8601 */
+  notAfter: string
+  serial: string
+  /** SHA-256 of the certificate, colon-separated hex (as node:crypto prints it) */
+  fingerprint256: string
+}
+
 /** One node as a CVM's placement view sees it (part of `GET /v1/placement`). */
 export interface PlacementNodeInfo {
   name: string

@@ -179,7 +179,7 @@ describe('host add grows etcd from 1 to 3 members', () => {
   }, 600_000)
 
   // the cluster left by the test above: hosts 2 and 3, both etcd members, RF 2 vDisks on 3 disks
-  it('restores the metadata from a backup after every etcd member lost its data', async () => {
+  it('restores the metadata from a backup after every etcd member lost its data, then renews the node certificates', async () => {
     const [h2, h3] = [th.hosts[1]!, th.hosts[2]!]
     const file = path.join(root, 'grow.tbk')
     const bk = await tess(['cluster', 'backup', file, '--json'])
@@ -225,5 +225,18 @@ describe('host add grows etcd from 1 to 3 members', () => {
       const h = await tess(['cluster', 'health', '--json'])
       return h.json?.state === 'healthy' ? true : undefined
     }, 120_000, 2000)
+
+    // new node certificates over SSH, one node at a time, with nothing restarted
+    const cvms = await Promise.all([h2, h3].map(async (h) => (await th.exec(h, ['cat', '/var/lib/tess/run/cvm.pid'])).stdout.trim()))
+    const rot = await tess(['cluster', 'rotate-certs', '--json'])
+    expect(rot.code, rot.stdout + rot.stderr).toBe(0)
+    expect(rot.json.nodes.map((n: { node: string, etcdChecked: boolean }) => [n.node, n.etcdChecked])).toEqual([[h2.name, true], [h3.name, true]])
+    expect(await Promise.all([h2, h3].map(async (h) => (await th.exec(h, ['cat', '/var/lib/tess/run/cvm.pid'])).stdout.trim()))).toEqual(cvms)
+    // the nodes reach each other with the new certificates: an RF 2 write through host 3 and a read through host 2
+    expect((await tess(['vdisk', 'create', 'rotated', '--size', '32M', '--rf', '2', '--json'])).code).toBe(0)
+    expect((await nbdBurstInHost(th, h3, src, 'rotated')).code).toBe(0)
+    const ro = path.join(root, 'rotated-out.bin')
+    expect((await run('nbdcopy', [uri(1, 'rotated'), ro], { timeoutMs: 120_000 })).code).toBe(0)
+    expect(fs.readFileSync(ro).subarray(0, 24 * MiB).equals(fs.readFileSync(src))).toBe(true)
   }, 420_000)
 })

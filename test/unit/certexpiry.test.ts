@@ -18,7 +18,7 @@ describe('certificate expiry warnings', () => {
       { name: 'n4', certificates: null },
     ], now)
     expect(w).toEqual([
-      `the node certificate of node n1 expires on ${at(10).slice(0, 10)}, in 10 day(s): renew it before then`,
+      `the node certificate of node n1 expires on ${at(10).slice(0, 10)}, in 10 day(s): renew it before then (tess cluster rotate-certs)`,
       `the node certificate of node n2 expired on ${at(-1).slice(0, 10)}: TLS to that node fails until it is renewed`,
     ])
     expect(certificateWarnings([{ name: 'n1', certificates: [{ name: 'node', subject: '', notAfter: at(30) }] }], now)).toHaveLength(1)

@@ -147,6 +147,7 @@ const handlers: NodeHandlers = { ...containerNodeOps(agent), ...keyNodeOps(keepe
   'pool.gc': async ({ minAgeMs }) => ({ files: 1, bytes: minAgeMs, staleEntries: 2 }),
   'vdisk.move': async ({ id, moves, bytesPerSec }) => ({ egroups: moves.length, bytes: bytesPerSec ?? 0, skipped: Number(id) + (moves[0]?.to.diskId === '12' && moves[0].from.node === 'n1' ? 100 : 0) }),
   'curator.scrub': async () => ({ started: true, master: 'n2' }),
+  'pki.reload': async () => ({ node: 'n1', subject: 'O=tessera, CN=n1', notAfter: '2036-12-07T00:00:00.000Z', serial: '0A', fingerprint256: 'AB:CD' }),
 }
 let target: JsonTarget
 let call: NodeCall
@@ -203,6 +204,7 @@ describe('node operations over the real route', () => {
     expect(await call('n2', 'vdisk.repair', { id: '9', down: ['n3', 'n4'] })).toEqual({ egroups: 2, bytes: 9 })
     expect((await call('n2', 'vdisk.scrub', { id: '4', bytesPerSec: 2 ** 20 })).bytesChecked).toBe(2 ** 20)
     expect(await call('n2', 'curator.scrub', {})).toEqual({ started: true, master: 'n2' })
+    expect(await call('n2', 'pki.reload', {})).toMatchObject({ node: 'n1', serial: '0A', fingerprint256: 'AB:CD' })
     expect(await call('n2', 'pool.gc', { minAgeMs: 600_000 })).toEqual({ files: 1, bytes: 600_000, staleEntries: 2 })
     const move = { egroupId: '31', from: { node: 'n1', diskId: '11' }, to: { node: 'n1', diskId: '12' } }
     expect(await call('n2', 'vdisk.move', { id: '4', moves: [move, move], bytesPerSec: 1048576 })).toEqual({ egroups: 2, bytes: 1048576, skipped: 104 })

@@ -1,8 +1,8 @@
 import type { NodeHandlers, NodeOp } from '../../lib/rpc/node-ops.js'
 import type { NodeAgent } from './agent.js'
 
-/** The node operations of the container side: every one but the vDisk, pool, curator and cluster key ones. */
-export type ContainerNodeOp = Exclude<NodeOp, `vdisk.${string}` | `pool.${string}` | `curator.${string}` | 'keys.unlock' | 'keys.get'>
+/** The node operations of the container side: every one but the vDisk, pool, curator, cluster key and certificate ones. */
+export type ContainerNodeOp = Exclude<NodeOp, `vdisk.${string}` | `pool.${string}` | `curator.${string}` | 'keys.unlock' | 'keys.get' | 'pki.reload'>
 
 /**
  * What one node's agent does for the cluster: called in-process for this node, or by another

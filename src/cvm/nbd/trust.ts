@@ -84,6 +84,11 @@ export class NbdTrust {
     if (changed) this.onRevocations()
   }
 
+  /** The node's certificate changed (the object given as creds): new connections get it. */
+  rebuild(): void {
+    this.current = this.build(this.userCa === undefined ? undefined : checkCaPem(this.userCa))
+  }
+
   async refresh(): Promise<void> {
     await this.refreshRevocations()
     const pem = (await this.etcd.get(keys.nbdUserCa).string()) ?? undefined

@@ -99,6 +99,11 @@ export class DataServer {
     this.helloTimeoutMs = opts.helloTimeoutMs ?? dataPortHelloTimeoutMs
   }
 
+  /** The node's credentials changed (the object in opts.creds): handshakes from now on use them. */
+  setCredentials(): void {
+    this.tlsServer?.setSecureContext({ ...this.opts.creds })
+  }
+
   listen(port: number, host: string): Promise<void> {
     // never listens itself: the data port hands it the connections that start a TLS handshake
     this.tlsServer = tls.createServer({ ...this.opts.creds, requestCert: true, rejectUnauthorized: true, handshakeTimeout: this.helloTimeoutMs }, (s) => this.serveTls(s))

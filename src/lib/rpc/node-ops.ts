@@ -1,7 +1,7 @@
 import { TessError } from '../errors.js'
 import { parseContainerSpec, cpusField, memoryField, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
 import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
-import type { GcFound, ReplicaMove, SnapshotOp, SnapshotRecord } from '../types.js'
+import type { GcFound, ReloadedCertificate, ReplicaMove, SnapshotOp, SnapshotRecord } from '../types.js'
 import { bool, int, obj, objList, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
@@ -83,6 +83,8 @@ export interface NodeOps {
   'curator.scrub': { req: Empty, res: { started: boolean, master: string } }
   'keys.unlock': { req: { key: string }, res: { unlocked: boolean } }
   'keys.get': { req: Empty, res: { key: string | null } }
+  /** take up the node certificate and key in pki/ now (API, NBD and data port listeners, calls to other nodes) */
+  'pki.reload': { req: Empty, res: ReloadedCertificate }
 }
 
 export type NodeOp = keyof NodeOps
@@ -192,6 +194,7 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
   'curator.scrub': empty,
   'keys.unlock': (b) => ({ key: clusterKeyField(b) }),
   'keys.get': empty,
+  'pki.reload': empty,
 }
 
 function vdiskIdField(b: Record<string, unknown>): string {
