@@ -106,10 +106,10 @@ export class NodeService {
     return out
   }
 
+  /** etcd answers and holds the cluster's record (an etcd that lost its data answers too, empty) */
   async etcdHealthy(): Promise<boolean> {
     try {
-      await this.etcd.get(keys.cluster).string()
-      return true
+      return (await this.etcd.get(keys.cluster).string()) !== null
     } catch {
       return false
     }

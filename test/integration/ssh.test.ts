@@ -12,6 +12,9 @@ import { SshTransport, type SshConnectOptions } from '../../src/bootstrap/ssh.js
 import { TessError } from '../../src/lib/errors.js'
 import { createTestHosts, type TestHost, type TestHosts } from '../helpers/testhosts.js'
 
+// test lane: local
+// (two bare test hosts, no cluster: it runs beside the files of the other lane; see scripts/test.sh)
+
 /**
  * The SSH building blocks of `tess cluster create --hosts ...` against two test hosts (network +
  * mount namespaces with their own sshd): host key pinning under every policy, error mapping,
