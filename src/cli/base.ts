@@ -1,3 +1,5 @@
+import fs from 'node:fs'
+import path from 'node:path'
 import { Command, Flags, Errors, type Interfaces } from '@oclif/core'
 import { TessError, errorMessage, isTessError } from '../lib/errors.js'
 import { ApiClient } from '../lib/apiclient.js'
@@ -144,8 +146,13 @@ export abstract class TessCommand<R> extends Command {
   }
 
   protected context(name: string | undefined): ClusterContext {
-    return resolveContext(name)
+    const ctx = resolveContext(name)
+    this.usedContext = ctx
+    return ctx
   }
+
+  /** the context this command talks to (for the hint of an unreachable embedded cluster) */
+  private usedContext: ClusterContext | undefined
 
   /** The API client of a context; TESS_TOKEN, when set, is the token it sends (a user's, from `tess user create`). */
   protected client(ctx: ClusterContext): ApiClient {
@@ -175,6 +182,9 @@ export abstract class TessCommand<R> extends Command {
     else if (err.name === 'ExitPromptError') te = new TessError('TESS_E_USAGE', 'cancelled at the prompt', 'nothing was changed')
     else if (err instanceof Errors.CLIError && /flag|argument|Missing|Unexpected|Nonexistent|Expected/i.test(err.message)) te = new TessError('TESS_E_USAGE', err.message.split('\n')[0] ?? 'bad usage', `see \`tess ${this.id?.replace(/:/g, ' ') ?? ''} --help\``)
     else te = new TessError('TESS_E_INTERNAL', `unexpected error: ${errorMessage(err)}`, 'this is a bug; run with DEBUG=* for details')
+    // an embedded cluster whose CVM refuses to start: say why, from its log on this machine
+    const refusal = te.code === 'TESS_E_UNREACHABLE' && this.usedContext?.local !== undefined ? cvmRefusal(this.usedContext.local.dataDir) : undefined
+    if (refusal !== undefined) te = new TessError(te.code, te.message, `the CVM does not start: ${refusal}`)
     if (this.jsonMode) {
       process.stdout.write(JSON.stringify({ error: te.toBody() }, null, 2) + '\n')
     } else {
@@ -184,6 +194,38 @@ export abstract class TessCommand<R> extends Command {
     if (process.env.DEBUG && !isTessError(err)) process.stderr.write(`${err.stack ?? ''}\n`)
     process.exitCode = te.exitCode
   }
+}
+
+/** how recent the CVM's last fatal line must be to explain an unreachable API */
+const cvmRefusalRecentMs = 2 * 60_000
+/** the end of cvm.log that is read for it */
+const cvmLogTailBytes = 64 * 1024
+
+/**
+ * Why the embedded cluster's CVM exits at start, from its log: the last `fatal:` line of
+ * `<data-dir>/logs/cvm.log` if it was written in the last two minutes (the supervisor restarts a
+ * CVM that exits, so a refusal repeats), else undefined.
+ */
+export function cvmRefusal(dataDir: string, nowMs = Date.now()): string | undefined {
+  let text: string
+  try {
+    const fd = fs.openSync(path.join(dataDir, 'logs', 'cvm.log'), 'r')
+    try {
+      const size = fs.fstatSync(fd).size
+      const buf = Buffer.alloc(Math.min(size, cvmLogTailBytes))
+      fs.readSync(fd, buf, 0, buf.length, size - buf.length)
+      text = buf.toString('utf8')
+    } finally {
+      fs.closeSync(fd)
+    }
+  } catch {
+    return undefined // no log (yet): nothing to add to the hint
+  }
+  const line = text.split('\n').reverse().find((l) => / fatal: /.test(l))
+  if (line === undefined) return undefined
+  const at = Date.parse(line.split(' ')[0] ?? '')
+  if (!Number.isFinite(at) || nowMs - at > cvmRefusalRecentMs) return undefined
+  return line.slice(line.indexOf(' fatal: ') + ' fatal: '.length)
 }
 
 /**

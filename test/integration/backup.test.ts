@@ -94,7 +94,10 @@ describe('cluster backup and restore', () => {
     fs.rmSync(path.join(c.dataDir, 'etcd'), { recursive: true, force: true })
     const cvmLog = path.join(c.dataDir, 'logs', 'cvm.log')
     await waitFor('the CVM to refuse the empty etcd', () => /etcd holds no record of cluster "bkp"/.test(fs.readFileSync(cvmLog, 'utf8')) || undefined, 60_000, 250)
-    expect((await c.tess(['vdisk', 'list', '--json'])).code).toBe(6)
+    const down = await c.tess(['vdisk', 'list', '--json'])
+    expect([down.code, down.json.error.code]).toEqual([6, 'TESS_E_UNREACHABLE'])
+    // the CLI says why, from the CVM's log on this machine
+    expect(down.json.error.hint).toMatch(/^the CVM does not start: etcd holds no record of cluster "bkp"/)
     expect(egroupIds(disk)).toEqual(before)
 
     // a damaged backup is refused before anything is done

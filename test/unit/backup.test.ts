@@ -7,6 +7,7 @@ import { backupHeader, checkPassphrase, openSecrets, readBackupFile, sealSecrets
 import { checkMembership, initialClusterOf, mergeIdMaxima, scanNodeIds } from '../../src/bootstrap/restore-node.js'
 import { egroupMagic } from '../../src/cvm/vdisk/egroup.js'
 import type { NodeConfig } from '../../src/lib/nodeconfig.js'
+import { cvmRefusal } from '../../src/cli/base.js'
 
 let dir: string
 beforeEach(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-backup-')) })
@@ -107,5 +108,22 @@ describe('restore on a node', () => {
     expect(checkMembership(cfg('n3', false), members)).toBe(false)
     expect(() => checkMembership(cfg('n3', true), members)).toThrow(expect.objectContaining({ code: 'TESS_E_CONFLICT' }))
     expect(() => checkMembership(cfg('n2', false), members)).toThrow(/was one/)
+  })
+})
+
+describe('an embedded cluster whose CVM refuses to start', () => {
+  it('is explained by the last fatal line of its log, when it is recent', () => {
+    fs.mkdirSync(path.join(dir, 'logs'))
+    const log = path.join(dir, 'logs', 'cvm.log')
+    const now = Date.parse('2026-12-07T10:00:00.000Z')
+    expect(cvmRefusal(dir, now)).toBeUndefined()
+    fs.writeFileSync(log, [
+      '2026-12-07T09:50:00.000Z ERROR cvm[1] fatal: an old one',
+      '2026-12-07T09:59:30.000Z INFO cvm[2] starting',
+      '2026-12-07T09:59:31.000Z ERROR cvm[2] fatal: etcd holds no record of cluster "c" [TESS_E_PRECONDITION]; restore it',
+      '2026-12-07T09:59:32.000Z INFO supervisor restarting',
+    ].join('\n') + '\n')
+    expect(cvmRefusal(dir, now)).toBe('etcd holds no record of cluster "c" [TESS_E_PRECONDITION]; restore it')
+    expect(cvmRefusal(dir, now + 10 * 60_000)).toBeUndefined()
   })
 })
