@@ -7,10 +7,26 @@ import { registerCsmApi, type CsmApi } from '../lib/rpc/csm.js'
 import type { CgroupStats, CsmCgroup } from './runtime/cgroups.js'
 import type { ContainerManager } from './runtime/containers.js'
 
-/** how long CPU use is sampled for a stats answer */
-const statsSampleMs = 250
+/**
+ * How long CPU use is sampled for a stats answer: a multiple of the CFS period (100 ms), long
+ * enough that one period's quota more or less inside the window moves the rate by at most a fifth
+ * of a CPU limit (a 250 ms window read a 0.5-CPU quota as up to 0.67 CPU).
+ */
+const statsSampleMs = 500
 
-function usage(a: CgroupStats, b: CgroupStats, ms: number): UsageStats {
+/** A cgroup's counters and when they were read (hrtime, ns). */
+interface Reading { stats: CgroupStats, atNs: bigint }
+
+async function reading(read: () => Promise<CgroupStats>): Promise<Reading> {
+  const stats = await read()
+  return { stats, atNs: process.hrtime.bigint() }
+}
+
+function usage(ra: Reading, rb: Reading): UsageStats {
+  const a = ra.stats
+  const b = rb.stats
+  // each cgroup's own interval between its two readings, not the sampler's sleep
+  const ms = Number(rb.atNs - ra.atNs) / 1e6
   return {
     cpuUsageNs: b.cpuUsageNs,
     cpuCpus: ms > 0 ? Math.max(0, (b.cpuUsageNs - a.cpuUsageNs) / (ms * 1e6)) : null,
@@ -86,19 +102,18 @@ export function csmService(s: { manager: ContainerManager, cgroup: CsmCgroup, sp
 async function stats(m: ContainerManager, cgroup: CsmCgroup): Promise<CsmStatsAnswer> {
   const live = (await m.list()).filter((c) => c.status === 'running' || c.status === 'paused')
   const read = async () => ({
-    csm: await cgroup.stats(),
-    containers: await Promise.all(live.map(async (c) => m.stats(c.id).catch(() => undefined))), // a container that ended meanwhile has no stats: shown without
+    csm: await reading(() => cgroup.stats()),
+    // a container that ended meanwhile has no stats: shown without
+    containers: await Promise.all(live.map(async (c) => reading(() => m.stats(c.id)).catch(() => undefined))),
   })
   const a = await read()
-  const t0 = process.hrtime.bigint()
   await new Promise((r) => setTimeout(r, statsSampleMs))
   const b = await read()
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6
   const containers: CsmStatsAnswer['containers'] = []
   live.forEach((c, i) => {
     const x = a.containers[i]
     const y = b.containers[i]
-    if (x !== undefined && y !== undefined) containers.push({ id: c.id, name: c.name, ...usage(x, y, ms) })
+    if (x !== undefined && y !== undefined) containers.push({ id: c.id, name: c.name, ...usage(x, y) })
   })
-  return { csm: { ...usage(a.csm, b.csm, ms), containers: live.length }, containers, readAt: new Date().toISOString() }
+  return { csm: { ...usage(a.csm, b.csm), containers: live.length }, containers, readAt: new Date().toISOString() }
 }
