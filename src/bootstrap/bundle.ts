@@ -25,6 +25,7 @@ import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
 import { TessError, errorMessage } from '../lib/errors.js'
 import { shellQuote, type SshTransport } from './ssh.js'
+import { bundleMarkerFile } from '../lib/version.js'
 
 /** Bumped when the bundle layout changes: part of the input hash. */
 export const bundleFormatVersion = 1
@@ -38,7 +39,7 @@ export const bundleCacheKeptDefault = 3
 /** A bundle larger than this is refused (something odd got in). */
 export const bundleInputMaxBytes = 1024 * 1024 * 1024
 export const bundleInstallTimeoutMs = 5 * 60_000
-const markerFile = '.tess-bundle-sha256'
+const markerFile = bundleMarkerFile
 /** Exit status of the install script when the uploaded file's sha256 is wrong. */
 const shaMismatchExit = 65
 /** Fixed mtime of every tar entry (2020-01-01T00:00:00Z): the tarball depends on contents only. */

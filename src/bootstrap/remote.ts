@@ -22,7 +22,7 @@ import { SshTransport, shellQuote, type HostKeyPolicy } from './ssh.js'
 export const remoteDataDir = '/var/lib/tess'
 /** etcd's leader health interval (5 s) plus a margin */
 const etcdHealthIntervalMs = 6_000
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
 export interface RemoteClusterOptions {
   name: string

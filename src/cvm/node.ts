@@ -8,6 +8,7 @@ import type { Logger } from '../lib/log.js'
 import { nodePaths, writeFileAtomic, type NodeConfig } from '../lib/nodeconfig.js'
 import type { CertificateInfo, ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../lib/types.js'
 import type { SupervisorState } from '../lib/supervisor-state.js'
+import { runningVersion } from '../lib/version.js'
 
 export const daemonNames = ['supervisor', 'etcd', 'cvm'] as const
 
@@ -19,6 +20,22 @@ function alive(pid: number | null | undefined): boolean {
   } catch {
     return false
   }
+}
+
+/**
+ * Nodes that run different bundles (an upgrade under way, or one that stopped): said until every
+ * node that is up runs the same one, so a half-upgraded cluster is never silent.
+ */
+export function versionWarnings(nodes: NodeInfo[]): string[] {
+  const byBundle = new Map<string, string[]>()
+  for (const n of nodes) {
+    if (n.state !== 'up' || n.version === null) continue
+    const key = `${n.version.tess} (bundle ${n.version.bundle?.slice(0, 12) ?? 'none'})`
+    byBundle.set(key, [...(byBundle.get(key) ?? []), n.name])
+  }
+  if (byBundle.size < 2) return []
+  const which = [...byBundle].map(([v, names]) => `${names.join(', ')} on ${v}`).join('; ')
+  return [`nodes run different versions of tess: ${which}; finish the upgrade with \`tess cluster upgrade\` (it goes on from where it stopped)`]
 }
 
 /**
@@ -133,6 +150,7 @@ export class NodeService {
       daemons: this.localDaemons(true),
       disks: await this.diskStats(),
       certificates: [...this.certificates.read(), ...this.moreCertificates()],
+      version: runningVersion(),
     }
     const containers = this.containersState()
     if (containers !== undefined) rec.containers = containers
@@ -191,6 +209,7 @@ export class NodeService {
         lastSeenAt: local ? new Date().toISOString() : st?.at ?? null,
         containers: (local ? this.containersState() : st?.containers) ?? null,
         certificates: (local ? [...this.certificates.read(), ...this.moreCertificates()] : st?.certificates) ?? null,
+        version: (local ? runningVersion() : st?.version) ?? null,
       }
     })
     return {
@@ -200,7 +219,7 @@ export class NodeService {
       nodes: infos,
       pool,
       vdiskCount,
-      warnings: certificateWarnings(infos, Date.now()),
+      warnings: [...certificateWarnings(infos, Date.now()), ...versionWarnings(infos)],
     }
   }
 }

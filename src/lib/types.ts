@@ -1,4 +1,7 @@
 /** Result types shared by the management API and the CLI. Keys are stable: add, never rename. */
+import type { TessVersion } from './version.js'
+
+export type { TessVersion }
 
 export interface DaemonInfo {
   name: string
@@ -19,6 +22,8 @@ export interface NodeInfo {
   containers: ContainersState | null
   /** the certificates the node uses and when they expire; null when unknown (down, or a CVM too old to say) */
   certificates: CertificateInfo[] | null
+  /** the tess release and bundle its CVM runs; null when unknown (down, or a CVM too old to say) */
+  version: TessVersion | null
 }
 
 /** A node's container subsystem: it may fail to start (no cgroups, say) while storage runs on. */
@@ -379,6 +384,8 @@ export interface NodeStatusRecord {
   containers?: ContainersState
   /** absent in records of older CVMs */
   certificates?: CertificateInfo[]
+  /** absent in records of older CVMs */
+  version?: TessVersion
 }
 export interface DiskRecord {
   id: string

@@ -42,10 +42,10 @@ export interface TessResult {
 }
 
 /** Run the built CLI as a subprocess, with its own config dir. */
-export function runTess(args: string[], env: Record<string, string>, opts: { input?: string, timeoutMs?: number, wrap?: string[] } = {}): Promise<TessResult> {
+export function runTess(args: string[], env: Record<string, string>, opts: { input?: string, timeoutMs?: number, wrap?: string[], /** another tess's bin/run.js */ bin?: string } = {}): Promise<TessResult> {
   return new Promise((resolve, reject) => {
     // `wrap`: a command line the CLI runs under (e.g. unshare), with the node and tess after it
-    const argv = [...(opts.wrap ?? []), process.execPath, tessBin, ...args]
+    const argv = [...(opts.wrap ?? []), process.execPath, opts.bin ?? tessBin, ...args]
     const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, NO_COLOR: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { TessError } from '../../src/lib/errors.js'
 import { jsonRequest } from '../../src/lib/jsonhttp.js'
-import { runTess, waitFor, type TessResult } from '../helpers/cluster.js'
+import { repoRoot, runTess, waitFor, type TessResult } from '../helpers/cluster.js'
 import { holdingNbdClient, qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
 import { createTestHosts, nbdBurstInHost, type TestHosts } from '../helpers/testhosts.js'
 
@@ -620,4 +620,115 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       fs.rmSync(out)
     }
   }, 600_000)
+
+  /**
+   * A newer tess: this build under another version in package.json, so its bundle differs. Its
+   * node_modules is this checkout's (the bundle takes the production packages from there).
+   */
+  const newerTess = (): { bin: string, version: string } => {
+    const dir = path.join(root, 'newer')
+    fs.mkdirSync(dir)
+    for (const n of ['dist', 'bin', 'oclif.manifest.json', 'package-lock.json', 'build']) {
+      if (fs.existsSync(path.join(repoRoot, n))) fs.cpSync(path.join(repoRoot, n), path.join(dir, n), { recursive: true })
+    }
+    const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
+    pkg.version = `${pkg.version}-next`
+    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(pkg, null, 2))
+    fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(dir, 'node_modules'))
+    return { bin: path.join(dir, 'bin', 'run.js'), version: pkg.version }
+  }
+
+  /** fio writes 16 MiB at random at `offsetMib` of "rolling" through host i's NBD socket, then reads it all back and checks it */
+  const fioVerify = (i: number, offsetMib: number) => th.exec(th.hosts[i]!, ['fio', '--name=rolling', '--ioengine=nbd', '--uri=nbd+unix:///rolling?socket=/var/lib/tess/run/nbd.sock',
+    '--rw=randwrite', '--bs=16k', '--iodepth=8', `--offset=${offsetMib}M`, '--size=16M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
+    '--randrepeat=0', '--directory=/tmp'], { timeoutMs: 180_000 })
+
+  it('upgrades every node to a newer tess one at a time: fio verifies through another host with no error, a client of the node being upgraded reconnects, status shows the versions', async () => {
+    const next = newerTess()
+    const newer = (args: string[]) => runTess(args, env, { timeoutMs: 900_000, bin: next.bin })
+    const before = (await tess(['cluster', 'status', '--json'])).json
+    const old = before.nodes[0].version
+    expect(old.bundle, JSON.stringify(before.nodes)).toMatch(/^[0-9a-f]{64}$/)
+    for (const n of before.nodes) expect(n.version).toEqual(old)
+    expect((await tess(['cluster', 'status'])).stdout).toContain(old.bundle.slice(0, 12))
+
+    const dry = await newer(['cluster', 'upgrade', '--dry-run', '--json'])
+    expect(dry.code, dry.stdout + dry.stderr).toBe(0)
+    expect(dry.json.target.tess).toBe(next.version)
+    expect(dry.json.target.bundle).not.toBe(old.bundle)
+    expect(dry.json.plan.map((p: any) => p.action)).toEqual(['upgrade', 'upgrade', 'upgrade'])
+    expect(dry.json.upgraded).toEqual([])
+    expect((await newer(['cluster', 'upgrade', '--node', 'no-such-node', '--json'])).code).toBe(3)
+    expect((await newer(['cluster', 'upgrade', '--timeout', '1s', '--json'])).code).toBe(2)
+    expect((await tess(['cluster', 'status', '--json'])).json.nodes.map((n: any) => n.version.bundle)).toEqual([old.bundle, old.bundle, old.bundle])
+
+    // what "data" holds before: it must read back the same through every host after
+    const dataBefore = path.join(root, 'data-before.bin')
+    expect((await run('nbdcopy', [uri(0, 'data'), dataBefore], { timeoutMs: 300_000 })).code).toBe(0)
+    const shaBefore = sha(dataBefore)
+    fs.rmSync(dataBefore)
+    expect((await tess(['vdisk', 'create', 'rolling', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    const names = before.nodes.map((n: any) => n.name as string)
+    for (const [i, name] of names.entries()) {
+      const other = (i + 1) % 3
+      let upgrading = true
+      // through another host: every run must pass, the whole time
+      const strict = (async () => {
+        let runs = 0
+        do {
+          const r = await fioVerify(other, 0)
+          if (r.code !== 0) throw new Error(`fio through host ${other + 1} failed while ${name} was upgraded: ${r.stdout}${r.stderr}${await cvmLog(other)}`)
+          runs++
+        } while (upgrading)
+        return runs
+      })()
+      // through the node being upgraded: its connection may drop and be refused while it restarts,
+      // but no run may ever read back other bytes than it wrote
+      const loose = (async () => {
+        let passed = 0
+        let dropped = 0
+        do {
+          const r = await fioVerify(i, 32)
+          if (r.code === 0) passed++
+          else if (/verify|crc32c|bad magic|bad header/i.test(r.stderr)) throw new Error(`fio through the upgraded ${name} read back wrong data: ${r.stderr}`)
+          else {
+            dropped++
+            await new Promise((res) => setTimeout(res, 500))
+          }
+        } while (upgrading)
+        return { passed, dropped }
+      })()
+      const up = await newer(['cluster', 'upgrade', '--node', name, '--json']).finally(() => { upgrading = false })
+      const [runs, l] = await Promise.all([strict, loose])
+      expect(up.code, up.stdout + up.stderr).toBe(0)
+      expect(up.json.upgraded.map((u: any) => u.node)).toEqual([name])
+      expect(runs).toBeGreaterThan(0)
+      console.log(`upgrade of ${name}: back in ${up.json.upgraded[0].restartMs} ms, cluster healthy in ${up.json.upgraded[0].healthyMs} ms; fio through host ${other + 1}: ${runs} verified run(s); through ${name}: ${l.passed} verified, ${l.dropped} dropped`)
+      // after its restart the client of the upgraded node works again
+      const again = await fioVerify(i, 32)
+      expect(again.code, again.stderr).toBe(0)
+      if (i === 0) {
+        // half-upgraded: said by status, in JSON and text
+        const mid = (await tess(['cluster', 'status', '--json'])).json
+        expect(mid.nodes.map((n: any) => n.version.tess)).toEqual([next.version, old.tess, old.tess])
+        expect(mid.warnings.join('\n')).toMatch(/nodes run different versions of tess/)
+      }
+    }
+    // every node on the new bundle: a second run has nothing to do; status shows one version and no warning about it
+    const rerun = await newer(['cluster', 'upgrade', '--json'])
+    expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0)
+    expect(rerun.json.plan.map((p: any) => p.action)).toEqual(['current', 'current', 'current'])
+    expect(rerun.json.upgraded).toEqual([])
+    const after = (await newer(['cluster', 'status', '--json'])).json
+    for (const n of after.nodes) expect(n.version).toEqual(dry.json.target)
+    expect(after.warnings.join('\n')).not.toMatch(/different versions/)
+    // nothing written was lost: the data written before the upgrade reads back through every host
+    for (const i of [0, 1, 2]) {
+      const out = path.join(root, `upgraded-${i}.bin`)
+      const r = await run('nbdcopy', [uri(i, 'data'), out], { timeoutMs: 300_000 })
+      expect(r.code, r.stderr).toBe(0)
+      expect(sha(out), `"data" through host ${i + 1}`).toBe(shaBefore)
+      fs.rmSync(out)
+    }
+  }, 900_000)
 })

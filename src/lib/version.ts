@@ -1,0 +1,45 @@
+/**
+ * What this process runs: the tess release (package.json's version) and, when it runs from a bundle
+ * installed on a node (`<data-dir>/bundle/<version>/`), that bundle's sha256. A CVM reports it in
+ * its status record (`tess cluster status` shows each node's), and `tess cluster upgrade` compares
+ * it with the bundle it installs.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** The file bootstrap writes into a bundle's version directory: the bundle's full sha256. */
+export const bundleMarkerFile = '.tess-bundle-sha256'
+
+export interface TessVersion {
+  /** package.json's version */
+  tess: string
+  /** sha256 of the bundle these files came from; null when tess runs from its own install (the embedded cluster) */
+  bundle: string | null
+}
+
+/** dist/lib/ → the package root (the bundle's version directory on a node) */
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+
+function readOr(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8')
+  } catch {
+    return undefined
+  }
+}
+
+/** Read once per process: the files a process runs from do not change under it (a new bundle gets a new directory). */
+let cached: TessVersion | undefined
+
+export function runningVersion(): TessVersion {
+  if (cached !== undefined) return cached
+  let tess = 'unknown'
+  try {
+    const pkg = JSON.parse(readOr(path.join(packageRoot, 'package.json')) ?? '{}') as { version?: unknown }
+    if (typeof pkg.version === 'string') tess = pkg.version
+  } catch { /* a package.json that does not parse: "unknown" */ }
+  const marker = readOr(path.join(packageRoot, bundleMarkerFile))?.trim()
+  cached = { tess, bundle: marker !== undefined && /^[0-9a-f]{64}$/.test(marker) ? marker : null }
+  return cached
+}
