@@ -24,6 +24,7 @@ import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
 import { TessError, errorMessage } from '../lib/errors.js'
+import { runCommand } from '../lib/process.js'
 import { shellQuote, type SshTransport } from './ssh.js'
 import { bundleMarkerFile } from '../lib/version.js'
 
@@ -110,7 +111,7 @@ export async function productionPackages(repoRoot: string): Promise<string[]> {
       rels.push(rel)
     }
   } else {
-    const out = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], repoRoot, 120_000, true)
+    const out = await runCommand('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: repoRoot, timeoutMs: 120_000, tolerateExit: true })
     const root = path.resolve(repoRoot)
     rels = out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith(root + path.sep))
       .map((l) => path.relative(root, l)).filter((r) => r.includes('node_modules') && !isTypeOnly(r))
@@ -124,26 +125,6 @@ export async function productionPackages(repoRoot: string): Promise<string[]> {
     }
   }
   return [...new Set(rels)].sort()
-}
-
-function run(cmd: string, args: string[], cwd: string, timeoutMs: number, tolerateExit = false): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    let err = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d })
-    const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-    child.on('error', (e) => {
-      clearTimeout(t)
-      reject(new TessError('TESS_E_PRECONDITION', `cannot run ${cmd}: ${e.message}`, `is ${cmd} installed?`))
-    })
-    child.on('close', (code) => {
-      clearTimeout(t)
-      if (code === 0 || (tolerateExit && out !== '')) resolve(out)
-      else reject(new TessError('TESS_E_IO', `${cmd} ${args.join(' ')} failed (exit ${String(code)}): ${err.trim().split('\n').slice(-5).join('\n')}`, 'see the message'))
-    })
-  })
 }
 
 async function hashFile(file: string): Promise<string> {

@@ -13,7 +13,6 @@
  *   `<data-dir>/restore-floors.json`: the CVM raises etcd's id counters past them at its next start,
  *   before it allocates anything (cvm/main.ts).
  */
-import { execFile } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -21,7 +20,7 @@ import { egroupMagic } from '../cvm/vdisk/egroup.js'
 import type { BackupMember } from '../lib/backup.js'
 import { TessError, errorMessage } from '../lib/errors.js'
 import { nodePaths, readNodeConfig, writeFileAtomic, type NodeConfig } from '../lib/nodeconfig.js'
-import { argValue } from '../lib/process.js'
+import { argValue, runCommand } from '../lib/process.js'
 
 /** the id kinds of etcd's counters (/tess/ids/KIND) that objects on a node's disks carry */
 export const idKinds = ['egroup', 'vdisk', 'disk', 'csm'] as const
@@ -33,6 +32,8 @@ const egroupFile = /^(\d+)\.eg(\.dirty)?$/
 const diskMarkerFile = 'tess-disk.json'
 /** the vDisk id in an extent group file's header (egroup.ts: magic 8, version, geometry, egroup id at 24, vDisk id at 32) */
 const headerVdiskIdOffset = 32
+/** how long `etcdctl snapshot restore` may take */
+const etcdRestoreTimeoutMs = 10 * 60_000
 
 function maxOf(a: bigint, b: string | bigint | undefined): bigint {
   if (b === undefined) return a
@@ -125,15 +126,6 @@ export function checkMembership(cfg: NodeConfig, members: BackupMember[]): boole
   return inBackup
 }
 
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { env, timeout: 10 * 60_000, maxBuffer: 16 * 1024 * 1024 }, (e, stdout, stderr) => {
-      if (e) reject(new Error(`${cmd} ${args[0] ?? ''} ${args[1] ?? ''} failed: ${stderr.trim() || errorMessage(e)}`))
-      else resolve(stdout)
-    })
-  })
-}
-
 export interface AppliedRestore {
   node: string
   /** where the lost member data was moved (null: there was none, or the node is no etcd member) */
@@ -155,9 +147,9 @@ export async function applyRestore(dataDir: string, snapshot: string, members: B
     const me = members.find((m) => m.name === cfg.nodeName)!
     const staging = `${p.etcdData}.restoring`
     fs.rmSync(staging, { recursive: true, force: true })
-    await run('etcdctl', ['snapshot', 'restore', snapshot, '--name', cfg.nodeName, '--data-dir', staging,
+    await runCommand('etcdctl', ['snapshot', 'restore', snapshot, '--name', cfg.nodeName, '--data-dir', staging,
       '--initial-cluster', initialClusterOf(members), '--initial-cluster-token', cfg.clusterId,
-      '--initial-advertise-peer-urls', me.peerUrls.join(',')], { ...process.env, ETCDCTL_API: '3' })
+      '--initial-advertise-peer-urls', me.peerUrls.join(',')], { env: { ...process.env, ETCDCTL_API: '3' }, timeoutMs: etcdRestoreTimeoutMs })
     if (fs.existsSync(p.etcdData)) {
       movedAside = `${p.etcdData}.lost-${new Date().toISOString().replace(/[:.]/g, '-')}`
       fs.renameSync(p.etcdData, movedAside)

@@ -10,6 +10,7 @@ import type { ApiClient } from '../lib/apiclient.js'
 import { backupHeader, checkPassphrase, extractSnapshot, openSecrets, readBackupFile, sealSecrets, type BackupFile, type BackupManifest, type BackupSecrets } from '../lib/backup.js'
 import type { ClusterContext } from '../lib/contexts.js'
 import { TessError } from '../lib/errors.js'
+import { fsyncDir, fsyncPath } from '../lib/fsutil.js'
 import { nodePaths } from '../lib/nodeconfig.js'
 import { clusterStateDir } from '../bootstrap/remote.js'
 import { clusterKeyFile } from './clusterkey.js'
@@ -69,15 +70,6 @@ export function readPassphrase(file: string | undefined): string {
   return checkPassphrase(text, file)
 }
 
-async function syncFile(file: string): Promise<void> {
-  const fh = await fs.promises.open(file, 'r')
-  try {
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-}
-
 /** Fetch, check and write a backup to `file` (refused if it exists, unless `overwrite`). */
 export async function writeBackup(client: ApiClient, ctx: ClusterContext, file: string, o: { overwrite: boolean, passphrase?: string }): Promise<BackupResult> {
   const target = path.resolve(file)
@@ -100,10 +92,10 @@ export async function writeBackup(client: ApiClient, ctx: ClusterContext, file: 
       b = await readBackupFile(sealed)
       written = sealed
     }
-    await syncFile(written)
+    await fsyncPath(written)
     fs.chmodSync(written, 0o600)
     fs.renameSync(written, target)
-    await syncFile(dir)
+    await fsyncDir(dir)
     return resultOf(target, b, secretNames)
   } finally {
     fs.rmSync(part, { force: true })

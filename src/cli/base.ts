@@ -1,8 +1,8 @@
-import fs from 'node:fs'
 import path from 'node:path'
 import { Command, Flags, Errors, type Interfaces } from '@oclif/core'
 import { TessError, errorMessage, isTessError } from '../lib/errors.js'
 import { ApiClient } from '../lib/apiclient.js'
+import { logTail } from '../lib/process.js'
 import { resolveContext, type ClusterContext } from '../lib/contexts.js'
 import { setHeadersOff, setProgressOff } from './output.js'
 import { formatResult, loadFormat, names, outputFormatOf, outputFormats } from './format.js'
@@ -207,20 +207,8 @@ const cvmLogTailBytes = 64 * 1024
  * CVM that exits, so a refusal repeats), else undefined.
  */
 export function cvmRefusal(dataDir: string, nowMs = Date.now()): string | undefined {
-  let text: string
-  try {
-    const fd = fs.openSync(path.join(dataDir, 'logs', 'cvm.log'), 'r')
-    try {
-      const size = fs.fstatSync(fd).size
-      const buf = Buffer.alloc(Math.min(size, cvmLogTailBytes))
-      fs.readSync(fd, buf, 0, buf.length, size - buf.length)
-      text = buf.toString('utf8')
-    } finally {
-      fs.closeSync(fd)
-    }
-  } catch {
-    return undefined // no log (yet): nothing to add to the hint
-  }
+  // '' when there is no log (yet): nothing to add to the hint
+  const text = logTail(path.join(dataDir, 'logs', 'cvm.log'), Infinity, cvmLogTailBytes)
   const line = text.split('\n').reverse().find((l) => / fatal: /.test(l))
   if (line === undefined) return undefined
   const at = Date.parse(line.split(' ')[0] ?? '')

@@ -154,7 +154,8 @@ export async function readBackupFile(file: string): Promise<BackupFile> {
     throw new TessError(code === 'ENOENT' ? 'TESS_E_NOT_FOUND' : 'TESS_E_IO', `cannot read backup ${file}: ${(e as Error).message}`, 'give the path of a file written by tess cluster backup')
   }
   try {
-    const head = Buffer.alloc(Math.min(backupManifestMaxBytes, (await fh.stat()).size))
+    const size = (await fh.stat()).size
+    const head = Buffer.alloc(Math.min(backupManifestMaxBytes, size))
     const { bytesRead } = await fh.read(head, 0, head.length, 0)
     const text = head.subarray(0, bytesRead)
     const nl1 = text.indexOf(0x0a)
@@ -169,7 +170,6 @@ export async function readBackupFile(file: string): Promise<BackupFile> {
     }
     const manifest = checkManifest(parsed, file)
     const snapshotOffset = nl2 + 1
-    const size = (await fh.stat()).size
     if (size !== snapshotOffset + manifest.snapshotBytes) throw bad(file, `it holds ${size - snapshotOffset} snapshot bytes, its manifest says ${manifest.snapshotBytes} (cut short?)`)
     const h = crypto.createHash('sha256')
     const buf = Buffer.allocUnsafe(1024 * 1024)

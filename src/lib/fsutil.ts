@@ -1,7 +1,7 @@
 import fsp from 'node:fs/promises'
 
 /** fsync a file or directory by its path (opened read-only). */
-async function fsyncPath(p: string): Promise<void> {
+export async function fsyncPath(p: string): Promise<void> {
   const fh = await fsp.open(p, 'r')
   try {
     await fh.sync()

@@ -5,6 +5,7 @@ import type { Etcd3 } from 'etcd3'
 import { backupFormat, backupHeader, type BackupManifest } from '../../lib/backup.js'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import { etcdCall, keys, listJson } from '../../lib/etcd.js'
+import { fsyncPath } from '../../lib/fsutil.js'
 import { nodePaths, type NodeConfig } from '../../lib/nodeconfig.js'
 import type { DiskRecord, NodeRecord } from '../../lib/types.js'
 
@@ -42,12 +43,7 @@ export async function takeBackup(etcd: Etcd3, cfg: NodeConfig, version: string):
     })
     await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => e ? reject(e) : resolve()))
     if (bytes === 0) throw new Error('etcd sent an empty snapshot')
-    const fd = await fs.promises.open(file, 'r')
-    try {
-      await fd.sync()
-    } finally {
-      await fd.close()
-    }
+    await fsyncPath(file)
     const manifest = await describe(etcd, cfg, version, { bytes, sha256: hash.digest('hex'), revision: revision ?? before.header.revision })
     return { head: backupHeader(manifest), file, manifest }
   } catch (e) {

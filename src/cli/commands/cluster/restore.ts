@@ -3,6 +3,7 @@ import { TessCommand } from '../../base.js'
 import { readPassphrase, restoreSecrets } from '../../backup.js'
 import { keyValue, withSpinner } from '../../output.js'
 import { readBackupFile } from '../../../lib/backup.js'
+import type { ApiClient } from '../../../lib/apiclient.js'
 import { TessError } from '../../../lib/errors.js'
 import { daemonStartTimeoutMs } from '../../../lib/limits.js'
 import type { HealthInfo, VdiskInfo } from '../../../lib/types.js'
@@ -61,7 +62,7 @@ export default class ClusterRestore extends TessCommand<ClusterRestoreResult> {
       ? restoreLocalCluster(ctx, args.file, b, (step) => s.text(`Restoring cluster "${ctx.name}": ${step}`))
       : restoreRemoteCluster(ctx, args.file, b, (host, step) => s.text(`Restoring cluster "${ctx.name}": ${host}: ${step}`)))
     const secretsRestored = passphrase !== undefined ? restoreSecrets(ctx, m, passphrase) : []
-    const vdisks = await withSpinner(!this.jsonMode, 'Waiting for the cluster to answer', () => this.waitAnswering(ctx.name))
+    const vdisks = await withSpinner(!this.jsonMode, 'Waiting for the cluster to answer', () => waitAnswering(client, ctx.name))
     return {
       file: args.file,
       clusterName: m.clusterName,
@@ -76,21 +77,6 @@ export default class ClusterRestore extends TessCommand<ClusterRestoreResult> {
     }
   }
 
-  /** the number of vDisks, once the API answers with etcd healthy */
-  private async waitAnswering(name: string): Promise<number> {
-    const client = this.client(this.context(name))
-    const deadline = Date.now() + daemonStartTimeoutMs * 2
-    for (;;) {
-      try {
-        const h = await client.get<HealthInfo>('/v1/health', { retryMs: 0, timeoutMs: 5000 })
-        if (h.etcd) return (await client.get<VdiskInfo[]>('/v1/vdisks')).length
-      } catch (e) {
-        if (Date.now() > deadline) throw new TessError('TESS_E_TIMEOUT', `cluster "${name}" was restored but does not answer yet: ${e instanceof Error ? e.message : String(e)}`, 'see tess cluster status and the CVM logs')
-      }
-      await new Promise((r) => setTimeout(r, 500))
-    }
-  }
-
   protected render(r: ClusterRestoreResult): string {
     return keyValue([
       ['cluster', `${r.clusterName} (${r.clusterId})`],
@@ -100,5 +86,19 @@ export default class ClusterRestore extends TessCommand<ClusterRestoreResult> {
       ['id counters', `past egroup ${r.idFloors.egroup}, vDisk ${r.idFloors.vdisk}, disk ${r.idFloors.disk}, CSM ${r.idFloors.csm}`],
       ['secrets put back', r.secretsRestored.join(', ') || '-'],
     ])
+  }
+}
+
+/** The number of vDisks, once the API answers with etcd healthy (the restored nodes start). */
+async function waitAnswering(client: ApiClient, name: string): Promise<number> {
+  const deadline = Date.now() + daemonStartTimeoutMs * 2
+  for (;;) {
+    try {
+      const h = await client.get<HealthInfo>('/v1/health', { retryMs: 0, timeoutMs: 5000 })
+      if (h.etcd) return (await client.get<VdiskInfo[]>('/v1/vdisks')).length
+    } catch (e) {
+      if (Date.now() > deadline) throw new TessError('TESS_E_TIMEOUT', `cluster "${name}" was restored but does not answer yet: ${e instanceof Error ? e.message : String(e)}`, 'see tess cluster status and the CVM logs')
+    }
+    await new Promise((r) => setTimeout(r, 500))
   }
 }
