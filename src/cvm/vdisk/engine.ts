@@ -311,7 +311,15 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     const cur = await this.etcd.get(keys.vdiskOwner(rec.id)).string()
     const ownerNode = cur?.split('/')[0]
     if (cur === null || ownerNode === this.opts.nodeName) {
-      const v = await this.load(rec.id)
+      let v: Vdisk
+      try {
+        v = await this.load(rec.id)
+      } catch (e) {
+        // another CVM took it between the read above and this one's claim (an idle owner handed it
+        // over to a node whose client asked, say): I/O goes to that one
+        if (e instanceof OwnedElsewhere) return { local: false, owner: e.owner }
+        throw e
+      }
       if (!rec.name.includes('@')) this.idsByName.set(rec.name, rec.id)
       return { local: true, vdisk: v }
     }
@@ -464,8 +472,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
         return
       }
     }
-    const owner = cur?.split('/')[0] ?? 'another CVM'
-    throw new DeviceError(nbdErrno.EPERM, `vDisk ${rec.name} is owned by ${owner}; connect to that node`)
+    if (cur === null) throw new Error(`vDisk ${rec.name}: its owner record went away while this CVM took ownership`) // retried by open
+    throw new OwnedElsewhere(cur.split('/')[0]!, `vDisk ${rec.name} is owned by ${cur.split('/')[0]!}; connect to that node`)
   }
 
   private async doLoad(id: string): Promise<Vdisk> {
@@ -831,6 +839,13 @@ export function pacer(clock: Clock, bytesPerSec: number): (bytes: number) => Pro
  * port (patent FIG. 7C). If the owner stops answering, the forwarder waits for its lease to expire
  * (at most `ownerFailoverWaitMs`), then routes again: to a new owner, or here (taking ownership).
  */
+/** A vDisk this CVM could not take: another CVM owns it (`owner`, a node name). */
+class OwnedElsewhere extends DeviceError {
+  constructor(readonly owner: string, message: string) {
+    super(nbdErrno.EPERM, message)
+  }
+}
+
 class ForwardingDevice implements BlockDevice {
   readonly name: string
   readonly sizeBytes: number
