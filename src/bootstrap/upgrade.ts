@@ -21,7 +21,7 @@ import { configDir, type ClusterContext } from '../lib/contexts.js'
 import type { ContainerView } from '../lib/csm-types.js'
 import { TessError, errorMessage } from '../lib/errors.js'
 import type { ClusterHealth, ClusterStatus, NodeInfo } from '../lib/types.js'
-import { runningVersion, type TessVersion } from '../lib/version.js'
+import { protocolOfOlderCvms, protocolsCompatible, runningVersion, type TessVersion } from '../lib/version.js'
 import { buildBundle, installBundle, type Bundle } from './bundle.js'
 import { connectHost, remoteDataDir, repoRoot, startSupervisor, stopSupervisor } from './remote.js'
 
@@ -83,6 +83,17 @@ export function notReady(st: ClusterStatus, h: ClusterHealth): string | undefine
   return undefined
 }
 
+/**
+ * Nodes whose protocol this release cannot work beside during the upgrade (undefined: none). A
+ * node that reports no protocol runs a release from before protocols were reported: protocol 1.
+ */
+export function protocolGap(nodes: NodeInfo[], target: TessVersion): string | undefined {
+  const ours = target.protocol ?? protocolOfOlderCvms
+  const apart = nodes.filter((n) => !protocolsCompatible(n.version?.protocol ?? protocolOfOlderCvms, ours))
+  if (apart.length === 0) return undefined
+  return `it speaks protocol ${ours.current} (and works beside ${ours.oldest} and later), node(s) ${apart.map((n) => `${n.name} (protocol ${(n.version?.protocol ?? protocolOfOlderCvms).current})`).join(', ')} cannot run beside it`
+}
+
 /** Containers with volumes on `node`: their volumes reach the vDisk through that node's CVM. */
 async function containersWithVolumes(client: ApiClient, node: string): Promise<string[]> {
   const all = await client.get<ContainerView[]>('/v1/containers')
@@ -109,7 +120,7 @@ async function restartOn(ctx: ClusterContext, node: string, bundle: Bundle, prog
  * Wait until `node` reports `sha256` with every daemon healthy, then until the cluster is healthy.
  * Errors of single looks (the node's API restarting, etcd electing) are retried until the deadline.
  */
-async function waitHealthy(client: ApiClient, node: string, sha256: string, timeoutMs: number, progress: (step: string) => void): Promise<{ restartMs: number, healthyMs: number }> {
+export async function waitHealthy(client: ApiClient, node: string, sha256: string, timeoutMs: number, progress: (step: string) => void, intervalMs = pollMs): Promise<{ restartMs: number, healthyMs: number }> {
   const t0 = Date.now()
   const deadline = t0 + timeoutMs
   let restartMs: number | undefined
@@ -139,7 +150,7 @@ async function waitHealthy(client: ApiClient, node: string, sha256: string, time
       if (e instanceof TessError && e.code === 'TESS_E_NOT_FOUND') throw e
       why = errorMessage(e)
     }
-    await new Promise((r) => setTimeout(r, pollMs))
+    await new Promise((r) => setTimeout(r, intervalMs))
   }
   throw new TessError('TESS_E_TIMEOUT', `node ${node} was not healthy ${Math.round(timeoutMs / 1000)} s after its restart on the new bundle: ${why}`,
     `see the node's logs (${remoteDataDir}/logs on its host); a slow repair may need a longer --timeout`)
@@ -153,10 +164,12 @@ export async function upgradeCluster(ctx: ClusterContext, client: ApiClient, o: 
   const st = await client.get<ClusterStatus>('/v1/cluster/status')
   const nodes = chosenNodes(st, o.nodes)
   const bundle = await buildBundle(repoRoot, path.join(configDir(), 'bundles'))
-  const target: TessVersion = { tess: runningVersion().tess, bundle: bundle.sha256 }
+  const target: TessVersion = { ...runningVersion(), bundle: bundle.sha256 }
   const plan: UpgradePlanStep[] = nodes.map((n) => ({ node: n.name, from: n.version, action: n.version?.bundle === bundle.sha256 ? 'current' : 'upgrade' }))
   const report: UpgradeReport = { dryRun: o.dryRun, target, plan, upgraded: [] }
   if (o.dryRun || plan.every((p) => p.action === 'current')) return report
+  const apart = protocolGap(nodes, target)
+  if (apart !== undefined) throw new TessError('TESS_E_PRECONDITION', `cannot upgrade cluster "${st.name}" to tess ${target.tess}: ${apart}`, 'upgrade through a release in between first (docs/releases.md lists them)')
   const gap = notReady(st, await client.get<ClusterHealth>('/v1/cluster/health'))
   if (gap !== undefined) {
     throw new TessError('TESS_E_PRECONDITION', `cannot upgrade cluster "${st.name}": ${gap}`, 'an upgrade takes one node at a time out of service and needs every other copy in place: bring the nodes back or wait for the repair (tess cluster health), then run it again')
@@ -180,7 +193,7 @@ export async function upgradeCluster(ctx: ClusterContext, client: ApiClient, o: 
 }
 
 /** The error that stops an upgrade at `node`: what was done, what was not, how to go on. */
-function stopped(r: UpgradeReport, node: string, e: unknown): TessError {
+export function stopped(r: UpgradeReport, node: string, e: unknown): TessError {
   const done = r.upgraded.map((u) => u.node)
   const todo = r.plan.filter((p) => p.action === 'upgrade' && !done.includes(p.node)).map((p) => p.node)
   const code = e instanceof TessError ? e.code : 'TESS_E_IO'

@@ -24,13 +24,15 @@ function alive(pid: number | null | undefined): boolean {
 
 /**
  * Nodes that run different bundles (an upgrade under way, or one that stopped): said until every
- * node that is up runs the same one, so a half-upgraded cluster is never silent.
+ * node that is up runs the same one, so a half-upgraded cluster is never silent. `nodes` are the
+ * status answer's: an up node's version is null only when its CVM is too old to report one.
  */
 export function versionWarnings(nodes: NodeInfo[]): string[] {
   const byBundle = new Map<string, string[]>()
   for (const n of nodes) {
-    if (n.state !== 'up' || n.version === null) continue
-    const key = `${n.version.tess} (bundle ${n.version.bundle?.slice(0, 12) ?? 'none'})`
+    if (n.state !== 'up') continue
+    // a node that is up and reports no version runs a release from before versions were reported
+    const key = n.version === null ? 'a release that does not report its version' : `${n.version.tess} (bundle ${n.version.bundle?.slice(0, 12) ?? 'none'})`
     byBundle.set(key, [...(byBundle.get(key) ?? []), n.name])
   }
   if (byBundle.size < 2) return []

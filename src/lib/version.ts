@@ -11,11 +11,36 @@ import { fileURLToPath } from 'node:url'
 /** The file bootstrap writes into a bundle's version directory: the bundle's full sha256. */
 export const bundleMarkerFile = '.tess-bundle-sha256'
 
+/**
+ * The protocol between CVMs (node operations, the data port, the records in etcd): raised when a
+ * release changes what it sends in a way the one before would not take, together with
+ * `protocolVersionOldest` when this release no longer takes what an older one sends.
+ * docs/releases.md has the rule.
+ */
+export const protocolVersion = 1
+/** the oldest protocol of a peer this release works beside (during an upgrade) */
+export const protocolVersionOldest = 1
+
+export interface ProtocolRange {
+  current: number
+  oldest: number
+}
+
 export interface TessVersion {
   /** package.json's version */
   tess: string
   /** sha256 of the bundle these files came from; null when tess runs from its own install (the embedded cluster) */
   bundle: string | null
+  /** the protocol it speaks and the oldest it works beside (absent: a CVM from before versions were reported, protocol 1) */
+  protocol?: ProtocolRange
+}
+
+/** What a node that reports no protocol speaks: the first one. */
+export const protocolOfOlderCvms: ProtocolRange = { current: 1, oldest: 1 }
+
+/** Can two releases with these protocols run in one cluster (each speaks one the other takes)? */
+export function protocolsCompatible(a: ProtocolRange, b: ProtocolRange): boolean {
+  return a.current >= b.oldest && b.current >= a.oldest
 }
 
 /** dist/lib/ → the package root (the bundle's version directory on a node) */
@@ -40,6 +65,6 @@ export function runningVersion(): TessVersion {
     if (typeof pkg.version === 'string') tess = pkg.version
   } catch { /* a package.json that does not parse: "unknown" */ }
   const marker = readOr(path.join(packageRoot, bundleMarkerFile))?.trim()
-  cached = { tess, bundle: marker !== undefined && /^[0-9a-f]{64}$/.test(marker) ? marker : null }
+  cached = { tess, bundle: marker !== undefined && /^[0-9a-f]{64}$/.test(marker) ? marker : null, protocol: { current: protocolVersion, oldest: protocolVersionOldest } }
   return cached
 }

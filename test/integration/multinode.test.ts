@@ -8,6 +8,7 @@ import { jsonRequest } from '../../src/lib/jsonhttp.js'
 import { repoRoot, runTess, waitFor, type TessResult } from '../helpers/cluster.js'
 import { holdingNbdClient, qemuImgFromNbdTls, qemuImgToNbdTls, run } from '../helpers/run.js'
 import { createTestHosts, nbdBurstInHost, type TestHosts } from '../helpers/testhosts.js'
+import { buildBundle, type Bundle } from '../../src/bootstrap/bundle.js'
 
 const MiB = 1024 * 1024
 /** a vDisk of `tess cluster health --json` with every extent group at RF copies */
@@ -622,20 +623,29 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
   }, 600_000)
 
   /**
-   * A newer tess: this build under another version in package.json, so its bundle differs. Its
-   * node_modules is this checkout's (the bundle takes the production packages from there).
+   * The previous release (the last row of docs/releases.md), built from its source in git into
+   * `<root>/previous`, and its bundle. Its node_modules is this checkout's when their lockfiles
+   * list the same packages (npm ci otherwise), and so are the native addons.
    */
-  const newerTess = (): { bin: string, version: string } => {
-    const dir = path.join(root, 'newer')
+  const previousRelease = async (): Promise<{ dir: string, commit: string, bundle: Bundle }> => {
+    const rows = [...fs.readFileSync(path.join(repoRoot, 'docs', 'releases.md'), 'utf8').matchAll(/^\| *[^|]+ *\| *([0-9a-f]{40}) *\|/gm)]
+    const commit = rows.at(-1)?.[1]
+    expect(commit, 'docs/releases.md names the previous release').toBeDefined()
+    const dir = path.join(root, 'previous')
     fs.mkdirSync(dir)
-    for (const n of ['dist', 'bin', 'oclif.manifest.json', 'package-lock.json', 'build']) {
-      if (fs.existsSync(path.join(repoRoot, n))) fs.cpSync(path.join(repoRoot, n), path.join(dir, n), { recursive: true })
+    const x = await run('sh', ['-c', `git -C '${repoRoot}' archive ${commit} | tar -x -C '${dir}'`], { timeoutMs: 120_000 })
+    expect(x.code, `the previous release ${commit} from git (the clone needs main's history): ${x.stderr}`).toBe(0)
+    const pkgs = (d: string) => { const l = JSON.parse(fs.readFileSync(path.join(d, 'package-lock.json'), 'utf8')); delete l.packages['']; return JSON.stringify(l.packages) }
+    if (pkgs(dir) === pkgs(repoRoot)) {
+      fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(dir, 'node_modules'))
+      if (fs.existsSync(path.join(repoRoot, 'build'))) fs.cpSync(path.join(repoRoot, 'build'), path.join(dir, 'build'), { recursive: true })
+    } else {
+      const ci = await run('npm', ['ci', '--no-audit', '--no-fund', '--prefer-offline', '--prefix', dir], { timeoutMs: 600_000 })
+      expect(ci.code, ci.stderr).toBe(0)
     }
-    const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
-    pkg.version = `${pkg.version}-next`
-    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(pkg, null, 2))
-    fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(dir, 'node_modules'))
-    return { bin: path.join(dir, 'bin', 'run.js'), version: pkg.version }
+    const tsc = await run(process.execPath, [path.join(dir, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(dir, 'tsconfig.json')], { timeoutMs: 300_000 })
+    expect(tsc.code, tsc.stdout + tsc.stderr).toBe(0)
+    return { dir, commit: commit!, bundle: await buildBundle(dir, path.join(root, 'previous-bundles')) }
   }
 
   /** fio writes 16 MiB at random at `offsetMib` of "rolling" through host i's NBD socket, then reads it all back and checks it */
@@ -643,24 +653,50 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     '--rw=randwrite', '--bs=16k', '--iodepth=8', `--offset=${offsetMib}M`, '--size=16M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
     '--randrepeat=0', '--directory=/tmp'], { timeoutMs: 180_000 })
 
-  it('upgrades every node to a newer tess one at a time: fio verifies through another host with no error, a client of the node being upgraded reconnects, status shows the versions', async () => {
-    const next = newerTess()
-    const newer = (args: string[]) => runTess(args, env, { timeoutMs: 900_000, bin: next.bin })
+  it('upgrades the three hosts from the previous release one node at a time: fio verifies through another host with no error, a client of the node being upgraded reconnects, status shows the versions', async () => {
     const before = (await tess(['cluster', 'status', '--json'])).json
-    const old = before.nodes[0].version
-    expect(old.bundle, JSON.stringify(before.nodes)).toMatch(/^[0-9a-f]{64}$/)
-    for (const n of before.nodes) expect(n.version).toEqual(old)
-    expect((await tess(['cluster', 'status'])).stdout).toContain(old.bundle.slice(0, 12))
+    const installed = before.nodes[0].version
+    expect(installed.bundle, JSON.stringify(before.nodes)).toMatch(/^[0-9a-f]{64}$/)
+    for (const n of before.nodes) expect(n.version).toEqual(installed)
+    expect((await tess(['cluster', 'status'])).stdout).toContain(installed.bundle.slice(0, 12))
+    // every host restarted on the previous release's bundle, installed as bootstrap installs one
+    // (all at once: test setup, not an upgrade)
+    const prev = await previousRelease()
+    const v = prev.bundle.sha256.slice(0, 16)
+    const b = '/var/lib/tess/bundle'
+    await Promise.all([0, 1, 2].map(async (i) => {
+      const r = await th.ssh(th.hosts[i]!, [
+        'set -e', `rm -rf ${b}/${v}.tmp`, `mkdir -p ${b}/${v}.tmp`, `tar -xzf ${prev.bundle.file} -C ${b}/${v}.tmp --no-same-owner`,
+        `echo ${prev.bundle.sha256} > ${b}/${v}.tmp/.tess-bundle-sha256`, `rm -rf ${b}/${v}`, `mv -T ${b}/${v}.tmp ${b}/${v}`,
+        `ln -sfn ${v} ${b}/current.tmp`, `mv -T -f ${b}/current.tmp ${b}/current`,
+        'p=$(cat /var/lib/tess/run/supervisor.pid)', 'kill -TERM $p', 'while kill -0 $p 2>/dev/null; do sleep 0.2; done',
+        `node ${b}/current/dist/supervisor/boot.js --data-dir /var/lib/tess`,
+      ].join('\n'), { timeoutMs: 120_000 })
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+    }))
+    await waitFor('the cluster healthy on the previous release', async () => {
+      const st = await tess(['cluster', 'status', '--json'])
+      const h = await tess(['cluster', 'health', '--json'])
+      const up = st.json?.nodes?.every((n: any) => n.state === 'up' && n.daemons.every((d: any) => d.healthy))
+      return up && h.json?.state === 'healthy' ? true : undefined
+    }, 180_000, 1000)
+    for (const i of [0, 1, 2]) {
+      const cmd = await th.exec(th.hosts[i]!, ['sh', '-c', 'tr "\\0" " " < /proc/$(cat /var/lib/tess/run/cvm.pid)/cmdline'])
+      expect(cmd.stdout, `the CVM of host ${i + 1} runs the previous release`).toContain(`${b}/${v}/dist/cvm/main.js`)
+    }
+    // what the previous release reports (its bundle, or nothing: releases before versions were reported)
+    const prevReports = ((await tess(['cluster', 'status', '--json'])).json.nodes as any[]).map((n) => n.version?.bundle ?? null)
+    for (const r of prevReports) expect([null, prev.bundle.sha256]).toContain(r)
 
-    const dry = await newer(['cluster', 'upgrade', '--dry-run', '--json'])
+    const dry = await tess(['cluster', 'upgrade', '--dry-run', '--json'])
     expect(dry.code, dry.stdout + dry.stderr).toBe(0)
-    expect(dry.json.target.tess).toBe(next.version)
-    expect(dry.json.target.bundle).not.toBe(old.bundle)
+    // the bundle of this build: the one bootstrap installed (the previous release runs from its own files)
+    expect(dry.json.target).toEqual(installed)
     expect(dry.json.plan.map((p: any) => p.action)).toEqual(['upgrade', 'upgrade', 'upgrade'])
+    expect(dry.json.plan.map((p: any) => p.from?.bundle ?? null)).toEqual(prevReports)
     expect(dry.json.upgraded).toEqual([])
-    expect((await newer(['cluster', 'upgrade', '--node', 'no-such-node', '--json'])).code).toBe(3)
-    expect((await newer(['cluster', 'upgrade', '--timeout', '1s', '--json'])).code).toBe(2)
-    expect((await tess(['cluster', 'status', '--json'])).json.nodes.map((n: any) => n.version.bundle)).toEqual([old.bundle, old.bundle, old.bundle])
+    expect((await tess(['cluster', 'upgrade', '--node', 'no-such-node', '--json'])).code).toBe(3)
+    expect((await tess(['cluster', 'upgrade', '--timeout', '1s', '--json'])).code).toBe(2)
 
     // what "data" holds before: it must read back the same through every host after
     const dataBefore = path.join(root, 'data-before.bin')
@@ -698,7 +734,10 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
         } while (upgrading)
         return { passed, dropped }
       })()
-      const up = await newer(['cluster', 'upgrade', '--node', name, '--json']).finally(() => { upgrading = false })
+      // (their failures are thrown by the Promise.all below, after the upgrade's own result)
+      strict.catch(() => undefined)
+      loose.catch(() => undefined)
+      const up = await runTess(['cluster', 'upgrade', '--node', name, '--json'], env, { timeoutMs: 900_000 }).finally(() => { upgrading = false })
       const [runs, l] = await Promise.all([strict, loose])
       expect(up.code, up.stdout + up.stderr).toBe(0)
       expect(up.json.upgraded.map((u: any) => u.node)).toEqual([name])
@@ -710,17 +749,17 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       if (i === 0) {
         // half-upgraded: said by status, in JSON and text
         const mid = (await tess(['cluster', 'status', '--json'])).json
-        expect(mid.nodes.map((n: any) => n.version.tess)).toEqual([next.version, old.tess, old.tess])
+        expect(mid.nodes.map((n: any) => n.version?.bundle ?? null)).toEqual([installed.bundle, prevReports[1], prevReports[2]])
         expect(mid.warnings.join('\n')).toMatch(/nodes run different versions of tess/)
       }
     }
     // every node on the new bundle: a second run has nothing to do; status shows one version and no warning about it
-    const rerun = await newer(['cluster', 'upgrade', '--json'])
+    const rerun = await tess(['cluster', 'upgrade', '--json'])
     expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0)
     expect(rerun.json.plan.map((p: any) => p.action)).toEqual(['current', 'current', 'current'])
     expect(rerun.json.upgraded).toEqual([])
-    const after = (await newer(['cluster', 'status', '--json'])).json
-    for (const n of after.nodes) expect(n.version).toEqual(dry.json.target)
+    const after = (await tess(['cluster', 'status', '--json'])).json
+    for (const n of after.nodes) expect(n.version).toEqual(installed)
     expect(after.warnings.join('\n')).not.toMatch(/different versions/)
     // nothing written was lost: the data written before the upgrade reads back through every host
     for (const i of [0, 1, 2]) {

@@ -14,6 +14,7 @@ import {
   bulkTicketTtlMs, bulkTicketsPendingPerPeerMax, dataPortMode, encodeFrame, ops, type DataPortMode, type Frame,
 } from '../../src/cvm/replication/protocol.js'
 import { DataServer } from '../../src/cvm/replication/server.js'
+import { protocolVersion } from '../../src/lib/version.js'
 import { ReplicaStore } from '../../src/cvm/vdisk/replicastore.js'
 import { RemoteReplica } from '../../src/cvm/vdisk/replica.js'
 
@@ -28,6 +29,17 @@ function recordingLog(): Logger & { lines: string[] } {
 const MiB = 1024 * 1024
 
 describe('bulk frames', () => {
+  it('carry the sender\'s protocol; a frame with 0 there (from a release before it was sent) is protocol 1', () => {
+    for (const bulk of [false, true]) {
+      const bytes = Buffer.concat(encodeFrame(3, ops.ping, {}, undefined, bulk))
+      expect(bytes.readUInt16BE(10)).toBe(protocolVersion)
+      expect(new FrameParser(bulk).push(bytes)[0]!.protocol).toBe(protocolVersion)
+    }
+    const old = Buffer.concat(encodeFrame(3, ops.ping, {}))
+    old.writeUInt16BE(0, 10)
+    expect(new FrameParser(false).push(old)[0]!.protocol).toBe(1)
+  })
+
   it('round-trip with checksums, and any flipped byte is caught', () => {
     const data = crypto.randomBytes(5000)
     const bytes = Buffer.concat(encodeFrame(9, ops.egWrite, { egid: 'e1', slot: 2 }, data, true))

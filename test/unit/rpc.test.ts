@@ -257,6 +257,9 @@ describe('node operations over the real route', () => {
       ['vdisk.move', { id: '3', moves: [{ egroupId: 'abc', from: { node: 'n1', diskId: '2' }, to: { node: 'n2', diskId: '3' } }] }, 'TESS_E_BAD_REQUEST', /extent group id/],
       ['vdisk.move', { id: '3', moves: Array.from({ length: 65 }, () => ({ egroupId: '1', from: { node: 'n1', diskId: '2' }, to: { node: 'n2', diskId: '3' } })) }, 'TESS_E_INVALID', /at most 64/],
       ['keys.unlock', { key: 'not base64!' }, 'TESS_E_INVALID', /the cluster key must be base64/],
+      // the caller's protocol: a bad one, or one older than this release works beside (protocolVersionOldest is 1 today)
+      ['csm.status?protocol=abc', {}, 'TESS_E_BAD_REQUEST', /bad protocol "abc"/],
+      ['csm.status?protocol=0', {}, 'TESS_E_BAD_REQUEST', /bad protocol "0"/],
     ]
     for (const [op, body, code, message] of cases) {
       const e = await refused(raw(op, body))

@@ -1,6 +1,7 @@
 import { crc32c } from '../../lib/crc32c.js'
 import { TessError, assert } from '../../lib/errors.js'
 import type { BufferPool } from '../../lib/bufpool.js'
+import { protocolVersion } from '../../lib/version.js'
 
 /**
  * The data port protocol between CVMs (replication and owner forwarding). One listener, two kinds
@@ -15,7 +16,7 @@ import type { BufferPool } from '../../lib/bufpool.js'
  *
  * Every frame, both directions, on both kinds:
  *
- *   u32 magic | u32 request id | u16 op (request) or status (response) | u16 reserved
+ *   u32 magic | u32 request id | u16 op (request) or status (response) | u16 sender's protocol
  *   u32 JSON length | u32 data length
  *   bulk only: u32 CRC-32C of the JSON | u32 CRC-32C of the data | u32 CRC-32C of the 28 bytes before
  *   JSON parameters | data bytes
@@ -122,6 +123,8 @@ export class PeerError extends Error {
 export interface Frame {
   id: number
   code: number
+  /** the sender's protocol (lib/version.ts; 0 on the wire from releases before it was sent: 1) */
+  protocol: number
   json: Record<string, unknown>
   data: Buffer
   /** give the frame's memory back to its parser's pool, once nothing holds `data` (safe to call twice) */
@@ -143,7 +146,7 @@ export function encodeFrame(id: number, code: number, json: unknown, data?: Buff
   h.writeUInt32BE(frameMagic, 0)
   h.writeUInt32BE(id >>> 0, 4)
   h.writeUInt16BE(code, 8)
-  h.writeUInt16BE(0, 10)
+  h.writeUInt16BE(protocolVersion, 10)
   h.writeUInt32BE(jl, 12)
   h.writeUInt32BE(data?.length ?? 0, 16)
   h.write(js, hl, 'utf8')
@@ -174,7 +177,7 @@ export class FrameParser {
   private readonly head: Buffer
   private headFilled = 0
   /** the frame whose parameters and data are being received, after its header was checked */
-  private body: { id: number, code: number, jsonSum: number, dataSum: number, params: Buffer, block: Buffer | undefined, data: Buffer, filled: number } | undefined
+  private body: { id: number, code: number, protocol: number, jsonSum: number, dataSum: number, params: Buffer, block: Buffer | undefined, data: Buffer, filled: number } | undefined
 
   /**
    * `pool`: where frame bodies are assembled; a frame's release() gives its block back. Without
@@ -259,7 +262,7 @@ export class FrameParser {
     // the data at the start of a pooled block: an aligned block lets a replica write it with O_DIRECT
     const block = dl > 0 ? this.pool?.take(dl) : undefined
     this.body = {
-      id: head.readUInt32BE(4), code: head.readUInt16BE(8),
+      id: head.readUInt32BE(4), code: head.readUInt16BE(8), protocol: head.readUInt16BE(10) || 1,
       jsonSum: this.bulk ? head.readUInt32BE(20) : 0, dataSum: this.bulk ? head.readUInt32BE(24) : 0,
       params: Buffer.allocUnsafe(jl), block, data: block ? block.subarray(0, dl) : Buffer.allocUnsafe(dl), filled: 0,
     }
@@ -286,7 +289,7 @@ export class FrameParser {
       if (block !== undefined && pool !== undefined) pool.give(block)
       block = undefined
     }
-    return { id: body.id, code: body.code, json, data, release }
+    return { id: body.id, code: body.code, protocol: body.protocol, json, data, release }
   }
 }
 

@@ -11,6 +11,7 @@ import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { TlsCreds } from './client.js'
 import { TickWriter } from '../../lib/tickwriter.js'
+import { protocolVersionOldest } from '../../lib/version.js'
 import {
   FrameParser, PeerError, bulkAcceptMagic, bulkConnectionsPerPeerMax, bulkHelloBytes, bulkHelloMagic, bulkOps, bulkTicketBytes,
   bulkTicketTtlMs, bulkTicketsPendingMax, bulkTicketsPendingPerPeerMax, dataPortConnectionsMax, dataPortHelloTimeoutMs,
@@ -335,6 +336,7 @@ export class DataServer {
     const st = this.opts.store
     // what reaches a bulk connection is only as trustworthy as a TCP stream: extent data, nothing that deletes or moves
     if (session.bulk && !bulkOps.has(f.code)) throw new PeerError('invalid', `op ${f.code} is not served on a bulk connection`)
+    if (f.protocol < protocolVersionOldest) throw new PeerError('invalid', `a request in protocol ${f.protocol}: this CVM works beside protocol ${protocolVersionOldest} and later (finish the upgrade)`)
     switch (f.code) {
       case ops.ping:
         return { json: { pong: true } }

@@ -5,6 +5,7 @@ import type { GcFound, ReloadedCertificate, ReplicaMove, SnapshotOp, SnapshotRec
 import { bool, int, obj, objList, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
 import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
+import { protocolOfOlderCvms, protocolVersion, protocolVersionOldest } from '../version.js'
 import { balanceMovesMax, containerStopTimeoutMsMax, disksMax, gcMinAgeMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
 import { checkExportName, checkName } from '../names.js'
 import { containerOps, type ContainerOpName, type CsmLogAnswer, type VolumeFreezeAnswer } from './csm.js'
@@ -203,12 +204,25 @@ function vdiskIdField(b: Record<string, unknown>): string {
   return id
 }
 
+/**
+ * The caller's protocol (the `protocol` query parameter of a node operation; absent from CVMs
+ * of releases before it was sent: protocol 1). One older than this release works beside is
+ * refused, naming both, instead of being misread.
+ */
+export function checkProtocol(protocol: string | null): void {
+  const theirs = protocol === null ? protocolOfOlderCvms.current : Number(protocol)
+  if (!Number.isInteger(theirs) || theirs < 1) throw new TessError('TESS_E_BAD_REQUEST', `bad protocol ${shown(protocol ?? '', 20)}`, 'a protocol is a whole number from 1')
+  if (theirs < protocolVersionOldest) {
+    throw new TessError('TESS_E_PRECONDITION', `a node operation in protocol ${theirs}: this CVM speaks ${protocolVersion} and works beside ${protocolVersionOldest} and later`, 'the calling node runs a release too old for this one: finish the upgrade (tess cluster upgrade)')
+  }
+}
+
 export function isNodeOp(op: string): op is NodeOp {
   return Object.hasOwn(nodeOpRequests, op)
 }
 
 /** The path of an operation on another node's CVM. */
-export const nodeOpPath = (op: NodeOp): string => `/v1/node-ops/${op}`
+export const nodeOpPath = (op: NodeOp): string => `/v1/node-ops/${op}?protocol=${protocolVersion}`
 
 function handle<K extends NodeOp>(handlers: NodeHandlers, op: K, body: Record<string, unknown>): Promise<Res<K>> {
   const req = within(`node operation ${op}`, () => nodeOpRequests[op](body))
@@ -219,7 +233,8 @@ function handle<K extends NodeOp>(handlers: NodeHandlers, op: K, body: Record<st
  * Run one operation from a body that came from anywhere: an unknown operation is TESS_E_NOT_FOUND,
  * a body that is not a JSON object or a malformed request TESS_E_BAD_REQUEST or TESS_E_INVALID.
  */
-export async function dispatchNodeOp(handlers: NodeHandlers, op: string, body: unknown): Promise<unknown> {
+export async function dispatchNodeOp(handlers: NodeHandlers, op: string, body: unknown, protocol?: string | null): Promise<unknown> {
+  checkProtocol(protocol ?? null)
   if (!isNodeOp(op)) throw new TessError('TESS_E_NOT_FOUND', `no node operation ${shown(op, 40)}`, 'are all nodes on the same tess version?')
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new TessError('TESS_E_BAD_REQUEST', 'request body must be a JSON object', 'send a JSON object as the body')
   return handle(handlers, op, body as Record<string, unknown>)
@@ -227,7 +242,7 @@ export async function dispatchNodeOp(handlers: NodeHandlers, op: string, body: u
 
 /** Register the node-ops route: the way other CVMs reach this node's handlers (node certificates only). */
 export function registerNodeOps(api: ApiServer, handlers: NodeHandlers): void {
-  api.route('POST', '/v1/node-ops/:op', async (req) => dispatchNodeOp(handlers, req.params.op!, req.body), 'node')
+  api.route('POST', '/v1/node-ops/:op', async (req) => dispatchNodeOp(handlers, req.params.op!, req.body, req.query.get('protocol')), 'node')
 }
 
 export interface NodeCallerOptions {
