@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import { noop } from 'cockatiel'
 import { Etcd3, EtcdLeaseInvalidError, GRPCUnavailableError, Range, isRecoverableError, type IOptions, type Lease } from 'etcd3'
 import { TessError, errorMessage } from './errors.js'
 import { etcdCallTimeoutMs, etcdTransientRetryMs, etcdTransientWaitMs, etcdStreamPingIntervalMs, etcdStreamPingTimeoutMs, idCasRetriesMax, leaseGiveUpMarginMs, leaseKeepaliveRetryMs, leaseKeepaliveTimeoutMs, leaseKeepalivesPerTtl } from './limits.js'
@@ -75,6 +76,16 @@ export const keys = {
 /** Streams have no deadline: pings find a member that went silent under a watch (etcdStreamPingIntervalMs). */
 export const etcdGrpcOptions = { 'grpc.keepalive_time_ms': etcdStreamPingIntervalMs, 'grpc.keepalive_timeout_ms': etcdStreamPingTimeoutMs }
 
+/**
+ * etcd3 rests a member for 5 s after 3 calls in a row failed (its circuit breaker), so that calls
+ * go to the others. With one member there is no other: a few slow calls (its disk syncing under
+ * load) would make etcd unusable for 5 s. With one endpoint, calls are only retried (etcd3's
+ * global policy) and each keeps its deadline.
+ */
+export function faultHandlingFor(endpoints: string[]): Pick<IOptions, 'faultHandling'> {
+  return endpoints.length === 1 ? { faultHandling: { host: () => noop } } : {}
+}
+
 export function etcdOptionsFor(cfg: NodeConfig): IOptions {
   const p = nodePaths(cfg.dataDir)
   return {
@@ -88,6 +99,7 @@ export function etcdOptionsFor(cfg: NodeConfig): IOptions {
     // Every unary call gets a deadline: a leader change must not stall a call for long.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + etcdCallTimeoutMs }),
     grpcOptions: etcdGrpcOptions,
+    ...faultHandlingFor(cfg.etcd.endpoints),
   }
 }
 

@@ -1,6 +1,7 @@
-import { GRPCDeadlineExceededError, GRPCUnavailableError, EtcdLeaseInvalidError } from 'etcd3'
+import { Etcd3, GRPCDeadlineExceededError, GRPCUnavailableError, EtcdLeaseInvalidError } from 'etcd3'
+import net from 'node:net'
 import { describe, expect, it } from 'vitest'
-import { isTransientEtcdError, retryTransientEtcd } from '../../src/lib/etcd.js'
+import { faultHandlingFor, isTransientEtcdError, retryTransientEtcd } from '../../src/lib/etcd.js'
 import { TessError } from '../../src/lib/errors.js'
 
 describe('transient etcd failures on the data path', () => {
@@ -36,4 +37,33 @@ describe('transient etcd failures on the data path', () => {
     expect(calls).toBeLessThanOrEqual(3)
     expect(Date.now() - t0).toBeLessThan(600 + 5000) // bounded by its wait (a margin for a busy machine)
   })
+})
+
+describe('etcd3\'s circuit breaker', () => {
+  /** the errors of `n` calls in a row to an etcd endpoint where nothing listens */
+  const failures = async (opts: object, n: number): Promise<string[]> => {
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port
+        s.close(() => resolve(p))
+      })
+    })
+    const etcd = new Etcd3({ hosts: `http://127.0.0.1:${port}`, dialTimeout: 300, defaultCallOptions: () => ({ deadline: Date.now() + 300 }), ...opts })
+    const out: string[] = []
+    try {
+      for (let i = 0; i < n; i++) out.push(await etcd.get('k').string().then(() => 'answered', (e: unknown) => String(e)))
+    } finally {
+      etcd.close()
+    }
+    return out
+  }
+
+  it('with one endpoint, a member that failed a few calls is not rested: every call tries it', async () => {
+    expect(faultHandlingFor(['https://a:2379', 'https://b:2379'])).toEqual({})
+    // the default (several members): after 3 failures the breaker opens and calls fail without trying
+    expect((await failures({}, 6)).some((e) => /circuit breaker is open/.test(e))).toBe(true)
+    const one = await failures(faultHandlingFor(['https://a:2379']), 6)
+    expect(one).toHaveLength(6)
+    for (const e of one) expect(e).not.toMatch(/circuit breaker/)
+  }, 60_000)
 })
