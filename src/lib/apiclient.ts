@@ -36,8 +36,8 @@ export class ApiClient {
     return this.request<T>('PATCH', path, body)
   }
 
-  delete<T>(path: string): Promise<T> {
-    return this.request<T>('DELETE', path, undefined)
+  delete<T>(path: string, opts?: RequestOptions): Promise<T> {
+    return this.request<T>('DELETE', path, undefined, opts)
   }
 
   /**

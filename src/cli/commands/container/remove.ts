@@ -3,6 +3,8 @@ import { TessCommand } from '../../base.js'
 import { renderContainerRemoved } from '../../render-csm.js'
 import { TessError } from '../../../lib/errors.js'
 import { checkName } from '../../../lib/names.js'
+import { csmCallTimeoutMs } from '../../../lib/limits.js'
+import { containerStopSlackMs } from '../../csm-input.js'
 import type { ContainerRemoveResult, ContainerView } from '../../../lib/csm-types.js'
 
 export default class ContainerRemove extends TessCommand<ContainerRemoveResult> {
@@ -32,7 +34,9 @@ export default class ContainerRemove extends TessCommand<ContainerRemoveResult> 
       const kill = flags.force && (c.status === 'running' || c.status === 'paused') ? ', killing it first' : ''
       await this.confirm(`Remove container "${c.name}" (${c.status}, ${c.image} on ${c.node})${kill}?`, flags.yes, `remove container "${c.name}"`)
     }
-    return client.delete<ContainerRemoveResult>(`${path}${flags.force ? '?force=true' : ''}`)
+    // as long as the CVM waits for the CSM: detaching volumes flushes their filesystems, which a
+    // busy node may take more than the usual 30 s for (giving up earlier leaves it half done)
+    return client.delete<ContainerRemoveResult>(`${path}${flags.force ? '?force=true' : ''}`, { timeoutMs: csmCallTimeoutMs + containerStopSlackMs })
   }
 
   protected render(r: ContainerRemoveResult): string {
