@@ -488,10 +488,27 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     fs.writeFileSync(src, crypto.randomBytes(16 * MiB))
     expect((await run('nbdcopy', ['--flush', src, uri(2, 'orphan')])).code).toBe(0)
     expect((await tess(['vdisk', 'show', 'orphan', '--json'])).json.owner).toBe(th.hosts[2]!.name)
+    // a clone of it, owned by host 1, whose parent snapshot is owned by host 3: its reads of the
+    // parent fail over with the parent's owner (issue 14)
+    expect((await tess(['vdisk', 'snapshot', 'create', 'orphan', 'base', '--json'])).code).toBe(0)
+    expect((await tess(['vdisk', 'clone', 'orphan@base', 'orphankid', '--rf', '2', '--json'])).code).toBe(0)
+    const kidTop = path.join(root, 'orphankid-top.bin')
+    fs.writeFileSync(kidTop, crypto.randomBytes(MiB))
+    expect((await run('nbdcopy', ['--flush', kidTop, uri(0, 'orphankid')])).code).toBe(0)
+    expect((await tess(['vdisk', 'show', 'orphankid', '--json'])).json).toMatchObject({ owner: th.hosts[0]!.name, parent: 'orphan@base' })
+    const kidWant = Buffer.concat([fs.readFileSync(kidTop), fs.readFileSync(src).subarray(MiB)])
 
     // host 3 dies while a client writes through host 2: every write is acknowledged (the replicas
     // on host 3 are replaced on the write path) and every byte is there after
     const inflight = await writeDuring('inflight', 1, () => th.kill(th.hosts[2]!))
+    // the clone reads its parent's data through host 1 with the parent's owner dead (right after
+    // the loss, before anything else read the parent: the clone's read may be what fails it over)
+    const kidOut = path.join(root, 'orphankid-out.bin')
+    const kr = await run('nbdcopy', [uri(0, 'orphankid'), kidOut], { timeoutMs: 120_000 })
+    expect(kr.code, kr.code === 0 ? '' : kr.stderr + await cvmLog(0)).toBe(0)
+    expect(fs.readFileSync(kidOut).subarray(0, 16 * MiB).equals(kidWant), 'the clone over its parent, read after the parent\'s owner died').toBe(true)
+    fs.rmSync(kidOut)
+
     const inflightOut = path.join(root, 'inflight-out.bin')
     const ir = await run('nbdcopy', [uri(0, 'inflight'), inflightOut], { timeoutMs: 300_000 })
     expect(ir.code, ir.stderr).toBe(0)
@@ -643,14 +660,15 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       const ci = await run('npm', ['ci', '--no-audit', '--no-fund', '--prefer-offline', '--prefix', dir], { timeoutMs: 600_000 })
       expect(ci.code, ci.stderr).toBe(0)
     }
-    const tsc = await run(process.execPath, [path.join(dir, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(dir, 'tsconfig.json')], { timeoutMs: 300_000 })
+    // (niced: the other lane's tests share the two cores)
+    const tsc = await run('nice', ['-n', '19', process.execPath, path.join(dir, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(dir, 'tsconfig.json')], { timeoutMs: 300_000 })
     expect(tsc.code, tsc.stdout + tsc.stderr).toBe(0)
     return { dir, commit: commit!, bundle: await buildBundle(dir, path.join(root, 'previous-bundles')) }
   }
 
-  /** fio writes 16 MiB at random at `offsetMib` of "rolling" through host i's NBD socket, then reads it all back and checks it */
-  const fioVerify = (i: number, offsetMib: number) => th.exec(th.hosts[i]!, ['fio', '--name=rolling', '--ioengine=nbd', '--uri=nbd+unix:///rolling?socket=/var/lib/tess/run/nbd.sock',
-    '--rw=randwrite', '--bs=16k', '--iodepth=8', `--offset=${offsetMib}M`, '--size=16M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
+  /** fio writes 16 MiB at random to vDisk `v` through host i's NBD socket, then reads it all back and checks it */
+  const fioVerify = (i: number, v: string) => th.exec(th.hosts[i]!, ['fio', `--name=${v}`, '--ioengine=nbd', `--uri=nbd+unix:///${v}?socket=/var/lib/tess/run/nbd.sock`,
+    '--rw=randwrite', '--bs=16k', '--iodepth=8', '--size=16M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
     '--randrepeat=0', '--directory=/tmp'], { timeoutMs: 180_000 })
 
   it('upgrades the three hosts from the previous release one node at a time: fio verifies through another host with no error, a client of the node being upgraded reconnects, status shows the versions', async () => {
@@ -703,7 +721,10 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect((await run('nbdcopy', [uri(0, 'data'), dataBefore], { timeoutMs: 300_000 })).code).toBe(0)
     const shaBefore = sha(dataBefore)
     fs.rmSync(dataBefore)
-    expect((await tess(['vdisk', 'create', 'rolling', '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
+    // two RF 2 vDisks, one per client: the client through the node being upgraded never asks the
+    // other's node to hand its vDisk over (a 0.1.0 CVM could refuse a new client's open when it
+    // lost that race: fixed since, see docs/releases.md)
+    for (const v of ['rolling', 'rolling2']) expect((await tess(['vdisk', 'create', v, '--size', '64M', '--rf', '2', '--json'])).code).toBe(0)
     const names = before.nodes.map((n: any) => n.name as string)
     for (const [i, name] of names.entries()) {
       const other = (i + 1) % 3
@@ -712,7 +733,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       const strict = (async () => {
         let runs = 0
         do {
-          const r = await fioVerify(other, 0)
+          const r = await fioVerify(other, 'rolling')
           if (r.code !== 0) throw new Error(`fio through host ${other + 1} failed while ${name} was upgraded: ${r.stdout}${r.stderr}${await cvmLog(other)}`)
           runs++
         } while (upgrading)
@@ -724,7 +745,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
         let passed = 0
         let dropped = 0
         do {
-          const r = await fioVerify(i, 32)
+          const r = await fioVerify(i, 'rolling2')
           if (r.code === 0) passed++
           else if (/verify|crc32c|bad magic|bad header/i.test(r.stderr)) throw new Error(`fio through the upgraded ${name} read back wrong data: ${r.stderr}`)
           else {
@@ -744,7 +765,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
       expect(runs).toBeGreaterThan(0)
       console.log(`upgrade of ${name}: back in ${up.json.upgraded[0].restartMs} ms, cluster healthy in ${up.json.upgraded[0].healthyMs} ms; fio through host ${other + 1}: ${runs} verified run(s); through ${name}: ${l.passed} verified, ${l.dropped} dropped`)
       // after its restart the client of the upgraded node works again
-      const again = await fioVerify(i, 32)
+      const again = await fioVerify(i, 'rolling2')
       expect(again.code, again.stderr).toBe(0)
       if (i === 0) {
         // half-upgraded: said by status, in JSON and text
