@@ -319,13 +319,15 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
   it('pause stops CPU use, resume restarts it; stats per container and per CSM', async () => {
     await ok(['container', 'run', image, '--name', 'spin', '--csm', 'web', '--', 'sh', '-c', 'while :; do :; done'])
     await sleep(300)
-    expect(await cpuOf('spin')).toBeGreaterThan(0.5)
+    // a spinner takes a core when it can get one; with both cores busy (the other test lane,
+    // stress-ng) it may get a third of one: "running" is well above 0.05, not a whole core
+    expect(await cpuOf('spin')).toBeGreaterThan(0.2)
     expect((await ok(['container', 'pause', 'spin'])).status).toBe('paused')
     const paused = await cpuOf('spin')
     expect(paused).toBeLessThan(0.05)
     expect((await ok(['container', 'resume', 'spin'])).status).toBe('running')
     await sleep(200)
-    expect(await cpuOf('spin')).toBeGreaterThan(0.5)
+    expect(await cpuOf('spin')).toBeGreaterThan(0.2)
     const all = await ok(['container', 'stats']) as StatsResult
     expect(all.containers.map((x) => x.name).sort()).toEqual(['hello', 'spin'])
     expect(all.csms).toHaveLength(1)
@@ -404,7 +406,7 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     const st = await ok(['container', 'stats']) as StatsResult
     const tight = st.csms.find((x) => x.csm === 'tight')!
     expect(tight.cpuCpus!).toBeLessThan(0.5 * 1.3)
-    expect(tight.cpuCpus!).toBeGreaterThan(0.25)
+    expect(tight.cpuCpus!).toBeGreaterThan(0.1) // they run (under load they may get less than their cap)
     expect(tight.cpuThrottledPeriods).toBeGreaterThan(0)
     for (const n of ['busy-a', 'busy-b']) expect(st.containers.find((x) => x.name === n)!.cpuUsageNs).toBeGreaterThan(20_000_000)
     // delete refuses while it hosts containers; --force removes them with it
