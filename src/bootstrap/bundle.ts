@@ -40,7 +40,6 @@ export const bundleCacheKeptDefault = 3
 /** A bundle larger than this is refused (something odd got in). */
 export const bundleInputMaxBytes = 1024 * 1024 * 1024
 export const bundleInstallTimeoutMs = 5 * 60_000
-const markerFile = bundleMarkerFile
 /** Exit status of the install script when the uploaded file's sha256 is wrong. */
 const shaMismatchExit = 65
 /** Fixed mtime of every tar entry (2020-01-01T00:00:00Z): the tarball depends on contents only. */
@@ -296,7 +295,7 @@ export async function installBundle(t: BundleTransport, bundle: Pick<Bundle, 'fi
   const current = `${remoteDir}/current`
   const q = shellQuote
 
-  const marker = await t.exec(`cat ${q(`${dir}/${markerFile}`)} 2>/dev/null`, { timeoutMs: 30_000 })
+  const marker = await t.exec(`cat ${q(`${dir}/${bundleMarkerFile}`)} 2>/dev/null`, { timeoutMs: 30_000 })
   const present = marker.code === 0 && marker.stdout.trim() === bundle.sha256
   let uploaded = false
   if (!present) {
@@ -314,7 +313,7 @@ export async function installBundle(t: BundleTransport, bundle: Pick<Bundle, 'fi
         `if [ "$got" != ${bundle.sha256} ]; then echo "$got"; exit ${shaMismatchExit}; fi`,
         `mkdir -m 0755 ${q(tmpDir)}`,
         `tar -xzf ${q(tmpFile)} -C ${q(tmpDir)} --no-same-owner`,
-        `echo ${bundle.sha256} > ${q(`${tmpDir}/${markerFile}`)}`,
+        `echo ${bundle.sha256} > ${q(`${tmpDir}/${bundleMarkerFile}`)}`,
         `sync -f ${q(tmpDir)} 2>/dev/null || true`,
         `rm -rf ${q(dir)}`,
         `mv -T ${q(tmpDir)} ${q(dir)}`,

@@ -21,7 +21,7 @@ import { configDir, type ClusterContext } from '../lib/contexts.js'
 import type { ContainerView } from '../lib/csm-types.js'
 import { TessError, errorMessage } from '../lib/errors.js'
 import type { ClusterHealth, ClusterStatus, NodeInfo } from '../lib/types.js'
-import { protocolOfOlderCvms, protocolsCompatible, runningVersion, type TessVersion } from '../lib/version.js'
+import { bundleLabel, protocolOfOlderCvms, protocolsCompatible, runningVersion, type ProtocolRange, type TessVersion } from '../lib/version.js'
 import { buildBundle, installBundle, type Bundle } from './bundle.js'
 import { connectHost, remoteDataDir, repoRoot, startSupervisor, stopSupervisor } from './remote.js'
 
@@ -89,9 +89,10 @@ export function notReady(st: ClusterStatus, h: ClusterHealth): string | undefine
  */
 export function protocolGap(nodes: NodeInfo[], target: TessVersion): string | undefined {
   const ours = target.protocol ?? protocolOfOlderCvms
-  const apart = nodes.filter((n) => !protocolsCompatible(n.version?.protocol ?? protocolOfOlderCvms, ours))
+  const theirs = (n: NodeInfo): ProtocolRange => n.version?.protocol ?? protocolOfOlderCvms
+  const apart = nodes.filter((n) => !protocolsCompatible(theirs(n), ours))
   if (apart.length === 0) return undefined
-  return `it speaks protocol ${ours.current} (and works beside ${ours.oldest} and later), node(s) ${apart.map((n) => `${n.name} (protocol ${(n.version?.protocol ?? protocolOfOlderCvms).current})`).join(', ')} cannot run beside it`
+  return `it speaks protocol ${ours.current} (and works beside ${ours.oldest} and later), node(s) ${apart.map((n) => `${n.name} (protocol ${theirs(n).current})`).join(', ')} cannot run beside it`
 }
 
 /** Containers with volumes on `node`: their volumes reach the vDisk through that node's CVM. */
@@ -133,7 +134,7 @@ export async function waitHealthy(client: ApiClient, node: string, sha256: strin
       if (n === undefined) throw new TessError('TESS_E_NOT_FOUND', `node ${node} left the cluster during its upgrade`, 'see tess cluster status')
       if (restartMs === undefined) {
         if (n.state !== 'up') why = 'it is down'
-        else if (n.version?.bundle !== sha256) why = `it reports bundle ${n.version?.bundle?.slice(0, 12) ?? 'none'}`
+        else if (n.version?.bundle !== sha256) why = `it reports bundle ${bundleLabel(n.version?.bundle)}`
         else if (n.daemons.some((d) => !d.healthy)) why = `daemon(s) ${n.daemons.filter((d) => !d.healthy).map((d) => d.name).join(', ')} not healthy`
         else {
           restartMs = Date.now() - t0

@@ -8,7 +8,7 @@ import type { Logger } from '../lib/log.js'
 import { nodePaths, writeFileAtomic, type NodeConfig } from '../lib/nodeconfig.js'
 import type { CertificateInfo, ClusterRecord, ClusterStatus, ContainersState, DaemonInfo, NodeInfo, NodeRecord, NodeStatusRecord, PoolInfo } from '../lib/types.js'
 import type { SupervisorState } from '../lib/supervisor-state.js'
-import { runningVersion } from '../lib/version.js'
+import { runningVersion, versionLabel } from '../lib/version.js'
 
 export const daemonNames = ['supervisor', 'etcd', 'cvm'] as const
 
@@ -32,7 +32,7 @@ export function versionWarnings(nodes: NodeInfo[]): string[] {
   for (const n of nodes) {
     if (n.state !== 'up') continue
     // a node that is up and reports no version runs a release from before versions were reported
-    const key = n.version === null ? 'a release that does not report its version' : `${n.version.tess} (bundle ${n.version.bundle?.slice(0, 12) ?? 'none'})`
+    const key = n.version === null ? 'a release that does not report its version' : versionLabel(n.version)
     byBundle.set(key, [...(byBundle.get(key) ?? []), n.name])
   }
   if (byBundle.size < 2) return []

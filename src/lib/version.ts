@@ -38,6 +38,16 @@ export interface TessVersion {
 /** What a node that reports no protocol speaks: the first one. */
 export const protocolOfOlderCvms: ProtocolRange = { current: 1, oldest: 1 }
 
+/** A bundle as people are shown it: the first 12 hex digits of its sha256 ('none' when there is none). */
+export function bundleLabel(sha256: string | null | undefined): string {
+  return sha256 == null ? 'none' : sha256.slice(0, 12)
+}
+
+/** A version as messages show it: `0.1.0 (bundle 1a2b3c4d5e6f)`. */
+export function versionLabel(v: TessVersion): string {
+  return `${v.tess} (bundle ${bundleLabel(v.bundle)})`
+}
+
 /** Can two releases with these protocols run in one cluster (each speaks one the other takes)? */
 export function protocolsCompatible(a: ProtocolRange, b: ProtocolRange): boolean {
   return a.current >= b.oldest && b.current >= a.oldest

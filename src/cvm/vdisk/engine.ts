@@ -473,7 +473,8 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       }
     }
     if (cur === null) throw new Error(`vDisk ${rec.name}: its owner record went away while this CVM took ownership`) // retried by open
-    throw new OwnedElsewhere(cur.split('/')[0]!, `vDisk ${rec.name} is owned by ${cur.split('/')[0]!}; connect to that node`)
+    const owner = cur.split('/')[0]!
+    throw new OwnedElsewhere(owner, `vDisk ${rec.name} is owned by ${owner}; connect to that node`)
   }
 
   private async doLoad(id: string): Promise<Vdisk> {

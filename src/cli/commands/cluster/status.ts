@@ -2,6 +2,7 @@ import { TessCommand, watchFlag } from '../../base.js'
 import { keyValue, table } from '../../output.js'
 import { formatBytes } from '../../../lib/units.js'
 import type { ClusterStatus } from '../../../lib/types.js'
+import { bundleLabel } from '../../../lib/version.js'
 
 export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
   static override summary = 'Show the cluster: nodes, the tess version each runs, the health and pid of each daemon, pool capacity, nodes that cannot run containers and why, certificates about to expire'
@@ -16,7 +17,7 @@ export default class ClusterStatusCommand extends TessCommand<ClusterStatus> {
 
   protected render(r: ClusterStatus): string {
     // the version once per node: the tess release, and the bundle when the node runs one (absent in answers of older CVMs)
-    const version = (n: ClusterStatus['nodes'][number]) => n.version == null ? '-' : `${n.version.tess}${n.version.bundle === null ? '' : ` ${n.version.bundle.slice(0, 12)}`}`
+    const version = (n: ClusterStatus['nodes'][number]) => n.version == null ? '-' : `${n.version.tess}${n.version.bundle === null ? '' : ` ${bundleLabel(n.version.bundle)}`}`
     const rows = r.nodes.flatMap((n) => n.daemons.map((d, i) => [i === 0 ? n.name : '', i === 0 ? n.address : '', i === 0 ? n.state : '', i === 0 ? version(n) : '', d.name, d.pid ?? '-', d.healthy ? 'healthy' : 'DOWN', d.restarts]))
     return [
       keyValue([['cluster', r.name], ['id', r.id], ['nodes', r.nodes.length], ['vDisks', r.vdiskCount],

@@ -4,10 +4,10 @@ import { splitNames } from '../../csm-input.js'
 import { keyValue, table, withSpinner } from '../../output.js'
 import { parseDuration } from '../../../lib/units.js'
 import { TessError } from '../../../lib/errors.js'
-import type { TessVersion } from '../../../lib/version.js'
+import { versionLabel, type TessVersion } from '../../../lib/version.js'
 import { upgradeCluster, upgradeNodeTimeoutMsDefault, type UpgradeReport } from '../../../bootstrap/upgrade.js'
 
-const shown = (v: TessVersion | null): string => v === null ? 'unknown' : `${v.tess} (bundle ${v.bundle?.slice(0, 12) ?? 'none'})`
+const shown = (v: TessVersion | null): string => v === null ? 'unknown' : versionLabel(v)
 
 export default class ClusterUpgrade extends TessCommand<UpgradeReport> {
   static override summary = 'Move every node to this tess\'s bundle, one node at a time, with I/O going on'
