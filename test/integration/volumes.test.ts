@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -151,6 +152,26 @@ describe.skipIf(missing.length > 0 || process.getuid?.() !== 0 || !fs.existsSync
     await waitFor('second run', async () => /^2$/m.test(await logs('cycler')), 30_000, 200)
     await ok(['container', 'remove', 'cycler', '--force', '--yes'])
     await noLeftovers()
+  })
+
+  it('a copy of the mounted volume in a mount namespace made meanwhile (unshare, ip netns exec) does not keep it attached', async () => {
+    await ok(['volume', 'create', 'pinvol', '--size', '64M'])
+    await ok(['container', 'run', image, '--name', 'pinned', '--csm', 'apps', '--volume', 'pinvol:/data', '--', 'sh', '-c', 'echo up; busybox sleep 1000'])
+    await waitFor('pinned to run', async () => /^up$/m.test(await logs('pinned')), 30_000, 200)
+    // a private copy of every mount of the machine, the volume's ext4 and FUSE mounts among them:
+    // our unmount does not propagate into it
+    const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '600'], { stdio: 'ignore', detached: true })
+    try {
+      const copies = () => (fs.readFileSync(`/proc/${holder.pid}/mountinfo`, 'utf8').match(new RegExp(`${c.root}\\S*/volumes/pinvol/(mnt|fuse) `, 'g')) ?? []).length
+      const ns = (pid: number | string) => fs.readlinkSync(`/proc/${pid}/ns/mnt`)
+      await waitFor('the copy', async () => ns(holder.pid!) !== ns('self') && copies() === 2, 10_000, 50)
+      await ok(['container', 'remove', 'pinned', '--force', '--yes'])
+      await noLeftovers()
+      expect(copies()).toBe(0)
+    } finally {
+      holder.kill('SIGKILL')
+    }
+    await ok(['volume', 'delete', 'pinvol', '--yes'])
   })
 
   it('snapshots while a container writes: its filesystem frozen for the instant; a clone mounts elsewhere with the data; restore and delete are refused while it is in use', async () => {

@@ -31,6 +31,8 @@ export type CgroupMode = 'v1' | 'hybrid' | 'v2'
 export interface MountInfoEntry {
   id: number
   parentId: number
+  /** "major:minor" of the file system's device (st_dev of its files) */
+  device: string
   /** root of the mount inside its filesystem */
   root: string
   mountPoint: string
@@ -114,6 +116,7 @@ export function parseMountinfo(text: string): MountInfoEntry[] {
     out.push({
       id: Number(left[0]),
       parentId: Number(left[1]),
+      device: left[2]!,
       root: unescapeMountPath(left[3]!),
       mountPoint: unescapeMountPath(left[4]!),
       mountOptions: left[5]!.split(','),

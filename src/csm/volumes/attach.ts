@@ -8,6 +8,7 @@ import type { VolumeSpec } from '../../lib/container-spec.js'
 import { execCommand } from '../runtime/exec.js'
 import { isMountPoint, mountsUnder, unmount } from '../runtime/bundle.js'
 import { isProcessAlive, processStartTime } from '../runtime/runc.js'
+import { blockDevice, describeForeign, foreignMounts, mountDevice, releaseForeignMounts } from '../runtime/foreign-mounts.js'
 
 /**
  * Volume attach, on the node of the CSM (these kernels may have no nbd module; docs/architecture.md):
@@ -58,6 +59,8 @@ const volumeToolTimeoutMs = 120_000
  * stopped before the loop device is gone.
  */
 const loopReleaseWaitMs = 30_000
+/** how often that wait looks for copies of the file system in other mount namespaces (runtime/foreign-mounts.ts) */
+const foreignScanIntervalMs = 2_000
 
 export function volumePaths(containerDir: string, name: string) {
   const dir = path.join(containerDir, 'volumes', name)
@@ -207,21 +210,16 @@ export class NbdVolumeAttacher implements VolumeAttacher {
         const r = await execCommand('losetup', ['-n', '-O', 'BACK-FILE', st.loop], { timeoutMs: volumeToolTimeoutMs })
         if (r.code === 0 && r.stdout.includes(p.file)) loops.add(st.loop)
       }
-      // autoclear releases it once the file system is gone (see loopReleaseWaitMs), then detach what is left
-      const deadline = Date.now() + loopReleaseWaitMs
-      const bound = async (l: string) => (await execCommand('losetup', ['-n', '-O', 'BACK-FILE', l], { timeoutMs: volumeToolTimeoutMs })).stdout.includes(p.file)
-      for (const l of loops) {
-        while (await bound(l) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
-        if (!(await bound(l))) continue
-        const r = await execCommand('losetup', ['-d', l], { timeoutMs: volumeToolTimeoutMs })
-        if (await bound(l)) throw new TessError('TESS_E_IO', `cannot detach ${l}: ${(r.stderr || r.stdout).trim() || 'still in use'}`, 'losetup -l shows what holds it')
-      }
+      for (const l of loops) await this.releaseLoop(l, p.file, name)
     })
     if (errors.length > loopErrors) {
       // the file system may still have writes to make through nbdfuse: leave it running
       throw new TessError('TESS_E_IO', `cannot detach volume "${name}" yet: ${errors.join('; ')}; nbdfuse is left running so that nothing written is lost`, 'the next stop or remove tries again; see the CSM log')
     }
+    const fuseDevice = await mountDevice(p.fuse)
     await step('unmount the NBD file', () => unmount(p.fuse))
+    // a copy elsewhere keeps the FUSE file system, and so nbdfuse, alive
+    if (fuseDevice !== undefined) await releaseForeignMounts(fuseDevice, this.log, `volume "${name}" (its NBD file)`)
     await step('stop nbdfuse', async () => {
       const pid = st.fusePid
       if (pid === undefined) return
@@ -241,6 +239,32 @@ export class NbdVolumeAttacher implements VolumeAttacher {
     }
     await fsp.rm(p.dir, { recursive: true, force: true })
     this.log.info(`volume ${name}: detached from ${containerDir}`)
+  }
+
+  /**
+   * Wait for the loop device `l` of `file` to be released by autoclear once the file system on it
+   * is gone (see loopReleaseWaitMs), unmounting copies of that file system in other mount namespaces
+   * meanwhile (runtime/foreign-mounts.ts); then detach what is left, or say what holds it.
+   */
+  private async releaseLoop(l: string, file: string, name: string): Promise<void> {
+    const bound = async () => (await execCommand('losetup', ['-n', '-O', 'BACK-FILE', l], { timeoutMs: volumeToolTimeoutMs })).stdout.includes(file)
+    const device = await blockDevice(l)
+    const deadline = Date.now() + loopReleaseWaitMs
+    let nextScan = 0
+    let failed: string[] = []
+    while (await bound() && Date.now() < deadline) {
+      if (device !== undefined && Date.now() >= nextScan) {
+        failed = await releaseForeignMounts(device, this.log, `volume "${name}"`)
+        nextScan = Date.now() + foreignScanIntervalMs
+      }
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    if (!(await bound())) return
+    const r = await execCommand('losetup', ['-d', l], { timeoutMs: volumeToolTimeoutMs })
+    if (!(await bound())) return
+    const holders = failed.length > 0 ? failed : device === undefined ? [] : (await foreignMounts(device)).map(describeForeign)
+    const why = (r.stderr || r.stdout).trim() || 'still in use'
+    throw new TessError('TESS_E_IO', `cannot detach ${l}: ${why}${holders.length > 0 ? `; its file system is still mounted at ${holders.join(', ')}` : ''}`, 'losetup -l and grep in /proc/*/mountinfo show what holds it')
   }
 
   async freeze(containerDir: string, name: string, frozen: boolean): Promise<boolean> {
