@@ -38,7 +38,7 @@ describe('cgroup detection', () => {
   it('parses mountinfo, optional fields and escapes included', () => {
     const m = parseMountinfo('50 22 0:44 / /mnt/with\\040space rw,relatime shared:7 master:2 - overlay overlay rw,lowerdir=/a:/b,upperdir=/u,workdir=/w\n')
     expect(m).toEqual([{
-      id: 50, parentId: 22, root: '/', mountPoint: '/mnt/with space', mountOptions: ['rw', 'relatime'],
+      id: 50, parentId: 22, device: '0:44', root: '/', mountPoint: '/mnt/with space', mountOptions: ['rw', 'relatime'],
       fsType: 'overlay', source: 'overlay', superOptions: ['rw', 'lowerdir=/a:/b', 'upperdir=/u', 'workdir=/w'],
     }])
     expect(unescapeMountPath('a\\011b\\134c')).toBe('a\tb\\c')

@@ -35,7 +35,7 @@ export async function mountDevice(target: string): Promise<string | undefined> {
 
 /** "major:minor" of a block device such as /dev/loop3 (from sysfs), or undefined if it is gone. */
 export async function blockDevice(dev: string): Promise<string | undefined> {
-  const text = await fsp.readFile(path.join('/sys/class/block', path.basename(dev), 'dev'), 'utf8').catch(() => undefined)
+  const text = await fsp.readFile(path.join('/sys/class/block', path.basename(dev), 'dev'), 'utf8').catch(() => undefined) // no such device: undefined, as documented
   return text?.trim() || undefined
 }
 
@@ -53,7 +53,7 @@ export async function foreignMounts(device: string): Promise<ForeignMount[]> {
     const ns = await namespaceOf(pid)
     if (ns === undefined || seen.has(ns)) continue
     seen.add(ns)
-    const text = await fsp.readFile(`/proc/${pid}/mountinfo`, 'utf8').catch(() => '')
+    const text = await fsp.readFile(`/proc/${pid}/mountinfo`, 'utf8').catch(() => '') // the process is gone, and its namespace maybe with it: no mounts to see
     const mounts = parseMountinfo(text).filter((m) => m.device === device)
     if (mounts.length === 0) continue
     const command = (await fsp.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '?')).trim()
