@@ -81,13 +81,19 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     return file
   }
 
+  /** the previous release's build, started at once (niced) so that it overlaps the tests before the upgrade's */
+  let previous: Promise<{ dir: string, commit: string, bundle: Bundle }> | undefined
+
   beforeAll(async () => {
     th = await createTestHosts(4) // 3 bootstrapped; the 4th is added and removed
     fs.writeFileSync(big, crypto.randomBytes(256 * MiB))
+    previous = previousRelease()
+    previous.catch(() => undefined) // the upgrade test awaits it and fails with its error
   }, 60_000)
 
   afterAll(async () => {
     try {
+      await previous?.catch(() => undefined) // its files are under root
       await tess(['cluster', 'destroy', '--yes'])
     } finally {
       await th?.destroy()
@@ -682,7 +688,7 @@ describe('multi-node cluster on 3 (+1) test hosts', () => {
     expect((await tess(['cluster', 'status'])).stdout).toContain(installed.bundle.slice(0, 12))
     // every host restarted on the previous release's bundle, installed as bootstrap installs one
     // (all at once: test setup, not an upgrade)
-    const prev = await previousRelease()
+    const prev = await previous!
     const v = prev.bundle.sha256.slice(0, 16)
     const b = '/var/lib/tess/bundle'
     await Promise.all([0, 1, 2].map(async (i) => {

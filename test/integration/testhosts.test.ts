@@ -6,6 +6,9 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { TestHosts, TestHostsInfo, createTestHosts, destroyTestHosts, uniquePrefix } from '../helpers/testhosts.js'
 
+// test lane: local
+// (bare test hosts, no cluster: it runs beside the files of the other lane; see scripts/test.sh)
+
 /**
  * The test-host harness itself (scripts/testhosts.sh through test/helpers/testhosts.ts): three hosts
  * with their own network, mount and UTS namespaces and sshd; node loss; complete teardown.
