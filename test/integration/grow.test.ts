@@ -206,6 +206,19 @@ describe('host add grows etcd from 1 to 3 members', () => {
     }, 120_000, 1000)
     expect(st.json.nodes.map((n: any) => n.name).sort()).toEqual([h2.name, h3.name].sort())
     expect((await tess(['vdisk', 'list', '--json'])).json.map((v: { name: string }) => v.name).sort()).toEqual(names)
+    // both CVMs serve NBD (a CI run once found host 2's port closed right after it reported up: its
+    // CVM log is printed if that lasts)
+    for (const i of [1, 2]) {
+      const served = await waitFor(`host ${i + 1}'s NBD port`, async () => {
+        const c = await run('nbdinfo', ['--size', uri(i, 'g')], { timeoutMs: 30_000 })
+        return c.code === 0 ? c : undefined
+      }, 60_000, 1000).catch(async (e: unknown) => {
+        throw new Error(`${String(e)}\n--- CVM log of host ${i + 1} ---\n${(await th.exec(th.hosts[i]!, ['sh', '-c', 'tail -n 60 /var/lib/tess/logs/cvm.log'])).stdout}`)
+      })
+      expect(served.code).toBe(0)
+    }
+    const after = (await tess(['cluster', 'status', '--json'])).json
+    console.log(`after the restore: ${after.nodes.map((n: any) => `${n.name} cvm restarts ${n.daemons.find((d: any) => d.name === 'cvm')?.restarts}`).join(', ')}`)
     // every byte of the backup's vDisks, through both hosts
     for (const [v, i] of [['g', 1], ['fill', 2], ['part', 1], ['joined', 2]] as const) {
       const want = v === 'part' ? during : v === 'fill' ? fill : src
