@@ -13,6 +13,12 @@
       "libraries": ["-lpthread"]
     },
     {
+      "target_name": "tess-logger",
+      "type": "executable",
+      "sources": ["native/logger.c"],
+      "cflags": ["-O2", "-std=gnu11", "-Wall"]
+    },
+    {
       "target_name": "tess_mount",
       "sources": ["native/mount.c"],
       "cflags": ["-O2", "-std=gnu11", "-Wall"]

@@ -1,9 +1,10 @@
 /**
  * The bundle: one gzip tarball with what a node's daemons need (dist/, bin/, package.json,
- * oclif.manifest.json, the native addons in build/Release/*.node when they were built, and the
- * production dependency closure of node_modules), built on the operator's machine and installed on
- * every node by bootstrap. Nodes run the same Node on the same architecture, so the addons built
- * here load there; each has a JS fallback, so a bundle without them works too.
+ * oclif.manifest.json, the native addons in build/Release/*.node and tess-logger when they were
+ * built, and the production dependency closure of node_modules), built on the operator's machine
+ * and installed on every node by bootstrap. Nodes run the same Node on the same architecture, so
+ * the addons built here load there; each has a JS fallback, so a bundle without them works too
+ * (without tess-logger, container logs have no times).
  *
  * Build: the production packages come from package-lock.json (entries not flagged dev/devOptional,
  * type-only @types/* left out), each package without its nested node_modules (nested production
@@ -154,7 +155,7 @@ async function walk(root: string, rel: string, skipNested: boolean, out: Entry[]
   }
 }
 
-/** The built native addons (`build/Release/*.node`), relative to repoRoot; none when not built. */
+/** The built native addons (`build/Release/*.node`) and tess-logger, relative to repoRoot; none when not built. */
 function nativeAddons(repoRoot: string): string[] {
   let names: string[]
   try {
@@ -162,7 +163,7 @@ function nativeAddons(repoRoot: string): string[] {
   } catch {
     return []
   }
-  return names.filter((n) => n.endsWith('.node')).sort().map((n) => path.posix.join(nativeAddonDir, n))
+  return names.filter((n) => n.endsWith('.node') || n === 'tess-logger').sort().map((n) => path.posix.join(nativeAddonDir, n))
     .filter((rel) => fs.statSync(path.join(repoRoot, rel)).isFile())
 }
 

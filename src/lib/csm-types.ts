@@ -141,6 +141,26 @@ export interface ContainerRemoveResult {
   node: string
 }
 
+/** What of a container's log to read (URL parameters offset, tail, since, timestamps: logQueryParams). */
+export interface LogQuery {
+  offset?: number
+  tail?: number
+  /** not before the first line written at or after this time (ms since the epoch) */
+  sinceMs?: number
+  /** each line with its time in front */
+  timestamps?: boolean
+}
+
+/** The URL parameters of a log query (rpc/csm.ts logQueryFrom reads them). */
+export function logQueryParams(q: LogQuery): URLSearchParams {
+  const s = new URLSearchParams()
+  if (q.offset !== undefined) s.set('offset', String(q.offset))
+  if (q.tail !== undefined) s.set('tail', String(q.tail))
+  if (q.sinceMs !== undefined) s.set('since', String(q.sinceMs))
+  if (q.timestamps === true) s.set('timestamps', 'true')
+  return s
+}
+
 export interface LogChunk {
   name: string
   /** the bytes, base64 */

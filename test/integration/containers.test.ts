@@ -244,6 +244,17 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     expect(followed.code, followed.stderr).toBe(0)
     expect(followed.stdout).toBe('tick 1\ntick 2\ntick 3\n')
     expect((await ok(['container', 'logs', 'ticker'])).logs).toBe('tick 1\ntick 2\ntick 3\n')
+    // --timestamps: each line with the time it was written; --since: from a time on
+    const stamped = (await tess(['container', 'logs', 'ticker', '--timestamps'])).stdout.split('\n').filter(Boolean)
+    expect(stamped, stamped.join('\n')).toHaveLength(3)
+    stamped.forEach((l, i) => expect(l).toMatch(new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{9}Z tick ${i + 1}$`)))
+    const times = stamped.map((l) => Date.parse(`${l.slice(0, 23)}Z`))
+    expect(times[2]! - times[0]!).toBeGreaterThanOrEqual(400) // two sleeps of 0.4 s between them
+    const since = new Date(times[1]!).toISOString()
+    expect((await ok(['container', 'logs', 'ticker', '--since', since])).logs).toBe('tick 2\ntick 3\n')
+    expect((await ok(['container', 'logs', 'ticker', '--since', '1h', '--tail', '1'])).logs).toBe('tick 3\n')
+    expect((await ok(['container', 'logs', 'ticker', '-t', '--since', '1h', '-n', '1'])).logs).toMatch(/^\S+Z tick 3\n$/)
+    await fails(['container', 'logs', 'ticker', '--since', 'yesterday'], 2, 'TESS_E_USAGE')
     await ok(['container', 'remove', 'ticker', '--yes'])
     // unique names, cluster-wide
     const dup = await fails(['container', 'run', image, '--name', 'hello', '--csm', 'web', '--', 'true'], 4, 'TESS_E_EXISTS')

@@ -52,10 +52,10 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     csm: name, stateDir: path.join(work, `csm-${name}`), cgroup: csm, images: store, layers, runtime, log: quiet,
   })
 
-  async function makeCsm(name: string, limits: CgroupLimits, runtime: RuntimeName = 'runc'): Promise<ContainerManager> {
+  async function makeCsm(name: string, limits: CgroupLimits, runtime: RuntimeName = 'runc', more: Partial<ContainerManagerOptions> = {}): Promise<ContainerManager> {
     const csm = await host.createCsm(name, limits)
     csms.push(csm)
-    const m = new ContainerManager(options(name, csm, runtime))
+    const m = new ContainerManager({ ...options(name, csm, runtime), ...more })
     managers.push(m)
     return m
   }
@@ -170,6 +170,37 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     const ifaces = (text: string) => [...text.matchAll(/^\s*([^\s:]+):/gm)].map((m) => m[1]).sort()
     expect(ifaces(await main.logText(h.id))).toEqual(ifaces(fs.readFileSync('/proc/net/dev', 'utf8')))
     await main.remove(h.id)
+  })
+
+  it('logs carry the time of each line (tess-logger); a CSM without tess-logger logs as before and refuses times', async () => {
+    const t0 = Date.now()
+    const c = await run(main, { name: 'stamped', image, command: ['sh', '-c', 'echo one; printf tw; sleep 1; echo o; echo three'] })
+    expect((await main.wait(c.id, 15_000)).exitCode).toBe(0)
+    const t1 = Date.now()
+    expect(await main.logText('stamped')).toBe('one\ntwo\nthree\n')
+    const stamped = (await main.readLog('stamped', { timestamps: true })).data.toString().split('\n').filter(Boolean)
+    expect(stamped.map((l) => l.replace(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z /, ''))).toEqual(['one', 'two', 'three'])
+    const times = stamped.map((l) => Date.parse(`${l.slice(0, 23)}Z`))
+    // "two" was begun before the sleep, "three" written after it
+    for (const t of times) expect(t).toBeGreaterThanOrEqual(t0 - 1000)
+    for (const t of times) expect(t).toBeLessThanOrEqual(t1 + 1000)
+    expect(times[1]).toBeLessThanOrEqual(times[0]! + 500)
+    expect(times[2]! - times[1]!).toBeGreaterThanOrEqual(500)
+    // since a time: from the first line written then on; with --tail within those
+    expect((await main.readLog('stamped', { sinceMs: times[1]! + 200 })).data.toString()).toBe('three\n')
+    expect((await main.readLog('stamped', { sinceMs: t0 - 1000, tail: 1 })).data.toString()).toBe('three\n')
+    expect((await main.readLog('stamped', { sinceMs: t1 + 60_000 })).data.toString()).toBe('')
+    // from a byte inside a line: that line's rest has no time
+    expect((await main.readLog('stamped', { offset: 2, timestamps: true })).data.toString()).toMatch(/^e\n\S+Z two\n\S+Z three\n$/)
+    await main.remove(c.id)
+
+    const plain = await makeCsm('nologger', { cpus: 0.5, memoryBytes: 128 * 1024 * 1024 }, 'runc', { logger: null })
+    const p = await run(plain, { name: 'plain', image, command: ['sh', '-c', 'echo as before'] })
+    expect((await plain.wait(p.id, 15_000)).exitCode).toBe(0)
+    expect(await plain.logText('plain')).toBe('as before\n')
+    await expect(plain.readLog('plain', { timestamps: true })).rejects.toMatchObject({ code: 'TESS_E_PRECONDITION', message: expect.stringContaining('container "plain"') })
+    await expect(plain.readLog('plain', { sinceMs: t0 })).rejects.toMatchObject({ code: 'TESS_E_PRECONDITION' })
+    await plain.remove(p.id)
   })
 
   it('confines containers: the default seccomp filter refuses new namespaces, keys and mounts; no CAP_NET_RAW', async () => {

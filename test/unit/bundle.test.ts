@@ -199,6 +199,8 @@ describe('the tessera repo', () => {
     expect(tarList(file).includes('build/Release/tess_crc32c.node')).toBe(built)
     const ioBuilt = fs.existsSync(path.join(repoRoot, 'build/Release/tess_io.node'))
     expect(tarList(file).includes('build/Release/tess_io.node')).toBe(ioBuilt)
+    const loggerBuilt = fs.existsSync(path.join(repoRoot, 'build/Release/tess-logger'))
+    expect(tarList(file).includes('build/Release/tess-logger')).toBe(loggerBuilt)
     const x = path.join(tmp, 'repo-x-addon')
     fs.mkdirSync(x)
     expect(sh('tar', ['-xzf', file, '-C', x]).code).toBe(0)

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { sinceToIso } from '../../src/cli/commands/events.js'
+import { sinceToIso } from '../../src/cli/since.js'
 
 describe('tess events --since', () => {
   const now = Date.parse('2026-12-06T12:00:00Z')

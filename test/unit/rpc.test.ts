@@ -187,6 +187,8 @@ describe('node operations over the real route', () => {
     expect(csm.calls.at(-1)).toEqual(['op', '0123456789ab', 'stop', 2000])
     expect(await call('n2', 'container.logs', { csm: 'web', id: '0123456789ab', tail: 5 })).toEqual({ data: 'aGk=', offset: 2, running: true })
     expect(csm.calls.at(-1)).toEqual(['logs', '0123456789ab', { tail: 5 }])
+    await call('n2', 'container.logs', { csm: 'web', id: '0123456789ab', offset: 7, sinceMs: 1_765_000_000_000, timestamps: true })
+    expect(csm.calls.at(-1)).toEqual(['logs', '0123456789ab', { offset: 7, sinceMs: 1_765_000_000_000, timestamps: true }])
     expect(await call('n2', 'container.freeze', { csm: 'web', id: '0123456789ab', volume: 'data', frozen: true })).toEqual({ mounted: true, frozen: true })
     expect(csm.calls.at(-1)).toEqual(['freezeVolume', '0123456789ab', 'data', true])
     await call('n2', 'container.remove', { csm: 'web', id: '0123456789ab', force: true })
@@ -362,6 +364,8 @@ describe('the CSM daemon API: CsmClient against registerCsmApi on a unix socket'
       [raw('POST', '/v1/containers/0123456789ab/stop', { timeoutMs: -5 }), 'TESS_E_INVALID', /field "timeoutMs" = -5/],
       [raw('GET', '/v1/containers/..%2F..%2Fetc'), 'TESS_E_BAD_REQUEST', /bad container id or name "..\/..\/etc"/],
       [raw('GET', '/v1/containers/a/logs?tail=-1'), 'TESS_E_INVALID', /query parameter "tail"/],
+      [raw('GET', '/v1/containers/a/logs?since=soon'), 'TESS_E_INVALID', /query parameter "since"/],
+      [raw('GET', '/v1/containers/a/logs?timestamps=yes'), 'TESS_E_BAD_REQUEST', /timestamps=yes/],
       [raw('PUT', '/v1/limits', { cpus: 0.001, memoryBytes: 2 ** 30 }), 'TESS_E_INVALID', /cannot change its limits: field "cpus" = 0.001 is out of range/],
       [raw('PUT', '/v1/limits', { cpus: 1 }), 'TESS_E_BAD_REQUEST', /field "memoryBytes" is required/],
       [raw('POST', '/v1/containers/db/volumes/..%2Fx/freeze', { frozen: true }), 'TESS_E_INVALID', /invalid volume name/],

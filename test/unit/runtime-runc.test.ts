@@ -9,6 +9,7 @@ import { tailOffset } from '../../src/csm/runtime/containers.js'
 import {
   OciRuntime, crunCgroupProblem, isProcessAlive, normaliseSignal, parseProcStat, readExitStatus, runtimeErrors, shimScript,
 } from '../../src/csm/runtime/runc.js'
+import { builtLogger, parseStamps } from '../../src/csm/runtime/logindex.js'
 
 let dir: string
 beforeAll(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-runc-unit-')) })
@@ -96,16 +97,24 @@ describe('the shim', () => {
     // a fake runtime: writes the pid file it is given, prints, exits 5 (as runc does with the container's status)
     const fake = path.join(dir, 'fake-runc')
     fs.writeFileSync(fake, '#!/bin/sh\nif [ "$1" = --version ]; then echo "runc version 0"; exit 0; fi\nwhile [ $# -gt 0 ]; do if [ "$1" = --pid-file ]; then echo $$ > "$2"; fi; shift; done\necho "container output"; echo "container error" >&2; exit 5\n', { mode: 0o755 })
-    const cdir = path.join(dir, 'ctr')
-    fs.mkdirSync(cdir)
-    const files = { dir: cdir, log: path.join(cdir, 'container.log'), exit: path.join(cdir, 'exit'), pid: path.join(cdir, 'pid'), runtimeLog: path.join(cdir, 'runtime.log') }
-    const rt = new OciRuntime({ name: 'runc', bin: fake, root: path.join(dir, 'rt-root') })
-    const shim = await rt.runDetached('0123456789ab', path.join(cdir, 'bundle'), files)
-    expect(shim.pid).toBeGreaterThan(0)
-    await waitForFile(files.exit)
-    expect((await readExitStatus(files.exit))?.status).toBe(5)
-    expect(fs.readFileSync(files.log, 'utf8')).toBe('container output\ncontainer error\n')
-    expect(Number(fs.readFileSync(files.pid, 'utf8'))).toBeGreaterThan(0)
+    // without tess-logger the runtime writes the log itself; with it, through a pipe, with the index
+    for (const logger of [undefined, builtLogger()]) {
+      const cdir = path.join(dir, logger === undefined ? 'ctr' : 'ctr-logged')
+      fs.mkdirSync(cdir)
+      const files = { dir: cdir, log: path.join(cdir, 'container.log'), exit: path.join(cdir, 'exit'), pid: path.join(cdir, 'pid'), runtimeLog: path.join(cdir, 'runtime.log'), logIndex: path.join(cdir, 'container.log.idx') }
+      const rt = new OciRuntime({ name: 'runc', bin: fake, root: path.join(dir, 'rt-root'), ...(logger !== undefined ? { logger } : {}) })
+      const shim = await rt.runDetached('0123456789ab', path.join(cdir, 'bundle'), files)
+      expect(shim.pid).toBeGreaterThan(0)
+      await waitForFile(files.exit)
+      expect((await readExitStatus(files.exit))?.status).toBe(5)
+      // the shim ends once the log is written
+      for (let i = 0; i < 200 && await isProcessAlive(shim.pid); i++) await new Promise((r) => setTimeout(r, 20))
+      expect(fs.readFileSync(files.log, 'utf8')).toBe('container output\ncontainer error\n')
+      expect(Number(fs.readFileSync(files.pid, 'utf8'))).toBeGreaterThan(0)
+      if (logger === undefined) expect(fs.existsSync(files.logIndex)).toBe(false)
+      else expect(parseStamps(fs.readFileSync(files.logIndex))[0]?.offset).toBe(0)
+    }
+    expect(builtLogger(), 'npm ci builds tess-logger').toBeDefined()
   })
 
   it('reads the error lines of a runtime log', async () => {

@@ -3,7 +3,7 @@ import { TessCommand, untilInterrupted } from '../base.js'
 import { table } from '../output.js'
 import { TessError } from '../../lib/errors.js'
 import { eventKinds, type EventInfo } from '../../lib/event-types.js'
-import { parseDuration } from '../../lib/units.js'
+import { sinceToIso } from '../since.js'
 
 /** how often --watch asks for new events */
 export const eventsPollIntervalMs = 1000
@@ -14,21 +14,6 @@ export const eventsPollIntervalMs = 1000
 export const eventsLateMs = 10_000
 /** the most events one request answers (the API's bound) */
 const eventsPageMax = 1000
-
-/** `--since`: a duration back from now (10m, 2h) or a time (ISO 8601); the ISO time it stands for. */
-export function sinceToIso(since: string, now = Date.now()): string {
-  const invalid = () => new TessError('TESS_E_USAGE', `invalid --since "${since}"`, 'a duration back from now (30s, 10m, 2h) or a time in ISO 8601 (2026-12-06T10:00:00Z)')
-  if (/^\d{4}-\d{2}-\d{2}/.test(since)) {
-    const t = Date.parse(since)
-    if (Number.isNaN(t)) throw invalid()
-    return new Date(t).toISOString()
-  }
-  try {
-    return new Date(now - parseDuration(since, '--since')).toISOString()
-  } catch {
-    throw invalid()
-  }
-}
 
 export default class Events extends TessCommand<EventInfo[]> {
   static override summary = 'Show what happened in the cluster: nodes and disks lost and back, repairs, failovers, container exits, changes'

@@ -27,6 +27,7 @@ import {
   OciRuntime, isProcessAlive, normaliseSignal, readExitStatus, runtimeErrors, type RuntimeName, type ShimFiles,
 } from './runc.js'
 import { chownToMappedRoot, containerIdMapping, ensureTraversable, idmapBinds, usernsSupport } from './userns.js'
+import { builtLogger, offsetSince, stampLines, stampsBetween } from './logindex.js'
 
 /**
  * The containers of one CSM: bundle, OCI runtime, state on disk, logs, stats, re-adoption.
@@ -74,6 +75,33 @@ export interface AdoptReport {
   cleaned: string[]
 }
 
+/** `pos` when a line starts there, else the start of the next line (or `size`). */
+async function lineStartFrom(fh: fsp.FileHandle, pos: number, size: number): Promise<number> {
+  const buf = Buffer.alloc(logReadChunkBytes)
+  for (let at = pos - 1; at < size;) {
+    if (at < 0) return 0
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - at), at)
+    if (bytesRead === 0) break
+    const nl = buf.subarray(0, bytesRead).indexOf(0x0a)
+    if (nl >= 0) return at + nl + 1
+    at += bytesRead
+  }
+  return size
+}
+
+/** A chunk of a container's output (readLog). */
+export interface ReadLogOptions {
+  /** from this byte of the log (default 0) */
+  offset?: number
+  /** from the start of the last N lines */
+  tail?: number
+  maxBytes?: number
+  /** not before the first line written at or after this time (ms since the epoch; needs the log's index) */
+  sinceMs?: number
+  /** each line that starts in the chunk with its time in front (RFC 3339, nanoseconds; needs the log's index) */
+  timestamps?: boolean
+}
+
 export interface LogOptions {
   /** only the last N lines */
   tail?: number
@@ -116,6 +144,8 @@ export interface ContainerManagerOptions {
   hostEtc?: { hosts: string, resolvConf: string }
   /** attaches volumes (vDisks) to containers */
   volumes?: VolumeAttacher
+  /** tess-logger (default: the one built next to the native addons, if any; null: none, logs without times) */
+  logger?: string | null
 }
 
 const idPattern = /^[a-f0-9]{12}$/
@@ -172,11 +202,13 @@ export class ContainerManager {
     this.hostEtc = opts.hostEtc ?? { hosts: '/etc/hosts', resolvConf: '/etc/resolv.conf' }
     this.volumes = opts.volumes
     const runtime = opts.runtime ?? 'runc'
+    const logger = opts.logger === null ? undefined : opts.logger ?? builtLogger()
     this.runtime = new OciRuntime({
       name: runtime,
       root: path.join(this.stateDir, runtime),
       cgroups: opts.cgroup.host,
       ...(opts.runtimeBin !== undefined ? { bin: opts.runtimeBin } : {}),
+      ...(logger !== undefined ? { logger } : {}),
     })
   }
 
@@ -203,6 +235,7 @@ export class ContainerManager {
       exit: path.join(d, 'exit'),
       pid: path.join(d, 'pid'),
       runtimeLog: path.join(d, 'runtime.log'),
+      logIndex: path.join(d, 'container.log.idx'),
       hosts: path.join(d, 'hosts'),
       hostname: path.join(d, 'hostname'),
       resolvConf: path.join(d, 'resolv.conf'),
@@ -578,7 +611,7 @@ export class ContainerManager {
    * lines when `tail` is given, else from byte `offset` (default 0), at most `maxBytes`. `offset` in the answer is where
    * the next read starts; `running` says more may come.
    */
-  async readLog(idOrName: string, opts: { offset?: number, tail?: number, maxBytes?: number } = {}): Promise<{ data: Buffer, offset: number, running: boolean, sizeBytes: number }> {
+  async readLog(idOrName: string, opts: ReadLogOptions = {}): Promise<{ data: Buffer, offset: number, running: boolean, sizeBytes: number }> {
     const rec = await this.inspect(idOrName)
     const f = this.files(rec.id)
     const maxBytes = Math.min(opts.maxBytes ?? logChunkBytesMax, logChunkBytesMax)
@@ -598,13 +631,26 @@ export class ContainerManager {
     }
     try {
       const size = (await fh.stat()).size
+      const what = `container "${rec.name}"`
       let pos = opts.tail !== undefined ? await tailOffset(f.log, opts.tail) : opts.offset ?? 0
+      // --since: not before the first line begun since then (and --tail within those)
+      if (opts.sinceMs !== undefined) {
+        const since = await offsetSince(f.logIndex, opts.sinceMs, what) ?? size
+        if (since > pos) pos = await lineStartFrom(fh, since, size)
+      }
       if (pos > size) pos = size
       const n = Math.min(maxBytes, size - pos)
       const data = Buffer.alloc(n)
       const { bytesRead } = n > 0 ? await fh.read(data, 0, n, pos) : { bytesRead: 0 }
+      let out: Buffer = data.subarray(0, bytesRead)
+      let consumed = bytesRead
+      if (opts.timestamps === true) {
+        const before = Buffer.alloc(1)
+        const lineStart = pos === 0 || ((await fh.read(before, 0, 1, pos - 1)).bytesRead === 1 && before[0] === 0x0a)
+        ;({ data: out, consumed } = stampLines(out, pos, lineStart, await stampsBetween(f.logIndex, pos, pos + bytesRead, what), maxBytes))
+      }
       // still running, or more is in the file than one chunk: the reader comes back
-      return { data: data.subarray(0, bytesRead), offset: pos + bytesRead, running: running || pos + bytesRead < size, sizeBytes: size }
+      return { data: out, offset: pos + consumed, running: running || pos + consumed < size, sizeBytes: size }
     } finally {
       await fh.close()
     }

@@ -59,6 +59,8 @@ export interface ShimFiles {
   pid: string
   /** the runtime's own log (JSON lines) */
   runtimeLog: string
+  /** the times of the log's chunks, written by tess-logger when there is one (logindex.ts) */
+  logIndex: string
 }
 
 export interface ShimInfo {
@@ -84,6 +86,8 @@ export interface OciRuntimeOptions {
   cgroups?: CgroupHost
   /** the shell the shim runs in (default /bin/sh) */
   shell?: string
+  /** tess-logger, which writes the log with the times of its chunks (logindex.ts); without it the container writes its log directly */
+  logger?: string
   commandTimeoutMs?: number
 }
 
@@ -116,6 +120,22 @@ export const shimScript = [
   '"$@"',
   'status=$?',
   'printf \'%s\\n\' "$status" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"',
+].join('\n')
+
+/**
+ * The shim with tess-logger: the same, with the runtime's (and so the container's) stdout and
+ * stderr on a pipe to tess-logger, which appends to the log and its index. The left side of the
+ * pipe keeps the exit status aside; the exit file appears once tess-logger has written everything
+ * (a reader that sees the exit file finds the whole log).
+ */
+export const loggedShimScript = [
+  'exit_file=$1',
+  'logger=$2',
+  'log=$3',
+  'index=$4',
+  'shift 4',
+  '{ "$@"; printf \'%s\\n\' "$?" > "$exit_file.tmp"; } 2>&1 | "$logger" "$log" "$index"',
+  'mv -f "$exit_file.tmp" "$exit_file"',
 ].join('\n')
 
 /** Read a shim's exit file; undefined while it is absent. */
@@ -197,6 +217,7 @@ export class OciRuntime {
   readonly root: string
   private readonly cgroups: CgroupHost | undefined
   private readonly shell: string
+  private readonly logger: string | undefined
   private readonly timeoutMs: number
   private checked: Promise<string> | undefined
 
@@ -206,6 +227,7 @@ export class OciRuntime {
     this.root = opts.root
     this.cgroups = opts.cgroups
     this.shell = opts.shell ?? '/bin/sh'
+    this.logger = opts.logger
     this.timeoutMs = opts.commandTimeoutMs ?? runtimeCommandTimeoutMs
   }
 
@@ -256,7 +278,12 @@ export class OciRuntime {
       '--bundle', bundle, '--pid-file', files.pid, id]
     const logFd = fs.openSync(files.log, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT, 0o640)
     try {
-      const child = spawn(this.shell, ['-c', shimScript, 'tess-shim', files.exit, this.bin, ...this.globalArgs(), ...runArgs], {
+      const shim = this.logger !== undefined
+        ? ['-c', loggedShimScript, 'tess-shim', files.exit, this.logger, files.log, files.logIndex]
+        : ['-c', shimScript, 'tess-shim', files.exit]
+      // a run without tess-logger leaves no index: an older one would give this run's lines wrong times
+      if (this.logger === undefined) await fsp.rm(files.logIndex, { force: true })
+      const child = spawn(this.shell, [...shim, this.bin, ...this.globalArgs(), ...runArgs], {
         cwd: files.dir,
         detached: true,
         stdio: ['ignore', logFd, logFd],

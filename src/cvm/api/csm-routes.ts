@@ -9,7 +9,8 @@ import type { Registries } from '../control/registries.js'
 import type { Volumes } from '../control/volumes.js'
 import { parseCsmCreateRequest, parseCsmUpdateRequest, parseRunRequest } from '../../lib/container-spec.js'
 import { bodyObject, bool, int, queryInt, str, strList, type ApiServer } from '../../lib/http-server.js'
-import { containerStopTimeoutMsMax, logTailLinesMax, rfMax, vdiskSizeMaxBytes } from '../../lib/limits.js'
+import { logQueryFrom } from '../../lib/rpc/csm.js'
+import { containerStopTimeoutMsMax, rfMax, vdiskSizeMaxBytes } from '../../lib/limits.js'
 
 /** The container half of the management API: CSMs, pools, registries, images, containers, volumes (one resource object each: control/cluster.ts). */
 export function registerCsmRoutes(api: ApiServer, c: ContainerControl): void {
@@ -108,7 +109,7 @@ function containerRoutes(api: ApiServer, r: Containers): void {
     return r.op(req.params.name!, op, timeoutMs)
   }, 'operator')
   api.route('DELETE', '/v1/containers/:name', async (req) => r.remove(req.params.name!, req.query.get('force') === 'true'), 'operator')
-  api.route('GET', '/v1/containers/:name/logs', async (req) => r.logs(req.params.name!, queryInt(req, 'offset', Number.MAX_SAFE_INTEGER), queryInt(req, 'tail', logTailLinesMax)))
+  api.route('GET', '/v1/containers/:name/logs', async (req) => r.logs(req.params.name!, logQueryFrom(req.query, (n, max) => queryInt(req, n, max))))
   api.route('GET', '/v1/stats', async (req) => r.stats(req.query.get('container') ?? undefined))
 }
 

@@ -3,7 +3,7 @@ import type { ContainerMoveResult, ContainerRemoveResult, ContainerView, CsmMove
 import { TessError, assert, errorMessage, isTessError } from '../../lib/errors.js'
 import { etcdCall, getJson, keys } from '../../lib/etcd.js'
 import { csmCallTimeoutMs } from '../../lib/limits.js'
-import type { ContainerOpName } from '../../lib/rpc/csm.js'
+import type { ContainerOpName, CsmLogQuery } from '../../lib/rpc/csm.js'
 import { openSecret, sealSecret } from '../../lib/secretbox.js'
 import { mib } from '../../lib/units.js'
 import { canonicalRef } from './agent.js'
@@ -215,11 +215,9 @@ export class Containers {
     return { name, id: r.id ?? '', csm: r.csm, node: r.node }
   }
 
-  async logs(name: string, offset?: number, tail?: number): Promise<LogChunk> {
+  async logs(name: string, query: CsmLogQuery): Promise<LogChunk> {
     const r = await this.target(name)
-    const chunk = await this.ctx.call(r.node, 'container.logs', {
-      csm: r.csm, id: r.id, ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}),
-    })
+    const chunk = await this.ctx.call(r.node, 'container.logs', { csm: r.csm, id: r.id, ...query })
     return { name, ...chunk }
   }
 

@@ -29,7 +29,7 @@ export function containerNodeOps(agent: NodeAgent): Pick<NodeHandlers, Container
     'container.get': async ({ csm, id }) => agent.csm(csm).inspect(id),
     'container.op': async ({ csm, id, op, timeoutMs }) => agent.csm(csm).op(id, op, timeoutMs),
     'container.remove': async ({ csm, id, force }) => agent.csm(csm).remove(id, force),
-    'container.logs': async ({ csm, id, offset, tail }) => agent.csm(csm).logs(id, { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) }),
+    'container.logs': async ({ csm, id, ...query }) => agent.csm(csm).logs(id, query),
     'container.freeze': async ({ csm, id, volume, frozen }) => agent.csm(csm).freezeVolume(id, volume, frozen),
     'stats': async ({ csm }) => agent.stats(csm),
   }

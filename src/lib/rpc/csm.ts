@@ -1,6 +1,6 @@
 import { TessError } from '../errors.js'
 import { parseContainerSpec, parseCsmQuota, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
-import type { CsmStatsAnswer } from '../csm-types.js'
+import { logQueryParams, type CsmStatsAnswer, type LogQuery } from '../csm-types.js'
 import { bodyObject, bool, int, queryInt, shown, type ApiServer } from '../http-server.js'
 import { jsonRequest } from '../jsonhttp.js'
 import { containerStopTimeoutMsMax, csmCallTimeoutMs, csmQuickCallTimeoutMs, logTailLinesMax, volumeFreezeCallTimeoutMs } from '../limits.js'
@@ -32,10 +32,18 @@ export interface CsmLogAnswer {
   sizeBytes?: number
 }
 
-export interface CsmLogQuery {
-  offset?: number
-  tail?: number
+export type CsmLogQuery = LogQuery
+
+/** A log query from URL parameters (offset, tail, since in ms since the epoch, timestamps=true). */
+export function logQueryFrom(query: URLSearchParams, int: (name: string, max: number) => number | undefined): CsmLogQuery {
+  const offset = int('offset', Number.MAX_SAFE_INTEGER)
+  const tail = int('tail', logTailLinesMax)
+  const sinceMs = int('since', Number.MAX_SAFE_INTEGER)
+  const t = query.get('timestamps')
+  if (t !== null && t !== 'true' && t !== 'false') throw new TessError('TESS_E_BAD_REQUEST', `bad parameter timestamps=${t.slice(0, 20)}`, 'give true or false')
+  return { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}), ...(t === 'true' ? { timestamps: true } : {}) }
 }
+
 
 /** A CSM's limits as its cgroup has them now; a missing field is "no limit". */
 export interface CsmLimitsAnswer {
@@ -97,11 +105,7 @@ export function registerCsmApi(api: ApiServer, csm: CsmApi, what: string): void 
     return csm.op(containerRef(req.params.id!), op as ContainerOpName, timeoutMs)
   })
   api.route('DELETE', '/v1/containers/:id', async (req) => csm.remove(containerRef(req.params.id!), req.query.get('force') === 'true'))
-  api.route('GET', '/v1/containers/:id/logs', async (req) => {
-    const offset = queryInt(req, 'offset', Number.MAX_SAFE_INTEGER)
-    const tail = queryInt(req, 'tail', logTailLinesMax)
-    return csm.logs(containerRef(req.params.id!), { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) })
-  })
+  api.route('GET', '/v1/containers/:id/logs', async (req) => csm.logs(containerRef(req.params.id!), logQueryFrom(req.query, (n, max) => queryInt(req, n, max))))
   api.route('GET', '/v1/stats', async () => csm.stats())
   api.route('PUT', '/v1/limits', async (req) => csm.setLimits(parseCsmQuota(req.body, `${what}: cannot change its limits`)))
   api.route('POST', '/v1/placement/confirm', async () => csm.confirmPlacement())
@@ -152,10 +156,7 @@ export class CsmClient implements CsmApi {
   }
 
   logs(ref: string, q: CsmLogQuery): Promise<CsmLogAnswer> {
-    const s = new URLSearchParams()
-    if (q.offset !== undefined) s.set('offset', String(q.offset))
-    if (q.tail !== undefined) s.set('tail', String(q.tail))
-    return this.request('GET', containerPath(ref, `/logs?${s.toString()}`), undefined, csmQuickCallTimeoutMs)
+    return this.request('GET', containerPath(ref, `/logs?${logQueryParams(q).toString()}`), undefined, csmQuickCallTimeoutMs)
   }
 
   stats(): Promise<CsmStatsAnswer> {

@@ -8,7 +8,7 @@ import { jsonRequest, type JsonTarget } from '../jsonhttp.js'
 import { protocolOfOlderCvms, protocolVersion, protocolVersionOldest } from '../version.js'
 import { balanceMovesMax, containerStopTimeoutMsMax, disksMax, gcMinAgeMsMax, logTailLinesMax, nodeCallTimeoutMs, nodesMax, repairBytesPerSecMax, repairBytesPerSecMin, scrubBytesPerSecMax, scrubBytesPerSecMin } from '../limits.js'
 import { checkExportName, checkName } from '../names.js'
-import { containerOps, type ContainerOpName, type CsmLogAnswer, type VolumeFreezeAnswer } from './csm.js'
+import { containerOps, type ContainerOpName, type CsmLogAnswer, type CsmLogQuery, type VolumeFreezeAnswer } from './csm.js'
 
 /**
  * Node operations: what one CVM asks of another node's CVM (its CSMs, its image store, its vDisks
@@ -58,7 +58,7 @@ export interface NodeOps {
   'container.get': { req: ContainerRef, res: ContainerInfo }
   'container.op': { req: ContainerRef & { op: ContainerOpName, timeoutMs?: number }, res: ContainerInfo }
   'container.remove': { req: ContainerRef & { force: boolean }, res: ContainerInfo }
-  'container.logs': { req: ContainerRef & { offset?: number, tail?: number }, res: CsmLogAnswer }
+  'container.logs': { req: ContainerRef & CsmLogQuery, res: CsmLogAnswer }
   /** freeze or thaw a volume a container has attached read-write (a volume snapshot) */
   'container.freeze': { req: ContainerRef & { volume: string, frozen: boolean }, res: VolumeFreezeAnswer }
   'stats': { req: { csm?: string }, res: NamedCsmStats[] }
@@ -159,7 +159,11 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
   'container.logs': (b) => {
     const offset = int(b, 'offset', 0, Number.MAX_SAFE_INTEGER, false)
     const tail = int(b, 'tail', 0, logTailLinesMax, false)
-    return { ...containerRef(b), ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}) }
+    const sinceMs = int(b, 'sinceMs', 0, Number.MAX_SAFE_INTEGER, false)
+    return {
+      ...containerRef(b), ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}),
+      ...(sinceMs !== undefined ? { sinceMs } : {}), ...(bool(b, 'timestamps') ? { timestamps: true } : {}),
+    }
   },
   'container.freeze': (b) => ({ ...containerRef(b), volume: checkName('volume', strMax(b, 'volume', 63)!), frozen: bool(b, 'frozen') }),
   'stats': (b) => (b.csm !== undefined && b.csm !== null ? { csm: csmField(b) } : {}),

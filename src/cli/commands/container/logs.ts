@@ -3,7 +3,8 @@ import { TessCommand, untilInterrupted } from '../../base.js'
 import { logsPollIntervalMs, logsTailMax } from '../../csm-input.js'
 import { TessError } from '../../../lib/errors.js'
 import { checkName } from '../../../lib/names.js'
-import type { LogChunk } from '../../../lib/csm-types.js'
+import { logQueryParams, type LogChunk } from '../../../lib/csm-types.js'
+import { sinceToIso } from '../../since.js'
 
 /** `--json` result: the log as UTF-8 text. */
 export interface ContainerLogsResult {
@@ -20,11 +21,14 @@ export default class ContainerLogs extends TessCommand<ContainerLogsResult> {
   static override summary = 'Print the output of a container'
   static override description = `Prints what the container wrote to stdout and stderr, byte for byte, to stdout. --tail N starts with the last N lines. --follow keeps printing new output until the container exits or Ctrl-C.
 
+--timestamps puts the time each line was written in front of it (RFC 3339 in UTC with nanoseconds, then a space), and --since starts with the first line written at or after a time (a duration back from now such as 10m, or an ISO 8601 time); with --tail, the last N lines of those. The times are those at which the node read the container's output, recorded with the log since the container's last start by tess-logger, which npm ci builds where g++ and make are installed; a container started without it has no times, and these two flags are refused for it (TESS_E_PRECONDITION).
+
 With --json the result is {"name", "logs"} with the output as UTF-8 text (not together with --follow).`
   static override examples = [
     '<%= config.bin %> <%= command.id %> web1',
     '<%= config.bin %> <%= command.id %> web1 --follow --tail 20',
     '<%= config.bin %> <%= command.id %> web1 --json',
+    '<%= config.bin %> <%= command.id %> web1 --since 10m --timestamps',
   ]
 
   static override args = {
@@ -34,6 +38,8 @@ With --json the result is {"name", "logs"} with the output as UTF-8 text (not to
   static override flags = {
     follow: Flags.boolean({ char: 'f', description: 'Keep printing new output until the container exits (Ctrl-C stops).' }),
     tail: Flags.integer({ char: 'n', description: 'Start with the last N lines only.', min: 0, max: logsTailMax }),
+    since: Flags.string({ description: 'Start with the first line written since then: a duration back from now (30s, 10m, 2h) or a time (ISO 8601).' }),
+    timestamps: Flags.boolean({ char: 't', description: 'Put the time each line was written in front of it (RFC 3339, UTC, nanoseconds).' }),
   }
 
   protected async exec(): Promise<ContainerLogsResult> {
@@ -44,8 +50,10 @@ With --json the result is {"name", "logs"} with the output as UTF-8 text (not to
     }
     const client = this.client(this.context(flags.cluster))
     const base = `/v1/containers/${encodeURIComponent(args.name)}/logs`
-    const read = (offset: number, tail?: number): Promise<LogChunk> =>
-      client.get<LogChunk>(`${base}?${new URLSearchParams({ offset: String(offset), ...(tail !== undefined ? { tail: String(tail) } : {}) }).toString()}`)
+    const sinceMs = flags.since !== undefined ? Date.parse(sinceToIso(flags.since)) : undefined
+    const read = (offset: number, tail?: number): Promise<LogChunk> => client.get<LogChunk>(`${base}?${logQueryParams({
+      offset, ...(tail !== undefined ? { tail } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}), ...(flags.timestamps ? { timestamps: true } : {}),
+    }).toString()}`)
 
     // Ctrl-C (a second one ends the process at once) or the reader gone (`| head`) stop it
     const loop = untilInterrupted()
