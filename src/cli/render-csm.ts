@@ -153,6 +153,7 @@ export function renderContainer(c: ContainerView): string {
   }
   if (c.exitNote) pairs.push(['note', c.exitNote])
   pairs.push(['volumes', c.volumes.length > 0 ? c.volumes.map((v) => `${v.name}:${v.target}${v.readOnly ? ':ro' : ''}`).join(', ') : '-'])
+  if (c.addresses !== undefined) pairs.push(['addresses', `${c.addresses.join(', ') || '-'} (${c.network === 'none' ? 'loopback only: network none' : `its node's: network ${c.network}`})`])
   const env = c.env.length > 0 ? `\nenv:\n${c.env.map((e) => `  ${e}`).join('\n')}` : ''
   return keyValue(pairs) + env
 }

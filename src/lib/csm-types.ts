@@ -132,6 +132,11 @@ export interface ContainerView {
   restartCount: number
   /** when it is started again (its policy waits the backoff), else null */
   nextRestartAt: string | null
+  /**
+   * (`container show` only) where it can be reached: network "host" has its node's address,
+   * network "none" loopback only (absent in answers of older CVMs)
+   */
+  addresses?: string[]
 }
 
 export interface ContainerRemoveResult {

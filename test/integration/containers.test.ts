@@ -228,6 +228,9 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     const etcdFiles = (d: string): string[] => fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => e.isDirectory() ? etcdFiles(path.join(d, e.name)) : [path.join(d, e.name)])
     for (const f of etcdFiles(path.join(c.dataDir, 'etcd'))) expect(fs.readFileSync(f).includes(Buffer.from(token)), f).toBe(false)
     expect((await show('hello') as ContainerView & { env: string[] }).env).toContain(`API_TOKEN=${token}`)
+    // network none: reached through loopback only
+    expect((await show('hello')).addresses).toEqual(['127.0.0.1', '::1'])
+    expect((await tess(['container', 'show', 'hello'])).stdout).toMatch(/^addresses: +127\.0\.0\.1, ::1 \(loopback only: network none\)$/m)
     expect(v).toMatchObject({ name: 'hello', csm: 'web', status: 'running', image })
     expect(v.id).toMatch(/^[a-f0-9]{12}$/)
     await waitLog('hello', 'hello from layer 1')
@@ -298,6 +301,9 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     // and no export name came back: the list needs TLS first
     expect(answer).not.toContain(Buffer.from('private').toString('hex'))
     expect(log).toMatch(/^socket-dir=absent$/m)
+    // network host: the node's address
+    const nodeAddress = (await ok(['cluster', 'status']) as { nodes: Array<{ address: string }> }).nodes[0]!.address
+    expect((await show('prober')).addresses).toEqual([nodeAddress])
     expect(log).toMatch(/^block=absent$/m)
     await ok(['container', 'remove', 'prober', '--yes', '--force'])
     await ok(['vdisk', 'delete', 'private', '--yes'])

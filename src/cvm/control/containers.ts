@@ -171,6 +171,13 @@ export class Containers {
   }
 
   async show(name: string): Promise<ContainerView> {
+    const v = await this.view(name)
+    // network "host": the node's address; "none": loopback only
+    const node = v.network === 'host' ? (await this.ctx.nodeRecords()).find((n) => n.name === v.node) : undefined
+    return { ...v, addresses: v.network === 'none' ? ['127.0.0.1', '::1'] : node !== undefined ? [node.address] : [] }
+  }
+
+  private async view(name: string): Promise<ContainerView> {
     const r = await this.ctx.containerRecord(name)
     if (r.id === null) return containerView(r, undefined, true)
     const up = (await this.ctx.upNodes()).includes(r.node)
