@@ -184,6 +184,8 @@ export const repairBusyBytesPerSec = 32 * 1024 * 1024
 /** client I/O this recent makes the node busy for the repair; and how often a waiting repair looks again */
 export const repairBusyWindowMs = 500
 export const repairBusyCheckMs = 100
+/** `GET /v1/cluster/health`: the extents counted per extent group of a vDisk being repaired are read again after this long (curator/health.ts ExtentCounts) */
+export const healthExtentCountsTtlMs = 5_000
 /** `--node-down-grace`: the bounds of the wait before a lost node's replicas are copied and its CSMs moved */
 export const curatorNodeDownGraceMsMin = 5_000
 export const curatorNodeDownGraceMsMax = 7 * 24 * 3600_000

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Curator } from '../../src/cvm/curator/curator.js'
 import { EventLog, parseEventQuery } from '../../src/cvm/events.js'
 import { eventKinds } from '../../src/lib/event-types.js'
-import { clusterHealth } from '../../src/cvm/curator/health.js'
+import { ExtentCounts, clusterHealth, vdisksNotHealthy, type Liveness } from '../../src/cvm/curator/health.js'
 import { parseSettingsPatch, readSettings, updateSettings } from '../../src/cvm/curator/settings.js'
 import type { EgroupRecord } from '../../src/cvm/vdisk/owner.js'
 import { getJson, keys } from '../../src/lib/etcd.js'
@@ -263,4 +263,40 @@ describe('curator election and scans on a real etcd', () => {
     expect(tried.map((e) => e.kind)).toEqual([...kinds])
     expect(tried[1]!.message).toContain('no node can take a copy now')
   }, 90_000)
+
+  it('the health counts extents only for vDisks not healthy, and keeps a vDisk\'s counts for the TTL', async () => {
+    const id = 'counted'
+    const at = (k: string, v: unknown) => etcd.put(k).value(JSON.stringify(v)).exec()
+    let now = 1000
+    const counts = new ExtentCounts(etcd, 5000, () => now)
+    try {
+      await at(keys.vdiskMap(id, 0), { eg: 'g1', s: 0 })
+      await at(keys.vdiskMap(id, 1), { eg: 'g1', s: 1 })
+      await at(keys.vdiskHist(id, 2, 1), { eg: 'g2', s: 0 })
+      expect(await counts.of(new Set([id]))).toEqual(new Map([['g1', 2], ['g2', 1]]))
+      await at(keys.vdiskMap(id, 3), { eg: 'g2', s: 1 })
+      now += 4999
+      expect((await counts.of(new Set([id]))).get('g2')).toBe(1)
+      now += 1
+      expect((await counts.of(new Set([id]))).get('g2')).toBe(2)
+      // a vDisk no longer asked for is forgotten: asked again, it is read again at once
+      expect(await counts.of(new Set())).toEqual(new Map())
+      await at(keys.vdiskMap(id, 4), { eg: 'g2', s: 2 })
+      expect((await counts.of(new Set([id]))).get('g2')).toBe(3)
+    } finally {
+      await etcd.delete().prefix(keys.vdiskMapPrefix(id)).exec()
+      await etcd.delete().prefix(keys.vdiskHistPrefix(id)).exec()
+    }
+    // which vDisks the health reads the maps of: those with a group short of its RF, ready ones only
+    const v = (vid: string, rf: number, state = 'ready') => ({ id: vid, name: vid, rf, state }) as VdiskRecord
+    const live = { up: new Set(['n1', 'n2']), offlineDisks: new Map([['n2-bad', { id: 'n2-bad' }]]) } as unknown as Liveness
+    const g = (gid: string, vid: string, replicas: Array<[string, string]>): EgroupRecord => ({ id: gid, vdiskId: vid, replicas: replicas.map(([n, d]) => ({ node: n, diskId: d })), createdAt: '' })
+    expect(vdisksNotHealthy([v('a', 2), v('b', 2), v('c', 1), v('d', 2), v('e', 2, 'creating')], [
+      g('1', 'a', [['n1', 'n1-d'], ['n2', 'n2-d']]),
+      g('2', 'b', [['n1', 'n1-d'], ['n3', 'n3-d']]),
+      g('3', 'c', [['n1', 'n1-d']]),
+      g('4', 'd', [['n1', 'n1-d'], ['n2', 'n2-bad']]),
+      g('5', 'e', [['n3', 'n3-d']]),
+    ], live)).toEqual(new Set(['b', 'd']))
+  })
 })

@@ -15,9 +15,9 @@ import type { Etcd3 } from 'etcd3'
 import { FileAnswer, bodyObject, bool, int, queryInt, str, type ApiRequest, type ApiServer } from '../../lib/http-server.js'
 import { takeBackup } from '../control/backup.js'
 import { checkName } from '../../lib/names.js'
-import { etcdReconfigWaitMs, rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
+import { etcdReconfigWaitMs, healthExtentCountsTtlMs, rfMax, scrubBytesPerSecMax, scrubBytesPerSecMin, vdiskSizeMaxBytes } from '../../lib/limits.js'
 import { evacuateDisk, evacuationTargets, type DiskEvacuationEnv, type DiskEvacuationJob } from '../curator/disk-evacuation.js'
-import { clusterHealth, liveness } from '../curator/health.js'
+import { ExtentCounts, clusterHealth, liveness } from '../curator/health.js'
 import { parseSettingsPatch, readSettings, updateSettings } from '../curator/settings.js'
 import { parsePoolPatch, updatePoolConfig } from '../pool/provisioning.js'
 import type { Curator } from '../curator/curator.js'
@@ -60,7 +60,8 @@ function registerClusterRoutes(api: ApiServer, s: RouteServices): void {
   })
 
   // how well the data is protected (extent groups healthy, under-replicated, lost) and the curator
-  api.route('GET', '/v1/cluster/health', async () => clusterHealth(s.etcd, () => s.curator.master()))
+  const counts = new ExtentCounts(s.etcd, healthExtentCountsTtlMs)
+  api.route('GET', '/v1/cluster/health', async () => clusterHealth(s.etcd, () => s.curator.master(), counts))
 
   // the cluster's metadata backup (tess cluster backup): etcd's snapshot and what a restore needs, one at a time per CVM
   let backupRunning = false

@@ -74,18 +74,58 @@ export function assessHealth(vdisks: VdiskRecord[], egroups: EgroupRecord[], l: 
 }
 
 /** the number of extents each extent group holds, from every vDisk's block map */
-export async function extentsPerEgroupOf(etcd: Etcd3): Promise<Map<string, number>> {
-  const [all, hist] = await Promise.all([
-    etcdCall('read the block maps', () => etcd.getAll().prefix('/tess/vdisk-map/').strings()),
-    // extents only snapshots see (history.ts) are data to protect as much
-    etcdCall('read the snapshots\' extents', () => etcd.getAll().prefix('/tess/vdisk-hist/').strings()),
-  ])
-  const n = new Map<string, number>()
-  for (const v of [...Object.values(all), ...Object.values(hist)]) {
-    const eg = (JSON.parse(v) as MapValue).eg
-    n.set(eg, (n.get(eg) ?? 0) + 1)
+/**
+ * Extents per extent group of some vDisks, from their block maps and snapshot histories (extents
+ * only snapshots see are data to protect as much). The health needs them only for the vDisks whose
+ * groups are not all healthy, so a healthy cluster reads no block map. The counts of a vDisk are
+ * kept `ttlMs`: a health read every 250 ms during a repair (a script, `watch`) reads a large
+ * vDisk's map, one etcd key per vBlock, once per `ttlMs` rather than per call; a repair moves
+ * replicas, never extents, so what it shows of the bytes left stays right.
+ */
+export class ExtentCounts {
+  private readonly cache = new Map<string, { at: number, counts: Map<string, number> }>()
+
+  constructor(private readonly etcd: Etcd3, private readonly ttlMs = 0, private readonly now: () => number = Date.now) {}
+
+  async of(vdiskIds: ReadonlySet<string>): Promise<Map<string, number>> {
+    // what is not asked for now is dropped (deleted vDisks, healthy again)
+    for (const id of this.cache.keys()) if (!vdiskIds.has(id)) this.cache.delete(id)
+    const n = new Map<string, number>()
+    await Promise.all([...vdiskIds].map(async (id) => {
+      let c = this.cache.get(id)
+      if (c === undefined || this.now() - c.at >= this.ttlMs) {
+        const at = this.now()
+        c = { at, counts: await this.read(id) }
+        this.cache.set(id, c)
+      }
+      for (const [eg, k] of c.counts) n.set(eg, k)
+    }))
+    return n
   }
-  return n
+
+  private async read(id: string): Promise<Map<string, number>> {
+    const [map, hist] = await Promise.all([
+      etcdCall('read a block map', () => this.etcd.getAll().prefix(keys.vdiskMapPrefix(id)).strings()),
+      etcdCall('read a snapshot history', () => this.etcd.getAll().prefix(keys.vdiskHistPrefix(id)).strings()),
+    ])
+    const n = new Map<string, number>()
+    for (const v of [...Object.values(map), ...Object.values(hist)]) {
+      const eg = (JSON.parse(v) as MapValue).eg
+      n.set(eg, (n.get(eg) ?? 0) + 1)
+    }
+    return n
+  }
+}
+
+/** The vDisks with an extent group that has fewer readable replicas than their RF (the bytes of those groups are counted). */
+export function vdisksNotHealthy(vdisks: VdiskRecord[], egroups: EgroupRecord[], l: Liveness): Set<string> {
+  const rf = new Map(vdisks.filter((v) => v.state === 'ready').map((v) => [v.id, v.rf]))
+  const out = new Set<string>()
+  for (const eg of egroups) {
+    const want = rf.get(eg.vdiskId)
+    if (want !== undefined && !out.has(eg.vdiskId) && eg.replicas.filter((r) => replicaUp(l, r)).length < want) out.add(eg.vdiskId)
+  }
+  return out
 }
 
 /** the nodes whose status record exists (their CVM heartbeats) */
@@ -116,16 +156,16 @@ export async function liveness(etcd: Etcd3): Promise<{ up: Set<string>, offlineD
  * The cluster's health as `tess cluster health` shows it: per vDisk and in total, with the
  * curator's master (the election's leader) and what it last reported.
  */
-export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | undefined>): Promise<ClusterHealth> {
-  const [vdisks, egroups, live, nodes, extents, status, leader] = await Promise.all([
+export async function clusterHealth(etcd: Etcd3, master: () => Promise<string | undefined>, counts: ExtentCounts = new ExtentCounts(etcd)): Promise<ClusterHealth> {
+  const [vdisks, egroups, live, nodes, status, leader] = await Promise.all([
     etcdCall('list vDisks', () => listJson<VdiskRecord>(etcd, keys.vdisksPrefix)),
     etcdCall('list extent groups', () => listJson<EgroupRecord>(etcd, keys.egroupsPrefix)),
     liveness(etcd),
     etcdCall('list nodes', () => listJson<NodeRecord>(etcd, keys.nodesPrefix)),
-    extentsPerEgroupOf(etcd),
     etcdCall('read the curator status', () => getJson<CuratorStatus>(etcd, keys.curatorStatus)),
     etcdCall('ask who the curator master is', master),
   ])
+  const extents = await counts.of(vdisksNotHealthy(vdisks, egroups, live))
   const up = live.up
   const { vdisks: per, total } = assessHealth(vdisks, egroups, live, extents)
   const rate = status?.repairBytesPerSec ?? 0
