@@ -1,6 +1,6 @@
 import { usernsHostIdBase } from '../lib/limits.js'
 import type {
-  ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullResult, ImageRemoveResult,
+  ContainerRemoveResult, ContainerView, CsmDeleteResult, CsmInfo, CsmPoolInfo, ImageInfo, ImagePullProgress, ImagePullResult, ImageRemoveResult,
   RegistryInfo, RegistryPolicyInfo, StatsResult, UsageStats, VolumeInfo,
 } from '../lib/csm-types.js'
 import { formatBytes } from '../lib/units.js'
@@ -105,6 +105,20 @@ export function renderImagePull(r: ImagePullResult): string {
   ])
   if (r.nodes.length === 0) return kv
   return `${kv}\n${table(['node', 'downloaded', 'seconds'], r.nodes.map((n) => [n.node, formatBytes(n.downloadedBytes), n.seconds.toFixed(1)]))}`
+}
+
+/**
+ * How far a pull is, for a spinner, from what the nodes report (GET /v1/images/pulls): layers and
+ * compressed bytes done of the totals, summed over the nodes that pull it; undefined when no node
+ * pulls it (not begun, or already done).
+ */
+export function pullProgressText(views: ImagePullProgress[]): string | undefined {
+  if (views.length === 0) return undefined
+  const where = views.length === 1 ? `on ${views[0]!.node}` : `on ${views.length} nodes`
+  if (views.every((v) => v.state === 'waiting')) return `waiting for other pulls ${where}`
+  if (views.some((v) => v.layersTotal === null || v.bytesTotal === null)) return `reading the manifest ${where}`
+  const sum = (f: (v: ImagePullProgress) => number) => views.reduce((n, v) => n + f(v), 0)
+  return `${sum((v) => v.layersDone)}/${sum((v) => v.layersTotal!)} layers, ${formatBytes(sum((v) => v.bytesDone))} of ${formatBytes(sum((v) => v.bytesTotal!))} ${where}`
 }
 
 export function renderImageRemoved(r: ImageRemoveResult): string {

@@ -94,6 +94,26 @@ export interface ImagePullResult {
   nodes: Array<{ node: string, downloadedBytes: number, seconds: number }>
 }
 
+/** How far a pull is on one node (GET /v1/images/pulls): the layers and compressed bytes it holds so far. */
+export interface PullProgressView {
+  /** the reference as the pull was asked for */
+  ref: string
+  /** waiting: behind other pulls on the node; pulling: resolving, downloading or unpacking */
+  state: 'waiting' | 'pulling'
+  startedAt: string
+  /** known once the manifest is read (null before) */
+  layersTotal: number | null
+  /** layers downloaded (or found stored), verified and unpacked */
+  layersDone: number
+  /** compressed bytes of all layers, known once the manifest is read (null before) */
+  bytesTotal: number | null
+  /** compressed layer bytes held so far (downloaded now, resumed or stored before) */
+  bytesDone: number
+}
+
+/** A pull in progress on a node of the cluster. */
+export type ImagePullProgress = PullProgressView & { node: string }
+
 export interface ImageRemoveResult {
   ref: string
   nodes: string[]

@@ -105,6 +105,8 @@ export class FakeRegistry {
   failPath: RegExp | undefined
   /** cut the connection after this many body bytes of the next GET of each listed blob */
   readonly cutBlobAfter = new Map<string, number>()
+  /** send this many body bytes of the next GET of each listed blob, then the rest once `release` resolves (a download in progress) */
+  readonly holdBlobAfter = new Map<string, { bytes: number, release: Promise<void> }>()
   rangeSupport = true
   sendDigestHeader = true
   auth: { kind: 'basic', username: string, password: string } | { kind: 'bearer', username?: string, password?: string, expiresIn?: number } | undefined
@@ -199,6 +201,13 @@ export class FakeRegistry {
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': blob.length, 'docker-content-digest': ref })
     }
     if (req.method === 'HEAD') return void res.end()
+    const hold = this.holdBlobAfter.get(ref)
+    if (hold !== undefined) {
+      this.holdBlobAfter.delete(ref)
+      res.write(blob.subarray(start, start + hold.bytes))
+      void hold.release.then(() => res.end(blob.subarray(start + hold.bytes)))
+      return
+    }
     const cut = this.cutBlobAfter.get(ref)
     if (cut !== undefined) {
       this.cutBlobAfter.delete(ref)

@@ -8,9 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ContainerView, CsmInfo, StatsResult } from '../../src/lib/csm-types.js'
 import type { EventInfo } from '../../src/lib/event-types.js'
 import { openSecret, readSecretsKey } from '../../src/lib/secretbox.js'
+import { formatBytes } from '../../src/lib/units.js'
 import { run } from '../helpers/run.js'
 import { TestCluster, alive, ownedBy, repoRoot, tessBin, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
-import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { FakeRegistry, buildBusyboxImage, exec, file, haveCommands, makeImage, makeLayer, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
  * Containers end to end on the embedded cluster, through the CLI: a real docker-registry on
@@ -209,6 +210,43 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     expect((await ok(['image', 'remove', `${reg!.host}/test/tampered:v2`, '--yes'])).nodes).toHaveLength(1)
     expect(fs.readdirSync(layersDir).sort()).toEqual(layersBefore)
     await fails(['image', 'remove', `${reg!.host}/test/tampered:v2`, '--yes'], 3, 'TESS_E_NOT_FOUND')
+  })
+
+  it('a pull on a terminal shows the layers and bytes done while it downloads', async () => {
+    // a registry in this process that holds back the second layer after 4 KiB, until released
+    const fake = await new FakeRegistry().start()
+    let child: ReturnType<typeof spawn> | undefined
+    try {
+      const first = makeLayer([file('one', 'first layer\n')])
+      const second = makeLayer([file('two', crypto.randomBytes(400_000).toString('base64'))])
+      fake.addImage('test/held', 'v1', makeImage([first, second]))
+      let release!: () => void
+      fake.holdBlobAfter.set(second.digest, { bytes: 4096, release: new Promise<void>((r) => { release = r }) })
+      await ok(['registry', 'add', 'held', `http://${fake.host}`, '--insecure'])
+      const ref = `${fake.host}/test/held:v1`
+      // a pseudo-terminal 120 columns wide (script(1)); CI turns progress off, so the child has none
+      const env: NodeJS.ProcessEnv = { ...process.env, ...c.env, TERM: 'xterm' }
+      delete env.CI
+      delete env.NO_COLOR
+      child = spawn('script', ['-qec', `stty cols 120 rows 24; exec ${process.execPath} ${tessBin} image pull ${ref}`, '/dev/null'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+      let out = ''
+      child.stdout!.on('data', (d: Buffer) => { out += d.toString() })
+      const exited = new Promise<number | null>((resolve) => child!.once('close', (code) => resolve(code)))
+      const shown = `1/2 layers, ${formatBytes(first.blob.length + 4096)} of ${formatBytes(first.blob.length + second.blob.length)} on `
+      await waitFor('the spinner to show one layer of two done', () => out.includes(shown) || undefined, 60_000, 100)
+      release()
+      expect(await exited, out).toBe(0)
+      // the result as on any terminal, once the spinner ended (colours and cursor moves left out)
+      const plain = out.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+      expect(plain, out).toMatch(/platform: +linux\/amd64/)
+      expect(plain).toContain(`✔ Pulling ${ref}\r\n`)
+      expect((await ok(['image', 'list'])).map((i: { ref: string }) => i.ref)).toContain(ref)
+      await ok(['image', 'remove', ref, '--yes'])
+    } finally {
+      if (child?.exitCode === null) child.kill('SIGKILL')
+      await fake.stop()
+      await tess(['registry', 'remove', 'held', '--yes'])
+    }
   })
 
   it('run, logs, list, show; names are unique; a missing command leaves nothing behind', async () => {

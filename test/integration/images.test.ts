@@ -1,3 +1,4 @@
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -9,7 +10,7 @@ import { LayerStore } from '../../src/lib/images/unpack.js'
 import { imageWorkerNice } from '../../src/lib/images/limits.js'
 import { ImageWorker, type WorkerPullRequest } from '../../src/cvm/images/worker.js'
 import { repoRoot } from '../helpers/cluster.js'
-import { buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { FakeRegistry, buildBusyboxImage, exec, file, haveCommands, makeImage, makeLayer, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
  * The image layer against the real thing: Debian's docker-registry on 127.0.0.1, an image built
@@ -185,6 +186,36 @@ describe.skipIf(missing.length > 0 || !isRoot)('images: pull from a real docker-
       expect(await wstore.listImages()).toEqual([])
       await wstore.putImage(r.record)
       expect((await wstore.getImage(`${reg.host}/test/busybox:v1`))?.digest).toBe(r.digest)
+    })
+
+    it('tells how far each pull is: waiting, then its layers and bytes, and nothing once it ended', async () => {
+      const fake = await new FakeRegistry().start()
+      try {
+        const first = makeLayer([file('one', 'first layer\n')])
+        const second = makeLayer([file('two', crypto.randomBytes(300_000).toString('base64'))])
+        fake.addImage('test/held', 'v1', makeImage([first, second]))
+        let release!: () => void
+        fake.holdBlobAfter.set(second.digest, { bytes: 1000, release: new Promise<void>((r) => { release = r }) })
+        const wreq = { ...req(`${fake.host}/test/held:v1`), registries: { [fake.host]: { insecure: true, scheme: 'http' as const } } }
+        const pull = worker.pull(wreq)
+        // the first layer is whole and unpacked, the second holds 1000 bytes of its download
+        let view = worker.progress()
+        for (const t0 = Date.now(); !(view[0]?.layersDone === 1 && view[0].bytesDone === first.blob.length + 1000) && Date.now() - t0 < 30_000;) {
+          await new Promise((r) => setTimeout(r, 50))
+          view = worker.progress()
+        }
+        expect(view).toEqual([expect.objectContaining({
+          ref: `${fake.host}/test/held:v1`, state: 'pulling', layersTotal: 2, layersDone: 1,
+          bytesTotal: first.blob.length + second.blob.length, bytesDone: first.blob.length + 1000,
+        })])
+        expect(Date.parse(view[0]!.startedAt)).toBeGreaterThan(0)
+        release()
+        const r = await pull
+        expect(r.layers).toHaveLength(2)
+        expect(worker.progress()).toEqual([])
+      } finally {
+        await fake.stop()
+      }
     })
 
     it('asks the caller\'s registry rules before downloading: a refusal is TESS_E_FORBIDDEN and stores nothing', async () => {

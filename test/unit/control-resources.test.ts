@@ -155,6 +155,22 @@ describe('Images: a pull on several nodes', () => {
     expect((await refused(images.pull({ ref: 'Not A Ref' }))).code).toBe('TESS_E_INVALID')
   })
 
+  it('pulls in progress: every up node asked, the image matched in any spelling, a node that cannot tell left out', async () => {
+    const view = (ref: string, layersDone: number) => ({ ref, state: 'pulling' as const, startedAt: '2026-01-01T00:00:00.000Z', layersTotal: 3, layersDone, bytesTotal: 300, bytesDone: layersDone * 100 })
+    const { call, calls } = fakeCall({
+      'image.pulls': (node) => {
+        if (node === 'n3') throw new TessError('TESS_E_NOT_FOUND', 'unknown node operation image.pulls', 'an older release')
+        return node === 'n1' ? [view('busybox:1.36', 1), view('docker.io/alpine', 0)] : [view('docker.io/busybox:1.36', 2)]
+      },
+    })
+    const images = new Images(fakeContext(call, { up: ['n1', 'n2', 'n3'] }))
+    expect(await images.pulls('busybox:1.36')).toEqual([{ ...view('busybox:1.36', 1), node: 'n1' }, { ...view('docker.io/busybox:1.36', 2), node: 'n2' }])
+    expect((await images.pulls()).map((p) => [p.node, p.ref])).toEqual([['n1', 'busybox:1.36'], ['n1', 'docker.io/alpine'], ['n2', 'docker.io/busybox:1.36']])
+    expect(await images.pulls('alpine:3')).toEqual([])
+    expect(calls.filter((c) => c[1] === 'image.pulls').map((c) => c[0])).toEqual(['n1', 'n2', 'n3', 'n1', 'n2', 'n3', 'n1', 'n2', 'n3'])
+    expect((await refused(images.pulls('Not A Ref'))).code).toBe('TESS_E_INVALID')
+  })
+
   it('remove answers the nodes that had the image, and NOT_FOUND when none did', async () => {
     const { call } = fakeCall({ 'image.remove': (node) => ({ removed: node === 'n2' }) })
     const images = new Images(fakeContext(call, { up: ['n1', 'n2'] }))

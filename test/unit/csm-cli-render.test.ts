@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest'
-import type { ContainerView, CsmInfo, ImageInfo, RegistryInfo, StatsResult } from '../../src/lib/csm-types.js'
+import type { ContainerView, CsmInfo, ImageInfo, ImagePullProgress, RegistryInfo, StatsResult } from '../../src/lib/csm-types.js'
 import {
-  containerStatus, formatCommand, registryCredentials, renderContainer, renderContainerList, renderCsm, renderCsmList, renderImageList,
+  containerStatus, formatCommand, pullProgressText, registryCredentials, renderContainer, renderContainerList, renderCsm, renderCsmList, renderImageList,
   renderPolicy, renderRegistry, renderRegistryList, renderStats,
 } from '../../src/cli/render-csm.js'
 
@@ -120,5 +120,22 @@ describe('CSM, image and stats rendering', () => {
     expect(t).toContain('2 / 100')
     expect(t.indexOf('Containers')).toBeLessThan(t.indexOf('CSMs'))
     expect(renderStats({ containers: [], csms: [] })).toBe('Containers\nNo containers.\n\nCSMs\nNo CSMs.')
+  })
+})
+
+describe('a pull\'s progress on its spinner', () => {
+  const v = (node: string, o: Partial<ImagePullProgress> = {}): ImagePullProgress => ({
+    node, ref: 'busybox', state: 'pulling', startedAt: '2026-01-01T00:00:00.000Z', layersTotal: 3, layersDone: 1, bytesTotal: 3 * 2 ** 20, bytesDone: 2 ** 20, ...o,
+  })
+
+  it('layers and bytes done of the totals, summed over the nodes', () => {
+    expect(pullProgressText([])).toBeUndefined()
+    expect(pullProgressText([v('node1')])).toBe('1/3 layers, 1 MiB of 3 MiB on node1')
+    expect(pullProgressText([v('node1'), v('node2', { layersDone: 3, bytesDone: 3 * 2 ** 20 })])).toBe('4/6 layers, 4 MiB of 6 MiB on 2 nodes')
+  })
+
+  it('says when the pulls wait for others, or the manifest is still being read', () => {
+    expect(pullProgressText([v('node1', { state: 'waiting', layersTotal: null, bytesTotal: null, layersDone: 0, bytesDone: 0 })])).toBe('waiting for other pulls on node1')
+    expect(pullProgressText([v('node1'), v('node2', { layersTotal: null, bytesTotal: null })])).toBe('reading the manifest on 2 nodes')
   })
 })

@@ -5,6 +5,7 @@ import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { TessError } from '../../src/lib/errors.js'
 import { pullImage, type PullOptions, type PullProgress } from '../../src/cvm/images/puller.js'
+import { PullTally } from '../../src/cvm/images/progress.js'
 import { ContentStore } from '../../src/lib/images/store.js'
 import { LayerStore } from '../../src/lib/images/unpack.js'
 import { FakeRegistry, file, makeImage, makeIndex, makeLayer, sha256 } from '../helpers/registry.js'
@@ -63,6 +64,25 @@ describe.skipIf(!isRoot)('pullImage against an in-test registry', () => {
     expect(rec).toMatchObject({ ref: r.ref, digest: r.digest, configDigest: r.configDigest, sizeBytes: r.sizeBytes, platform: 'linux/amd64' })
     expect(rec?.layers.map((l) => l.digest)).toEqual([base.digest, top.digest])
     expect(events.at(-1)).toEqual({ phase: 'done', ref: r.ref, digest: r.digest })
+  })
+
+  it('its progress events add up to the layers and compressed bytes of the image', async () => {
+    const tally = new PullTally()
+    const seen: Array<ReturnType<PullTally['view']>> = []
+    await pullImage(`${reg.host}/test/app:v1`, opts({ onProgress: (p) => { tally.add(p); seen.push(tally.view()) } }))
+    const total = base.blob.length + top.blob.length
+    expect(tally.view()).toEqual({ layersTotal: 2, layersDone: 2, bytesTotal: total, bytesDone: total })
+    // before the manifest is read nothing is known; the counts only grow, and never pass the totals
+    expect(seen[0]).toMatchObject({ layersTotal: null, bytesTotal: null, layersDone: 0 })
+    for (let i = 1; i < seen.length; i++) {
+      expect(seen[i]!.layersDone).toBeGreaterThanOrEqual(seen[i - 1]!.layersDone)
+      expect(seen[i]!.bytesDone).toBeGreaterThanOrEqual(seen[i - 1]!.bytesDone)
+      expect(seen[i]!.bytesDone).toBeLessThanOrEqual(total)
+    }
+    // pulled again, every layer is found stored: it counts as done, bytes included
+    const again = new PullTally()
+    await pullImage(`${reg.host}/test/app:v1`, opts({ onProgress: (p) => again.add(p) }))
+    expect(again.view()).toEqual({ layersTotal: 2, layersDone: 2, bytesTotal: total, bytesDone: total })
   })
 
   it('resolves a name without a registry against the default registry', async () => {

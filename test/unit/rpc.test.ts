@@ -119,6 +119,7 @@ function fakeAgent(csm: FakeCsm, state: { containers: boolean, images: boolean }
     status: async () => [{ name: 'web', pid: 7, up: true, containers: [info('a')] }],
     pull: async (ref: string) => ({ ref, digest: 'sha256:1', sizeBytes: 1, layers: 1, platform: 'linux/amd64', downloadedBytes: 1, seconds: 0.1 }),
     images: async () => [],
+    pulls: () => [],
     removeImage: async (ref: string) => ref.endsWith(':old'),
     ensureImage: async (ref: string) => `docker.io/library/${ref}:latest`,
     csm: (name: string) => {

@@ -79,6 +79,7 @@ function registryRoutes(api: ApiServer, r: Registries): void {
 /** Images on the nodes */
 function imageRoutes(api: ApiServer, r: Images): void {
   api.route('GET', '/v1/images', async () => r.list())
+  api.route('GET', '/v1/images/pulls', async (req) => r.pulls(req.query.get('ref') ?? undefined))
   api.route('POST', '/v1/images', async (req) => {
     const b = bodyObject(req.body)
     const csm = str(b, 'csm', false)

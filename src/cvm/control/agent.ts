@@ -6,7 +6,7 @@ import { TessError, errorMessage, isTessError } from '../../lib/errors.js'
 import { etcdCall, getJson, keys, listJson } from '../../lib/etcd.js'
 import type { Logger } from '../../lib/log.js'
 import { nodePaths, writeFileAtomic, type NodeConfig } from '../../lib/nodeconfig.js'
-import type { HostCapacity, ImageInfo } from '../../lib/csm-types.js'
+import type { HostCapacity, ImageInfo, PullProgressView } from '../../lib/csm-types.js'
 import { cgroupParentFor, type ContainerInfo, type CsmSpec } from '../../lib/container-spec.js'
 import { CsmClient } from '../../lib/rpc/csm.js'
 import type { LocalCsm, NamedCsmStats, PullAnswer } from '../../lib/rpc/node-ops.js'
@@ -379,6 +379,11 @@ export class NodeAgent {
     await this.store.putImage(r.record)
     this.log.info(`pulled ${r.ref} (${r.digest}): ${r.downloadedBytes} bytes downloaded`)
     return { ref: r.ref, digest: r.digest, sizeBytes: r.sizeBytes, layers: r.layers.length, platform: r.platform, downloadedBytes: r.downloadedBytes, seconds: (Date.now() - t0) / 1000 }
+  }
+
+  /** The pulls running or waiting on this node, how far each is. */
+  pulls(): PullProgressView[] {
+    return this.imageWorker.progress()
   }
 
   /**

@@ -1,4 +1,4 @@
-import type { ImageInfo, ImagePullResult, ImageRemoveResult } from '../../lib/csm-types.js'
+import type { ImageInfo, ImagePullProgress, ImagePullResult, ImageRemoveResult } from '../../lib/csm-types.js'
 import { TessError, errorMessage, isTessError } from '../../lib/errors.js'
 import { checkName } from '../../lib/names.js'
 import type { PullAnswer } from '../../lib/rpc/node-ops.js'
@@ -7,6 +7,8 @@ import type { ControlContext } from './context.js'
 
 /** an image pull (and a container run, which may pull) may take this long on a slow registry */
 export const imagePullTimeoutMs = 30 * 60_000
+/** a node that does not tell its pulls in this time is left out of the view */
+const pullsTimeoutMs = 5_000
 
 /** Images: pulled into, listed from and removed from the nodes' image stores (node operations image.*). */
 export class Images {
@@ -43,6 +45,25 @@ export class Images {
     }
   }
 
+  /**
+   * The pulls running or waiting on the up nodes, how far each is; `ref` keeps those of the image
+   * it names (in any spelling: `busybox` is `docker.io/busybox:latest`). A node that cannot tell (down since, its container side unavailable,
+   * or a release before pulls were reported) is left out: progress is a view, not a check.
+   */
+  async pulls(ref?: string): Promise<ImagePullProgress[]> {
+    const wanted = ref !== undefined ? canonicalRef(ref) : undefined
+    const nodes = await this.ctx.upNodes()
+    const each = await Promise.all(nodes.map(async (node) => {
+      try {
+        return (await this.ctx.call(node, 'image.pulls', {}, pullsTimeoutMs)).map((p) => ({ ...p, node }))
+      } catch {
+        // see above: such a node's pulls are simply not shown
+        return []
+      }
+    }))
+    return each.flat().filter((p) => wanted === undefined || sameImage(p.ref, wanted))
+  }
+
   async list(): Promise<ImageInfo[]> {
     const nodes = await this.ctx.upNodes()
     const all = await Promise.all(nodes.map((n) => this.ctx.call(n, 'image.list', {})))
@@ -58,5 +79,15 @@ export class Images {
     }
     if (done.length === 0) throw new TessError('TESS_E_NOT_FOUND', `image ${ref} is not on ${req.node !== undefined ? `node ${req.node}` : 'any node'}`, 'see `tess image list`')
     return { ref, nodes: done }
+  }
+}
+
+/** Whether a pull's reference (as it was asked for) names the image of canonical reference `canon`. */
+function sameImage(ref: string, canon: string): boolean {
+  try {
+    return canonicalRef(ref) === canon
+  } catch {
+    // a pull runs only for a well-formed reference; one that does not parse is not this image
+    return false
   }
 }

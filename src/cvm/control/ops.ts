@@ -21,6 +21,7 @@ export function containerNodeOps(agent: NodeAgent): Pick<NodeHandlers, Container
     'csm.status': async () => agent.status(),
     'image.pull': async ({ ref }) => agent.pull(ref),
     'image.list': async () => agent.images(),
+    'image.pulls': async () => agent.pulls(),
     'image.remove': async ({ ref }) => ({ removed: await agent.removeImage(ref) }),
     'container.run': async ({ csm, spec }) => {
       const image = await agent.ensureImage(spec.image)

@@ -38,6 +38,8 @@ export type PullPolicy = (image: PolicyInput) => string | undefined | Promise<st
 
 export type PullProgress =
   | { phase: 'resolved', ref: string, digest: string, indexDigest?: string }
+  /** the manifest is read: its layers and their compressed size in total */
+  | { phase: 'layers', count: number, bytes: number }
   | { phase: 'download', kind: 'config' | 'layer', digest: string, bytes: number, total?: number }
   | { phase: 'blob-done', kind: 'config' | 'layer', digest: string, size: number, downloadedBytes: number, resumedFrom: number, cached: boolean }
   | { phase: 'unpacked', digest: string, diffId: string, cached: boolean }
@@ -220,6 +222,7 @@ async function pullLayers(client: RegistryClient, ref: ImageReference, manifest:
   opts.signal?.addEventListener('abort', onOuterAbort, { once: true })
   const layers: PulledLayer[] = new Array<PulledLayer>(manifest.layers.length)
   let downloadedBytes = 0
+  progress({ phase: 'layers', count: manifest.layers.length, bytes: manifest.layers.reduce((n, l) => n + l.size, 0) })
   try {
     const concurrency = Math.max(1, Math.min(opts.layerConcurrency ?? layerPullConcurrencyMax, layerPullConcurrencyMax))
     await forEachBounded(manifest.layers, concurrency, abort, async (desc, i) => {

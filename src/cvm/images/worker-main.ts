@@ -7,6 +7,7 @@
  *   parent -> worker  { type: 'pull', id, ref, contentRoot, layersRoot, registries, defaultRegistry }
  *   worker -> parent  { type: 'policy', id, input }        the parent's registry rules decide
  *   parent -> worker  { type: 'policy-answer', id, rule }  (rule: the refusing rule, or null)
+ *   worker -> parent  { type: 'progress', id, progress }   layers and bytes done (at most every 250 ms)
  *   worker -> parent  { type: 'done', id, result } | { type: 'failed', id, error: { code, message, hint } }
  *
  * The worker writes blobs and layers (content addressed, each renamed into place complete); the
@@ -14,7 +15,8 @@
  * goes away the worker exits: what a pull downloaded is kept and resumed by the next one.
  */
 import { TessError, errorMessage, isTessError } from '../../lib/errors.js'
-import { pullImage, type PolicyInput } from './puller.js'
+import { PullTally, type PullTallyView } from './progress.js'
+import { pullImage, type PolicyInput, type PullProgress } from './puller.js'
 import type { RegistryConfig } from './registry.js'
 import { ContentStore } from '../../lib/images/store.js'
 import { LayerStore } from '../../lib/images/unpack.js'
@@ -34,15 +36,30 @@ export type ToWorker = WorkerPull | WorkerPolicyAnswer
 export interface WorkerError { code?: string, message: string, hint?: string }
 export type FromWorker =
   | { type: 'policy', id: number, input: PolicyInput }
+  | { type: 'progress', id: number, progress: PullTallyView }
   | { type: 'done', id: number, result: unknown }
   | { type: 'failed', id: number, error: WorkerError }
 
 const contentStores = new Map<string, ContentStore>()
 const layerStores = new Map<string, LayerStore>()
 const policyWaits = new Map<number, (rule: string | undefined) => void>()
+/** the least time between two progress messages of a pull (a change of the layer count goes at once) */
+const progressEveryMs = 250
 
 function send(m: FromWorker): void {
   process.send?.(m)
+}
+
+/** A pull's progress events, told to the parent as running totals. */
+function progressReporter(id: number): (p: PullProgress) => void {
+  const tally = new PullTally()
+  let sentAt = 0
+  return (p) => {
+    const now = Date.now()
+    if (!tally.add(p) && now - sentAt < progressEveryMs) return
+    sentAt = now
+    send({ type: 'progress', id, progress: tally.view() })
+  }
 }
 
 async function runPull(m: WorkerPull): Promise<void> {
@@ -59,6 +76,7 @@ async function runPull(m: WorkerPull): Promise<void> {
       registries: m.registries,
       defaultRegistry: m.defaultRegistry,
       recordImage: false,
+      onProgress: progressReporter(m.id),
       policy: (input) => new Promise<string | undefined>((resolve) => {
         policyWaits.set(m.id, resolve)
         send({ type: 'policy', id: m.id, input })

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { TessError, errorCodes, errorMessage, type ErrorCode } from '../../lib/errors.js'
 import type { Logger } from '../../lib/log.js'
 import { imageWorkerNice, imageWorkerPullsMax, imageWorkerStopMs } from '../../lib/images/limits.js'
+import type { PullProgressView } from '../../lib/csm-types.js'
 import type { PullPolicy, PullResult } from './puller.js'
 import type { RegistryConfig } from './registry.js'
 import type { FromWorker, ToWorker, WorkerError } from './worker-main.js'
@@ -27,6 +28,8 @@ export interface ImageWorkerOptions {
 
 interface Pending {
   ref: string
+  /** what the pull reports of itself (GET /v1/images/pulls) */
+  view: PullProgressView
   policy: PullPolicy
   resolve: (r: PullResult) => void
   reject: (e: unknown) => void
@@ -49,6 +52,8 @@ export class ImageWorker {
   private nextId = 1
   private readonly pending = new Map<number, Pending>()
   private readonly waiting: Array<() => void> = []
+  /** every pull asked for and not ended, waiting for its turn or running */
+  private readonly active = new Set<PullProgressView>()
   private running = 0
   private stopped = false
   private readonly entry: string
@@ -64,15 +69,31 @@ export class ImageWorker {
     return this.child?.pid
   }
 
+  /** The pulls of this node not ended yet, oldest first: how far each is. */
+  progress(): PullProgressView[] {
+    return [...this.active].map((v) => ({ ...v }))
+  }
+
   async pull(req: WorkerPullRequest): Promise<PullResult> {
     if (this.stopped) throw new TessError('TESS_E_UNREACHABLE', `cannot pull image ${req.ref}: the node's image worker is stopping`, 'the CVM is shutting down; pull again once it is back')
-    if (this.running >= imageWorkerPullsMax) await new Promise<void>((resolve) => this.waiting.push(resolve))
+    const view: PullProgressView = { ref: req.ref, state: 'waiting', startedAt: new Date().toISOString(), layersTotal: null, layersDone: 0, bytesTotal: null, bytesDone: 0 }
+    this.active.add(view)
+    try {
+      if (this.running >= imageWorkerPullsMax) await new Promise<void>((resolve) => this.waiting.push(resolve))
+      return await this.run(req, view)
+    } finally {
+      this.active.delete(view)
+    }
+  }
+
+  private async run(req: WorkerPullRequest, view: PullProgressView): Promise<PullResult> {
     this.running++
+    view.state = 'pulling'
     try {
       return await new Promise<PullResult>((resolve, reject) => {
         const child = this.ensureChild()
         const id = this.nextId++
-        this.pending.set(id, { ref: req.ref, policy: req.policy, resolve, reject })
+        this.pending.set(id, { ref: req.ref, view, policy: req.policy, resolve, reject })
         const msg: ToWorker = {
           type: 'pull', id, ref: req.ref, contentRoot: req.contentRoot, layersRoot: req.layersRoot,
           registries: req.registries, defaultRegistry: req.defaultRegistry,
@@ -128,6 +149,8 @@ export class ImageWorker {
           p.reject(e)
           child.send({ type: 'policy-answer', id: m.id, rule: '(registry rules unavailable)' } satisfies ToWorker)
         })
+    } else if (m.type === 'progress') {
+      Object.assign(p.view, progressFields(m.progress))
     } else if (m.type === 'done') {
       this.pending.delete(m.id)
       p.resolve(m.result as PullResult)
@@ -150,6 +173,13 @@ export class ImageWorker {
     return new TessError('TESS_E_IO', `cannot pull image ${ref}: the node's image worker ${how}`,
       'pull again: a new worker starts, and what was downloaded is kept and resumed')
   }
+}
+
+/** The totals of a progress message, each a count or null (the worker is ours, but a message is still checked before it is shown). */
+function progressFields(p: unknown): Partial<PullProgressView> {
+  const o = (typeof p === 'object' && p !== null ? p : {}) as Record<string, unknown>
+  const count = (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : null)
+  return { layersTotal: count(o.layersTotal), layersDone: count(o.layersDone) ?? 0, bytesTotal: count(o.bytesTotal), bytesDone: count(o.bytesDone) ?? 0 }
 }
 
 function toError(e: WorkerError): Error {

@@ -1,6 +1,6 @@
 import { TessError } from '../errors.js'
 import { parseContainerSpec, cpusField, memoryField, type ContainerInfo, type ContainerSpec, type CsmQuota } from '../container-spec.js'
-import type { CsmStatsAnswer, HostCapacity, ImageInfo } from '../csm-types.js'
+import type { CsmStatsAnswer, HostCapacity, ImageInfo, PullProgressView } from '../csm-types.js'
 import type { GcFound, ReloadedCertificate, ReplicaMove, SnapshotOp, SnapshotRecord } from '../types.js'
 import { bool, int, obj, objList, oneOf, shown, str, strMax, within, type ApiServer } from '../http-server.js'
 import { referenceLengthMax } from '../images/limits.js'
@@ -53,6 +53,8 @@ export interface NodeOps {
   'csm.status': { req: Empty, res: LocalCsm[] }
   'image.pull': { req: { ref: string }, res: PullAnswer }
   'image.list': { req: Empty, res: ImageInfo[] }
+  /** the pulls running or waiting on the node, how far each is */
+  'image.pulls': { req: Empty, res: PullProgressView[] }
   'image.remove': { req: { ref: string }, res: { removed: boolean } }
   'container.run': { req: { csm: string, spec: ContainerSpec }, res: ContainerInfo }
   'container.get': { req: ContainerRef, res: ContainerInfo }
@@ -148,6 +150,7 @@ export const nodeOpRequests: { [K in NodeOp]: (b: Record<string, unknown>) => Re
   'csm.status': empty,
   'image.pull': imageRef,
   'image.list': empty,
+  'image.pulls': empty,
   'image.remove': imageRef,
   'container.run': (b) => ({ csm: csmField(b), spec: parseContainerSpec(obj(b, 'spec'), 'field "spec"') }),
   'container.get': containerRef,

@@ -2,6 +2,7 @@ import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../base.js'
 import { checkImageRef, imagePullTimeoutMs, parseCpus, parseEnv, parseMemory, parseVolumeFlag } from '../../csm-input.js'
 import { withSpinner } from '../../output.js'
+import { withPullProgress } from '../../pull-progress.js'
 import { renderContainer } from '../../render-csm.js'
 import { TessError } from '../../../lib/errors.js'
 import { checkName } from '../../../lib/names.js'
@@ -10,7 +11,7 @@ import type { ContainerView } from '../../../lib/csm-types.js'
 
 export default class ContainerRun extends TessCommand<ContainerView> {
   static override summary = 'Run a container from an image'
-  static override description = `Creates and starts a container in a CSM: the one named with --csm, one the scheduler picks from the CSM pool named with --pool, or, with neither, one the scheduler picks among all CSMs. The image is pulled on that node first if it is not there yet (checked against the pull policy, see \`tess registry policy\`), so the command may take a while; it waits up to 30 minutes.
+  static override description = `Creates and starts a container in a CSM: the one named with --csm, one the scheduler picks from the CSM pool named with --pool, or, with neither, one the scheduler picks among all CSMs. The image is pulled on that node first if it is not there yet (checked against the pull policy, see \`tess registry policy\`), so the command may take a while; it waits up to 30 minutes, and on a terminal its spinner shows the pull's layers and bytes done.
 
 The command and its arguments go after "--"; without them the image's default command runs. Everything after "--" is passed to the container unchanged, flags included.
 
@@ -84,8 +85,10 @@ The command and its arguments go after "--"; without them the image's default co
       ...(restart.policy !== 'no' ? { restart } : {}),
     }
     const client = this.client(this.context(flags.cluster))
-    return withSpinner(!this.jsonMode, `Running container ${flags.name} (${image})`,
-      () => client.post<ContainerView>('/v1/containers', body, { timeoutMs: imagePullTimeoutMs }))
+    const head = `Running container ${flags.name} (${image})`
+    // the node pulls the image first when it does not hold it: the spinner shows that pull
+    return withSpinner(!this.jsonMode, head, (s) =>
+      withPullProgress(!this.jsonMode, client, image, head, s.text, client.post<ContainerView>('/v1/containers', body, { timeoutMs: imagePullTimeoutMs })))
   }
 
   protected render(c: ContainerView): string {

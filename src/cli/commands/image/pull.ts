@@ -2,6 +2,7 @@ import { Args, Flags } from '@oclif/core'
 import { TessCommand } from '../../base.js'
 import { checkImageRef, checkNodeName, imagePullTimeoutMs } from '../../csm-input.js'
 import { withSpinner } from '../../output.js'
+import { withPullProgress } from '../../pull-progress.js'
 import { renderImagePull } from '../../render-csm.js'
 import { checkName } from '../../../lib/names.js'
 import type { ImagePullResult } from '../../../lib/csm-types.js'
@@ -10,7 +11,7 @@ export default class ImagePull extends TessCommand<ImagePullResult> {
   static override summary = 'Pull an image from its registry onto the nodes'
   static override description = `REF is [HOST[:PORT]/]REPOSITORY[:TAG][@sha256:DIGEST]; without a tag or digest the tag is "latest". The registry is the host named in REF (see \`tess registry add\` for credentials and http registries); the pull is checked against the pull policy (\`tess registry policy\`).
 
-Without --csm or --node the image is pulled on every node that is up. Layers a node already holds are not downloaded again. The command waits until the pull is done (up to 30 minutes).`
+Without --csm or --node the image is pulled on every node that is up. Layers a node already holds are not downloaded again. The command waits until the pull is done (up to 30 minutes); on a terminal its spinner shows the layers and compressed bytes done so far, summed over the nodes that pull (\`--no-progress\`, \`CI\` or \`TERM=dumb\` print only the outcome).`
   static override examples = [
     '<%= config.bin %> <%= command.id %> 127.0.0.1:5000/test/busybox:1.36',
     '<%= config.bin %> <%= command.id %> registry.example.com/app/web:2.1 --node node2',
@@ -37,10 +38,13 @@ Without --csm or --node the image is pulled on every node that is up. Layers a n
       ...(flags.csm !== undefined ? { csm: flags.csm } : {}),
       ...(flags.node !== undefined ? { node: flags.node } : {}),
     }
-    return withSpinner(!this.jsonMode, `Pulling ${ref}`, () => client.post<ImagePullResult>('/v1/images', body, { timeoutMs: imagePullTimeoutMs }))
+    const head = `Pulling ${ref}`
+    return withSpinner(!this.jsonMode, head, (s) =>
+      withPullProgress(!this.jsonMode, client, ref, head, s.text, client.post<ImagePullResult>('/v1/images', body, { timeoutMs: imagePullTimeoutMs })))
   }
 
   protected render(r: ImagePullResult): string {
     return renderImagePull(r)
   }
 }
+
