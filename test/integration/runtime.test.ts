@@ -203,6 +203,45 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     await plain.remove(p.id)
   })
 
+  it('a log keeps about its last logMaxBytes: the head is given back to the disk, offsets hold, reads start at a whole line', async () => {
+    const max = 256 * 1024
+    const capped = await makeCsm('capped', { cpus: 0.5, memoryBytes: 128 * 1024 * 1024 }, 'runc', { logMaxBytes: max })
+    const t0 = Date.now()
+    // 20000 lines of 56 bytes (about 1.1 MiB), one write each: one index record per line too
+    const c = await run(capped, { name: 'chatty', image, command: ['sh', '-c', 'i=0; while [ $i -lt 20000 ]; do printf "line %05d %s\\n" $i 0123456789012345678901234567890123456789abcd; i=$((i+1)); done'] })
+    expect((await capped.wait(c.id, 60_000)).exitCode).toBe(0)
+    const dir = path.join(work, 'csm-capped', 'containers', c.id)
+    const log = fs.statSync(path.join(dir, 'container.log'))
+    const idx = fs.statSync(path.join(dir, 'container.log.idx'))
+    expect(log.size).toBe(20000 * 56)
+    // on disk: what is kept (half the cap to all of it) and a block or two, not the whole log
+    expect(log.blocks * 512).toBeLessThanOrEqual(max + 8192)
+    // the index too, once it has blocks to give back (one record per chunk read: a busy machine merges writes)
+    if (idx.size >= 64 * 1024) expect(idx.blocks * 512).toBeLessThan(idx.size / 2)
+    const start = Number(fs.readFileSync(path.join(dir, 'container.log.start'), 'utf8'))
+    // where the first whole line kept starts
+    expect(start).toBeGreaterThan(0)
+    expect(start % 56, `${start}: ${JSON.stringify(fs.readFileSync(path.join(dir, "container.log")).subarray(start - 60, start + 20).toString("latin1"))}`).toBe(0)
+    expect(log.size - start).toBeLessThanOrEqual(max)
+    // everything still held, from the first whole line after the cut, in order, to the last line
+    const text = await capped.logText('chatty')
+    const lines = text.split('\n').filter(Boolean)
+    const first = Number(lines[0]!.slice(5, 10))
+    expect(first).toBe(start / 56)
+    expect(lines.map((l) => l.slice(0, 10))).toEqual(Array.from({ length: 20000 - first }, (_, k) => `line ${String(first + k).padStart(5, '0')}`))
+    // a reader from offset 0 (or one that fell behind) goes on from that line; offsets are the log's own
+    const r = await capped.readLog('chatty', { offset: 0, maxBytes: 4096 })
+    expect(r.data.toString().slice(0, 10)).toBe(`line ${String(first).padStart(5, '0')}`)
+    expect(r.offset).toBe(first * 56 + r.data.length)
+    expect(r.sizeBytes).toBe(20000 * 56)
+    expect((await capped.readLog('chatty', { tail: 2 })).data.toString().split('\n').filter(Boolean).map((l) => l.slice(0, 10))).toEqual(['line 19998', 'line 19999'])
+    // times of what is kept; --since before the run starts at the first line kept
+    const stamped = (await capped.readLog('chatty', { offset: 0, timestamps: true, maxBytes: 4096 })).data.toString().split('\n').filter(Boolean)
+    for (const l of stamped) expect(Date.parse(`${l.slice(0, 23)}Z`), l).toBeGreaterThanOrEqual(t0 - 1000)
+    expect((await capped.readLog('chatty', { sinceMs: t0 - 1000, maxBytes: 4096 })).data.toString().slice(0, 10)).toBe(`line ${String(first).padStart(5, '0')}`)
+    await capped.remove(c.id)
+  })
+
   it('confines containers: the default seccomp filter refuses new namespaces, keys and mounts; no CAP_NET_RAW', async () => {
     // unshare -U needs no capability (this kernel allows unprivileged user namespaces): only the
     // filter refuses it. Seccomp: 2 in /proc/self/status is filter mode.

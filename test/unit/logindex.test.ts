@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -86,5 +86,52 @@ describe('log times (tess-logger\'s index)', () => {
     expect(stamps[0]!.ns).toBeGreaterThanOrEqual(t0)
     expect(stamps[2]!.ns - stamps[0]!.ns).toBeGreaterThanOrEqual(300_000_000n)
     expect(stamps[2]!.ns).toBeLessThanOrEqual(BigInt(Date.now()) * 1_000_000n)
+  })
+
+  it('with a cap, tess-logger gives the head of the log and of its index back, keeps offsets, and says where the first whole line kept starts', async () => {
+    const logger = builtLogger()!
+    const log = path.join(dir, 'capped.log')
+    const idx = path.join(dir, 'capped.log.idx')
+    expect(spawnSync(logger, [log, idx, '100']).status).toBe(2) // a cap smaller than two blocks is refused
+    // 3000 chunks of one line of 100 bytes each, written one at a time: 300000 bytes, 48000 of index
+    const p = spawn(logger, [log, idx, String(64 * 1024)], { stdio: ['pipe', 'inherit', 'inherit'] })
+    const line = (i: number) => `${String(i).padStart(6, '0')} ${'x'.repeat(92)}\n`
+    for (let i = 0; i < 3000; i++) {
+      p.stdin.write(line(i))
+      if (i % 50 === 0) await new Promise((r) => setTimeout(r, 1))
+    }
+    p.stdin.end()
+    expect(await new Promise((r) => p.on('exit', r))).toBe(0)
+    const size = fs.statSync(log).size
+    expect(size).toBe(300_000)
+    const start = Number(fs.readFileSync(`${log}.start`, 'utf8'))
+    expect(start % 100).toBe(0)
+    expect(size - start).toBeLessThanOrEqual(64 * 1024)
+    expect(size - start).toBeGreaterThanOrEqual(32 * 1024 - 4096)
+    expect(fs.statSync(log).blocks * 512).toBeLessThanOrEqual(64 * 1024 + 8192)
+    const data = fs.readFileSync(log)
+    expect(data.subarray(0, 4096).every((b) => b === 0)).toBe(true)
+    expect(data.subarray(start).toString()).toBe(Array.from({ length: 3000 - start / 100 }, (_, k) => line(start / 100 + k)).join(''))
+    // the index's head is given back too; what is left of its records reads the same
+    const records = fs.statSync(idx).size / 16
+    expect(fs.statSync(idx).blocks * 512).toBeLessThan(fs.statSync(idx).size / 2)
+    const kept = await stampsBetween(idx, start, size, 'c')
+    expect(kept.every((k) => k.ns > 0n)).toBe(true)
+    expect(kept.at(-1)!.offset).toBeLessThan(size)
+    expect(kept[0]!.offset).toBeLessThanOrEqual(start)
+    expect(records).toBeGreaterThan(kept.length)
+    const since = await offsetSince(idx, 1, 'c')
+    expect(since).toBeGreaterThan(0)
+    expect(since).toBeLessThanOrEqual(start)
+  })
+
+  it('records given back (zeros) are left out of a range', async () => {
+    const file = path.join(dir, 'holes.idx')
+    fs.writeFileSync(file, indexOf([{ offset: 0, ns: 0n }, { offset: 0, ns: 0n }, { offset: 300, ns: 5_000_000n }, { offset: 400, ns: 6_000_000n }]))
+    const kept = [{ offset: 300, ns: 5_000_000n }, { offset: 400, ns: 6_000_000n }]
+    expect(await stampsBetween(file, 350, 1000, 'c')).toEqual(kept)
+    expect(await stampsBetween(file, 0, 1000, 'c')).toEqual(kept)
+    // a time since: the zeros are older than any
+    expect(await offsetSince(file, 1, 'c')).toBe(300)
   })
 })

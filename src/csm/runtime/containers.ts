@@ -89,6 +89,28 @@ async function lineStartFrom(fh: fsp.FileHandle, pos: number, size: number): Pro
   return size
 }
 
+/**
+ * Where what a container's log still holds starts: tess-logger punches out the head of a log
+ * that outgrew its cap, and first writes to LOG.start the start of the first whole line it keeps
+ * (native/logger.c). 0 when the log was never cut (or the file cannot be read: then everything is read).
+ */
+export async function logStart(log: string): Promise<number> {
+  try {
+    const text = await fsp.readFile(`${log}.start`, 'utf8')
+    const n = Number(text.trim())
+    return /^\d{1,16}\n?$/.test(text) && Number.isSafeInteger(n) ? n : 0
+  } catch {
+    // never cut (no file), or unreadable: read from the beginning
+    return 0
+  }
+}
+
+/** `pos`, or when it lies before what the log keeps (its head given back), the first line kept. */
+async function keptFrom(log: string, pos: number, size: number): Promise<number> {
+  const start = await logStart(log)
+  return pos < start ? Math.min(start, size) : pos
+}
+
 /** A chunk of a container's output (readLog). */
 export interface ReadLogOptions {
   /** from this byte of the log (default 0) */
@@ -146,6 +168,8 @@ export interface ContainerManagerOptions {
   volumes?: VolumeAttacher
   /** tess-logger (default: the one built next to the native addons, if any; null: none, logs without times) */
   logger?: string | null
+  /** with tess-logger: each container's log keeps about this many of its last bytes (default containerLogMaxBytes; 0: all) */
+  logMaxBytes?: number
 }
 
 const idPattern = /^[a-f0-9]{12}$/
@@ -209,6 +233,7 @@ export class ContainerManager {
       cgroups: opts.cgroup.host,
       ...(opts.runtimeBin !== undefined ? { bin: opts.runtimeBin } : {}),
       ...(logger !== undefined ? { logger } : {}),
+      ...(opts.logMaxBytes !== undefined ? { logMaxBytes: opts.logMaxBytes } : {}),
     })
   }
 
@@ -572,7 +597,7 @@ export class ContainerManager {
     if (opts.tail !== undefined && (!Number.isSafeInteger(opts.tail) || opts.tail < 0 || opts.tail > logTailLinesMax)) {
       throw new TessError('TESS_E_INVALID', `invalid tail ${opts.tail}`, `give 0 to ${logTailLinesMax} lines`)
     }
-    let pos = opts.tail !== undefined ? await tailOffset(f.log, opts.tail) : 0
+    let pos = opts.tail !== undefined ? await tailOffset(f.log, opts.tail, await logStart(f.log)) : 0
     const buf = Buffer.alloc(logReadChunkBytes)
     const readMore = async function* (): AsyncGenerator<Buffer> {
       let fh: fsp.FileHandle
@@ -585,6 +610,7 @@ export class ContainerManager {
       try {
         const size = (await fh.stat()).size
         if (size < pos) pos = 0 // truncated
+        pos = await keptFrom(f.log, pos, size)
         while (pos < size) {
           const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos)
           if (bytesRead === 0) break
@@ -632,7 +658,10 @@ export class ContainerManager {
     try {
       const size = (await fh.stat()).size
       const what = `container "${rec.name}"`
-      let pos = opts.tail !== undefined ? await tailOffset(f.log, opts.tail) : opts.offset ?? 0
+      const start = await logStart(f.log)
+      let pos = opts.tail !== undefined ? await tailOffset(f.log, opts.tail, start) : opts.offset ?? 0
+      // a reader that fell behind the log's cap goes on from the first line still kept
+      if (pos < start) pos = Math.min(start, size)
       // --since: not before the first line begun since then (and --tail within those)
       if (opts.sinceMs !== undefined) {
         const since = await offsetSince(f.logIndex, opts.sinceMs, what) ?? size
@@ -646,7 +675,8 @@ export class ContainerManager {
       let consumed = bytesRead
       if (opts.timestamps === true) {
         const before = Buffer.alloc(1)
-        const lineStart = pos === 0 || ((await fh.read(before, 0, 1, pos - 1)).bytesRead === 1 && before[0] === 0x0a)
+        // (the first line kept of a cut log starts where the byte before it was given back)
+        const lineStart = pos === 0 || pos === start || ((await fh.read(before, 0, 1, pos - 1)).bytesRead === 1 && before[0] === 0x0a)
         ;({ data: out, consumed } = stampLines(out, pos, lineStart, await stampsBetween(f.logIndex, pos, pos + bytesRead, what), maxBytes))
       }
       // still running, or more is in the file than one chunk: the reader comes back
@@ -1121,8 +1151,11 @@ async function readPidFile(file: string): Promise<number | undefined> {
   }
 }
 
-/** Offset of the start of the last `lines` lines of a file (reading at most logTailBytesMax from its end). */
-export async function tailOffset(file: string, lines: number): Promise<number> {
+/**
+ * Offset of the start of the last `lines` lines of a file (reading at most logTailBytesMax from its
+ * end, and nothing before `from`: a log's head given back).
+ */
+export async function tailOffset(file: string, lines: number, from = 0): Promise<number> {
   let fh: fsp.FileHandle
   try {
     fh = await fsp.open(file, 'r')
@@ -1133,7 +1166,7 @@ export async function tailOffset(file: string, lines: number): Promise<number> {
   try {
     const size = (await fh.stat()).size
     if (lines === 0) return size
-    const floor = Math.max(0, size - logTailBytesMax)
+    const floor = Math.min(size, Math.max(from, size - logTailBytesMax))
     const buf = Buffer.alloc(logReadChunkBytes)
     let end = size
     let newlines = 0

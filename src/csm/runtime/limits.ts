@@ -67,4 +67,10 @@ export const logTailBytesMax = 16 * 1024 * 1024
 export const logReadChunkBytes = 64 * 1024
 /** most bytes of output one polled log read returns */
 export const logChunkBytesMax = 1024 * 1024
+/**
+ * A container's log keeps about its last this many bytes (tess-logger punches out the head once
+ * more lies past what it keeps: between half of it and all of it is kept), and its index of times
+ * the records of those bytes. Runs of a container share the log, so this bounds it over restarts.
+ */
+export const containerLogMaxBytes = 64 * 1024 * 1024
 export const logFollowPollMs = 200

@@ -6,7 +6,7 @@ import { TessError, errorMessage } from '../../lib/errors.js'
 import type { RuntimeName } from '../../lib/csm-types.js'
 import type { CgroupHost, CgroupMode } from './cgroups.js'
 import { execCommand, helperPath, type ExecResult } from './exec.js'
-import { runtimeCommandTimeoutMs, stateFileSizeMaxBytes } from './limits.js'
+import { containerLogMaxBytes, runtimeCommandTimeoutMs, stateFileSizeMaxBytes } from './limits.js'
 
 /**
  * Driver of an OCI runtime CLI: runc (default) or crun, each CSM with its own state root
@@ -88,6 +88,8 @@ export interface OciRuntimeOptions {
   shell?: string
   /** tess-logger, which writes the log with the times of its chunks (logindex.ts); without it the container writes its log directly */
   logger?: string
+  /** with tess-logger: the log keeps about this many of its last bytes (0: all; default containerLogMaxBytes) */
+  logMaxBytes?: number
   commandTimeoutMs?: number
 }
 
@@ -126,15 +128,17 @@ export const shimScript = [
  * The shim with tess-logger: the same, with the runtime's (and so the container's) stdout and
  * stderr on a pipe to tess-logger, which appends to the log and its index. The left side of the
  * pipe keeps the exit status aside; the exit file appears once tess-logger has written everything
- * (a reader that sees the exit file finds the whole log).
+ * (a reader that sees the exit file finds the whole log). tess-logger keeps about the last
+ * `log_max` bytes of the log (0: all), punching out the head (native/logger.c).
  */
 export const loggedShimScript = [
   'exit_file=$1',
   'logger=$2',
   'log=$3',
   'index=$4',
-  'shift 4',
-  '{ "$@"; printf \'%s\\n\' "$?" > "$exit_file.tmp"; } 2>&1 | "$logger" "$log" "$index"',
+  'log_max=$5',
+  'shift 5',
+  '{ "$@"; printf \'%s\\n\' "$?" > "$exit_file.tmp"; } 2>&1 | "$logger" "$log" "$index" "$log_max"',
   'mv -f "$exit_file.tmp" "$exit_file"',
 ].join('\n')
 
@@ -218,6 +222,7 @@ export class OciRuntime {
   private readonly cgroups: CgroupHost | undefined
   private readonly shell: string
   private readonly logger: string | undefined
+  private readonly logMaxBytes: number
   private readonly timeoutMs: number
   private checked: Promise<string> | undefined
 
@@ -228,6 +233,7 @@ export class OciRuntime {
     this.cgroups = opts.cgroups
     this.shell = opts.shell ?? '/bin/sh'
     this.logger = opts.logger
+    this.logMaxBytes = opts.logMaxBytes ?? containerLogMaxBytes
     this.timeoutMs = opts.commandTimeoutMs ?? runtimeCommandTimeoutMs
   }
 
@@ -279,7 +285,7 @@ export class OciRuntime {
     const logFd = fs.openSync(files.log, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT, 0o640)
     try {
       const shim = this.logger !== undefined
-        ? ['-c', loggedShimScript, 'tess-shim', files.exit, this.logger, files.log, files.logIndex]
+        ? ['-c', loggedShimScript, 'tess-shim', files.exit, this.logger, files.log, files.logIndex, String(this.logMaxBytes)]
         : ['-c', shimScript, 'tess-shim', files.exit]
       // a run without tess-logger leaves no index: an older one would give this run's lines wrong times
       if (this.logger === undefined) await fsp.rm(files.logIndex, { force: true })

@@ -23,6 +23,8 @@ export default class ContainerLogs extends TessCommand<ContainerLogsResult> {
 
 --timestamps puts the time each line was written in front of it (RFC 3339 in UTC with nanoseconds, then a space), and --since starts with the first line written at or after a time (a duration back from now such as 10m, or an ISO 8601 time); with --tail, the last N lines of those. The times are those at which the node read the container's output, recorded with the log since the container's last start by tess-logger, which npm ci builds where g++ and make are installed; a container started without it has no times, and these two flags are refused for it (TESS_E_PRECONDITION).
 
+A container's log keeps its last 32 to 64 MiB (over all its runs): older output is given back to the node's disk, and what is printed starts at the first whole line kept. This needs tess-logger too; without it the log is kept whole.
+
 With --json the result is {"name", "logs"} with the output as UTF-8 text (not together with --follow).`
   static override examples = [
     '<%= config.bin %> <%= command.id %> web1',
