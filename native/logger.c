@@ -116,23 +116,49 @@ struct cap {
   uint64_t max;       /* 0: keep everything */
   uint64_t start;     /* the first byte of LOG kept */
   uint64_t idx_start; /* the first byte of INDEX kept */
+  uint64_t line;      /* what LOG.start says (0: no such file) */
+  int warned;         /* a failure of the cap was said on stderr */
 };
 
+/* what LOG.start says, 0 when there is none */
+static uint64_t read_start(const char *log) {
+  char path[4096], text[32];
+  if (snprintf(path, sizeof path, "%s.start", log) >= (int)sizeof path) return 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, text, sizeof text - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  text[n] = '\0';
+  return strtoull(text, NULL, 10);
+}
+
+/* the cap cannot work (said once): the log is kept whole from here on */
+static void cap_off(struct cap *c, const char *what, const char *file) {
+  if (!c->warned) fprintf(stderr, "tess-logger: cannot %s %s: %s (the log is kept whole)\n", what, file, strerror(errno));
+  c->warned = 1;
+  c->max = 0;
+}
+
 /* LOG holds bytes up to `end`: give back its head (and the index records of it) when over the cap */
-static void trim(struct cap *c, int log, int idx, const char *logPath, uint64_t end, int *said) {
+static void trim(struct cap *c, int log, int idx, const char *logPath, uint64_t end) {
   if (c->max == 0 || end - c->start <= c->max) return;
   uint64_t keep = (end - c->max / 2) & ~(BLOCK - 1);
   if (keep <= c->start) return;
-  if (write_start(logPath, line_from(log, keep, end)) != 0) {
-    complain(said, "record the start of", logPath);
+  /* readers skip to the new start before its bytes go */
+  uint64_t line = line_from(log, keep, end);
+  if (write_start(logPath, line) != 0) {
+    cap_off(c, "record the start of", logPath);
     return;
   }
   if (fallocate(log, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)c->start, (off_t)(keep - c->start)) != 0) {
-    fprintf(stderr, "tess-logger: cannot punch a hole in %s: %s (the log is kept whole)\n", logPath, strerror(errno));
-    c->max = 0;
+    cap_off(c, "punch a hole in", logPath);
+    /* nothing was given back: readers begin where they did */
+    if (write_start(logPath, c->line) != 0) fprintf(stderr, "tess-logger: cannot restore the start of %s: %s\n", logPath, strerror(errno));
     return;
   }
   c->start = keep;
+  c->line = line;
   struct stat st;
   if (idx < 0 || fstat(idx, &st) != 0) return;
   /* keep the record of the chunk that holds `keep` (the one before the first at or after it) */
@@ -148,7 +174,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: tess-logger LOG INDEX [MAX_BYTES]\n");
     return 2;
   }
-  struct cap cap = { 0, 0, 0 };
+  struct cap cap = { 0, 0, 0, 0, 0 };
   if (argc == 4) {
     char *end = NULL;
     errno = 0;
@@ -174,6 +200,7 @@ int main(int argc, char **argv) {
   uint64_t off = (log >= 0 && fstat(log, &st) == 0) ? (uint64_t)st.st_size : 0;
   /* an earlier run may have punched the heads already */
   if (log >= 0) cap.start = data_start(log, off);
+  cap.line = read_start(argv[1]);
   if (idx >= 0 && fstat(idx, &st) == 0) cap.idx_start = data_start(idx, (uint64_t)st.st_size) & ~(BLOCK - 1);
   static char buf[CHUNK];
   for (;;) {
@@ -203,7 +230,7 @@ int main(int argc, char **argv) {
       }
     }
     off += (uint64_t)n;
-    trim(&cap, log, idx, argv[1], off, &said);
+    trim(&cap, log, idx, argv[1], off);
   }
   return 0;
 }

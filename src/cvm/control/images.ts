@@ -47,8 +47,9 @@ export class Images {
 
   /**
    * The pulls running or waiting on the up nodes, how far each is; `ref` keeps those of the image
-   * it names (in any spelling: `busybox` is `docker.io/busybox:latest`). A node that cannot tell (down since, its container side unavailable,
-   * or a release before pulls were reported) is left out: progress is a view, not a check.
+   * it names (in any spelling: `busybox` is `docker.io/busybox:latest`). A node that cannot tell
+   * (down since, its container side unavailable, or a release before pulls were reported) is
+   * left out: progress is a view, not a check.
    */
   async pulls(ref?: string): Promise<ImagePullProgress[]> {
     const wanted = ref !== undefined ? canonicalRef(ref) : undefined
