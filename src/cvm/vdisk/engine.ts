@@ -70,7 +70,7 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
   requestRelease: ((owner: string, name: string) => Promise<boolean>) | undefined
   /** Ask the CVM of `owner` to take or delete a snapshot of a vDisk it owns (set by the CVM). */
   snapshotOnOwner: ((owner: string, req: { id: string, name: string, op: SnapshotOp }) => Promise<SnapshotRecord>) | undefined
-  /** when forwarded I/O for a vDisk (by id) was last served here */
+  /** when I/O for a vDisk (by id) that no NBD client of this node sent was last served here: forwarded, or a clone's read of its parent */
   private readonly lastForwardedIo = new Map<string, number>()
   /** what loading, making and repairing extent groups (owner.ts) needs: etcd, the data port, the view */
   private readonly env: OwnerEnv
@@ -595,10 +595,22 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
       const n = Math.max(0, Math.min(out.length, prec.sizeBytes - offset))
       out.fill(0, n)
       if (n === 0) return
-      if (remote === undefined) {
+      for (let attempt = 1; remote === undefined; attempt++) {
         const t = await this.route(prec)
-        if (t.local) return t.vdisk.readSnapshotInto(p.snapshot, offset, out.subarray(0, n))
-        remote = new ForwardingDevice({ ...prec, name: `${prec.name}@${p.snapshot}` }, t.owner, this)
+        if (!t.local) {
+          remote = new ForwardingDevice({ ...prec, name: `${prec.name}@${p.snapshot}` }, t.owner, this)
+          break
+        }
+        // a clone's reads keep its parent here: the parent is not handed over while they go on
+        this.lastForwardedIo.set(prec.id, this.clock.now())
+        try {
+          return await t.vdisk.readSnapshotInto(p.snapshot, offset, out.subarray(0, n))
+        } catch (e) {
+          // handed over (or unloaded) between the route and the read: route again, to its new owner
+          if (!(e instanceof DeviceError && e.errno === nbdErrno.ESHUTDOWN) || attempt >= parentRouteTriesMax) throw e
+          this.opts.log.warn(`vDisk ${rec.name}: its parent ${prec.name} left this node during a read (${e.message}); reading it again from its owner`)
+          await this.clock.sleep(100 * attempt)
+        }
       }
       ;(await remote.read(offset, n)).copy(out)
     }
@@ -798,6 +810,9 @@ export class VdiskEngine implements ExportProvider, VdiskDataHooks, VdiskIoHandl
     return this.clock
   }
 }
+
+/** a clone's read of its parent routes again at most this often when the parent leaves this node under it */
+const parentRouteTriesMax = 5
 
 /**
  * The repair's pace, called after each extent group it copied: at most `limitBytesPerSec` on
