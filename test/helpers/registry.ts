@@ -132,6 +132,19 @@ export class FakeRegistry {
     this.server = undefined
   }
 
+  /**
+   * A two-layer image (a small first layer, a second of about `secondBytes`) whose second layer's
+   * download stops after `holdBytes` until `release()`: a pull in progress, for as long as a test needs.
+   */
+  addHeldImage(repo: string, tag: string, o: { secondBytes: number, holdBytes: number }): { first: TestLayer, second: TestLayer, release: () => void } {
+    const first = makeLayer([file('one', 'first layer\n')])
+    const second = makeLayer([file('two', crypto.randomBytes(Math.ceil(o.secondBytes * 3 / 4)).toString('base64'))])
+    this.addImage(repo, tag, makeImage([first, second]))
+    let release!: () => void
+    this.holdBlobAfter.set(second.digest, { bytes: o.holdBytes, release: new Promise<void>((r) => { release = r }) })
+    return { first, second, release }
+  }
+
   addImage(repo: string, tag: string | undefined, image: BuiltImage): void {
     for (const l of image.layers) this.blobs.set(l.digest, l.blob)
     this.blobs.set(image.configDigest, image.config)

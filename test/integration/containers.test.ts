@@ -11,7 +11,7 @@ import { openSecret, readSecretsKey } from '../../src/lib/secretbox.js'
 import { formatBytes } from '../../src/lib/units.js'
 import { run } from '../helpers/run.js'
 import { TestCluster, alive, ownedBy, repoRoot, tessBin, waitFor, withJson, type TessResult } from '../helpers/cluster.js'
-import { FakeRegistry, buildBusyboxImage, exec, file, haveCommands, makeImage, makeLayer, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { FakeRegistry, buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
  * Containers end to end on the embedded cluster, through the CLI: a real docker-registry on
@@ -217,11 +217,7 @@ describe.skipIf(missing.length > 0 || !isRoot)('containers: CSMs, registries, im
     const fake = await new FakeRegistry().start()
     let child: ReturnType<typeof spawn> | undefined
     try {
-      const first = makeLayer([file('one', 'first layer\n')])
-      const second = makeLayer([file('two', crypto.randomBytes(400_000).toString('base64'))])
-      fake.addImage('test/held', 'v1', makeImage([first, second]))
-      let release!: () => void
-      fake.holdBlobAfter.set(second.digest, { bytes: 4096, release: new Promise<void>((r) => { release = r }) })
+      const { first, second, release } = fake.addHeldImage('test/held', 'v1', { secondBytes: 533_336, holdBytes: 4096 })
       await ok(['registry', 'add', 'held', `http://${fake.host}`, '--insecure'])
       const ref = `${fake.host}/test/held:v1`
       // a pseudo-terminal 120 columns wide (script(1)); CI turns progress off, so the child has none

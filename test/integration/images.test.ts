@@ -1,4 +1,3 @@
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -10,7 +9,7 @@ import { LayerStore } from '../../src/lib/images/unpack.js'
 import { imageWorkerNice } from '../../src/lib/images/limits.js'
 import { ImageWorker, type WorkerPullRequest } from '../../src/cvm/images/worker.js'
 import { repoRoot } from '../helpers/cluster.js'
-import { FakeRegistry, buildBusyboxImage, exec, file, haveCommands, makeImage, makeLayer, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
+import { FakeRegistry, buildBusyboxImage, exec, haveCommands, pushImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/registry.js'
 
 /**
  * The image layer against the real thing: Debian's docker-registry on 127.0.0.1, an image built
@@ -188,14 +187,10 @@ describe.skipIf(missing.length > 0 || !isRoot)('images: pull from a real docker-
       expect((await wstore.getImage(`${reg.host}/test/busybox:v1`))?.digest).toBe(r.digest)
     })
 
-    it('tells how far each pull is: waiting, then its layers and bytes, and nothing once it ended', async () => {
+    it('tells how far a pull is: its layers and bytes mid-download, and nothing once it ended', async () => {
       const fake = await new FakeRegistry().start()
       try {
-        const first = makeLayer([file('one', 'first layer\n')])
-        const second = makeLayer([file('two', crypto.randomBytes(300_000).toString('base64'))])
-        fake.addImage('test/held', 'v1', makeImage([first, second]))
-        let release!: () => void
-        fake.holdBlobAfter.set(second.digest, { bytes: 1000, release: new Promise<void>((r) => { release = r }) })
+        const { first, second, release } = fake.addHeldImage('test/held', 'v1', { secondBytes: 400_000, holdBytes: 1000 })
         const wreq = { ...req(`${fake.host}/test/held:v1`), registries: { [fake.host]: { insecure: true, scheme: 'http' as const } } }
         const pull = worker.pull(wreq)
         // the first layer is whole and unpacked, the second holds 1000 bytes of its download

@@ -44,7 +44,6 @@ export function logQueryFrom(query: URLSearchParams, int: (name: string, max: nu
   return { ...(offset !== undefined ? { offset } : {}), ...(tail !== undefined ? { tail } : {}), ...(sinceMs !== undefined ? { sinceMs } : {}), ...(t === 'true' ? { timestamps: true } : {}) }
 }
 
-
 /** A CSM's limits as its cgroup has them now; a missing field is "no limit". */
 export interface CsmLimitsAnswer {
   cpus?: number
