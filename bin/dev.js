@@ -3,6 +3,6 @@
 import { versionJson } from './version.js'
 
 if (!versionJson(process.argv.slice(2))) {
-  const { execute } = await import('@oclif/core')
+  const { execute } = await import('../dist/cli-bundle/framework.js')
   await execute({ development: true, dir: import.meta.url })
 }

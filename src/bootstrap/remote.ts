@@ -3,7 +3,6 @@ import { secretsKeyBytes } from '../lib/secretbox.js'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { TessError, errorMessage } from '../lib/errors.js'
 import { apiPortDefault, daemonStartTimeoutMs, etcdClientPortDefault, etcdPeerPortDefault, etcdReconfigCallTimeoutMs, nbdPortDefault, rfMax } from '../lib/limits.js'
 import { checkName } from '../lib/names.js'
@@ -18,11 +17,13 @@ import { createCa, createNodeCert } from './pki.js'
 import { waitPlacementReady } from './ready.js'
 import { formatPreflight, preflightError, preflightPorts, runPreflight, type PreflightResult } from './preflight.js'
 import { SshTransport, shellQuote, type HostKeyPolicy } from './ssh.js'
+import { packageRoot } from '../lib/packageroot.js'
 
 export const remoteDataDir = '/var/lib/tess'
 /** etcd's leader health interval (5 s) plus a margin */
 const etcdHealthIntervalMs = 6_000
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** this package's root: what bootstrap copies to a node */
+export const repoRoot = packageRoot
 
 export interface RemoteClusterOptions {
   name: string

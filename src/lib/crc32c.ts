@@ -14,9 +14,9 @@
  * the TypeScript sources) and from dist/ (compiled output; the node bundle carries build/Release).
  */
 import { createRequire } from 'node:module'
-import { fileURLToPath } from 'node:url'
 import * as js from './crc32c-js.js'
 import { TessError, errorMessage } from './errors.js'
+import { nativeBuildFile } from './packageroot.js'
 
 interface Engine {
   crc32c(buf: Uint8Array): number
@@ -30,7 +30,7 @@ interface Binding extends Engine {
   software: Engine
 }
 
-const addonFile = fileURLToPath(new URL('../../build/Release/tess_crc32c.node', import.meta.url))
+const addonFile = nativeBuildFile('tess_crc32c.node')
 const checkInput = new TextEncoder().encode('123456789')
 const checkCrc = 0xe3069283
 

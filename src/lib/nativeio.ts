@@ -13,8 +13,8 @@
  *   native  the addon, or this module throws at load naming the reason
  */
 import { createRequire } from 'node:module'
-import { fileURLToPath } from 'node:url'
 import { TessError, errorMessage } from './errors.js'
+import { nativeBuildFile } from './packageroot.js'
 
 interface Binding {
   preadNowait(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number
@@ -24,7 +24,7 @@ interface Binding {
   xtsBlocks?(key: Uint8Array, src: Uint8Array, dst: Uint8Array, firstBlock: number, encrypt: boolean): void
 }
 
-const addonFile = fileURLToPath(new URL('../../build/Release/tess_io.node', import.meta.url))
+const addonFile = nativeBuildFile('tess_io.node')
 const EAGAIN = 11
 const EINTR = 4
 

@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { packageRoot } from './packageroot.js'
 
 /** The file bootstrap writes into a bundle's version directory: the bundle's full sha256. */
 export const bundleMarkerFile = '.tess-bundle-sha256'
@@ -53,8 +53,6 @@ export function protocolsCompatible(a: ProtocolRange, b: ProtocolRange): boolean
   return a.current >= b.oldest && b.current >= a.oldest
 }
 
-/** dist/lib/ → the package root (the bundle's version directory on a node) */
-const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
 function readOr(file: string): string | undefined {
   try {

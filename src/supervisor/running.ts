@@ -6,15 +6,13 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { nodePaths } from '../lib/nodeconfig.js'
 import { isZombie, pidIsOurs, readPid } from '../lib/process.js'
-
-const here = path.dirname(fileURLToPath(import.meta.url))
+import { distDir } from '../lib/packageroot.js'
 
 /** dist/supervisor/supervisor.js */
 export function supervisorScript(): string {
-  return path.join(here, 'supervisor.js')
+  return path.join(distDir, 'supervisor', 'supervisor.js')
 }
 
 function mountNamespace(pid: number | 'self'): string | undefined {

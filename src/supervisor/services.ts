@@ -1,7 +1,7 @@
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { nodePaths, type NodeConfig } from '../lib/nodeconfig.js'
 import { etcdPingMinIntervalSec } from '../lib/limits.js'
+import { distDir } from '../lib/packageroot.js'
 
 /** How each daemon of a node is started. The supervisor runs these, in this order. */
 export interface ServiceSpec {
@@ -11,7 +11,6 @@ export interface ServiceSpec {
   env?: Record<string, string>
 }
 
-const distDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
 export function etcdUrl(host: string, port: number): string {
   return `https://${host.includes(':') ? `[${host}]` : host}:${port}`

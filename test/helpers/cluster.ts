@@ -10,6 +10,28 @@ import { run } from './run.js'
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const tessBin = path.join(repoRoot, 'bin', 'run.js')
 
+let bundleChecked = false
+/**
+ * `tess` runs the CLI's bundle (dist/cli-bundle, made by `npm run build` after tsc): a test run
+ * after `tsc` alone would test the old CLI. Throws when a file tsc wrote is newer than the bundle.
+ */
+export function assertCliBundleCurrent(root = repoRoot): void {
+  const bundle = path.join(root, 'dist', 'cli-bundle', 'framework.js')
+  const made = fs.statSync(bundle, { throwIfNoEntry: false })?.mtimeMs
+  if (made === undefined) throw new Error(`${bundle} is missing: run npm run build`)
+  const walk = (dir: string): void => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) {
+        if (p !== path.join(root, 'dist', 'cli-bundle')) walk(p)
+      } else if (e.name.endsWith('.js') && fs.statSync(p).mtimeMs > made) {
+        throw new Error(`${p} is newer than the CLI's bundle (${bundle}): run npm run build, not tsc alone`)
+      }
+    }
+  }
+  walk(path.join(root, 'dist'))
+}
+
 /** A free TCP port on loopback (bind to 0, read, close). */
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -45,6 +67,10 @@ export interface TessResult {
 export function runTess(args: string[], env: Record<string, string>, opts: { input?: string, timeoutMs?: number, wrap?: string[], /** another tess's bin/run.js */ bin?: string } = {}): Promise<TessResult> {
   return new Promise((resolve, reject) => {
     // `wrap`: a command line the CLI runs under (e.g. unshare), with the node and tess after it
+    if (!bundleChecked && opts.bin === undefined) {
+      assertCliBundleCurrent()
+      bundleChecked = true
+    }
     const argv = [...(opts.wrap ?? []), process.execPath, opts.bin ?? tessBin, ...args]
     const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, NO_COLOR: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
     let stdout = ''

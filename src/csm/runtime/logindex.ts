@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
-import { fileURLToPath } from 'node:url'
 import { TessError } from '../../lib/errors.js'
+import { nativeBuildFile } from '../../lib/packageroot.js'
 
 /**
  * The times of a container's output. Each run of a container writes its stdout and stderr through
@@ -18,7 +18,7 @@ const indexReadRecords = 4096
 
 /** tess-logger as node-gyp builds it, next to the native addons; undefined when it was not built. */
 export function builtLogger(): string | undefined {
-  const file = fileURLToPath(new URL('../../../build/Release/tess-logger', import.meta.url))
+  const file = nativeBuildFile('tess-logger')
   try {
     fs.accessSync(file, fs.constants.X_OK)
     return file

@@ -3,10 +3,10 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { createRequire } from 'node:module'
-import { fileURLToPath } from 'node:url'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import { usernsHostIdBase, usernsIdsCount, usernsSetupTimeoutMs } from '../../lib/limits.js'
 import type { IdMapping } from '../../lib/container-spec.js'
+import { nativeBuildFile } from '../../lib/packageroot.js'
 
 /**
  * User namespaces for containers (`tess container run --userns`). The container's uid and gid 0-65535
@@ -29,7 +29,7 @@ interface MountBinding {
   idmapBind(source: string, target: string, usernsPath: string): void
 }
 
-const addonFile = fileURLToPath(new URL('../../../build/Release/tess_mount.node', import.meta.url))
+const addonFile = nativeBuildFile('tess_mount.node')
 let binding: MountBinding | undefined
 let loadError: string | undefined
 try {
