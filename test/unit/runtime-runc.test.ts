@@ -75,6 +75,22 @@ describe('crun on cgroup v1 hybrid', () => {
   })
 })
 
+describe('delete', () => {
+  it('runs the runtime only for a container it has state for (ROOT/ID), and then always', async () => {
+    // a fake runtime that logs every call
+    const calls = path.join(dir, 'delete-calls')
+    const fake = path.join(dir, 'fake-runc-delete')
+    fs.writeFileSync(fake, `#!/bin/sh\necho "$*" >> ${calls}\nexit 0\n`, { mode: 0o755 })
+    const root = path.join(dir, 'delete-root')
+    const rt = new OciRuntime({ name: 'runc', bin: fake, root })
+    await rt.delete('0123456789ab', { force: true })
+    expect(fs.existsSync(calls)).toBe(false)
+    fs.mkdirSync(path.join(root, '0123456789ab'), { recursive: true })
+    await rt.delete('0123456789ab', { force: true })
+    expect(fs.readFileSync(calls, 'utf8')).toBe(`--root ${root} delete --force 0123456789ab\n`)
+  })
+})
+
 describe('the shim', () => {
   it('records the exit status of what it runs, atomically', async () => {
     const exit = path.join(dir, 'exit-a')

@@ -894,6 +894,19 @@ export class ContainerManager {
     const f = this.files(rec.id)
     for (const p of [f.exit, `${f.exit}.tmp`, f.pid, f.runtimeLog]) await fsp.rm(p, { force: true })
     await this.runtime.delete(rec.id, { force: true })
+    // the runtime writes the pid file and the shim the exit file in the container's directory:
+    // each wakes the wait below at once (the poll stays, for a file system without notifications)
+    const changes = new DirChanges(f.dir)
+    try {
+      await this.startAndWait(rec, changes)
+    } finally {
+      changes.close()
+    }
+  }
+
+  /** startShim's second half: spawn the shim, record it, wait for the pid file (running) or the exit file (failed) */
+  private async startAndWait(rec: ContainerInfo, changes: DirChanges): Promise<void> {
+    const f = this.files(rec.id)
     const shim = await this.runtime.runDetached(rec.id, f.bundle, f)
     rec.shimPid = shim.pid
     if (shim.startTime !== undefined) rec.shimStartTime = shim.startTime
@@ -924,7 +937,7 @@ export class ContainerManager {
       if (this.clock.now() >= deadline) {
         throw new TessError('TESS_E_TIMEOUT', `cannot start container "${rec.name}": not running after ${containerStartTimeoutMs} ms`, 'the host may be overloaded')
       }
-      await this.clock.sleep(containerPollMs)
+      await Promise.race([this.clock.sleep(containerPollMs), changes.next()])
     }
   }
 
@@ -961,7 +974,9 @@ export class ContainerManager {
     if (rec.status !== 'running' && rec.status !== 'paused') return rec
     const f = this.files(rec.id)
     let exit = await readExitStatus(f.exit)
-    const st = await this.runtime.state(rec.id)
+    // the container's init is gone: the runtime can only say "stopped" (it tells by the same pid),
+    // so it is not asked (a runtime process less per exit); a live pid (or a reused one) is asked
+    const st = rec.pid !== undefined && !await isProcessAlive(rec.pid) ? undefined : await this.runtime.state(rec.id)
     if (st !== undefined && (st.status === 'running' || st.status === 'paused' || st.status === 'created')) {
       let changed = false
       const status = st.status === 'paused' ? 'paused' : 'running'
@@ -985,10 +1000,15 @@ export class ContainerManager {
       // the container just ended: the shim writes the exit file as soon as the runtime returns
       // (read again: it may have done so while we asked the runtime)
       const deadline = this.clock.now() + shimExitGraceMs
-      exit = await readExitStatus(f.exit)
-      while (exit === undefined && rec.shimPid !== undefined && this.clock.now() < deadline && await isProcessAlive(rec.shimPid, rec.shimStartTime)) {
-        await this.clock.sleep(containerPollMs)
+      const changes = new DirChanges(f.dir)
+      try {
         exit = await readExitStatus(f.exit)
+        while (exit === undefined && rec.shimPid !== undefined && this.clock.now() < deadline && await isProcessAlive(rec.shimPid, rec.shimStartTime)) {
+          await Promise.race([this.clock.sleep(containerPollMs), changes.next()])
+          exit = await readExitStatus(f.exit)
+        }
+      } finally {
+        changes.close()
       }
       exit ??= await readExitStatus(f.exit)
     }
@@ -1012,11 +1032,16 @@ export class ContainerManager {
 
   /** After an exit: delete the runtime state (and with it the cgroup), unmount the rootfs. */
   private async finishExit(rec: ContainerInfo): Promise<void> {
-    await this.runtime.delete(rec.id, { force: true })
-    await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
-    // a volume that cannot be detached now is tried again by the next start, stop or remove
-    await this.detachVolumes(rec).catch((e: unknown) => this.log.error(`container ${rec.id} (${rec.name}): ${errorMessage(e)}`))
-    await unmount(this.files(rec.id).rootfs)
+    // the rootfs is unmounted while the runtime deletes its state: no process of the container is left to use it
+    const rootfs = unmount(this.files(rec.id).rootfs)
+    try {
+      await this.runtime.delete(rec.id, { force: true })
+      await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
+      // a volume that cannot be detached now is tried again by the next start, stop or remove
+      await this.detachVolumes(rec).catch((e: unknown) => this.log.error(`container ${rec.id} (${rec.name}): ${errorMessage(e)}`))
+    } finally {
+      await rootfs
+    }
   }
 
   /** Attach the container's volumes (each is a no-op when attached already); their bind mounts. */
@@ -1192,5 +1217,47 @@ export async function tailOffset(file: string, lines: number, from = 0): Promise
     return floor
   } finally {
     await fh.close()
+  }
+}
+
+/**
+ * Wakes a waiter at the next change in a directory (inotify through fs.watch). A directory that
+ * cannot be watched never wakes anyone: callers poll beside it.
+ */
+class DirChanges {
+  private readonly watcher: fs.FSWatcher | undefined
+  private pending: { promise: Promise<void>, wake: () => void } | undefined
+
+  constructor(dir: string) {
+    try {
+      this.watcher = fs.watch(dir, { persistent: false }, () => this.wake())
+      // an error after the start ends the watching; the callers' poll goes on
+      this.watcher.on('error', () => this.close())
+    } catch {
+      // no watching here (no inotify, too many watches): the callers' poll is the only wake-up
+      this.watcher = undefined
+    }
+  }
+
+  /** settles at the next change after this call (or never) */
+  next(): Promise<void> {
+    if (this.pending === undefined) {
+      let wake = (): void => undefined
+      const promise = new Promise<void>((resolve) => {
+        wake = resolve
+      })
+      this.pending = { promise, wake }
+    }
+    return this.pending.promise
+  }
+
+  close(): void {
+    this.watcher?.close()
+  }
+
+  private wake(): void {
+    const p = this.pending
+    this.pending = undefined
+    p?.wake()
   }
 }

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
+import path from 'node:path'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import type { RuntimeName } from '../../lib/csm-types.js'
 import type { CgroupHost, CgroupMode } from './cgroups.js'
@@ -351,8 +352,22 @@ export class OciRuntime {
     if (r.code !== 0) throw this.fail('resume', id, r)
   }
 
+  /** Has the runtime a state directory for this container? (true when that cannot be told) */
+  private async knows(id: string): Promise<boolean> {
+    try {
+      await fsp.stat(path.join(this.root, id))
+      return true
+    } catch (e) {
+      // only a missing directory says no: anything else is asked of the runtime as before
+      return (e as NodeJS.ErrnoException).code !== 'ENOENT'
+    }
+  }
+
   /** Delete the runtime's state (and cgroup) of a container; `force` kills it first. A missing one is fine. */
   async delete(id: string, opts: { force?: boolean } = {}): Promise<void> {
+    // runc and crun keep a container's state in ROOT/ID: without it the runtime knows no such
+    // container (a new one), so there is nothing to delete and no process to start for it
+    if (!await this.knows(id)) return
     const r = await this.exec(['delete', ...(opts.force === true ? ['--force'] : []), id])
     if (r.code !== 0 && !isNotFound(r)) throw this.fail('delete', id, r)
   }
