@@ -8,6 +8,7 @@ import { pullImage } from '../../src/cvm/images/puller.js'
 import { ContentStore } from '../../src/lib/images/store.js'
 import { LayerStore } from '../../src/lib/images/unpack.js'
 import { mountOverlay, mountsUnder, overlayMountPlan, parseProcLimits, unmount } from '../../src/csm/runtime/bundle.js'
+import { mountAddon } from '../../src/csm/runtime/mountaddon.js'
 import { CgroupHost, type CgroupLimits, type CsmCgroup } from '../../src/csm/runtime/cgroups.js'
 import { ContainerManager, type ContainerInfo, type ContainerManagerOptions } from '../../src/csm/runtime/containers.js'
 import { isProcessAlive, type RuntimeName } from '../../src/csm/runtime/runc.js'
@@ -313,6 +314,31 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
     } finally {
       await unmount(path.join(d, 'rootfs'))
     }
+    expect(await mountsUnder(d)).toEqual([])
+    fs.rmSync(d, { recursive: true })
+  })
+
+  it('mounts a rootfs with mount(2) through the addon when the options are absolute, and names a failure', async () => {
+    // npm ci builds the addon here; without it every overlay goes through the mount command (the test above)
+    expect(mountAddon.binding, mountAddon.error).toBeDefined()
+    const rec = (await store.getImage(image))!
+    const lowers = [...rec.layers].reverse().map((l) => layers.path(l.diffId))
+    const d = path.join(work, 'native-overlay')
+    for (const sub of ['upper', 'work', 'rootfs']) fs.mkdirSync(path.join(d, sub), { recursive: true })
+    const plan = overlayMountPlan(lowers, path.join(d, 'upper'), path.join(d, 'work'), d)
+    expect(plan.cwd).toBeUndefined()
+    await mountOverlay(plan, path.join(d, 'rootfs'))
+    try {
+      expect(await mountsUnder(d)).toEqual([path.join(d, 'rootfs')])
+      expect(fs.readFileSync(path.join(d, 'rootfs/etc/hello'), 'utf8')).toBe('hello from layer 1\n')
+      fs.writeFileSync(path.join(d, 'rootfs/etc/new'), 'x')
+      expect(fs.readFileSync(path.join(d, 'upper/etc/new'), 'utf8')).toBe('x')
+    } finally {
+      await unmount(path.join(d, 'rootfs'))
+    }
+    expect(await mountsUnder(d)).toEqual([])
+    const bad = overlayMountPlan([path.join(d, 'no-such-layer')], path.join(d, 'upper'), path.join(d, 'work'), d)
+    await expect(mountOverlay(bad, path.join(d, 'rootfs'))).rejects.toMatchObject({ code: 'TESS_E_IO', message: expect.stringMatching(/cannot mount the rootfs overlay at .*rootfs: mount overlay: No such file or directory/) })
     expect(await mountsUnder(d)).toEqual([])
     fs.rmSync(d, { recursive: true })
   })

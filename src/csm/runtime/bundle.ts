@@ -6,6 +6,7 @@ import type { Rlimit } from '../../lib/container-spec.js'
 import type { NetworkMode } from '../../lib/csm-types.js'
 import { parseMountinfo } from './cgroups.js'
 import { execCommand } from './exec.js'
+import { mountAddon } from './mountaddon.js'
 import { defaultSeccompProfile, type OciSeccomp } from './seccomp.js'
 import {
   containerArgBytesMax, containerArgsMax, containerEnvMax, containerNofileDefault, cpuPeriodUs, cpuQuotaMinUs, hostnameLengthMax,
@@ -632,6 +633,19 @@ export async function mountOverlay(plan: OverlayPlan, target: string): Promise<v
     await fsp.mkdir(path.dirname(l.link), { recursive: true })
     await fsp.rm(l.link, { force: true })
     await fsp.symlink(l.target, l.link)
+  }
+  const native = mountAddon.binding
+  if (native !== undefined && plan.cwd === undefined) {
+    // the mount(2) call itself, no mount process to start (options with relative paths need that
+    // process's cwd). Unmounts stay with the umount command: an overlay's unmount syncs its upper
+    // file system, which may take long, and must not hold the daemon's thread
+    try {
+      native.overlayMount(target, plan.options)
+      return
+    } catch (e) {
+      throw new TessError('TESS_E_IO', `cannot mount the rootfs overlay at ${target}: ${errorMessage(e)}`,
+        'the daemon must run as root on a kernel with overlayfs; the layers must be unpacked')
+    }
   }
   const r = await execCommand('mount', ['-t', 'overlay', 'overlay', '-o', plan.options, target], plan.cwd !== undefined ? { cwd: plan.cwd } : {})
   if (r.code !== 0) {

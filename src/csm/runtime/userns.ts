@@ -2,11 +2,10 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
-import { createRequire } from 'node:module'
 import { TessError, errorMessage } from '../../lib/errors.js'
 import { usernsHostIdBase, usernsIdsCount, usernsSetupTimeoutMs } from '../../lib/limits.js'
 import type { IdMapping } from '../../lib/container-spec.js'
-import { nativeBuildFile } from '../../lib/packageroot.js'
+import { mountAddon, mountAddonFile } from './mountaddon.js'
 
 /**
  * User namespaces for containers (`tess container run --userns`). The container's uid and gid 0-65535
@@ -25,18 +24,8 @@ export type { IdMapping }
 /** every container with --userns: one range per node, like Docker's userns-remap */
 export const containerIdMapping: IdMapping = { hostId: usernsHostIdBase, size: usernsIdsCount }
 
-interface MountBinding {
-  idmapBind(source: string, target: string, usernsPath: string): void
-}
-
-const addonFile = nativeBuildFile('tess_mount.node')
-let binding: MountBinding | undefined
-let loadError: string | undefined
-try {
-  binding = createRequire(import.meta.url)(addonFile) as MountBinding
-} catch (e) {
-  loadError = errorMessage(e)
-}
+const { binding, error: loadError } = mountAddon
+const addonFile = mountAddonFile
 
 function unavailable(what: string, why: string): TessError {
   return new TessError('TESS_E_PRECONDITION', `cannot run ${what} with --userns: ${why}`,
