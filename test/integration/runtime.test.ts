@@ -320,7 +320,7 @@ describe.skipIf(missing.length > 0 || !isRoot)('runtime: containers under real r
 
   it('mounts a rootfs with mount(2) through the addon when the options are absolute, and names a failure', async () => {
     // npm ci builds the addon here; without it every overlay goes through the mount command (the test above)
-    expect(mountAddon.binding, mountAddon.error).toBeDefined()
+    expect(mountAddon.binding?.overlayMount, mountAddon.error).toBeDefined()
     const rec = (await store.getImage(image))!
     const lowers = [...rec.layers].reverse().map((l) => layers.path(l.diffId))
     const d = path.join(work, 'native-overlay')

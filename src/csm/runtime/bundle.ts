@@ -635,7 +635,8 @@ export async function mountOverlay(plan: OverlayPlan, target: string): Promise<v
     await fsp.symlink(l.target, l.link)
   }
   const native = mountAddon.binding
-  if (native !== undefined && plan.cwd === undefined) {
+  // (an addon built before overlayMount existed lacks it: the command then)
+  if (native?.overlayMount !== undefined && plan.cwd === undefined) {
     // the mount(2) call itself, no mount process to start (options with relative paths need that
     // process's cwd). Unmounts stay with the umount command: an overlay's unmount syncs its upper
     // file system, which may take long, and must not hold the daemon's thread

@@ -5,8 +5,8 @@ import { nativeBuildFile } from '../../lib/packageroot.js'
 /** native/mount.c as node-gyp builds it (build/Release/tess_mount.node) */
 export interface MountBinding {
   idmapBind(source: string, target: string, usernsPath: string): void
-  /** mount(2) of an overlay; throws an Error whose code is the errno name */
-  overlayMount(target: string, options: string): void
+  /** mount(2) of an overlay; throws an Error whose code is the errno name (missing in an addon built before it) */
+  overlayMount?(target: string, options: string): void
 }
 
 export const mountAddonFile = nativeBuildFile('tess_mount.node')
