@@ -1032,16 +1032,19 @@ export class ContainerManager {
 
   /** After an exit: delete the runtime state (and with it the cgroup), unmount the rootfs. */
   private async finishExit(rec: ContainerInfo): Promise<void> {
-    // the rootfs is unmounted while the runtime deletes its state: no process of the container is left to use it
-    const rootfs = unmount(this.files(rec.id).rootfs)
-    try {
-      await this.runtime.delete(rec.id, { force: true })
-      await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
-      // a volume that cannot be detached now is tried again by the next start, stop or remove
-      await this.detachVolumes(rec).catch((e: unknown) => this.log.error(`container ${rec.id} (${rec.name}): ${errorMessage(e)}`))
-    } finally {
-      await rootfs
-    }
+    // the rootfs is unmounted while the runtime deletes its state: no process of the container is
+    // left to use it. Both are awaited before either's failure is thrown (an unmount failing first
+    // must not be a rejection nobody handles yet)
+    const done = await Promise.allSettled([this.releaseRuntime(rec), unmount(this.files(rec.id).rootfs)])
+    for (const d of done) if (d.status === 'rejected') throw d.reason
+  }
+
+  /** finishExit's runtime side: its state and cgroup, then the volumes */
+  private async releaseRuntime(rec: ContainerInfo): Promise<void> {
+    await this.runtime.delete(rec.id, { force: true })
+    await this.cgroup.host.removeTree(this.cgroupPath(rec.id)).catch((e: unknown) => this.log.warn(`container ${rec.id}: ${errorMessage(e)}`))
+    // a volume that cannot be detached now is tried again by the next start, stop or remove
+    await this.detachVolumes(rec).catch((e: unknown) => this.log.error(`container ${rec.id} (${rec.name}): ${errorMessage(e)}`))
   }
 
   /** Attach the container's volumes (each is a no-op when attached already); their bind mounts. */

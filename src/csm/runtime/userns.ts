@@ -25,7 +25,6 @@ export type { IdMapping }
 export const containerIdMapping: IdMapping = { hostId: usernsHostIdBase, size: usernsIdsCount }
 
 const { binding, error: loadError } = mountAddon
-const addonFile = mountAddonFile
 
 function unavailable(what: string, why: string): TessError {
   return new TessError('TESS_E_PRECONDITION', `cannot run ${what} with --userns: ${why}`,
@@ -37,7 +36,7 @@ function unavailable(what: string, why: string): TessError {
  * in a new user namespace carries the mapping while the mounts are made, then ends.
  */
 export async function idmapBinds(pairs: Array<{ source: string, target: string }>, mapping: IdMapping, what: string): Promise<void> {
-  if (binding === undefined) throw unavailable(what, `the native mount addon is missing (${loadError ?? addonFile})`)
+  if (binding === undefined) throw unavailable(what, `the native mount addon is missing (${loadError ?? mountAddonFile})`)
   const child = spawn('unshare', ['--user', '--', 'cat'], { stdio: ['pipe', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
@@ -114,7 +113,7 @@ export async function chownToMappedRoot(dir: string, mapping: IdMapping): Promis
 
 /** whether this process can make idmapped mounts at all (for pre-flight and status) */
 export function usernsSupport(): { ok: boolean, reason?: string } {
-  if (binding === undefined) return { ok: false, reason: `the native mount addon is missing (${loadError ?? addonFile})` }
+  if (binding === undefined) return { ok: false, reason: `the native mount addon is missing (${loadError ?? mountAddonFile})` }
   if (!fs.existsSync('/proc/self/ns/user')) return { ok: false, reason: 'the kernel has no user namespaces' }
   return { ok: true }
 }
