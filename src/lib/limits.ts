@@ -11,11 +11,18 @@ export const rfMax = 3
 /** extent group writes up to this size are written with synchronous pwrite (page cache); larger ones go through the thread pool */
 export const egroupSyncWriteMaxBytes = 256 * 1024
 /**
+ * ...and larger writes up to this size too, when the page cache holds every page they write and
+ * no write of the file is in the pool: copying into pages that exist takes a fraction of a
+ * millisecond, less than the pool's two thread hand-offs (a whole extent: 1 MiB).
+ */
+export const egroupCachedWriteMaxBytes = 1024 * 1024
+/**
  * extent group reads up to this size copy what the page cache holds on the event loop first (never
  * waiting for a disk: lib/nativeio.ts); larger ones, and what was not cached, go through the pool.
- * 512 KiB: the requests a volume's chain sends (nbdfuse under a loop device) are that size.
+ * A whole extent (1 MiB): a volume's chain (nbdfuse under a loop device) sends 512 KiB and 1 MiB
+ * requests, and a cached one copied here saves the pool's thread hand-offs.
  */
-export const egroupCachedReadMaxBytes = 512 * 1024
+export const egroupCachedReadMaxBytes = 1024 * 1024
 /** an extent group's dirty marker is removed this long after a sync that left it clean */
 export const egroupCleanMarkerDelayMs = 2_000
 /** a CVM reads its own disks' records from etcd at most this often (the data path asks at every extent group it makes) */

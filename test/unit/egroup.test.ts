@@ -273,6 +273,52 @@ describe('extent group files (real files)', () => {
     }
   })
 
+  it('a write up to a whole extent into cached pages is made on the calling thread, unless a write of the file is in the pool', async () => {
+    const diskDir = fs.mkdtempSync(path.join('/var/tmp', 'tess-eg-now-'))
+    try {
+      const eg = await EgroupFile.create(diskDir, '32', '3')
+      const fd = fs.openSync(EgroupFile.fileName(diskDir, '32'), 'r')
+      try {
+        // buffered (unaligned memory is never written direct): its pages are cached after it
+        const first = crypto.randomBytes(MiB + 1).subarray(1)
+        await eg.write(7, 0, first)
+        if (pagesCached(fd, dataRegionOffset + 7 * MiB, MiB) === undefined) {
+          // no cachestat here: nothing says the pages are cached, so large writes stay in the pool
+          expect(eg.writeIfQuick(7, 0, first)).toBe(false)
+          return
+        }
+        const now = crypto.randomBytes(MiB)
+        expect(eg.writeIfQuick(7, 0, now)).toBe(true)
+        // a range whose pages are not cached (never written: a hole) goes through the pool
+        expect(eg.writeIfQuick(8, 0, now)).toBe(false)
+        // the small-write rule is unchanged: any range up to 256 KiB
+        expect(eg.writeIfQuick(8, 0, now.subarray(0, 256 * 1024))).toBe(true)
+        // while a large write of the file is in the pool, a synchronous one would wait on its inode lock
+        const pooled = eg.write(9, 0, crypto.randomBytes(MiB))
+        expect(eg.writeIfQuick(7, 0, now)).toBe(false)
+        await pooled
+        expect(eg.writeIfQuick(7, 0, now)).toBe(true)
+        await eg.sync()
+        const out = Buffer.alloc(MiB)
+        // a whole cached extent is read on the calling thread too
+        expect(eg.readIfCached(7, 0, MiB, out, 0)).toBe(nativeIoEngine === 'native')
+        await eg.read(7, 0, MiB, out, 0)
+        expect(out.equals(now)).toBe(true)
+        await eg.close()
+        const again = await EgroupFile.open(diskDir, '32', new Set([7, 8, 9]), () => undefined)
+        await again.read(7, 0, MiB, out, 0)
+        expect(out.equals(now)).toBe(true)
+        await again.read(8, 0, MiB, out, 0)
+        expect(out.subarray(0, 256 * 1024).equals(now.subarray(0, 256 * 1024))).toBe(true)
+        await again.close()
+      } finally {
+        fs.closeSync(fd)
+      }
+    } finally {
+      fs.rmSync(diskDir, { recursive: true, force: true })
+    }
+  })
+
   it('refuses a file that is not an extent group', async () => {
     fs.writeFileSync(EgroupFile.fileName(dir, '11'), Buffer.alloc(200 * 1024))
     await expect(EgroupFile.open(dir, '11', new Set(), () => undefined)).rejects.toThrow(/bad magic/)

@@ -73,7 +73,7 @@ const closeDrainTimeoutMsDefault = 5_000
  * cache costs a few microseconds that way against several promise hops. The extent group decides
  * below this which sizes it takes at once (egroupCachedReadMaxBytes, egroupSyncWriteMaxBytes).
  */
-const ioNowMaxBytes = 512 * 1024
+const ioNowMaxBytes = 1024 * 1024
 /** WRITE payloads at least this large that span socket chunks are assembled in pooled blocks */
 const payloadPoolBlockMinBytes = 64 * 1024
 /** the rest of a WRITE payload at least this large is read from the socket straight into its block */

@@ -4,7 +4,7 @@ import { crc32c, crc32cBlocks, crc32cVerifyBlocks } from '../../lib/crc32c.js'
 import { TessError, assert, errorMessage } from '../../lib/errors.js'
 import { directIoReady } from '../../lib/nativeio.js'
 import { type FileIo, type FileLayer, type LaterHandle, realFiles } from './fileio.js'
-import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCachedReadMaxBytes, egroupCleanMarkerDelayMs, egroupSyncWriteMaxBytes, extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
+import { checksumBlockSizeBytes, checksumBlocksPerExtent, egroupCachedReadMaxBytes, egroupCachedWriteMaxBytes, egroupCleanMarkerDelayMs, egroupSyncWriteMaxBytes, extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
 
 /**
  * One extent group file on one disk: up to `extentsPerEgroup` extents of 1 MiB plus a checksum
@@ -185,6 +185,8 @@ export class EgroupFile {
   private writeGen = 0
   /** writes and clears in progress: the marker must stay while any is */
   private active = 0
+  /** large writes of this file in the thread pool now (see writesNow) */
+  private poolWrites = 0
   /** writeGen covered by the last completed datasync */
   private syncedGen = 0
   /**
@@ -566,7 +568,7 @@ export class EgroupFile {
     try {
       if (!this.dirty) await this.markDirty()
       this.touch(slot, offset, data.length)
-      if (data.length <= egroupSyncWriteMaxBytes) this.writeBlocksSync(slot, offset, data)
+      if (this.writesNow(slot, offset, data.length)) this.writeBlocksSync(slot, offset, data)
       else await this.writeBlocks(slot, offset, data)
     } finally {
       this.writeEnded()
@@ -579,7 +581,7 @@ export class EgroupFile {
    * when write() must do it (nothing was written). A pwrite that fails throws, as in write().
    */
   writeIfQuick(slot: number, offset: number, data: Buffer): boolean {
-    if (this.closed || !this.dirty || data.length > egroupSyncWriteMaxBytes) return false
+    if (this.closed || !this.dirty || !this.writesNow(slot, offset, data.length)) return false
     assert(offset % checksumBlockSizeBytes === 0 && data.length % checksumBlockSizeBytes === 0 && data.length > 0, 'egroup write is block aligned')
     assert(offset + data.length <= vBlockSizeBytes && slot >= 0 && slot < extentsPerEgroup, 'egroup write within the extent')
     EgroupFile.ioCount++
@@ -591,6 +593,19 @@ export class EgroupFile {
       this.writeEnded()
     }
     return true
+  }
+
+  /**
+   * Whether a write is made with a synchronous pwrite on the calling thread: a small one always; a
+   * larger one (up to egroupCachedWriteMaxBytes) when the page cache holds every page it writes
+   * (it only copies) and no write of this file is in the pool (a pwrite here would wait on the
+   * file's inode lock, which that write holds).
+   */
+  private writesNow(slot: number, offset: number, length: number): boolean {
+    if (length <= egroupSyncWriteMaxBytes) return true
+    if (length > egroupCachedWriteMaxBytes || this.poolWrites > 0) return false
+    const n = this.fh.pagesCached(dataRegionOffset + slot * vBlockSizeBytes + offset, length)
+    return n !== undefined && n * checksumBlockSizeBytes >= length
   }
 
   /** data is about to be written into these blocks: noted before the write (one that fails may leave part of it) */
@@ -734,9 +749,14 @@ export class EgroupFile {
     // entries change once it is done, and reach the file at the next sync (entriesChanged).
     const eo = this.entryOffset(slot, offset / checksumBlockSizeBytes)
     const at = dataRegionOffset + slot * vBlockSizeBytes + offset
-    const direct = this.bypassCache(slot, offset, at, data) ? await this.directFile() : undefined
-    if (direct) await this.writeDirect(direct, data, at)
-    else await this.fh.writeAll(data, at)
+    this.poolWrites++
+    try {
+      const direct = this.bypassCache(slot, offset, at, data) ? await this.directFile() : undefined
+      if (direct) await this.writeDirect(direct, data, at)
+      else await this.fh.writeAll(data, at)
+    } finally {
+      this.poolWrites--
+    }
     newEntries.copy(this.entries, eo)
     this.entriesChanged(eo, eo + newEntries.length)
   }
