@@ -339,7 +339,7 @@ async function main(): Promise<void> {
   const keeper = new KeyKeeper(etcd, log, async () => askPeersForKey(otherUpNodes(), call))
   engine = new VdiskEngine(etcd, { nodeName: cfg.nodeName, log, localDisks: () => disks.localRecords(), store, peers, view, clusterKey: () => keeper.current })
   await engine.start()
-  const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode })
+  const dataServer = new DataServer({ creds, store, vdisks: engine, log, mode, peers })
   const { nbdTrust, nbd } = await startNbd(s, creds, engine)
   const vdisks = await openVdisks(s, keeper, disks, engine)
   // the curator: elected master re-protects extent groups, each vDisk's repair at its owner

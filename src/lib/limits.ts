@@ -33,6 +33,11 @@ export const egroupPrecreateFreeSlotsMin = 16
 export const egroupCreatesAheadMax = 4
 /** a replica copied to another node (repair, replacement, evacuation): slots read and written at once (1 MiB each) */
 export const egroupCopyInFlightMax = 4
+/**
+ * a replica's node copying a whole extent group straight from another node (a repair's copy that
+ * skips the owner, replica.ts pullFrom): how long the owner waits for its answer
+ */
+export const egroupPullTimeoutMs = 120_000
 /** the curator's repair of one vDisk: extent groups copied at once (one's copy goes on while another's target syncs) */
 export const repairEgroupsInFlightMax = 2
 /** spare extent group files (spares.ts) a disk keeps at most: 32 of 32 MiB, a 1 GiB burst of first writes */

@@ -176,3 +176,78 @@ describe('data port', () => {
     s.destroy()
   })
 })
+
+/**
+ * A replica copied node to node (a repair's copy that skips the owner): the target's data port
+ * reads the group from the source's over its own connection. Real TLS and files on both sides.
+ */
+describe('data port: egPull', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tess-dp-pull-'))
+  const servers: DataServer[] = []
+  const ports = new Map<string, number>()
+  const creds = new Map<string, { cert: Buffer, key: Buffer, ca: Buffer }>()
+  const pools: PeerPool[] = []
+  const resolve = async (node: string) => ({ address: '127.0.0.1', dataPort: ports.get(node)! })
+  const pool = (node: string) => {
+    const p = new PeerPool(creds.get(node)!, resolve)
+    pools.push(p)
+    return p
+  }
+
+  beforeAll(async () => {
+    const pki = path.join(dir, 'pki')
+    const ca = createCa(pki, 'dp')
+    for (const [i, node] of ['n1', 'n2'].entries()) {
+      const c = createNodeCert(pki, ca, node, ['127.0.0.1'])
+      creds.set(node, { cert: fs.readFileSync(c.cert), key: fs.readFileSync(c.key), ca: fs.readFileSync(ca.caCert) })
+      const disk = path.join(dir, node)
+      fs.mkdirSync(path.join(disk, 'egroups'), { recursive: true })
+      const disks: DiskRecord[] = [{ id: String(i + 1), node, path: disk, addedAt: '' }]
+      const store = new ReplicaStore({ localDisks: async () => disks, log: quiet })
+      // n2 can reach the other nodes (as a CVM's can); n1 was made without: it refuses to pull
+      const server = new DataServer({ creds: creds.get(node)!, store, vdisks: { io: async () => undefined, evacuate: async () => 0 }, log: quiet, ...(node === 'n2' ? { peers: pool('n2') } : {}) })
+      await server.listen(0, '127.0.0.1')
+      ports.set(node, ((server as unknown as { server: net.Server }).server.address() as net.AddressInfo).port)
+      servers.push(server)
+    }
+  })
+
+  afterAll(async () => {
+    for (const p of pools) p.closeAll()
+    for (const s of servers) await s.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('copies every slot that holds data straight from the source node, checksums and all', async () => {
+    // the owner: a third party that reaches both nodes
+    const owner = pool('n1')
+    const source = new RemoteReplica('n1', '1', '77', '9', owner)
+    await source.open([])
+    const slots = new Map([[0, crypto.randomBytes(1024 * 1024)], [5, crypto.randomBytes(1024 * 1024)], [31, Buffer.alloc(1024 * 1024, 0x33)]])
+    for (const [slot, data] of slots) await source.write(slot, 0, data)
+    await source.sync()
+    const target = new RemoteReplica('n2', '2', '77', '9', owner)
+    await target.open([])
+    await target.pullFrom(source)
+    await target.sync()
+    const out = Buffer.alloc(1024 * 1024)
+    for (const [slot, data] of slots) {
+      await target.read(slot, 0, out.length, out, 0)
+      expect(out.equals(data)).toBe(true)
+    }
+    // what the source never wrote stays empty in the copy
+    expect(await target.readRaw(1)).toBeUndefined()
+    // a node without connections to the others refuses, and the caller copies through itself
+    const back = new RemoteReplica('n1', '1', '78', '9', owner)
+    await back.open([])
+    await expect(back.pullFrom(target)).rejects.toMatchObject({ kind: 'invalid' })
+    // a source that does not hold the group: the pull fails, nothing is claimed copied
+    const missing = new RemoteReplica('n1', '1', '79', '9', owner)
+    const other = new RemoteReplica('n2', '2', '79', '9', owner)
+    await other.open([])
+    await expect(other.pullFrom(missing)).rejects.toBeInstanceOf(PeerError)
+    // a malformed source is refused before anything is read
+    const raw = await owner.get('n2')
+    await expect(raw.request(ops.egPull, { egid: '79', diskId: '2', vdiskId: '9', from: 'n1' })).rejects.toMatchObject({ kind: 'invalid' })
+  })
+})

@@ -74,6 +74,13 @@ export const ops = {
   egReadRaw: 10,
   egWriteRaw: 11,
   pickDisk: 12,
+  /**
+   * TLS only: copy every slot of an extent group that holds data from the same group's replica on
+   * another node (`from: {node, diskId}`) into the replica here, reading it over this node's own
+   * data port connection to that node (a repair's copy then crosses the network once, not twice
+   * through the owner)
+   */
+  egPull: 13,
   vdiskIo: 20,
   vdiskEvacuate: 21,
   /** TLS only: a one-time ticket (data: `bulkTicketBytes`) for one bulk connection */

@@ -9,7 +9,8 @@ import { withReceiveBuffer } from '../../lib/recvbuffer.js'
 import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
-import type { TlsCreds } from './client.js'
+import type { PeerPool, TlsCreds } from './client.js'
+import { egroupCopyInFlightMax, extentsPerEgroup } from '../../lib/limits.js'
 import { TickWriter } from '../../lib/tickwriter.js'
 import { protocolVersionOldest } from '../../lib/version.js'
 import {
@@ -50,6 +51,8 @@ export interface DataServerOptions {
   random?: (bytes: number) => Buffer
   /** default `dataPortHelloTimeoutMs` (tests shorten it) */
   helloTimeoutMs?: number
+  /** this node's connections to the other nodes' data ports: without them, `egPull` is refused */
+  peers?: PeerPool
 }
 
 /** A connection that got in: which peer (the CN of its cluster certificate) and of which kind. */
@@ -331,6 +334,39 @@ export class DataServer {
     out.write(encodeFrame(id, status, json, data, session.bulk)) // the replies of this tick leave in one write
   }
 
+  /**
+   * egPull: every slot of the group that holds data, read raw from its replica on `from`'s node
+   * (up to egroupCopyInFlightMax at once) and written into the replica here, which the owner has
+   * opened (the group is under its exclusive lock: nothing else changes it meanwhile). Each slot is
+   * checked as an egWriteRaw from the owner would be. The number of slots copied.
+   */
+  private async pull(j: Record<string, unknown>): Promise<number> {
+    const peers = this.opts.peers
+    if (peers === undefined) throw new PeerError('invalid', 'this node does not copy from other nodes')
+    const from = pullSource(j)
+    const egid = text(j, 'egid')
+    const vdiskId = text(j, 'vdiskId')
+    const target = await this.opts.store.get(egid, text(j, 'diskId'))
+    const source = await peers.get(from.node)
+    let next = 0
+    let copied = 0
+    const worker = async () => {
+      while (next < extentsPerEgroup) {
+        const slot = next++
+        const f = await source.request(ops.egReadRaw, { egid, diskId: from.diskId, vdiskId, slot })
+        if (f.data.length === 0) continue
+        const eb = num(f.json, 'entriesBytes')
+        if (eb !== checksumEntriesBytes || f.data.length !== eb + 1024 * 1024) throw new PeerError('invalid', `node ${from.node} sent a raw slot of the wrong size`)
+        const version = f.json.version === undefined ? 1 : num(f.json, 'version')
+        if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `node ${from.node} sent extent group format version ${version}`)
+        await target.writeRaw(slot, f.data.subarray(0, eb), f.data.subarray(eb), version)
+        copied++
+      }
+    }
+    await Promise.all(Array.from({ length: egroupCopyInFlightMax }, worker))
+    return copied
+  }
+
   private async handle(f: Frame, session: Session): Promise<{ json: Record<string, unknown>, data?: Buffer }> {
     const j = f.json
     const st = this.opts.store
@@ -340,6 +376,8 @@ export class DataServer {
     switch (f.code) {
       case ops.ping:
         return { json: { pong: true } }
+      case ops.egPull:
+        return { json: { slots: await this.pull(j) } }
       case ops.pickDisk:
       case ops.egCreate:
       case ops.egOpen:
@@ -364,6 +402,13 @@ export class DataServer {
         throw new PeerError('invalid', `unknown op ${f.code}`)
     }
   }
+}
+
+/** `from` of an egPull: the node and disk of the replica to copy from */
+function pullSource(j: Record<string, unknown>): { node: string, diskId: string } {
+  const from = j.from
+  if (typeof from !== 'object' || from === null || Array.isArray(from)) throw new PeerError('invalid', 'parameter "from" must be an object')
+  return { node: text(from as Record<string, unknown>, 'node'), diskId: text(from as Record<string, unknown>, 'diskId') }
 }
 
 /**

@@ -185,11 +185,22 @@ export function writeMinReplicas(rf: number): number {
 }
 
 /**
- * Copy every slot that holds data from `source` to `target`, up to egroupCopyInFlightMax slots at
- * once (a read from one while the write of another is on its way: a copy over the data port is
- * otherwise a round trip per extent, well below what the disks and the network carry).
+ * Copy every slot that holds data from `source` to `target`: node to node when both are on other
+ * nodes than this one (RemoteReplica.pullFrom), else through this node, up to
+ * egroupCopyInFlightMax slots at once (a read from one while the write of another is on its way:
+ * a copy over the data port is otherwise a round trip per extent, well below what the disks and
+ * the network carry). Says which way it went (for the log).
  */
-async function copySlots(source: Replica, target: Replica): Promise<void> {
+async function copySlots(log: Logger, source: Replica, target: Replica): Promise<'node to node' | 'through this node'> {
+  if (source instanceof RemoteReplica && target instanceof RemoteReplica && source.node !== target.node) {
+    try {
+      // node to node: the bytes skip this one (see pullFrom)
+      await target.pullFrom(source)
+      return 'node to node'
+    } catch (e) {
+      log.warn(`copy of a replica from ${source.node} to ${target.node} node to node failed (${errorMessage(e)}): copying it through this node`)
+    }
+  }
   let next = 0
   const worker = async () => {
     while (next < extentsPerEgroup) {
@@ -199,6 +210,7 @@ async function copySlots(source: Replica, target: Replica): Promise<void> {
     }
   }
   await Promise.all(Array.from({ length: egroupCopyInFlightMax }, worker))
+  return 'through this node'
 }
 
 /** The extent group's record with the replicas in `still` replaced by `added`; the replaced ones are recorded as stale (their files are removed later). */
@@ -277,7 +289,7 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       const r = env.replicaFor(rec.id, eg.id, node, diskId)
       if (r instanceof RemoteReplica) r.setInUse(() => [...eg.usedSlots])
       await r.open([])
-      await copySlots(source, r)
+      const path = await copySlots(env.log, source, r)
       await r.sync()
       // a copy misses what its source missed
       const inherited = missed.get(source)
@@ -286,7 +298,7 @@ export async function replaceFailed(env: OwnerEnv, rec: VdiskIdentity, eg: Loade
       added.push({ node, diskId })
       const replaced = still[i]
       const how = target !== undefined ? `moved (${errorMessage(why)})` : evacuate ? 'evacuated' : `failed (${errorMessage(why)})`
-      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: ${replaced === undefined ? 'missing copy' : `replica on ${replaced.node} disk ${replaced.diskId} ${how}`}; copied to ${node} disk ${diskId}`)
+      env.log.warn(`vDisk ${rec.name}: extent group ${eg.id}: ${replaced === undefined ? 'missing copy' : `replica on ${replaced.node} disk ${replaced.diskId} ${how}`}; copied to ${node} disk ${diskId} from ${source.node} (${path})`)
     }
     const nextRec = withReplacedReplicas(er, still, added)
     try {

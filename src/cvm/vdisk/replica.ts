@@ -1,5 +1,7 @@
 import type { PeerPool } from '../replication/client.js'
 import { PeerError, ops } from '../replication/protocol.js'
+import { egroupPullTimeoutMs } from '../../lib/limits.js'
+import { assert } from '../../lib/errors.js'
 import { ChecksumError, type RawSlot } from './egroup.js'
 import { NotOpenError, type ReplicaStore } from './replicastore.js'
 
@@ -127,13 +129,13 @@ export class RemoteReplica implements Replica {
 
   constructor(readonly node: string, readonly diskId: string, private readonly egid: string, private readonly vdiskId: string, private readonly peers: PeerPool) {}
 
-  private async call(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer) {
+  private async call(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer, timeoutMs?: number) {
     if (this.lost !== undefined) throw new PeerError('io', this.lost)
     if (this.openPending !== undefined) await this.openLate()
     const peer = this.peers.peek(this.node) ?? await this.peers.get(this.node)
     const params = { egid: this.egid, diskId: this.diskId, vdiskId: this.vdiskId, ...json }
     try {
-      return await peer.request(op, params, data)
+      return await peer.request(op, params, data, timeoutMs)
     } catch (e) {
       if (e instanceof PeerError && e.kind === 'not-open') {
         // Decided before the re-open, not after it: a re-open whose answer is lost (or that times
@@ -151,9 +153,9 @@ export class RemoteReplica implements Replica {
   }
 
   /** a change sent to the peer: counted once it ended (a failed one may have applied in part) */
-  private async change(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer): Promise<void> {
+  private async change(op: (typeof ops)[keyof typeof ops], json: Record<string, unknown>, data?: Buffer, timeoutMs?: number): Promise<void> {
     try {
-      await this.call(op, json, data)
+      await this.call(op, json, data, timeoutMs)
     } finally {
       this.changes++
     }
@@ -227,6 +229,20 @@ export class RemoteReplica implements Replica {
 
   async writeRaw(slot: number, raw: RawSlot): Promise<void> {
     await this.change(ops.egWriteRaw, { slot, entriesBytes: raw.entries.length, version: raw.version }, Buffer.concat([raw.entries, raw.data]))
+  }
+
+  /**
+   * Copy every slot of `source` (the same group's replica on a third node) that holds data into
+   * this replica, node to node: this replica's node reads them from the source's over its own data
+   * port connection, so the bytes cross the network once instead of twice through the owner. Only
+   * when the owner holds the group's exclusive lock (a replacement): nothing changes it meanwhile.
+   * Throws when the peer could not (an older release does not know the op, the source's node
+   * does not serve the group now); the caller then copies through itself, slot by slot, which
+   * writes the same bytes over whatever this one got to.
+   */
+  async pullFrom(source: RemoteReplica): Promise<void> {
+    assert(source.node !== this.node, 'a replica pulls from another node')
+    await this.change(ops.egPull, { from: { node: source.node, diskId: source.diskId } }, undefined, egroupPullTimeoutMs)
   }
 
   async delete(opts: { recycle?: boolean } = {}): Promise<void> {
