@@ -10,7 +10,7 @@ import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { PeerPool, TlsCreds } from './client.js'
-import { egroupCopyInFlightMax, extentsPerEgroup } from '../../lib/limits.js'
+import { egroupCopyInFlightMax, egroupPullTimeoutMs, extentsPerEgroup } from '../../lib/limits.js'
 import { TickWriter } from '../../lib/tickwriter.js'
 import { protocolVersionOldest } from '../../lib/version.js'
 import {
@@ -339,6 +339,11 @@ export class DataServer {
    * (up to egroupCopyInFlightMax at once) and written into the replica here, which the owner has
    * opened (the group is under its exclusive lock: nothing else changes it meanwhile). Each slot is
    * checked as an egWriteRaw from the owner would be. The number of slots copied.
+   *
+   * The answer comes only once every worker has stopped, failure or not: the owner copies through
+   * itself after a failed pull and then lets client writes at the group again, so nothing of this
+   * copy may land after the answer (a late write of a slot would put back older bytes). For the
+   * same reason the pull gives up at half the owner's wait, so its answer comes first.
    */
   private async pull(j: Record<string, unknown>): Promise<number> {
     const peers = this.opts.peers
@@ -348,22 +353,30 @@ export class DataServer {
     const vdiskId = text(j, 'vdiskId')
     const target = await this.opts.store.get(egid, text(j, 'diskId'))
     const source = await peers.get(from.node)
+    const deadline = Date.now() + egroupPullTimeoutMs / 2
     let next = 0
     let copied = 0
+    let failure: { e: unknown } | undefined
     const worker = async () => {
-      while (next < extentsPerEgroup) {
-        const slot = next++
-        const f = await source.request(ops.egReadRaw, { egid, diskId: from.diskId, vdiskId, slot })
-        if (f.data.length === 0) continue
-        const eb = num(f.json, 'entriesBytes')
-        if (eb !== checksumEntriesBytes || f.data.length !== eb + 1024 * 1024) throw new PeerError('invalid', `node ${from.node} sent a raw slot of the wrong size`)
-        const version = f.json.version === undefined ? 1 : num(f.json, 'version')
-        if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `node ${from.node} sent extent group format version ${version}`)
-        await target.writeRaw(slot, f.data.subarray(0, eb), f.data.subarray(eb), version)
-        copied++
+      try {
+        while (failure === undefined && next < extentsPerEgroup) {
+          if (Date.now() > deadline) throw new PeerError('io', `the copy from node ${from.node} took longer than ${egroupPullTimeoutMs / 2000} s`)
+          const slot = next++
+          const f = await source.request(ops.egReadRaw, { egid, diskId: from.diskId, vdiskId, slot })
+          if (f.data.length === 0 || failure !== undefined) continue
+          const eb = num(f.json, 'entriesBytes')
+          if (eb !== checksumEntriesBytes || f.data.length !== eb + 1024 * 1024) throw new PeerError('invalid', `node ${from.node} sent a raw slot of the wrong size`)
+          const version = f.json.version === undefined ? 1 : num(f.json, 'version')
+          if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `node ${from.node} sent extent group format version ${version}`)
+          await target.writeRaw(slot, f.data.subarray(0, eb), f.data.subarray(eb), version)
+          copied++
+        }
+      } catch (e) {
+        failure ??= { e } // the other workers stop before their next write
       }
     }
     await Promise.all(Array.from({ length: egroupCopyInFlightMax }, worker))
+    if (failure !== undefined) throw failure.e
     return copied
   }
 

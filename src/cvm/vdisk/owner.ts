@@ -6,6 +6,7 @@ import type { BlockCipher } from './crypt.js'
 import { KeyedRwLock } from './locks.js'
 import type { MapWriter } from './mapwriter.js'
 import { PlacementError, isNoSpace, placementDeviceError, type Exclusion, type PlacementView } from './placement.js'
+import { PeerError } from '../replication/protocol.js'
 import { RemoteReplica, type Replica } from './replica.js'
 import type { ExtentRef, LoadedEgroup, VdiskBackend } from './vdisk.js'
 
@@ -198,6 +199,10 @@ async function copySlots(log: Logger, source: Replica, target: Replica): Promise
       await target.pullFrom(source)
       return 'node to node'
     } catch (e) {
+      // No answer in time: the peer may still be copying, and a slot it writes after this copy
+      // (and after client writes resume) would put back older bytes. The replacement fails
+      // instead (the curator tries again). Any other failure was answered once the peer stopped.
+      if (e instanceof PeerError && e.kind === 'timeout') throw e
       log.warn(`copy of a replica from ${source.node} to ${target.node} node to node failed (${errorMessage(e)}): copying it through this node`)
     }
   }
