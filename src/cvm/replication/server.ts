@@ -10,7 +10,7 @@ import { DeviceError, nbdErrno } from '../nbd/device.js'
 import { ChecksumError, egroupVersionsKnown } from '../vdisk/egroup.js'
 import { NotOpenError, type ReplicaStore } from '../vdisk/replicastore.js'
 import type { PeerPool, TlsCreds } from './client.js'
-import { egroupCopyInFlightMax, egroupPullTimeoutMs, extentsPerEgroup } from '../../lib/limits.js'
+import { egroupCopyInFlightMax, egroupPullTimeoutMs, extentsPerEgroup, vBlockSizeBytes } from '../../lib/limits.js'
 import { TickWriter } from '../../lib/tickwriter.js'
 import { protocolVersionOldest } from '../../lib/version.js'
 import {
@@ -364,11 +364,8 @@ export class DataServer {
           const slot = next++
           const f = await source.request(ops.egReadRaw, { egid, diskId: from.diskId, vdiskId, slot })
           if (f.data.length === 0 || failure !== undefined) continue
-          const eb = num(f.json, 'entriesBytes')
-          if (eb !== checksumEntriesBytes || f.data.length !== eb + 1024 * 1024) throw new PeerError('invalid', `node ${from.node} sent a raw slot of the wrong size`)
-          const version = f.json.version === undefined ? 1 : num(f.json, 'version')
-          if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `node ${from.node} sent extent group format version ${version}`)
-          await target.writeRaw(slot, f.data.subarray(0, eb), f.data.subarray(eb), version)
+          const raw = rawSlotOf(f.json, f.data, `node ${from.node}`)
+          await target.writeRaw(slot, raw.entries, raw.data, raw.version)
           copied++
         }
       } catch (e) {
@@ -415,6 +412,20 @@ export class DataServer {
         throw new PeerError('invalid', `unknown op ${f.code}`)
     }
   }
+}
+
+/**
+ * A raw slot as a frame carries it (an egWriteRaw's, or an egReadRaw's answer to a pull): the
+ * checksum entries then the extent, their sizes checked, and the format version of the source,
+ * which says which checksum the entries hold (absent: the first, CRC-32). `sender` names who sent
+ * it in the errors.
+ */
+function rawSlotOf(j: Record<string, unknown>, data: Buffer, sender: string): { entries: Buffer, data: Buffer, version: number } {
+  const eb = num(j, 'entriesBytes')
+  if (eb !== checksumEntriesBytes || data.length !== eb + vBlockSizeBytes) throw new PeerError('invalid', `${sender} sent a raw slot of the wrong size`)
+  const version = j.version === undefined ? 1 : num(j, 'version')
+  if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `${sender} sent an unknown extent group format version ${version}`)
+  return { entries: data.subarray(0, eb), data: data.subarray(eb), version }
 }
 
 /** `from` of an egPull: the node and disk of the replica to copy from */
@@ -470,12 +481,8 @@ export async function serveReplicaOp(st: ReplicaStore, code: number, j: Record<s
       return { json: { entriesBytes: raw.entries.length, version: raw.version }, data: Buffer.concat([raw.entries, raw.data]) }
     }
     case ops.egWriteRaw: {
-      const eb = num(j, 'entriesBytes')
-      if (eb !== checksumEntriesBytes || data.length !== eb + 1024 * 1024) throw new PeerError('invalid', 'raw slot of the wrong size')
-      // the source's format version says which checksum the entries hold (absent: the first, CRC-32)
-      const version = j.version === undefined ? 1 : num(j, 'version')
-      if (!egroupVersionsKnown.includes(version)) throw new PeerError('invalid', `unknown extent group format version ${version}`)
-      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).writeRaw(num(j, 'slot'), data.subarray(0, eb), data.subarray(eb), version)
+      const raw = rawSlotOf(j, data, 'the owner')
+      await (await st.get(text(j, 'egid'), text(j, 'diskId'))).writeRaw(num(j, 'slot'), raw.entries, raw.data, raw.version)
       return { json: {} }
     }
     default:

@@ -237,8 +237,10 @@ export class RemoteReplica implements Replica {
    * port connection, so the bytes cross the network once instead of twice through the owner. Only
    * when the owner holds the group's exclusive lock (a replacement): nothing changes it meanwhile.
    * Throws when the peer could not (an older release does not know the op, the source's node
-   * does not serve the group now); the caller then copies through itself, slot by slot, which
-   * writes the same bytes over whatever this one got to.
+   * does not serve the group now): the peer answers only once its copy stopped, so the caller may
+   * then copy through itself, slot by slot, writing the same bytes over whatever this one got to.
+   * Without an answer in time (PeerError 'timeout') the peer may still be writing: the caller
+   * must not (copySlots in owner.ts fails the replacement instead).
    */
   async pullFrom(source: RemoteReplica): Promise<void> {
     assert(source.node !== this.node, 'a replica pulls from another node')
